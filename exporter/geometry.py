@@ -1,0 +1,179 @@
+"""Pixel geometry: which chips and channels to expect, and where each pixel sits (mm).
+
+Reads the larpix-geometry YAML files: single-tile layouts (``chips`` + ``pixels``, e.g.
+layout-2.4.0.yaml) and multi-tile module layouts (``tile_chip_to_io`` +
+``chip_channel_to_position``, e.g. multi_tile_layout-2.4.16.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+CHANNELS_PER_CHIP = 64
+DEFAULT_MODULE_LAYOUT = "multi_tile_layout-2.4.16.yaml"
+GEOMETRY_ENV = "PIXEL_GEOMETRY_PATH"
+DEFAULT_GEOMETRY_FILE = "layout-2.4.0.yaml"
+
+
+class GeometryError(ValueError):
+    """The geometry file is missing or not a larpix-geometry layout; the message names it."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Expected chips and pixel positions.
+
+    ``chips`` rows are (io_group, io_channel, chip_id) and are empty for single-tile layouts,
+    which carry no io mapping: there, chips are matched on ``chip_id`` alone and become
+    expected once they first send data. ``x``/``y`` (mm) and ``connected`` are per chip row
+    and channel; ``tiles`` gives the tile number of each chip row.
+    """
+
+    path: str
+    chips: np.ndarray  # (n, 3) uint8
+    tiles: np.ndarray  # (n,) int
+    x: np.ndarray  # (n, 64) float, NaN where not connected
+    y: np.ndarray
+    connected: np.ndarray  # (n, 64) bool
+    pixel_pitch: float
+    by_chip_id: dict[int, int]  # single-tile: chip_id -> row; empty for module layouts
+
+    @property
+    def has_io_mapping(self) -> bool:
+        """True when chips are known by (io_group, io_channel, chip_id)."""
+        return not self.by_chip_id
+
+    def row_of(self, io_group: int, io_channel: int, chip_id: int) -> int | None:
+        """Row of a chip in the per-chip arrays, or None if the geometry does not know it."""
+        if self.by_chip_id:
+            return self.by_chip_id.get(int(chip_id))
+        return self._index.get((int(io_group), int(io_channel), int(chip_id)))
+
+    @property
+    def _index(self) -> dict[tuple[int, int, int], int]:
+        cached = self.__dict__.get("_index_cache")
+        if cached is None:
+            cached = {tuple(int(v) for v in row): i for i, row in enumerate(self.chips)}
+            object.__setattr__(self, "_index_cache", cached)
+        return cached
+
+
+def _fail(path: str, problem: str) -> GeometryError:
+    return GeometryError(f"geometry file {path}: {problem}")
+
+
+def _load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except OSError as err:
+        raise _fail(path, err.strerror or str(err)) from None
+    except yaml.YAMLError as err:
+        raise _fail(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise _fail(path, "expected a mapping at the top level")
+    return doc
+
+
+def _single_tile(path: str, doc: dict) -> Geometry:
+    try:
+        pixels = {int(p[0]): (float(p[1]), float(p[2])) for p in doc["pixels"]}
+        chip_rows = [(int(c[0]), list(c[1])) for c in doc["chips"]]
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise _fail(path, f"malformed 'chips'/'pixels' entries ({err!r})") from None
+    n = len(chip_rows)
+    x = np.full((n, CHANNELS_PER_CHIP), np.nan)
+    y = np.full((n, CHANNELS_PER_CHIP), np.nan)
+    for row, (_, channel_pixels) in enumerate(chip_rows):
+        if len(channel_pixels) > CHANNELS_PER_CHIP:
+            raise _fail(path, f"chip row {row} lists more than {CHANNELS_PER_CHIP} channels")
+        for channel, pixel in enumerate(channel_pixels):
+            if pixel is None:
+                continue
+            if pixel not in pixels:
+                raise _fail(path, f"chip row {row} channel {channel} names unknown pixel {pixel}")
+            x[row, channel], y[row, channel] = pixels[pixel]
+    xs = np.array(sorted({p[0] for p in pixels.values()}))
+    pitch = float(np.median(np.diff(xs))) if len(xs) > 1 else 1.0
+    return Geometry(
+        path=path,
+        chips=np.zeros((0, 3), np.uint8),
+        tiles=np.ones(n, int),
+        x=x,
+        y=y,
+        connected=~np.isnan(x),
+        pixel_pitch=pitch,
+        by_chip_id={chip_id: row for row, (chip_id, _) in enumerate(chip_rows)},
+    )
+
+
+def _multi_tile(path: str, doc: dict) -> Geometry:
+    try:
+        pitch = float(doc["pixel_pitch"])
+        positions = {int(k): (float(v[0]), float(v[1])) for k, v in doc["chip_channel_to_position"].items()}
+        tile_io = {int(t): {int(c): int(io) for c, io in m.items()} for t, m in doc["tile_chip_to_io"].items()}
+        tile_pos = {int(t): [float(v) for v in p] for t, p in doc["tile_positions"].items()}
+        tile_orient = {int(t): [float(v) for v in o] for t, o in doc["tile_orientations"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise _fail(path, f"malformed multi-tile layout ({err!r})") from None
+    missing = set(tile_io) - set(tile_pos) - set(tile_orient)
+    if missing:
+        raise _fail(path, f"tiles {sorted(missing)} have no position or orientation")
+    ix = np.array([p[0] for p in positions.values()])
+    iy = np.array([p[1] for p in positions.values()])
+    x_size = (ix.max() - ix.min() + 1) * pitch
+    y_size = (iy.max() - iy.min() + 1) * pitch
+    rows = [(tile, chip, io) for tile in sorted(tile_io) for chip, io in sorted(tile_io[tile].items())]
+    n = len(rows)
+    chips = np.zeros((n, 3), np.uint8)
+    tiles = np.zeros(n, int)
+    x = np.full((n, CHANNELS_PER_CHIP), np.nan)
+    y = np.full((n, CHANNELS_PER_CHIP), np.nan)
+    for row, (tile, chip, io) in enumerate(rows):
+        chips[row] = (io // 1000, io % 1000, chip)
+        tiles[row] = tile
+        for channel in range(CHANNELS_PER_CHIP):
+            pos = positions.get(chip * 1000 + channel)
+            if pos is None:
+                continue
+            local_x = pos[0] * pitch + pitch / 2 - x_size / 2
+            local_y = pos[1] * pitch + pitch / 2 - y_size / 2
+            x[row, channel] = local_x * tile_orient[tile][2] + tile_pos[tile][2]
+            y[row, channel] = local_y * tile_orient[tile][1] + tile_pos[tile][1]
+    return Geometry(path, chips, tiles, x, y, ~np.isnan(x), pitch, {})
+
+
+def load_geometry(path: str | os.PathLike) -> Geometry:
+    """Load a larpix-geometry YAML layout; raise GeometryError naming the file and problem."""
+    path = str(path)
+    doc = _load_yaml(path)
+    if "tile_chip_to_io" in doc:
+        return _multi_tile(path, doc)
+    if "chips" in doc and "pixels" in doc:
+        return _single_tile(path, doc)
+    raise _fail(path, "neither a single-tile ('chips', 'pixels') nor a multi-tile ('tile_chip_to_io') layout")
+
+
+def packaged_layout(name: str = DEFAULT_MODULE_LAYOUT) -> Path:
+    """Path of a layout file shipped inside the package (``exporter/data``)."""
+    path = Path(str(resources.files("exporter") / "data" / name))
+    if not path.exists():
+        raise GeometryError(f"geometry file {path}: not shipped with this package")
+    return path
+
+
+def default_geometry_path(explicit: str | None) -> str | None:
+    """Resolve the geometry: the explicit path, else $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present."""
+    if explicit:
+        return explicit
+    if os.environ.get(GEOMETRY_ENV):
+        return os.environ[GEOMETRY_ENV]
+    return DEFAULT_GEOMETRY_FILE if os.path.exists(DEFAULT_GEOMETRY_FILE) else None

@@ -1,0 +1,108 @@
+"""The ingest loop: poll the inputs, fold new packets into the accumulator, publish snapshots.
+
+One thread owns the accumulator. After every poll (and every second during a long backlog)
+it publishes an immutable (Snapshot, Health) pair; scrapes read only the published pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .health import Health
+from .quality import Accumulator, Snapshot
+from .sources import Chunk, DirectoryTail, FileCursor
+
+log = logging.getLogger(__name__)
+PUBLISH_EVERY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a scrape reads: one consistent snapshot and the health at that moment."""
+
+    snapshot: Snapshot
+    health: Health
+
+
+class Ingester:
+    """Polls a ``DirectoryTail`` and feeds an ``Accumulator``; call ``run`` in a thread."""
+
+    def __init__(self, tail: DirectoryTail, accumulator: Accumulator, interval: float = 2.0) -> None:
+        self.tail = tail
+        self.accumulator = accumulator
+        self.interval = interval
+        self.health = Health()
+        self.listeners: list[Callable[[Chunk], None]] = []
+        self.after_poll: list[Callable[[], None]] = []
+        self._last_publish = 0.0
+        self.tail.on_error = self._on_read_error
+        self.published = Published(accumulator.snapshot(), self.health.copy())
+
+    def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
+        self.health.count_read_error(reason)
+
+    def publish(self) -> None:
+        """Make the current state visible to scrapes."""
+        h = self.health
+        h.decode_errors["implausible_timestamp"] = self.accumulator.implausible_timestamps
+        h.files_tracked = self.tail.tracked
+        h.files_in_error = self.tail.errors_by_reason()
+        self.published = Published(self.accumulator.snapshot(), h.copy())
+        self._last_publish = time.monotonic()
+
+    def ingest(self, chunk: Chunk, now: float) -> None:
+        """Count one chunk and advance its file's cursor."""
+        self.accumulator.add(chunk.packets, chunk.cursor.carry, now)
+        chunk.cursor.rows_done = chunk.rows_end
+        h = self.health
+        h.packets_ingested[chunk.kind] += len(chunk.packets)
+        h.messages_ingested += chunk.messages
+        h.decode_errors["bad_message"] += chunk.bad_messages
+        h.decode_errors["unknown_word"] += chunk.unknown_words
+        if len(chunk.packets):
+            h.last_ingest_wall = now
+        for listener in self.listeners:
+            try:
+                listener(chunk)
+            except Exception:  # a listener (plots) must never stop ingest
+                log.exception("listener %r failed on %s", listener, chunk.cursor.path)
+
+    def poll(self, stop: threading.Event | None = None) -> int:
+        """Read everything new once; return the number of packets ingested."""
+        started = time.monotonic()
+        total = 0
+        for cursor in self.tail.scan(time.time()):
+            for chunk in self.tail.read(cursor, time.time()):
+                self.ingest(chunk, time.time())
+                total += len(chunk.packets)
+                if time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
+                    self.publish()
+                if stop is not None and stop.is_set():
+                    break
+            if stop is not None and stop.is_set():
+                break
+        h = self.health
+        h.polls += 1
+        h.poll_duration = time.monotonic() - started
+        h.last_poll_wall = time.time()
+        h.up = True
+        for hook in self.after_poll:
+            hook()
+        self.publish()
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set; never dies on one bad poll."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll(stop)
+            except Exception:
+                log.exception("poll failed; retrying next interval")
+                self.health.up = False
+                self.publish()
+            stop.wait(max(0.0, self.interval - (time.monotonic() - started)))

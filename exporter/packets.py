@@ -1,0 +1,72 @@
+"""The LArPix packet record (hdf5format 2.4 ``packets`` dtype) and packet-type names."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Structured dtype of the ``packets`` dataset of larpix hdf5format 2.4 (36 bytes a row).
+PACKET_DTYPE = np.dtype(
+    [
+        ("io_group", "u1"),
+        ("io_channel", "u1"),
+        ("chip_id", "u1"),
+        ("packet_type", "u1"),
+        ("downstream_marker", "u1"),
+        ("parity", "u1"),
+        ("valid_parity", "u1"),
+        ("channel_id", "u1"),
+        ("timestamp", "u8"),
+        ("dataword", "u1"),
+        ("trigger_type", "u1"),
+        ("local_fifo", "u1"),
+        ("shared_fifo", "u1"),
+        ("register_address", "u1"),
+        ("register_data", "u1"),
+        ("direction", "u1"),
+        ("local_fifo_events", "u1"),
+        ("shared_fifo_events", "u2"),
+        ("counter", "u4"),
+        ("fifo_diagnostics_enabled", "u1"),
+        ("first_packet", "u1"),
+        ("receipt_timestamp", "u4"),
+    ]
+)
+
+#: Fields the data-quality accumulation needs; packet files of format 2.0-2.4 all carry them.
+REQUIRED_FIELDS = (
+    "io_group",
+    "io_channel",
+    "chip_id",
+    "packet_type",
+    "valid_parity",
+    "channel_id",
+    "timestamp",
+    "dataword",
+    "trigger_type",
+    "local_fifo",
+    "shared_fifo",
+)
+
+DATA, TEST, CONFIG_WRITE, CONFIG_READ, TIMESTAMP, MESSAGE, SYNC, TRIGGER = range(8)
+
+#: Label value of ``packet_type`` for each LArPix packet type code.
+PACKET_TYPE_NAMES = (
+    "data",
+    "test",
+    "config_write",
+    "config_read",
+    "timestamp",
+    "message",
+    "sync",
+    "trigger",
+)
+
+#: Sync packet kinds, stored in ``trigger_type`` of a type-6 packet.
+SYNC_KINDS = {ord("S"): "sync", ord("H"): "heartbeat", ord("C"): "clock_switch"}
+
+#: Clock ticks between two 'S' syncs: the chip clock runs at 10 MHz and syncs come each second.
+TICKS_PER_SYNC = 10_000_000
+CLOCK_HZ = 10_000_000.0
+
+#: Bit set in a trigger packet's ``trigger_type`` for an external trigger.
+EXTERNAL_TRIGGER_BIT = 2

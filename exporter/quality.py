@@ -1,0 +1,363 @@
+"""Data-quality accumulation: exact counters and sliding windows in data time, all numpy.
+
+``Accumulator.add`` takes chunks of packet records (any structured array carrying the
+fields of ``packets.REQUIRED_FIELDS``) and ``Accumulator.snapshot`` returns an immutable
+``Snapshot`` that the collector and the plots read without touching the live arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .chips import ChipIndex
+from .geometry import CHANNELS_PER_CHIP, Geometry
+from .packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
+
+IO_GROUPS = 256
+PACKET_TYPES = 8
+#: Data times before this (2015-01-01) cannot come from a LArPix DAQ.
+EARLIEST_PLAUSIBLE_TIME = 1_420_070_400
+#: Data times further than this ahead of the wall clock are treated as corrupt.
+MAX_FUTURE_SECONDS = 86_400
+SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
+FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
+STATUS_NONE, STATUS_ACTIVE, STATUS_SILENT, STATUS_NOISY = range(4)
+STATUS_NAMES = ("active", "silent", "noisy")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Window and threshold settings (documented defaults; see README)."""
+
+    window_seconds: float = 60.0
+    window_bins: int = 12
+    noisy_rate_hz: float = 10.0
+    adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
+    sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
+
+    @property
+    def bin_seconds(self) -> float:
+        return self.window_seconds / self.window_bins
+
+
+@dataclass
+class TimeCarry:
+    """Per-file data clock: the last timestamp-packet time, carried across chunks."""
+
+    last_time: float = math.nan
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Immutable view of the data quality at one moment; arrays are copies."""
+
+    chip_keys: np.ndarray
+    chip_tiles: np.ndarray
+    chip_packets: np.ndarray
+    chip_parity_errors: np.ndarray
+    chip_fifo_flags: np.ndarray
+    chip_status_counts: np.ndarray
+    chip_rate_hz: np.ndarray
+    chip_adc_mean: np.ndarray
+    chip_adc_std: np.ndarray
+    channel_status: np.ndarray
+    channel_rate_hz: np.ndarray
+    channel_adc_mean: np.ndarray
+    channel_adc_std: np.ndarray
+    channel_hits_total: np.ndarray
+    io_groups: np.ndarray
+    packet_type_counts: np.ndarray
+    sync_counts: np.ndarray
+    trigger_counts: np.ndarray
+    sync_rate_hz: np.ndarray
+    trigger_rate_hz: np.ndarray
+    io_group_rate_hz: np.ndarray
+    io_group_last_time: np.ndarray
+    sync_offset_bucket_counts: np.ndarray
+    sync_offset_sum_ticks: np.ndarray
+    adc_bucket_counts: np.ndarray
+    adc_sum: np.ndarray
+    data_time: float
+    covered_seconds: float
+    config: QualityConfig = field(repr=False)
+
+
+def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation from count, sum and sum of squares (NaN where n == 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / n
+        var = np.maximum(ss / n - mean * mean, 0.0)
+    return mean, np.sqrt(var)
+
+
+class Accumulator:
+    """Owns the running per-chip, per-channel and per-io_group arrays."""
+
+    def __init__(self, config: QualityConfig | None = None, geometry: Geometry | None = None) -> None:
+        self.config = config or QualityConfig()
+        self.geometry = geometry
+        self.chips = ChipIndex()
+        self._capacity = 0
+        nb = self.config.window_bins
+        self.packet_type_counts = np.zeros((IO_GROUPS, PACKET_TYPES), np.int64)
+        self.sync_counts = np.zeros((IO_GROUPS, len(SYNC_KIND_CODES)), np.int64)
+        self.trigger_counts = np.zeros(IO_GROUPS, np.int64)
+        self.sync_offset_counts = np.zeros((IO_GROUPS, len(self.config.sync_offset_buckets_ticks) + 1), np.int64)
+        self.sync_offset_sum = np.zeros(IO_GROUPS, np.int64)
+        self.adc_counts = np.zeros((IO_GROUPS, 256), np.int64)
+        self.io_group_last_time = np.full(IO_GROUPS, np.nan)
+        self.window_io_group = np.zeros((nb, IO_GROUPS, 3), np.int64)  # S syncs, ext triggers, data
+        self.slot_bin = np.full(nb, -1, np.int64)
+        self.newest_bin = -1
+        self.data_time = math.nan
+        self.first_time = math.nan
+        self.implausible_timestamps = 0
+        self._alloc_chip_arrays(0)
+        if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
+            self._register(geometry.chips)
+
+    # -- chip storage -------------------------------------------------------------------
+    def _alloc_chip_arrays(self, capacity: int) -> None:
+        nb, old = self.config.window_bins, self._capacity
+        shapes = {
+            "chip_packets": (capacity,),
+            "chip_parity": (capacity,),
+            "chip_fifo": (capacity, 4),
+            "hits_total": (capacity, CHANNELS_PER_CHIP),
+            "adc_sum_total": (capacity, CHANNELS_PER_CHIP),
+            "adc_sq_total": (capacity, CHANNELS_PER_CHIP),
+        }
+        for name, shape in shapes.items():
+            grown = np.zeros(shape, np.int64)
+            if old:
+                grown[:old] = getattr(self, name)
+            setattr(self, name, grown)
+        for name in ("win_hits", "win_adc", "win_adc_sq"):
+            grown = np.zeros((nb, capacity, CHANNELS_PER_CHIP), np.int64)
+            if old:
+                grown[:, :old] = getattr(self, name)
+            setattr(self, name, grown)
+        geo_rows = np.full(capacity, -1, np.int64)
+        if old:
+            geo_rows[:old] = self.geo_row
+        self.geo_row = geo_rows
+        self._capacity = capacity
+
+    def _register(self, keys: np.ndarray) -> np.ndarray:
+        rows = self.chips.add(keys)
+        self._fit_capacity()
+        return rows
+
+    def _fit_capacity(self) -> None:
+        n = len(self.chips)
+        if n > self._capacity:
+            start = self._capacity
+            self._alloc_chip_arrays(max(n, 2 * self._capacity, 64))
+            if self.geometry is not None:
+                for row in range(start, n):
+                    g, c, chip = self.chips.keys[row]
+                    found = self.geometry.row_of(g, c, chip)
+                    self.geo_row[row] = -1 if found is None else found
+
+    # -- time ---------------------------------------------------------------------------
+    def _data_times(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> np.ndarray:
+        """Data time of each packet: the latest preceding plausible timestamp packet."""
+        ptype, stamp = packets["packet_type"], packets["timestamp"]
+        is_ts = ptype == TIMESTAMP
+        plausible = is_ts & (stamp >= EARLIEST_PLAUSIBLE_TIME) & (stamp <= wall_now + MAX_FUTURE_SECONDS)
+        self.implausible_timestamps += int(is_ts.sum() - plausible.sum())
+        source = np.where(plausible, np.arange(len(packets)), -1)
+        np.maximum.accumulate(source, out=source)
+        times = np.where(source >= 0, stamp[np.maximum(source, 0)].astype(np.float64), carry.last_time)
+        if len(times):
+            carry.last_time = float(times[-1])
+        if plausible.any():
+            groups, ts_times = packets["io_group"][plausible], stamp[plausible].astype(np.float64)
+            for group in np.unique(groups):
+                newest = ts_times[groups == group].max()
+                self.io_group_last_time[group] = np.fmax(self.io_group_last_time[group], newest)
+            self.first_time = float(np.fmin(self.first_time, ts_times.min()))
+            self._advance(float(np.fmax(self.data_time, ts_times.max())))
+        return times
+
+    def _advance(self, data_time: float) -> None:
+        """Move the window forward to ``data_time``, clearing bins that fall out of it."""
+        self.data_time = data_time
+        newest = int(data_time // self.config.bin_seconds)
+        nb = self.config.window_bins
+        if newest <= self.newest_bin:
+            return
+        for b in range(max(self.newest_bin + 1, newest - nb + 1), newest + 1):
+            slot = b % nb
+            self.slot_bin[slot] = b
+            self.win_hits[slot] = 0
+            self.win_adc[slot] = 0
+            self.win_adc_sq[slot] = 0
+            self.window_io_group[slot] = 0
+        self.newest_bin = newest
+
+    def _window_slots(self, times: np.ndarray) -> np.ndarray:
+        """Ring slot of each time, -1 for times outside the window (unknown, late, or ahead)."""
+        with np.errstate(invalid="ignore"):
+            bins = np.floor(times / self.config.bin_seconds)
+        inside = (bins > self.newest_bin - self.config.window_bins) & (bins <= self.newest_bin)
+        return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % self.config.window_bins, -1)
+
+    # -- accumulation -------------------------------------------------------------------
+    def add(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> None:
+        """Fold a chunk of packets into the counters and windows."""
+        if len(packets) == 0:
+            return
+        ptype = packets["packet_type"]
+        io_group = packets["io_group"]
+        known_type = ptype < PACKET_TYPES
+        self.packet_type_counts += np.bincount(
+            io_group[known_type].astype(np.int64) * PACKET_TYPES + ptype[known_type],
+            minlength=IO_GROUPS * PACKET_TYPES,
+        ).reshape(IO_GROUPS, PACKET_TYPES)
+        times = self._data_times(packets, carry, wall_now)
+        slots = self._window_slots(times)
+        self._add_data(packets[ptype == DATA], slots[ptype == DATA])
+        self._add_syncs(packets[ptype == SYNC], slots[ptype == SYNC])
+        self._add_triggers(packets[ptype == TRIGGER], slots[ptype == TRIGGER])
+
+    def _add_data(self, data: np.ndarray, slots: np.ndarray) -> None:
+        if len(data) == 0:
+            return
+        io_group = data["io_group"]
+        rows = self.chips.rows_for(io_group, data["io_channel"], data["chip_id"])
+        self._fit_capacity()
+        cap = self._capacity
+        n_flat = cap * CHANNELS_PER_CHIP
+        channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
+        adc = data["dataword"].astype(np.float64)
+        adc_sq = adc * adc
+        self.chip_packets += np.bincount(rows, minlength=cap)
+        self.chip_parity += np.bincount(rows[data["valid_parity"] == 0], minlength=cap)
+        local, shared = data["local_fifo"], data["shared_fifo"]
+        for i, flagged in enumerate((local & 1, local & 2, shared & 1, shared & 2)):
+            self.chip_fifo[:, i] += np.bincount(rows[flagged != 0], minlength=cap)
+        self.hits_total += np.bincount(channel, minlength=n_flat).reshape(cap, -1)
+        self.adc_sum_total += np.bincount(channel, adc, n_flat).astype(np.int64).reshape(cap, -1)
+        self.adc_sq_total += np.bincount(channel, adc_sq, n_flat).astype(np.int64).reshape(cap, -1)
+        self.adc_counts += np.bincount(
+            io_group.astype(np.int64) * 256 + data["dataword"], minlength=IO_GROUPS * 256
+        ).reshape(IO_GROUPS, 256)
+        for slot in np.unique(slots[slots >= 0]):
+            in_slot = slots == slot
+            ch = channel[in_slot]
+            self.win_hits[slot] += np.bincount(ch, minlength=n_flat).reshape(cap, -1)
+            self.win_adc[slot] += np.bincount(ch, adc[in_slot], n_flat).astype(np.int64).reshape(cap, -1)
+            self.win_adc_sq[slot] += np.bincount(ch, adc_sq[in_slot], n_flat).astype(np.int64).reshape(cap, -1)
+            self.window_io_group[slot, :, 2] += np.bincount(io_group[in_slot], minlength=IO_GROUPS)
+
+    def _add_syncs(self, syncs: np.ndarray, slots: np.ndarray) -> None:
+        if len(syncs) == 0:
+            return
+        io_group, kind = syncs["io_group"], syncs["trigger_type"]
+        for i, code in enumerate(SYNC_KIND_CODES):
+            self.sync_counts[:, i] += np.bincount(io_group[kind == code], minlength=IO_GROUPS)
+        is_s = kind == SYNC_KIND_CODES[0]
+        offsets = syncs["timestamp"][is_s].astype(np.int64) - TICKS_PER_SYNC
+        bucket = np.searchsorted(np.asarray(self.config.sync_offset_buckets_ticks), offsets, side="left")
+        nbk = self.sync_offset_counts.shape[1]
+        self.sync_offset_counts += np.bincount(
+            io_group[is_s].astype(np.int64) * nbk + bucket, minlength=IO_GROUPS * nbk
+        ).reshape(IO_GROUPS, nbk)
+        self.sync_offset_sum += np.bincount(io_group[is_s], offsets, IO_GROUPS).astype(np.int64)
+        s_slots = slots[is_s]
+        s_groups = io_group[is_s]
+        for slot in np.unique(s_slots[s_slots >= 0]):
+            self.window_io_group[slot, :, 0] += np.bincount(s_groups[s_slots == slot], minlength=IO_GROUPS)
+
+    def _add_triggers(self, triggers: np.ndarray, slots: np.ndarray) -> None:
+        external = (triggers["trigger_type"] & EXTERNAL_TRIGGER_BIT) != 0
+        if not external.any():
+            return
+        groups, t_slots = triggers["io_group"][external], slots[external]
+        self.trigger_counts += np.bincount(groups, minlength=IO_GROUPS)
+        for slot in np.unique(t_slots[t_slots >= 0]):
+            self.window_io_group[slot, :, 1] += np.bincount(groups[t_slots == slot], minlength=IO_GROUPS)
+
+    # -- snapshot -----------------------------------------------------------------------
+    def covered_seconds(self) -> float:
+        """Seconds of data time the window's contents span (at least one bin, at most the window)."""
+        if math.isnan(self.data_time):
+            return self.config.window_seconds
+        end = self.data_time + 1.0  # timestamp packets have one-second resolution
+        window_start = (self.newest_bin - self.config.window_bins + 1) * self.config.bin_seconds
+        span = end - max(window_start, self.first_time)
+        return float(min(max(span, self.config.bin_seconds), self.config.window_seconds))
+
+    def expected_channels(self) -> np.ndarray:
+        """(chips, 64) bool: connected per the geometry, or seen with data at least once."""
+        n = len(self.chips)
+        expected = self.hits_total[:n] > 0
+        if self.geometry is not None:
+            known = self.geo_row[:n] >= 0
+            expected[known] |= self.geometry.connected[self.geo_row[:n][known]]
+        return expected
+
+    def snapshot(self) -> Snapshot:
+        """Copy out everything the exposition and the plots need."""
+        n = len(self.chips)
+        covered = self.covered_seconds()
+        hits = self.win_hits[:, :n].sum(axis=0)
+        adc = self.win_adc[:, :n].sum(axis=0)
+        adc_sq = self.win_adc_sq[:, :n].sum(axis=0)
+        channel_rate = hits / covered
+        channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
+        live = hits.sum() > 0
+        status = np.full((n, CHANNELS_PER_CHIP), STATUS_NONE, np.int8)
+        status[self.expected_channels() & live] = STATUS_SILENT
+        status[hits > 0] = STATUS_ACTIVE
+        status[channel_rate > self.config.noisy_rate_hz] = STATUS_NOISY
+        status_counts = np.stack([(status == s).sum(axis=1) for s in (STATUS_ACTIVE, STATUS_SILENT, STATUS_NOISY)], 1)
+        chip_hits = hits.sum(axis=1)
+        chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
+        tiles = np.full(n, -1, np.int64)
+        if self.geometry is not None:
+            known = self.geo_row[:n] >= 0
+            tiles[known] = self.geometry.tiles[self.geo_row[:n][known]]
+        window_groups = self.window_io_group.sum(axis=0) / covered
+        active_groups = np.flatnonzero(self.packet_type_counts.sum(axis=1))
+        if len(self.chips):
+            active_groups = np.union1d(active_groups, np.unique(self.chips.keys[:, 0]))
+        edges = np.concatenate([self.config.adc_buckets, [np.inf]])
+        below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge
+        adc_cum = np.concatenate([np.zeros((IO_GROUPS, 1), np.int64), np.cumsum(self.adc_counts, axis=1)], axis=1)
+        adc_buckets = adc_cum[:, below]
+        return Snapshot(
+            chip_keys=self.chips.keys.copy(),
+            chip_tiles=tiles,
+            chip_packets=self.chip_packets[:n].copy(),
+            chip_parity_errors=self.chip_parity[:n].copy(),
+            chip_fifo_flags=self.chip_fifo[:n].copy(),
+            chip_status_counts=status_counts,
+            chip_rate_hz=chip_hits / covered,
+            chip_adc_mean=chip_mean,
+            chip_adc_std=chip_std,
+            channel_status=status,
+            channel_rate_hz=channel_rate,
+            channel_adc_mean=channel_mean,
+            channel_adc_std=channel_std,
+            channel_hits_total=self.hits_total[:n].copy(),
+            io_groups=active_groups.astype(np.int64),
+            packet_type_counts=self.packet_type_counts.copy(),
+            sync_counts=self.sync_counts.copy(),
+            trigger_counts=self.trigger_counts.copy(),
+            sync_rate_hz=window_groups[:, 0],
+            trigger_rate_hz=window_groups[:, 1],
+            io_group_rate_hz=window_groups[:, 2],
+            io_group_last_time=self.io_group_last_time.copy(),
+            sync_offset_bucket_counts=np.cumsum(self.sync_offset_counts, axis=1),
+            sync_offset_sum_ticks=self.sync_offset_sum.copy(),
+            adc_bucket_counts=adc_buckets,
+            adc_sum=(self.adc_counts * np.arange(256)).sum(axis=1),
+            data_time=self.data_time,
+            covered_seconds=covered,
+            config=self.config,
+        )

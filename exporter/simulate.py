@@ -1,0 +1,296 @@
+"""A simulated LArPix run: PACMAN messages as the DAQ writes them, with optional faults.
+
+Every second of data time produces, per io_group, data words (Poisson hits on every
+connected channel, ADC pedestal ~ N(80, 6)), one 'S' sync word, and external-trigger words,
+packed into PACMAN data messages. Writers append them to raw (SWMR) or packet files.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .decode import HEADER_BYTES, WORD_BYTES, decode_messages
+from .geometry import Geometry
+from .packets import PACKET_DTYPE, TICKS_PER_SYNC
+
+RAW_VERSION = "0.0"
+PACKET_VERSION = "2.4"
+
+
+@dataclass
+class Faults:
+    """Faults to inject: chips that never speak, channels that fire too often, bad bits."""
+
+    silent_chips: list[tuple[int, int, int]] = field(default_factory=list)
+    noisy_channels: list[tuple[int, int, int, int]] = field(default_factory=list)
+    noisy_rate_hz: float = 50.0
+    parity_error_fraction: float = 0.0
+    fifo_full_chips: list[tuple[int, int, int]] = field(default_factory=list)
+    fifo_flag_fraction: float = 0.01
+    pedestal_shift_chips: list[tuple[int, int, int]] = field(default_factory=list)
+    pedestal_shift: float = 30.0
+
+
+@dataclass
+class SimulationConfig:
+    """Rates and shapes of the simulated run."""
+
+    hit_rate_hz: float = 0.5
+    pedestal: float = 80.0
+    pedestal_noise: float = 6.0
+    trigger_rate_hz: float = 0.2
+    words_per_message: int = 6
+    sync_jitter_ticks: int = 3
+    seed: int = 0
+
+
+def _channels(geometry: Geometry) -> np.ndarray:
+    """(n, 4) uint8 rows of io_group, io_channel, chip_id, channel_id for every connected pixel."""
+    rows, channels = np.nonzero(geometry.connected)
+    if geometry.has_io_mapping:
+        keys = geometry.chips[rows]
+    else:
+        chip_ids = np.array(sorted(geometry.by_chip_id, key=geometry.by_chip_id.get), np.uint8)
+        keys = np.stack(
+            [np.ones(len(rows), np.uint8), 1 + (np.arange(len(chip_ids))[rows] * 4 // len(chip_ids)), chip_ids[rows]], 1
+        )
+    return np.column_stack([keys, channels]).astype(np.uint8)
+
+
+def _matches(channels: np.ndarray, keys: list[tuple[int, ...]], width: int) -> np.ndarray:
+    mask = np.zeros(len(channels), bool)
+    for key in keys:
+        mask |= (channels[:, :width] == np.array(key, np.uint8)).all(axis=1)
+    return mask
+
+
+def pack_data_words(chip_id, channel_id, timestamp, adc, local_fifo, shared_fifo, flip_parity) -> np.ndarray:
+    """64-bit LArPix data words with downstream marker set and odd parity (unless flipped)."""
+    u = np.uint64
+    word = (
+        (chip_id.astype(u) << u(2))
+        | (channel_id.astype(u) << u(10))
+        | (timestamp.astype(u) << u(16))
+        | (adc.astype(u) << u(48))
+        | (local_fifo.astype(u) << u(58))
+        | (shared_fifo.astype(u) << u(60))
+        | (u(1) << u(62))
+    )
+    parity = (1 - (np.bitwise_count(word) & 1)).astype(u) ^ flip_parity.astype(u)
+    return word | (parity << u(63))
+
+
+class Simulator:
+    """Generates one second of PACMAN messages at a time from a geometry and faults."""
+
+    def __init__(
+        self, geometry: Geometry, config: SimulationConfig | None = None, faults: Faults | None = None
+    ) -> None:
+        self.config = config or SimulationConfig()
+        self.faults = faults or Faults()
+        self.rng = np.random.default_rng(self.config.seed)
+        self.channels = _channels(geometry)
+        rate = np.full(len(self.channels), self.config.hit_rate_hz)
+        rate[_matches(self.channels, self.faults.silent_chips, 3)] = 0.0
+        rate[_matches(self.channels, self.faults.noisy_channels, 4)] = self.faults.noisy_rate_hz
+        self.rate = rate
+        self.fifo_full = _matches(self.channels, self.faults.fifo_full_chips, 3)
+        self.pedestal = np.full(len(self.channels), self.config.pedestal)
+        self.pedestal[_matches(self.channels, self.faults.pedestal_shift_chips, 3)] += self.faults.pedestal_shift
+        self.io_groups = np.unique(self.channels[:, 0])
+
+    def second(self, unix_time: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """PACMAN messages (uint8 arrays) and their io_groups for one second of data."""
+        cfg, rng = self.config, self.rng
+        counts = rng.poisson(self.rate)
+        hit = np.repeat(np.arange(len(self.channels)), counts)
+        ch = self.channels[hit]
+        n = len(hit)
+        ticks = rng.integers(0, TICKS_PER_SYNC, n)
+        adc = np.clip(np.rint(rng.normal(self.pedestal[hit], cfg.pedestal_noise)), 0, 255).astype(np.uint8)
+        fifo = (self.fifo_full[hit] & (rng.random(n) < self.faults.fifo_flag_fraction)).astype(np.uint8) * 2
+        flip = rng.random(n) < self.faults.parity_error_fraction
+        words = pack_data_words(ch[:, 2], ch[:, 3], ticks, adc, fifo, fifo, flip)
+        msgs: list[np.ndarray] = []
+        groups: list[int] = []
+        for group in self.io_groups:
+            sel = np.flatnonzero(ch[:, 0] == group)
+            sel = sel[np.argsort(ticks[sel], kind="stable")]
+            body = np.zeros((len(sel), WORD_BYTES), np.uint8)
+            body[:, 0] = ord("D")
+            body[:, 1] = ch[sel, 1]
+            body[:, 2:6] = ticks[sel].astype("<u4")[:, None].view(np.uint8)
+            body[:, 8:16] = words[sel][:, None].view(np.uint8)
+            n_trig = rng.poisson(cfg.trigger_rate_hz)
+            trig = np.zeros((n_trig, WORD_BYTES), np.uint8)
+            trig[:, 0], trig[:, 1] = ord("T"), 2
+            trig[:, 4:8] = np.sort(rng.integers(0, TICKS_PER_SYNC, n_trig)).astype("<u4")[:, None].view(np.uint8)
+            sync = np.zeros((1, WORD_BYTES), np.uint8)
+            sync[0, 0], sync[0, 1], sync[0, 2] = ord("S"), ord("S"), 1
+            jitter = int(rng.integers(-cfg.sync_jitter_ticks, cfg.sync_jitter_ticks + 1))
+            sync[0, 4:8] = np.array([TICKS_PER_SYNC - 1 + jitter], "<u4").view(np.uint8)
+            all_words = np.concatenate([body, trig, sync])
+            for start in range(0, len(all_words), cfg.words_per_message):
+                block = all_words[start : start + cfg.words_per_message]
+                header = np.zeros(HEADER_BYTES, np.uint8)
+                header[0] = ord("D")
+                header[1:5] = np.array([unix_time], "<u4").view(np.uint8)
+                header[6:8] = np.array([len(block)], "<u2").view(np.uint8)
+                msgs.append(np.concatenate([header, block.reshape(-1)]))
+                groups.append(int(group))
+        return msgs, np.array(groups, np.uint8)
+
+
+class RawFileWriter:
+    """Appends PACMAN messages to a rawhdf5format 0.0 file in SWMR mode, as the DAQ does."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.fh = h5py.File(path, "w", libver="latest")
+        now = time.time()
+        meta = self.fh.create_group("meta")
+        meta.attrs["version"] = RAW_VERSION
+        meta.attrs["created"] = now
+        meta.attrs["modified"] = now
+        self.fh.create_dataset(
+            "msgs", (0,), maxshape=(None,), compression="gzip", dtype=h5py.vlen_dtype(np.dtype("u1"))
+        )
+        self.fh.create_dataset(
+            "msg_headers", (0,), maxshape=(None,), compression="gzip", dtype=np.dtype([("io_groups", "u1")])
+        )
+        self.fh.swmr_mode = True
+
+    def append(self, msgs: list[np.ndarray], io_groups: np.ndarray) -> None:
+        start = len(self.fh["msgs"])
+        arr = np.empty(len(msgs), object)
+        arr[:] = msgs
+        headers = np.zeros(len(msgs), self.fh["msg_headers"].dtype)
+        headers["io_groups"] = io_groups
+        self.fh["msgs"].resize((start + len(msgs),))
+        self.fh["msg_headers"].resize((start + len(msgs),))
+        self.fh["msgs"][start:] = arr
+        self.fh["msg_headers"][start:] = headers
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class PacketFileWriter:
+    """Appends packet records to an hdf5format 2.4 file, opening and closing it each time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        now = time.time()
+        with h5py.File(self.path, "w") as fh:
+            header = fh.create_group("_header")
+            header.attrs["version"] = PACKET_VERSION
+            header.attrs["created"] = now
+            header.attrs["modified"] = now
+            fh.create_dataset("packets", (0,), maxshape=(None,), dtype=PACKET_DTYPE)
+            fh.create_dataset(
+                "messages", (0,), maxshape=(None,), dtype=[("message", "S64"), ("timestamp", "u8"), ("index", "u4")]
+            )
+
+    def append(self, msgs: list[np.ndarray], io_groups: np.ndarray) -> None:
+        packets = decode_messages(msgs, io_groups).packets
+        with h5py.File(self.path, "a") as fh:
+            dset = fh["packets"]
+            start = len(dset)
+            dset.resize((start + len(packets),))
+            dset[start:] = packets
+            fh["_header"].attrs["modified"] = time.time()
+
+    def close(self) -> None:
+        """Nothing stays open between appends."""
+
+
+def open_writer(path: str | Path, fmt: str) -> RawFileWriter | PacketFileWriter:
+    """A writer for ``fmt`` 'raw' or 'packets'."""
+    if fmt == "raw":
+        return RawFileWriter(path)
+    if fmt == "packets":
+        return PacketFileWriter(path)
+    raise ValueError(f"unknown format {fmt!r}: use 'raw' or 'packets'")
+
+
+class Truth:
+    """Exact counts of what the simulator wrote, for tests to compare the exporter against."""
+
+    def __init__(self) -> None:
+        self.chips: dict[str, dict[str, int]] = {}
+        self.packet_types: dict[str, int] = {}
+
+    def add(self, packets: np.ndarray) -> None:
+        keys, counts = np.unique(np.stack([packets["io_group"], packets["packet_type"]], 1), axis=0, return_counts=True)
+        for (group, ptype), count in zip(keys.tolist(), counts.tolist()):
+            key = f"{group}/{ptype}"
+            self.packet_types[key] = self.packet_types.get(key, 0) + count
+        data = packets[packets["packet_type"] == 0]
+        chip = np.stack([data["io_group"], data["io_channel"], data["chip_id"]], 1)
+        for name, mask in (
+            ("packets", np.ones(len(data), bool)),
+            ("parity_errors", data["valid_parity"] == 0),
+            ("fifo_full", (data["local_fifo"] & 2) != 0),
+        ):
+            if not mask.any():
+                continue
+            keys, counts = np.unique(chip[mask], axis=0, return_counts=True)
+            for key, count in zip(keys.tolist(), counts.tolist()):
+                entry = self.chips.setdefault("-".join(map(str, key)), {})
+                entry[name] = entry.get(name, 0) + count
+
+    def to_dict(self) -> dict:
+        return {"chips": self.chips, "packet_types": self.packet_types}
+
+
+def write_run(
+    simulator: Simulator,
+    outdir: str | Path,
+    fmt: str = "raw",
+    seconds: int = 0,
+    realtime: bool = True,
+    start_time: int | None = None,
+    file_seconds: int = 0,
+    stop: threading.Event | None = None,
+    truth: Truth | None = None,
+    name: str = "sim",
+) -> list[Path]:
+    """Write ``seconds`` seconds of data (0: until ``stop``), one append per second of data.
+
+    ``realtime`` paces appends with the wall clock and stamps them with it; otherwise data
+    time starts at ``start_time`` and appends follow each other at full speed. A new file is
+    started every ``file_seconds`` seconds of data (0: one file).
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stop = stop or threading.Event()
+    data_time = int(time.time()) if realtime or start_time is None else int(start_time)
+    paths: list[Path] = []
+    writer = None
+    elapsed = 0
+    try:
+        while not stop.is_set() and (seconds <= 0 or elapsed < seconds):
+            if writer is None or (file_seconds and elapsed % file_seconds == 0):
+                if writer is not None:
+                    writer.close()
+                path = outdir / f"{name}-{data_time}-{len(paths):04d}.h5"
+                writer = open_writer(path, fmt)
+                paths.append(path)
+            msgs, groups = simulator.second(data_time)
+            writer.append(msgs, groups)
+            if truth is not None:
+                truth.add(decode_messages(msgs, groups).packets)
+            elapsed += 1
+            data_time += 1
+            if realtime:
+                stop.wait(max(0.0, data_time - time.time()))
+    finally:
+        if writer is not None:
+            writer.close()
+    return paths
