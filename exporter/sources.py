@@ -292,8 +292,7 @@ class DirectoryTail:
     def read(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
         """New chunks of one file; errors are reported through ``on_error`` and end the file's turn."""
         try:
-            for chunk in self.reader.read_new(cursor, now):
-                yield chunk
+            yield from self.reader.read_new(cursor, now)
         except FileReplaced as err:
             log.warning("%s; reading it from the start", err)
             fresh = FileCursor(cursor.path, cursor.dev, cursor.inode, size=cursor.size, mtime_ns=cursor.mtime_ns)
