@@ -148,10 +148,13 @@ class Simulator:
 
 
 class RawFileWriter:
-    """Appends PACMAN messages to a rawhdf5format 0.0 file in SWMR mode, as the DAQ does."""
+    """Appends PACMAN messages to a rawhdf5format 0.0 file in SWMR mode, as the DAQ does.
+
+    Like larpix-control's writer it disables HDF5 file locking, so readers never block it.
+    """
 
     def __init__(self, path: str | Path) -> None:
-        self.fh = h5py.File(path, "w", libver="latest")
+        self.fh = h5py.File(path, "w", libver="latest", locking=False)
         now = time.time()
         meta = self.fh.create_group("meta")
         meta.attrs["version"] = RAW_VERSION
@@ -187,7 +190,7 @@ class PacketFileWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         now = time.time()
-        with h5py.File(self.path, "w") as fh:
+        with h5py.File(self.path, "w", locking=False) as fh:
             header = fh.create_group("_header")
             header.attrs["version"] = PACKET_VERSION
             header.attrs["created"] = now
@@ -199,7 +202,7 @@ class PacketFileWriter:
 
     def append(self, msgs: list[np.ndarray], io_groups: np.ndarray) -> None:
         packets = decode_messages(msgs, io_groups).packets
-        with h5py.File(self.path, "a") as fh:
+        with h5py.File(self.path, "a", locking=False) as fh:
             dset = fh["packets"]
             start = len(dset)
             dset.resize((start + len(packets),))

@@ -103,7 +103,7 @@ def classify_os_error(err: BaseException) -> str:
         return "vanished"
     if isinstance(err, PermissionError) or getattr(err, "errno", None) == errno.EACCES or "permission denied" in text:
         return "permission"
-    if getattr(err, "errno", None) == errno.EAGAIN or "unable to lock" in text or "errno = 11" in text:
+    if getattr(err, "errno", None) == errno.EAGAIN or "unable to lock" in text or "locking flag" in text:
         return "locked"
     if "file signature not found" in text:
         return "not_hdf5"

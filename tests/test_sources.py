@@ -1,0 +1,203 @@
+"""Directory tailing: new, growing, deleted, replaced and broken files; bounded chunks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import h5py
+import numpy as np
+import pytest
+from larpix import Packet_v2, TimestampPacket
+from larpix.format.hdf5format import to_file
+
+from exporter import sources
+from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
+from exporter.sources import DirectoryTail, FileReader, InputSpec
+
+
+class Recorder:
+    """Collects what a DirectoryTail hands out, advancing cursors like the ingester does."""
+
+    def __init__(self, tail: DirectoryTail) -> None:
+        self.tail = tail
+        self.errors: list[tuple[str, str]] = []
+        tail.on_error = lambda cursor, reason, message: self.errors.append((os.path.basename(cursor.path), reason))
+        self.rows: dict[str, int] = {}
+        self.chunk_sizes: list[int] = []
+
+    def poll(self) -> int:
+        total = 0
+        for cursor in self.tail.scan(time.time()):
+            for chunk in self.tail.read(cursor, time.time()):
+                name = os.path.basename(cursor.path)
+                self.rows[name] = self.rows.get(name, 0) + len(chunk.packets)
+                self.chunk_sizes.append(chunk.rows_end - cursor.rows_done)
+                cursor.rows_done = chunk.rows_end
+                total += len(chunk.packets)
+        return total
+
+
+@pytest.fixture
+def sim(tile_geometry):
+    return Simulator(tile_geometry, SimulationConfig(seed=5))
+
+
+def packets_in(path) -> int:
+    with h5py.File(path, "r") as fh:
+        return len(fh["packets"])
+
+
+def test_growing_new_and_deleted_files(tmp_path, sim):
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    writer = PacketFileWriter(tmp_path / "a.h5")
+    writer.append(*sim.second(1_700_000_000))
+    assert rec.poll() == packets_in(tmp_path / "a.h5")
+    assert rec.poll() == 0, "an unchanged file is not read again"
+    writer.append(*sim.second(1_700_000_001))
+    raw = RawFileWriter(tmp_path / "b.h5")
+    raw.append(*sim.second(1_700_000_000))
+    rec.poll()
+    assert rec.rows["a.h5"] == packets_in(tmp_path / "a.h5")
+    assert rec.rows["b.h5"] > 0
+    raw.append(*sim.second(1_700_000_001))
+    raw.close()
+    before = rec.rows["b.h5"]
+    rec.poll()
+    assert rec.rows["b.h5"] > before
+    os.remove(tmp_path / "a.h5")
+    assert rec.poll() == 0
+    assert rec.tail.tracked == 1
+    assert not rec.errors
+
+
+def test_replaced_file_is_read_from_the_start(tmp_path, sim):
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    path = tmp_path / "run.h5"
+    writer = PacketFileWriter(path)
+    for t in range(3):
+        writer.append(*sim.second(1_700_000_000 + t))
+    rec.poll()
+    first = rec.rows["run.h5"]
+    # same name, new inode (written elsewhere, renamed over)
+    other = PacketFileWriter(tmp_path / "tmp.part")
+    other.append(*sim.second(1_700_000_100))
+    os.replace(tmp_path / "tmp.part", path)
+    rec.poll()
+    assert rec.rows["run.h5"] == first + packets_in(path)
+    # same inode, rewritten shorter in place
+    second = rec.rows["run.h5"]
+    with h5py.File(path, "r+") as fh:
+        fh["packets"].resize((10,))
+        fh["_header"].attrs["created"] = time.time() + 1
+    rec.poll()
+    assert rec.rows["run.h5"] == second + 10
+
+
+def test_unwritten_tail_rows_are_held_back(tmp_path, sim, monkeypatch):
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    path = tmp_path / "run.h5"
+    PacketFileWriter(path).append(*sim.second(1_700_000_000))
+    n = packets_in(path)
+    with h5py.File(path, "a") as fh:
+        fh["packets"].resize((n + 50,))  # grown, not yet filled: rows read back as zeros
+    assert rec.poll() == n
+    with h5py.File(path, "a") as fh:
+        fh["packets"][n:] = fh["packets"][:50]
+    assert rec.poll() == 50
+    with h5py.File(path, "a") as fh:
+        fh["packets"].resize((n + 60,))
+    monkeypatch.setattr(sources, "HOLD_SECONDS", 0.0)
+    rec.poll()  # first sight of the zero rows: held
+    rec.poll()
+    assert rec.rows["run.h5"] == n + 60, "zero rows that never fill are counted after the hold time"
+
+
+def test_reads_are_chunked(tmp_path, sim):
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))], FileReader(chunk_rows=1000, raw_chunk_messages=100)))
+    writer = PacketFileWriter(tmp_path / "p.h5")
+    raw = RawFileWriter(tmp_path / "r.h5")
+    for t in range(3):
+        msgs, groups = sim.second(1_700_000_000 + t)
+        writer.append(msgs, groups)
+        raw.append(msgs, groups)
+    raw.close()
+    rec.poll()
+    assert rec.rows["p.h5"] == packets_in(tmp_path / "p.h5")
+    assert rec.rows["r.h5"] == rec.rows["p.h5"]
+    assert max(rec.chunk_sizes) <= 1000
+    assert len(rec.chunk_sizes) > 10
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.1", "2.2", "2.3", "2.4"])
+def test_packet_file_versions_written_by_larpix_control(tmp_path, version):
+    packets = [TimestampPacket(timestamp=1_700_000_000)]
+    for i in range(20):
+        p = Packet_v2()
+        p.chip_id, p.channel_id, p.dataword, p.io_group, p.io_channel = 11 + i % 3, i, 70 + i, 1, 1
+        p.assign_parity()
+        packets.append(p)
+    to_file(str(tmp_path / f"v{version}.h5"), packets, version=version)
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    assert rec.poll() == 21
+    assert not rec.errors
+
+
+def write_bad_files(directory):
+    """One file per kind of bad input; returns {file name: expected reason}."""
+    (directory / "empty.h5").write_bytes(b"")
+    (directory / "random.h5").write_bytes(np.random.default_rng(0).bytes(4096))
+    with h5py.File(directory / "nodata.h5", "w") as fh:
+        fh.create_dataset("something", data=np.arange(3))
+    with h5py.File(directory / "foreign.h5", "w") as fh:
+        fh.create_dataset("packets", data=np.zeros(3, [("chip_id", "u1"), ("adc", "f4")]))
+    with h5py.File(directory / "floats.h5", "w") as fh:
+        fh.create_dataset("packets", data=np.zeros(3, [(f, "f4") for f in sources.REQUIRED_FIELDS]))
+    return {
+        "empty.h5": "empty",
+        "random.h5": "not_hdf5",
+        "nodata.h5": "no_dataset",
+        "foreign.h5": "bad_dtype",
+        "floats.h5": "bad_dtype",
+    }
+
+
+def test_bad_files_are_reported_and_others_still_read(tmp_path, sim):
+    expected = write_bad_files(tmp_path)
+    good = PacketFileWriter(tmp_path / "good.h5")
+    good.append(*sim.second(1_700_000_000))
+    full = tmp_path / "full.h5"
+    PacketFileWriter(full).append(*sim.second(1_700_000_000))
+    shutil.copy(full, tmp_path / "truncated.h5")
+    os.remove(full)
+    with open(tmp_path / "truncated.h5", "r+b") as fh:
+        fh.truncate(os.path.getsize(tmp_path / "truncated.h5") // 2)
+    expected["truncated.h5"] = "truncated"
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    rec.poll()
+    assert rec.rows == {"good.h5": packets_in(tmp_path / "good.h5")}
+    assert dict(rec.errors) == expected
+    assert rec.tail.errors_by_reason() == {"empty": 1, "not_hdf5": 1, "no_dataset": 1, "bad_dtype": 2, "truncated": 1}
+    # a fixed file recovers and is read
+    os.remove(tmp_path / "random.h5")
+    PacketFileWriter(tmp_path / "random.h5").append(*sim.second(1_700_000_000))
+    rec.errors.clear()
+    rec.poll()
+    assert rec.rows["random.h5"] == packets_in(tmp_path / "random.h5")
+    assert "random.h5" not in dict(rec.errors)
+    assert rec.tail.errors_by_reason().get("not_hdf5") is None
+
+
+def test_missing_directory_is_not_an_error(tmp_path, sim):
+    watched = tmp_path / "live"
+    rec = Recorder(DirectoryTail([InputSpec(str(watched))]))
+    assert rec.poll() == 0
+    watched.mkdir()
+    PacketFileWriter(watched / "a.h5").append(*sim.second(1_700_000_000))
+    assert rec.poll() > 0
+    moved = tmp_path / "away"
+    watched.rename(moved)
+    assert rec.poll() == 0
+    moved.rename(watched)
+    assert rec.poll() == 0, "a directory that comes back is not read twice"
