@@ -67,41 +67,41 @@ def _parse_ids(values: list[str], width: int, what: str) -> list[tuple[int, ...]
 def serve(
     inputs: Annotated[list[str], typer.Option("-i", "--input", help="Directory (or file) to watch; repeatable.")] = [],  # noqa: B006
     pattern: Annotated[
-        Optional[str], typer.Option(help="Glob selecting files in each directory. [default: *.h5]")
+        Optional[str], typer.Option(help="Glob selecting files in each directory. (default: *.h5)")
     ] = None,
-    port: Annotated[Optional[int], typer.Option(help=f"TCP port for /metrics. [default: {DEFAULT_PORT}]")] = None,
+    port: Annotated[Optional[int], typer.Option(help=f"TCP port for /metrics. (default: {DEFAULT_PORT})")] = None,
     listen_address: Annotated[
         Optional[str],
         typer.Option(
-            "--listen-address", "--web.listen-address", help="Address to listen on. [default: 0.0.0.0, all interfaces]"
+            "--listen-address", "--web.listen-address", help="Address to listen on. (default: 0.0.0.0, all interfaces)"
         ),
     ] = None,
     interval: Annotated[
-        Optional[float], typer.Option(help="Polling period in seconds, fractions allowed. [default: 2]")
+        Optional[float], typer.Option(help="Polling period in seconds, fractions allowed. (default: 2)")
     ] = None,
     flush_interval: Annotated[
         Optional[float],
         typer.Option(
-            help="Seconds after which an idle file's per-file state is dropped; its counts stay. [default: 1800]"
+            help="Seconds after which an idle file's per-file state is dropped; its counts stay. (default: 1800)"
         ),
     ] = None,
     geometry: Annotated[
         Optional[str],
         typer.Option(
-            help="Pixel geometry YAML. [default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present, else none]"
+            help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present, else none)"
         ),
     ] = None,
     window: Annotated[
-        Optional[float], typer.Option(help="Sliding window in seconds of data time. [default: 60]")
+        Optional[float], typer.Option(help="Sliding window in seconds of data time. (default: 60)")
     ] = None,
     noisy_rate_hz: Annotated[
-        Optional[float], typer.Option("--noisy-rate-hz", help="Rate above which a channel is noisy. [default: 10]")
+        Optional[float], typer.Option("--noisy-rate-hz", help="Rate above which a channel is noisy. (default: 10)")
     ] = None,
     per_pixel: Annotated[
         Optional[bool],
         typer.Option(
             "--per-pixel/--no-per-pixel",
-            help="Serve per-channel series on /metrics?per_pixel=1 (costly: 3 series per pixel). [default: off]",
+            help="Serve per-channel series on /metrics?per_pixel=1 (costly: 3 series per pixel). (default: off)",
         ),
     ] = None,
     config: Annotated[
@@ -150,7 +150,7 @@ def once(
     ] = None,
     geometry: Annotated[
         Optional[str],
-        typer.Option(help="Pixel geometry YAML. [default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present]"),
+        typer.Option(help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present)"),
     ] = None,
     window: Annotated[float, typer.Option(help="Sliding window in seconds of data time.")] = 60.0,
 ) -> None:
@@ -184,11 +184,11 @@ def simulate(
         typer.Option(help="Write as fast as possible with data time from --start-time (a backlog) instead of live."),
     ] = False,
     start_time: Annotated[
-        Optional[int], typer.Option(help="Unix time of the first second with --fast. [default: now]")
+        Optional[int], typer.Option(help="Unix time of the first second with --fast. (default: now)")
     ] = None,
     file_seconds: Annotated[int, typer.Option(help="Start a new file every N seconds of data; 0 keeps one file.")] = 0,
     geometry: Annotated[
-        Optional[str], typer.Option(help="Geometry to simulate. [default: the packaged 16-tile module layout]")
+        Optional[str], typer.Option(help="Geometry to simulate. (default: the packaged 16-tile module layout)")
     ] = None,
     rate_hz: Annotated[float, typer.Option(help="Mean hit rate per channel (Poisson).")] = 0.5,
     silent_chip: Annotated[
@@ -222,7 +222,12 @@ def simulate(
         parity_error_fraction=parity_error_fraction,
         fifo_full_chips=_parse_ids(fifo_full_chip, 3, "--fifo-full-chip"),
     )
-    sim = Simulator(geo, SimulationConfig(hit_rate_hz=rate_hz, words_per_message=words_per_message, seed=seed), faults)
+    try:
+        sim = Simulator(
+            geo, SimulationConfig(hit_rate_hz=rate_hz, words_per_message=words_per_message, seed=seed), faults
+        )
+    except ValueError as err:
+        _fail(str(err))
     counts = Truth() if truth else None
     if fmt not in ("raw", "packets"):
         _fail(f"--format {fmt!r}: use raw or packets")
@@ -254,7 +259,7 @@ def demo(
         SimulationConfig(),
         Faults(
             silent_chips=[(1, 1, 11)],
-            noisy_channels=[(2, 5, 20, 7)],
+            noisy_channels=[(2, 5, 20, 12)],
             parity_error_fraction=1e-4,
             fifo_full_chips=[(1, 2, 40)],
         ),

@@ -9,12 +9,11 @@ import numpy as np
 from . import __version__
 from .exposition import Family, histogram, label_string
 from .health import Health
-from .packets import PACKET_TYPE_NAMES
+from .packets import CLOCK_HZ, PACKET_TYPE_NAMES
 from .quality import FIFO_FLAGS, STATUS_NAMES, Snapshot
 
 CHIP_LABELS = ("io_group", "io_channel", "chip_id")
 SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
-TICK_SECONDS = 1e-7
 
 
 class Collector:
@@ -143,9 +142,9 @@ class Collector:
                 "'S' sync timestamp minus 1e7 ticks, in seconds (one tick is 100 ns).",
                 ("io_group",),
                 group_rows,
-                [b * TICK_SECONDS for b in snap.config.sync_offset_buckets_ticks],
+                [b / CLOCK_HZ for b in snap.config.sync_offset_buckets_ticks],
                 snap.sync_offset_bucket_counts[groups],
-                snap.sync_offset_sum_ticks[groups] * TICK_SECONDS,
+                snap.sync_offset_sum_ticks[groups] / CLOCK_HZ,
             )
         )
         fams.append(

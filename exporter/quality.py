@@ -284,13 +284,13 @@ class Accumulator:
 
     # -- snapshot -----------------------------------------------------------------------
     def covered_seconds(self) -> float:
-        """Seconds of data time the window's contents span (at least one bin, at most the window)."""
+        """Seconds of data time the window's contents span (at least 1 s, the timestamp resolution)."""
         if math.isnan(self.data_time):
             return self.config.window_seconds
         end = self.data_time + 1.0  # timestamp packets have one-second resolution
         window_start = (self.newest_bin - self.config.window_bins + 1) * self.config.bin_seconds
         span = end - max(window_start, self.first_time)
-        return float(min(max(span, self.config.bin_seconds), self.config.window_seconds))
+        return float(min(max(span, 1.0), self.config.window_seconds))
 
     def expected_channels(self) -> np.ndarray:
         """(chips, 64) bool: connected per the geometry, or seen with data at least once."""

@@ -97,6 +97,17 @@ class Simulator:
         self.rng = np.random.default_rng(self.config.seed)
         self.channels = _channels(geometry)
         rate = np.full(len(self.channels), self.config.hit_rate_hz)
+        for keys, width, what in (
+            (self.faults.silent_chips, 3, "silent chip"),
+            (self.faults.noisy_channels, 4, "noisy channel"),
+            (self.faults.fifo_full_chips, 3, "FIFO-full chip"),
+            (self.faults.pedestal_shift_chips, 3, "pedestal-shift chip"),
+        ):
+            for key in keys:
+                if not _matches(self.channels, [key], width).any():
+                    raise ValueError(
+                        f"{what} {'-'.join(map(str, key))} is not a connected chip/channel of the geometry"
+                    )
         rate[_matches(self.channels, self.faults.silent_chips, 3)] = 0.0
         rate[_matches(self.channels, self.faults.noisy_channels, 4)] = self.faults.noisy_rate_hz
         self.rate = rate
@@ -171,12 +182,14 @@ class RawFileWriter:
     def append(self, msgs: list[np.ndarray], io_groups: np.ndarray) -> None:
         start = len(self.fh["msgs"])
         arr = np.empty(len(msgs), object)
-        arr[:] = msgs
+        for i, msg in enumerate(msgs):  # element-wise, or numpy makes equal-length rows 2-D
+            arr[i] = msg
         headers = np.zeros(len(msgs), self.fh["msg_headers"].dtype)
         headers["io_groups"] = io_groups
         self.fh["msgs"].resize((start + len(msgs),))
         self.fh["msg_headers"].resize((start + len(msgs),))
-        self.fh["msgs"][start:] = arr
+        # write_direct keeps an object array of equal-length rows 1-D (plain assignment broadcasts it as 2-D)
+        self.fh["msgs"].write_direct(arr, dest_sel=np.s_[start : start + len(msgs)])
         self.fh["msg_headers"][start:] = headers
         self.fh.flush()
 

@@ -27,7 +27,9 @@ def random_messages(rng: np.random.Generator, n: int, max_words: int) -> tuple[l
             r = rng.random()
             if r < 0.8:
                 word = int(rng.integers(0, 2**63, dtype=np.uint64)) * 2 + int(rng.integers(0, 2))
-                words.append(("DATA", int(rng.integers(0, 256)), int(rng.integers(0, 2**32)), word.to_bytes(8, "little")))
+                words.append(
+                    ("DATA", int(rng.integers(0, 256)), int(rng.integers(0, 2**32)), word.to_bytes(8, "little"))
+                )
             elif r < 0.9:
                 words.append(("TRIG", bytes([int(rng.integers(0, 256))]), int(rng.integers(0, 2**32))))
             else:
@@ -55,7 +57,11 @@ def test_random_messages_match_larpix_control(max_words):
 def test_simulated_raw_file_matches_larpix_control(tmp_path, module_geometry):
     from exporter.simulate import Faults, RawFileWriter, SimulationConfig, Simulator
 
-    sim = Simulator(module_geometry, SimulationConfig(seed=3, trigger_rate_hz=5), Faults(parity_error_fraction=0.01, fifo_full_chips=[(1, 1, 12)], fifo_flag_fraction=0.5))
+    sim = Simulator(
+        module_geometry,
+        SimulationConfig(seed=3, trigger_rate_hz=5),
+        Faults(parity_error_fraction=0.01, fifo_full_chips=[(1, 1, 12)], fifo_flag_fraction=0.5),
+    )
     writer = RawFileWriter(tmp_path / "run.h5")
     for t in range(2):
         writer.append(*sim.second(1_700_000_000 + t))
@@ -76,13 +82,22 @@ def test_larpix_written_raw_file_decodes(tmp_path):
     msgs, groups = random_messages(rng, 50, 6)
     to_rawfile(str(tmp_path / "lc.h5"), msgs=msgs, msg_headers={"io_groups": groups})
     data = from_rawfile(str(tmp_path / "lc.h5"))
-    result = decode_messages([np.frombuffer(m, np.uint8) for m in data["msgs"]], np.array(data["msg_headers"]["io_groups"]))
+    result = decode_messages(
+        [np.frombuffer(m, np.uint8) for m in data["msgs"]], np.array(data["msg_headers"]["io_groups"])
+    )
     assert np.array_equal(result.packets, reference_decode(msgs, groups))
 
 
 def test_malformed_messages_are_skipped_and_counted():
     good = pacman_msg_format.format_msg("DATA", [("DATA", 1, 5, b"\x01" * 8)])
-    msgs = [good, b"D\x00", good[:-3], b"?" + good[1:], good + b"T" + b"\x00" * 15, b"D" + good[1:24] + b"X" + b"\x00" * 15]
+    msgs = [
+        good,
+        b"D\x00",
+        good[:-3],
+        b"?" + good[1:],
+        good + b"T" + b"\x00" * 15,
+        b"D" + good[1:24] + b"X" + b"\x00" * 15,
+    ]
     result = decode_messages([np.frombuffer(m, np.uint8) for m in msgs], np.ones(len(msgs)))
     assert result.bad_messages == 3
     assert result.unknown_words == 1
@@ -95,3 +110,13 @@ def test_decode_errors_are_documented_errors():
         decode_messages([np.zeros(8, np.uint8)], np.ones(2))
     empty = decode_messages([], np.zeros(0))
     assert len(empty.packets) == 0 and empty.packets.dtype == PACKET_DTYPE
+
+
+def test_equal_length_messages_write_and_read_back(tmp_path):
+    from exporter.simulate import RawFileWriter
+
+    msgs = [np.frombuffer(pacman_msg_format.format_msg("DATA", [("DATA", 1, i, bytes(8))]), np.uint8) for i in range(3)]
+    writer = RawFileWriter(tmp_path / "same.h5")
+    writer.append(msgs, np.ones(3, np.uint8))
+    writer.close()
+    assert [bytes(m) for m in from_rawfile(str(tmp_path / "same.h5"))["msgs"]] == [m.tobytes() for m in msgs]

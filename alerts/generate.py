@@ -1,0 +1,540 @@
+#!/usr/bin/env python3
+"""Generate the LArPix DQM Prometheus alerting rules from documented thresholds.
+
+Reads ``alerts/thresholds.yaml`` (the defaults), optionally merges a site override file over
+it, validates every key, and writes the rule file Prometheus loads::
+
+    python alerts/generate.py                       # defaults -> alerts/larpix.rules.yml
+    python alerts/generate.py --thresholds site.yaml --output site.rules.yml
+    python alerts/generate.py --check               # exit 1 if the committed file is stale
+
+Errors in a thresholds file (unknown key, wrong type) are reported on one line naming the
+file and the key, with exit status 2. Only the standard library and PyYAML are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+DEFAULTS_FILE = HERE / "thresholds.yaml"
+OUTPUT_FILE = HERE / "larpix.rules.yml"
+RUNBOOK_URL = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md"
+GROUP_NAME = "larpix"
+
+#: Labels that identify one exporter target and one chip.
+TARGET = "job, instance"
+CHIP = "job, instance, io_group, io_channel, chip_id"
+#: Labels that identify one exporter across scrape jobs: a Prometheus may scrape the same
+#: exporter under two jobs (per-chip series, and per-pixel series at a slower interval), so
+#: joins between an exporter's own series use ``instance`` (its address), not ``job``.
+EXPORTER = "instance"
+EXPORTER_CHIP = "instance, io_group, io_channel, chip_id"
+
+#: Every key a thresholds file may hold, with its kind (see ``_check_value``).
+SCHEMA: dict[str, dict[str, str]] = {
+    "exporter_down": {"job_regex": "regex", "for": "duration"},
+    "data_stale": {"max_age_seconds": "positive", "for": "duration"},
+    "ingest_lag": {"max_lag_seconds": "positive", "for": "duration"},
+    "read_errors": {"window": "window", "for": "duration"},
+    "chip_silent": {"active_lookback": "window", "for": "duration"},
+    "chip_silent_channels": {"max_fraction": "fraction", "for": "duration"},
+    "chip_noisy_channels": {
+        "rate_hertz": "positive",
+        "min_count": "count",
+        "for": "duration",
+    },
+    "tile_silent_chips": {"max_fraction": "fraction", "for": "duration"},
+    "parity_errors": {
+        "max_ratio": "fraction",
+        "rate_window": "window",
+        "for": "duration",
+    },
+    "fifo_full": {"window": "window", "for": "duration"},
+    "sync_missing": {"min_rate_hertz": "positive", "for": "duration"},
+    "sync_offset": {
+        "max_abs_seconds": "positive",
+        "quantile": "quantile",
+        "rate_window": "window",
+        "for": "duration",
+    },
+}
+
+_DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
+
+
+class ThresholdError(Exception):
+    """A thresholds file is unreadable or holds an unknown key or a bad value."""
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    """Parse a thresholds file into a mapping (an empty file is an empty mapping)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ThresholdError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ThresholdError(f"{path}: {problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ThresholdError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def _is_duration(value: str) -> bool:
+    """True for a Prometheus duration such as ``0s``, ``90s``, ``1h30m``."""
+    return value != "" and _DURATION.match(value) is not None
+
+
+def _check_value(kind: str, value: Any) -> Any:
+    """Return ``value`` normalised for ``kind``, or raise ValueError with the expectation."""
+    if kind in ("duration", "window"):
+        if not isinstance(value, str) or not _is_duration(value):
+            raise ValueError("expected a Prometheus duration like 5m")
+        if kind == "window" and not any(ch in "123456789" for ch in value):
+            raise ValueError("expected a duration longer than 0s")
+        return value
+    if kind == "regex":
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a non-empty regex string")
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("expected a number")
+    if kind == "count":
+        if value != int(value) or value < 1:
+            raise ValueError("expected a whole number >= 1")
+        return int(value)
+    if kind == "positive" and value <= 0:
+        raise ValueError("expected a number > 0")
+    if kind == "fraction" and not 0 < value < 1:
+        raise ValueError("expected a number between 0 and 1 (exclusive)")
+    if kind == "quantile" and not 0.5 < value < 1:
+        raise ValueError("expected a quantile between 0.5 and 1 (exclusive)")
+    return value
+
+
+def _validate(data: dict[str, Any], path: Path, complete: bool) -> dict[str, dict[str, Any]]:
+    """Check ``data`` against SCHEMA; ``complete`` requires every key (the defaults file)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ThresholdError(f"{path}: unknown key '{section}'")
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ThresholdError(f"{path}: '{section}' must be a mapping")
+        out[section] = {}
+        for key, value in body.items():
+            if key not in SCHEMA[section]:
+                raise ThresholdError(f"{path}: unknown key '{section}.{key}'")
+            try:
+                out[section][key] = _check_value(SCHEMA[section][key], value)
+            except ValueError as exc:
+                raise ThresholdError(f"{path}: '{section}.{key}': {exc}, got {value!r}") from None
+    if complete:
+        for section, keys in SCHEMA.items():
+            for key in keys:
+                if key not in out.get(section, {}):
+                    raise ThresholdError(f"{path}: missing key '{section}.{key}'")
+    return out
+
+
+def load_thresholds(defaults: Path = DEFAULTS_FILE, override: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Load the defaults, then merge ``override`` (sparse, same layout) over them."""
+    merged = _validate(_load_yaml(defaults), defaults, complete=True)
+    if override is not None:
+        for section, values in _validate(_load_yaml(override), override, False).items():
+            merged[section].update(values)
+    return merged
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _num(value: float) -> str:
+    """Format a threshold for PromQL and text: ``10``, ``0.5``, ``0.001``, ``1e-05``."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _pct(fraction: float) -> str:
+    """Format a 0..1 threshold as a percentage for descriptions: ``0.2`` -> ``20%``."""
+    return _num(round(fraction * 100, 10)) + "%"
+
+
+def _fill(template: str, **values: str) -> str:
+    """Replace ``@name@`` placeholders (Go-template braces stay untouched)."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    return template
+
+
+def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
+    """One alerting rule in monitoring-mixin layout."""
+    rule: dict[str, Any] = {"alert": name, "expr": expr.strip()}
+    if any(ch in "123456789" for ch in for_):
+        rule["for"] = for_
+    rule["labels"] = {"severity": severity}
+    rule["annotations"] = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": f"{RUNBOOK_URL}#{name.lower()}",
+    }
+    return rule
+
+
+CHIP_TEXT = "chip {{ $labels.chip_id }} (io_group {{ $labels.io_group }}, io_channel {{ $labels.io_channel }})"
+
+
+def build_rules(t: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Build the rule-file document from merged thresholds."""
+    stale_age = _num(t["data_stale"]["max_age_seconds"])
+    # Stale: nothing ingested for max_age_seconds, or nothing ever (the exporter exports NaN
+    # until its first packet; NaN is the only value not equal to itself).
+    stale = f"""(
+  time() - larpix_exporter_last_ingest_timestamp_seconds > {stale_age}
+  or
+  # NaN: no packet ingested since the exporter started
+  larpix_exporter_last_ingest_timestamp_seconds != larpix_exporter_last_ingest_timestamp_seconds
+)"""
+    unless_stale = f"unless on ({EXPORTER})\n{stale}"
+    job = json.dumps(t["exporter_down"]["job_regex"])
+
+    rules = [
+        _alert(
+            "LarpixExporterDown",
+            f"""
+up{{job=~{job}}} == 0
+or
+(
+  larpix_exporter_up == 0
+  # no poll completes yet packets flow: catching up on a backlog, not down
+  unless on ({EXPORTER}) rate(larpix_exporter_packets_ingested_total[5m]) > 0
+)
+or
+absent(up{{job=~{job}}})
+""",
+            t["exporter_down"]["for"],
+            "critical",
+            "LArPix DQM exporter is down: data quality is not monitored.",
+            "{{ if $labels.instance }}The LArPix exporter {{ $labels.instance }} (job "
+            "{{ $labels.job }}) cannot be scraped or its ingest loop has stopped."
+            "{{ else }}Prometheus has no scrape target whose job matches " + job + "."
+            "{{ end }} All LArPix data-quality alerts are blind while this fires.",
+        ),
+        _alert(
+            "LarpixDataStale",
+            f"""
+{stale}
+and on ({EXPORTER})
+(larpix_exporter_files_tracked > 0)
+""",
+            t["data_stale"]["for"],
+            "critical",
+            "LArPix DQM exporter has ingested no new packets.",
+            _fill(
+                "The exporter {{ $labels.instance }} tracks data files but has ingested no "
+                "new packet {{ if le 0.0 $value }}for {{ $value | humanizeDuration }}"
+                "{{ else }}since it started{{ end }} (threshold @age@ s). The DAQ may have "
+                "stopped writing, or the exporter is stuck.",
+                age=stale_age,
+            ),
+        ),
+        _alert(
+            "LarpixIngestLagHigh",
+            f"""
+larpix_exporter_ingest_lag_seconds > {_num(t["ingest_lag"]["max_lag_seconds"])}
+{unless_stale}
+""",
+            t["ingest_lag"]["for"],
+            "warning",
+            "LArPix DQM exporter is far behind the DAQ.",
+            _fill(
+                "The newest data time ingested by {{ $labels.instance }} is "
+                "{{ $value | humanizeDuration }} behind the wall clock (threshold @lag@ s): "
+                "the exporter is not keeping up, is replaying a backlog, or the DAQ clock is "
+                "off.",
+                lag=_num(t["ingest_lag"]["max_lag_seconds"]),
+            ),
+        ),
+        _alert(
+            "LarpixReadErrors",
+            f"""
+sum by ({TARGET}, reason) (increase(larpix_exporter_read_errors_total[{t["read_errors"]["window"]}])) > 0
+or
+sum by ({TARGET}, reason) (larpix_exporter_files_in_error) > 0
+""",
+            t["read_errors"]["for"],
+            "warning",
+            "LArPix DQM exporter keeps failing to read data files.",
+            _fill(
+                "The exporter {{ $labels.instance }} keeps failing to read data files with "
+                "reason {{ $labels.reason }}: {{ $value | humanize }} failed reads in the "
+                "last @window@ (or, when there were none, files whose last read failed).",
+                window=t["read_errors"]["window"],
+            ),
+        ),
+        _alert(
+            "LarpixChipSilent",
+            f"""
+(
+  larpix_chip_hit_rate_hertz == 0
+  and on ({CHIP})
+  (
+    max_over_time(larpix_chip_hit_rate_hertz[{t["chip_silent"]["active_lookback"]}]) > 0
+    or
+    ALERTS{{alertname="LarpixChipSilent"}}
+  )
+)
+{unless_stale}
+""",
+            t["chip_silent"]["for"],
+            "critical",
+            "A LArPix chip that was sending data has gone silent.",
+            _fill(
+                "LArPix " + CHIP_TEXT + " stopped sending data: its hit rate is now "
+                "{{ $value }} Hz, after being non-zero within the @lookback@ before the "
+                "alert started.",
+                lookback=t["chip_silent"]["active_lookback"],
+            ),
+        ),
+        _alert(
+            "LarpixChipManySilentChannels",
+            f"""
+(
+  sum by ({CHIP}) (larpix_chip_channels{{status="silent"}})
+  /
+  sum by ({CHIP}) (larpix_chip_channels)
+) > {_num(t["chip_silent_channels"]["max_fraction"])}
+{unless_stale}
+""",
+            t["chip_silent_channels"]["for"],
+            "warning",
+            "Many channels of a LArPix chip are silent.",
+            _fill(
+                "{{ $value | humanizePercentage }} of the channels of LArPix " + CHIP_TEXT + " "
+                "had no hit in the exporter window (threshold @pct@).",
+                pct=_pct(t["chip_silent_channels"]["max_fraction"]),
+            ),
+        ),
+        _alert(
+            "LarpixChipNoisyChannels",
+            f"""
+sum by ({CHIP}) (larpix_chip_channels{{status="noisy"}}) >= {t["chip_noisy_channels"]["min_count"]}
+or on ({EXPORTER_CHIP})
+count by ({CHIP}) (larpix_channel_hit_rate_hertz > {_num(t["chip_noisy_channels"]["rate_hertz"])}) >= {t["chip_noisy_channels"]["min_count"]}
+""",
+            t["chip_noisy_channels"]["for"],
+            "warning",
+            "A LArPix chip has many noisy channels.",
+            _fill(
+                "LArPix " + CHIP_TEXT + " has {{ $value }} noisy channels (threshold "
+                "@count@ channels; a channel is noisy above the exporter's cut or, with "
+                "--per-pixel, above @rate@ Hz).",
+                count=str(t["chip_noisy_channels"]["min_count"]),
+                rate=_num(t["chip_noisy_channels"]["rate_hertz"]),
+            ),
+        ),
+        _alert(
+            "LarpixTileManySilentChips",
+            f"""
+(
+  sum by ({TARGET}, io_group, tile) (
+    (larpix_chip_hit_rate_hertz == bool 0)
+    * on ({CHIP}) group_left (tile)
+    larpix_chip_info
+  )
+  /
+  count by ({TARGET}, io_group, tile) (larpix_chip_info)
+) > {_num(t["tile_silent_chips"]["max_fraction"])}
+{unless_stale}
+""",
+            t["tile_silent_chips"]["for"],
+            "warning",
+            "Many chips of a LArPix tile are silent.",
+            _fill(
+                "{{ $value | humanizePercentage }} of the chips of tile {{ $labels.tile }} "
+                "(io_group {{ $labels.io_group }}) have a hit rate of zero (threshold @pct@).",
+                pct=_pct(t["tile_silent_chips"]["max_fraction"]),
+            ),
+        ),
+        _alert(
+            "LarpixParityErrorRatioHigh",
+            f"""
+rate(larpix_chip_parity_errors_total[{t["parity_errors"]["rate_window"]}])
+/
+rate(larpix_chip_packets_total[{t["parity_errors"]["rate_window"]}])
+> {_num(t["parity_errors"]["max_ratio"])}
+""",
+            t["parity_errors"]["for"],
+            "warning",
+            "A LArPix chip sends many packets with parity errors.",
+            _fill(
+                "{{ $value | humanizePercentage }} of the data packets of LArPix " + CHIP_TEXT + " "
+                "over the last @window@ failed the parity check (threshold @ratio@).",
+                window=t["parity_errors"]["rate_window"],
+                ratio=_pct(t["parity_errors"]["max_ratio"]),
+            ),
+        ),
+        _alert(
+            "LarpixFifoFull",
+            f"""
+increase(larpix_chip_fifo_flags_total{{level="full"}}[{t["fifo_full"]["window"]}]) > 0
+""",
+            t["fifo_full"]["for"],
+            "warning",
+            "A LArPix chip FIFO is full: hits are being lost.",
+            _fill(
+                "LArPix " + CHIP_TEXT + " flagged its {{ $labels.fifo }} FIFO full in "
+                "{{ $value | humanize }} data packets over the last @window@.",
+                window=t["fifo_full"]["window"],
+            ),
+        ),
+        _alert(
+            "LarpixSyncMissing",
+            f"""
+larpix_io_group_sync_rate_hertz < {_num(t["sync_missing"]["min_rate_hertz"])}
+{unless_stale}
+""",
+            t["sync_missing"]["for"],
+            "critical",
+            "LArPix io_group is missing its 1 Hz 'S' sync packets.",
+            _fill(
+                "io_group {{ $labels.io_group }} receives {{ $value }} 'S' syncs "
+                "per second of data time (expected 1, threshold @rate@): chip timestamps "
+                "cannot be trusted.",
+                rate=_num(t["sync_missing"]["min_rate_hertz"]),
+            ),
+        ),
+        _sync_offset_rule(t),
+    ]
+    return {"groups": [{"name": GROUP_NAME, "rules": rules}]}
+
+
+def _sync_offset_rule(t: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """LarpixSyncOffset: either tail of the sync-offset histogram beyond the threshold."""
+    cfg = t["sync_offset"]
+    upper = float(cfg["quantile"])
+    lower = round(1 - upper, 12)
+    limit = float(cfg["max_abs_seconds"])
+    buckets = f"sum by ({TARGET}, io_group, le) (rate(larpix_sync_offset_seconds_bucket[{cfg['rate_window']}]))"
+    expr = f"""
+abs(histogram_quantile({_num(upper)}, {buckets})) > {_num(limit)}
+or
+abs(histogram_quantile({_num(lower)}, {buckets})) > {_num(limit)}
+"""
+    return _alert(
+        "LarpixSyncOffset",
+        expr,
+        cfg["for"],
+        "warning",
+        "LArPix 'S' sync timestamps are offset from 1e7 ticks.",
+        _fill(
+            "A tail (quantile @lo@ or @hi@) of the 'S' sync offset (timestamp - 1e7 ticks) "
+            "on io_group {{ $labels.io_group }} is {{ $value | humanize }}s away from zero "
+            "(threshold @limit@ s = @ticks@ ticks of 100 ns).",
+            lo=_num(lower),
+            hi=_num(upper),
+            limit=_num(limit),
+            ticks=_num(round(limit / 1e-7, 6)),
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings (PromQL) as literal blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def render(t: dict[str, dict[str, Any]], source: str) -> str:
+    """The rule file text: a do-not-edit header and the YAML document."""
+    header = (
+        "# Generated by alerts/generate.py -- do not edit by hand.\n"
+        f"# Thresholds: {source}\n"
+        "# Regenerate: python alerts/generate.py [--thresholds FILE] [--output FILE]\n"
+    )
+    body = yaml.dump(build_rules(t), Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True)
+    return header + body
+
+
+def main(argv: list[str] | None = None, write: Callable[[str], Any] = sys.stdout.write) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description="Generate alerts/larpix.rules.yml from thresholds.")
+    parser.add_argument(
+        "--thresholds",
+        type=Path,
+        metavar="FILE",
+        help="override file merged over alerts/thresholds.yaml (only the keys you change)",
+    )
+    parser.add_argument(
+        "--output",
+        default=str(OUTPUT_FILE),
+        metavar="FILE",
+        help="rule file to write, '-' for stdout (default: alerts/larpix.rules.yml)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if the output file differs from what would be generated",
+    )
+    args = parser.parse_args(argv)
+    try:
+        thresholds = load_thresholds(DEFAULTS_FILE, args.thresholds)
+    except ThresholdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    source = "alerts/thresholds.yaml"
+    if args.thresholds is not None:
+        source += f" + {args.thresholds}"
+    text = render(thresholds, source)
+    if args.output == "-":
+        write(text)
+        return 0
+    output = Path(args.output)
+    if args.check:
+        current = output.read_text(encoding="utf-8") if output.exists() else None
+        if current != text:
+            print(f"error: {output} is stale: run python alerts/generate.py", file=sys.stderr)
+            return 1
+        return 0
+    output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
