@@ -1,8 +1,8 @@
 """Dense numbering of chips seen in data or expected from the geometry.
 
-A chip is (io_group, io_channel, chip_id). Per-io_group lookup tables of 65,536 entries map
-(io_channel << 8 | chip_id) to a dense row, so a chunk of packets is numbered without a
-Python loop over packets.
+A chip is (io_group, io_channel, chip_id). Each io_group seen gets a 65,536-entry block of a
+lookup table indexed by (io_channel << 8 | chip_id), so a chunk of packets is numbered with
+two gathers and no Python loop over packets.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ class ChipIndex:
     """Assigns dense rows to chips in order of first appearance; rows never change."""
 
     def __init__(self) -> None:
-        self._tables: dict[int, np.ndarray] = {}
+        self._group_slot = np.full(256, UNKNOWN, np.int64)  # io_group -> block of the table
+        self._table = np.zeros(0, np.int32)  # block * 65536 + (io_channel << 8 | chip_id) -> row
         self._keys = np.zeros((0, 3), np.uint8)
 
     def __len__(self) -> int:
@@ -27,32 +28,32 @@ class ChipIndex:
         """(n, 3) array of (io_group, io_channel, chip_id) by row."""
         return self._keys
 
-    def _table(self, io_group: int) -> np.ndarray:
-        table = self._tables.get(io_group)
-        if table is None:
-            table = np.full(1 << 16, UNKNOWN, np.int32)
-            self._tables[io_group] = table
-        return table
+    def _block(self, io_group: int) -> int:
+        if self._group_slot[io_group] == UNKNOWN:
+            self._group_slot[io_group] = len(self._table) >> 16
+            self._table = np.concatenate([self._table, np.full(1 << 16, UNKNOWN, np.int32)])
+        return int(self._group_slot[io_group])
 
     def add(self, keys: np.ndarray) -> np.ndarray:
         """Register chips (rows of io_group, io_channel, chip_id) not yet known; return their rows."""
         keys = np.asarray(keys, np.uint8).reshape(-1, 3)
         rows = self.lookup(keys[:, 0], keys[:, 1], keys[:, 2])
         new = np.unique(keys[rows == UNKNOWN], axis=0)
-        for key in new:
-            self._table(int(key[0]))[(int(key[1]) << 8) | int(key[2])] = len(self._keys)
-            self._keys = np.vstack([self._keys, key[None, :]])
+        for g, c, chip in new.tolist():
+            index = (self._block(g) << 16) | (c << 8) | chip  # _block may grow the table: index it after
+            self._table[index] = len(self._keys)
+            self._keys = np.vstack([self._keys, np.array([[g, c, chip]], np.uint8)])
         return self.lookup(keys[:, 0], keys[:, 1], keys[:, 2])
 
     def lookup(self, io_group: np.ndarray, io_channel: np.ndarray, chip_id: np.ndarray) -> np.ndarray:
         """Rows of the given chips, UNKNOWN (-1) for chips not registered."""
-        sub = (io_channel.astype(np.int32) << 8) | chip_id.astype(np.int32)
-        rows = np.full(len(sub), UNKNOWN, np.int32)
-        for group in np.unique(io_group):
-            table = self._tables.get(int(group))
-            if table is not None:
-                mask = io_group == group
-                rows[mask] = table[sub[mask]]
+        block = self._group_slot[io_group]
+        key = (block << 16) | (io_channel.astype(np.int64) << 8) | chip_id
+        rows = np.full(len(key), UNKNOWN, np.int32)
+        known = block >= 0
+        if known.all():
+            return self._table[key]
+        rows[known] = self._table[key[known]]
         return rows
 
     def rows_for(self, io_group: np.ndarray, io_channel: np.ndarray, chip_id: np.ndarray) -> np.ndarray:

@@ -93,63 +93,53 @@ def decode_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Decode
         raise PacmanDecodeError(f"{len(lengths)} messages but {io_groups.shape[0]} io_group header entries")
     starts = np.zeros(len(lengths), np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
-    well_formed = (lengths >= HEADER_BYTES) & ((lengths - HEADER_BYTES) % WORD_BYTES == 0)
-    well_formed[well_formed] &= buffer[starts[well_formed]] == MSG_TYPE_DATA
-    bad_messages = int(len(lengths) - well_formed.sum())
-    starts, lengths, io_groups = starts[well_formed], lengths[well_formed], io_groups[well_formed]
+    good = (lengths >= HEADER_BYTES) & ((lengths - HEADER_BYTES) % WORD_BYTES == 0)
+    good[good] &= buffer[starts[good]] == MSG_TYPE_DATA
+    bad_messages = int(len(lengths) - good.sum())
+    keep = np.repeat(good, lengths)
+    starts, lengths, io_groups = starts[good], lengths[good], io_groups[good]
+    n_msgs = len(starts)
 
+    # Words: every byte of the good messages except their 8-byte headers, 16 bytes a row.
+    header_at = (starts[:, None] + np.arange(HEADER_BYTES)).reshape(-1)
+    header_bytes = buffer[header_at].reshape(n_msgs, HEADER_BYTES)
+    keep[header_at] = False
+    words = buffer[keep].reshape(-1, WORD_BYTES).view(_WORD_VIEW).reshape(-1)
     n_words = (lengths - HEADER_BYTES) // WORD_BYTES
-    total_words = int(n_words.sum())
-    word_msg = np.repeat(np.arange(len(starts)), n_words)
-    first_word = np.zeros(len(starts), np.int64)
-    np.cumsum(n_words[:-1], out=first_word[1:])
-    word_rank = np.arange(total_words) - first_word[word_msg]
-    word_offsets = starts[word_msg] + HEADER_BYTES + WORD_BYTES * word_rank
-    raw_words = buffer[word_offsets[:, None] + np.arange(WORD_BYTES)]
-    words = raw_words.view(_WORD_VIEW).reshape(-1)
-
-    header_bytes = buffer[starts[:, None] + np.arange(1, 5)] if len(starts) else np.zeros((0, 4), np.uint8)
-    header_time = np.ascontiguousarray(header_bytes).view("<u4").reshape(-1)
+    word_msg = np.repeat(np.arange(n_msgs), n_words)
 
     kind = words["kind"]
-    known = (kind == WORD_DATA) | (kind == WORD_TRIGGER) | (kind == WORD_SYNC)
-    unknown_words = int(total_words - known.sum())
+    is_data, is_trig, is_sync = kind == WORD_DATA, kind == WORD_TRIGGER, kind == WORD_SYNC
+    known = is_data | is_trig | is_sync
+    unknown_words = int(len(words) - np.count_nonzero(known))
+    if unknown_words:
+        words, word_msg = words[known], word_msg[known]
+        is_data, is_trig, is_sync = is_data[known], is_trig[known], is_sync[known]
 
-    # Output rows: message i's timestamp packet, then its known words in order.
-    known_per_msg = np.bincount(word_msg[known], minlength=len(starts))
-    ts_rows = np.arange(len(starts)) + np.concatenate(([0], np.cumsum(known_per_msg)[:-1]))
-    packets = np.zeros(len(starts) + int(known.sum()), PACKET_DTYPE)
-    ts = packets[ts_rows]
-    ts["io_group"] = io_groups
-    ts["packet_type"] = TIMESTAMP
-    ts["timestamp"] = header_time
-    packets[ts_rows] = ts
+    # Word rows, decoded as data words; trigger and sync words (zero LArPix bytes) fixed after.
+    body = np.zeros(len(words), PACKET_DTYPE)
+    decode_larpix_words(words["larpix"], body)
+    body["io_group"] = io_groups[word_msg]
+    body["io_channel"] = np.where(is_data, words["byte1"], 0)
+    body["receipt_timestamp"] = np.where(is_data, words["receipt"], 0)
+    for mask, ptype in ((is_trig, TRIGGER), (is_sync, SYNC)):
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            body["packet_type"][rows] = ptype
+            body["trigger_type"][rows] = words["byte1"][rows]
+            body["timestamp"][rows] = words["time"][rows]
+            body["valid_parity"][rows] = 0
+            if ptype == SYNC:
+                body["dataword"][rows] = words["byte2"][rows] & 1
 
-    word_rows = np.ones(len(packets), bool)
-    word_rows[ts_rows] = False
-    body = np.zeros(int(known.sum()), PACKET_DTYPE)
-    w = words[known]
-    body["io_group"] = io_groups[word_msg[known]]
-    is_data, is_trig, is_sync = w["kind"] == WORD_DATA, w["kind"] == WORD_TRIGGER, w["kind"] == WORD_SYNC
-
-    data = body[is_data]
-    decode_larpix_words(w["larpix"][is_data], data)
-    data["io_channel"] = w["byte1"][is_data]
-    data["receipt_timestamp"] = w["receipt"][is_data]
-    body[is_data] = data
-
-    trig = body[is_trig]
-    trig["packet_type"] = TRIGGER
-    trig["trigger_type"] = w["byte1"][is_trig]
-    trig["timestamp"] = w["time"][is_trig]
-    body[is_trig] = trig
-
-    sync = body[is_sync]
-    sync["packet_type"] = SYNC
-    sync["trigger_type"] = w["byte1"][is_sync]
-    sync["dataword"] = w["byte2"][is_sync] & 1
-    sync["timestamp"] = w["time"][is_sync]
-    body[is_sync] = sync
-
-    packets[word_rows] = body
+    # Interleave: each message's timestamp packet, then its words.
+    packets = np.zeros(n_msgs + len(words), PACKET_DTYPE)
+    words_before = np.zeros(n_msgs, np.int64)
+    np.cumsum(np.bincount(word_msg, minlength=n_msgs)[:-1], out=words_before[1:])
+    ts_rows = np.arange(n_msgs) + words_before
+    record = np.dtype((np.void, PACKET_DTYPE.itemsize))  # whole-record copies: far faster than field by field
+    packets.view(record)[np.arange(len(words)) + word_msg + 1] = body.view(record)
+    packets["io_group"][ts_rows] = io_groups
+    packets["packet_type"][ts_rows] = TIMESTAMP
+    packets["timestamp"][ts_rows] = np.ascontiguousarray(header_bytes[:, 1:5]).view("<u4").reshape(-1)
     return DecodeResult(packets, bad_messages, unknown_words)

@@ -109,7 +109,7 @@ class Accumulator:
         self.sync_offset_sum = np.zeros(IO_GROUPS, np.int64)
         self.adc_counts = np.zeros((IO_GROUPS, 256), np.int64)
         self.io_group_last_time = np.full(IO_GROUPS, np.nan)
-        self.window_io_group = np.zeros((nb, IO_GROUPS, 3), np.int64)  # S syncs, ext triggers, data
+        self.window_io_group = np.zeros((nb, IO_GROUPS, 2), np.int64)  # 'S' syncs, external triggers
         self.slot_bin = np.full(nb, -1, np.int64)
         self.newest_bin = -1
         self.data_time = math.nan
@@ -127,8 +127,6 @@ class Accumulator:
             "chip_parity": (capacity,),
             "chip_fifo": (capacity, 4),
             "hits_total": (capacity, CHANNELS_PER_CHIP),
-            "adc_sum_total": (capacity, CHANNELS_PER_CHIP),
-            "adc_sq_total": (capacity, CHANNELS_PER_CHIP),
         }
         for name, shape in shapes.items():
             grown = np.zeros(shape, np.int64)
@@ -163,25 +161,38 @@ class Accumulator:
                     self.geo_row[row] = -1 if found is None else found
 
     # -- time ---------------------------------------------------------------------------
-    def _data_times(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> np.ndarray:
-        """Data time of each packet: the latest preceding plausible timestamp packet."""
-        ptype, stamp = packets["packet_type"], packets["timestamp"]
-        is_ts = ptype == TIMESTAMP
-        plausible = is_ts & (stamp >= EARLIEST_PLAUSIBLE_TIME) & (stamp <= wall_now + MAX_FUTURE_SECONDS)
-        self.implausible_timestamps += int(is_ts.sum() - plausible.sum())
-        source = np.where(plausible, np.arange(len(packets)), -1)
-        np.maximum.accumulate(source, out=source)
-        times = np.where(source >= 0, stamp[np.maximum(source, 0)].astype(np.float64), carry.last_time)
-        if len(times):
-            carry.last_time = float(times[-1])
-        if plausible.any():
-            groups, ts_times = packets["io_group"][plausible], stamp[plausible].astype(np.float64)
+    def _window_slots(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> np.ndarray:
+        """Window slot of each packet (-1: outside the window or no data time yet).
+
+        A packet's data time is that of the latest preceding plausible timestamp packet of the
+        same file (``carry`` holds it across chunks); the window advances to the newest one.
+        """
+        ts_rows = np.flatnonzero(packets["packet_type"] == TIMESTAMP)
+        stamps = packets["timestamp"][ts_rows]
+        plausible = (stamps >= EARLIEST_PLAUSIBLE_TIME) & (stamps <= wall_now + MAX_FUTURE_SECONDS)
+        self.implausible_timestamps += int(len(ts_rows) - np.count_nonzero(plausible))
+        ts_rows, stamps = ts_rows[plausible], stamps[plausible].astype(np.float64)
+        if len(ts_rows):
+            groups = packets["io_group"][ts_rows]
             for group in np.unique(groups):
-                newest = ts_times[groups == group].max()
+                newest = stamps[groups == group].max()
                 self.io_group_last_time[group] = np.fmax(self.io_group_last_time[group], newest)
-            self.first_time = float(np.fmin(self.first_time, ts_times.min()))
-            self._advance(float(np.fmax(self.data_time, ts_times.max())))
-        return times
+            self.first_time = float(np.fmin(self.first_time, stamps.min()))
+            self._advance(float(np.fmax(self.data_time, stamps.max())))
+        slots = np.empty(len(packets), np.int64)
+        first = ts_rows[0] if len(ts_rows) else len(packets)
+        slots[:first] = self._slot_of(np.array([carry.last_time]))[0]
+        if len(ts_rows):
+            slots[first:] = np.repeat(self._slot_of(stamps), np.diff(np.append(ts_rows, len(packets))))
+            carry.last_time = float(stamps[-1])
+        return slots
+
+    def _slot_of(self, times: np.ndarray) -> np.ndarray:
+        """Ring slot of each data time, -1 for times outside the window (unknown, late, ahead)."""
+        with np.errstate(invalid="ignore"):
+            bins = np.floor(times / self.config.bin_seconds)
+        inside = (bins > self.newest_bin - self.config.window_bins) & (bins <= self.newest_bin)
+        return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % self.config.window_bins, -1)
 
     def _advance(self, data_time: float) -> None:
         """Move the window forward to ``data_time``, clearing bins that fall out of it."""
@@ -199,60 +210,63 @@ class Accumulator:
             self.window_io_group[slot] = 0
         self.newest_bin = newest
 
-    def _window_slots(self, times: np.ndarray) -> np.ndarray:
-        """Ring slot of each time, -1 for times outside the window (unknown, late, or ahead)."""
-        with np.errstate(invalid="ignore"):
-            bins = np.floor(times / self.config.bin_seconds)
-        inside = (bins > self.newest_bin - self.config.window_bins) & (bins <= self.newest_bin)
-        return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % self.config.window_bins, -1)
-
     # -- accumulation -------------------------------------------------------------------
     def add(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> None:
         """Fold a chunk of packets into the counters and windows."""
         if len(packets) == 0:
             return
         ptype = packets["packet_type"]
-        io_group = packets["io_group"]
-        known_type = ptype < PACKET_TYPES
-        self.packet_type_counts += np.bincount(
-            io_group[known_type].astype(np.int64) * PACKET_TYPES + ptype[known_type],
-            minlength=IO_GROUPS * PACKET_TYPES,
-        ).reshape(IO_GROUPS, PACKET_TYPES)
-        times = self._data_times(packets, carry, wall_now)
-        slots = self._window_slots(times)
-        self._add_data(packets[ptype == DATA], slots[ptype == DATA])
-        self._add_syncs(packets[ptype == SYNC], slots[ptype == SYNC])
-        self._add_triggers(packets[ptype == TRIGGER], slots[ptype == TRIGGER])
+        is_data = ptype == DATA
+        other = np.flatnonzero(~is_data)  # data packets are counted per channel, and summed at snapshot
+        type_key = packets["io_group"][other].astype(np.int64) * (PACKET_TYPES + 1) + np.minimum(
+            ptype[other], PACKET_TYPES
+        )
+        counts = np.bincount(type_key, minlength=IO_GROUPS * (PACKET_TYPES + 1)).reshape(IO_GROUPS, -1)
+        self.packet_type_counts += counts[:, :PACKET_TYPES]
+        slots = self._window_slots(packets, carry, wall_now)
+        self._add_data(packets, np.flatnonzero(is_data), slots)
+        syncs = np.flatnonzero(ptype == SYNC)
+        if len(syncs):
+            self._add_syncs(packets[syncs], slots[syncs])
+        triggers = np.flatnonzero(ptype == TRIGGER)
+        if len(triggers):
+            self._add_triggers(packets[triggers], slots[triggers])
 
-    def _add_data(self, data: np.ndarray, slots: np.ndarray) -> None:
-        if len(data) == 0:
+    def _add_data(self, packets: np.ndarray, rows_in_chunk: np.ndarray, all_slots: np.ndarray) -> None:
+        """Per-channel and per-chip sums of the data packets at ``rows_in_chunk``."""
+        if len(rows_in_chunk) == 0:
             return
-        io_group = data["io_group"]
-        rows = self.chips.rows_for(io_group, data["io_channel"], data["chip_id"])
+        io_group = packets["io_group"][rows_in_chunk]
+        rows = self.chips.rows_for(io_group, packets["io_channel"][rows_in_chunk], packets["chip_id"][rows_in_chunk])
         self._fit_capacity()
-        cap = self._capacity
+        cap, nb = self._capacity, self.config.window_bins
         n_flat = cap * CHANNELS_PER_CHIP
-        channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
-        adc = data["dataword"].astype(np.float64)
-        adc_sq = adc * adc
-        self.chip_packets += np.bincount(rows, minlength=cap)
-        self.chip_parity += np.bincount(rows[data["valid_parity"] == 0], minlength=cap)
-        local, shared = data["local_fifo"], data["shared_fifo"]
-        for i, flagged in enumerate((local & 1, local & 2, shared & 1, shared & 2)):
-            self.chip_fifo[:, i] += np.bincount(rows[flagged != 0], minlength=cap)
-        self.hits_total += np.bincount(channel, minlength=n_flat).reshape(cap, -1)
-        self.adc_sum_total += np.bincount(channel, adc, n_flat).astype(np.int64).reshape(cap, -1)
-        self.adc_sq_total += np.bincount(channel, adc_sq, n_flat).astype(np.int64).reshape(cap, -1)
-        self.adc_counts += np.bincount(
-            io_group.astype(np.int64) * 256 + data["dataword"], minlength=IO_GROUPS * 256
-        ).reshape(IO_GROUPS, 256)
-        for slot in np.unique(slots[slots >= 0]):
-            in_slot = slots == slot
-            ch = channel[in_slot]
-            self.win_hits[slot] += np.bincount(ch, minlength=n_flat).reshape(cap, -1)
-            self.win_adc[slot] += np.bincount(ch, adc[in_slot], n_flat).astype(np.int64).reshape(cap, -1)
-            self.win_adc_sq[slot] += np.bincount(ch, adc_sq[in_slot], n_flat).astype(np.int64).reshape(cap, -1)
-            self.window_io_group[slot, :, 2] += np.bincount(io_group[in_slot], minlength=IO_GROUPS)
+        channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (packets["channel_id"][rows_in_chunk] & 63)
+        adc_code = packets["dataword"][rows_in_chunk]
+        slots = all_slots[rows_in_chunk]
+        # One bincount gives the all-time hits (row 0: outside the window) and each window slot's hits.
+        hits = np.bincount((slots + 1) * n_flat + channel, minlength=(nb + 1) * n_flat).reshape(nb + 1, cap, -1)
+        per_channel = hits.sum(axis=0)
+        self.hits_total += per_channel
+        self.chip_packets += per_channel.sum(axis=1)
+        self.win_hits += hits[1:]
+        inside = np.flatnonzero(slots >= 0)
+        if len(inside):
+            key = slots[inside] * n_flat + channel[inside]
+            adc = adc_code[inside].astype(np.float64)
+            self.win_adc += np.bincount(key, adc, nb * n_flat).astype(np.int64).reshape(nb, cap, -1)
+            self.win_adc_sq += np.bincount(key, adc * adc, nb * n_flat).astype(np.int64).reshape(nb, cap, -1)
+        self.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
+            IO_GROUPS, 256
+        )
+        bad = np.flatnonzero(packets["valid_parity"][rows_in_chunk] == 0)
+        if len(bad):
+            self.chip_parity += np.bincount(rows[bad], minlength=cap)
+        flags = packets["local_fifo"][rows_in_chunk] | (packets["shared_fifo"][rows_in_chunk] << 2)
+        flagged = np.flatnonzero(flags)
+        if len(flagged):
+            for i, bit in enumerate((1, 2, 4, 8)):  # local half, local full, shared half, shared full
+                self.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=cap)
 
     def _add_syncs(self, syncs: np.ndarray, slots: np.ndarray) -> None:
         if len(syncs) == 0:
@@ -323,9 +337,12 @@ class Accumulator:
             known = self.geo_row[:n] >= 0
             tiles[known] = self.geometry.tiles[self.geo_row[:n][known]]
         window_groups = self.window_io_group.sum(axis=0) / covered
-        active_groups = np.flatnonzero(self.packet_type_counts.sum(axis=1))
-        if len(self.chips):
-            active_groups = np.union1d(active_groups, np.unique(self.chips.keys[:, 0]))
+        chip_groups = self.chips.keys[:, 0].astype(np.int64)
+        type_counts = self.packet_type_counts.copy()
+        np.add.at(type_counts[:, DATA], chip_groups, self.chip_packets[:n])
+        group_hits = np.zeros(IO_GROUPS)
+        np.add.at(group_hits, chip_groups, chip_hits)
+        active_groups = np.union1d(np.flatnonzero(type_counts.sum(axis=1)), chip_groups)
         edges = np.concatenate([self.config.adc_buckets, [np.inf]])
         below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge
         adc_cum = np.concatenate([np.zeros((IO_GROUPS, 1), np.int64), np.cumsum(self.adc_counts, axis=1)], axis=1)
@@ -346,12 +363,12 @@ class Accumulator:
             channel_adc_std=channel_std,
             channel_hits_total=self.hits_total[:n].copy(),
             io_groups=active_groups.astype(np.int64),
-            packet_type_counts=self.packet_type_counts.copy(),
+            packet_type_counts=type_counts,
             sync_counts=self.sync_counts.copy(),
             trigger_counts=self.trigger_counts.copy(),
             sync_rate_hz=window_groups[:, 0],
             trigger_rate_hz=window_groups[:, 1],
-            io_group_rate_hz=window_groups[:, 2],
+            io_group_rate_hz=group_hits / covered,
             io_group_last_time=self.io_group_last_time.copy(),
             sync_offset_bucket_counts=np.cumsum(self.sync_offset_counts, axis=1),
             sync_offset_sum_ticks=self.sync_offset_sum.copy(),

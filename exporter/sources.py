@@ -147,15 +147,21 @@ def _created(fh: h5py.File, kind: str) -> float | None:
 
 
 def _unwritten_tail(kind: str, rows: np.ndarray) -> int:
-    """Number of trailing rows that look not yet written by the writer."""
-    if len(rows) == 0:
-        return 0
+    """Number of trailing rows that look not yet written by the writer (checked from the end)."""
     if kind == RAW:
-        written = np.fromiter((len(m) > 0 for m in rows), bool, len(rows))
+
+        def written(i: int) -> bool:
+            return len(rows[i]) > 0
     else:
-        written = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1).any(axis=1)
-    nonzero = np.flatnonzero(written)
-    return len(rows) - (int(nonzero[-1]) + 1 if len(nonzero) else 0)
+        as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
+
+        def written(i: int) -> bool:
+            return bool(as_bytes[i].any())
+
+    held = 0
+    while held < len(rows) and not written(len(rows) - 1 - held):
+        held += 1
+    return held
 
 
 class FileReader:
