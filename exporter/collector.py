@@ -242,4 +242,12 @@ class Collector:
                 (), [()], [health.polls]
             ),
             gauge("larpix_exporter_poll_duration_seconds", "Duration of the last poll.", health.poll_duration),
+            gauge(
+                "larpix_exporter_checkpoint_duration_seconds",
+                "Duration of the last checkpoint write.",
+                health.checkpoint_duration,
+            ),
+            Family("larpix_exporter_checkpoint_errors", "counter", "Checkpoint writes that failed.").add(
+                (), [()], [health.checkpoint_errors]
+            ),
         ]

@@ -23,6 +23,8 @@ class Health:
     )
     packets_ingested: dict[str, int] = field(default_factory=lambda: {"raw": 0, "packets": 0})
     messages_ingested: int = 0
+    checkpoint_errors: int = 0
+    checkpoint_duration: float = 0.0
 
     def count_read_error(self, reason: str) -> None:
         self.read_errors[reason] = self.read_errors.get(reason, 0) + 1

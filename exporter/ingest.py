@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .health import Health
 from .quality import Accumulator, Snapshot
 from .sources import Chunk, DirectoryTail, FileCursor
+from .state import load_state, save_state
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY_SECONDS = 1.0
@@ -31,11 +32,15 @@ class Published:
 class Ingester:
     """Polls a ``DirectoryTail`` and feeds an ``Accumulator``; call ``run`` in a thread."""
 
-    def __init__(self, tail: DirectoryTail, accumulator: Accumulator, interval: float = 2.0) -> None:
+    def __init__(
+        self, tail: DirectoryTail, accumulator: Accumulator, interval: float = 2.0, state_path: str | None = None
+    ) -> None:
         self.tail = tail
         self.accumulator = accumulator
         self.interval = interval
+        self.state_path = state_path
         self.health = Health()
+        self._checkpointed: tuple | None = None
         self.listeners: list[Callable[[Chunk], None]] = []
         self.after_poll: list[Callable[[], None]] = []
         self._last_publish = 0.0
@@ -44,6 +49,38 @@ class Ingester:
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
         self.health.count_read_error(reason)
+
+    def restore(self) -> bool:
+        """Load the checkpoint at ``state_path`` if there is one (raises StateError if unusable)."""
+        if self.state_path is None or not load_state(self.state_path, self.accumulator, self.tail, self.health):
+            return False
+        self._checkpointed = self._progress()
+        self.publish()
+        return True
+
+    def _progress(self) -> tuple:
+        """What a checkpoint must capture: changes whenever cursors or counters change."""
+        h = self.health
+        return (
+            tuple(h.packets_ingested.values()),
+            tuple(sorted(h.read_errors.items())),
+            h.messages_ingested,
+            len(self.tail.cursors),
+        )
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint if anything was counted since the last one; never raises."""
+        if self.state_path is None or self._progress() == self._checkpointed:
+            return
+        started = time.monotonic()
+        try:
+            save_state(self.state_path, self.accumulator, self.tail, self.health)
+        except OSError as err:
+            self.health.checkpoint_errors += 1
+            log.error("cannot write checkpoint %s: %s", self.state_path, err)
+            return
+        self._checkpointed = self._progress()
+        self.health.checkpoint_duration = time.monotonic() - started
 
     def publish(self) -> None:
         """Make the current state visible to scrapes."""
@@ -90,6 +127,7 @@ class Ingester:
         h.poll_duration = time.monotonic() - started
         h.last_poll_wall = time.time()
         h.up = True
+        self.checkpoint()
         for hook in self.after_poll:
             hook()
         self.publish()

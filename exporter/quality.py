@@ -119,6 +119,60 @@ class Accumulator:
         if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
             self._register(geometry.chips)
 
+    # -- checkpoint ---------------------------------------------------------------------
+    _SCALARS = ("newest_bin", "data_time", "first_time", "implausible_timestamps")
+    _GROUP_ARRAYS = (
+        "packet_type_counts",
+        "sync_counts",
+        "trigger_counts",
+        "sync_offset_counts",
+        "sync_offset_sum",
+        "adc_counts",
+        "io_group_last_time",
+    )
+    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
+    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "window_io_group", "slot_bin")
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
+        n = len(self.chips)
+        state = {
+            "chip_keys": self.chips.keys.copy(),
+            "window_shape": np.array([self.config.window_seconds, self.config.window_bins]),
+        }
+        state.update({name: np.asarray(getattr(self, name)) for name in self._SCALARS + self._GROUP_ARRAYS})
+        state.update({name: getattr(self, name)[:n] for name in self._CHIP_ARRAYS})
+        state.update(
+            {
+                name: getattr(self, name)[:, :n] if name.startswith("win_") else getattr(self, name)
+                for name in self._WINDOW_ARRAYS
+            }
+        )
+        return state
+
+    def import_state(self, state: dict[str, np.ndarray]) -> bool:
+        """Continue from ``export_state`` output; returns False when the window shape differs
+        (counters are restored, the window starts empty)."""
+        self._register(state["chip_keys"])
+        rows = self.chips.lookup(*state["chip_keys"].T)
+        for name in self._SCALARS:
+            setattr(self, name, state[name].item())
+        for name in self._GROUP_ARRAYS:
+            getattr(self, name)[...] = state[name]
+        for name in self._CHIP_ARRAYS:
+            getattr(self, name)[rows] = state[name]
+        same_window = tuple(state["window_shape"]) == (self.config.window_seconds, self.config.window_bins)
+        if same_window:
+            for name in self._WINDOW_ARRAYS:
+                target = getattr(self, name)
+                if name.startswith("win_"):
+                    target[:, rows] = state[name]
+                else:
+                    target[...] = state[name]
+        else:
+            self.newest_bin = int(self.data_time // self.config.bin_seconds) if not math.isnan(self.data_time) else -1
+        return same_window
+
     # -- chip storage -------------------------------------------------------------------
     def _alloc_chip_arrays(self, capacity: int) -> None:
         nb, old = self.config.window_bins, self._capacity

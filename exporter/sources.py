@@ -265,7 +265,10 @@ class DirectoryTail:
         return sum(1 for c in self.cursors.values() if c.size >= 0)
 
     def scan(self, now: float) -> list[FileCursor]:
-        """Stat every file; return the cursors whose files need reading, oldest first."""
+        """Stat every file; return the cursors whose files need reading, oldest first.
+
+        Cursors of files that disappeared more than ``flush_interval`` seconds ago are dropped.
+        """
         paths = [p for spec in self.inputs for p in spec.files()]
         due: list[tuple[float, str, FileCursor]] = []
         present = set()
@@ -290,9 +293,11 @@ class DirectoryTail:
                 continue
             if changed or cursor.pending or cursor.held_since is not None:
                 due.append((st.st_mtime_ns, path, cursor))
-        for path, cursor in self.cursors.items():
+        for path, cursor in list(self.cursors.items()):
             if path not in present:
                 cursor.size = -1
+                if now - cursor.last_change > self.flush_interval:
+                    del self.cursors[path]  # gone and idle: forget its cursor; its counts stay
         return [c for _, _, c in sorted(due)]
 
     def read(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:

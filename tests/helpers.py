@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from exporter.packets import PACKET_TYPE_NAMES
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
@@ -39,26 +41,50 @@ def scrape(port: int, path: str = "/metrics", timeout: float = 10.0) -> str:
         return resp.read().decode()
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    """Poll ``predicate`` until it returns a truthy value or the timeout passes."""
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, give_up_on: type[Exception] | None = None):
+    """Poll ``predicate`` until it returns a truthy value or the timeout passes.
+
+    Exceptions from ``predicate`` count as "not yet", except ``give_up_on``, which propagates.
+    """
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             last = predicate()
             if last:
                 return last
+        except Exception as err:
+            if give_up_on is not None and isinstance(err, give_up_on):
+                raise
+            last = err
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
 @contextlib.contextmanager
-def running_serve(args: list[str], port: int, env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """Run ``larpix-dqm serve`` in a subprocess on 127.0.0.1:port; always stopped afterwards."""
-    cmd = [sys.executable, "-m", "exporter.cli", "serve", "--listen-address", "127.0.0.1", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+def running_serve(
+    args: list[str], port: int, env: dict | None = None, wrapper: list[str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """Run ``larpix-dqm serve`` in a subprocess on 127.0.0.1:port; always stopped afterwards.
+
+    Its output goes to the file ``proc.log_path``; checkpoints to a fresh temporary state directory
+    unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix (e.g. setpriv).
+    """
+    cmd = [*(wrapper or []), sys.executable, "-m", "exporter.cli", "serve"]
+    cmd += ["--listen-address", "127.0.0.1", "--port", str(port), *args]
+    env = {"LARPIX_DQM_STATE_DIR": tempfile.mkdtemp(prefix="larpix-dqm-state-"), **(env or {})}
+    log = tempfile.NamedTemporaryFile(prefix="larpix-dqm-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    proc.log_path = Path(log.name)  # type: ignore[attr-defined]  # tests read what the exporter logged
+    log.close()
     try:
-        wait_for(lambda: scrape(port, "/-/healthy") == "OK\n", timeout=30)
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {proc.returncode}: {proc.log_path.read_text()[-2000:]}")
+            return scrape(port, "/-/healthy") == "OK\n"
+
+        wait_for(healthy, timeout=30, give_up_on=RuntimeError)
         yield proc
     finally:
         if proc.poll() is None:
@@ -89,3 +115,31 @@ def chip_labels(key: str) -> dict[str, str]:
 
 def sample(samples: dict, name: str, **labels) -> float:
     return samples[(name, frozenset((k, str(v)) for k, v in labels.items()))]
+
+
+def ingested(port: int) -> float:
+    samples = parse_metrics(scrape(port))
+    return sum(v for (name, _), v in samples.items() if name == "larpix_exporter_packets_ingested_total")
+
+
+def check_counters(samples: dict, truths) -> None:
+    chips: dict[str, dict[str, int]] = {}
+    types: dict[str, int] = {}
+    for truth in truths:
+        for key, counts in truth.chips.items():
+            for name, value in counts.items():
+                chips.setdefault(key, {}).setdefault(name, 0)
+                chips[key][name] += value
+        for key, value in truth.packet_types.items():
+            types[key] = types.get(key, 0) + value
+    for key, counts in chips.items():
+        labels = chip_labels(key)
+        assert sample(samples, "larpix_chip_packets_total", **labels) == counts.get("packets", 0), key
+        assert sample(samples, "larpix_chip_parity_errors_total", **labels) == counts.get("parity_errors", 0), key
+        full = sample(samples, "larpix_chip_fifo_flags_total", **labels, fifo="local", level="full")
+        assert full == counts.get("fifo_full", 0), key
+    for key, value in types.items():
+        group, ptype = key.split("/")
+        assert (
+            sample(samples, "larpix_packets_total", io_group=group, packet_type=PACKET_TYPE_NAMES[int(ptype)]) == value
+        )

@@ -10,8 +10,10 @@ import sys
 import pytest
 from helpers import (
     START,
+    check_counters,
     chip_labels,
     free_port,
+    ingested,
     parse_metrics,
     running_serve,
     sample,
@@ -22,7 +24,6 @@ from helpers import (
 
 from exporter.decode import decode_messages
 from exporter.geometry import packaged_layout
-from exporter.packets import PACKET_TYPE_NAMES
 from exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
 
 FAULTS = Faults(
@@ -33,34 +34,6 @@ FAULTS = Faults(
     fifo_full_chips=[(1, 2, 40)],
     fifo_flag_fraction=0.2,
 )
-
-
-def ingested(port: int) -> float:
-    samples = parse_metrics(scrape(port))
-    return sum(v for (name, _), v in samples.items() if name == "larpix_exporter_packets_ingested_total")
-
-
-def check_counters(samples: dict, truths) -> None:
-    chips: dict[str, dict[str, int]] = {}
-    types: dict[str, int] = {}
-    for truth in truths:
-        for key, counts in truth.chips.items():
-            for name, value in counts.items():
-                chips.setdefault(key, {}).setdefault(name, 0)
-                chips[key][name] += value
-        for key, value in truth.packet_types.items():
-            types[key] = types.get(key, 0) + value
-    for key, counts in chips.items():
-        labels = chip_labels(key)
-        assert sample(samples, "larpix_chip_packets_total", **labels) == counts.get("packets", 0), key
-        assert sample(samples, "larpix_chip_parity_errors_total", **labels) == counts.get("parity_errors", 0), key
-        full = sample(samples, "larpix_chip_fifo_flags_total", **labels, fifo="local", level="full")
-        assert full == counts.get("fifo_full", 0), key
-    for key, value in types.items():
-        group, ptype = key.split("/")
-        assert (
-            sample(samples, "larpix_packets_total", io_group=group, packet_type=PACKET_TYPE_NAMES[int(ptype)]) == value
-        )
 
 
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
