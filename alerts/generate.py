@@ -67,6 +67,9 @@ SCHEMA: dict[str, dict[str, str]] = {
         "rate_window": "window",
         "for": "duration",
     },
+    "detector_status": {"for": "duration"},
+    "check_error": {"for": "duration"},
+    "check_warning": {"for": "duration"},
 }
 
 _DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
@@ -432,8 +435,86 @@ larpix_io_group_sync_rate_hertz < {_num(t["sync_missing"]["min_rate_hertz"])}
             ),
         ),
         _sync_offset_rule(t),
+        *_check_rules(t, unless_stale),
     ]
     return {"groups": [{"name": GROUP_NAME, "rules": rules}]}
+
+
+#: Where a check status applies: a chip, or an io_group for io_group-scope checks (no chip_id).
+CHECK_TARGET_TEXT = "{{ if $labels.chip_id }}LArPix " + CHIP_TEXT + "{{ else }}io_group {{ $labels.io_group }}{{ end }}"
+#: Labels that identify one check status series of one exporter (io_channel and chip_id are
+#: empty for io_group-scope checks, which still match).
+CHECK_SERIES = "job, instance, check, io_group, io_channel, chip_id"
+
+
+def _listing(query: str, label: str, item: str) -> str:
+    """A template listing the series of ``query`` (printf format over $labels.instance)."""
+    return (
+        f'{{{{ range $i, $s := printf "{query}" $labels.instance | query | sortByLabel "{label}" }}}}'
+        f"{{{{ if $i }}}}, {{{{ end }}}}{item}{{{{ else }}}}none{{{{ end }}}}"
+    )
+
+
+def _check_rules(t: dict[str, dict[str, Any]], unless_stale: str) -> list[dict[str, Any]]:
+    """Alerts on the exporter's checks: the detector roll-up (page) and per-check statuses.
+
+    LarpixCheckError comes before LarpixCheckWarning: the warning rule reads the error rule's
+    ALERTS series, which rules evaluated later in the same group see at the same timestamp.
+    """
+    groups = _listing("larpix_io_group_status{instance=%q} >= 2", "io_group", "{{ $s.Labels.io_group }}")
+    checks = _listing(
+        "count by (check) (larpix_check_status{instance=%q} == 2)",
+        "check",
+        "{{ $s.Labels.check }} ({{ $s.Value }})",
+    )
+    return [
+        _alert(
+            "LarpixDetectorStatusError",
+            f"""
+max by ({TARGET}) (larpix_detector_status) >= 2
+{unless_stale}
+""",
+            t["detector_status"]["for"],
+            "critical",
+            "LArPix data-quality checks put the detector in error.",
+            "The data-quality checks of {{ $labels.instance }} report status ERROR for the "
+            "detector (larpix_detector_status = {{ $value }}). io_groups in error: " + groups + ". "
+            "Checks in error (number of chips or io_groups): " + checks + ".",
+        ),
+        _alert(
+            "LarpixCheckError",
+            f"""
+larpix_check_status == 2
+{unless_stale}
+""",
+            t["check_error"]["for"],
+            "warning",
+            "A LArPix data-quality check is in its error range.",
+            CHECK_TARGET_TEXT + " fails check {{ $labels.check }}: its value is outside the "
+            "check's error range (larpix_check_status = 2). Ranges: docs/metrics.md, Checks.",
+        ),
+        _alert(
+            "LarpixCheckWarning",
+            f"""
+(
+  larpix_check_status >= 1
+  # already a LarpixCheckError ticket: no second alert for the same check
+  unless on ({CHECK_SERIES})
+  ALERTS{{alertname="LarpixCheckError", alertstate="firing"}}
+)
+{unless_stale}
+""",
+            t["check_warning"]["for"],
+            "info",
+            "A LArPix data-quality check has been outside its warning range for a long time.",
+            _fill(
+                CHECK_TARGET_TEXT + " has been outside the warning range of check "
+                "{{ $labels.check }} for @for@ (larpix_check_status = {{ $value }}; 1 warning, "
+                "2 error). Ranges: docs/metrics.md, Checks.",
+                **{"for": t["check_warning"]["for"]},
+            ),
+        ),
+    ]
 
 
 def _sync_offset_rule(t: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -277,6 +277,40 @@ UP_MAPPING = [
 ]
 
 
+#: larpix_*_status values (exporter/checks.py): 0 ok, 1 warning, 2 error.
+STATUS_MAPPING = [
+    dm.ValueMap(
+        options={
+            "0": dm.ValueMappingResult(text="OK", color="green", index=0),
+            "1": dm.ValueMappingResult(text="WARNING", color="yellow", index=1),
+            "2": dm.ValueMappingResult(text="ERROR", color="red", index=2),
+        }
+    )
+]
+STATUS_STEPS = [(None, "green"), (1, "yellow"), (2, "red")]
+#: Panels of the exporter's reference comparison are empty unless it runs with --reference.
+NO_REFERENCE = "no reference run: start the exporter with --reference FILE"
+
+
+def status_timeline(title: str, desc: str, target, w: int, h: int = 6):
+    """A state timeline of larpix_*_status series: OK / WARNING / ERROR over time."""
+    return (
+        statetimeline.Panel()
+        .title(title)
+        .description(desc)
+        .datasource(DS)
+        .span(w)
+        .height(h)
+        .with_target(target)
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+        .mappings(STATUS_MAPPING)
+        .color_scheme(db.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+        .thresholds(thresholds(*STATUS_STEPS))
+        .no_value("no check status (exporter without checks?)")
+    )
+
+
 # --------------------------------------------------------------------------- dashboards
 
 
@@ -284,8 +318,48 @@ def overview() -> dm.Dashboard:
     dash = new_dashboard(
         "larpix-overview",
         "LArPix / Overview",
-        "Packet, hit, sync and trigger rates per io_group, exporter health and firing alerts.",
+        "Detector status from the checks, packet, hit, sync and trigger rates per io_group, exporter health and "
+        "firing alerts.",
     )
+    dash = dash.with_row(db.Row("Detector status"))
+    dash = (
+        dash.with_panel(
+            stat_panel(
+                "Detector status",
+                "Worst check status of the whole detector (larpix_detector_status): OK, WARNING or ERROR. "
+                "Which checks fail: LArPix / Chips, row Checks.",
+                query("max(larpix_detector_status)", instant=True),
+                "none",
+                steps=STATUS_STEPS,
+                mappings=STATUS_MAPPING,
+                h=6,
+            )
+            .graph_mode(cm.BigValueGraphMode.NONE)
+            .no_value("no status")
+        )
+        .with_panel(
+            status_timeline(
+                "io_group status",
+                "Worst check status of each io_group: its own checks (sync) and its chips' checks "
+                "(larpix_io_group_status).",
+                query(f"max by (io_group) (larpix_io_group_status{{{IOG}}})", "io_group {{io_group}}"),
+                w=10,
+            )
+        )
+        .with_panel(
+            status_timeline(
+                "Tile status",
+                "Worst check status of the chips of each tile (larpix_tile_status), for the tiles of the "
+                "selected io_groups.",
+                query(
+                    f"max by (tile) (larpix_tile_status and on (instance, tile) larpix_chip_info{{{IOG}}})",
+                    "tile {{tile}}",
+                ),
+                w=10,
+            )
+        )
+    )
+
     dash = dash.with_row(db.Row("Exporter health"))
     dash = (
         dash.with_panel(
@@ -460,10 +534,46 @@ def chips() -> dm.Dashboard:
     dash = new_dashboard(
         "larpix-chips",
         "LArPix / Chips",
-        "Per-chip data quality: hit rates by tile, channel status, ADC, parity errors and FIFO flags.",
+        "Per-chip data quality: checks, hit rates by tile, channel status, ADC, parity errors, FIFO flags and the "
+        "comparison with a reference run.",
         extra_variables=[tile_variable()],
     )
     hit = with_tile(f"larpix_chip_hit_rate_hertz{{{IOG}}}")
+
+    dash = dash.with_row(db.Row("Checks"))
+    not_ok = with_tile(f"(larpix_check_status{{{IOG}}} > 0)")
+    dash = dash.with_panel(
+        table_panel(
+            "Checks not ok, by chip",
+            "Every chip and check whose status is WARNING or ERROR now (larpix_check_status > 0), errors "
+            "first. Ranges of each check: docs/metrics.md, Checks.",
+            [query(not_ok, instant=True, fmt="table")],
+            [
+                organize(exclude=["Time", "job", "instance"], rename={"Value": "status"}),
+                sort_by("status"),
+            ],
+            w=14,
+            h=9,
+        )
+        .mappings(STATUS_MAPPING)
+        .thresholds(thresholds(*STATUS_STEPS))
+        .override_by_name(
+            "status",
+            [dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})],
+        )
+        .no_value("all checks ok")
+    ).with_panel(
+        ts_panel(
+            "Chips not ok by check",
+            "Number of selected chips with a check in WARNING or ERROR, per check, over time.",
+            [query(f"count by (check) ({not_ok})", "{{check}}")],
+            "none",
+            w=10,
+            h=9,
+        )
+        .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
+        .no_value("all checks ok")
+    )
 
     dash = dash.with_row(db.Row("Hit rates by tile"))
     dash = (
@@ -683,6 +793,72 @@ def chips() -> dm.Dashboard:
                 ],
                 w=8,
             ).override_by_name("parity error ratio", [dm.DynamicConfigValue(id_val="unit", value="percentunit")])
+        )
+    )
+
+    dash = dash.with_row(db.Row("Reference"))
+    ratio = with_tile(f"larpix_chip_reference_rate_ratio{{{IOG}}}")
+    shift = with_tile(f"larpix_chip_reference_pedestal_shift{{{IOG}}}")
+    chi2 = with_tile(f"larpix_chip_reference_rate_chi2{{{IOG}}}")
+    only_with_reference = " Only when the exporter runs with --reference FILE."
+    dash = (
+        dash.with_panel(
+            ts_panel(
+                "Hit rate / reference by tile",
+                "Hit rate over the reference run's hit rate, averaged over the chips of each tile; dashed: the "
+                "reference_rate_ratio warning range 0.5-2." + only_with_reference,
+                [query(f"avg by (tile) ({ratio})", "tile {{tile}}")],
+                "none",
+                w=8,
+            )
+            .thresholds(thresholds((None, "red"), (0.5, "green"), (2, "red")))
+            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED))
+            .no_value(NO_REFERENCE)
+        )
+        .with_panel(
+            ts_panel(
+                "Pedestal shift from reference by tile",
+                "Mean ADC minus the reference run's mean ADC, averaged over the chips of each tile; dashed: "
+                "the reference_pedestal_shift warning range -5 to 5 ADC." + only_with_reference,
+                [query(f"avg by (tile) ({shift})", "tile {{tile}}")],
+                "none",
+                w=8,
+            )
+            .thresholds(thresholds((None, "red"), (-5, "green"), (5, "red")))
+            .thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.DASHED))
+            .no_value(NO_REFERENCE)
+        )
+        .with_panel(
+            ts_panel(
+                "Rate chi-square per channel by tile",
+                "Chi-square per channel of the chips' per-channel hit counts against the reference, highest "
+                "chip of each tile (about 1 when the channels behave as in the reference)." + only_with_reference,
+                [query(f"max by (tile) ({chi2})", "tile {{tile}}")],
+                "none",
+                w=8,
+            ).no_value(NO_REFERENCE)
+        )
+        .with_panel(
+            table_panel(
+                "Chips against the reference",
+                "Rate ratio, pedestal shift and rate chi-square per channel of every selected chip against the "
+                "reference run; highest chi-square first." + only_with_reference,
+                [
+                    query(ratio, ref="A", instant=True, fmt="table"),
+                    query(shift, ref="B", instant=True, fmt="table"),
+                    query(chi2, ref="C", instant=True, fmt="table"),
+                ],
+                [
+                    transformation("merge"),
+                    organize(
+                        exclude=["Time", "job"],
+                        rename={"Value #A": "rate ratio", "Value #B": "pedestal shift", "Value #C": "rate chi2"},
+                    ),
+                    sort_by("rate chi2"),
+                ],
+                w=24,
+                h=10,
+            ).no_value(NO_REFERENCE)
         )
     )
     return finish(dash)

@@ -15,9 +15,13 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .checks import ChecksConfigError
 from .config import DEFAULT_PORT, ConfigError, build_settings
 from .geometry import GeometryError, load_geometry, packaged_layout
+from .reference import ReferenceError
 from .simulate import Faults, SimulationConfig, Simulator, Truth, write_run
+from .state import StateError
+from .webconfig import WebConfigError
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -63,6 +67,26 @@ def _parse_ids(values: list[str], width: int, what: str) -> list[tuple[int, ...]
     return out
 
 
+PLOTS_HELP = (
+    "Plots to draw: class or image names or shell patterns (PixelMap, PixelMap_2_1, 'PixelMap_1_*'); "
+    "repeatable, or several separated by commas. (default: all)"
+)
+
+
+def _plot_settings(
+    output: Path | None, ext: str, plots: list[str], interval: float, plugin_dirs: list[str], latest: bool = True
+):
+    """PlotSettings from the plot options, None without -o; exits on options that need -o."""
+    if output is None:
+        if plots or plugin_dirs:
+            _fail("--plots and --plugin-dir need -o PLOTDIR (where the images go)")
+        return None
+    from .plotting import PlotSettings
+
+    names = tuple(name for value in plots for name in value.replace(",", " ").split())
+    return PlotSettings(str(output), ext, names, interval, tuple(plugin_dirs), latest)
+
+
 @app.command()
 def serve(
     inputs: Annotated[list[str], typer.Option("-i", "--input", help="Directory (or file) to watch; repeatable.")] = [],  # noqa: B006
@@ -91,6 +115,13 @@ def serve(
             help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present, else none)"
         ),
     ] = None,
+    state_file: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Checkpoint file, rewritten atomically after every poll that counted something; '-' disables. "
+            "(default: $LARPIX_DQM_STATE_DIR, else ~/.local/state/larpix-dqm, /state-<hash of the inputs>.npz)"
+        ),
+    ] = None,
     window: Annotated[
         Optional[float], typer.Option(help="Sliding window in seconds of data time. (default: 60)")
     ] = None,
@@ -104,13 +135,47 @@ def serve(
             help="Serve per-channel series on /metrics?per_pixel=1 (costly: 3 series per pixel). (default: off)",
         ),
     ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "-o",
+            "--output",
+            help="Folder for plot images, served on /plots/: <file stem>_dqm/<file stem>_<Plot><ext> and "
+            "latest/<Plot><ext>. (default: no plots)",
+        ),
+    ] = None,
+    ext: Annotated[str, typer.Option(help="Plot image format, as a file extension.")] = ".png",
+    plots: Annotated[list[str], typer.Option("--plots", help=PLOTS_HELP)] = [],  # noqa: B006
+    plot_interval: Annotated[
+        float, typer.Option(help="Redraw plots at most every this many seconds (only when data came).")
+    ] = 30.0,
+    plugin_dir: Annotated[
+        list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
+    ] = [],  # noqa: B006
+    checks: Annotated[
+        Optional[str],
+        typer.Option(help="YAML file overriding check thresholds (schema in the README). (default: built-in)"),
+    ] = None,
+    reference: Annotated[
+        Optional[str],
+        typer.Option(help="Reference run (.npz from 'larpix-dqm baseline') to compare rates and pedestals with."),
+    ] = None,
+    web_config_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--web.config.file",
+            "--web-config-file",
+            help="Prometheus exporter web config (tls_server_config, basic_auth_users). (default: plain HTTP, no auth)",
+        ),
+    ] = None,
     config: Annotated[
         Optional[str],
         typer.Option(help="YAML file with any of these options (keys as option names); command-line values win."),
     ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
-    """Watch LArPix data directories and serve data-quality metrics on /metrics."""
+    """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
+    from .plotting import PlotConfigError
     from .service import Service
 
     _setup_logging(verbose)
@@ -125,15 +190,28 @@ def serve(
                 interval=interval,
                 flush_interval=flush_interval,
                 geometry=geometry,
+                state_file=state_file,
                 window=window,
                 noisy_rate_hz=noisy_rate_hz,
                 per_pixel=per_pixel,
+                checks=checks,
+                reference=reference,
+                web_config_file=web_config_file,
             ),
         )
         if not settings.inputs:
             _fail("no input: give -i DIR (or 'inputs' in the config file)")
-        service = Service(settings)
-    except (ConfigError, GeometryError) as err:
+        plot_settings = _plot_settings(output, ext, plots, plot_interval, plugin_dir)
+        service = Service(settings, plot_settings)
+    except (
+        ConfigError,
+        GeometryError,
+        StateError,
+        PlotConfigError,
+        ChecksConfigError,
+        ReferenceError,
+        WebConfigError,
+    ) as err:
         _fail(str(err))
     except OSError as err:
         _fail(f"cannot listen on {listen_address or '0.0.0.0'}:{port or DEFAULT_PORT}: {err.strerror or err}")
@@ -146,29 +224,85 @@ def serve(
 def once(
     file: Annotated[Path, typer.Argument(help="A packet or raw PACMAN HDF5 file.", exists=True, dir_okay=False)],
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="Directory for summary.json and metrics.prom.")
+        Optional[Path],
+        typer.Option(
+            "-o", "--output", help="Directory for summary.json, metrics.prom and the plots (<file stem>_dqm/)."
+        ),
     ] = None,
     geometry: Annotated[
         Optional[str],
         typer.Option(help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present)"),
     ] = None,
-    window: Annotated[float, typer.Option(help="Sliding window in seconds of data time.")] = 60.0,
+    window: Annotated[
+        float, typer.Option(help="Sliding window in seconds of data time (statistics and pixel maps cover its end).")
+    ] = 60.0,
+    ext: Annotated[str, typer.Option(help="Plot image format, as a file extension.")] = ".png",
+    plots: Annotated[list[str], typer.Option("--plots", help=PLOTS_HELP)] = [],  # noqa: B006
+    plugin_dir: Annotated[
+        list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
+    ] = [],  # noqa: B006
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write the summary only.")] = False,
 ) -> None:
-    """Process one whole file and print (and optionally write) its data-quality summary."""
-    from .summary import summarize_file
+    """Process one whole file: print its summary; with -o also write it, its metrics and its plots."""
+    from .plotting import PlotConfigError
+    from .service import resolve_geometry
 
     _setup_logging(False)
     try:
-        summary, metrics_text = summarize_file(str(file), geometry, window)
-    except GeometryError as err:
+        geo = resolve_geometry(geometry)
+        settings = None if no_plots else _plot_settings(output, ext, plots, 0.0, plugin_dir, latest=False)
+    except (GeometryError, PlotConfigError) as err:
         _fail(str(err))
+    try:
+        result, written = _once_with_progress(file, geo, window, settings)
+    except PlotConfigError as err:
+        _fail(str(err))
+    summary, metrics_text = result.summary()
     if summary["read_errors"]:
         _fail(f"{file}: {'; '.join(summary['read_errors'])}")
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
         (output / "metrics.prom").write_text(metrics_text)
+    if written is not None:
+        images, failures = written
+        typer.echo(f"wrote {images} plot image(s) to {output / (file.stem + '_dqm')}", err=True)
+        for failure in failures:
+            typer.echo(f"larpix-dqm: plot {failure}", err=True)
     typer.echo(json.dumps(summary["totals"], indent=1))
+
+
+def _once_with_progress(file: Path, geo, window: float, settings):
+    """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures))."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .plotting import PlotEngine
+    from .quality import Accumulator
+    from .summary import file_rows, process_file
+
+    engine = PlotEngine(settings, geo) if settings is not None else None
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
+        on_chunk = None
+        if engine is not None:
+            empty = Accumulator(geometry=geo).snapshot()  # the plots' update() reads packets, not statistics
+            key = (str(file), 0)
+
+            def on_chunk(chunk) -> None:
+                engine.update(key, chunk.packets, empty)
+
+        result = process_file(str(file), geo, window, on_chunk, lambda rows: progress.update(reading, completed=rows))
+        if engine is None or result.errors:  # nothing to draw, or a file that could not be read
+            return result, None
+        drawing = progress.add_task("drawing plots (images)", total=None)
+        images = engine.draw(result.snapshot, between=lambda: progress.advance(drawing))
+    failures = [f"{name} failed: {h.last_error}" for name, h in engine.health.items() if h.failures]
+    failures += [f"{name} skipped: {reason}" for name, reason in engine.skipped.items()]
+    failures += [f"plugin {where} skipped: {error}" for where, error in engine.catalog.errors.items()]
+    return result, (images, failures)
 
 
 @app.command()
@@ -231,10 +365,10 @@ def simulate(
     counts = Truth() if truth else None
     if fmt not in ("raw", "packets"):
         _fail(f"--format {fmt!r}: use raw or packets")
-    try:
-        paths = write_run(sim, outdir, fmt, seconds, not fast, start_time, file_seconds, truth=counts)
-    except KeyboardInterrupt:
-        paths = []
+    stop = threading.Event()  # SIGINT or SIGTERM (docker stop): finish the second, close the file
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    paths = write_run(sim, outdir, fmt, seconds, not fast, start_time, file_seconds, stop=stop, truth=counts)
     if truth and counts is not None:
         truth.write_text(json.dumps(counts.to_dict()))
     typer.echo(f"wrote {len(paths)} file(s) to {outdir}", err=True)
@@ -284,6 +418,98 @@ def demo(
     finally:
         stop.set()
         writer.join(5)
+
+
+@app.command()
+def baseline(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Files of one continuous reference run (pedestal or cosmics).", exists=True, dir_okay=False
+        ),
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Reference file to write (.npz).")],
+    geometry: Annotated[
+        Optional[str],
+        typer.Option(help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present)"),
+    ] = None,
+) -> None:
+    """Make a reference (.npz: per-channel rate, pedestal mean and spread) for serve --reference."""
+    from .monitor import Monitor
+    from .reference import Reference
+    from .service import resolve_geometry
+
+    _setup_logging(False)
+    try:
+        monitor = Monitor(resolve_geometry(geometry), window=1e9, window_bins=1)  # one window over the whole run
+    except GeometryError as err:
+        _fail(str(err))
+    errors: list[str] = []
+    monitor.add_log_handler(lambda record: record["level"] == "error" and errors.append(record["message"]))
+    packets = sum(monitor.add_file(path) for path in files)
+    if errors:
+        _fail("; ".join(errors))
+    snap = monitor.update().snapshot
+    if not snap.chip_packets.sum():
+        _fail(f"no data packets in {', '.join(map(str, files))}: nothing to make a reference from")
+    Reference.from_snapshot(snap, [str(p) for p in files]).save(output)
+    typer.echo(
+        f"{output}: {len(snap.chip_keys)} chips, {int((snap.channel_rate_hz > 0).sum())} channels with data, "
+        f"{snap.covered_seconds:.0f} s of data, {packets} packets"
+    )
+
+
+@app.command()
+def channels(
+    files: Annotated[
+        list[Path], typer.Argument(help="Files to judge (instead of --url).", exists=True, dir_okay=False)
+    ] = [],  # noqa: B006
+    url: Annotated[Optional[str], typer.Option(help="A running exporter, e.g. http://localhost:9767.")] = None,
+    status: Annotated[
+        str, typer.Option(help="Comma-separated channel statuses: noisy, silent, active.")
+    ] = "noisy,silent",
+    fmt: Annotated[
+        str, typer.Option("--format", help="json ({'io_group-io_channel-chip_id': [channels]}) or csv.")
+    ] = "json",
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Write here instead of standard output.")
+    ] = None,
+    geometry: Annotated[Optional[str], typer.Option(help="Pixel geometry YAML, for files.")] = None,
+    window: Annotated[float, typer.Option(help="Sliding window in seconds of data time, for files.")] = 60.0,
+) -> None:
+    """List bad channels (io_group, io_channel, chip_id, channel_id) for the DAQ's channel mask."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from .channels import format_channels
+    from .monitor import Monitor, channel_list
+    from .service import resolve_geometry
+
+    statuses = [s.strip() for s in status.split(",") if s.strip()]
+    if fmt not in ("json", "csv"):
+        _fail(f"--format {fmt!r}: use json or csv")
+    if bool(url) == bool(files):
+        _fail("give either --url of a running exporter or FILE arguments")
+    if url:
+        query = urllib.parse.urlencode({"status": ",".join(statuses), "format": fmt})
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/api/channels?{query}", timeout=30) as resp:
+                body = resp.read()
+        except (urllib.error.URLError, OSError) as err:
+            _fail(f"{url}: {getattr(err, 'reason', err)}")
+    else:
+        monitor = Monitor(resolve_geometry(geometry), window=window)
+        for path in files:
+            monitor.add_file(path)
+        try:
+            body = format_channels(channel_list(monitor.update().snapshot, statuses), fmt)
+        except ValueError as err:
+            _fail(str(err))
+    if output is not None:
+        output.write_bytes(body)
+    else:
+        sys.stdout.write(body.decode())
 
 
 def run() -> None:

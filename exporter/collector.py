@@ -9,6 +9,7 @@ import numpy as np
 from . import __version__
 from .exposition import Family, histogram, label_string
 from .health import Health
+from .monitor import MonitorState
 from .packets import CLOCK_HZ, PACKET_TYPE_NAMES
 from .quality import FIFO_FLAGS, STATUS_NAMES, Snapshot
 
@@ -32,11 +33,64 @@ class Collector:
         return self._chip_rows[:n], self._chip_labels[:n]
 
     def families(
-        self, snap: Snapshot, health: Health, per_pixel: bool = False, now: float | None = None
+        self,
+        snap: Snapshot,
+        health: Health,
+        per_pixel: bool = False,
+        now: float | None = None,
+        state: MonitorState | None = None,
     ) -> list[Family]:
-        """All families for one scrape."""
+        """All families for one scrape (check statuses when ``state`` carries them)."""
         now = time.time() if now is None else now
-        return [*self._detector(snap), *(self._pixels(snap) if per_pixel else []), *self._exporter(snap, health, now)]
+        verdicts = self._checks(state) if state is not None else []
+        pixels = self._pixels(snap) if per_pixel else []
+        return [*self._detector(snap), *verdicts, *pixels, *self._exporter(snap, health, now)]
+
+    def _checks(self, state: MonitorState) -> list[Family]:
+        rows, labels = self._chips(state.snapshot)
+        r = state.results
+        status = Family(
+            "larpix_check_status", "gauge", "Check status: 0 ok, 1 warning, 2 error (see the README's checks table)."
+        )
+        for check, values in zip(r.chip_checks, r.chip_status):
+            status.add(
+                ("check", *CHIP_LABELS),
+                [(check.name, *row) for row in rows],
+                values,
+                labels=[f'check="{check.name}",{lab}' for lab in labels],
+            )
+        groups = state.snapshot.io_groups.tolist()
+        for check, values in zip(r.group_checks, r.group_status):
+            status.add(("check", "io_group"), [(check.name, g) for g in groups], values[groups])
+        fams = [
+            status,
+            Family("larpix_tile_status", "gauge", "Worst check status of the tile's chips.").add(
+                ("tile",), [(int(t),) for t in r.tiles], r.tile_status
+            ),
+            Family("larpix_io_group_status", "gauge", "Worst check status of the io_group and its chips.").add(
+                ("io_group",), [(g,) for g in groups], r.io_group_status[groups]
+            ),
+            Family("larpix_detector_status", "gauge", "Worst check status of the whole detector.").add(
+                (), [()], [r.detector_status]
+            ),
+        ]
+        if state.comparison is not None:
+            c = state.comparison
+            for name, help_text, values in (
+                ("larpix_chip_reference_rate_ratio", "Hit rate over the reference run's hit rate.", c.rate_ratio),
+                (
+                    "larpix_chip_reference_pedestal_shift",
+                    "Mean ADC minus the reference run's mean ADC.",
+                    c.pedestal_shift,
+                ),
+                (
+                    "larpix_chip_reference_rate_chi2",
+                    "Per-channel hit counts against the reference: chi-square per channel.",
+                    c.rate_chi2,
+                ),
+            ):
+                fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
+        return fams
 
     def _detector(self, snap: Snapshot) -> list[Family]:
         rows, labels = self._chips(snap)
@@ -167,7 +221,7 @@ class Collector:
 
     def _pixels(self, snap: Snapshot) -> list[Family]:
         rows, labels = self._chips(snap)
-        chip, channel = np.nonzero(snap.channel_status > 0)
+        chip, channel = np.nonzero(snap.channel_expected | (snap.channel_status > 0))
         pixel_rows = [(*rows[c], ch) for c, ch in zip(chip.tolist(), channel.tolist())]
         pixel_labels = [f'{labels[c]},channel_id="{ch}"' for c, ch in zip(chip.tolist(), channel.tolist())]
         names = (*CHIP_LABELS, "channel_id")

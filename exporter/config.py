@@ -31,6 +31,9 @@ class Settings:
     window_bins: int = 12
     noisy_rate_hz: float = 10.0
     per_pixel: bool = False
+    checks: str | None = None
+    reference: str | None = None
+    web_config_file: str | None = None
     chunk_rows: int = 1_000_000
 
 

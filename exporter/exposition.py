@@ -29,19 +29,21 @@ def label_strings(names: Sequence[str], columns: Sequence[np.ndarray | Sequence[
     return [label_string(names, row) for row in zip(*columns)]
 
 
+_SMALL_INTS = np.array([str(i) for i in range(4096)], dtype=object)
+
+
 def format_values(values: np.ndarray) -> list[str]:
     """Render sample values: integers exactly, floats shortest round-trip, NaN/+Inf/-Inf."""
     values = np.asarray(values)
     if values.dtype.kind in "iub":
-        return values.astype(np.int64).astype(str).tolist()
-    text = values.astype(np.float64).astype(str)
-    special = ~np.isfinite(values)
-    if special.any():
-        text = text.astype(object)
-        text[np.isnan(values)] = "NaN"
-        text[values == np.inf] = "+Inf"
-        text[values == -np.inf] = "-Inf"
-    return text.tolist()
+        if len(values) and values.min() >= 0 and values.max() < len(_SMALL_INTS):
+            return _SMALL_INTS[values].tolist()
+        return list(map(str, values.tolist()))
+    text = list(map(repr, values.astype(np.float64).tolist()))
+    special = np.flatnonzero(~np.isfinite(values))
+    for i in special.tolist():
+        text[i] = "NaN" if np.isnan(values[i]) else ("+Inf" if values[i] > 0 else "-Inf")
+    return text
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""The ingest loop: poll the inputs, fold new packets into the accumulator, publish snapshots.
+"""The ingest loop: poll the inputs, feed new packets to the monitor, publish its state.
 
-One thread owns the accumulator. After every poll (and every second during a long backlog)
-it publishes an immutable (Snapshot, Health) pair; scrapes read only the published pair.
+One thread owns the monitor. After every poll (and every second during a long backlog) it
+publishes an immutable (MonitorState, Health) pair; scrapes read only the published pair.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .health import Health
-from .quality import Accumulator, Snapshot
+from .monitor import Monitor, MonitorState
+from .quality import Snapshot
 from .sources import Chunk, DirectoryTail, FileCursor
 from .state import load_state, save_state
 
@@ -23,20 +24,25 @@ PUBLISH_EVERY_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Published:
-    """What a scrape reads: one consistent snapshot and the health at that moment."""
+    """What a scrape reads: one consistent monitor state and the health at that moment."""
 
-    snapshot: Snapshot
+    state: MonitorState
     health: Health
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot
 
 
 class Ingester:
     """Polls a ``DirectoryTail`` and feeds an ``Accumulator``; call ``run`` in a thread."""
 
     def __init__(
-        self, tail: DirectoryTail, accumulator: Accumulator, interval: float = 2.0, state_path: str | None = None
+        self, tail: DirectoryTail, monitor: Monitor, interval: float = 2.0, state_path: str | None = None
     ) -> None:
         self.tail = tail
-        self.accumulator = accumulator
+        self.monitor = monitor
+        self.accumulator = monitor.accumulator
         self.interval = interval
         self.state_path = state_path
         self.health = Health()
@@ -45,10 +51,12 @@ class Ingester:
         self.after_poll: list[Callable[[], None]] = []
         self._last_publish = 0.0
         self.tail.on_error = self._on_read_error
-        self.published = Published(accumulator.snapshot(), self.health.copy())
+        self.published = Published(monitor.update(), self.health.copy())
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
         self.health.count_read_error(reason)
+        if cursor.error != reason:  # first failure of this kind: tell the log handlers once
+            self.monitor.log_event("warning", message, reason=reason, file=cursor.path)
 
     def restore(self) -> bool:
         """Load the checkpoint at ``state_path`` if there is one (raises StateError if unusable)."""
@@ -88,12 +96,12 @@ class Ingester:
         h.decode_errors["implausible_timestamp"] = self.accumulator.implausible_timestamps
         h.files_tracked = self.tail.tracked
         h.files_in_error = self.tail.errors_by_reason()
-        self.published = Published(self.accumulator.snapshot(), h.copy())
+        self.published = Published(self.monitor.update(), h.copy())
         self._last_publish = time.monotonic()
 
     def ingest(self, chunk: Chunk, now: float) -> None:
         """Count one chunk and advance its file's cursor."""
-        self.accumulator.add(chunk.packets, chunk.cursor.carry, now)
+        self.monitor.feed(chunk.packets, chunk.cursor.carry, now)
         chunk.cursor.rows_done = chunk.rows_end
         h = self.health
         h.packets_ingested[chunk.kind] += len(chunk.packets)

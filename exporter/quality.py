@@ -35,6 +35,9 @@ class QualityConfig:
     window_seconds: float = 60.0
     window_bins: int = 12
     noisy_rate_hz: float = 10.0
+    #: A channel with no hit is silent only once a typical channel (the median active one)
+    #: would have this many hits in the window: P(0 | 5 expected) < 1 %.
+    silent_min_expected_hits: float = 5.0
     adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
     sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
 
@@ -60,10 +63,14 @@ class Snapshot:
     chip_parity_errors: np.ndarray
     chip_fifo_flags: np.ndarray
     chip_status_counts: np.ndarray
+    chip_window_packets: np.ndarray
+    chip_window_parity_errors: np.ndarray
+    chip_window_fifo_full: np.ndarray
     chip_rate_hz: np.ndarray
     chip_adc_mean: np.ndarray
     chip_adc_std: np.ndarray
     channel_status: np.ndarray
+    channel_expected: np.ndarray
     channel_rate_hz: np.ndarray
     channel_adc_mean: np.ndarray
     channel_adc_std: np.ndarray
@@ -131,7 +138,7 @@ class Accumulator:
         "io_group_last_time",
     )
     _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
-    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "window_io_group", "slot_bin")
+    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "win_flags", "window_io_group", "slot_bin")
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
@@ -170,7 +177,7 @@ class Accumulator:
                 else:
                     target[...] = state[name]
         else:
-            self.newest_bin = int(self.data_time // self.config.bin_seconds) if not math.isnan(self.data_time) else -1
+            self.newest_bin = int(self._bin_of(self.data_time)) if not math.isnan(self.data_time) else -1
         return same_window
 
     # -- chip storage -------------------------------------------------------------------
@@ -187,8 +194,13 @@ class Accumulator:
             if old:
                 grown[:old] = getattr(self, name)
             setattr(self, name, grown)
-        for name in ("win_hits", "win_adc", "win_adc_sq"):
-            grown = np.zeros((nb, capacity, CHANNELS_PER_CHIP), np.int64)
+        for name, width in (
+            ("win_hits", CHANNELS_PER_CHIP),
+            ("win_adc", CHANNELS_PER_CHIP),
+            ("win_adc_sq", CHANNELS_PER_CHIP),
+            ("win_flags", 2),
+        ):
+            grown = np.zeros((nb, capacity, width), np.int64)
             if old:
                 grown[:, :old] = getattr(self, name)
             setattr(self, name, grown)
@@ -241,17 +253,22 @@ class Accumulator:
             carry.last_time = float(stamps[-1])
         return slots
 
+    def _bin_of(self, times: np.ndarray | float) -> np.ndarray:
+        """Window bin number of data times; the one formula for packets and for the window edge."""
+        with np.errstate(invalid="ignore"):
+            return np.floor(np.asarray(times, np.float64) / self.config.bin_seconds)
+
     def _slot_of(self, times: np.ndarray) -> np.ndarray:
         """Ring slot of each data time, -1 for times outside the window (unknown, late, ahead)."""
+        bins = self._bin_of(times)
         with np.errstate(invalid="ignore"):
-            bins = np.floor(times / self.config.bin_seconds)
-        inside = (bins > self.newest_bin - self.config.window_bins) & (bins <= self.newest_bin)
+            inside = (bins > self.newest_bin - self.config.window_bins) & (bins <= self.newest_bin)
         return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % self.config.window_bins, -1)
 
     def _advance(self, data_time: float) -> None:
         """Move the window forward to ``data_time``, clearing bins that fall out of it."""
         self.data_time = data_time
-        newest = int(data_time // self.config.bin_seconds)
+        newest = int(self._bin_of(data_time))
         nb = self.config.window_bins
         if newest <= self.newest_bin:
             return
@@ -261,6 +278,7 @@ class Accumulator:
             self.win_hits[slot] = 0
             self.win_adc[slot] = 0
             self.win_adc_sq[slot] = 0
+            self.win_flags[slot] = 0
             self.window_io_group[slot] = 0
         self.newest_bin = newest
 
@@ -316,11 +334,21 @@ class Accumulator:
         bad = np.flatnonzero(packets["valid_parity"][rows_in_chunk] == 0)
         if len(bad):
             self.chip_parity += np.bincount(rows[bad], minlength=cap)
+            self._add_window_flags(rows[bad], slots[bad], 0)
         flags = packets["local_fifo"][rows_in_chunk] | (packets["shared_fifo"][rows_in_chunk] << 2)
         flagged = np.flatnonzero(flags)
         if len(flagged):
             for i, bit in enumerate((1, 2, 4, 8)):  # local half, local full, shared half, shared full
                 self.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=cap)
+            full = flagged[(flags[flagged] & 10) != 0]
+            self._add_window_flags(rows[full], slots[full], 1)
+
+    def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
+        """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
+        inside = slots >= 0
+        cap = self._capacity
+        counts = np.bincount(slots[inside] * cap + rows[inside], minlength=self.config.window_bins * cap)
+        self.win_flags[:, :, which] += counts.reshape(self.config.window_bins, cap)
 
     def _add_syncs(self, syncs: np.ndarray, slots: np.ndarray) -> None:
         if len(syncs) == 0:
@@ -378,13 +406,17 @@ class Accumulator:
         adc_sq = self.win_adc_sq[:, :n].sum(axis=0)
         channel_rate = hits / covered
         channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
-        live = hits.sum() > 0
         status = np.full((n, CHANNELS_PER_CHIP), STATUS_NONE, np.int8)
-        status[self.expected_channels() & live] = STATUS_SILENT
+        active_rates = channel_rate[hits > 0]
+        typical_hits = float(np.median(active_rates)) * covered if len(active_rates) else 0.0
+        live = typical_hits >= self.config.silent_min_expected_hits
+        expected = self.expected_channels()
+        status[expected & live] = STATUS_SILENT
         status[hits > 0] = STATUS_ACTIVE
         status[channel_rate > self.config.noisy_rate_hz] = STATUS_NOISY
         status_counts = np.stack([(status == s).sum(axis=1) for s in (STATUS_ACTIVE, STATUS_SILENT, STATUS_NOISY)], 1)
         chip_hits = hits.sum(axis=1)
+        window_flags = self.win_flags[:, :n].sum(axis=0)
         chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
         tiles = np.full(n, -1, np.int64)
         if self.geometry is not None:
@@ -408,10 +440,14 @@ class Accumulator:
             chip_parity_errors=self.chip_parity[:n].copy(),
             chip_fifo_flags=self.chip_fifo[:n].copy(),
             chip_status_counts=status_counts,
+            chip_window_packets=chip_hits,
+            chip_window_parity_errors=window_flags[:, 0],
+            chip_window_fifo_full=window_flags[:, 1],
             chip_rate_hz=chip_hits / covered,
             chip_adc_mean=chip_mean,
             chip_adc_std=chip_std,
             channel_status=status,
+            channel_expected=expected,
             channel_rate_hz=channel_rate,
             channel_adc_mean=channel_mean,
             channel_adc_std=channel_std,

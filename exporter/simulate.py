@@ -35,6 +35,8 @@ class Faults:
     fifo_flag_fraction: float = 0.01
     pedestal_shift_chips: list[tuple[int, int, int]] = field(default_factory=list)
     pedestal_shift: float = 30.0
+    rate_scale_chips: list[tuple[int, int, int]] = field(default_factory=list)
+    rate_scale: float = 3.0
 
 
 @dataclass
@@ -102,12 +104,14 @@ class Simulator:
             (self.faults.noisy_channels, 4, "noisy channel"),
             (self.faults.fifo_full_chips, 3, "FIFO-full chip"),
             (self.faults.pedestal_shift_chips, 3, "pedestal-shift chip"),
+            (self.faults.rate_scale_chips, 3, "rate-scale chip"),
         ):
             for key in keys:
                 if not _matches(self.channels, [key], width).any():
                     raise ValueError(
                         f"{what} {'-'.join(map(str, key))} is not a connected chip/channel of the geometry"
                     )
+        rate[_matches(self.channels, self.faults.rate_scale_chips, 3)] *= self.faults.rate_scale
         rate[_matches(self.channels, self.faults.silent_chips, 3)] = 0.0
         rate[_matches(self.channels, self.faults.noisy_channels, 4)] = self.faults.noisy_rate_hz
         self.rate = rate

@@ -322,8 +322,8 @@ class DirectoryTail:
     def _fail(self, cursor: FileCursor, reason: str, message: str) -> None:
         cursor.pending = True
         first = cursor.error != reason
+        self.on_error(cursor, reason, message)  # before the update: handlers may compare with the old reason
         cursor.error = reason
-        self.on_error(cursor, reason, message)
         if first:
             log.warning("%s (reason: %s; will retry every poll, logged once)", message, reason)
 

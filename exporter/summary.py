@@ -1,17 +1,21 @@
-"""One-shot processing of a single file: the statistics ``once`` prints and writes."""
+"""One-shot processing of a single file: the statistics (and plots) ``once`` writes."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
 
 from .collector import Collector
 from .exposition import render
+from .geometry import Geometry
 from .health import Health
 from .quality import STATUS_ACTIVE, STATUS_NAMES, STATUS_NOISY, STATUS_SILENT, Accumulator, QualityConfig, Snapshot
 from .service import resolve_geometry
-from .sources import DirectoryTail, InputSpec
+from .sources import RAW, Chunk, DirectoryTail, InputSpec, SourceError, detect_kind
 
 
 def _channel_list(snap: Snapshot, status: int) -> list[list[int]]:
@@ -55,9 +59,42 @@ def snapshot_summary(snap: Snapshot) -> dict:
     }
 
 
-def summarize_file(path: str, geometry_path: str | None, window: float = 60.0) -> tuple[dict, str]:
-    """Ingest a whole file; return its summary (with any read errors) and its metrics text."""
-    accumulator = Accumulator(QualityConfig(window_seconds=window), resolve_geometry(geometry_path))
+@dataclass
+class FileResult:
+    """What reading one whole file gave: the final snapshot, counts, read errors."""
+
+    path: str
+    geometry: Geometry | None
+    snapshot: Snapshot
+    health: Health
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> tuple[dict, str]:
+        """The JSON summary (with the file and its read errors) and the metrics text."""
+        summary = snapshot_summary(self.snapshot)
+        summary["file"] = self.path
+        summary["read_errors"] = self.errors
+        return summary, render(Collector().families(self.snapshot, self.health))
+
+
+def file_rows(path: str) -> int:
+    """Rows of the file's main dataset (messages of a raw file, packets of a packet file), 0 if unreadable."""
+    try:
+        with h5py.File(path, "r", swmr=True, locking=False) as fh:
+            return len(fh["msgs"] if detect_kind(fh, path) == RAW else fh["packets"])
+    except (OSError, SourceError, KeyError, ValueError, RuntimeError):
+        return 0
+
+
+def process_file(
+    path: str,
+    geometry: Geometry | None,
+    window: float = 60.0,
+    on_chunk: Callable[[Chunk], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> FileResult:
+    """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far."""
+    accumulator = Accumulator(QualityConfig(window_seconds=window), geometry)
     tail = DirectoryTail([InputSpec(path)])
     errors: list[str] = []
     tail.on_error = lambda cursor, reason, message: errors.append(f"{reason}: {message}")
@@ -67,8 +104,13 @@ def summarize_file(path: str, geometry_path: str | None, window: float = 60.0) -
             accumulator.add(chunk.packets, cursor.carry, time.time())
             cursor.rows_done = chunk.rows_end
             health.packets_ingested[chunk.kind] += len(chunk.packets)
-    snap = accumulator.snapshot()
-    summary = snapshot_summary(snap)
-    summary["file"] = path
-    summary["read_errors"] = errors
-    return summary, render(Collector().families(snap, health))
+            if on_chunk is not None:
+                on_chunk(chunk)
+            if on_progress is not None:
+                on_progress(chunk.rows_end)
+    return FileResult(path, geometry, accumulator.snapshot(), health, errors)
+
+
+def summarize_file(path: str, geometry_path: str | None, window: float = 60.0) -> tuple[dict, str]:
+    """Ingest a whole file; return its summary (with any read errors) and its metrics text."""
+    return process_file(path, resolve_geometry(geometry_path), window).summary()

@@ -63,12 +63,17 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, give_up_on
 
 @contextlib.contextmanager
 def running_serve(
-    args: list[str], port: int, env: dict | None = None, wrapper: list[str] | None = None
+    args: list[str],
+    port: int,
+    env: dict | None = None,
+    wrapper: list[str] | None = None,
+    ready_path: str | None = "/-/healthy",
 ) -> Iterator[subprocess.Popen]:
     """Run ``larpix-dqm serve`` in a subprocess on 127.0.0.1:port; always stopped afterwards.
 
     Its output goes to the file ``proc.log_path``; checkpoints to a fresh temporary state directory
-    unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix (e.g. setpriv).
+    unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix (e.g. setpriv);
+    ``ready_path=None`` waits for the port instead of an HTTP answer (TLS, basic auth).
     """
     cmd = [*(wrapper or []), sys.executable, "-m", "exporter.cli", "serve"]
     cmd += ["--listen-address", "127.0.0.1", "--port", str(port), *args]
@@ -82,7 +87,10 @@ def running_serve(
         def healthy() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {proc.returncode}: {proc.log_path.read_text()[-2000:]}")
-            return scrape(port, "/-/healthy") == "OK\n"
+            if ready_path is None:  # TLS or auth in front: wait until the port accepts connections
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            return scrape(port, ready_path) == "OK\n"
 
         wait_for(healthy, timeout=30, give_up_on=RuntimeError)
         yield proc

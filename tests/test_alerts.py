@@ -154,8 +154,18 @@ def test_expected_alerts_exist() -> None:
         "LarpixFifoFull": "warning",
         "LarpixSyncMissing": "critical",
         "LarpixSyncOffset": "warning",
+        "LarpixDetectorStatusError": "critical",
+        "LarpixCheckError": "warning",
+        "LarpixCheckWarning": "info",
     }
     assert {rule["alert"]: rule["labels"]["severity"] for rule in _rules()} == expected
+
+
+def test_check_warning_follows_check_error() -> None:
+    """LarpixCheckWarning reads LarpixCheckError's ALERTS series: the error rule must be
+    evaluated first (same group, earlier), or the warning lags one evaluation behind."""
+    assert ALERT_NAMES.index("LarpixCheckError") < ALERT_NAMES.index("LarpixCheckWarning")
+    assert 'ALERTS{alertname="LarpixCheckError", alertstate="firing"}' in _rule("LarpixCheckWarning")["expr"]
 
 
 def _github_anchor(heading: str) -> str:
@@ -422,8 +432,42 @@ def test_inhibition_rules(alertmanager: str) -> None:
             instance="a:1",
             **{**chip, "job": "larpix-per-pixel"},
         ),
+        # a:1's check alerts carry chip_id (chip-scope checks): muted like the other chip alerts.
+        _alert(
+            case="a-check-error",
+            alertname="LarpixCheckError",
+            severity="warning",
+            instance="a:1",
+            check="hit_rate",
+            **chip,
+        ),
+        _alert(
+            case="a-check-warning",
+            alertname="LarpixCheckWarning",
+            severity="info",
+            instance="a:1",
+            check="pedestal",
+            **chip,
+        ),
         # b:1 is another exporter: a:1's staleness must not mute it.
         _alert(case="b-chip", alertname="LarpixChipSilent", severity="critical", instance="b:1", **chip),
+        _alert(
+            case="b-check-error",
+            alertname="LarpixCheckError",
+            severity="warning",
+            instance="b:1",
+            check="hit_rate",
+            **chip,
+        ),
+        # b:1's detector page has no chip or tile label: only the rule's staleness guard
+        # keeps it quiet for a stale exporter, Alertmanager never mutes it.
+        _alert(
+            case="b-detector",
+            alertname="LarpixDetectorStatusError",
+            severity="critical",
+            job="larpix",
+            instance="b:1",
+        ),
         # c:1: a dead chip mutes its own many-silent-channels ticket, not another chip's.
         _alert(case="c-silent", alertname="LarpixChipSilent", severity="critical", instance="c:1", **chip),
         _alert(case="c-channels", alertname="LarpixChipManySilentChannels", severity="warning", instance="c:1", **chip),
@@ -445,7 +489,11 @@ def test_inhibition_rules(alertmanager: str) -> None:
         "a-tile": "suppressed",
         "a-pixel": "suppressed",
         "a-sync": "active",
+        "a-check-error": "suppressed",
+        "a-check-warning": "suppressed",
         "b-chip": "active",
+        "b-check-error": "active",
+        "b-detector": "active",
         "c-silent": "active",
         "c-channels": "suppressed",
         "c-other-chip": "active",
@@ -465,7 +513,11 @@ def test_inhibition_rules(alertmanager: str) -> None:
         "a-tile": "suppressed",
         "a-pixel": "suppressed",
         "a-sync": "active",
+        "a-check-error": "suppressed",
+        "a-check-warning": "suppressed",
         "b-chip": "suppressed",
+        "b-check-error": "suppressed",
+        "b-detector": "active",
         "c-silent": "suppressed",
         "c-channels": "suppressed",
         "c-other-chip": "suppressed",

@@ -15,6 +15,7 @@ A missing tool fails the test with a message saying what to install: nothing is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -118,14 +119,30 @@ def substitute_variables(expr: str) -> str:
     return GRAFANA_VARIABLE.sub(value, expr)
 
 
+def markdown_table(text: str, header: tuple[str, ...]) -> list[list[str]]:
+    """Body rows (lists of stripped cells) of the first Markdown table whose header row
+    starts with the cells ``header``; fails when there is none."""
+    rows: list[list[str]] | None = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            if rows is not None:
+                break
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if rows is None:
+            if tuple(cells[: len(header)]) == header:
+                rows = []
+        elif not all(set(cell) <= set("-: ") for cell in cells):
+            rows.append(cells)
+    assert rows, f"no table with header {header} in the document"
+    return rows
+
+
 def documented_metrics() -> tuple[set[str], set[str]]:
     """Metric names (histograms expanded to _bucket/_sum/_count) and label names of docs/metrics.md."""
     names: set[str] = set()
     labels: set[str] = set()
-    for line in METRICS_DOC.read_text().splitlines():
-        if not line.startswith("| `"):
-            continue
-        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+    for cells in markdown_table(METRICS_DOC.read_text(), ("name", "type", "labels")):
         if len(cells) < 3:
             continue
         metric_names = re.findall(r"`([a-zA-Z_:][a-zA-Z0-9_:]*)`", cells[0])
@@ -217,6 +234,37 @@ def test_dashboards_have_the_required_shape() -> None:
     )
 
 
+def test_status_and_reference_panels() -> None:
+    """The overview opens with the detector status (OK/WARNING/ERROR), io_group and tile
+    status; the chips dashboard has the non-ok checks and a Reference row with the three
+    reference gauges."""
+    dashboards = load_dashboards()
+    overview = dashboards["larpix-overview"]["panels"]
+    assert overview[0]["type"] == "row" and overview[0]["title"] == "Detector status"
+    top = overview[1 : next(i for i, p in enumerate(overview) if i and p["type"] == "row")]
+    exprs = {p["type"]: p["targets"][0]["expr"] for p in top}
+    assert "larpix_detector_status" in exprs["stat"]
+    assert any("larpix_io_group_status" in p["targets"][0]["expr"] for p in top)
+    assert any("larpix_tile_status" in p["targets"][0]["expr"] for p in top)
+    for panel in top:
+        options = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+        assert {k: (v["text"], v["color"]) for k, v in options.items()} == {
+            "0": ("OK", "green"),
+            "1": ("WARNING", "yellow"),
+            "2": ("ERROR", "red"),
+        }, panel["title"]
+
+    chips = list(iter_panels(dashboards["larpix-chips"]["panels"]))
+    targets = [target["expr"] for panel in chips for target in panel.get("targets", [])]
+    assert any(re.search(r"larpix_check_status\{[^}]*\} > 0", expr) for expr in targets)
+    rows = [i for i, p in enumerate(chips) if p["type"] == "row"]
+    start = next(i for i in rows if chips[i]["title"] == "Reference")
+    end = next((i for i in rows if i > start), len(chips))
+    reference = " ".join(t["expr"] for p in chips[start + 1 : end] for t in p.get("targets", []))
+    for name in ("rate_ratio", "pedestal_shift", "rate_chi2"):
+        assert f"larpix_chip_reference_{name}" in reference
+
+
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
     promtool = require("promtool", "prometheus")
     rules, where = [], {}
@@ -262,6 +310,79 @@ def test_promql_lexer_finds_metrics_and_labels() -> None:
     assert (
         substitute_variables('rate(x{a=~"$io_group",b="${tile:csv}"}[$__rate_interval])') == 'rate(x{a=~"1",b="1"}[1m])'
     )
+
+
+def _documented_range(cell: str) -> tuple[float, float]:
+    """``0.05 to 5``, ``≤ 0.1``, ``≥ 3`` or ``any`` (the Checks table's range cells)."""
+    cell = cell.replace("\u2212", "-")
+    if cell == "any":
+        return (-math.inf, math.inf)
+    if cell.startswith("≤ "):
+        return (-math.inf, float(cell[2:]))
+    if cell.startswith("≥ "):
+        return (float(cell[2:]), math.inf)
+    low, sep, high = cell.partition(" to ")
+    assert sep, f"range cell {cell!r}: expected 'LOW to HIGH', '≤ HIGH', '≥ LOW' or 'any'"
+    return (float(low), float(high))
+
+
+def test_checks_table_matches_the_default_checks() -> None:
+    """docs/metrics.md's Checks table is exporter.checks.DEFAULT_CHECKS, row for row."""
+    from exporter.checks import DEFAULT_CHECKS
+
+    reference_note = " (only with `serve --reference FILE`)"
+    documented = [
+        (cells[0].strip("`"), cells[1], cells[2], _documented_range(cells[3]), _documented_range(cells[4]), cells[5])
+        for cells in markdown_table(METRICS_DOC.read_text(), ("check", "scope", "unit"))
+    ]
+    expected = [
+        (c.name, c.scope, c.unit, c.warning, c.error, c.meaning + (reference_note if c.needs_reference else ""))
+        for c in DEFAULT_CHECKS
+    ]
+    assert documented == expected, "docs/metrics.md's Checks table differs from exporter/checks.py DEFAULT_CHECKS"
+
+
+class _PlotSource:
+    """The plot manager as exporter.plotweb.plot_families sees it: one plot drawn once."""
+
+    store = None
+
+    def status(self) -> dict:
+        plugin = {"renders": 1, "failures": 0, "last_error": "", "disabled": False}
+        return {"plugins": {"PixelMap": plugin}, "last_cycle_seconds": 0.5, "cycles": 1, "dropped_packets": 0}
+
+
+def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: Path) -> None:
+    """Every family the exporter can serve (per-pixel, checks, reference, plots) has a row in
+    docs/metrics.md, and every documented larpix_ metric is served by one."""
+    from helpers import START
+
+    from exporter import Monitor
+    from exporter.collector import Collector
+    from exporter.decode import decode_messages
+    from exporter.health import Health
+    from exporter.plotweb import plot_families
+    from exporter.reference import Reference
+    from exporter.simulate import SimulationConfig, Simulator
+
+    def monitor(**kw) -> Monitor:
+        mon = Monitor(tile_geometry, **kw)
+        sim = Simulator(tile_geometry, SimulationConfig(seed=1))
+        for second in range(5):
+            mon.feed(decode_messages(*sim.second(START + second)).packets)
+        return mon
+
+    reference = tmp_path / "reference.npz"
+    Reference.from_snapshot(monitor(window=10**6, window_bins=1).update().snapshot, ["test"]).save(reference)
+    state = monitor(reference=reference).update()
+    families = Collector().families(state.snapshot, Health(), per_pixel=True, state=state)
+    families += plot_families(_PlotSource())
+    served = {f.name + "_total" if f.type == "counter" else f.name for f in families}
+    served.add("larpix_exporter_scrape_duration_seconds")  # added by exporter/http.py to every scrape
+    documented = {name for name in documented_metrics()[0] if name.startswith("larpix_")}
+    documented -= {f"{f.name}{s}" for f in families if f.type == "histogram" for s in ("_bucket", "_sum", "_count")}
+    assert sorted(served - documented) == [], "served but not documented in docs/metrics.md"
+    assert sorted(documented - served) == [], "documented in docs/metrics.md but not served"
 
 
 def test_docker_compose_config_is_valid(tmp_path: Path) -> None:

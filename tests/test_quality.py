@@ -147,3 +147,13 @@ def test_packets_before_any_timestamp_are_counted_not_windowed():
     snap = acc.snapshot()
     assert snap.chip_packets.tolist() == [7]
     assert snap.chip_rate_hz.tolist() == [0.0]
+
+
+def test_window_lengths_that_do_not_divide_evenly_keep_every_packet():
+    """10 s / 12 bins is not exact in binary: the window edge and the packets must agree on bins."""
+    acc = Accumulator(QualityConfig(window_seconds=10, window_bins=12))
+    carry = TimeCarry()
+    for t in range(30):
+        acc.add(np.concatenate([stamp([START + t]), data_packets(100)]), carry, NOW)
+    snap = acc.snapshot()
+    assert snap.chip_rate_hz[0] == pytest.approx(100.0)

@@ -1,0 +1,254 @@
+"""The Python API: a data-quality monitor to build in a script or notebook.
+
+    from exporter import Monitor
+
+    monitor = Monitor(geometry="multi_tile_layout-2.4.16.yaml", window=60)
+    monitor.add_status_handler(lambda change: print(change))
+    monitor.add_file("run.h5")          # only the rows not read yet
+    state = monitor.update()            # snapshot + check statuses, handlers called
+    state.snapshot.chip_rate_hz         # numpy arrays, one row per chip
+    monitor.channels("noisy")           # (n, 4): io_group, io_channel, chip_id, channel_id
+
+``larpix-dqm serve`` runs the same object: its ingest thread feeds it and publishes ``update()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
+from .geometry import Geometry, load_geometry
+from .history import History
+from .quality import STATUS_NAMES, Accumulator, QualityConfig, Snapshot, TimeCarry
+from .reference import Comparison, Reference
+from .sources import DirectoryTail, InputSpec
+
+log = logging.getLogger(__name__)
+STATUS_LABELS = ("ok", "warning", "error")
+
+
+class MetricHandler(Protocol):
+    """Receives detector-level figures after each update."""
+
+    def handle_metric(self, name: str, value: float, metadata: dict[str, Any]) -> None: ...
+
+
+class LogHandler(Protocol):
+    """Receives structured log records (read errors, status changes)."""
+
+    def handle_log(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """A chip's or io_group's worst status, or the detector's, changed between two updates."""
+
+    scope: str  # "chip", "io_group" or "detector"
+    key: tuple[int, ...]
+    old: int
+    new: int
+    checks: tuple[str, ...]  # checks not ok now
+
+    def __str__(self) -> str:
+        where = " ".join([self.scope, "-".join(map(str, self.key))]).strip()
+        failing = f" ({', '.join(self.checks)})" if self.checks else ""
+        return f"{where}: {STATUS_LABELS[self.old]} -> {STATUS_LABELS[self.new]}{failing}"
+
+
+@dataclass(frozen=True)
+class MonitorState:
+    """One consistent view: the snapshot, its check results and the reference comparison."""
+
+    snapshot: Snapshot
+    results: CheckResults
+    comparison: Comparison | None
+    wall_time: float
+
+
+def _as_callable(handler: object, method: str) -> Callable[..., None]:
+    return getattr(handler, method) if hasattr(handler, method) else handler  # type: ignore[return-value]
+
+
+class Monitor:
+    """Accumulates packets, judges them with checks, and tells handlers what changed."""
+
+    def __init__(
+        self,
+        geometry: Geometry | str | os.PathLike | None = None,
+        *,
+        window: float = 60.0,
+        window_bins: int = 12,
+        noisy_rate_hz: float = 10.0,
+        checks: tuple[Check, ...] | str | os.PathLike | None = None,
+        reference: Reference | str | os.PathLike | None = None,
+        history_interval: float = 10.0,
+        history_length: int = 360,
+    ) -> None:
+        if geometry is not None and not isinstance(geometry, Geometry):
+            geometry = load_geometry(geometry)
+        self.geometry = geometry
+        self.accumulator = Accumulator(QualityConfig(window, window_bins, noisy_rate_hz), geometry)
+        self.checks = load_checks(str(checks)) if isinstance(checks, (str, os.PathLike)) else (checks or DEFAULT_CHECKS)
+        self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
+        self.history = History(history_interval, history_length)
+        self._files: dict[str, DirectoryTail] = {}
+        self._metric_handlers: list[Callable[[str, float, dict], None]] = []
+        self._log_handlers: list[Callable[[dict], None]] = []
+        self._status_handlers: list[Callable[[StatusChange], None]] = []
+        self._last: MonitorState | None = None
+
+    # -- handlers -------------------------------------------------------------------------
+    def add_metric_handler(self, handler: MetricHandler | Callable[[str, float, dict], None]) -> None:
+        self._metric_handlers.append(_as_callable(handler, "handle_metric"))
+
+    def add_log_handler(self, handler: LogHandler | Callable[[dict], None]) -> None:
+        self._log_handlers.append(_as_callable(handler, "handle_log"))
+
+    def add_status_handler(self, handler: Callable[[StatusChange], None]) -> None:
+        self._status_handlers.append(handler)
+
+    def log_event(self, level: str, message: str, **fields: Any) -> None:
+        """Send a structured record to the log handlers (and to Python logging)."""
+        log.log(logging.getLevelName(level.upper()), message)
+        record = {"level": level, "message": message, "time": time.time(), **fields}
+        for handler in self._log_handlers:
+            self._call(handler, record)
+
+    def _call(self, handler: Callable, *args: Any) -> None:
+        try:
+            handler(*args)
+        except Exception:  # a handler must never stop the monitor
+            log.exception("handler %r failed", handler)
+
+    # -- input ----------------------------------------------------------------------------
+    def feed(self, packets: np.ndarray, carry: TimeCarry | None = None, wall_now: float | None = None) -> None:
+        """Add packet records (any structured array with the packet fields).
+
+        ``carry`` holds the data clock of the stream the packets come from (one per file).
+        """
+        self.accumulator.add(
+            packets, carry if carry is not None else TimeCarry(), time.time() if wall_now is None else wall_now
+        )
+
+    def add_file(self, path: str | os.PathLike) -> int:
+        """Read the rows of a packet or raw file not read by an earlier call; return the packet count."""
+        path = str(path)
+        tail = self._files.setdefault(path, DirectoryTail([InputSpec(path)]))
+        tail.on_error = lambda cursor, reason, message: self.log_event(
+            "error", message, reason=reason, file=cursor.path
+        )
+        count = 0
+        for cursor in tail.scan(time.time()):
+            for chunk in tail.read(cursor, time.time()):
+                self.feed(chunk.packets, cursor.carry)
+                cursor.rows_done = chunk.rows_end
+                count += len(chunk.packets)
+        return count
+
+    # -- output ---------------------------------------------------------------------------
+    def update(self) -> MonitorState:
+        """Snapshot, check, record history and notify handlers; return the new state."""
+        snap = self.accumulator.snapshot()
+        comparison = self.reference.compare(snap) if self.reference is not None else None
+        results = evaluate(snap, self.checks, self.reference)
+        self.history.record(snap, results.chip_worst)
+        state = MonitorState(snap, results, comparison, time.time())
+        self._notify(self._last, state)
+        self._last = state
+        return state
+
+    @property
+    def state(self) -> MonitorState:
+        """The last ``update()``, made now if there was none."""
+        return self._last if self._last is not None else self.update()
+
+    def _notify(self, old: MonitorState | None, new: MonitorState) -> None:
+        r, snap = new.results, new.snapshot
+        for group in snap.io_groups.tolist():
+            for name, value in (
+                ("io_group_hit_rate_hz", snap.io_group_rate_hz[group]),
+                ("io_group_sync_rate_hz", snap.sync_rate_hz[group]),
+                ("io_group_status", r.io_group_status[group]),
+            ):
+                for handler in self._metric_handlers:
+                    self._call(handler, name, float(value), {"io_group": group, "data_time": snap.data_time})
+        for handler in self._metric_handlers:
+            self._call(handler, "detector_status", float(r.detector_status), {"data_time": snap.data_time})
+        if not self._status_handlers and not self._log_handlers:
+            return
+        for change in self._changes(old, new):
+            level = ("info", "warning", "error")[change.new]
+            self.log_event(level, str(change), scope=change.scope, key=list(change.key), status=change.new)
+            for handler in self._status_handlers:
+                self._call(handler, change)
+
+    def _changes(self, old: MonitorState | None, new: MonitorState) -> list[StatusChange]:
+        r = new.results
+        keys = new.snapshot.chip_keys
+        old_worst = np.zeros(len(keys), np.int8)
+        if old is not None:
+            n = min(len(old.results.chip_worst), len(keys))
+            old_worst[:n] = old.results.chip_worst[:n]
+        changes = []
+        for row in np.flatnonzero(old_worst != r.chip_worst).tolist():
+            failing = tuple(c.name for c, s in zip(r.chip_checks, r.chip_status[:, row]) if s)
+            changes.append(
+                StatusChange("chip", tuple(keys[row].tolist()), int(old_worst[row]), int(r.chip_worst[row]), failing)
+            )
+        old_groups = old.results.io_group_status if old is not None else np.zeros_like(r.io_group_status)
+        for group in np.flatnonzero(old_groups != r.io_group_status).tolist():
+            changes.append(
+                StatusChange("io_group", (group,), int(old_groups[group]), int(r.io_group_status[group]), ())
+            )
+        old_detector = old.results.detector_status if old is not None else 0
+        if old_detector != r.detector_status:
+            changes.append(StatusChange("detector", (), old_detector, r.detector_status, ()))
+        return changes
+
+    def chip_table(self) -> dict[str, np.ndarray]:
+        """Per-chip statistics and the worst check status, as named numpy columns."""
+        state = self.state
+        snap = state.snapshot
+        table = {
+            "io_group": snap.chip_keys[:, 0],
+            "io_channel": snap.chip_keys[:, 1],
+            "chip_id": snap.chip_keys[:, 2],
+            "packets": snap.chip_packets,
+            "hit_rate_hz": snap.chip_rate_hz,
+            "adc_mean": snap.chip_adc_mean,
+            "adc_std": snap.chip_adc_std,
+            "status": state.results.chip_worst,
+        }
+        for i, name in enumerate(STATUS_NAMES):
+            table[f"{name}_channels"] = snap.chip_status_counts[:, i]
+        return table
+
+    def channels(self, *statuses: str) -> np.ndarray:
+        """(n, 4) rows of io_group, io_channel, chip_id, channel_id whose channel status is one of ``statuses``."""
+        return channel_list(self.state.snapshot, statuses or ("noisy", "silent"))
+
+    def export_history(self, path: str | os.PathLike, fmt: str | None = None) -> str:
+        """Write the per-chip history (csv, json, or parquet with pyarrow); return the format used."""
+        return self.history.export(path, fmt)
+
+    @property
+    def data_time(self) -> float:
+        return self.accumulator.data_time if not math.isnan(self.accumulator.data_time) else math.nan
+
+
+def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id."""
+    unknown = set(statuses) - set(STATUS_NAMES)
+    if unknown:
+        raise ValueError(f"unknown channel status {sorted(unknown)[0]!r}: use {', '.join(STATUS_NAMES)}")
+    codes = [STATUS_NAMES.index(s) + 1 for s in statuses]
+    chips, channels = np.nonzero(np.isin(snap.channel_status, codes))
+    return np.column_stack([snap.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)

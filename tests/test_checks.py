@@ -1,0 +1,213 @@
+"""Checks and roll-ups, reference runs, bad-channel lists, history export and the Python API."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import START
+
+from exporter import Monitor
+from exporter.checks import DEFAULT_CHECKS, ChecksConfigError, load_checks
+from exporter.decode import decode_messages
+from exporter.reference import Reference
+from exporter.simulate import Faults, SimulationConfig, Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_monitor(geometry, seconds: int, faults: Faults | None = None, seed: int = 1, **monitor_kw) -> Monitor:
+    monitor = Monitor(geometry, **monitor_kw)
+    sim = Simulator(geometry, SimulationConfig(seed=seed), faults)
+    for t in range(seconds):
+        monitor.feed(decode_messages(*sim.second(START + t)).packets)
+    return monitor
+
+
+def status_by_chip(monitor: Monitor, check: str) -> dict[tuple[int, ...], int]:
+    r = monitor.update().results
+    i = [c.name for c in r.chip_checks].index(check)
+    keys = monitor.state.snapshot.chip_keys.tolist()
+    return {tuple(k): int(s) for k, s in zip(keys, r.chip_status[i]) if s}
+
+
+def test_checks_flag_faults_and_roll_up(module_geometry):
+    faults = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(2, 5, 20, 12)], noisy_rate_hz=50)
+    monitor = run_monitor(module_geometry, 60, faults)
+    state = monitor.update()
+    assert status_by_chip(monitor, "silent_fraction") == {(1, 1, 11): 2}
+    assert status_by_chip(monitor, "noisy_fraction") == {(2, 5, 20): 1}
+    assert status_by_chip(monitor, "hit_rate") == {(1, 1, 11): 2}
+    for check in ("pedestal", "adc_spread", "parity_error_ratio", "fifo_full_ratio"):
+        assert status_by_chip(monitor, check) == {}, check
+    r = state.results
+    tile_of = dict(zip(r.tiles.tolist(), r.tile_status.tolist()))
+    assert tile_of[1] == 2 and tile_of[10] == 1 and sum(tile_of.values()) == 3
+    assert r.io_group_status[1] == 2 and r.io_group_status[2] == 1
+    assert r.detector_status == 2
+    sync = r.group_checks[0]
+    assert sync.name == "sync" and (r.group_status[0][[1, 2]] == 0).all()
+
+
+def test_reference_flags_exactly_the_changed_chips(module_geometry, tmp_path):
+    baseline = run_monitor(module_geometry, 60, seed=1, window=10**6, window_bins=1)
+    Reference.from_snapshot(baseline.update().snapshot, ["baseline-run"]).save(tmp_path / "reference.npz")
+    tile = 3
+    tile_chips = [tuple(map(int, k)) for k in module_geometry.chips[module_geometry.tiles == tile]]
+    shifted = (2, 10, 50)
+    faults = Faults(pedestal_shift_chips=[shifted], pedestal_shift=20, rate_scale_chips=tile_chips, rate_scale=3)
+    monitor = run_monitor(module_geometry, 60, faults, seed=2, reference=tmp_path / "reference.npz")
+    assert set(status_by_chip(monitor, "reference_pedestal_shift")) == {shifted}
+    assert set(status_by_chip(monitor, "reference_rate_ratio")) == set(tile_chips)
+    comparison = monitor.state.comparison
+    row = monitor.state.snapshot.chip_keys.tolist().index(list(shifted))
+    assert comparison.pedestal_shift[row] == pytest.approx(20, abs=1.5)
+    assert np.nanmedian(comparison.rate_chi2) < 2
+
+
+def test_reference_errors_name_the_file(tmp_path):
+    from exporter.reference import ReferenceError
+
+    bad = tmp_path / "ref.npz"
+    np.savez(bad, chip_keys=np.zeros((1, 3)))
+    with pytest.raises(ReferenceError, match=f"reference file {bad}: missing arrays"):
+        Reference.load(bad)
+    with pytest.raises(ReferenceError, match="reference file"):
+        Reference.load(tmp_path / "none.npz")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("checks:\n  hit_rate:\n    warning: [1]\n", "line 3: checks.hit_rate.warning: expected [low, high]"),
+        ("checks:\n  hit_rat:\n    warning: [1, 2]\n", "line 2: unknown check 'hit_rat'"),
+        ("checks:\n  pedestal:\n    warnings: [1, 2]\n", "line 3: unknown key 'checks.pedestal.warnings'"),
+        ("checks:\n  pedestal:\n    warning: [10, 200]\n", "line 2: checks.pedestal: the error range must contain"),
+        ("check:\n  pedestal: {}\n", "line 1: unknown key 'check'"),
+        ("checks:\n  sync:\n    enabled: maybe\n", "line 3: checks.sync.enabled: expected true or false"),
+    ],
+)
+def test_bad_checks_file_names_line_and_key(tmp_path, text, message):
+    path = tmp_path / "checks.yaml"
+    path.write_text(text)
+    with pytest.raises(ChecksConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_checks(str(path))
+
+
+def test_checks_file_overrides_defaults(tmp_path):
+    path = tmp_path / "checks.yaml"
+    path.write_text(
+        "checks:\n  pedestal:\n    warning: [70, 90]\n    error: [null, 130]\n  sync:\n    enabled: false\n"
+    )
+    checks = {c.name: c for c in load_checks(str(path))}
+    assert checks["pedestal"].warning == (70.0, 90.0) and checks["pedestal"].error == (-np.inf, 130.0)
+    assert not checks["sync"].enabled
+    assert checks["hit_rate"] == {c.name: c for c in DEFAULT_CHECKS}["hit_rate"]
+
+
+def test_handlers_history_and_channel_lists(module_geometry, tmp_path):
+    monitor = Monitor(module_geometry, window=30, history_interval=5)  # 15 expected hits: P(0) ~ 3e-7
+    changes, logs, metrics = [], [], []
+    monitor.add_status_handler(changes.append)
+    monitor.add_log_handler(logs.append)
+    monitor.add_metric_handler(lambda name, value, meta: metrics.append((name, value, meta)))
+    sim = Simulator(module_geometry, SimulationConfig(seed=3), Faults(silent_chips=[(1, 1, 12)]))
+    for t in range(35):
+        monitor.feed(decode_messages(*sim.second(START + t)).packets)
+        monitor.update()
+    silent = monitor.channels("silent")
+    assert silent.shape == (49, 4) and (silent[:, :3] == [1, 1, 12]).all()
+    assert any(c.scope == "chip" and c.key == (1, 1, 12) and c.new == 2 for c in changes)
+    assert any(r["level"] == "error" and "1-1-12" in r["message"] for r in logs)
+    assert ("detector_status", 2.0) in [(n, v) for n, v, _ in metrics]
+    monitor.export_history(tmp_path / "h.csv")
+    monitor.export_history(tmp_path / "h.json")
+    rows = list(csv.DictReader((tmp_path / "h.csv").open()))
+    assert len(rows) == 1600 * 7  # 1,600 chips, one entry every 5 s of data over 35 s
+    assert json.loads((tmp_path / "h.json").read_text())[0].keys() == rows[0].keys()
+    try:
+        import pyarrow  # noqa: F401
+
+        monitor.export_history(tmp_path / "h.parquet")
+        assert (tmp_path / "h.parquet").stat().st_size > 0
+    except ImportError:
+        with pytest.raises(ValueError, match="parquet export needs pyarrow"):
+            monitor.export_history(tmp_path / "h.parquet")
+
+
+def test_a_failing_handler_does_not_stop_the_monitor(tile_geometry):
+    monitor = Monitor(tile_geometry)
+    monitor.add_metric_handler(lambda *args: 1 / 0)
+    monitor.feed(decode_messages(*Simulator(tile_geometry).second(START)).packets)
+    assert monitor.update().snapshot.chip_packets.sum() > 0
+
+
+def test_documented_api_example_runs():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "monitor_example.py")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "detector status 2.0" in result.stdout
+    assert "silent channels: 49" in result.stdout
+    assert "chip 1-1-11: ok -> error (hit_rate, silent_fraction)" in result.stdout
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geometry):
+    from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
+
+    from exporter.geometry import packaged_layout
+
+    layout = str(packaged_layout())
+    (ref_file,), _ = simulate_files(module_geometry, tmp_path / "ref", 40, "packets", seed=1)
+    made = cli("baseline", str(ref_file), "-o", str(tmp_path / "reference.npz"), "--geometry", layout)
+    assert made.returncode == 0, made.stderr
+    assert "1600 chips" in made.stdout and "40 s of data" in made.stdout
+    faults = Faults(silent_chips=[(1, 2, 40)], pedestal_shift_chips=[(2, 10, 50)], pedestal_shift=20)
+    (run_file,), _ = simulate_files(module_geometry, tmp_path / "run", 40, "raw", faults, seed=2)
+    checks = tmp_path / "checks.yaml"
+    checks.write_text("checks:\n  pedestal:\n    warning: [60, 130]\n    error: [40, 140]\n")
+    port = free_port()
+    args = ["-i", str(tmp_path / "run"), "--geometry", layout, "--reference", str(tmp_path / "reference.npz")]
+    with running_serve([*args, "--checks", str(checks), "--interval", "0.2"], port):
+        wait_for(
+            lambda: sample(parse_metrics(scrape(port)), "larpix_exporter_last_data_timestamp_seconds") >= START + 39
+        )
+        samples = parse_metrics(scrape(port))
+        shifted = {"io_group": 2, "io_channel": 10, "chip_id": 50}
+        assert sample(samples, "larpix_check_status", check="reference_pedestal_shift", **shifted) == 2
+        assert sample(samples, "larpix_check_status", check="pedestal", **shifted) == 0, "the checks file widened it"
+        assert sample(samples, "larpix_chip_reference_pedestal_shift", **shifted) == pytest.approx(20, abs=2)
+        assert (
+            sample(samples, "larpix_check_status", check="silent_fraction", io_group=1, io_channel=2, chip_id=40) == 2
+        )
+        assert sample(samples, "larpix_check_status", check="sync", io_group=1) == 0
+        assert sample(samples, "larpix_io_group_status", io_group=1) == 2
+        assert sample(samples, "larpix_detector_status") == 2
+        assert sample(samples, "larpix_tile_status", tile=1) == 2
+        statuses = [v for (n, labels), v in samples.items() if n == "larpix_tile_status"]
+        assert len(statuses) == 16
+        listed = json.loads(scrape(port, "/api/channels?status=silent&format=json"))
+        assert listed == {
+            "1-2-40": sorted(np.flatnonzero(module_geometry.connected[module_geometry.row_of(1, 2, 40)]).tolist())
+        }
+        by_cli = cli("channels", "--url", f"http://127.0.0.1:{port}", "--status", "silent")
+        assert by_cli.returncode == 0 and json.loads(by_cli.stdout) == listed
+        history = scrape(port, "/api/history?format=csv").splitlines()
+        assert history[0] == "data_time,io_group,io_channel,chip_id,hit_rate_hz,adc_mean,adc_std,status"
+        assert len(history) > 1600
+    from_file = cli("channels", str(run_file), "--status", "silent", "--format", "csv", "--geometry", layout)
+    assert from_file.returncode == 0, from_file.stderr
+    rows = from_file.stdout.strip().splitlines()
+    assert rows[0] == "io_group,io_channel,chip_id,channel_id" and len(rows) == 1 + 49
+    assert all(r.startswith("1,2,40,") for r in rows[1:])
+    bad = cli("serve", "-i", str(tmp_path), "--reference", str(tmp_path / "missing.npz"))
+    assert bad.returncode == 2 and "reference file" in bad.stderr and bad.stderr.count("\n") == 1

@@ -1,0 +1,140 @@
+"""Built-in plots: each renders from simulated files of both formats and every packaged layout,
+and drawing poll by poll ends with the same figure data as one pass over the whole file."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from helpers import START, simulate_files
+from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figures, one_pass, rate_image
+
+from exporter.geometry import GeometryError, load_geometry, packaged_layout
+from exporter.ingest import Ingester
+from exporter.monitor import Monitor
+from exporter.plotting import PlotEngine, PlotSettings
+from exporter.quality import STATUS_ACTIVE, STATUS_NOISY, STATUS_SILENT, Accumulator
+from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
+from exporter.sources import DirectoryTail, FileReader, InputSpec
+from plots import PlotContext
+from plots.pixelmap import PixelMap
+
+FAULTS = Faults(
+    silent_chips=[(1, 1, 11)],
+    noisy_channels=[(1, 1, 12, 3)],
+    noisy_rate_hz=40,
+    parity_error_fraction=0.002,
+    fifo_full_chips=[(1, 2, 40)],
+    fifo_flag_fraction=0.2,
+)
+TILE_FAULTS = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(1, 1, 12, 3)], noisy_rate_hz=40)
+NOT_MAPS = [
+    "AnodeOverview",
+    "PacketRate",
+    "TileRate",
+    "FIFOFlags",
+    "TimestampHistograms",
+    "TriggerHistograms",
+    "HotPixels",
+]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    return struct.unpack(">II", data[16:24])
+
+
+def test_module_pixel_maps_are_named_by_tile_within_io_group(module_geometry):
+    ctx = PlotContext(None, Accumulator(geometry=module_geometry).snapshot(), module_geometry)
+    plot = PixelMap()
+    names = plot.outputs(ctx)
+    assert names == [f"PixelMap_{g}_{t}" for g in (1, 2) for t in range(1, 9)]
+    assert plot.tiles(ctx)["PixelMap_2_1"].tile == 9
+
+
+@pytest.mark.parametrize(
+    "layout, fmt",
+    [
+        ("multi_tile_layout-2.4.16.yaml", "raw"),
+        ("multi_tile_layout-2.4.16.yaml", "packets"),
+        ("multi_tile_layout-2.3.16.yaml", "raw"),  # geometry-dependent plots only, below
+        ("layout-2.4.0.yaml", "raw"),
+        ("layout-2.4.0.yaml", "packets"),
+        ("layout-3.0.0.yaml", "packets"),
+    ],
+)
+def test_every_builtin_plot_renders(tmp_path, layout, fmt):
+    geometry = load_geometry(packaged_layout(layout))
+    module = geometry.has_io_mapping
+    faults = FAULTS if module else TILE_FAULTS
+    paths, _ = simulate_files(geometry, tmp_path / "data", 6, fmt, faults, trigger_rate_hz=3, hit_rate_hz=1.5)
+    maps = ["PixelMap_1_1", "PixelMap_2_1"] if module else ["PixelMap_1_1"]  # the other maps are the same code
+    others = ["AnodeOverview", "TileRate"] if "2.3" in layout else NOT_MAPS
+    engine, result, written = one_pass(paths[0], geometry, tmp_path / "out", plots=(*maps, *others))
+    assert all(h.failures == 0 for h in engine.health.values()), {n: h.last_error for n, h in engine.health.items()}
+    assert written == len(maps) + len(others)
+    stem = paths[0].stem
+    for name in (*maps, *others):
+        data = (tmp_path / "out" / f"{stem}_dqm" / f"{stem}_{name}.png").read_bytes()
+        width, height = png_size(data)
+        assert width == 1280 and 300 < height < 1200, (name, width, height)
+        assert len(data) > 20_000, name
+    # the first pixel map shows a rate for exactly the channels of its tile with hits in the window
+    snap = result.snapshot
+    rows = np.array([-1 if r is None else r for r in (geometry.row_of(*k) for k in snap.chip_keys.tolist())])
+    mine = (snap.chip_keys[:, 0] == 1) & (rows >= 0) & (geometry.tiles[rows] == geometry.tiles.min())
+    status = snap.channel_status[mine]
+    rate, _ = rate_image(figures(engine)["PixelMap_1_1"])
+    assert np.isfinite(rate).sum() == np.isin(status, [STATUS_ACTIVE, STATUS_NOISY]).sum()
+    silent_chip = int(geometry.connected[geometry.row_of(1, 1, 11)].sum())
+    assert (~np.isfinite(rate)).sum() >= silent_chip
+    if module:  # single-tile layouts only learn of a chip from its data: one that never speaks is not "silent"
+        assert (status == STATUS_SILENT).sum() >= silent_chip
+    assert np.nanmax(rate) > 30  # the noisy channel
+
+
+def test_pixel_map_refuses_a_layout_off_the_grid_clearly(tmp_path):
+    layout = tmp_path / "odd.yaml"
+    layout.write_text("chips: [[11, [0, 1]]]\npixels: [[0, 0.0, 0.0], [1, 3.1, 1.7]]\n")
+    geometry = load_geometry(layout)
+    with pytest.raises(GeometryError, match="not on a regular grid"):
+        PixelMap.check(geometry)
+
+
+# One whole-detector plot (they all draw the published snapshot) and every per-file plot.
+SOME = ("PixelMap_1_1", "PacketRate", "TileRate", "FIFOFlags", "TimestampHistograms", "TriggerHistograms")
+
+
+def live_polls(directory, geometry, fmt: str, seconds: int, outdir) -> PlotEngine:
+    """Write a file second by second and poll it with the real ingester, drawing after every poll."""
+    sim = Simulator(geometry, SimulationConfig(seed=5, trigger_rate_hz=4), FAULTS)
+    directory.mkdir()
+    writer = open_writer(directory / "live.h5", fmt)
+    tail = DirectoryTail([InputSpec(str(directory))], FileReader(chunk_rows=7_001, raw_chunk_messages=1_003))
+    ingester = Ingester(tail, Monitor(geometry, window=60.0), 1.0)
+    engine = PlotEngine(PlotSettings(str(outdir), plots=SOME), geometry)
+    ingester.listeners.append(
+        lambda chunk: engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, ingester.published.snapshot)
+    )
+    try:
+        for t in range(seconds):
+            writer.append(*sim.second(START + t))
+            if t % 5 == 1 or t == seconds - 1:
+                ingester.poll()
+                assert engine.draw(ingester.published.snapshot) > 0
+    finally:
+        writer.close()
+    return engine
+
+
+@pytest.mark.parametrize("fmt", ["raw", "packets"])
+def test_polls_end_with_the_same_figures_as_one_pass(tmp_path, module_geometry, fmt):
+    live = live_polls(tmp_path / "data", module_geometry, fmt, 11, tmp_path / "live")
+    engine, _, _ = one_pass(tmp_path / "data" / "live.h5", module_geometry, tmp_path / "once", plots=SOME)
+    live_figures, once_figures = figures(live), figures(engine)
+    assert sorted(live_figures) == sorted(once_figures) == sorted(SOME)
+    for name in once_figures:
+        assert_same_figure_data(live_figures[name], once_figures[name], name)
+    triggers = sum(p.get_height() for p in once_figures["TriggerHistograms"].axes[1].patches)
+    assert triggers > 40  # 4 Hz for 11 s on 2 io_groups: the live run had to pair across polls and chunks

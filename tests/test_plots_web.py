@@ -1,0 +1,183 @@
+"""Plots served over HTTP: output layout, /plots/ and its path safety, the landing page in Chromium,
+plot metrics, and a plotted chip rate that agrees with ``larpix_chip_hit_rate_hertz``."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
+from plothelpers import PNG_SIGNATURE, chromium, rate_image
+from test_plots_plugins import BROKEN, TEMPLATE, write_plugins
+
+from exporter.config import Settings
+from exporter.geometry import packaged_layout
+from exporter.plotstore import PlotStore
+from exporter.plotting import PlotSettings
+from exporter.service import Service
+
+ESCAPES = [
+    "../../../../etc/passwd",
+    "latest/../../../../etc/passwd",
+    "..%2F..%2F..%2Fetc%2Fpasswd",
+    "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "%252e%252e/etc/passwd",
+    "/etc/passwd",
+    "%2Fetc%2Fpasswd",
+    "latest%5c..%5c..%5cetc%5cpasswd",
+    "latest\\..\\..\\etc\\passwd",
+    "evil.png",
+    "evil_dqm/passwd",
+    ".hidden.png.123.tmp",
+    "latest/%00.png",
+]
+
+
+def make_escape_traps(root) -> None:
+    """Symlinks out of the plot folder and a hidden temporary file, none of which may be served."""
+    (root / "latest").mkdir(parents=True, exist_ok=True)
+    (root / "latest" / "evil.png").symlink_to("/etc/passwd")
+    (root / "evil_dqm").symlink_to("/etc")
+    (root / "latest" / ".hidden.png.123.tmp").write_bytes(b"half an image")
+
+
+def test_store_resolves_only_files_inside_the_plot_folder(tmp_path):
+    store = PlotStore(tmp_path / "plots")
+    store.write("PixelMap_1_1", b"png", ["run-1"])
+    make_escape_traps(store.root)
+    assert store.resolve("PixelMap_1_1.png") == (store.root / "latest" / "PixelMap_1_1.png").resolve()
+    assert store.resolve("run-1_dqm/run-1_PixelMap_1_1.png") is not None
+    assert store.resolve("latest/PixelMap_1_1.png") is not None
+    assert store.resolve_folder("run-1_dqm") is not None and store.resolve_folder("evil_dqm") is None
+    assert [f.name for f in store.latest()] == ["PixelMap_1_1.png"] and [r.name for r in store.runs()] == ["run-1_dqm"]
+    for path in ESCAPES + ["", "latest", "run-1_dqm", "a/b/c.png"]:
+        assert store.resolve(path) is None, path
+    assert not list(store.root.rglob("*.tmp.*"))
+
+
+def raw_get(port: int, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+    """A request with the path sent exactly as given (no client-side normalisation)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tile_geometry):
+    """``serve -o`` on a finished run of the single-tile layout, with a predecessor plugin and a broken one."""
+    tmp = tmp_path_factory.mktemp("served")
+    paths, _ = simulate_files(tile_geometry, tmp / "data", 12, "raw", hit_rate_hz=1.0)
+    plugins = write_plugins(tmp / "plugins", {"template.py": TEMPLATE, "raises.py": BROKEN["raises.py"]})
+    plotdir = tmp / "plots"
+    port = free_port()
+    args = ["-i", str(tmp / "data"), "--interval", "0.2", "--geometry", str(packaged_layout("layout-2.4.0.yaml"))]
+    args += ["-o", str(plotdir), "--plot-interval", "1", "--plugin-dir", str(plugins)]
+    with running_serve(args, port) as proc:
+        wanted = ["AnodeOverview", "PixelMap_1_1", "HotPixels", "PacketRate", "TemplatePlot"]
+        wait_for(lambda: all((plotdir / "latest" / f"{n}.png").exists() for n in wanted), timeout=90)
+        wait_for(lambda: 'larpix_exporter_plot_errors_total{plot="RaisesInCall"} 1' in scrape(port), timeout=30)
+        yield {"port": port, "plotdir": plotdir, "stem": paths[0].stem, "proc": proc}
+
+
+def test_serve_writes_plots_per_file_and_latest(served):
+    plotdir, stem = served["plotdir"], served["stem"]
+    latest = sorted(p.stem for p in (plotdir / "latest").glob("*.png"))
+    assert latest == sorted(
+        ["AnodeOverview", "PixelMap_1_1", "HotPixels", "PacketRate", "TileRate", "FIFOFlags"]
+        + ["TimestampHistograms", "TriggerHistograms", "TemplatePlot"]
+    )
+    for name in latest:
+        per_file = plotdir / f"{stem}_dqm" / f"{stem}_{name}.png"
+        assert per_file.read_bytes()[:8] == PNG_SIGNATURE, name
+    assert not [p for p in plotdir.rglob("*") if p.name.startswith(".")]  # atomic writes leave no temporaries
+
+
+def test_plots_are_served_and_nothing_outside(served):
+    port, plotdir, stem = served["port"], served["plotdir"], served["stem"]
+    status, headers, body = raw_get(port, "/plots/PixelMap_1_1.png?t=1700000000")
+    assert status == 200 and headers["Content-Type"] == "image/png" and body[:8] == PNG_SIGNATURE
+    assert headers["Cache-Control"] == "no-cache"
+    status, _, body = raw_get(port, f"/plots/{stem}_dqm/{stem}_HotPixels.png")
+    assert status == 200 and body[:8] == PNG_SIGNATURE
+    assert raw_get(port, "/plots/AnodeOverview.png", "HEAD")[0] == 200
+    listing = scrape(port, "/plots/")
+    assert "PixelMap_1_1.png" in listing and f"{stem}_dqm/" in listing and "RaisesInCall" in listing
+    assert f"{stem}_HotPixels.png" in scrape(port, f"/plots/{stem}_dqm/")
+    assert raw_get(port, "/plots")[0] == 301
+    make_escape_traps(plotdir)
+    for path in ESCAPES + ["evil_dqm/", "..%2F/", "NoSuchPlot.png"]:
+        status, _, body = raw_get(port, "/plots/" + path)
+        assert status == 404 and b"root:" not in body, path
+    assert raw_get(port, "/plots/../../etc/passwd")[0] == 404
+
+
+def test_plot_metrics_are_valid_and_count_failures(served):
+    text = scrape(served["port"])
+    samples = parse_metrics(text)
+    assert sample(samples, "larpix_exporter_plot_errors_total", plot="RaisesInCall") == 1
+    assert sample(samples, "larpix_exporter_plot_renders_total", plot="PixelMap") >= 1
+    assert sample(samples, "larpix_exporter_plot_errors_total", plot="PixelMap") == 0
+    assert sample(samples, "larpix_exporter_plot_dropped_packets_total") == 0
+    assert sample(samples, "larpix_exporter_plot_cycle_duration_seconds") > 0
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
+    port = served["port"]
+    url = f"http://127.0.0.1:{port}/"
+    page = scrape(port, "/")
+    assert "<a href='/metrics'>/metrics</a>" in page and "RaisesInCall" in page
+    result = chromium("--virtual-time-budget=15000", "--dump-dom", url)
+    images = re.findall(r"<img [^>]*>", result.stdout)
+    expected = len([p for p in (served["plotdir"] / "latest").glob("*.png") if not p.is_symlink()])
+    assert len(images) == expected, result.stdout[-2000:] + result.stderr[-2000:]
+    for tag in images:
+        width = re.search(r'data-natural-width="(\d+)"', tag)
+        assert 'data-state="loaded"' in tag and width and int(width.group(1)) > 0, tag
+    shot = tmp_path / "landing.png"
+    chromium("--window-size=1280,2400", f"--screenshot={shot}", "--hide-scrollbars", url)
+    assert shot.read_bytes()[:8] == PNG_SIGNATURE and shot.stat().st_size > 50_000
+
+
+def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
+    _, truth = simulate_files(module_geometry, tmp_path / "data", 20, "packets")
+    total = sum(truth.packet_types.values())
+    port = free_port()
+    settings = Settings(
+        inputs=[str(tmp_path / "data")],
+        port=port,
+        listen_address="127.0.0.1",
+        interval=0.2,
+        geometry=str(packaged_layout()),
+        state_file="-",
+    )
+    service = Service(settings, PlotSettings(str(tmp_path / "plots"), plots=("PixelMap_2_2",), interval=3600))
+    service.start()
+    try:
+        wait_for(lambda: sum(service.ingester.published.health.packets_ingested.values()) == total, timeout=90)
+        assert service.plots is not None and service.plots.draw_now(timeout=60)
+        samples = parse_metrics(scrape(port))
+        fig = service.plots.engine.shared_figures["PixelMap_2_2"]
+    finally:
+        service.stop()
+    chip = (2, 8, 100)  # module tile 10 = the second tile of io_group 2
+    row = module_geometry.row_of(*chip)
+    assert module_geometry.tiles[row] == 10
+    rate, (left, _, bottom, _) = rate_image(fig)
+    connected = module_geometry.connected[row]
+    pitch = module_geometry.pixel_pitch
+    ix = np.floor((module_geometry.x[row][connected] - left) / pitch).astype(int)
+    iy = np.floor((module_geometry.y[row][connected] - bottom) / pitch).astype(int)
+    plotted = float(np.nansum(rate[iy, ix]))
+    metric = sample(samples, "larpix_chip_hit_rate_hertz", io_group=2, io_channel=8, chip_id=100)
+    assert metric > 10
+    assert plotted == pytest.approx(metric, rel=1e-9)

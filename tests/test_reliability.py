@@ -1,0 +1,303 @@
+"""Exactness through kill -9 and restarts, concurrent larpix-control writers, load, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from helpers import START, check_counters, free_port, ingested, parse_metrics, running_serve, sample, scrape, wait_for
+
+from exporter.geometry import packaged_layout
+from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
+
+FAULTS = Faults(
+    silent_chips=[(1, 1, 11)], parity_error_fraction=0.002, fifo_full_chips=[(1, 2, 40)], fifo_flag_fraction=0.2
+)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "packets"])
+def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometry, fmt):
+    data, state = tmp_path / "data", tmp_path / "state"
+    truth = Truth()
+    sim = Simulator(module_geometry, SimulationConfig(seed=4), FAULTS)
+    writer = threading.Thread(
+        target=write_run,
+        args=(sim, data, fmt, 60),
+        kwargs={"realtime": False, "start_time": START, "file_seconds": 15, "truth": truth},
+    )
+    writer.start()
+    rng = random.Random(fmt)
+    args = ["-i", str(data), "--interval", "0.2", "--geometry", str(packaged_layout())]
+    env = {"LARPIX_DQM_STATE_DIR": str(state)}
+    kills = 0
+    try:
+        for _ in range(4):
+            port = free_port()
+            with running_serve(args, port, env) as proc:
+                time.sleep(rng.uniform(0.2, 1.5))
+                proc.kill()  # SIGKILL: no chance to write a last checkpoint
+                proc.wait()
+                kills += 1
+    finally:
+        writer.join()
+    assert kills == 4 and list(state.glob("state-*.npz")), "a checkpoint was written before the kills"
+    port = free_port()
+    with running_serve(args, port, env) as proc:
+        total = sum(truth.packet_types.values())
+        wait_for(lambda: ingested(port) >= total, timeout=90)
+        time.sleep(1.0)  # a few more polls: nothing may be counted twice
+        samples = parse_metrics(scrape(port))
+        assert ingested(port) == total
+        check_counters(samples, [truth])
+        assert "Traceback" not in proc.log_path.read_text()
+
+
+def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_path, tile_geometry):
+    from helpers import simulate_files
+
+    simulate_files(tile_geometry, tmp_path / "data", 5)
+    state = tmp_path / "state"
+    args = ["-i", str(tmp_path / "data"), "--interval", "0.2"]
+    port = free_port()
+
+    def data_packets() -> float:
+        return sum(v for (n, lab), v in parse_metrics(scrape(port)).items() if n == "larpix_chip_packets_total")
+
+    with running_serve(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
+        full = wait_for(lambda: ingested(port) > 0 and data_packets())
+        seen = [data_packets() for _ in range(5)]
+        assert seen == sorted(seen) and seen[-1] == full, "counters never go down while running"
+    with running_serve(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
+        assert data_packets() == full, "restored from the checkpoint before the first scrape"
+        time.sleep(0.6)
+        assert data_packets() == full, "nothing re-read after the restart"
+    with running_serve([*args, "--state-file", "-"], port):
+        first = data_packets()
+        assert first <= full, "a restart without state starts again from zero (a counter reset)"
+        wait_for(lambda: data_packets() == full)
+
+
+WRITER = r"""
+import sys, time, numpy as np
+from larpix import Packet_v2, TimestampPacket, SyncPacket
+from larpix.format.hdf5format import to_file
+from larpix.format.rawhdf5format import to_rawfile
+from larpix.format import pacman_msg_format
+out, seconds = sys.argv[1], float(sys.argv[2])
+rng = np.random.default_rng(0)
+end, i = time.time() + seconds, 0
+while time.time() < end:
+    stamp = 1_700_000_000 + i
+    packets = [TimestampPacket(timestamp=stamp)]
+    for chip, channel, adc in zip(rng.integers(11, 111, 300), rng.integers(0, 64, 300), rng.integers(60, 100, 300)):
+        p = Packet_v2()
+        p.io_group, p.io_channel, p.chip_id, p.channel_id, p.dataword = 1, 1 + (int(chip) - 11) // 25, int(chip), int(channel), int(adc)
+        p.assign_parity()
+        packets.append(p)
+    to_file(out + "/packets.h5", packets)
+    words = [("DATA", int(c), 0, int(w).to_bytes(8, "little")) for c, w in zip(rng.integers(1, 5, 40), rng.integers(0, 2**63, 40, dtype=np.uint64))]
+    msgs = [pacman_msg_format.format_msg("DATA", words[k:k + 5]) for k in range(0, 40, 5)]
+    msgs.append(pacman_msg_format.format_msg("DATA", [("SYNC", b"S", 1, 9_999_999)]))
+    to_rawfile(out + "/raw.h5", msgs=msgs, msg_headers={"io_groups": [2] * len(msgs)})
+    i += 1
+print(i)
+"""
+
+
+def reference_counts(directory) -> dict[tuple[str, str], int]:
+    """Data packets per chip and packets per (io_group, type), read back without the exporter:
+    the packet file with plain h5py, the raw file with larpix-control's parser."""
+    import h5py
+    from larpix.format import pacman_msg_format
+    from larpix.format.rawhdf5format import from_rawfile
+
+    counts: dict[tuple[str, str], int] = {}
+
+    def add(key: tuple[str, str], n: int = 1) -> None:
+        counts[key] = counts.get(key, 0) + n
+
+    with h5py.File(directory / "packets.h5", "r") as fh:
+        packets = fh["packets"][:]
+    for (group, ptype), n in zip(*np.unique(packets[["io_group", "packet_type"]], return_counts=True)):
+        add((str(group), str(ptype)), int(n))
+    data = packets[packets["packet_type"] == 0]
+    for (g, c, chip), n in zip(*np.unique(data[["io_group", "io_channel", "chip_id"]], return_counts=True)):
+        add((f"{g}-{c}-{chip}", "data"), int(n))
+    raw = from_rawfile(str(directory / "raw.h5"))
+    for msg, group in zip(raw["msgs"], raw["msg_headers"]["io_groups"]):
+        for p in pacman_msg_format.parse(msg, io_group=group):
+            add((str(p.io_group), str(p.packet_type)))
+            if p.packet_type == 0:
+                add((f"{p.io_group}-{p.io_channel}-{p.chip_id}", "data"))
+    return counts
+
+
+def test_concurrent_larpix_control_writers(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    port = free_port()
+    with running_serve(["-i", str(data), "--interval", "0.2"], port) as proc:
+        writer = subprocess.run(
+            [sys.executable, "-c", WRITER, str(data), "5"], capture_output=True, text=True, timeout=120
+        )
+        assert writer.returncode == 0, f"the writer must never be disturbed by the reader: {writer.stderr[-2000:]}"
+        assert int(writer.stdout) > 20, "the writer appended many times while the exporter polled"
+        reference = reference_counts(data)
+        total = sum(v for (g, t), v in reference.items() if t != "data")
+        wait_for(lambda: ingested(port) == total, timeout=30)
+        samples = parse_metrics(scrape(port))
+        names = ["data", "test", "config_write", "config_read", "timestamp", "message", "sync", "trigger"]
+        for (key, kind), value in reference.items():
+            if kind == "data":
+                g, c, chip = key.split("-")
+                assert sample(samples, "larpix_chip_packets_total", io_group=g, io_channel=c, chip_id=chip) == value
+            else:
+                assert sample(samples, "larpix_packets_total", io_group=key, packet_type=names[int(kind)]) == value
+        log = proc.log_path.read_text()
+        assert "Traceback" not in log and "poll failed" not in log
+
+
+DATA_LINE = re.compile(r'^larpix_packets_total\{io_group="(\d+)",packet_type="data"\} (\S+)$', re.M)
+CHIP_LINE = re.compile(r'^larpix_chip_packets_total\{io_group="(\d+)",[^}]*\} (\S+)$', re.M)
+
+
+def consistent(text: str) -> bool:
+    """Per-chip data counters of one scrape sum to the per-io_group data counter of that scrape."""
+    groups = {g: float(v) for g, v in DATA_LINE.findall(text)}
+    chips: dict[str, float] = {}
+    for g, v in CHIP_LINE.findall(text):
+        chips[g] = chips.get(g, 0.0) + float(v)
+    return all(chips.get(g, 0.0) == v for g, v in groups.items())
+
+
+def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
+    from helpers import simulate_files
+
+    _, truth = simulate_files(module_geometry, tmp_path, 45, "packets")
+    total = sum(truth.packet_types.values())
+    assert total >= 2_000_000
+    port = free_port()
+    latencies: list[float] = []
+    failures: list[str] = []
+    inconsistent: list[int] = []
+    clients, seconds = 20, float(os.environ.get("LARPIX_DQM_LOAD_SECONDS", "20"))
+    with running_serve(["-i", str(tmp_path), "--interval", "0.2", "--geometry", str(packaged_layout())], port):
+        deadline = time.monotonic() + seconds
+
+        def client() -> None:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+                        text = resp.read().decode()
+                except OSError as err:
+                    failures.append(repr(err))
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if not consistent(text):
+                    inconsistent.append(len(latencies))
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_for(lambda: ingested(port) == total, timeout=60)
+    p50, p99 = statistics.quantiles(latencies, n=100)[49], statistics.quantiles(latencies, n=100)[98]
+    report = {"scrapes": len(latencies), "clients": clients, "seconds": seconds, "p50_s": p50, "p99_s": p99}
+    print("load test:", json.dumps(report))
+    assert not failures and len(latencies) > clients
+    assert not inconsistent, f"{len(inconsistent)} scrapes saw a half-updated snapshot"
+
+
+def test_sigterm_shuts_down_cleanly_with_a_checkpoint(tmp_path, tile_geometry):
+    from helpers import simulate_files
+
+    simulate_files(tile_geometry, tmp_path / "data", 3)
+    state = tmp_path / "state"
+    port = free_port()
+    with running_serve(
+        ["-i", str(tmp_path / "data"), "--interval", "0.2"], port, {"LARPIX_DQM_STATE_DIR": str(state)}
+    ) as proc:
+        wait_for(lambda: ingested(port) > 0)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - started < 10
+    assert list(state.glob("state-*.npz"))
+    assert "stopped in" in proc.log_path.read_text()
+
+
+def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
+    """As root, the exporter runs without the capabilities that let root read any file (setpriv)."""
+    from helpers import simulate_files
+
+    data = tmp_path / "data"
+    _, truth = simulate_files(tile_geometry, data, 2, "packets")
+    secret = data / "secret.h5"
+    simulate_files(tile_geometry, tmp_path / "other", 1, "packets", start=START + 100)[0][0].rename(secret)
+    secret.chmod(0)
+    wrapper = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        wrapper = ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
+    port = free_port()
+    with running_serve(["-i", str(data), "--interval", "0.2"], port, wrapper=wrapper) as proc:
+        wait_for(lambda: ingested(port) == sum(truth.packet_types.values()))
+        samples = parse_metrics(scrape(port))
+        assert sample(samples, "larpix_exporter_files_in_error", reason="permission") == 1
+        secret.chmod(0o644)
+        wait_for(lambda: ingested(port) > sum(truth.packet_types.values()))
+        samples = parse_metrics(scrape(port))
+        assert ("larpix_exporter_files_in_error", frozenset({("reason", "permission")})) not in samples
+        log = proc.log_path.read_text()
+        assert log.count("reason: permission") == 1, "logged once, not every poll"
+        assert f"{secret}: readable again" in log
+
+
+def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch):
+    import errno
+
+    import h5py
+    from helpers import simulate_files
+
+    from exporter import sources
+
+    simulate_files(tile_geometry, tmp_path, 1, "packets")
+    tail = sources.DirectoryTail([sources.InputSpec(str(tmp_path))])
+    reasons: list[str] = []
+    tail.on_error = lambda cursor, reason, message: reasons.append(reason)
+    real_file = h5py.File
+    attempts = {"n": 0}
+
+    def locked_twice(*args, **kwargs):
+        attempts["n"] += 1
+        if attempts["n"] <= 2:
+            raise OSError(
+                errno.EAGAIN, "unable to lock file, errno = 11, error message = 'Resource temporarily unavailable'"
+            )
+        return real_file(*args, **kwargs)
+
+    monkeypatch.setattr(sources.h5py, "File", locked_twice)
+    counts = []
+    for _ in range(3):
+        n = 0
+        for cursor in tail.scan(time.time()):
+            for chunk in tail.read(cursor, time.time()):
+                cursor.rows_done = chunk.rows_end
+                n += len(chunk.packets)
+        counts.append(n)
+    assert reasons == ["locked", "locked"]
+    assert counts[:2] == [0, 0] and counts[2] > 0
+    assert np.all(np.array(counts) >= 0)
