@@ -381,7 +381,7 @@ def demo(
     fmt: Annotated[str, typer.Option("--format", help="Simulated file format: raw or packets.")] = "raw",
     seconds: Annotated[int, typer.Option(help="Stop after this many seconds; 0 runs until Ctrl-C.")] = 0,
 ) -> None:
-    """Simulate a live run (with a silent chip and a noisy channel) and serve its metrics."""
+    """Simulate a live module run (a silent chip, a noisy channel, FIFO flags) and serve its metrics and plots."""
     from .config import Settings
     from .service import Service
 
@@ -399,12 +399,18 @@ def demo(
         ),
     )
     stop = threading.Event()
-    writer = threading.Thread(target=write_run, args=(sim, workdir, fmt), kwargs={"stop": stop}, daemon=True)
+    writer = threading.Thread(target=write_run, args=(sim, workdir / "data", fmt), kwargs={"stop": stop}, daemon=True)
     writer.start()
+    settings = Settings(
+        inputs=[str(workdir / "data")],
+        port=port,
+        listen_address=listen_address,
+        interval=1.0,
+        geometry=geo_path,
+        state_file=str(workdir / "state.npz"),
+    )
     try:
-        service = Service(
-            Settings(inputs=[str(workdir)], port=port, listen_address=listen_address, interval=1.0, geometry=geo_path)
-        )
+        service = Service(settings, _plot_settings(workdir / "plots", ".png", [], 10.0, []))
     except OSError as err:
         _fail(f"cannot listen on {listen_address}:{port}: {err.strerror or err} (use --port)")
     service.start()
