@@ -16,7 +16,7 @@ class ChipIndex:
     """Assigns dense rows to chips in order of first appearance; rows never change."""
 
     def __init__(self) -> None:
-        self._group_slot = np.full(256, UNKNOWN, np.int64)  # io_group -> block of the table
+        self._group_slot = np.full(256, UNKNOWN, np.int32)  # io_group -> block of the table
         self._table = np.zeros(0, np.int32)  # block * 65536 + (io_channel << 8 | chip_id) -> row
         self._keys = np.zeros((0, 3), np.uint8)
 
@@ -48,7 +48,7 @@ class ChipIndex:
     def lookup(self, io_group: np.ndarray, io_channel: np.ndarray, chip_id: np.ndarray) -> np.ndarray:
         """Rows of the given chips, UNKNOWN (-1) for chips not registered."""
         block = self._group_slot[io_group]
-        key = (block << 16) | (io_channel.astype(np.int64) << 8) | chip_id
+        key = (block << 16) | (io_channel.astype(np.int32) << 8) | chip_id
         rows = np.full(len(key), UNKNOWN, np.int32)
         known = block >= 0
         if known.all():

@@ -50,7 +50,7 @@ def _bits(word: np.ndarray, start: int, width: int) -> np.ndarray:
 
 
 def decode_larpix_words(word: np.ndarray, out: np.ndarray) -> None:
-    """Fill packet records ``out`` from 64-bit LArPix data words (little-endian bit order)."""
+    """Fill packet records ``out`` from contiguous 64-bit LArPix words (little-endian bit order)."""
     out["packet_type"] = _bits(word, 0, 2)
     out["chip_id"] = _bits(word, 2, 8)
     out["channel_id"] = _bits(word, 10, 6)
@@ -64,7 +64,7 @@ def decode_larpix_words(word: np.ndarray, out: np.ndarray) -> None:
     out["parity"] = _bits(word, 63, 1)
     out["register_address"] = _bits(word, 10, 8)
     out["register_data"] = _bits(word, 18, 8)
-    out["valid_parity"] = (np.bitwise_count(word) & np.uint8(1)).astype(np.uint8)
+    out["valid_parity"] = np.bitwise_count(word) & np.uint8(1)
 
 
 def concatenate_messages(msgs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +72,7 @@ def concatenate_messages(msgs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.nda
     if len(msgs) == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.int64)
     try:
-        lengths = np.fromiter((m.shape[0] for m in msgs), dtype=np.int64, count=len(msgs))
+        lengths = np.fromiter(map(len, msgs), dtype=np.int64, count=len(msgs))
         buffer = np.concatenate(msgs).astype(np.uint8, copy=False)
     except (AttributeError, ValueError, TypeError) as err:
         raise PacmanDecodeError(f"messages must be 1-D uint8 arrays: {err}") from err
@@ -104,7 +104,8 @@ def decode_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Decode
     header_at = (starts[:, None] + np.arange(HEADER_BYTES)).reshape(-1)
     header_bytes = buffer[header_at].reshape(n_msgs, HEADER_BYTES)
     keep[header_at] = False
-    words = buffer[keep].reshape(-1, WORD_BYTES).view(_WORD_VIEW).reshape(-1)
+    raw_words = buffer[keep].reshape(-1, WORD_BYTES)
+    words = raw_words.view(_WORD_VIEW).reshape(-1)
     n_words = (lengths - HEADER_BYTES) // WORD_BYTES
     word_msg = np.repeat(np.arange(n_msgs), n_words)
 
@@ -113,12 +114,12 @@ def decode_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Decode
     known = is_data | is_trig | is_sync
     unknown_words = int(len(words) - np.count_nonzero(known))
     if unknown_words:
-        words, word_msg = words[known], word_msg[known]
+        words, word_msg, raw_words = words[known], word_msg[known], raw_words[known]
         is_data, is_trig, is_sync = is_data[known], is_trig[known], is_sync[known]
 
     # Word rows, decoded as data words; trigger and sync words (zero LArPix bytes) fixed after.
     body = np.zeros(len(words), PACKET_DTYPE)
-    decode_larpix_words(words["larpix"], body)
+    decode_larpix_words(np.ascontiguousarray(raw_words[:, 8:]).view("<u8").reshape(-1), body)
     body["io_group"] = io_groups[word_msg]
     body["io_channel"] = np.where(is_data, words["byte1"], 0)
     body["receipt_timestamp"] = np.where(is_data, words["receipt"], 0)

@@ -296,7 +296,10 @@ class Accumulator:
         counts = np.bincount(type_key, minlength=IO_GROUPS * (PACKET_TYPES + 1)).reshape(IO_GROUPS, -1)
         self.packet_type_counts += counts[:, :PACKET_TYPES]
         slots = self._window_slots(packets, carry, wall_now)
-        self._add_data(packets, np.flatnonzero(is_data), slots)
+        data_rows = np.flatnonzero(is_data)
+        record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
+        data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)
+        self._add_data(data, slots[data_rows])
         syncs = np.flatnonzero(ptype == SYNC)
         if len(syncs):
             self._add_syncs(packets[syncs], slots[syncs])
@@ -304,38 +307,38 @@ class Accumulator:
         if len(triggers):
             self._add_triggers(packets[triggers], slots[triggers])
 
-    def _add_data(self, packets: np.ndarray, rows_in_chunk: np.ndarray, all_slots: np.ndarray) -> None:
-        """Per-channel and per-chip sums of the data packets at ``rows_in_chunk``."""
-        if len(rows_in_chunk) == 0:
+    def _add_data(self, data: np.ndarray, slots: np.ndarray) -> None:
+        """Per-channel and per-chip sums of data packets, ``slots`` being their window slots."""
+        if len(data) == 0:
             return
-        io_group = packets["io_group"][rows_in_chunk]
-        rows = self.chips.rows_for(io_group, packets["io_channel"][rows_in_chunk], packets["chip_id"][rows_in_chunk])
+        io_group = data["io_group"]
+        rows = self.chips.rows_for(io_group, data["io_channel"], data["chip_id"])
         self._fit_capacity()
         cap, nb = self._capacity, self.config.window_bins
         n_flat = cap * CHANNELS_PER_CHIP
-        channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (packets["channel_id"][rows_in_chunk] & 63)
-        adc_code = packets["dataword"][rows_in_chunk]
-        slots = all_slots[rows_in_chunk]
-        # One bincount gives the all-time hits (row 0: outside the window) and each window slot's hits.
-        hits = np.bincount((slots + 1) * n_flat + channel, minlength=(nb + 1) * n_flat).reshape(nb + 1, cap, -1)
+        channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
+        adc_code = data["dataword"]
+        # Flat keys (slot + 1) * n_flat + channel: key row 0 holds packets outside the window, so
+        # one bincount gives the all-time hits and every window slot's hits, without gathers.
+        key = (slots + 1) * n_flat + channel
+        size = (nb + 1) * n_flat
+        hits = np.bincount(key, minlength=size).reshape(nb + 1, cap, -1)
         per_channel = hits.sum(axis=0)
         self.hits_total += per_channel
         self.chip_packets += per_channel.sum(axis=1)
         self.win_hits += hits[1:]
-        inside = np.flatnonzero(slots >= 0)
-        if len(inside):
-            key = slots[inside] * n_flat + channel[inside]
-            adc = adc_code[inside].astype(np.float64)
-            self.win_adc += np.bincount(key, adc, nb * n_flat).astype(np.int64).reshape(nb, cap, -1)
-            self.win_adc_sq += np.bincount(key, adc * adc, nb * n_flat).astype(np.int64).reshape(nb, cap, -1)
+        if hits[1:].any():
+            adc = adc_code.astype(np.float64)
+            self.win_adc += np.bincount(key, adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
+            self.win_adc_sq += np.bincount(key, adc * adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
         self.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
             IO_GROUPS, 256
         )
-        bad = np.flatnonzero(packets["valid_parity"][rows_in_chunk] == 0)
+        bad = np.flatnonzero(data["valid_parity"] == 0)
         if len(bad):
             self.chip_parity += np.bincount(rows[bad], minlength=cap)
             self._add_window_flags(rows[bad], slots[bad], 0)
-        flags = packets["local_fifo"][rows_in_chunk] | (packets["shared_fifo"][rows_in_chunk] << 2)
+        flags = data["local_fifo"] | (data["shared_fifo"] << 2)
         flagged = np.flatnonzero(flags)
         if len(flagged):
             for i, bit in enumerate((1, 2, 4, 8)):  # local half, local full, shared half, shared full
