@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import resource
 import time
 
 import numpy as np
@@ -78,6 +79,9 @@ def main() -> None:
     print(f"{'2x2 per-chip + checks (6,400 chips)':<44}{n:>9,}{seconds * 1e3:>11.1f}{seconds / n * 1e9:>11.0f}")
     gz, _ = best_of(args.repeat, lambda: gzip.compress(text.encode(), GZIP_LEVEL))
     print(f"{f'  + gzip level {GZIP_LEVEL}':<44}{'':>9}{gz * 1e3:>11.1f}")
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{'  peak RSS with the 2x2 state (MB)':<44}{'':>9}{rss:>11.0f}")
 
     module = detector(2, 800)
     snap = module.snapshot()

@@ -1,0 +1,32 @@
+"""Smoke test of the benchmark scripts with tiny sizes: they run and print their figures.
+
+The figures themselves are not asserted (timings on a shared machine are not test results);
+the README's performance table comes from full-size runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("ingest.py", ["--packets", "100000", "--repeat", "1"], "of plain h5py read throughput"),
+        ("exposition.py", ["--repeat", "1"], "per-series cost ratio generic/this"),
+        ("latency.py", ["--seconds", "3"], "append -> /metrics latency"),
+        ("plots.py", ["--repeat", "1", "--seconds", "5", "--no-serve"], "PixelMap"),
+    ],
+)
+def test_benchmark_runs(script, args, expected, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout, result.stdout[-3000:]
