@@ -24,11 +24,6 @@ def label_string(names: Sequence[str], values: Sequence[object]) -> str:
     return ",".join(f'{n}="{escape_label_value(str(v))}"' for n, v in zip(names, values))
 
 
-def label_strings(names: Sequence[str], columns: Sequence[np.ndarray | Sequence[object]]) -> list[str]:
-    """One label string per row of the given label columns."""
-    return [label_string(names, row) for row in zip(*columns)]
-
-
 _SMALL_INTS = np.array([str(i) for i in range(4096)], dtype=object)
 
 

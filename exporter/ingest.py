@@ -48,7 +48,6 @@ class Ingester:
         self.health = Health()
         self._checkpointed: tuple | None = None
         self.listeners: list[Callable[[Chunk], None]] = []
-        self.after_poll: list[Callable[[], None]] = []
         self._last_publish = 0.0
         self.tail.on_error = self._on_read_error
         self.published = Published(monitor.update(), self.health.copy())
@@ -136,8 +135,6 @@ class Ingester:
         h.last_poll_wall = time.time()
         h.up = True
         self.checkpoint()
-        for hook in self.after_poll:
-            hook()
         self.publish()
         return total
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -238,10 +237,6 @@ class Monitor:
     def export_history(self, path: str | os.PathLike, fmt: str | None = None) -> str:
         """Write the per-chip history (csv, json, or parquet with pyarrow); return the format used."""
         return self.history.export(path, fmt)
-
-    @property
-    def data_time(self) -> float:
-        return self.accumulator.data_time if not math.isnan(self.accumulator.data_time) else math.nan
 
 
 def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:

@@ -61,9 +61,6 @@ PACKET_TYPE_NAMES = (
     "trigger",
 )
 
-#: Sync packet kinds, stored in ``trigger_type`` of a type-6 packet.
-SYNC_KINDS = {ord("S"): "sync", ord("H"): "heartbeat", ord("C"): "clock_switch"}
-
 #: Clock ticks between two 'S' syncs: the chip clock runs at 10 MHz and syncs come each second.
 TICKS_PER_SYNC = 10_000_000
 CLOCK_HZ = 10_000_000.0

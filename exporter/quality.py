@@ -117,7 +117,6 @@ class Accumulator:
         self.adc_counts = np.zeros((IO_GROUPS, 256), np.int64)
         self.io_group_last_time = np.full(IO_GROUPS, np.nan)
         self.window_io_group = np.zeros((nb, IO_GROUPS, 2), np.int64)  # 'S' syncs, external triggers
-        self.slot_bin = np.full(nb, -1, np.int64)
         self.newest_bin = -1
         self.data_time = math.nan
         self.first_time = math.nan
@@ -138,7 +137,7 @@ class Accumulator:
         "io_group_last_time",
     )
     _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
-    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "win_flags", "window_io_group", "slot_bin")
+    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "win_flags", "window_io_group")
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
@@ -274,7 +273,6 @@ class Accumulator:
             return
         for b in range(max(self.newest_bin + 1, newest - nb + 1), newest + 1):
             slot = b % nb
-            self.slot_bin[slot] = b
             self.win_hits[slot] = 0
             self.win_adc[slot] = 0
             self.win_adc_sq[slot] = 0
