@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import resource
+import tempfile
 import time
 
 import numpy as np
@@ -21,6 +23,8 @@ from exporter.http import GZIP_LEVEL
 from exporter.monitor import MonitorState
 from exporter.packets import PACKET_DTYPE, TIMESTAMP
 from exporter.quality import Accumulator, TimeCarry
+from exporter.sources import DirectoryTail
+from exporter.state import save_state
 
 START = 1_700_000_000
 
@@ -80,6 +84,13 @@ def main() -> None:
     gz, _ = best_of(args.repeat, lambda: gzip.compress(text.encode(), GZIP_LEVEL))
     print(f"{f'  + gzip level {GZIP_LEVEL}':<44}{'':>9}{gz * 1e3:>11.1f}")
 
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        save_state(f"{tmp}/state.npz", two_by_two, DirectoryTail([]), health)
+        size = os.path.getsize(f"{tmp}/state.npz") / 1e6
+    print(
+        f"{f'  checkpoint of the 2x2 state ({size:.0f} MB)':<44}{'':>9}{(time.perf_counter() - started) * 1e3:>11.0f}"
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{'  peak RSS with the 2x2 state (MB)':<44}{'':>9}{rss:>11.0f}")
 
