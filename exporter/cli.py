@@ -136,7 +136,7 @@ def serve(
         ),
     ] = None,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "-o",
             "--output",
@@ -144,11 +144,12 @@ def serve(
             "latest/<Plot><ext>. (default: no plots)",
         ),
     ] = None,
-    ext: Annotated[str, typer.Option(help="Plot image format, as a file extension.")] = ".png",
+    ext: Annotated[Optional[str], typer.Option(help="Plot image format, as a file extension. (default: .png)")] = None,
     plots: Annotated[list[str], typer.Option("--plots", help=PLOTS_HELP)] = [],  # noqa: B006
     plot_interval: Annotated[
-        float, typer.Option(help="Redraw plots at most every this many seconds (only when data came).")
-    ] = 30.0,
+        Optional[float],
+        typer.Option(help="Redraw plots at most every this many seconds (only when data came). (default: 30)"),
+    ] = None,
     plugin_dir: Annotated[
         list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
     ] = [],  # noqa: B006
@@ -197,11 +198,22 @@ def serve(
                 checks=checks,
                 reference=reference,
                 web_config_file=web_config_file,
+                output=output,
+                ext=ext,
+                plots=plots,
+                plot_interval=plot_interval,
+                plugin_dirs=plugin_dir,
             ),
         )
         if not settings.inputs:
             _fail("no input: give -i DIR (or 'inputs' in the config file)")
-        plot_settings = _plot_settings(output, ext, plots, plot_interval, plugin_dir)
+        plot_settings = _plot_settings(
+            Path(settings.output) if settings.output else None,
+            settings.ext,
+            settings.plots,
+            settings.plot_interval,
+            settings.plugin_dirs,
+        )
         service = Service(settings, plot_settings)
     except (
         ConfigError,

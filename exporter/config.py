@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 DEFAULT_PORT = 9767
+LIST_KEYS = ("inputs", "plots", "plugin_dirs")
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,11 @@ class Settings:
     checks: str | None = None
     reference: str | None = None
     web_config_file: str | None = None
+    output: str | None = None
+    ext: str = ".png"
+    plots: list[str] = field(default_factory=list)
+    plot_interval: float = 30.0
+    plugin_dirs: list[str] = field(default_factory=list)
     chunk_rows: int = 1_000_000
 
 
@@ -45,7 +51,7 @@ def _coerce(path: str, key: str, value: Any, line: int | None) -> Any:
     where = f"{path}" + (f" line {line}" if line else "")
     default = getattr(Settings(), key)
     try:
-        if key == "inputs":
+        if key in LIST_KEYS:
             value = [value] if isinstance(value, str) else [str(v) for v in value]
         elif isinstance(default, bool):
             if not isinstance(value, bool):

@@ -139,10 +139,16 @@ def test_config_file_values_are_used_and_cli_wins(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "data", 2, "raw")
     config = tmp_path / "dqm.yaml"
     port = free_port()
-    config.write_text(f"inputs: [{tmp_path / 'data'}]\nwindow: 30\nport: {port + 1}\n")
+    plots = tmp_path / "plots"
+    config.write_text(
+        f"inputs: [{tmp_path / 'data'}]\nwindow: 30\nport: {port + 1}\n"
+        f"output: {plots}\nplots: [PacketRate]\nplot_interval: 0.5\n"
+    )
     with running_serve(["--config", str(config), "--interval", "0.2"], port):
         samples = parse_metrics(scrape(port))
         assert sample(samples, "larpix_window_seconds") == 30
+        wait_for(lambda: (plots / "latest" / "PacketRate.png").exists())
+        assert [p.name for p in (plots / "latest").iterdir()] == ["PacketRate.png"], "plot options from the file"
 
 
 @pytest.mark.parametrize("command", ["serve", "once", "simulate", "demo"])
