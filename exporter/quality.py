@@ -28,6 +28,29 @@ STATUS_NONE, STATUS_ACTIVE, STATUS_SILENT, STATUS_NOISY = range(4)
 STATUS_NAMES = ("active", "silent", "noisy")
 
 
+def plausible_timestamps(packets: np.ndarray, wall_now: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows and times (float unix s) of the plausible timestamp packets, and how many were not.
+
+    The data time of any packet is that of the latest plausible timestamp packet before it in
+    its file; plots and the accumulator both use this rule.
+    """
+    ts_rows = np.flatnonzero(packets["packet_type"] == TIMESTAMP)
+    stamps = packets["timestamp"][ts_rows]
+    plausible = (stamps >= EARLIEST_PLAUSIBLE_TIME) & (stamps <= wall_now + MAX_FUTURE_SECONDS)
+    return ts_rows[plausible], stamps[plausible].astype(np.float64), int(len(ts_rows) - np.count_nonzero(plausible))
+
+
+def forward_fill(rows: np.ndarray, values: np.ndarray, n: int, before: float | int) -> np.ndarray:
+    """Length-``n`` array holding at each index the value of the latest ``rows`` entry at or
+    before it (``rows`` ascending), and ``before`` ahead of the first one."""
+    out = np.empty(n, np.result_type(values, np.asarray(before)))
+    first = rows[0] if len(rows) else n
+    out[:first] = before
+    if len(rows):
+        out[first:] = np.repeat(values, np.diff(np.append(rows, n)))
+    return out
+
+
 @dataclass(frozen=True)
 class QualityConfig:
     """Window and threshold settings (documented defaults; see README)."""
@@ -232,11 +255,8 @@ class Accumulator:
         A packet's data time is that of the latest preceding plausible timestamp packet of the
         same file (``carry`` holds it across chunks); the window advances to the newest one.
         """
-        ts_rows = np.flatnonzero(packets["packet_type"] == TIMESTAMP)
-        stamps = packets["timestamp"][ts_rows]
-        plausible = (stamps >= EARLIEST_PLAUSIBLE_TIME) & (stamps <= wall_now + MAX_FUTURE_SECONDS)
-        self.implausible_timestamps += int(len(ts_rows) - np.count_nonzero(plausible))
-        ts_rows, stamps = ts_rows[plausible], stamps[plausible].astype(np.float64)
+        ts_rows, stamps, implausible = plausible_timestamps(packets, wall_now)
+        self.implausible_timestamps += implausible
         if len(ts_rows):
             groups = packets["io_group"][ts_rows]
             for group in np.unique(groups):
@@ -244,11 +264,10 @@ class Accumulator:
                 self.io_group_last_time[group] = np.fmax(self.io_group_last_time[group], newest)
             self.first_time = float(np.fmin(self.first_time, stamps.min()))
             self._advance(float(np.fmax(self.data_time, stamps.max())))
-        slots = np.empty(len(packets), np.int64)
-        first = ts_rows[0] if len(ts_rows) else len(packets)
-        slots[:first] = self._slot_of(np.array([carry.last_time]))[0]
+        slots = forward_fill(
+            ts_rows, self._slot_of(stamps), len(packets), self._slot_of(np.array([carry.last_time]))[0]
+        )
         if len(ts_rows):
-            slots[first:] = np.repeat(self._slot_of(stamps), np.diff(np.append(ts_rows, len(packets))))
             carry.last_time = float(stamps[-1])
         return slots
 

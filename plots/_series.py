@@ -10,14 +10,13 @@ import math
 
 import numpy as np
 
-from exporter.packets import TIMESTAMP
-from exporter.quality import EARLIEST_PLAUSIBLE_TIME, MAX_FUTURE_SECONDS
+from exporter.quality import forward_fill, plausible_timestamps
 
 
 class DataClock:
     """Data time of each packet: the latest preceding plausible timestamp packet of its file.
 
-    The same rule as the accumulator's, kept per file; ``last_time`` carries across chunks.
+    The accumulator's rule (``plausible_timestamps``), kept per file; ``last_time`` carries across chunks.
     """
 
     def __init__(self) -> None:
@@ -27,15 +26,8 @@ class DataClock:
         """Float unix seconds per packet (NaN before the file's first timestamp packet)."""
         if len(packets) == 0:
             return np.zeros(0)
-        stamp = packets["timestamp"]
-        plausible = (
-            (packets["packet_type"] == TIMESTAMP)
-            & (stamp >= EARLIEST_PLAUSIBLE_TIME)
-            & (stamp <= wall_now + MAX_FUTURE_SECONDS)
-        )
-        source = np.where(plausible, np.arange(len(packets)), -1)
-        np.maximum.accumulate(source, out=source)
-        times = np.where(source >= 0, stamp[np.maximum(source, 0)].astype(np.float64), self.last_time)
+        ts_rows, stamps, _ = plausible_timestamps(packets, wall_now)
+        times = forward_fill(ts_rows, stamps, len(packets), self.last_time)
         self.last_time = float(times[-1])
         return times
 
