@@ -216,13 +216,15 @@ class Accumulator:
             if old:
                 grown[:old] = getattr(self, name)
             setattr(self, name, grown)
-        for name, width in (
-            ("win_hits", CHANNELS_PER_CHIP),
-            ("win_adc", CHANNELS_PER_CHIP),
-            ("win_adc_sq", CHANNELS_PER_CHIP),
-            ("win_flags", 2),
+        # Per-bin sums fit int32 (a bin is seconds long; 255 * hits < 2**31 up to ~1.7 MHz per
+        # channel); squared ADC sums need int64. Smaller arrays: less memory, cheaper checkpoints.
+        for name, width, dtype in (
+            ("win_hits", CHANNELS_PER_CHIP, np.int32),
+            ("win_adc", CHANNELS_PER_CHIP, np.int32),
+            ("win_adc_sq", CHANNELS_PER_CHIP, np.int64),
+            ("win_flags", 2, np.int32),
         ):
-            grown = np.zeros((nb, capacity, width), np.int64)
+            grown = np.zeros((nb, capacity, width), dtype)
             if old:
                 grown[:, :old] = getattr(self, name)
             setattr(self, name, grown)

@@ -157,3 +157,15 @@ def test_window_lengths_that_do_not_divide_evenly_keep_every_packet():
         acc.add(np.concatenate([stamp([START + t]), data_packets(100)]), carry, NOW)
     snap = acc.snapshot()
     assert snap.chip_rate_hz[0] == pytest.approx(100.0)
+
+
+def test_chips_unknown_to_the_geometry_are_counted_not_mapped(module_geometry):
+    acc = Accumulator(geometry=module_geometry)
+    stray = data_packets(5, chip=250)
+    stray["io_channel"] = 200
+    acc.add(np.concatenate([stamp([START]), stray]), TimeCarry(), NOW)
+    snap = acc.snapshot()
+    row = chip_row(acc, (1, 200, 250))
+    assert len(snap.chip_keys) == 1601 and snap.chip_packets[row] == 5
+    assert snap.chip_tiles[row] == -1
+    assert snap.channel_status[row, 0] != 0 and snap.channel_expected[row].sum() == 1

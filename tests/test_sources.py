@@ -201,3 +201,19 @@ def test_missing_directory_is_not_an_error(tmp_path, sim):
     assert rec.poll() == 0
     moved.rename(watched)
     assert rec.poll() == 0, "a directory that comes back is not read twice"
+
+
+def test_file_deleted_while_being_read(tmp_path, sim):
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))], FileReader(chunk_rows=500)))
+    writer = PacketFileWriter(tmp_path / "run.h5")
+    writer.append(*sim.second(1_700_000_000))
+    total = packets_in(tmp_path / "run.h5")
+    chunks = 0
+    for cursor in rec.tail.scan(time.time()):
+        for chunk in rec.tail.read(cursor, time.time()):
+            if chunks == 0:
+                os.remove(tmp_path / "run.h5")  # the open file stays readable until closed
+            cursor.rows_done = chunk.rows_end
+            chunks += len(chunk.packets)
+    assert chunks == total
+    assert rec.poll() == 0 and rec.tail.tracked == 0 and not rec.errors
