@@ -277,6 +277,30 @@ UP_MAPPING = [
 ]
 
 
+def target_up_panel():
+    """Whether Prometheus scrapes the exporter: on the overview and the exporter dashboards."""
+    return stat_panel(
+        "Target up",
+        "Prometheus could scrape the exporter (up of job larpix).",
+        query('min(up{job="larpix"})', instant=True),
+        "none",
+        steps=[(None, "red"), (1, "green")],
+        mappings=UP_MAPPING,
+    ).no_value("no target")
+
+
+def ingest_loop_panel(description: str):
+    """Whether the exporter's ingest loop runs (larpix_exporter_up)."""
+    return stat_panel(
+        "Ingest loop up",
+        description,
+        query("min(larpix_exporter_up)", instant=True),
+        "none",
+        steps=[(None, "red"), (1, "green")],
+        mappings=UP_MAPPING,
+    ).no_value("DOWN")
+
+
 #: larpix_*_status values (exporter/checks.py): 0 ok, 1 warning, 2 error.
 STATUS_MAPPING = [
     dm.ValueMap(
@@ -362,26 +386,8 @@ def overview() -> dm.Dashboard:
 
     dash = dash.with_row(db.Row("Exporter health"))
     dash = (
-        dash.with_panel(
-            stat_panel(
-                "Target up",
-                "Prometheus could scrape the exporter (up of job larpix).",
-                query('min(up{job="larpix"})', instant=True),
-                "none",
-                steps=[(None, "red"), (1, "green")],
-                mappings=UP_MAPPING,
-            ).no_value("no target")
-        )
-        .with_panel(
-            stat_panel(
-                "Ingest loop up",
-                "larpix_exporter_up: 1 while the ingest loop runs and its last poll completed.",
-                query("min(larpix_exporter_up)", instant=True),
-                "none",
-                steps=[(None, "red"), (1, "green")],
-                mappings=UP_MAPPING,
-            ).no_value("DOWN")
-        )
+        dash.with_panel(target_up_panel())
+        .with_panel(ingest_loop_panel("larpix_exporter_up: 1 while the ingest loop runs and its last poll completed."))
         .with_panel(
             stat_panel(
                 "Ingest lag",
@@ -872,26 +878,8 @@ def exporter() -> dm.Dashboard:
     )
     dash = dash.with_row(db.Row("Status"))
     dash = (
-        dash.with_panel(
-            stat_panel(
-                "Target up",
-                "Prometheus could scrape the exporter (up of job larpix).",
-                query('min(up{job="larpix"})', instant=True),
-                "none",
-                steps=[(None, "red"), (1, "green")],
-                mappings=UP_MAPPING,
-            ).no_value("no target")
-        )
-        .with_panel(
-            stat_panel(
-                "Ingest loop up",
-                "1 while the ingest loop runs and its last poll completed.",
-                query("min(larpix_exporter_up)", instant=True),
-                "none",
-                steps=[(None, "red"), (1, "green")],
-                mappings=UP_MAPPING,
-            ).no_value("DOWN")
-        )
+        dash.with_panel(target_up_panel())
+        .with_panel(ingest_loop_panel("1 while the ingest loop runs and its last poll completed."))
         .with_panel(
             stat_panel(
                 "Version",
