@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,30 @@ from exporter.packets import PACKET_TYPE_NAMES
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
+
+
+#: Debian package providing each program the tests run.
+DEBIAN_PACKAGE = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
+    "docker-compose": "docker-compose",
+    "chromium": "chromium",
+}
+
+
+def require_binary(*names: str) -> str:
+    """Path of the first of ``names`` on PATH; fail the test (never skip) when none is."""
+    import pytest
+
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    package = DEBIAN_PACKAGE.get(names[-1], names[-1])
+    pytest.fail(f"{' / '.join(names)} not found on PATH: install it (Debian: apt-get install {package})")
 
 
 def free_port() -> int:

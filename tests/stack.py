@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,30 +31,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
 import yaml
-from helpers import free_port
+from helpers import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_RULES = ROOT / "alerts" / "generate.py"
-INSTALL_HINT = {
-    "prometheus": "install Prometheus (Debian/Ubuntu: apt-get install prometheus)",
-    "alertmanager": "install Alertmanager (Debian/Ubuntu: apt-get install prometheus-alertmanager)",
-}
-
 T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def binary(*names: str) -> str:
-    """Path of the first of ``names`` on PATH; fail the test (never skip) when none is."""
-    for name in names:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    pytest.fail(f"{' / '.join(names)} not found on PATH: {INSTALL_HINT[names[-1]]}")
 
 
 @dataclass
@@ -196,7 +180,7 @@ def running_prometheus(config: Mapping[str, Any], workdir: Path, address: str) -
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     cmd = [
-        binary("prometheus"),
+        require_binary("prometheus"),
         f"--config.file={config_file}",
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address={address}",
@@ -214,7 +198,7 @@ def running_alertmanager(config: Mapping[str, Any], workdir: Path) -> Iterator[t
     config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     address = f"127.0.0.1:{free_port()}"
     cmd = [
-        binary("prometheus-alertmanager", "alertmanager"),
+        require_binary("prometheus-alertmanager", "alertmanager"),
         f"--config.file={config_file}",
         f"--storage.path={workdir / 'data'}",
         f"--web.listen-address={address}",

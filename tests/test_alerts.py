@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "alerts"
@@ -33,20 +32,6 @@ RUNBOOK = ROOT / "RUNBOOK.md"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 RUNBOOK_URL = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md#"
 RECEIVER = {"critical": "pager", "warning": "ticket", "info": "null"}
-INSTALL_HINT = {
-    "promtool": "install Prometheus (Debian/Ubuntu: apt-get install prometheus)",
-    "amtool": "install Alertmanager (Debian/Ubuntu: apt-get install prometheus-alertmanager)",
-    "alertmanager": "install Alertmanager (Debian/Ubuntu: apt-get install prometheus-alertmanager)",
-}
-
-
-def _tool(*names: str) -> str:
-    """Path of the first of ``names`` on PATH; fail the test (never skip) when none is."""
-    for name in names:
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    pytest.fail(f"{' / '.join(names)} not found on PATH: {INSTALL_HINT[names[-1]]}")
 
 
 def _run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -84,7 +69,7 @@ ALERT_NAMES = [rule["alert"] for rule in _rules()]
 
 
 def test_rules_pass_promtool_check_with_lint() -> None:
-    promtool = _tool("promtool")
+    promtool = require_binary("promtool")
     help_text = _run(promtool, "check", "rules", "--help")
     flags = ["--lint=all", "--lint-fatal"] if "--lint-fatal" in help_text.stdout + help_text.stderr else []
     result = _run(promtool, "check", "rules", *flags, RULES)
@@ -95,7 +80,7 @@ def test_rules_pass_promtool_check_with_lint() -> None:
 
 
 def test_promtool_unit_tests_pass() -> None:
-    promtool = _tool("promtool")
+    promtool = require_binary("promtool")
     files = sorted(ALERTS.glob("tests/*.yml"))
     assert files, "no promtool unit tests in alerts/tests/"
     result = _run(promtool, "test", "rules", *files)
@@ -242,7 +227,7 @@ def test_override_changes_thresholds(tmp_path: Path) -> None:
     assert _rule("LarpixDataStale", text) == _rule("LarpixDataStale")
     assert f"+ {override}" in text.splitlines()[1]
 
-    promtool = _tool("promtool")
+    promtool = require_binary("promtool")
     check = _run(promtool, "check", "rules", output)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -292,14 +277,14 @@ def test_override_bad_value_is_rejected(tmp_path: Path, content: str, key: str) 
 
 
 def test_amtool_check_config() -> None:
-    amtool = _tool("amtool")
+    amtool = require_binary("amtool")
     result = _run(amtool, "check-config", AM_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
 def _route(*labels: str) -> str:
-    amtool = _tool("amtool")
+    amtool = require_binary("amtool")
     result = _run(amtool, "config", "routes", "test", "--config.file", AM_CONFIG, *labels)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip()
@@ -326,12 +311,6 @@ def test_every_alert_routes_by_its_severity(name: str) -> None:
     assert _route(f"alertname={name}", f"severity={severity}", "io_group=1") == RECEIVER[severity]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _http(url: str, payload: Any = None) -> Any:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -343,9 +322,9 @@ def _http(url: str, payload: Any = None) -> Any:
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throw-away Alertmanager running alertmanager.yml on a free local port."""
-    binary = _tool("prometheus-alertmanager", "alertmanager")
+    binary = require_binary("prometheus-alertmanager", "alertmanager")
     work = tmp_path_factory.mktemp("alertmanager")
-    port = _free_port()
+    port = free_port()
     log = (work / "alertmanager.log").open("w")
     proc = subprocess.Popen(
         [

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE = ROOT / "dashboards" / "generate.py"
@@ -52,13 +53,6 @@ LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(.*),\s*)?([A-Za-z_][A-Za-z0
 # Grafana's built-in interval variables, replaced by something promtool accepts.
 GRAFANA_INTERVALS = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h", "__range_s": "3600"}
 GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)(?::\w+)?\]\]")
-
-
-def require(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.fail(f"`{binary}` not found on PATH: install it (Debian: apt-get install {package}) to run this check")
-    return path
 
 
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -266,7 +260,7 @@ def test_status_and_reference_panels() -> None:
 
 
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
-    promtool = require("promtool", "prometheus")
+    promtool = require_binary("promtool")
     rules, where = [], {}
     for number, (origin, expr) in enumerate(all_expressions()):
         record = f"dashboard:expr_{number}"
@@ -386,7 +380,7 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
 
 
 def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
-    compose = require("docker-compose", "docker-compose")
+    compose = require_binary("docker-compose")
     shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LARPIX_", "COMPOSE_"))}
     result = run([compose, "-f", "docker-compose.yml", "config", "-q"], cwd=tmp_path, env=env)
@@ -409,7 +403,7 @@ def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_prometheus_config_is_valid() -> None:
-    promtool = require("promtool", "prometheus")
+    promtool = require_binary("promtool")
     result = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)], cwd=ROOT)
     assert result.returncode == 0, f"promtool check config failed:\n{result.stdout}{result.stderr}"
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
@@ -427,7 +421,7 @@ def test_prometheus_config_is_valid() -> None:
 def test_prometheus_config_loads_the_repo_alert_rules(tmp_path: Path) -> None:
     """prometheus.yml's rule_files glob, pointed at the repo's alerts/ (mounted at
     /etc/prometheus/rules in compose), yields rule files Prometheus accepts."""
-    promtool = require("promtool", "prometheus")
+    promtool = require_binary("promtool")
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     mount = "/etc/prometheus/rules/"
     assert all(pattern.startswith(mount) for pattern in config["rule_files"]), config["rule_files"]
