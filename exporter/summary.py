@@ -13,14 +13,10 @@ from .collector import Collector
 from .exposition import render
 from .geometry import Geometry
 from .health import Health
-from .quality import STATUS_ACTIVE, STATUS_NAMES, STATUS_NOISY, STATUS_SILENT, Accumulator, QualityConfig, Snapshot
+from .monitor import channel_list
+from .quality import STATUS_NAMES, Accumulator, QualityConfig, Snapshot
 from .service import resolve_geometry
 from .sources import RAW, Chunk, DirectoryTail, InputSpec, SourceError, detect_kind
-
-
-def _channel_list(snap: Snapshot, status: int) -> list[list[int]]:
-    chips, channels = np.nonzero(snap.channel_status == status)
-    return [[*map(int, snap.chip_keys[c]), int(ch)] for c, ch in zip(chips, channels)]
 
 
 def snapshot_summary(snap: Snapshot) -> dict:
@@ -51,11 +47,7 @@ def snapshot_summary(snap: Snapshot) -> dict:
             "window_seconds": snap.covered_seconds,
         },
         "chips": chips,
-        "channels": {
-            "active": _channel_list(snap, STATUS_ACTIVE),
-            "silent": _channel_list(snap, STATUS_SILENT),
-            "noisy": _channel_list(snap, STATUS_NOISY),
-        },
+        "channels": {status: channel_list(snap, (status,)).tolist() for status in ("active", "silent", "noisy")},
     }
 
 
