@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import json
 import math
 import os
@@ -57,26 +58,33 @@ class History:
             "status": np.concatenate([e.status for e in self.entries]),
         }
 
+    def text(self, fmt: str) -> str:
+        """The history as ``csv`` or ``json`` text (one record per chip and entry)."""
+        columns = self.rows()
+        rows = zip(*(columns[c].tolist() for c in COLUMNS))
+        if fmt == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(COLUMNS)
+            writer.writerows(rows)
+            return out.getvalue()
+        if fmt == "json":
+            return json.dumps([dict(zip(COLUMNS, row)) for row in rows], allow_nan=True)
+        raise ValueError(f"unknown history format {fmt!r}: use csv, json or parquet")
+
     def export(self, path: str | os.PathLike, fmt: str | None = None) -> str:
         """Write the history as json, csv or parquet (from the suffix unless ``fmt``); return the format."""
         fmt = (fmt or os.path.splitext(str(path))[1].lstrip(".") or "csv").lower()
-        columns = self.rows()
-        if fmt == "csv":
-            with open(path, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(COLUMNS)
-                writer.writerows(zip(*(columns[c].tolist() for c in COLUMNS)))
-        elif fmt == "json":
-            records = [dict(zip(COLUMNS, row)) for row in zip(*(columns[c].tolist() for c in COLUMNS))]
-            with open(path, "w", encoding="utf-8") as fh:
-                json.dump(records, fh, allow_nan=True)
-        elif fmt == "parquet":
+        if fmt == "parquet":
             try:
                 import pyarrow as pa
                 import pyarrow.parquet as pq
             except ImportError:
                 raise ValueError("parquet export needs pyarrow (pip install pyarrow); use csv or json") from None
+            columns = self.rows()
             pq.write_table(pa.table({c: columns[c] for c in COLUMNS}), path)
         else:
-            raise ValueError(f"unknown history format {fmt!r}: use csv, json or parquet")
+            text = self.text(fmt)
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
         return fmt

@@ -10,12 +10,10 @@ import gzip
 import html
 import logging
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from . import __version__
@@ -83,9 +81,7 @@ class MetricsApp:
         """The per-chip history as csv or json."""
         if self.history is None:
             return b"", "text/plain"
-        with tempfile.NamedTemporaryFile(suffix=f".{fmt}") as tmp:
-            self.history.export(tmp.name, fmt)
-            return Path(tmp.name).read_bytes(), CHANNEL_MEDIA_TYPES[fmt]
+        return self.history.text(fmt).encode(), CHANNEL_MEDIA_TYPES[fmt]
 
     def landing_page(self) -> str:
         """A small status page for people: health figures, links, the newest plots."""
