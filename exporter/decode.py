@@ -20,12 +20,13 @@ MSG_TYPE_DATA = ord("D")
 WORD_DATA, WORD_TRIGGER, WORD_SYNC = ord("D"), ord("T"), ord("S")
 
 # One 16-byte PACMAN word seen through every layout it can have (fields overlap on purpose):
-# data '<cBLxx8s', trigger '<2cxxL8x', sync '<2cBxL8x'.
+# data '<cBLxx8s', trigger '<2cxxL8x', sync '<2cBxL8x'. The 8-byte LArPix word of a data
+# word (bytes 8-15) is taken from the raw bytes, as a contiguous copy.
 _WORD_VIEW = np.dtype(
     {
-        "names": ["kind", "byte1", "byte2", "receipt", "time", "larpix"],
-        "formats": ["u1", "u1", "u1", "<u4", "<u4", "<u8"],
-        "offsets": [0, 1, 2, 2, 4, 8],
+        "names": ["kind", "byte1", "byte2", "receipt", "time"],
+        "formats": ["u1", "u1", "u1", "<u4", "<u4"],
+        "offsets": [0, 1, 2, 2, 4],
         "itemsize": WORD_BYTES,
     }
 )
