@@ -15,16 +15,16 @@ import time
 
 import numpy as np
 
-from exporter.checks import DEFAULT_CHECKS, evaluate
-from exporter.collector import Collector
-from exporter.exposition import client_families, render
-from exporter.health import Health
-from exporter.http import GZIP_LEVEL
+from exporter.metrics.exposition import client_families, render
+from exporter.metrics.families import Collector
 from exporter.monitor import MonitorState
-from exporter.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.quality import Accumulator, TimeCarry
-from exporter.sources import DirectoryTail
-from exporter.state import save_state
+from exporter.quality.accumulator import Accumulator, TimeCarry
+from exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
+from exporter.reading.tail import DirectoryTail
+from exporter.runtime.checkpoint import save_state
+from exporter.runtime.health import Health
+from exporter.web.server import GZIP_LEVEL
 
 START = 1_700_000_000
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import h5py
 
-from exporter.decode import decode_messages
-from exporter.geometry import load_geometry, packaged_layout
-from exporter.quality import Accumulator
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.quality.accumulator import Accumulator
+from exporter.reading.decode import decode_messages
+from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.simulate import SimulationConfig, Simulator, open_writer
-from exporter.sources import DirectoryTail, InputSpec
 
 START = 1_700_000_000
 

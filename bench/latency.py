@@ -22,8 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from exporter.decode import decode_messages
-from exporter.geometry import load_geometry, packaged_layout
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.reading.decode import decode_messages
 from exporter.simulate import RawFileWriter, SimulationConfig, Simulator
 
 COUNTER = re.compile(r'^larpix_exporter_packets_ingested_total\{format="raw"\} (\S+)$', re.M)

@@ -27,22 +27,22 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from exporter.config import Settings  # noqa: E402
-from exporter.decode import decode_messages  # noqa: E402
-from exporter.geometry import load_geometry, packaged_layout  # noqa: E402
-from exporter.plotting import PlotSettings, render  # noqa: E402
-from exporter.quality import Accumulator, TimeCarry  # noqa: E402
-from exporter.service import Service  # noqa: E402
+from exporter.detector.geometry import load_geometry, packaged_layout  # noqa: E402
+from exporter.quality.accumulator import Accumulator, TimeCarry  # noqa: E402
+from exporter.reading.decode import decode_messages  # noqa: E402
+from exporter.runtime.service import Service  # noqa: E402
+from exporter.settings import Settings  # noqa: E402
 from exporter.simulate import Faults, SimulationConfig, Simulator, write_run  # noqa: E402
 from plots import PlotContext  # noqa: E402
-from plots._legacy import packets_file  # noqa: E402
-from plots._series import DataClock  # noqa: E402
-from plots.anode import AnodeOverview  # noqa: E402
-from plots.fifo import FIFOFlags  # noqa: E402
-from plots.hot import HotPixels  # noqa: E402
-from plots.pixelmap import PixelMap  # noqa: E402
-from plots.rates import PacketRate, TileRate  # noqa: E402
-from plots.timing import TimestampHistograms, TriggerHistograms  # noqa: E402
+from plots.builtin.anode import AnodeOverview  # noqa: E402
+from plots.builtin.fifo import FIFOFlags  # noqa: E402
+from plots.builtin.hot import HotPixels  # noqa: E402
+from plots.builtin.pixelmap import PixelMap  # noqa: E402
+from plots.builtin.rates import PacketRate, TileRate  # noqa: E402
+from plots.builtin.timing import TimestampHistograms, TriggerHistograms  # noqa: E402
+from plots.engine import PlotSettings, render  # noqa: E402
+from plots.legacy import packets_file  # noqa: E402
+from plots.series import DataClock  # noqa: E402
 
 START = 1_700_000_000
 FAULTS = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(2, 5, 20, 12)], fifo_full_chips=[(1, 2, 40)])

@@ -301,7 +301,7 @@ def ingest_loop_panel(description: str):
     ).no_value("DOWN")
 
 
-#: larpix_*_status values (exporter/checks.py): 0 ok, 1 warning, 2 error.
+#: larpix_*_status values (exporter/quality/checks.py): 0 ok, 1 warning, 2 error.
 STATUS_MAPPING = [
     dm.ValueMap(
         options={

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from exporter import Monitor
-from exporter.geometry import packaged_layout
+from exporter.detector.geometry import packaged_layout
 from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
 
 workdir = Path(tempfile.mkdtemp())

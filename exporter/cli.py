@@ -14,14 +14,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .checks import ChecksConfigError
-from .config import DEFAULT_PORT, ConfigError, build_settings
-from .geometry import GeometryError, load_geometry, packaged_layout
-from .reference import ReferenceError
-from .simulate import Faults, SimulationConfig, Simulator, Truth, write_run
-from .state import StateError
-from .webconfig import WebConfigError
+from exporter import __version__
+from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+from exporter.quality.checks import ChecksConfigError
+from exporter.quality.reference import ReferenceError
+from exporter.runtime.checkpoint import StateError
+from exporter.settings import DEFAULT_PORT, ConfigError, build_settings
+from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
+from exporter.web.auth import WebConfigError
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -81,7 +81,7 @@ def _plot_settings(
         if plots or plugin_dirs:
             _fail("--plots and --plugin-dir need -o PLOTDIR (where the images go)")
         return None
-    from .plotting import PlotSettings
+    from plots.engine import PlotSettings
 
     names = tuple(name for value in plots for name in value.replace(",", " ").split())
     return PlotSettings(str(output), ext, names, interval, tuple(plugin_dirs), latest)
@@ -176,8 +176,8 @@ def serve(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
-    from .plotting import PlotConfigError
-    from .service import Service
+    from exporter.runtime.service import Service
+    from plots.engine import PlotConfigError
 
     _setup_logging(verbose)
     try:
@@ -256,8 +256,8 @@ def once(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write the summary only.")] = False,
 ) -> None:
     """Process one whole file: print its summary; with -o also write it, its metrics and its plots."""
-    from .plotting import PlotConfigError
-    from .service import resolve_geometry
+    from exporter.runtime.service import resolve_geometry
+    from plots.engine import PlotConfigError
 
     _setup_logging(False)
     try:
@@ -289,9 +289,9 @@ def _once_with_progress(file: Path, geo, window: float, settings):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .plotting import PlotEngine
-    from .quality import Accumulator
-    from .summary import file_rows, process_file
+    from exporter.quality.accumulator import Accumulator
+    from exporter.runtime.once import file_rows, process_file
+    from plots.engine import PlotEngine
 
     engine = PlotEngine(settings, geo) if settings is not None else None
     console = Console(stderr=True)
@@ -394,8 +394,8 @@ def demo(
     seconds: Annotated[int, typer.Option(help="Stop after this many seconds; 0 runs until Ctrl-C.")] = 0,
 ) -> None:
     """Simulate a live module run (a silent chip, a noisy channel, FIFO flags) and serve its metrics and plots."""
-    from .config import Settings
-    from .service import Service
+    from exporter.runtime.service import Service
+    from exporter.settings import Settings
 
     _setup_logging(False)
     workdir = Path(tempfile.mkdtemp(prefix="larpix-dqm-demo-"))
@@ -453,9 +453,9 @@ def baseline(
     ] = None,
 ) -> None:
     """Make a reference (.npz: per-channel rate, pedestal mean and spread) for serve --reference."""
-    from .monitor import Monitor
-    from .reference import Reference
-    from .service import resolve_geometry
+    from exporter.monitor import Monitor
+    from exporter.quality.reference import Reference
+    from exporter.runtime.service import resolve_geometry
 
     _setup_logging(False)
     try:
@@ -500,9 +500,9 @@ def channels(
     import urllib.parse
     import urllib.request
 
-    from .channels import format_channels
-    from .monitor import Monitor, channel_list
-    from .service import resolve_geometry
+    from exporter.monitor import Monitor, channel_list
+    from exporter.quality.channels import format_channels
+    from exporter.runtime.service import resolve_geometry
 
     statuses = [s.strip() for s in status.split(",") if s.strip()]
     if fmt not in ("json", "csv"):

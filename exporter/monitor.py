@@ -23,12 +23,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
-from .geometry import Geometry, load_geometry
-from .history import History
-from .quality import STATUS_NAMES, Accumulator, QualityConfig, Snapshot, TimeCarry
-from .reference import Comparison, Reference
-from .sources import DirectoryTail, InputSpec
+from exporter.detector.geometry import Geometry, load_geometry
+from exporter.quality.accumulator import STATUS_NAMES, Accumulator, QualityConfig, Snapshot, TimeCarry
+from exporter.quality.checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
+from exporter.quality.history import History
+from exporter.quality.reference import Comparison, Reference
+from exporter.reading.tail import DirectoryTail, InputSpec
 
 log = logging.getLogger(__name__)
 STATUS_LABELS = ("ok", "warning", "error")

@@ -15,9 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .decode import HEADER_BYTES, WORD_BYTES, decode_messages
-from .geometry import Geometry
-from .packets import PACKET_DTYPE, TICKS_PER_SYNC
+from exporter.detector.geometry import Geometry
+from exporter.reading.decode import HEADER_BYTES, WORD_BYTES, decode_messages
+from exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC
 
 RAW_VERSION = "0.0"
 PACKET_VERSION = "2.4"

@@ -10,6 +10,6 @@ classes; the class name is the plot name. Two forms are accepted (see ``docs/plo
 Modules whose name starts with an underscore are helpers, not plugins.
 """
 
-from ._base import Plot, PlotContext
+from plots.base import Plot, PlotContext
 
 __all__ = ["Plot", "PlotContext"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.geometry import load_geometry, packaged_layout
+from exporter.detector.geometry import load_geometry, packaged_layout
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from exporter.packets import PACKET_TYPE_NAMES
+from exporter.reading.packets import PACKET_TYPE_NAMES
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000

@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle, StepPatch
 
-from exporter.geometry import Geometry
-from exporter.plotting import PlotEngine, PlotSettings
-from exporter.quality import Accumulator
-from exporter.summary import FileResult, process_file
+from exporter.detector.geometry import Geometry
+from exporter.quality.accumulator import Accumulator
+from exporter.runtime.once import FileResult, process_file
+from plots.engine import PlotEngine, PlotSettings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"

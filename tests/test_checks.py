@@ -13,9 +13,9 @@ import pytest
 from helpers import START
 
 from exporter import Monitor
-from exporter.checks import DEFAULT_CHECKS, ChecksConfigError, load_checks
-from exporter.decode import decode_messages
-from exporter.reference import Reference
+from exporter.quality.checks import DEFAULT_CHECKS, ChecksConfigError, load_checks
+from exporter.quality.reference import Reference
+from exporter.reading.decode import decode_messages
 from exporter.simulate import Faults, SimulationConfig, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_reference_flags_exactly_the_changed_chips(module_geometry, tmp_path):
 
 
 def test_reference_errors_name_the_file(tmp_path):
-    from exporter.reference import ReferenceError
+    from exporter.quality.reference import ReferenceError
 
     bad = tmp_path / "ref.npz"
     np.savez(bad, chip_keys=np.zeros((1, 3)))
@@ -164,7 +164,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geometry):
     from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
 
-    from exporter.geometry import packaged_layout
+    from exporter.detector.geometry import packaged_layout
 
     layout = str(packaged_layout())
     (ref_file,), _ = simulate_files(module_geometry, tmp_path / "ref", 40, "packets", seed=1)

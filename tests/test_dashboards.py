@@ -322,7 +322,7 @@ def _documented_range(cell: str) -> tuple[float, float]:
 
 def test_checks_table_matches_the_default_checks() -> None:
     """docs/metrics.md's Checks table is exporter.checks.DEFAULT_CHECKS, row for row."""
-    from exporter.checks import DEFAULT_CHECKS
+    from exporter.quality.checks import DEFAULT_CHECKS
 
     reference_note = " (only with `serve --reference FILE`)"
     documented = [
@@ -333,7 +333,9 @@ def test_checks_table_matches_the_default_checks() -> None:
         (c.name, c.scope, c.unit, c.warning, c.error, c.meaning + (reference_note if c.needs_reference else ""))
         for c in DEFAULT_CHECKS
     ]
-    assert documented == expected, "docs/metrics.md's Checks table differs from exporter/checks.py DEFAULT_CHECKS"
+    assert documented == expected, (
+        "docs/metrics.md's Checks table differs from exporter/quality/checks.py DEFAULT_CHECKS"
+    )
 
 
 class _PlotSource:
@@ -352,12 +354,12 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
     from helpers import START
 
     from exporter import Monitor
-    from exporter.collector import Collector
-    from exporter.decode import decode_messages
-    from exporter.health import Health
-    from exporter.plotweb import plot_families
-    from exporter.reference import Reference
+    from exporter.metrics.families import Collector
+    from exporter.quality.reference import Reference
+    from exporter.reading.decode import decode_messages
+    from exporter.runtime.health import Health
     from exporter.simulate import SimulationConfig, Simulator
+    from exporter.web.pages import plot_families
 
     def monitor(**kw) -> Monitor:
         mon = Monitor(tile_geometry, **kw)
@@ -372,7 +374,7 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
     families = Collector().families(state.snapshot, Health(), per_pixel=True, state=state)
     families += plot_families(_PlotSource())
     served = {f.name + "_total" if f.type == "counter" else f.name for f in families}
-    served.add("larpix_exporter_scrape_duration_seconds")  # added by exporter/http.py to every scrape
+    served.add("larpix_exporter_scrape_duration_seconds")  # added by exporter/web/server.py to every scrape
     documented = {name for name in documented_metrics()[0] if name.startswith("larpix_")}
     documented -= {f"{f.name}{s}" for f in families if f.type == "histogram" for s in ("_bucket", "_sum", "_count")}
     assert sorted(served - documented) == [], "served but not documented in docs/metrics.md"

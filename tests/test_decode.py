@@ -7,8 +7,8 @@ import pytest
 from larpix.format import hdf5format, pacman_msg_format
 from larpix.format.rawhdf5format import from_rawfile, to_rawfile
 
-from exporter.decode import PacmanDecodeError, decode_messages
-from exporter.packets import PACKET_DTYPE
+from exporter.reading.decode import PacmanDecodeError, decode_messages
+from exporter.reading.packets import PACKET_DTYPE
 
 
 def reference_decode(msgs: list[bytes], io_groups: list[int]) -> np.ndarray:

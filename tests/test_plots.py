@@ -10,15 +10,15 @@ import pytest
 from helpers import START, simulate_files
 from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figures, one_pass, rate_image
 
-from exporter.geometry import GeometryError, load_geometry, packaged_layout
-from exporter.ingest import Ingester
+from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
 from exporter.monitor import Monitor
-from exporter.plotting import PlotEngine, PlotSettings
-from exporter.quality import STATUS_ACTIVE, STATUS_NOISY, STATUS_SILENT, Accumulator
+from exporter.quality.accumulator import STATUS_ACTIVE, STATUS_NOISY, STATUS_SILENT, Accumulator
+from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
+from exporter.runtime.ingest import Ingester
 from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
-from exporter.sources import DirectoryTail, FileReader, InputSpec
 from plots import PlotContext
-from plots.pixelmap import PixelMap
+from plots.builtin.pixelmap import PixelMap
+from plots.engine import PlotEngine, PlotSettings
 
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)],

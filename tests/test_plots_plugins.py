@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from helpers import START, simulate_files
 
-from exporter.geometry import packaged_layout
-from exporter.packets import PACKET_DTYPE
-from exporter.plotting import MAX_CONSECUTIVE_FAILURES, PlotConfigError, PlotEngine, PlotSettings
-from exporter.quality import Accumulator
+from exporter.detector.geometry import packaged_layout
+from exporter.quality.accumulator import Accumulator
+from exporter.reading.packets import PACKET_DTYPE
+from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.simulate import SimulationConfig, Simulator, open_writer
-from exporter.sources import DirectoryTail, InputSpec
-from plots._discovery import Selection, discover
+from plots.discovery import Selection, discover
+from plots.engine import MAX_CONSECUTIVE_FAILURES, PlotConfigError, PlotEngine, PlotSettings
 
 # The seed README's template, verbatim except its "maplotlib" typo (it could never import).
 TEMPLATE = """

@@ -13,11 +13,11 @@ from helpers import free_port, parse_metrics, running_serve, sample, scrape, sim
 from plothelpers import PNG_SIGNATURE, chromium, rate_image
 from test_plots_plugins import BROKEN, TEMPLATE, write_plugins
 
-from exporter.config import Settings
-from exporter.geometry import packaged_layout
-from exporter.plotstore import PlotStore
-from exporter.plotting import PlotSettings
-from exporter.service import Service
+from exporter.detector.geometry import packaged_layout
+from exporter.runtime.service import Service
+from exporter.settings import Settings
+from plots.engine import PlotSettings
+from plots.store import PlotStore
 
 ESCAPES = [
     "../../../../etc/passwd",

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import numpy as np
 from helpers import START, simulate_files
 
-from exporter.packets import PACKET_DTYPE
-from exporter.plotting import PlotEngine, PlotSettings, PlotWorker
-from exporter.quality import Accumulator, TimeCarry
-from exporter.sources import DirectoryTail, InputSpec
+from exporter.quality.accumulator import Accumulator, TimeCarry
+from exporter.reading.packets import PACKET_DTYPE
+from exporter.reading.tail import DirectoryTail, InputSpec
 from plots import Plot
-from plots._discovery import FAST, Catalog, PluginSpec
+from plots.discovery import FAST, Catalog, PluginSpec
+from plots.engine import PlotEngine, PlotSettings, PlotWorker
 
 
 class Stuck(Plot):

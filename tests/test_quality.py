@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.decode import decode_messages
-from exporter.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.quality import STATUS_ACTIVE, STATUS_NOISY, STATUS_SILENT, Accumulator, QualityConfig, TimeCarry
+from exporter.quality.accumulator import (
+    STATUS_ACTIVE,
+    STATUS_NOISY,
+    STATUS_SILENT,
+    Accumulator,
+    QualityConfig,
+    TimeCarry,
+)
+from exporter.reading.decode import decode_messages
+from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
 from exporter.simulate import Faults, SimulationConfig, Simulator
 
 START = 1_700_000_000

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import START, check_counters, free_port, ingested, parse_metrics, running_serve, sample, scrape, wait_for
 
-from exporter.geometry import packaged_layout
+from exporter.detector.geometry import packaged_layout
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 FAULTS = Faults(
@@ -272,7 +272,7 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
     import h5py
     from helpers import simulate_files
 
-    from exporter import sources
+    from exporter.reading import tail as sources
 
     simulate_files(tile_geometry, tmp_path, 1, "packets")
     tail = sources.DirectoryTail([sources.InputSpec(str(tmp_path))])

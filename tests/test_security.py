@@ -16,9 +16,9 @@ from helpers import free_port, running_serve, simulate_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.decode import PacmanDecodeError, decode_messages
-from exporter.packets import PACKET_DTYPE
-from exporter.webconfig import WebConfigError, load_web_config
+from exporter.reading.decode import PacmanDecodeError, decode_messages
+from exporter.reading.packets import PACKET_DTYPE
+from exporter.web.auth import WebConfigError, load_web_config
 
 
 @pytest.fixture(scope="module")

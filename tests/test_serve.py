@@ -22,8 +22,8 @@ from helpers import (
     wait_for,
 )
 
-from exporter.decode import decode_messages
-from exporter.geometry import packaged_layout
+from exporter.detector.geometry import packaged_layout
+from exporter.reading.decode import decode_messages
 from exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
 
 FAULTS = Faults(

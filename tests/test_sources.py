@@ -12,9 +12,9 @@ import pytest
 from larpix import Packet_v2, TimestampPacket
 from larpix.format.hdf5format import to_file
 
-from exporter import sources
+from exporter.reading import tail as sources
+from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
 from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
-from exporter.sources import DirectoryTail, FileReader, InputSpec
 
 
 class Recorder:

@@ -53,9 +53,9 @@ from helpers import chip_labels, free_port
 from test_dashboards import LABEL_VALUES, expressions, load_dashboards
 
 from exporter import Monitor
-from exporter.decode import decode_messages
-from exporter.geometry import load_geometry, packaged_layout
-from exporter.reference import Reference
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.quality.reference import Reference
+from exporter.reading.decode import decode_messages
 from exporter.simulate import SimulationConfig, Simulator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,307 @@
+"""Turns a data-quality ``Snapshot`` and the exporter ``Health`` into metric families."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from exporter import __version__
+from exporter.metrics.exposition import Family, histogram, label_string
+from exporter.monitor import MonitorState
+from exporter.quality.accumulator import FIFO_FLAGS, STATUS_NAMES, Snapshot
+from exporter.reading.packets import CLOCK_HZ, PACKET_TYPE_NAMES
+from exporter.runtime.health import Health
+
+CHIP_LABELS = ("io_group", "io_channel", "chip_id")
+SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
+
+
+class Collector:
+    """Builds families; caches the rendered per-chip label strings (chip rows never move)."""
+
+    def __init__(self) -> None:
+        self._chip_rows: list[tuple[int, int, int]] = []
+        self._chip_labels: list[str] = []
+
+    def _chips(self, snap: Snapshot) -> tuple[list[tuple[int, int, int]], list[str]]:
+        keys = snap.chip_keys
+        for row in keys[len(self._chip_rows) :].tolist():
+            self._chip_rows.append(tuple(row))
+            self._chip_labels.append(label_string(CHIP_LABELS, row))
+        n = len(keys)
+        return self._chip_rows[:n], self._chip_labels[:n]
+
+    def families(
+        self,
+        snap: Snapshot,
+        health: Health,
+        per_pixel: bool = False,
+        now: float | None = None,
+        state: MonitorState | None = None,
+    ) -> list[Family]:
+        """All families for one scrape (check statuses when ``state`` carries them)."""
+        now = time.time() if now is None else now
+        verdicts = self._checks(state) if state is not None else []
+        pixels = self._pixels(snap) if per_pixel else []
+        return [*self._detector(snap), *verdicts, *pixels, *self._exporter(snap, health, now)]
+
+    def _checks(self, state: MonitorState) -> list[Family]:
+        rows, labels = self._chips(state.snapshot)
+        r = state.results
+        status = Family(
+            "larpix_check_status", "gauge", "Check status: 0 ok, 1 warning, 2 error (see the README's checks table)."
+        )
+        for check, values in zip(r.chip_checks, r.chip_status):
+            status.add(
+                ("check", *CHIP_LABELS),
+                [(check.name, *row) for row in rows],
+                values,
+                labels=[f'check="{check.name}",{lab}' for lab in labels],
+            )
+        groups = state.snapshot.io_groups.tolist()
+        for check, values in zip(r.group_checks, r.group_status):
+            status.add(("check", "io_group"), [(check.name, g) for g in groups], values[groups])
+        fams = [
+            status,
+            Family("larpix_tile_status", "gauge", "Worst check status of the tile's chips.").add(
+                ("tile",), [(int(t),) for t in r.tiles], r.tile_status
+            ),
+            Family("larpix_io_group_status", "gauge", "Worst check status of the io_group and its chips.").add(
+                ("io_group",), [(g,) for g in groups], r.io_group_status[groups]
+            ),
+            Family("larpix_detector_status", "gauge", "Worst check status of the whole detector.").add(
+                (), [()], [r.detector_status]
+            ),
+        ]
+        if state.comparison is not None:
+            c = state.comparison
+            for name, help_text, values in (
+                ("larpix_chip_reference_rate_ratio", "Hit rate over the reference run's hit rate.", c.rate_ratio),
+                (
+                    "larpix_chip_reference_pedestal_shift",
+                    "Mean ADC minus the reference run's mean ADC.",
+                    c.pedestal_shift,
+                ),
+                (
+                    "larpix_chip_reference_rate_chi2",
+                    "Per-channel hit counts against the reference: chi-square per channel.",
+                    c.rate_chi2,
+                ),
+            ):
+                fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
+        return fams
+
+    def _detector(self, snap: Snapshot) -> list[Family]:
+        rows, labels = self._chips(snap)
+        fams = []
+        groups = snap.io_groups.tolist()
+        group_rows = [(g,) for g in groups]
+        type_rows = [(g, name) for g in groups for name in PACKET_TYPE_NAMES]
+        fams.append(
+            Family("larpix_packets", "counter", "Packets read, by io_group and packet type.").add(
+                ("io_group", "packet_type"), type_rows, snap.packet_type_counts[groups].reshape(-1)
+            )
+        )
+        fams.append(
+            Family("larpix_chip_packets", "counter", "Data packets per chip.").add(
+                CHIP_LABELS, rows, snap.chip_packets, labels=labels
+            )
+        )
+        fams.append(
+            Family("larpix_chip_parity_errors", "counter", "Data packets with a parity error, per chip.").add(
+                CHIP_LABELS, rows, snap.chip_parity_errors, labels=labels
+            )
+        )
+        fifo = Family(
+            "larpix_chip_fifo_flags", "counter", "Data packets carrying a FIFO half-full or full flag, per chip."
+        )
+        for i, (which, level) in enumerate(FIFO_FLAGS):
+            fifo.add(
+                (*CHIP_LABELS, "fifo", "level"),
+                [(*r, which, level) for r in rows],
+                snap.chip_fifo_flags[:, i],
+                labels=[f'{lab},fifo="{which}",level="{level}"' for lab in labels],
+            )
+        fams.append(fifo)
+        status = Family(
+            "larpix_chip_channels", "gauge", "Channels of the chip by status over the window (active, silent, noisy)."
+        )
+        for i, name in enumerate(STATUS_NAMES):
+            status.add(
+                (*CHIP_LABELS, "status"),
+                [(*r, name) for r in rows],
+                snap.chip_status_counts[:, i],
+                labels=[f'{lab},status="{name}"' for lab in labels],
+            )
+        fams.append(status)
+        for name, help_text, values in (
+            ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snap.chip_rate_hz),
+            ("larpix_chip_adc_mean", "Mean ADC value (dataword) over the window, per chip.", snap.chip_adc_mean),
+            (
+                "larpix_chip_adc_stddev",
+                "Standard deviation of the ADC value over the window, per chip.",
+                snap.chip_adc_std,
+            ),
+        ):
+            fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
+        mapped = np.flatnonzero(snap.chip_tiles >= 0)
+        if len(mapped):
+            fams.append(
+                Family("larpix_chip_info", "gauge", "Tile of each chip, from the geometry (value is always 1).").add(
+                    (*CHIP_LABELS, "tile"),
+                    [(*rows[i], int(snap.chip_tiles[i])) for i in mapped],
+                    np.ones(len(mapped), np.int64),
+                    labels=[f'{labels[i]},tile="{int(snap.chip_tiles[i])}"' for i in mapped],
+                )
+            )
+        for name, help_text, values in (
+            (
+                "larpix_io_group_hit_rate_hertz",
+                "Data packets per second over the window, per io_group.",
+                snap.io_group_rate_hz,
+            ),
+            (
+                "larpix_io_group_sync_rate_hertz",
+                "'S' sync packets per second of data time over the window (expect 1).",
+                snap.sync_rate_hz,
+            ),
+            (
+                "larpix_io_group_trigger_rate_hertz",
+                "External trigger packets per second over the window.",
+                snap.trigger_rate_hz,
+            ),
+            (
+                "larpix_io_group_last_data_timestamp_seconds",
+                "Newest data time (unix seconds) seen on the io_group.",
+                snap.io_group_last_time,
+            ),
+        ):
+            fams.append(Family(name, "gauge", help_text).add(("io_group",), group_rows, values[groups]))
+        fams.append(
+            Family("larpix_syncs", "counter", "Sync packets by kind (sync, heartbeat, clock_switch).").add(
+                ("io_group", "kind"),
+                [(g, k) for g in groups for k in SYNC_KIND_NAMES],
+                snap.sync_counts[groups].reshape(-1),
+            )
+        )
+        fams.append(
+            Family("larpix_triggers", "counter", "External trigger packets.").add(
+                ("io_group",), group_rows, snap.trigger_counts[groups]
+            )
+        )
+        fams.append(
+            histogram(
+                "larpix_sync_offset_seconds",
+                "'S' sync timestamp minus 1e7 ticks, in seconds (one tick is 100 ns).",
+                ("io_group",),
+                group_rows,
+                [b / CLOCK_HZ for b in snap.config.sync_offset_buckets_ticks],
+                snap.sync_offset_bucket_counts[groups],
+                snap.sync_offset_sum_ticks[groups] / CLOCK_HZ,
+            )
+        )
+        fams.append(
+            histogram(
+                "larpix_adc",
+                "ADC value (dataword) of data packets.",
+                ("io_group",),
+                group_rows,
+                snap.config.adc_buckets,
+                snap.adc_bucket_counts[groups],
+                snap.adc_sum[groups],
+            )
+        )
+        fams.append(
+            Family("larpix_window_seconds", "gauge", "Length of the sliding window in data time.").add(
+                (), [()], [snap.config.window_seconds]
+            )
+        )
+        return fams
+
+    def _pixels(self, snap: Snapshot) -> list[Family]:
+        rows, labels = self._chips(snap)
+        chip, channel = np.nonzero(snap.channel_expected | (snap.channel_status > 0))
+        pixel_rows = [(*rows[c], ch) for c, ch in zip(chip.tolist(), channel.tolist())]
+        pixel_labels = [f'{labels[c]},channel_id="{ch}"' for c, ch in zip(chip.tolist(), channel.tolist())]
+        names = (*CHIP_LABELS, "channel_id")
+        return [
+            Family(name, "gauge", help_text).add(names, pixel_rows, values[chip, channel], labels=pixel_labels)
+            for name, help_text, values in (
+                (
+                    "larpix_channel_hit_rate_hertz",
+                    "Data packets per second over the window, per channel.",
+                    snap.channel_rate_hz,
+                ),
+                ("larpix_channel_adc_mean", "Mean ADC value over the window, per channel.", snap.channel_adc_mean),
+                (
+                    "larpix_channel_adc_stddev",
+                    "ADC standard deviation over the window, per channel.",
+                    snap.channel_adc_std,
+                ),
+            )
+        ]
+
+    def _exporter(self, snap: Snapshot, health: Health, now: float) -> list[Family]:
+        def gauge(name: str, help_text: str, value: float) -> Family:
+            return Family(name, "gauge", help_text).add((), [()], [value])
+
+        def by_reason(name: str, kind: str, help_text: str, label: str, values: dict[str, int]) -> Family:
+            items = sorted(values.items())
+            return Family(name, kind, help_text).add(
+                (label,), [(k,) for k, _ in items], np.array([v for _, v in items], np.int64)
+            )
+
+        return [
+            gauge("larpix_exporter_up", "1 while the ingest loop runs and its last poll completed.", float(health.up)),
+            Family("larpix_exporter_build_info", "gauge", "Exporter version (value is always 1).").add(
+                ("version",), [(__version__,)], [1]
+            ),
+            gauge(
+                "larpix_exporter_last_data_timestamp_seconds", "Newest data time seen (unix seconds).", snap.data_time
+            ),
+            gauge("larpix_exporter_ingest_lag_seconds", "Wall clock minus the newest data time.", now - snap.data_time),
+            gauge(
+                "larpix_exporter_last_ingest_timestamp_seconds",
+                "Wall time when new packets were last ingested.",
+                health.last_ingest_wall,
+            ),
+            gauge(
+                "larpix_exporter_last_poll_timestamp_seconds",
+                "Wall time of the last completed poll.",
+                health.last_poll_wall,
+            ),
+            gauge("larpix_exporter_files_tracked", "Files being watched.", health.files_tracked),
+            by_reason(
+                "larpix_exporter_files_in_error",
+                "gauge",
+                "Files whose last read failed, by reason.",
+                "reason",
+                health.files_in_error,
+            ),
+            by_reason(
+                "larpix_exporter_read_errors", "counter", "Failed file reads, by reason.", "reason", health.read_errors
+            ),
+            by_reason(
+                "larpix_exporter_decode_errors", "counter", "Undecodable input, by kind.", "kind", health.decode_errors
+            ),
+            by_reason(
+                "larpix_exporter_packets_ingested",
+                "counter",
+                "Packets ingested, by file format.",
+                "format",
+                health.packets_ingested,
+            ),
+            Family("larpix_exporter_polls", "counter", "Completed polls of the input directories.").add(
+                (), [()], [health.polls]
+            ),
+            gauge("larpix_exporter_poll_duration_seconds", "Duration of the last poll.", health.poll_duration),
+            gauge(
+                "larpix_exporter_checkpoint_duration_seconds",
+                "Duration of the last checkpoint write.",
+                health.checkpoint_duration,
+            ),
+            Family("larpix_exporter_checkpoint_errors", "counter", "Checkpoint writes that failed.").add(
+                (), [()], [health.checkpoint_errors]
+            ),
+        ]

@@ -1,0 +1,218 @@
+"""Data-quality verdicts: checks with warning and error ranges, rolled up the detector tree.
+
+Each check turns one quantity per chip (or per io_group) into a status: 0 ok (inside the
+warning range), 1 warning (outside it), 2 error (outside the error range). A NaN quantity
+(nothing to judge yet) is ok. Chip statuses roll up, worst case, to tiles, io_groups and the
+detector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import yaml
+
+from exporter.quality.accumulator import IO_GROUPS, Snapshot
+from exporter.quality.reference import Reference
+
+OK, WARNING, ERROR = 0, 1, 2
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: a quantity, its scope and the ranges inside which it is ok / not an error."""
+
+    name: str
+    scope: str  # "chip" or "io_group"
+    unit: str
+    meaning: str
+    warning: tuple[float, float]
+    error: tuple[float, float]
+    needs_reference: bool = False
+    enabled: bool = True
+
+
+DEFAULT_CHECKS: tuple[Check, ...] = (
+    Check("hit_rate", "chip", "Hz", "mean hit rate per expected channel over the window", (0.05, 5.0), (0.01, 20.0)),
+    Check("silent_fraction", "chip", "ratio", "silent channels / expected channels", (-INF, 0.1), (-INF, 0.5)),
+    Check("noisy_fraction", "chip", "ratio", "noisy channels / expected channels", (-INF, 0.02), (-INF, 0.1)),
+    Check("pedestal", "chip", "ADC", "mean ADC over the window (pedestal)", (60.0, 100.0), (40.0, 120.0)),
+    Check("adc_spread", "chip", "ADC", "ADC standard deviation over the window", (-INF, 12.0), (-INF, 25.0)),
+    Check(
+        "parity_error_ratio",
+        "chip",
+        "ratio",
+        "parity errors / data packets over the window",
+        (-INF, 1e-3),
+        (-INF, 1e-2),
+    ),
+    Check(
+        "fifo_full_ratio",
+        "chip",
+        "ratio",
+        "packets with a FIFO full flag / data packets over the window",
+        (-INF, 1e-3),
+        (-INF, 1e-2),
+    ),
+    Check("sync", "io_group", "Hz", "'S' syncs per second of data time (expect 1)", (0.9, 1.1), (0.5, 2.0)),
+    Check("reference_rate_ratio", "chip", "ratio", "hit rate / reference hit rate", (0.5, 2.0), (0.2, 5.0), True),
+    Check("reference_pedestal_shift", "chip", "ADC", "mean ADC − reference mean ADC", (-5.0, 5.0), (-10.0, 10.0), True),
+)
+
+
+class ChecksConfigError(ValueError):
+    """The checks file is wrong; the message names the file, line and key."""
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
+    """The quantity each chip-scope check judges, one value per chip row of the snapshot."""
+    expected = snap.chip_status_counts.sum(axis=1).astype(float)
+    values = {
+        "hit_rate": _ratio(snap.chip_rate_hz, expected),
+        "silent_fraction": _ratio(snap.chip_status_counts[:, 1].astype(float), expected),
+        "noisy_fraction": _ratio(snap.chip_status_counts[:, 2].astype(float), expected),
+        "pedestal": snap.chip_adc_mean,
+        "adc_spread": snap.chip_adc_std,
+        "parity_error_ratio": _ratio(snap.chip_window_parity_errors.astype(float), snap.chip_window_packets),
+        "fifo_full_ratio": _ratio(snap.chip_window_fifo_full.astype(float), snap.chip_window_packets),
+    }
+    if reference is not None:
+        comparison = reference.compare(snap)
+        values["reference_rate_ratio"] = comparison.rate_ratio
+        values["reference_pedestal_shift"] = comparison.pedestal_shift
+    return values
+
+
+def status_of(values: np.ndarray, check: Check) -> np.ndarray:
+    """0/1/2 per value; NaN (nothing to judge) is ok."""
+    status = np.zeros(values.shape, np.int8)
+    with np.errstate(invalid="ignore"):
+        status[(values < check.warning[0]) | (values > check.warning[1])] = WARNING
+        status[(values < check.error[0]) | (values > check.error[1])] = ERROR
+    return status
+
+
+@dataclass(frozen=True)
+class CheckResults:
+    """Statuses of one snapshot: per check and chip, per check and io_group, and the roll-ups."""
+
+    chip_checks: tuple[Check, ...]
+    chip_values: np.ndarray  # (checks, chips)
+    chip_status: np.ndarray  # (checks, chips) int8
+    group_checks: tuple[Check, ...]
+    group_values: np.ndarray  # (checks, 256)
+    group_status: np.ndarray  # (checks, 256)
+    chip_worst: np.ndarray  # (chips,)
+    tiles: np.ndarray  # tile numbers present
+    tile_status: np.ndarray  # (tiles,)
+    io_group_status: np.ndarray  # (256,) worst of its chips and its own checks
+    detector_status: int
+
+
+def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | None = None) -> CheckResults:
+    """Run the enabled checks on a snapshot and roll the statuses up."""
+    active = [c for c in checks if c.enabled and (reference is not None or not c.needs_reference)]
+    chip_checks = tuple(c for c in active if c.scope == "chip")
+    group_checks = tuple(c for c in active if c.scope == "io_group")
+    quantities = chip_quantities(snap, reference)
+    n = len(snap.chip_keys)
+    chip_values = np.array([quantities[c.name] for c in chip_checks]).reshape(len(chip_checks), n)
+    chip_status = np.array([status_of(v, c) for v, c in zip(chip_values, chip_checks)], np.int8).reshape(
+        len(chip_checks), n
+    )
+    group_quantities = {"sync": np.where(snap.packet_type_counts.sum(axis=1) > 0, snap.sync_rate_hz, np.nan)}
+    group_values = np.array([group_quantities[c.name] for c in group_checks]).reshape(len(group_checks), IO_GROUPS)
+    group_status = np.array([status_of(v, c) for v, c in zip(group_values, group_checks)], np.int8).reshape(
+        len(group_checks), IO_GROUPS
+    )
+    chip_worst = chip_status.max(axis=0) if len(chip_checks) else np.zeros(n, np.int8)
+    io_group_status = group_status.max(axis=0) if len(group_checks) else np.zeros(IO_GROUPS, np.int8)
+    np.maximum.at(io_group_status, snap.chip_keys[:, 0].astype(np.int64), chip_worst)
+    mapped = snap.chip_tiles >= 0
+    tiles = np.unique(snap.chip_tiles[mapped])
+    tile_status = np.zeros(len(tiles), np.int8)
+    np.maximum.at(tile_status, np.searchsorted(tiles, snap.chip_tiles[mapped]), chip_worst[mapped])
+    groups = snap.io_groups
+    detector = int(io_group_status[groups].max()) if len(groups) else OK
+    return CheckResults(
+        chip_checks, chip_values, chip_status, group_checks, group_values, group_status,
+        chip_worst, tiles, tile_status, io_group_status, detector,
+    )  # fmt: skip
+
+
+def _range(path: str, node: yaml.Node, where: str) -> tuple[float, float]:
+    line = node.start_mark.line + 1
+    value = yaml.safe_load(yaml.serialize(node))
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ChecksConfigError(
+            f"checks file {path} line {line}: {where}: expected [low, high] (use null for no limit)"
+        )
+    low, high = (-INF if value[0] is None else value[0]), (INF if value[1] is None else value[1])
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
+        raise ChecksConfigError(
+            f"checks file {path} line {line}: {where}: expected numbers with low <= high, got {value}"
+        )
+    return float(low), float(high)
+
+
+def load_checks(path: str) -> tuple[Check, ...]:
+    """Defaults with the overrides of a YAML checks file (schema in the README)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            root = yaml.compose(fh, Loader=yaml.SafeLoader)
+    except OSError as err:
+        raise ChecksConfigError(f"checks file {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ChecksConfigError(f"checks file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    by_name = {c.name: c for c in DEFAULT_CHECKS}
+    if root is None:
+        return DEFAULT_CHECKS
+    if not isinstance(root, yaml.MappingNode):
+        raise ChecksConfigError(f"checks file {path}: expected a mapping with a 'checks' key")
+    for key, value in root.value:
+        line = key.start_mark.line + 1
+        if key.value != "checks":
+            raise ChecksConfigError(f"checks file {path} line {line}: unknown key '{key.value}' (expected 'checks')")
+        if not isinstance(value, yaml.MappingNode):
+            raise ChecksConfigError(f"checks file {path} line {line}: checks: expected a mapping of check names")
+        for name_node, body in value.value:
+            name, line = name_node.value, name_node.start_mark.line + 1
+            if name not in by_name:
+                raise ChecksConfigError(
+                    f"checks file {path} line {line}: unknown check '{name}' (known: {', '.join(by_name)})"
+                )
+            if not isinstance(body, yaml.MappingNode):
+                raise ChecksConfigError(
+                    f"checks file {path} line {line}: checks.{name}: expected warning/error/enabled"
+                )
+            changes: dict = {}
+            for field_node, field_value in body.value:
+                field, where = field_node.value, f"checks.{name}.{field_node.value}"
+                if field in ("warning", "error"):
+                    changes[field] = _range(path, field_value, where)
+                elif field == "enabled":
+                    enabled = yaml.safe_load(yaml.serialize(field_value))
+                    if not isinstance(enabled, bool):
+                        raise ChecksConfigError(
+                            f"checks file {path} line {field_node.start_mark.line + 1}: {where}: expected true or false"
+                        )
+                    changes[field] = enabled
+                else:
+                    raise ChecksConfigError(
+                        f"checks file {path} line {field_node.start_mark.line + 1}: unknown key '{where}' (warning, error, enabled)"
+                    )
+            check = replace(by_name[name], **changes)
+            if not (check.error[0] <= check.warning[0] and check.warning[1] <= check.error[1]):
+                raise ChecksConfigError(
+                    f"checks file {path} line {line}: checks.{name}: the error range must contain the warning range"
+                )
+            by_name[name] = check
+    return tuple(by_name.values())

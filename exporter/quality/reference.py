@@ -1,0 +1,115 @@
+"""Reference runs: per-channel expected rate and pedestal, and comparisons against them.
+
+A reference is an ``.npz`` file with arrays ``chip_keys`` (n, 3: io_group, io_channel,
+chip_id), ``rate_hz``, ``adc_mean``, ``adc_std`` and ``hits`` (n, 64 each), ``duration_s``
+and ``sources`` (the files it was made from, JSON). ``larpix-dqm baseline`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporter.quality.accumulator import Snapshot
+
+REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
+
+
+class ReferenceError(ValueError):
+    """The reference file is unusable; the message names it and the problem."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A snapshot against the reference, per chip and per channel (NaN where either has no data)."""
+
+    rate_ratio: np.ndarray  # chip rate / reference chip rate
+    pedestal_shift: np.ndarray  # chip mean ADC - reference chip mean ADC (hit-weighted)
+    rate_chi2: np.ndarray  # per chip: chi-square of the channels' hit counts against the reference, per channel
+    channel_rate_ratio: np.ndarray  # (chips, 64)
+    channel_pedestal_shift: np.ndarray  # (chips, 64)
+
+
+class Reference:
+    """Per-channel reference values, looked up by chip key."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], sources: list[str]) -> None:
+        self.arrays = arrays
+        self.sources = sources
+        keys = arrays["chip_keys"].astype(np.int64)
+        self._index = {tuple(k): i for i, k in enumerate(keys.tolist())}
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, sources: list[str]) -> Reference:
+        """Reference values from a snapshot whose window covers the whole reference run."""
+        arrays = {
+            "chip_keys": snap.chip_keys.copy(),
+            "rate_hz": snap.channel_rate_hz.copy(),
+            "adc_mean": snap.channel_adc_mean.copy(),
+            "adc_std": snap.channel_adc_std.copy(),
+            "hits": np.rint(snap.channel_rate_hz * snap.covered_seconds).astype(np.int64),
+            "duration_s": np.array(snap.covered_seconds),
+        }
+        return cls(arrays, sources)
+
+    def save(self, path: str | os.PathLike) -> None:
+        np.savez(path, **self.arrays, sources=np.frombuffer(json.dumps(self.sources).encode(), np.uint8))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Reference:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise ReferenceError(f"reference file {path}: {getattr(err, 'strerror', None) or err}") from None
+        missing = [name for name in REFERENCE_ARRAYS if name not in arrays]
+        if missing:
+            raise ReferenceError(
+                f"reference file {path}: missing arrays {', '.join(missing)} (make it with 'larpix-dqm baseline')"
+            )
+        n = len(arrays["chip_keys"])
+        if arrays["chip_keys"].shape != (n, 3) or any(
+            arrays[a].shape != (n, 64) for a in ("rate_hz", "adc_mean", "adc_std", "hits")
+        ):
+            raise ReferenceError(f"reference file {path}: arrays have inconsistent shapes")
+        sources = json.loads(arrays.pop("sources").tobytes()) if "sources" in arrays else []
+        return cls(arrays, sources)
+
+    def rows_for(self, chip_keys: np.ndarray) -> np.ndarray:
+        """Reference row of each chip key, -1 where the reference does not know the chip."""
+        return np.array([self._index.get(tuple(k), -1) for k in chip_keys.astype(np.int64).tolist()], np.int64)
+
+    def aligned(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Reference array ``name`` laid out like the snapshot's chips (NaN for unknown chips)."""
+        out = np.full((len(rows), 64), np.nan)
+        known = rows >= 0
+        out[known] = self.arrays[name][rows[known]]
+        return out
+
+    def compare(self, snap: Snapshot) -> Comparison:
+        """Rate and pedestal of every chip and channel against the reference."""
+        rows = self.rows_for(snap.chip_keys)
+        ref_rate, ref_mean, ref_hits = (
+            self.aligned("rate_hz", rows),
+            self.aligned("adc_mean", rows),
+            self.aligned("hits", rows),
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chip_ref_rate = np.nansum(ref_rate, axis=1)
+            rate_ratio = np.where(chip_ref_rate > 0, snap.chip_rate_hz / chip_ref_rate, np.nan)
+            weights = np.where(np.isnan(ref_mean), 0.0, np.nan_to_num(ref_hits))
+            chip_ref_mean = (np.nan_to_num(ref_mean) * weights).sum(axis=1) / weights.sum(axis=1)
+            pedestal_shift = snap.chip_adc_mean - chip_ref_mean
+            expected = ref_rate * snap.covered_seconds
+            observed = snap.channel_rate_hz * snap.covered_seconds
+            # the reference is a measurement too: its counts add variance expected * (now / reference duration)
+            variance = expected * (1.0 + snap.covered_seconds / float(self.arrays["duration_s"]))
+            terms = np.where(expected > 0, (observed - expected) ** 2 / variance, np.nan)
+            counted = np.sum(~np.isnan(terms), axis=1)
+            rate_chi2 = np.where(counted > 0, np.nansum(terms, axis=1) / np.maximum(counted, 1), np.nan)
+            channel_ratio = np.where(ref_rate > 0, snap.channel_rate_hz / ref_rate, np.nan)
+        return Comparison(rate_ratio, pedestal_shift, rate_chi2, channel_ratio, snap.channel_adc_mean - ref_mean)

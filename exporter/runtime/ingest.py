@@ -1,0 +1,151 @@
+"""The ingest loop: poll the inputs, feed new packets to the monitor, publish its state.
+
+One thread owns the monitor. After every poll (and every second during a long backlog) it
+publishes an immutable (MonitorState, Health) pair; scrapes read only the published pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporter.monitor import Monitor, MonitorState
+from exporter.quality.accumulator import Snapshot
+from exporter.reading.tail import Chunk, DirectoryTail, FileCursor
+from exporter.runtime.checkpoint import load_state, save_state
+from exporter.runtime.health import Health
+
+log = logging.getLogger(__name__)
+PUBLISH_EVERY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a scrape reads: one consistent monitor state and the health at that moment."""
+
+    state: MonitorState
+    health: Health
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.state.snapshot
+
+
+class Ingester:
+    """Polls a ``DirectoryTail`` and feeds an ``Accumulator``; call ``run`` in a thread."""
+
+    def __init__(
+        self, tail: DirectoryTail, monitor: Monitor, interval: float = 2.0, state_path: str | None = None
+    ) -> None:
+        self.tail = tail
+        self.monitor = monitor
+        self.accumulator = monitor.accumulator
+        self.interval = interval
+        self.state_path = state_path
+        self.health = Health()
+        self._checkpointed: tuple | None = None
+        self.listeners: list[Callable[[Chunk], None]] = []
+        self._last_publish = 0.0
+        self.tail.on_error = self._on_read_error
+        self.published = Published(monitor.update(), self.health.copy())
+
+    def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
+        self.health.count_read_error(reason)
+        if cursor.error != reason:  # first failure of this kind: tell the log handlers once
+            self.monitor.log_event("warning", message, reason=reason, file=cursor.path)
+
+    def restore(self) -> bool:
+        """Load the checkpoint at ``state_path`` if there is one (raises StateError if unusable)."""
+        if self.state_path is None or not load_state(self.state_path, self.accumulator, self.tail, self.health):
+            return False
+        self._checkpointed = self._progress()
+        self.publish()
+        return True
+
+    def _progress(self) -> tuple:
+        """What a checkpoint must capture: changes whenever cursors or counters change."""
+        h = self.health
+        return (
+            tuple(h.packets_ingested.values()),
+            tuple(sorted(h.read_errors.items())),
+            h.messages_ingested,
+            len(self.tail.cursors),
+        )
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint if anything was counted since the last one; never raises."""
+        if self.state_path is None or self._progress() == self._checkpointed:
+            return
+        started = time.monotonic()
+        try:
+            save_state(self.state_path, self.accumulator, self.tail, self.health)
+        except OSError as err:
+            self.health.checkpoint_errors += 1
+            log.error("cannot write checkpoint %s: %s", self.state_path, err)
+            return
+        self._checkpointed = self._progress()
+        self.health.checkpoint_duration = time.monotonic() - started
+
+    def publish(self) -> None:
+        """Make the current state visible to scrapes."""
+        h = self.health
+        h.decode_errors["implausible_timestamp"] = self.accumulator.implausible_timestamps
+        h.files_tracked = self.tail.tracked
+        h.files_in_error = self.tail.errors_by_reason()
+        self.published = Published(self.monitor.update(), h.copy())
+        self._last_publish = time.monotonic()
+
+    def ingest(self, chunk: Chunk, now: float) -> None:
+        """Count one chunk and advance its file's cursor."""
+        self.monitor.feed(chunk.packets, chunk.cursor.carry, now)
+        chunk.cursor.rows_done = chunk.rows_end
+        h = self.health
+        h.packets_ingested[chunk.kind] += len(chunk.packets)
+        h.messages_ingested += chunk.messages
+        h.decode_errors["bad_message"] += chunk.bad_messages
+        h.decode_errors["unknown_word"] += chunk.unknown_words
+        if len(chunk.packets):
+            h.last_ingest_wall = now
+        for listener in self.listeners:
+            try:
+                listener(chunk)
+            except Exception:  # a listener (plots) must never stop ingest
+                log.exception("listener %r failed on %s", listener, chunk.cursor.path)
+
+    def poll(self, stop: threading.Event | None = None) -> int:
+        """Read everything new once; return the number of packets ingested."""
+        started = time.monotonic()
+        total = 0
+        for cursor in self.tail.scan(time.time()):
+            for chunk in self.tail.read(cursor, time.time()):
+                self.ingest(chunk, time.time())
+                total += len(chunk.packets)
+                if time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
+                    self.publish()
+                if stop is not None and stop.is_set():
+                    break
+            if stop is not None and stop.is_set():
+                break
+        h = self.health
+        h.polls += 1
+        h.poll_duration = time.monotonic() - started
+        h.last_poll_wall = time.time()
+        h.up = True
+        self.checkpoint()
+        self.publish()
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set; never dies on one bad poll."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll(stop)
+            except Exception:
+                log.exception("poll failed; retrying next interval")
+                self.health.up = False
+                self.publish()
+            stop.wait(max(0.0, self.interval - (time.monotonic() - started)))

@@ -1,0 +1,121 @@
+"""Wires settings into a running exporter: ingest thread + HTTP server, with clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from exporter.detector.geometry import Geometry, default_geometry_path, load_geometry
+from exporter.monitor import Monitor
+from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
+from exporter.runtime.checkpoint import default_state_file
+from exporter.runtime.ingest import Ingester
+from exporter.settings import Settings
+from exporter.web.auth import load_web_config
+from exporter.web.server import ExporterServer, MetricsApp
+
+if TYPE_CHECKING:
+    from plots.engine import PlotSettings, PlotWorker
+
+log = logging.getLogger(__name__)
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+PLOTS_SHUTDOWN_SECONDS = 5.0
+
+
+def resolve_geometry(path: str | None) -> Geometry | None:
+    """Load the configured geometry (or the documented default), or None when there is none."""
+    resolved = default_geometry_path(path)
+    return load_geometry(resolved) if resolved else None
+
+
+def resolve_state_path(settings: Settings) -> str | None:
+    """The checkpoint file: the setting, else the default per set of inputs; '-' disables."""
+    if settings.state_file == "-":
+        return None
+    return settings.state_file or str(default_state_file(settings.inputs))
+
+
+class Service:
+    """The live monitor: call ``start``, then ``wait`` or ``stop``.
+
+    With ``plots`` settings, a drawing thread (``PlotWorker``) gets every ingested chunk
+    through a bounded queue and draws from the published snapshots.
+    """
+
+    def __init__(self, settings: Settings, plots: PlotSettings | None = None) -> None:
+        self.settings = settings
+        self.geometry = resolve_geometry(settings.geometry)
+        self.monitor = Monitor(
+            self.geometry,
+            window=settings.window,
+            window_bins=settings.window_bins,
+            noisy_rate_hz=settings.noisy_rate_hz,
+            checks=settings.checks,
+            reference=settings.reference,
+        )
+        tail = DirectoryTail(
+            [InputSpec(p, settings.pattern) for p in settings.inputs],
+            FileReader(chunk_rows=settings.chunk_rows),
+            settings.flush_interval,
+        )
+        self.state_path = resolve_state_path(settings)
+        self.ingester = Ingester(tail, self.monitor, settings.interval, self.state_path)
+        self.ingester.restore()
+        self.plots: PlotWorker | None = None
+        if plots is not None:
+            from plots.engine import PlotEngine, PlotWorker  # matplotlib only when plots are asked for
+
+            engine = PlotEngine(plots, self.geometry)
+            self.plots = PlotWorker(
+                engine, lambda: self.ingester.published.snapshot, plots.interval, idle_seconds=settings.flush_interval
+            )
+            self.ingester.listeners.append(self.plots.on_chunk)
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+        self.app = MetricsApp(
+            lambda: self.ingester.published, settings.per_pixel, plots=self.plots, web=web, history=self.monitor.history
+        )
+        self.server = ExporterServer((settings.listen_address, settings.port), self.app)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.ingester.run, args=(self.stop_event,), name="ingest", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        scheme = "https" if self.app.web is not None and self.app.web.ssl_context is not None else "http"
+        return f"{scheme}://{shown}:{port}/metrics"
+
+    def start(self) -> None:
+        self.server.serve_in_thread()
+        if self.plots is not None:
+            self.plots.start()
+        self.thread.start()
+        log.info(
+            "serving %s (geometry: %s, checkpoint: %s)",
+            self.url,
+            self.geometry.path if self.geometry else "none",
+            self.state_path or "off",
+        )
+
+    def stop(self) -> None:
+        """Finish the current chunk, stop the HTTP server, join within the shutdown timeout."""
+        self.stop_event.set()
+        self.thread.join(SHUTDOWN_TIMEOUT_SECONDS)
+        if self.plots is not None:
+            self.plots.stop(PLOTS_SHUTDOWN_SECONDS)  # a drawing under way finishes or is abandoned
+        self.server.stop()
+
+    def wait(self) -> None:
+        """Block until SIGINT or SIGTERM, then stop."""
+        stopped = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopped.set())
+        while not stopped.is_set():
+            stopped.wait(0.5)
+        log.info("shutting down")
+        started = time.monotonic()
+        self.stop()
+        log.info("stopped in %.1f s", time.monotonic() - started)

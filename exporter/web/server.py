@@ -1,0 +1,251 @@
+"""HTTP endpoints: ``/metrics``, a landing page ``/``, ``/-/healthy`` and the plots under ``/plots/``.
+
+Scrapes render the most recently published snapshot; nothing here takes a lock that the
+ingest thread holds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from exporter import __version__
+from exporter.metrics.exposition import CONTENT_TYPE, Family, render
+from exporter.metrics.families import Collector
+from exporter.monitor import channel_list
+from exporter.quality.channels import CHANNEL_MEDIA_TYPES, format_channels
+from exporter.quality.history import History
+from exporter.runtime.ingest import Published
+from exporter.web.auth import WebConfig
+from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
+from plots.store import MEDIA_TYPES
+
+log = logging.getLogger(__name__)
+GZIP_LEVEL = 1
+TLS_HANDSHAKE_SECONDS = 10.0
+STATUS_WORDS = ("OK", "WARNING", "ERROR")
+
+
+class MetricsApp:
+    """Renders scrapes from whatever ``published()`` returns; ``plots`` (if any) is the plot manager."""
+
+    def __init__(
+        self,
+        published: Callable[[], Published],
+        per_pixel_allowed: bool = False,
+        plots: PlotSource | None = None,
+        web: WebConfig | None = None,
+        history: History | None = None,
+    ) -> None:
+        self.published = published
+        self.per_pixel_allowed = per_pixel_allowed
+        self.plots = plots
+        self.web = web
+        self.history = history
+        self.collector = Collector()
+        self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
+        self.last_scrape_seconds = 0.0
+
+    def metrics_text(self, per_pixel: bool = False) -> str:
+        """One scrape's exposition text."""
+        started = time.perf_counter()
+        pub = self.published()
+        with self._lock:
+            families = self.collector.families(
+                pub.snapshot, pub.health, per_pixel and self.per_pixel_allowed, state=pub.state
+            )
+        families.append(
+            Family(
+                "larpix_exporter_scrape_duration_seconds", "gauge", "Time the previous /metrics rendering took."
+            ).add((), [()], [self.last_scrape_seconds])
+        )
+        if self.plots is not None:
+            families += plot_families(self.plots)
+        text = render(families)
+        self.last_scrape_seconds = time.perf_counter() - started
+        return text
+
+    def channels(self, statuses: list[str], fmt: str) -> tuple[bytes, str]:
+        """The current channels of the given statuses, as csv or as the DAQ's JSON disable list."""
+        rows = channel_list(self.published().snapshot, statuses)
+        return format_channels(rows, fmt), CHANNEL_MEDIA_TYPES[fmt]
+
+    def history_export(self, fmt: str) -> tuple[bytes, str]:
+        """The per-chip history as csv or json."""
+        if self.history is None:
+            return b"", "text/plain"
+        return self.history.text(fmt).encode(), CHANNEL_MEDIA_TYPES[fmt]
+
+    def landing_page(self) -> str:
+        """A small status page for people: health figures, links, the newest plots."""
+        pub = self.published()
+        h, s = pub.health, pub.snapshot
+        rows = [
+            ("up", "yes" if h.up else "no"),
+            ("files tracked", h.files_tracked),
+            ("files in error", ", ".join(f"{k}: {v}" for k, v in sorted(h.files_in_error.items())) or "none"),
+            ("packets ingested", sum(h.packets_ingested.values())),
+            ("chips", len(s.chip_keys)),
+            (
+                "newest data time",
+                time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.data_time))
+                if s.data_time == s.data_time
+                else "no data yet",
+            ),
+            ("ingest lag", f"{time.time() - s.data_time:.1f} s" if s.data_time == s.data_time else "n/a"),
+            ("polls", h.polls),
+            ("detector status", STATUS_WORDS[pub.state.results.detector_status]),
+        ]
+        table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>larpix-dqm</title>"
+            f"<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}{GALLERY_CSS}</style>"
+            f"</head><body><h1>larpix-dqm {__version__}</h1><table>{table}</table>"
+            "<p><a href='/metrics'>/metrics</a> &middot; <a href='/metrics?per_pixel=1'>/metrics?per_pixel=1</a>"
+            " (per-pixel series, with <code>--per-pixel</code>) &middot; <a href='/plots/'>/plots/</a>"
+            " &middot; <a href='/api/channels?status=noisy,silent&amp;format=csv'>bad channels (csv)</a>"
+            " &middot; <a href='/api/history?format=csv'>per-chip history (csv)</a></p>"
+            f"{gallery_html(self.plots)}</body></html>"
+        )
+
+
+def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``app``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"larpix-dqm/{__version__}"
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+        def _send(
+            self, status: int, body: bytes, content_type: str, compress: bool = True, headers: dict | None = None
+        ) -> None:
+            if compress and "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 1024:
+                body = gzip.compress(body, GZIP_LEVEL)
+                self.send_response(status)
+                self.send_header("Content-Encoding", "gzip")
+            else:
+                self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_HEAD(self) -> None:
+            self.do_GET()
+
+        def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):  # handshake here, in the request's own thread
+                self.request.settimeout(TLS_HANDSHAKE_SECONDS)
+                self.request.do_handshake()
+            super().setup()
+
+        def do_GET(self) -> None:
+            if app.web is not None and not app.web.authorized(self.headers.get("Authorization")):
+                self._send(
+                    401,
+                    b"unauthorized\n",
+                    "text/plain; charset=utf-8",
+                    headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
+                )
+                return
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            if url.path == "/api/channels":
+                statuses = ",".join(query.get("status", ["noisy,silent"])).split(",")
+                fmt = query.get("format", ["json"])[0]
+                try:
+                    body, media = app.channels(statuses, fmt)
+                except (ValueError, KeyError) as err:
+                    self._send(400, f"{err}\n".encode(), "text/plain; charset=utf-8")
+                    return
+                self._send(200, body, media)
+            elif url.path == "/api/history":
+                fmt = query.get("format", ["csv"])[0]
+                if fmt not in ("csv", "json"):
+                    self._send(400, b"format: csv or json\n", "text/plain; charset=utf-8")
+                    return
+                body, media = app.history_export(fmt)
+                self._send(200, body, media)
+            elif url.path == "/metrics":
+                per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
+                self._send(200, app.metrics_text(per_pixel).encode(), CONTENT_TYPE)
+            elif url.path == "/":
+                self._send(200, app.landing_page().encode(), "text/html; charset=utf-8")
+            elif url.path in ("/-/healthy", "/-/ready"):
+                self._send(200, b"OK\n", "text/plain; charset=utf-8")
+            elif url.path == "/plots":
+                self._send(301, b"", "text/plain; charset=utf-8", headers={"Location": "/plots/"})
+            elif url.path.startswith("/plots/"):
+                self._plots(url.path[len("/plots/") :])
+            else:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+        def _plots(self, rest: str) -> None:
+            """``/plots/`` listing, ``/plots/<stem>_dqm/`` listings, images; never outside PLOTDIR."""
+            if app.plots is None:
+                self._send(404, b"plots are off: start serve with -o PLOTDIR\n", "text/plain; charset=utf-8")
+                return
+            if rest == "" or rest.endswith("/"):
+                folder = app.plots.store.resolve_folder(rest[:-1]) if rest else None
+                if rest and folder is None:
+                    self._send(404, b"no such plot folder\n", "text/plain; charset=utf-8")
+                else:
+                    page = folder_html(app.plots, folder) if folder else listing_html(app.plots)
+                    self._send(200, page.encode(), "text/html; charset=utf-8")
+                return
+            path = app.plots.store.resolve(rest)
+            try:
+                mtime, body = (path.stat().st_mtime, path.read_bytes()) if path is not None else (0.0, None)
+            except OSError:  # replaced or removed meanwhile
+                body = None
+            if path is None or body is None:
+                self._send(404, b"no such plot\n", "text/plain; charset=utf-8")
+                return
+            headers = {
+                "Cache-Control": "no-cache",
+                "Last-Modified": self.date_time_string(int(mtime)),
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            }
+            media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+            self._send(200, body, media, compress=media == "image/svg+xml", headers=headers)
+
+    return Handler
+
+
+class ExporterServer(ThreadingHTTPServer):
+    """Threaded HTTP server; ``serve_in_thread`` starts it in the background."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: MetricsApp) -> None:
+        super().__init__(address, make_handler(app))
+        self.app = app
+        self.thread: threading.Thread | None = None
+        if app.web is not None and app.web.ssl_context is not None:
+            self.socket = app.web.ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """A client that breaks off (or fails the TLS handshake) is not the exporter's error."""
+        log.debug("request from %s failed", client_address, exc_info=True)
+
+    def serve_in_thread(self) -> None:
+        self.thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

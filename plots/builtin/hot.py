@@ -1,0 +1,69 @@
+"""``HotPixels``: the channels with the largest share of the data, and the rate distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from exporter.quality.accumulator import STATUS_NOISY, STATUS_SILENT
+from plots.base import Plot, PlotContext
+from plots.draw import NOISY_COLOUR, new_figure, no_data, titles, window_text
+
+TOP = 20
+
+
+class HotPixels(Plot):
+    """Left: the top channels by share of all data packets in the window. Right: how the
+    channel hit rates are distributed, with the noisy threshold; the window is that of
+    ``/metrics`` (``larpix_channel_hit_rate_hertz``).
+    """
+
+    per_file = False
+
+    def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
+        stats = ctx.stats
+        rates = stats.channel_rate_hz.ravel()
+        status = stats.channel_status.ravel()
+        total = float(rates.sum())
+        fig = new_figure(fig, 6.0)
+        top_ax, dist_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+        fig.subplots_adjust(left=0.17, right=0.98, top=0.85, bottom=0.12, wspace=0.25)
+        threshold = stats.config.noisy_rate_hz
+        if total > 0:
+            order = np.argsort(-rates, kind="stable")[:TOP]
+            order = order[rates[order] > 0]
+            share = rates[order] / total * 100
+            chips, channels = np.divmod(order, stats.channel_rate_hz.shape[1])
+            labels = [
+                f"{'-'.join(map(str, stats.chip_keys[c].tolist()))} ch {ch}"
+                for c, ch in zip(chips.tolist(), channels.tolist())
+            ]
+            colours = [NOISY_COLOUR if status[i] == STATUS_NOISY else "#4c72b0" for i in order]
+            bars = top_ax.barh(range(len(order)), share, color=colours)
+            top_ax.bar_label(bars, [f"{r:.3g} Hz" for r in rates[order]], padding=3, fontsize=8)
+            top_ax.set_yticks(range(len(order)), labels, fontsize=9)
+            top_ax.invert_yaxis()
+            top_ax.set_xlim(0, share.max() * 1.25)
+            positive = rates[rates > 0]
+            low = min(positive.min(), 1.0 / stats.covered_seconds)
+            edges = np.geomspace(low / 1.5, max(positive.max(), threshold) * 1.5, 60)
+            dist_ax.hist(positive, edges, color="#4c72b0")
+            dist_ax.set_xscale("log")
+            dist_ax.set_yscale("log")
+            dist_ax.axvline(threshold, color=NOISY_COLOUR, linestyle="--", label=f"noisy above {threshold:g} Hz")
+            dist_ax.legend(fontsize=9)
+        else:
+            no_data(top_ax)
+            no_data(dist_ax)
+        top_ax.set_xlabel("share of data packets in the window [%]")
+        top_ax.set_ylabel("channel (io_group-io_channel-chip_id ch channel)")
+        top_ax.set_title(f"top {TOP} channels (red: noisy)", fontsize=11)
+        top_ax.grid(alpha=0.3, axis="x")
+        silent = int((status == STATUS_SILENT).sum())
+        dist_ax.set_xlabel("channel hit rate [Hz]")
+        dist_ax.set_ylabel("channels")
+        dist_ax.set_title(f"channels with hits ({silent} silent not shown)", fontsize=11)
+        dist_ax.grid(alpha=0.3)
+        noisy = int((status == STATUS_NOISY).sum())
+        titles(fig, f"{name}: {noisy} noisy channels", f"{window_text(stats)}  ·  {total:.4g} Hz in all")
+        return fig

@@ -1,0 +1,232 @@
+"""Drawing helpers shared by the built-in plots: figure sizes, map layouts, pixel status layers.
+
+Figures are ``matplotlib.figure.Figure`` objects (no pyplot state), 1280 px wide at 100 dpi,
+so text stays readable when a browser or a Grafana panel shows them at that width. Map
+layouts are computed, not solved (no constrained layout): cheaper and the same every time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm, Normalize, to_rgba
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import NullFormatter
+
+from exporter.quality.accumulator import STATUS_NOISY, STATUS_NONE, STATUS_SILENT, Snapshot
+from plots.base import PlotContext
+from plots.pixels import TileGrid
+
+DPI = 100
+WIDTH_IN = 12.8
+NO_DATA_COLOUR = "#e4e4e4"
+SILENT_COLOUR = "#8a8a8a"
+NOISY_COLOUR = "#ff1f1f"
+RING_SIZE = 60.0  # points squared
+RATE_CMAP, MEAN_CMAP, STD_CMAP = "viridis", "plasma", "magma"
+
+# Map layout, inches.
+_LEFT, _RIGHT, _TOP = 0.8, 0.15, 1.05
+_IN_GROUP_GAP, _GROUP_GAP = 0.12, 0.6
+_BELOW_MAP, _COLORBAR, _BELOW_COLORBAR, _LEGEND = 0.55, 0.13, 0.5, 0.35
+
+
+def new_figure(fig: Figure | None, height_in: float) -> Figure:
+    """A cleared figure of the standard width: ``fig`` reused when given."""
+    if fig is None:
+        return Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
+    fig.clear()
+    fig.set_size_inches(WIDTH_IN, height_in)
+    fig.set_dpi(DPI)
+    return fig
+
+
+def file_label(ctx: PlotContext) -> str:
+    """The file name as titles show it, with a warning when plotting skipped packets."""
+    name = os.path.basename(ctx.filename or "")
+    if ctx.dropped_packets:
+        name += f"  (plotting fell behind: {ctx.dropped_packets} packets not shown)"
+    return name
+
+
+def utc(seconds: float) -> str:
+    """'2023-11-14 22:13:20 UTC', or 'no data yet' for NaN."""
+    if seconds != seconds:
+        return "no data yet"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def window_text(stats: Snapshot) -> str:
+    """How the snapshot's window reads in a subtitle."""
+    return f"last {stats.covered_seconds:g} s of data time up to {utc(stats.data_time)}"
+
+
+def titles(fig: Figure, title: str, subtitle: str) -> None:
+    """Bold title and a grey subtitle, at the top of the figure."""
+    height = fig.get_size_inches()[1]
+    fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=13, weight="bold")
+    fig.text(0.5, 1 - 0.42 / height, subtitle, ha="center", va="top", fontsize=10, color="#444444")
+
+
+def map_layout(
+    fig: Figure, groups: list[int], aspect: float, max_map_height_in: float = 6.5
+) -> tuple[list[list[Axes]], list[Axes]]:
+    """Rows of maps: ``groups[i]`` maps side by side over one horizontal colour bar each.
+
+    ``aspect`` is height / width of the data; returns the map axes by group and the colour
+    bar axes. Sets the figure height to fit.
+    """
+    n_maps, n_groups = sum(groups), len(groups)
+    fixed = _LEFT + _RIGHT + (n_maps - n_groups) * _IN_GROUP_GAP + (n_groups - 1) * _GROUP_GAP
+    map_w = (WIDTH_IN - fixed) / n_maps
+    map_h = map_w * aspect
+    if map_h > max_map_height_in:
+        map_h, map_w = max_map_height_in, max_map_height_in / aspect
+    height = _TOP + map_h + _BELOW_MAP + _COLORBAR + _BELOW_COLORBAR + _LEGEND
+    fig.set_size_inches(WIDTH_IN, height)
+    slack = (WIDTH_IN - fixed - n_maps * map_w) / 2
+    x = _LEFT + slack
+    bottom = _LEGEND + _BELOW_COLORBAR + _COLORBAR + _BELOW_MAP
+    maps, bars = [], []
+    for g, count in enumerate(groups):
+        start = x
+        axes = []
+        for i in range(count):
+            ax = fig.add_axes((x / WIDTH_IN, bottom / height, map_w / WIDTH_IN, map_h / height))
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xlabel("x [mm]")
+            if g == 0 and i == 0:
+                ax.set_ylabel("y [mm]")
+            if i > 0:
+                ax.tick_params(labelleft=False)
+            axes.append(ax)
+            x += map_w + (_IN_GROUP_GAP if i < count - 1 else 0)
+        width = x - start
+        bar_bottom = _LEGEND + _BELOW_COLORBAR
+        bars.append(fig.add_axes((start / WIDTH_IN, bar_bottom / height, width / WIDTH_IN, _COLORBAR / height)))
+        maps.append(axes)
+        x += _GROUP_GAP
+    return maps, bars
+
+
+def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither") -> None:
+    """Horizontal colour bar under a map; log scales label their decades only (no crowding)."""
+    bar = fig.colorbar(image, cax=cax, orientation="horizontal", label=label, extend=extend)
+    if isinstance(image.norm, LogNorm):
+        bar.ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def rate_norm(stats: Snapshot, rates: np.ndarray) -> LogNorm:
+    """Log scale from one hit in the window to the highest rate."""
+    low = 1.0 / stats.covered_seconds
+    finite = rates[np.isfinite(rates)]
+    high = float(finite.max()) if len(finite) else 0.0
+    return LogNorm(low, max(high, 10 * low))
+
+
+def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
+    """Linear scale over the 1st to 99th percentile, so one odd pixel does not wash out the rest."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return Normalize(0, 1)
+    low, high = np.percentile(finite, [1, 99])
+    if floor is not None:
+        low = max(low, floor)
+    if high <= low:
+        low, high = low - 1, high + 1
+    return Normalize(float(low), float(high))
+
+
+def status_layer(codes: np.ndarray) -> np.ndarray:
+    """RGBA image of status codes (-1 where no pixel): no-data light grey, silent grey, rest clear."""
+    rgba = np.zeros((*codes.shape, 4))
+    rgba[codes == STATUS_NONE] = to_rgba(NO_DATA_COLOUR)
+    rgba[codes == STATUS_SILENT] = to_rgba(SILENT_COLOUR)
+    return rgba
+
+
+def draw_tile(ax: Axes, grid: TileGrid, values: np.ndarray, codes: np.ndarray, norm: Normalize, cmap: str):
+    """One tile's images on ``ax``: status layer, values (NaN transparent), noisy pixels ringed.
+
+    ``values`` and ``codes`` (status, -1 where no pixel) are ``grid.image`` arrays; returns the
+    value image (for a colour bar).
+    """
+    extent = grid.extent
+    ax.imshow(status_layer(codes), origin="lower", extent=extent, interpolation="nearest", zorder=1)
+    image = ax.imshow(
+        np.ma.masked_invalid(values),
+        origin="lower",
+        extent=extent,
+        norm=norm,
+        cmap=cmap,
+        interpolation="nearest",
+        zorder=2,
+    )
+    ring_cells(ax, grid, codes == STATUS_NOISY)
+    return image
+
+
+def ring_cells(ax: Axes, grid: TileGrid, cells: np.ndarray) -> None:
+    """Red rings of a fixed size on screen around the given image cells (visible at any zoom)."""
+    x, y = grid.centres(cells)
+    if len(x):
+        ax.scatter(x, y, s=RING_SIZE, facecolors="none", edgecolors=NOISY_COLOUR, linewidths=1.4, zorder=3)
+
+
+def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> None:
+    """Thin frame around a tile, with an optional label in its top-left corner."""
+    left, right, bottom, top = grid.extent
+    ax.add_patch(
+        Rectangle((left, bottom), right - left, top - bottom, fill=False, linewidth=0.6, edgecolor="#333333", zorder=4)
+    )
+    if label:
+        pad = 2 * grid.pitch
+        ax.text(
+            left + pad,
+            top - pad,
+            label,
+            ha="left",
+            va="top",
+            fontsize=9,
+            zorder=5,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.75, "linewidth": 0},
+        )
+
+
+def status_legend(fig: Figure, noisy_rate_hz: float) -> None:
+    """Legend (bottom of the figure) for the pixel status marks."""
+    handles = [
+        Patch(facecolor=SILENT_COLOUR, label="silent: no hit in the window"),
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markersize=RING_SIZE**0.5,
+            markerfacecolor="none",
+            markeredgecolor=NOISY_COLOUR,
+            markeredgewidth=1.4,
+            label=f"noisy: > {noisy_rate_hz:g} Hz",
+        ),
+        Patch(facecolor=NO_DATA_COLOUR, label="no hit yet (too early to call silent)"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncols=3, frameon=False, fontsize=10, bbox_to_anchor=(0.5, 0.0))
+
+
+def time_axis(ax: Axes) -> None:
+    """Format an x axis of matplotlib dates (see ``unix_to_mpl``) as UTC data time."""
+    locator = AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.set_xlabel("data time [UTC]")
+
+
+def no_data(ax: Axes, message: str = "no data yet") -> None:
+    """Grey message in the middle of an empty axes."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=11)

@@ -1,0 +1,564 @@
+"""Plot manager: discovery, isolation of broken plugins, scheduling off the ingest thread, output.
+
+``PlotEngine`` is the synchronous core (``once`` uses it directly): it feeds new packets
+to the plugins of each input file and draws every plot whose data changed, writing the
+images through a ``PlotStore``. ``PlotWorker`` runs an engine in its own thread for
+``serve``: the ingest thread only appends chunks to a bounded queue (never waits), and a
+draw cycle starts at most every ``interval`` seconds and never takes more than half the
+thread's time. Drawing reads the published ``Snapshot``, never the live accumulator.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before any plugin imports pyplot: no display, thread-safe enough for one drawing thread
+
+import numpy as np  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from exporter.detector.geometry import Geometry  # noqa: E402
+from exporter.quality.accumulator import Snapshot  # noqa: E402
+from exporter.reading.tail import Chunk  # noqa: E402
+from plots import Plot, PlotContext  # noqa: E402
+from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
+from plots.legacy import as_packet_dtype, packets_file  # noqa: E402
+from plots.series import DataClock  # noqa: E402
+from plots.store import PlotStore  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+#: Predecessor-style plugins are called at the latest when this many new packets wait for them.
+LEGACY_BATCH_PACKETS = 1_000_000
+#: Packets waiting for the drawing thread beyond which new chunks are skipped (and counted).
+MAX_QUEUED_PACKETS = 2_000_000
+#: A plugin failing this many times in a row is disabled (reported on / and /plots/).
+MAX_CONSECUTIVE_FAILURES = 3
+#: Ingest counts as busy (reading a backlog) while chunks came within this many seconds; drawing
+#: then waits before each image, at most MAX_YIELD_SECONDS, so it does not halve ingest's share of the GIL.
+INGEST_QUIET_SECONDS = 0.5
+MAX_YIELD_SECONDS = 10.0
+_FAILED = object()
+
+
+class PlotConfigError(ValueError):
+    """Plot options that cannot work (unknown plot, bad extension, no geometry for a map)."""
+
+
+def supported_extensions() -> list[str]:
+    """File extensions matplotlib can save to, with the dot."""
+    return sorted(f".{ext}" for ext in FigureCanvasBase.get_supported_filetypes())
+
+
+@dataclass(frozen=True)
+class PlotSettings:
+    """Plot options of ``serve`` and ``once``."""
+
+    output: str
+    ext: str = ".png"
+    plots: tuple[str, ...] = ()
+    interval: float = 30.0
+    plugin_dirs: tuple[str, ...] = ()
+    latest: bool = True
+
+    def __post_init__(self) -> None:
+        ext = self.ext if self.ext.startswith(".") else f".{self.ext}"
+        if ext.lower() not in supported_extensions():
+            raise PlotConfigError(
+                f"--ext {self.ext}: matplotlib cannot write it (use one of {', '.join(supported_extensions())})"
+            )
+        object.__setattr__(self, "ext", ext.lower())
+        if self.interval < 0:
+            raise PlotConfigError(f"--plot-interval {self.interval}: must be 0 or more seconds")
+
+
+@dataclass
+class PluginHealth:
+    """How one plot class is doing."""
+
+    kind: str
+    renders: int = 0
+    failures: int = 0
+    consecutive: int = 0
+    disabled: bool = False
+    last_error: str | None = None
+    last_seconds: float = 0.0
+
+
+def fingerprint(stats: Snapshot) -> tuple[int, float]:
+    """Changes whenever a snapshot counts more packets: (packets counted, newest data time)."""
+    return int(stats.packet_type_counts.sum()), stats.data_time if math.isfinite(stats.data_time) else -1.0
+
+
+@dataclass
+class Freshness:
+    """Whether a drawing target (a file's plots, or the whole-detector ones) needs drawing.
+
+    Packets reach the drawing thread before the snapshot counting them is published, so a
+    target drawn with the snapshot it was fed under may have missed its newest packets:
+    it is drawn again once a later snapshot (a new fingerprint) is out, then it is settled.
+    """
+
+    dirty: bool = False
+    fed: tuple | None = None
+    drawn: tuple | None = None
+
+    def feed(self, fp: tuple) -> None:
+        self.dirty, self.fed = True, fp
+
+    def due(self, fp: tuple) -> bool:
+        return self.dirty or (self.drawn == self.fed and self.fed is not None and fp != self.drawn)
+
+    def done(self, fp: tuple) -> None:
+        self.dirty, self.drawn = False, fp
+
+
+@dataclass
+class _FileState:
+    """Per input file: its plugin instances, their figures, and what they have not drawn yet."""
+
+    path: str
+    stem: str
+    clock: DataClock = field(default_factory=DataClock)
+    plots: dict[str, object] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    pending: list[np.ndarray] = field(default_factory=list)
+    pending_rows: int = 0
+    unsaved: set[str] = field(default_factory=set)
+    fresh: Freshness = field(default_factory=Freshness)
+    dropped: int = 0
+    last_update: float = field(default_factory=time.monotonic)
+
+
+def render(fig: Figure, ext: str) -> bytes:
+    """The figure as image bytes in the format of ``ext``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=ext.lstrip("."))
+    return buf.getvalue()
+
+
+def _close(fig: Figure) -> None:
+    """Forget a figure, also in pyplot's registry if a plugin made it with ``plt.figure()``."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
+
+
+class PlotEngine:
+    """Feeds plugins, draws what changed, writes images; one thread at a time."""
+
+    def __init__(self, settings: PlotSettings, geometry: Geometry | None, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.geometry = geometry
+        self.catalog = catalog if catalog is not None else discover(settings.plugin_dirs)
+        self.selection = Selection(settings.plots)
+        unknown = self.selection.unmatched(self.catalog.plugins)
+        if unknown:
+            raise PlotConfigError(
+                f"--plots {' '.join(unknown)}: no such plot (available: {', '.join(sorted(self.catalog.plugins))})"
+            )
+        self.specs: list[PluginSpec] = []
+        self.skipped: dict[str, str] = {}
+        for spec in self.catalog.plugins.values():
+            if not self.selection.plugin(spec.name):
+                continue
+            reason = self._cannot_draw(spec, geometry)
+            if reason is not None:
+                if self.selection.explicit(spec.name):
+                    raise PlotConfigError(f"plot {spec.name}: {reason}")
+                self.skipped[spec.name] = reason
+                log.warning("plot %s skipped: %s", spec.name, reason)
+                continue
+            self.specs.append(spec)
+        self.health = {spec.name: PluginHealth(spec.kind) for spec in self.specs}
+        self.store = PlotStore(settings.output, settings.ext, settings.latest)
+        self.files: dict[tuple[str, int], _FileState] = {}
+        self.shared: dict[str, Plot] = {}
+        self.shared_figures: dict[str, Figure] = {}
+        self.shared_fresh = Freshness()
+        self._new_stems: list[str] = []  # files fed since the whole-detector images were last drawn
+        self._stems: list[str] = []  # the folders those images went to last time
+        for spec in self.specs:
+            if not spec.per_file:
+                plot = self._guard(spec.name, "__init__", spec.cls)
+                if plot is not _FAILED:
+                    self.shared[spec.name] = plot
+        self.per_file_specs = [spec for spec in self.specs if spec.per_file]
+
+    @staticmethod
+    def _cannot_draw(spec: PluginSpec, geometry: Geometry | None) -> str | None:
+        """Why a fast plot cannot work with this geometry (its ``check``), or None."""
+        if spec.kind != FAST:
+            return None
+        try:
+            spec.cls.check(geometry)
+        except ValueError as err:
+            return str(err)
+        except Exception as err:  # a plugin's own check is plugin code too
+            return f"check failed: {type(err).__name__}: {err}"
+        return None
+
+    @property
+    def wants_packets(self) -> bool:
+        """Whether any selected plot reads packets (else only which files changed matters)."""
+        return bool(self.per_file_specs)
+
+    def has_work(self, stats: Snapshot) -> bool:
+        """Whether ``draw(stats)`` would draw anything."""
+        fp = fingerprint(stats)
+        return self.shared_fresh.due(fp) or any(state.fresh.due(fp) for state in self.files.values())
+
+    # -- isolation ----------------------------------------------------------------------
+    def _guard(self, name: str, what: str, fn: Callable, *args):
+        """Call a plugin; on an exception report it by name, count it, return ``_FAILED``."""
+        health = self.health[name]
+        if health.disabled:
+            return _FAILED
+        try:
+            return fn(*args)
+        except Exception as err:
+            health.failures += 1
+            health.consecutive += 1
+            health.last_error = f"{what}: {type(err).__name__}: {err}"
+            if health.failures == 1:
+                log.exception("plot %s failed in %s; skipped this time, the other plots go on", name, what)
+            else:
+                log.warning("plot %s failed in %s again: %s", name, what, health.last_error)
+            if health.consecutive >= MAX_CONSECUTIVE_FAILURES:
+                health.disabled = True
+                log.error("plot %s disabled after %d failures in a row", name, health.consecutive)
+            return _FAILED
+
+    # -- feeding ------------------------------------------------------------------------
+    def _file(self, key: tuple[str, int]) -> _FileState:
+        state = self.files.get(key)
+        if state is None:
+            state = _FileState(key[0], Path(key[0]).stem)
+            for spec in self.per_file_specs:
+                plot = self._guard(spec.name, "__init__", spec.cls)
+                if plot is not _FAILED:
+                    state.plots[spec.name] = plot
+            self.files[key] = state
+        return state
+
+    def update(self, key: tuple[str, int], packets: np.ndarray | None, stats: Snapshot, dropped: int = 0) -> None:
+        """New packets of one input file (``key`` = path, inode); ``None`` when only touched."""
+        state = self._file(key)
+        fp = fingerprint(stats)
+        state.fresh.feed(fp)
+        self.shared_fresh.feed(fp)
+        if state.stem not in self._new_stems:
+            self._new_stems.append(state.stem)
+        state.dropped += dropped
+        state.last_update = time.monotonic()
+        if packets is None or not len(packets) or not state.plots:
+            return
+        packets = as_packet_dtype(packets)
+        ctx = PlotContext(state.path, stats, self.geometry, state.clock.times(packets, time.time()), state.dropped)
+        for name, plot in list(state.plots.items()):
+            if isinstance(plot, Plot):
+                self._guard(name, "update", plot.update, packets, ctx)
+        if any(not isinstance(p, Plot) for p in state.plots.values()):
+            state.pending.append(packets)
+            state.pending_rows += len(packets)
+            if state.pending_rows >= LEGACY_BATCH_PACKETS:
+                self._call_legacy(state)
+
+    def _call_legacy(self, state: _FileState) -> None:
+        """Hand the waiting packets to every predecessor-style plugin of the file."""
+        if not state.pending:
+            return
+        packets = np.concatenate(state.pending) if len(state.pending) > 1 else state.pending[0]
+        state.pending, state.pending_rows = [], 0
+        for name, plot in state.plots.items():
+            if isinstance(plot, Plot):
+                continue
+            with packets_file(packets) as fh:
+                fig = self._guard(name, "__call__", plot, state.path, fh, state.figures.get(name))
+            if fig is _FAILED:
+                continue
+            if not isinstance(fig, Figure):
+                self._guard(name, "__call__", _not_a_figure, fig)
+                continue
+            state.figures[name] = fig
+            state.unsaved.add(name)
+
+    # -- drawing ------------------------------------------------------------------------
+    def _save(self, plugin: str, image: str, fig: object, stems: list[str]) -> bool:
+        if fig is _FAILED:
+            return False
+        if not isinstance(fig, Figure):
+            self._guard(plugin, "draw", _not_a_figure, fig)
+            return False
+        data = self._guard(plugin, "savefig", render, fig, self.settings.ext)
+        if data is _FAILED:
+            return False
+        self.store.write(image, data, stems)
+        health = self.health[plugin]
+        health.renders += 1
+        health.consecutive = 0
+        return True
+
+    def draw(self, stats: Snapshot, between: Callable[[], None] = lambda: None) -> int:
+        """Draw every selected image whose data changed; return the number of images written.
+
+        ``between`` runs after each image (the worker takes queued packets there, so a long
+        cycle does not back up ingest).
+        """
+        written = 0
+        fp = fingerprint(stats)
+        if self.shared_fresh.due(fp):
+            self.shared_fresh.done(fp)
+            ctx = PlotContext(None, stats, self.geometry)
+            stems = self._stems = self._new_stems or self._stems  # a redraw for a newer snapshot: same folders
+            self._new_stems = []
+            for name, plot in self.shared.items():
+                written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between)
+        for state in [state for state in self.files.values() if state.fresh.due(fp)]:
+            state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
+            ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
+            for name, plot in list(state.plots.items()):
+                if isinstance(plot, Plot):
+                    written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
+            self._call_legacy(state)
+            for name in sorted(state.unsaved):
+                started = time.perf_counter()
+                if self._save(name, name, state.figures[name], [state.stem]):
+                    written += 1
+                    self.health[name].last_seconds = time.perf_counter() - started
+                between()
+            state.unsaved.clear()
+        return written
+
+    def _draw_fast(
+        self, name: str, plot: Plot, ctx: PlotContext, figures: dict, stems: list[str], between: Callable[[], None]
+    ) -> int:
+        images = self._guard(name, "outputs", plot.outputs, ctx)
+        if images is _FAILED:
+            return 0
+        written = 0
+        for image in images:
+            if not self.selection.image(name, image):
+                continue
+            started = time.perf_counter()
+            fig = self._guard(name, "draw", plot.draw, image, ctx, figures.get(image))
+            if isinstance(fig, Figure):
+                figures[image] = fig
+            if self._save(name, image, fig, stems):
+                written += 1
+                self.health[name].last_seconds = time.perf_counter() - started
+            between()
+        return written
+
+    def expire(self, idle_seconds: float) -> None:
+        """Forget files without new packets for ``idle_seconds`` (their images stay on disk)."""
+        now = time.monotonic()
+        for key, state in list(self.files.items()):
+            if not state.fresh.dirty and now - state.last_update > idle_seconds:
+                for fig in state.figures.values():
+                    _close(fig)
+                del self.files[key]
+
+    def status(self) -> dict:
+        """Plain summary for the landing page and ``/plots/``."""
+        return {
+            "plugins": {
+                name: {
+                    "kind": h.kind,
+                    "renders": h.renders,
+                    "failures": h.failures,
+                    "disabled": h.disabled,
+                    "last_error": h.last_error,
+                    "last_seconds": round(h.last_seconds, 4),
+                }
+                for name, h in self.health.items()
+            },
+            "skipped": dict(self.skipped),
+            "discovery_errors": dict(self.catalog.errors),
+            "files": len(self.files),
+        }
+
+
+def _not_a_figure(value: object) -> None:
+    raise TypeError(f"returned {type(value).__name__}, not a matplotlib Figure")
+
+
+class PlotWorker:
+    """Runs a ``PlotEngine`` in a thread of its own, fed by ``on_chunk`` from the ingest thread.
+
+    ``idle_seconds``: a file's plot state is dropped after that long without new packets.
+    """
+
+    def __init__(
+        self,
+        engine: PlotEngine,
+        stats: Callable[[], Snapshot],
+        interval: float = 30.0,
+        max_queued_packets: int = MAX_QUEUED_PACKETS,
+        idle_seconds: float = 1800.0,
+    ) -> None:
+        self.engine = engine
+        self.stats = stats
+        self.interval = interval
+        self.max_queued_packets = max_queued_packets
+        self.idle_seconds = idle_seconds
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[tuple[str, int], np.ndarray | None]] = collections.deque()
+        self._queued = 0
+        self._dropped: dict[tuple[str, int], int] = {}
+        self.dropped_total = 0
+        self._stop = threading.Event()
+        self._last_chunk = -math.inf  # monotonic time of the newest chunk from ingest
+        self._cycles = 0  # cycles finished (or requests answered without work)
+        self._wanted = 0  # cycle count that draw_now callers wait for
+        self._busy = False
+        self.next_due = 0.0
+        self.last_cycle_seconds = float("nan")
+        self.last_cycle_wall = float("nan")
+        self.cycles_total = 0
+        self.published_status: dict = engine.status()
+        self.thread = threading.Thread(target=self._run, name="plots", daemon=True)
+
+    @property
+    def store(self) -> PlotStore:
+        return self.engine.store
+
+    # -- ingest side (never blocks) ----------------------------------------------------
+    def on_chunk(self, chunk: Chunk) -> None:
+        """Ingest listener: queue the chunk's packets, or count them as skipped when full."""
+        n = len(chunk.packets)
+        if not n:
+            return
+        self._last_chunk = time.monotonic()
+        key = (chunk.cursor.path, chunk.cursor.inode)
+        packets = None
+        if self.engine.wants_packets:
+            # The ingest thread may reuse buffers it handed out as views; own the data here.
+            packets = chunk.packets if chunk.packets.flags.owndata else chunk.packets.copy()
+        with self._cond:
+            if packets is not None and self._queued and self._queued + n > self.max_queued_packets:
+                self._dropped[key] = self._dropped.get(key, 0) + n
+                self.dropped_total += n
+                if self.dropped_total == n:
+                    log.warning("plotting fell behind ingest: skipping packets for plots (counted, titles say so)")
+            else:
+                self._queue.append((key, packets))
+                self._queued += n if packets is not None else 0
+            self._cond.notify()
+
+    # -- drawing thread ----------------------------------------------------------------
+    def start(self) -> None:
+        stats = self.stats()
+        if math.isfinite(stats.data_time):  # restored from a checkpoint: draw what it holds
+            self.engine.shared_fresh.feed(fingerprint(stats))
+        self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _take(self, wait: float) -> list[tuple[tuple[str, int], np.ndarray | None, int]]:
+        with self._cond:
+            if not self._queue and not self._dropped and wait > 0 and not self._requested:
+                self._cond.wait(wait)
+            items = [(key, packets, 0) for key, packets in self._queue]
+            items += [(key, None, n) for key, n in self._dropped.items()]
+            self._queue.clear()
+            self._queued = 0
+            self._dropped.clear()
+            return items
+
+    def _feed(self, items: list) -> None:
+        if not items:
+            return
+        stats = self.stats()
+        for key, packets, dropped in items:
+            self.engine.update(key, packets, stats, dropped)
+
+    def _drain(self) -> None:
+        self._feed(self._take(0))
+
+    def _yield_to_ingest(self) -> None:
+        """Take queued packets, then wait while ingest is busy with a backlog (bounded)."""
+        self._drain()
+        deadline = time.monotonic() + MAX_YIELD_SECONDS
+        while time.monotonic() - self._last_chunk < INGEST_QUIET_SECONDS and time.monotonic() < deadline:
+            if self._stop.wait(0.05):
+                return
+            self._drain()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = max(0.0, self.next_due - time.monotonic()) if self.engine.has_work(self.stats()) else 1.0
+                self._feed(self._take(min(wait, 1.0)))
+                due = time.monotonic() >= self.next_due or self._requested
+                if due and self.engine.has_work(self.stats()) and not self._stop.is_set():
+                    self._cycle()
+                elif self._requested:
+                    self._count_cycle()
+            except Exception:  # the drawing thread must outlive any surprise
+                log.exception("plot cycle failed; trying again next interval")
+                self.next_due = time.monotonic() + self.interval
+
+    def _cycle(self) -> None:
+        started = time.monotonic()
+        with self._cond:
+            self._busy = True
+        self._yield_to_ingest()
+        self.engine.draw(self.stats(), between=self._yield_to_ingest)
+        self.engine.expire(self.idle_seconds)
+        ended = time.monotonic()
+        self.last_cycle_seconds = ended - started
+        self.last_cycle_wall = time.time()
+        self.cycles_total += 1
+        # At most every interval, and never busier than half the time.
+        self.next_due = max(started + self.interval, ended + self.last_cycle_seconds)
+        self.published_status = self.engine.status()
+        self._count_cycle()
+
+    @property
+    def _requested(self) -> bool:
+        return self._cycles < self._wanted
+
+    def _count_cycle(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cycles += 1
+            self._cond.notify_all()
+
+    def draw_now(self, timeout: float = 60.0) -> bool:
+        """Ask for a cycle now (queued packets first) and wait for it; for tests and tools."""
+        with self._cond:
+            target = self._cycles + (2 if self._busy else 1)  # a cycle under way may predate the request
+            self._wanted = max(self._wanted, target)
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._cycles >= target or self._stop.is_set(), timeout)
+
+    def status(self) -> dict:
+        """Status for people and ``/metrics``: the last cycle, the plugins, skipped packets."""
+        return {
+            **self.published_status,
+            "last_cycle_seconds": self.last_cycle_seconds,
+            "last_cycle_wall": self.last_cycle_wall,
+            "cycles": self.cycles_total,
+            "dropped_packets": self.dropped_total,
+            "interval": self.interval,
+            "output": os.fspath(self.store.root),
+        }
