@@ -24,14 +24,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from exporter.detector.geometry import Geometry, load_geometry
-from exporter.quality.accumulator import STATUS_NAMES, Accumulator, QualityConfig, Snapshot, TimeCarry
+from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot, TimeCarry
 from exporter.quality.checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
 from exporter.quality.history import History
 from exporter.quality.reference import Comparison, Reference
+from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.tail import DirectoryTail, InputSpec
 
 log = logging.getLogger(__name__)
-STATUS_LABELS = ("ok", "warning", "error")
 
 
 class MetricHandler(Protocol):
@@ -59,7 +59,7 @@ class StatusChange:
     def __str__(self) -> str:
         where = " ".join([self.scope, "-".join(map(str, self.key))]).strip()
         failing = f" ({', '.join(self.checks)})" if self.checks else ""
-        return f"{where}: {STATUS_LABELS[self.old]} -> {STATUS_LABELS[self.new]}{failing}"
+        return f"{where}: {CheckStatus(self.old).label} -> {CheckStatus(self.new).label}{failing}"
 
 
 @dataclass(frozen=True)
@@ -226,8 +226,8 @@ class Monitor:
             "adc_std": snap.chip_adc_std,
             "status": state.results.chip_worst,
         }
-        for i, name in enumerate(STATUS_NAMES):
-            table[f"{name}_channels"] = snap.chip_status_counts[:, i]
+        for i, status in enumerate(ChannelStatus.judged()):
+            table[f"{status.label}_channels"] = snap.chip_status_counts[:, i]
         return table
 
     def channels(self, *statuses: str) -> np.ndarray:
@@ -241,9 +241,6 @@ class Monitor:
 
 def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
     """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id."""
-    unknown = set(statuses) - set(STATUS_NAMES)
-    if unknown:
-        raise ValueError(f"unknown channel status {sorted(unknown)[0]!r}: use {', '.join(STATUS_NAMES)}")
-    codes = [STATUS_NAMES.index(s) + 1 for s in statuses]
+    codes = [ChannelStatus.from_label(s) for s in statuses]
     chips, channels = np.nonzero(np.isin(snap.channel_status, codes))
     return np.column_stack([snap.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)

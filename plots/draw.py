@@ -19,7 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import NullFormatter
 
-from exporter.quality.accumulator import STATUS_NOISY, STATUS_NONE, STATUS_SILENT, Snapshot
+from exporter.quality.accumulator import Snapshot
+from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
 from plots.pixels import TileGrid
 
@@ -146,8 +147,8 @@ def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
 def status_layer(codes: np.ndarray) -> np.ndarray:
     """RGBA image of status codes (-1 where no pixel): no-data light grey, silent grey, rest clear."""
     rgba = np.zeros((*codes.shape, 4))
-    rgba[codes == STATUS_NONE] = to_rgba(NO_DATA_COLOUR)
-    rgba[codes == STATUS_SILENT] = to_rgba(SILENT_COLOUR)
+    rgba[codes == ChannelStatus.NONE] = to_rgba(NO_DATA_COLOUR)
+    rgba[codes == ChannelStatus.SILENT] = to_rgba(SILENT_COLOUR)
     return rgba
 
 
@@ -168,7 +169,7 @@ def draw_tile(ax: Axes, grid: TileGrid, values: np.ndarray, codes: np.ndarray, n
         interpolation="nearest",
         zorder=2,
     )
-    ring_cells(ax, grid, codes == STATUS_NOISY)
+    ring_cells(ax, grid, codes == ChannelStatus.NOISY)
     return image
 
 

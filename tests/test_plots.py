@@ -12,7 +12,8 @@ from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figures, one_pas
 
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
 from exporter.monitor import Monitor
-from exporter.quality.accumulator import STATUS_ACTIVE, STATUS_NOISY, STATUS_SILENT, Accumulator
+from exporter.quality.accumulator import Accumulator
+from exporter.quality.status import ChannelStatus
 from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
 from exporter.runtime.ingest import Ingester
 from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
@@ -86,11 +87,11 @@ def test_every_builtin_plot_renders(tmp_path, layout, fmt):
     mine = (snap.chip_keys[:, 0] == 1) & (rows >= 0) & (geometry.tiles[rows] == geometry.tiles.min())
     status = snap.channel_status[mine]
     rate, _ = rate_image(figures(engine)["PixelMap_1_1"])
-    assert np.isfinite(rate).sum() == np.isin(status, [STATUS_ACTIVE, STATUS_NOISY]).sum()
+    assert np.isfinite(rate).sum() == np.isin(status, [ChannelStatus.ACTIVE, ChannelStatus.NOISY]).sum()
     silent_chip = int(geometry.connected[geometry.row_of(1, 1, 11)].sum())
     assert (~np.isfinite(rate)).sum() >= silent_chip
     if module:  # single-tile layouts only learn of a chip from its data: one that never speaks is not "silent"
-        assert (status == STATUS_SILENT).sum() >= silent_chip
+        assert (status == ChannelStatus.SILENT).sum() >= silent_chip
     assert np.nanmax(rate) > 30  # the noisy channel
 
 

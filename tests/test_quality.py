@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 
 from exporter.quality.accumulator import (
-    STATUS_ACTIVE,
-    STATUS_NOISY,
-    STATUS_SILENT,
     Accumulator,
     QualityConfig,
     TimeCarry,
 )
+from exporter.quality.status import ChannelStatus
 from exporter.reading.decode import decode_messages
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
 from exporter.simulate import Faults, SimulationConfig, Simulator
@@ -53,9 +51,9 @@ def test_status_and_rates(module_geometry, faulty_run):
     noisy = chip_row(acc, (2, 5, 20))
     assert snap.chip_packets[silent] == 0
     assert snap.chip_status_counts[silent].tolist() == [0, 49, 0]
-    assert snap.channel_status[noisy, 12] == STATUS_NOISY
+    assert snap.channel_status[noisy, 12] == ChannelStatus.NOISY
     assert snap.chip_status_counts[noisy][2] == 1
-    assert (snap.channel_status[silent][module_geometry.connected[silent]] == STATUS_SILENT).all()
+    assert (snap.channel_status[silent][module_geometry.connected[silent]] == ChannelStatus.SILENT).all()
     # rate = hits in the window / seconds the window covers, exactly
     data = np.concatenate(faulty_run)
     data = data[data["packet_type"] == 0]
@@ -72,8 +70,8 @@ def test_status_and_rates(module_geometry, faulty_run):
     assert snap.chip_adc_mean[noisy] == pytest.approx(adc.mean())
     assert snap.chip_adc_std[noisy] == pytest.approx(adc.std())
     ordinary = snap.channel_status[module_geometry.connected & (snap.channel_hits_total > 0)]
-    assert (ordinary != STATUS_SILENT).all()
-    assert (snap.channel_status == STATUS_ACTIVE).sum() > 70_000
+    assert (ordinary != ChannelStatus.SILENT).all()
+    assert (snap.channel_status == ChannelStatus.ACTIVE).sum() > 70_000
 
 
 def test_backlog_gives_the_same_rates_as_live(module_geometry, faulty_run):

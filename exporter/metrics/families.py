@@ -9,7 +9,8 @@ import numpy as np
 from exporter import __version__
 from exporter.metrics.exposition import Family, histogram, label_string
 from exporter.monitor import MonitorState
-from exporter.quality.accumulator import FIFO_FLAGS, STATUS_NAMES, Snapshot
+from exporter.quality.accumulator import FIFO_FLAGS, Snapshot
+from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import CLOCK_HZ, PACKET_TYPE_NAMES
 from exporter.runtime.health import Health
 
@@ -127,7 +128,7 @@ class Collector:
         status = Family(
             "larpix_chip_channels", "gauge", "Channels of the chip by status over the window (active, silent, noisy)."
         )
-        for i, name in enumerate(STATUS_NAMES):
+        for i, name in enumerate(s.label for s in ChannelStatus.judged()):
             status.add(
                 (*CHIP_LABELS, "status"),
                 [(*r, name) for r in rows],

@@ -14,6 +14,7 @@ import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
+from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
 
 IO_GROUPS = 256
@@ -24,8 +25,6 @@ EARLIEST_PLAUSIBLE_TIME = 1_420_070_400
 MAX_FUTURE_SECONDS = 86_400
 SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
-STATUS_NONE, STATUS_ACTIVE, STATUS_SILENT, STATUS_NOISY = range(4)
-STATUS_NAMES = ("active", "silent", "noisy")
 
 
 def plausible_timestamps(packets: np.ndarray, wall_now: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -428,15 +427,15 @@ class Accumulator:
         adc_sq = self.win_adc_sq[:, :n].sum(axis=0)
         channel_rate = hits / covered
         channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
-        status = np.full((n, CHANNELS_PER_CHIP), STATUS_NONE, np.int8)
+        status = np.full((n, CHANNELS_PER_CHIP), ChannelStatus.NONE, np.int8)
         active_rates = channel_rate[hits > 0]
         typical_hits = float(np.median(active_rates)) * covered if len(active_rates) else 0.0
         live = typical_hits >= self.config.silent_min_expected_hits
         expected = self.expected_channels()
-        status[expected & live] = STATUS_SILENT
-        status[hits > 0] = STATUS_ACTIVE
-        status[channel_rate > self.config.noisy_rate_hz] = STATUS_NOISY
-        status_counts = np.stack([(status == s).sum(axis=1) for s in (STATUS_ACTIVE, STATUS_SILENT, STATUS_NOISY)], 1)
+        status[expected & live] = ChannelStatus.SILENT
+        status[hits > 0] = ChannelStatus.ACTIVE
+        status[channel_rate > self.config.noisy_rate_hz] = ChannelStatus.NOISY
+        status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
         chip_hits = hits.sum(axis=1)
         window_flags = self.win_flags[:, :n].sum(axis=0)
         chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))

@@ -16,8 +16,8 @@ import yaml
 
 from exporter.quality.accumulator import IO_GROUPS, Snapshot
 from exporter.quality.reference import Reference
+from exporter.quality.status import CheckStatus
 
-OK, WARNING, ERROR = 0, 1, 2
 INF = math.inf
 
 
@@ -95,8 +95,8 @@ def status_of(values: np.ndarray, check: Check) -> np.ndarray:
     """0/1/2 per value; NaN (nothing to judge) is ok."""
     status = np.zeros(values.shape, np.int8)
     with np.errstate(invalid="ignore"):
-        status[(values < check.warning[0]) | (values > check.warning[1])] = WARNING
-        status[(values < check.error[0]) | (values > check.error[1])] = ERROR
+        status[(values < check.warning[0]) | (values > check.warning[1])] = CheckStatus.WARNING
+        status[(values < check.error[0]) | (values > check.error[1])] = CheckStatus.ERROR
     return status
 
 
@@ -141,7 +141,7 @@ def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | N
     tile_status = np.zeros(len(tiles), np.int8)
     np.maximum.at(tile_status, np.searchsorted(tiles, snap.chip_tiles[mapped]), chip_worst[mapped])
     groups = snap.io_groups
-    detector = int(io_group_status[groups].max()) if len(groups) else OK
+    detector = int(io_group_status[groups].max()) if len(groups) else CheckStatus.OK
     return CheckResults(
         chip_checks, chip_values, chip_status, group_checks, group_values, group_status,
         chip_worst, tiles, tile_status, io_group_status, detector,

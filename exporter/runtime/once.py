@@ -13,7 +13,8 @@ from exporter.detector.geometry import Geometry
 from exporter.metrics.exposition import render
 from exporter.metrics.families import Collector
 from exporter.monitor import channel_list
-from exporter.quality.accumulator import STATUS_NAMES, Accumulator, QualityConfig, Snapshot
+from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
+from exporter.quality.status import ChannelStatus
 from exporter.reading.tail import RAW, Chunk, DirectoryTail, InputSpec, SourceError, detect_kind
 from exporter.runtime.health import Health
 from exporter.runtime.service import resolve_geometry
@@ -34,7 +35,7 @@ def snapshot_summary(snap: Snapshot) -> dict:
                 "hit_rate_hz": float(snap.chip_rate_hz[i]),
                 "adc_mean": None if np.isnan(snap.chip_adc_mean[i]) else float(snap.chip_adc_mean[i]),
                 "adc_std": None if np.isnan(snap.chip_adc_std[i]) else float(snap.chip_adc_std[i]),
-                "channels": dict(zip(STATUS_NAMES, map(int, snap.chip_status_counts[i]))),
+                "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts[i])},
             }
         )
     return {
@@ -43,11 +44,13 @@ def snapshot_summary(snap: Snapshot) -> dict:
             "data_packets": int(snap.chip_packets.sum()),
             "parity_errors": int(snap.chip_parity_errors.sum()),
             "chips": len(chips),
-            "channels": dict(zip(STATUS_NAMES, map(int, snap.chip_status_counts.sum(axis=0)))) if len(chips) else {},
+            "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts.sum(axis=0))}
+            if len(chips)
+            else {},
             "window_seconds": snap.covered_seconds,
         },
         "chips": chips,
-        "channels": {status: channel_list(snap, (status,)).tolist() for status in ("active", "silent", "noisy")},
+        "channels": {s.label: channel_list(snap, (s.label,)).tolist() for s in ChannelStatus.judged()},
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from exporter.quality.accumulator import STATUS_NOISY, STATUS_SILENT
+from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
 from plots.draw import (
     MEAN_CMAP,
@@ -64,8 +64,8 @@ class AnodeOverview(PixelPlot):
                 ax.set_title(f"io_group {group}: {'hit rate' if field == 'rate' else 'mean ADC'}", fontsize=11)
             if image is not None:
                 colour_bar(fig, image, bar, label, extend)
-        silent = sum(i.count(STATUS_SILENT) for i in everything)
-        noisy = sum(i.count(STATUS_NOISY) for i in everything)
+        silent = sum(i.count(ChannelStatus.SILENT) for i in everything)
+        noisy = sum(i.count(ChannelStatus.NOISY) for i in everything)
         pixels = sum(int((i.codes >= 0).sum()) for i in everything)
         titles(
             fig,

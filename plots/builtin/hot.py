@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from exporter.quality.accumulator import STATUS_NOISY, STATUS_SILENT
+from exporter.quality.status import ChannelStatus
 from plots.base import Plot, PlotContext
 from plots.draw import NOISY_COLOUR, new_figure, no_data, titles, window_text
 
@@ -38,7 +38,7 @@ class HotPixels(Plot):
                 f"{'-'.join(map(str, stats.chip_keys[c].tolist()))} ch {ch}"
                 for c, ch in zip(chips.tolist(), channels.tolist())
             ]
-            colours = [NOISY_COLOUR if status[i] == STATUS_NOISY else "#4c72b0" for i in order]
+            colours = [NOISY_COLOUR if status[i] == ChannelStatus.NOISY else "#4c72b0" for i in order]
             bars = top_ax.barh(range(len(order)), share, color=colours)
             top_ax.bar_label(bars, [f"{r:.3g} Hz" for r in rates[order]], padding=3, fontsize=8)
             top_ax.set_yticks(range(len(order)), labels, fontsize=9)
@@ -59,11 +59,11 @@ class HotPixels(Plot):
         top_ax.set_ylabel("channel (io_group-io_channel-chip_id ch channel)")
         top_ax.set_title(f"top {TOP} channels (red: noisy)", fontsize=11)
         top_ax.grid(alpha=0.3, axis="x")
-        silent = int((status == STATUS_SILENT).sum())
+        silent = int((status == ChannelStatus.SILENT).sum())
         dist_ax.set_xlabel("channel hit rate [Hz]")
         dist_ax.set_ylabel("channels")
         dist_ax.set_title(f"channels with hits ({silent} silent not shown)", fontsize=11)
         dist_ax.grid(alpha=0.3)
-        noisy = int((status == STATUS_NOISY).sum())
+        noisy = int((status == ChannelStatus.NOISY).sum())
         titles(fig, f"{name}: {noisy} noisy channels", f"{window_text(stats)}  ·  {total:.4g} Hz in all")
         return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
-from exporter.quality.accumulator import STATUS_ACTIVE, STATUS_NOISY, STATUS_NONE, STATUS_SILENT
+from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
 from plots.draw import (
     MEAN_CMAP,
@@ -70,10 +70,8 @@ class PixelMap(PixelPlot):
         counts = ", ".join(
             f"{images.count(code)} {label}"
             for code, label in (
-                (STATUS_ACTIVE, "active"),
-                (STATUS_SILENT, "silent"),
-                (STATUS_NOISY, "noisy"),
-                (STATUS_NONE, "no data"),
+                *((s, s.label) for s in ChannelStatus.judged()),
+                (ChannelStatus.NONE, "no data"),
             )
         )
         titles(fig, f"{name}: {where}", f"{window_text(stats)}  ·  {pixels} pixels: {counts}")
