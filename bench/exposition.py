@@ -18,8 +18,9 @@ import numpy as np
 from exporter.metrics.exposition import client_families, render
 from exporter.metrics.families import Collector
 from exporter.monitor import MonitorState
-from exporter.quality.accumulator import Accumulator, TimeCarry
+from exporter.quality.accumulator import Accumulator
 from exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from exporter.quality.clock import DataClock
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
 from exporter.reading.tail import DirectoryTail
 from exporter.runtime.checkpoint import save_state
@@ -43,7 +44,7 @@ def detector(io_groups: int, chips_per_group: int, channels: int = 49) -> Accumu
     body["dataword"] = np.random.default_rng(0).integers(60, 100, len(rows))
     body["valid_parity"] = 1
     acc = Accumulator()
-    acc.add(packets, TimeCarry(), START + 10)
+    acc.add(packets, DataClock(), START + 10)
     return acc
 
 

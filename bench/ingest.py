@@ -56,13 +56,7 @@ def measure(kind: str, path: str) -> dict:
             n = len(msgs)
     else:
         acc = Accumulator(geometry=geometry)
-        tail = DirectoryTail([InputSpec(path)])
-        n = 0
-        for cursor in tail.scan(time.time()):
-            for chunk in tail.read(cursor, time.time()):
-                acc.add(chunk.packets, cursor.carry, time.time())
-                cursor.rows_done = chunk.rows_end
-                n += len(chunk.packets)
+        n = DirectoryTail([InputSpec(path)]).pump(lambda chunk: acc.add(chunk.packets, chunk.cursor.clock, time.time()))
         acc.snapshot()
     seconds = time.perf_counter() - started
     return {"rows": n, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

@@ -28,7 +28,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from exporter.detector.geometry import load_geometry, packaged_layout  # noqa: E402
-from exporter.quality.accumulator import Accumulator, TimeCarry  # noqa: E402
+from exporter.quality.accumulator import Accumulator  # noqa: E402
+from exporter.quality.clock import DataClock  # noqa: E402
 from exporter.reading.decode import decode_messages  # noqa: E402
 from exporter.runtime.service import Service  # noqa: E402
 from exporter.settings import Settings  # noqa: E402
@@ -42,7 +43,6 @@ from plots.builtin.rates import PacketRate, TileRate  # noqa: E402
 from plots.builtin.timing import TimestampHistograms, TriggerHistograms  # noqa: E402
 from plots.engine import PlotSettings, render  # noqa: E402
 from plots.legacy import packets_file  # noqa: E402
-from plots.series import DataClock  # noqa: E402
 
 START = 1_700_000_000
 FAULTS = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(2, 5, 20, 12)], fifo_full_chips=[(1, 2, 40)])
@@ -66,9 +66,9 @@ def module_run(seconds: int):
     sim = Simulator(geometry, SimulationConfig(seed=3), FAULTS)
     chunks = [decode_messages(*sim.second(START + t)).packets for t in range(seconds)]
     accumulator = Accumulator(geometry=geometry)
-    carry = TimeCarry()
+    clock = DataClock()
     for packets in chunks:
-        accumulator.add(packets, carry, START + seconds + 10)
+        accumulator.add(packets, clock, START + seconds + 10)
     return geometry, chunks, accumulator.snapshot()
 
 

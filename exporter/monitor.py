@@ -24,12 +24,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from exporter.detector.geometry import Geometry, load_geometry
-from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot, TimeCarry
+from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
 from exporter.quality.checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
+from exporter.quality.clock import DataClock
 from exporter.quality.history import History
 from exporter.quality.reference import Comparison, Reference
 from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.reading.tail import DirectoryTail, InputSpec
+from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,29 +129,24 @@ class Monitor:
             log.exception("handler %r failed", handler)
 
     # -- input ----------------------------------------------------------------------------
-    def feed(self, packets: np.ndarray, carry: TimeCarry | None = None, wall_now: float | None = None) -> None:
+    def feed(self, packets: np.ndarray, clock: DataClock | None = None, wall_now: float | None = None) -> None:
         """Add packet records (any structured array with the packet fields).
 
-        ``carry`` holds the data clock of the stream the packets come from (one per file).
+        ``clock`` holds the data clock of the stream the packets come from (one per file).
         """
         self.accumulator.add(
-            packets, carry if carry is not None else TimeCarry(), time.time() if wall_now is None else wall_now
+            packets, clock if clock is not None else DataClock(), time.time() if wall_now is None else wall_now
         )
 
     def add_file(self, path: str | os.PathLike) -> int:
         """Read the rows of a packet or raw file not read by an earlier call; return the packet count."""
         path = str(path)
-        tail = self._files.setdefault(path, DirectoryTail([InputSpec(path)]))
-        tail.on_error = lambda cursor, reason, message: self.log_event(
-            "error", message, reason=reason, file=cursor.path
-        )
-        count = 0
-        for cursor in tail.scan(time.time()):
-            for chunk in tail.read(cursor, time.time()):
-                self.feed(chunk.packets, cursor.carry)
-                cursor.rows_done = chunk.rows_end
-                count += len(chunk.packets)
-        return count
+        if path not in self._files:
+            self._files[path] = DirectoryTail([InputSpec(path)], on_error=self._on_read_error)
+        return self._files[path].pump(lambda chunk: self.feed(chunk.packets, chunk.cursor.clock))
+
+    def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
+        self.log_event("error", message, reason=reason, file=cursor.path)
 
     # -- output ---------------------------------------------------------------------------
     def update(self) -> MonitorState:

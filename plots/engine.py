@@ -32,11 +32,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from exporter.detector.geometry import Geometry  # noqa: E402
 from exporter.quality.accumulator import Snapshot  # noqa: E402
-from exporter.reading.tail import Chunk  # noqa: E402
+from exporter.quality.clock import DataClock  # noqa: E402
+from exporter.reading.files import Chunk  # noqa: E402
 from plots import Plot, PlotContext  # noqa: E402
 from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
 from plots.legacy import as_packet_dtype, packets_file  # noqa: E402
-from plots.series import DataClock  # noqa: E402
 from plots.store import PlotStore  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -10,27 +10,6 @@ import math
 
 import numpy as np
 
-from exporter.quality.accumulator import forward_fill, plausible_timestamps
-
-
-class DataClock:
-    """Data time of each packet: the latest preceding plausible timestamp packet of its file.
-
-    The accumulator's rule (``plausible_timestamps``), kept per file; ``last_time`` carries across chunks.
-    """
-
-    def __init__(self) -> None:
-        self.last_time = math.nan
-
-    def times(self, packets: np.ndarray, wall_now: float) -> np.ndarray:
-        """Float unix seconds per packet (NaN before the file's first timestamp packet)."""
-        if len(packets) == 0:
-            return np.zeros(0)
-        ts_rows, stamps, _ = plausible_timestamps(packets, wall_now)
-        times = forward_fill(ts_rows, stamps, len(packets), self.last_time)
-        self.last_time = float(times[-1])
-        return times
-
 
 class TimeSeries:
     """Counts of several series in time bins aligned to multiples of the bin width.

@@ -14,7 +14,8 @@ from exporter.detector.geometry import GeometryError, load_geometry, packaged_la
 from exporter.monitor import Monitor
 from exporter.quality.accumulator import Accumulator
 from exporter.quality.status import ChannelStatus
-from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
+from exporter.reading.files import FileReader
+from exporter.reading.tail import InputSpec
 from exporter.runtime.ingest import Ingester
 from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 from plots import PlotContext
@@ -112,8 +113,8 @@ def live_polls(directory, geometry, fmt: str, seconds: int, outdir) -> PlotEngin
     sim = Simulator(geometry, SimulationConfig(seed=5, trigger_rate_hz=4), FAULTS)
     directory.mkdir()
     writer = open_writer(directory / "live.h5", fmt)
-    tail = DirectoryTail([InputSpec(str(directory))], FileReader(chunk_rows=7_001, raw_chunk_messages=1_003))
-    ingester = Ingester(tail, Monitor(geometry, window=60.0), 1.0)
+    reader = FileReader(chunk_rows=7_001, raw_chunk_messages=1_003)
+    ingester = Ingester([InputSpec(str(directory))], Monitor(geometry, window=60.0), 1.0, reader=reader)
     engine = PlotEngine(PlotSettings(str(outdir), plots=SOME), geometry)
     ingester.listeners.append(
         lambda chunk: engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, ingester.published.snapshot)

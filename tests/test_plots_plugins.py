@@ -112,10 +112,7 @@ def feed_in_polls(engine: PlotEngine, directory, geometry, polls: int, seconds_p
         for _ in range(seconds_per_poll):
             writer.append(*sim.second(START + t))
             t += 1
-        for cursor in tail.scan(0.0):
-            for chunk in tail.read(cursor, 0.0):
-                cursor.rows_done = chunk.rows_end
-                engine.update((cursor.path, cursor.inode), chunk.packets, stats)
+        tail.pump(lambda chunk: engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, stats))
         engine.draw(stats)
 
 

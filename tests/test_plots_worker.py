@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 from helpers import START, simulate_files
 
-from exporter.quality.accumulator import Accumulator, TimeCarry
+from exporter.quality.accumulator import Accumulator
 from exporter.reading.packets import PACKET_DTYPE
 from exporter.reading.tail import DirectoryTail, InputSpec
 from plots import Plot
@@ -67,11 +67,12 @@ def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(t
     accumulator = Accumulator(geometry=tile_geometry)
     before = accumulator.snapshot()  # what was published when the packets reached the plots
     tail = DirectoryTail([InputSpec(str(paths[0]))])
-    carry = TimeCarry()
-    for cursor in tail.scan(0.0):
-        for c in tail.read(cursor, 0.0):
-            engine.update((cursor.path, cursor.inode), c.packets, before)
-            accumulator.add(c.packets, carry, START + 100)
+
+    def consume(chunk) -> None:
+        engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, before)
+        accumulator.add(chunk.packets, chunk.cursor.clock, START + 100)
+
+    tail.pump(consume)
     after = accumulator.snapshot()
     assert engine.has_work(before) and engine.draw(before) == 1
     assert not engine.has_work(before) and engine.draw(before) == 0

@@ -8,8 +8,8 @@ import pytest
 from exporter.quality.accumulator import (
     Accumulator,
     QualityConfig,
-    TimeCarry,
 )
+from exporter.quality.clock import DataClock
 from exporter.quality.status import ChannelStatus
 from exporter.reading.decode import decode_messages
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
@@ -43,7 +43,7 @@ def test_expected_chips_exported_before_any_data(module_geometry):
 
 def test_status_and_rates(module_geometry, faulty_run):
     acc = Accumulator(QualityConfig(window_seconds=60, window_bins=12), module_geometry)
-    carry = TimeCarry()
+    carry = DataClock()
     for chunk in faulty_run:
         acc.add(chunk, carry, NOW)
     snap = acc.snapshot()
@@ -76,11 +76,11 @@ def test_status_and_rates(module_geometry, faulty_run):
 
 def test_backlog_gives_the_same_rates_as_live(module_geometry, faulty_run):
     live = Accumulator(geometry=module_geometry)
-    carry = TimeCarry()
+    carry = DataClock()
     for chunk in faulty_run:
         live.add(chunk, carry, NOW)
     backlog = Accumulator(geometry=module_geometry)
-    backlog.add(np.concatenate(faulty_run), TimeCarry(), NOW)
+    backlog.add(np.concatenate(faulty_run), DataClock(), NOW)
     a, b = live.snapshot(), backlog.snapshot()
     np.testing.assert_array_equal(a.chip_rate_hz, b.chip_rate_hz)
     np.testing.assert_array_equal(a.channel_status, b.channel_status)
@@ -92,7 +92,7 @@ def test_window_forgets_old_data(module_geometry):
         module_geometry, 70, Faults(silent_chips=[(1, 2, 40)]), START + 10
     )
     acc = Accumulator(geometry=module_geometry)
-    carry = TimeCarry()
+    carry = DataClock()
     for chunk in run:
         acc.add(chunk, carry, NOW)
     snap = acc.snapshot()
@@ -121,7 +121,7 @@ def data_packets(n, chip=11) -> np.ndarray:
 @pytest.mark.parametrize("bad_time", [0, 5, 2**40, NOW + 10 * 86_400])
 def test_impossible_timestamps_do_not_move_the_clock(bad_time):
     acc = Accumulator()
-    carry = TimeCarry()
+    carry = DataClock()
     acc.add(np.concatenate([stamp([START]), data_packets(10)]), carry, NOW)
     acc.add(np.concatenate([stamp([bad_time]), data_packets(10)]), carry, NOW)
     snap = acc.snapshot()
@@ -134,7 +134,7 @@ def test_impossible_timestamps_do_not_move_the_clock(bad_time):
 
 def test_clock_jumps_keep_rates_finite_and_counts_exact():
     acc = Accumulator(QualityConfig(window_seconds=60, window_bins=12))
-    carry = TimeCarry()
+    carry = DataClock()
     acc.add(np.concatenate([stamp([START + 100]), data_packets(30)]), carry, NOW)
     acc.add(np.concatenate([stamp([START]), data_packets(40)]), carry, NOW)  # backwards: too old for the window
     acc.add(np.concatenate([stamp([START + 5000]), data_packets(50)]), carry, NOW)  # forwards
@@ -148,7 +148,7 @@ def test_clock_jumps_keep_rates_finite_and_counts_exact():
 
 def test_packets_before_any_timestamp_are_counted_not_windowed():
     acc = Accumulator()
-    acc.add(data_packets(7), TimeCarry(), NOW)
+    acc.add(data_packets(7), DataClock(), NOW)
     snap = acc.snapshot()
     assert snap.chip_packets.tolist() == [7]
     assert snap.chip_rate_hz.tolist() == [0.0]
@@ -157,7 +157,7 @@ def test_packets_before_any_timestamp_are_counted_not_windowed():
 def test_window_lengths_that_do_not_divide_evenly_keep_every_packet():
     """10 s / 12 bins is not exact in binary: the window edge and the packets must agree on bins."""
     acc = Accumulator(QualityConfig(window_seconds=10, window_bins=12))
-    carry = TimeCarry()
+    carry = DataClock()
     for t in range(30):
         acc.add(np.concatenate([stamp([START + t]), data_packets(100)]), carry, NOW)
     snap = acc.snapshot()
@@ -168,7 +168,7 @@ def test_chips_unknown_to_the_geometry_are_counted_not_mapped(module_geometry):
     acc = Accumulator(geometry=module_geometry)
     stray = data_packets(5, chip=250)
     stray["io_channel"] = 200
-    acc.add(np.concatenate([stamp([START]), stray]), TimeCarry(), NOW)
+    acc.add(np.concatenate([stamp([START]), stray]), DataClock(), NOW)
     snap = acc.snapshot()
     row = chip_row(acc, (1, 200, 250))
     assert len(snap.chip_keys) == 1601 and snap.chip_packets[row] == 5

@@ -272,12 +272,12 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
     import h5py
     from helpers import simulate_files
 
-    from exporter.reading import tail as sources
+    from exporter.reading import files
+    from exporter.reading.tail import DirectoryTail, InputSpec
 
     simulate_files(tile_geometry, tmp_path, 1, "packets")
-    tail = sources.DirectoryTail([sources.InputSpec(str(tmp_path))])
     reasons: list[str] = []
-    tail.on_error = lambda cursor, reason, message: reasons.append(reason)
+    tail = DirectoryTail([InputSpec(str(tmp_path))], on_error=lambda cursor, reason, message: reasons.append(reason))
     real_file = h5py.File
     attempts = {"n": 0}
 
@@ -289,15 +289,8 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
             )
         return real_file(*args, **kwargs)
 
-    monkeypatch.setattr(sources.h5py, "File", locked_twice)
-    counts = []
-    for _ in range(3):
-        n = 0
-        for cursor in tail.scan(time.time()):
-            for chunk in tail.read(cursor, time.time()):
-                cursor.rows_done = chunk.rows_end
-                n += len(chunk.packets)
-        counts.append(n)
+    monkeypatch.setattr(files.h5py, "File", locked_twice)
+    counts = [tail.pump(lambda chunk: None) for _ in range(3)]
     assert reasons == ["locked", "locked"]
     assert counts[:2] == [0, 0] and counts[2] > 0
     assert np.all(np.array(counts) >= 0)

@@ -12,8 +12,9 @@ import pytest
 from larpix import Packet_v2, TimestampPacket
 from larpix.format.hdf5format import to_file
 
-from exporter.reading import tail as sources
-from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
+from exporter.reading import files as sources
+from exporter.reading.files import FileReader
+from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
 
 
@@ -23,20 +24,20 @@ class Recorder:
     def __init__(self, tail: DirectoryTail) -> None:
         self.tail = tail
         self.errors: list[tuple[str, str]] = []
-        tail.on_error = lambda cursor, reason, message: self.errors.append((os.path.basename(cursor.path), reason))
+        tail.on_error = self.on_error
         self.rows: dict[str, int] = {}
         self.chunk_sizes: list[int] = []
 
+    def on_error(self, cursor, reason: str, message: str) -> None:
+        self.errors.append((os.path.basename(cursor.path), reason))
+
     def poll(self) -> int:
-        total = 0
-        for cursor in self.tail.scan(time.time()):
-            for chunk in self.tail.read(cursor, time.time()):
-                name = os.path.basename(cursor.path)
-                self.rows[name] = self.rows.get(name, 0) + len(chunk.packets)
-                self.chunk_sizes.append(chunk.rows_end - cursor.rows_done)
-                cursor.rows_done = chunk.rows_end
-                total += len(chunk.packets)
-        return total
+        return self.tail.pump(self.record)
+
+    def record(self, chunk) -> None:
+        name = os.path.basename(chunk.cursor.path)
+        self.rows[name] = self.rows.get(name, 0) + len(chunk.packets)
+        self.chunk_sizes.append(chunk.rows_end - chunk.cursor.rows_done)
 
 
 @pytest.fixture
@@ -208,12 +209,11 @@ def test_file_deleted_while_being_read(tmp_path, sim):
     writer = PacketFileWriter(tmp_path / "run.h5")
     writer.append(*sim.second(1_700_000_000))
     total = packets_in(tmp_path / "run.h5")
-    chunks = 0
-    for cursor in rec.tail.scan(time.time()):
-        for chunk in rec.tail.read(cursor, time.time()):
-            if chunks == 0:
-                os.remove(tmp_path / "run.h5")  # the open file stays readable until closed
-            cursor.rows_done = chunk.rows_end
-            chunks += len(chunk.packets)
-    assert chunks == total
+
+    def delete_on_first_chunk(chunk) -> None:
+        if not rec.rows:
+            os.remove(tmp_path / "run.h5")  # the open file stays readable until closed
+        rec.record(chunk)
+
+    assert rec.tail.pump(delete_on_first_chunk) == total
     assert rec.poll() == 0 and rec.tail.tracked == 0 and not rec.errors

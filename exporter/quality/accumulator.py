@@ -14,40 +14,14 @@ import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
+from exporter.quality.clock import DataClock, forward_fill, plausible_timestamps
 from exporter.quality.status import ChannelStatus
-from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
+from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
 
 IO_GROUPS = 256
 PACKET_TYPES = 8
-#: Data times before this (2015-01-01) cannot come from a LArPix DAQ.
-EARLIEST_PLAUSIBLE_TIME = 1_420_070_400
-#: Data times further than this ahead of the wall clock are treated as corrupt.
-MAX_FUTURE_SECONDS = 86_400
 SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
-
-
-def plausible_timestamps(packets: np.ndarray, wall_now: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Rows and times (float unix s) of the plausible timestamp packets, and how many were not.
-
-    The data time of any packet is that of the latest plausible timestamp packet before it in
-    its file; plots and the accumulator both use this rule.
-    """
-    ts_rows = np.flatnonzero(packets["packet_type"] == TIMESTAMP)
-    stamps = packets["timestamp"][ts_rows]
-    plausible = (stamps >= EARLIEST_PLAUSIBLE_TIME) & (stamps <= wall_now + MAX_FUTURE_SECONDS)
-    return ts_rows[plausible], stamps[plausible].astype(np.float64), int(len(ts_rows) - np.count_nonzero(plausible))
-
-
-def forward_fill(rows: np.ndarray, values: np.ndarray, n: int, before: float | int) -> np.ndarray:
-    """Length-``n`` array holding at each index the value of the latest ``rows`` entry at or
-    before it (``rows`` ascending), and ``before`` ahead of the first one."""
-    out = np.empty(n, np.result_type(values, np.asarray(before)))
-    first = rows[0] if len(rows) else n
-    out[:first] = before
-    if len(rows):
-        out[first:] = np.repeat(values, np.diff(np.append(rows, n)))
-    return out
 
 
 @dataclass(frozen=True)
@@ -66,13 +40,6 @@ class QualityConfig:
     @property
     def bin_seconds(self) -> float:
         return self.window_seconds / self.window_bins
-
-
-@dataclass
-class TimeCarry:
-    """Per-file data clock: the last timestamp-packet time, carried across chunks."""
-
-    last_time: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -250,11 +217,11 @@ class Accumulator:
                     self.geo_row[row] = -1 if found is None else found
 
     # -- time ---------------------------------------------------------------------------
-    def _window_slots(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> np.ndarray:
+    def _window_slots(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> np.ndarray:
         """Window slot of each packet (-1: outside the window or no data time yet).
 
         A packet's data time is that of the latest preceding plausible timestamp packet of the
-        same file (``carry`` holds it across chunks); the window advances to the newest one.
+        same file (``clock`` holds it across chunks); the window advances to the newest one.
         """
         ts_rows, stamps, implausible = plausible_timestamps(packets, wall_now)
         self.implausible_timestamps += implausible
@@ -266,10 +233,10 @@ class Accumulator:
             self.first_time = float(np.fmin(self.first_time, stamps.min()))
             self._advance(float(np.fmax(self.data_time, stamps.max())))
         slots = forward_fill(
-            ts_rows, self._slot_of(stamps), len(packets), self._slot_of(np.array([carry.last_time]))[0]
+            ts_rows, self._slot_of(stamps), len(packets), self._slot_of(np.array([clock.last_time]))[0]
         )
         if len(ts_rows):
-            carry.last_time = float(stamps[-1])
+            clock.last_time = float(stamps[-1])
         return slots
 
     def _bin_of(self, times: np.ndarray | float) -> np.ndarray:
@@ -301,7 +268,7 @@ class Accumulator:
         self.newest_bin = newest
 
     # -- accumulation -------------------------------------------------------------------
-    def add(self, packets: np.ndarray, carry: TimeCarry, wall_now: float) -> None:
+    def add(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of packets into the counters and windows."""
         if len(packets) == 0:
             return
@@ -313,7 +280,7 @@ class Accumulator:
         )
         counts = np.bincount(type_key, minlength=IO_GROUPS * (PACKET_TYPES + 1)).reshape(IO_GROUPS, -1)
         self.packet_type_counts += counts[:, :PACKET_TYPES]
-        slots = self._window_slots(packets, carry, wall_now)
+        slots = self._window_slots(packets, clock, wall_now)
         data_rows = np.flatnonzero(is_data)
         record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
         data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)

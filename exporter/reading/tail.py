@@ -1,42 +1,28 @@
 """Directory tailing: find LArPix HDF5 files, remember how far each was read, read only new rows.
 
-Each file has a ``FileCursor`` (identity, rows consumed, data clock). A poll stats every file
-and opens only those that changed, are new, or have rows held back; rows are read in bounded
-chunks so memory does not grow with file size.
+Each file has a ``FileCursor`` (identity, rows consumed, data clock). ``DirectoryTail.pump`` is
+the one read loop of the product (serve, once, the Python API and the benchmarks use it): it
+stats every file, opens only those that changed, are new, or have rows held back, hands each
+chunk to the consumer and only then advances the file's cursor, and reports read errors once.
 """
 
 from __future__ import annotations
 
-import errno
 import glob
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import h5py
-import numpy as np
-
-from exporter.quality.accumulator import TimeCarry
-from exporter.reading.decode import decode_messages
-from exporter.reading.packets import REQUIRED_FIELDS
+from exporter.quality.clock import DataClock
+from exporter.reading.files import Chunk, FileReader, FileReplaced, SourceError
 
 log = logging.getLogger(__name__)
 
-RAW, PACKETS = "raw", "packets"
-#: Rows at the end of a file that look unwritten (all-zero packets, empty messages) are held
-#: back this long, in case the writer has grown the dataset but not yet filled it.
-HOLD_SECONDS = 10.0
-
-
-class SourceError(Exception):
-    """A file cannot be read now; ``reason`` is the label of the read-error metric."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+#: Called with the cursor, the reason (the read-error metric label) and a message when a file fails.
+ErrorHandler = Callable[["FileCursor", str, str], None]
 
 
 @dataclass
@@ -55,7 +41,7 @@ class FileCursor:
     error: str | None = None
     held_since: float | None = None
     last_change: float = field(default_factory=time.time)
-    carry: TimeCarry = field(default_factory=TimeCarry)
+    clock: DataClock = field(default_factory=DataClock)
 
     def to_dict(self) -> dict:
         """Plain form for the checkpoint file."""
@@ -66,7 +52,7 @@ class FileCursor:
             "created": self.created,
             "kind": self.kind,
             "rows_done": self.rows_done,
-            "last_time": None if math.isnan(self.carry.last_time) else self.carry.last_time,
+            "last_time": None if math.isnan(self.clock.last_time) else self.clock.last_time,
         }
 
     @classmethod
@@ -79,158 +65,8 @@ class FileCursor:
             created=d.get("created"),
             kind=d.get("kind"),
             rows_done=d["rows_done"],
-            carry=TimeCarry(math.nan if last is None else last),
+            clock=DataClock(math.nan if last is None else last),
         )
-
-
-@dataclass
-class Chunk:
-    """New packets from one file; ``rows_end`` is the cursor position once they are counted."""
-
-    cursor: FileCursor
-    packets: np.ndarray
-    rows_end: int
-    kind: str
-    messages: int
-    bad_messages: int = 0
-    unknown_words: int = 0
-
-
-def classify_os_error(err: BaseException) -> str:
-    """Map an exception from h5py/OS to a short read-error reason."""
-    text = str(err).lower()
-    if isinstance(err, FileNotFoundError) or getattr(err, "errno", None) == errno.ENOENT:
-        return "vanished"
-    if isinstance(err, PermissionError) or getattr(err, "errno", None) == errno.EACCES or "permission denied" in text:
-        return "permission"
-    if getattr(err, "errno", None) == errno.EAGAIN or "unable to lock" in text or "locking flag" in text:
-        return "locked"
-    if "file signature not found" in text:
-        return "not_hdf5"
-    if "truncated file" in text:
-        return "truncated"
-    if "swmr" in text or "refresh" in text:
-        return "swmr"
-    return "read_error"
-
-
-def _attr_float(group: h5py.Group | None, name: str) -> float | None:
-    try:
-        return float(group.attrs[name]) if group is not None and name in group.attrs else None
-    except (TypeError, ValueError):
-        return None
-
-
-def detect_kind(fh: h5py.File, path: str) -> str:
-    """'raw' for PACMAN files (msgs + msg_headers), 'packets' for packet files; else SourceError."""
-    if "msgs" in fh and "msg_headers" in fh:
-        headers = fh["msg_headers"]
-        if headers.dtype.names is None or "io_groups" not in headers.dtype.names:
-            raise SourceError("bad_dtype", f"{path}: msg_headers has no 'io_groups' field")
-        if fh["msgs"].dtype.kind != "O" or h5py.check_vlen_dtype(fh["msgs"].dtype) is None:
-            raise SourceError("bad_dtype", f"{path}: msgs is not a variable-length byte dataset")
-        return RAW
-    if "packets" in fh:
-        names = fh["packets"].dtype.names or ()
-        missing = [f for f in REQUIRED_FIELDS if f not in names]
-        if missing:
-            raise SourceError("bad_dtype", f"{path}: packets dataset lacks fields {', '.join(missing)}")
-        not_int = [f for f in REQUIRED_FIELDS if fh["packets"].dtype[f].kind not in "ui"]
-        if not_int:
-            raise SourceError("bad_dtype", f"{path}: packets fields {', '.join(not_int)} are not integers")
-        return PACKETS
-    raise SourceError("no_dataset", f"{path}: neither a 'packets' dataset nor 'msgs'+'msg_headers'")
-
-
-def _created(fh: h5py.File, kind: str) -> float | None:
-    return _attr_float(fh.get("meta") if kind == RAW else fh.get("_header"), "created")
-
-
-def _unwritten_tail(kind: str, rows: np.ndarray) -> int:
-    """Number of trailing rows that look not yet written by the writer (checked from the end)."""
-    if kind == RAW:
-
-        def written(i: int) -> bool:
-            return len(rows[i]) > 0
-    else:
-        as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
-
-        def written(i: int) -> bool:
-            return bool(as_bytes[i].any())
-
-    held = 0
-    while held < len(rows) and not written(len(rows) - 1 - held):
-        held += 1
-    return held
-
-
-class FileReader:
-    """Reads the rows a cursor has not consumed yet, in chunks of at most ``chunk_rows``."""
-
-    def __init__(self, chunk_rows: int = 1_000_000, raw_chunk_messages: int = 100_000) -> None:
-        self.chunk_rows = chunk_rows
-        self.raw_chunk_messages = raw_chunk_messages
-
-    def read_new(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
-        """Yield chunks of new packets; raise SourceError when the file cannot be read."""
-        try:
-            with h5py.File(cursor.path, "r", swmr=True, locking=False) as fh:
-                kind = detect_kind(fh, cursor.path)
-                created = _created(fh, kind)
-                if cursor.kind is not None and (cursor.kind != kind or cursor.created != created):
-                    raise FileReplaced(f"{cursor.path}: header changed (created {cursor.created} -> {created})")
-                cursor.kind, cursor.created = kind, created
-                yield from self._read_rows(fh, cursor, kind, now)
-        except (SourceError, FileReplaced):
-            raise
-        except (OSError, RuntimeError, ValueError, KeyError) as err:
-            raise SourceError(classify_os_error(err), f"{cursor.path}: {err}") from err
-
-    def _length(self, fh: h5py.File, kind: str) -> int:
-        if kind == RAW:
-            msgs, headers = fh["msgs"], fh["msg_headers"]
-            msgs.id.refresh()
-            headers.id.refresh()
-            return min(len(msgs), len(headers))
-        dset = fh["packets"]
-        dset.id.refresh()
-        return len(dset)
-
-    def _read_rows(self, fh: h5py.File, cursor: FileCursor, kind: str, now: float) -> Iterator[Chunk]:
-        length = self._length(fh, kind)
-        if length < cursor.rows_done:
-            raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
-        step = self.raw_chunk_messages if kind == RAW else self.chunk_rows
-        start = cursor.rows_done
-        while start < length:
-            end = min(start + step, length)
-            if kind == RAW:
-                msgs = fh["msgs"][start:end]
-                io_groups = fh["msg_headers"]["io_groups"][start:end]
-            else:
-                msgs = fh["packets"][start:end]
-            if end == length:
-                held = _unwritten_tail(kind, msgs)
-                if held and (cursor.held_since is None or now - cursor.held_since < HOLD_SECONDS):
-                    cursor.held_since = cursor.held_since or now
-                    end -= held
-                    msgs = msgs[: len(msgs) - held]
-                    if kind == RAW:
-                        io_groups = io_groups[: len(msgs)]
-                else:
-                    cursor.held_since = None
-            if end <= start:
-                return
-            if kind == RAW:
-                result = decode_messages(msgs, io_groups)
-                yield Chunk(cursor, result.packets, end, RAW, end - start, result.bad_messages, result.unknown_words)
-            else:
-                yield Chunk(cursor, msgs, end, PACKETS, 0)
-            start = end
-
-
-class FileReplaced(Exception):
-    """The file under a cursor's path is no longer the one the cursor describes."""
 
 
 @dataclass
@@ -250,14 +86,17 @@ class DirectoryTail:
     """Tracks every file under the inputs and hands out the new rows of changed files."""
 
     def __init__(
-        self, inputs: list[InputSpec], reader: FileReader | None = None, flush_interval: float = 1800.0
+        self,
+        inputs: list[InputSpec],
+        reader: FileReader | None = None,
+        flush_interval: float = 1800.0,
+        on_error: ErrorHandler | None = None,
     ) -> None:
         self.inputs = inputs
         self.reader = reader or FileReader()
         self.flush_interval = flush_interval
+        self.on_error = on_error
         self.cursors: dict[str, FileCursor] = {}
-        self.on_error = lambda cursor, reason, message: None
-        self.on_recover = lambda cursor: None
 
     @property
     def tracked(self) -> int:
@@ -300,15 +139,32 @@ class DirectoryTail:
                     del self.cursors[path]  # gone and idle: forget its cursor; its counts stay
         return [c for _, _, c in sorted(due)]
 
-    def read(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
-        """New chunks of one file; errors are reported through ``on_error`` and end the file's turn."""
+    def pump(self, consume: Callable[[Chunk], None], stop: Callable[[], bool] | None = None) -> int:
+        """Scan once and hand every new chunk to ``consume``, oldest file first; return the packet count.
+
+        A file's cursor advances past a chunk only after ``consume`` returned, so a crash or an
+        exception inside it leaves those rows to be read again: counted once, never skipped.
+        ``stop`` is asked after every chunk; when it says True the pump returns at once.
+        """
+        total = 0
+        for cursor in self.scan(time.time()):
+            for chunk in self._read(cursor, time.time()):
+                consume(chunk)
+                chunk.cursor.rows_done = chunk.rows_end
+                total += len(chunk.packets)
+                if stop is not None and stop():
+                    return total
+        return total
+
+    def _read(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
+        """New chunks of one file; errors are reported once through ``on_error`` and end the file's turn."""
         try:
             yield from self.reader.read_new(cursor, now)
         except FileReplaced as err:
             log.warning("%s; reading it from the start", err)
             fresh = FileCursor(cursor.path, cursor.dev, cursor.inode, size=cursor.size, mtime_ns=cursor.mtime_ns)
             self.cursors[cursor.path] = fresh
-            yield from self.read(fresh, now)
+            yield from self._read(fresh, now)
             return
         except SourceError as err:
             self._fail(cursor, err.reason, str(err))
@@ -317,12 +173,12 @@ class DirectoryTail:
         if cursor.error is not None:
             log.info("%s: readable again after %s", cursor.path, cursor.error)
             cursor.error = None
-            self.on_recover(cursor)
 
     def _fail(self, cursor: FileCursor, reason: str, message: str) -> None:
         cursor.pending = True
         first = cursor.error != reason
-        self.on_error(cursor, reason, message)  # before the update: handlers may compare with the old reason
+        if self.on_error is not None:
+            self.on_error(cursor, reason, message)  # before the update: handlers may compare with the old reason
         cursor.error = reason
         if first:
             log.warning("%s (reason: %s; will retry every poll, logged once)", message, reason)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from exporter.monitor import Monitor, MonitorState
 from exporter.quality.accumulator import Snapshot
-from exporter.reading.tail import Chunk, DirectoryTail, FileCursor
+from exporter.reading.files import Chunk, FileReader
+from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 from exporter.runtime.checkpoint import load_state, save_state
 from exporter.runtime.health import Health
 
@@ -35,12 +36,18 @@ class Published:
 
 
 class Ingester:
-    """Polls a ``DirectoryTail`` and feeds an ``Accumulator``; call ``run`` in a thread."""
+    """Polls the inputs and feeds the monitor; call ``run`` in a thread."""
 
     def __init__(
-        self, tail: DirectoryTail, monitor: Monitor, interval: float = 2.0, state_path: str | None = None
+        self,
+        inputs: list[InputSpec],
+        monitor: Monitor,
+        interval: float = 2.0,
+        state_path: str | None = None,
+        reader: FileReader | None = None,
+        flush_interval: float = 1800.0,
     ) -> None:
-        self.tail = tail
+        self.tail = DirectoryTail(inputs, reader, flush_interval, on_error=self._on_read_error)
         self.monitor = monitor
         self.accumulator = monitor.accumulator
         self.interval = interval
@@ -49,7 +56,6 @@ class Ingester:
         self._checkpointed: tuple | None = None
         self.listeners: list[Callable[[Chunk], None]] = []
         self._last_publish = 0.0
-        self.tail.on_error = self._on_read_error
         self.published = Published(monitor.update(), self.health.copy())
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
@@ -98,10 +104,10 @@ class Ingester:
         self.published = Published(self.monitor.update(), h.copy())
         self._last_publish = time.monotonic()
 
-    def ingest(self, chunk: Chunk, now: float) -> None:
-        """Count one chunk and advance its file's cursor."""
-        self.monitor.feed(chunk.packets, chunk.cursor.carry, now)
-        chunk.cursor.rows_done = chunk.rows_end
+    def ingest(self, chunk: Chunk) -> None:
+        """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then."""
+        now = time.time()
+        self.monitor.feed(chunk.packets, chunk.cursor.clock, now)
         h = self.health
         h.packets_ingested[chunk.kind] += len(chunk.packets)
         h.messages_ingested += chunk.messages
@@ -114,21 +120,13 @@ class Ingester:
                 listener(chunk)
             except Exception:  # a listener (plots) must never stop ingest
                 log.exception("listener %r failed on %s", listener, chunk.cursor.path)
+        if time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
+            self.publish()
 
     def poll(self, stop: threading.Event | None = None) -> int:
         """Read everything new once; return the number of packets ingested."""
         started = time.monotonic()
-        total = 0
-        for cursor in self.tail.scan(time.time()):
-            for chunk in self.tail.read(cursor, time.time()):
-                self.ingest(chunk, time.time())
-                total += len(chunk.packets)
-                if time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
-                    self.publish()
-                if stop is not None and stop.is_set():
-                    break
-            if stop is not None and stop.is_set():
-                break
+        total = self.tail.pump(self.ingest, stop.is_set if stop is not None else None)
         h = self.health
         h.polls += 1
         h.poll_duration = time.monotonic() - started

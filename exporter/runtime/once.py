@@ -15,7 +15,8 @@ from exporter.metrics.families import Collector
 from exporter.monitor import channel_list
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
 from exporter.quality.status import ChannelStatus
-from exporter.reading.tail import RAW, Chunk, DirectoryTail, InputSpec, SourceError, detect_kind
+from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
+from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.health import Health
 from exporter.runtime.service import resolve_geometry
 
@@ -90,19 +91,21 @@ def process_file(
 ) -> FileResult:
     """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far."""
     accumulator = Accumulator(QualityConfig(window_seconds=window), geometry)
-    tail = DirectoryTail([InputSpec(path)])
     errors: list[str] = []
-    tail.on_error = lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     health = Health()
-    for cursor in tail.scan(time.time()):
-        for chunk in tail.read(cursor, time.time()):
-            accumulator.add(chunk.packets, cursor.carry, time.time())
-            cursor.rows_done = chunk.rows_end
-            health.packets_ingested[chunk.kind] += len(chunk.packets)
-            if on_chunk is not None:
-                on_chunk(chunk)
-            if on_progress is not None:
-                on_progress(chunk.rows_end)
+
+    def consume(chunk: Chunk) -> None:
+        accumulator.add(chunk.packets, chunk.cursor.clock, time.time())
+        health.packets_ingested[chunk.kind] += len(chunk.packets)
+        if on_chunk is not None:
+            on_chunk(chunk)
+        if on_progress is not None:
+            on_progress(chunk.rows_end)
+
+    tail = DirectoryTail(
+        [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
+    )
+    tail.pump(consume)
     return FileResult(path, geometry, accumulator.snapshot(), health, errors)
 
 

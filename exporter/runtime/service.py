@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from exporter.detector.geometry import Geometry, default_geometry_path, load_geometry
 from exporter.monitor import Monitor
-from exporter.reading.tail import DirectoryTail, FileReader, InputSpec
+from exporter.reading.files import FileReader
+from exporter.reading.tail import InputSpec
 from exporter.runtime.checkpoint import default_state_file
 from exporter.runtime.ingest import Ingester
 from exporter.settings import Settings
@@ -56,13 +57,15 @@ class Service:
             checks=settings.checks,
             reference=settings.reference,
         )
-        tail = DirectoryTail(
+        self.state_path = resolve_state_path(settings)
+        self.ingester = Ingester(
             [InputSpec(p, settings.pattern) for p in settings.inputs],
+            self.monitor,
+            settings.interval,
+            self.state_path,
             FileReader(chunk_rows=settings.chunk_rows),
             settings.flush_interval,
         )
-        self.state_path = resolve_state_path(settings)
-        self.ingester = Ingester(tail, self.monitor, settings.interval, self.state_path)
         self.ingester.restore()
         self.plots: PlotWorker | None = None
         if plots is not None:

@@ -1,0 +1,188 @@
+"""Reading one LArPix HDF5 file: detect its format, read the rows after a cursor, in bounded chunks.
+
+Packet files (``packets`` dataset) are read as they are; raw PACMAN files (``msgs`` +
+``msg_headers``, written in SWMR mode) are decoded to packets. Rows at the end that look
+unwritten are held back for a while; a file whose header changed is reported as replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import h5py
+import numpy as np
+
+from exporter.reading.decode import decode_messages
+from exporter.reading.packets import REQUIRED_FIELDS
+
+if TYPE_CHECKING:
+    from exporter.reading.tail import FileCursor
+
+log = logging.getLogger(__name__)
+
+RAW, PACKETS = "raw", "packets"
+#: Rows at the end of a file that look unwritten (all-zero packets, empty messages) are held
+#: back this long, in case the writer has grown the dataset but not yet filled it.
+HOLD_SECONDS = 10.0
+
+
+class SourceError(Exception):
+    """A file cannot be read now; ``reason`` is the label of the read-error metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Chunk:
+    """New packets from one file; ``rows_end`` is the cursor position once they are counted."""
+
+    cursor: FileCursor
+    packets: np.ndarray
+    rows_end: int
+    kind: str
+    messages: int
+    bad_messages: int = 0
+    unknown_words: int = 0
+
+
+def classify_os_error(err: BaseException) -> str:
+    """Map an exception from h5py/OS to a short read-error reason."""
+    text = str(err).lower()
+    if isinstance(err, FileNotFoundError) or getattr(err, "errno", None) == errno.ENOENT:
+        return "vanished"
+    if isinstance(err, PermissionError) or getattr(err, "errno", None) == errno.EACCES or "permission denied" in text:
+        return "permission"
+    if getattr(err, "errno", None) == errno.EAGAIN or "unable to lock" in text or "locking flag" in text:
+        return "locked"
+    if "file signature not found" in text:
+        return "not_hdf5"
+    if "truncated file" in text:
+        return "truncated"
+    if "swmr" in text or "refresh" in text:
+        return "swmr"
+    return "read_error"
+
+
+def _attr_float(group: h5py.Group | None, name: str) -> float | None:
+    try:
+        return float(group.attrs[name]) if group is not None and name in group.attrs else None
+    except (TypeError, ValueError):
+        return None
+
+
+def detect_kind(fh: h5py.File, path: str) -> str:
+    """'raw' for PACMAN files (msgs + msg_headers), 'packets' for packet files; else SourceError."""
+    if "msgs" in fh and "msg_headers" in fh:
+        headers = fh["msg_headers"]
+        if headers.dtype.names is None or "io_groups" not in headers.dtype.names:
+            raise SourceError("bad_dtype", f"{path}: msg_headers has no 'io_groups' field")
+        if fh["msgs"].dtype.kind != "O" or h5py.check_vlen_dtype(fh["msgs"].dtype) is None:
+            raise SourceError("bad_dtype", f"{path}: msgs is not a variable-length byte dataset")
+        return RAW
+    if "packets" in fh:
+        names = fh["packets"].dtype.names or ()
+        missing = [f for f in REQUIRED_FIELDS if f not in names]
+        if missing:
+            raise SourceError("bad_dtype", f"{path}: packets dataset lacks fields {', '.join(missing)}")
+        not_int = [f for f in REQUIRED_FIELDS if fh["packets"].dtype[f].kind not in "ui"]
+        if not_int:
+            raise SourceError("bad_dtype", f"{path}: packets fields {', '.join(not_int)} are not integers")
+        return PACKETS
+    raise SourceError("no_dataset", f"{path}: neither a 'packets' dataset nor 'msgs'+'msg_headers'")
+
+
+def _created(fh: h5py.File, kind: str) -> float | None:
+    return _attr_float(fh.get("meta") if kind == RAW else fh.get("_header"), "created")
+
+
+def _unwritten_tail(kind: str, rows: np.ndarray) -> int:
+    """Number of trailing rows that look not yet written by the writer (checked from the end)."""
+    if kind == RAW:
+
+        def written(i: int) -> bool:
+            return len(rows[i]) > 0
+    else:
+        as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
+
+        def written(i: int) -> bool:
+            return bool(as_bytes[i].any())
+
+    held = 0
+    while held < len(rows) and not written(len(rows) - 1 - held):
+        held += 1
+    return held
+
+
+class FileReader:
+    """Reads the rows a cursor has not consumed yet, in chunks of at most ``chunk_rows``."""
+
+    def __init__(self, chunk_rows: int = 1_000_000, raw_chunk_messages: int = 100_000) -> None:
+        self.chunk_rows = chunk_rows
+        self.raw_chunk_messages = raw_chunk_messages
+
+    def read_new(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
+        """Yield chunks of new packets; raise SourceError when the file cannot be read."""
+        try:
+            with h5py.File(cursor.path, "r", swmr=True, locking=False) as fh:
+                kind = detect_kind(fh, cursor.path)
+                created = _created(fh, kind)
+                if cursor.kind is not None and (cursor.kind != kind or cursor.created != created):
+                    raise FileReplaced(f"{cursor.path}: header changed (created {cursor.created} -> {created})")
+                cursor.kind, cursor.created = kind, created
+                yield from self._read_rows(fh, cursor, kind, now)
+        except (SourceError, FileReplaced):
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise SourceError(classify_os_error(err), f"{cursor.path}: {err}") from err
+
+    def _length(self, fh: h5py.File, kind: str) -> int:
+        if kind == RAW:
+            msgs, headers = fh["msgs"], fh["msg_headers"]
+            msgs.id.refresh()
+            headers.id.refresh()
+            return min(len(msgs), len(headers))
+        dset = fh["packets"]
+        dset.id.refresh()
+        return len(dset)
+
+    def _read_rows(self, fh: h5py.File, cursor: FileCursor, kind: str, now: float) -> Iterator[Chunk]:
+        length = self._length(fh, kind)
+        if length < cursor.rows_done:
+            raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
+        step = self.raw_chunk_messages if kind == RAW else self.chunk_rows
+        start = cursor.rows_done
+        while start < length:
+            end = min(start + step, length)
+            if kind == RAW:
+                msgs = fh["msgs"][start:end]
+                io_groups = fh["msg_headers"]["io_groups"][start:end]
+            else:
+                msgs = fh["packets"][start:end]
+            if end == length:
+                held = _unwritten_tail(kind, msgs)
+                if held and (cursor.held_since is None or now - cursor.held_since < HOLD_SECONDS):
+                    cursor.held_since = cursor.held_since or now
+                    end -= held
+                    msgs = msgs[: len(msgs) - held]
+                    if kind == RAW:
+                        io_groups = io_groups[: len(msgs)]
+                else:
+                    cursor.held_since = None
+            if end <= start:
+                return
+            if kind == RAW:
+                result = decode_messages(msgs, io_groups)
+                yield Chunk(cursor, result.packets, end, RAW, end - start, result.bad_messages, result.unknown_words)
+            else:
+                yield Chunk(cursor, msgs, end, PACKETS, 0)
+            start = end
+
+
+class FileReplaced(Exception):
+    """The file under a cursor's path is no longer the one the cursor describes."""
