@@ -16,14 +16,14 @@ import time
 import numpy as np
 
 from exporter.metrics.exposition import client_families, render
-from exporter.metrics.families import Collector
-from exporter.monitor import MonitorState
+from exporter.metrics.families import FamilyBuilder
+from exporter.monitor import Evaluation
 from exporter.quality.accumulator import Accumulator
 from exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from exporter.quality.clock import DataClock
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
 from exporter.reading.tail import DirectoryTail
-from exporter.runtime.checkpoint import save_state
+from exporter.runtime.checkpoint import save_checkpoint
 from exporter.runtime.health import Health
 from exporter.web.server import GZIP_LEVEL
 
@@ -77,9 +77,9 @@ def main() -> None:
     print(f"{'case':<44}{'series':>9}{'ms/scrape':>11}{'ns/series':>11}")
     two_by_two = detector(8, 800)
     snap, health = two_by_two.snapshot(), Health()
-    state = MonitorState(snap, evaluate(snap, DEFAULT_CHECKS), None, time.time())
-    collector = Collector()
-    seconds, text = best_of(args.repeat, lambda: render(collector.families(snap, health, state=state)))
+    state = Evaluation(snap, evaluate(snap, DEFAULT_CHECKS), None, time.time())
+    collector = FamilyBuilder()
+    seconds, text = best_of(args.repeat, lambda: render(collector.families(snap, health, evaluation=state)))
     n = series_count(text)
     print(f"{'2x2 per-chip + checks (6,400 chips)':<44}{n:>9,}{seconds * 1e3:>11.1f}{seconds / n * 1e9:>11.0f}")
     gz, _ = best_of(args.repeat, lambda: gzip.compress(text.encode(), GZIP_LEVEL))
@@ -87,7 +87,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        save_state(f"{tmp}/state.npz", two_by_two, DirectoryTail([]), health)
+        save_checkpoint(f"{tmp}/state.npz", two_by_two, DirectoryTail([]), health)
         size = os.path.getsize(f"{tmp}/state.npz") / 1e6
     print(
         f"{f'  checkpoint of the 2x2 state ({size:.0f} MB)':<44}{'':>9}{(time.perf_counter() - started) * 1e3:>11.0f}"
@@ -97,7 +97,7 @@ def main() -> None:
 
     module = detector(2, 800)
     snap = module.snapshot()
-    families = Collector()._pixels(snap)
+    families = FamilyBuilder()._pixels(snap)
     seconds, text = best_of(args.repeat, lambda: render(families))
     n = series_count(text)
     print(f"{'module per-pixel (78,400 px), this renderer':<44}{n:>9,}{seconds * 1e3:>11.1f}{seconds / n * 1e9:>11.0f}")

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from exporter.monitor import Monitor, MonitorState, StatusChange  # noqa: E402  (after __version__, which modules import)
+from exporter.monitor import Evaluation, Monitor, StatusChange  # noqa: E402  (after __version__, which modules import)
 
-__all__ = ["Monitor", "MonitorState", "StatusChange", "__version__"]
+__all__ = ["Monitor", "Evaluation", "StatusChange", "__version__"]

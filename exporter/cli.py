@@ -17,8 +17,8 @@ import typer
 from exporter import __version__
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
 from exporter.quality.checks import ChecksConfigError
-from exporter.quality.reference import ReferenceError
-from exporter.runtime.checkpoint import StateError
+from exporter.quality.reference import ReferenceFileError
+from exporter.runtime.checkpoint import CheckpointError
 from exporter.settings import DEFAULT_PORT, ConfigError, build_settings
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 from exporter.web.auth import WebConfigError
@@ -218,10 +218,10 @@ def serve(
     except (
         ConfigError,
         GeometryError,
-        StateError,
+        CheckpointError,
         PlotConfigError,
         ChecksConfigError,
-        ReferenceError,
+        ReferenceFileError,
         WebConfigError,
     ) as err:
         _fail(str(err))

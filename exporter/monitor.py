@@ -64,7 +64,7 @@ class StatusChange:
 
 
 @dataclass(frozen=True)
-class MonitorState:
+class Evaluation:
     """One consistent view: the snapshot, its check results and the reference comparison."""
 
     snapshot: Snapshot
@@ -103,7 +103,7 @@ class Monitor:
         self._metric_handlers: list[Callable[[str, float, dict], None]] = []
         self._log_handlers: list[Callable[[dict], None]] = []
         self._status_handlers: list[Callable[[StatusChange], None]] = []
-        self._last: MonitorState | None = None
+        self._last: Evaluation | None = None
 
     # -- handlers -------------------------------------------------------------------------
     def add_metric_handler(self, handler: MetricHandler | Callable[[str, float, dict], None]) -> None:
@@ -149,23 +149,23 @@ class Monitor:
         self.log_event("error", message, reason=reason, file=cursor.path)
 
     # -- output ---------------------------------------------------------------------------
-    def update(self) -> MonitorState:
+    def update(self) -> Evaluation:
         """Snapshot, check, record history and notify handlers; return the new state."""
         snap = self.accumulator.snapshot()
         comparison = self.reference.compare(snap) if self.reference is not None else None
         results = evaluate(snap, self.checks, self.reference)
         self.history.record(snap, results.chip_worst)
-        state = MonitorState(snap, results, comparison, time.time())
+        state = Evaluation(snap, results, comparison, time.time())
         self._notify(self._last, state)
         self._last = state
         return state
 
     @property
-    def state(self) -> MonitorState:
+    def evaluation(self) -> Evaluation:
         """The last ``update()``, made now if there was none."""
         return self._last if self._last is not None else self.update()
 
-    def _notify(self, old: MonitorState | None, new: MonitorState) -> None:
+    def _notify(self, old: Evaluation | None, new: Evaluation) -> None:
         r, snap = new.results, new.snapshot
         for group in snap.io_groups.tolist():
             for name, value in (
@@ -185,7 +185,7 @@ class Monitor:
             for handler in self._status_handlers:
                 self._call(handler, change)
 
-    def _changes(self, old: MonitorState | None, new: MonitorState) -> list[StatusChange]:
+    def _changes(self, old: Evaluation | None, new: Evaluation) -> list[StatusChange]:
         r = new.results
         keys = new.snapshot.chip_keys
         old_worst = np.zeros(len(keys), np.int8)
@@ -210,7 +210,7 @@ class Monitor:
 
     def chip_table(self) -> dict[str, np.ndarray]:
         """Per-chip statistics and the worst check status, as named numpy columns."""
-        state = self.state
+        state = self.evaluation
         snap = state.snapshot
         table = {
             "io_group": snap.chip_keys[:, 0],
@@ -228,7 +228,7 @@ class Monitor:
 
     def channels(self, *statuses: str) -> np.ndarray:
         """(n, 4) rows of io_group, io_channel, chip_id, channel_id whose channel status is one of ``statuses``."""
-        return channel_list(self.state.snapshot, statuses or ("noisy", "silent"))
+        return channel_list(self.evaluation.snapshot, statuses or ("noisy", "silent"))
 
     def export_history(self, path: str | os.PathLike, fmt: str | None = None) -> str:
         """Write the per-chip history (csv, json, or parquet with pyarrow); return the format used."""

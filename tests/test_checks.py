@@ -32,7 +32,7 @@ def run_monitor(geometry, seconds: int, faults: Faults | None = None, seed: int 
 def status_by_chip(monitor: Monitor, check: str) -> dict[tuple[int, ...], int]:
     r = monitor.update().results
     i = [c.name for c in r.chip_checks].index(check)
-    keys = monitor.state.snapshot.chip_keys.tolist()
+    keys = monitor.evaluation.snapshot.chip_keys.tolist()
     return {tuple(k): int(s) for k, s in zip(keys, r.chip_status[i]) if s}
 
 
@@ -64,20 +64,20 @@ def test_reference_flags_exactly_the_changed_chips(module_geometry, tmp_path):
     monitor = run_monitor(module_geometry, 60, faults, seed=2, reference=tmp_path / "reference.npz")
     assert set(status_by_chip(monitor, "reference_pedestal_shift")) == {shifted}
     assert set(status_by_chip(monitor, "reference_rate_ratio")) == set(tile_chips)
-    comparison = monitor.state.comparison
-    row = monitor.state.snapshot.chip_keys.tolist().index(list(shifted))
+    comparison = monitor.evaluation.comparison
+    row = monitor.evaluation.snapshot.chip_keys.tolist().index(list(shifted))
     assert comparison.pedestal_shift[row] == pytest.approx(20, abs=1.5)
     assert np.nanmedian(comparison.rate_chi2) < 2
 
 
 def test_reference_errors_name_the_file(tmp_path):
-    from exporter.quality.reference import ReferenceError
+    from exporter.quality.reference import ReferenceFileError
 
     bad = tmp_path / "ref.npz"
     np.savez(bad, chip_keys=np.zeros((1, 3)))
-    with pytest.raises(ReferenceError, match=f"reference file {bad}: missing arrays"):
+    with pytest.raises(ReferenceFileError, match=f"reference file {bad}: missing arrays"):
         Reference.load(bad)
-    with pytest.raises(ReferenceError, match="reference file"):
+    with pytest.raises(ReferenceFileError, match="reference file"):
         Reference.load(tmp_path / "none.npz")
 
 

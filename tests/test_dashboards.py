@@ -354,7 +354,7 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
     from helpers import START
 
     from exporter import Monitor
-    from exporter.metrics.families import Collector
+    from exporter.metrics.families import FamilyBuilder
     from exporter.quality.reference import Reference
     from exporter.reading.decode import decode_messages
     from exporter.runtime.health import Health
@@ -371,7 +371,7 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
     reference = tmp_path / "reference.npz"
     Reference.from_snapshot(monitor(window=10**6, window_bins=1).update().snapshot, ["test"]).save(reference)
     state = monitor(reference=reference).update()
-    families = Collector().families(state.snapshot, Health(), per_pixel=True, state=state)
+    families = FamilyBuilder().families(state.snapshot, Health(), per_pixel=True, evaluation=state)
     families += plot_families(_PlotSource())
     served = {f.name + "_total" if f.type == "counter" else f.name for f in families}
     served.add("larpix_exporter_scrape_duration_seconds")  # added by exporter/web/server.py to every scrape

@@ -8,7 +8,7 @@ import numpy as np
 
 from exporter import __version__
 from exporter.metrics.exposition import Family, histogram, label_string
-from exporter.monitor import MonitorState
+from exporter.monitor import Evaluation
 from exporter.quality.accumulator import FIFO_FLAGS, Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import CLOCK_HZ, PACKET_TYPE_NAMES
@@ -18,8 +18,8 @@ CHIP_LABELS = ("io_group", "io_channel", "chip_id")
 SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
 
 
-class Collector:
-    """Builds families; caches the rendered per-chip label strings (chip rows never move)."""
+class FamilyBuilder:
+    """Builds the metric families of one scrape from a snapshot; caches the per-chip label strings (chip rows never move)."""
 
     def __init__(self) -> None:
         self._chip_rows: list[tuple[int, int, int]] = []
@@ -39,15 +39,15 @@ class Collector:
         health: Health,
         per_pixel: bool = False,
         now: float | None = None,
-        state: MonitorState | None = None,
+        evaluation: Evaluation | None = None,
     ) -> list[Family]:
-        """All families for one scrape (check statuses when ``state`` carries them)."""
+        """All families for one scrape (check statuses when ``evaluation`` carries them)."""
         now = time.time() if now is None else now
-        verdicts = self._checks(state) if state is not None else []
+        verdicts = self._checks(evaluation) if evaluation is not None else []
         pixels = self._pixels(snap) if per_pixel else []
         return [*self._detector(snap), *verdicts, *pixels, *self._exporter(snap, health, now)]
 
-    def _checks(self, state: MonitorState) -> list[Family]:
+    def _checks(self, state: Evaluation) -> list[Family]:
         rows, labels = self._chips(state.snapshot)
         r = state.results
         status = Family(

@@ -19,7 +19,7 @@ from exporter.quality.accumulator import Snapshot
 REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
 
 
-class ReferenceError(ValueError):
+class ReferenceFileError(ValueError):
     """The reference file is unusable; the message names it and the problem."""
 
 
@@ -65,17 +65,17 @@ class Reference:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
         except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise ReferenceError(f"reference file {path}: {getattr(err, 'strerror', None) or err}") from None
+            raise ReferenceFileError(f"reference file {path}: {getattr(err, 'strerror', None) or err}") from None
         missing = [name for name in REFERENCE_ARRAYS if name not in arrays]
         if missing:
-            raise ReferenceError(
+            raise ReferenceFileError(
                 f"reference file {path}: missing arrays {', '.join(missing)} (make it with 'larpix-dqm baseline')"
             )
         n = len(arrays["chip_keys"])
         if arrays["chip_keys"].shape != (n, 3) or any(
             arrays[a].shape != (n, 64) for a in ("rate_hz", "adc_mean", "adc_std", "hits")
         ):
-            raise ReferenceError(f"reference file {path}: arrays have inconsistent shapes")
+            raise ReferenceFileError(f"reference file {path}: arrays have inconsistent shapes")
         sources = json.loads(arrays.pop("sources").tobytes()) if "sources" in arrays else []
         return cls(arrays, sources)
 

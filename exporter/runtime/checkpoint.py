@@ -23,11 +23,11 @@ from exporter.reading.tail import DirectoryTail, FileCursor
 from exporter.runtime.health import Health
 
 log = logging.getLogger(__name__)
-STATE_VERSION = 1
+CHECKPOINT_VERSION = 1
 STATE_DIR_ENV = "LARPIX_DQM_STATE_DIR"
 
 
-class StateError(ValueError):
+class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used; the message names the file and the problem."""
 
 
@@ -40,12 +40,12 @@ def default_state_file(inputs: list[str]) -> Path:
     return Path(base) / f"state-{digest}.npz"
 
 
-def save_state(path: str | os.PathLike, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> None:
+def save_checkpoint(path: str | os.PathLike, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> None:
     """Write a checkpoint atomically (temp file, fsync, rename, fsync of the directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "version": STATE_VERSION,
+        "version": CHECKPOINT_VERSION,
         "cursors": [c.to_dict() for c in tail.cursors.values()],
         "health": {
             "read_errors": health.read_errors,
@@ -70,8 +70,8 @@ def save_state(path: str | os.PathLike, accumulator: Accumulator, tail: Director
         os.close(dir_fd)
 
 
-def load_state(path: str | os.PathLike, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> bool:
-    """Restore a checkpoint if ``path`` exists; False when there is none. StateError if unusable."""
+def load_checkpoint(path: str | os.PathLike, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> bool:
+    """Restore a checkpoint if ``path`` exists; False when there is none. CheckpointError if unusable."""
     path = Path(path)
     if not path.exists():
         return False
@@ -80,9 +80,11 @@ def load_state(path: str | os.PathLike, accumulator: Accumulator, tail: Director
             arrays = {name: data[name] for name in data.files}
         meta = json.loads(arrays.pop("meta_json").tobytes())
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, io.UnsupportedOperation) as err:
-        raise StateError(f"state file {path}: unreadable checkpoint ({err}); move it away to start fresh") from None
-    if meta.get("version") != STATE_VERSION:
-        raise StateError(f"state file {path}: version {meta.get('version')}, expected {STATE_VERSION}")
+        raise CheckpointError(
+            f"state file {path}: unreadable checkpoint ({err}); move it away to start fresh"
+        ) from None
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"state file {path}: version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
     if not accumulator.import_state(arrays):
         log.warning("%s: window settings changed since the checkpoint; counters restored, window restarts", path)
     for entry in meta["cursors"]:

@@ -1,7 +1,7 @@
 """The ingest loop: poll the inputs, feed new packets to the monitor, publish its state.
 
 One thread owns the monitor. After every poll (and every second during a long backlog) it
-publishes an immutable (MonitorState, Health) pair; scrapes read only the published pair.
+publishes an immutable (Evaluation, Health) pair; scrapes read only the published pair.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.monitor import Monitor, MonitorState
+from exporter.monitor import Evaluation, Monitor
 from exporter.quality.accumulator import Snapshot
 from exporter.reading.files import Chunk, FileReader
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
-from exporter.runtime.checkpoint import load_state, save_state
+from exporter.runtime.checkpoint import load_checkpoint, save_checkpoint
 from exporter.runtime.health import Health
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,12 @@ PUBLISH_EVERY_SECONDS = 1.0
 class Published:
     """What a scrape reads: one consistent monitor state and the health at that moment."""
 
-    state: MonitorState
+    evaluation: Evaluation
     health: Health
 
     @property
     def snapshot(self) -> Snapshot:
-        return self.state.snapshot
+        return self.evaluation.snapshot
 
 
 class Ingester:
@@ -43,7 +43,7 @@ class Ingester:
         inputs: list[InputSpec],
         monitor: Monitor,
         interval: float = 2.0,
-        state_path: str | None = None,
+        checkpoint_path: str | None = None,
         reader: FileReader | None = None,
         flush_interval: float = 1800.0,
     ) -> None:
@@ -51,7 +51,7 @@ class Ingester:
         self.monitor = monitor
         self.accumulator = monitor.accumulator
         self.interval = interval
-        self.state_path = state_path
+        self.checkpoint_path = checkpoint_path
         self.health = Health()
         self._checkpointed: tuple | None = None
         self.listeners: list[Callable[[Chunk], None]] = []
@@ -64,8 +64,10 @@ class Ingester:
             self.monitor.log_event("warning", message, reason=reason, file=cursor.path)
 
     def restore(self) -> bool:
-        """Load the checkpoint at ``state_path`` if there is one (raises StateError if unusable)."""
-        if self.state_path is None or not load_state(self.state_path, self.accumulator, self.tail, self.health):
+        """Load the checkpoint at ``checkpoint_path`` if there is one (raises CheckpointError if unusable)."""
+        if self.checkpoint_path is None or not load_checkpoint(
+            self.checkpoint_path, self.accumulator, self.tail, self.health
+        ):
             return False
         self._checkpointed = self._progress()
         self.publish()
@@ -83,14 +85,14 @@ class Ingester:
 
     def checkpoint(self) -> None:
         """Write the checkpoint if anything was counted since the last one; never raises."""
-        if self.state_path is None or self._progress() == self._checkpointed:
+        if self.checkpoint_path is None or self._progress() == self._checkpointed:
             return
         started = time.monotonic()
         try:
-            save_state(self.state_path, self.accumulator, self.tail, self.health)
+            save_checkpoint(self.checkpoint_path, self.accumulator, self.tail, self.health)
         except OSError as err:
             self.health.checkpoint_errors += 1
-            log.error("cannot write checkpoint %s: %s", self.state_path, err)
+            log.error("cannot write checkpoint %s: %s", self.checkpoint_path, err)
             return
         self._checkpointed = self._progress()
         self.health.checkpoint_duration = time.monotonic() - started

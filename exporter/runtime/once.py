@@ -11,7 +11,7 @@ import numpy as np
 
 from exporter.detector.geometry import Geometry
 from exporter.metrics.exposition import render
-from exporter.metrics.families import Collector
+from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
 from exporter.quality.status import ChannelStatus
@@ -70,7 +70,7 @@ class FileResult:
         summary = snapshot_summary(self.snapshot)
         summary["file"] = self.path
         summary["read_errors"] = self.errors
-        return summary, render(Collector().families(self.snapshot, self.health))
+        return summary, render(FamilyBuilder().families(self.snapshot, self.health))
 
 
 def file_rows(path: str) -> int:

@@ -32,7 +32,7 @@ def resolve_geometry(path: str | None) -> Geometry | None:
     return load_geometry(resolved) if resolved else None
 
 
-def resolve_state_path(settings: Settings) -> str | None:
+def resolve_checkpoint_path(settings: Settings) -> str | None:
     """The checkpoint file: the setting, else the default per set of inputs; '-' disables."""
     if settings.state_file == "-":
         return None
@@ -57,12 +57,12 @@ class Service:
             checks=settings.checks,
             reference=settings.reference,
         )
-        self.state_path = resolve_state_path(settings)
+        self.checkpoint_path = resolve_checkpoint_path(settings)
         self.ingester = Ingester(
             [InputSpec(p, settings.pattern) for p in settings.inputs],
             self.monitor,
             settings.interval,
-            self.state_path,
+            self.checkpoint_path,
             FileReader(chunk_rows=settings.chunk_rows),
             settings.flush_interval,
         )
@@ -100,7 +100,7 @@ class Service:
             "serving %s (geometry: %s, checkpoint: %s)",
             self.url,
             self.geometry.path if self.geometry else "none",
-            self.state_path or "off",
+            self.checkpoint_path or "off",
         )
 
     def stop(self) -> None:

@@ -18,10 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from exporter import __version__
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
-from exporter.metrics.families import Collector
+from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
 from exporter.quality.channels import CHANNEL_MEDIA_TYPES, format_channels
 from exporter.quality.history import History
+from exporter.quality.status import CheckStatus
 from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
@@ -30,7 +31,6 @@ from plots.store import MEDIA_TYPES
 log = logging.getLogger(__name__)
 GZIP_LEVEL = 1
 TLS_HANDSHAKE_SECONDS = 10.0
-STATUS_WORDS = ("OK", "WARNING", "ERROR")
 
 
 class MetricsApp:
@@ -49,7 +49,7 @@ class MetricsApp:
         self.plots = plots
         self.web = web
         self.history = history
-        self.collector = Collector()
+        self.collector = FamilyBuilder()
         self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
         self.last_scrape_seconds = 0.0
 
@@ -59,7 +59,7 @@ class MetricsApp:
         pub = self.published()
         with self._lock:
             families = self.collector.families(
-                pub.snapshot, pub.health, per_pixel and self.per_pixel_allowed, state=pub.state
+                pub.snapshot, pub.health, per_pixel and self.per_pixel_allowed, evaluation=pub.evaluation
             )
         families.append(
             Family(
@@ -101,7 +101,7 @@ class MetricsApp:
             ),
             ("ingest lag", f"{time.time() - s.data_time:.1f} s" if s.data_time == s.data_time else "n/a"),
             ("polls", h.polls),
-            ("detector status", STATUS_WORDS[pub.state.results.detector_status]),
+            ("detector status", CheckStatus(pub.evaluation.results.detector_status).name),
         ]
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return (
