@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Generate the LArPix DQM Prometheus alerting rules from documented thresholds.
 
-Reads ``alerts/thresholds.yaml`` (the defaults), optionally merges a site override file over
-it, validates every key, and writes the rule file Prometheus loads::
+Reads ``alerts/thresholds.yaml`` (the alert-specific defaults: ``for:``, windows, lookbacks),
+takes the job selector, the runbook URL and the thresholds shared with the exporter's checks
+from ``exporter.monitoring.Monitoring`` (which the dashboard generator reads too), optionally
+merges a site override file over both, validates every key, and writes the rule file
+Prometheus loads::
 
     python alerts/generate.py                       # defaults -> alerts/larpix.rules.yml
     python alerts/generate.py --thresholds site.yaml --output site.rules.yml
     python alerts/generate.py --check               # exit 1 if the committed file is stale
 
 Errors in a thresholds file (unknown key, wrong type) are reported on one line naming the
-file and the key, with exit status 2. Only the standard library and PyYAML are used.
+file and the key, with exit status 2. An override of a shared threshold is accepted (the site's
+exporter may run other checks) with a note saying which check it no longer matches.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ import yaml
 HERE = Path(__file__).resolve().parent
 DEFAULTS_FILE = HERE / "thresholds.yaml"
 OUTPUT_FILE = HERE / "larpix.rules.yml"
-RUNBOOK_URL = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md"
 GROUP_NAME = "larpix"
+
+# Run as a script, import the exporter of this checkout (not an installed copy): the rules must
+# follow this checkout's checks.
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+from exporter.monitoring import Monitoring, format_threshold  # noqa: E402
+from exporter.quality.status import ChannelStatus, CheckStatus  # noqa: E402
 
 #: Labels that identify one exporter target and one chip.
 TARGET = "job, instance"
@@ -40,9 +51,21 @@ CHIP = "job, instance, io_group, io_channel, chip_id"
 EXPORTER = "instance"
 EXPORTER_CHIP = "instance, io_group, io_channel, chip_id"
 
+#: Keys whose default is not in thresholds.yaml but the exporter's (via exporter.monitoring):
+#: (section, key) -> (what the value is, how to read it). A site override may still set them.
+SHARED: dict[tuple[str, str], tuple[str, Callable[[Monitoring], float]]] = {
+    ("chip_silent_channels", "max_fraction"): (
+        "the silent_fraction check's error limit",
+        lambda m: m.silent_channels_max_fraction,
+    ),
+    ("chip_noisy_channels", "rate_hertz"): ("the exporter's noisy_rate_hz default", lambda m: m.noisy_rate_hz),
+    ("parity_errors", "max_ratio"): ("the parity_error_ratio check's warning limit", lambda m: m.parity_max_ratio),
+    ("sync_missing", "min_rate_hertz"): ("the sync check's error limit", lambda m: m.sync_min_rate_hz),
+}
+
 #: Every key a thresholds file may hold, with its kind (see ``_check_value``).
 SCHEMA: dict[str, dict[str, str]] = {
-    "exporter_down": {"job_regex": "regex", "for": "duration"},
+    "exporter_down": {"for": "duration"},
     "data_stale": {"max_age_seconds": "positive", "for": "duration"},
     "ingest_lag": {"max_lag_seconds": "positive", "for": "duration"},
     "read_errors": {"window": "window", "for": "duration"},
@@ -115,10 +138,6 @@ def _check_value(kind: str, value: Any) -> Any:
         if kind == "window" and not any(ch in "123456789" for ch in value):
             raise ValueError("expected a duration longer than 0s")
         return value
-    if kind == "regex":
-        if not isinstance(value, str) or not value:
-            raise ValueError("expected a non-empty regex string")
-        return value
     if isinstance(value, bool):
         raise ValueError("expected a number")
     if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
@@ -141,8 +160,8 @@ def _check_value(kind: str, value: Any) -> Any:
     return value
 
 
-def _validate(data: dict[str, Any], path: Path, complete: bool) -> dict[str, dict[str, Any]]:
-    """Check ``data`` against SCHEMA; ``complete`` requires every key (the defaults file)."""
+def _validate(data: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """Check the keys and values of a thresholds file against SCHEMA."""
     out: dict[str, dict[str, Any]] = {}
     for section, body in data.items():
         if section not in SCHEMA:
@@ -159,35 +178,65 @@ def _validate(data: dict[str, Any], path: Path, complete: bool) -> dict[str, dic
                 out[section][key] = _check_value(SCHEMA[section][key], value)
             except ValueError as exc:
                 raise ThresholdError(f"{path}: '{section}.{key}': {exc}, got {value!r}") from None
-    if complete:
-        for section, keys in SCHEMA.items():
-            for key in keys:
-                if key not in out.get(section, {}):
-                    raise ThresholdError(f"{path}: missing key '{section}.{key}'")
     return out
 
 
-def load_thresholds(defaults: Path = DEFAULTS_FILE, override: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Load the defaults, then merge ``override`` (sparse, same layout) over them."""
-    merged = _validate(_load_yaml(defaults), defaults, complete=True)
+def _shared_value(monitoring: Monitoring, section: str, key: str) -> Any:
+    """The default of a shared key, read from ``monitoring`` and validated like a file value."""
+    source, read = SHARED[(section, key)]
+    value = read(monitoring)
+    try:
+        return _check_value(SCHEMA[section][key], value)
+    except ValueError as exc:
+        raise ThresholdError(f"exporter/monitoring.py: '{section}.{key}' ({source}): {exc}, got {value!r}") from None
+
+
+def load_thresholds(
+    monitoring: Monitoring, defaults: Path = DEFAULTS_FILE, override: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """The defaults file completed with the shared thresholds of ``monitoring``, ``override`` merged over them.
+
+    The defaults file must hold every alert-specific key and none of the SHARED ones, so a
+    shared threshold has one source. ``override`` is sparse (same layout) and may set any key.
+    """
+    merged = _validate(_load_yaml(defaults), defaults)
+    for section, keys in SCHEMA.items():
+        values = merged.setdefault(section, {})
+        for key in keys:
+            if (section, key) in SHARED:
+                if key in values:
+                    raise ThresholdError(
+                        f"{defaults}: '{section}.{key}' is {SHARED[(section, key)][0]} "
+                        "(exporter/monitoring.py): remove it"
+                    )
+                values[key] = _shared_value(monitoring, section, key)
+            elif key not in values:
+                raise ThresholdError(f"{defaults}: missing key '{section}.{key}'")
     if override is not None:
-        for section, values in _validate(_load_yaml(override), override, False).items():
+        for section, values in _validate(_load_yaml(override), override).items():
             merged[section].update(values)
     return merged
+
+
+def shared_threshold_notes(thresholds: dict[str, dict[str, Any]], monitoring: Monitoring) -> list[str]:
+    """One line per shared threshold overridden away from its source, so the site sees the rules now differ."""
+    notes = []
+    for (section, key), (source, read) in SHARED.items():
+        value, default = thresholds[section][key], read(monitoring)
+        if value != default:
+            notes.append(
+                f"'{section}.{key}' is {format_threshold(value)}, but {source} is {format_threshold(default)}: "
+                "the alert no longer matches the exporter unless its checks file or options say the same"
+            )
+    return notes
 
 
 # --------------------------------------------------------------------------- rules
 
 
-def _num(value: float) -> str:
-    """Format a threshold for PromQL and text: ``10``, ``0.5``, ``0.001``, ``1e-05``."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
-
-
 def _pct(fraction: float) -> str:
     """Format a 0..1 threshold as a percentage for descriptions: ``0.2`` -> ``20%``."""
-    return _num(round(fraction * 100, 10)) + "%"
+    return format_threshold(round(fraction * 100, 10)) + "%"
 
 
 def _fill(template: str, **values: str) -> str:
@@ -198,25 +247,21 @@ def _fill(template: str, **values: str) -> str:
 
 
 def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str) -> dict[str, Any]:
-    """One alerting rule in monitoring-mixin layout."""
+    """One alerting rule in monitoring-mixin layout (build_rules adds its runbook_url)."""
     rule: dict[str, Any] = {"alert": name, "expr": expr.strip()}
     if any(ch in "123456789" for ch in for_):
         rule["for"] = for_
     rule["labels"] = {"severity": severity}
-    rule["annotations"] = {
-        "summary": summary,
-        "description": description,
-        "runbook_url": f"{RUNBOOK_URL}#{name.lower()}",
-    }
+    rule["annotations"] = {"summary": summary, "description": description}
     return rule
 
 
 CHIP_TEXT = "chip {{ $labels.chip_id }} (io_group {{ $labels.io_group }}, io_channel {{ $labels.io_channel }})"
 
 
-def build_rules(t: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Build the rule-file document from merged thresholds."""
-    stale_age = _num(t["data_stale"]["max_age_seconds"])
+def build_rules(t: dict[str, dict[str, Any]], monitoring: Monitoring) -> dict[str, Any]:
+    """Build the rule-file document from merged thresholds and the job selector and runbook of ``monitoring``."""
+    stale_age = format_threshold(t["data_stale"]["max_age_seconds"])
     # Stale: nothing ingested for max_age_seconds, or nothing ever (the exporter exports NaN
     # until its first packet; NaN is the only value not equal to itself).
     stale = f"""(
@@ -226,13 +271,15 @@ def build_rules(t: dict[str, dict[str, Any]]) -> dict[str, Any]:
   larpix_exporter_last_ingest_timestamp_seconds != larpix_exporter_last_ingest_timestamp_seconds
 )"""
     unless_stale = f"unless on ({EXPORTER})\n{stale}"
-    job = json.dumps(t["exporter_down"]["job_regex"])
+    job = monitoring.job_matcher
+    silent = ChannelStatus.SILENT.label
+    noisy = ChannelStatus.NOISY.label
 
     rules = [
         _alert(
             "LarpixExporterDown",
             f"""
-up{{job=~{job}}} == 0
+up{{{job}}} == 0
 or
 (
   larpix_exporter_up == 0
@@ -240,14 +287,14 @@ or
   unless on ({EXPORTER}) rate(larpix_exporter_packets_ingested_total[5m]) > 0
 )
 or
-absent(up{{job=~{job}}})
+absent(up{{{job}}})
 """,
             t["exporter_down"]["for"],
             "critical",
             "LArPix DQM exporter is down: data quality is not monitored.",
             "{{ if $labels.instance }}The LArPix exporter {{ $labels.instance }} (job "
             "{{ $labels.job }}) cannot be scraped or its ingest loop has stopped."
-            "{{ else }}Prometheus has no scrape target whose job matches " + job + "."
+            "{{ else }}Prometheus has no scrape target whose job matches " + json.dumps(monitoring.job_regex) + "."
             "{{ end }} All LArPix data-quality alerts are blind while this fires.",
         ),
         _alert(
@@ -271,7 +318,7 @@ and on ({EXPORTER})
         _alert(
             "LarpixIngestLagHigh",
             f"""
-larpix_exporter_ingest_lag_seconds > {_num(t["ingest_lag"]["max_lag_seconds"])}
+larpix_exporter_ingest_lag_seconds > {format_threshold(t["ingest_lag"]["max_lag_seconds"])}
 {unless_stale}
 """,
             t["ingest_lag"]["for"],
@@ -282,7 +329,7 @@ larpix_exporter_ingest_lag_seconds > {_num(t["ingest_lag"]["max_lag_seconds"])}
                 "{{ $value | humanizeDuration }} behind the wall clock (threshold @lag@ s): "
                 "the exporter is not keeping up, is replaying a backlog, or the DAQ clock is "
                 "off.",
-                lag=_num(t["ingest_lag"]["max_lag_seconds"]),
+                lag=format_threshold(t["ingest_lag"]["max_lag_seconds"]),
             ),
         ),
         _alert(
@@ -330,10 +377,10 @@ sum by ({TARGET}, reason) (larpix_exporter_files_in_error) > 0
             "LarpixChipManySilentChannels",
             f"""
 (
-  sum by ({CHIP}) (larpix_chip_channels{{status="silent"}})
+  sum by ({CHIP}) (larpix_chip_channels{{status="{silent}"}})
   /
   sum by ({CHIP}) (larpix_chip_channels)
-) > {_num(t["chip_silent_channels"]["max_fraction"])}
+) > {format_threshold(t["chip_silent_channels"]["max_fraction"])}
 {unless_stale}
 """,
             t["chip_silent_channels"]["for"],
@@ -348,9 +395,9 @@ sum by ({TARGET}, reason) (larpix_exporter_files_in_error) > 0
         _alert(
             "LarpixChipNoisyChannels",
             f"""
-sum by ({CHIP}) (larpix_chip_channels{{status="noisy"}}) >= {t["chip_noisy_channels"]["min_count"]}
+sum by ({CHIP}) (larpix_chip_channels{{status="{noisy}"}}) >= {t["chip_noisy_channels"]["min_count"]}
 or on ({EXPORTER_CHIP})
-count by ({CHIP}) (larpix_channel_hit_rate_hertz > {_num(t["chip_noisy_channels"]["rate_hertz"])}) >= {t["chip_noisy_channels"]["min_count"]}
+count by ({CHIP}) (larpix_channel_hit_rate_hertz > {format_threshold(t["chip_noisy_channels"]["rate_hertz"])}) >= {t["chip_noisy_channels"]["min_count"]}
 """,
             t["chip_noisy_channels"]["for"],
             "warning",
@@ -360,7 +407,7 @@ count by ({CHIP}) (larpix_channel_hit_rate_hertz > {_num(t["chip_noisy_channels"
                 "@count@ channels; a channel is noisy above the exporter's cut or, with "
                 "--per-pixel, above @rate@ Hz).",
                 count=str(t["chip_noisy_channels"]["min_count"]),
-                rate=_num(t["chip_noisy_channels"]["rate_hertz"]),
+                rate=format_threshold(t["chip_noisy_channels"]["rate_hertz"]),
             ),
         ),
         _alert(
@@ -374,7 +421,7 @@ count by ({CHIP}) (larpix_channel_hit_rate_hertz > {_num(t["chip_noisy_channels"
   )
   /
   count by ({TARGET}, io_group, tile) (larpix_chip_info)
-) > {_num(t["tile_silent_chips"]["max_fraction"])}
+) > {format_threshold(t["tile_silent_chips"]["max_fraction"])}
 {unless_stale}
 """,
             t["tile_silent_chips"]["for"],
@@ -392,7 +439,7 @@ count by ({CHIP}) (larpix_channel_hit_rate_hertz > {_num(t["chip_noisy_channels"
 rate(larpix_chip_parity_errors_total[{t["parity_errors"]["rate_window"]}])
 /
 rate(larpix_chip_packets_total[{t["parity_errors"]["rate_window"]}])
-> {_num(t["parity_errors"]["max_ratio"])}
+> {format_threshold(t["parity_errors"]["max_ratio"])}
 """,
             t["parity_errors"]["for"],
             "warning",
@@ -421,7 +468,7 @@ increase(larpix_chip_fifo_flags_total{{level="full"}}[{t["fifo_full"]["window"]}
         _alert(
             "LarpixSyncMissing",
             f"""
-larpix_io_group_sync_rate_hertz < {_num(t["sync_missing"]["min_rate_hertz"])}
+larpix_io_group_sync_rate_hertz < {format_threshold(t["sync_missing"]["min_rate_hertz"])}
 {unless_stale}
 """,
             t["sync_missing"]["for"],
@@ -431,12 +478,14 @@ larpix_io_group_sync_rate_hertz < {_num(t["sync_missing"]["min_rate_hertz"])}
                 "io_group {{ $labels.io_group }} receives {{ $value }} 'S' syncs "
                 "per second of data time (expected 1, threshold @rate@): chip timestamps "
                 "cannot be trusted.",
-                rate=_num(t["sync_missing"]["min_rate_hertz"]),
+                rate=format_threshold(t["sync_missing"]["min_rate_hertz"]),
             ),
         ),
         _sync_offset_rule(t),
         *_check_rules(t, unless_stale),
     ]
+    for rule in rules:
+        rule["annotations"]["runbook_url"] = f"{monitoring.runbook_url}#{rule['alert'].lower()}"
     return {"groups": [{"name": GROUP_NAME, "rules": rules}]}
 
 
@@ -461,9 +510,10 @@ def _check_rules(t: dict[str, dict[str, Any]], unless_stale: str) -> list[dict[s
     LarpixCheckError comes before LarpixCheckWarning: the warning rule reads the error rule's
     ALERTS series, which rules evaluated later in the same group see at the same timestamp.
     """
-    groups = _listing("larpix_io_group_status{instance=%q} >= 2", "io_group", "{{ $s.Labels.io_group }}")
+    error, warning = int(CheckStatus.ERROR), int(CheckStatus.WARNING)
+    groups = _listing(f"larpix_io_group_status{{instance=%q}} >= {error}", "io_group", "{{ $s.Labels.io_group }}")
     checks = _listing(
-        "count by (check) (larpix_check_status{instance=%q} == 2)",
+        f"count by (check) (larpix_check_status{{instance=%q}} == {error})",
         "check",
         "{{ $s.Labels.check }} ({{ $s.Value }})",
     )
@@ -471,33 +521,33 @@ def _check_rules(t: dict[str, dict[str, Any]], unless_stale: str) -> list[dict[s
         _alert(
             "LarpixDetectorStatusError",
             f"""
-max by ({TARGET}) (larpix_detector_status) >= 2
+max by ({TARGET}) (larpix_detector_status) >= {error}
 {unless_stale}
 """,
             t["detector_status"]["for"],
             "critical",
             "LArPix data-quality checks put the detector in error.",
-            "The data-quality checks of {{ $labels.instance }} report status ERROR for the "
+            "The data-quality checks of {{ $labels.instance }} report status " + CheckStatus.ERROR.name + " for the "
             "detector (larpix_detector_status = {{ $value }}). io_groups in error: " + groups + ". "
             "Checks in error (number of chips or io_groups): " + checks + ".",
         ),
         _alert(
             "LarpixCheckError",
             f"""
-larpix_check_status == 2
+larpix_check_status == {error}
 {unless_stale}
 """,
             t["check_error"]["for"],
             "warning",
             "A LArPix data-quality check is in its error range.",
             CHECK_TARGET_TEXT + " fails check {{ $labels.check }}: its value is outside the "
-            "check's error range (larpix_check_status = 2). Ranges: docs/metrics.md, Checks.",
+            f"check's error range (larpix_check_status = {error}). Ranges: docs/metrics.md, Checks.",
         ),
         _alert(
             "LarpixCheckWarning",
             f"""
 (
-  larpix_check_status >= 1
+  larpix_check_status >= {warning}
   # already a LarpixCheckError ticket: no second alert for the same check
   unless on ({CHECK_SERIES})
   ALERTS{{alertname="LarpixCheckError", alertstate="firing"}}
@@ -509,8 +559,11 @@ larpix_check_status == 2
             "A LArPix data-quality check has been outside its warning range for a long time.",
             _fill(
                 CHECK_TARGET_TEXT + " has been outside the warning range of check "
-                "{{ $labels.check }} for @for@ (larpix_check_status = {{ $value }}; 1 warning, "
-                "2 error). Ranges: docs/metrics.md, Checks.",
+                "{{ $labels.check }} for @for@ (larpix_check_status = {{ $value }}; @scale@). "
+                "Ranges: docs/metrics.md, Checks.",
+                scale=", ".join(
+                    f"{int(status)} {status.label}" for status in CheckStatus if status is not CheckStatus.OK
+                ),
                 **{"for": t["check_warning"]["for"]},
             ),
         ),
@@ -525,9 +578,9 @@ def _sync_offset_rule(t: dict[str, dict[str, Any]]) -> dict[str, Any]:
     limit = float(cfg["max_abs_seconds"])
     buckets = f"sum by ({TARGET}, io_group, le) (rate(larpix_sync_offset_seconds_bucket[{cfg['rate_window']}]))"
     expr = f"""
-abs(histogram_quantile({_num(upper)}, {buckets})) > {_num(limit)}
+abs(histogram_quantile({format_threshold(upper)}, {buckets})) > {format_threshold(limit)}
 or
-abs(histogram_quantile({_num(lower)}, {buckets})) > {_num(limit)}
+abs(histogram_quantile({format_threshold(lower)}, {buckets})) > {format_threshold(limit)}
 """
     return _alert(
         "LarpixSyncOffset",
@@ -539,10 +592,10 @@ abs(histogram_quantile({_num(lower)}, {buckets})) > {_num(limit)}
             "A tail (quantile @lo@ or @hi@) of the 'S' sync offset (timestamp - 1e7 ticks) "
             "on io_group {{ $labels.io_group }} is {{ $value | humanize }}s away from zero "
             "(threshold @limit@ s = @ticks@ ticks of 100 ns).",
-            lo=_num(lower),
-            hi=_num(upper),
-            limit=_num(limit),
-            ticks=_num(round(limit / 1e-7, 6)),
+            lo=format_threshold(lower),
+            hi=format_threshold(upper),
+            limit=format_threshold(limit),
+            ticks=format_threshold(round(limit / 1e-7, 6)),
         ),
     )
 
@@ -562,14 +615,14 @@ def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str_representer)
 
 
-def render(t: dict[str, dict[str, Any]], source: str) -> str:
+def render(t: dict[str, dict[str, Any]], monitoring: Monitoring, source: str) -> str:
     """The rule file text: a do-not-edit header and the YAML document."""
     header = (
         "# Generated by alerts/generate.py -- do not edit by hand.\n"
         f"# Thresholds: {source}\n"
         "# Regenerate: python alerts/generate.py [--thresholds FILE] [--output FILE]\n"
     )
-    body = yaml.dump(build_rules(t), Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True)
+    body = yaml.dump(build_rules(t, monitoring), Dumper=_Dumper, sort_keys=False, width=4096, allow_unicode=True)
     return header + body
 
 
@@ -594,15 +647,18 @@ def main(argv: list[str] | None = None, write: Callable[[str], Any] = sys.stdout
         help="do not write; exit 1 if the output file differs from what would be generated",
     )
     args = parser.parse_args(argv)
+    monitoring = Monitoring()
     try:
-        thresholds = load_thresholds(DEFAULTS_FILE, args.thresholds)
+        thresholds = load_thresholds(monitoring, DEFAULTS_FILE, args.thresholds)
     except ThresholdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    source = "alerts/thresholds.yaml"
+    for note in shared_threshold_notes(thresholds, monitoring):
+        print(f"note: {args.thresholds}: {note}", file=sys.stderr)
+    source = "exporter/monitoring.py + alerts/thresholds.yaml"
     if args.thresholds is not None:
         source += f" + {args.thresholds}"
-    text = render(thresholds, source)
+    text = render(thresholds, monitoring, source)
     if args.output == "-":
         write(text)
         return 0

@@ -1,0 +1,1 @@
+"""The LArPix Grafana dashboards as code: one module per dashboard over the shared builders in ``panels``."""

@@ -1,0 +1,230 @@
+"""The ``larpix-overview`` dashboard: the page an operator keeps open (detector status, exporter health,
+firing alerts, packet, hit, sync and trigger rates)."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+
+from dashboards.panels import (
+    IOG,
+    STATUS_MAPPING,
+    STATUS_STEPS,
+    dashed_ok_range,
+    finish,
+    ingest_loop_panel,
+    new_dashboard,
+    organize,
+    query,
+    sort_by,
+    stat_panel,
+    status_timeline,
+    table_panel,
+    target_up_panel,
+    ts_panel,
+)
+from exporter.monitoring import Monitoring
+
+UID = "larpix-overview"
+
+
+def build(monitoring: Monitoring) -> dm.Dashboard:
+    """The overview dashboard; sync lines and the target selector come from ``monitoring``."""
+    dash = new_dashboard(
+        UID,
+        "LArPix / Overview",
+        "Detector status from the checks, packet, hit, sync and trigger rates per io_group, exporter health and "
+        "firing alerts.",
+    )
+    dash = dash.with_row(db.Row("Detector status"))
+    dash = (
+        dash.with_panel(
+            stat_panel(
+                "Detector status",
+                "Worst check status of the whole detector (larpix_detector_status): OK, WARNING or ERROR. "
+                "Which checks fail: LArPix / Chips, row Checks.",
+                query("max(larpix_detector_status)", instant=True),
+                "none",
+                steps=STATUS_STEPS,
+                mappings=STATUS_MAPPING,
+                h=6,
+            )
+            .graph_mode(cm.BigValueGraphMode.NONE)
+            .no_value("no status")
+        )
+        .with_panel(
+            status_timeline(
+                "io_group status",
+                "Worst check status of each io_group: its own checks (sync) and its chips' checks "
+                "(larpix_io_group_status).",
+                query(f"max by (io_group) (larpix_io_group_status{{{IOG}}})", "io_group {{io_group}}"),
+                w=10,
+            )
+        )
+        .with_panel(
+            status_timeline(
+                "Tile status",
+                "Worst check status of the chips of each tile (larpix_tile_status), for the tiles of the "
+                "selected io_groups.",
+                query(
+                    f"max by (tile) (larpix_tile_status and on (instance, tile) larpix_chip_info{{{IOG}}})",
+                    "tile {{tile}}",
+                ),
+                w=10,
+            )
+        )
+    )
+
+    dash = dash.with_row(db.Row("Exporter health"))
+    dash = (
+        dash.with_panel(target_up_panel(monitoring))
+        .with_panel(ingest_loop_panel("larpix_exporter_up: 1 while the ingest loop runs and its last poll completed."))
+        .with_panel(
+            stat_panel(
+                "Ingest lag",
+                "Wall clock minus the newest data time seen (larpix_exporter_ingest_lag_seconds).",
+                query("max(larpix_exporter_ingest_lag_seconds)"),
+                "s",
+                steps=[(None, "green"), (60, "yellow"), (300, "red")],
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Files tracked",
+                "Data files the exporter is watching.",
+                query("sum(larpix_exporter_files_tracked)"),
+                "none",
+                steps=[(None, "yellow"), (1, "green")],
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Files in error",
+                "Files whose last read failed (all reasons); see the LArPix / Exporter dashboard.",
+                query("sum(larpix_exporter_files_in_error) or vector(0)"),
+                "none",
+                steps=[(None, "green"), (1, "red")],
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "Read errors (time range)",
+                "Failed reads over the dashboard time range, all reasons.",
+                query("sum(increase(larpix_exporter_read_errors_total[$__range])) or vector(0)", instant=True),
+                "none",
+                steps=[(None, "green"), (1, "orange")],
+            ).graph_mode(cm.BigValueGraphMode.NONE)
+        )
+    )
+
+    dash = dash.with_row(db.Row("Active alerts"))
+    dash = dash.with_panel(
+        table_panel(
+            "Firing alerts",
+            'Alerts currently firing in Prometheus (ALERTS{alertstate="firing"}).',
+            [query('ALERTS{alertstate="firing"}', instant=True, fmt="table")],
+            [
+                organize(exclude=["Time", "Value", "__name__", "alertstate"]),
+                sort_by("severity", desc=False),
+            ],
+            w=24,
+            h=6,
+        ).no_value("No alerts firing")
+    )
+
+    dash = dash.with_row(db.Row("Packets and hits"))
+    dash = (
+        dash.with_panel(
+            ts_panel(
+                "Packet rate by type",
+                "Packets per second by io_group and packet type, from larpix_packets_total (log scale).",
+                [
+                    query(
+                        f"sum by (io_group, packet_type) (rate(larpix_packets_total{{{IOG}}}[$__rate_interval]))",
+                        "io_group {{io_group}} {{packet_type}}",
+                    )
+                ],
+                "pps",
+            ).scale_distribution(cb.ScaleDistributionConfig().type(cm.ScaleDistribution.LOG).log(10))
+        )
+        .with_panel(
+            ts_panel(
+                "Hit rate per io_group",
+                "Data packets per second over the exporter window (data time).",
+                [query(f"larpix_io_group_hit_rate_hertz{{{IOG}}}", "io_group {{io_group}}")],
+                "hertz",
+                w=6,
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Data age per io_group",
+                "Wall clock minus the newest data time seen on each io_group.",
+                [query(f"time() - larpix_io_group_last_data_timestamp_seconds{{{IOG}}}", "io_group {{io_group}}")],
+                "s",
+                w=6,
+            )
+        )
+    )
+
+    dash = dash.with_row(db.Row("Timing: syncs and triggers"))
+    dash = (
+        dash.with_panel(
+            dashed_ok_range(
+                ts_panel(
+                    "Sync rate ('S' syncs per second)",
+                    "PACMAN 'S' syncs per second of data time per io_group; expect 1.",
+                    [query(f"larpix_io_group_sync_rate_hertz{{{IOG}}}", "io_group {{io_group}}")],
+                    "hertz",
+                )
+                .axis_soft_min(0)
+                .axis_soft_max(2),
+                monitoring.sync_expected_range_hz,
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "External trigger rate",
+                "External trigger packets per second over the window, per io_group.",
+                [query(f"larpix_io_group_trigger_rate_hertz{{{IOG}}}", "io_group {{io_group}}")],
+                "hertz",
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Sync offset (p50 / p99)",
+                "'S' sync timestamp minus 1e7 ticks, in seconds, from the larpix_sync_offset_seconds histogram.",
+                [
+                    query(
+                        "histogram_quantile(0.5, sum by (io_group, le) "
+                        f"(rate(larpix_sync_offset_seconds_bucket{{{IOG}}}[$__rate_interval])))",
+                        "p50 io_group {{io_group}}",
+                        ref="A",
+                    ),
+                    query(
+                        "histogram_quantile(0.99, sum by (io_group, le) "
+                        f"(rate(larpix_sync_offset_seconds_bucket{{{IOG}}}[$__rate_interval])))",
+                        "p99 io_group {{io_group}}",
+                        ref="B",
+                    ),
+                ],
+                "s",
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Syncs by kind",
+                "Sync packets per second by kind: 'S' sync, 'H' heartbeat, 'C' clock switch.",
+                [
+                    query(
+                        f"sum by (io_group, kind) (rate(larpix_syncs_total{{{IOG}}}[$__rate_interval]))",
+                        "io_group {{io_group}} {{kind}}",
+                    )
+                ],
+                "pps",
+            )
+        )
+    )
+    return finish(dash)
