@@ -1,15 +1,41 @@
-"""Plot plugins: the built-in plots of larpix-dqm and the base class for new ones.
+"""Plots of larpix-dqm: the plugin framework and its public API; the built-in plots are in ``plots.builtin``.
 
-Every public module of this package (and of each ``--plugin-dir``) is searched for plot
-classes; the class name is the plot name. Two forms are accepted (see ``docs/plots.md``):
+Public API (what plugins and the exporter use; everything else is internal to this package):
 
-- predecessor style: any class with ``__call__(self, filename, fh, fig=None) -> Figure``,
-  ``fh`` being an in-memory h5py file whose ``packets`` dataset holds the new packets;
-- ``Plot`` subclasses, which get the decoded packet array and the running statistics.
+- ``Plot``, ``PlotContext``: the fast plugin form and what it is given (``plots.base``);
+- ``Snapshot``: the per-chip, per-channel and per-io_group arrays a plot draws from, documented
+  field by field with shape, dtype and unit (``exporter.quality.accumulator``);
+- ``discover``, ``Selection``: finding plugins in ``plots.builtin`` and in ``--plugin-dir``
+  folders, and choosing among them (``plots.discovery``);
+- ``PlotSettings``, ``PlotEngine``, ``PlotWorker``: drawing, and the thread that draws while
+  the exporter ingests (``plots.engine``); ``PlotStore``: the images on disk (``plots.store``).
 
-Modules whose name starts with an underscore are helpers, not plugins.
+Predecessor-style plugins (any class with ``__call__(self, filename, fh, fig=None)``) are
+accepted too (see ``docs/plots.md``). Names are imported on first use, so importing
+``plots.store`` (the web pages do) does not import matplotlib.
 """
 
-from plots.base import Plot, PlotContext
+from __future__ import annotations
 
-__all__ = ["Plot", "PlotContext"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Plot": "plots.base",
+    "PlotContext": "plots.base",
+    "Snapshot": "exporter.quality.accumulator",
+    "discover": "plots.discovery",
+    "Selection": "plots.discovery",
+    "PlotSettings": "plots.engine",
+    "PlotEngine": "plots.engine",
+    "PlotWorker": "plots.engine",
+    "PlotStore": "plots.store",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'plots' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
