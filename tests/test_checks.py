@@ -162,7 +162,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geometry):
-    from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
+    from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 
     from exporter.detector.geometry import packaged_layout
 
@@ -177,7 +177,7 @@ def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geom
     checks.write_text("checks:\n  pedestal:\n    warning: [60, 130]\n    error: [40, 140]\n")
     port = free_port()
     args = ["-i", str(tmp_path / "run"), "--geometry", layout, "--reference", str(tmp_path / "reference.npz")]
-    with running_serve([*args, "--checks", str(checks), "--interval", "0.2"], port):
+    with running_exporter([*args, "--checks", str(checks), "--interval", "0.2"], port):
         wait_for(
             lambda: sample(parse_metrics(scrape(port)), "larpix_exporter_last_data_timestamp_seconds") >= START + 39
         )

@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
+from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 from plothelpers import PNG_SIGNATURE, chromium, rate_image
 from test_plots_plugins import BROKEN, TEMPLATE, write_plugins
 
@@ -80,7 +80,7 @@ def served(tmp_path_factory, tile_geometry):
     port = free_port()
     args = ["-i", str(tmp / "data"), "--interval", "0.2", "--geometry", str(packaged_layout("layout-2.4.0.yaml"))]
     args += ["-o", str(plotdir), "--plot-interval", "1", "--plugin-dir", str(plugins)]
-    with running_serve(args, port) as proc:
+    with running_exporter(args, port) as proc:
         wanted = ["AnodeOverview", "PixelMap_1_1", "HotPixels", "PacketRate", "TemplatePlot"]
         wait_for(lambda: all((plotdir / "latest" / f"{n}.png").exists() for n in wanted), timeout=90)
         wait_for(lambda: 'larpix_exporter_plot_errors_total{plot="RaisesInCall"} 1' in scrape(port), timeout=30)
