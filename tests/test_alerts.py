@@ -66,6 +66,7 @@ ALERT_NAMES = [rule["alert"] for rule in _rules()]
 # --------------------------------------------------------------------------- promtool
 
 
+@pytest.mark.e2e
 def test_rules_pass_promtool_check_with_lint() -> None:
     promtool = require_binary("promtool")
     help_text = _run(promtool, "check", "rules", "--help")
@@ -77,6 +78,7 @@ def test_rules_pass_promtool_check_with_lint() -> None:
     assert "warning" not in output.lower(), output
 
 
+@pytest.mark.e2e
 def test_promtool_unit_tests_pass() -> None:
     promtool = require_binary("promtool")
     files = sorted(ALERTS.glob("tests/*.yml"))
@@ -191,6 +193,7 @@ def _generate(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return _run(sys.executable, GENERATE, *args)
 
 
+@pytest.mark.e2e
 def test_committed_rules_are_up_to_date() -> None:
     result = _generate("--output", "-")
     assert result.returncode == 0, result.stderr
@@ -201,6 +204,7 @@ def test_committed_rules_are_up_to_date() -> None:
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.e2e
 def test_override_changes_thresholds(tmp_path: Path) -> None:
     override = tmp_path / "site.yaml"
     override.write_text(
@@ -230,6 +234,7 @@ def test_override_changes_thresholds(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -251,6 +256,7 @@ def test_override_unknown_key_is_rejected(tmp_path: Path, content: str, key: str
     assert not output.exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -274,6 +280,7 @@ def test_override_bad_value_is_rejected(tmp_path: Path, content: str, key: str) 
 # --------------------------------------------------------------------------- Alertmanager
 
 
+@pytest.mark.e2e
 def test_amtool_check_config() -> None:
     amtool = require_binary("amtool")
     result = _run(amtool, "check-config", AM_CONFIG)
@@ -288,6 +295,7 @@ def _route(*labels: str) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
@@ -303,6 +311,7 @@ def test_routes(labels: list[str], receiver: str) -> None:
     assert _route(*labels) == receiver
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ALERT_NAMES)
 def test_every_alert_routes_by_its_severity(name: str) -> None:
     severity = _rule(name)["labels"]["severity"]
@@ -352,6 +361,7 @@ def _states(url: str, expected: dict[str, str]) -> dict[str, str]:
         return current()
 
 
+@pytest.mark.e2e
 def test_inhibition_rules(alertmanager: str) -> None:
     chip = {"job": "larpix", "io_group": "1", "io_channel": "5", "chip_id": "11"}
     alerts = [

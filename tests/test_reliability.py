@@ -36,6 +36,7 @@ FAULTS = Faults(
 )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometry, fmt):
     data, state = tmp_path / "data", tmp_path / "state"
@@ -73,6 +74,7 @@ def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometr
         assert "Traceback" not in proc.log.read_text()
 
 
+@pytest.mark.e2e
 def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_path, tile_geometry):
     from helpers import simulate_files
 
@@ -153,6 +155,7 @@ def reference_counts(directory) -> dict[tuple[str, str], int]:
     return counts
 
 
+@pytest.mark.e2e
 def test_concurrent_larpix_control_writers(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -191,6 +194,7 @@ def consistent(text: str) -> bool:
     return all(chips.get(g, 0.0) == v for g, v in groups.items())
 
 
+@pytest.mark.e2e
 def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     from helpers import simulate_files
 
@@ -231,6 +235,7 @@ def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     assert not inconsistent, f"{len(inconsistent)} scrapes saw a half-updated snapshot"
 
 
+@pytest.mark.e2e
 def test_sigterm_shuts_down_cleanly_with_a_checkpoint(tmp_path, tile_geometry):
     from helpers import simulate_files
 
@@ -249,6 +254,7 @@ def test_sigterm_shuts_down_cleanly_with_a_checkpoint(tmp_path, tile_geometry):
     assert "stopped in" in proc.log.read_text()
 
 
+@pytest.mark.e2e
 def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
     """As root, the exporter runs without the capabilities that let root read any file (setpriv)."""
     from helpers import simulate_files

@@ -44,6 +44,7 @@ def get(url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext |
         return err.code
 
 
+@pytest.mark.e2e
 def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     cert, key = certificate
@@ -66,6 +67,7 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
             get(f"http://127.0.0.1:{port}/metrics", ("shift", "s3cret"))
 
 
+@pytest.mark.e2e
 def test_basic_auth_without_tls(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     web = tmp_path / "web.yml"
@@ -77,6 +79,7 @@ def test_basic_auth_without_tls(tmp_path, tile_geometry):
         assert get(f"http://127.0.0.1:{port}/plots/", ("shift", "nope")) == 401
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -26,6 +26,8 @@ from exporter.detector.geometry import packaged_layout
 from exporter.reading.decode import decode_messages
 from exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
 
+pytestmark = pytest.mark.e2e
+
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)],
     noisy_channels=[(2, 5, 20, 12)],
