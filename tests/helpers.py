@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: simulated files, free ports, scraping, a running ``serve``."""
+"""Helpers shared by the tests: simulated files, free ports, scraping, waiting, and the programs
+the end-to-end tests run (the exporter, Alertmanager, any command), always stopped afterwards."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
 
 from exporter.reading.packets import PACKET_TYPE_NAMES
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
+T = TypeVar("T")
 
 
 #: Debian package providing each program the tests run.
@@ -66,67 +73,176 @@ def scrape(port: int, path: str = "/metrics", timeout: float = 10.0) -> str:
         return resp.read().decode()
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, give_up_on: type[Exception] | None = None):
-    """Poll ``predicate`` until it returns a truthy value or the timeout passes.
+def http_get(url: str, params: Mapping[str, str | list[str]] | None = None, timeout: float = 5.0) -> bytes:
+    """GET ``url`` (with query ``params``; list values repeat the key) and return the body."""
+    if params:
+        url += "?" + urllib.parse.urlencode(params, doseq=True)
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read()
 
-    Exceptions from ``predicate`` count as "not yet", except ``give_up_on``, which propagates.
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    what: str = "condition",
+    details: Callable[[], str] = str,
+    interval: float = 0.2,
+) -> T:
+    """Call ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    Exceptions from ``predicate`` (a server not up yet, a sample not exported yet) count as
+    "not yet" and the last one is reported, except AssertionError, which propagates (a failed
+    check, or a program that exited). ``details()`` is appended to the failure message.
     """
     deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    last: object = None
+    while True:
         try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as err:
-            if give_up_on is not None and isinstance(err, give_up_on):
-                raise
-            last = err
+            value = predicate()
+            if value:
+                return value
+            last = value
+        except AssertionError:
+            raise
+        except Exception as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})\n{details()}")
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Process:
+    """A program started by ``running_process``: its name, handle, output log and (servers) address."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    address: str = ""
+
+    def tail(self, lines: int = 25) -> str:
+        """The last ``lines`` lines of the program's output, for failure messages."""
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(popen: subprocess.Popen, stop_signal: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Send ``stop_signal``, wait up to ``timeout`` seconds, then SIGKILL; always reaps the child."""
+    if popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            popen.send_signal(stop_signal)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+    popen.wait()
 
 
 @contextlib.contextmanager
-def running_serve(
-    args: list[str],
-    port: int,
-    env: dict | None = None,
-    wrapper: list[str] | None = None,
+def running_process(
+    name: str,
+    cmd: list[str],
+    log: Path,
+    ready: Callable[[], object] | None = None,
+    ready_timeout: float = 30.0,
+    stop_signal: int = signal.SIGTERM,
+    stop_timeout: float = 15.0,
+    env: Mapping[str, str] | None = None,
+    address: str = "",
+) -> Iterator[Process]:
+    """Run ``cmd`` (``env`` added to the environment) with its output in ``log``; wait for
+    ``ready()``; always stop it on exit."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        )
+        proc = Process(name, popen, log, address)
+        try:
+            if ready is not None:
+
+                def up() -> object:
+                    if popen.poll() is not None:
+                        raise AssertionError(f"{name} exited with status {popen.returncode}:\n{proc.tail()}")
+                    return ready()
+
+                wait_for(up, ready_timeout, f"{name} ready", proc.tail)
+            yield proc
+        finally:
+            stop_process(popen, stop_signal, stop_timeout)
+
+
+#: Runs the CLI with Ctrl-C (SIGINT) handled even when this process was started with SIGINT
+#: ignored (a background job of a non-interactive shell, some CI runners): children inherit
+#: the ignored disposition, and Python then never raises KeyboardInterrupt.
+_CLI_WITH_SIGINT = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('exporter.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def larpix_dqm(*args: str) -> list[str]:
+    """Command line of the ``larpix-dqm`` CLI run with this interpreter (SIGINT handled)."""
+    return [sys.executable, "-c", _CLI_WITH_SIGINT, *args]
+
+
+@contextlib.contextmanager
+def running_exporter(
+    args: Sequence[str],
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
     ready_path: str | None = "/-/healthy",
-) -> Iterator[subprocess.Popen]:
-    """Run ``larpix-dqm serve`` in a subprocess on 127.0.0.1:port; always stopped afterwards.
+    log: Path | None = None,
+) -> Iterator[Process]:
+    """``larpix-dqm serve ARGS`` on 127.0.0.1:``port`` (default: a free one) until the block ends.
 
-    Its output goes to the file ``proc.log_path``; checkpoints to a fresh temporary state directory
-    unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix (e.g. setpriv);
-    ``ready_path=None`` waits for the port instead of an HTTP answer (TLS, basic auth).
+    Its output goes to ``log`` (default: a temporary file); checkpoints to a fresh temporary
+    state directory unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix
+    (e.g. setpriv); ``ready_path=None`` waits for the port instead of an HTTP answer (TLS, auth).
     """
-    cmd = [*(wrapper or []), sys.executable, "-m", "exporter.cli", "serve"]
-    cmd += ["--listen-address", "127.0.0.1", "--port", str(port), *args]
+    port = port or free_port()
+    address = f"127.0.0.1:{port}"
+    cmd = [*wrapper, *larpix_dqm("serve", "--listen-address", "127.0.0.1", "--port", str(port), *args)]
     env = {"LARPIX_DQM_STATE_DIR": tempfile.mkdtemp(prefix="larpix-dqm-state-"), **(env or {})}
-    log = tempfile.NamedTemporaryFile(prefix="larpix-dqm-serve-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    proc.log_path = Path(log.name)  # type: ignore[attr-defined]  # tests read what the exporter logged
-    log.close()
-    try:
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix="larpix-dqm-serve-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
 
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode}: {proc.log_path.read_text()[-2000:]}")
-            if ready_path is None:  # TLS or auth in front: wait until the port accepts connections
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return True
-            return scrape(port, ready_path) == "OK\n"
+    def ready() -> bool:
+        if ready_path is None:  # TLS or auth in front: wait until the port accepts connections
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        return http_get(f"http://{address}{ready_path}") == b"OK\n"
 
-        wait_for(healthy, timeout=30, give_up_on=RuntimeError)
+    with running_process("exporter", cmd, log, ready, env=env, address=address) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+
+
+@contextlib.contextmanager
+def running_alertmanager(config: Mapping[str, Any], workdir: Path) -> Iterator[Process]:
+    """A real Alertmanager (clustering off) with ``config`` on a free port, data in ``workdir``."""
+    config_file = workdir / "alertmanager.yml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    address = f"127.0.0.1:{free_port()}"
+    cmd = [
+        require_binary("prometheus-alertmanager", "alertmanager"),
+        f"--config.file={config_file}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address={address}",
+        "--cluster.listen-address=",
+    ]
+    ready = lambda: http_get(f"http://{address}/-/ready") is not None  # noqa: E731
+    with running_process("alertmanager", cmd, workdir / "alertmanager.log", ready, address=address) as proc:
+        yield proc
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:

@@ -1,10 +1,11 @@
 """The real monitoring stack on loopback, for end-to-end tests (``tests/test_stack.py``).
 
-Context managers start each program on 127.0.0.1 with a free port, its own temporary
-directory and a log file, wait until it answers, and always stop it when the ``with`` block
-ends, however it ends: SIGTERM (SIGINT for the simulator, so it closes its HDF5 file), then
-SIGKILL if it has not exited within a timeout. Nothing here is a pytest fixture, so a test
-decides the order in which things start (and, through ``contextlib.ExitStack``, stop).
+Context managers (built on ``helpers.running_process``, like the exporter and Alertmanager
+there) start the simulator and Prometheus on 127.0.0.1 with their own temporary directory and
+a log file, wait until they answer, and always stop them when the ``with`` block ends, however
+it ends: SIGTERM (SIGINT for the simulator, so it closes its HDF5 file), then SIGKILL if it has
+not exited within a timeout. Nothing here is a pytest fixture, so a test decides the order in
+which things start (and, through ``contextlib.ExitStack``, stop).
 
 Also: config builders that derive the test's Prometheus and Alertmanager configs from the
 shipped ``prometheus.yml`` and ``alertmanager.yml`` (only addresses and intervals change),
@@ -16,143 +17,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from helpers import free_port, require_binary
+from helpers import Process, http_get, larpix_dqm, require_binary, running_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_RULES = ROOT / "alerts" / "generate.py"
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Process:
-    """A program started by ``running_process``: its name, handle and combined output log."""
-
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def tail(self, lines: int = 25) -> str:
-        """The last ``lines`` lines of the program's output, for failure messages."""
-        try:
-            text = self.log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_process(popen: subprocess.Popen, stop_signal: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    """Send ``stop_signal``, wait up to ``timeout`` seconds, then SIGKILL; always reaps the child."""
-    if popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            popen.send_signal(stop_signal)
-        try:
-            popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-    popen.wait()
-
-
-def poll_until(predicate: Callable[[], T], timeout: float, what: str, details: Callable[[], str] = str) -> T:
-    """Call ``predicate`` until it returns something truthy; fail after ``timeout`` seconds.
-
-    Exceptions raised by ``predicate`` (a server not up yet) count as "not yet"; the last one
-    is reported. ``details()`` is appended to the failure message.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-            last = value
-        except (OSError, ValueError, KeyError) as exc:  # URLError is an OSError
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})\n{details()}")
-        time.sleep(0.25)
-
-
-@contextlib.contextmanager
-def running_process(
-    name: str,
-    cmd: list[str],
-    log: Path,
-    ready: Callable[[], object] | None = None,
-    ready_timeout: float = 30.0,
-    stop_signal: int = signal.SIGTERM,
-    stop_timeout: float = 15.0,
-    env: Mapping[str, str] | None = None,
-) -> Iterator[Process]:
-    """Run ``cmd`` (``env`` added to the environment) with its output in ``log``; wait for
-    ``ready()``; always stop it on exit."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-        )
-        proc = Process(name, popen, log)
-        try:
-            if ready is not None:
-
-                def up() -> object:
-                    if popen.poll() is not None:
-                        raise AssertionError(f"{name} exited with status {popen.returncode}:\n{proc.tail()}")
-                    return ready()
-
-                poll_until(up, ready_timeout, f"{name} ready", proc.tail)
-            yield proc
-        finally:
-            stop_process(popen, stop_signal, stop_timeout)
-
-
-#: Runs the CLI with Ctrl-C (SIGINT) handled even when this process was started with SIGINT
-#: ignored (a background job of a non-interactive shell, some CI runners): children inherit
-#: the ignored disposition, and Python then never raises KeyboardInterrupt.
-_CLI_WITH_SIGINT = (
-    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('exporter.cli', run_name='__main__', alter_sys=True)"
-)
-
-
-def _larpix_dqm(*args: str) -> list[str]:
-    """Command line of the ``larpix-dqm`` CLI run with this interpreter (SIGINT handled)."""
-    return [sys.executable, "-c", _CLI_WITH_SIGINT, *args]
-
-
-@contextlib.contextmanager
-def running_exporter(inputs: Iterable[Path], workdir: Path, *args: str) -> Iterator[tuple[str, Process]]:
-    """``larpix-dqm serve`` on 127.0.0.1:<free port>; yields its address (host:port) and process.
-
-    Checkpoints (if the exporter writes them) go to ``workdir``/state, not the home directory.
-    """
-    address = f"127.0.0.1:{free_port()}"
-    host, port = address.split(":")
-    inputs_args = [arg for path in inputs for arg in ("-i", str(path))]
-    cmd = _larpix_dqm("serve", *inputs_args, "--listen-address", host, "--port", port, *args)
-    ready = lambda: http_get(f"http://{address}/-/healthy") == b"OK\n"  # noqa: E731
-    env = {"LARPIX_DQM_STATE_DIR": str(workdir / "state")}
-    with running_process("exporter", cmd, workdir / "exporter.log", ready, env=env) as proc:
-        yield address, proc
 
 
 @contextlib.contextmanager
@@ -161,14 +44,14 @@ def running_simulator(outdir: Path, log: Path, *args: str) -> Iterator[Process]:
 
     Stopped with SIGINT, which the command handles by closing its file cleanly.
     """
-    cmd = _larpix_dqm("simulate", str(outdir), *args)
+    cmd = larpix_dqm("simulate", str(outdir), *args)
     with running_process("simulator", cmd, log, stop_signal=signal.SIGINT) as proc:
         yield proc
 
 
 def write_backlog(outdir: Path, start_time: int, seconds: int, *args: str) -> None:
     """Write ``seconds`` seconds of simulated data starting at ``start_time`` (``--fast``)."""
-    cmd = _larpix_dqm("simulate", str(outdir), "--fast", "--start-time", str(start_time), "--seconds", str(seconds))
+    cmd = larpix_dqm("simulate", str(outdir), "--fast", "--start-time", str(start_time), "--seconds", str(seconds))
     result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"simulator backlog failed:\n{result.stdout}{result.stderr}"
 
@@ -188,25 +71,6 @@ def running_prometheus(config: Mapping[str, Any], workdir: Path, address: str) -
     ready = lambda: http_get(f"http://{address}/-/ready").startswith(b"Prometheus")  # noqa: E731
     with running_process("prometheus", cmd, workdir / "prometheus.log", ready) as proc:
         yield proc
-
-
-@contextlib.contextmanager
-def running_alertmanager(config: Mapping[str, Any], workdir: Path) -> Iterator[tuple[str, Process]]:
-    """A real Alertmanager (clustering off) with ``config``; yields its address and process."""
-    config_file = workdir / "alertmanager.yml"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump(dict(config), sort_keys=False))
-    address = f"127.0.0.1:{free_port()}"
-    cmd = [
-        require_binary("prometheus-alertmanager", "alertmanager"),
-        f"--config.file={config_file}",
-        f"--storage.path={workdir / 'data'}",
-        f"--web.listen-address={address}",
-        "--cluster.listen-address=",
-    ]
-    ready = lambda: http_get(f"http://{address}/-/ready") is not None  # noqa: E731
-    with running_process("alertmanager", cmd, workdir / "alertmanager.log", ready) as proc:
-        yield address, proc
 
 
 # --------------------------------------------------------------------------- webhook receiver
@@ -372,14 +236,6 @@ def cut_layout(source: Path, keep: Mapping[int, Iterable[int] | None], out: Path
 
 
 # --------------------------------------------------------------------------- HTTP APIs
-
-
-def http_get(url: str, params: Mapping[str, str | list[str]] | None = None, timeout: float = 5.0) -> bytes:
-    """GET ``url`` (with query ``params``; list values repeat the key) and return the body."""
-    if params:
-        url += "?" + urllib.parse.urlencode(params, doseq=True)
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read()
 
 
 class PromQLError(Exception):

@@ -10,8 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -20,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import free_port, require_binary
+from helpers import require_binary, running_alertmanager, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "alerts"
@@ -68,6 +66,7 @@ ALERT_NAMES = [rule["alert"] for rule in _rules()]
 # --------------------------------------------------------------------------- promtool
 
 
+@pytest.mark.e2e
 def test_rules_pass_promtool_check_with_lint() -> None:
     promtool = require_binary("promtool")
     help_text = _run(promtool, "check", "rules", "--help")
@@ -79,6 +78,7 @@ def test_rules_pass_promtool_check_with_lint() -> None:
     assert "warning" not in output.lower(), output
 
 
+@pytest.mark.e2e
 def test_promtool_unit_tests_pass() -> None:
     promtool = require_binary("promtool")
     files = sorted(ALERTS.glob("tests/*.yml"))
@@ -193,6 +193,7 @@ def _generate(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return _run(sys.executable, GENERATE, *args)
 
 
+@pytest.mark.e2e
 def test_committed_rules_are_up_to_date() -> None:
     result = _generate("--output", "-")
     assert result.returncode == 0, result.stderr
@@ -203,6 +204,7 @@ def test_committed_rules_are_up_to_date() -> None:
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.e2e
 def test_override_changes_thresholds(tmp_path: Path) -> None:
     override = tmp_path / "site.yaml"
     override.write_text(
@@ -232,6 +234,7 @@ def test_override_changes_thresholds(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -253,6 +256,7 @@ def test_override_unknown_key_is_rejected(tmp_path: Path, content: str, key: str
     assert not output.exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -276,6 +280,7 @@ def test_override_bad_value_is_rejected(tmp_path: Path, content: str, key: str) 
 # --------------------------------------------------------------------------- Alertmanager
 
 
+@pytest.mark.e2e
 def test_amtool_check_config() -> None:
     amtool = require_binary("amtool")
     result = _run(amtool, "check-config", AM_CONFIG)
@@ -290,6 +295,7 @@ def _route(*labels: str) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
@@ -305,6 +311,7 @@ def test_routes(labels: list[str], receiver: str) -> None:
     assert _route(*labels) == receiver
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ALERT_NAMES)
 def test_every_alert_routes_by_its_severity(name: str) -> None:
     severity = _rule(name)["labels"]["severity"]
@@ -321,45 +328,10 @@ def _http(url: str, payload: Any = None) -> Any:
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throw-away Alertmanager running alertmanager.yml on a free local port."""
-    binary = require_binary("prometheus-alertmanager", "alertmanager")
-    work = tmp_path_factory.mktemp("alertmanager")
-    port = free_port()
-    log = (work / "alertmanager.log").open("w")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={AM_CONFIG}",
-            f"--storage.path={work}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail(
-                        "Alertmanager did not start:\n" + (work / "alertmanager.log").read_text(encoding="utf-8")
-                    )
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """A throw-away Alertmanager running alertmanager.yml on a free local port; yields its URL."""
+    config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
+    with running_alertmanager(config, tmp_path_factory.mktemp("alertmanager")) as proc:
+        yield f"http://{proc.address}"
 
 
 def _alert(**labels: str) -> dict[str, Any]:
@@ -374,17 +346,22 @@ def _alert(**labels: str) -> dict[str, Any]:
 
 
 def _states(url: str, expected: dict[str, str]) -> dict[str, str]:
-    """Poll until every alert named in ``expected`` (by its ``case`` label) has that state."""
-    deadline = time.monotonic() + 15
-    while True:
-        states = {a["labels"]["case"]: a["status"]["state"] for a in _http(f"{url}/api/v2/alerts")}
-        if all(states.get(case) == state for case, state in expected.items()):
-            return states
-        if time.monotonic() > deadline:
-            return states
-        time.sleep(0.2)
+    """Poll until every alert named in ``expected`` (by its ``case`` label) has that state; the states seen last."""
+
+    def current() -> dict[str, str]:
+        return {a["labels"]["case"]: a["status"]["state"] for a in _http(f"{url}/api/v2/alerts")}
+
+    def settled() -> dict[str, str] | None:
+        states = current()
+        return states if all(states.get(case) == state for case, state in expected.items()) else None
+
+    try:
+        return wait_for(settled, timeout=15, what="alert states")
+    except AssertionError:  # not settled: the caller's assertion shows the difference
+        return current()
 
 
+@pytest.mark.e2e
 def test_inhibition_rules(alertmanager: str) -> None:
     chip = {"job": "larpix", "io_group": "1", "io_channel": "5", "chip_id": "11"}
     alerts = [

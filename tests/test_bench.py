@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.e2e, pytest.mark.bench]
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 

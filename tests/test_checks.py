@@ -54,6 +54,7 @@ def test_checks_flag_faults_and_roll_up(module_geometry):
     assert sync.name == "sync" and (r.group_status[0][[1, 2]] == 0).all()
 
 
+@pytest.mark.e2e  # two minutes of a whole module's data: seconds
 def test_reference_flags_exactly_the_changed_chips(module_geometry, tmp_path):
     baseline = run_monitor(module_geometry, 60, seed=1, window=10**6, window_bins=1)
     Reference.from_snapshot(baseline.update().snapshot, ["baseline-run"]).save(tmp_path / "reference.npz")
@@ -147,6 +148,7 @@ def test_a_failing_handler_does_not_stop_the_monitor(tile_geometry):
     assert monitor.update().snapshot.chip_packets.sum() > 0
 
 
+@pytest.mark.e2e
 def test_documented_api_example_runs():
     result = subprocess.run(
         [sys.executable, str(ROOT / "docs" / "monitor_example.py")], capture_output=True, text=True, timeout=120
@@ -161,8 +163,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.e2e
 def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geometry):
-    from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
+    from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 
     from exporter.detector.geometry import packaged_layout
 
@@ -177,7 +180,7 @@ def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geom
     checks.write_text("checks:\n  pedestal:\n    warning: [60, 130]\n    error: [40, 140]\n")
     port = free_port()
     args = ["-i", str(tmp_path / "run"), "--geometry", layout, "--reference", str(tmp_path / "reference.npz")]
-    with running_serve([*args, "--checks", str(checks), "--interval", "0.2"], port):
+    with running_exporter([*args, "--checks", str(checks), "--interval", "0.2"], port):
         wait_for(
             lambda: sample(parse_metrics(scrape(port)), "larpix_exporter_last_data_timestamp_seconds") >= START + 39
         )

@@ -58,11 +58,12 @@ def test_module_pixel_maps_are_named_by_tile_within_io_group(module_geometry):
 @pytest.mark.parametrize(
     "layout, fmt",
     [
-        ("multi_tile_layout-2.4.16.yaml", "raw"),
-        ("multi_tile_layout-2.4.16.yaml", "packets"),
-        ("multi_tile_layout-2.3.16.yaml", "raw"),  # geometry-dependent plots only, below
+        # a whole module takes seconds per case: end-to-end; the single tiles below are the fast subset's
+        pytest.param("multi_tile_layout-2.4.16.yaml", "raw", marks=pytest.mark.e2e),
+        pytest.param("multi_tile_layout-2.4.16.yaml", "packets", marks=pytest.mark.e2e),
+        pytest.param("multi_tile_layout-2.3.16.yaml", "raw", marks=pytest.mark.e2e),  # geometry-dependent plots only
         ("layout-2.4.0.yaml", "raw"),
-        ("layout-2.4.0.yaml", "packets"),
+        pytest.param("layout-2.4.0.yaml", "packets", marks=pytest.mark.e2e),  # both formats run on other tiles
         ("layout-3.0.0.yaml", "packets"),
     ],
 )
@@ -130,6 +131,7 @@ def live_polls(directory, geometry, fmt: str, seconds: int, outdir) -> PlotEngin
     return engine
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_polls_end_with_the_same_figures_as_one_pass(tmp_path, module_geometry, fmt):
     live = live_polls(tmp_path / "data", module_geometry, fmt, 11, tmp_path / "live")

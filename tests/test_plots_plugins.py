@@ -198,6 +198,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_once_draws_chosen_plots_and_reports_option_errors(tmp_path, tile_geometry):
     paths, truth = simulate_files(tile_geometry, tmp_path / "data", 12, "raw")
     out = tmp_path / "out"

@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import free_port, parse_metrics, running_serve, sample, scrape, simulate_files, wait_for
+from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 from plothelpers import PNG_SIGNATURE, chromium, rate_image
 from test_plots_plugins import BROKEN, TEMPLATE, write_plugins
 
@@ -80,13 +80,14 @@ def served(tmp_path_factory, tile_geometry):
     port = free_port()
     args = ["-i", str(tmp / "data"), "--interval", "0.2", "--geometry", str(packaged_layout("layout-2.4.0.yaml"))]
     args += ["-o", str(plotdir), "--plot-interval", "1", "--plugin-dir", str(plugins)]
-    with running_serve(args, port) as proc:
+    with running_exporter(args, port) as proc:
         wanted = ["AnodeOverview", "PixelMap_1_1", "HotPixels", "PacketRate", "TemplatePlot"]
         wait_for(lambda: all((plotdir / "latest" / f"{n}.png").exists() for n in wanted), timeout=90)
         wait_for(lambda: 'larpix_exporter_plot_errors_total{plot="RaisesInCall"} 1' in scrape(port), timeout=30)
         yield {"port": port, "plotdir": plotdir, "stem": paths[0].stem, "proc": proc}
 
 
+@pytest.mark.e2e
 def test_serve_writes_plots_per_file_and_latest(served):
     plotdir, stem = served["plotdir"], served["stem"]
     latest = sorted(p.stem for p in (plotdir / "latest").glob("*.png"))
@@ -100,6 +101,7 @@ def test_serve_writes_plots_per_file_and_latest(served):
     assert not [p for p in plotdir.rglob("*") if p.name.startswith(".")]  # atomic writes leave no temporaries
 
 
+@pytest.mark.e2e
 def test_plots_are_served_and_nothing_outside(served):
     port, plotdir, stem = served["port"], served["plotdir"], served["stem"]
     status, headers, body = raw_get(port, "/plots/PixelMap_1_1.png?t=1700000000")
@@ -119,6 +121,7 @@ def test_plots_are_served_and_nothing_outside(served):
     assert raw_get(port, "/plots/../../etc/passwd")[0] == 404
 
 
+@pytest.mark.e2e
 def test_plot_metrics_are_valid_and_count_failures(served):
     text = scrape(served["port"])
     samples = parse_metrics(text)
@@ -131,6 +134,7 @@ def test_plot_metrics_are_valid_and_count_failures(served):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.e2e
 def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
     port = served["port"]
     url = f"http://127.0.0.1:{port}/"
@@ -148,6 +152,7 @@ def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
     assert shot.read_bytes()[:8] == PNG_SIGNATURE and shot.stat().st_size > 50_000
 
 
+@pytest.mark.e2e
 def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
     _, truth = simulate_files(module_geometry, tmp_path / "data", 20, "packets")
     total = sum(truth.packet_types.values())

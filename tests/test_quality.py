@@ -87,6 +87,7 @@ def test_backlog_gives_the_same_rates_as_live(module_geometry, faulty_run):
     np.testing.assert_array_equal(a.chip_packets, b.chip_packets)
 
 
+@pytest.mark.e2e  # 80 s of a whole module's data: seconds
 def test_window_forgets_old_data(module_geometry):
     run = seconds_of_data(module_geometry, 10) + seconds_of_data(
         module_geometry, 70, Faults(silent_chips=[(1, 2, 40)]), START + 10

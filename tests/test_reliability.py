@@ -16,7 +16,17 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import START, check_counters, free_port, ingested, parse_metrics, running_serve, sample, scrape, wait_for
+from helpers import (
+    START,
+    check_counters,
+    free_port,
+    ingested,
+    parse_metrics,
+    running_exporter,
+    sample,
+    scrape,
+    wait_for,
+)
 
 from exporter.detector.geometry import packaged_layout
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
@@ -26,6 +36,7 @@ FAULTS = Faults(
 )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometry, fmt):
     data, state = tmp_path / "data", tmp_path / "state"
@@ -44,25 +55,26 @@ def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometr
     try:
         for _ in range(4):
             port = free_port()
-            with running_serve(args, port, env) as proc:
+            with running_exporter(args, port, env) as proc:
                 time.sleep(rng.uniform(0.2, 1.5))
-                proc.kill()  # SIGKILL: no chance to write a last checkpoint
-                proc.wait()
+                proc.popen.kill()  # SIGKILL: no chance to write a last checkpoint
+                proc.popen.wait()
                 kills += 1
     finally:
         writer.join()
     assert kills == 4 and list(state.glob("state-*.npz")), "a checkpoint was written before the kills"
     port = free_port()
-    with running_serve(args, port, env) as proc:
+    with running_exporter(args, port, env) as proc:
         total = sum(truth.packet_types.values())
         wait_for(lambda: ingested(port) >= total, timeout=90)
         time.sleep(1.0)  # a few more polls: nothing may be counted twice
         samples = parse_metrics(scrape(port))
         assert ingested(port) == total
         check_counters(samples, [truth])
-        assert "Traceback" not in proc.log_path.read_text()
+        assert "Traceback" not in proc.log.read_text()
 
 
+@pytest.mark.e2e
 def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_path, tile_geometry):
     from helpers import simulate_files
 
@@ -74,15 +86,15 @@ def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_p
     def data_packets() -> float:
         return sum(v for (n, lab), v in parse_metrics(scrape(port)).items() if n == "larpix_chip_packets_total")
 
-    with running_serve(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
+    with running_exporter(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
         full = wait_for(lambda: ingested(port) > 0 and data_packets())
         seen = [data_packets() for _ in range(5)]
         assert seen == sorted(seen) and seen[-1] == full, "counters never go down while running"
-    with running_serve(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
+    with running_exporter(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
         assert data_packets() == full, "restored from the checkpoint before the first scrape"
         time.sleep(0.6)
         assert data_packets() == full, "nothing re-read after the restart"
-    with running_serve([*args, "--state-file", "-"], port):
+    with running_exporter([*args, "--state-file", "-"], port):
         first = data_packets()
         assert first <= full, "a restart without state starts again from zero (a counter reset)"
         wait_for(lambda: data_packets() == full)
@@ -143,11 +155,12 @@ def reference_counts(directory) -> dict[tuple[str, str], int]:
     return counts
 
 
+@pytest.mark.e2e
 def test_concurrent_larpix_control_writers(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     port = free_port()
-    with running_serve(["-i", str(data), "--interval", "0.2"], port) as proc:
+    with running_exporter(["-i", str(data), "--interval", "0.2"], port) as proc:
         writer = subprocess.run(
             [sys.executable, "-c", WRITER, str(data), "5"], capture_output=True, text=True, timeout=120
         )
@@ -164,7 +177,7 @@ def test_concurrent_larpix_control_writers(tmp_path):
                 assert sample(samples, "larpix_chip_packets_total", io_group=g, io_channel=c, chip_id=chip) == value
             else:
                 assert sample(samples, "larpix_packets_total", io_group=key, packet_type=names[int(kind)]) == value
-        log = proc.log_path.read_text()
+        log = proc.log.read_text()
         assert "Traceback" not in log and "poll failed" not in log
 
 
@@ -181,6 +194,7 @@ def consistent(text: str) -> bool:
     return all(chips.get(g, 0.0) == v for g, v in groups.items())
 
 
+@pytest.mark.e2e
 def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     from helpers import simulate_files
 
@@ -192,7 +206,7 @@ def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     failures: list[str] = []
     inconsistent: list[int] = []
     clients, seconds = 20, float(os.environ.get("LARPIX_DQM_LOAD_SECONDS", "20"))
-    with running_serve(["-i", str(tmp_path), "--interval", "0.2", "--geometry", str(packaged_layout())], port):
+    with running_exporter(["-i", str(tmp_path), "--interval", "0.2", "--geometry", str(packaged_layout())], port):
         deadline = time.monotonic() + seconds
 
         def client() -> None:
@@ -221,24 +235,26 @@ def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     assert not inconsistent, f"{len(inconsistent)} scrapes saw a half-updated snapshot"
 
 
+@pytest.mark.e2e
 def test_sigterm_shuts_down_cleanly_with_a_checkpoint(tmp_path, tile_geometry):
     from helpers import simulate_files
 
     simulate_files(tile_geometry, tmp_path / "data", 3)
     state = tmp_path / "state"
     port = free_port()
-    with running_serve(
+    with running_exporter(
         ["-i", str(tmp_path / "data"), "--interval", "0.2"], port, {"LARPIX_DQM_STATE_DIR": str(state)}
     ) as proc:
         wait_for(lambda: ingested(port) > 0)
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0
         assert time.monotonic() - started < 10
     assert list(state.glob("state-*.npz"))
-    assert "stopped in" in proc.log_path.read_text()
+    assert "stopped in" in proc.log.read_text()
 
 
+@pytest.mark.e2e
 def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
     """As root, the exporter runs without the capabilities that let root read any file (setpriv)."""
     from helpers import simulate_files
@@ -253,7 +269,7 @@ def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
         caps = "-dac_override,-dac_read_search"
         wrapper = ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
     port = free_port()
-    with running_serve(["-i", str(data), "--interval", "0.2"], port, wrapper=wrapper) as proc:
+    with running_exporter(["-i", str(data), "--interval", "0.2"], port, wrapper=wrapper) as proc:
         wait_for(lambda: ingested(port) == sum(truth.packet_types.values()))
         samples = parse_metrics(scrape(port))
         assert sample(samples, "larpix_exporter_files_in_error", reason="permission") == 1
@@ -261,7 +277,7 @@ def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
         wait_for(lambda: ingested(port) > sum(truth.packet_types.values()))
         samples = parse_metrics(scrape(port))
         assert ("larpix_exporter_files_in_error", frozenset({("reason", "permission")})) not in samples
-        log = proc.log_path.read_text()
+        log = proc.log.read_text()
         assert log.count("reason: permission") == 1, "logged once, not every poll"
         assert f"{secret}: readable again" in log
 

@@ -12,7 +12,7 @@ import urllib.request
 import bcrypt
 import numpy as np
 import pytest
-from helpers import free_port, running_serve, simulate_files
+from helpers import free_port, running_exporter, simulate_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,6 +44,7 @@ def get(url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext |
         return err.code
 
 
+@pytest.mark.e2e
 def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     cert, key = certificate
@@ -53,7 +54,7 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
         f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\nbasic_auth_users:\n  shift: '{hashed}'\n"
     )
     port = free_port()
-    with running_serve(["-i", str(tmp_path / "data"), "--web.config.file", str(web)], port, ready_path=None):
+    with running_exporter(["-i", str(tmp_path / "data"), "--web.config.file", str(web)], port, ready_path=None):
         trusted = ssl.create_default_context(cafile=str(cert))
         url = f"https://127.0.0.1:{port}/metrics"
         assert get(url, context=trusted) == 401
@@ -66,17 +67,19 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
             get(f"http://127.0.0.1:{port}/metrics", ("shift", "s3cret"))
 
 
+@pytest.mark.e2e
 def test_basic_auth_without_tls(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     web = tmp_path / "web.yml"
     web.write_text(f"basic_auth_users:\n  shift: '{bcrypt.hashpw(b'pw', bcrypt.gensalt(4)).decode()}'\n")
     port = free_port()
-    with running_serve(["-i", str(tmp_path / "data"), "--web.config.file", str(web)], port, ready_path=None):
+    with running_exporter(["-i", str(tmp_path / "data"), "--web.config.file", str(web)], port, ready_path=None):
         assert get(f"http://127.0.0.1:{port}/metrics") == 401
         assert get(f"http://127.0.0.1:{port}/metrics", ("shift", "pw")) == 200
         assert get(f"http://127.0.0.1:{port}/plots/", ("shift", "nope")) == 401
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("text", "message"),
     [

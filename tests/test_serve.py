@@ -15,7 +15,7 @@ from helpers import (
     free_port,
     ingested,
     parse_metrics,
-    running_serve,
+    running_exporter,
     sample,
     scrape,
     simulate_files,
@@ -25,6 +25,8 @@ from helpers import (
 from exporter.detector.geometry import packaged_layout
 from exporter.reading.decode import decode_messages
 from exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
+
+pytestmark = pytest.mark.e2e
 
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)],
@@ -41,7 +43,7 @@ def test_serve_counts_exactly_and_flags_faults(tmp_path, module_geometry, fmt):
     _, truth = simulate_files(module_geometry, tmp_path, 65, fmt, FAULTS)
     port = free_port()
     args = ["-i", str(tmp_path), "--interval", "0.2", "--geometry", str(packaged_layout())]
-    with running_serve(args, port):
+    with running_exporter(args, port):
         total = sum(truth.packet_types.values())
         wait_for(lambda: ingested(port) == total, timeout=60)
         text = scrape(port)
@@ -77,7 +79,7 @@ def test_serve_follows_live_appends_and_survives_bad_files(tmp_path, module_geom
     truth = Truth()
     port = free_port()
     (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all" * 100)
-    with running_serve(["-i", str(tmp_path), "--interval", "0.2"], port):
+    with running_exporter(["-i", str(tmp_path), "--interval", "0.2"], port):
         for t in range(5):
             msgs, groups = sim.second(START + t)
             writer.append(msgs, groups)
@@ -94,12 +96,12 @@ def test_serve_follows_live_appends_and_survives_bad_files(tmp_path, module_geom
 def test_per_pixel_series_only_when_enabled(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path, 3, "raw")
     port = free_port()
-    with running_serve(["-i", str(tmp_path), "--interval", "0.2"], port):
+    with running_exporter(["-i", str(tmp_path), "--interval", "0.2"], port):
         wait_for(lambda: ingested(port) > 0)
         assert "larpix_channel_hit_rate_hertz" not in scrape(port, "/metrics?per_pixel=1")
     port = free_port()
     tile_layout = str(packaged_layout("layout-2.4.0.yaml"))
-    with running_serve(["-i", str(tmp_path), "--interval", "0.2", "--per-pixel", "--geometry", tile_layout], port):
+    with running_exporter(["-i", str(tmp_path), "--interval", "0.2", "--per-pixel", "--geometry", tile_layout], port):
         wait_for(lambda: ingested(port) > 0)
         assert "larpix_channel_hit_rate_hertz" not in scrape(port)
         text = scrape(port, "/metrics?per_pixel=1")
@@ -144,7 +146,7 @@ def test_config_file_values_are_used_and_cli_wins(tmp_path, tile_geometry):
         f"inputs: [{tmp_path / 'data'}]\nwindow: 30\nport: {port + 1}\n"
         f"output: {plots}\nplots: [PacketRate]\nplot_interval: 0.5\n"
     )
-    with running_serve(["--config", str(config), "--interval", "0.2"], port):
+    with running_exporter(["--config", str(config), "--interval", "0.2"], port):
         samples = parse_metrics(scrape(port))
         assert sample(samples, "larpix_window_seconds") == 30
         wait_for(lambda: (plots / "latest" / "PacketRate.png").exists())

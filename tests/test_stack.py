@@ -49,7 +49,15 @@ from typing import Any
 
 import pytest
 import stack
-from helpers import chip_labels, free_port
+from helpers import (
+    Process,
+    chip_labels,
+    free_port,
+    running_alertmanager,
+    running_exporter,
+    running_process,
+    wait_for,
+)
 from test_dashboards import LABEL_VALUES, expressions, load_dashboards
 
 from exporter import Monitor
@@ -57,6 +65,8 @@ from exporter.detector.geometry import load_geometry, packaged_layout
 from exporter.quality.reference import Reference
 from exporter.reading.decode import decode_messages
 from exporter.simulate import SimulationConfig, Simulator
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 SILENT_CHIP = "1-1-11"
@@ -220,7 +230,7 @@ class Diagnostics:
     def __init__(self) -> None:
         self.prometheus: str | None = None
         self.receiver: stack.WebhookReceiver | None = None
-        self.processes: list[stack.Process] = []
+        self.processes: list[Process] = []
 
     def __call__(self) -> str:
         parts = []
@@ -275,21 +285,24 @@ def monitoring_stack(
     with contextlib.ExitStack() as exits:
 
         def start(manager: contextlib.AbstractContextManager) -> Any:
-            """Enter ``manager``; register the Process it yields (alone or in a tuple)."""
+            """Enter ``manager``; register the Process it yields."""
             value = exits.enter_context(manager)
-            diagnostics.processes += [
-                v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, stack.Process)
-            ]
+            if isinstance(value, Process):
+                diagnostics.processes.append(value)
             return value
 
         receiver = diagnostics.receiver = exits.enter_context(stack.running_receiver())
         am_config = stack.alertmanager_config(ROOT / "alertmanager.yml", receiver.url)
-        alertmanager, _ = start(stack.running_alertmanager(am_config, workdir / "alertmanager"))
+        alertmanager = start(running_alertmanager(am_config, workdir / "alertmanager")).address
         exporter_args = [
             *("--interval", "0.2", "--window", str(WINDOW_SECONDS), "--geometry", str(layout), "--per-pixel"),
             *("--reference", str(reference)),
         ]
-        exporter, _ = start(stack.running_exporter(inputs, workdir, *exporter_args))
+        inputs_args = [arg for path in inputs for arg in ("-i", str(path))]
+        state = {"LARPIX_DQM_STATE_DIR": str(workdir / "state")}
+        exporter = start(
+            running_exporter([*inputs_args, *exporter_args], env=state, log=workdir / "exporter.log")
+        ).address
         prometheus = f"127.0.0.1:{free_port()}"
         prom_config = stack.prometheus_config(
             ROOT / "prometheus.yml",
@@ -327,7 +340,7 @@ def test_silent_chip_pages_and_every_dashboard_query_has_data(tmp_path: Path) ->
     with monitoring_stack(tmp_path, [data, parity_data], layout, rules, reference) as running:
         prometheus, receiver, diagnostics = running.prometheus, running.receiver, running.diagnostics
         matcher = ",".join(f'{k}="{v}"' for k, v in silent.items())
-        stack.poll_until(
+        wait_for(
             lambda: stack.query(prometheus, f'larpix_chip_hit_rate_hertz{{job="larpix",{matcher}}} > 0'),
             30,
             f"Prometheus stores a non-zero hit rate for chip {SILENT_CHIP} (from the backlog)",
@@ -353,9 +366,7 @@ def test_silent_chip_pages_and_every_dashboard_query_has_data(tmp_path: Path) ->
                 if alert["labels"].get("alertname") == "LarpixChipSilent" and alert.get("status") == "firing"
             ]
 
-        notified = stack.poll_until(
-            silent_chip_notified, 75, "LarpixChipSilent notified to the webhook receiver", diagnostics
-        )
+        notified = wait_for(silent_chip_notified, 75, "LarpixChipSilent notified to the webhook receiver", diagnostics)
         alert_seconds = time.monotonic() - started
 
         # --- the page: right chip, right severity, right route
@@ -401,7 +412,7 @@ def test_processes_are_stopped_when_the_block_fails(tmp_path: Path) -> None:
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     )
     with pytest.raises(RuntimeError, match="test body failed"):
-        with stack.running_process(
+        with running_process(
             "stubborn",
             [sys.executable, "-c", stubborn],
             tmp_path / "stubborn.log",
