@@ -22,7 +22,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("ingest.py", ["--packets", "100000", "--repeat", "1"], "of plain h5py read throughput"),
         ("exposition.py", ["--repeat", "1"], "per-series cost ratio generic/this"),
         ("latency.py", ["--seconds", "3"], "append -> /metrics latency"),
-        ("plots.py", ["--repeat", "1", "--seconds", "5", "--no-serve"], "PixelMap"),
+        ("drawing.py", ["--repeat", "1", "--seconds", "5", "--no-serve"], "PixelMap"),
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):

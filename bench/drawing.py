@@ -1,7 +1,7 @@
 """Cost of the plots: seconds per pixel map of a full module, per built-in plot, per update, and
 what drawing does to ingest and to /metrics when it runs beside them.
 
-Prints figures only (no assertions). Usage: python bench/plots.py [--repeat 3] [--seconds 60] [--no-serve]
+Prints figures only (no assertions). Usage: python bench/drawing.py [--repeat 3] [--seconds 60] [--no-serve]
 """
 
 from __future__ import annotations
