@@ -7,14 +7,13 @@ fields of ``packets.REQUIRED_FIELDS``) and ``Accumulator.snapshot`` returns an i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
-from exporter.quality.clock import IO_GROUPS, DataClock, DetectorClock, Reading
+from exporter.quality.clock import IO_GROUPS, DataClock, DetectorClock
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
 
@@ -244,7 +243,7 @@ class Accumulator:
         slots = self._slot_of(reading.times, reading.groups)
         before = self._slot_of(reading.before, np.arange(IO_GROUPS))
         for g, index in reading.rebased.items():  # times on the clock before the step are not in the new window
-            slots[: index][reading.groups[:index] == g] = -1
+            slots[:index][reading.groups[:index] == g] = -1
             before[g] = -1
         return reading.fill(packets["io_group"], slots, before)
 

@@ -54,6 +54,11 @@ def plausible_timestamps(packets: np.ndarray, wall_now: float) -> tuple[np.ndarr
     return ts_rows[plausible], stamps[plausible].astype(np.float64), int(len(ts_rows) - np.count_nonzero(plausible))
 
 
+def _near(t: float, reference: float) -> bool:
+    """Whether ``t`` is within the tolerance of ``reference`` (never when it is NaN)."""
+    return abs(t - reference) <= TOLERANCE_SECONDS
+
+
 class DataClock:
     """The data clock of one file: per io_group, the last accepted time and any pending jump."""
 
@@ -97,6 +102,9 @@ class Reading:
         for g in np.unique(io_group[wrong]).tolist():
             at = wrong[io_group[wrong] == g]
             own = np.flatnonzero(self.groups == g)
+            if len(own) == 0:
+                out[at] = before[g]
+                continue
             j = np.searchsorted(self.rows[own], at, side="right") - 1
             out[at] = np.where(j >= 0, values[own[np.maximum(j, 0)]], before[g])
         return out
@@ -119,11 +127,15 @@ class DetectorClock:
         return float(np.nanmax(self.head)) if not np.isnan(self.head).all() else math.nan
 
     def offsets(self) -> np.ndarray:
-        """(256,) each io_group's clock minus the median of all io_group clocks (NaN where none)."""
-        known = ~np.isnan(self.head)
-        if not known.any():
-            return np.full(IO_GROUPS, np.nan)
-        return self.head - float(np.median(self.head[known]))
+        """(256,) each io_group's clock minus the median clock of the other io_groups (0 for a lone
+        io_group, NaN for one without a clock); with two io_groups both show the skew."""
+        out = np.full(IO_GROUPS, np.nan)
+        known = np.flatnonzero(~np.isnan(self.head))
+        heads = self.head[known]
+        for i, g in enumerate(known.tolist()):
+            others = np.delete(heads, i)
+            out[g] = heads[i] - float(np.median(others)) if len(others) else 0.0
+        return out
 
     def read(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> Reading:
         """Judge the chunk's timestamp packets, advance the file and io_group clocks, return the accepted ones."""
@@ -179,10 +191,9 @@ class DetectorClock:
             t = float(times[a])
             last, head = float(clock.last[g]), float(self.head[g])
             known = [v for v in (head, other) if not math.isnan(v)]
-            near = lambda ref: abs(t - ref) <= TOLERANCE_SECONDS  # noqa: E731  (NaN is never near)
-            if near(last):
+            if _near(t, last):
                 how = "own"
-            elif near(head) or near(other):
+            elif _near(t, head) or _near(t, other):
                 how = "agrees"
             elif math.isnan(last) and not t > max(known, default=math.inf) + TOLERANCE_SECONDS:
                 how = "first"  # the file's first timestamp, not ahead: the present, or old data placed in the past
@@ -195,7 +206,7 @@ class DetectorClock:
             at_head = not math.isnan(last) and last >= head - TOLERANCE_SECONDS
             if math.isnan(head):
                 self.head[g] = self.span_start[g] = t
-            elif how in ("agrees", "step") and not near(head) and (t > head or at_head):
+            elif how in ("agrees", "step") and not _near(t, head) and (t > head or at_head):
                 self._log(g, f"io_group {g}: data clock steps {t - head:+.0f} s to {t:.0f}; its window restarts")
                 self.head[g] = self.span_start[g] = t
                 rebase_at = a
