@@ -253,3 +253,46 @@ def test_yesterdays_file_read_first_then_the_live_run(module_geometry, run, clea
     snap = acc.snapshot()
     assert snap.data_time == clean.data_time
     assert_same_rates(snap, clean)
+
+
+# -- pairing in time across sync resets (trigger plots) -----------------------------------
+
+
+def timing_stream(header_offset: int = 0) -> np.ndarray:
+    """A trigger just before an 'S' sync and three data packets around it, then three more syncs."""
+    rows = [
+        # packet_type, trigger_type, timestamp, receipt
+        (TIMESTAMP, 0, START, 0),
+        (7, 2, 9_999_950, 0),  # external trigger, PACMAN ticks
+        (DATA, 0, 9_999_990, 9_999_995),  # same period: +40 ticks
+        (6, ord("S"), 9_999_999, 0),  # 'S' sync: the tick counters restart
+        (TIMESTAMP, 0, START + 1 + header_offset, 0),
+        (DATA, 0, 9_999_999, 30),  # stamped before the sync, received after: +49 ticks
+        (DATA, 0, 20, 25),  # after the sync: 1e7 + 20 - 9,999,950 = +70 ticks
+        (6, ord("S"), 10_000_001, 0),
+        (6, ord("S"), 9_999_998, 0),
+        (6, ord("S"), 10_000_000, 0),
+    ]
+    packets = np.zeros(len(rows), PACKET_DTYPE)
+    packets["io_group"], packets["io_channel"], packets["chip_id"], packets["valid_parity"] = 1, 1, 11, 1
+    for i, (ptype, trigger_type, stamp, receipt) in enumerate(rows):
+        packets[i]["packet_type"], packets[i]["trigger_type"] = ptype, trigger_type
+        packets[i]["timestamp"], packets[i]["receipt_timestamp"] = stamp, receipt
+    return packets
+
+
+@pytest.mark.parametrize("header_offset", [0, 3600])
+@pytest.mark.parametrize("split", [None, 4, 6])
+def test_data_pair_with_triggers_across_sync_resets(header_offset, split):
+    from plots.base import PlotContext
+    from plots.builtin.timing import TRIGGER_EDGES, TriggerHistograms
+
+    plot = TriggerHistograms()
+    stream = timing_stream(header_offset)
+    acc = Accumulator()
+    ctx = PlotContext(None, acc.snapshot(), None)
+    for part in np.split(stream, [split]) if split else [stream]:
+        plot.update(part, ctx)
+    assert plot.closed_triggers == 1 and len(plot.open_triggers) == 0
+    dt = np.repeat((TRIGGER_EDGES[:-1] + TRIGGER_EDGES[1:]) / 2, plot.closed_dt[1])
+    np.testing.assert_array_equal(np.abs(dt - [40, 49, 70]) <= 10, True)
