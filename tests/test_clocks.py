@@ -296,3 +296,12 @@ def test_data_pair_with_triggers_across_sync_resets(header_offset, split):
     assert plot.closed_triggers == 1 and len(plot.open_triggers) == 0
     dt = np.repeat((TRIGGER_EDGES[:-1] + TRIGGER_EDGES[1:]) / 2, plot.closed_dt[1])
     np.testing.assert_array_equal(np.abs(dt - [40, 49, 70]) <= 10, True)
+
+
+def test_an_io_group_that_stops_sending_falls_to_zero(module_geometry, run, clean):
+    """Windows are per io_group, yet a stopped io_group's window follows the others: no frozen rates."""
+    chunks = run[:10] + [c[c["io_group"] != 2] for c in run[10:]]
+    snap = feed(module_geometry, chunks).snapshot()
+    assert snap.io_group_rate_hz[2] == 0 and snap.sync_rate_hz[2] == 0
+    assert snap.io_group_rate_hz[1] == clean.io_group_rate_hz[1]
+    assert (snap.chip_rate_hz[snap.chip_keys[:, 0] == 2] == 0).all()

@@ -13,7 +13,7 @@ import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
-from exporter.quality.clock import IO_GROUPS, DataClock, DetectorClock
+from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
 
@@ -111,6 +111,8 @@ class Accumulator:
         self.link_parity = np.zeros((IO_GROUPS, 256), np.int64)  # parity errors of unknown chips, per io_channel
         self.window_io_group = np.zeros((nb, IO_GROUPS, 2), np.int64)  # 'S' syncs, external triggers
         self.newest_bin = np.full(IO_GROUPS, -1, np.int64)  # each io_group's window ends with this bin
+        self.window_end = np.full(IO_GROUPS, np.nan)  # data time each io_group's window ends at
+        self.window_reference = np.full(IO_GROUPS, np.nan)  # the other io_groups' clock when it last advanced
         self._alloc_chip_arrays(0)
         if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
             self._register(geometry.chips)
@@ -131,7 +133,16 @@ class Accumulator:
         "link_parity",
     )
     _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
-    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "win_flags", "window_io_group", "newest_bin")
+    _WINDOW_ARRAYS = (
+        "win_hits",
+        "win_adc",
+        "win_adc_sq",
+        "win_flags",
+        "window_io_group",
+        "newest_bin",
+        "window_end",
+        "window_reference",
+    )
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
@@ -175,6 +186,7 @@ class Accumulator:
                     target[...] = state[name]
         else:
             known = ~np.isnan(self.clock.head)
+            self.window_end[known] = self.clock.head[known]
             self.newest_bin[known] = self._bin_of(self.clock.head[known]).astype(np.int64)
         return same_window
 
@@ -230,16 +242,28 @@ class Accumulator:
     def _window_slots(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> np.ndarray:
         """Window slot of each packet (-1: outside its io_group's window, or no data time yet).
 
-        The data-time rule is ``DetectorClock``'s (quality/clock.py); each io_group's window
-        advances to its own newest accepted time, or restarts where its clock stepped.
+        The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends
+        at its own clock, restarts where that clock stepped, and, while the io_group sends
+        nothing, follows the other io_groups (after ``TOLERANCE_SECONDS``), so a stopped
+        io_group's rates fall to zero while a skewed one keeps its own.
         """
+        head_before = self.clock.head.copy()
         reading = self.clock.read(packets, clock, wall_now)
-        groups = np.unique(reading.groups).tolist()
-        for g in groups:
-            if g in reading.rebased:
-                self._restart(g)
-            else:
-                self._advance(g)
+        head = self.clock.head
+        reference = self.clock.others_median()
+        advanced = ~np.isnan(head) & ~(head == head_before)
+        stalled = ~np.isnan(head) & ~advanced
+        self.window_reference[advanced] = reference[advanced]
+        fresh = stalled & np.isnan(self.window_reference)
+        self.window_reference[fresh] = reference[fresh]
+        push = np.maximum(reference - self.window_reference - TOLERANCE_SECONDS, 0.0)
+        end = np.where(stalled, head + np.nan_to_num(push), head)
+        for g in reading.rebased:
+            self.window_end[g] = head[g]
+            self._restart(g)
+        self.window_end = np.fmax(self.window_end, end)
+        for g in np.flatnonzero(self._bin_of(self.window_end) > self.newest_bin).tolist():
+            self._advance(g)
         slots = self._slot_of(reading.times, reading.groups)
         before = self._slot_of(reading.before, np.arange(IO_GROUPS))
         for g, index in reading.rebased.items():  # times on the clock before the step are not in the new window
@@ -273,8 +297,8 @@ class Accumulator:
             self.window_io_group[slot, g] = 0
 
     def _advance(self, g: int) -> None:
-        """Move io_group ``g``'s window forward to its clock, clearing bins that fall out of it."""
-        newest = int(self._bin_of(self.clock.head[g]))
+        """Move io_group ``g``'s window forward to its end, clearing bins that fall out of it."""
+        newest = int(self._bin_of(self.window_end[g]))
         nb = self.config.window_bins
         if newest <= self.newest_bin[g]:
             return
@@ -410,14 +434,14 @@ class Accumulator:
         start and its last clock step to its newest time + 1 s (timestamps have one-second
         resolution), between 1 s and the window; the whole window for io_groups without a time."""
         window, nb = self.config.window_seconds, self.config.window_bins
-        head = self.clock.head
+        end = self.window_end
         window_start = (self.newest_bin - nb + 1) * self.config.bin_seconds
-        span = head + 1.0 - np.fmax(window_start, self.clock.span_start)
-        return np.where(np.isnan(head), window, np.clip(span, 1.0, window))
+        span = end + 1.0 - np.fmax(window_start, self.clock.span_start)
+        return np.where(np.isnan(end), window, np.clip(span, 1.0, window))
 
     def covered_seconds(self) -> float:
         """Seconds of data time the windows span: the longest io_group span (the window before any data)."""
-        known = ~np.isnan(self.clock.head)
+        known = ~np.isnan(self.window_end)
         return float(self.span_seconds()[known].max()) if known.any() else self.config.window_seconds
 
     def expected_channels(self) -> np.ndarray:

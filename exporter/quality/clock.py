@@ -126,16 +126,22 @@ class DetectorClock:
         """Newest data time over all io_groups (NaN before any)."""
         return float(np.nanmax(self.head)) if not np.isnan(self.head).all() else math.nan
 
-    def offsets(self) -> np.ndarray:
-        """(256,) each io_group's clock minus the median clock of the other io_groups (0 for a lone
-        io_group, NaN for one without a clock); with two io_groups both show the skew."""
+    def others_median(self) -> np.ndarray:
+        """(256,) the median clock of the other io_groups, per io_group (NaN without others)."""
         out = np.full(IO_GROUPS, np.nan)
         known = np.flatnonzero(~np.isnan(self.head))
         heads = self.head[known]
-        for i, g in enumerate(known.tolist()):
-            others = np.delete(heads, i)
-            out[g] = heads[i] - float(np.median(others)) if len(others) else 0.0
+        if len(known) > 1:
+            for i, g in enumerate(known.tolist()):
+                out[g] = float(np.median(np.delete(heads, i)))
         return out
+
+    def offsets(self) -> np.ndarray:
+        """(256,) each io_group's clock minus the median clock of the other io_groups (0 for a lone
+        io_group, NaN for one without a clock); with two io_groups both show the skew."""
+        offsets = self.head - self.others_median()
+        offsets[~np.isnan(self.head) & np.isnan(offsets)] = 0.0
+        return offsets
 
     def read(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> Reading:
         """Judge the chunk's timestamp packets, advance the file and io_group clocks, return the accepted ones."""
