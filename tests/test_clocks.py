@@ -305,3 +305,26 @@ def test_an_io_group_that_stops_sending_falls_to_zero(module_geometry, run, clea
     assert snap.io_group_rate_hz[2] == 0 and snap.sync_rate_hz[2] == 0
     assert snap.io_group_rate_hz[1] == clean.io_group_rate_hz[1]
     assert (snap.chip_rate_hz[snap.chip_keys[:, 0] == 2] == 0).all()
+
+
+def test_metrics_show_link_parity_errors_unexpected_chips_offsets_and_time_jumps(module_geometry, run):
+    from exporter.metrics.exposition import render
+    from exporter.metrics.families import FamilyBuilder
+    from exporter.runtime.health import Health
+
+    chunks = [shifted(c, 2, -30) for c in run[:20]]
+    chunks[5] = corrupted(one_bad_header(chunks[5], 3600), chip_id=250, n=2)
+    stray = corrupted(np.zeros(0, PACKET_DTYPE), chip_id=251, n=4)
+    stray["valid_parity"] = 1
+    chunks[6] = np.concatenate([chunks[6], stray])
+    acc = feed(module_geometry, chunks)
+    health = Health()
+    health.decode_errors["time_jump"] = acc.clock.rejected
+    text = render(FamilyBuilder().families(acc.snapshot(), health))
+    assert 'larpix_link_parity_errors_total{io_group="1",io_channel="3"} 2' in text
+    assert 'larpix_link_parity_errors_total{io_group="2",io_channel="1"} 0' in text  # every link of the geometry
+    assert 'larpix_unexpected_chip_packets_total{io_group="1",io_channel="3",chip_id="251"} 4' in text
+    assert text.count("larpix_unexpected_chip_packets_total{") == 1
+    assert 'larpix_io_group_clock_offset_seconds{io_group="1"} 30' in text
+    assert 'larpix_io_group_clock_offset_seconds{io_group="2"} -30' in text
+    assert 'larpix_exporter_decode_errors_total{kind="time_jump"} 1' in text
