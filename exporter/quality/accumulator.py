@@ -284,9 +284,12 @@ class Accumulator:
             inside = (bins > newest - self.config.window_bins) & (bins <= newest)
         return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % self.config.window_bins, -1)
 
-    def _group_rows(self, g: int) -> np.ndarray:
-        """Chip rows of io_group ``g``."""
-        return np.flatnonzero(self.chips.keys[:, 0] == g)
+    def _group_rows(self, g: int) -> np.ndarray | slice:
+        """Chip rows of io_group ``g`` (a slice when they are contiguous, as a geometry registers them)."""
+        rows = np.flatnonzero(self.chips.keys[:, 0] == g)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return slice(int(rows[0]), int(rows[-1]) + 1)
+        return rows
 
     def _clear(self, g: int, slots: range | list[int]) -> None:
         """Empty the window slots of io_group ``g`` (its chips and its sync/trigger counts)."""

@@ -96,6 +96,8 @@ class Reading:
             return out
         counts = np.diff(np.append(self.rows, n))
         out[first:] = np.repeat(values, counts)
+        if (self.groups[0] == self.groups).all() and (io_group[first:] == self.groups[0]).all():
+            return out  # one io_group: every packet follows a timestamp of its own io_group
         # Raw files put each message's packets right after its own timestamp packet, so the
         # preceding timestamp is nearly always of the same io_group; fix the rest one by one.
         wrong = np.flatnonzero(np.repeat(self.groups, counts) != io_group[first:]) + first
