@@ -356,6 +356,7 @@ class Accumulator:
             self.chip_parity += counted
             self.chip_packets += counted
             self._add_window_flags(rows[known], slots[known], 0)
+            self._count_fifo_flags(rows[known], bad["local_fifo"][known] | (bad["shared_fifo"][known] << 2))
         unknown = ~known
         if unknown.any():
             key = bad["io_group"][unknown].astype(np.int64) * 256 + bad["io_channel"][unknown]
@@ -389,12 +390,20 @@ class Accumulator:
             IO_GROUPS, 256
         )
         flags = data["local_fifo"] | (data["shared_fifo"] << 2)
-        flagged = np.flatnonzero(flags)
+        flagged = self._count_fifo_flags(rows, flags)
         if len(flagged):
-            for i, bit in enumerate((1, 2, 4, 8)):  # local half, local full, shared half, shared full
-                self.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=cap)
             full = flagged[(flags[flagged] & 10) != 0]
             self._add_window_flags(rows[full], slots[full], 1)
+
+    def _count_fifo_flags(self, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
+        """Count FIFO flags (bits: local half, local full, shared half, shared full) per chip; return the flagged indices."""
+        flagged = np.flatnonzero(flags)
+        for i, bit in enumerate((1, 2, 4, 8)):
+            if len(flagged):
+                self.chip_fifo[:, i] += np.bincount(
+                    rows[flagged[(flags[flagged] & bit) != 0]], minlength=self._capacity
+                )
+        return flagged
 
     def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
         """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
