@@ -90,6 +90,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "rate_window": "window",
         "for": "duration",
     },
+    "clock_offset": {"max_abs_seconds": "positive", "for": "duration"},
     "detector_status": {"for": "duration"},
     "check_error": {"for": "duration"},
     "check_warning": {"for": "duration"},
@@ -482,6 +483,29 @@ larpix_io_group_sync_rate_hertz < {format_threshold(t["sync_missing"]["min_rate_
             ),
         ),
         _sync_offset_rule(t),
+        _alert(
+            "LarpixClockOffset",
+            f"""
+(
+  larpix_io_group_clock_offset_seconds > {format_threshold(t["clock_offset"]["max_abs_seconds"])}
+  or
+  larpix_io_group_clock_offset_seconds < -{format_threshold(t["clock_offset"]["max_abs_seconds"])}
+)
+# only io_groups that are alive: a stopped io_group's clock falls behind by itself
+and on ({TARGET}, io_group)
+larpix_io_group_sync_rate_hertz > 0
+{unless_stale}
+""",
+            t["clock_offset"]["for"],
+            "warning",
+            "A LArPix io_group's PACMAN clock is offset from the other io_groups.",
+            _fill(
+                "The data clock (PACMAN unix time) of io_group {{ $labels.io_group }} is {{ $value }} s "
+                "away from the median clock of the other io_groups (threshold @limit@ s). Its rates are "
+                "unaffected; its data time is not.",
+                limit=format_threshold(t["clock_offset"]["max_abs_seconds"]),
+            ),
+        ),
         *_check_rules(t, unless_stale),
     ]
     for rule in rules:

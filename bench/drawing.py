@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from exporter.detector.geometry import load_geometry, packaged_layout  # noqa: E402
 from exporter.quality.accumulator import Accumulator  # noqa: E402
-from exporter.quality.clock import DataClock  # noqa: E402
+from exporter.quality.clock import DataClock, DetectorClock  # noqa: E402
 from exporter.reading.decode import decode_messages  # noqa: E402
 from exporter.runtime.service import Service  # noqa: E402
 from exporter.settings import Settings  # noqa: E402
@@ -87,8 +87,8 @@ def bench_drawing(repeat: int, seconds: int) -> None:
         name = plot.plot_name()
         line(name, timed(lambda plot=plot, name=name: render(plot.draw(name, ctx, None), ".png"), repeat))
     print("per-file plots (update with every packet of the run, then draw + savefig):")
-    clock = DataClock()
-    times = [clock.times(c, START + seconds + 10) for c in chunks]
+    clock, detector = DataClock(), DetectorClock()
+    times = [detector.times(c, clock, START + seconds + 10) for c in chunks]
     for cls in (PacketRate, TileRate, FIFOFlags, TimestampHistograms, TriggerHistograms):
         plot = cls()
         started = time.perf_counter()

@@ -226,5 +226,14 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "pps",
             )
         )
+        .with_panel(
+            ts_panel(
+                "PACMAN clock offset",
+                "Each io_group's data clock (PACMAN unix time) minus the median clock of the other io_groups;"
+                " rates are per io_group and unaffected, LarpixClockOffset warns beyond its threshold.",
+                [query(f"larpix_io_group_clock_offset_seconds{{{IOG}}}", "io_group {{io_group}}")],
+                "s",
+            )
+        )
     )
     return finish(dash)

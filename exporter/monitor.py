@@ -230,9 +230,23 @@ class Monitor:
         """(n, 4) rows of io_group, io_channel, chip_id, channel_id whose channel status is one of ``statuses``."""
         return channel_list(self.evaluation.snapshot, statuses or ("noisy", "silent"))
 
+    def unexpected_chips(self) -> list[dict[str, int]]:
+        """Chips that sent valid data but are not in the geometry (see ``unexpected_chips``)."""
+        return unexpected_chips(self.evaluation.snapshot)
+
     def export_history(self, path: str | os.PathLike, fmt: str | None = None) -> str:
         """Write the per-chip history (csv, json, or parquet with pyarrow); return the format used."""
         return self.history.export(path, fmt)
+
+
+def unexpected_chips(snap: Snapshot) -> list[dict[str, int]]:
+    """Chips outside the geometry that sent valid data: io_group, io_channel, chip_id and their data packets."""
+    return [
+        {"io_group": g, "io_channel": c, "chip_id": chip, "packets": int(snap.chip_packets[row])}
+        for row, (g, c, chip) in zip(
+            np.flatnonzero(~snap.chip_expected).tolist(), snap.chip_keys[~snap.chip_expected].tolist()
+        )
+    ]
 
 
 def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:

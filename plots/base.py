@@ -24,7 +24,8 @@ class PlotContext:
 
     ``stats`` is the latest published snapshot: per-chip and per-channel arrays over the
     same sliding window as the metrics. ``times`` is only set in ``update``: the data time
-    (unix seconds) of each new packet, NaN before the file's first timestamp packet.
+    (unix seconds) of each new packet by the accumulator's rule (README "Data time"), NaN
+    before the first accepted timestamp packet of its io_group in the file.
     ``dropped_packets`` counts packets of this file that plotting skipped because it fell
     behind ingest (0 normally); plots may say so in their title.
     """

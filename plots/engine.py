@@ -32,7 +32,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from exporter.detector.geometry import Geometry  # noqa: E402
 from exporter.quality.accumulator import Snapshot  # noqa: E402
-from exporter.quality.clock import DataClock  # noqa: E402
+from exporter.quality.clock import DataClock, DetectorClock  # noqa: E402
 from exporter.reading.files import Chunk  # noqa: E402
 from plots import Plot, PlotContext  # noqa: E402
 from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
@@ -186,6 +186,7 @@ class PlotEngine:
         self.health = {spec.name: PluginHealth(spec.kind) for spec in self.specs}
         self.store = PlotStore(settings.output, settings.ext, settings.latest)
         self.files: dict[tuple[str, int], _FileState] = {}
+        self.clock = DetectorClock()  # the accumulator's data-time rule, applied to the packets the plots see
         self.shared: dict[str, Plot] = {}
         self.shared_figures: dict[str, Figure] = {}
         self.shared_fresh = Freshness()
@@ -267,7 +268,8 @@ class PlotEngine:
         if packets is None or not len(packets) or not state.plots:
             return
         packets = as_packet_dtype(packets)
-        ctx = PlotContext(state.path, stats, self.geometry, state.clock.times(packets, time.time()), state.dropped)
+        times = self.clock.times(packets, state.clock, time.time())
+        ctx = PlotContext(state.path, stats, self.geometry, times, state.dropped)
         for name, plot in list(state.plots.items()):
             if isinstance(plot, Plot):
                 self._guard(name, "update", plot.update, packets, ctx)

@@ -139,6 +139,7 @@ def test_expected_alerts_exist() -> None:
         "LarpixFifoFull": "warning",
         "LarpixSyncMissing": "critical",
         "LarpixSyncOffset": "warning",
+        "LarpixClockOffset": "warning",
         "LarpixDetectorStatusError": "critical",
         "LarpixCheckError": "warning",
         "LarpixCheckWarning": "info",

@@ -144,14 +144,20 @@ def reference_counts(directory) -> dict[tuple[str, str], int]:
     for (group, ptype), n in zip(*np.unique(packets[["io_group", "packet_type"]], return_counts=True)):
         add((str(group), str(ptype)), int(n))
     data = packets[packets["packet_type"] == 0]
-    for (g, c, chip), n in zip(*np.unique(data[["io_group", "io_channel", "chip_id"]], return_counts=True)):
-        add((f"{g}-{c}-{chip}", "data"), int(n))
+    for (g, c, chip, valid), n in zip(
+        *np.unique(data[["io_group", "io_channel", "chip_id", "valid_parity"]], return_counts=True)
+    ):
+        add((f"{g}-{c}-{chip}", "data") if valid else (f"{g}-{c}", "parity"), int(n))
     raw = from_rawfile(str(directory / "raw.h5"))
     for msg, group in zip(raw["msgs"], raw["msg_headers"]["io_groups"]):
         for p in pacman_msg_format.parse(msg, io_group=group):
             add((str(p.io_group), str(p.packet_type)))
             if p.packet_type == 0:
-                add((f"{p.io_group}-{p.io_channel}-{p.chip_id}", "data"))
+                add(
+                    (f"{p.io_group}-{p.io_channel}-{p.chip_id}", "data")
+                    if p.has_valid_parity()
+                    else (f"{p.io_group}-{p.io_channel}", "parity")
+                )
     return counts
 
 
@@ -172,9 +178,19 @@ def test_concurrent_larpix_control_writers(tmp_path):
         samples = parse_metrics(scrape(port))
         names = ["data", "test", "config_write", "config_read", "timestamp", "message", "sync", "trigger"]
         for (key, kind), value in reference.items():
-            if kind == "data":
+            if kind == "data":  # valid packets per chip; a chip is never created from a parity error
                 g, c, chip = key.split("-")
-                assert sample(samples, "larpix_chip_packets_total", io_group=g, io_channel=c, chip_id=chip) == value
+                labels = {"io_group": g, "io_channel": c, "chip_id": chip}
+                valid = sample(samples, "larpix_chip_packets_total", **labels)
+                assert valid - sample(samples, "larpix_chip_parity_errors_total", **labels) == value
+            elif kind == "parity":  # on the chip once it is known, else on its link
+                g, c = key.split("-")
+                on_chips = sum(
+                    v
+                    for (name, labels), v in samples.items()
+                    if name == "larpix_chip_parity_errors_total" and {("io_group", g), ("io_channel", c)} <= labels
+                )
+                assert on_chips + sample(samples, "larpix_link_parity_errors_total", io_group=g, io_channel=c) == value
             else:
                 assert sample(samples, "larpix_packets_total", io_group=key, packet_type=names[int(kind)]) == value
         log = proc.log.read_text()

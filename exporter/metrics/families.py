@@ -114,6 +114,35 @@ class FamilyBuilder:
                 CHIP_LABELS, rows, snap.chip_parity_errors, labels=labels
             )
         )
+        links = np.unique(
+            np.concatenate([snap.chip_keys[:, :2].astype(np.int64), np.argwhere(snap.link_parity_errors > 0)]).reshape(
+                -1, 2
+            ),
+            axis=0,
+        )
+        fams.append(
+            Family(
+                "larpix_link_parity_errors",
+                "counter",
+                "Data packets with a parity error from a chip not known (not in the geometry, no valid packet yet),"
+                " per io_group and io_channel.",
+            ).add(
+                ("io_group", "io_channel"), [tuple(r) for r in links.tolist()], snap.link_parity_errors[tuple(links.T)]
+            )
+        )
+        unexpected = np.flatnonzero(~snap.chip_expected)
+        fams.append(
+            Family(
+                "larpix_unexpected_chip_packets",
+                "counter",
+                "Data packets of chips that are not in the geometry (the geometry maps io_group and io_channel).",
+            ).add(
+                CHIP_LABELS,
+                [rows[i] for i in unexpected],
+                snap.chip_packets[unexpected],
+                labels=[labels[i] for i in unexpected],
+            )
+        )
         fifo = Family(
             "larpix_chip_fifo_flags", "counter", "Data packets carrying a FIFO half-full or full flag, per chip."
         )
@@ -174,8 +203,13 @@ class FamilyBuilder:
             ),
             (
                 "larpix_io_group_last_data_timestamp_seconds",
-                "Newest data time (unix seconds) seen on the io_group.",
+                "Newest accepted data time (unix seconds) of the io_group's clock.",
                 snap.io_group_last_time,
+            ),
+            (
+                "larpix_io_group_clock_offset_seconds",
+                "The io_group's data clock minus the median clock of the other io_groups.",
+                snap.io_group_clock_offset,
             ),
         ):
             fams.append(Family(name, "gauge", help_text).add(("io_group",), group_rows, values[groups]))

@@ -7,18 +7,16 @@ fields of ``packets.REQUIRED_FIELDS``) and ``Accumulator.snapshot`` returns an i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
-from exporter.quality.clock import DataClock, forward_fill, plausible_timestamps
+from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
 
-IO_GROUPS = 256
 PACKET_TYPES = 8
 SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
@@ -48,8 +46,11 @@ class Snapshot:
 
     chip_keys: np.ndarray
     chip_tiles: np.ndarray
+    chip_expected: np.ndarray  # in the geometry (every chip when the geometry maps no io_group/io_channel)
+    chip_span_seconds: np.ndarray  # data time the window covers for the chip (its io_group's span)
     chip_packets: np.ndarray
     chip_parity_errors: np.ndarray
+    link_parity_errors: np.ndarray  # (256, 256) parity errors of chips not known, per io_group and io_channel
     chip_fifo_flags: np.ndarray
     chip_status_counts: np.ndarray
     chip_window_packets: np.ndarray
@@ -72,6 +73,8 @@ class Snapshot:
     trigger_rate_hz: np.ndarray
     io_group_rate_hz: np.ndarray
     io_group_last_time: np.ndarray
+    io_group_span_seconds: np.ndarray  # data time each io_group's window covers
+    io_group_clock_offset: np.ndarray  # io_group clock minus the median io_group clock (s)
     sync_offset_bucket_counts: np.ndarray
     sync_offset_sum_ticks: np.ndarray
     adc_bucket_counts: np.ndarray
@@ -96,6 +99,7 @@ class Accumulator:
         self.config = config or QualityConfig()
         self.geometry = geometry
         self.chips = ChipIndex()
+        self.clock = DetectorClock()
         self._capacity = 0
         nb = self.config.window_bins
         self.packet_type_counts = np.zeros((IO_GROUPS, PACKET_TYPES), np.int64)
@@ -104,18 +108,21 @@ class Accumulator:
         self.sync_offset_counts = np.zeros((IO_GROUPS, len(self.config.sync_offset_buckets_ticks) + 1), np.int64)
         self.sync_offset_sum = np.zeros(IO_GROUPS, np.int64)
         self.adc_counts = np.zeros((IO_GROUPS, 256), np.int64)
-        self.io_group_last_time = np.full(IO_GROUPS, np.nan)
+        self.link_parity = np.zeros((IO_GROUPS, 256), np.int64)  # parity errors of unknown chips, per io_channel
         self.window_io_group = np.zeros((nb, IO_GROUPS, 2), np.int64)  # 'S' syncs, external triggers
-        self.newest_bin = -1
-        self.data_time = math.nan
-        self.first_time = math.nan
-        self.implausible_timestamps = 0
+        self.newest_bin = np.full(IO_GROUPS, -1, np.int64)  # each io_group's window ends with this bin
+        self.window_end = np.full(IO_GROUPS, np.nan)  # data time each io_group's window ends at
+        self.window_reference = np.full(IO_GROUPS, np.nan)  # the other io_groups' clock when it last advanced
         self._alloc_chip_arrays(0)
         if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
             self._register(geometry.chips)
 
+    @property
+    def data_time(self) -> float:
+        """Newest accepted data time over all io_groups (NaN before any)."""
+        return self.clock.data_time
+
     # -- checkpoint ---------------------------------------------------------------------
-    _SCALARS = ("newest_bin", "data_time", "first_time", "implausible_timestamps")
     _GROUP_ARRAYS = (
         "packet_type_counts",
         "sync_counts",
@@ -123,10 +130,19 @@ class Accumulator:
         "sync_offset_counts",
         "sync_offset_sum",
         "adc_counts",
-        "io_group_last_time",
+        "link_parity",
     )
     _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
-    _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "win_flags", "window_io_group")
+    _WINDOW_ARRAYS = (
+        "win_hits",
+        "win_adc",
+        "win_adc_sq",
+        "win_flags",
+        "window_io_group",
+        "newest_bin",
+        "window_end",
+        "window_reference",
+    )
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
@@ -134,8 +150,9 @@ class Accumulator:
         state = {
             "chip_keys": self.chips.keys.copy(),
             "window_shape": np.array([self.config.window_seconds, self.config.window_bins]),
+            **self.clock.export_state(),
         }
-        state.update({name: np.asarray(getattr(self, name)) for name in self._SCALARS + self._GROUP_ARRAYS})
+        state.update({name: np.asarray(getattr(self, name)) for name in self._GROUP_ARRAYS})
         state.update({name: getattr(self, name)[:n] for name in self._CHIP_ARRAYS})
         state.update(
             {
@@ -146,16 +163,19 @@ class Accumulator:
         return state
 
     def import_state(self, state: dict[str, np.ndarray]) -> bool:
-        """Continue from ``export_state`` output; returns False when the window shape differs
-        (counters are restored, the window starts empty)."""
+        """Continue from ``export_state`` output; returns False when the window cannot continue
+        (other window shape, or a checkpoint from before the per-io_group clocks): counters are
+        restored, the window starts empty."""
         self._register(state["chip_keys"])
         rows = self.chips.lookup(*state["chip_keys"].T)
-        for name in self._SCALARS:
-            setattr(self, name, state[name].item())
         for name in self._GROUP_ARRAYS:
-            getattr(self, name)[...] = state[name]
+            if name in state:
+                getattr(self, name)[...] = state[name]
         for name in self._CHIP_ARRAYS:
             getattr(self, name)[rows] = state[name]
+        if "clock_head" not in state:
+            return False
+        self.clock.import_state(state)
         same_window = tuple(state["window_shape"]) == (self.config.window_seconds, self.config.window_bins)
         if same_window:
             for name in self._WINDOW_ARRAYS:
@@ -165,7 +185,9 @@ class Accumulator:
                 else:
                     target[...] = state[name]
         else:
-            self.newest_bin = int(self._bin_of(self.data_time)) if not math.isnan(self.data_time) else -1
+            known = ~np.isnan(self.clock.head)
+            self.window_end[known] = self.clock.head[known]
+            self.newest_bin[known] = self._bin_of(self.clock.head[known]).astype(np.int64)
         return same_window
 
     # -- chip storage -------------------------------------------------------------------
@@ -218,54 +240,78 @@ class Accumulator:
 
     # -- time ---------------------------------------------------------------------------
     def _window_slots(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> np.ndarray:
-        """Window slot of each packet (-1: outside the window or no data time yet).
+        """Window slot of each packet (-1: outside its io_group's window, or no data time yet).
 
-        A packet's data time is that of the latest preceding plausible timestamp packet of the
-        same file (``clock`` holds it across chunks); the window advances to the newest one.
+        The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends
+        at its own clock, restarts where that clock stepped, and, while the io_group sends
+        nothing, follows the other io_groups (after ``TOLERANCE_SECONDS``), so a stopped
+        io_group's rates fall to zero while a skewed one keeps its own.
         """
-        ts_rows, stamps, implausible = plausible_timestamps(packets, wall_now)
-        self.implausible_timestamps += implausible
-        if len(ts_rows):
-            groups = packets["io_group"][ts_rows]
-            for group in np.unique(groups):
-                newest = stamps[groups == group].max()
-                self.io_group_last_time[group] = np.fmax(self.io_group_last_time[group], newest)
-            self.first_time = float(np.fmin(self.first_time, stamps.min()))
-            self._advance(float(np.fmax(self.data_time, stamps.max())))
-        slots = forward_fill(
-            ts_rows, self._slot_of(stamps), len(packets), self._slot_of(np.array([clock.last_time]))[0]
-        )
-        if len(ts_rows):
-            clock.last_time = float(stamps[-1])
-        return slots
+        head_before = self.clock.head.copy()
+        reading = self.clock.read(packets, clock, wall_now)
+        head = self.clock.head
+        reference = self.clock.others_median()
+        advanced = ~np.isnan(head) & ~(head == head_before)
+        stalled = ~np.isnan(head) & ~advanced
+        self.window_reference[advanced] = reference[advanced]
+        fresh = stalled & np.isnan(self.window_reference)
+        self.window_reference[fresh] = reference[fresh]
+        push = np.maximum(reference - self.window_reference - TOLERANCE_SECONDS, 0.0)
+        end = np.where(stalled, head + np.nan_to_num(push), head)
+        for g in reading.rebased:
+            self.window_end[g] = head[g]
+            self._restart(g)
+        self.window_end = np.fmax(self.window_end, end)
+        for g in np.flatnonzero(self._bin_of(self.window_end) > self.newest_bin).tolist():
+            self._advance(g)
+        slots = self._slot_of(reading.times, reading.groups)
+        before = self._slot_of(reading.before, np.arange(IO_GROUPS))
+        for g, index in reading.rebased.items():  # times on the clock before the step are not in the new window
+            slots[:index][reading.groups[:index] == g] = -1
+            before[g] = -1
+        return reading.fill(packets["io_group"], slots, before)
 
     def _bin_of(self, times: np.ndarray | float) -> np.ndarray:
         """Window bin number of data times; the one formula for packets and for the window edge."""
         with np.errstate(invalid="ignore"):
             return np.floor(np.asarray(times, np.float64) / self.config.bin_seconds)
 
-    def _slot_of(self, times: np.ndarray) -> np.ndarray:
-        """Ring slot of each data time, -1 for times outside the window (unknown, late, ahead)."""
+    def _slot_of(self, times: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Ring slot of each data time in its io_group's window, -1 outside it (unknown, late, ahead)."""
         bins = self._bin_of(times)
+        newest = self.newest_bin[groups]
         with np.errstate(invalid="ignore"):
-            inside = (bins > self.newest_bin - self.config.window_bins) & (bins <= self.newest_bin)
+            inside = (bins > newest - self.config.window_bins) & (bins <= newest)
         return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % self.config.window_bins, -1)
 
-    def _advance(self, data_time: float) -> None:
-        """Move the window forward to ``data_time``, clearing bins that fall out of it."""
-        self.data_time = data_time
-        newest = int(self._bin_of(data_time))
+    def _group_rows(self, g: int) -> np.ndarray | slice:
+        """Chip rows of io_group ``g`` (a slice when they are contiguous, as a geometry registers them)."""
+        rows = np.flatnonzero(self.chips.keys[:, 0] == g)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return slice(int(rows[0]), int(rows[-1]) + 1)
+        return rows
+
+    def _clear(self, g: int, slots: range | list[int]) -> None:
+        """Empty the window slots of io_group ``g`` (its chips and its sync/trigger counts)."""
+        rows = self._group_rows(g)
+        for slot in slots:
+            for name in ("win_hits", "win_adc", "win_adc_sq", "win_flags"):
+                getattr(self, name)[slot, rows] = 0
+            self.window_io_group[slot, g] = 0
+
+    def _advance(self, g: int) -> None:
+        """Move io_group ``g``'s window forward to its end, clearing bins that fall out of it."""
+        newest = int(self._bin_of(self.window_end[g]))
         nb = self.config.window_bins
-        if newest <= self.newest_bin:
+        if newest <= self.newest_bin[g]:
             return
-        for b in range(max(self.newest_bin + 1, newest - nb + 1), newest + 1):
-            slot = b % nb
-            self.win_hits[slot] = 0
-            self.win_adc[slot] = 0
-            self.win_adc_sq[slot] = 0
-            self.win_flags[slot] = 0
-            self.window_io_group[slot] = 0
-        self.newest_bin = newest
+        self._clear(g, [b % nb for b in range(max(int(self.newest_bin[g]) + 1, newest - nb + 1), newest + 1)])
+        self.newest_bin[g] = newest
+
+    def _restart(self, g: int) -> None:
+        """Empty io_group ``g``'s window and start it again at its clock (after a clock step)."""
+        self._clear(g, range(self.config.window_bins))
+        self.newest_bin[g] = int(self._bin_of(self.clock.head[g]))
 
     # -- accumulation -------------------------------------------------------------------
     def add(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> None:
@@ -274,7 +320,7 @@ class Accumulator:
             return
         ptype = packets["packet_type"]
         is_data = ptype == DATA
-        other = np.flatnonzero(~is_data)  # data packets are counted per channel, and summed at snapshot
+        other = np.flatnonzero(~is_data)  # data packets are counted per chip (and per link), summed at snapshot
         type_key = packets["io_group"][other].astype(np.int64) * (PACKET_TYPES + 1) + np.minimum(
             ptype[other], PACKET_TYPES
         )
@@ -284,7 +330,14 @@ class Accumulator:
         data_rows = np.flatnonzero(is_data)
         record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
         data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)
-        self._add_data(data, slots[data_rows])
+        data_slots = slots[data_rows]
+        bad = data["valid_parity"] == 0
+        if bad.any():  # clean packets only: a parity error may have corrupted any field
+            good = ~bad
+            self._add_data(data[good], data_slots[good])
+            self._add_parity_errors(data[bad], data_slots[bad])
+        else:
+            self._add_data(data, data_slots)
         syncs = np.flatnonzero(ptype == SYNC)
         if len(syncs):
             self._add_syncs(packets[syncs], slots[syncs])
@@ -292,8 +345,25 @@ class Accumulator:
         if len(triggers):
             self._add_triggers(packets[triggers], slots[triggers])
 
+    def _add_parity_errors(self, bad: np.ndarray, slots: np.ndarray) -> None:
+        """Count data packets with a parity error: on their chip if it is known (geometry or valid
+        packets, this chunk's included), else on their io_group and io_channel; they create no chip."""
+        rows = self.chips.lookup(bad["io_group"], bad["io_channel"], bad["chip_id"])
+        known = rows >= 0
+        if known.any():
+            cap = self._capacity
+            counted = np.bincount(rows[known], minlength=cap)
+            self.chip_parity += counted
+            self.chip_packets += counted
+            self._add_window_flags(rows[known], slots[known], 0)
+            self._count_fifo_flags(rows[known], bad["local_fifo"][known] | (bad["shared_fifo"][known] << 2))
+        unknown = ~known
+        if unknown.any():
+            key = bad["io_group"][unknown].astype(np.int64) * 256 + bad["io_channel"][unknown]
+            self.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
+
     def _add_data(self, data: np.ndarray, slots: np.ndarray) -> None:
-        """Per-channel and per-chip sums of data packets, ``slots`` being their window slots."""
+        """Per-channel and per-chip sums of valid data packets, ``slots`` being their window slots."""
         if len(data) == 0:
             return
         io_group = data["io_group"]
@@ -319,17 +389,21 @@ class Accumulator:
         self.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
             IO_GROUPS, 256
         )
-        bad = np.flatnonzero(data["valid_parity"] == 0)
-        if len(bad):
-            self.chip_parity += np.bincount(rows[bad], minlength=cap)
-            self._add_window_flags(rows[bad], slots[bad], 0)
         flags = data["local_fifo"] | (data["shared_fifo"] << 2)
-        flagged = np.flatnonzero(flags)
+        flagged = self._count_fifo_flags(rows, flags)
         if len(flagged):
-            for i, bit in enumerate((1, 2, 4, 8)):  # local half, local full, shared half, shared full
-                self.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=cap)
             full = flagged[(flags[flagged] & 10) != 0]
             self._add_window_flags(rows[full], slots[full], 1)
+
+    def _count_fifo_flags(self, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
+        """Count FIFO flags (bits: local half, local full, shared half, shared full) per chip; return the flagged indices."""
+        flagged = np.flatnonzero(flags)
+        for i, bit in enumerate((1, 2, 4, 8)):
+            if len(flagged):
+                self.chip_fifo[:, i] += np.bincount(
+                    rows[flagged[(flags[flagged] & bit) != 0]], minlength=self._capacity
+                )
+        return flagged
 
     def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
         """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
@@ -367,14 +441,20 @@ class Accumulator:
             self.window_io_group[slot, :, 1] += np.bincount(groups[t_slots == slot], minlength=IO_GROUPS)
 
     # -- snapshot -----------------------------------------------------------------------
+    def span_seconds(self) -> np.ndarray:
+        """(256,) seconds of data time each io_group's window spans: from the later of its window
+        start and its last clock step to its newest time + 1 s (timestamps have one-second
+        resolution), between 1 s and the window; the whole window for io_groups without a time."""
+        window, nb = self.config.window_seconds, self.config.window_bins
+        end = self.window_end
+        window_start = (self.newest_bin - nb + 1) * self.config.bin_seconds
+        span = end + 1.0 - np.fmax(window_start, self.clock.span_start)
+        return np.where(np.isnan(end), window, np.clip(span, 1.0, window))
+
     def covered_seconds(self) -> float:
-        """Seconds of data time the window's contents span (at least 1 s, the timestamp resolution)."""
-        if math.isnan(self.data_time):
-            return self.config.window_seconds
-        end = self.data_time + 1.0  # timestamp packets have one-second resolution
-        window_start = (self.newest_bin - self.config.window_bins + 1) * self.config.bin_seconds
-        span = end - max(window_start, self.first_time)
-        return float(min(max(span, 1.0), self.config.window_seconds))
+        """Seconds of data time the windows span: the longest io_group span (the window before any data)."""
+        known = ~np.isnan(self.window_end)
+        return float(self.span_seconds()[known].max()) if known.any() else self.config.window_seconds
 
     def expected_channels(self) -> np.ndarray:
         """(chips, 64) bool: connected per the geometry, or seen with data at least once."""
@@ -389,17 +469,20 @@ class Accumulator:
         """Copy out everything the exposition and the plots need."""
         n = len(self.chips)
         covered = self.covered_seconds()
+        group_span = self.span_seconds()
+        chip_groups = self.chips.keys[:, 0].astype(np.int64)
+        chip_span = group_span[chip_groups]
         hits = self.win_hits[:, :n].sum(axis=0)
         adc = self.win_adc[:, :n].sum(axis=0)
         adc_sq = self.win_adc_sq[:, :n].sum(axis=0)
-        channel_rate = hits / covered
+        channel_rate = hits / chip_span[:, None]
         channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
         status = np.full((n, CHANNELS_PER_CHIP), ChannelStatus.NONE, np.int8)
-        active_rates = channel_rate[hits > 0]
-        typical_hits = float(np.median(active_rates)) * covered if len(active_rates) else 0.0
-        live = typical_hits >= self.config.silent_min_expected_hits
+        active = hits > 0
+        typical_rate = float(np.median(channel_rate[active])) if active.any() else 0.0
+        live = typical_rate * chip_span >= self.config.silent_min_expected_hits  # per chip: its io_group's span
         expected = self.expected_channels()
-        status[expected & live] = ChannelStatus.SILENT
+        status[expected & live[:, None]] = ChannelStatus.SILENT
         status[hits > 0] = ChannelStatus.ACTIVE
         status[channel_rate > self.config.noisy_rate_hz] = ChannelStatus.NOISY
         status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
@@ -407,13 +490,16 @@ class Accumulator:
         window_flags = self.win_flags[:, :n].sum(axis=0)
         chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
         tiles = np.full(n, -1, np.int64)
+        in_geometry = np.ones(n, bool)
         if self.geometry is not None:
             known = self.geo_row[:n] >= 0
             tiles[known] = self.geometry.tiles[self.geo_row[:n][known]]
-        window_groups = self.window_io_group.sum(axis=0) / covered
-        chip_groups = self.chips.keys[:, 0].astype(np.int64)
+            if self.geometry.has_io_mapping:
+                in_geometry = known
+        window_groups = self.window_io_group.sum(axis=0) / group_span[:, None]
         type_counts = self.packet_type_counts.copy()
         np.add.at(type_counts[:, DATA], chip_groups, self.chip_packets[:n])
+        type_counts[:, DATA] += self.link_parity.sum(axis=1)
         group_hits = np.zeros(IO_GROUPS)
         np.add.at(group_hits, chip_groups, chip_hits)
         active_groups = np.union1d(np.flatnonzero(type_counts.sum(axis=1)), chip_groups)
@@ -424,14 +510,17 @@ class Accumulator:
         return Snapshot(
             chip_keys=self.chips.keys.copy(),
             chip_tiles=tiles,
+            chip_expected=in_geometry,
+            chip_span_seconds=chip_span,
             chip_packets=self.chip_packets[:n].copy(),
             chip_parity_errors=self.chip_parity[:n].copy(),
+            link_parity_errors=self.link_parity.copy(),
             chip_fifo_flags=self.chip_fifo[:n].copy(),
             chip_status_counts=status_counts,
             chip_window_packets=chip_hits,
             chip_window_parity_errors=window_flags[:, 0],
             chip_window_fifo_full=window_flags[:, 1],
-            chip_rate_hz=chip_hits / covered,
+            chip_rate_hz=chip_hits / chip_span,
             chip_adc_mean=chip_mean,
             chip_adc_std=chip_std,
             channel_status=status,
@@ -446,8 +535,10 @@ class Accumulator:
             trigger_counts=self.trigger_counts.copy(),
             sync_rate_hz=window_groups[:, 0],
             trigger_rate_hz=window_groups[:, 1],
-            io_group_rate_hz=group_hits / covered,
-            io_group_last_time=self.io_group_last_time.copy(),
+            io_group_rate_hz=group_hits / group_span,
+            io_group_last_time=self.clock.head.copy(),
+            io_group_span_seconds=group_span,
+            io_group_clock_offset=self.clock.offsets(),
             sync_offset_bucket_counts=np.cumsum(self.sync_offset_counts, axis=1),
             sync_offset_sum_ticks=self.sync_offset_sum.copy(),
             adc_bucket_counts=adc_buckets,

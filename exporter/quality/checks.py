@@ -133,6 +133,7 @@ def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | N
     group_status = np.array([status_of(v, c) for v, c in zip(group_values, group_checks)], np.int8).reshape(
         len(group_checks), IO_GROUPS
     )
+    chip_status[:, ~snap.chip_expected] = CheckStatus.OK  # chips outside the geometry are listed, not judged
     chip_worst = chip_status.max(axis=0) if len(chip_checks) else np.zeros(n, np.int8)
     io_group_status = group_status.max(axis=0) if len(group_checks) else np.zeros(IO_GROUPS, np.int8)
     np.maximum.at(io_group_status, snap.chip_keys[:, 0].astype(np.int64), chip_worst)

@@ -51,7 +51,7 @@ class Reference:
             "rate_hz": snap.channel_rate_hz.copy(),
             "adc_mean": snap.channel_adc_mean.copy(),
             "adc_std": snap.channel_adc_std.copy(),
-            "hits": np.rint(snap.channel_rate_hz * snap.covered_seconds).astype(np.int64),
+            "hits": np.rint(snap.channel_rate_hz * snap.chip_span_seconds[:, None]).astype(np.int64),
             "duration_s": np.array(snap.covered_seconds),
         }
         return cls(arrays, sources)
@@ -104,10 +104,11 @@ class Reference:
             weights = np.where(np.isnan(ref_mean), 0.0, np.nan_to_num(ref_hits))
             chip_ref_mean = (np.nan_to_num(ref_mean) * weights).sum(axis=1) / weights.sum(axis=1)
             pedestal_shift = snap.chip_adc_mean - chip_ref_mean
-            expected = ref_rate * snap.covered_seconds
-            observed = snap.channel_rate_hz * snap.covered_seconds
+            span = snap.chip_span_seconds[:, None]  # each chip's io_group window
+            expected = ref_rate * span
+            observed = snap.channel_rate_hz * span
             # the reference is a measurement too: its counts add variance expected * (now / reference duration)
-            variance = expected * (1.0 + snap.covered_seconds / float(self.arrays["duration_s"]))
+            variance = expected * (1.0 + span / float(self.arrays["duration_s"]))
             terms = np.where(expected > 0, (observed - expected) ** 2 / variance, np.nan)
             counted = np.sum(~np.isnan(terms), axis=1)
             rate_chi2 = np.where(counted > 0, np.nansum(terms, axis=1) / np.maximum(counted, 1), np.nan)

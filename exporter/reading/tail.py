@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -52,12 +51,11 @@ class FileCursor:
             "created": self.created,
             "kind": self.kind,
             "rows_done": self.rows_done,
-            "last_time": None if math.isnan(self.clock.last_time) else self.clock.last_time,
+            "last_times": self.clock.last_times(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> FileCursor:
-        last = d.get("last_time")
         return cls(
             path=d["path"],
             dev=d["dev"],
@@ -65,7 +63,7 @@ class FileCursor:
             created=d.get("created"),
             kind=d.get("kind"),
             rows_done=d["rows_done"],
-            clock=DataClock(math.nan if last is None else last),
+            clock=DataClock({int(g): t for g, t in d.get("last_times", {}).items()}),
         )
 
 

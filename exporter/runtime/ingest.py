@@ -100,7 +100,8 @@ class Ingester:
     def publish(self) -> None:
         """Make the current state visible to scrapes."""
         h = self.health
-        h.decode_errors["implausible_timestamp"] = self.accumulator.implausible_timestamps
+        h.decode_errors["implausible_timestamp"] = self.accumulator.clock.implausible
+        h.decode_errors["time_jump"] = self.accumulator.clock.rejected
         h.files_tracked = self.tail.tracked
         h.files_in_error = self.tail.errors_by_reason()
         self.published = Published(self.monitor.update(), h.copy())

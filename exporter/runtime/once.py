@@ -12,7 +12,7 @@ import numpy as np
 from exporter.detector.geometry import Geometry
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
-from exporter.monitor import channel_list
+from exporter.monitor import channel_list, unexpected_chips
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
@@ -43,7 +43,7 @@ def snapshot_summary(snap: Snapshot) -> dict:
         "totals": {
             "packets": int(snap.packet_type_counts.sum()),
             "data_packets": int(snap.chip_packets.sum()),
-            "parity_errors": int(snap.chip_parity_errors.sum()),
+            "parity_errors": int(snap.chip_parity_errors.sum() + snap.link_parity_errors.sum()),
             "chips": len(chips),
             "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts.sum(axis=0))}
             if len(chips)
@@ -52,6 +52,11 @@ def snapshot_summary(snap: Snapshot) -> dict:
         },
         "chips": chips,
         "channels": {s.label: channel_list(snap, (s.label,)).tolist() for s in ChannelStatus.judged()},
+        "unexpected_chips": unexpected_chips(snap),
+        "link_parity_errors": [
+            {"io_group": g, "io_channel": c, "parity_errors": int(snap.link_parity_errors[g, c])}
+            for g, c in np.argwhere(snap.link_parity_errors > 0).tolist()
+        ],
     }
 
 
@@ -97,6 +102,8 @@ def process_file(
     def consume(chunk: Chunk) -> None:
         accumulator.add(chunk.packets, chunk.cursor.clock, time.time())
         health.packets_ingested[chunk.kind] += len(chunk.packets)
+        health.decode_errors["bad_message"] += chunk.bad_messages
+        health.decode_errors["unknown_word"] += chunk.unknown_words
         if on_chunk is not None:
             on_chunk(chunk)
         if on_progress is not None:
@@ -106,6 +113,8 @@ def process_file(
         [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     )
     tail.pump(consume)
+    health.decode_errors["implausible_timestamp"] = accumulator.clock.implausible
+    health.decode_errors["time_jump"] = accumulator.clock.rejected
     return FileResult(path, geometry, accumulator.snapshot(), health, errors)
 
 

@@ -68,6 +68,7 @@ class TimestampHistograms(Plot):
         has = receipt > 0
         self.no_receipt += int((~has).sum())
         delay = receipt[has] - stamp[has]
+        delay[delay < 0] += TICKS_PER_SYNC  # stamped before the 'S' sync that reset the receipt clock
         self.delay_negative += int((delay < 0).sum())
         self.delay += delay_counts(delay, group[has])
 
@@ -110,30 +111,44 @@ class TimestampHistograms(Plot):
         return fig
 
 
-_TICK_BITS = 33  # ticks fit in 33 bits; the (io_group, second) block sits above them
-_PERIOD_BITS = 22  # seconds kept relative to the first one seen: ±24 days
-_TICK_MASK = (1 << _TICK_BITS) - 1
+_GROUP_SHIFT = 44  # keys are io_group << 44 | ticks since the file's start (2**44 ticks: 20 days)
+_TICK_MASK = (1 << _GROUP_SHIFT) - 1
+_REACH = int(TRIGGER_EDGES[-1] - TRIGGER_EDGES[0])  # ticks a trigger's pairing window spans
 
 
-def _pair(keys: np.ndarray, is_trigger: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Histograms of data − trigger times and of data packets per trigger, for whole seconds.
+def sync_periods(packets: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Sync period of each packet: ``start[io_group]`` plus the 'S' syncs of its io_group before it
+    (the sync itself opens the next period); advances ``start`` past this chunk's syncs."""
+    is_sync = (packets["packet_type"] == SYNC) & (packets["trigger_type"] == SYNC_KIND_CODES[0])
+    group = packets["io_group"]
+    period = start[group]  # a copy: fancy indexing
+    for g in np.unique(group[is_sync]).tolist():
+        mine = group == g
+        count = np.cumsum(is_sync[mine])
+        period[mine] += count
+        start[g] += int(count[-1])
+    return period
 
-    ``keys`` are ``block << 33 | ticks`` with ``block = io_group << 22 | second``: data and
-    triggers pair only within a block. Data of seconds without a trigger are never sorted.
-    """
-    trig_keys = keys[is_trigger]
-    data_keys = keys[~is_trigger]
-    trig_blocks = np.unique(trig_keys >> _TICK_BITS)
-    data_keys = np.sort(data_keys[np.isin(data_keys >> _TICK_BITS, trig_blocks)])
-    block_start = trig_keys & ~_TICK_MASK
-    ticks = trig_keys & _TICK_MASK
-    lo = block_start | np.clip(ticks + TRIGGER_EDGES[0], 0, _TICK_MASK)
-    hi = block_start | np.clip(ticks + TRIGGER_EDGES[-1], 0, _TICK_MASK)
+
+def chip_ticks(packets: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Ticks since the file's start of data packets: a rollover adds 1e7 ticks per 'S' sync, and
+    a chip timestamp ahead of the PACMAN receipt time belongs to the previous sync period."""
+    ticks = packets["timestamp"].astype(np.int64)
+    receipt = packets["receipt_timestamp"].astype(np.int64)
+    earlier = (receipt > 0) & (ticks > receipt)
+    return (period - earlier) * TICKS_PER_SYNC + ticks
+
+
+def _pair(trig_keys: np.ndarray, data_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Histograms of data − trigger times and of data packets per trigger (keys: io_group << 44 | ticks)."""
+    data_keys = np.sort(data_keys)
+    lo = trig_keys + int(TRIGGER_EDGES[0])
+    hi = trig_keys + int(TRIGGER_EDGES[-1])
     left = np.searchsorted(data_keys, lo, side="left")
     n = np.searchsorted(data_keys, hi, side="left") - left
     index = np.repeat(left - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
-    dt = (data_keys[index] & _TICK_MASK) - np.repeat(ticks, n)
-    groups = np.repeat(trig_keys >> (_TICK_BITS + _PERIOD_BITS), n)
+    dt = data_keys[index] - np.repeat(trig_keys, n)
+    groups = np.repeat(trig_keys >> _GROUP_SHIFT, n)
     hist = bin_counts(dt.astype(np.float64), TRIGGER_EDGES.astype(np.float64), groups, IO_GROUPS)
     return hist, np.histogram(n, MULTIPLICITY_EDGES)[0], len(trig_keys)
 
@@ -141,16 +156,16 @@ def _pair(keys: np.ndarray, is_trigger: np.ndarray) -> tuple[np.ndarray, np.ndar
 class TriggerHistograms(Plot):
     """Data packet time minus external trigger time, per io_group, and data packets per trigger.
 
-    Data and triggers are paired within the same io_group and second of data time. A
-    second stays open (re-paired at each draw) until a second two later has been seen on
-    its io_group, so pairs do not depend on where polls split the file.
+    Times are chip and PACMAN clock ticks, rebuilt per io_group across 'S' sync resets
+    (DESIGN 7 "Clocks"), so the pairs do not depend on the PACMAN's unix time at all. A trigger
+    is paired once its io_group is two sync periods further; data are kept as long as a
+    trigger not yet paired could reach them, so pairs do not depend on where polls split the file.
     """
 
     def __init__(self) -> None:
-        self.base: int | None = None
-        self.open_keys = np.zeros(0, np.int64)
-        self.open_trigger = np.zeros(0, bool)
-        self.newest = np.full(IO_GROUPS, np.iinfo(np.int64).min)
+        self.periods = np.ones(IO_GROUPS, np.int64)  # current sync period per io_group (1: before the first)
+        self.open_triggers = np.zeros(0, np.int64)
+        self.held_data = np.zeros(0, np.int64)
         self.closed_dt = np.zeros((IO_GROUPS, len(TRIGGER_EDGES) - 1), np.int64)
         self.closed_multiplicity = np.zeros(len(MULTIPLICITY_EDGES) - 1, np.int64)
         self.closed_triggers = 0
@@ -158,31 +173,32 @@ class TriggerHistograms(Plot):
     def update(self, packets: np.ndarray, ctx: PlotContext) -> None:
         ptype = packets["packet_type"]
         is_trigger = (ptype == TRIGGER) & ((packets["trigger_type"] & EXTERNAL_TRIGGER_BIT) != 0)
-        keep = ((ptype == DATA) | is_trigger) & np.isfinite(ctx.times)
+        keep = (ptype == DATA) | is_trigger | (ptype == SYNC)
         if not keep.any():
             return
-        period = np.floor(ctx.times[keep]).astype(np.int64)
-        if self.base is None:
-            self.base = int(period[0]) - (1 << _PERIOD_BITS) // 2
-        period -= self.base
-        group = packets["io_group"][keep].astype(np.int64)
-        ok = (period >= 0) & (period < 1 << _PERIOD_BITS)
-        period, group = period[ok], group[ok]
-        ticks = np.clip(packets["timestamp"][keep][ok].astype(np.int64), 0, _TICK_MASK)
-        for g in np.unique(group).tolist():
-            self.newest[g] = max(self.newest[g], int(period[group == g].max()))
-        keys = np.concatenate([self.open_keys, (group << _PERIOD_BITS | period) << _TICK_BITS | ticks])
-        trigger = np.concatenate([self.open_trigger, is_trigger[keep][ok]])
-        block = keys >> _TICK_BITS
-        done = (block & ((1 << _PERIOD_BITS) - 1)) < self.newest[block >> _PERIOD_BITS] - 1
-        dt, multiplicity, triggers = _pair(keys[done], trigger[done])
-        self.closed_dt += dt
-        self.closed_multiplicity += multiplicity
-        self.closed_triggers += triggers
-        self.open_keys, self.open_trigger = keys[~done], trigger[~done]
+        packets, is_trigger = packets[keep], is_trigger[keep]
+        period = sync_periods(packets, self.periods)
+        group = packets["io_group"].astype(np.int64) << _GROUP_SHIFT
+        is_data = packets["packet_type"] == DATA
+        data = group[is_data] | chip_ticks(packets[is_data], period[is_data])
+        trig = group[is_trigger] | (
+            period[is_trigger] * TICKS_PER_SYNC + packets["timestamp"][is_trigger].astype(np.int64)
+        )
+        self.held_data = np.concatenate([self.held_data, data])
+        self.open_triggers = np.concatenate([self.open_triggers, trig])
+        cutoff = (self.periods - 1) * TICKS_PER_SYNC  # nothing earlier than this can still come
+        done = (self.open_triggers & _TICK_MASK) + int(TRIGGER_EDGES[-1]) < cutoff[self.open_triggers >> _GROUP_SHIFT]
+        if done.any():
+            dt, multiplicity, triggers = _pair(self.open_triggers[done], self.held_data)
+            self.closed_dt += dt
+            self.closed_multiplicity += multiplicity
+            self.closed_triggers += triggers
+            self.open_triggers = self.open_triggers[~done]
+        stale = (self.held_data & _TICK_MASK) + _REACH < cutoff[self.held_data >> _GROUP_SHIFT]
+        self.held_data = self.held_data[~stale]
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
-        dt, multiplicity, triggers = _pair(self.open_keys, self.open_trigger)
+        dt, multiplicity, triggers = _pair(self.open_triggers, self.held_data)
         dt += self.closed_dt
         multiplicity += self.closed_multiplicity
         triggers += self.closed_triggers
