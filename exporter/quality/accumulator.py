@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +17,11 @@ from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.quality.clock import DataClock, forward_fill, plausible_timestamps
 from exporter.quality.status import ChannelStatus
+from exporter.quality.verdicts import VerdictInputs, judge
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
+
+if TYPE_CHECKING:
+    from exporter.quality.reference import Reference
 
 IO_GROUPS = 256
 PACKET_TYPES = 8
@@ -31,9 +36,8 @@ class QualityConfig:
     window_seconds: float = 60.0
     window_bins: int = 12
     noisy_rate_hz: float = 10.0
-    #: A channel with no hit is silent only once a typical channel (the median active one)
-    #: would have this many hits in the window: P(0 | 5 expected) < 1 %.
-    silent_min_expected_hits: float = 5.0
+    #: Detector-wide probability of at least one false verdict per evaluation (exporter/quality/verdicts.py).
+    false_alarm_probability: float = 0.01
     adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
     sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
 
@@ -56,11 +60,16 @@ class Snapshot:
     chip_window_parity_errors: np.ndarray
     chip_window_fifo_full: np.ndarray
     chip_rate_hz: np.ndarray
+    chip_span_seconds: np.ndarray
+    chip_expected_hits: np.ndarray
+    chip_dead: np.ndarray
+    chip_unknown: np.ndarray
     chip_adc_mean: np.ndarray
     chip_adc_std: np.ndarray
     channel_status: np.ndarray
     channel_expected: np.ndarray
     channel_rate_hz: np.ndarray
+    channel_expected_hz: np.ndarray
     channel_adc_mean: np.ndarray
     channel_adc_std: np.ndarray
     channel_hits_total: np.ndarray
@@ -78,6 +87,8 @@ class Snapshot:
     adc_sum: np.ndarray
     data_time: float
     covered_seconds: float
+    silent_channel_hits: float
+    dead_chip_hits: float
     config: QualityConfig = field(repr=False)
 
 
@@ -125,7 +136,7 @@ class Accumulator:
         "adc_counts",
         "io_group_last_time",
     )
-    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
+    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total", "last_hit_end")
     _WINDOW_ARRAYS = ("win_hits", "win_adc", "win_adc_sq", "win_flags", "window_io_group")
 
     def export_state(self) -> dict[str, np.ndarray]:
@@ -155,7 +166,10 @@ class Accumulator:
         for name in self._GROUP_ARRAYS:
             getattr(self, name)[...] = state[name]
         for name in self._CHIP_ARRAYS:
-            getattr(self, name)[rows] = state[name]
+            if name in state:
+                getattr(self, name)[rows] = state[name]
+        if "last_hit_end" not in state:  # a checkpoint from before the verdict engine: silences count from now
+            self.last_hit_end[rows] = np.where(self.hits_total[rows] > 0, self.data_time + 1.0, math.nan)
         same_window = tuple(state["window_shape"]) == (self.config.window_seconds, self.config.window_bins)
         if same_window:
             for name in self._WINDOW_ARRAYS:
@@ -182,6 +196,12 @@ class Accumulator:
             if old:
                 grown[:old] = getattr(self, name)
             setattr(self, name, grown)
+        # Data time of the end of the window bin of each channel's newest hit (NaN: none yet): how
+        # long a channel has been silent, over any span, at the window's bin resolution.
+        last_hit_end = np.full((capacity, CHANNELS_PER_CHIP), math.nan)
+        if old:
+            last_hit_end[:old] = self.last_hit_end
+        self.last_hit_end = last_hit_end
         # Per-bin sums fit int32 (a bin is seconds long; 255 * hits < 2**31 up to ~1.7 MHz per
         # channel); squared ADC sums need int64. Smaller arrays: less memory, cheaper checkpoints.
         for name, width, dtype in (
@@ -312,6 +332,7 @@ class Accumulator:
         self.hits_total += per_channel
         self.chip_packets += per_channel.sum(axis=1)
         self.win_hits += hits[1:]
+        self._note_last_hits(hits[1:], np.unique(slots[slots >= 0]))
         if hits[1:].any():
             adc = adc_code.astype(np.float64)
             self.win_adc += np.bincount(key, adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
@@ -330,6 +351,15 @@ class Accumulator:
                 self.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=cap)
             full = flagged[(flags[flagged] & 10) != 0]
             self._add_window_flags(rows[full], slots[full], 1)
+
+    def _note_last_hits(self, hits: np.ndarray, slots: np.ndarray) -> None:
+        """Move each channel's last-hit time to the end of the newest window bin it has hits in."""
+        nb, bin_s = self.config.window_bins, self.config.bin_seconds
+        for slot in slots.tolist():
+            newest_with_slot = self.newest_bin - (self.newest_bin - slot) % nb
+            end = (newest_with_slot + 1) * bin_s
+            hit = hits[slot] > 0
+            self.last_hit_end[hit] = np.fmax(self.last_hit_end[hit], end)
 
     def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
         """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
@@ -376,6 +406,19 @@ class Accumulator:
         span = end - max(window_start, self.first_time)
         return float(min(max(span, 1.0), self.config.window_seconds))
 
+    def chip_spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per chip row: the data time now (end of the newest second), the window's span and the run's span.
+
+        The one place the verdicts read data time from: one clock for the whole detector today,
+        per chip so that a clock per io_group can replace it.
+        """
+        n = len(self.chips)
+        window = np.full(n, self.covered_seconds())
+        if math.isnan(self.data_time):
+            return np.full(n, math.nan), window, np.zeros(n)
+        now = self.data_time + 1.0  # timestamp packets have one-second resolution
+        return np.full(n, now), window, np.full(n, max(now - self.first_time, 1.0))
+
     def expected_channels(self) -> np.ndarray:
         """(chips, 64) bool: connected per the geometry, or seen with data at least once."""
         n = len(self.chips)
@@ -385,8 +428,8 @@ class Accumulator:
             expected[known] |= self.geometry.connected[self.geo_row[:n][known]]
         return expected
 
-    def snapshot(self) -> Snapshot:
-        """Copy out everything the exposition and the plots need."""
+    def snapshot(self, reference: Reference | None = None) -> Snapshot:
+        """Copy out everything the exposition and the plots need; verdicts against ``reference`` when given."""
         n = len(self.chips)
         covered = self.covered_seconds()
         hits = self.win_hits[:, :n].sum(axis=0)
@@ -394,22 +437,34 @@ class Accumulator:
         adc_sq = self.win_adc_sq[:, :n].sum(axis=0)
         channel_rate = hits / covered
         channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
-        status = np.full((n, CHANNELS_PER_CHIP), ChannelStatus.NONE, np.int8)
-        active_rates = channel_rate[hits > 0]
-        typical_hits = float(np.median(active_rates)) * covered if len(active_rates) else 0.0
-        live = typical_hits >= self.config.silent_min_expected_hits
-        expected = self.expected_channels()
-        status[expected & live] = ChannelStatus.SILENT
-        status[hits > 0] = ChannelStatus.ACTIVE
-        status[channel_rate > self.config.noisy_rate_hz] = ChannelStatus.NOISY
-        status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
-        chip_hits = hits.sum(axis=1)
-        window_flags = self.win_flags[:, :n].sum(axis=0)
-        chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
         tiles = np.full(n, -1, np.int64)
         if self.geometry is not None:
             known = self.geo_row[:n] >= 0
             tiles[known] = self.geometry.tiles[self.geo_row[:n][known]]
+        now, span, run = self.chip_spans()
+        last_hit = self.last_hit_end[:n]
+        since = np.where(np.isnan(last_hit), (now - run)[:, None], last_hit)
+        expected = self.expected_channels()
+        verdicts = judge(
+            VerdictInputs(
+                window_hits=hits,
+                hits_total=self.hits_total[:n],
+                silence_seconds=np.nan_to_num(np.maximum(now[:, None] - since, 0.0)),
+                window_seconds=span,
+                run_seconds=run,
+                expected=expected,
+                # occupancy groups: the tile, else (no geometry) the io_group
+                groups=np.where(tiles >= 0, tiles, -1 - self.chips.keys[:, 0].astype(np.int64)),
+                reference_rate_hz=None if reference is None else reference.aligned_rates(self.chips.keys),
+            ),
+            self.config.false_alarm_probability,
+            self.config.noisy_rate_hz,
+        )
+        status = verdicts.channel_status
+        status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
+        chip_hits = hits.sum(axis=1)
+        window_flags = self.win_flags[:, :n].sum(axis=0)
+        chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
         window_groups = self.window_io_group.sum(axis=0) / covered
         chip_groups = self.chips.keys[:, 0].astype(np.int64)
         type_counts = self.packet_type_counts.copy()
@@ -432,11 +487,16 @@ class Accumulator:
             chip_window_parity_errors=window_flags[:, 0],
             chip_window_fifo_full=window_flags[:, 1],
             chip_rate_hz=chip_hits / covered,
+            chip_span_seconds=span,
+            chip_expected_hits=verdicts.chip_expected_hits,
+            chip_dead=verdicts.chip_dead,
+            chip_unknown=verdicts.chip_unknown,
             chip_adc_mean=chip_mean,
             chip_adc_std=chip_std,
             channel_status=status,
             channel_expected=expected,
             channel_rate_hz=channel_rate,
+            channel_expected_hz=verdicts.channel_expected_hz,
             channel_adc_mean=channel_mean,
             channel_adc_std=channel_std,
             channel_hits_total=self.hits_total[:n].copy(),
@@ -454,5 +514,7 @@ class Accumulator:
             adc_sum=(self.adc_counts * np.arange(256)).sum(axis=1),
             data_time=self.data_time,
             covered_seconds=covered,
+            silent_channel_hits=verdicts.silent_channel_hits,
+            dead_chip_hits=verdicts.dead_chip_hits,
             config=self.config,
         )
