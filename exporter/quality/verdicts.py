@@ -9,14 +9,18 @@ until then a channel without hits, or a chip, is *unknown*, never ok and never s
 
 Expected rate of a channel: the reference run's rate when a reference knows the channel, else the
 channel's own rate learnt on this run (hits since the run started / data time since then), else,
-for a channel without a hit yet, the median learnt rate of its tile's channels. It is scaled by
+for a channel without a hit yet, a slow channel's rate of its tile (``SLOW_QUANTILE`` of the
+learnt rates: a channel slower than most is not called dead for want of hits). It is scaled by
 the occupancy of the tile (the tile's hits in the window over what the same expectation predicts)
 so a change of beam or threshold that moves a whole tile is not a per-channel fault. A tile with
 no hit at all in the window keeps its unscaled expectation, so a dead tile is judged dead.
 
-Why the learnt rate is safe for silence: given H hits in a run of length T, a healthy channel's hit
-times are uniform, so P(no hit in the last S) = (1 - S/T)^H <= exp(-H S / T) = exp(-mu): the
-test "mu >= ln(N / alpha)" keeps its level whatever H is.
+Silence is judged over as long a span as it takes, from each channel's last hit. With H hits of
+its own in a run of length T, a healthy channel's hit times are uniform over the run, so
+P(no hit in the last S) = (1 - S/T)^H exactly, whatever its rate: no rate estimate is needed. A
+channel (chip) without a hit yet, or one the reference knows, is judged at its expected rate:
+P = exp(-mu). A channel (chip) is silent (dead) when P < the family's share of alpha / N, which
+for exp(-mu) is mu >= ln(N / share).
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ FAMILIES = (
     "chip hit rate",
     "chip reference rate",
 )
+
+#: Quantile of a tile's learnt channel rates a channel without any hit is expected to reach.
+SLOW_QUANTILE = 0.1
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 _SMALL_LOG_FACTORIALS = np.array([math.lgamma(k + 1) for k in range(16)])
@@ -118,60 +125,88 @@ class Verdicts:
     dead_chip_hits: float  # expected hits a chip must miss to be dead: ln(N_chips x families / alpha)
 
 
-def _group_median(values: np.ndarray, mask: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
-    """Median of ``values[mask]`` per group of chips (NaN for a group with nothing masked)."""
-    out = np.full(count, np.nan)
+def _group_quantiles(values: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
+    """(chips, 2): the SLOW_QUANTILE and the median of finite ``values`` over each chip's group (NaN if none).
+
+    ``values`` is per chip or (chips, 64); channels not judged are NaN.
+    """
+    out = np.full((count, 2), np.nan)
     for g in range(count):
-        chosen = values[inverse == g][mask[inverse == g]]
+        chosen = values[inverse == g]
+        chosen = chosen[np.isfinite(chosen)]
         if len(chosen):
-            out[g] = np.median(chosen)
-    return out
+            out[g] = np.quantile(chosen, [SLOW_QUANTILE, 0.5])
+    return out[inverse]
+
+
+def log_silence_probability(
+    hits: np.ndarray, silence: np.ndarray, run: np.ndarray, prior_rate: np.ndarray, use_prior: np.ndarray
+) -> np.ndarray:
+    """ln P(no hit in the last ``silence`` seconds) for a healthy channel or chip.
+
+    With ``hits`` in the ``run`` and no rate known beforehand, its hit times are uniform over the
+    run: (1 - silence/run)^hits, exact whatever the rate. Where ``use_prior``: Poisson at
+    ``prior_rate``, exp(-prior_rate x silence).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own = hits * np.log1p(-np.clip(silence / run, 0.0, 1.0))
+    return np.where(use_prior, -prior_rate * silence, np.where(hits > 0, own, 0.0))
 
 
 def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts:
     """Channel statuses and chip verdicts at detector-wide false-alarm probability ``alpha``."""
     expected = inputs.expected
+    chips_judged = expected.any(axis=1)
     n_window = np.where(expected, inputs.window_hits, 0).astype(np.float64)
+    hits = np.where(expected, inputs.hits_total, 0).astype(np.float64)
     window = inputs.window_seconds[:, None]
+    run = np.maximum(inputs.run_seconds, 1.0)[:, None]
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
     count = int(inverse.max()) + 1 if len(inverse) else 0
-    learnt = inputs.hits_total / np.maximum(inputs.run_seconds, 1.0)[:, None]
-    with_history = expected & (inputs.hits_total > 0)
-    typical = _group_median(learnt, with_history, inverse, count)[inverse][:, None]
-    base = np.where(inputs.hits_total > 0, learnt, typical)
-    if inputs.reference_rate_hz is not None:
-        reference = inputs.reference_rate_hz
-        base = np.where(np.isfinite(reference), reference, base)
-        typical = np.where(np.isfinite(reference), reference, typical)
-    base = np.where(expected, np.nan_to_num(base), 0.0)
-    # occupancy of each tile: its hits in the window over what the expectation predicts
+    learnt = hits / run
+    slow, typical = np.moveaxis(_group_quantiles(np.where(expected, learnt, np.nan), inverse, count), 1, 0)[:, :, None]
+    if inputs.reference_rate_hz is None:
+        known = np.zeros(expected.shape, bool)
+        reference = np.zeros(expected.shape)
+    else:
+        known = np.isfinite(inputs.reference_rate_hz) & expected
+        reference = np.nan_to_num(inputs.reference_rate_hz)
+    # occupancy of each tile: its hits in the window over what its learnt (or reference) rates predict
+    unbiased = np.where(known, reference, learnt)
     group_hits = np.bincount(inverse, n_window.sum(axis=1), count)
-    group_predicted = np.bincount(inverse, (base * window).sum(axis=1), count)
+    group_predicted = np.bincount(inverse, (unbiased * window).sum(axis=1), count)
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where((group_hits > 0) & (group_predicted > 0), group_hits / group_predicted, 1.0)[inverse][:, None]
+    prior = np.where(known, reference, np.nan_to_num(slow))  # for channels without history of their own
+    use_prior = known | (hits == 0)
+    base = np.where(expected, np.where(use_prior, prior, learnt), 0.0)
     rate_now = base * scale
-    silence_rate = base * np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
-    judged_channels = int(expected.sum())
-    judged_chips = int(expected.any(axis=1).sum())
-    channel_level = per_test_probability(alpha, judged_channels)
-    chip_level = per_test_probability(alpha, judged_chips)
+    silence_scale = np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
+    channel_level = math.log(per_test_probability(alpha, int(expected.sum())))
+    chip_level = math.log(per_test_probability(alpha, int(chips_judged.sum())))
 
     chip_hits = n_window.sum(axis=1)
     chip_silence = np.where(expected, inputs.silence_seconds, np.inf).min(axis=1)
-    chip_silence = np.where(np.isfinite(chip_silence), chip_silence, 0.0)
-    chip_mu = silence_rate.sum(axis=1) * chip_silence
-    chip_dead = (chip_hits == 0) & (chip_mu >= -math.log(chip_level)) & expected.any(axis=1)
-    silent = expected & (n_window == 0) & (silence_rate * inputs.silence_seconds >= -math.log(channel_level))
+    chip_silence = np.where(np.isfinite(chip_silence), chip_silence, 0.0) * silence_scale[:, 0]
+    n_expected = expected.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_channel = np.where(chips_judged, hits.sum(axis=1) / run[:, 0] / n_expected, np.nan)
+    chip_slow = np.nan_to_num(_group_quantiles(per_channel, inverse, count)[:, 0]) * n_expected
+    chip_known = known.any(axis=1)
+    chip_prior = np.where(chip_known, np.where(known, reference, prior).sum(axis=1), chip_slow)
+    chip_hits_total = hits.sum(axis=1)
+    chip_log_p = log_silence_probability(
+        chip_hits_total, chip_silence, run[:, 0], chip_prior, chip_known | (chip_hits_total == 0)
+    )
+    chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level)
+    channel_log_p = log_silence_probability(hits, inputs.silence_seconds * silence_scale, run, prior, use_prior)
+    silent = expected & (n_window == 0) & (channel_log_p < channel_level)
     silent |= expected & chip_dead[:, None]
     mu_window = rate_now * window
     has_hits = n_window > 0
-    inefficient = has_hits & (log_lower_tail(n_window, mu_window) < math.log(channel_level))
-    typical_now = np.where(expected, np.nan_to_num(typical), 0.0) * scale * window
-    noisy = (
-        has_hits
-        & (n_window / window > noisy_rate_hz)
-        & (log_upper_tail(n_window, typical_now) < math.log(channel_level))
-    )
+    inefficient = has_hits & (log_lower_tail(n_window, mu_window) < channel_level)
+    typical_now = np.where(known, reference, np.nan_to_num(typical)) * scale * window
+    noisy = has_hits & (n_window / window > noisy_rate_hz) & (log_upper_tail(n_window, typical_now) < channel_level)
     status = np.full(expected.shape, ChannelStatus.NONE, np.int8)
     status[expected] = ChannelStatus.UNKNOWN
     status[has_hits] = ChannelStatus.ACTIVE
@@ -184,7 +219,7 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
         chip_window_hits=chip_hits,
         chip_expected_hits=mu_window.sum(axis=1),
         chip_dead=chip_dead,
-        chip_unknown=expected.any(axis=1) & (chip_hits == 0) & ~chip_dead,
-        silent_channel_hits=-math.log(channel_level),
-        dead_chip_hits=-math.log(chip_level),
+        chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
+        silent_channel_hits=-channel_level,
+        dead_chip_hits=-chip_level,
     )
