@@ -50,10 +50,18 @@ _SMALL_LOG_FACTORIALS = np.array([math.lgamma(k + 1) for k in range(16)])
 
 
 def log_factorial(n: np.ndarray) -> np.ndarray:
-    """ln(n!) of non-negative integer counts: a table below 16, Stirling's series (error < 1e-12) above."""
+    """ln(n!) of non-negative integer counts: a table below 16, Stirling's series (error < 3e-12) above."""
     n = np.asarray(n, np.float64)
     big = np.maximum(n, 16.0)
-    stirling = big * np.log(big) - big + 0.5 * np.log(big) + _HALF_LOG_TWO_PI + 1 / (12 * big) - 1 / (360 * big**3)
+    stirling = (
+        big * np.log(big)
+        - big
+        + 0.5 * np.log(big)
+        + _HALF_LOG_TWO_PI
+        + 1 / (12 * big)
+        - 1 / (360 * big**3)
+        + 1 / (1260 * big**5)
+    )
     small = _SMALL_LOG_FACTORIALS[np.clip(n, 0, 15).astype(np.int64)]
     return np.where(n < 16, small, stirling)
 
@@ -195,9 +203,8 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     chip_known = known.any(axis=1)
     chip_prior = np.where(chip_known, np.where(known, reference, prior).sum(axis=1), chip_slow)
     chip_hits_total = hits.sum(axis=1)
-    chip_log_p = log_silence_probability(
-        chip_hits_total, chip_silence, run[:, 0], chip_prior, chip_known | (chip_hits_total == 0)
-    )
+    chip_uses_prior = chip_known | (chip_hits_total == 0)
+    chip_log_p = log_silence_probability(chip_hits_total, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
     chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level)
     channel_log_p = log_silence_probability(hits, inputs.silence_seconds * silence_scale, run, prior, use_prior)
     silent = expected & (n_window == 0) & (channel_log_p < channel_level)
@@ -217,7 +224,9 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
         channel_status=status,
         channel_expected_hz=rate_now,
         chip_window_hits=chip_hits,
-        chip_expected_hits=mu_window.sum(axis=1),
+        chip_expected_hits=np.where(
+            chip_uses_prior & ~chip_known, chip_slow * window[:, 0] * scale[:, 0], mu_window.sum(1)
+        ),
         chip_dead=chip_dead,
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
         silent_channel_hits=-channel_level,
