@@ -7,6 +7,7 @@ evaluations spread over a run of up to two hours; the end-to-end path runs the s
 decoder and the accumulator for a few minutes and counts the false verdicts of every update.
 
 Prints figures only (no assertions). Usage: python bench/verdicts.py [--evaluations 300] [--alpha 0.01]
+[--occupancies 0.01 0.05 0.2 0.5 2] [--seconds 600]
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def first_flagged(geometry, rates, rng, alpha, died: float, dead_since, flagged)
     return high
 
 
-def fast(geometry, evaluations: int, alpha: float, seed: int) -> None:
+def fast(geometry, occupancies: list[float], evaluations: int, alpha: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     chip = int(np.flatnonzero(geometry.connected.any(axis=1))[123])
     channel_chip, channel = 456, int(np.flatnonzero(geometry.connected[456])[7])
@@ -121,7 +122,7 @@ def fast(geometry, evaluations: int, alpha: float, seed: int) -> None:
         f"{'channel dies at 30 min':>22}"
     )
     print(header)
-    for occupancy in OCCUPANCIES_HZ:
+    for occupancy in occupancies:
         rates = channel_rates(geometry, occupancy, rng)
         runs = np.exp(rng.uniform(np.log(WINDOW_S), np.log(LONGEST_RUN_S), evaluations))
         false, unknown = [], []
@@ -187,11 +188,14 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.01, help="false-alarm probability per evaluation")
     parser.add_argument("--seconds", type=int, default=600, help="data seconds of the end-to-end run (0: skip)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--occupancies", type=float, nargs="+", default=list(OCCUPANCIES_HZ), help="hit rates per channel (Hz)"
+    )
     args = parser.parse_args()
     geometry = load_geometry(packaged_layout())
-    fast(geometry, args.evaluations, args.alpha, args.seed)
+    fast(geometry, args.occupancies, args.evaluations, args.alpha, args.seed)
     if args.seconds:
-        end_to_end(geometry, args.seconds, 0.05, args.alpha, every=10)
+        end_to_end(geometry, args.seconds, 0.05, args.alpha, every=min(10, args.seconds))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def test_every_command_documents_its_options(command):
 
 
 def test_once_writes_summary(tmp_path, module_geometry):
-    paths, truth = simulate_files(module_geometry, tmp_path, 15, "packets", FAULTS)  # silent needs 5 expected hits
+    paths, truth = simulate_files(module_geometry, tmp_path, 15, "packets", FAULTS)  # 15 s prove the chip dead
     result = run_cli("once", str(paths[0]), "-o", str(tmp_path / "out"), "--geometry", str(packaged_layout()))
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
