@@ -105,6 +105,11 @@ class MetricsApp:
             ("dead chips", int(s.chip_dead.sum())),
             ("chips unknown (not enough data yet)", int(s.chip_unknown.sum())),
             (
+                "verdict thresholds",
+                f"a channel is silent after {s.silent_channel_hits:.1f} expected hits without one, a chip dead after "
+                f"{s.dead_chip_hits:.1f} (false-alarm probability {s.config.false_alarm_probability:g} per evaluation)",
+            ),
+            (
                 "channels",
                 ", ".join(
                     f"{int(n)} {status.label}" for status, n in zip(ChannelStatus.judged(), s.chip_status_counts.sum(0))
