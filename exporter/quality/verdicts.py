@@ -211,9 +211,12 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     silent |= expected & chip_dead[:, None]
     mu_window = rate_now * window
     has_hits = n_window > 0
-    inefficient = has_hits & (log_lower_tail(n_window, mu_window) < channel_level)
+    # the tails only where they can be small: fewer hits than expected, or above the noisy cut
+    inefficient = has_hits & (n_window < mu_window)
+    inefficient[inefficient] = log_lower_tail(n_window[inefficient], mu_window[inefficient]) < channel_level
     typical_now = np.where(known, reference, np.nan_to_num(typical)) * scale * window
-    noisy = has_hits & (n_window / window > noisy_rate_hz) & (log_upper_tail(n_window, typical_now) < channel_level)
+    noisy = has_hits & (n_window / window > noisy_rate_hz)
+    noisy[noisy] = log_upper_tail(n_window[noisy], typical_now[noisy]) < channel_level
     status = np.full(expected.shape, ChannelStatus.NONE, np.int8)
     status[expected] = ChannelStatus.UNKNOWN
     status[has_hits] = ChannelStatus.ACTIVE
