@@ -313,3 +313,23 @@ def test_a_channel_dying_mid_run_is_proven_silent_over_its_own_span_and_across_a
     assert snap.channel_status[2, 9] == ChannelStatus.SILENT, "proven after ~25 s: longer than the window"
     assert (snap.channel_status == ChannelStatus.SILENT).sum() == 1
     assert (np.delete(snap.channel_status.ravel(), 2 * 64 + 9) == ChannelStatus.ACTIVE).all()
+
+
+def test_a_checkpoint_without_last_hit_times_does_not_call_channels_silent():
+    """Checkpoints written before the verdict engine: silences count from the restore, not from the run start."""
+    config = QualityConfig(window_seconds=10, window_bins=5)
+    acc = Accumulator(config)
+    clock = DataClock()
+    for t in range(300):
+        acc.add(second_of_packets(t, 4, None), clock, START + 1000)
+    state = acc.export_state()
+    del state["last_hit_end"]
+    restored = Accumulator(config)
+    restored.import_state(state)
+    clock = DataClock(clock.last_time)
+    for t in range(300, 311):  # channel 2-9 stops at the restore
+        restored.add(second_of_packets(t, 4, (2, 9)), clock, START + 1000)
+    assert restored.snapshot().channel_status[2, 9] == ChannelStatus.UNKNOWN, "11 s of silence after 300 hits"
+    for t in range(311, 340):
+        restored.add(second_of_packets(t, 4, (2, 9)), clock, START + 1000)
+    assert restored.snapshot().channel_status[2, 9] == ChannelStatus.SILENT
