@@ -332,7 +332,7 @@ class Accumulator:
         self.hits_total += per_channel
         self.chip_packets += per_channel.sum(axis=1)
         self.win_hits += hits[1:]
-        self._note_last_hits(hits[1:], np.unique(slots[slots >= 0]))
+        self._note_last_hits(hits[1:])
         if hits[1:].any():
             adc = adc_code.astype(np.float64)
             self.win_adc += np.bincount(key, adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
@@ -352,10 +352,10 @@ class Accumulator:
             full = flagged[(flags[flagged] & 10) != 0]
             self._add_window_flags(rows[full], slots[full], 1)
 
-    def _note_last_hits(self, hits: np.ndarray, slots: np.ndarray) -> None:
-        """Move each channel's last-hit time to the end of the newest window bin it has hits in."""
+    def _note_last_hits(self, hits: np.ndarray) -> None:
+        """Move each channel's last-hit time to the end of the newest window bin it has hits in (``hits``: per slot)."""
         nb, bin_s = self.config.window_bins, self.config.bin_seconds
-        for slot in slots.tolist():
+        for slot in np.flatnonzero(hits.reshape(nb, -1).any(axis=1)).tolist():
             newest_with_slot = self.newest_bin - (self.newest_bin - slot) % nb
             end = (newest_with_slot + 1) * bin_s
             hit = hits[slot] > 0
