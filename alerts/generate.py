@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the LArPix DQM Prometheus alerting rules from documented thresholds.
 
-Reads ``alerts/thresholds.yaml`` (the alert-specific defaults: ``for:``, windows, lookbacks),
+Reads ``alerts/thresholds.yaml`` (the alert-specific defaults: ``for:``, windows),
 takes the job selector, the runbook URL and the thresholds shared with the exporter's checks
 from ``exporter.monitoring.Monitoring`` (which the dashboard generator reads too), optionally
 merges a site override file over both, validates every key, and writes the rule file
