@@ -20,7 +20,9 @@ its own in a run of length T, a healthy channel's hit times are uniform over the
 P(no hit in the last S) = (1 - S/T)^H exactly, whatever its rate: no rate estimate is needed. A
 channel (chip) without a hit yet, or one the reference knows, is judged at its expected rate:
 P = exp(-mu). A channel (chip) is silent (dead) when P < the family's share of alpha / N, which
-for exp(-mu) is mu >= ln(N / share).
+for exp(-mu) is mu >= ln(N / share). A chip without any hit yet is expected at the SLOW_QUANTILE
+of its tile's chip rates; a silence is never judged at more than the learnt occupancy (the
+tile's scale capped at 1), so a rising beam does not hurry a verdict.
 """
 
 from __future__ import annotations
