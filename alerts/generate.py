@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the LArPix DQM Prometheus alerting rules from documented thresholds.
 
-Reads ``alerts/thresholds.yaml`` (the alert-specific defaults: ``for:``, windows, lookbacks),
+Reads ``alerts/thresholds.yaml`` (the alert-specific defaults: ``for:``, windows),
 takes the job selector, the runbook URL and the thresholds shared with the exporter's checks
 from ``exporter.monitoring.Monitoring`` (which the dashboard generator reads too), optionally
 merges a site override file over both, validates every key, and writes the rule file
@@ -69,7 +69,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "data_stale": {"max_age_seconds": "positive", "for": "duration"},
     "ingest_lag": {"max_lag_seconds": "positive", "for": "duration"},
     "read_errors": {"window": "window", "for": "duration"},
-    "chip_silent": {"active_lookback": "window", "for": "duration"},
+    "chip_silent": {"for": "duration"},
     "chip_silent_channels": {"max_fraction": "fraction", "for": "duration"},
     "chip_noisy_channels": {
         "rate_hertz": "positive",
@@ -353,26 +353,15 @@ sum by ({TARGET}, reason) (larpix_exporter_files_in_error) > 0
         _alert(
             "LarpixChipSilent",
             f"""
-(
-  larpix_chip_hit_rate_hertz == 0
-  and on ({CHIP})
-  (
-    max_over_time(larpix_chip_hit_rate_hertz[{t["chip_silent"]["active_lookback"]}]) > 0
-    or
-    ALERTS{{alertname="LarpixChipSilent"}}
-  )
-)
+larpix_chip_dead == 1
 {unless_stale}
 """,
             t["chip_silent"]["for"],
             "critical",
-            "A LArPix chip that was sending data has gone silent.",
-            _fill(
-                "LArPix " + CHIP_TEXT + " stopped sending data: its hit rate is now "
-                "{{ $value }} Hz, after being non-zero within the @lookback@ before the "
-                "alert started.",
-                lookback=t["chip_silent"]["active_lookback"],
-            ),
+            "A LArPix chip is dead: no hit for longer than chance allows.",
+            "LArPix " + CHIP_TEXT + " is proven dead (larpix_chip_dead = {{ $value }}): none of its "
+            "channels has sent a hit for longer than the exporter's false-alarm budget allows, "
+            "whether it died during the run or never spoke.",
         ),
         _alert(
             "LarpixChipManySilentChannels",
@@ -389,7 +378,7 @@ sum by ({TARGET}, reason) (larpix_exporter_files_in_error) > 0
             "Many channels of a LArPix chip are silent.",
             _fill(
                 "{{ $value | humanizePercentage }} of the channels of LArPix " + CHIP_TEXT + " "
-                "had no hit in the exporter window (threshold @pct@).",
+                "are proven silent (threshold @pct@).",
                 pct=_pct(t["chip_silent_channels"]["max_fraction"]),
             ),
         ),
@@ -416,7 +405,7 @@ count by ({CHIP}) (larpix_channel_hit_rate_hertz > {format_threshold(t["chip_noi
             f"""
 (
   sum by ({TARGET}, io_group, tile) (
-    (larpix_chip_hit_rate_hertz == bool 0)
+    larpix_chip_dead
     * on ({CHIP}) group_left (tile)
     larpix_chip_info
   )
@@ -430,7 +419,7 @@ count by ({CHIP}) (larpix_channel_hit_rate_hertz > {format_threshold(t["chip_noi
             "Many chips of a LArPix tile are silent.",
             _fill(
                 "{{ $value | humanizePercentage }} of the chips of tile {{ $labels.tile }} "
-                "(io_group {{ $labels.io_group }}) have a hit rate of zero (threshold @pct@).",
+                "(io_group {{ $labels.io_group }}) are proven dead (threshold @pct@).",
                 pct=_pct(t["tile_silent_chips"]["max_fraction"]),
             ),
         ),
@@ -585,9 +574,7 @@ larpix_check_status == {error}
                 CHECK_TARGET_TEXT + " has been outside the warning range of check "
                 "{{ $labels.check }} for @for@ (larpix_check_status = {{ $value }}; @scale@). "
                 "Ranges: docs/metrics.md, Checks.",
-                scale=", ".join(
-                    f"{int(status)} {status.label}" for status in CheckStatus if status is not CheckStatus.OK
-                ),
+                scale=", ".join(f"{int(status)} {status.label}" for status in CheckStatus if status > CheckStatus.OK),
                 **{"for": t["check_warning"]["for"]},
             ),
         ),

@@ -40,7 +40,13 @@ UID = "larpix-chips"
 #: exporter's noisy threshold): the red line of the noisiest-chip timeline.
 DAQ_HIGH_NOISE_CUT_HZ = 50.0
 #: Column order of the per-chip channel table: the problems first.
-CHANNEL_TABLE_ORDER = (ChannelStatus.NOISY, ChannelStatus.SILENT, ChannelStatus.ACTIVE)
+CHANNEL_TABLE_ORDER = (
+    ChannelStatus.NOISY,
+    ChannelStatus.SILENT,
+    ChannelStatus.INEFFICIENT,
+    ChannelStatus.UNKNOWN,
+    ChannelStatus.ACTIVE,
+)
 
 
 def build(monitoring: Monitoring) -> dm.Dashboard:
@@ -168,7 +174,8 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         dash.with_panel(
             ts_panel(
                 "Channels by status",
-                "Channels of the selected chips in each status over the window (stacked).",
+                "Channels of the selected chips by verdict (stacked); unknown: no hit in the window and "
+                "not yet provably dead (not enough data).",
                 [query(f"sum by (status) ({with_tile(f'larpix_chip_channels{{{IOG}}}')})", "{{status}}")],
                 "none",
                 w=10,
@@ -178,7 +185,8 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         .with_panel(
             merged_table(
                 "Channels by status per chip",
-                "Noisy, silent and active channel counts of each chip; noisiest first.",
+                "Noisy, silent, inefficient, unknown (not enough data yet) and active channel counts of "
+                "each chip; noisiest first.",
                 channels_per_status,
                 ChannelStatus.NOISY.label,
                 w=14,

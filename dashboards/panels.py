@@ -268,9 +268,16 @@ def ingest_loop_panel(description: str) -> stat.Panel:
     ).no_value("DOWN")
 
 
-#: Colour of each check status on every status panel.
-STATUS_COLORS = {CheckStatus.OK: "green", CheckStatus.WARNING: "yellow", CheckStatus.ERROR: "red"}
-#: larpix_*_status values shown as OK / WARNING / ERROR.
+#: Grey: unknown, not enough data to judge yet.
+UNKNOWN_COLOR = "#8e8e8e"
+#: Colour of each check status on every status panel (grey: unknown, not enough data to judge yet).
+STATUS_COLORS = {
+    CheckStatus.UNKNOWN: UNKNOWN_COLOR,
+    CheckStatus.OK: "green",
+    CheckStatus.WARNING: "yellow",
+    CheckStatus.ERROR: "red",
+}
+#: larpix_*_status values shown as UNKNOWN / OK / WARNING / ERROR.
 STATUS_MAPPING = [
     dm.ValueMap(
         options={
@@ -280,11 +287,11 @@ STATUS_MAPPING = [
     )
 ]
 #: The same colours as threshold steps, for colouring by value.
-STATUS_STEPS = [(None if status is CheckStatus.OK else int(status), color) for status, color in STATUS_COLORS.items()]
+STATUS_STEPS = [(None if i == 0 else int(status), color) for i, (status, color) in enumerate(STATUS_COLORS.items())]
 
 
 def status_timeline(title: str, desc: str, target: prometheus.Dataquery, w: int, h: int = 6) -> statetimeline.Panel:
-    """A state timeline of larpix_*_status series: OK / WARNING / ERROR over time."""
+    """A state timeline of larpix_*_status series: UNKNOWN / OK / WARNING / ERROR over time."""
     return (
         statetimeline.Panel()
         .title(title)

@@ -25,6 +25,6 @@ state = monitor.update()
 table = monitor.chip_table()
 print(f"{packets} packets, {len(table['chip_id'])} chips, detector status {state.results.detector_status}")
 for change in changes:
-    print(change)  # e.g. "chip 1-1-11: ok -> error (hit_rate, silent_fraction)"
+    print(change)  # e.g. "chip 1-1-11: ok -> error (hit_rate_ratio, silent_fraction)"
 print("silent channels:", len(monitor.channels("silent")))
 monitor.export_history(workdir / "history.csv")

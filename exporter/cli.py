@@ -128,6 +128,13 @@ def serve(
     noisy_rate_hz: Annotated[
         Optional[float], typer.Option("--noisy-rate-hz", help="Rate above which a channel is noisy. (default: 10)")
     ] = None,
+    false_alarm_probability: Annotated[
+        Optional[float],
+        typer.Option(
+            "--false-alarm-probability",
+            help="Probability of at least one false channel or chip verdict per evaluation. (default: 0.01)",
+        ),
+    ] = None,
     per_pixel: Annotated[
         Optional[bool],
         typer.Option(
@@ -194,6 +201,7 @@ def serve(
                 state_file=state_file,
                 window=window,
                 noisy_rate_hz=noisy_rate_hz,
+                false_alarm_probability=false_alarm_probability,
                 per_pixel=per_pixel,
                 checks=checks,
                 reference=reference,

@@ -87,6 +87,7 @@ class Monitor:
         window: float = 60.0,
         window_bins: int = 12,
         noisy_rate_hz: float = 10.0,
+        false_alarm_probability: float = 0.01,
         checks: tuple[Check, ...] | str | os.PathLike | None = None,
         reference: Reference | str | os.PathLike | None = None,
         history_interval: float = 10.0,
@@ -95,7 +96,9 @@ class Monitor:
         if geometry is not None and not isinstance(geometry, Geometry):
             geometry = load_geometry(geometry)
         self.geometry = geometry
-        self.accumulator = Accumulator(QualityConfig(window, window_bins, noisy_rate_hz), geometry)
+        self.accumulator = Accumulator(
+            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability), geometry
+        )
         self.checks = load_checks(str(checks)) if isinstance(checks, (str, os.PathLike)) else (checks or DEFAULT_CHECKS)
         self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self.history = History(history_interval, history_length)
@@ -151,7 +154,7 @@ class Monitor:
     # -- output ---------------------------------------------------------------------------
     def update(self) -> Evaluation:
         """Snapshot, check, record history and notify handlers; return the new state."""
-        snap = self.accumulator.snapshot()
+        snap = self.accumulator.snapshot(self.reference)
         comparison = self.reference.compare(snap) if self.reference is not None else None
         results = evaluate(snap, self.checks, self.reference)
         self.history.record(snap, results.chip_worst)
@@ -180,12 +183,13 @@ class Monitor:
         if not self._status_handlers and not self._log_handlers:
             return
         for change in self._changes(old, new):
-            level = ("info", "warning", "error")[change.new]
+            level = {CheckStatus.WARNING: "warning", CheckStatus.ERROR: "error"}.get(CheckStatus(change.new), "info")
             self.log_event(level, str(change), scope=change.scope, key=list(change.key), status=change.new)
             for handler in self._status_handlers:
                 self._call(handler, change)
 
     def _changes(self, old: Evaluation | None, new: Evaluation) -> list[StatusChange]:
+        """Statuses that moved to or from warning or error (unknown and ok are alike here: nothing to act on)."""
         r = new.results
         keys = new.snapshot.chip_keys
         old_worst = np.zeros(len(keys), np.int8)
@@ -193,18 +197,18 @@ class Monitor:
             n = min(len(old.results.chip_worst), len(keys))
             old_worst[:n] = old.results.chip_worst[:n]
         changes = []
-        for row in np.flatnonzero(old_worst != r.chip_worst).tolist():
-            failing = tuple(c.name for c, s in zip(r.chip_checks, r.chip_status[:, row]) if s)
+        for row in np.flatnonzero(_acted_on(old_worst) != _acted_on(r.chip_worst)).tolist():
+            failing = tuple(c.name for c, s in zip(r.chip_checks, r.chip_status[:, row]) if s > CheckStatus.OK)
             changes.append(
                 StatusChange("chip", tuple(keys[row].tolist()), int(old_worst[row]), int(r.chip_worst[row]), failing)
             )
         old_groups = old.results.io_group_status if old is not None else np.zeros_like(r.io_group_status)
-        for group in np.flatnonzero(old_groups != r.io_group_status).tolist():
+        for group in np.flatnonzero(_acted_on(old_groups) != _acted_on(r.io_group_status)).tolist():
             changes.append(
                 StatusChange("io_group", (group,), int(old_groups[group]), int(r.io_group_status[group]), ())
             )
         old_detector = old.results.detector_status if old is not None else 0
-        if old_detector != r.detector_status:
+        if _acted_on(old_detector) != _acted_on(r.detector_status):
             changes.append(StatusChange("detector", (), old_detector, r.detector_status, ()))
         return changes
 
@@ -247,6 +251,11 @@ def unexpected_chips(snap: Snapshot) -> list[dict[str, int]]:
             np.flatnonzero(~snap.chip_expected).tolist(), snap.chip_keys[~snap.chip_expected].tolist()
         )
     ]
+
+
+def _acted_on(status: np.ndarray | int) -> np.ndarray:
+    """A status as far as anyone acts on it: unknown counts as ok."""
+    return np.maximum(status, CheckStatus.OK)
 
 
 def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:

@@ -31,6 +31,7 @@ class Settings:
     window: float = 60.0
     window_bins: int = 12
     noisy_rate_hz: float = 10.0
+    false_alarm_probability: float = 0.01
     per_pixel: bool = False
     checks: str | None = None
     reference: str | None = None
@@ -100,4 +101,9 @@ def build_settings(config_file: str | None, overrides: dict[str, Any]) -> Settin
     """Defaults, then the config file, then command-line values that were given (not None)."""
     merged: dict[str, Any] = load_config_file(config_file) if config_file else {}
     merged.update({k: v for k, v in overrides.items() if v is not None and v != []})
-    return Settings(**merged)
+    settings = Settings(**merged)
+    if not 0 < settings.false_alarm_probability < 1:
+        raise ConfigError(
+            f"false_alarm_probability: expected a probability between 0 and 1, got {settings.false_alarm_probability}"
+        )
+    return settings

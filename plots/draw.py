@@ -28,7 +28,9 @@ DPI = 100
 WIDTH_IN = 12.8
 NO_DATA_COLOUR = "#e4e4e4"
 SILENT_COLOUR = "#8a8a8a"
+UNKNOWN_COLOUR = "#a6bddb"
 NOISY_COLOUR = "#ff1f1f"
+INEFFICIENT_COLOUR = "#ff9f1c"
 RING_SIZE = 60.0  # points squared
 RATE_CMAP, MEAN_CMAP, STD_CMAP = "viridis", "plasma", "magma"
 
@@ -145,10 +147,11 @@ def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
 
 
 def status_layer(codes: np.ndarray) -> np.ndarray:
-    """RGBA image of status codes (-1 where no pixel): no-data light grey, silent grey, rest clear."""
+    """RGBA image of status codes (-1 where no pixel): not expected light grey, silent grey, unknown blue-grey, rest clear."""
     rgba = np.zeros((*codes.shape, 4))
     rgba[codes == ChannelStatus.NONE] = to_rgba(NO_DATA_COLOUR)
     rgba[codes == ChannelStatus.SILENT] = to_rgba(SILENT_COLOUR)
+    rgba[codes == ChannelStatus.UNKNOWN] = to_rgba(UNKNOWN_COLOUR)
     return rgba
 
 
@@ -170,14 +173,15 @@ def draw_tile(ax: Axes, grid: TileGrid, values: np.ndarray, codes: np.ndarray, n
         zorder=2,
     )
     ring_cells(ax, grid, codes == ChannelStatus.NOISY)
+    ring_cells(ax, grid, codes == ChannelStatus.INEFFICIENT, INEFFICIENT_COLOUR)
     return image
 
 
-def ring_cells(ax: Axes, grid: TileGrid, cells: np.ndarray) -> None:
-    """Red rings of a fixed size on screen around the given image cells (visible at any zoom)."""
+def ring_cells(ax: Axes, grid: TileGrid, cells: np.ndarray, colour: str = NOISY_COLOUR) -> None:
+    """Rings (red: noisy) of a fixed size on screen around the given image cells (visible at any zoom)."""
     x, y = grid.centres(cells)
     if len(x):
-        ax.scatter(x, y, s=RING_SIZE, facecolors="none", edgecolors=NOISY_COLOUR, linewidths=1.4, zorder=3)
+        ax.scatter(x, y, s=RING_SIZE, facecolors="none", edgecolors=colour, linewidths=1.4, zorder=3)
 
 
 def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> None:
@@ -202,8 +206,7 @@ def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> None:
 
 def status_legend(fig: Figure, noisy_rate_hz: float) -> None:
     """Legend (bottom of the figure) for the pixel status marks."""
-    handles = [
-        Patch(facecolor=SILENT_COLOUR, label="silent: no hit in the window"),
+    rings = [
         Line2D(
             [],
             [],
@@ -211,13 +214,22 @@ def status_legend(fig: Figure, noisy_rate_hz: float) -> None:
             marker="o",
             markersize=RING_SIZE**0.5,
             markerfacecolor="none",
-            markeredgecolor=NOISY_COLOUR,
+            markeredgecolor=colour,
             markeredgewidth=1.4,
-            label=f"noisy: > {noisy_rate_hz:g} Hz",
-        ),
-        Patch(facecolor=NO_DATA_COLOUR, label="no hit yet (too early to call silent)"),
+            label=label,
+        )
+        for colour, label in (
+            (NOISY_COLOUR, f"noisy: too many hits, > {noisy_rate_hz:g} Hz"),
+            (INEFFICIENT_COLOUR, "inefficient: too few hits"),
+        )
     ]
-    fig.legend(handles=handles, loc="lower center", ncols=3, frameon=False, fontsize=10, bbox_to_anchor=(0.5, 0.0))
+    handles = [
+        Patch(facecolor=SILENT_COLOUR, label="silent: proven dead"),
+        Patch(facecolor=UNKNOWN_COLOUR, label="unknown: no hit yet, not enough data"),
+        *rings,
+        Patch(facecolor=NO_DATA_COLOUR, label="not expected"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncols=5, frameon=False, fontsize=9, bbox_to_anchor=(0.5, 0.0))
 
 
 def time_axis(ax: Axes) -> None:

@@ -395,7 +395,7 @@ def test_inhibition_rules(alertmanager: str) -> None:
             alertname="LarpixCheckError",
             severity="warning",
             instance="a:1",
-            check="hit_rate",
+            check="hit_rate_ratio",
             **chip,
         ),
         _alert(
@@ -413,7 +413,7 @@ def test_inhibition_rules(alertmanager: str) -> None:
             alertname="LarpixCheckError",
             severity="warning",
             instance="b:1",
-            check="hit_rate",
+            check="hit_rate_ratio",
             **chip,
         ),
         # b:1's detector page has no chip or tile label: only the rule's staleness guard

@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("exposition.py", ["--repeat", "1"], "per-series cost ratio generic/this"),
         ("latency.py", ["--seconds", "3"], "append -> /metrics latency"),
         ("drawing.py", ["--repeat", "1", "--seconds", "5", "--no-serve"], "PixelMap"),
+        ("verdicts.py", ["--evaluations", "2", "--occupancies", "0.5", "--seconds", "3"], "false verdicts or check"),
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):

@@ -33,7 +33,7 @@ def status_by_chip(monitor: Monitor, check: str) -> dict[tuple[int, ...], int]:
     r = monitor.update().results
     i = [c.name for c in r.chip_checks].index(check)
     keys = monitor.evaluation.snapshot.chip_keys.tolist()
-    return {tuple(k): int(s) for k, s in zip(keys, r.chip_status[i]) if s}
+    return {tuple(k): int(s) for k, s in zip(keys, r.chip_status[i]) if s > 0}
 
 
 def test_checks_flag_faults_and_roll_up(module_geometry):
@@ -42,9 +42,12 @@ def test_checks_flag_faults_and_roll_up(module_geometry):
     state = monitor.update()
     assert status_by_chip(monitor, "silent_fraction") == {(1, 1, 11): 2}
     assert status_by_chip(monitor, "noisy_fraction") == {(2, 5, 20): 1}
-    assert status_by_chip(monitor, "hit_rate") == {(1, 1, 11): 2}
+    assert status_by_chip(monitor, "hit_rate_ratio") == {(1, 1, 11): 2}
     for check in ("pedestal", "adc_spread", "parity_error_ratio", "fifo_full_ratio"):
         assert status_by_chip(monitor, check) == {}, check
+        i = [c.name for c in state.results.chip_checks].index(check)
+        dead = state.snapshot.chip_keys.tolist().index([1, 1, 11])
+        assert state.results.chip_status[i, dead] == -1, "no hit to judge: unknown, not ok"
     r = state.results
     tile_of = dict(zip(r.tiles.tolist(), r.tile_status.tolist()))
     assert tile_of[1] == 2 and tile_of[10] == 1 and sum(tile_of.values()) == 3
@@ -85,7 +88,10 @@ def test_reference_errors_name_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("checks:\n  hit_rate:\n    warning: [1]\n", "line 3: checks.hit_rate.warning: expected [low, high]"),
+        (
+            "checks:\n  hit_rate_ratio:\n    warning: [1]\n",
+            "line 3: checks.hit_rate_ratio.warning: expected [low, high]",
+        ),
         ("checks:\n  hit_rat:\n    warning: [1, 2]\n", "line 2: unknown check 'hit_rat'"),
         ("checks:\n  pedestal:\n    warnings: [1, 2]\n", "line 3: unknown key 'checks.pedestal.warnings'"),
         ("checks:\n  pedestal:\n    warning: [10, 200]\n", "line 2: checks.pedestal: the error range must contain"),
@@ -108,7 +114,7 @@ def test_checks_file_overrides_defaults(tmp_path):
     checks = {c.name: c for c in load_checks(str(path))}
     assert checks["pedestal"].warning == (70.0, 90.0) and checks["pedestal"].error == (-np.inf, 130.0)
     assert not checks["sync"].enabled
-    assert checks["hit_rate"] == {c.name: c for c in DEFAULT_CHECKS}["hit_rate"]
+    assert checks["hit_rate_ratio"] == {c.name: c for c in DEFAULT_CHECKS}["hit_rate_ratio"]
 
 
 def test_handlers_history_and_channel_lists(module_geometry, tmp_path):
@@ -156,7 +162,7 @@ def test_documented_api_example_runs():
     assert result.returncode == 0, result.stderr
     assert "detector status 2.0" in result.stdout
     assert "silent channels: 49" in result.stdout
-    assert "chip 1-1-11: ok -> error (hit_rate, silent_fraction)" in result.stdout
+    assert "chip 1-1-11: ok -> error (hit_rate_ratio, silent_fraction)" in result.stdout
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -230,7 +230,7 @@ def test_dashboards_have_the_required_shape() -> None:
 
 
 def test_status_and_reference_panels() -> None:
-    """The overview opens with the detector status (OK/WARNING/ERROR), io_group and tile
+    """The overview opens with the detector status (UNKNOWN/OK/WARNING/ERROR), io_group and tile
     status; the chips dashboard has the non-ok checks and a Reference row with the three
     reference gauges."""
     dashboards = load_dashboards()
@@ -244,6 +244,7 @@ def test_status_and_reference_panels() -> None:
     for panel in top:
         options = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
         assert {k: (v["text"], v["color"]) for k, v in options.items()} == {
+            "-1": ("UNKNOWN", "#8e8e8e"),
             "0": ("OK", "green"),
             "1": ("WARNING", "yellow"),
             "2": ("ERROR", "red"),

@@ -53,6 +53,7 @@ def test_serve_counts_exactly_and_flags_faults(tmp_path, module_geometry, fmt):
         assert sample(samples, "larpix_chip_packets_total", **silent) == 0
         assert sample(samples, "larpix_chip_channels", **silent, status="silent") == 49
         assert sample(samples, "larpix_chip_hit_rate_hertz", **silent) == 0
+        assert sample(samples, "larpix_chip_dead", **silent) == 1
         noisy = chip_labels("2-5-20")
         assert sample(samples, "larpix_chip_channels", **noisy, status="noisy") == 1
         assert sample(samples, "larpix_chip_channels", **noisy, status="active") == 48
@@ -63,6 +64,8 @@ def test_serve_counts_exactly_and_flags_faults(tmp_path, module_geometry, fmt):
         assert 75 < sample(samples, "larpix_chip_adc_mean", **healthy) < 85
         assert 4 < sample(samples, "larpix_chip_adc_stddev", **healthy) < 8
         assert sample(samples, "larpix_chip_info", **healthy, tile=10) == 1
+        assert sample(samples, "larpix_chip_dead", **healthy) == 0
+        assert sample(samples, "larpix_false_alarm_probability") == 0.01
         assert sample(samples, "larpix_io_group_sync_rate_hertz", io_group=1) == pytest.approx(1.0)
         assert sample(samples, "larpix_syncs_total", io_group=2, kind="sync") == 65
         assert sample(samples, "larpix_sync_offset_seconds_count", io_group=1) == 65
@@ -135,6 +138,9 @@ def test_bad_geometry_and_config_stop_startup_with_one_line(tmp_path):
     config.write_text("inputs: [/data]\nintervall: 1\n")
     result = run_cli("serve", "--config", str(config))
     assert result.returncode == 2 and "line 2: unknown key 'intervall'" in result.stderr
+    result = run_cli("serve", "-i", str(tmp_path), "--false-alarm-probability", "2")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "false_alarm_probability: expected a probability between 0 and 1, got 2.0" in result.stderr
 
 
 def test_config_file_values_are_used_and_cli_wins(tmp_path, tile_geometry):
@@ -174,7 +180,7 @@ def test_every_command_documents_its_options(command):
 
 
 def test_once_writes_summary(tmp_path, module_geometry):
-    paths, truth = simulate_files(module_geometry, tmp_path, 15, "packets", FAULTS)  # silent needs 5 expected hits
+    paths, truth = simulate_files(module_geometry, tmp_path, 15, "packets", FAULTS)  # 15 s prove the chip dead
     result = run_cli("once", str(paths[0]), "-o", str(tmp_path / "out"), "--geometry", str(packaged_layout()))
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

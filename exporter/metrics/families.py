@@ -51,7 +51,9 @@ class FamilyBuilder:
         rows, labels = self._chips(state.snapshot)
         r = state.results
         status = Family(
-            "larpix_check_status", "gauge", "Check status: 0 ok, 1 warning, 2 error (see the README's checks table)."
+            "larpix_check_status",
+            "gauge",
+            "Check status: -1 unknown (not enough data yet), 0 ok, 1 warning, 2 error (see the README's checks table).",
         )
         for check, values in zip(r.chip_checks, r.chip_status):
             status.add(
@@ -155,7 +157,9 @@ class FamilyBuilder:
             )
         fams.append(fifo)
         status = Family(
-            "larpix_chip_channels", "gauge", "Channels of the chip by status over the window (active, silent, noisy)."
+            "larpix_chip_channels",
+            "gauge",
+            "Channels of the chip by verdict: " + ", ".join(s.label for s in ChannelStatus.judged()) + ".",
         )
         for i, name in enumerate(s.label for s in ChannelStatus.judged()):
             status.add(
@@ -167,6 +171,16 @@ class FamilyBuilder:
         fams.append(status)
         for name, help_text, values in (
             ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snap.chip_rate_hz),
+            (
+                "larpix_chip_expected_hit_rate_hertz",
+                "Hits per second the verdicts expect of the chip now (learnt or reference rate, tile occupancy).",
+                snap.chip_expected_hits / snap.chip_span_seconds,
+            ),
+            (
+                "larpix_chip_dead",
+                "1 when the chip is proven dead (no hit for longer than the false-alarm budget allows), else 0.",
+                snap.chip_dead.astype(np.int64),
+            ),
             ("larpix_chip_adc_mean", "Mean ADC value (dataword) over the window, per chip.", snap.chip_adc_mean),
             (
                 "larpix_chip_adc_stddev",
@@ -251,6 +265,13 @@ class FamilyBuilder:
             Family("larpix_window_seconds", "gauge", "Length of the sliding window in data time.").add(
                 (), [()], [snap.config.window_seconds]
             )
+        )
+        fams.append(
+            Family(
+                "larpix_false_alarm_probability",
+                "gauge",
+                "Probability of at least one false channel or chip verdict per evaluation (the verdicts' budget).",
+            ).add((), [()], [snap.config.false_alarm_probability])
         )
         return fams
 

@@ -8,6 +8,7 @@ fields of ``packets.REQUIRED_FIELDS``) and ``Accumulator.snapshot`` returns an i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,7 +16,11 @@ from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock
 from exporter.quality.status import ChannelStatus
+from exporter.quality.verdicts import VerdictInputs, judge
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
+
+if TYPE_CHECKING:
+    from exporter.quality.reference import Reference
 
 PACKET_TYPES = 8
 SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
@@ -29,9 +34,8 @@ class QualityConfig:
     window_seconds: float = 60.0
     window_bins: int = 12
     noisy_rate_hz: float = 10.0
-    #: A channel with no hit is silent only once a typical channel (the median active one)
-    #: would have this many hits in the window: P(0 | 5 expected) < 1 %.
-    silent_min_expected_hits: float = 5.0
+    #: Detector-wide probability of at least one false verdict per evaluation (exporter/quality/verdicts.py).
+    false_alarm_probability: float = 0.01
     adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
     sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
 
@@ -57,11 +61,15 @@ class Snapshot:
     chip_window_parity_errors: np.ndarray
     chip_window_fifo_full: np.ndarray
     chip_rate_hz: np.ndarray
+    chip_expected_hits: np.ndarray
+    chip_dead: np.ndarray
+    chip_unknown: np.ndarray
     chip_adc_mean: np.ndarray
     chip_adc_std: np.ndarray
     channel_status: np.ndarray
     channel_expected: np.ndarray
     channel_rate_hz: np.ndarray
+    channel_expected_hz: np.ndarray
     channel_adc_mean: np.ndarray
     channel_adc_std: np.ndarray
     channel_hits_total: np.ndarray
@@ -81,6 +89,8 @@ class Snapshot:
     adc_sum: np.ndarray
     data_time: float
     covered_seconds: float
+    silent_channel_hits: float
+    dead_chip_hits: float
     config: QualityConfig = field(repr=False)
 
 
@@ -132,7 +142,7 @@ class Accumulator:
         "adc_counts",
         "link_parity",
     )
-    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total")
+    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total", "last_hit_end")
     _WINDOW_ARRAYS = (
         "win_hits",
         "win_adc",
@@ -204,6 +214,12 @@ class Accumulator:
             if old:
                 grown[:old] = getattr(self, name)
             setattr(self, name, grown)
+        # Data time of the end of the window bin of each channel's newest hit (NaN: none yet): how
+        # long a channel has been silent, over any span, at the window's bin resolution.
+        last_hit_end = np.full((capacity, CHANNELS_PER_CHIP), np.nan)
+        if old:
+            last_hit_end[:old] = self.last_hit_end
+        self.last_hit_end = last_hit_end
         # Per-bin sums fit int32 (a bin is seconds long; 255 * hits < 2**31 up to ~1.7 MHz per
         # channel); squared ADC sums need int64. Smaller arrays: less memory, cheaper checkpoints.
         for name, width, dtype in (
@@ -382,6 +398,7 @@ class Accumulator:
         self.hits_total += per_channel
         self.chip_packets += per_channel.sum(axis=1)
         self.win_hits += hits[1:]
+        self._note_last_hits(hits[1:])
         if hits[1:].any():
             adc = adc_code.astype(np.float64)
             self.win_adc += np.bincount(key, adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
@@ -404,6 +421,19 @@ class Accumulator:
                     rows[flagged[(flags[flagged] & bit) != 0]], minlength=self._capacity
                 )
         return flagged
+
+    def _note_last_hits(self, hits: np.ndarray) -> None:
+        """Move each channel's last-hit time to the end of the newest window bin it has hits in.
+
+        ``hits`` is (slots, chip rows, 64); each chip's ring slots belong to its io_group's window.
+        """
+        nb, bin_s, n = self.config.window_bins, self.config.bin_seconds, len(self.chips)
+        newest = self.newest_bin[self.chips.keys[:, 0].astype(np.int64)]
+        last = self.last_hit_end[:n]
+        for slot in np.flatnonzero(hits[:, :n].reshape(nb, -1).any(axis=1)).tolist():
+            end = (newest - (newest - slot) % nb + 1) * bin_s
+            hit = hits[slot, :n] > 0
+            last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
 
     def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
         """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
@@ -456,6 +486,14 @@ class Accumulator:
         known = ~np.isnan(self.window_end)
         return float(self.span_seconds()[known].max()) if known.any() else self.config.window_seconds
 
+    def chip_clock(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per chip row: its io_group's data time now (end of the newest second) and how long that
+        io_group has run without a clock step; the verdicts judge silences and learnt rates over these."""
+        groups = self.chips.keys[:, 0].astype(np.int64)
+        now = self.window_end[groups] + 1.0  # timestamp packets have one-second resolution
+        run = np.fmax(now - self.clock.span_start[groups], 1.0)
+        return now, np.where(np.isnan(now), 0.0, run)
+
     def expected_channels(self) -> np.ndarray:
         """(chips, 64) bool: connected per the geometry, or seen with data at least once."""
         n = len(self.chips)
@@ -465,8 +503,8 @@ class Accumulator:
             expected[known] |= self.geometry.connected[self.geo_row[:n][known]]
         return expected
 
-    def snapshot(self) -> Snapshot:
-        """Copy out everything the exposition and the plots need."""
+    def snapshot(self, reference: Reference | None = None) -> Snapshot:
+        """Copy out everything the exposition and the plots need; verdicts against ``reference`` when given."""
         n = len(self.chips)
         covered = self.covered_seconds()
         group_span = self.span_seconds()
@@ -477,18 +515,6 @@ class Accumulator:
         adc_sq = self.win_adc_sq[:, :n].sum(axis=0)
         channel_rate = hits / chip_span[:, None]
         channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
-        status = np.full((n, CHANNELS_PER_CHIP), ChannelStatus.NONE, np.int8)
-        active = hits > 0
-        typical_rate = float(np.median(channel_rate[active])) if active.any() else 0.0
-        live = typical_rate * chip_span >= self.config.silent_min_expected_hits  # per chip: its io_group's span
-        expected = self.expected_channels()
-        status[expected & live[:, None]] = ChannelStatus.SILENT
-        status[hits > 0] = ChannelStatus.ACTIVE
-        status[channel_rate > self.config.noisy_rate_hz] = ChannelStatus.NOISY
-        status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
-        chip_hits = hits.sum(axis=1)
-        window_flags = self.win_flags[:, :n].sum(axis=0)
-        chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
         tiles = np.full(n, -1, np.int64)
         in_geometry = np.ones(n, bool)
         if self.geometry is not None:
@@ -496,6 +522,30 @@ class Accumulator:
             tiles[known] = self.geometry.tiles[self.geo_row[:n][known]]
             if self.geometry.has_io_mapping:
                 in_geometry = known
+        now, run = self.chip_clock()
+        last_hit = self.last_hit_end[:n]
+        since = np.where(np.isnan(last_hit), (now - run)[:, None], last_hit)
+        expected = self.expected_channels()
+        verdicts = judge(
+            VerdictInputs(
+                window_hits=hits,
+                hits_total=self.hits_total[:n],
+                silence_seconds=np.nan_to_num(np.maximum(now[:, None] - since, 0.0)),
+                window_seconds=chip_span,
+                run_seconds=run,
+                expected=expected,
+                # occupancy groups: the tile, else (no geometry) the io_group
+                groups=np.where(tiles >= 0, tiles, -1 - chip_groups),
+                reference_rate_hz=None if reference is None else reference.aligned_rates(self.chips.keys),
+            ),
+            self.config.false_alarm_probability,
+            self.config.noisy_rate_hz,
+        )
+        status = verdicts.channel_status
+        status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
+        chip_hits = hits.sum(axis=1)
+        window_flags = self.win_flags[:, :n].sum(axis=0)
+        chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
         window_groups = self.window_io_group.sum(axis=0) / group_span[:, None]
         type_counts = self.packet_type_counts.copy()
         np.add.at(type_counts[:, DATA], chip_groups, self.chip_packets[:n])
@@ -521,11 +571,15 @@ class Accumulator:
             chip_window_parity_errors=window_flags[:, 0],
             chip_window_fifo_full=window_flags[:, 1],
             chip_rate_hz=chip_hits / chip_span,
+            chip_expected_hits=verdicts.chip_expected_hits,
+            chip_dead=verdicts.chip_dead,
+            chip_unknown=verdicts.chip_unknown,
             chip_adc_mean=chip_mean,
             chip_adc_std=chip_std,
             channel_status=status,
             channel_expected=expected,
             channel_rate_hz=channel_rate,
+            channel_expected_hz=verdicts.channel_expected_hz,
             channel_adc_mean=channel_mean,
             channel_adc_std=channel_std,
             channel_hits_total=self.hits_total[:n].copy(),
@@ -545,5 +599,7 @@ class Accumulator:
             adc_sum=(self.adc_counts * np.arange(256)).sum(axis=1),
             data_time=self.data_time,
             covered_seconds=covered,
+            silent_channel_hits=verdicts.silent_channel_hits,
+            dead_chip_hits=verdicts.dead_chip_hits,
             config=self.config,
         )

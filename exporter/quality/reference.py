@@ -90,6 +90,10 @@ class Reference:
         out[known] = self.arrays[name][rows[known]]
         return out
 
+    def aligned_rates(self, chip_keys: np.ndarray) -> np.ndarray:
+        """(chips, 64) reference rate of each channel of ``chip_keys`` (NaN for chips it does not know)."""
+        return self.aligned("rate_hz", self.rows_for(chip_keys))
+
     def compare(self, snap: Snapshot) -> Comparison:
         """Rate and pedestal of every chip and channel against the reference."""
         rows = self.rows_for(snap.chip_keys)

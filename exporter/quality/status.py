@@ -16,6 +16,8 @@ class ChannelStatus(IntEnum):
     ACTIVE = 1
     SILENT = 2
     NOISY = 3
+    UNKNOWN = 4  # expected, no hit in the window, silence not yet long enough to prove it dead
+    INEFFICIENT = 5  # hits in the window, significantly fewer than expected
 
     @property
     def label(self) -> str:
@@ -37,8 +39,14 @@ class ChannelStatus(IntEnum):
 
 
 class CheckStatus(IntEnum):
-    """Verdict of a check, and of its roll-ups; the value of every ``larpix_*_status`` series."""
+    """Verdict of a check, and of its roll-ups; the value of every ``larpix_*_status`` series.
 
+    UNKNOWN (-1): the data cannot decide yet (too few expected hits, nothing in the window). It
+    sorts below OK so the worst-of roll-ups stay a ``max``; ``roll_up`` then turns an OK that
+    hides an UNKNOWN into UNKNOWN, so "not judged" never reads as "ok".
+    """
+
+    UNKNOWN = -1
     OK = 0
     WARNING = 1
     ERROR = 2

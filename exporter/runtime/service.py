@@ -54,6 +54,7 @@ class Service:
             window=settings.window,
             window_bins=settings.window_bins,
             noisy_rate_hz=settings.noisy_rate_hz,
+            false_alarm_probability=settings.false_alarm_probability,
             checks=settings.checks,
             reference=settings.reference,
         )

@@ -22,7 +22,7 @@ from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
 from exporter.quality.channels import CHANNEL_MEDIA_TYPES, format_channels
 from exporter.quality.history import History
-from exporter.quality.status import CheckStatus
+from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
@@ -102,6 +102,19 @@ class MetricsApp:
             ("ingest lag", f"{time.time() - s.data_time:.1f} s" if s.data_time == s.data_time else "n/a"),
             ("polls", h.polls),
             ("detector status", CheckStatus(pub.evaluation.results.detector_status).name),
+            ("dead chips", int(s.chip_dead.sum())),
+            ("chips unknown (not enough data yet)", int(s.chip_unknown.sum())),
+            (
+                "verdict thresholds",
+                f"a channel is silent after {s.silent_channel_hits:.1f} expected hits without one, a chip dead after "
+                f"{s.dead_chip_hits:.1f} (false-alarm probability {s.config.false_alarm_probability:g} per evaluation)",
+            ),
+            (
+                "channels",
+                ", ".join(
+                    f"{int(n)} {status.label}" for status, n in zip(ChannelStatus.judged(), s.chip_status_counts.sum(0))
+                ),
+            ),
         ]
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return (

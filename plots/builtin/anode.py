@@ -65,12 +65,13 @@ class AnodeOverview(PixelPlot):
             if image is not None:
                 colour_bar(fig, image, bar, label, extend)
         silent = sum(i.count(ChannelStatus.SILENT) for i in everything)
+        unknown = sum(i.count(ChannelStatus.UNKNOWN) for i in everything)
         noisy = sum(i.count(ChannelStatus.NOISY) for i in everything)
         pixels = sum(int((i.codes >= 0).sum()) for i in everything)
         titles(
             fig,
             f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)",
-            f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy pixels",
+            f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels",
         )
         status_legend(fig, stats.config.noisy_rate_hz)
         return fig

@@ -28,7 +28,8 @@ class PixelMap(PixelPlot):
 
     One image per tile, named ``PixelMap_<io_group>_<tile>`` with the tile counted within its
     io_group (1..8 on a module: module tile 9 is ``PixelMap_2_1``). Values are the window
-    statistics of ``/metrics``; silent pixels are grey, noisy ones ringed in red.
+    statistics of ``/metrics``; silent pixels are grey, unknown ones (not enough data yet)
+    blue-grey, noisy ones ringed in red, inefficient ones in orange.
     """
 
     def tiles(self, ctx: PlotContext) -> dict[str, TileRef]:
@@ -71,7 +72,7 @@ class PixelMap(PixelPlot):
             f"{images.count(code)} {label}"
             for code, label in (
                 *((s, s.label) for s in ChannelStatus.judged()),
-                (ChannelStatus.NONE, "no data"),
+                (ChannelStatus.NONE, "not expected"),
             )
         )
         titles(fig, f"{name}: {where}", f"{window_text(stats)}  ·  {pixels} pixels: {counts}")

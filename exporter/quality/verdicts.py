@@ -1,0 +1,239 @@
+"""Channel and chip verdicts from counting statistics, with a stated false-alarm budget.
+
+Hits of a healthy channel over a span of data time are Poisson with mean mu = expected rate x
+span. Every evaluation judges every expected channel and chip at once; the probability that at
+least one verdict of the detector is false is at most ``alpha`` (``false_alarm_probability``):
+``alpha`` is split equally over the verdict families of ``FAMILIES`` and, within a family, over
+the items it judges (Bonferroni). A verdict is given only when the data prove it at that level;
+until then a channel without hits, or a chip, is *unknown*, never ok and never silent.
+
+Expected rate of a channel: the reference run's rate when a reference knows the channel, else the
+channel's own rate learnt on this run (hits since the run started / data time since then), else,
+for a channel without a hit yet, a slow channel's rate of its tile (``SLOW_QUANTILE`` of the
+learnt rates: a channel slower than most is not called dead for want of hits). It is scaled by
+the occupancy of the tile (the tile's hits in the window over what the same expectation predicts)
+so a change of beam or threshold that moves a whole tile is not a per-channel fault. A tile with
+no hit at all in the window keeps its unscaled expectation, so a dead tile is judged dead.
+
+Silence is judged over as long a span as it takes, from each channel's last hit. With H hits of
+its own in a run of length T, a healthy channel's hit times are uniform over the run, so
+P(no hit in the last S) = (1 - S/T)^H exactly, whatever its rate: no rate estimate is needed. A
+channel (chip) without a hit yet, or one the reference knows, is judged at its expected rate:
+P = exp(-mu). A channel (chip) is silent (dead) when P < the family's share of alpha / N, which
+for exp(-mu) is mu >= ln(N / share). A chip without any hit yet is expected at the SLOW_QUANTILE
+of its tile's chip rates; a silence is never judged at more than the learnt occupancy (the
+tile's scale capped at 1), so a rising beam does not hurry a verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporter.quality.status import ChannelStatus
+
+#: The verdict families the budget is split over (equal shares).
+FAMILIES = (
+    "dead chip",
+    "silent channel",
+    "inefficient channel",
+    "noisy channel",
+    "chip hit rate",
+    "chip reference rate",
+)
+
+#: Quantile of a tile's learnt channel rates a channel without any hit is expected to reach.
+SLOW_QUANTILE = 0.1
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+_SMALL_LOG_FACTORIALS = np.array([math.lgamma(k + 1) for k in range(16)])
+
+
+def log_factorial(n: np.ndarray) -> np.ndarray:
+    """ln(n!) of non-negative integer counts: a table below 16, Stirling's series (error < 3e-12) above."""
+    n = np.asarray(n, np.float64)
+    big = np.maximum(n, 16.0)
+    stirling = (
+        big * np.log(big)
+        - big
+        + 0.5 * np.log(big)
+        + _HALF_LOG_TWO_PI
+        + 1 / (12 * big)
+        - 1 / (360 * big**3)
+        + 1 / (1260 * big**5)
+    )
+    small = _SMALL_LOG_FACTORIALS[np.clip(n, 0, 15).astype(np.int64)]
+    return np.where(n < 16, small, stirling)
+
+
+def _log_pmf(n: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """ln P(X = n) for X ~ Poisson(mu), mu > 0."""
+    return n * np.log(mu) - mu - log_factorial(n)
+
+
+def log_lower_tail(n: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """An upper bound of ln P(X <= n), X ~ Poisson(mu), exact at n = 0.
+
+    P(X <= n) = pmf(n) (1 + n/mu + n(n-1)/mu^2 + ...) <= pmf(n) mu / (mu - n) for n < mu: never
+    smaller than the exact tail (a verdict never comes too early) and within that factor of it.
+    """
+    n, mu = np.broadcast_arrays(np.asarray(n, np.float64), np.asarray(mu, np.float64))
+    below = n < mu  # mu > 0 there
+    safe_mu = np.where(below, mu, 1.0)
+    safe_n = np.where(below, n, 0.0)
+    bound = _log_pmf(safe_n, safe_mu) + np.log(safe_mu / (safe_mu - safe_n))
+    return np.where(below, np.minimum(bound, 0.0), 0.0)
+
+
+def log_upper_tail(n: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """An upper bound of ln P(X >= n), X ~ Poisson(mu), for n >= 1.
+
+    P(X >= n) = pmf(n) (1 + mu/(n+1) + ...) <= pmf(n) (n+1) / (n+1-mu) for n + 1 > mu; -inf where mu
+    is 0 (no hit expected, any hit is impossible under the expectation).
+    """
+    n, mu = np.broadcast_arrays(np.asarray(n, np.float64), np.asarray(mu, np.float64))
+    above = (n + 1 > mu) & (n >= 1)
+    safe_mu = np.where(above & (mu > 0), mu, 1.0)
+    safe_n = np.where(above, n, 1.0)
+    bound = _log_pmf(safe_n, safe_mu) + np.log((safe_n + 1) / (safe_n + 1 - safe_mu))
+    bound = np.where(mu > 0, np.minimum(bound, 0.0), -np.inf)
+    return np.where(above, bound, 0.0)
+
+
+def per_test_probability(alpha: float, items: int) -> float:
+    """Probability allowed to one test of a family judging ``items`` things."""
+    return alpha / len(FAMILIES) / max(items, 1)
+
+
+@dataclass(frozen=True)
+class VerdictInputs:
+    """What the verdicts are made of, one row per chip (the accumulator's rows)."""
+
+    window_hits: np.ndarray  # (chips, 64) hits in the window
+    hits_total: np.ndarray  # (chips, 64) hits since the run started
+    silence_seconds: np.ndarray  # (chips, 64) data time since the channel's last hit (since the run started if none)
+    window_seconds: np.ndarray  # (chips,) data time the window spans
+    run_seconds: np.ndarray  # (chips,) data time since the run started
+    expected: np.ndarray  # (chips, 64) bool: channels that should send hits
+    groups: np.ndarray  # (chips,) occupancy group of each chip (its tile)
+    reference_rate_hz: np.ndarray | None = None  # (chips, 64); NaN where the reference does not know the channel
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Channel statuses and chip verdicts of one evaluation."""
+
+    channel_status: np.ndarray  # (chips, 64) ChannelStatus codes
+    channel_expected_hz: np.ndarray  # (chips, 64) expected rate now (0 for channels not expected)
+    chip_window_hits: np.ndarray  # (chips,) hits of the expected channels in the window
+    chip_expected_hits: np.ndarray  # (chips,) what the expectation predicts for them in the window
+    chip_dead: np.ndarray  # (chips,) proven dead: no hit for long enough
+    chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
+    silent_channel_hits: float  # expected hits a channel must miss to be silent: ln(N_channels x families / alpha)
+    dead_chip_hits: float  # expected hits a chip must miss to be dead: ln(N_chips x families / alpha)
+
+
+def _group_quantiles(values: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
+    """(chips, 2): the SLOW_QUANTILE and the median of finite ``values`` over each chip's group (NaN if none).
+
+    ``values`` is per chip or (chips, 64); channels not judged are NaN.
+    """
+    out = np.full((count, 2), np.nan)
+    for g in range(count):
+        chosen = values[inverse == g]
+        chosen = chosen[np.isfinite(chosen)]
+        if len(chosen):
+            out[g] = np.quantile(chosen, [SLOW_QUANTILE, 0.5])
+    return out[inverse]
+
+
+def log_silence_probability(
+    hits: np.ndarray, silence: np.ndarray, run: np.ndarray, prior_rate: np.ndarray, use_prior: np.ndarray
+) -> np.ndarray:
+    """ln P(no hit in the last ``silence`` seconds) for a healthy channel or chip.
+
+    With ``hits`` in the ``run`` and no rate known beforehand, its hit times are uniform over the
+    run: (1 - silence/run)^hits, exact whatever the rate. Where ``use_prior``: Poisson at
+    ``prior_rate``, exp(-prior_rate x silence).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own = hits * np.log1p(-np.clip(silence / run, 0.0, 1.0))
+    return np.where(use_prior, -prior_rate * silence, np.where(hits > 0, own, 0.0))
+
+
+def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts:
+    """Channel statuses and chip verdicts at detector-wide false-alarm probability ``alpha``."""
+    expected = inputs.expected
+    chips_judged = expected.any(axis=1)
+    n_window = np.where(expected, inputs.window_hits, 0).astype(np.float64)
+    hits = np.where(expected, inputs.hits_total, 0).astype(np.float64)
+    window = inputs.window_seconds[:, None]
+    run = np.maximum(inputs.run_seconds, 1.0)[:, None]
+    inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
+    count = int(inverse.max()) + 1 if len(inverse) else 0
+    learnt = hits / run
+    slow, typical = np.moveaxis(_group_quantiles(np.where(expected, learnt, np.nan), inverse, count), 1, 0)[:, :, None]
+    if inputs.reference_rate_hz is None:
+        known = np.zeros(expected.shape, bool)
+        reference = np.zeros(expected.shape)
+    else:
+        known = np.isfinite(inputs.reference_rate_hz) & expected
+        reference = np.nan_to_num(inputs.reference_rate_hz)
+    # occupancy of each tile: its hits in the window over what its learnt (or reference) rates predict
+    unbiased = np.where(known, reference, learnt)
+    group_hits = np.bincount(inverse, n_window.sum(axis=1), count)
+    group_predicted = np.bincount(inverse, (unbiased * window).sum(axis=1), count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where((group_hits > 0) & (group_predicted > 0), group_hits / group_predicted, 1.0)[inverse][:, None]
+    prior = np.where(known, reference, np.nan_to_num(slow))  # for channels without history of their own
+    use_prior = known | (hits == 0)
+    base = np.where(expected, np.where(use_prior, prior, learnt), 0.0)
+    rate_now = base * scale
+    silence_scale = np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
+    channel_level = math.log(per_test_probability(alpha, int(expected.sum())))
+    chip_level = math.log(per_test_probability(alpha, int(chips_judged.sum())))
+
+    chip_hits = n_window.sum(axis=1)
+    chip_silence = np.where(expected, inputs.silence_seconds, np.inf).min(axis=1)
+    chip_silence = np.where(np.isfinite(chip_silence), chip_silence, 0.0) * silence_scale[:, 0]
+    n_expected = expected.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_channel = np.where(chips_judged, hits.sum(axis=1) / run[:, 0] / n_expected, np.nan)
+    chip_slow = np.nan_to_num(_group_quantiles(per_channel, inverse, count)[:, 0]) * n_expected
+    chip_known = known.any(axis=1)
+    chip_prior = np.where(chip_known, np.where(known, reference, prior).sum(axis=1), chip_slow)
+    chip_hits_total = hits.sum(axis=1)
+    chip_uses_prior = chip_known | (chip_hits_total == 0)
+    chip_log_p = log_silence_probability(chip_hits_total, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
+    chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level)
+    channel_log_p = log_silence_probability(hits, inputs.silence_seconds * silence_scale, run, prior, use_prior)
+    silent = expected & (n_window == 0) & (channel_log_p < channel_level)
+    silent |= expected & chip_dead[:, None]
+    mu_window = rate_now * window
+    has_hits = n_window > 0
+    # the tails only where they can be small: fewer hits than expected, or above the noisy cut
+    inefficient = has_hits & (n_window < mu_window)
+    inefficient[inefficient] = log_lower_tail(n_window[inefficient], mu_window[inefficient]) < channel_level
+    typical_now = np.where(known, reference, np.nan_to_num(typical)) * scale * window
+    noisy = has_hits & (n_window / window > noisy_rate_hz)
+    noisy[noisy] = log_upper_tail(n_window[noisy], typical_now[noisy]) < channel_level
+    status = np.full(expected.shape, ChannelStatus.NONE, np.int8)
+    status[expected] = ChannelStatus.UNKNOWN
+    status[has_hits] = ChannelStatus.ACTIVE
+    status[silent] = ChannelStatus.SILENT
+    status[inefficient] = ChannelStatus.INEFFICIENT
+    status[noisy] = ChannelStatus.NOISY
+    return Verdicts(
+        channel_status=status,
+        channel_expected_hz=rate_now,
+        chip_window_hits=chip_hits,
+        chip_expected_hits=np.where(
+            chip_uses_prior & ~chip_known, chip_slow * window[:, 0] * scale[:, 0], mu_window.sum(1)
+        ),
+        chip_dead=chip_dead,
+        chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
+        silent_channel_hits=-channel_level,
+        dead_chip_hits=-chip_level,
+    )
