@@ -40,7 +40,7 @@ UID = "larpix-chips"
 #: exporter's noisy threshold): the red line of the noisiest-chip timeline.
 DAQ_HIGH_NOISE_CUT_HZ = 50.0
 #: Column order of the per-chip channel table: the problems first.
-CHANNEL_TABLE_ORDER = (ChannelStatus.NOISY, ChannelStatus.SILENT, ChannelStatus.ACTIVE)
+CHANNEL_TABLE_ORDER = (ChannelStatus.NOISY, ChannelStatus.SILENT, ChannelStatus.ACTIVE, ChannelStatus.MASKED)
 
 
 def build(monitoring: Monitoring) -> dm.Dashboard:
@@ -178,7 +178,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         .with_panel(
             merged_table(
                 "Channels by status per chip",
-                "Noisy, silent and active channel counts of each chip; noisiest first.",
+                "Noisy, silent, active and masked channel counts of each chip; noisiest first.",
                 channels_per_status,
                 ChannelStatus.NOISY.label,
                 w=14,

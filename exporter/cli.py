@@ -16,6 +16,7 @@ import typer
 
 from exporter import __version__
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
 from exporter.quality.checks import ChecksConfigError
 from exporter.quality.reference import ReferenceFileError
 from exporter.runtime.checkpoint import CheckpointError
@@ -66,6 +67,18 @@ def _parse_ids(values: list[str], width: int, what: str) -> list[tuple[int, ...]
         out.append(tuple(int(p) for p in parts))
     return out
 
+
+NETWORK_HELP = (
+    "larpix-control controller network file (hydra network), or a directory of them; repeatable. Chips in no "
+    "network are not expected and get no verdict. (default: every chip of the geometry or seen in data)"
+)
+DISABLED_LIST_HELP = (
+    "Disabled-channel list in the DAQ's format {'<io_group>-<tile>-<chip_id>': [channels]} (what "
+    "'channels --format daq' writes); its channels are masked: no silent/noisy verdict; repeatable."
+)
+RUN_MODE_HELP = (
+    f"Run mode selecting the check thresholds: {', '.join(RUN_MODES)} (auto: from the data's trigger types)."
+)
 
 PLOTS_HELP = (
     "Plots to draw: class or image names or shell patterns (PixelMap, PixelMap_2_1, 'PixelMap_1_*'); "
@@ -169,6 +182,9 @@ def serve(
             help="Prometheus exporter web config (tls_server_config, basic_auth_users). (default: plain HTTP, no auth)",
         ),
     ] = None,
+    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
+    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
+    run_mode: Annotated[Optional[str], typer.Option("--run-mode", help=RUN_MODE_HELP + " (default: auto)")] = None,
     config: Annotated[
         Optional[str],
         typer.Option(help="YAML file with any of these options (keys as option names); command-line values win."),
@@ -203,6 +219,9 @@ def serve(
                 plots=plots,
                 plot_interval=plot_interval,
                 plugin_dirs=plugin_dir,
+                networks=network,
+                disabled_lists=disabled_list,
+                run_mode=run_mode,
             ),
         )
         if not settings.inputs:
@@ -223,6 +242,7 @@ def serve(
         ChecksConfigError,
         ReferenceFileError,
         WebConfigError,
+        RunConfigError,
     ) as err:
         _fail(str(err))
     except OSError as err:
@@ -254,19 +274,26 @@ def once(
         list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
     ] = [],  # noqa: B006
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write the summary only.")] = False,
+    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
+    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
+    run_mode: Annotated[str, typer.Option("--run-mode", help=RUN_MODE_HELP)] = "auto",
 ) -> None:
-    """Process one whole file: print its summary; with -o also write it, its metrics and its plots."""
+    """Process one whole file: print its summary; with -o also write it, its metrics and its plots.
+
+    A packet file's own chip configurations (``configs``) mask channels without further options.
+    """
     from exporter.runtime.service import resolve_geometry
     from plots.engine import PlotConfigError
 
     _setup_logging(False)
     try:
         geo = resolve_geometry(geometry)
+        run_config = RunConfig.load(network, disabled_list, run_mode)
         settings = None if no_plots else _plot_settings(output, ext, plots, 0.0, plugin_dir, latest=False)
-    except (GeometryError, PlotConfigError) as err:
+    except (GeometryError, PlotConfigError, RunConfigError) as err:
         _fail(str(err))
     try:
-        result, written = _once_with_progress(file, geo, window, settings)
+        result, written = _once_with_progress(file, geo, window, settings, run_config)
     except PlotConfigError as err:
         _fail(str(err))
     summary, metrics_text = result.summary()
@@ -284,7 +311,7 @@ def once(
     typer.echo(json.dumps(summary["totals"], indent=1))
 
 
-def _once_with_progress(file: Path, geo, window: float, settings):
+def _once_with_progress(file: Path, geo, window: float, settings, run_config: RunConfig):
     """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures))."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -306,7 +333,9 @@ def _once_with_progress(file: Path, geo, window: float, settings):
             def on_chunk(chunk) -> None:
                 engine.update(key, chunk.packets, empty)
 
-        result = process_file(str(file), geo, window, on_chunk, lambda rows: progress.update(reading, completed=rows))
+        result = process_file(
+            str(file), geo, window, on_chunk, lambda rows: progress.update(reading, completed=rows), run_config
+        )
         if engine is None or result.errors:  # nothing to draw, or a file that could not be read
             return result, None
         drawing = progress.add_task("drawing plots (images)", total=None)

@@ -126,7 +126,9 @@ class FamilyBuilder:
             )
         fams.append(fifo)
         status = Family(
-            "larpix_chip_channels", "gauge", "Channels of the chip by status over the window (active, silent, noisy)."
+            "larpix_chip_channels",
+            "gauge",
+            "Channels of the chip by status over the window (active, silent, noisy, masked).",
         )
         for i, name in enumerate(s.label for s in ChannelStatus.judged()):
             status.add(
@@ -136,6 +138,14 @@ class FamilyBuilder:
                 labels=[f'{lab},status="{name}"' for lab in labels],
             )
         fams.append(status)
+        if len(snap.chip_masked_active) == len(rows):
+            fams.append(
+                Family(
+                    "larpix_chip_masked_active_channels",
+                    "gauge",
+                    "Masked channels (disabled list, channel_mask) that still sent data over the window, per chip.",
+                ).add(CHIP_LABELS, rows, snap.chip_masked_active, labels=labels)
+            )
         for name, help_text, values in (
             ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snap.chip_rate_hz),
             ("larpix_chip_adc_mean", "Mean ADC value (dataword) over the window, per chip.", snap.chip_adc_mean),

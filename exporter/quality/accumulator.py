@@ -14,6 +14,7 @@ import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
+from exporter.detector.runconfig import RunConfig
 from exporter.quality.clock import DataClock, forward_fill, plausible_timestamps
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
@@ -79,6 +80,10 @@ class Snapshot:
     data_time: float
     covered_seconds: float
     config: QualityConfig = field(repr=False)
+    #: Per chip: judged (in a hydra network, or no network given); chips outside every network get no verdict.
+    chip_judged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    #: Per chip: masked channels that still sent data in the window.
+    chip_masked_active: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
 
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +97,15 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
 class Accumulator:
     """Owns the running per-chip, per-channel and per-io_group arrays."""
 
-    def __init__(self, config: QualityConfig | None = None, geometry: Geometry | None = None) -> None:
+    def __init__(
+        self, config: QualityConfig | None = None, geometry: Geometry | None = None, run_config: RunConfig | None = None
+    ) -> None:
         self.config = config or QualityConfig()
         self.geometry = geometry
+        self.run_config = run_config or RunConfig()
+        self._run_rows = 0  # chip rows whose network membership and masks are cached below
+        self._in_network = np.zeros(0, bool)
+        self._masked = np.zeros((0, CHANNELS_PER_CHIP), bool)
         self.chips = ChipIndex()
         self._capacity = 0
         nb = self.config.window_bins
@@ -113,6 +124,8 @@ class Accumulator:
         self._alloc_chip_arrays(0)
         if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
             self._register(geometry.chips)
+        if self.run_config.network is not None:
+            self._register(np.array(sorted(self.run_config.network), np.uint8).reshape(-1, 3))
 
     # -- checkpoint ---------------------------------------------------------------------
     _SCALARS = ("newest_bin", "data_time", "first_time", "implausible_timestamps")
@@ -376,14 +389,44 @@ class Accumulator:
         span = end - max(window_start, self.first_time)
         return float(min(max(span, 1.0), self.config.window_seconds))
 
+    def set_run_config(self, run_config: RunConfig) -> None:
+        """Judge from now on with this run configuration (networks, masks), e.g. one read from a file."""
+        self.run_config = run_config
+        self._run_rows = 0
+        if run_config.network is not None:
+            self._register(np.array(sorted(run_config.network), np.uint8).reshape(-1, 3))
+
+    def _run_config_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per chip row: in a network (n,) and masked channels (n, 64), cached as rows appear."""
+        n = len(self.chips)
+        if n > self._run_rows:
+            keys = self.chips.keys[self._run_rows : n]
+            self._in_network = np.concatenate([self._in_network[: self._run_rows], self.run_config.in_network(keys)])
+            self._masked = np.concatenate([self._masked[: self._run_rows], self.run_config.masked_channels(keys)])
+            self._run_rows = n
+        return self._in_network[:n], self._masked[:n]
+
     def expected_channels(self) -> np.ndarray:
-        """(chips, 64) bool: connected per the geometry, or seen with data at least once."""
+        """(chips, 64) bool: connected per the geometry, or seen with data at least once; only chips in the
+        run's networks when it has any."""
         n = len(self.chips)
         expected = self.hits_total[:n] > 0
         if self.geometry is not None:
             known = self.geo_row[:n] >= 0
             expected[known] |= self.geometry.connected[self.geo_row[:n][known]]
+        expected &= self._run_config_rows()[0][:, None]
         return expected
+
+    def _apply_run_config(self, status: np.ndarray, expected: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """Post-filter the channel statuses: no verdict outside the networks, masked channels MASKED.
+
+        Returns the count per chip of masked channels that still sent data in the window.
+        """
+        in_network, masked = self._run_config_rows()
+        status[~in_network] = ChannelStatus.NONE
+        masked = masked & expected
+        status[masked] = ChannelStatus.MASKED
+        return (masked & (hits > 0)).sum(axis=1)
 
     def snapshot(self) -> Snapshot:
         """Copy out everything the exposition and the plots need."""
@@ -402,6 +445,7 @@ class Accumulator:
         status[expected & live] = ChannelStatus.SILENT
         status[hits > 0] = ChannelStatus.ACTIVE
         status[channel_rate > self.config.noisy_rate_hz] = ChannelStatus.NOISY
+        masked_active = self._apply_run_config(status, expected, hits)
         status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
         chip_hits = hits.sum(axis=1)
         window_flags = self.win_flags[:, :n].sum(axis=0)
@@ -455,4 +499,6 @@ class Accumulator:
             data_time=self.data_time,
             covered_seconds=covered,
             config=self.config,
+            chip_judged=self._run_config_rows()[0].copy(),
+            chip_masked_active=masked_active,
         )

@@ -16,7 +16,7 @@ import yaml
 
 from exporter.quality.accumulator import IO_GROUPS, Snapshot
 from exporter.quality.reference import Reference
-from exporter.quality.status import CheckStatus
+from exporter.quality.status import ChannelStatus, CheckStatus
 
 INF = math.inf
 
@@ -73,8 +73,12 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
-    """The quantity each chip-scope check judges, one value per chip row of the snapshot."""
-    expected = snap.chip_status_counts.sum(axis=1).astype(float)
+    """The quantity each chip-scope check judges, one value per chip row of the snapshot.
+
+    Masked channels are not expected (they count in no fraction); chips outside the run's networks get NaN.
+    """
+    counted = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
+    expected = snap.chip_status_counts[:, counted].sum(axis=1).astype(float)
     values = {
         "hit_rate": _ratio(snap.chip_rate_hz, expected),
         "silent_fraction": _ratio(snap.chip_status_counts[:, 1].astype(float), expected),
@@ -88,6 +92,8 @@ def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np
         comparison = reference.compare(snap)
         values["reference_rate_ratio"] = comparison.rate_ratio
         values["reference_pedestal_shift"] = comparison.pedestal_shift
+    if len(snap.chip_judged) == len(snap.chip_keys) and not snap.chip_judged.all():
+        values = {name: np.where(snap.chip_judged, v, np.nan) for name, v in values.items()}
     return values
 
 

@@ -16,6 +16,7 @@ class ChannelStatus(IntEnum):
     ACTIVE = 1
     SILENT = 2
     NOISY = 3
+    MASKED = 5  # masked by the run's configuration (disabled list, the file's channel_mask): no silent/noisy verdict
 
     @property
     def label(self) -> str:

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from exporter.detector.geometry import Geometry
+from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
@@ -37,6 +38,7 @@ def snapshot_summary(snap: Snapshot) -> dict:
                 "adc_mean": None if np.isnan(snap.chip_adc_mean[i]) else float(snap.chip_adc_mean[i]),
                 "adc_std": None if np.isnan(snap.chip_adc_std[i]) else float(snap.chip_adc_std[i]),
                 "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts[i])},
+                "masked_active_channels": int(snap.chip_masked_active[i]) if len(snap.chip_masked_active) else 0,
             }
         )
     return {
@@ -88,10 +90,22 @@ def process_file(
     window: float = 60.0,
     on_chunk: Callable[[Chunk], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    run_config: RunConfig | None = None,
 ) -> FileResult:
-    """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far."""
-    accumulator = Accumulator(QualityConfig(window_seconds=window), geometry)
+    """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far.
+
+    The channel masks and periodic triggers the file stores (``configs``) add to ``run_config``.
+    """
     errors: list[str] = []
+    run_config = run_config or RunConfig()
+    try:
+        found = read_file_configuration(path)
+    except RunConfigError as err:
+        errors.append(f"configs: {err}")
+        found = None
+    if found is not None:
+        run_config = run_config.with_file_configuration(path, found)
+    accumulator = Accumulator(QualityConfig(window_seconds=window), geometry, run_config)
     health = Health()
 
     def consume(chunk: Chunk) -> None:
@@ -109,6 +123,8 @@ def process_file(
     return FileResult(path, geometry, accumulator.snapshot(), health, errors)
 
 
-def summarize_file(path: str, geometry_path: str | None, window: float = 60.0) -> tuple[dict, str]:
+def summarize_file(
+    path: str, geometry_path: str | None, window: float = 60.0, run_config: RunConfig | None = None
+) -> tuple[dict, str]:
     """Ingest a whole file; return its summary (with any read errors) and its metrics text."""
-    return process_file(path, resolve_geometry(geometry_path), window).summary()
+    return process_file(path, resolve_geometry(geometry_path), window, run_config=run_config).summary()

@@ -56,6 +56,9 @@ class Service:
             noisy_rate_hz=settings.noisy_rate_hz,
             checks=settings.checks,
             reference=settings.reference,
+            networks=settings.networks,
+            disabled_lists=settings.disabled_lists,
+            run_mode=settings.run_mode,
         )
         self.checkpoint_path = resolve_checkpoint_path(settings)
         self.ingester = Ingester(
