@@ -513,16 +513,27 @@ def channels(
     ] = [],  # noqa: B006
     url: Annotated[Optional[str], typer.Option(help="A running exporter, e.g. http://localhost:9767.")] = None,
     status: Annotated[
-        str, typer.Option(help="Comma-separated channel statuses: noisy, silent, active.")
-    ] = "noisy,silent",
+        Optional[str],
+        typer.Option(
+            help="Comma-separated channel statuses: noisy, silent, active, masked. "
+            "(default: noisy,silent; with --format daq: noisy, as the DAQ masks noisy channels only)"
+        ),
+    ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="json ({'io_group-io_channel-chip_id': [channels]}) or csv.")
+        str,
+        typer.Option(
+            "--format",
+            help="json ({'io_group-io_channel-chip_id': [channels]}), csv, or daq (the DAQ's disabled list "
+            "{'io_group-tile-chip_id': [channels], 'meta': {...}}, which --disabled-list reads back).",
+        ),
     ] = "json",
     output: Annotated[
         Optional[Path], typer.Option("-o", "--output", help="Write here instead of standard output.")
     ] = None,
     geometry: Annotated[Optional[str], typer.Option(help="Pixel geometry YAML, for files.")] = None,
     window: Annotated[float, typer.Option(help="Sliding window in seconds of data time, for files.")] = 60.0,
+    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
+    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
 ) -> None:
     """List bad channels (io_group, io_channel, chip_id, channel_id) for the DAQ's channel mask."""
     import urllib.error
@@ -530,12 +541,12 @@ def channels(
     import urllib.request
 
     from exporter.monitor import Monitor, channel_list
-    from exporter.quality.channels import format_channels
+    from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
     from exporter.runtime.service import resolve_geometry
 
-    statuses = [s.strip() for s in status.split(",") if s.strip()]
-    if fmt not in ("json", "csv"):
-        _fail(f"--format {fmt!r}: use json or csv")
+    if fmt not in CHANNEL_MEDIA_TYPES:
+        _fail(f"--format {fmt!r}: use {', '.join(CHANNEL_MEDIA_TYPES)}")
+    statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt])
     if bool(url) == bool(files):
         _fail("give either --url of a running exporter or FILE arguments")
     if url:
@@ -546,11 +557,16 @@ def channels(
         except (urllib.error.URLError, OSError) as err:
             _fail(f"{url}: {getattr(err, 'reason', err)}")
     else:
-        monitor = Monitor(resolve_geometry(geometry), window=window)
+        try:
+            monitor = Monitor(resolve_geometry(geometry), window=window, networks=network, disabled_lists=disabled_list)
+        except (GeometryError, RunConfigError) as err:
+            _fail(str(err))
         for path in files:
             monitor.add_file(path)
+        snap = monitor.update().snapshot
         try:
-            body = format_channels(channel_list(monitor.update().snapshot, statuses), fmt)
+            meta = disabled_list_meta(snap, statuses, [str(p) for p in files]) if fmt == "daq" else None
+            body = format_channels(channel_list(snap, statuses), fmt, meta)
         except ValueError as err:
             _fail(str(err))
     if output is not None:

@@ -250,3 +250,71 @@ def test_monitor_takes_networks_and_disabled_lists(tmp_path, tile_geometry):
     assert [1, 1, 11] in keys and [1, 1, 12] in keys
     with pytest.raises(RunConfigError, match="run mode 'cosmics'"):
         Monitor(tile_geometry, run_mode="cosmics")
+
+
+def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory, module_geometry):
+    """A 40 s module run with three noisy channels on two io_groups and tiles."""
+    from exporter.simulate import Faults
+
+    noisy = [(1, 2, 41, 5), (1, 14, 40, 30), (2, 30, 38, 12)]
+    faults = Faults(noisy_channels=noisy, noisy_rate_hz=60.0)
+    paths = write_run(
+        Simulator(module_geometry, SimulationConfig(seed=9), faults),
+        tmp_path_factory.mktemp("noisy"),
+        "packets",
+        40,
+        realtime=False,
+        start_time=START,
+    )
+    return paths, noisy
+
+
+def test_the_daq_disabled_list_round_trips(tmp_path, module_geometry, noisy_run):
+    """channels --format daq lists the noisy channels keyed io_group-tile-chip_id; --disabled-list masks exactly them."""
+    paths, noisy = noisy_run
+    layout = module_geometry.path
+    out = tmp_path / "disabled.json"
+    made = cli("channels", *map(str, paths), "--format", "daq", "--geometry", layout, "-o", str(out))
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(out.read_text())
+    meta = doc.pop("meta")
+    assert doc == {f"{g}-{daq_tile(c)}-{chip}": [ch] for g, c, chip, ch in noisy}
+    assert meta["sources"] == [str(p) for p in paths] and meta["statuses"] == ["noisy"]
+    assert meta["tool"].startswith("larpix-dqm ") and meta["noisy_rate_hz"] == 10.0
+    assert meta["data_time_end"] == "2023-11-14T22:14:00Z" and meta["window_seconds"] == 40.0
+    # read back: exactly those channels masked, nothing noisy left
+    monitor = Monitor(module_geometry, disabled_lists=[out])
+    for path in paths:
+        monitor.add_file(path)
+    snap = monitor.update().snapshot
+    assert sorted(map(tuple, monitor.channels("masked").tolist())) == sorted(noisy)
+    assert len(monitor.channels("noisy")) == 0
+    assert int(snap.chip_masked_active.sum()) == 3
+    # the other forms are unchanged
+    as_json = cli("channels", *map(str, paths), "--format", "json", "--geometry", layout)
+    assert json.loads(as_json.stdout) == {f"{g}-{c}-{chip}": [ch] for g, c, chip, ch in noisy}
+    bad = cli("channels", str(paths[0]), "--format", "xml")
+    assert bad.returncode == 2 and "use json, csv, daq" in bad.stderr
+
+
+def test_serve_offers_the_daq_disabled_list(tmp_path, module_geometry, noisy_run):
+    from tests.helpers import free_port, running_serve, scrape, wait_for
+
+    paths, noisy = noisy_run
+    port = free_port()
+    args = ["-i", str(paths[0].parent), "--geometry", module_geometry.path, "--interval", "0.2"]
+    with running_serve(args, port):
+        wait_for(lambda: json.loads(scrape(port, "/api/channels?format=daq")).get("2-8-38"))
+        doc = json.loads(scrape(port, "/api/channels?format=daq"))
+        by_cli = cli("channels", "--url", f"http://127.0.0.1:{port}", "--format", "daq")
+    meta = doc.pop("meta")
+    assert doc == {f"{g}-{daq_tile(c)}-{chip}": [ch] for g, c, chip, ch in noisy}
+    assert meta["sources"] == [str(paths[0].parent)]
+    assert by_cli.returncode == 0 and {k: v for k, v in json.loads(by_cli.stdout).items() if k != "meta"} == doc

@@ -81,7 +81,12 @@ class Service:
             self.ingester.listeners.append(self.plots.on_chunk)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
         self.app = MetricsApp(
-            lambda: self.ingester.published, settings.per_pixel, plots=self.plots, web=web, history=self.monitor.history
+            lambda: self.ingester.published,
+            settings.per_pixel,
+            plots=self.plots,
+            web=web,
+            history=self.monitor.history,
+            inputs=settings.inputs,
         )
         self.server = ExporterServer((settings.listen_address, settings.port), self.app)
         self.stop_event = threading.Event()
