@@ -365,7 +365,14 @@ def simulate(
     geometry: Annotated[
         Optional[str], typer.Option(help="Geometry to simulate. (default: the packaged 16-tile module layout)")
     ] = None,
-    rate_hz: Annotated[float, typer.Option(help="Mean hit rate per channel (Poisson).")] = 0.5,
+    rate_hz: Annotated[float, typer.Option(help="Mean self-trigger hit rate per channel (Poisson).")] = 0.5,
+    periodic_trigger_hz: Annotated[
+        float,
+        typer.Option(
+            help="Periodic triggers per second on every channel (trigger type 3), e.g. 30 with --rate-hz 0 for a "
+            "pedestal run; 0 for none."
+        ),
+    ] = 0.0,
     silent_chip: Annotated[
         list[str], typer.Option(help="Inject a chip that never sends data: IOGROUP-IOCHANNEL-CHIP; repeatable.")
     ] = [],  # noqa: B006
@@ -399,7 +406,14 @@ def simulate(
     )
     try:
         sim = Simulator(
-            geo, SimulationConfig(hit_rate_hz=rate_hz, words_per_message=words_per_message, seed=seed), faults
+            geo,
+            SimulationConfig(
+                hit_rate_hz=rate_hz,
+                periodic_trigger_hz=periodic_trigger_hz,
+                words_per_message=words_per_message,
+                seed=seed,
+            ),
+            faults,
         )
     except ValueError as err:
         _fail(str(err))

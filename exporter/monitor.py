@@ -26,7 +26,15 @@ import numpy as np
 from exporter.detector.geometry import Geometry, load_geometry
 from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
-from exporter.quality.checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
+from exporter.quality.checks import (
+    DEFAULT_CHECKS,
+    Check,
+    CheckResults,
+    detect_run_mode,
+    evaluate,
+    load_checks,
+    mode_checks,
+)
 from exporter.quality.clock import DataClock
 from exporter.quality.history import History
 from exporter.quality.reference import Comparison, Reference
@@ -72,6 +80,8 @@ class Evaluation:
     results: CheckResults
     comparison: Comparison | None
     wall_time: float
+    #: The run mode whose check set judged the snapshot (given, or detected from the trigger types).
+    run_mode: str = "self-trigger"
 
 
 def _as_callable(handler: object, method: str) -> Callable[..., None]:
@@ -101,7 +111,12 @@ class Monitor:
         self.geometry = geometry
         run_config = RunConfig.load([str(p) for p in networks], [str(p) for p in disabled_lists], run_mode)
         self.accumulator = Accumulator(QualityConfig(window, window_bins, noisy_rate_hz), geometry, run_config)
-        self.checks = load_checks(str(checks)) if isinstance(checks, (str, os.PathLike)) else (checks or DEFAULT_CHECKS)
+        if isinstance(checks, (str, os.PathLike)):
+            self.checks = load_checks(str(checks))
+            self.mode_checks = mode_checks(DEFAULT_CHECKS, str(checks))
+        else:
+            self.checks = checks or DEFAULT_CHECKS
+            self.mode_checks = mode_checks(self.checks)
         self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self.history = History(history_interval, history_length)
         self._files: dict[str, DirectoryTail] = {}
@@ -170,12 +185,20 @@ class Monitor:
         """Snapshot, check, record history and notify handlers; return the new state."""
         snap = self.accumulator.snapshot()
         comparison = self.reference.compare(snap) if self.reference is not None else None
-        results = evaluate(snap, self.checks, self.reference)
+        mode = self.run_mode
+        if mode == "auto":
+            mode = detect_run_mode(snap)
+        results = evaluate(snap, self.mode_checks[mode], self.reference)
         self.history.record(snap, results.chip_worst)
-        state = Evaluation(snap, results, comparison, time.time())
+        state = Evaluation(snap, results, comparison, time.time(), mode)
         self._notify(self._last, state)
         self._last = state
         return state
+
+    @property
+    def run_mode(self) -> str:
+        """The configured run mode: 'auto' (detected from the data's trigger types at each update) or a fixed one."""
+        return self.accumulator.run_config.run_mode
 
     @property
     def evaluation(self) -> Evaluation:

@@ -17,7 +17,16 @@ from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.detector.runconfig import RunConfig
 from exporter.quality.clock import DataClock, forward_fill, plausible_timestamps
 from exporter.quality.status import ChannelStatus
-from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
+from exporter.reading.packets import (
+    DATA,
+    DATA_TRIGGER_TYPES,
+    EXTERNAL_TRIGGER_BIT,
+    PERIODIC_TRIGGER,
+    SELF_TRIGGER,
+    SYNC,
+    TICKS_PER_SYNC,
+    TRIGGER,
+)
 
 IO_GROUPS = 256
 PACKET_TYPES = 8
@@ -84,6 +93,16 @@ class Snapshot:
     chip_judged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
     #: Per chip: masked channels that still sent data in the window.
     chip_masked_active: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    #: Data packets by io_group and trigger type (self, external, cross, periodic): all time, and per second
+    #: over the window. Only self-triggered packets feed the rates and the channel statuses above.
+    trigger_type_counts: np.ndarray = field(default_factory=lambda: np.zeros((IO_GROUPS, 4), np.int64), repr=False)
+    trigger_type_rate_hz: np.ndarray = field(default_factory=lambda: np.zeros((IO_GROUPS, 4)), repr=False)
+    #: Periodic-trigger packets over the window: rate, pedestal mean and spread (NaN without such packets).
+    chip_periodic_rate_hz: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    chip_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    chip_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    channel_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
+    channel_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
 
 
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +125,10 @@ class Accumulator:
         self._run_rows = 0  # chip rows whose network membership and masks are cached below
         self._in_network = np.zeros(0, bool)
         self._masked = np.zeros((0, CHANNELS_PER_CHIP), bool)
+        self.trigger_type_counts = np.zeros((IO_GROUPS, len(DATA_TRIGGER_TYPES)), np.int64)
+        self.window_trigger_types = np.zeros((self.config.window_bins, IO_GROUPS, len(DATA_TRIGGER_TYPES)), np.int64)
+        #: (bins, chips, 64, 3): count, ADC sum, ADC sum of squares of periodic-trigger packets; made on first use.
+        self.win_pedestal: np.ndarray | None = None
         self.chips = ChipIndex()
         self._capacity = 0
         nb = self.config.window_bins
@@ -147,7 +170,11 @@ class Accumulator:
         state = {
             "chip_keys": self.chips.keys.copy(),
             "window_shape": np.array([self.config.window_seconds, self.config.window_bins]),
+            "trigger_type_counts": self.trigger_type_counts,
+            "window_trigger_types": self.window_trigger_types,
         }
+        if self.win_pedestal is not None:
+            state["win_pedestal"] = self.win_pedestal[:, :n]
         state.update({name: np.asarray(getattr(self, name)) for name in self._SCALARS + self._GROUP_ARRAYS})
         state.update({name: getattr(self, name)[:n] for name in self._CHIP_ARRAYS})
         state.update(
@@ -169,6 +196,8 @@ class Accumulator:
             getattr(self, name)[...] = state[name]
         for name in self._CHIP_ARRAYS:
             getattr(self, name)[rows] = state[name]
+        if "trigger_type_counts" in state:  # absent from checkpoints written before trigger types were counted
+            self.trigger_type_counts[...] = state["trigger_type_counts"]
         same_window = tuple(state["window_shape"]) == (self.config.window_seconds, self.config.window_bins)
         if same_window:
             for name in self._WINDOW_ARRAYS:
@@ -177,6 +206,10 @@ class Accumulator:
                     target[:, rows] = state[name]
                 else:
                     target[...] = state[name]
+            if "window_trigger_types" in state:
+                self.window_trigger_types[...] = state["window_trigger_types"]
+            if "win_pedestal" in state:
+                self._pedestal_window()[:, rows] = state["win_pedestal"]
         else:
             self.newest_bin = int(self._bin_of(self.data_time)) if not math.isnan(self.data_time) else -1
         return same_window
@@ -207,6 +240,10 @@ class Accumulator:
             if old:
                 grown[:, :old] = getattr(self, name)
             setattr(self, name, grown)
+        if self.win_pedestal is not None:
+            grown = np.zeros((nb, capacity, CHANNELS_PER_CHIP, 3), np.int64)
+            grown[:, :old] = self.win_pedestal
+            self.win_pedestal = grown
         geo_rows = np.full(capacity, -1, np.int64)
         if old:
             geo_rows[:old] = self.geo_row
@@ -278,6 +315,9 @@ class Accumulator:
             self.win_adc_sq[slot] = 0
             self.win_flags[slot] = 0
             self.window_io_group[slot] = 0
+            self.window_trigger_types[slot] = 0
+            if self.win_pedestal is not None:
+                self.win_pedestal[slot] = 0
         self.newest_bin = newest
 
     # -- accumulation -------------------------------------------------------------------
@@ -297,7 +337,7 @@ class Accumulator:
         data_rows = np.flatnonzero(is_data)
         record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
         data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)
-        self._add_data(data, slots[data_rows])
+        self._add_data(data, self._rate_slots(data, slots[data_rows]))
         syncs = np.flatnonzero(ptype == SYNC)
         if len(syncs):
             self._add_syncs(packets[syncs], slots[syncs])
@@ -343,6 +383,48 @@ class Accumulator:
                 self.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=cap)
             full = flagged[(flags[flagged] & 10) != 0]
             self._add_window_flags(rows[full], slots[full], 1)
+
+    def _rate_slots(self, data: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Count data packets by trigger type, fold periodic ones into the pedestal window, and return the
+        window slots of the packets that feed rates and channel statuses: self-triggered ones (-1 for the rest).
+
+        External, cross and periodic triggers make every enabled channel fire whatever its health; they
+        are still counted (all-time counters, ADC histogram), but they must not make a dead channel active
+        or a healthy one noisy.
+        """
+        trigger = (data["trigger_type"] & 3).astype(np.int64)
+        groups = data["io_group"].astype(np.int64) * len(DATA_TRIGGER_TYPES) + trigger
+        size = IO_GROUPS * len(DATA_TRIGGER_TYPES)
+        self.trigger_type_counts += np.bincount(groups, minlength=size).reshape(IO_GROUPS, -1)
+        inside = slots >= 0
+        self.window_trigger_types += np.bincount(
+            slots[inside] * size + groups[inside], minlength=self.config.window_bins * size
+        ).reshape(self.window_trigger_types.shape)
+        periodic = np.flatnonzero(trigger == PERIODIC_TRIGGER)
+        if len(periodic):
+            self._add_pedestals(data[periodic], slots[periodic])
+        return np.where(trigger == SELF_TRIGGER, slots, -1)
+
+    def _pedestal_window(self) -> np.ndarray:
+        """The periodic-trigger window, made on first use (runs without periodic triggers never pay for it)."""
+        if self.win_pedestal is None:
+            self.win_pedestal = np.zeros((self.config.window_bins, self._capacity, CHANNELS_PER_CHIP, 3), np.int64)
+        return self.win_pedestal
+
+    def _add_pedestals(self, data: np.ndarray, slots: np.ndarray) -> None:
+        """Count, ADC sum and ADC sum of squares of periodic-trigger packets, per channel and window slot."""
+        rows = self.chips.rows_for(data["io_group"], data["io_channel"], data["chip_id"])
+        self._fit_capacity()
+        window = self._pedestal_window()
+        inside = np.flatnonzero(slots >= 0)
+        flat = window.shape[1] * CHANNELS_PER_CHIP
+        key = (
+            slots[inside] * flat + rows[inside].astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"][inside] & 63)
+        )
+        adc = data["dataword"][inside].astype(np.float64)
+        size = self.config.window_bins * flat
+        for i, weights in enumerate((None, adc, adc * adc)):
+            window[..., i] += np.bincount(key, weights, size).astype(np.int64).reshape(window.shape[:3])
 
     def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
         """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
@@ -465,6 +547,14 @@ class Accumulator:
         below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge
         adc_cum = np.concatenate([np.zeros((IO_GROUPS, 1), np.int64), np.cumsum(self.adc_counts, axis=1)], axis=1)
         adc_buckets = adc_cum[:, below]
+        pedestal = (
+            self.win_pedestal[:, :n].sum(axis=0)
+            if self.win_pedestal is not None
+            else np.zeros((n, CHANNELS_PER_CHIP, 3), np.int64)
+        )
+        channel_ped_mean, channel_ped_std = _mean_std(pedestal[..., 0], pedestal[..., 1], pedestal[..., 2])
+        chip_ped = pedestal.sum(axis=1)
+        chip_ped_mean, chip_ped_std = _mean_std(chip_ped[:, 0], chip_ped[:, 1], chip_ped[:, 2])
         return Snapshot(
             chip_keys=self.chips.keys.copy(),
             chip_tiles=tiles,
@@ -501,4 +591,11 @@ class Accumulator:
             config=self.config,
             chip_judged=self._run_config_rows()[0].copy(),
             chip_masked_active=masked_active,
+            trigger_type_counts=self.trigger_type_counts.copy(),
+            trigger_type_rate_hz=self.window_trigger_types.sum(axis=0) / covered,
+            chip_periodic_rate_hz=chip_ped[:, 0] / covered,
+            chip_pedestal_mean=chip_ped_mean,
+            chip_pedestal_std=chip_ped_std,
+            channel_pedestal_mean=channel_ped_mean,
+            channel_pedestal_std=channel_ped_std,
         )

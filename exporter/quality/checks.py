@@ -14,11 +14,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 import yaml
 
+from exporter.detector.runconfig import RUN_MODES
 from exporter.quality.accumulator import IO_GROUPS, Snapshot
 from exporter.quality.reference import Reference
 from exporter.quality.status import ChannelStatus, CheckStatus
+from exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
 
 INF = math.inf
+#: Share of the window's data packets from periodic triggers that makes ``auto`` a pedestal run.
+PEDESTAL_MODE_FRACTION = 0.5
+#: Share from external triggers that makes ``auto`` a beam run (the chips read out on the beam/light trigger).
+BEAM_MODE_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,25 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
     Check("sync", "io_group", "Hz", "'S' syncs per second of data time (expect 1)", (0.9, 1.1), (0.5, 2.0)),
     Check("reference_rate_ratio", "chip", "ratio", "hit rate / reference hit rate", (0.5, 2.0), (0.2, 5.0), True),
     Check("reference_pedestal_shift", "chip", "ADC", "mean ADC − reference mean ADC", (-5.0, 5.0), (-10.0, 10.0), True),
+    Check(
+        "periodic_rate",
+        "chip",
+        "Hz",
+        "periodic-trigger packets per second per expected channel (on in pedestal runs)",
+        (10.0, 200.0),
+        (1.0, 1000.0),
+        enabled=False,
+    ),
 )
+
+#: Changes to the default checks in each run mode (the defaults are the self-trigger set). A pedestal run
+#: (periodic triggers at tens of Hz on every channel, self-triggers off) is judged on its periodic-trigger
+#: rate, not on a self-trigger rate it does not have; a beam run's spills raise the self-trigger rate.
+MODE_CHANGES: dict[str, dict[str, dict]] = {
+    "self-trigger": {},
+    "pedestal": {"hit_rate": {"enabled": False}, "periodic_rate": {"enabled": True}},
+    "beam": {"hit_rate": {"warning": (0.05, 20.0), "error": (0.01, 100.0)}},
+}
 
 
 class ChecksConfigError(ValueError):
@@ -72,6 +96,13 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
 
+def _prefer(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``preferred`` where it is a number, ``fallback`` elsewhere (and where ``preferred`` is missing)."""
+    if len(preferred) != len(fallback):
+        return fallback
+    return np.where(np.isfinite(preferred), preferred, fallback)
+
+
 def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
     """The quantity each chip-scope check judges, one value per chip row of the snapshot.
 
@@ -79,12 +110,16 @@ def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np
     """
     counted = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
     expected = snap.chip_status_counts[:, counted].sum(axis=1).astype(float)
+    # every expected unmasked channel answers a periodic trigger, judged yet or not
+    configured = (snap.channel_expected & (snap.channel_status != ChannelStatus.MASKED)).sum(axis=1).astype(float)
     values = {
         "hit_rate": _ratio(snap.chip_rate_hz, expected),
         "silent_fraction": _ratio(snap.chip_status_counts[:, 1].astype(float), expected),
         "noisy_fraction": _ratio(snap.chip_status_counts[:, 2].astype(float), expected),
-        "pedestal": snap.chip_adc_mean,
-        "adc_spread": snap.chip_adc_std,
+        # periodic-trigger packets measure the pedestal where the run has them; else all self-triggered data
+        "pedestal": _prefer(snap.chip_pedestal_mean, snap.chip_adc_mean),
+        "adc_spread": _prefer(snap.chip_pedestal_std, snap.chip_adc_std),
+        "periodic_rate": _ratio(_prefer(snap.chip_periodic_rate_hz, np.zeros(len(snap.chip_keys))), configured),
         "parity_error_ratio": _ratio(snap.chip_window_parity_errors.astype(float), snap.chip_window_packets),
         "fifo_full_ratio": _ratio(snap.chip_window_fifo_full.astype(float), snap.chip_window_packets),
     }
@@ -169,8 +204,47 @@ def _range(path: str, node: yaml.Node, where: str) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def load_checks(path: str) -> tuple[Check, ...]:
-    """Defaults with the overrides of a YAML checks file (schema in the README)."""
+def _apply_overrides(path: str, node: yaml.Node, by_name: dict[str, Check], where: str) -> None:
+    """Apply a mapping of check name -> warning/error/enabled overrides (``where`` prefixes the messages)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ChecksConfigError(
+            f"checks file {path} line {node.start_mark.line + 1}: {where}: expected a mapping of check names"
+        )
+    for name_node, body in node.value:
+        name, line = name_node.value, name_node.start_mark.line + 1
+        if name not in by_name:
+            raise ChecksConfigError(
+                f"checks file {path} line {line}: unknown check '{name}' (known: {', '.join(by_name)})"
+            )
+        if not isinstance(body, yaml.MappingNode):
+            raise ChecksConfigError(f"checks file {path} line {line}: {where}.{name}: expected warning/error/enabled")
+        changes: dict = {}
+        for field_node, field_value in body.value:
+            field, key = field_node.value, f"{where}.{name}.{field_node.value}"
+            if field in ("warning", "error"):
+                changes[field] = _range(path, field_value, key)
+            elif field == "enabled":
+                enabled = yaml.safe_load(yaml.serialize(field_value))
+                if not isinstance(enabled, bool):
+                    raise ChecksConfigError(
+                        f"checks file {path} line {field_node.start_mark.line + 1}: {key}: expected true or false"
+                    )
+                changes[field] = enabled
+            else:
+                raise ChecksConfigError(
+                    f"checks file {path} line {field_node.start_mark.line + 1}: unknown key '{key}' (warning, error, enabled)"
+                )
+        by_name[name] = _validated(replace(by_name[name], **changes), f"checks file {path} line {line}: {where}")
+
+
+def _validated(check: Check, where: str) -> Check:
+    if not (check.error[0] <= check.warning[0] and check.warning[1] <= check.error[1]):
+        raise ChecksConfigError(f"{where}.{check.name}: the error range must contain the warning range")
+    return check
+
+
+def _sections(path: str) -> tuple[yaml.Node | None, dict[str, yaml.Node]]:
+    """The file's ``checks`` mapping and its ``modes`` (run mode -> mapping of checks)."""
     try:
         with open(path, encoding="utf-8") as fh:
             root = yaml.compose(fh, Loader=yaml.SafeLoader)
@@ -178,47 +252,66 @@ def load_checks(path: str) -> tuple[Check, ...]:
         raise ChecksConfigError(f"checks file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ChecksConfigError(f"checks file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    by_name = {c.name: c for c in DEFAULT_CHECKS}
     if root is None:
-        return DEFAULT_CHECKS
+        return None, {}
     if not isinstance(root, yaml.MappingNode):
         raise ChecksConfigError(f"checks file {path}: expected a mapping with a 'checks' key")
+    checks, modes = None, {}
     for key, value in root.value:
         line = key.start_mark.line + 1
-        if key.value != "checks":
-            raise ChecksConfigError(f"checks file {path} line {line}: unknown key '{key.value}' (expected 'checks')")
-        if not isinstance(value, yaml.MappingNode):
-            raise ChecksConfigError(f"checks file {path} line {line}: checks: expected a mapping of check names")
-        for name_node, body in value.value:
-            name, line = name_node.value, name_node.start_mark.line + 1
-            if name not in by_name:
-                raise ChecksConfigError(
-                    f"checks file {path} line {line}: unknown check '{name}' (known: {', '.join(by_name)})"
-                )
-            if not isinstance(body, yaml.MappingNode):
-                raise ChecksConfigError(
-                    f"checks file {path} line {line}: checks.{name}: expected warning/error/enabled"
-                )
-            changes: dict = {}
-            for field_node, field_value in body.value:
-                field, where = field_node.value, f"checks.{name}.{field_node.value}"
-                if field in ("warning", "error"):
-                    changes[field] = _range(path, field_value, where)
-                elif field == "enabled":
-                    enabled = yaml.safe_load(yaml.serialize(field_value))
-                    if not isinstance(enabled, bool):
-                        raise ChecksConfigError(
-                            f"checks file {path} line {field_node.start_mark.line + 1}: {where}: expected true or false"
-                        )
-                    changes[field] = enabled
-                else:
+        if key.value == "checks":
+            checks = value
+        elif key.value == "modes":
+            if not isinstance(value, yaml.MappingNode):
+                raise ChecksConfigError(f"checks file {path} line {line}: modes: expected a mapping of run modes")
+            for mode, body in value.value:
+                if mode.value not in RUN_MODES[1:]:
                     raise ChecksConfigError(
-                        f"checks file {path} line {field_node.start_mark.line + 1}: unknown key '{where}' (warning, error, enabled)"
+                        f"checks file {path} line {mode.start_mark.line + 1}: unknown run mode '{mode.value}' "
+                        f"(known: {', '.join(RUN_MODES[1:])})"
                     )
-            check = replace(by_name[name], **changes)
-            if not (check.error[0] <= check.warning[0] and check.warning[1] <= check.error[1]):
-                raise ChecksConfigError(
-                    f"checks file {path} line {line}: checks.{name}: the error range must contain the warning range"
-                )
-            by_name[name] = check
+                modes[mode.value] = body
+        else:
+            raise ChecksConfigError(
+                f"checks file {path} line {line}: unknown key '{key.value}' (expected 'checks' or 'modes')"
+            )
+    return checks, modes
+
+
+def load_checks(path: str) -> tuple[Check, ...]:
+    """Defaults with the overrides of a YAML checks file's ``checks`` section (schema in the README)."""
+    checks, _ = _sections(path)
+    by_name = {c.name: c for c in DEFAULT_CHECKS}
+    if checks is not None:
+        _apply_overrides(path, checks, by_name, "checks")
     return tuple(by_name.values())
+
+
+def mode_checks(base: tuple[Check, ...] = DEFAULT_CHECKS, path: str | None = None) -> dict[str, tuple[Check, ...]]:
+    """The check set of each run mode: ``base``, the mode's built-in changes (``MODE_CHANGES``), then the
+    checks file's ``checks`` (every mode) and ``modes.<mode>`` sections."""
+    checks, modes = _sections(path) if path is not None else (None, {})
+    out = {}
+    for mode, changes in MODE_CHANGES.items():
+        by_name = {c.name: c for c in base}
+        for name, change in changes.items():
+            if name in by_name:
+                by_name[name] = _validated(replace(by_name[name], **change), f"run mode {mode}")
+        if path is not None and checks is not None:
+            _apply_overrides(path, checks, by_name, "checks")
+        if path is not None and mode in modes:
+            _apply_overrides(path, modes[mode], by_name, f"modes.{mode}")
+        out[mode] = tuple(by_name.values())
+    return out
+
+
+def detect_run_mode(snap: Snapshot) -> str:
+    """The run mode the window's data show: pedestal when periodic triggers make at least half the data
+    packets, beam when external triggers make at least a tenth, else self-trigger."""
+    by_type = snap.trigger_type_rate_hz.sum(axis=0)
+    total = by_type.sum()
+    if total > 0 and by_type[PERIODIC_TRIGGER] >= PEDESTAL_MODE_FRACTION * total:
+        return "pedestal"
+    if total > 0 and by_type[EXTERNAL_TRIGGER] >= BEAM_MODE_FRACTION * total:
+        return "beam"
+    return "self-trigger"

@@ -15,6 +15,7 @@ from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
+from exporter.quality.checks import detect_run_mode
 from exporter.quality.status import ChannelStatus
 from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
 from exporter.reading.tail import DirectoryTail, InputSpec
@@ -66,11 +67,13 @@ class FileResult:
     snapshot: Snapshot
     health: Health
     errors: list[str] = field(default_factory=list)
+    run_mode: str = "auto"  # as configured; 'auto' is detected from the file's trigger types
 
     def summary(self) -> tuple[dict, str]:
         """The JSON summary (with the file and its read errors) and the metrics text."""
         summary = snapshot_summary(self.snapshot)
         summary["file"] = self.path
+        summary["run_mode"] = detect_run_mode(self.snapshot) if self.run_mode == "auto" else self.run_mode
         summary["read_errors"] = self.errors
         return summary, render(FamilyBuilder().families(self.snapshot, self.health))
 
@@ -120,7 +123,7 @@ def process_file(
         [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     )
     tail.pump(consume)
-    return FileResult(path, geometry, accumulator.snapshot(), health, errors)
+    return FileResult(path, geometry, accumulator.snapshot(), health, errors, run_config.run_mode)
 
 
 def summarize_file(

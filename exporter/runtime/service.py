@@ -87,6 +87,7 @@ class Service:
             web=web,
             history=self.monitor.history,
             inputs=settings.inputs,
+            run_config=self.monitor.accumulator.run_config,
         )
         self.server = ExporterServer((settings.listen_address, settings.port), self.app)
         self.stop_event = threading.Event()

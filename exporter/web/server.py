@@ -17,12 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from exporter import __version__
+from exporter.detector.runconfig import RunConfig
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
 from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
 from exporter.quality.history import History
-from exporter.quality.status import CheckStatus
+from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
@@ -44,14 +45,16 @@ class MetricsApp:
         web: WebConfig | None = None,
         history: History | None = None,
         inputs: list[str] | None = None,
+        run_config: RunConfig | None = None,
     ) -> None:
         self.published = published
         self.inputs = inputs or []
+        self.run_config = run_config or RunConfig()
         self.per_pixel_allowed = per_pixel_allowed
         self.plots = plots
         self.web = web
         self.history = history
-        self.collector = FamilyBuilder()
+        self.collector = FamilyBuilder(self.run_config.run_mode)
         self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
         self.last_scrape_seconds = 0.0
 
@@ -93,6 +96,8 @@ class MetricsApp:
         """A small status page for people: health figures, links, the newest plots."""
         pub = self.published()
         h, s = pub.health, pub.snapshot
+        rc = self.run_config
+        masked_column = ChannelStatus.judged().index(ChannelStatus.MASKED)
         rows = [
             ("up", "yes" if h.up else "no"),
             ("files tracked", h.files_tracked),
@@ -108,6 +113,16 @@ class MetricsApp:
             ("ingest lag", f"{time.time() - s.data_time:.1f} s" if s.data_time == s.data_time else "n/a"),
             ("polls", h.polls),
             ("detector status", CheckStatus(pub.evaluation.results.detector_status).name),
+            (
+                "run mode",
+                f"{pub.evaluation.run_mode} ({'detected from the trigger types' if rc.run_mode == 'auto' else 'given'})",
+            ),
+            (
+                "run configuration",
+                f"{'all chips expected' if rc.network is None else f'{len(rc.network)} chips in the hydra networks'}, "
+                f"{int(s.chip_status_counts[:, masked_column].sum()) if len(s.chip_keys) else 0} channels masked"
+                + (f" ({len(rc.sources)} files)" if rc.sources else ""),
+            ),
         ]
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return (
