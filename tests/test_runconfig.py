@@ -318,3 +318,23 @@ def test_serve_offers_the_daq_disabled_list(tmp_path, module_geometry, noisy_run
     assert doc == {f"{g}-{daq_tile(c)}-{chip}": [ch] for g, c, chip, ch in noisy}
     assert meta["sources"] == [str(paths[0].parent)]
     assert by_cli.returncode == 0 and {k: v for k, v in json.loads(by_cli.stdout).items() if k != "meta"} == doc
+
+
+def test_serve_applies_the_channel_masks_of_the_packet_files_it_reads(tmp_path, tile_geometry):
+    from tests.helpers import free_port, running_serve, scrape, wait_for
+
+    (path,) = write_run(
+        Simulator(tile_geometry, SimulationConfig(seed=3, hit_rate_hz=2.0)),
+        tmp_path / "live",
+        "packets",
+        10,
+        realtime=False,
+        start_time=START,
+    )
+    write_configs_file(path, [configured_chip((1, 1, 11), [0, 1, 2])])
+    port = free_port()
+    chip = 'io_group="1",io_channel="1",chip_id="11"'
+    with running_serve(["-i", str(path.parent), "--geometry", tile_geometry.path, "--interval", "0.2"], port):
+        masked = wait_for(lambda: f'larpix_chip_channels{{{chip},status="masked"}} 3' in scrape(port))
+        text = scrape(port)
+    assert masked and f"larpix_chip_masked_active_channels{{{chip}}} 3" in text

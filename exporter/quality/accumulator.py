@@ -103,6 +103,17 @@ class Snapshot:
     chip_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     channel_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
     channel_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
+    channel_periodic_hits: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP), np.int64), repr=False
+    )
+
+
+def prefer_finite(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``preferred`` where it is a number, ``fallback`` elsewhere: e.g. the periodic-trigger pedestal where
+    the run has periodic triggers, the self-triggered ADC mean otherwise (``fallback`` if shapes differ)."""
+    if np.shape(preferred) != np.shape(fallback):
+        return fallback
+    return np.where(np.isfinite(preferred), preferred, fallback)
 
 
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -598,4 +609,5 @@ class Accumulator:
             chip_pedestal_std=chip_ped_std,
             channel_pedestal_mean=channel_ped_mean,
             channel_pedestal_std=channel_ped_std,
+            channel_periodic_hits=pedestal[..., 0].copy(),
         )

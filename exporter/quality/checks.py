@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from exporter.detector.runconfig import RUN_MODES
-from exporter.quality.accumulator import IO_GROUPS, Snapshot
+from exporter.quality.accumulator import IO_GROUPS, Snapshot, prefer_finite
 from exporter.quality.reference import Reference
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
@@ -96,13 +96,6 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
 
-def _prefer(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """``preferred`` where it is a number, ``fallback`` elsewhere (and where ``preferred`` is missing)."""
-    if len(preferred) != len(fallback):
-        return fallback
-    return np.where(np.isfinite(preferred), preferred, fallback)
-
-
 def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
     """The quantity each chip-scope check judges, one value per chip row of the snapshot.
 
@@ -117,9 +110,9 @@ def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np
         "silent_fraction": _ratio(snap.chip_status_counts[:, 1].astype(float), expected),
         "noisy_fraction": _ratio(snap.chip_status_counts[:, 2].astype(float), expected),
         # periodic-trigger packets measure the pedestal where the run has them; else all self-triggered data
-        "pedestal": _prefer(snap.chip_pedestal_mean, snap.chip_adc_mean),
-        "adc_spread": _prefer(snap.chip_pedestal_std, snap.chip_adc_std),
-        "periodic_rate": _ratio(_prefer(snap.chip_periodic_rate_hz, np.zeros(len(snap.chip_keys))), configured),
+        "pedestal": prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean),
+        "adc_spread": prefer_finite(snap.chip_pedestal_std, snap.chip_adc_std),
+        "periodic_rate": _ratio(prefer_finite(snap.chip_periodic_rate_hz, np.zeros(len(snap.chip_keys))), configured),
         "parity_error_ratio": _ratio(snap.chip_window_parity_errors.astype(float), snap.chip_window_packets),
         "fifo_full_ratio": _ratio(snap.chip_window_fifo_full.astype(float), snap.chip_window_packets),
     }
