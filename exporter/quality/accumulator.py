@@ -396,25 +396,32 @@ class Accumulator:
             self._add_window_flags(rows[full], slots[full], 1)
 
     def _rate_slots(self, data: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Count data packets by trigger type, fold periodic ones into the pedestal window, and return the
-        window slots of the packets that feed rates and channel statuses: self-triggered ones (-1 for the rest).
+        """Count the data packets that are not self-triggered by trigger type, fold periodic ones into the
+        pedestal window, and return the window slots of the packets that feed rates and channel statuses:
+        the self-triggered ones (-1 for the rest).
 
         External, cross and periodic triggers make every enabled channel fire whatever its health; they
         are still counted (all-time counters, ADC histogram), but they must not make a dead channel active
-        or a healthy one noisy.
+        or a healthy one noisy. Self-triggered counts are the remainder, taken at snapshot time.
         """
-        trigger = (data["trigger_type"] & 3).astype(np.int64)
-        groups = data["io_group"].astype(np.int64) * len(DATA_TRIGGER_TYPES) + trigger
+        other = np.flatnonzero(data["trigger_type"] & 3)
+        if len(other) == 0:  # a self-triggered run: nothing to split
+            return slots
+        trigger = (data["trigger_type"][other] & 3).astype(np.int64)
+        groups = data["io_group"][other].astype(np.int64) * len(DATA_TRIGGER_TYPES) + trigger
         size = IO_GROUPS * len(DATA_TRIGGER_TYPES)
         self.trigger_type_counts += np.bincount(groups, minlength=size).reshape(IO_GROUPS, -1)
-        inside = slots >= 0
+        other_slots = slots[other]
+        inside = other_slots >= 0
         self.window_trigger_types += np.bincount(
-            slots[inside] * size + groups[inside], minlength=self.config.window_bins * size
+            other_slots[inside] * size + groups[inside], minlength=self.config.window_bins * size
         ).reshape(self.window_trigger_types.shape)
-        periodic = np.flatnonzero(trigger == PERIODIC_TRIGGER)
+        periodic = other[trigger == PERIODIC_TRIGGER]
         if len(periodic):
             self._add_pedestals(data[periodic], slots[periodic])
-        return np.where(trigger == SELF_TRIGGER, slots, -1)
+        rate_slots = slots.copy()
+        rate_slots[other] = -1
+        return rate_slots
 
     def _pedestal_window(self) -> np.ndarray:
         """The periodic-trigger window, made on first use (runs without periodic triggers never pay for it)."""
@@ -558,6 +565,11 @@ class Accumulator:
         below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge
         adc_cum = np.concatenate([np.zeros((IO_GROUPS, 1), np.int64), np.cumsum(self.adc_counts, axis=1)], axis=1)
         adc_buckets = adc_cum[:, below]
+        # the arrays count the other trigger types; self-triggered packets are the rest of the data packets
+        trigger_counts = self.trigger_type_counts.copy()
+        trigger_counts[:, SELF_TRIGGER] = type_counts[:, DATA] - trigger_counts.sum(axis=1)
+        trigger_rates = self.window_trigger_types.sum(axis=0) / covered
+        trigger_rates[:, SELF_TRIGGER] = group_hits / covered
         pedestal = (
             self.win_pedestal[:, :n].sum(axis=0)
             if self.win_pedestal is not None
@@ -602,8 +614,8 @@ class Accumulator:
             config=self.config,
             chip_judged=self._run_config_rows()[0].copy(),
             chip_masked_active=masked_active,
-            trigger_type_counts=self.trigger_type_counts.copy(),
-            trigger_type_rate_hz=self.window_trigger_types.sum(axis=0) / covered,
+            trigger_type_counts=trigger_counts,
+            trigger_type_rate_hz=trigger_rates,
             chip_periodic_rate_hz=chip_ped[:, 0] / covered,
             chip_pedestal_mean=chip_ped_mean,
             chip_pedestal_std=chip_ped_std,
