@@ -338,3 +338,20 @@ def test_serve_applies_the_channel_masks_of_the_packet_files_it_reads(tmp_path, 
         masked = wait_for(lambda: f'larpix_chip_channels{{{chip},status="masked"}} 3' in scrape(port))
         text = scrape(port)
     assert masked and f"larpix_chip_masked_active_channels{{{chip}}} 3" in text
+
+
+def test_the_config_file_takes_the_run_configuration(tmp_path):
+    from exporter.settings import build_settings
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("networks: hydra/\ndisabled_lists: [a.json, b.json]\nrun_mode: pedestal\n")
+    settings = build_settings(str(config), {"run_mode": None, "networks": []})
+    assert (settings.networks, settings.disabled_lists, settings.run_mode) == (
+        ["hydra/"],
+        ["a.json", "b.json"],
+        "pedestal",
+    )
+    bad = cli("serve", "-i", str(tmp_path), "--run-mode", "cosmics", "--port", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "larpix-dqm: run mode 'cosmics': use one of auto, pedestal, self-trigger, beam"
+    )
