@@ -275,6 +275,7 @@ def build_rules(t: dict[str, dict[str, Any]], monitoring: Monitoring) -> dict[st
     job = monitoring.job_matcher
     silent = ChannelStatus.SILENT.label
     noisy = ChannelStatus.NOISY.label
+    masked = ChannelStatus.MASKED.label
 
     rules = [
         _alert(
@@ -369,7 +370,8 @@ larpix_chip_dead == 1
 (
   sum by ({CHIP}) (larpix_chip_channels{{status="{silent}"}})
   /
-  sum by ({CHIP}) (larpix_chip_channels)
+  # masked channels (run configuration) are not expected to send anything
+  sum by ({CHIP}) (larpix_chip_channels{{status!="{masked}"}})
 ) > {format_threshold(t["chip_silent_channels"]["max_fraction"])}
 {unless_stale}
 """,

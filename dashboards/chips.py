@@ -46,6 +46,7 @@ CHANNEL_TABLE_ORDER = (
     ChannelStatus.INEFFICIENT,
     ChannelStatus.UNKNOWN,
     ChannelStatus.ACTIVE,
+    ChannelStatus.MASKED,
 )
 
 
@@ -185,8 +186,8 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         .with_panel(
             merged_table(
                 "Channels by status per chip",
-                "Noisy, silent, inefficient, unknown (not enough data yet) and active channel counts of "
-                "each chip; noisiest first.",
+                "Noisy, silent, inefficient, unknown (not enough data yet), active and masked channel counts "
+                "of each chip; noisiest first.",
                 channels_per_status,
                 ChannelStatus.NOISY.label,
                 w=14,

@@ -16,6 +16,7 @@ import typer
 
 from exporter import __version__
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
 from exporter.quality.checks import ChecksConfigError
 from exporter.quality.reference import ReferenceFileError
 from exporter.runtime.checkpoint import CheckpointError
@@ -66,6 +67,18 @@ def _parse_ids(values: list[str], width: int, what: str) -> list[tuple[int, ...]
         out.append(tuple(int(p) for p in parts))
     return out
 
+
+NETWORK_HELP = (
+    "larpix-control controller network file (hydra network), or a directory of them; repeatable. Chips in no "
+    "network are not expected and get no verdict. (default: every chip of the geometry or seen in data)"
+)
+DISABLED_LIST_HELP = (
+    "Disabled-channel list in the DAQ's format {'<io_group>-<tile>-<chip_id>': [channels]} (what "
+    "'channels --format daq' writes); its channels are masked: no silent/noisy verdict; repeatable."
+)
+RUN_MODE_HELP = (
+    f"Run mode selecting the check thresholds: {', '.join(RUN_MODES)} (auto: from the data's trigger types)."
+)
 
 PLOTS_HELP = (
     "Plots to draw: class or image names or shell patterns (PixelMap, PixelMap_2_1, 'PixelMap_1_*'); "
@@ -176,6 +189,9 @@ def serve(
             help="Prometheus exporter web config (tls_server_config, basic_auth_users). (default: plain HTTP, no auth)",
         ),
     ] = None,
+    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
+    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
+    run_mode: Annotated[Optional[str], typer.Option("--run-mode", help=RUN_MODE_HELP + " (default: auto)")] = None,
     config: Annotated[
         Optional[str],
         typer.Option(help="YAML file with any of these options (keys as option names); command-line values win."),
@@ -211,6 +227,9 @@ def serve(
                 plots=plots,
                 plot_interval=plot_interval,
                 plugin_dirs=plugin_dir,
+                networks=network,
+                disabled_lists=disabled_list,
+                run_mode=run_mode,
             ),
         )
         if not settings.inputs:
@@ -231,6 +250,7 @@ def serve(
         ChecksConfigError,
         ReferenceFileError,
         WebConfigError,
+        RunConfigError,
     ) as err:
         _fail(str(err))
     except OSError as err:
@@ -262,19 +282,26 @@ def once(
         list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
     ] = [],  # noqa: B006
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write the summary only.")] = False,
+    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
+    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
+    run_mode: Annotated[str, typer.Option("--run-mode", help=RUN_MODE_HELP)] = "auto",
 ) -> None:
-    """Process one whole file: print its summary; with -o also write it, its metrics and its plots."""
+    """Process one whole file: print its summary; with -o also write it, its metrics and its plots.
+
+    A packet file's own chip configurations (``configs``) mask channels without further options.
+    """
     from exporter.runtime.service import resolve_geometry
     from plots.engine import PlotConfigError
 
     _setup_logging(False)
     try:
         geo = resolve_geometry(geometry)
+        run_config = RunConfig.load(network, disabled_list, run_mode)
         settings = None if no_plots else _plot_settings(output, ext, plots, 0.0, plugin_dir, latest=False)
-    except (GeometryError, PlotConfigError) as err:
+    except (GeometryError, PlotConfigError, RunConfigError) as err:
         _fail(str(err))
     try:
-        result, written = _once_with_progress(file, geo, window, settings)
+        result, written = _once_with_progress(file, geo, window, settings, run_config)
     except PlotConfigError as err:
         _fail(str(err))
     summary, metrics_text = result.summary()
@@ -292,7 +319,7 @@ def once(
     typer.echo(json.dumps(summary["totals"], indent=1))
 
 
-def _once_with_progress(file: Path, geo, window: float, settings):
+def _once_with_progress(file: Path, geo, window: float, settings, run_config: RunConfig):
     """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures))."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -314,7 +341,9 @@ def _once_with_progress(file: Path, geo, window: float, settings):
             def on_chunk(chunk) -> None:
                 engine.update(key, chunk.packets, empty)
 
-        result = process_file(str(file), geo, window, on_chunk, lambda rows: progress.update(reading, completed=rows))
+        result = process_file(
+            str(file), geo, window, on_chunk, lambda rows: progress.update(reading, completed=rows), run_config
+        )
         if engine is None or result.errors:  # nothing to draw, or a file that could not be read
             return result, None
         drawing = progress.add_task("drawing plots (images)", total=None)
@@ -344,7 +373,14 @@ def simulate(
     geometry: Annotated[
         Optional[str], typer.Option(help="Geometry to simulate. (default: the packaged 16-tile module layout)")
     ] = None,
-    rate_hz: Annotated[float, typer.Option(help="Mean hit rate per channel (Poisson).")] = 0.5,
+    rate_hz: Annotated[float, typer.Option(help="Mean self-trigger hit rate per channel (Poisson).")] = 0.5,
+    periodic_trigger_hz: Annotated[
+        float,
+        typer.Option(
+            help="Periodic triggers per second on every channel (trigger type 3), e.g. 30 with --rate-hz 0 for a "
+            "pedestal run; 0 for none."
+        ),
+    ] = 0.0,
     silent_chip: Annotated[
         list[str], typer.Option(help="Inject a chip that never sends data: IOGROUP-IOCHANNEL-CHIP; repeatable.")
     ] = [],  # noqa: B006
@@ -378,7 +414,14 @@ def simulate(
     )
     try:
         sim = Simulator(
-            geo, SimulationConfig(hit_rate_hz=rate_hz, words_per_message=words_per_message, seed=seed), faults
+            geo,
+            SimulationConfig(
+                hit_rate_hz=rate_hz,
+                periodic_trigger_hz=periodic_trigger_hz,
+                words_per_message=words_per_message,
+                seed=seed,
+            ),
+            faults,
         )
     except ValueError as err:
         _fail(str(err))
@@ -492,16 +535,27 @@ def channels(
     ] = [],  # noqa: B006
     url: Annotated[Optional[str], typer.Option(help="A running exporter, e.g. http://localhost:9767.")] = None,
     status: Annotated[
-        str, typer.Option(help="Comma-separated channel statuses: noisy, silent, active.")
-    ] = "noisy,silent",
+        Optional[str],
+        typer.Option(
+            help="Comma-separated channel statuses: noisy, silent, active, masked. "
+            "(default: noisy,silent; with --format daq: noisy, as the DAQ masks noisy channels only)"
+        ),
+    ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="json ({'io_group-io_channel-chip_id': [channels]}) or csv.")
+        str,
+        typer.Option(
+            "--format",
+            help="json ({'io_group-io_channel-chip_id': [channels]}), csv, or daq (the DAQ's disabled list "
+            "{'io_group-tile-chip_id': [channels], 'meta': {...}}, which --disabled-list reads back).",
+        ),
     ] = "json",
     output: Annotated[
         Optional[Path], typer.Option("-o", "--output", help="Write here instead of standard output.")
     ] = None,
     geometry: Annotated[Optional[str], typer.Option(help="Pixel geometry YAML, for files.")] = None,
     window: Annotated[float, typer.Option(help="Sliding window in seconds of data time, for files.")] = 60.0,
+    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
+    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
 ) -> None:
     """List bad channels (io_group, io_channel, chip_id, channel_id) for the DAQ's channel mask."""
     import urllib.error
@@ -509,12 +563,12 @@ def channels(
     import urllib.request
 
     from exporter.monitor import Monitor, channel_list
-    from exporter.quality.channels import format_channels
+    from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
     from exporter.runtime.service import resolve_geometry
 
-    statuses = [s.strip() for s in status.split(",") if s.strip()]
-    if fmt not in ("json", "csv"):
-        _fail(f"--format {fmt!r}: use json or csv")
+    if fmt not in CHANNEL_MEDIA_TYPES:
+        _fail(f"--format {fmt!r}: use {', '.join(CHANNEL_MEDIA_TYPES)}")
+    statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt])
     if bool(url) == bool(files):
         _fail("give either --url of a running exporter or FILE arguments")
     if url:
@@ -525,11 +579,16 @@ def channels(
         except (urllib.error.URLError, OSError) as err:
             _fail(f"{url}: {getattr(err, 'reason', err)}")
     else:
-        monitor = Monitor(resolve_geometry(geometry), window=window)
+        try:
+            monitor = Monitor(resolve_geometry(geometry), window=window, networks=network, disabled_lists=disabled_list)
+        except (GeometryError, RunConfigError) as err:
+            _fail(str(err))
         for path in files:
             monitor.add_file(path)
+        snap = monitor.update().snapshot
         try:
-            body = format_channels(channel_list(monitor.update().snapshot, statuses), fmt)
+            meta = disabled_list_meta(snap, statuses, [str(p) for p in files]) if fmt == "daq" else None
+            body = format_channels(channel_list(snap, statuses), fmt, meta)
         except ValueError as err:
             _fail(str(err))
     if output is not None:

@@ -17,15 +17,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from exporter.detector.geometry import Geometry, load_geometry
+from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
-from exporter.quality.checks import DEFAULT_CHECKS, Check, CheckResults, evaluate, load_checks
+from exporter.quality.checks import (
+    DEFAULT_CHECKS,
+    Check,
+    CheckResults,
+    detect_run_mode,
+    evaluate,
+    load_checks,
+    mode_checks,
+)
 from exporter.quality.clock import DataClock
 from exporter.quality.history import History
 from exporter.quality.reference import Comparison, Reference
@@ -71,6 +80,8 @@ class Evaluation:
     results: CheckResults
     comparison: Comparison | None
     wall_time: float
+    #: The run mode whose check set judged the snapshot (given, or detected from the trigger types).
+    run_mode: str = "self-trigger"
 
 
 def _as_callable(handler: object, method: str) -> Callable[..., None]:
@@ -92,14 +103,23 @@ class Monitor:
         reference: Reference | str | os.PathLike | None = None,
         history_interval: float = 10.0,
         history_length: int = 360,
+        networks: Iterable[str | os.PathLike] = (),
+        disabled_lists: Iterable[str | os.PathLike] = (),
+        run_mode: str = "auto",
     ) -> None:
         if geometry is not None and not isinstance(geometry, Geometry):
             geometry = load_geometry(geometry)
         self.geometry = geometry
+        run_config = RunConfig.load([str(p) for p in networks], [str(p) for p in disabled_lists], run_mode)
         self.accumulator = Accumulator(
-            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability), geometry
+            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability), geometry, run_config
         )
-        self.checks = load_checks(str(checks)) if isinstance(checks, (str, os.PathLike)) else (checks or DEFAULT_CHECKS)
+        if isinstance(checks, (str, os.PathLike)):
+            self.checks = load_checks(str(checks))
+            self.mode_checks = mode_checks(DEFAULT_CHECKS, str(checks))
+        else:
+            self.checks = checks or DEFAULT_CHECKS
+            self.mode_checks = mode_checks(self.checks)
         self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self.history = History(history_interval, history_length)
         self._files: dict[str, DirectoryTail] = {}
@@ -146,7 +166,19 @@ class Monitor:
         path = str(path)
         if path not in self._files:
             self._files[path] = DirectoryTail([InputSpec(path)], on_error=self._on_read_error)
+            try:
+                self.use_file_configuration(path)
+            except RunConfigError as err:
+                self.log_event("warning", str(err), reason="configs", file=path)
         return self._files[path].pump(lambda chunk: self.feed(chunk.packets, chunk.cursor.clock))
+
+    def use_file_configuration(self, path: str | os.PathLike) -> bool:
+        """Add the channel masks and periodic triggers a packet file stores (``configs``); False if it has none."""
+        found = read_file_configuration(str(path))
+        if found is None:
+            return False
+        self.accumulator.set_run_config(self.accumulator.run_config.with_file_configuration(str(path), found))
+        return True
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
         self.log_event("error", message, reason=reason, file=cursor.path)
@@ -156,12 +188,20 @@ class Monitor:
         """Snapshot, check, record history and notify handlers; return the new state."""
         snap = self.accumulator.snapshot(self.reference)
         comparison = self.reference.compare(snap) if self.reference is not None else None
-        results = evaluate(snap, self.checks, self.reference)
+        mode = self.run_mode
+        if mode == "auto":
+            mode = detect_run_mode(snap)
+        results = evaluate(snap, self.mode_checks[mode], self.reference)
         self.history.record(snap, results.chip_worst)
-        state = Evaluation(snap, results, comparison, time.time())
+        state = Evaluation(snap, results, comparison, time.time(), mode)
         self._notify(self._last, state)
         self._last = state
         return state
+
+    @property
+    def run_mode(self) -> str:
+        """The configured run mode: 'auto' (detected from the data's trigger types at each update) or a fixed one."""
+        return self.accumulator.run_config.run_mode
 
     @property
     def evaluation(self) -> Evaluation:

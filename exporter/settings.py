@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 DEFAULT_PORT = 9767
-LIST_KEYS = ("inputs", "plots", "plugin_dirs")
+LIST_KEYS = ("inputs", "plots", "plugin_dirs", "networks", "disabled_lists")
 
 
 class ConfigError(ValueError):
@@ -42,6 +42,9 @@ class Settings:
     plot_interval: float = 30.0
     plugin_dirs: list[str] = field(default_factory=list)
     chunk_rows: int = 1_000_000
+    networks: list[str] = field(default_factory=list)
+    disabled_lists: list[str] = field(default_factory=list)
+    run_mode: str = "auto"
 
 
 def _types() -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """A simulated LArPix run: PACMAN messages as the DAQ writes them, with optional faults.
 
-Every second of data time produces, per io_group, data words (Poisson hits on every
-connected channel, ADC pedestal ~ N(80, 6)), one 'S' sync word, and external-trigger words,
-packed into PACMAN data messages. Writers append them to raw (SWMR) or packet files.
+Every second of data time produces, per io_group, data words (Poisson self-triggered hits on
+every connected channel, ADC pedestal ~ N(80, 6); optionally periodic triggers on every channel),
+one 'S' sync word, and external-trigger words, packed into PACMAN data messages. Writers append them to raw (SWMR) or packet files.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from exporter.detector.geometry import Geometry
 from exporter.reading.decode import HEADER_BYTES, WORD_BYTES, decode_messages
-from exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC
+from exporter.reading.packets import PACKET_DTYPE, PERIODIC_TRIGGER, TICKS_PER_SYNC
 
 RAW_VERSION = "0.0"
 PACKET_VERSION = "2.4"
@@ -47,6 +47,8 @@ class SimulationConfig:
     pedestal: float = 80.0
     pedestal_noise: float = 6.0
     trigger_rate_hz: float = 0.2
+    #: Periodic triggers per second on every channel (trigger type 3; a pedestal run: tens of Hz), 0 for none.
+    periodic_trigger_hz: float = 0.0
     words_per_message: int = 6
     sync_jitter_ticks: int = 3
     seed: int = 0
@@ -72,7 +74,9 @@ def _matches(channels: np.ndarray, keys: list[tuple[int, ...]], width: int) -> n
     return mask
 
 
-def pack_data_words(chip_id, channel_id, timestamp, adc, local_fifo, shared_fifo, flip_parity) -> np.ndarray:
+def pack_data_words(
+    chip_id, channel_id, timestamp, adc, local_fifo, shared_fifo, flip_parity, trigger_type
+) -> np.ndarray:
     """64-bit LArPix data words with downstream marker set and odd parity (unless flipped)."""
     u = np.uint64
     word = (
@@ -80,6 +84,7 @@ def pack_data_words(chip_id, channel_id, timestamp, adc, local_fifo, shared_fifo
         | (channel_id.astype(u) << u(10))
         | (timestamp.astype(u) << u(16))
         | (adc.astype(u) << u(48))
+        | (trigger_type.astype(u) << u(56))
         | (local_fifo.astype(u) << u(58))
         | (shared_fifo.astype(u) << u(60))
         | (u(1) << u(62))
@@ -112,7 +117,8 @@ class Simulator:
                         f"{what} {'-'.join(map(str, key))} is not a connected chip/channel of the geometry"
                     )
         rate[_matches(self.channels, self.faults.rate_scale_chips, 3)] *= self.faults.rate_scale
-        rate[_matches(self.channels, self.faults.silent_chips, 3)] = 0.0
+        self.silent = _matches(self.channels, self.faults.silent_chips, 3)
+        rate[self.silent] = 0.0
         rate[_matches(self.channels, self.faults.noisy_channels, 4)] = self.faults.noisy_rate_hz
         self.rate = rate
         self.fifo_full = _matches(self.channels, self.faults.fifo_full_chips, 3)
@@ -125,13 +131,23 @@ class Simulator:
         cfg, rng = self.config, self.rng
         counts = rng.poisson(self.rate)
         hit = np.repeat(np.arange(len(self.channels)), counts)
+        ticks = rng.integers(0, TICKS_PER_SYNC, len(hit))
+        trigger_type = np.zeros(len(hit), np.uint8)
+        if cfg.periodic_trigger_hz > 0:  # a chip-wide timer: every live channel fires at the same ticks
+            n_periodic = int(
+                np.floor(cfg.periodic_trigger_hz * (unix_time + 1)) - np.floor(cfg.periodic_trigger_hz * unix_time)
+            )
+            live = np.flatnonzero(~self.silent)
+            periodic_ticks = ((np.arange(n_periodic) + 0.5) * TICKS_PER_SYNC / max(n_periodic, 1)).astype(np.int64)
+            hit = np.concatenate([hit, np.repeat(live, n_periodic)])
+            ticks = np.concatenate([ticks, np.tile(periodic_ticks, len(live))])
+            trigger_type = np.concatenate([trigger_type, np.full(len(live) * n_periodic, PERIODIC_TRIGGER, np.uint8)])
         ch = self.channels[hit]
         n = len(hit)
-        ticks = rng.integers(0, TICKS_PER_SYNC, n)
         adc = np.clip(np.rint(rng.normal(self.pedestal[hit], cfg.pedestal_noise)), 0, 255).astype(np.uint8)
         fifo = (self.fifo_full[hit] & (rng.random(n) < self.faults.fifo_flag_fraction)).astype(np.uint8) * 2
         flip = rng.random(n) < self.faults.parity_error_fraction
-        words = pack_data_words(ch[:, 2], ch[:, 3], ticks, adc, fifo, fifo, flip)
+        words = pack_data_words(ch[:, 2], ch[:, 3], ticks, adc, fifo, fifo, flip, trigger_type)
         msgs: list[np.ndarray] = []
         groups: list[int] = []
         for group in self.io_groups:

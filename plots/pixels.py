@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry, GeometryError
-from exporter.quality.accumulator import Snapshot
+from exporter.quality.accumulator import Snapshot, prefer_finite
 from plots.base import Plot, PlotContext
 
 #: Largest distance (in pitches) of a pixel from its grid point before a layout is rejected.
@@ -158,8 +158,9 @@ def tile_images(view: PixelView, stats: Snapshot, ref: TileRef) -> TileImages:
     return TileImages(
         grid,
         np.where(rate > 0, rate, np.nan),
-        grid.image(view.field(stats, stats.channel_adc_mean, group)),
-        grid.image(view.field(stats, stats.channel_adc_std, group)),
+        # a pedestal run's ADC is that of its periodic-trigger packets
+        grid.image(view.field(stats, prefer_finite(stats.channel_pedestal_mean, stats.channel_adc_mean), group)),
+        grid.image(view.field(stats, prefer_finite(stats.channel_pedestal_std, stats.channel_adc_std), group)),
         grid.image(view.field(stats, stats.channel_status.astype(np.int16), group, fill=0), fill=-1),
     )
 

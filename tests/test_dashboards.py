@@ -366,7 +366,7 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
 
     def monitor(**kw) -> Monitor:
         mon = Monitor(tile_geometry, **kw)
-        sim = Simulator(tile_geometry, SimulationConfig(seed=1))
+        sim = Simulator(tile_geometry, SimulationConfig(seed=1, periodic_trigger_hz=2.0))  # + the pedestal families
         for second in range(5):
             mon.feed(decode_messages(*sim.second(START + second)).packets)
         return mon

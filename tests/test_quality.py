@@ -50,7 +50,14 @@ def test_status_and_rates(module_geometry, faulty_run):
     silent = chip_row(acc, (1, 1, 11))
     noisy = chip_row(acc, (2, 5, 20))
     assert snap.chip_packets[silent] == 0
-    assert snap.chip_status_counts[silent].tolist() == [0, 49, 0, 0, 0]  # active, silent, noisy, unknown, inefficient
+    assert snap.chip_status_counts[silent].tolist() == [
+        0,
+        49,
+        0,
+        0,
+        0,
+        0,
+    ]  # active, silent, noisy, unknown, inefficient, masked
     assert snap.channel_status[noisy, 12] == ChannelStatus.NOISY
     assert snap.chip_status_counts[noisy][2] == 1
     assert (snap.channel_status[silent][module_geometry.connected[silent]] == ChannelStatus.SILENT).all()

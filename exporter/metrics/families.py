@@ -11,7 +11,7 @@ from exporter.metrics.exposition import Family, histogram, label_string
 from exporter.monitor import Evaluation
 from exporter.quality.accumulator import FIFO_FLAGS, Snapshot
 from exporter.quality.status import ChannelStatus
-from exporter.reading.packets import CLOCK_HZ, PACKET_TYPE_NAMES
+from exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
 from exporter.runtime.health import Health
 
 CHIP_LABELS = ("io_group", "io_channel", "chip_id")
@@ -21,7 +21,8 @@ SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
 class FamilyBuilder:
     """Builds the metric families of one scrape from a snapshot; caches the per-chip label strings (chip rows never move)."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode_setting: str = "auto") -> None:
+        self.mode_setting = mode_setting  # the configured run mode: auto, or the one given
         self._chip_rows: list[tuple[int, int, int]] = []
         self._chip_labels: list[str] = []
 
@@ -76,6 +77,11 @@ class FamilyBuilder:
             Family("larpix_detector_status", "gauge", "Worst check status of the whole detector.").add(
                 (), [()], [r.detector_status]
             ),
+            Family(
+                "larpix_run_info",
+                "gauge",
+                "Run mode whose check thresholds judge the data, and how it was chosen (value is always 1).",
+            ).add(("mode", "mode_setting"), [(state.run_mode, self.mode_setting)], [1]),
         ]
         if state.comparison is not None:
             c = state.comparison
@@ -169,6 +175,14 @@ class FamilyBuilder:
                 labels=[f'{lab},status="{name}"' for lab in labels],
             )
         fams.append(status)
+        if len(snap.chip_masked_active) == len(rows):
+            fams.append(
+                Family(
+                    "larpix_chip_masked_active_channels",
+                    "gauge",
+                    "Masked channels (disabled list, channel_mask) that still sent data over the window, per chip.",
+                ).add(CHIP_LABELS, rows, snap.chip_masked_active, labels=labels)
+            )
         for name, help_text, values in (
             ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snap.chip_rate_hz),
             (
@@ -189,6 +203,25 @@ class FamilyBuilder:
             ),
         ):
             fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
+        if len(snap.chip_periodic_rate_hz) == len(rows) and snap.chip_periodic_rate_hz.any():
+            for name, help_text, values in (
+                (
+                    "larpix_chip_periodic_trigger_rate_hertz",
+                    "Periodic-trigger data packets per second over the window, per chip.",
+                    snap.chip_periodic_rate_hz,
+                ),
+                (
+                    "larpix_chip_pedestal_adc_mean",
+                    "Mean ADC of periodic-trigger packets (the pedestal) over the window, per chip.",
+                    snap.chip_pedestal_mean,
+                ),
+                (
+                    "larpix_chip_pedestal_adc_stddev",
+                    "ADC standard deviation of periodic-trigger packets over the window, per chip.",
+                    snap.chip_pedestal_std,
+                ),
+            ):
+                fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
         mapped = np.flatnonzero(snap.chip_tiles >= 0)
         if len(mapped):
             fams.append(
@@ -238,6 +271,21 @@ class FamilyBuilder:
             Family("larpix_triggers", "counter", "External trigger packets.").add(
                 ("io_group",), group_rows, snap.trigger_counts[groups]
             )
+        )
+        type_rows = [(g, name) for g in groups for name in DATA_TRIGGER_TYPES]
+        fams.append(
+            Family(
+                "larpix_data_packets_by_trigger",
+                "counter",
+                "Data packets by what triggered them (self, external, cross, periodic).",
+            ).add(("io_group", "trigger_type"), type_rows, snap.trigger_type_counts[groups].reshape(-1))
+        )
+        fams.append(
+            Family(
+                "larpix_io_group_data_rate_by_trigger_hertz",
+                "gauge",
+                "Data packets per second over the window by trigger type (external: the beam/light view).",
+            ).add(("io_group", "trigger_type"), type_rows, snap.trigger_type_rate_hz[groups].reshape(-1))
         )
         fams.append(
             histogram(

@@ -14,15 +14,27 @@ import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
+from exporter.detector.runconfig import RunConfig
 from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock
 from exporter.quality.status import ChannelStatus
 from exporter.quality.verdicts import VerdictInputs, judge
-from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
+from exporter.reading.packets import (
+    DATA,
+    DATA_TRIGGER_TYPES,
+    EXTERNAL_TRIGGER_BIT,
+    PERIODIC_TRIGGER,
+    SELF_TRIGGER,
+    SYNC,
+    TICKS_PER_SYNC,
+    TRIGGER,
+)
 
 if TYPE_CHECKING:
     from exporter.quality.reference import Reference
 
 PACKET_TYPES = 8
+#: Window slot of data packets that are not self-triggered: counted, but they feed no rate or verdict.
+NOT_SELF_TRIGGERED = -2
 SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
 
@@ -92,6 +104,31 @@ class Snapshot:
     silent_channel_hits: float
     dead_chip_hits: float
     config: QualityConfig = field(repr=False)
+    #: Per chip: judged (in a hydra network, or no network given); chips outside every network get no verdict.
+    chip_judged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    #: Per chip: masked channels that still sent data in the window.
+    chip_masked_active: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    #: Data packets by io_group and trigger type (self, external, cross, periodic): all time, and per second
+    #: over the window. Only self-triggered packets feed the rates and the channel statuses above.
+    trigger_type_counts: np.ndarray = field(default_factory=lambda: np.zeros((IO_GROUPS, 4), np.int64), repr=False)
+    trigger_type_rate_hz: np.ndarray = field(default_factory=lambda: np.zeros((IO_GROUPS, 4)), repr=False)
+    #: Periodic-trigger packets over the window: rate, pedestal mean and spread (NaN without such packets).
+    chip_periodic_rate_hz: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    chip_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    chip_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    channel_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
+    channel_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
+    channel_periodic_hits: np.ndarray = field(
+        default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP), np.int64), repr=False
+    )
+
+
+def prefer_finite(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``preferred`` where it is a number, ``fallback`` elsewhere: e.g. the periodic-trigger pedestal where
+    the run has periodic triggers, the self-triggered ADC mean otherwise (``fallback`` if shapes differ)."""
+    if np.shape(preferred) != np.shape(fallback):
+        return fallback
+    return np.where(np.isfinite(preferred), preferred, fallback)
 
 
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +142,19 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
 class Accumulator:
     """Owns the running per-chip, per-channel and per-io_group arrays."""
 
-    def __init__(self, config: QualityConfig | None = None, geometry: Geometry | None = None) -> None:
+    def __init__(
+        self, config: QualityConfig | None = None, geometry: Geometry | None = None, run_config: RunConfig | None = None
+    ) -> None:
         self.config = config or QualityConfig()
         self.geometry = geometry
+        self.run_config = run_config or RunConfig()
+        self._run_rows = 0  # chip rows whose network membership and masks are cached below
+        self._in_network = np.zeros(0, bool)
+        self._masked = np.zeros((0, CHANNELS_PER_CHIP), bool)
+        self.trigger_type_counts = np.zeros((IO_GROUPS, len(DATA_TRIGGER_TYPES)), np.int64)
+        self.window_trigger_types = np.zeros((self.config.window_bins, IO_GROUPS, len(DATA_TRIGGER_TYPES)), np.int64)
+        #: (bins, chips, 64, 3): count, ADC sum, ADC sum of squares of periodic-trigger packets; made on first use.
+        self.win_pedestal: np.ndarray | None = None
         self.chips = ChipIndex()
         self.clock = DetectorClock()
         self._capacity = 0
@@ -126,6 +173,8 @@ class Accumulator:
         self._alloc_chip_arrays(0)
         if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
             self._register(geometry.chips)
+        if self.run_config.network is not None:
+            self._register(np.array(sorted(self.run_config.network), np.uint8).reshape(-1, 3))
 
     @property
     def data_time(self) -> float:
@@ -142,7 +191,7 @@ class Accumulator:
         "adc_counts",
         "link_parity",
     )
-    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total", "last_hit_end")
+    _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total", "self_hits", "last_hit_end")
     _WINDOW_ARRAYS = (
         "win_hits",
         "win_adc",
@@ -160,8 +209,12 @@ class Accumulator:
         state = {
             "chip_keys": self.chips.keys.copy(),
             "window_shape": np.array([self.config.window_seconds, self.config.window_bins]),
+            "trigger_type_counts": self.trigger_type_counts,
+            "window_trigger_types": self.window_trigger_types,
             **self.clock.export_state(),
         }
+        if self.win_pedestal is not None:
+            state["win_pedestal"] = self.win_pedestal[:, :n]
         state.update({name: np.asarray(getattr(self, name)) for name in self._GROUP_ARRAYS})
         state.update({name: getattr(self, name)[:n] for name in self._CHIP_ARRAYS})
         state.update(
@@ -183,6 +236,7 @@ class Accumulator:
                 getattr(self, name)[...] = state[name]
         for name in self._CHIP_ARRAYS:
             getattr(self, name)[rows] = state[name]
+        self.trigger_type_counts[...] = state["trigger_type_counts"]
         if "clock_head" not in state:
             return False
         self.clock.import_state(state)
@@ -194,6 +248,10 @@ class Accumulator:
                     target[:, rows] = state[name]
                 else:
                     target[...] = state[name]
+            if "window_trigger_types" in state:
+                self.window_trigger_types[...] = state["window_trigger_types"]
+            if "win_pedestal" in state:
+                self._pedestal_window()[:, rows] = state["win_pedestal"]
         else:
             known = ~np.isnan(self.clock.head)
             self.window_end[known] = self.clock.head[known]
@@ -208,6 +266,7 @@ class Accumulator:
             "chip_parity": (capacity,),
             "chip_fifo": (capacity, 4),
             "hits_total": (capacity, CHANNELS_PER_CHIP),
+            "self_hits": (capacity, CHANNELS_PER_CHIP),
         }
         for name, shape in shapes.items():
             grown = np.zeros(shape, np.int64)
@@ -232,6 +291,10 @@ class Accumulator:
             if old:
                 grown[:, :old] = getattr(self, name)
             setattr(self, name, grown)
+        if self.win_pedestal is not None:
+            grown = np.zeros((nb, capacity, CHANNELS_PER_CHIP, 3), np.int64)
+            grown[:, :old] = self.win_pedestal
+            self.win_pedestal = grown
         geo_rows = np.full(capacity, -1, np.int64)
         if old:
             geo_rows[:old] = self.geo_row
@@ -314,6 +377,9 @@ class Accumulator:
             for name in ("win_hits", "win_adc", "win_adc_sq", "win_flags"):
                 getattr(self, name)[slot, rows] = 0
             self.window_io_group[slot, g] = 0
+            self.window_trigger_types[slot, g] = 0
+            if self.win_pedestal is not None:
+                self.win_pedestal[slot, rows] = 0
 
     def _advance(self, g: int) -> None:
         """Move io_group ``g``'s window forward to its end, clearing bins that fall out of it."""
@@ -346,7 +412,7 @@ class Accumulator:
         data_rows = np.flatnonzero(is_data)
         record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
         data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)
-        data_slots = slots[data_rows]
+        data_slots = self._rate_slots(data, slots[data_rows])
         bad = data["valid_parity"] == 0
         if bad.any():  # clean packets only: a parity error may have corrupted any field
             good = ~bad
@@ -389,20 +455,23 @@ class Accumulator:
         n_flat = cap * CHANNELS_PER_CHIP
         channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
         adc_code = data["dataword"]
-        # Flat keys (slot + 1) * n_flat + channel: key row 0 holds packets outside the window, so
-        # one bincount gives the all-time hits and every window slot's hits, without gathers.
-        key = (slots + 1) * n_flat + channel
-        size = (nb + 1) * n_flat
-        hits = np.bincount(key, minlength=size).reshape(nb + 1, cap, -1)
+        # Flat keys (slot + 2) * n_flat + channel: key row 0 holds packets that are not self-triggered,
+        # row 1 self-triggered ones outside the window, so one bincount gives the all-time hits, the
+        # self-triggered ones and every window slot's hits, without gathers.
+        key = (slots + 2) * n_flat + channel
+        size = (nb + 2) * n_flat
+        hits = np.bincount(key, minlength=size).reshape(nb + 2, cap, -1)
         per_channel = hits.sum(axis=0)
         self.hits_total += per_channel
+        self.self_hits += per_channel - hits[0]
         self.chip_packets += per_channel.sum(axis=1)
-        self.win_hits += hits[1:]
-        self._note_last_hits(hits[1:])
-        if hits[1:].any():
+        window = hits[2:]
+        self.win_hits += window
+        self._note_last_hits(window)
+        if window.any():
             adc = adc_code.astype(np.float64)
-            self.win_adc += np.bincount(key, adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
-            self.win_adc_sq += np.bincount(key, adc * adc, size)[n_flat:].astype(np.int64).reshape(nb, cap, -1)
+            self.win_adc += np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(nb, cap, -1)
+            self.win_adc_sq += np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(nb, cap, -1)
         self.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
             IO_GROUPS, 256
         )
@@ -434,6 +503,55 @@ class Accumulator:
             end = (newest - (newest - slot) % nb + 1) * bin_s
             hit = hits[slot, :n] > 0
             last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
+
+    def _rate_slots(self, data: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Count the data packets that are not self-triggered by trigger type, fold periodic ones into the
+        pedestal window, and return the window slots of the packets that feed rates and channel statuses:
+        the self-triggered ones (-1 for the rest).
+
+        External, cross and periodic triggers make every enabled channel fire whatever its health; they
+        are still counted (all-time counters, ADC histogram), but they must not make a dead channel active
+        or a healthy one noisy. Self-triggered counts are the remainder, taken at snapshot time.
+        """
+        other = np.flatnonzero(data["trigger_type"] & 3)
+        if len(other) == 0:  # a self-triggered run: nothing to split
+            return slots
+        trigger = (data["trigger_type"][other] & 3).astype(np.int64)
+        groups = data["io_group"][other].astype(np.int64) * len(DATA_TRIGGER_TYPES) + trigger
+        size = IO_GROUPS * len(DATA_TRIGGER_TYPES)
+        self.trigger_type_counts += np.bincount(groups, minlength=size).reshape(IO_GROUPS, -1)
+        other_slots = slots[other]
+        inside = other_slots >= 0
+        self.window_trigger_types += np.bincount(
+            other_slots[inside] * size + groups[inside], minlength=self.config.window_bins * size
+        ).reshape(self.window_trigger_types.shape)
+        periodic = other[trigger == PERIODIC_TRIGGER]
+        if len(periodic):
+            self._add_pedestals(data[periodic], slots[periodic])
+        rate_slots = slots.copy()
+        rate_slots[other] = NOT_SELF_TRIGGERED
+        return rate_slots
+
+    def _pedestal_window(self) -> np.ndarray:
+        """The periodic-trigger window, made on first use (runs without periodic triggers never pay for it)."""
+        if self.win_pedestal is None:
+            self.win_pedestal = np.zeros((self.config.window_bins, self._capacity, CHANNELS_PER_CHIP, 3), np.int64)
+        return self.win_pedestal
+
+    def _add_pedestals(self, data: np.ndarray, slots: np.ndarray) -> None:
+        """Count, ADC sum and ADC sum of squares of periodic-trigger packets, per channel and window slot."""
+        rows = self.chips.rows_for(data["io_group"], data["io_channel"], data["chip_id"])
+        self._fit_capacity()
+        window = self._pedestal_window()
+        inside = np.flatnonzero(slots >= 0)
+        flat = window.shape[1] * CHANNELS_PER_CHIP
+        key = (
+            slots[inside] * flat + rows[inside].astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"][inside] & 63)
+        )
+        adc = data["dataword"][inside].astype(np.float64)
+        size = self.config.window_bins * flat
+        for i, weights in enumerate((None, adc, adc * adc)):
+            window[..., i] += np.bincount(key, weights, size).astype(np.int64).reshape(window.shape[:3])
 
     def _add_window_flags(self, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
         """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
@@ -494,13 +612,32 @@ class Accumulator:
         run = np.fmax(now - self.clock.span_start[groups], 1.0)
         return now, np.where(np.isnan(now), 0.0, run)
 
+    def set_run_config(self, run_config: RunConfig) -> None:
+        """Judge from now on with this run configuration (networks, masks), e.g. one read from a file."""
+        self.run_config = run_config
+        self._run_rows = 0
+        if run_config.network is not None:
+            self._register(np.array(sorted(run_config.network), np.uint8).reshape(-1, 3))
+
+    def _run_config_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per chip row: in a network (n,) and masked channels (n, 64), cached as rows appear."""
+        n = len(self.chips)
+        if n > self._run_rows:
+            keys = self.chips.keys[self._run_rows : n]
+            self._in_network = np.concatenate([self._in_network[: self._run_rows], self.run_config.in_network(keys)])
+            self._masked = np.concatenate([self._masked[: self._run_rows], self.run_config.masked_channels(keys)])
+            self._run_rows = n
+        return self._in_network[:n], self._masked[:n]
+
     def expected_channels(self) -> np.ndarray:
-        """(chips, 64) bool: connected per the geometry, or seen with data at least once."""
+        """(chips, 64) bool: connected per the geometry, or seen with data at least once; only chips in the
+        run's networks when it has any."""
         n = len(self.chips)
         expected = self.hits_total[:n] > 0
         if self.geometry is not None:
             known = self.geo_row[:n] >= 0
             expected[known] |= self.geometry.connected[self.geo_row[:n][known]]
+        expected &= self._run_config_rows()[0][:, None]
         return expected
 
     def snapshot(self, reference: Reference | None = None) -> Snapshot:
@@ -526,14 +663,16 @@ class Accumulator:
         last_hit = self.last_hit_end[:n]
         since = np.where(np.isnan(last_hit), (now - run)[:, None], last_hit)
         expected = self.expected_channels()
+        chip_judged, masked = self._run_config_rows()
+        masked = masked & expected
         verdicts = judge(
             VerdictInputs(
                 window_hits=hits,
-                hits_total=self.hits_total[:n],
+                hits_total=self.self_hits[:n],
                 silence_seconds=np.nan_to_num(np.maximum(now[:, None] - since, 0.0)),
                 window_seconds=chip_span,
                 run_seconds=run,
-                expected=expected,
+                expected=expected & ~masked,  # masked channels and chips in no network get no verdict
                 # occupancy groups: the tile, else (no geometry) the io_group
                 groups=np.where(tiles >= 0, tiles, -1 - chip_groups),
                 reference_rate_hz=None if reference is None else reference.aligned_rates(self.chips.keys),
@@ -542,6 +681,8 @@ class Accumulator:
             self.config.noisy_rate_hz,
         )
         status = verdicts.channel_status
+        status[masked] = ChannelStatus.MASKED
+        masked_active = (masked & (hits > 0)).sum(axis=1)
         status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
         chip_hits = hits.sum(axis=1)
         window_flags = self.win_flags[:, :n].sum(axis=0)
@@ -557,6 +698,19 @@ class Accumulator:
         below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge
         adc_cum = np.concatenate([np.zeros((IO_GROUPS, 1), np.int64), np.cumsum(self.adc_counts, axis=1)], axis=1)
         adc_buckets = adc_cum[:, below]
+        # the arrays count the other trigger types; self-triggered packets are the rest of the data packets
+        trigger_counts = self.trigger_type_counts.copy()
+        trigger_counts[:, SELF_TRIGGER] = type_counts[:, DATA] - trigger_counts.sum(axis=1)
+        trigger_rates = self.window_trigger_types.sum(axis=0) / group_span[:, None]
+        trigger_rates[:, SELF_TRIGGER] = group_hits / group_span
+        pedestal = (
+            self.win_pedestal[:, :n].sum(axis=0)
+            if self.win_pedestal is not None
+            else np.zeros((n, CHANNELS_PER_CHIP, 3), np.int64)
+        )
+        channel_ped_mean, channel_ped_std = _mean_std(pedestal[..., 0], pedestal[..., 1], pedestal[..., 2])
+        chip_ped = pedestal.sum(axis=1)
+        chip_ped_mean, chip_ped_std = _mean_std(chip_ped[:, 0], chip_ped[:, 1], chip_ped[:, 2])
         return Snapshot(
             chip_keys=self.chips.keys.copy(),
             chip_tiles=tiles,
@@ -602,4 +756,14 @@ class Accumulator:
             silent_channel_hits=verdicts.silent_channel_hits,
             dead_chip_hits=verdicts.dead_chip_hits,
             config=self.config,
+            chip_judged=chip_judged.copy(),
+            chip_masked_active=masked_active,
+            trigger_type_counts=trigger_counts,
+            trigger_type_rate_hz=trigger_rates,
+            chip_periodic_rate_hz=chip_ped[:, 0] / chip_span,
+            chip_pedestal_mean=chip_ped_mean,
+            chip_pedestal_std=chip_ped_std,
+            channel_pedestal_mean=channel_ped_mean,
+            channel_pedestal_std=channel_ped_std,
+            channel_periodic_hits=pedestal[..., 0].copy(),
         )

@@ -1,25 +1,61 @@
 """Bad-channel lists in the forms the DAQ's channel-disable configuration reads.
 
 ``json``: ``{"<io_group>-<io_channel>-<chip_id>": [channel_id, ...]}`` (larpix-control chip
-keys); ``csv``: one ``io_group,io_channel,chip_id,channel_id`` row per channel.
+keys); ``csv``: one ``io_group,io_channel,chip_id,channel_id`` row per channel; ``daq``: the 2x2
+DAQ's disabled list ``{"<io_group>-<tile>-<chip_id>": [channel_id, ...], "meta": {...}}`` (tile =
+(io_channel - 1) // 4 + 1), which ``--disabled-list`` reads back.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import time
 
 import numpy as np
 
-CHANNEL_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
+from exporter import __version__
+from exporter.detector.runconfig import daq_tile
+from exporter.quality.accumulator import Snapshot
+
+CHANNEL_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8", "daq": "application/json"}
+#: Statuses listed when none are asked for: the DAQ masks noisy channels, never silent ones.
+DEFAULT_STATUSES = {"json": ("noisy", "silent"), "csv": ("noisy", "silent"), "daq": ("noisy",)}
 
 
-def format_channels(rows: np.ndarray, fmt: str) -> bytes:
-    """(n, 4) rows of io_group, io_channel, chip_id, channel_id as ``json`` or ``csv`` bytes."""
-    if fmt == "json":
-        disabled: dict[str, list[int]] = {}
+def _unix_text(seconds: float) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)) if math.isfinite(seconds) else None
+
+
+def disabled_list_meta(snap: Snapshot, statuses: list[str] | tuple[str, ...], sources: list[str]) -> dict:
+    """The ``meta`` block of a DAQ disabled list: what was judged, over which data time, with which thresholds."""
+    end = snap.data_time + 1.0 if math.isfinite(snap.data_time) else math.nan  # timestamps have 1 s resolution
+    start = end - snap.covered_seconds
+    return {
+        "tool": f"larpix-dqm {__version__}",
+        "created": _unix_text(time.time()),
+        "sources": list(sources),
+        "statuses": list(statuses),
+        "data_time_start": _unix_text(start),
+        "data_time_end": _unix_text(end),
+        "window_seconds": snap.covered_seconds,
+        "noisy_rate_hz": snap.config.noisy_rate_hz,
+        "key": "io_group-tile-chip_id, tile = (io_channel - 1) // 4 + 1",
+    }
+
+
+def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> bytes:
+    """(n, 4) rows of io_group, io_channel, chip_id, channel_id as ``json``, ``csv`` or ``daq`` bytes
+    (``meta`` is the daq list's meta block)."""
+    if fmt in ("json", "daq"):
+        disabled: dict[str, object] = {}
         for g, c, chip, channel in rows.tolist():
-            disabled.setdefault(f"{g}-{c}-{chip}", []).append(channel)
+            key = f"{g}-{daq_tile(c) if fmt == 'daq' else c}-{chip}"
+            disabled.setdefault(key, []).append(channel)  # type: ignore[union-attr]
+        if fmt == "daq":
+            disabled = {key: sorted(set(channels)) for key, channels in disabled.items()}  # type: ignore[arg-type]
+            disabled["meta"] = meta or {}
         return (json.dumps(disabled, indent=1) + "\n").encode()
     if fmt == "csv":
         out = io.StringIO()
@@ -27,4 +63,4 @@ def format_channels(rows: np.ndarray, fmt: str) -> bytes:
         for row in rows.tolist():
             out.write(",".join(map(str, row)) + "\n")
         return out.getvalue().encode()
-    raise ValueError(f"unknown format {fmt!r}: use json or csv")
+    raise ValueError(f"unknown format {fmt!r}: use json, csv or daq")

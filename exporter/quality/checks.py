@@ -17,12 +17,18 @@ from dataclasses import dataclass, replace
 import numpy as np
 import yaml
 
-from exporter.quality.accumulator import IO_GROUPS, Snapshot
+from exporter.detector.runconfig import RUN_MODES
+from exporter.quality.accumulator import IO_GROUPS, Snapshot, prefer_finite
 from exporter.quality.reference import Reference
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability
+from exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
 
 INF = math.inf
+#: Share of the window's data packets from periodic triggers that makes ``auto`` a pedestal run.
+PEDESTAL_MODE_FRACTION = 0.5
+#: Share from external triggers that makes ``auto`` a beam run (the chips read out on the beam/light trigger).
+BEAM_MODE_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,31 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
         poisson=True,
     ),
     Check("reference_pedestal_shift", "chip", "ADC", "mean ADC − reference mean ADC", (-5.0, 5.0), (-10.0, 10.0), True),
+    Check(
+        "periodic_rate",
+        "chip",
+        "Hz",
+        "periodic-trigger packets per second per expected channel (on in pedestal runs)",
+        (10.0, 200.0),
+        (1.0, 1000.0),
+        enabled=False,
+    ),
 )
+
+#: Changes to the default checks in each run mode (the defaults are the self-trigger set). A pedestal run
+#: (periodic triggers at tens of Hz on every channel, self-triggers off) is judged on its periodic-trigger
+#: rate, not on a self-trigger rate it does not have. A beam run needs no change: rates are judged against
+#: what each tile did, scaled by its current occupancy, so spills that raise every channel are not faults.
+MODE_CHANGES: dict[str, dict[str, dict]] = {
+    "self-trigger": {},
+    "pedestal": {
+        "hit_rate_ratio": {"enabled": False},
+        "silent_fraction": {"enabled": False},
+        "inefficient_fraction": {"enabled": False},
+        "periodic_rate": {"enabled": True},
+    },
+    "beam": {},
+}
 
 
 class ChecksConfigError(ValueError):
@@ -116,8 +146,14 @@ def chip_counts(snap: Snapshot, reference: Reference | None) -> dict[str, tuple[
 
 
 def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
-    """The quantity each chip-scope check judges, one value per chip row of the snapshot."""
-    expected = snap.chip_status_counts.sum(axis=1).astype(float)
+    """The quantity each chip-scope check judges, one value per chip row of the snapshot.
+
+    Masked channels are not expected (they count in no fraction); chips outside the run's networks get NaN.
+    """
+    counted = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
+    expected = snap.chip_status_counts[:, counted].sum(axis=1).astype(float)
+    # every expected unmasked channel answers a periodic trigger, judged yet or not
+    configured = (snap.channel_expected & (snap.channel_status != ChannelStatus.MASKED)).sum(axis=1).astype(float)
     column = {status: i for i, status in enumerate(ChannelStatus.judged())}
 
     def fraction(status: ChannelStatus) -> np.ndarray:
@@ -128,8 +164,10 @@ def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np
         "silent_fraction": fraction(ChannelStatus.SILENT),
         "noisy_fraction": fraction(ChannelStatus.NOISY),
         "inefficient_fraction": fraction(ChannelStatus.INEFFICIENT),
-        "pedestal": snap.chip_adc_mean,
-        "adc_spread": snap.chip_adc_std,
+        # periodic-trigger packets measure the pedestal where the run has them; else all self-triggered data
+        "pedestal": prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean),
+        "adc_spread": prefer_finite(snap.chip_pedestal_std, snap.chip_adc_std),
+        "periodic_rate": _ratio(prefer_finite(snap.chip_periodic_rate_hz, np.zeros(len(snap.chip_keys))), configured),
         "parity_error_ratio": _ratio(snap.chip_window_parity_errors.astype(float), snap.chip_window_packets),
         "fifo_full_ratio": _ratio(snap.chip_window_fifo_full.astype(float), snap.chip_window_packets),
     }
@@ -137,6 +175,8 @@ def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np
         values["reference_pedestal_shift"] = reference.compare(snap).pedestal_shift
     for name, (observed, predicted) in chip_counts(snap, reference).items():
         values[name] = _ratio(observed, predicted)
+    if len(snap.chip_judged) == len(snap.chip_keys) and not snap.chip_judged.all():
+        values = {name: np.where(snap.chip_judged, v, np.nan) for name, v in values.items()}
     return values
 
 
@@ -230,7 +270,8 @@ def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | N
     group_status = np.array([status_of(v, c) for v, c in zip(group_values, group_checks)], np.int8).reshape(
         len(group_checks), IO_GROUPS
     )
-    chip_status[:, ~snap.chip_expected] = CheckStatus.OK  # chips outside the geometry are listed, not judged
+    # chips outside the geometry (listed as unexpected) and outside the run's networks get no verdict
+    chip_status[:, ~(snap.chip_expected & snap.chip_judged)] = CheckStatus.OK
     chip_worst = roll_up(chip_status) if len(chip_checks) else np.zeros(n, np.int8)
     own_status = roll_up(group_status) if len(group_checks) else np.zeros(IO_GROUPS, np.int8)
     io_group_status = _group_roll_up(own_status, snap.chip_keys[:, 0].astype(np.int64), chip_worst)
@@ -262,8 +303,47 @@ def _range(path: str, node: yaml.Node, where: str) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def load_checks(path: str) -> tuple[Check, ...]:
-    """Defaults with the overrides of a YAML checks file (schema in the README)."""
+def _apply_overrides(path: str, node: yaml.Node, by_name: dict[str, Check], where: str) -> None:
+    """Apply a mapping of check name -> warning/error/enabled overrides (``where`` prefixes the messages)."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ChecksConfigError(
+            f"checks file {path} line {node.start_mark.line + 1}: {where}: expected a mapping of check names"
+        )
+    for name_node, body in node.value:
+        name, line = name_node.value, name_node.start_mark.line + 1
+        if name not in by_name:
+            raise ChecksConfigError(
+                f"checks file {path} line {line}: unknown check '{name}' (known: {', '.join(by_name)})"
+            )
+        if not isinstance(body, yaml.MappingNode):
+            raise ChecksConfigError(f"checks file {path} line {line}: {where}.{name}: expected warning/error/enabled")
+        changes: dict = {}
+        for field_node, field_value in body.value:
+            field, key = field_node.value, f"{where}.{name}.{field_node.value}"
+            if field in ("warning", "error"):
+                changes[field] = _range(path, field_value, key)
+            elif field == "enabled":
+                enabled = yaml.safe_load(yaml.serialize(field_value))
+                if not isinstance(enabled, bool):
+                    raise ChecksConfigError(
+                        f"checks file {path} line {field_node.start_mark.line + 1}: {key}: expected true or false"
+                    )
+                changes[field] = enabled
+            else:
+                raise ChecksConfigError(
+                    f"checks file {path} line {field_node.start_mark.line + 1}: unknown key '{key}' (warning, error, enabled)"
+                )
+        by_name[name] = _validated(replace(by_name[name], **changes), f"checks file {path} line {line}: {where}")
+
+
+def _validated(check: Check, where: str) -> Check:
+    if not (check.error[0] <= check.warning[0] and check.warning[1] <= check.error[1]):
+        raise ChecksConfigError(f"{where}.{check.name}: the error range must contain the warning range")
+    return check
+
+
+def _sections(path: str) -> tuple[yaml.Node | None, dict[str, yaml.Node]]:
+    """The file's ``checks`` mapping and its ``modes`` (run mode -> mapping of checks)."""
     try:
         with open(path, encoding="utf-8") as fh:
             root = yaml.compose(fh, Loader=yaml.SafeLoader)
@@ -271,47 +351,65 @@ def load_checks(path: str) -> tuple[Check, ...]:
         raise ChecksConfigError(f"checks file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         raise ChecksConfigError(f"checks file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    by_name = {c.name: c for c in DEFAULT_CHECKS}
     if root is None:
-        return DEFAULT_CHECKS
+        return None, {}
     if not isinstance(root, yaml.MappingNode):
         raise ChecksConfigError(f"checks file {path}: expected a mapping with a 'checks' key")
+    checks, modes = None, {}
     for key, value in root.value:
         line = key.start_mark.line + 1
-        if key.value != "checks":
-            raise ChecksConfigError(f"checks file {path} line {line}: unknown key '{key.value}' (expected 'checks')")
-        if not isinstance(value, yaml.MappingNode):
-            raise ChecksConfigError(f"checks file {path} line {line}: checks: expected a mapping of check names")
-        for name_node, body in value.value:
-            name, line = name_node.value, name_node.start_mark.line + 1
-            if name not in by_name:
-                raise ChecksConfigError(
-                    f"checks file {path} line {line}: unknown check '{name}' (known: {', '.join(by_name)})"
-                )
-            if not isinstance(body, yaml.MappingNode):
-                raise ChecksConfigError(
-                    f"checks file {path} line {line}: checks.{name}: expected warning/error/enabled"
-                )
-            changes: dict = {}
-            for field_node, field_value in body.value:
-                field, where = field_node.value, f"checks.{name}.{field_node.value}"
-                if field in ("warning", "error"):
-                    changes[field] = _range(path, field_value, where)
-                elif field == "enabled":
-                    enabled = yaml.safe_load(yaml.serialize(field_value))
-                    if not isinstance(enabled, bool):
-                        raise ChecksConfigError(
-                            f"checks file {path} line {field_node.start_mark.line + 1}: {where}: expected true or false"
-                        )
-                    changes[field] = enabled
-                else:
+        if key.value == "checks":
+            checks = value
+        elif key.value == "modes":
+            if not isinstance(value, yaml.MappingNode):
+                raise ChecksConfigError(f"checks file {path} line {line}: modes: expected a mapping of run modes")
+            for mode, body in value.value:
+                if mode.value not in RUN_MODES[1:]:
                     raise ChecksConfigError(
-                        f"checks file {path} line {field_node.start_mark.line + 1}: unknown key '{where}' (warning, error, enabled)"
+                        f"checks file {path} line {mode.start_mark.line + 1}: unknown run mode '{mode.value}' "
+                        f"(known: {', '.join(RUN_MODES[1:])})"
                     )
-            check = replace(by_name[name], **changes)
-            if not (check.error[0] <= check.warning[0] and check.warning[1] <= check.error[1]):
-                raise ChecksConfigError(
-                    f"checks file {path} line {line}: checks.{name}: the error range must contain the warning range"
-                )
-            by_name[name] = check
+                modes[mode.value] = body
+        else:
+            raise ChecksConfigError(
+                f"checks file {path} line {line}: unknown key '{key.value}' (expected 'checks' or 'modes')"
+            )
+    return checks, modes
+
+
+def load_checks(path: str) -> tuple[Check, ...]:
+    """Defaults with the overrides of a YAML checks file's ``checks`` section (schema in the README)."""
+    checks, _ = _sections(path)
+    by_name = {c.name: c for c in DEFAULT_CHECKS}
+    if checks is not None:
+        _apply_overrides(path, checks, by_name, "checks")
     return tuple(by_name.values())
+
+
+def mode_checks(base: tuple[Check, ...] = DEFAULT_CHECKS, path: str | None = None) -> dict[str, tuple[Check, ...]]:
+    """The check set of each run mode: ``base``, the mode's built-in changes (``MODE_CHANGES``), then the
+    checks file's ``checks`` (every mode) and ``modes.<mode>`` sections."""
+    checks, modes = _sections(path) if path is not None else (None, {})
+    out = {}
+    for mode, changes in MODE_CHANGES.items():
+        by_name = {c.name: c for c in base}
+        for name, change in changes.items():
+            by_name[name] = _validated(replace(by_name[name], **change), f"run mode {mode}")
+        if path is not None and checks is not None:
+            _apply_overrides(path, checks, by_name, "checks")
+        if path is not None and mode in modes:
+            _apply_overrides(path, modes[mode], by_name, f"modes.{mode}")
+        out[mode] = tuple(by_name.values())
+    return out
+
+
+def detect_run_mode(snap: Snapshot) -> str:
+    """The run mode the window's data show: pedestal when periodic triggers make at least half the data
+    packets, beam when external triggers make at least a tenth, else self-trigger."""
+    by_type = snap.trigger_type_rate_hz.sum(axis=0)
+    total = by_type.sum()
+    if total > 0 and by_type[PERIODIC_TRIGGER] >= PEDESTAL_MODE_FRACTION * total:
+        return "pedestal"
+    if total > 0 and by_type[EXTERNAL_TRIGGER] >= BEAM_MODE_FRACTION * total:
+        return "beam"
+    return "self-trigger"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.quality.accumulator import Snapshot
+from exporter.quality.accumulator import Snapshot, prefer_finite
 
 REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
 
@@ -45,13 +45,19 @@ class Reference:
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, sources: list[str]) -> Reference:
-        """Reference values from a snapshot whose window covers the whole reference run."""
+        """Reference values from a snapshot whose window covers the whole reference run.
+
+        ADC mean and spread come from periodic-trigger packets where the run has them (a pedestal run),
+        else from the self-triggered ones; ``hits`` counts the packets behind them.
+        """
+        self_hits = np.rint(snap.channel_rate_hz * snap.chip_span_seconds[:, None]).astype(np.int64)
+        periodic_hits = prefer_finite(snap.channel_periodic_hits, np.zeros_like(self_hits))  # zeros without any
         arrays = {
             "chip_keys": snap.chip_keys.copy(),
             "rate_hz": snap.channel_rate_hz.copy(),
-            "adc_mean": snap.channel_adc_mean.copy(),
-            "adc_std": snap.channel_adc_std.copy(),
-            "hits": np.rint(snap.channel_rate_hz * snap.chip_span_seconds[:, None]).astype(np.int64),
+            "adc_mean": prefer_finite(snap.channel_pedestal_mean, snap.channel_adc_mean),
+            "adc_std": prefer_finite(snap.channel_pedestal_std, snap.channel_adc_std),
+            "hits": np.where(periodic_hits > 0, periodic_hits, self_hits),
             "duration_s": np.array(snap.covered_seconds),
         }
         return cls(arrays, sources)
@@ -107,7 +113,7 @@ class Reference:
             rate_ratio = np.where(chip_ref_rate > 0, snap.chip_rate_hz / chip_ref_rate, np.nan)
             weights = np.where(np.isnan(ref_mean), 0.0, np.nan_to_num(ref_hits))
             chip_ref_mean = (np.nan_to_num(ref_mean) * weights).sum(axis=1) / weights.sum(axis=1)
-            pedestal_shift = snap.chip_adc_mean - chip_ref_mean
+            pedestal_shift = prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean) - chip_ref_mean
             span = snap.chip_span_seconds[:, None]  # each chip's io_group window
             expected = ref_rate * span
             observed = snap.channel_rate_hz * span
@@ -117,4 +123,5 @@ class Reference:
             counted = np.sum(~np.isnan(terms), axis=1)
             rate_chi2 = np.where(counted > 0, np.nansum(terms, axis=1) / np.maximum(counted, 1), np.nan)
             channel_ratio = np.where(ref_rate > 0, snap.channel_rate_hz / ref_rate, np.nan)
-        return Comparison(rate_ratio, pedestal_shift, rate_chi2, channel_ratio, snap.channel_adc_mean - ref_mean)
+        channel_mean = prefer_finite(snap.channel_pedestal_mean, snap.channel_adc_mean)
+        return Comparison(rate_ratio, pedestal_shift, rate_chi2, channel_ratio, channel_mean - ref_mean)

@@ -18,6 +18,7 @@ class ChannelStatus(IntEnum):
     NOISY = 3
     UNKNOWN = 4  # expected, no hit in the window, silence not yet long enough to prove it dead
     INEFFICIENT = 5  # hits in the window, significantly fewer than expected
+    MASKED = 6  # masked by the run's configuration (disabled list, the file's channel_mask): no silent/noisy verdict
 
     @property
     def label(self) -> str:

@@ -112,7 +112,7 @@ class VerdictInputs:
     """What the verdicts are made of, one row per chip (the accumulator's rows)."""
 
     window_hits: np.ndarray  # (chips, 64) hits in the window
-    hits_total: np.ndarray  # (chips, 64) hits since the run started
+    hits_total: np.ndarray  # (chips, 64) self-triggered hits since the run started
     silence_seconds: np.ndarray  # (chips, 64) data time since the channel's last hit (since the run started if none)
     window_seconds: np.ndarray  # (chips,) data time the window spans
     run_seconds: np.ndarray  # (chips,) data time since the run started

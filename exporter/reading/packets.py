@@ -67,3 +67,8 @@ CLOCK_HZ = 10_000_000.0
 
 #: Bit set in a trigger packet's ``trigger_type`` for an external trigger.
 EXTERNAL_TRIGGER_BIT = 2
+
+#: What made a chip digitise a data packet (``trigger_type`` of a data packet, word bits 56-57).
+SELF_TRIGGER, EXTERNAL_TRIGGER, CROSS_TRIGGER, PERIODIC_TRIGGER = range(4)
+#: Label value of ``trigger_type`` for each data trigger type code.
+DATA_TRIGGER_TYPES = ("self", "external", "cross", "periodic")

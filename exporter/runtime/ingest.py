@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from exporter.detector.runconfig import RunConfigError
 from exporter.monitor import Evaluation, Monitor
 from exporter.quality.accumulator import Snapshot
-from exporter.reading.files import Chunk, FileReader
+from exporter.reading.files import PACKETS, Chunk, FileReader
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 from exporter.runtime.checkpoint import load_checkpoint, save_checkpoint
 from exporter.runtime.health import Health
@@ -55,6 +56,7 @@ class Ingester:
         self.health = Health()
         self._checkpointed: tuple | None = None
         self.listeners: list[Callable[[Chunk], None]] = []
+        self._configured: set[str] = set()  # packet files whose own chip configurations were read
         self._last_publish = 0.0
         self.published = Published(monitor.update(), self.health.copy())
 
@@ -110,6 +112,13 @@ class Ingester:
     def ingest(self, chunk: Chunk) -> None:
         """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then."""
         now = time.time()
+        if chunk.kind == PACKETS and chunk.cursor.path not in self._configured:
+            self._configured.add(chunk.cursor.path)
+            try:
+                self.monitor.use_file_configuration(chunk.cursor.path)  # its channel masks, before its data
+            except RunConfigError as err:
+                self.health.count_read_error("configs")
+                self.monitor.log_event("warning", str(err), reason="configs", file=chunk.cursor.path)
         self.monitor.feed(chunk.packets, chunk.cursor.clock, now)
         h = self.health
         h.packets_ingested[chunk.kind] += len(chunk.packets)

@@ -10,10 +10,12 @@ import h5py
 import numpy as np
 
 from exporter.detector.geometry import Geometry
+from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list, unexpected_chips
 from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
+from exporter.quality.checks import detect_run_mode
 from exporter.quality.status import ChannelStatus
 from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
 from exporter.reading.tail import DirectoryTail, InputSpec
@@ -37,6 +39,7 @@ def snapshot_summary(snap: Snapshot) -> dict:
                 "adc_mean": None if np.isnan(snap.chip_adc_mean[i]) else float(snap.chip_adc_mean[i]),
                 "adc_std": None if np.isnan(snap.chip_adc_std[i]) else float(snap.chip_adc_std[i]),
                 "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts[i])},
+                "masked_active_channels": int(snap.chip_masked_active[i]) if len(snap.chip_masked_active) else 0,
             }
         )
     return {
@@ -69,11 +72,13 @@ class FileResult:
     snapshot: Snapshot
     health: Health
     errors: list[str] = field(default_factory=list)
+    run_mode: str = "auto"  # as configured; 'auto' is detected from the file's trigger types
 
     def summary(self) -> tuple[dict, str]:
         """The JSON summary (with the file and its read errors) and the metrics text."""
         summary = snapshot_summary(self.snapshot)
         summary["file"] = self.path
+        summary["run_mode"] = detect_run_mode(self.snapshot) if self.run_mode == "auto" else self.run_mode
         summary["read_errors"] = self.errors
         return summary, render(FamilyBuilder().families(self.snapshot, self.health))
 
@@ -93,10 +98,22 @@ def process_file(
     window: float = 60.0,
     on_chunk: Callable[[Chunk], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    run_config: RunConfig | None = None,
 ) -> FileResult:
-    """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far."""
-    accumulator = Accumulator(QualityConfig(window_seconds=window), geometry)
+    """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far.
+
+    The channel masks and periodic triggers the file stores (``configs``) add to ``run_config``.
+    """
     errors: list[str] = []
+    run_config = run_config or RunConfig()
+    try:
+        found = read_file_configuration(path)
+    except RunConfigError as err:
+        errors.append(f"configs: {err}")
+        found = None
+    if found is not None:
+        run_config = run_config.with_file_configuration(path, found)
+    accumulator = Accumulator(QualityConfig(window_seconds=window), geometry, run_config)
     health = Health()
 
     def consume(chunk: Chunk) -> None:
@@ -115,9 +132,11 @@ def process_file(
     tail.pump(consume)
     health.decode_errors["implausible_timestamp"] = accumulator.clock.implausible
     health.decode_errors["time_jump"] = accumulator.clock.rejected
-    return FileResult(path, geometry, accumulator.snapshot(), health, errors)
+    return FileResult(path, geometry, accumulator.snapshot(), health, errors, run_config.run_mode)
 
 
-def summarize_file(path: str, geometry_path: str | None, window: float = 60.0) -> tuple[dict, str]:
+def summarize_file(
+    path: str, geometry_path: str | None, window: float = 60.0, run_config: RunConfig | None = None
+) -> tuple[dict, str]:
     """Ingest a whole file; return its summary (with any read errors) and its metrics text."""
-    return process_file(path, resolve_geometry(geometry_path), window).summary()
+    return process_file(path, resolve_geometry(geometry_path), window, run_config=run_config).summary()

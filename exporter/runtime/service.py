@@ -57,6 +57,9 @@ class Service:
             false_alarm_probability=settings.false_alarm_probability,
             checks=settings.checks,
             reference=settings.reference,
+            networks=settings.networks,
+            disabled_lists=settings.disabled_lists,
+            run_mode=settings.run_mode,
         )
         self.checkpoint_path = resolve_checkpoint_path(settings)
         self.ingester = Ingester(
@@ -79,7 +82,13 @@ class Service:
             self.ingester.listeners.append(self.plots.on_chunk)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
         self.app = MetricsApp(
-            lambda: self.ingester.published, settings.per_pixel, plots=self.plots, web=web, history=self.monitor.history
+            lambda: self.ingester.published,
+            settings.per_pixel,
+            plots=self.plots,
+            web=web,
+            history=self.monitor.history,
+            inputs=settings.inputs,
+            run_config=self.monitor.accumulator.run_config,
         )
         self.server = ExporterServer((settings.listen_address, settings.port), self.app)
         self.stop_event = threading.Event()

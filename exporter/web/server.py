@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from exporter import __version__
+from exporter.detector.runconfig import RunConfig
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
-from exporter.quality.channels import CHANNEL_MEDIA_TYPES, format_channels
+from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
 from exporter.quality.history import History
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.runtime.ingest import Published
@@ -43,13 +44,17 @@ class MetricsApp:
         plots: PlotSource | None = None,
         web: WebConfig | None = None,
         history: History | None = None,
+        inputs: list[str] | None = None,
+        run_config: RunConfig | None = None,
     ) -> None:
         self.published = published
+        self.inputs = inputs or []
+        self.run_config = run_config or RunConfig()
         self.per_pixel_allowed = per_pixel_allowed
         self.plots = plots
         self.web = web
         self.history = history
-        self.collector = FamilyBuilder()
+        self.collector = FamilyBuilder(self.run_config.run_mode)
         self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
         self.last_scrape_seconds = 0.0
 
@@ -73,9 +78,13 @@ class MetricsApp:
         return text
 
     def channels(self, statuses: list[str], fmt: str) -> tuple[bytes, str]:
-        """The current channels of the given statuses, as csv or as the DAQ's JSON disable list."""
-        rows = channel_list(self.published().snapshot, statuses)
-        return format_channels(rows, fmt), CHANNEL_MEDIA_TYPES[fmt]
+        """The current channels of the given statuses (all bad ones: ``[]``), as csv, json or the DAQ's disabled list."""
+        if fmt not in CHANNEL_MEDIA_TYPES:
+            raise ValueError(f"unknown format {fmt!r}: use {', '.join(CHANNEL_MEDIA_TYPES)}")
+        statuses = statuses or list(DEFAULT_STATUSES[fmt])
+        snap = self.published().snapshot
+        meta = disabled_list_meta(snap, statuses, self.inputs) if fmt == "daq" else None
+        return format_channels(channel_list(snap, statuses), fmt, meta), CHANNEL_MEDIA_TYPES[fmt]
 
     def history_export(self, fmt: str) -> tuple[bytes, str]:
         """The per-chip history as csv or json."""
@@ -87,6 +96,8 @@ class MetricsApp:
         """A small status page for people: health figures, links, the newest plots."""
         pub = self.published()
         h, s = pub.health, pub.snapshot
+        rc = self.run_config
+        masked_column = ChannelStatus.judged().index(ChannelStatus.MASKED)
         rows = [
             ("up", "yes" if h.up else "no"),
             ("files tracked", h.files_tracked),
@@ -102,6 +113,16 @@ class MetricsApp:
             ("ingest lag", f"{time.time() - s.data_time:.1f} s" if s.data_time == s.data_time else "n/a"),
             ("polls", h.polls),
             ("detector status", CheckStatus(pub.evaluation.results.detector_status).name),
+            (
+                "run mode",
+                f"{pub.evaluation.run_mode} ({'detected from the trigger types' if rc.run_mode == 'auto' else 'given'})",
+            ),
+            (
+                "run configuration",
+                f"{'all chips expected' if rc.network is None else f'{len(rc.network)} chips in the hydra networks'}, "
+                f"{int(s.chip_status_counts[:, masked_column].sum()) if len(s.chip_keys) else 0} channels masked"
+                + (f" ({len(rc.sources)} files)" if rc.sources else ""),
+            ),
             ("dead chips", int(s.chip_dead.sum())),
             ("chips unknown (not enough data yet)", int(s.chip_unknown.sum())),
             (
@@ -124,6 +145,7 @@ class MetricsApp:
             "<p><a href='/metrics'>/metrics</a> &middot; <a href='/metrics?per_pixel=1'>/metrics?per_pixel=1</a>"
             " (per-pixel series, with <code>--per-pixel</code>) &middot; <a href='/plots/'>/plots/</a>"
             " &middot; <a href='/api/channels?status=noisy,silent&amp;format=csv'>bad channels (csv)</a>"
+            " &middot; <a href='/api/channels?format=daq'>disabled list for the DAQ (noisy channels)</a>"
             " &middot; <a href='/api/history?format=csv'>per-chip history (csv)</a></p>"
             f"{gallery_html(self.plots)}</body></html>"
         )
@@ -176,7 +198,7 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             if url.path == "/api/channels":
-                statuses = ",".join(query.get("status", ["noisy,silent"])).split(",")
+                statuses = [s for s in ",".join(query.get("status", [])).split(",") if s]
                 fmt = query.get("format", ["json"])[0]
                 try:
                     body, media = app.channels(statuses, fmt)
