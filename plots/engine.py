@@ -186,7 +186,8 @@ class PlotEngine:
         self.health = {spec.name: PluginHealth(spec.kind) for spec in self.specs}
         self.store = PlotStore(settings.output, settings.ext, settings.latest)
         self.files: dict[tuple[str, int], _FileState] = {}
-        self.clock = DetectorClock()  # the accumulator's data-time rule, applied to the packets the plots see
+        # the accumulator's data-time rule applied to the packets the plots see (the accumulator logs the events)
+        self.clock = DetectorClock(log_events=False)
         self.shared: dict[str, Plot] = {}
         self.shared_figures: dict[str, Figure] = {}
         self.shared_fresh = Freshness()

@@ -328,3 +328,17 @@ def test_metrics_show_link_parity_errors_unexpected_chips_offsets_and_time_jumps
     assert 'larpix_io_group_clock_offset_seconds{io_group="1"} 30' in text
     assert 'larpix_io_group_clock_offset_seconds{io_group="2"} -30' in text
     assert 'larpix_exporter_decode_errors_total{kind="time_jump"} 1' in text
+
+
+def test_clock_events_are_logged_once_per_event_not_per_packet(module_geometry, run, caplog):
+    chunks = list(run[:20])
+    chunks[5] = one_bad_header(chunks[5], 3600)  # one event
+    chunks[12:] = [shifted(c, 2, -120) for c in chunks[12:]]  # a jump, then a step once it persisted
+    with caplog.at_level("WARNING", logger="exporter.quality.clock"):
+        acc = feed(module_geometry, chunks)
+    messages = [r.getMessage() for r in caplog.records]
+    assert acc.clock.rejected > 10  # every header of io_group 2 until the step was proven
+    assert sum("io_group 1: timestamp" in m and "+3600 s" in m for m in messages) == 1
+    assert sum("io_group 2: timestamp" in m and "jumps -11" in m for m in messages) == 1
+    assert sum("io_group 2: data clock steps -1" in m for m in messages) == 1
+    assert len(messages) == 3

@@ -115,7 +115,8 @@ class Reading:
 class DetectorClock:
     """The clock of every io_group (its newest accepted data time) and the rule that moves it."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_events: bool = True) -> None:
+        self.log_events = log_events  # False for a second reader of the same packets (the plots)
         self.head = np.full(IO_GROUPS, np.nan)  # newest accepted data time per io_group
         self.span_start = np.full(IO_GROUPS, np.nan)  # data time since which the io_group runs without a step
         self.rejected = 0  # timestamp packets rejected as jumps
@@ -215,7 +216,7 @@ class DetectorClock:
             if math.isnan(head):
                 self.head[g] = self.span_start[g] = t
             elif how in ("agrees", "step") and not _near(t, head) and (t > head or at_head):
-                self._log(g, f"io_group {g}: data clock steps {t - head:+.0f} s to {t:.0f}; its window restarts")
+                self._log(g, f"io_group {g}: data clock steps {t - head:+.0f} s to {t:.0f}; its window restarts", False)
                 self.head[g] = self.span_start[g] = t
                 rebase_at = a
             elif t > head:
@@ -240,15 +241,19 @@ class DetectorClock:
         self.rejected += count
         return False
 
-    def _log(self, g: int, message: str) -> None:
-        """Log once per event, at most once a minute per io_group (with the count of events not logged)."""
+    def _log(self, g: int, message: str, limited: bool = True) -> None:
+        """Log a clock event of io_group ``g``; ``limited`` ones (jumps) at most once a minute per
+        io_group, with the count of those not logged since; steps always (each took 5 s to prove)."""
+        if not self.log_events:
+            return
         now = time.monotonic()
-        if now - self._logged[g] < LOG_EVERY_SECONDS:
+        if limited and now - self._logged[g] < LOG_EVERY_SECONDS:
             self._unlogged[g] += 1
             return
-        extra = f" ({self._unlogged[g]} more clock events on it not logged)" if self._unlogged[g] else ""
+        extra = f" ({self._unlogged[g]} more jumps on it not logged)" if self._unlogged[g] else ""
         log.warning("%s%s", message, extra)
-        self._logged[g], self._unlogged[g] = now, 0
+        if limited:
+            self._logged[g], self._unlogged[g] = now, 0
 
     def times(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> np.ndarray:
         """Float unix seconds per packet (NaN before its io_group's first accepted timestamp); advances the clocks."""
