@@ -56,6 +56,8 @@ class Ingester:
         self._checkpointed: tuple | None = None
         self.listeners: list[Callable[[Chunk], None]] = []
         self._last_publish = 0.0
+        #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
+        self.polled = threading.Event()
         self.published = Published(monitor.update(), self.health.copy())
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
@@ -136,6 +138,7 @@ class Ingester:
         h.up = True
         self.checkpoint()
         self.publish()
+        self.polled.set()
         return total
 
     def run(self, stop: threading.Event) -> None:

@@ -1,7 +1,9 @@
-"""HTTP endpoints: ``/metrics``, a landing page ``/``, ``/-/healthy`` and the plots under ``/plots/``.
+"""HTTP endpoints: ``/metrics`` (``--web.telemetry-path``), a landing page ``/``, ``/-/healthy``, ``/-/ready``
+and the plots under ``/plots/``.
 
 Scrapes render the most recently published snapshot; nothing here takes a lock that the
-ingest thread holds.
+ingest thread holds. The health endpoints answer without basic auth (they say only OK or not),
+so an orchestrator can probe them; everything else needs the web config's users.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 
 from exporter import __version__
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
@@ -43,13 +48,20 @@ class MetricsApp:
         plots: PlotSource | None = None,
         web: WebConfig | None = None,
         history: History | None = None,
+        telemetry_path: str = "/metrics",
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.published = published
         self.per_pixel_allowed = per_pixel_allowed
         self.plots = plots
         self.web = web
         self.history = history
+        self.telemetry_path = telemetry_path
+        self.ready = ready
         self.collector = FamilyBuilder()
+        self.process = CollectorRegistry(auto_describe=True)  # process_*, python_info, python_gc_*: client_python's
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.process)
         self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
         self.last_scrape_seconds = 0.0
 
@@ -68,7 +80,7 @@ class MetricsApp:
         )
         if self.plots is not None:
             families += plot_families(self.plots)
-        text = render(families)
+        text = render(families) + generate_latest(self.process).decode()
         self.last_scrape_seconds = time.perf_counter() - started
         return text
 
@@ -108,7 +120,8 @@ class MetricsApp:
             "<!doctype html><html><head><meta charset='utf-8'><title>larpix-dqm</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}{GALLERY_CSS}</style>"
             f"</head><body><h1>larpix-dqm {__version__}</h1><table>{table}</table>"
-            "<p><a href='/metrics'>/metrics</a> &middot; <a href='/metrics?per_pixel=1'>/metrics?per_pixel=1</a>"
+            f"<p><a href='{self.telemetry_path}'>{self.telemetry_path}</a> &middot; "
+            f"<a href='{self.telemetry_path}?per_pixel=1'>{self.telemetry_path}?per_pixel=1</a>"
             " (per-pixel series, with <code>--per-pixel</code>) &middot; <a href='/plots/'>/plots/</a>"
             " &middot; <a href='/api/channels?status=noisy,silent&amp;format=csv'>bad channels (csv)</a>"
             " &middot; <a href='/api/history?format=csv'>per-chip history (csv)</a></p>"
@@ -134,7 +147,7 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Encoding", "gzip")
             else:
                 self.send_response(status)
-            for name, value in (headers or {}).items():
+            for name, value in {**(app.web.headers if app.web is not None else {}), **(headers or {})}.items():
                 self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -152,6 +165,14 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
             super().setup()
 
         def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/-/healthy":
+                self._send(200, b"OK\n", "text/plain; charset=utf-8")
+                return
+            if url.path == "/-/ready":
+                ready = app.ready()
+                self._send(200 if ready else 503, b"OK\n" if ready else b"not ready\n", "text/plain; charset=utf-8")
+                return
             if app.web is not None and not app.web.authorized(self.headers.get("Authorization")):
                 self._send(
                     401,
@@ -160,7 +181,6 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                     headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
                 )
                 return
-            url = urlsplit(self.path)
             query = parse_qs(url.query)
             if url.path == "/api/channels":
                 statuses = ",".join(query.get("status", ["noisy,silent"])).split(",")
@@ -178,13 +198,11 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                     return
                 body, media = app.history_export(fmt)
                 self._send(200, body, media)
-            elif url.path == "/metrics":
+            elif url.path == app.telemetry_path:
                 per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
                 self._send(200, app.metrics_text(per_pixel).encode(), CONTENT_TYPE)
             elif url.path == "/":
                 self._send(200, app.landing_page().encode(), "text/html; charset=utf-8")
-            elif url.path in ("/-/healthy", "/-/ready"):
-                self._send(200, b"OK\n", "text/plain; charset=utf-8")
             elif url.path == "/plots":
                 self._send(301, b"", "text/plain; charset=utf-8", headers={"Location": "/plots/"})
             elif url.path.startswith("/plots/"):
@@ -232,6 +250,8 @@ class ExporterServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: MetricsApp) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, make_handler(app))
         self.app = app
         self.thread: threading.Thread | None = None
