@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -31,7 +32,10 @@ from exporter.settings import flags as setting_flags
 from exporter.settings import options as settings_options
 from exporter.settings import types as setting_types
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
-from exporter.web.auth import WebConfigError
+from exporter.web.auth import WebConfigError, load_web_config
+
+if typing.TYPE_CHECKING:
+    from exporter.monitor import Monitor
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -65,6 +69,18 @@ def _checked(name: str, value: Any) -> Any:
         return check_value(name, value)
     except ValueError as err:
         _fail(f"{setting_flag(name)} {value}: {err}")
+
+
+def _collect_errors(monitor: Monitor) -> list[str]:
+    """A list that collects the messages of the monitor's error log records (files it could not read)."""
+    errors: list[str] = []
+
+    def keep(record: dict) -> None:
+        if record["level"] == "error":
+            errors.append(record["message"])
+
+    monitor.add_log_handler(keep)
+    return errors
 
 
 def _version(value: bool) -> None:
@@ -155,12 +171,7 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
     return given
 
 
-def serve(
-    ctx: typer.Context,
-    config: Optional[str] = None,
-    verbose: bool = False,
-    **values: Any,
-) -> None:
+def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
     from exporter.runtime.service import ListenError, Service
     from plots.engine import PlotConfigError
@@ -196,7 +207,7 @@ def serve(
     service.wait()
 
 
-_SERVE_EXTRAS = [
+_CONFIG_PARAMETERS = [
     inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
     inspect.Parameter(
         "config",
@@ -207,7 +218,7 @@ _SERVE_EXTRAS = [
             typer.Option(
                 metavar="FILE",
                 envvar=ENV_PREFIX + "CONFIG",
-                help="YAML file with any of these settings (keys as the option names, '_' for '-' and '.'); "
+                help="YAML file with any of these settings (the config keys in the README); "
                 "the command line and the environment win.",
             ),
         ],
@@ -219,11 +230,53 @@ _SERVE_EXTRAS = [
         annotation=Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging (--log.level debug).")],
     ),
 ]
-serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [*_SERVE_EXTRAS, *(_setting_parameter(name) for name in settings_options())]
-)
-serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}  # type: ignore[attr-defined]
-app.command()(serve)
+
+
+def _settings_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Register ``func(ctx, config, verbose, **settings)`` as a command taking every setting's option."""
+    signature = inspect.Signature([*_CONFIG_PARAMETERS, *(_setting_parameter(name) for name in settings_options())])
+    func.__signature__ = signature  # type: ignore[attr-defined]
+    func.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return app.command()(func)
+
+
+_settings_command(serve)
+
+
+def healthcheck(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
+    """Exit 0 if the exporter configured by the same options, environment or --config answers /-/healthy.
+
+    For container HEALTHCHECKs: it follows the configured port, address and scheme (https when the
+    web config has tls_server_config; the certificate is not verified: this is a local probe).
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        settings = build_settings(config, _given_settings(ctx, values))
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    except (ConfigError, WebConfigError) as err:
+        _fail(str(err))
+    host, port = settings.addresses()[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    context = None
+    if web is not None and web.ssl_context is not None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    url = f"{'https' if context else 'http'}://{shown}:{port}/-/healthy"
+    try:
+        with urllib.request.urlopen(url, timeout=4, context=context) as resp:
+            healthy = resp.status == 200
+    except (urllib.error.URLError, OSError) as err:
+        typer.echo(f"larpix-dqm: {url}: {getattr(err, 'reason', err)}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if healthy else 1)
+
+
+_settings_command(healthcheck)
 
 
 @app.command()
@@ -270,7 +323,7 @@ def once(
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
         (output / "metrics.prom").write_text(metrics_text)
-    if written is not None:
+    if written is not None and output is not None:
         images, failures = written
         typer.echo(f"wrote {images} plot image(s) to {output / (file.stem + '_dqm')}", err=True)
         for failure in failures:
@@ -463,8 +516,7 @@ def baseline(
         monitor = Monitor(resolve_geometry(geometry), window=1e9, window_bins=1)  # one window over the whole run
     except GeometryError as err:
         _fail(str(err))
-    errors: list[str] = []
-    monitor.add_log_handler(lambda record: record["level"] == "error" and errors.append(record["message"]))
+    errors = _collect_errors(monitor)
     packets = sum(monitor.add_file(path) for path in files)
     if errors:
         _fail("; ".join(errors))
@@ -520,8 +572,7 @@ def channels(
             monitor = Monitor(resolve_geometry(geometry), window=_checked("window", window))
         except GeometryError as err:
             _fail(str(err))
-        errors: list[str] = []
-        monitor.add_log_handler(lambda record: record["level"] == "error" and errors.append(record["message"]))
+        errors = _collect_errors(monitor)
         for path in files:
             monitor.add_file(path)
         if errors:
@@ -534,6 +585,36 @@ def channels(
         output.write_bytes(body)
     else:
         sys.stdout.write(body.decode())
+
+
+@app.command()
+def mixin(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the site files into.")],
+    job_selector: Annotated[
+        str,
+        typer.Option(help="RE2 regex over the Prometheus job names that scrape the exporter (fully anchored)."),
+    ] = ".*larpix.*",
+    runbook_url: Annotated[
+        str, typer.Option(help="URL of RUNBOOK.md as your browser opens it; alerts link <url>#<alert name>.")
+    ] = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md",
+) -> None:
+    """Write the alert rules, dashboards, runbook and example configs, for your job selector and runbook URL."""
+    import re
+
+    from exporter.mixin import MixinError, write_mixin
+    from exporter.monitoring import Monitoring
+
+    try:
+        re.compile(job_selector)
+    except re.error as err:
+        _fail(f"--job-selector {job_selector!r}: not a regular expression ({err})")
+    if not runbook_url.startswith(("http://", "https://")):
+        _fail(f"--runbook-url {runbook_url!r}: expected an http(s) URL")
+    try:
+        written = write_mixin(output, Monitoring(job_regex=job_selector, runbook_url=runbook_url))
+    except (MixinError, OSError) as err:
+        _fail(f"-o {output}: {err}")
+    typer.echo(f"wrote {len(written)} files to {output}", err=True)
 
 
 def run() -> None:

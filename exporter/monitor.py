@@ -182,8 +182,8 @@ class Monitor:
         for change in self._changes(old, new):
             level = ("info", "warning", "error")[change.new]
             self.log_event(level, str(change), scope=change.scope, key=list(change.key), status=change.new)
-            for handler in self._status_handlers:
-                self._call(handler, change)
+            for status_handler in self._status_handlers:
+                self._call(status_handler, change)
 
     def _changes(self, old: Evaluation | None, new: Evaluation) -> list[StatusChange]:
         r = new.results

@@ -111,7 +111,7 @@ class Service:
         scheme = "https" if self.app.web is not None and self.app.web.ssl_context is not None else "http"
         urls = []
         for server in self.servers:
-            host, port = server.server_address[:2]
+            host, port = str(server.server_address[0]), int(server.server_address[1])
             shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
             urls.append(f"{scheme}://{shown}:{port}{self.settings.web_telemetry_path}")
         return urls
