@@ -15,7 +15,7 @@ import threading
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -58,7 +58,7 @@ class ListFormat(str, enum.Enum):
     csv = "csv"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"larpix-dqm: {message}", err=True)
     raise typer.Exit(2)
 
@@ -431,6 +431,10 @@ def simulate(
     typer.echo(f"wrote {len(paths)} file(s) to {outdir}", err=True)
 
 
+#: How long demo waits at exit for a plot drawing under way (a full module cycle takes ~15 s).
+DEMO_PLOTS_EXIT_SECONDS = 60.0
+
+
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="TCP port for /metrics (0: any free port).")] = 9767,
@@ -446,6 +450,7 @@ def demo(
     workdir = Path(tempfile.mkdtemp(prefix="larpix-dqm-demo-"))
     stop = threading.Event()
     writer: threading.Thread | None = None
+    service: Service | None = None
     try:
         geo_path = str(packaged_layout())
         try:
@@ -488,7 +493,9 @@ def demo(
     finally:
         stop.set()
         if writer is not None:
-            writer.join(5)
+            writer.join()  # finishes the second it is writing
+        if service is not None and service.plots is not None:
+            service.plots.thread.join(DEMO_PLOTS_EXIT_SECONDS)  # a drawing under way would write into workdir
         shutil.rmtree(workdir, ignore_errors=True)
 
 

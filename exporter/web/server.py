@@ -25,12 +25,14 @@ from exporter import __version__
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
+from exporter.monitoring import Monitoring
 from exporter.quality.channels import CHANNEL_MEDIA_TYPES, format_channels
 from exporter.quality.history import History
 from exporter.quality.status import CheckStatus
 from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
+from exporter.web.problems import PROBLEMS_CSS, problems_html
 from plots.store import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
@@ -116,10 +118,12 @@ class MetricsApp:
             ("detector status", CheckStatus(pub.evaluation.results.detector_status).name),
         ]
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        problems = problems_html(pub.evaluation, Monitoring().runbook_url, self.plots is not None)
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>larpix-dqm</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}{GALLERY_CSS}</style>"
-            f"</head><body><h1>larpix-dqm {__version__}</h1><table>{table}</table>"
+            "<style>body{font-family:sans-serif;margin:2em}th{text-align:left;padding-right:1em}"
+            f"{GALLERY_CSS}{PROBLEMS_CSS}</style>"
+            f"</head><body><h1>larpix-dqm {__version__}</h1>{problems}<h2>Exporter</h2><table>{table}</table>"
             f"<p><a href='{self.telemetry_path}'>{self.telemetry_path}</a> &middot; "
             f"<a href='{self.telemetry_path}?per_pixel=1'>{self.telemetry_path}?per_pixel=1</a>"
             " (per-pixel series, with <code>--per-pixel</code>) &middot; <a href='/plots/'>/plots/</a>"
