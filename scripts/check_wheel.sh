@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
-trap 'kill "${demo:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+demo=
+trap 'if [ -n "$demo" ]; then kill "$demo" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 python3 -m pip wheel --no-deps -q --disable-pip-version-check -w "$work/dist" .
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --disable-pip-version-check "$work"/dist/*.whl
