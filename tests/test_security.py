@@ -64,6 +64,11 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
             get(url, ("shift", "s3cret"))
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on the TLS port
             get(f"http://127.0.0.1:{port}/metrics", ("shift", "s3cret"))
+        # The container HEALTHCHECK: same settings as serve, so https on this port, no password needed
+        probe = [sys.executable, "-m", "exporter.cli", "healthcheck", "--web.listen-address", f"127.0.0.1:{port}"]
+        assert subprocess.run([*probe, "--web.config.file", str(web)], capture_output=True, timeout=60).returncode == 0
+        plain = subprocess.run(probe, capture_output=True, text=True, timeout=60)  # http against the TLS port
+        assert plain.returncode == 1 and f"http://127.0.0.1:{port}/-/healthy" in plain.stderr
 
 
 def test_basic_auth_without_tls(tmp_path, tile_geometry):
