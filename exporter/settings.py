@@ -10,6 +10,7 @@ by ``check_value`` whichever way it came in. CONTRIBUTING.md says how to add a s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -195,11 +196,13 @@ def parse_address(address: str, default_port: int) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+@functools.cache
 def options() -> dict[str, Option]:
     """Every setting's Option, in declaration order."""
     return {f.name: f.metadata["option"] for f in dataclasses.fields(Settings)}
 
 
+@functools.cache
 def types() -> dict[str, Any]:
     """Every setting's type (``int``, ``str | None``, ``list[str]`` ...)."""
     return typing.get_type_hints(Settings)
