@@ -16,11 +16,12 @@ cd "$work/run"  # nothing of the checkout on the path
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 TMPDIR="$work/tmp" "$work/venv/bin/larpix-dqm" demo --port "$port" --seconds 60 >"$work/demo.log" 2>&1 &
 demo=$!
+get() { python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1"; }
 for _ in $(seq 120); do
-  curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null && break
+  get "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
   sleep 0.5
 done
-metrics=$(curl -sf "http://127.0.0.1:$port/metrics" || true)
+metrics=$(get "http://127.0.0.1:$port/metrics" 2>/dev/null || true)
 grep -q '^larpix_exporter_build_info{.*revision="[^u]' <<<"$metrics" \
   || { echo "wheel: demo serves no build_info with a revision"; cat "$work/demo.log"; exit 1; }
 kill -INT "$demo"
