@@ -62,6 +62,7 @@ def test_one_version_an_spdx_licence_and_type_information():
     assert re.fullmatch(r"\d+\.\d+\.\d+", exporter.__version__)
 
 
+@pytest.mark.e2e
 def test_mixin_writes_the_site_files_for_a_site(tmp_path, monkeypatch, capsys):
     out = tmp_path / "mixin"
     argv = ["larpix-dqm", "mixin", "-o", str(out), "--job-selector", "dqm-(live|test)"]
@@ -103,6 +104,7 @@ def test_dockerfile_pins_dependencies_labels_the_image_and_probes_with_the_confi
         assert _requirement_name(requirement) in lock, f"{requirement} is not pinned in deploy/requirements.lock"
 
 
+@pytest.mark.e2e
 def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

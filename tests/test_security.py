@@ -143,6 +143,7 @@ def test_decoder_rejects_unusable_input_with_its_own_error():
         decode_messages([object()], np.ones(1))
 
 
+@pytest.mark.e2e
 def test_client_certificates_headers_and_health_without_auth(tmp_path, tile_geometry, certificate):
     """client_auth_type RequireAndVerifyClientCert with client_ca_file, configured headers, TLS 1.3 only;
     /-/healthy and /-/ready answer without basic auth (an orchestrator's probe), /metrics does not."""
