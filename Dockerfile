@@ -1,7 +1,21 @@
 # larpix-dqm: the exporter/monitor image used by docker-compose.yml.
-#   docker build -t larpix-dqm .
+#   docker build --build-arg BUILD_REVISION="$(git describe --always --dirty)" -t larpix-dqm .
 #   docker run --rm -p 9767:9767 -v /path/to/live/data:/data:ro larpix-dqm
-FROM python:3.11-slim
+# Configure it with LARPIX_DQM_* variables (or LARPIX_DQM_CONFIG=<YAML file>) rather than serve's
+# command-line options: the HEALTHCHECK (larpix-dqm healthcheck) reads the same variables, so it
+# follows the port, address and scheme (https with a web config's tls_server_config) you set.
+FROM python:3.11.7-slim-bookworm
+
+ARG VERSION=0.1.0
+# The git revision for build_info and the label; setup.py falls back to it when git is not there.
+ARG BUILD_REVISION=unknown
+LABEL org.opencontainers.image.title="larpix-dqm" \
+      org.opencontainers.image.description="Live data-quality monitoring of LArPix pixel data, served to Prometheus" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="https://github.com/larpix-dqm/larpix-dqm" \
+      org.opencontainers.image.documentation="https://github.com/larpix-dqm/larpix-dqm/blob/main/README.md" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${BUILD_REVISION}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,11 +25,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY . .
-# The geometry files shipped in the package get a stable path, /opt/larpix-geometry/, for
+# Dependencies pinned to the versions the tests ran against (deploy/requirements.lock). The
+# geometry files shipped in the package get a stable path, /opt/larpix-geometry/, for
 # --geometry / PIXEL_GEOMETRY_PATH (e.g. /opt/larpix-geometry/multi_tile_layout-2.4.16.yaml).
-RUN pip install . \
+RUN pip install --constraint deploy/requirements.lock . \
     && cd / && rm -rf /src \
-    && ln -s "$(python -c 'from exporter.geometry import packaged_layout; print(packaged_layout().parent)')" \
+    && ln -s "$(python -c 'from exporter.detector.geometry import packaged_layout; print(packaged_layout().parent)')" \
         /opt/larpix-geometry \
     && test -d /opt/larpix-geometry/
 WORKDIR /
@@ -28,11 +43,14 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/lar
 USER larpix
 WORKDIR /home/larpix
 
+ENV LARPIX_DQM_INPUTS=/data \
+    LARPIX_DQM_OUTPUT=/plots \
+    LARPIX_DQM_PORT=9767 \
+    LARPIX_DQM_LISTEN_ADDRESS=0.0.0.0
 EXPOSE 9767
 VOLUME ["/data", "/plots"]
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9767/-/healthy', timeout=4).status == 200 else 1)"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 CMD ["larpix-dqm", "healthcheck"]
 
 ENTRYPOINT ["larpix-dqm"]
-CMD ["serve", "-i", "/data", "--port", "9767", "--listen-address", "0.0.0.0", "-o", "/plots"]
+CMD ["serve"]

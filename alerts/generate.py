@@ -304,16 +304,22 @@ absent(up{{{job}}})
             f"""
 {stale}
 and on ({EXPORTER})
-(larpix_exporter_files_tracked > 0)
+(
+  larpix_exporter_files_tracked > 0
+  or on ({EXPORTER})
+  # an input directory (or file) is missing or unreadable: there is data to read but it cannot be
+  larpix_exporter_files_in_error{{reason=~"missing_input|unreadable_input"}} > 0
+)
 """,
             t["data_stale"]["for"],
             "critical",
             "LArPix DQM exporter has ingested no new packets.",
             _fill(
-                "The exporter {{ $labels.instance }} tracks data files but has ingested no "
+                "The exporter {{ $labels.instance }} has files or inputs to read but has ingested no "
                 "new packet {{ if le 0.0 $value }}for {{ $value | humanizeDuration }}"
                 "{{ else }}since it started{{ end }} (threshold @age@ s). The DAQ may have "
-                "stopped writing, or the exporter is stuck.",
+                "stopped writing, an input may be missing or unreadable "
+                "(larpix_exporter_files_in_error), or the exporter is stuck.",
                 age=stale_age,
             ),
         ),

@@ -1,16 +1,21 @@
-"""The ``larpix-dqm`` command line: serve, once, simulate, demo."""
+"""The ``larpix-dqm`` command line: serve, once, simulate, demo, baseline, channels, mixin."""
 
 from __future__ import annotations
 
+import enum
+import inspect
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -20,27 +25,64 @@ from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
 from exporter.quality.checks import ChecksConfigError
 from exporter.quality.reference import ReferenceFileError
 from exporter.runtime.checkpoint import CheckpointError
-from exporter.settings import DEFAULT_PORT, ConfigError, build_settings
+from exporter.runtime.logs import setup_logging
+from exporter.settings import ENV_PREFIX, ConfigError, build_settings, check_value, shown_default
+from exporter.settings import envvar as setting_envvar
+from exporter.settings import flag as setting_flag
+from exporter.settings import flags as setting_flags
+from exporter.settings import options as settings_options
+from exporter.settings import types as setting_types
 from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
-from exporter.web.auth import WebConfigError
+from exporter.web.auth import WebConfigError, load_web_config
+
+if typing.TYPE_CHECKING:
+    from exporter.monitor import Monitor
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
-    no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: '[channels]' and '[host][:port]' are not markup
 )
 log = logging.getLogger("larpix_dqm")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+class FileFormat(str, enum.Enum):
+    """Simulated file formats."""
+
+    raw = "raw"
+    packets = "packets"
 
 
-def _fail(message: str) -> None:
+class ListFormat(str, enum.Enum):
+    """Formats of the bad-channel list."""
+
+    json = "json"
+    csv = "csv"
+    daq = "daq"
+
+
+def _fail(message: str) -> NoReturn:
     typer.echo(f"larpix-dqm: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _checked(name: str, value: Any) -> Any:
+    """A value of an option that shares a setting's declaration (e.g. --window), checked like the setting."""
+    try:
+        return check_value(name, value)
+    except ValueError as err:
+        _fail(f"{setting_flag(name)} {value}: {err}")
+
+
+def _collect_errors(monitor: Monitor) -> list[str]:
+    """A list that collects the messages of the monitor's error log records (files it could not read)."""
+    errors: list[str] = []
+
+    def keep(record: dict) -> None:
+        if record["level"] == "error":
+            errors.append(record["message"])
+
+    monitor.add_log_handler(keep)
+    return errors
 
 
 def _version(value: bool) -> None:
@@ -49,13 +91,17 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Live data-quality monitoring of LArPix pixel data, served to Prometheus."""
+    if ctx.invoked_subcommand is None:  # no command: the help, as a usage error
+        typer.echo(ctx.get_help(), err=True)
+        raise typer.Exit(2)
 
 
 def _parse_ids(values: list[str], width: int, what: str) -> list[tuple[int, ...]]:
@@ -82,7 +128,7 @@ RUN_MODE_HELP = (
 
 PLOTS_HELP = (
     "Plots to draw: class or image names or shell patterns (PixelMap, PixelMap_2_1, 'PixelMap_1_*'); "
-    "repeatable, or several separated by commas. (default: all)"
+    "repeatable, or several separated by commas."
 )
 
 
@@ -100,140 +146,58 @@ def _plot_settings(
     return PlotSettings(str(output), ext, names, interval, tuple(plugin_dirs), latest)
 
 
-@app.command()
-def serve(
-    inputs: Annotated[list[str], typer.Option("-i", "--input", help="Directory (or file) to watch; repeatable.")] = [],  # noqa: B006
-    pattern: Annotated[
-        Optional[str], typer.Option(help="Glob selecting files in each directory. (default: *.h5)")
-    ] = None,
-    port: Annotated[Optional[int], typer.Option(help=f"TCP port for /metrics. (default: {DEFAULT_PORT})")] = None,
-    listen_address: Annotated[
-        Optional[str],
-        typer.Option(
-            "--listen-address", "--web.listen-address", help="Address to listen on. (default: 0.0.0.0, all interfaces)"
-        ),
-    ] = None,
-    interval: Annotated[
-        Optional[float], typer.Option(help="Polling period in seconds, fractions allowed. (default: 2)")
-    ] = None,
-    flush_interval: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Seconds after which an idle file's per-file state is dropped; its counts stay. (default: 1800)"
-        ),
-    ] = None,
-    geometry: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present, else none)"
-        ),
-    ] = None,
-    state_file: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Checkpoint file, rewritten atomically after every poll that counted something; '-' disables. "
-            "(default: $LARPIX_DQM_STATE_DIR, else ~/.local/state/larpix-dqm, /state-<hash of the inputs>.npz)"
-        ),
-    ] = None,
-    window: Annotated[
-        Optional[float], typer.Option(help="Sliding window in seconds of data time. (default: 60)")
-    ] = None,
-    noisy_rate_hz: Annotated[
-        Optional[float], typer.Option("--noisy-rate-hz", help="Rate above which a channel is noisy. (default: 10)")
-    ] = None,
-    false_alarm_probability: Annotated[
-        Optional[float],
-        typer.Option(
-            "--false-alarm-probability",
-            help="Probability of at least one false channel or chip verdict per evaluation. (default: 0.01)",
-        ),
-    ] = None,
-    per_pixel: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--per-pixel/--no-per-pixel",
-            help="Serve per-channel series on /metrics?per_pixel=1 (costly: 3 series per pixel). (default: off)",
-        ),
-    ] = None,
-    output: Annotated[
-        Optional[str],
-        typer.Option(
-            "-o",
-            "--output",
-            help="Folder for plot images, served on /plots/: <file stem>_dqm/<file stem>_<Plot><ext> and "
-            "latest/<Plot><ext>. (default: no plots)",
-        ),
-    ] = None,
-    ext: Annotated[Optional[str], typer.Option(help="Plot image format, as a file extension. (default: .png)")] = None,
-    plots: Annotated[list[str], typer.Option("--plots", help=PLOTS_HELP)] = [],  # noqa: B006
-    plot_interval: Annotated[
-        Optional[float],
-        typer.Option(help="Redraw plots at most every this many seconds (only when data came). (default: 30)"),
-    ] = None,
-    plugin_dir: Annotated[
-        list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
-    ] = [],  # noqa: B006
-    checks: Annotated[
-        Optional[str],
-        typer.Option(help="YAML file overriding check thresholds (schema in the README). (default: built-in)"),
-    ] = None,
-    reference: Annotated[
-        Optional[str],
-        typer.Option(help="Reference run (.npz from 'larpix-dqm baseline') to compare rates and pedestals with."),
-    ] = None,
-    web_config_file: Annotated[
-        Optional[str],
-        typer.Option(
-            "--web.config.file",
-            "--web-config-file",
-            help="Prometheus exporter web config (tls_server_config, basic_auth_users). (default: plain HTTP, no auth)",
-        ),
-    ] = None,
-    network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
-    disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
-    run_mode: Annotated[Optional[str], typer.Option("--run-mode", help=RUN_MODE_HELP + " (default: auto)")] = None,
-    config: Annotated[
-        Optional[str],
-        typer.Option(help="YAML file with any of these options (keys as option names); command-line values win."),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
-) -> None:
+def _setting_parameter(name: str) -> inspect.Parameter:
+    """A typer option for one setting, from its declaration in exporter/settings.py."""
+    opt, kind = settings_options()[name], setting_types()[name]
+    decls = setting_flags(name)
+    cli_type: Any = Optional[str]  # numbers too: check_value parses them, so every bad value gets the same message
+    if typing.get_origin(kind) is list:
+        cli_type = Optional[list[str]]
+    elif kind is bool:
+        cli_type = Optional[bool]
+        decls = (f"{decls[0]}/{opt.negation}",)
+    elif opt.choices:
+        cli_type = Optional[enum.Enum(name.title().replace("_", ""), {c: c for c in opt.choices}, type=str)]  # type: ignore[misc]
+    info = typer.Option(
+        *decls,
+        help=f"{opt.help[0].upper()}{opt.help[1:]}. [default: {shown_default(name)}]",
+        metavar=opt.metavar or None,
+        envvar=setting_envvar(name),
+        show_default=False,
+        show_envvar=True,
+    )
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[cli_type, info])
+
+
+def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line or in the environment, checked; exits naming the flag or variable."""
+    given = {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT") or value is None:
+            continue
+        value = value.value if isinstance(value, enum.Enum) else value
+        where = setting_envvar(name) if source.name == "ENVIRONMENT" else setting_flag(name)
+        try:
+            given[name] = check_value(name, list(value) if isinstance(value, tuple) else value)
+        except ValueError as err:
+            _fail(f"{where} {value if not isinstance(value, (list, tuple)) else ' '.join(value)}: {err}")
+    return given
+
+
+def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
-    from exporter.runtime.service import Service
+    from exporter.runtime.service import ListenError, Service
     from plots.engine import PlotConfigError
 
-    _setup_logging(verbose)
     try:
-        settings = build_settings(
-            config,
-            dict(
-                inputs=inputs,
-                pattern=pattern,
-                port=port,
-                listen_address=listen_address,
-                interval=interval,
-                flush_interval=flush_interval,
-                geometry=geometry,
-                state_file=state_file,
-                window=window,
-                noisy_rate_hz=noisy_rate_hz,
-                false_alarm_probability=false_alarm_probability,
-                per_pixel=per_pixel,
-                checks=checks,
-                reference=reference,
-                web_config_file=web_config_file,
-                output=output,
-                ext=ext,
-                plots=plots,
-                plot_interval=plot_interval,
-                plugin_dirs=plugin_dir,
-                networks=network,
-                disabled_lists=disabled_list,
-                run_mode=run_mode,
-            ),
-        )
-        if not settings.inputs:
-            _fail("no input: give -i DIR (or 'inputs' in the config file)")
+        settings = build_settings(config, _given_settings(ctx, values))
+    except ConfigError as err:
+        _fail(str(err))
+    setup_logging("debug" if verbose else settings.log_level, settings.log_format)
+    if not settings.inputs:
+        _fail("no input: give -i DIR (or 'inputs' in the config file)")
+    try:
         plot_settings = _plot_settings(
             Path(settings.output) if settings.output else None,
             settings.ext,
@@ -243,7 +207,6 @@ def serve(
         )
         service = Service(settings, plot_settings)
     except (
-        ConfigError,
         GeometryError,
         CheckpointError,
         PlotConfigError,
@@ -251,13 +214,84 @@ def serve(
         ReferenceFileError,
         WebConfigError,
         RunConfigError,
+        ListenError,
     ) as err:
         _fail(str(err))
-    except OSError as err:
-        _fail(f"cannot listen on {listen_address or '0.0.0.0'}:{port or DEFAULT_PORT}: {err.strerror or err}")
     service.start()
-    typer.echo(f"larpix-dqm {__version__}: serving {service.url}", err=True)
+    typer.echo(f"larpix-dqm {__version__}: serving {', '.join(service.urls)}", err=True)
     service.wait()
+
+
+_CONFIG_PARAMETERS = [
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Optional[str],
+            typer.Option(
+                metavar="FILE",
+                envvar=ENV_PREFIX + "CONFIG",
+                help="YAML file with any of these settings (the config keys in the README); "
+                "the command line and the environment win.",
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "verbose",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging (--log.level debug).")],
+    ),
+]
+
+
+def _settings_command(func: Callable[..., None]) -> Callable[..., None]:
+    """Register ``func(ctx, config, verbose, **settings)`` as a command taking every setting's option."""
+    signature = inspect.Signature([*_CONFIG_PARAMETERS, *(_setting_parameter(name) for name in settings_options())])
+    func.__signature__ = signature  # type: ignore[attr-defined]
+    func.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return app.command()(func)
+
+
+_settings_command(serve)
+
+
+def healthcheck(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
+    """Exit 0 if the exporter configured by the same options, environment or --config answers /-/healthy.
+
+    For container HEALTHCHECKs: it follows the configured port, address and scheme (https when the
+    web config has tls_server_config; the certificate is not verified: this is a local probe).
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        settings = build_settings(config, _given_settings(ctx, values))
+        web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    except (ConfigError, WebConfigError) as err:
+        _fail(str(err))
+    host, port = settings.addresses()[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    context = None
+    if web is not None and web.ssl_context is not None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    url = f"{'https' if context else 'http'}://{shown}:{port}/-/healthy"
+    try:
+        with urllib.request.urlopen(url, timeout=4, context=context) as resp:
+            healthy = resp.status == 200
+    except (urllib.error.URLError, OSError) as err:
+        typer.echo(f"larpix-dqm: {url}: {getattr(err, 'reason', err)}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if healthy else 1)
+
+
+_settings_command(healthcheck)
 
 
 @app.command()
@@ -293,7 +327,7 @@ def once(
     from exporter.runtime.service import resolve_geometry
     from plots.engine import PlotConfigError
 
-    _setup_logging(False)
+    setup_logging("info", "logfmt")
     try:
         geo = resolve_geometry(geometry)
         run_config = RunConfig.load(network, disabled_list, run_mode)
@@ -301,7 +335,7 @@ def once(
     except (GeometryError, PlotConfigError, RunConfigError) as err:
         _fail(str(err))
     try:
-        result, written = _once_with_progress(file, geo, window, settings, run_config)
+        result, written = _once_with_progress(file, geo, _checked("window", window), settings, run_config)
     except PlotConfigError as err:
         _fail(str(err))
     summary, metrics_text = result.summary()
@@ -311,7 +345,7 @@ def once(
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
         (output / "metrics.prom").write_text(metrics_text)
-    if written is not None:
+    if written is not None and output is not None:
         images, failures = written
         typer.echo(f"wrote {images} plot image(s) to {output / (file.stem + '_dqm')}", err=True)
         for failure in failures:
@@ -358,9 +392,9 @@ def _once_with_progress(file: Path, geo, window: float, settings, run_config: Ru
 def simulate(
     outdir: Annotated[Path, typer.Argument(help="Directory to write the run into.")],
     fmt: Annotated[
-        str,
+        FileFormat,
         typer.Option("--format", help="raw (PACMAN messages, SWMR, as the DAQ writes) or packets (hdf5format 2.4)."),
-    ] = "raw",
+    ] = FileFormat.raw,
     seconds: Annotated[int, typer.Option(help="Seconds of data to write; 0 runs until interrupted.")] = 0,
     fast: Annotated[
         bool,
@@ -426,67 +460,81 @@ def simulate(
     except ValueError as err:
         _fail(str(err))
     counts = Truth() if truth else None
-    if fmt not in ("raw", "packets"):
-        _fail(f"--format {fmt!r}: use raw or packets")
     stop = threading.Event()  # SIGINT or SIGTERM (docker stop): finish the second, close the file
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    paths = write_run(sim, outdir, fmt, seconds, not fast, start_time, file_seconds, stop=stop, truth=counts)
+    paths = write_run(sim, outdir, fmt.value, seconds, not fast, start_time, file_seconds, stop=stop, truth=counts)
     if truth and counts is not None:
         truth.write_text(json.dumps(counts.to_dict()))
     typer.echo(f"wrote {len(paths)} file(s) to {outdir}", err=True)
 
 
+#: How long demo waits at exit for a plot drawing under way (a full module cycle takes ~15 s).
+DEMO_PLOTS_EXIT_SECONDS = 60.0
+
+
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="TCP port for /metrics.")] = DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="TCP port for /metrics (0: any free port).")] = 9767,
     listen_address: Annotated[str, typer.Option("--listen-address", help="Address to listen on.")] = "127.0.0.1",
-    fmt: Annotated[str, typer.Option("--format", help="Simulated file format: raw or packets.")] = "raw",
+    fmt: Annotated[FileFormat, typer.Option("--format", help="Simulated file format.")] = FileFormat.raw,
     seconds: Annotated[int, typer.Option(help="Stop after this many seconds; 0 runs until Ctrl-C.")] = 0,
 ) -> None:
     """Simulate a live module run (a silent chip, a noisy channel, FIFO flags) and serve its metrics and plots."""
-    from exporter.runtime.service import Service
+    from exporter.runtime.service import ListenError, Service
     from exporter.settings import Settings
 
-    _setup_logging(False)
+    setup_logging("info", "logfmt")
     workdir = Path(tempfile.mkdtemp(prefix="larpix-dqm-demo-"))
-    geo_path = str(packaged_layout())
-    sim = Simulator(
-        load_geometry(geo_path),
-        SimulationConfig(),
-        Faults(
-            silent_chips=[(1, 1, 11)],
-            noisy_channels=[(2, 5, 20, 12)],
-            parity_error_fraction=1e-4,
-            fifo_full_chips=[(1, 2, 40)],
-        ),
-    )
     stop = threading.Event()
-    writer = threading.Thread(target=write_run, args=(sim, workdir / "data", fmt), kwargs={"stop": stop}, daemon=True)
-    writer.start()
-    settings = Settings(
-        inputs=[str(workdir / "data")],
-        port=port,
-        listen_address=listen_address,
-        interval=1.0,
-        geometry=geo_path,
-        state_file=str(workdir / "state.npz"),
-    )
+    writer: threading.Thread | None = None
+    service: Service | None = None
     try:
-        service = Service(settings, _plot_settings(workdir / "plots", ".png", [], 10.0, []))
-    except OSError as err:
-        _fail(f"cannot listen on {listen_address}:{port}: {err.strerror or err} (use --port)")
-    service.start()
-    typer.echo(
-        f"larpix-dqm demo: simulated run in {workdir}\nmetrics: {service.url}\nstatus page: {service.url.rsplit('/', 1)[0]}/\nCtrl-C to stop."
-    )
-    if seconds:
-        threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
-    try:
+        geo_path = str(packaged_layout())
+        try:
+            settings = Settings(
+                inputs=[str(workdir / "data")],
+                port=port,
+                listen_address=[listen_address],
+                interval=1.0,
+                geometry=geo_path,
+                state_file=str(workdir / "state.npz"),
+            )
+        except ConfigError as err:
+            _fail(str(err))
+        sim = Simulator(
+            load_geometry(geo_path),
+            SimulationConfig(),
+            Faults(
+                silent_chips=[(1, 1, 11)],
+                noisy_channels=[(2, 5, 20, 12)],
+                parity_error_fraction=1e-4,
+                fifo_full_chips=[(1, 2, 40)],
+            ),
+        )
+        writer = threading.Thread(
+            target=write_run, args=(sim, workdir / "data", fmt.value), kwargs={"stop": stop}, daemon=True
+        )
+        writer.start()
+        try:
+            service = Service(settings, _plot_settings(workdir / "plots", ".png", [], 10.0, []))
+        except ListenError as err:
+            _fail(f"{err} (use --port)")
+        service.start()
+        typer.echo(
+            f"larpix-dqm demo: simulated run in {workdir} (removed at exit)\nmetrics: {service.urls[0]}\n"
+            f"status page: {service.urls[0].rsplit('/', 1)[0]}/\nCtrl-C to stop."
+        )
+        if seconds:
+            threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
         service.wait()
     finally:
         stop.set()
-        writer.join(5)
+        if writer is not None:
+            writer.join()  # finishes the second it is writing
+        if service is not None and service.plots is not None:
+            service.plots.thread.join(DEMO_PLOTS_EXIT_SECONDS)  # a drawing under way would write into workdir
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @app.command()
@@ -508,13 +556,12 @@ def baseline(
     from exporter.quality.reference import Reference
     from exporter.runtime.service import resolve_geometry
 
-    _setup_logging(False)
+    setup_logging("info", "logfmt")
     try:
         monitor = Monitor(resolve_geometry(geometry), window=1e9, window_bins=1)  # one window over the whole run
     except GeometryError as err:
         _fail(str(err))
-    errors: list[str] = []
-    monitor.add_log_handler(lambda record: record["level"] == "error" and errors.append(record["message"]))
+    errors = _collect_errors(monitor)
     packets = sum(monitor.add_file(path) for path in files)
     if errors:
         _fail("; ".join(errors))
@@ -542,13 +589,13 @@ def channels(
         ),
     ] = None,
     fmt: Annotated[
-        str,
+        ListFormat,
         typer.Option(
             "--format",
             help="json ({'io_group-io_channel-chip_id': [channels]}), csv, or daq (the DAQ's disabled list "
             "{'io_group-tile-chip_id': [channels], 'meta': {...}}, which --disabled-list reads back).",
         ),
-    ] = "json",
+    ] = ListFormat.json,
     output: Annotated[
         Optional[Path], typer.Option("-o", "--output", help="Write here instead of standard output.")
     ] = None,
@@ -563,16 +610,14 @@ def channels(
     import urllib.request
 
     from exporter.monitor import Monitor, channel_list
-    from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
+    from exporter.quality.channels import DEFAULT_STATUSES, disabled_list_meta, format_channels
     from exporter.runtime.service import resolve_geometry
 
-    if fmt not in CHANNEL_MEDIA_TYPES:
-        _fail(f"--format {fmt!r}: use {', '.join(CHANNEL_MEDIA_TYPES)}")
-    statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt])
+    statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt.value])
     if bool(url) == bool(files):
         _fail("give either --url of a running exporter or FILE arguments")
     if url:
-        query = urllib.parse.urlencode({"status": ",".join(statuses), "format": fmt})
+        query = urllib.parse.urlencode({"status": ",".join(statuses), "format": fmt.value})
         try:
             with urllib.request.urlopen(f"{url.rstrip('/')}/api/channels?{query}", timeout=30) as resp:
                 body = resp.read()
@@ -580,15 +625,23 @@ def channels(
             _fail(f"{url}: {getattr(err, 'reason', err)}")
     else:
         try:
-            monitor = Monitor(resolve_geometry(geometry), window=window, networks=network, disabled_lists=disabled_list)
+            monitor = Monitor(
+                resolve_geometry(geometry),
+                window=_checked("window", window),
+                networks=network,
+                disabled_lists=disabled_list,
+            )
         except (GeometryError, RunConfigError) as err:
             _fail(str(err))
+        errors = _collect_errors(monitor)
         for path in files:
             monitor.add_file(path)
+        if errors:
+            _fail("; ".join(errors))
         snap = monitor.update().snapshot
         try:
-            meta = disabled_list_meta(snap, statuses, [str(p) for p in files]) if fmt == "daq" else None
-            body = format_channels(channel_list(snap, statuses), fmt, meta)
+            meta = disabled_list_meta(snap, statuses, [str(p) for p in files]) if fmt is ListFormat.daq else None
+            body = format_channels(channel_list(snap, statuses), fmt.value, meta)
         except ValueError as err:
             _fail(str(err))
     if output is not None:
@@ -597,12 +650,48 @@ def channels(
         sys.stdout.write(body.decode())
 
 
-def run() -> None:
-    """Entry point."""
+@app.command()
+def mixin(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the site files into.")],
+    job_selector: Annotated[
+        str,
+        typer.Option(help="RE2 regex over the Prometheus job names that scrape the exporter (fully anchored)."),
+    ] = ".*larpix.*",
+    runbook_url: Annotated[
+        str, typer.Option(help="URL of RUNBOOK.md as your browser opens it; alerts link <url>#<alert name>.")
+    ] = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md",
+) -> None:
+    """Write the alert rules, dashboards, runbook and example configs, for your job selector and runbook URL."""
+    import re
+
+    from exporter.mixin import MixinError, write_mixin
+    from exporter.monitoring import Monitoring
+
     try:
-        app()
+        re.compile(job_selector)
+    except re.error as err:
+        _fail(f"--job-selector {job_selector!r}: not a regular expression ({err})")
+    if not runbook_url.startswith(("http://", "https://")):
+        _fail(f"--runbook-url {runbook_url!r}: expected an http(s) URL")
+    try:
+        written = write_mixin(output, Monitoring(job_regex=job_selector, runbook_url=runbook_url))
+    except (MixinError, OSError) as err:
+        _fail(f"-o {output}: {err}")
+    typer.echo(f"wrote {len(written)} files to {output}", err=True)
+
+
+def run() -> None:
+    """Entry point: usage errors are one line naming the option, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as err:
+        typer.echo(f"larpix-dqm: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        sys.exit(1)
     except BrokenPipeError:
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -225,8 +225,8 @@ class Monitor:
         for change in self._changes(old, new):
             level = {CheckStatus.WARNING: "warning", CheckStatus.ERROR: "error"}.get(CheckStatus(change.new), "info")
             self.log_event(level, str(change), scope=change.scope, key=list(change.key), status=change.new)
-            for handler in self._status_handlers:
-                self._call(handler, change)
+            for status_handler in self._status_handlers:
+                self._call(status_handler, change)
 
     def _changes(self, old: Evaluation | None, new: Evaluation) -> list[StatusChange]:
         """Statuses that moved to or from warning or error (unknown and ok are alike here: nothing to act on)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +28,13 @@ PACKET_VERSION = "2.4"
 class Faults:
     """Faults to inject: chips that never speak, channels that fire too often, bad bits."""
 
-    silent_chips: list[tuple[int, int, int]] = field(default_factory=list)
-    noisy_channels: list[tuple[int, int, int, int]] = field(default_factory=list)
+    silent_chips: list[tuple[int, ...]] = field(default_factory=list)
+    noisy_channels: list[tuple[int, ...]] = field(default_factory=list)
     noisy_rate_hz: float = 50.0
     parity_error_fraction: float = 0.0
-    fifo_full_chips: list[tuple[int, int, int]] = field(default_factory=list)
+    fifo_full_chips: list[tuple[int, ...]] = field(default_factory=list)
     fifo_flag_fraction: float = 0.01
-    pedestal_shift_chips: list[tuple[int, int, int]] = field(default_factory=list)
+    pedestal_shift_chips: list[tuple[int, ...]] = field(default_factory=list)
     pedestal_shift: float = 30.0
     rate_scale_chips: list[tuple[int, int, int]] = field(default_factory=list)
     rate_scale: float = 3.0
@@ -60,14 +61,14 @@ def _channels(geometry: Geometry) -> np.ndarray:
     if geometry.has_io_mapping:
         keys = geometry.chips[rows]
     else:
-        chip_ids = np.array(sorted(geometry.by_chip_id, key=geometry.by_chip_id.get), np.uint8)
+        chip_ids = np.array(sorted(geometry.by_chip_id, key=geometry.by_chip_id.__getitem__), np.uint8)
         keys = np.stack(
             [np.ones(len(rows), np.uint8), 1 + (np.arange(len(chip_ids))[rows] * 4 // len(chip_ids)), chip_ids[rows]], 1
         )
     return np.column_stack([keys, channels]).astype(np.uint8)
 
 
-def _matches(channels: np.ndarray, keys: list[tuple[int, ...]], width: int) -> np.ndarray:
+def _matches(channels: np.ndarray, keys: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
     mask = np.zeros(len(channels), bool)
     for key in keys:
         mask |= (channels[:, :width] == np.array(key, np.uint8)).all(axis=1)

@@ -8,7 +8,7 @@ new packets of a file as a numpy structured array, ``draw`` gets the same ``Snap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -23,9 +23,9 @@ class PlotContext:
     """What a plot is given besides the packets.
 
     ``stats`` is the latest published snapshot: per-chip and per-channel arrays over the
-    same sliding window as the metrics. ``times`` is only set in ``update``: the data time
-    (unix seconds) of each new packet by the accumulator's rule (README "Data time"), NaN
-    before the first accepted timestamp packet of its io_group in the file.
+    same sliding window as the metrics. ``times`` is only filled in ``update``: the data time
+    (unix seconds) of each new packet by the accumulator's rule (README "Data time"), empty
+    elsewhere, NaN before the first accepted timestamp packet of its io_group in the file.
     ``dropped_packets`` counts packets of this file that plotting skipped because it fell
     behind ingest (0 normally); plots may say so in their title.
     """
@@ -33,7 +33,7 @@ class PlotContext:
     filename: str | None
     stats: Snapshot
     geometry: Geometry | None
-    times: np.ndarray | None = None
+    times: np.ndarray = field(default_factory=lambda: np.empty(0))
     dropped_packets: int = 0
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from plots.base import Plot
 
@@ -32,7 +33,7 @@ class PluginSpec:
     """One plot class: its name (the class name), the class, its form and where it came from."""
 
     name: str
-    cls: type
+    cls: type[Any]
     kind: str
     source: str
 

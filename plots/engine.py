@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -133,7 +134,7 @@ class _FileState:
     path: str
     stem: str
     clock: DataClock = field(default_factory=DataClock)
-    plots: dict[str, object] = field(default_factory=dict)
+    plots: dict[str, Plot | Callable[..., Any]] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
     pending: list[np.ndarray] = field(default_factory=list)
     pending_rows: int = 0
@@ -333,9 +334,9 @@ class PlotEngine:
         for state in [state for state in self.files.values() if state.fresh.due(fp)]:
             state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
             ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
-            for name, plot in list(state.plots.items()):
-                if isinstance(plot, Plot):
-                    written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
+            for name, file_plot in list(state.plots.items()):
+                if isinstance(file_plot, Plot):
+                    written += self._draw_fast(name, file_plot, ctx, state.figures, [state.stem], between)
             self._call_legacy(state)
             for name in sorted(state.unsaved):
                 started = time.perf_counter()

@@ -23,7 +23,7 @@ def as_packet_dtype(packets: np.ndarray) -> np.ndarray:
     if packets.dtype == PACKET_DTYPE:
         return packets
     out = np.zeros(len(packets), PACKET_DTYPE)
-    for name in PACKET_DTYPE.names:
+    for name in PACKET_DTYPE.names or ():
         if packets.dtype.names and name in packets.dtype.names:
             out[name] = packets[name]
     return out

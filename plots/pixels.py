@@ -127,12 +127,14 @@ class PixelPlot(Plot):
 
     @classmethod
     def check(cls, geometry: Geometry | None) -> None:
-        super().check(geometry)
+        super().check(geometry)  # raises without a geometry
+        assert geometry is not None
         PixelView(geometry)  # raises GeometryError for layouts whose pixels are not on a grid
 
     def pixels(self, ctx: PlotContext) -> PixelView:
         """The pixel view of the context's geometry (built once)."""
         if self._view is None or self._view.geometry is not ctx.geometry:
+            assert ctx.geometry is not None  # check() refused to draw without one
             self._view = PixelView(ctx.geometry)
         return self._view
 

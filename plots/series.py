@@ -90,6 +90,6 @@ def bin_counts(values: np.ndarray, edges: np.ndarray, groups: np.ndarray, n_grou
     return np.bincount(flat, minlength=n_groups * (len(edges) - 1)).reshape(n_groups, -1)
 
 
-def unix_to_mpl(seconds: np.ndarray | float) -> np.ndarray | float:
+def unix_to_mpl(seconds: np.ndarray) -> np.ndarray:
     """Unix seconds to matplotlib date numbers (days since 1970-01-01, the default epoch)."""
     return np.asarray(seconds, dtype=np.float64) / 86_400.0

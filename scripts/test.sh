@@ -22,4 +22,6 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m ruff check .
 python3 -m ruff format --check .
+python3 -m mypy
+bash scripts/check_wheel.sh
 exec python3 -m pytest "$@"

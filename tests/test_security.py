@@ -65,6 +65,11 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
             get(url, ("shift", "s3cret"))
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on the TLS port
             get(f"http://127.0.0.1:{port}/metrics", ("shift", "s3cret"))
+        # The container HEALTHCHECK: same settings as serve, so https on this port, no password needed
+        probe = [sys.executable, "-m", "exporter.cli", "healthcheck", "--web.listen-address", f"127.0.0.1:{port}"]
+        assert subprocess.run([*probe, "--web.config.file", str(web)], capture_output=True, timeout=60).returncode == 0
+        plain = subprocess.run(probe, capture_output=True, text=True, timeout=60)  # http against the TLS port
+        assert plain.returncode == 1 and f"http://127.0.0.1:{port}/-/healthy" in plain.stderr
 
 
 @pytest.mark.e2e
@@ -87,6 +92,17 @@ def test_basic_auth_without_tls(tmp_path, tile_geometry):
         ("basic_auth_users:\n  a: plaintext\n", "basic_auth_users.a is not a bcrypt hash"),
         ("tls_config: {}\n", "unknown key tls_config"),
         ("tls_server_config:\n  cert_file: /nope.pem\n  key_file: /nope.key\n", "tls_server_config:"),
+        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  min_version: TLS99\n", "min_version 'TLS99'"),
+        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequestClientCert\n", "not supported"),
+        (
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequireAndVerifyClientCert\n",
+            "RequireAndVerifyClientCert needs client_ca_file",
+        ),
+        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  client_ca_file: ca\n", "client_ca_file is set without"),
+        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  curve_preferences: [X25519]\n", "curve_preferences"),
+        ("tls_server_config:\n  cert_file: c\n  key_file: k\n  cipher_suites: [TLS_FAKE]\n", "unknown cipher TLS_FAKE"),
+        ("http_server_config:\n  http2: true\n", "http_server_config.http2"),
+        ("http_server_config:\n  headers:\n    Server: x\n", "http_server_config.headers.Server: not settable"),
     ],
 )
 def test_bad_web_config_is_rejected(tmp_path, text, message):
@@ -128,3 +144,38 @@ def test_decoder_rejects_unusable_input_with_its_own_error():
         decode_messages([np.zeros((2, 2), np.uint8)], np.ones(1))
     with pytest.raises(PacmanDecodeError):
         decode_messages([object()], np.ones(1))
+
+
+@pytest.mark.e2e
+def test_client_certificates_headers_and_health_without_auth(tmp_path, tile_geometry, certificate):
+    """client_auth_type RequireAndVerifyClientCert with client_ca_file, configured headers, TLS 1.3 only;
+    /-/healthy and /-/ready answer without basic auth (an orchestrator's probe), /metrics does not."""
+    simulate_files(tile_geometry, tmp_path / "data", 1)
+    cert, key = certificate  # self-signed: its own CA, used as the client's certificate too
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  client_ca_file: {cert}\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  min_version: TLS13\n"
+        "http_server_config:\n  headers:\n    Strict-Transport-Security: max-age=60\n"
+        f"basic_auth_users:\n  shift: '{hashed}'\n"
+    )
+    port = free_port()
+    with running_exporter(["-i", str(tmp_path / "data"), "--web.config.file", str(web)], port, ready_path=None):
+        url = f"https://127.0.0.1:{port}"
+        anonymous = ssl.create_default_context(cafile=str(cert))
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):  # no client certificate
+            get(f"{url}/-/healthy", context=anonymous)
+        client = ssl.create_default_context(cafile=str(cert))
+        client.load_cert_chain(str(cert), str(key))
+        assert get(f"{url}/-/healthy", context=client) == 200
+        assert get(f"{url}/metrics", context=client) == 401
+        request = urllib.request.Request(f"{url}/metrics")
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"shift:pw").decode())
+        with urllib.request.urlopen(request, timeout=10, context=client) as resp:
+            assert resp.status == 200 and resp.headers["Strict-Transport-Security"] == "max-age=60"
+        tls12 = ssl.create_default_context(cafile=str(cert))
+        tls12.load_cert_chain(str(cert), str(key))
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):  # below min_version
+            get(f"{url}/-/healthy", context=tls12)

@@ -124,6 +124,7 @@ def client_families(families: Iterable[Family]) -> list:
 
     out = []
     for fam in families:
+        metric: Metric
         if fam.type == "counter":
             metric = CounterMetricFamily(fam.name, fam.help)
         elif fam.type == "gauge":

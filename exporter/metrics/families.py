@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from exporter import __version__
+from exporter.build import build_labels
 from exporter.metrics.exposition import Family, histogram, label_string
 from exporter.monitor import Evaluation
 from exporter.quality.accumulator import FIFO_FLAGS, Snapshot
@@ -358,9 +358,9 @@ class FamilyBuilder:
 
         return [
             gauge("larpix_exporter_up", "1 while the ingest loop runs and its last poll completed.", float(health.up)),
-            Family("larpix_exporter_build_info", "gauge", "Exporter version (value is always 1).").add(
-                ("version",), [(__version__,)], [1]
-            ),
+            Family(
+                "larpix_exporter_build_info", "gauge", "Exporter version, git revision and Python version (always 1)."
+            ).add(tuple(build_labels()), [tuple(build_labels().values())], [1]),
             gauge(
                 "larpix_exporter_last_data_timestamp_seconds", "Newest data time seen (unix seconds).", snap.data_time
             ),

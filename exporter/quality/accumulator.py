@@ -142,6 +142,19 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
 class Accumulator:
     """Owns the running per-chip, per-channel and per-io_group arrays."""
 
+    # Grown together by _alloc_chip_arrays (rows: chips in index order).
+    chip_packets: np.ndarray
+    chip_parity: np.ndarray
+    chip_fifo: np.ndarray
+    hits_total: np.ndarray
+    self_hits: np.ndarray
+    last_hit_end: np.ndarray
+    win_hits: np.ndarray
+    win_adc: np.ndarray
+    win_adc_sq: np.ndarray
+    win_flags: np.ndarray
+    geo_row: np.ndarray
+
     def __init__(
         self, config: QualityConfig | None = None, geometry: Geometry | None = None, run_config: RunConfig | None = None
     ) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,8 @@ class Reference:
         return cls(arrays, sources)
 
     def save(self, path: str | os.PathLike) -> None:
-        np.savez(path, **self.arrays, sources=np.frombuffer(json.dumps(self.sources).encode(), np.uint8))
+        payload: dict[str, Any] = {**self.arrays, "sources": np.frombuffer(json.dumps(self.sources).encode(), np.uint8)}
+        np.savez(path, **payload)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Reference:

@@ -79,6 +79,14 @@ class InputSpec:
             return [self.path]
         return sorted(glob.glob(os.path.join(glob.escape(self.path), self.pattern)))
 
+    def problem(self) -> str | None:
+        """None if the input can be read, else the read-error reason: missing_input or unreadable_input."""
+        if not os.path.exists(self.path):
+            return "missing_input"
+        if not os.access(self.path, os.R_OK | (os.X_OK if os.path.isdir(self.path) else 0)):
+            return "unreadable_input"
+        return None
+
 
 class DirectoryTail:
     """Tracks every file under the inputs and hands out the new rows of changed files."""
@@ -95,6 +103,8 @@ class DirectoryTail:
         self.flush_interval = flush_interval
         self.on_error = on_error
         self.cursors: dict[str, FileCursor] = {}
+        #: One per input (directory or file), carrying the input's own error (missing_input, unreadable_input).
+        self.input_cursors = {spec.path: FileCursor(spec.path, -1, -1, pending=False) for spec in inputs}
 
     @property
     def tracked(self) -> int:
@@ -106,7 +116,7 @@ class DirectoryTail:
 
         Cursors of files that disappeared more than ``flush_interval`` seconds ago are dropped.
         """
-        paths = [p for spec in self.inputs for p in spec.files()]
+        paths = [p for spec in self.inputs if self._input_readable(spec) for p in spec.files()]
         due: list[tuple[float, str, FileCursor]] = []
         present = set()
         for path in paths:
@@ -181,10 +191,23 @@ class DirectoryTail:
         if first:
             log.warning("%s (reason: %s; will retry every poll, logged once)", message, reason)
 
+    def _input_readable(self, spec: InputSpec) -> bool:
+        """True if the input exists and can be read; else its error is reported (logged once) like a file's."""
+        cursor, problem = self.input_cursors[spec.path], spec.problem()
+        if problem == "missing_input":
+            self._fail(cursor, problem, f"{spec.path}: input does not exist")
+        elif problem == "unreadable_input":
+            self._fail(cursor, problem, f"{spec.path}: input cannot be read (permission denied)")
+        elif cursor.error is not None:
+            log.info("%s: input readable again after %s", spec.path, cursor.error)
+            cursor.error = None
+        return problem is None
+
     def errors_by_reason(self) -> dict[str, int]:
-        """Files currently failing, by reason."""
+        """Files (and inputs) currently failing, by reason."""
         counts: dict[str, int] = {}
-        for cursor in self.cursors.values():
-            if cursor.error is not None and cursor.size >= 0:
+        present = [c for c in self.cursors.values() if c.size >= 0]
+        for cursor in [*present, *self.input_cursors.values()]:
+            if cursor.error is not None:
                 counts[cursor.error] = counts.get(cursor.error, 0) + 1
         return counts

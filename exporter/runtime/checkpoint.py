@@ -15,6 +15,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def save_checkpoint(path: str | os.PathLike, accumulator: Accumulator, tail: Dir
             "polls": health.polls,
         },
     }
-    arrays = accumulator.export_state()
+    arrays: dict[str, Any] = accumulator.export_state()
     arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:

@@ -58,6 +58,8 @@ class Ingester:
         self.listeners: list[Callable[[Chunk], None]] = []
         self._configured: set[str] = set()  # packet files whose own chip configurations were read
         self._last_publish = 0.0
+        #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
+        self.polled = threading.Event()
         self.published = Published(monitor.update(), self.health.copy())
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
@@ -146,6 +148,7 @@ class Ingester:
         h.up = True
         self.checkpoint()
         self.publish()
+        self.polled.set()
         return total
 
     def run(self, stop: threading.Event) -> None:

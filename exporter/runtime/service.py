@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from plots.engine import PlotSettings, PlotWorker
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(OSError):
+    """An address to listen on cannot be bound; the message names it."""
+
+
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 PLOTS_SHUTDOWN_SECONDS = 5.0
 
@@ -89,26 +95,47 @@ class Service:
             history=self.monitor.history,
             inputs=settings.inputs,
             run_config=self.monitor.accumulator.run_config,
+            telemetry_path=settings.web_telemetry_path,
+            ready=self.ingester.polled.is_set,
         )
-        self.server = ExporterServer((settings.listen_address, settings.port), self.app)
+        self.servers: list[ExporterServer] = []
+        for address in settings.addresses():
+            try:
+                self.servers.append(ExporterServer(address, self.app))
+            except OSError as err:
+                for server in self.servers:
+                    server.server_close()
+                host, port = address
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise ListenError(f"cannot listen on {shown}: {err.strerror or err}") from None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.ingester.run, args=(self.stop_event,), name="ingest", daemon=True)
 
     @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        shown = "localhost" if host in ("0.0.0.0", "::") else host
+    def urls(self) -> list[str]:
+        """The metrics URL of every address listened on."""
         scheme = "https" if self.app.web is not None and self.app.web.ssl_context is not None else "http"
-        return f"{scheme}://{shown}:{port}/metrics"
+        urls = []
+        for server in self.servers:
+            host, port = str(server.server_address[0]), int(server.server_address[1])
+            shown = "localhost" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+            urls.append(f"{scheme}://{shown}:{port}{self.settings.web_telemetry_path}")
+        return urls
+
+    @property
+    def url(self) -> str:
+        """The metrics URL of the first address."""
+        return self.urls[0]
 
     def start(self) -> None:
-        self.server.serve_in_thread()
+        for server in self.servers:
+            server.serve_in_thread()
         if self.plots is not None:
             self.plots.start()
         self.thread.start()
         log.info(
             "serving %s (geometry: %s, checkpoint: %s)",
-            self.url,
+            ", ".join(self.urls),
             self.geometry.path if self.geometry else "none",
             self.checkpoint_path or "off",
         )
@@ -119,7 +146,8 @@ class Service:
         self.thread.join(SHUTDOWN_TIMEOUT_SECONDS)
         if self.plots is not None:
             self.plots.stop(PLOTS_SHUTDOWN_SECONDS)  # a drawing under way finishes or is abandoned
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
 
     def wait(self) -> None:
         """Block until SIGINT or SIGTERM, then stop."""

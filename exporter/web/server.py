@@ -1,7 +1,9 @@
-"""HTTP endpoints: ``/metrics``, a landing page ``/``, ``/-/healthy`` and the plots under ``/plots/``.
+"""HTTP endpoints: ``/metrics`` (``--web.telemetry-path``), a landing page ``/``, ``/-/healthy``, ``/-/ready``
+and the plots under ``/plots/``.
 
 Scrapes render the most recently published snapshot; nothing here takes a lock that the
-ingest thread holds.
+ingest thread holds. The health endpoints answer without basic auth (they say only OK or not),
+so an orchestrator can probe them; everything else needs the web config's users.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import gzip
 import html
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -16,17 +19,21 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+
 from exporter import __version__
 from exporter.detector.runconfig import RunConfig
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list
+from exporter.monitoring import Monitoring
 from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
 from exporter.quality.history import History
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
+from exporter.web.problems import PROBLEMS_CSS, problems_html
 from plots.store import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ class MetricsApp:
         history: History | None = None,
         inputs: list[str] | None = None,
         run_config: RunConfig | None = None,
+        telemetry_path: str = "/metrics",
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.published = published
         self.inputs = inputs or []
@@ -54,7 +63,12 @@ class MetricsApp:
         self.plots = plots
         self.web = web
         self.history = history
+        self.telemetry_path = telemetry_path
+        self.ready = ready
         self.collector = FamilyBuilder(self.run_config.run_mode)
+        self.process = CollectorRegistry(auto_describe=True)  # process_*, python_info, python_gc_*: client_python's
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.process)
         self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
         self.last_scrape_seconds = 0.0
 
@@ -73,7 +87,7 @@ class MetricsApp:
         )
         if self.plots is not None:
             families += plot_families(self.plots)
-        text = render(families)
+        text = render(families) + generate_latest(self.process).decode()
         self.last_scrape_seconds = time.perf_counter() - started
         return text
 
@@ -138,11 +152,14 @@ class MetricsApp:
             ),
         ]
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        problems = problems_html(pub.evaluation, Monitoring().runbook_url, self.plots is not None)
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>larpix-dqm</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}}th{{text-align:left;padding-right:1em}}{GALLERY_CSS}</style>"
-            f"</head><body><h1>larpix-dqm {__version__}</h1><table>{table}</table>"
-            "<p><a href='/metrics'>/metrics</a> &middot; <a href='/metrics?per_pixel=1'>/metrics?per_pixel=1</a>"
+            "<style>body{font-family:sans-serif;margin:2em}th{text-align:left;padding-right:1em}"
+            f"{GALLERY_CSS}{PROBLEMS_CSS}</style>"
+            f"</head><body><h1>larpix-dqm {__version__}</h1>{problems}<h2>Exporter</h2><table>{table}</table>"
+            f"<p><a href='{self.telemetry_path}'>{self.telemetry_path}</a> &middot; "
+            f"<a href='{self.telemetry_path}?per_pixel=1'>{self.telemetry_path}?per_pixel=1</a>"
             " (per-pixel series, with <code>--per-pixel</code>) &middot; <a href='/plots/'>/plots/</a>"
             " &middot; <a href='/api/channels?status=noisy,silent&amp;format=csv'>bad channels (csv)</a>"
             " &middot; <a href='/api/channels?format=daq'>disabled list for the DAQ (noisy channels)</a>"
@@ -169,7 +186,7 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Encoding", "gzip")
             else:
                 self.send_response(status)
-            for name, value in (headers or {}).items():
+            for name, value in {**(app.web.headers if app.web is not None else {}), **(headers or {})}.items():
                 self.send_header(name, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -187,6 +204,14 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
             super().setup()
 
         def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/-/healthy":
+                self._send(200, b"OK\n", "text/plain; charset=utf-8")
+                return
+            if url.path == "/-/ready":
+                ready = app.ready()
+                self._send(200 if ready else 503, b"OK\n" if ready else b"not ready\n", "text/plain; charset=utf-8")
+                return
             if app.web is not None and not app.web.authorized(self.headers.get("Authorization")):
                 self._send(
                     401,
@@ -195,7 +220,6 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                     headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
                 )
                 return
-            url = urlsplit(self.path)
             query = parse_qs(url.query)
             if url.path == "/api/channels":
                 statuses = [s for s in ",".join(query.get("status", [])).split(",") if s]
@@ -213,13 +237,11 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                     return
                 body, media = app.history_export(fmt)
                 self._send(200, body, media)
-            elif url.path == "/metrics":
+            elif url.path == app.telemetry_path:
                 per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
                 self._send(200, app.metrics_text(per_pixel).encode(), CONTENT_TYPE)
             elif url.path == "/":
                 self._send(200, app.landing_page().encode(), "text/html; charset=utf-8")
-            elif url.path in ("/-/healthy", "/-/ready"):
-                self._send(200, b"OK\n", "text/plain; charset=utf-8")
             elif url.path == "/plots":
                 self._send(301, b"", "text/plain; charset=utf-8", headers={"Location": "/plots/"})
             elif url.path.startswith("/plots/"):
@@ -267,6 +289,8 @@ class ExporterServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: MetricsApp) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, make_handler(app))
         self.app = app
         self.thread: threading.Thread | None = None

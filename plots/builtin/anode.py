@@ -58,7 +58,7 @@ class AnodeOverview(PixelPlot):
             for ax, group in zip(axes, groups):
                 for ref, images in by_group[group]:
                     image = draw_tile(ax, images.grid, getattr(images, field), images.codes, norm, cmap)
-                    tile_outline(ax, images.grid, str(ref.tile) if ctx.geometry.has_io_mapping else None)
+                    tile_outline(ax, images.grid, str(ref.tile) if view.geometry.has_io_mapping else None)
                 ax.set_xlim(extents[:, 0].min(), extents[:, 1].max())
                 ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
                 ax.set_title(f"io_group {group}: {'hit rate' if field == 'rate' else 'mean ADC'}", fontsize=11)
