@@ -132,7 +132,14 @@ def serve(
         Optional[str],
         typer.Option(
             help="Checkpoint file, rewritten atomically after every poll that counted something; '-' disables. "
-            "(default: $LARPIX_DQM_STATE_DIR, else ~/.local/state/larpix-dqm, /state-<hash of the inputs>.npz)"
+            "(default: $LARPIX_DQM_STATE_DIR, else ~/.local/state/larpix-dqm, /state-<hash of the resolved inputs>.npz)"
+        ),
+    ] = None,
+    window_checkpoint_interval: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Write the window arrays (the bulk of the checkpoint) at most every this many seconds, and on "
+            "shutdown; counters and cursors go every poll. (default: 60)"
         ),
     ] = None,
     window: Annotated[
@@ -215,6 +222,7 @@ def serve(
                 flush_interval=flush_interval,
                 geometry=geometry,
                 state_file=state_file,
+                window_checkpoint_interval=window_checkpoint_interval,
                 window=window,
                 noisy_rate_hz=noisy_rate_hz,
                 false_alarm_probability=false_alarm_probability,

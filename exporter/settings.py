@@ -28,6 +28,7 @@ class Settings:
     flush_interval: float = 1800.0
     geometry: str | None = None
     state_file: str | None = None
+    window_checkpoint_interval: float = 60.0
     window: float = 60.0
     window_bins: int = 12
     noisy_rate_hz: float = 10.0

@@ -69,6 +69,7 @@ class Service:
             self.checkpoint_path,
             FileReader(chunk_rows=settings.chunk_rows),
             settings.flush_interval,
+            settings.window_checkpoint_interval,
         )
         self.ingester.restore()
         self.plots: PlotWorker | None = None
