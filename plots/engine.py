@@ -51,6 +51,10 @@ MAX_CONSECUTIVE_FAILURES = 3
 #: then waits before each image, at most MAX_YIELD_SECONDS, so it does not halve ingest's share of the GIL.
 INGEST_QUIET_SECONDS = 0.5
 MAX_YIELD_SECONDS = 10.0
+#: Per-file plot states (plugin instances, figures) kept at most: a new file beyond this retires the
+#: least recently fed one (drawn a last time if it has undrawn data, then dropped), so memory depends
+#: on the detector and the plots, not on how many files a run had.
+MAX_FILE_STATES = 8
 _FAILED = object()
 
 
@@ -245,9 +249,11 @@ class PlotEngine:
             return _FAILED
 
     # -- feeding ------------------------------------------------------------------------
-    def _file(self, key: tuple[str, int]) -> _FileState:
+    def _file(self, key: tuple[str, int], stats: Snapshot) -> _FileState:
         state = self.files.get(key)
         if state is None:
+            while len(self.files) >= MAX_FILE_STATES:
+                self._retire(min(self.files, key=lambda k: self.files[k].last_update), stats)
             state = _FileState(key[0], Path(key[0]).stem)
             for spec in self.per_file_specs:
                 plot = self._guard(spec.name, "__init__", spec.cls)
@@ -256,9 +262,17 @@ class PlotEngine:
             self.files[key] = state
         return state
 
+    def _retire(self, key: tuple[str, int], stats: Snapshot) -> None:
+        """Draw a file's plots a last time if they have undrawn data, then forget the file (images stay)."""
+        state = self.files.pop(key)
+        if state.fresh.dirty or state.pending or state.unsaved:
+            self._draw_file(state, fingerprint(stats), stats, lambda: None)
+        for fig in state.figures.values():
+            _close(fig)
+
     def update(self, key: tuple[str, int], packets: np.ndarray | None, stats: Snapshot, dropped: int = 0) -> None:
         """New packets of one input file (``key`` = path, inode); ``None`` when only touched."""
-        state = self._file(key)
+        state = self._file(key, stats)
         fp = fingerprint(stats)
         state.fresh.feed(fp)
         self.shared_fresh.feed(fp)
@@ -330,20 +344,27 @@ class PlotEngine:
             self._new_stems = []
             for name, plot in self.shared.items():
                 written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between)
-        for state in [state for state in self.files.values() if state.fresh.due(fp)]:
-            state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
-            ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
-            for name, plot in list(state.plots.items()):
-                if isinstance(plot, Plot):
-                    written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
-            self._call_legacy(state)
-            for name in sorted(state.unsaved):
-                started = time.perf_counter()
-                if self._save(name, name, state.figures[name], [state.stem]):
-                    written += 1
-                    self.health[name].last_seconds = time.perf_counter() - started
-                between()
-            state.unsaved.clear()
+        for key in [key for key, state in self.files.items() if state.fresh.due(fp)]:
+            if key in self.files:  # files fed in between() may have retired others
+                written += self._draw_file(self.files[key], fp, stats, between)
+        return written
+
+    def _draw_file(self, state: _FileState, fp: tuple, stats: Snapshot, between: Callable[[], None]) -> int:
+        """Draw one file's plots; return the number of images written."""
+        written = 0
+        state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
+        ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
+        for name, plot in list(state.plots.items()):
+            if isinstance(plot, Plot):
+                written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
+        self._call_legacy(state)
+        for name in sorted(state.unsaved):
+            started = time.perf_counter()
+            if self._save(name, name, state.figures[name], [state.stem]):
+                written += 1
+                self.health[name].last_seconds = time.perf_counter() - started
+            between()
+        state.unsaved.clear()
         return written
 
     def _draw_fast(

@@ -79,3 +79,27 @@ def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(t
     assert engine.has_work(after) and engine.draw(after) == 1  # now with the packets counted
     assert engine.draw(after) == 0 and engine.draw(accumulator.snapshot()) == 0  # settled
     assert (tmp_path / "out" / f"{paths[0].stem}_dqm" / f"{paths[0].stem}_HotPixels.png").exists()
+
+
+def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, tile_geometry):
+    from plots.engine import MAX_FILE_STATES
+
+    paths, _ = simulate_files(tile_geometry, tmp_path / "data", 3 * MAX_FILE_STATES, "packets", file_seconds=1)
+    engine = PlotEngine(PlotSettings(str(tmp_path / "out"), plots=("HotPixels",)), tile_geometry)
+    accumulator = Accumulator(geometry=tile_geometry)
+    tail = DirectoryTail([InputSpec(str(tmp_path / "data"))])
+    sizes = []
+
+    def consume(chunk) -> None:
+        accumulator.add(chunk.packets, chunk.cursor.clock, START + 100)
+        engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, accumulator.snapshot())
+        sizes.append(len(engine.files))
+
+    tail.pump(consume)
+    engine.draw(accumulator.snapshot())
+    assert len(paths) == 3 * MAX_FILE_STATES and max(sizes) == MAX_FILE_STATES
+    for path in paths:  # every file got its images: retired files are drawn a last time first
+        assert (tmp_path / "out" / f"{path.stem}_dqm" / f"{path.stem}_HotPixels.png").exists(), path
+    import matplotlib.pyplot as plt
+
+    assert len(plt.get_fignums()) <= MAX_FILE_STATES + 1, "retired figures are closed"
