@@ -58,6 +58,10 @@ MAX_FILE_STATES = 8
 _FAILED = object()
 
 
+class _Stopping(Exception):
+    """Raised between two images once the worker is told to stop: a long cycle ends at once."""
+
+
 class PlotConfigError(ValueError):
     """Plot options that cannot work (unknown plot, bad extension, no geometry for a map)."""
 
@@ -519,7 +523,9 @@ class PlotWorker:
         self._feed(self._take(0))
 
     def _yield_to_ingest(self) -> None:
-        """Take queued packets, then wait while ingest is busy with a backlog (bounded)."""
+        """Take queued packets, then wait while ingest is busy with a backlog (bounded); end a cycle on stop."""
+        if self._stop.is_set():
+            raise _Stopping
         self._drain()
         deadline = time.monotonic() + MAX_YIELD_SECONDS
         while time.monotonic() - self._last_chunk < INGEST_QUIET_SECONDS and time.monotonic() < deadline:
@@ -537,6 +543,8 @@ class PlotWorker:
                     self._cycle()
                 elif self._requested:
                     self._count_cycle()
+            except _Stopping:
+                break
             except Exception:  # the drawing thread must outlive any surprise
                 log.exception("plot cycle failed; trying again next interval")
                 self.next_due = time.monotonic() + self.interval
