@@ -51,9 +51,10 @@ MAX_CONSECUTIVE_FAILURES = 3
 #: then waits before each image, at most MAX_YIELD_SECONDS, so it does not halve ingest's share of the GIL.
 INGEST_QUIET_SECONDS = 0.5
 MAX_YIELD_SECONDS = 10.0
-#: Per-file plot states (plugin instances, figures) kept at most: a new file beyond this retires the
-#: least recently fed one (drawn a last time if it has undrawn data, then dropped), so memory depends
-#: on the detector and the plots, not on how many files a run had.
+#: Per-file plot states (plugin instances, figures) kept at most: a new file beyond this drops the
+#: least recently fed one, so memory depends on the detector and the plots, not on how many files a
+#: run had. A finished file is drawn a last time by the next cycle unless more than this many files
+#: started within one cycle (then its last packets miss its own images; counted in ``undrawn_files``).
 MAX_FILE_STATES = 8
 _FAILED = object()
 
@@ -196,6 +197,7 @@ class PlotEngine:
         self.files: dict[tuple[str, int], _FileState] = {}
         # the accumulator's data-time rule applied to the packets the plots see (the accumulator logs the events)
         self.clock = DetectorClock(log_events=False)
+        self.undrawn_files = 0  # per-file states dropped with packets not drawn (see MAX_FILE_STATES)
         self.shared: dict[str, Plot] = {}
         self.shared_figures: dict[str, Figure] = {}
         self.shared_fresh = Freshness()
@@ -253,11 +255,11 @@ class PlotEngine:
             return _FAILED
 
     # -- feeding ------------------------------------------------------------------------
-    def _file(self, key: tuple[str, int], stats: Snapshot) -> _FileState:
+    def _file(self, key: tuple[str, int]) -> _FileState:
         state = self.files.get(key)
         if state is None:
             while len(self.files) >= MAX_FILE_STATES:
-                self._retire(min(self.files, key=lambda k: self.files[k].last_update), stats)
+                self._retire(min(self.files, key=lambda k: self.files[k].last_update))
             state = _FileState(key[0], Path(key[0]).stem)
             for spec in self.per_file_specs:
                 plot = self._guard(spec.name, "__init__", spec.cls)
@@ -266,17 +268,23 @@ class PlotEngine:
             self.files[key] = state
         return state
 
-    def _retire(self, key: tuple[str, int], stats: Snapshot) -> None:
-        """Draw a file's plots a last time if they have undrawn data, then forget the file (images stay)."""
+    def _retire(self, key: tuple[str, int]) -> None:
+        """Forget a file's plot state (its images stay); count it if it had packets not drawn yet."""
         state = self.files.pop(key)
         if state.fresh.dirty or state.pending or state.unsaved:
-            self._draw_file(state, fingerprint(stats), stats, lambda: None)
+            self.undrawn_files += 1
+            if self.undrawn_files == 1:
+                log.warning(
+                    "plots: more than %d files started within one plot cycle; the oldest files' own images miss "
+                    "their last packets (whole-detector plots are complete)",
+                    MAX_FILE_STATES,
+                )
         for fig in state.figures.values():
             _close(fig)
 
     def update(self, key: tuple[str, int], packets: np.ndarray | None, stats: Snapshot, dropped: int = 0) -> None:
         """New packets of one input file (``key`` = path, inode); ``None`` when only touched."""
-        state = self._file(key, stats)
+        state = self._file(key)
         fp = fingerprint(stats)
         state.fresh.feed(fp)
         self.shared_fresh.feed(fp)
@@ -417,6 +425,7 @@ class PlotEngine:
             "skipped": dict(self.skipped),
             "discovery_errors": dict(self.catalog.errors),
             "files": len(self.files),
+            "undrawn_files": self.undrawn_files,
         }
 
 

@@ -87,7 +87,6 @@ def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, til
     paths, _ = simulate_files(tile_geometry, tmp_path / "data", 3 * MAX_FILE_STATES, "packets", file_seconds=1)
     engine = PlotEngine(PlotSettings(str(tmp_path / "out"), plots=("HotPixels",)), tile_geometry)
     accumulator = Accumulator(geometry=tile_geometry)
-    tail = DirectoryTail([InputSpec(str(tmp_path / "data"))])
     sizes = []
 
     def consume(chunk) -> None:
@@ -95,11 +94,16 @@ def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, til
         engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, accumulator.snapshot())
         sizes.append(len(engine.files))
 
-    tail.pump(consume)
-    engine.draw(accumulator.snapshot())
-    assert len(paths) == 3 * MAX_FILE_STATES and max(sizes) == MAX_FILE_STATES
-    for path in paths:  # every file got its images: retired files are drawn a last time first
+    for path in paths[: MAX_FILE_STATES + 2]:  # a plot cycle after every file: each drawn, then dropped in turn
+        DirectoryTail([InputSpec(str(path))]).pump(consume)
+        engine.draw(accumulator.snapshot())
         assert (tmp_path / "out" / f"{path.stem}_dqm" / f"{path.stem}_HotPixels.png").exists(), path
+    assert engine.undrawn_files == 0 and max(sizes) == MAX_FILE_STATES
+    for path in paths[MAX_FILE_STATES + 2 :]:  # more files than states within one cycle: the oldest are dropped
+        DirectoryTail([InputSpec(str(path))]).pump(consume)
+    engine.draw(accumulator.snapshot())
+    assert len(engine.files) == MAX_FILE_STATES and engine.undrawn_files == len(paths) - 2 * MAX_FILE_STATES - 2
+    assert engine.status()["undrawn_files"] == engine.undrawn_files
     import matplotlib.pyplot as plt
 
-    assert len(plt.get_fignums()) <= MAX_FILE_STATES + 1, "retired figures are closed"
+    assert len(plt.get_fignums()) <= MAX_FILE_STATES + 1, "dropped figures are closed"
