@@ -1,14 +1,15 @@
 """Soak: a DAQ starting a new file every second, served with plots on; the exporter's memory over time.
 
 ``larpix-dqm simulate --file-seconds 1`` writes live data (the packaged module layout) while
-``larpix-dqm serve -o PLOTDIR`` draws every plot every ``--plot-interval`` seconds. The
+``larpix-dqm serve -o PLOTDIR`` draws three plots (``--plots``: two per file, one for the whole
+detector) every ``--plot-interval`` seconds. The
 exporter's resident memory (VmRSS) is printed every ``--sample`` seconds; memory must
 depend on the detector and the plots, not on how many files the run had: after the first
 quarter (warm-up: the first files, the first drawings) RSS stays within 10 % of its level then.
 At the end SIGTERM is sent while plots are drawing, with hundreds of files tracked, and the
 time to exit is printed (the README promises 10 s).
 
-Usage: python bench/soak.py [--minutes 10] [--plot-interval 5] [--sample 30]
+Usage: python bench/soak.py [--minutes 10] [--plot-interval 5] [--sample 30] [--plots PacketRate TileRate HotPixels]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--plot-interval", type=float, default=5.0)
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between two RSS samples")
+    parser.add_argument("--plots", nargs="+", default=["PacketRate", "TileRate", "HotPixels"])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="larpix-soak-"))
     with socket.socket() as s:
@@ -56,7 +58,7 @@ def main() -> None:
     server = subprocess.Popen([*python, "serve", "-i", str(work / "data"), "--port", str(port),
                                "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", str(work / "state.npz"),
                                "--geometry", str(packaged_layout()), "-o", str(work / "plots"),
-                               "--plot-interval", str(args.plot_interval)],
+                               "--plot-interval", str(args.plot_interval), *(f"--plots={p}" for p in args.plots)],
                               stdout=serve_log, stderr=subprocess.STDOUT)  # fmt: skip
     samples: list[tuple[float, float, float, float]] = []
     stop_seconds = float("nan")

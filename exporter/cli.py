@@ -266,6 +266,12 @@ def serve(
     service.start()
     typer.echo(f"larpix-dqm {__version__}: serving {service.url}", err=True)
     service.wait()
+    # Checkpoint written, server stopped: exit now. Tearing down the interpreter while an abandoned
+    # drawing still holds the GIL could take longer than the 10 s promised for SIGTERM.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()

@@ -83,9 +83,11 @@ class InputSpec:
     pattern: str = "*.h5"
 
     def files(self) -> list[str]:
+        """Resolved paths of the files to read (symbolic links followed), by name."""
         if os.path.isfile(self.path):
             return [os.path.realpath(self.path)]
-        return sorted(os.path.realpath(p) for p in glob.glob(os.path.join(glob.escape(self.path), self.pattern)))
+        names = glob.glob(os.path.join(glob.escape(os.path.realpath(self.path)), self.pattern))
+        return sorted(os.path.realpath(p) if os.path.islink(p) else p for p in names)
 
 
 class DirectoryTail:

@@ -171,14 +171,6 @@ class Checkpoint:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = accumulator.export_state()
         window = {name: state.pop(name) for name in Accumulator.WINDOW_ARRAYS}
-        written = 0
-        if with_window:
-            window["chip_keys"] = state["chip_keys"]
-            window["meta_json"] = _json_array(
-                {"version": CHECKPOINT_VERSION, "lineage": self.lineage, "newest_bin": int(accumulator.newest_bin)}
-            )
-            written += _write_npz(self.window_path, window)
-            self.window_written = time.monotonic()
         meta = {
             "version": CHECKPOINT_VERSION,
             "lineage": self.lineage,
@@ -195,7 +187,14 @@ class Checkpoint:
             },
         }
         state["meta_json"] = _json_array(meta)
-        self.last_bytes = written + _write_npz(self.path, state)
+        self.last_bytes = _write_npz(self.path, state)
+        if with_window:  # after the counters: a window file is never ahead of the checkpoint on disk
+            window["chip_keys"] = state["chip_keys"]
+            window["meta_json"] = _json_array(
+                {"version": CHECKPOINT_VERSION, "lineage": self.lineage, "newest_bin": int(accumulator.newest_bin)}
+            )
+            self.last_bytes += _write_npz(self.window_path, window)
+            self.window_written = time.monotonic()
 
     def load(self, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> bool:
         """Restore the checkpoint if there is one; False when there is none. CheckpointError if unusable."""

@@ -96,9 +96,9 @@ class Ingester:
 
         The window arrays go with it at most every ``window_checkpoint_interval`` seconds, and when ``final``.
         """
-        progress = self._progress()
-        if self.checkpoints is None or progress == self._checkpointed and not final:
+        if self.checkpoints is None:
             return
+        progress = self._progress()
         with_window = progress != self._window_checkpointed and (final or self.checkpoints.window_due())
         if progress == self._checkpointed and not with_window:
             return
