@@ -5,7 +5,7 @@ that many seconds of per-chip entries) and a live writer. One client scrapes ``/
 10 times a second for ``--seconds`` in each phase and the p50/p99/max of its latency are printed:
 
 - quiet: nothing else;
-- history: two more clients fetch ``/api/history?format=json`` back to back;
+- history: two more clients (processes of their own) fetch ``/api/history?format=json`` back to back;
 - plots: the exporter draws every plot (``-o``, ``--plot-interval 0``), no other client.
 
 Usage: python bench/server.py [--seconds 30] [--backlog 600]
@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -75,21 +74,27 @@ def serving(data: Path, work: Path, *extra: str) -> Iterator[tuple[int, subproce
         log.close()
 
 
+HAMMER = """
+import sys, time, urllib.request
+url, fetched, started = sys.argv[1], 0, time.perf_counter()
+try:
+    while True:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            size = len(resp.read())
+        fetched += 1
+except KeyboardInterrupt:
+    print(fetched, size, (time.perf_counter() - started) / max(fetched, 1))
+"""
+
+
 def measure(port: int, seconds: float, heavy: str | None = None, clients: int = 2) -> str:
-    """Scrape /metrics 10 times a second while ``clients`` fetch ``heavy`` back to back; a table row."""
-    stop = threading.Event()
-    heavy_times: list[float] = []
-    heavy_bytes: list[int] = []
-
-    def hammer() -> None:
-        while not stop.is_set():
-            started = time.perf_counter()
-            heavy_bytes.append(len(get(port, heavy)))
-            heavy_times.append(time.perf_counter() - started)
-
-    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(clients if heavy else 0)]
-    for t in threads:
-        t.start()
+    """Scrape /metrics 10 times a second while ``clients`` processes fetch ``heavy`` back to back; a table row."""
+    hammers = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, f"http://127.0.0.1:{port}{heavy}"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(clients if heavy else 0)
+    ]
     latencies = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -97,15 +102,16 @@ def measure(port: int, seconds: float, heavy: str | None = None, clients: int = 
         get(port, "/metrics")
         latencies.append(time.perf_counter() - started)
         time.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
-    stop.set()
-    for t in threads:
-        t.join(60)
+    fetched = []
+    for proc in hammers:
+        proc.send_signal(signal.SIGINT)
+        fetched.append([float(x) for x in proc.communicate(timeout=60)[0].split()])
     q = statistics.quantiles(latencies, n=100)
     row = f"{len(latencies):>8} {q[49] * 1e3:>9.0f} {q[98] * 1e3:>9.0f} {max(latencies) * 1e3:>9.0f}"
-    if heavy_times:
+    if fetched:
         row += (
-            f"   {len(heavy_times)} history fetches, {statistics.median(heavy_bytes) / 1e6:.1f} MB, "
-            f"median {statistics.median(heavy_times):.2f} s"
+            f"   {sum(f[0] for f in fetched):.0f} history fetches by {clients} clients, {fetched[0][1] / 1e6:.1f} MB, "
+            f"{statistics.mean(f[2] for f in fetched):.2f} s each"
         )
     return row
 
