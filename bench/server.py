@@ -76,14 +76,13 @@ def serving(data: Path, work: Path, *extra: str) -> Iterator[tuple[int, subproce
 
 HAMMER = """
 import sys, time, urllib.request
-url, fetched, started = sys.argv[1], 0, time.perf_counter()
-try:
-    while True:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            size = len(resp.read())
-        fetched += 1
-except KeyboardInterrupt:
-    print(fetched, size, (time.perf_counter() - started) / max(fetched, 1))
+url, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
+fetched, size, started = 0, 0, time.perf_counter()
+while time.monotonic() < end:
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        size = len(resp.read())
+    fetched += 1
+print(fetched, size, (time.perf_counter() - started) / max(fetched, 1))
 """
 
 
@@ -91,7 +90,9 @@ def measure(port: int, seconds: float, heavy: str | None = None, clients: int = 
     """Scrape /metrics 10 times a second while ``clients`` processes fetch ``heavy`` back to back; a table row."""
     hammers = [
         subprocess.Popen(
-            [sys.executable, "-c", HAMMER, f"http://127.0.0.1:{port}{heavy}"], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", HAMMER, f"http://127.0.0.1:{port}{heavy}", str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(clients if heavy else 0)
     ]
@@ -104,7 +105,6 @@ def measure(port: int, seconds: float, heavy: str | None = None, clients: int = 
         time.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
     fetched = []
     for proc in hammers:
-        proc.send_signal(signal.SIGINT)
         fetched.append([float(x) for x in proc.communicate(timeout=60)[0].split()])
     q = statistics.quantiles(latencies, n=100)
     row = f"{len(latencies):>8} {q[49] * 1e3:>9.0f} {q[98] * 1e3:>9.0f} {max(latencies) * 1e3:>9.0f}"
