@@ -8,27 +8,20 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import resource
-import sys
 import time
 
-# Run as a script, this file's folder comes first on sys.path and bench/plots.py would hide the plots package.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from exporter.metrics.exposition import client_families, render  # noqa: E402
-from exporter.metrics.families import FamilyBuilder  # noqa: E402
-from exporter.monitor import Evaluation  # noqa: E402
-from exporter.quality.accumulator import Accumulator  # noqa: E402
-from exporter.quality.checks import DEFAULT_CHECKS, evaluate  # noqa: E402
-from exporter.quality.clock import DataClock  # noqa: E402
-from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP  # noqa: E402
-from exporter.runtime.health import Health  # noqa: E402
-from exporter.web.server import GZIP_LEVEL  # noqa: E402
+from exporter.metrics.exposition import client_families, render
+from exporter.metrics.families import FamilyBuilder
+from exporter.monitor import Evaluation
+from exporter.quality.accumulator import Accumulator
+from exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from exporter.quality.clock import DataClock
+from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
+from exporter.runtime.health import Health
+from exporter.web.server import GZIP_LEVEL
 
 START = 1_700_000_000
 

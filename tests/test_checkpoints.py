@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import free_port, ingested, running_serve, simulate_files, wait_for
+from helpers import free_port, ingested, running_exporter, simulate_files, wait_for
 
 from exporter.detector.geometry import load_geometry, packaged_layout
 from exporter.monitor import Monitor
@@ -33,9 +33,7 @@ def total(ing: Ingester) -> int:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
-    )
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_relative_then_absolute_inputs_read_nothing_twice(tmp_path, tile_geometry, monkeypatch):
@@ -83,6 +81,7 @@ def test_renamed_file_keeps_its_cursor(tmp_path, tile_geometry):
     assert total(ing) == sum(truth.packet_types.values())
 
 
+@pytest.mark.e2e
 def test_unrelated_inputs_and_other_geometry_are_refused(tmp_path, tile_geometry, module_geometry):
     simulate_files(tile_geometry, tmp_path / "a", 1)
     simulate_files(tile_geometry, tmp_path / "b", 1)
@@ -152,6 +151,7 @@ def test_damaged_states_are_one_line(tmp_path, tile_geometry, kind, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.e2e
 def test_damaged_state_on_the_command_line(tmp_path):
     state = tmp_path / "state.npz"
     state.write_bytes(b"")
@@ -190,6 +190,7 @@ def window(ing: Ingester) -> tuple:
     return snap.chip_window_packets.tolist(), snap.data_time
 
 
+@pytest.mark.e2e
 def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path, tile_geometry):
     data = tmp_path / "data"
     simulate_files(tile_geometry, data, 20, file_seconds=5)
@@ -214,12 +215,13 @@ def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path
     assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
 
 
+@pytest.mark.e2e
 def test_checkpoint_is_refused_on_the_command_line_for_another_input(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "a", 1)
     simulate_files(tile_geometry, tmp_path / "b", 1)
     state = tmp_path / "state.npz"
     port = free_port()
-    with running_serve(["-i", str(tmp_path / "a"), "--state-file", str(state), "--interval", "0.2"], port):
+    with running_exporter(["-i", str(tmp_path / "a"), "--state-file", str(state), "--interval", "0.2"], port):
         wait_for(lambda: ingested(port) > 0)
     result = run_cli("serve", "-i", str(tmp_path / "b"), "--state-file", str(state), "--port", str(free_port()))
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr

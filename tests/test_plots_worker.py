@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from helpers import START, simulate_files
 
 from exporter.quality.accumulator import Accumulator
@@ -81,6 +82,7 @@ def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(t
     assert (tmp_path / "out" / f"{paths[0].stem}_dqm" / f"{paths[0].stem}_HotPixels.png").exists()
 
 
+@pytest.mark.e2e
 def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, tile_geometry):
     from plots.engine import MAX_FILE_STATES
 

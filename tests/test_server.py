@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from helpers import START, free_port, parse_metrics, running_serve, scrape, simulate_files, wait_for
+from helpers import START, free_port, parse_metrics, running_exporter, scrape, simulate_files, wait_for
 
 from exporter.detector.geometry import packaged_layout
 from exporter.monitor import Monitor
@@ -42,6 +42,7 @@ def get(port: int, path: str) -> bytes:
         return resp.read()
 
 
+@pytest.mark.e2e
 def test_history_hammering_renders_once_per_entry_and_metrics_keep_answering(
     served, tmp_path, tile_geometry, monkeypatch
 ):
@@ -98,12 +99,13 @@ def test_idle_connections_are_bounded_and_time_out(served):
     assert ExporterServer.request_queue_size == 128
 
 
+@pytest.mark.e2e
 def test_sigterm_within_10_s_with_plots_drawing_and_many_files(tmp_path, module_geometry):
     simulate_files(module_geometry, tmp_path / "data", 60, file_seconds=1, hit_rate_hz=0.05)
     port = free_port()
     args = ["-i", str(tmp_path / "data"), "--interval", "0.2", "--geometry", str(packaged_layout())]
     args += ["-o", str(tmp_path / "plots"), "--plot-interval", "0"]
-    with running_serve(args, port) as proc:
+    with running_exporter(args, port) as proc:
         wait_for(
             lambda: (
                 sum(v for (n, _), v in parse_metrics(scrape(port)).items() if n == "larpix_exporter_plot_renders_total")
@@ -113,7 +115,7 @@ def test_sigterm_within_10_s_with_plots_drawing_and_many_files(tmp_path, module_
         )
         assert parse_metrics(scrape(port))[("larpix_exporter_files_tracked", frozenset())] == 60
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0
         assert time.monotonic() - started < 10
-    assert "stopped in" in proc.log_path.read_text()
+    assert "stopped in" in proc.log.read_text()
