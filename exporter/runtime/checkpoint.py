@@ -190,9 +190,7 @@ class Checkpoint:
         self.last_bytes = _write_npz(self.path, state)
         if with_window:  # after the counters: a window file is never ahead of the checkpoint on disk
             window["chip_keys"] = state["chip_keys"]
-            window["meta_json"] = _json_array(
-                {"version": CHECKPOINT_VERSION, "lineage": self.lineage, "newest_bin": int(accumulator.newest_bin)}
-            )
+            window["meta_json"] = _json_array({"version": CHECKPOINT_VERSION, "lineage": self.lineage})
             self.last_bytes += _write_npz(self.window_path, window)
             self.window_written = time.monotonic()
 
@@ -204,8 +202,9 @@ class Checkpoint:
         arrays, meta = _read_npz(self.path, "state file")
         try:
             self._check_identity(meta, accumulator, tail)
-            arrays.update(self._window(meta, arrays, accumulator))
-            if not accumulator.import_state(arrays):
+            window = self._window(meta, arrays["chip_keys"])
+            arrays.update(window)
+            if not accumulator.import_state(arrays) and window:
                 log.warning(
                     "state file %s: window settings changed since the checkpoint; counters restored, window restarts",
                     self.path,
@@ -268,49 +267,34 @@ class Checkpoint:
             len(meta["cursors"]),
         )
 
-    def _window(self, meta: dict, arrays: dict[str, np.ndarray], accumulator: Accumulator) -> dict[str, np.ndarray]:
-        """The window arrays for ``arrays``' chips from the window file, aged to the counters' newest bin.
+    def _window(self, meta: dict, keys: np.ndarray) -> dict[str, np.ndarray]:
+        """The window arrays from the window file, for the checkpoint's chips ``keys``; {} when the window
+        file is missing, damaged or from another run (the window then restarts empty).
 
-        Empty (zeros) when the window file is missing, damaged or from another run: the window restarts.
+        The window file may be older than the counters: each io_group's window then ends where it
+        ended then, and moves on (clearing what falls out of it) with the next packets.
         """
-        keys = arrays["chip_keys"]
-        nb = accumulator.config.window_bins
-        window = {
-            name: np.zeros((nb, len(keys), *getattr(accumulator, name).shape[2:]), getattr(accumulator, name).dtype)
-            if name.startswith("win_")
-            else np.zeros_like(getattr(accumulator, name))
-            for name in Accumulator.WINDOW_ARRAYS
-        }
-        problem = None
-        if not self.window_path.exists():
-            problem = "no window file"
-        else:
+        problem = "no window file"
+        if self.window_path.exists():
             try:
                 saved, wmeta = _read_npz(self.window_path, "window file")
-            except CheckpointError as err:
-                problem = str(err)
-            else:
-                n = len(saved.get("chip_keys", ()))
-                newest = arrays["newest_bin"].item()
+                n = len(saved["chip_keys"])
                 if wmeta.get("lineage") != meta["lineage"]:
-                    problem = f"{self.window_path} belongs to another checkpoint"
-                elif not np.array_equal(saved["chip_keys"], keys[:n]) or wmeta["newest_bin"] > newest:
-                    problem = f"{self.window_path} does not match the counters"
-                else:
-                    try:
-                        for name, target in window.items():
-                            if name.startswith("win_"):
-                                target[:, :n] = saved[name]
-                            else:
-                                target[...] = saved[name]
-                    except (KeyError, ValueError) as err:
-                        problem = f"{self.window_path}: arrays do not fit ({err})"
-                    else:
-                        for b in range(max(wmeta["newest_bin"] + 1, newest - nb + 1), newest + 1):
-                            for target in window.values():
-                                target[b % nb] = 0  # bins the counters moved past since the window was written
-        if problem is not None:
-            log.warning("state file %s: %s; counters restored, the window starts empty", self.path, problem)
-            for target in window.values():
-                target[...] = 0
-        return window
+                    raise CheckpointError(f"{self.window_path} belongs to another checkpoint")
+                if not np.array_equal(saved["chip_keys"], keys[:n]):
+                    raise CheckpointError(f"{self.window_path} has other chips than the counters")
+                window = {}
+                for name in Accumulator.WINDOW_ARRAYS:
+                    value = saved[name]
+                    if name.startswith("win_"):  # chips registered since the window was written: empty rows
+                        padded = np.zeros((value.shape[0], len(keys), *value.shape[2:]), value.dtype)
+                        padded[:, :n] = value
+                        value = padded
+                    window[name] = value
+                return window
+            except KeyError as err:
+                problem = f"{self.window_path}: {err.args[0]!r} is missing"
+            except (CheckpointError, ValueError, IndexError) as err:
+                problem = " ".join(str(err).split())
+        log.warning("state file %s: %s; counters restored, the window starts empty", self.path, problem)
+        return {}
