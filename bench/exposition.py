@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import resource
-import tempfile
 import time
 
 import numpy as np
@@ -22,8 +20,6 @@ from exporter.quality.accumulator import Accumulator
 from exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from exporter.quality.clock import DataClock
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.reading.tail import DirectoryTail
-from exporter.runtime.checkpoint import save_checkpoint
 from exporter.runtime.health import Health
 from exporter.web.server import GZIP_LEVEL
 
@@ -85,13 +81,6 @@ def main() -> None:
     gz, _ = best_of(args.repeat, lambda: gzip.compress(text.encode(), GZIP_LEVEL))
     print(f"{f'  + gzip level {GZIP_LEVEL}':<44}{'':>9}{gz * 1e3:>11.1f}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        save_checkpoint(f"{tmp}/state.npz", two_by_two, DirectoryTail([]), health)
-        size = os.path.getsize(f"{tmp}/state.npz") / 1e6
-    print(
-        f"{f'  checkpoint of the 2x2 state ({size:.0f} MB)':<44}{'':>9}{(time.perf_counter() - started) * 1e3:>11.0f}"
-    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{'  peak RSS with the 2x2 state (MB)':<44}{'':>9}{rss:>11.0f}")
 

@@ -220,6 +220,12 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
     service.start()
     typer.echo(f"larpix-dqm {__version__}: serving {', '.join(service.urls)}", err=True)
     service.wait()
+    # Checkpoint written, server stopped: exit now. Tearing down the interpreter while an abandoned
+    # drawing still holds the GIL could take longer than the 10 s promised for SIGTERM.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 _CONFIG_PARAMETERS = [

@@ -96,9 +96,16 @@ class Settings:
     )
     state_file: str | None = option(
         None,
-        "checkpoint file, rewritten atomically after every poll that counted something; '-' disables",
+        "checkpoint file, rewritten atomically after every poll that counted something (the window every --window-checkpoint-interval); '-' disables",
         metavar="PATH",
         shown_default="$LARPIX_DQM_STATE_DIR (else ~/.local/state/larpix-dqm)/state-<hash of the inputs>.npz",
+    )
+    window_checkpoint_interval: float = option(
+        60.0,
+        "write the window arrays (the bulk of the checkpoint) at most every this many seconds, and on shutdown; "
+        "counters and cursors go every poll",
+        metavar="S",
+        above=0,
     )
     window: float = option(60.0, "sliding window in seconds of data time; at least --interval", metavar="S", above=0)
     window_bins: int = option(12, "time bins the window slides by", metavar="N", minimum=1)

@@ -52,7 +52,16 @@ MAX_CONSECUTIVE_FAILURES = 3
 #: then waits before each image, at most MAX_YIELD_SECONDS, so it does not halve ingest's share of the GIL.
 INGEST_QUIET_SECONDS = 0.5
 MAX_YIELD_SECONDS = 10.0
+#: Per-file plot states (plugin instances, figures) kept at most: a new file beyond this drops the
+#: least recently fed one, so memory depends on the detector and the plots, not on how many files a
+#: run had. A finished file is drawn a last time by the next cycle unless more than this many files
+#: started within one cycle (then its last packets miss its own images; counted in ``undrawn_files``).
+MAX_FILE_STATES = 8
 _FAILED = object()
+
+
+class _Stopping(Exception):
+    """Raised between two images once the worker is told to stop: a long cycle ends at once."""
 
 
 class PlotConfigError(ValueError):
@@ -189,6 +198,7 @@ class PlotEngine:
         self.files: dict[tuple[str, int], _FileState] = {}
         # the accumulator's data-time rule applied to the packets the plots see (the accumulator logs the events)
         self.clock = DetectorClock(log_events=False)
+        self.undrawn_files = 0  # per-file states dropped with packets not drawn (see MAX_FILE_STATES)
         self.shared: dict[str, Plot] = {}
         self.shared_figures: dict[str, Figure] = {}
         self.shared_fresh = Freshness()
@@ -249,6 +259,8 @@ class PlotEngine:
     def _file(self, key: tuple[str, int]) -> _FileState:
         state = self.files.get(key)
         if state is None:
+            while len(self.files) >= MAX_FILE_STATES:
+                self._retire(min(self.files, key=lambda k: self.files[k].last_update))
             state = _FileState(key[0], Path(key[0]).stem)
             for spec in self.per_file_specs:
                 plot = self._guard(spec.name, "__init__", spec.cls)
@@ -256,6 +268,20 @@ class PlotEngine:
                     state.plots[spec.name] = plot
             self.files[key] = state
         return state
+
+    def _retire(self, key: tuple[str, int]) -> None:
+        """Forget a file's plot state (its images stay); count it if it had packets not drawn yet."""
+        state = self.files.pop(key)
+        if state.fresh.dirty or state.pending or state.unsaved:
+            self.undrawn_files += 1
+            if self.undrawn_files == 1:
+                log.warning(
+                    "plots: more than %d files started within one plot cycle; the oldest files' own images miss "
+                    "their last packets (whole-detector plots are complete)",
+                    MAX_FILE_STATES,
+                )
+        for fig in state.figures.values():
+            _close(fig)
 
     def update(self, key: tuple[str, int], packets: np.ndarray | None, stats: Snapshot, dropped: int = 0) -> None:
         """New packets of one input file (``key`` = path, inode); ``None`` when only touched."""
@@ -331,20 +357,27 @@ class PlotEngine:
             self._new_stems = []
             for name, plot in self.shared.items():
                 written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between)
-        for state in [state for state in self.files.values() if state.fresh.due(fp)]:
-            state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
-            ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
-            for name, file_plot in list(state.plots.items()):
-                if isinstance(file_plot, Plot):
-                    written += self._draw_fast(name, file_plot, ctx, state.figures, [state.stem], between)
-            self._call_legacy(state)
-            for name in sorted(state.unsaved):
-                started = time.perf_counter()
-                if self._save(name, name, state.figures[name], [state.stem]):
-                    written += 1
-                    self.health[name].last_seconds = time.perf_counter() - started
-                between()
-            state.unsaved.clear()
+        for key in [key for key, state in self.files.items() if state.fresh.due(fp)]:
+            if key in self.files:  # files fed in between() may have retired others
+                written += self._draw_file(self.files[key], fp, stats, between)
+        return written
+
+    def _draw_file(self, state: _FileState, fp: tuple, stats: Snapshot, between: Callable[[], None]) -> int:
+        """Draw one file's plots; return the number of images written."""
+        written = 0
+        state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
+        ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
+        for name, plot in list(state.plots.items()):
+            if isinstance(plot, Plot):
+                written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
+        self._call_legacy(state)
+        for name in sorted(state.unsaved):
+            started = time.perf_counter()
+            if self._save(name, name, state.figures[name], [state.stem]):
+                written += 1
+                self.health[name].last_seconds = time.perf_counter() - started
+            between()
+        state.unsaved.clear()
         return written
 
     def _draw_fast(
@@ -393,6 +426,7 @@ class PlotEngine:
             "skipped": dict(self.skipped),
             "discovery_errors": dict(self.catalog.errors),
             "files": len(self.files),
+            "undrawn_files": self.undrawn_files,
         }
 
 
@@ -499,7 +533,9 @@ class PlotWorker:
         self._feed(self._take(0))
 
     def _yield_to_ingest(self) -> None:
-        """Take queued packets, then wait while ingest is busy with a backlog (bounded)."""
+        """Take queued packets, then wait while ingest is busy with a backlog (bounded); end a cycle on stop."""
+        if self._stop.is_set():
+            raise _Stopping
         self._drain()
         deadline = time.monotonic() + MAX_YIELD_SECONDS
         while time.monotonic() - self._last_chunk < INGEST_QUIET_SECONDS and time.monotonic() < deadline:
@@ -517,6 +553,8 @@ class PlotWorker:
                     self._cycle()
                 elif self._requested:
                     self._count_cycle()
+            except _Stopping:
+                break
             except Exception:  # the drawing thread must outlive any surprise
                 log.exception("plot cycle failed; trying again next interval")
                 self.next_due = time.monotonic() + self.interval

@@ -63,8 +63,11 @@ def simulate_files(
 ) -> tuple[list[Path], Truth]:
     """Write a backlog run and return its files and the exact truth."""
     truth = Truth()
+    file_seconds = kw.pop("file_seconds", 0)
     sim = Simulator(geometry, SimulationConfig(seed=kw.pop("seed", 1), **kw), faults)
-    paths = write_run(sim, outdir, fmt, seconds, realtime=False, start_time=start, truth=truth)
+    paths = write_run(
+        sim, outdir, fmt, seconds, realtime=False, start_time=start, truth=truth, file_seconds=file_seconds
+    )
     return paths, truth
 
 

@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from helpers import START, simulate_files
 
 from exporter.quality.accumulator import Accumulator
@@ -79,3 +80,32 @@ def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(t
     assert engine.has_work(after) and engine.draw(after) == 1  # now with the packets counted
     assert engine.draw(after) == 0 and engine.draw(accumulator.snapshot()) == 0  # settled
     assert (tmp_path / "out" / f"{paths[0].stem}_dqm" / f"{paths[0].stem}_HotPixels.png").exists()
+
+
+@pytest.mark.e2e
+def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, tile_geometry):
+    from plots.engine import MAX_FILE_STATES
+
+    paths, _ = simulate_files(tile_geometry, tmp_path / "data", 3 * MAX_FILE_STATES, "packets", file_seconds=1)
+    engine = PlotEngine(PlotSettings(str(tmp_path / "out"), plots=("HotPixels",)), tile_geometry)
+    accumulator = Accumulator(geometry=tile_geometry)
+    sizes = []
+
+    def consume(chunk) -> None:
+        accumulator.add(chunk.packets, chunk.cursor.clock, START + 100)
+        engine.update((chunk.cursor.path, chunk.cursor.inode), chunk.packets, accumulator.snapshot())
+        sizes.append(len(engine.files))
+
+    for path in paths[: MAX_FILE_STATES + 2]:  # a plot cycle after every file: each drawn, then dropped in turn
+        DirectoryTail([InputSpec(str(path))]).pump(consume)
+        engine.draw(accumulator.snapshot())
+        assert (tmp_path / "out" / f"{path.stem}_dqm" / f"{path.stem}_HotPixels.png").exists(), path
+    assert engine.undrawn_files == 0 and max(sizes) == MAX_FILE_STATES
+    for path in paths[MAX_FILE_STATES + 2 :]:  # more files than states within one cycle: the oldest are dropped
+        DirectoryTail([InputSpec(str(path))]).pump(consume)
+    engine.draw(accumulator.snapshot())
+    assert len(engine.files) == MAX_FILE_STATES and engine.undrawn_files == len(paths) - 2 * MAX_FILE_STATES - 2
+    assert engine.status()["undrawn_files"] == engine.undrawn_files
+    import matplotlib.pyplot as plt
+
+    assert len(plt.get_fignums()) <= MAX_FILE_STATES + 1, "dropped figures are closed"

@@ -217,3 +217,40 @@ def test_file_deleted_while_being_read(tmp_path, sim):
 
     assert rec.tail.pump(delete_on_first_chunk) == total
     assert rec.poll() == 0 and rec.tail.tracked == 0 and not rec.errors
+
+
+def test_stray_directory_and_fifo_are_one_error_each_until_they_change(tmp_path, sim, caplog):
+    (tmp_path / "stray.h5").mkdir()
+    os.mkfifo(tmp_path / "pipe.h5")  # opening it would block: it must never be opened
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not an hdf5 file\n" * 10)
+    PacketFileWriter(tmp_path / "good.h5").append(*sim.second(1_700_000_000))
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    for _ in range(4):
+        rec.poll()
+    assert sorted(rec.errors) == [("garbage.h5", "not_hdf5"), ("pipe.h5", "not_a_file"), ("stray.h5", "not_a_file")]
+    assert rec.tail.errors_by_reason() == {"not_a_file": 2, "not_hdf5": 1}, "the gauge says what is in error now"
+    with open(garbage, "ab") as fh:  # the file changed: a new event
+        fh.write(b"still not hdf5\n")
+    rec.poll()
+    rec.poll()
+    assert [e for e in rec.errors if e[0] == "garbage.h5"] == [("garbage.h5", "not_hdf5")] * 2
+    (tmp_path / "stray.h5").rmdir()
+    rec.poll()
+    assert rec.tail.errors_by_reason() == {"not_a_file": 1, "not_hdf5": 1}
+
+
+def test_read_warnings_are_one_line_each(tmp_path, caplog):
+    (tmp_path / "garbage.h5").write_bytes(b"x" * 100)
+    tail = DirectoryTail([InputSpec(str(tmp_path))])
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            tail.pump(lambda chunk: None)
+    records = [r for r in caplog.records if "garbage.h5" in r.getMessage()]
+    assert len(records) == 1 and "\n" not in records[0].getMessage()
+    from exporter.reading.tail import one_line
+
+    assert (
+        one_line("unable to open file\n  (file signature not found)\n")
+        == "unable to open file (file signature not found)"
+    )

@@ -127,7 +127,8 @@ def load_disabled_list(path: str) -> dict[tuple[int, int, int], np.ndarray]:
             isinstance(c, int) and not isinstance(c, bool) and 0 <= c < CHANNELS_PER_CHIP for c in channels
         ):
             raise RunConfigError(f"disabled list {path}: key {key!r}: expected a list of channel ids 0-63")
-        mask = masks.setdefault(tuple(int(p) for p in parts), np.zeros(CHANNELS_PER_CHIP, bool))
+        g, tile, chip = (int(p) for p in parts)
+        mask = masks.setdefault((g, tile, chip), np.zeros(CHANNELS_PER_CHIP, bool))
         mask[channels] = True
     return masks
 
@@ -210,10 +211,8 @@ class RunConfig:
         """This configuration plus the channel masks and periodic triggers a packet file stores."""
         masked = dict(self.masked)
         periodic = dict(self.periodic)
-        tiles = daq_tile(found.chips[:, 1].astype(np.int64))
-        for (g, _, chip), tile, mask, trig in zip(
-            found.chips.tolist(), tiles.tolist(), found.channel_mask, found.periodic_trigger
-        ):
+        for (g, c, chip), mask, trig in zip(found.chips.tolist(), found.channel_mask, found.periodic_trigger):
+            tile = int(daq_tile(c))
             key = (g, tile, chip)
             masked[key] = masked.get(key, np.zeros(CHANNELS_PER_CHIP, bool)) | mask
             periodic[key] = periodic.get(key, np.zeros(CHANNELS_PER_CHIP, bool)) | trig
@@ -229,7 +228,7 @@ class RunConfig:
         out = np.zeros((len(keys), CHANNELS_PER_CHIP), bool)
         if table:
             for row, (g, c, chip) in enumerate(keys.tolist()):
-                found = table.get((g, daq_tile(c), chip))
+                found = table.get((g, int(daq_tile(c)), chip))
                 if found is not None:
                     out[row] = found
         return out

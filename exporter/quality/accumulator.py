@@ -205,7 +205,9 @@ class Accumulator:
         "link_parity",
     )
     _CHIP_ARRAYS = ("chip_packets", "chip_parity", "chip_fifo", "hits_total", "self_hits", "last_hit_end")
-    _WINDOW_ARRAYS = (
+    #: The sliding window (its arrays and where each io_group's window ends): the checkpoint writes
+    #: them less often than the counters.
+    WINDOW_ARRAYS = (
         "win_hits",
         "win_adc",
         "win_adc_sq",
@@ -233,15 +235,15 @@ class Accumulator:
         state.update(
             {
                 name: getattr(self, name)[:, :n] if name.startswith("win_") else getattr(self, name)
-                for name in self._WINDOW_ARRAYS
+                for name in self.WINDOW_ARRAYS
             }
         )
         return state
 
     def import_state(self, state: dict[str, np.ndarray]) -> bool:
         """Continue from ``export_state`` output; returns False when the window cannot continue
-        (other window shape, or a checkpoint from before the per-io_group clocks): counters are
-        restored, the window starts empty."""
+        (other window shape, no window arrays, or a checkpoint from before the per-io_group clocks):
+        counters are restored, the window starts empty."""
         self._register(state["chip_keys"])
         rows = self.chips.lookup(*state["chip_keys"].T)
         for name in self._GROUP_ARRAYS:
@@ -253,9 +255,11 @@ class Accumulator:
         if "clock_head" not in state:
             return False
         self.clock.import_state(state)
-        same_window = tuple(state["window_shape"]) == (self.config.window_seconds, self.config.window_bins)
+        same_window = tuple(state["window_shape"]) == (self.config.window_seconds, self.config.window_bins) and all(
+            name in state for name in self.WINDOW_ARRAYS
+        )
         if same_window:
-            for name in self._WINDOW_ARRAYS:
+            for name in self.WINDOW_ARRAYS:
                 target = getattr(self, name)
                 if name.startswith("win_"):
                     target[:, rows] = state[name]

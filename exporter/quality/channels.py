@@ -49,13 +49,14 @@ def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> byt
     """(n, 4) rows of io_group, io_channel, chip_id, channel_id as ``json``, ``csv`` or ``daq`` bytes
     (``meta`` is the daq list's meta block)."""
     if fmt in ("json", "daq"):
-        disabled: dict[str, object] = {}
+        channels: dict[str, list[int]] = {}
         for g, c, chip, channel in rows.tolist():
             key = f"{g}-{daq_tile(c) if fmt == 'daq' else c}-{chip}"
-            disabled.setdefault(key, []).append(channel)  # type: ignore[union-attr]
-        if fmt == "daq":
-            disabled = {key: sorted(set(channels)) for key, channels in disabled.items()}  # type: ignore[arg-type]
-            disabled["meta"] = meta or {}
+            channels.setdefault(key, []).append(channel)
+        if fmt == "json":
+            return (json.dumps(channels, indent=1) + "\n").encode()
+        disabled: dict[str, object] = {key: sorted(set(found)) for key, found in channels.items()}
+        disabled["meta"] = meta or {}
         return (json.dumps(disabled, indent=1) + "\n").encode()
     if fmt == "csv":
         out = io.StringIO()

@@ -153,6 +153,7 @@ class DetectorClock:
         before = clock.last.copy()
         groups = packets["io_group"][ts_rows]
         present = np.unique(groups).tolist()
+        selections: list[tuple[int, slice | np.ndarray]]
         if len(present) == 1:
             selections = [(present[0], slice(None))]
         else:

@@ -41,26 +41,39 @@ class History:
         self.entries.append(HistoryEntry(snap.data_time, snap.chip_keys.copy(), values, status.astype(np.int8)))
         return True
 
-    def rows(self) -> dict[str, np.ndarray]:
-        """All entries as columns (one row per chip and entry)."""
-        if not self.entries:
+    def newest(self, max_rows: int | None = None) -> list[HistoryEntry]:
+        """The entries (a copy: the ingest thread may append meanwhile), only the newest within ``max_rows`` rows."""
+        entries = list(self.entries)
+        if max_rows is None:
+            return entries
+        kept, rows = 0, 0
+        for entry in reversed(entries):
+            if rows + len(entry.chip_keys) > max_rows:
+                break
+            kept, rows = kept + 1, rows + len(entry.chip_keys)
+        return entries[len(entries) - kept :]
+
+    def rows(self, max_rows: int | None = None) -> dict[str, np.ndarray]:
+        """All entries as columns (one row per chip and entry); only the newest within ``max_rows`` rows."""
+        entries = self.newest(max_rows)
+        if not entries:
             return {name: np.zeros(0) for name in COLUMNS}
-        keys = np.concatenate([e.chip_keys for e in self.entries])
-        values = np.concatenate([e.values for e in self.entries])
+        keys = np.concatenate([e.chip_keys for e in entries])
+        values = np.concatenate([e.values for e in entries])
         return {
-            "data_time": np.concatenate([np.full(len(e.chip_keys), e.data_time) for e in self.entries]),
+            "data_time": np.concatenate([np.full(len(e.chip_keys), e.data_time) for e in entries]),
             "io_group": keys[:, 0],
             "io_channel": keys[:, 1],
             "chip_id": keys[:, 2],
             "hit_rate_hz": values[:, 0],
             "adc_mean": values[:, 1],
             "adc_std": values[:, 2],
-            "status": np.concatenate([e.status for e in self.entries]),
+            "status": np.concatenate([e.status for e in entries]),
         }
 
-    def text(self, fmt: str) -> str:
-        """The history as ``csv`` or ``json`` text (one record per chip and entry)."""
-        columns = self.rows()
+    def text(self, fmt: str, max_rows: int | None = None) -> str:
+        """The history as ``csv`` or ``json`` text (one record per chip and entry; the newest ``max_rows``)."""
+        columns = self.rows(max_rows)
         rows = zip(*(columns[c].tolist() for c in COLUMNS))
         if fmt == "csv":
             out = io.StringIO()

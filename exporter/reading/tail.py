@@ -4,6 +4,11 @@ Each file has a ``FileCursor`` (identity, rows consumed, data clock). ``Director
 the one read loop of the product (serve, once, the Python API and the benchmarks use it): it
 stats every file, opens only those that changed, are new, or have rows held back, hands each
 chunk to the consumer and only then advances the file's cursor, and reports read errors once.
+
+A cursor is keyed by the file's resolved path and carries its identity (device, inode, and
+the header's ``created`` time, checked when the file is read): a file reached by another
+name (a relative then an absolute input, a renamed file, a moved directory) keeps its cursor
+and is never read twice. A file in error is one error until it changes or recovers.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +45,7 @@ class FileCursor:
     mtime_ns: int = -1
     pending: bool = True
     error: str | None = None
+    error_stamp: tuple[int, int] | None = None  # (size, mtime) when the current error was reported
     held_since: float | None = None
     last_change: float = field(default_factory=time.time)
     clock: DataClock = field(default_factory=DataClock)
@@ -75,9 +83,11 @@ class InputSpec:
     pattern: str = "*.h5"
 
     def files(self) -> list[str]:
+        """Resolved paths of the files to read (symbolic links followed), by name."""
         if os.path.isfile(self.path):
-            return [self.path]
-        return sorted(glob.glob(os.path.join(glob.escape(self.path), self.pattern)))
+            return [os.path.realpath(self.path)]
+        names = glob.glob(os.path.join(glob.escape(os.path.realpath(self.path)), self.pattern))
+        return sorted(os.path.realpath(p) if os.path.islink(p) else p for p in names)
 
     def problem(self) -> str | None:
         """None if the input can be read, else the read-error reason: missing_input or unreadable_input."""
@@ -116,15 +126,18 @@ class DirectoryTail:
 
         Cursors of files that disappeared more than ``flush_interval`` seconds ago are dropped.
         """
-        paths = [p for spec in self.inputs if self._input_readable(spec) for p in spec.files()]
-        due: list[tuple[float, str, FileCursor]] = []
-        present = set()
-        for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError:
+        found: dict[str, os.stat_result] = {}
+        for spec in self.inputs:
+            if not self._input_readable(spec):
                 continue
-            present.add(path)
+            for path in spec.files():
+                try:
+                    found.setdefault(path, os.stat(path))
+                except OSError:
+                    continue
+        self._follow_moves(found)
+        due: list[tuple[float, str, FileCursor]] = []
+        for path, st in found.items():
             cursor = self.cursors.get(path)
             if cursor is None or (cursor.dev, cursor.inode) != (st.st_dev, st.st_ino):
                 if cursor is not None:
@@ -135,17 +148,44 @@ class DirectoryTail:
             if changed:
                 cursor.last_change = now
             cursor.size, cursor.mtime_ns = st.st_size, st.st_mtime_ns
+            if not stat.S_ISREG(st.st_mode):  # a directory or FIFO named like a data file: never opened
+                what = (
+                    "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "special"
+                )
+                self._fail(cursor, "not_a_file", f"{path}: not a regular file ({what})")
+                continue
             if st.st_size == 0:
                 self._fail(cursor, "empty", f"{path}: zero-length file")
                 continue
             if changed or cursor.pending or cursor.held_since is not None:
                 due.append((st.st_mtime_ns, path, cursor))
         for path, cursor in list(self.cursors.items()):
-            if path not in present:
+            if path not in found:
                 cursor.size = -1
                 if now - cursor.last_change > self.flush_interval:
                     del self.cursors[path]  # gone and idle: forget its cursor; its counts stay
         return [c for _, _, c in sorted(due)]
+
+    def _follow_moves(self, found: dict[str, os.stat_result]) -> None:
+        """Give a file found under a new name the cursor of the same file (device, inode) gone from its old name.
+
+        The header check of the next read still tells a new file that reused the inode apart.
+        """
+        gone = {(c.dev, c.inode): c for path, c in self.cursors.items() if path not in found}
+        if not gone:
+            return
+        for path, st in found.items():
+            cursor = gone.pop((st.st_dev, st.st_ino), None) if path not in self.cursors else None
+            if cursor is not None:
+                log.info(
+                    "%s: same file as %s (moved or renamed); continuing after row %d",
+                    path,
+                    cursor.path,
+                    cursor.rows_done,
+                )
+                del self.cursors[cursor.path]
+                cursor.path = path
+                self.cursors[path] = cursor
 
     def pump(self, consume: Callable[[Chunk], None], stop: Callable[[], bool] | None = None) -> int:
         """Scan once and hand every new chunk to ``consume``, oldest file first; return the packet count.
@@ -169,7 +209,7 @@ class DirectoryTail:
         try:
             yield from self.reader.read_new(cursor, now)
         except FileReplaced as err:
-            log.warning("%s; reading it from the start", err)
+            log.warning("%s; reading it from the start", one_line(str(err)))
             fresh = FileCursor(cursor.path, cursor.dev, cursor.inode, size=cursor.size, mtime_ns=cursor.mtime_ns)
             self.cursors[cursor.path] = fresh
             yield from self._read(fresh, now)
@@ -180,16 +220,20 @@ class DirectoryTail:
         cursor.pending = cursor.held_since is not None
         if cursor.error is not None:
             log.info("%s: readable again after %s", cursor.path, cursor.error)
-            cursor.error = None
+            cursor.error = cursor.error_stamp = None
 
     def _fail(self, cursor: FileCursor, reason: str, message: str) -> None:
+        """Report a failure once: again only when the reason or the file (size, mtime) changed."""
         cursor.pending = True
-        first = cursor.error != reason
+        stamp = (cursor.size, cursor.mtime_ns)
+        if cursor.error == reason and cursor.error_stamp == stamp:
+            return
+        message = one_line(message)
         if self.on_error is not None:
-            self.on_error(cursor, reason, message)  # before the update: handlers may compare with the old reason
-        cursor.error = reason
-        if first:
-            log.warning("%s (reason: %s; will retry every poll, logged once)", message, reason)
+            self.on_error(cursor, reason, message)
+        else:
+            log.warning("%s (reason: %s; retried every poll, reported again when the file changes)", message, reason)
+        cursor.error, cursor.error_stamp = reason, stamp
 
     def _input_readable(self, spec: InputSpec) -> bool:
         """True if the input exists and can be read; else its error is reported (logged once) like a file's."""
@@ -211,3 +255,8 @@ class DirectoryTail:
             if cursor.error is not None:
                 counts[cursor.error] = counts.get(cursor.error, 0) + 1
         return counts
+
+
+def one_line(message: str) -> str:
+    """A message with its line breaks (h5py error stacks have them) folded, for one log record."""
+    return re.sub(r"\s*\n\s*", " ", message).strip()

@@ -1,31 +1,44 @@
-"""Checkpoints: the accumulator, the file cursors and the health counters, written atomically.
+"""Checkpoints: the counters and file cursors every poll, the sliding window now and then, written atomically.
 
-A checkpoint is one ``.npz`` file written to a temporary name, fsynced, then renamed over the
-previous one, so a crash at any moment leaves either the old or the new checkpoint whole.
-Cursors and counters in one checkpoint always belong together: packets read after it are
-read again after a restart, and counted once.
+Two ``.npz`` files, each written to a temporary name, fsynced, then renamed over the previous
+one, so a crash at any moment leaves each either old or new and whole:
+
+- the checkpoint proper (``state-….npz``): counters, file cursors and health counters, which
+  always belong together (packets read after it are read again after a restart, and counted
+  once), plus what it was made for: the inputs, a digest of the geometry and the window shape;
+- the window file (``state-….window.npz``): the sliding-window arrays (most of the bytes),
+  written at most every ``window_interval`` seconds and on shutdown. After a crash the window
+  lacks the packets counted since its last write (they are in every counter); it is whole
+  again one window length of data later.
+
+A checkpoint made for another geometry, for inputs none of whose files are found again, of
+another version or damaged is refused with one line naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
+import math
 import os
-import zipfile
+import time
+import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from exporter.detector.geometry import Geometry
 from exporter.quality.accumulator import Accumulator
-from exporter.reading.tail import DirectoryTail, FileCursor
+from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 from exporter.runtime.health import Health
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 STATE_DIR_ENV = "LARPIX_DQM_STATE_DIR"
+#: Default seconds between two writes of the window arrays (the counters are written every poll).
+WINDOW_CHECKPOINT_SECONDS = 60.0
+MOVE_AWAY = "move it away (or give another --state-file) to start afresh"
 
 
 class CheckpointError(ValueError):
@@ -33,70 +46,255 @@ class CheckpointError(ValueError):
 
 
 def default_state_file(inputs: list[str]) -> Path:
-    """``$LARPIX_DQM_STATE_DIR`` (else ``~/.local/state/larpix-dqm``) / state-<hash of the inputs>.npz."""
+    """``$LARPIX_DQM_STATE_DIR`` (else ``~/.local/state/larpix-dqm``) / state-<hash of the resolved inputs>.npz."""
     base = os.environ.get(STATE_DIR_ENV) or os.path.join(
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "larpix-dqm"
     )
-    digest = hashlib.sha1("\n".join(sorted(os.path.abspath(p) for p in inputs)).encode()).hexdigest()[:12]
+    digest = hashlib.sha1("\n".join(sorted(os.path.realpath(p) for p in inputs)).encode()).hexdigest()[:12]
     return Path(base) / f"state-{digest}.npz"
 
 
-def save_checkpoint(path: str | os.PathLike, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> None:
-    """Write a checkpoint atomically (temp file, fsync, rename, fsync of the directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "version": CHECKPOINT_VERSION,
-        "cursors": [c.to_dict() for c in tail.cursors.values()],
-        "health": {
-            "read_errors": health.read_errors,
-            "decode_errors": health.decode_errors,
-            "packets_ingested": health.packets_ingested,
-            "messages_ingested": health.messages_ingested,
-            "polls": health.polls,
-        },
-    }
-    arrays: dict[str, Any] = accumulator.export_state()
-    arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+def geometry_digest(geometry: Geometry | None) -> str:
+    """A digest of the geometry's content (chips, tiles, pixel positions); 'none' without one."""
+    if geometry is None:
+        return "none"
+    sha = hashlib.sha1()
+    for array in (geometry.chips, geometry.tiles, geometry.x, geometry.y, geometry.connected):
+        sha.update(np.ascontiguousarray(array).tobytes())
+    sha.update(json.dumps(sorted(geometry.by_chip_id.items())).encode())
+    return sha.hexdigest()[:16]
+
+
+def input_identity(inputs: list[InputSpec]) -> list[list[str]]:
+    """The inputs as resolved paths and patterns, in a stable order."""
+    return sorted([os.path.realpath(spec.path), spec.pattern] for spec in inputs)
+
+
+def window_file(path: Path) -> Path:
+    """The window file next to a checkpoint: ``state-x.npz`` -> ``state-x.window.npz``."""
+    return path.with_name(f"{path.stem}.window{path.suffix}")
+
+
+def _temporaries(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files a previous exporter left behind (a crash or a full disk mid-write)."""
+    for tmp in _temporaries(path) + _temporaries(window_file(path)):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # another exporter is writing it right now
+        try:
+            size = tmp.stat().st_size
+            tmp.unlink()
+        except OSError as err:
+            log.warning("cannot remove stale temporary checkpoint %s: %s", tmp, err.strerror or err)
+            continue
+        log.warning("removed stale temporary checkpoint %s (%.1f MB)", tmp, size / 1e6)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> int:
+    """Write arrays atomically (temp file, fsync, rename, fsync of the directory); return the size."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
+            fh.flush()
+            os.fsync(fh.fileno())
+            size = fh.tell()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full because of a half-written checkpoint
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return size
 
 
-def load_checkpoint(path: str | os.PathLike, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> bool:
-    """Restore a checkpoint if ``path`` exists; False when there is none. CheckpointError if unusable."""
-    path = Path(path)
-    if not path.exists():
-        return False
+def _json_array(value: dict) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), np.uint8)
+
+
+def _read_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
+    """All arrays and the JSON metadata of one file; CheckpointError naming the file if it is damaged."""
     try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file (0 bytes)")
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
+        if "meta_json" not in arrays:
+            raise ValueError("no metadata (meta_json); not a larpix-dqm checkpoint")
         meta = json.loads(arrays.pop("meta_json").tobytes())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, io.UnsupportedOperation) as err:
-        raise CheckpointError(
-            f"state file {path}: unreadable checkpoint ({err}); move it away to start fresh"
-        ) from None
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+    except Exception as err:  # any damage (truncated zip, wrong format, bad JSON) is one line, never a traceback
+        raise CheckpointError(f"{what} {path}: unreadable ({type(err).__name__}: {err}); {MOVE_AWAY}") from None
     if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"state file {path}: version {meta.get('version')}, expected {CHECKPOINT_VERSION}")
-    if not accumulator.import_state(arrays):
-        log.warning("%s: window settings changed since the checkpoint; counters restored, window restarts", path)
-    for entry in meta["cursors"]:
-        cursor = FileCursor.from_dict(entry)
-        cursor.pending = True
-        tail.cursors[cursor.path] = cursor
-    saved = meta["health"]
-    health.read_errors.update(saved["read_errors"])
-    health.decode_errors.update(saved["decode_errors"])
-    health.packets_ingested.update(saved["packets_ingested"])
-    health.messages_ingested = saved["messages_ingested"]
-    health.polls = saved["polls"]
-    log.info("restored %s: %d files, %d chips", path, len(meta["cursors"]), len(arrays["chip_keys"]))
-    return True
+        raise CheckpointError(
+            f"{what} {path}: checkpoint version {meta.get('version')}, this exporter writes {CHECKPOINT_VERSION}; "
+            f"{MOVE_AWAY}"
+        )
+    return arrays, meta
+
+
+class Checkpoint:
+    """One exporter's checkpoint at ``path`` (and its window file); ``save`` after polls, ``load`` at start."""
+
+    def __init__(self, path: str | os.PathLike, window_interval: float = WINDOW_CHECKPOINT_SECONDS) -> None:
+        self.path = Path(path)
+        self.window_path = window_file(self.path)
+        self.window_interval = window_interval
+        self.lineage = uuid.uuid4().hex  # ties a window file to the checkpoints of the same run(s)
+        self.window_written = -math.inf  # monotonic time of the last window write
+        self.last_bytes = 0
+
+    def window_due(self) -> bool:
+        """Whether the window arrays are old enough to be written with the next checkpoint."""
+        return time.monotonic() - self.window_written >= self.window_interval
+
+    def save(self, accumulator: Accumulator, tail: DirectoryTail, health: Health, with_window: bool) -> None:
+        """Write the counters and cursors (and the window arrays when ``with_window``); OSError if impossible."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = accumulator.export_state()
+        window = {name: state.pop(name) for name in Accumulator.WINDOW_ARRAYS}
+        meta = {
+            "version": CHECKPOINT_VERSION,
+            "lineage": self.lineage,
+            "inputs": input_identity(tail.inputs),
+            "geometry": geometry_digest(accumulator.geometry),
+            "geometry_path": accumulator.geometry.path if accumulator.geometry is not None else None,
+            "cursors": [c.to_dict() for c in tail.cursors.values()],
+            "health": {
+                "read_errors": health.read_errors,
+                "decode_errors": health.decode_errors,
+                "packets_ingested": health.packets_ingested,
+                "messages_ingested": health.messages_ingested,
+                "polls": health.polls,
+            },
+        }
+        state["meta_json"] = _json_array(meta)
+        self.last_bytes = _write_npz(self.path, state)
+        if with_window:  # after the counters: a window file is never ahead of the checkpoint on disk
+            window["chip_keys"] = state["chip_keys"]
+            window["meta_json"] = _json_array({"version": CHECKPOINT_VERSION, "lineage": self.lineage})
+            self.last_bytes += _write_npz(self.window_path, window)
+            self.window_written = time.monotonic()
+
+    def load(self, accumulator: Accumulator, tail: DirectoryTail, health: Health) -> bool:
+        """Restore the checkpoint if there is one; False when there is none. CheckpointError if unusable."""
+        remove_stale_temporaries(self.path)
+        if not self.path.exists():
+            return False
+        arrays, meta = _read_npz(self.path, "state file")
+        try:
+            self._check_identity(meta, accumulator, tail)
+            window = self._window(meta, arrays["chip_keys"])
+            arrays.update(window)
+            if not accumulator.import_state(arrays) and window:
+                log.warning(
+                    "state file %s: window settings changed since the checkpoint; counters restored, window restarts",
+                    self.path,
+                )
+            cursors = [FileCursor.from_dict(entry) for entry in meta["cursors"]]
+            saved = meta["health"]
+            health.read_errors.update(saved["read_errors"])
+            health.decode_errors.update(saved["decode_errors"])
+            health.packets_ingested.update(saved["packets_ingested"])
+            health.messages_ingested = saved["messages_ingested"]
+            health.polls = saved["polls"]
+        except KeyError as err:
+            raise CheckpointError(f"state file {self.path}: {err.args[0]!r} is missing; {MOVE_AWAY}") from None
+        except (ValueError, IndexError, TypeError, AttributeError) as err:
+            if isinstance(err, CheckpointError):
+                raise
+            one_line = " ".join(str(err).split())
+            raise CheckpointError(f"state file {self.path}: arrays do not fit ({one_line}); {MOVE_AWAY}") from None
+        for cursor in cursors:
+            cursor.pending = True
+            tail.cursors[cursor.path] = cursor
+        self.lineage = meta["lineage"]
+        log.info("restored %s: %d files, %d chips", self.path, len(cursors), len(arrays["chip_keys"]))
+        return True
+
+    def _check_identity(self, meta: dict, accumulator: Accumulator, tail: DirectoryTail) -> None:
+        """Refuse a checkpoint of another geometry or of unrelated inputs; adopt moved inputs with a warning."""
+        digest = geometry_digest(accumulator.geometry)
+        if meta["geometry"] != digest:
+            now = accumulator.geometry.path if accumulator.geometry is not None else "no geometry"
+            raise CheckpointError(
+                f"state file {self.path}: written for geometry {meta['geometry_path'] or 'none'} "
+                f"(digest {meta['geometry']}), this run uses {now} (digest {digest}); {MOVE_AWAY}"
+            )
+        inputs = input_identity(tail.inputs)
+        if meta["inputs"] == inputs:
+            return
+        present = set()
+        for path in (p for spec in tail.inputs for p in spec.files()):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            present.add((st.st_dev, st.st_ino))
+        found = sum((entry["dev"], entry["inode"]) in present for entry in meta["cursors"])
+        saved = ", ".join(path for path, _ in meta["inputs"]) or "no inputs"
+        shown = ", ".join(path for path, _ in inputs)
+        if meta["cursors"] and not found:
+            raise CheckpointError(
+                f"state file {self.path}: written for {saved}, not {shown} "
+                f"(none of its {len(meta['cursors'])} files is there); {MOVE_AWAY}"
+            )
+        log.warning(
+            "state file %s: written for %s, now %s; %d of its %d files found again by device and inode "
+            "(moved or renamed): their counts continue",
+            self.path,
+            saved,
+            shown,
+            found,
+            len(meta["cursors"]),
+        )
+
+    def _window(self, meta: dict, keys: np.ndarray) -> dict[str, np.ndarray]:
+        """The window arrays from the window file, for the checkpoint's chips ``keys``; {} when the window
+        file is missing, damaged or from another run (the window then restarts empty).
+
+        The window file may be older than the counters: each io_group's window then ends where it
+        ended then, and moves on (clearing what falls out of it) with the next packets.
+        """
+        problem = "no window file"
+        if self.window_path.exists():
+            try:
+                saved, wmeta = _read_npz(self.window_path, "window file")
+                n = len(saved["chip_keys"])
+                if wmeta.get("lineage") != meta["lineage"]:
+                    raise CheckpointError(f"{self.window_path} belongs to another checkpoint")
+                if not np.array_equal(saved["chip_keys"], keys[:n]):
+                    raise CheckpointError(f"{self.window_path} has other chips than the counters")
+                window = {}
+                for name in Accumulator.WINDOW_ARRAYS:
+                    value = saved[name]
+                    if name.startswith("win_"):  # chips registered since the window was written: empty rows
+                        padded = np.zeros((value.shape[0], len(keys), *value.shape[2:]), value.dtype)
+                        padded[:, :n] = value
+                        value = padded
+                    window[name] = value
+                return window
+            except KeyError as err:
+                problem = f"{self.window_path}: {err.args[0]!r} is missing"
+            except (CheckpointError, ValueError, IndexError) as err:
+                problem = " ".join(str(err).split())
+        log.warning("state file %s: %s; counters restored, the window starts empty", self.path, problem)
+        return {}

@@ -17,7 +17,7 @@ from exporter.monitor import Evaluation, Monitor
 from exporter.quality.accumulator import Snapshot
 from exporter.reading.files import PACKETS, Chunk, FileReader
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
-from exporter.runtime.checkpoint import load_checkpoint, save_checkpoint
+from exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint
 from exporter.runtime.health import Health
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,17 @@ class Ingester:
         checkpoint_path: str | None = None,
         reader: FileReader | None = None,
         flush_interval: float = 1800.0,
+        window_checkpoint_interval: float = WINDOW_CHECKPOINT_SECONDS,
     ) -> None:
         self.tail = DirectoryTail(inputs, reader, flush_interval, on_error=self._on_read_error)
         self.monitor = monitor
         self.accumulator = monitor.accumulator
         self.interval = interval
         self.checkpoint_path = checkpoint_path
+        self.checkpoints = Checkpoint(checkpoint_path, window_checkpoint_interval) if checkpoint_path else None
         self.health = Health()
-        self._checkpointed: tuple | None = None
+        self._checkpointed: tuple | None = None  # progress at the last checkpoint
+        self._window_checkpointed: tuple | None = None  # progress at the last write of the window arrays
         self.listeners: list[Callable[[Chunk], None]] = []
         self._configured: set[str] = set()  # packet files whose own chip configurations were read
         self._last_publish = 0.0
@@ -63,17 +66,20 @@ class Ingester:
         self.published = Published(monitor.update(), self.health.copy())
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
+        """One failure event (the tail reports a file again only once it changed): count it, log it once."""
         self.health.count_read_error(reason)
-        if cursor.error != reason:  # first failure of this kind: tell the log handlers once
-            self.monitor.log_event("warning", message, reason=reason, file=cursor.path)
+        self.monitor.log_event(
+            "warning",
+            f"{message} (reason: {reason}; retried every poll, reported again when the file changes)",
+            reason=reason,
+            file=cursor.path,
+        )
 
     def restore(self) -> bool:
         """Load the checkpoint at ``checkpoint_path`` if there is one (raises CheckpointError if unusable)."""
-        if self.checkpoint_path is None or not load_checkpoint(
-            self.checkpoint_path, self.accumulator, self.tail, self.health
-        ):
+        if self.checkpoints is None or not self.checkpoints.load(self.accumulator, self.tail, self.health):
             return False
-        self._checkpointed = self._progress()
+        self._checkpointed = self._window_checkpointed = self._progress()
         self.publish()
         return True
 
@@ -87,18 +93,27 @@ class Ingester:
             len(self.tail.cursors),
         )
 
-    def checkpoint(self) -> None:
-        """Write the checkpoint if anything was counted since the last one; never raises."""
-        if self.checkpoint_path is None or self._progress() == self._checkpointed:
+    def checkpoint(self, final: bool = False) -> None:
+        """Write the checkpoint if anything was counted since the last one; never raises.
+
+        The window arrays go with it at most every ``window_checkpoint_interval`` seconds, and when ``final``.
+        """
+        if self.checkpoints is None:
+            return
+        progress = self._progress()
+        with_window = progress != self._window_checkpointed and (final or self.checkpoints.window_due())
+        if progress == self._checkpointed and not with_window:
             return
         started = time.monotonic()
         try:
-            save_checkpoint(self.checkpoint_path, self.accumulator, self.tail, self.health)
+            self.checkpoints.save(self.accumulator, self.tail, self.health, with_window)
         except OSError as err:
             self.health.checkpoint_errors += 1
             log.error("cannot write checkpoint %s: %s", self.checkpoint_path, err)
             return
-        self._checkpointed = self._progress()
+        self._checkpointed = progress
+        if with_window:
+            self._window_checkpointed = progress
         self.health.checkpoint_duration = time.monotonic() - started
 
     def publish(self) -> None:
@@ -162,3 +177,4 @@ class Ingester:
                 self.health.up = False
                 self.publish()
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        self.checkpoint(final=True)  # the window arrays too: a clean stop loses nothing of the window

@@ -75,6 +75,7 @@ class Service:
             self.checkpoint_path,
             FileReader(chunk_rows=settings.chunk_rows),
             settings.flush_interval,
+            settings.window_checkpoint_interval,
         )
         self.ingester.restore()
         self.plots: PlotWorker | None = None
@@ -141,11 +142,17 @@ class Service:
         )
 
     def stop(self) -> None:
-        """Finish the current chunk, stop the HTTP server, join within the shutdown timeout."""
+        """Stop ingest (it finishes its chunk and writes the checkpoint), the plots and the HTTP server,
+        all within the shutdown timeout: they wind down together, a drawing under way is abandoned."""
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_SECONDS - 1.0  # a second left for the server and the exit
         self.stop_event.set()
-        self.thread.join(SHUTDOWN_TIMEOUT_SECONDS)
         if self.plots is not None:
-            self.plots.stop(PLOTS_SHUTDOWN_SECONDS)  # a drawing under way finishes or is abandoned
+            self.plots.stop(0.0)  # tell the drawing thread now, so it no longer competes with the last checkpoint
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            log.error("ingest did not stop within %.0f s; the last checkpoint may be missing", SHUTDOWN_TIMEOUT_SECONDS)
+        if self.plots is not None:
+            self.plots.stop(max(0.0, min(PLOTS_SHUTDOWN_SECONDS, deadline - time.monotonic())))
         for server in self.servers:
             server.stop()
 

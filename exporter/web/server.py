@@ -2,12 +2,17 @@
 and the plots under ``/plots/``.
 
 Scrapes render the most recently published snapshot; nothing here takes a lock that the
-ingest thread holds. The health endpoints answer without basic auth (they say only OK or not),
-so an orchestrator can probe them; everything else needs the web config's users.
+ingest thread holds. The server cannot be starved: a client has ``REQUEST_READ_SECONDS`` for
+each read and write, at most ``MAX_CONNECTIONS`` are served at once (more get a 503 at once),
+and the heavy endpoints (history, channel lists, per-pixel series, plots) render one at a
+time, the history at most once per new history entry, so ``/metrics`` never queues behind them.
+The health endpoints answer without basic auth (they say only OK or not), so an orchestrator can
+probe them; everything else needs the web config's users.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import logging
@@ -15,8 +20,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
@@ -39,6 +45,22 @@ from plots.store import MEDIA_TYPES
 log = logging.getLogger(__name__)
 GZIP_LEVEL = 1
 TLS_HANDSHAKE_SECONDS = 10.0
+#: Seconds a client may take for each read of its request and each write of the answer.
+REQUEST_READ_SECONDS = 10.0
+#: Connections served at once (one thread each); beyond, a connection gets 503 and is closed.
+MAX_CONNECTIONS = 64
+LISTEN_BACKLOG = 128
+#: Heavy renderings (history, channel lists, per-pixel series, plot pages) at once, and how
+#: long a request waits for its turn before a 503.
+HEAVY_CONCURRENCY = 1
+HEAVY_WAIT_SECONDS = 30.0
+#: Rows (chip x entry) of /api/history at most: the newest entries that fit.
+MAX_HISTORY_ROWS = 1_000_000
+BUSY_RESPONSE = b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class Busy(Exception):
+    """No turn for a heavy rendering within HEAVY_WAIT_SECONDS (answered with 503)."""
 
 
 class MetricsApp:
@@ -71,15 +93,30 @@ class MetricsApp:
             collector(registry=self.process)
         self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
         self.last_scrape_seconds = 0.0
+        self.heavy = threading.BoundedSemaphore(HEAVY_CONCURRENCY)
+        self._history_cache: dict[str, tuple[tuple, bytes, bytes]] = {}
+
+    @contextlib.contextmanager
+    def heavy_turn(self) -> Iterator[None]:
+        """Wait for the turn of a heavy rendering (HEAVY_CONCURRENCY at once); Busy after HEAVY_WAIT_SECONDS."""
+        if not self.heavy.acquire(timeout=HEAVY_WAIT_SECONDS):
+            raise Busy
+        try:
+            yield
+        finally:
+            self.heavy.release()
 
     def metrics_text(self, per_pixel: bool = False) -> str:
-        """One scrape's exposition text."""
+        """One scrape's exposition text (with per-pixel series: a heavy rendering, one at a time)."""
+        per_pixel = per_pixel and self.per_pixel_allowed
+        with self.heavy_turn() if per_pixel else contextlib.nullcontext():
+            return self._metrics_text(per_pixel)
+
+    def _metrics_text(self, per_pixel: bool) -> str:
         started = time.perf_counter()
         pub = self.published()
         with self._lock:
-            families = self.collector.families(
-                pub.snapshot, pub.health, per_pixel and self.per_pixel_allowed, evaluation=pub.evaluation
-            )
+            families = self.collector.families(pub.snapshot, pub.health, per_pixel, evaluation=pub.evaluation)
         families.append(
             Family(
                 "larpix_exporter_scrape_duration_seconds", "gauge", "Time the previous /metrics rendering took."
@@ -96,15 +133,28 @@ class MetricsApp:
         if fmt not in CHANNEL_MEDIA_TYPES:
             raise ValueError(f"unknown format {fmt!r}: use {', '.join(CHANNEL_MEDIA_TYPES)}")
         statuses = statuses or list(DEFAULT_STATUSES[fmt])
-        snap = self.published().snapshot
-        meta = disabled_list_meta(snap, statuses, self.inputs) if fmt == "daq" else None
-        return format_channels(channel_list(snap, statuses), fmt, meta), CHANNEL_MEDIA_TYPES[fmt]
+        with self.heavy_turn():
+            snap = self.published().snapshot
+            meta = disabled_list_meta(snap, statuses, self.inputs) if fmt == "daq" else None
+            return format_channels(channel_list(snap, statuses), fmt, meta), CHANNEL_MEDIA_TYPES[fmt]
 
-    def history_export(self, fmt: str) -> tuple[bytes, str]:
-        """The per-chip history as csv or json."""
+    def history_export(self, fmt: str) -> tuple[bytes, bytes, str]:
+        """The per-chip history as csv or json (the newest MAX_HISTORY_ROWS rows), plain and gzipped.
+
+        Rendered once per new history entry and format; every other request gets the cached bytes.
+        """
         if self.history is None:
-            return b"", "text/plain"
-        return self.history.text(fmt).encode(), CHANNEL_MEDIA_TYPES[fmt]
+            return b"", b"", "text/plain"
+        entries = self.history.entries
+        key = (len(entries), entries[-1].data_time if entries else None)
+        cached = self._history_cache.get(fmt)
+        if cached is None or cached[0] != key:
+            with self.heavy_turn():
+                cached = self._history_cache.get(fmt)
+                if cached is None or cached[0] != key:  # not rendered by the request we waited for
+                    body = self.history.text(fmt, MAX_HISTORY_ROWS).encode()
+                    cached = self._history_cache[fmt] = (key, body, gzip.compress(body, GZIP_LEVEL))
+        return cached[1], cached[2], CHANNEL_MEDIA_TYPES[fmt]
 
     def landing_page(self) -> str:
         """A small status page for people: health figures, links, the newest plots."""
@@ -173,15 +223,22 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"larpix-dqm/{__version__}"
+        timeout = REQUEST_READ_SECONDS  # per socket read and write: idle clients do not hold a thread
 
         def log_message(self, format: str, *args: object) -> None:
             log.debug("%s " + format, self.address_string(), *args)
 
         def _send(
-            self, status: int, body: bytes, content_type: str, compress: bool = True, headers: dict | None = None
+            self,
+            status: int,
+            body: bytes,
+            content_type: str,
+            compress: bool = True,
+            headers: dict | None = None,
+            gzipped: bytes | None = None,
         ) -> None:
             if compress and "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 1024:
-                body = gzip.compress(body, GZIP_LEVEL)
+                body = gzipped or gzip.compress(body, GZIP_LEVEL)
                 self.send_response(status)
                 self.send_header("Content-Encoding", "gzip")
             else:
@@ -221,7 +278,14 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 )
                 return
             query = parse_qs(url.query)
-            if url.path == "/api/channels":
+            try:
+                self._route(url.path, query)
+            except Busy:
+                self._send(503, b"busy: try again\n", "text/plain; charset=utf-8", headers={"Retry-After": "5"})
+
+        def _route(self, path: str, query: dict[str, list[str]]) -> None:
+            """Answer one GET or HEAD request for ``path``."""
+            if path == "/api/channels":
                 statuses = [s for s in ",".join(query.get("status", [])).split(",") if s]
                 fmt = query.get("format", ["json"])[0]
                 try:
@@ -230,22 +294,22 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                     self._send(400, f"{err}\n".encode(), "text/plain; charset=utf-8")
                     return
                 self._send(200, body, media)
-            elif url.path == "/api/history":
+            elif path == "/api/history":
                 fmt = query.get("format", ["csv"])[0]
                 if fmt not in ("csv", "json"):
                     self._send(400, b"format: csv or json\n", "text/plain; charset=utf-8")
                     return
-                body, media = app.history_export(fmt)
-                self._send(200, body, media)
-            elif url.path == app.telemetry_path:
+                body, gzipped, media = app.history_export(fmt)
+                self._send(200, body, media, gzipped=gzipped)
+            elif path == app.telemetry_path:
                 per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
                 self._send(200, app.metrics_text(per_pixel).encode(), CONTENT_TYPE)
-            elif url.path == "/":
+            elif path == "/":
                 self._send(200, app.landing_page().encode(), "text/html; charset=utf-8")
-            elif url.path == "/plots":
+            elif path == "/plots":
                 self._send(301, b"", "text/plain; charset=utf-8", headers={"Location": "/plots/"})
-            elif url.path.startswith("/plots/"):
-                self._plots(url.path[len("/plots/") :])
+            elif path.startswith("/plots/"):
+                self._plots(path[len("/plots/") :])
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
@@ -259,7 +323,8 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 if rest and folder is None:
                     self._send(404, b"no such plot folder\n", "text/plain; charset=utf-8")
                 else:
-                    page = folder_html(app.plots, folder) if folder else listing_html(app.plots)
+                    with app.heavy_turn():
+                        page = folder_html(app.plots, folder) if folder else listing_html(app.plots)
                     self._send(200, page.encode(), "text/html; charset=utf-8")
                 return
             path = app.plots.store.resolve(rest)
@@ -287,15 +352,44 @@ class ExporterServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], app: MetricsApp) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, make_handler(app))
         self.app = app
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
         self.thread: threading.Thread | None = None
         if app.web is not None and app.web.ssl_context is not None:
             self.socket = app.web.ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        """Serve the connection in a thread of its own, or refuse it (503) when MAX_CONNECTIONS are busy."""
+        if not self.connections.acquire(blocking=False):
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("%d connections refused: %d already being served", self.refused, MAX_CONNECTIONS)
+            try:
+                if isinstance(request, socket.socket) and not isinstance(request, ssl.SSLSocket):
+                    request.settimeout(1.0)
+                    request.sendall(BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         """A client that breaks off (or fails the TLS handshake) is not the exporter's error."""

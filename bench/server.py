@@ -1,0 +1,156 @@
+"""/metrics latency while heavy endpoints are hammered and while plots draw.
+
+A module run is served: a backlog (``--backlog`` seconds of data, so ``/api/history`` holds
+that many seconds of per-chip entries) and a live writer. One client scrapes ``/metrics``
+10 times a second for ``--seconds`` in each phase and the p50/p99/max of its latency are printed:
+
+- quiet: nothing else;
+- history: two more clients (processes of their own) fetch ``/api/history?format=json`` back to back;
+- plots: the exporter draws every plot (``-o``, ``--plot-interval 0``), no other client.
+
+Usage: python bench/server.py [--seconds 30] [--backlog 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.simulate import SimulationConfig, Simulator, Truth, write_run
+
+COUNTER = re.compile(r"^larpix_exporter_packets_ingested_total\{[^}]*\} (\S+)$", re.M)
+
+
+def get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
+        return resp.read()
+
+
+def ingested(port: int) -> float:
+    return sum(float(v) for v in COUNTER.findall(get(port, "/metrics").decode()))
+
+
+@contextlib.contextmanager
+def serving(data: Path, work: Path, *extra: str) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``larpix-dqm serve`` on a free port; stopped with SIGTERM afterwards (the time it took is printed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(work / f"serve-{port}.log", "w")  # noqa: SIM115
+    cmd = [sys.executable, "-m", "exporter.cli", "serve", "-i", str(data), "--port", str(port),
+           "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", "-",
+           "--geometry", str(packaged_layout()), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                get(port, "/-/healthy")
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield port, proc
+    finally:
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"  SIGTERM ({' '.join(extra) or 'no plots'}): exit {proc.returncode} in {time.monotonic() - sent:.1f} s")
+        log.close()
+
+
+HAMMER = """
+import sys, time, urllib.request
+url, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
+fetched, size, started = 0, 0, time.perf_counter()
+while time.monotonic() < end:
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        size = len(resp.read())
+    fetched += 1
+print(fetched, size, (time.perf_counter() - started) / max(fetched, 1))
+"""
+
+
+def measure(port: int, seconds: float, heavy: str | None = None, clients: int = 2) -> str:
+    """Scrape /metrics 10 times a second while ``clients`` processes fetch ``heavy`` back to back; a table row."""
+    hammers = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, f"http://127.0.0.1:{port}{heavy}", str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(clients if heavy else 0)
+    ]
+    latencies = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        get(port, "/metrics")
+        latencies.append(time.perf_counter() - started)
+        time.sleep(max(0.0, 0.1 - (time.perf_counter() - started)))
+    fetched = []
+    for proc in hammers:
+        fetched.append([float(x) for x in proc.communicate(timeout=60)[0].split()])
+    q = statistics.quantiles(latencies, n=100)
+    row = f"{len(latencies):>8} {q[49] * 1e3:>9.0f} {q[98] * 1e3:>9.0f} {max(latencies) * 1e3:>9.0f}"
+    if fetched:
+        row += (
+            f"   {sum(f[0] for f in fetched):.0f} history fetches by {clients} clients, {fetched[0][1] / 1e6:.1f} MB, "
+            f"{statistics.mean(f[2] for f in fetched):.2f} s each"
+        )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--backlog", type=int, default=600)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="larpix-server-bench-"))
+    data = work / "data"
+    truth = Truth()
+    sim = Simulator(load_geometry(packaged_layout()), SimulationConfig(hit_rate_hz=0.05, seed=3))
+    now = int(time.time())
+    write_run(
+        sim, data, "raw", args.backlog, realtime=False, start_time=now - args.backlog, file_seconds=60, truth=truth
+    )
+    backlog = sum(truth.packet_types.values())
+    live = subprocess.Popen([sys.executable, "-m", "exporter.cli", "simulate", str(data), "--rate-hz", "0.05"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    header = f"{'phase':<10}{'scrapes':>8} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"
+    try:
+        print(f"module, {args.backlog} s backlog ({backlog:,} packets) + live data; /metrics 10/s for {args.seconds} s")
+        rows = []
+        with serving(data, work) as (port, _):
+            while ingested(port) < backlog:
+                time.sleep(0.5)
+            rows.append(f"{'quiet':<10}{measure(port, args.seconds)}")
+            rows.append(f"{'history':<10}{measure(port, args.seconds, '/api/history?format=json')}")
+        with serving(data, work, "-o", str(work / "plots"), "--plot-interval", "0") as (port, _):
+            while ingested(port) < backlog:
+                time.sleep(0.5)
+            rows.append(f"{'plots':<10}{measure(port, args.seconds)}")
+        print(header)
+        print("\n".join(rows))
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.wait(30)
+
+
+if __name__ == "__main__":
+    main()

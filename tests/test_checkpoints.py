@@ -1,0 +1,228 @@
+"""Checkpoint identity and damage: nothing read twice however the inputs are named, foreign or broken states
+refused with one line, stale temporaries removed, the window restored from its own file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import free_port, ingested, running_exporter, simulate_files, wait_for
+
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.monitor import Monitor
+from exporter.reading.tail import InputSpec
+from exporter.runtime import checkpoint
+from exporter.runtime.checkpoint import CheckpointError, default_state_file, window_file
+from exporter.runtime.ingest import Ingester
+
+
+def ingester(inputs: list[str], state, geometry, **kw) -> Ingester:
+    """An ingester over ``inputs`` with a checkpoint at ``state``, restored if there is one."""
+    ing = Ingester([InputSpec(p) for p in inputs], Monitor(geometry, **kw), 0.1, str(state))
+    ing.restore()
+    return ing
+
+
+def total(ing: Ingester) -> int:
+    return sum(ing.health.packets_ingested.values())
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_relative_then_absolute_inputs_read_nothing_twice(tmp_path, tile_geometry, monkeypatch):
+    data = tmp_path / "data"
+    _, truth = simulate_files(tile_geometry, data, 3, file_seconds=1)
+    monkeypatch.chdir(tmp_path)
+    assert default_state_file(["data"]) == default_state_file([str(data)]) == default_state_file([f"{data}/."])
+    state = tmp_path / "state.npz"
+    first = ingester(["data"], state, tile_geometry)
+    first.poll()
+    first.checkpoint(final=True)
+    assert total(first) == sum(truth.packet_types.values())
+    second = ingester([str(data)], state, tile_geometry)
+    assert total(second) == total(first)
+    second.poll()
+    second.poll()
+    assert total(second) == total(first), "the same files by another name are the same files"
+
+
+def test_moved_directory_with_explicit_state_file(tmp_path, tile_geometry, caplog):
+    data = tmp_path / "data"
+    _, truth = simulate_files(tile_geometry, data, 3, file_seconds=1)
+    state = tmp_path / "state.npz"
+    first = ingester([str(data)], state, tile_geometry)
+    first.poll()
+    first.checkpoint(final=True)
+    moved = tmp_path / "archive" / "run7"
+    moved.parent.mkdir()
+    data.rename(moved)
+    second = ingester([str(moved)], state, tile_geometry)
+    assert "found again by device and inode" in caplog.text
+    second.poll()
+    second.poll()
+    assert total(second) == sum(truth.packet_types.values())
+    assert {os.path.dirname(path) for path in second.tail.cursors} == {str(moved)}
+    assert "moved or renamed" in caplog.text
+
+
+def test_renamed_file_keeps_its_cursor(tmp_path, tile_geometry):
+    paths, truth = simulate_files(tile_geometry, tmp_path, 2, "packets")
+    ing = Ingester([InputSpec(str(tmp_path))], Monitor(tile_geometry))
+    ing.poll()
+    paths[0].rename(tmp_path / "renamed.h5")
+    ing.poll()
+    assert total(ing) == sum(truth.packet_types.values())
+
+
+@pytest.mark.e2e
+def test_unrelated_inputs_and_other_geometry_are_refused(tmp_path, tile_geometry, module_geometry):
+    simulate_files(tile_geometry, tmp_path / "a", 1)
+    simulate_files(tile_geometry, tmp_path / "b", 1)
+    state = tmp_path / "state.npz"
+    first = ingester([str(tmp_path / "a")], state, tile_geometry)
+    first.poll()
+    first.checkpoint()
+    with pytest.raises(CheckpointError, match=r"state file .*state.npz: written for .*/a, not .*/b \(none of its"):
+        ingester([str(tmp_path / "b")], state, tile_geometry)
+    with pytest.raises(CheckpointError, match=r"written for geometry .*layout-2.4.0.yaml \(digest \w+\), this run"):
+        ingester([str(tmp_path / "a")], state, module_geometry)
+    # the command line: exit 2 and one line naming the file
+    other = tmp_path / "other.yaml"
+    other.write_text(open(packaged_layout()).read())
+    result = run_cli("serve", "-i", str(tmp_path / "a"), "--geometry", str(other), "--state-file", str(state))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"state file {state}: written for geometry" in result.stderr
+
+
+def damage(kind: str, state, window) -> None:
+    """Break a good checkpoint the way a full disk, a wrong copy or an old version would."""
+    if kind == "empty":
+        state.write_bytes(b"")
+        return
+    if kind == "not a zip":
+        state.write_bytes(b"PK\x03\x04 not really")
+        return
+    with np.load(state) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(arrays["meta_json"].tobytes())
+    if kind == "missing array":
+        del arrays["hits_total"]
+    elif kind == "short arrays":
+        arrays["chip_packets"] = arrays["chip_packets"][:3]
+    elif kind == "missing metadata":
+        del arrays["meta_json"]
+    elif kind == "old version":
+        meta["version"] = 1
+    elif kind == "missing key":
+        del meta["health"]
+    arrays.get("meta_json") is not None and arrays.update(meta_json=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    np.savez(state, **arrays)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "unreadable (ValueError: empty file (0 bytes))"),
+        ("not a zip", "unreadable (BadZipFile"),
+        ("missing array", "'hits_total' is missing"),
+        ("short arrays", "arrays do not fit"),
+        ("missing metadata", "no metadata"),
+        ("old version", "checkpoint version 1, this exporter writes 2"),
+        ("missing key", "'health' is missing"),
+    ],
+)
+def test_damaged_states_are_one_line(tmp_path, tile_geometry, kind, message):
+    simulate_files(tile_geometry, tmp_path / "data", 1)
+    state = tmp_path / "state.npz"
+    ing = ingester([str(tmp_path / "data")], state, tile_geometry)
+    ing.poll()
+    ing.checkpoint(final=True)
+    damage(kind, state, window_file(state))
+    with pytest.raises(CheckpointError) as err:
+        ingester([str(tmp_path / "data")], state, tile_geometry)
+    assert str(err.value).startswith(f"state file {state}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.e2e
+def test_damaged_state_on_the_command_line(tmp_path):
+    state = tmp_path / "state.npz"
+    state.write_bytes(b"")
+    result = run_cli("serve", "-i", str(tmp_path), "--state-file", str(state), "--port", str(free_port()))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and f"state file {state}: unreadable" in result.stderr
+    assert "Traceback" not in result.stderr and "Aborted" not in result.stderr
+
+
+def test_disk_full_leaves_no_temporary_and_stale_ones_are_removed(tmp_path, tile_geometry, monkeypatch):
+    simulate_files(tile_geometry, tmp_path / "data", 1)
+    state = tmp_path / "state.npz"
+    ing = ingester([str(tmp_path / "data")], state, tile_geometry)
+    real_savez = np.savez
+
+    def disk_full(fh, **arrays):
+        real_savez(fh, chip_keys=arrays["chip_keys"])  # part of it reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.np, "savez", disk_full)
+    ing.poll()
+    assert ing.health.checkpoint_errors == 1 and total(ing) > 0
+    assert not list(tmp_path.glob(".*.tmp")), "a failed write removes its temporary file"
+    monkeypatch.setattr(checkpoint.np, "savez", real_savez)
+    # a crash mid-write (kill -9: no cleanup) leaves one behind; the next start removes it
+    stale = tmp_path / f".{state.name}.999999999.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    stale_window = tmp_path / f".{window_file(state).name}.999999999.tmp"
+    stale_window.write_bytes(b"\0" * 4096)
+    assert total(ingester([str(tmp_path / "data")], state, tile_geometry)) == 0, "no checkpoint was written"
+    assert not stale.exists() and not stale_window.exists()
+
+
+def window(ing: Ingester) -> tuple:
+    snap = ing.monitor.update().snapshot
+    return snap.chip_window_packets.tolist(), snap.data_time
+
+
+@pytest.mark.e2e
+def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path, tile_geometry):
+    data = tmp_path / "data"
+    simulate_files(tile_geometry, data, 20, file_seconds=5)
+    state = tmp_path / "state.npz"
+    geometry = load_geometry(packaged_layout("layout-2.4.0.yaml"))
+    ing = Ingester([InputSpec(str(data))], Monitor(geometry), 0.1, str(state), window_checkpoint_interval=3600)
+    ing.tail.pump(ing.ingest)
+    ing.checkpoint()
+    written = os.stat(window_file(state)).st_mtime_ns
+    first_window = window(ing)
+    simulate_files(tile_geometry, data, 20, start=1_700_000_020, seed=2, file_seconds=5)
+    ing.poll()
+    assert os.stat(window_file(state)).st_mtime_ns == written, "the window waits for its interval"
+    crashed = ingester([str(data)], state, geometry)
+    assert total(crashed) == total(ing), "the counters of every poll are in the checkpoint"
+    assert window(crashed) != window(ing) and sum(window(crashed)[0]) < sum(window(ing)[0])
+    ing.checkpoint(final=True)  # a clean stop writes the window too
+    restored = ingester([str(data)], state, geometry)
+    assert window(restored) == window(ing) != first_window
+    window_file(state).unlink()
+    empty = ingester([str(data)], state, geometry)
+    assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
+
+
+@pytest.mark.e2e
+def test_checkpoint_is_refused_on_the_command_line_for_another_input(tmp_path, tile_geometry):
+    simulate_files(tile_geometry, tmp_path / "a", 1)
+    simulate_files(tile_geometry, tmp_path / "b", 1)
+    state = tmp_path / "state.npz"
+    port = free_port()
+    with running_exporter(["-i", str(tmp_path / "a"), "--state-file", str(state), "--interval", "0.2"], port):
+        wait_for(lambda: ingested(port) > 0)
+    result = run_cli("serve", "-i", str(tmp_path / "b"), "--state-file", str(state), "--port", str(free_port()))
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"state file {state}: written for {tmp_path / 'a'}, not {tmp_path / 'b'}" in result.stderr

@@ -1,0 +1,115 @@
+"""A server that cannot be starved: cached history, bounded connections, read timeouts, a quick SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+from helpers import START, free_port, parse_metrics, running_exporter, scrape, simulate_files, wait_for
+
+from exporter.detector.geometry import packaged_layout
+from exporter.monitor import Monitor
+from exporter.quality.history import History
+from exporter.reading.tail import InputSpec
+from exporter.runtime.ingest import Ingester
+from exporter.web import server as web
+from exporter.web.server import ExporterServer, MetricsApp
+
+
+@pytest.fixture
+def served(tmp_path, tile_geometry, monkeypatch):
+    """An in-process server over 30 s of simulated data with a 10 s history; (port, ingester)."""
+    monkeypatch.setattr(web, "REQUEST_READ_SECONDS", 1.0)
+    monkeypatch.setattr(web, "MAX_CONNECTIONS", 4)
+    simulate_files(tile_geometry, tmp_path / "data", 30, file_seconds=10)
+    ing = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(tile_geometry, history_interval=10.0), 0.1)
+    ing.poll()
+    server = ExporterServer(("127.0.0.1", 0), MetricsApp(lambda: ing.published, history=ing.monitor.history))
+    server.serve_in_thread()
+    try:
+        yield server.server_address[1], ing
+    finally:
+        server.stop()
+
+
+def get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return resp.read()
+
+
+@pytest.mark.e2e
+def test_history_hammering_renders_once_per_entry_and_metrics_keep_answering(
+    served, tmp_path, tile_geometry, monkeypatch
+):
+    port, ing = served
+    renders = []
+    real_text = History.text
+    monkeypatch.setattr(
+        History, "text", lambda self, fmt, max_rows=None: renders.append(fmt) or real_text(self, fmt, max_rows)
+    )
+    stop = threading.Event()
+    bodies: list[bytes] = []
+
+    def hammer() -> None:
+        while not stop.is_set():
+            bodies.append(get(port, "/api/history?format=json"))
+
+    clients = [threading.Thread(target=hammer) for _ in range(2)]
+    for client in clients:
+        client.start()
+    try:
+        scrapes = [scrape(port) for _ in range(20)]
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(30)
+    assert all("larpix_exporter_up 1" in text for text in scrapes)
+    assert len(bodies) > 2 and len(set(bodies)) == 1 and renders == ["json"], "rendered once, then cached"
+    entries = json.loads(bodies[0])
+    assert {row["data_time"] for row in entries} == {e.data_time for e in ing.monitor.history.entries}
+    simulate_files(tile_geometry, tmp_path / "data", 20, start=START + 30, seed=2)
+    ing.poll()  # a new history entry: rendered again, once
+    newer = [get(port, "/api/history?format=json") for _ in range(3)]
+    assert renders == ["json", "json"] and len(json.loads(newer[0])) > len(entries)
+    # the size cap: only the newest entries that fit
+    monkeypatch.setattr(web, "MAX_HISTORY_ROWS", 2 * len(ing.monitor.history.entries[-1].chip_keys))
+    ing.monitor.history.entries.popleft()  # a change, so the next request renders
+    capped = json.loads(get(port, "/api/history?format=json"))
+    assert sorted({row["data_time"] for row in capped}) == [e.data_time for e in list(ing.monitor.history.entries)[-2:]]
+
+
+def test_idle_connections_are_bounded_and_time_out(served):
+    port, _ = served
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]  # MAX_CONNECTIONS, saying nothing
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            assert extra.recv(100).startswith(b"HTTP/1.0 503"), "refused at once, not queued behind idle clients"
+        time.sleep(1.5)  # REQUEST_READ_SECONDS: the idle ones are dropped
+        assert "larpix_exporter_up 1" in scrape(port)
+        assert all(s.recv(10) == b"" for s in idle), "the server closed the idle connections"
+    finally:
+        for s in idle:
+            s.close()
+    assert ExporterServer.request_queue_size == 128
+
+
+@pytest.mark.e2e
+def test_sigterm_within_10_s_with_plots_drawing_and_many_files(tmp_path, module_geometry):
+    simulate_files(module_geometry, tmp_path / "data", 60, file_seconds=1, hit_rate_hz=0.05)
+    port = free_port()
+    args = ["-i", str(tmp_path / "data"), "--interval", "0.2", "--geometry", str(packaged_layout())]
+    args += ["-o", str(tmp_path / "plots"), "--plot-interval", "0"]
+    with running_exporter(args, port) as proc:
+        wait_for(lambda: list((tmp_path / "plots" / "latest").glob("*.png")), timeout=120)  # drawing has begun
+        assert parse_metrics(scrape(port))[("larpix_exporter_files_tracked", frozenset())] == 60
+        started = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0
+        assert time.monotonic() - started < 10
+    assert "stopped in" in proc.log.read_text()
