@@ -25,7 +25,7 @@ import numpy as np
 
 from exporter.detector.geometry import Geometry, load_geometry
 from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
-from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
+from exporter.quality.accumulator import Accumulator, QualityConfig
 from exporter.quality.checks import (
     DEFAULT_CHECKS,
     Check,
@@ -38,6 +38,7 @@ from exporter.quality.checks import (
 from exporter.quality.clock import DataClock
 from exporter.quality.history import History
 from exporter.quality.reference import Comparison, Reference
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 

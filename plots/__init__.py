@@ -4,7 +4,7 @@ Public API (what plugins and the exporter use; everything else is internal to th
 
 - ``Plot``, ``PlotContext``: the fast plugin form and what it is given (``plots.base``);
 - ``Snapshot``: the per-chip, per-channel and per-io_group arrays a plot draws from, documented
-  field by field with shape, dtype and unit (``exporter.quality.accumulator``);
+  field by field with shape, dtype and unit (``exporter.quality.snapshot``);
 - ``discover``, ``Selection``: finding plugins in ``plots.builtin`` and in ``--plugin-dir``
   folders, and choosing among them (``plots.discovery``);
 - ``PlotSettings``, ``PlotEngine``, ``PlotWorker``: drawing, and the thread that draws while
@@ -23,7 +23,7 @@ from typing import Any
 _EXPORTS = {
     "Plot": "plots.base",
     "PlotContext": "plots.base",
-    "Snapshot": "exporter.quality.accumulator",
+    "Snapshot": "exporter.quality.snapshot",
     "discover": "plots.discovery",
     "Selection": "plots.discovery",
     "PlotSettings": "plots.engine",

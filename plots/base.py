@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from exporter.detector.geometry import Geometry
-from exporter.quality.accumulator import Snapshot
+from exporter.quality.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

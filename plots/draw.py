@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import NullFormatter
 
-from exporter.quality.accumulator import Snapshot
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
 from plots.pixels import TileGrid

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry, GeometryError
-from exporter.quality.accumulator import Snapshot, prefer_finite
+from exporter.quality.accumulator import prefer_finite
+from exporter.quality.snapshot import Snapshot
 from plots.base import Plot, PlotContext
 
 #: Largest distance (in pitches) of a pixel from its grid point before a layout is rejected.

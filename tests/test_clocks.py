@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
+from exporter.quality.accumulator import Accumulator, QualityConfig
 from exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from exporter.quality.clock import DataClock
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.decode import decode_messages
 from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP

@@ -9,7 +9,8 @@ import numpy as np
 from exporter.build import build_labels
 from exporter.metrics.exposition import Family, histogram, label_string
 from exporter.monitor import Evaluation
-from exporter.quality.accumulator import FIFO_FLAGS, Snapshot
+from exporter.quality.accumulator import FIFO_FLAGS
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
 from exporter.runtime.health import Health

@@ -7,7 +7,7 @@ fields of ``packets.REQUIRED_FIELDS``) and ``Accumulator.snapshot`` returns an i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +16,7 @@ from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.detector.runconfig import RunConfig
 from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.quality.verdicts import VerdictInputs, judge
 from exporter.reading.packets import (
@@ -54,73 +55,6 @@ class QualityConfig:
     @property
     def bin_seconds(self) -> float:
         return self.window_seconds / self.window_bins
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Immutable view of the data quality at one moment; arrays are copies."""
-
-    chip_keys: np.ndarray
-    chip_tiles: np.ndarray
-    chip_expected: np.ndarray  # in the geometry (every chip when the geometry maps no io_group/io_channel)
-    chip_span_seconds: np.ndarray  # data time the window covers for the chip (its io_group's span)
-    chip_packets: np.ndarray
-    chip_parity_errors: np.ndarray
-    link_parity_errors: np.ndarray  # (256, 256) parity errors of chips not known, per io_group and io_channel
-    chip_fifo_flags: np.ndarray
-    chip_status_counts: np.ndarray
-    chip_window_packets: np.ndarray
-    chip_window_parity_errors: np.ndarray
-    chip_window_fifo_full: np.ndarray
-    chip_rate_hz: np.ndarray
-    chip_expected_hits: np.ndarray
-    chip_dead: np.ndarray
-    chip_unknown: np.ndarray
-    chip_adc_mean: np.ndarray
-    chip_adc_std: np.ndarray
-    channel_status: np.ndarray
-    channel_expected: np.ndarray
-    channel_rate_hz: np.ndarray
-    channel_expected_hz: np.ndarray
-    channel_adc_mean: np.ndarray
-    channel_adc_std: np.ndarray
-    channel_hits_total: np.ndarray
-    io_groups: np.ndarray
-    packet_type_counts: np.ndarray
-    sync_counts: np.ndarray
-    trigger_counts: np.ndarray
-    sync_rate_hz: np.ndarray
-    trigger_rate_hz: np.ndarray
-    io_group_rate_hz: np.ndarray
-    io_group_last_time: np.ndarray
-    io_group_span_seconds: np.ndarray  # data time each io_group's window covers
-    io_group_clock_offset: np.ndarray  # io_group clock minus the median io_group clock (s)
-    sync_offset_bucket_counts: np.ndarray
-    sync_offset_sum_ticks: np.ndarray
-    adc_bucket_counts: np.ndarray
-    adc_sum: np.ndarray
-    data_time: float
-    covered_seconds: float
-    silent_channel_hits: float
-    dead_chip_hits: float
-    config: QualityConfig = field(repr=False)
-    #: Per chip: judged (in a hydra network, or no network given); chips outside every network get no verdict.
-    chip_judged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
-    #: Per chip: masked channels that still sent data in the window.
-    chip_masked_active: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
-    #: Data packets by io_group and trigger type (self, external, cross, periodic): all time, and per second
-    #: over the window. Only self-triggered packets feed the rates and the channel statuses above.
-    trigger_type_counts: np.ndarray = field(default_factory=lambda: np.zeros((IO_GROUPS, 4), np.int64), repr=False)
-    trigger_type_rate_hz: np.ndarray = field(default_factory=lambda: np.zeros((IO_GROUPS, 4)), repr=False)
-    #: Periodic-trigger packets over the window: rate, pedestal mean and spread (NaN without such packets).
-    chip_periodic_rate_hz: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    chip_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    chip_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    channel_pedestal_mean: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
-    channel_pedestal_std: np.ndarray = field(default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP)), repr=False)
-    channel_periodic_hits: np.ndarray = field(
-        default_factory=lambda: np.zeros((0, CHANNELS_PER_CHIP), np.int64), repr=False
-    )
 
 
 def prefer_finite(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from exporter import __version__
 from exporter.detector.runconfig import daq_tile
-from exporter.quality.accumulator import Snapshot
+from exporter.quality.snapshot import Snapshot
 
 CHANNEL_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8", "daq": "application/json"}
 #: Statuses listed when none are asked for: the DAQ masks noisy channels, never silent ones.

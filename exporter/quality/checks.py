@@ -18,8 +18,9 @@ import numpy as np
 import yaml
 
 from exporter.detector.runconfig import RUN_MODES
-from exporter.quality.accumulator import IO_GROUPS, Snapshot, prefer_finite
+from exporter.quality.accumulator import IO_GROUPS, prefer_finite
 from exporter.quality.reference import Reference
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability
 from exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from exporter.quality.accumulator import Snapshot, prefer_finite
+from exporter.quality.accumulator import prefer_finite
+from exporter.quality.snapshot import Snapshot
 
 REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from exporter.detector.runconfig import RunConfigError
 from exporter.monitor import Evaluation, Monitor
-from exporter.quality.accumulator import Snapshot
+from exporter.quality.snapshot import Snapshot
 from exporter.reading.files import PACKETS, Chunk, FileReader
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 from exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint

@@ -14,8 +14,9 @@ from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_con
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list, unexpected_chips
-from exporter.quality.accumulator import Accumulator, QualityConfig, Snapshot
+from exporter.quality.accumulator import Accumulator, QualityConfig
 from exporter.quality.checks import detect_run_mode
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
 from exporter.reading.tail import DirectoryTail, InputSpec
