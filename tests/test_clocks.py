@@ -343,3 +343,29 @@ def test_clock_events_are_logged_once_per_event_not_per_packet(module_geometry, 
     assert sum("io_group 2: timestamp" in m and "jumps -11" in m for m in messages) == 1
     assert sum("io_group 2: data clock steps -1" in m for m in messages) == 1
     assert len(messages) == 3
+
+
+@pytest.mark.parametrize("pause", [8, 40])
+def test_a_run_resumed_live_after_a_pause_is_accepted_at_once(module_geometry, run, pause):
+    """A DAQ that pauses and writes live again: the jump lands on the wall clock, so it is the present,
+    not a wrong header; nothing is rejected and the window slides over the gap instead of restarting."""
+    sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=RATE_HZ, seed=6))
+    resumed_at = START + 80 + pause
+    after = [decode_messages(*sim.second(resumed_at + t)).packets for t in range(70)]
+    acc = Accumulator(QualityConfig(60, 12), module_geometry)
+    clock = DataClock()
+    for chunk in run:
+        acc.add(chunk, clock, resumed_at)  # live: the wall clock follows the data
+    for t, chunk in enumerate(after):
+        acc.add(chunk, clock, resumed_at + t + 1)
+    assert acc.clock.rejected == 0
+    resumed = Accumulator(QualityConfig(60, 12), module_geometry)
+    for t, chunk in enumerate(after):
+        resumed.add(chunk, DataClock(), resumed_at + t + 1)
+    assert_same_rates(acc.snapshot(), resumed.snapshot())  # one window after the resume: only its data
+    assert silent_channels(acc.snapshot()) == 0
+    # a header as far ahead of the live data as the pause, but away from the wall clock, is still rejected
+    late = Accumulator(QualityConfig(60, 12), module_geometry)
+    feed(module_geometry, run[:40], late)
+    late.add(one_bad_header(run[40], 3600), DataClock(), START + 41)
+    assert late.clock.rejected >= 1

@@ -140,7 +140,7 @@ def test_bad_geometry_and_config_stop_startup_with_one_line(tmp_path):
     assert result.returncode == 2 and "line 2: unknown key 'intervall'" in result.stderr
     result = run_cli("serve", "-i", str(tmp_path), "--false-alarm-probability", "2")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "false_alarm_probability: expected a probability between 0 and 1, got 2.0" in result.stderr
+    assert result.stderr == "larpix-dqm: --false-alarm-probability 2: must be less than 1\n"
 
 
 def test_config_file_values_are_used_and_cli_wins(tmp_path, tile_geometry):

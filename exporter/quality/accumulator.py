@@ -612,7 +612,8 @@ class Accumulator:
                 in_geometry = known
         now, run = self.chip_clock()
         last_hit = self.last_hit_end[:n]
-        since = np.where(np.isnan(last_hit), (now - run)[:, None], last_hit)
+        # a silence is judged since the channel's last hit, at most over the span judged (since the last clock step)
+        since = np.fmax(last_hit, (now - run)[:, None])
         expected = self.expected_channels()
         chip_judged, masked = self._run_config_rows()
         masked = masked & expected

@@ -42,6 +42,9 @@ MAX_FUTURE_SECONDS = 86_400
 TOLERANCE_SECONDS = 5.0
 #: Data time a jump must persist, advancing consistently, before it is accepted as a clock step.
 STEP_CONFIRM_SECONDS = 5.0
+#: A forward jump to within this many seconds of the wall clock is a DAQ writing live again after a
+#: pause (a stopped and resumed run), accepted at once: the window slides on over the gap.
+LIVE_SECONDS = 30.0
 #: Wall seconds between two log lines about the same io_group's clock.
 LOG_EVERY_SECONDS = 60.0
 
@@ -177,7 +180,7 @@ class DetectorClock:
                     if math.isnan(self.span_start[g]):
                         self.span_start[g] = newest
                 continue
-            accepted, rebase_at = self._judge(g, times, clock)
+            accepted, rebase_at = self._judge(g, times, clock, wall_now)
             index = np.arange(len(ts_rows))[sel]
             keep[index[~accepted]] = False
             if rebase_at is not None:
@@ -188,7 +191,7 @@ class DetectorClock:
             ts_rows, stamps, groups = ts_rows[keep], stamps[keep], groups[keep]
         return Reading(ts_rows, stamps, groups, before, rebased)
 
-    def _judge(self, g: int, times: np.ndarray, clock: DataClock) -> tuple[np.ndarray, int | None]:
+    def _judge(self, g: int, times: np.ndarray, clock: DataClock, wall_now: float) -> tuple[np.ndarray, int | None]:
         """The general rule, run by run of equal times: which are accepted, and where the window restarts."""
         accepted = np.zeros(len(times), bool)
         starts = np.flatnonzero(np.concatenate([[True], times[1:] != times[:-1]]))
@@ -203,6 +206,8 @@ class DetectorClock:
             known = [v for v in (head, other) if not math.isnan(v)]
             if _near(t, last):
                 how = "own"
+            elif t > max(known, default=-math.inf) and abs(t - wall_now) <= LIVE_SECONDS:
+                how = "resume"  # forward to the wall clock: the DAQ writes live again after a pause
             elif _near(t, head) or _near(t, other):
                 how = "agrees"
             elif math.isnan(last) and not t > max(known, default=math.inf) + TOLERANCE_SECONDS:
