@@ -36,6 +36,7 @@ def status_by_chip(monitor: Monitor, check: str) -> dict[tuple[int, ...], int]:
     return {tuple(k): int(s) for k, s in zip(keys, r.chip_status[i]) if s > 0}
 
 
+@pytest.mark.e2e
 def test_checks_flag_faults_and_roll_up(module_geometry):
     faults = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(2, 5, 20, 12)], noisy_rate_hz=50)
     monitor = run_monitor(module_geometry, 60, faults)
@@ -117,6 +118,7 @@ def test_checks_file_overrides_defaults(tmp_path):
     assert checks["hit_rate_ratio"] == {c.name: c for c in DEFAULT_CHECKS}["hit_rate_ratio"]
 
 
+@pytest.mark.e2e
 def test_handlers_history_and_channel_lists(module_geometry, tmp_path):
     monitor = Monitor(module_geometry, window=30, history_interval=5)  # 15 expected hits: P(0) ~ 3e-7
     changes, logs, metrics = [], [], []

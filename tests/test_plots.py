@@ -67,6 +67,7 @@ def test_module_pixel_maps_are_named_by_tile_within_io_group(module_geometry):
         ("layout-3.0.0.yaml", "packets"),
     ],
 )
+@pytest.mark.e2e
 def test_every_builtin_plot_renders(tmp_path, layout, fmt):
     geometry = load_geometry(packaged_layout(layout))
     module = geometry.has_io_mapping

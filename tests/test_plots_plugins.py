@@ -137,6 +137,7 @@ def test_predecessor_plugins_work_unchanged(tmp_path, tile_geometry):
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.e2e
 def test_broken_plugins_are_reported_by_name_and_skipped(tmp_path, tile_geometry, caplog):
     plugins = write_plugins(tmp_path / "plugins", {**BROKEN, "template.py": TEMPLATE})
     caplog.set_level(logging.INFO)

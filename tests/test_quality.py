@@ -41,6 +41,7 @@ def test_expected_chips_exported_before_any_data(module_geometry):
     assert (snap.chip_tiles >= 1).all()
 
 
+@pytest.mark.e2e
 def test_status_and_rates(module_geometry, faulty_run):
     acc = Accumulator(QualityConfig(window_seconds=60, window_bins=12), module_geometry)
     carry = DataClock()
@@ -81,6 +82,7 @@ def test_status_and_rates(module_geometry, faulty_run):
     assert (snap.channel_status == ChannelStatus.ACTIVE).sum() > 70_000
 
 
+@pytest.mark.e2e
 def test_backlog_gives_the_same_rates_as_live(module_geometry, faulty_run):
     live = Accumulator(geometry=module_geometry)
     carry = DataClock()

@@ -83,6 +83,7 @@ def test_history_hammering_renders_once_per_entry_and_metrics_keep_answering(
     assert sorted({row["data_time"] for row in capped}) == [e.data_time for e in list(ing.monitor.history.entries)[-2:]]
 
 
+@pytest.mark.e2e
 def test_idle_connections_are_bounded_and_time_out(served):
     port, _ = served
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]  # MAX_CONNECTIONS, saying nothing
