@@ -56,7 +56,7 @@ def measure(kind: str, path: str) -> dict:
             n = len(msgs)
     else:
         acc = Accumulator(geometry=geometry)
-        n = DirectoryTail([InputSpec(path)]).pump(lambda chunk: acc.add(chunk.packets, chunk.cursor.clock, time.time()))
+        n = DirectoryTail([InputSpec(path)]).pump(lambda chunk: acc.add_chunk(chunk, time.time()))
         acc.snapshot()
     seconds = time.perf_counter() - started
     return {"rows": n, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

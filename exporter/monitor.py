@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from exporter.quality.reference import Comparison, Reference
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
+
+if TYPE_CHECKING:
+    from exporter.reading.files import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,10 @@ class Monitor:
             packets, clock if clock is not None else DataClock(), time.time() if wall_now is None else wall_now
         )
 
+    def feed_chunk(self, chunk: Chunk, wall_now: float | None = None) -> None:
+        """Add a chunk read from a file (raw messages are decoded and counted in one pass)."""
+        self.accumulator.add_chunk(chunk, time.time() if wall_now is None else wall_now)
+
     def add_file(self, path: str | os.PathLike) -> int:
         """Read the rows of a packet or raw file not read by an earlier call; return the packet count."""
         path = str(path)
@@ -171,7 +178,7 @@ class Monitor:
                 self.use_file_configuration(path)
             except RunConfigError as err:
                 self.log_event("warning", str(err), reason="configs", file=path)
-        return self._files[path].pump(lambda chunk: self.feed(chunk.packets, chunk.cursor.clock))
+        return self._files[path].pump(self.feed_chunk)
 
     def use_file_configuration(self, path: str | os.PathLike) -> bool:
         """Add the channel masks and periodic triggers a packet file stores (``configs``); False if it has none."""

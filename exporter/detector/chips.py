@@ -28,6 +28,10 @@ class ChipIndex:
         """(n, 3) array of (io_group, io_channel, chip_id) by row."""
         return self._keys
 
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The lookup tables, for compiled code: io_group -> block, and block << 16 | io_channel << 8 | chip_id -> row."""
+        return self._group_slot, self._table
+
     def _block(self, io_group: int) -> int:
         if self._group_slot[io_group] == UNKNOWN:
             self._group_slot[io_group] = len(self._table) >> 16

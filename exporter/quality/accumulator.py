@@ -8,21 +8,24 @@ fields of ``packets.REQUIRED_FIELDS``) and ``Accumulator.snapshot`` returns an i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.detector.runconfig import RunConfig
-from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock
+from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, DetectorClock, Reading
+from exporter.quality.loader import KernelLoader
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.quality.verdicts import VerdictInputs, judge
+from exporter.reading.decode import Messages, split_messages
 from exporter.reading.packets import (
     DATA,
     DATA_TRIGGER_TYPES,
     EXTERNAL_TRIGGER_BIT,
+    PACKET_DTYPE,
     PERIODIC_TRIGGER,
     SELF_TRIGGER,
     SYNC,
@@ -32,12 +35,39 @@ from exporter.reading.packets import (
 
 if TYPE_CHECKING:
     from exporter.quality.reference import Reference
+    from exporter.reading.files import Chunk
 
 PACKET_TYPES = 8
 #: Window slot of data packets that are not self-triggered: counted, but they feed no rate or verdict.
 NOT_SELF_TRIGGERED = -2
 SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
+#: Accumulation engines: numba kernels (the default), or the numpy reference implementation.
+COMPILED, NUMPY = "compiled", "numpy"
+ENGINES = (COMPILED, NUMPY)
+#: What the kernels read a chunk from: packet records or raw messages.
+Source = np.ndarray | Messages
+#: The kernels of this process, loaded by the first accumulator that wants them.
+KERNELS = KernelLoader()
+#: Stand-ins for what a chunk does not have (the kernel's arguments are arrays of fixed types):
+#: the pedestal window before a run has periodic triggers, raw messages, packet records.
+_NO_PEDESTAL = np.zeros((1, 1, CHANNELS_PER_CHIP, 3), np.int64)
+_NO_MESSAGES = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+_NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(12, np.int64))
+#: The packet fields the kernels read, in their argument order.
+_KERNEL_FIELDS = (
+    "io_group",
+    "io_channel",
+    "chip_id",
+    "packet_type",
+    "valid_parity",
+    "channel_id",
+    "timestamp",
+    "dataword",
+    "trigger_type",
+    "local_fifo",
+    "shared_fifo",
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,8 @@ class QualityConfig:
     noisy_rate_hz: float = 10.0
     #: Detector-wide probability of at least one false verdict per evaluation (exporter/quality/verdicts.py).
     false_alarm_probability: float = 0.01
+    #: ``compiled`` (numba kernels, loaded in the background; numpy until then) or ``numpy`` (the reference).
+    engine: str = COMPILED
     adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
     sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
 
@@ -63,6 +95,40 @@ def prefer_finite(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     if np.shape(preferred) != np.shape(fallback):
         return fallback
     return np.where(np.isfinite(preferred), preferred, fallback)
+
+
+def compiled_records(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Packet records as the kernel reads them: rows of bytes, and the byte offset of each of
+    ``_KERNEL_FIELDS`` plus the timestamp's width; other layouts (wider or signed fields) are
+    copied to ``PACKET_DTYPE`` first. One compiled signature serves every packet file format."""
+    fields: dict[str, Any] = dict(packets.dtype.fields or {})
+
+    def byte(name: str) -> bool:
+        return fields[name][0].kind == "u" and fields[name][0].itemsize == 1
+
+    usable = all(byte(n) for n in _KERNEL_FIELDS if n != "timestamp") and fields["timestamp"][0] in (
+        np.dtype("<u4"),
+        np.dtype("<u8"),
+    )
+    if not usable:
+        copy = np.zeros(len(packets), PACKET_DTYPE)
+        for name in _KERNEL_FIELDS:
+            copy[name] = packets[name]
+        packets = copy
+    fields = dict(packets.dtype.fields or {})
+    offsets = [fields[name][1] for name in _KERNEL_FIELDS] + [fields["timestamp"][0].itemsize]
+    rows = np.ascontiguousarray(packets).view(np.uint8).reshape(len(packets), packets.dtype.itemsize)
+    return rows, np.array(offsets, np.int64)
+
+
+def _warm_up() -> None:
+    """Run the kernel once on a raw message and on packet records, so that numba loads or compiles it."""
+    message = np.frombuffer(b"D" + (1_700_000_000).to_bytes(4, "little") + bytes(3) + b"S" + bytes(15), np.uint8)
+    messages = split_messages([message], np.array([1], np.uint8))
+    for source in (messages, messages.decode()):
+        acc = Accumulator(QualityConfig(engine=COMPILED))
+        stamps = source.timestamp_packets() if isinstance(source, Messages) else source
+        acc._run_kernel(source, *acc._window_slots(stamps, DataClock(), 1_700_000_000.0))
 
 
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +159,8 @@ class Accumulator:
         self, config: QualityConfig | None = None, geometry: Geometry | None = None, run_config: RunConfig | None = None
     ) -> None:
         self.config = config or QualityConfig()
+        if self.config.engine == COMPILED:
+            KERNELS.start(_warm_up)
         self.geometry = geometry
         self.run_config = run_config or RunConfig()
         self._run_rows = 0  # chip rows whose network membership and masks are cached below
@@ -269,8 +337,12 @@ class Accumulator:
                     self.geo_row[row] = -1 if found is None else found
 
     # -- time ---------------------------------------------------------------------------
-    def _window_slots(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> np.ndarray:
-        """Window slot of each packet (-1: outside its io_group's window, or no data time yet).
+    def _window_slots(
+        self, packets: np.ndarray, clock: DataClock, wall_now: float
+    ) -> tuple[Reading, np.ndarray, np.ndarray]:
+        """Read the chunk's timestamp packets and move the windows: the accepted timestamps, the window
+        slot of each (-1: outside its io_group's window) and of each io_group before the chunk; a
+        packet's slot is that of its io_group's latest accepted timestamp at or before it (``Reading.fill``).
 
         The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends
         at its own clock, restarts where that clock stepped, and, while the io_group sends
@@ -299,7 +371,7 @@ class Accumulator:
         for g, index in reading.rebased.items():  # times on the clock before the step are not in the new window
             slots[:index][reading.groups[:index] == g] = -1
             before[g] = -1
-        return reading.fill(packets["io_group"], slots, before)
+        return reading, slots, before
 
     def _bin_of(self, times: np.ndarray | float) -> np.ndarray:
         """Window bin number of data times; the one formula for packets and for the window edge."""
@@ -347,10 +419,88 @@ class Accumulator:
         self.newest_bin[g] = int(self._bin_of(self.clock.head[g]))
 
     # -- accumulation -------------------------------------------------------------------
+    def _compiled(self) -> bool:
+        """Whether this chunk goes through the compiled kernels (loaded in the background; numpy until then)."""
+        return self.config.engine == COMPILED and KERNELS.ready()
+
+    def add_chunk(self, chunk: Chunk, wall_now: float) -> None:
+        """Fold a chunk read from a file; raw messages are decoded and counted in one compiled pass."""
+        if chunk.raw is not None and chunk.records is None and self._compiled():
+            self.add_messages(chunk.raw, chunk.cursor.clock, wall_now)
+        else:
+            self.add(chunk.packets, chunk.cursor.clock, wall_now)
+
     def add(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> None:
-        """Fold a chunk of packets into the counters and windows."""
+        """Fold a chunk of packet records into the counters and windows."""
         if len(packets) == 0:
             return
+        reading, row_slots, before = self._window_slots(packets, clock, wall_now)
+        if self._compiled():
+            self._run_kernel(packets, reading, row_slots, before)
+        else:
+            self._add_numpy(packets, reading.fill(packets["io_group"], row_slots, before))
+
+    def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
+        """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass."""
+        if len(messages.starts) == 0:
+            return
+        reading, row_slots, before = self._window_slots(messages.timestamp_packets(), clock, wall_now)
+        self._run_kernel(messages, reading, row_slots, before)
+
+    def _run_kernel(self, source: Source, reading: Reading, row_slots: np.ndarray, before: np.ndarray) -> None:
+        """Run the compiled kernel over a chunk, registering chips and growing buffers where it stops."""
+        kernels = KERNELS.kernels
+        buckets = np.asarray(self.config.sync_offset_buckets_ticks, np.float64)
+        deferred = np.zeros((64, kernels.DEFERRED_COLUMNS), np.int64)
+        pos = np.zeros(5, np.int64)
+        if isinstance(source, Messages):
+            pos[1] = -1  # the first message's timestamp packet comes first
+            raw, records = (source.buffer, source.starts, source.words, source.io_groups), _NO_RECORDS
+        else:
+            raw, records = _NO_MESSAGES, compiled_records(source)
+        cur = before.astype(np.int64)
+        rows, slots = reading.rows.astype(np.int64), row_slots.astype(np.int64)
+        while True:
+            blocks, table = self.chips.tables()
+            pedestal = self.win_pedestal if self.win_pedestal is not None else _NO_PEDESTAL
+            hits = np.zeros((self.config.window_bins + 2, self._capacity, CHANNELS_PER_CHIP, 3), np.int64)
+            touched = np.zeros(len(hits), bool)
+            status = kernels.count_chunk(
+                kernels.state_arrays(self, pedestal, hits, touched), blocks, table, buckets,
+                self.win_pedestal is not None, deferred, pos, cur, rows, slots, reading.groups, *records, *raw,
+            )  # fmt: skip
+            self._fold_hits(hits, touched)
+            if status == kernels.OK:
+                break
+            if status == kernels.NEED_PEDESTAL:
+                self._pedestal_window()
+            elif status == kernels.NEED_SPACE:
+                deferred = np.concatenate([deferred, np.zeros_like(deferred)])
+            else:  # NEED_CHIP: register the new chips of the rest of the chunk, in the numpy path's order
+                rest = source.since(int(pos[0])).decode() if isinstance(source, Messages) else source[int(pos[0]) :]
+                data = rest[(rest["packet_type"] == DATA) & (rest["valid_parity"] != 0)]
+                self._register(np.stack([data["io_group"], data["io_channel"], data["chip_id"]], axis=1))
+        if pos[3]:  # parity errors whose chip was unknown when the kernel met them
+            self._add_parity_errors(*deferred[: pos[3]].T)
+        if isinstance(source, Messages):
+            source.count_unknown_words(int(pos[4]))
+
+    def _fold_hits(self, hits: np.ndarray, touched: np.ndarray) -> None:
+        """Add the kernel's counts of clean data packets to the counters and windows (``fold_hits``)."""
+        if not touched.any():
+            return
+        nb, cap = self.config.window_bins, hits.shape[1]
+        newest = self.newest_bin[:, None]
+        bin_end = ((newest - (newest - np.arange(nb)) % nb + 1) * self.config.bin_seconds).astype(np.float64)
+        row_groups = np.zeros(cap, np.int64)
+        row_groups[: len(self.chips)] = self.chips.keys[:, 0]
+        KERNELS.kernels.fold_hits(
+            hits, touched, row_groups, bin_end, self.hits_total, self.self_hits, self.chip_packets, self.win_hits,
+            self.win_adc, self.win_adc_sq, self.last_hit_end,
+        )  # fmt: skip
+
+    def _add_numpy(self, packets: np.ndarray, slots: np.ndarray) -> None:
+        """The reference implementation of ``add`` (the compiled kernels do the same, packet for packet)."""
         ptype = packets["packet_type"]
         is_data = ptype == DATA
         other = np.flatnonzero(~is_data)  # data packets are counted per chip (and per link), summed at snapshot
@@ -359,18 +509,25 @@ class Accumulator:
         )
         counts = np.bincount(type_key, minlength=IO_GROUPS * (PACKET_TYPES + 1)).reshape(IO_GROUPS, -1)
         self.packet_type_counts += counts[:, :PACKET_TYPES]
-        slots = self._window_slots(packets, clock, wall_now)
         data_rows = np.flatnonzero(is_data)
         record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
         data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)
-        data_slots = self._rate_slots(data, slots[data_rows])
-        bad = data["valid_parity"] == 0
-        if bad.any():  # clean packets only: a parity error may have corrupted any field
-            good = ~bad
-            self._add_data(data[good], data_slots[good])
-            self._add_parity_errors(data[bad], data_slots[bad])
+        valid = data["valid_parity"] != 0
+        # chips of clean packets, registered first: a parity error may have corrupted any field, so it
+        # never creates a chip, but it counts on one that this chunk's clean packets show to exist
+        rows = np.full(len(data), -1, np.int64)
+        rows[valid] = self.chips.rows_for(data["io_group"][valid], data["io_channel"][valid], data["chip_id"][valid])
+        self._fit_capacity()
+        data_slots = self._rate_slots(data, slots[data_rows], rows, valid)
+        flags = data["local_fifo"] | (data["shared_fifo"] << 2)
+        if not valid.all():
+            bad = ~valid
+            self._add_parity_errors(
+                data["io_group"][bad], data["io_channel"][bad], data["chip_id"][bad], flags[bad], data_slots[bad]
+            )
+            self._add_data(data[valid], data_slots[valid], rows[valid], flags[valid])
         else:
-            self._add_data(data, data_slots)
+            self._add_data(data, data_slots, rows, flags)
         syncs = np.flatnonzero(ptype == SYNC)
         if len(syncs):
             self._add_syncs(packets[syncs], slots[syncs])
@@ -378,10 +535,12 @@ class Accumulator:
         if len(triggers):
             self._add_triggers(packets[triggers], slots[triggers])
 
-    def _add_parity_errors(self, bad: np.ndarray, slots: np.ndarray) -> None:
+    def _add_parity_errors(
+        self, io_group: np.ndarray, io_channel: np.ndarray, chip_id: np.ndarray, flags: np.ndarray, slots: np.ndarray
+    ) -> None:
         """Count data packets with a parity error: on their chip if it is known (geometry or valid
         packets, this chunk's included), else on their io_group and io_channel; they create no chip."""
-        rows = self.chips.lookup(bad["io_group"], bad["io_channel"], bad["chip_id"])
+        rows = self.chips.lookup(io_group.astype(np.uint8), io_channel.astype(np.uint8), chip_id.astype(np.uint8))
         known = rows >= 0
         if known.any():
             cap = self._capacity
@@ -389,19 +548,17 @@ class Accumulator:
             self.chip_parity += counted
             self.chip_packets += counted
             self._add_window_flags(rows[known], slots[known], 0)
-            self._count_fifo_flags(rows[known], bad["local_fifo"][known] | (bad["shared_fifo"][known] << 2))
+            self._count_fifo_flags(rows[known], flags[known])
         unknown = ~known
         if unknown.any():
-            key = bad["io_group"][unknown].astype(np.int64) * 256 + bad["io_channel"][unknown]
+            key = io_group[unknown].astype(np.int64) * 256 + io_channel[unknown]
             self.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
 
-    def _add_data(self, data: np.ndarray, slots: np.ndarray) -> None:
-        """Per-channel and per-chip sums of valid data packets, ``slots`` being their window slots."""
+    def _add_data(self, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, flags: np.ndarray) -> None:
+        """Per-channel and per-chip sums of valid data packets (window ``slots``, chip ``rows``, FIFO ``flags``)."""
         if len(data) == 0:
             return
         io_group = data["io_group"]
-        rows = self.chips.rows_for(io_group, data["io_channel"], data["chip_id"])
-        self._fit_capacity()
         cap, nb = self._capacity, self.config.window_bins
         n_flat = cap * CHANNELS_PER_CHIP
         channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
@@ -426,7 +583,6 @@ class Accumulator:
         self.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
             IO_GROUPS, 256
         )
-        flags = data["local_fifo"] | (data["shared_fifo"] << 2)
         flagged = self._count_fifo_flags(rows, flags)
         if len(flagged):
             full = flagged[(flags[flagged] & 10) != 0]
@@ -455,9 +611,9 @@ class Accumulator:
             hit = hits[slot, :n] > 0
             last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
 
-    def _rate_slots(self, data: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Count the data packets that are not self-triggered by trigger type, fold periodic ones into the
-        pedestal window, and return the window slots of the packets that feed rates and channel statuses:
+    def _rate_slots(self, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Count the data packets that are not self-triggered by trigger type, fold clean periodic ones
+        (chip ``rows``) into the pedestal window, and return the window slots of the packets that feed rates and channel statuses:
         the self-triggered ones (-1 for the rest).
 
         External, cross and periodic triggers make every enabled channel fire whatever its health; they
@@ -476,9 +632,9 @@ class Accumulator:
         self.window_trigger_types += np.bincount(
             other_slots[inside] * size + groups[inside], minlength=self.config.window_bins * size
         ).reshape(self.window_trigger_types.shape)
-        periodic = other[trigger == PERIODIC_TRIGGER]
+        periodic = other[(trigger == PERIODIC_TRIGGER) & valid[other]]
         if len(periodic):
-            self._add_pedestals(data[periodic], slots[periodic])
+            self._add_pedestals(data[periodic], slots[periodic], rows[periodic])
         rate_slots = slots.copy()
         rate_slots[other] = NOT_SELF_TRIGGERED
         return rate_slots
@@ -489,10 +645,8 @@ class Accumulator:
             self.win_pedestal = np.zeros((self.config.window_bins, self._capacity, CHANNELS_PER_CHIP, 3), np.int64)
         return self.win_pedestal
 
-    def _add_pedestals(self, data: np.ndarray, slots: np.ndarray) -> None:
+    def _add_pedestals(self, data: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
         """Count, ADC sum and ADC sum of squares of periodic-trigger packets, per channel and window slot."""
-        rows = self.chips.rows_for(data["io_group"], data["io_channel"], data["chip_id"])
-        self._fit_capacity()
         window = self._pedestal_window()
         inside = np.flatnonzero(slots >= 0)
         flat = window.shape[1] * CHANNELS_PER_CHIP

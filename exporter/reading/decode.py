@@ -69,17 +69,144 @@ def decode_larpix_words(word: np.ndarray, out: np.ndarray) -> None:
 
 
 def concatenate_messages(msgs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Join variable-length messages into one byte buffer; return it and the row lengths."""
+    """Join variable-length messages into one byte buffer, zero-padded to whole 8-byte words;
+    return it and the row lengths."""
     if len(msgs) == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.int64)
     try:
         lengths = np.fromiter(map(len, msgs), dtype=np.int64, count=len(msgs))
-        buffer = np.concatenate(msgs).astype(np.uint8, copy=False)
+        total = int(lengths.sum())
+        buffer = np.zeros(total + -total % 8, np.uint8)
+        np.concatenate(msgs, out=buffer[:total], casting="same_kind")
     except (AttributeError, ValueError, TypeError) as err:
         raise PacmanDecodeError(f"messages must be 1-D uint8 arrays: {err}") from err
-    if buffer.ndim != 1:
-        raise PacmanDecodeError("messages must be 1-D uint8 arrays")
     return buffer, lengths
+
+
+class Messages:
+    """A chunk of PACMAN data messages in one byte buffer (malformed ones left out and counted):
+    where each starts, how many 16-byte words follow its 8-byte header, and its io_group.
+
+    Words of unknown type are counted by whoever decodes the words first (``decode``, or the
+    compiled accumulation through ``count_unknown_words``), else on demand.
+    """
+
+    def __init__(
+        self, buffer: np.ndarray, starts: np.ndarray, words: np.ndarray, io_groups: np.ndarray, bad_messages: int
+    ) -> None:
+        self.buffer = buffer  # uint8, zero-padded to whole 8-byte words; messages start on 8-byte boundaries
+        self.starts = starts  # int64
+        self.words = words  # int64
+        self.io_groups = io_groups  # uint8
+        self.bad_messages = bad_messages
+        self._unknown_words: int | None = None
+
+    @property
+    def unknown_words(self) -> int:
+        """Words of a type that is neither data, trigger nor sync (skipped)."""
+        if self._unknown_words is None:
+            kinds = self.buffer[self.word_offsets()]
+            known = (kinds == WORD_DATA) | (kinds == WORD_TRIGGER) | (kinds == WORD_SYNC)
+            self._unknown_words = int(len(kinds) - np.count_nonzero(known))
+        return self._unknown_words
+
+    def count_unknown_words(self, count: int) -> None:
+        """Take the count of unknown words from a decoder that has seen every word."""
+        self._unknown_words = count
+
+    @property
+    def size(self) -> int:
+        """Packets these messages decode to: a timestamp packet each, plus their known words."""
+        return len(self.starts) + int(self.words.sum()) - self.unknown_words
+
+    def timestamps(self) -> np.ndarray:
+        """(messages,) uint32: each message's timestamp (header bytes 1-4)."""
+        at = self.starts[:, None] + np.arange(1, 5)
+        return np.ascontiguousarray(self.buffer[at]).view("<u4").reshape(-1)
+
+    def timestamp_packets(self) -> np.ndarray:
+        """The messages' timestamp packets alone, one per message, in order (what the data clock reads)."""
+        packets = np.zeros(len(self.starts), PACKET_DTYPE)
+        packets["io_group"] = self.io_groups
+        packets["packet_type"] = TIMESTAMP
+        packets["timestamp"] = self.timestamps()
+        return packets
+
+    def since(self, message: int) -> Messages:
+        """The messages from index ``message`` on."""
+        return Messages(self.buffer, self.starts[message:], self.words[message:], self.io_groups[message:], 0)
+
+    def word_offsets(self) -> np.ndarray:
+        """Byte offset in ``buffer`` of every word, message by message."""
+        total = int(self.words.sum())
+        before = np.zeros(len(self.words), np.int64)
+        np.cumsum(self.words[:-1], out=before[1:])
+        index = np.arange(total, dtype=np.int64) - np.repeat(before, self.words)
+        return np.repeat(self.starts + HEADER_BYTES, self.words) + WORD_BYTES * index
+
+    def decode(self) -> np.ndarray:
+        """The packet records, as ``decode_messages`` gives them (the numpy reference decoder)."""
+        n_msgs = len(self.starts)
+        offsets = self.word_offsets()
+        raw_words = self.buffer[offsets[:, None] + np.arange(WORD_BYTES)]
+        words = raw_words.view(_WORD_VIEW).reshape(-1)
+        word_msg = np.repeat(np.arange(n_msgs), self.words)
+        kind = words["kind"]
+        is_data, is_trig, is_sync = kind == WORD_DATA, kind == WORD_TRIGGER, kind == WORD_SYNC
+        known = is_data | is_trig | is_sync
+        self._unknown_words = int(len(known) - np.count_nonzero(known))
+        if not known.all():
+            words, word_msg, raw_words = words[known], word_msg[known], raw_words[known]
+            is_data, is_trig, is_sync = is_data[known], is_trig[known], is_sync[known]
+
+        # Word rows, decoded as data words; trigger and sync words (zero LArPix bytes) fixed after.
+        body = np.zeros(len(words), PACKET_DTYPE)
+        decode_larpix_words(np.ascontiguousarray(raw_words[:, 8:]).view("<u8").reshape(-1), body)
+        body["io_group"] = self.io_groups[word_msg]
+        body["io_channel"] = np.where(is_data, words["byte1"], 0)
+        body["receipt_timestamp"] = np.where(is_data, words["receipt"], 0)
+        for mask, ptype in ((is_trig, TRIGGER), (is_sync, SYNC)):
+            rows = np.flatnonzero(mask)
+            if len(rows):
+                body["packet_type"][rows] = ptype
+                body["trigger_type"][rows] = words["byte1"][rows]
+                body["timestamp"][rows] = words["time"][rows]
+                body["valid_parity"][rows] = 0
+                if ptype == SYNC:
+                    body["dataword"][rows] = words["byte2"][rows] & 1
+
+        # Interleave: each message's timestamp packet, then its words.
+        packets = np.zeros(n_msgs + len(words), PACKET_DTYPE)
+        words_before = np.zeros(n_msgs, np.int64)
+        np.cumsum(np.bincount(word_msg, minlength=n_msgs)[:-1], out=words_before[1:])
+        ts_rows = np.arange(n_msgs) + words_before
+        record = np.dtype((np.void, PACKET_DTYPE.itemsize))  # whole-record copies: far faster than field by field
+        packets.view(record)[np.arange(len(words)) + word_msg + 1] = body.view(record)
+        packets["io_group"][ts_rows] = self.io_groups
+        packets["packet_type"][ts_rows] = TIMESTAMP
+        packets["timestamp"][ts_rows] = self.timestamps()
+        return packets
+
+
+def split_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Messages:
+    """Join PACMAN messages (one uint8 array each) received on ``io_groups`` into ``Messages``.
+
+    Messages that are not data messages or whose length is not 8 + 16·n bytes are left out
+    and counted in ``bad_messages``; words of unknown type in ``unknown_words``.
+    """
+    buffer, lengths = concatenate_messages(msgs)
+    if (lengths % 8).any():  # keep every message on an 8-byte boundary: the compiled decoder loads whole words
+        buffer, _ = concatenate_messages([m for m, n in zip(msgs, lengths.tolist()) if n % 8 == 0])
+        lengths = np.where(lengths % 8, 0, lengths)  # (malformed anyway: counted as bad messages)
+    io_groups = np.asarray(io_groups, dtype=np.uint8)
+    if io_groups.shape != lengths.shape:
+        raise PacmanDecodeError(f"{len(lengths)} messages but {io_groups.shape[0]} io_group header entries")
+    starts = np.zeros(len(lengths), np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    good = (lengths >= HEADER_BYTES) & ((lengths - HEADER_BYTES) % WORD_BYTES == 0)
+    good[good] &= buffer[starts[good]] == MSG_TYPE_DATA
+    bad_messages = int(len(lengths) - np.count_nonzero(good))
+    return Messages(buffer, starts[good], (lengths[good] - HEADER_BYTES) // WORD_BYTES, io_groups[good], bad_messages)
 
 
 def decode_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> DecodeResult:
@@ -88,60 +215,6 @@ def decode_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Decode
     Messages that are not data messages or whose length is not 8 + 16·n bytes are skipped
     and counted in ``bad_messages``; words of unknown type in ``unknown_words``.
     """
-    buffer, lengths = concatenate_messages(msgs)
-    io_groups = np.asarray(io_groups, dtype=np.uint8)
-    if io_groups.shape != lengths.shape:
-        raise PacmanDecodeError(f"{len(lengths)} messages but {io_groups.shape[0]} io_group header entries")
-    starts = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    good = (lengths >= HEADER_BYTES) & ((lengths - HEADER_BYTES) % WORD_BYTES == 0)
-    good[good] &= buffer[starts[good]] == MSG_TYPE_DATA
-    bad_messages = int(len(lengths) - good.sum())
-    keep = np.repeat(good, lengths)
-    starts, lengths, io_groups = starts[good], lengths[good], io_groups[good]
-    n_msgs = len(starts)
-
-    # Words: every byte of the good messages except their 8-byte headers, 16 bytes a row.
-    header_at = (starts[:, None] + np.arange(HEADER_BYTES)).reshape(-1)
-    header_bytes = buffer[header_at].reshape(n_msgs, HEADER_BYTES)
-    keep[header_at] = False
-    raw_words = buffer[keep].reshape(-1, WORD_BYTES)
-    words = raw_words.view(_WORD_VIEW).reshape(-1)
-    n_words = (lengths - HEADER_BYTES) // WORD_BYTES
-    word_msg = np.repeat(np.arange(n_msgs), n_words)
-
-    kind = words["kind"]
-    is_data, is_trig, is_sync = kind == WORD_DATA, kind == WORD_TRIGGER, kind == WORD_SYNC
-    known = is_data | is_trig | is_sync
-    unknown_words = int(len(words) - np.count_nonzero(known))
-    if unknown_words:
-        words, word_msg, raw_words = words[known], word_msg[known], raw_words[known]
-        is_data, is_trig, is_sync = is_data[known], is_trig[known], is_sync[known]
-
-    # Word rows, decoded as data words; trigger and sync words (zero LArPix bytes) fixed after.
-    body = np.zeros(len(words), PACKET_DTYPE)
-    decode_larpix_words(np.ascontiguousarray(raw_words[:, 8:]).view("<u8").reshape(-1), body)
-    body["io_group"] = io_groups[word_msg]
-    body["io_channel"] = np.where(is_data, words["byte1"], 0)
-    body["receipt_timestamp"] = np.where(is_data, words["receipt"], 0)
-    for mask, ptype in ((is_trig, TRIGGER), (is_sync, SYNC)):
-        rows = np.flatnonzero(mask)
-        if len(rows):
-            body["packet_type"][rows] = ptype
-            body["trigger_type"][rows] = words["byte1"][rows]
-            body["timestamp"][rows] = words["time"][rows]
-            body["valid_parity"][rows] = 0
-            if ptype == SYNC:
-                body["dataword"][rows] = words["byte2"][rows] & 1
-
-    # Interleave: each message's timestamp packet, then its words.
-    packets = np.zeros(n_msgs + len(words), PACKET_DTYPE)
-    words_before = np.zeros(n_msgs, np.int64)
-    np.cumsum(np.bincount(word_msg, minlength=n_msgs)[:-1], out=words_before[1:])
-    ts_rows = np.arange(n_msgs) + words_before
-    record = np.dtype((np.void, PACKET_DTYPE.itemsize))  # whole-record copies: far faster than field by field
-    packets.view(record)[np.arange(len(words)) + word_msg + 1] = body.view(record)
-    packets["io_group"][ts_rows] = io_groups
-    packets["packet_type"][ts_rows] = TIMESTAMP
-    packets["timestamp"][ts_rows] = np.ascontiguousarray(header_bytes[:, 1:5]).view("<u4").reshape(-1)
-    return DecodeResult(packets, bad_messages, unknown_words)
+    messages = split_messages(msgs, io_groups)
+    packets = messages.decode()
+    return DecodeResult(packets, messages.bad_messages, messages.unknown_words)

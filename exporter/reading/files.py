@@ -10,13 +10,15 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
-from exporter.reading.decode import decode_messages
+from exporter.reading.decode import Messages, split_messages
 from exporter.reading.packets import REQUIRED_FIELDS
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAW, PACKETS = "raw", "packets"
+#: Rows as read: packet records, raw messages split into ``Messages``, or (the last rows) messages and io_groups.
+Rows = Any
 #: Rows at the end of a file that look unwritten (all-zero packets, empty messages) are held
 #: back this long, in case the writer has grown the dataset but not yet filled it.
 HOLD_SECONDS = 10.0
@@ -40,15 +44,40 @@ class SourceError(Exception):
 
 @dataclass
 class Chunk:
-    """New packets from one file; ``rows_end`` is the cursor position once they are counted."""
+    """New packets from one file, as packet records or as raw PACMAN messages (decoded only when
+    ``packets`` is asked for); ``rows_end`` is the cursor position once they are counted."""
 
     cursor: FileCursor
-    packets: np.ndarray
     rows_end: int
     kind: str
-    messages: int
-    bad_messages: int = 0
-    unknown_words: int = 0
+    records: np.ndarray | None = None
+    raw: Messages | None = None
+
+    @property
+    def messages(self) -> int:
+        """Raw messages read (malformed ones included); 0 for packet files."""
+        return 0 if self.raw is None else len(self.raw.starts) + self.raw.bad_messages
+
+    @property
+    def bad_messages(self) -> int:
+        return 0 if self.raw is None else self.raw.bad_messages
+
+    @property
+    def unknown_words(self) -> int:
+        return 0 if self.raw is None else self.raw.unknown_words
+
+    @property
+    def size(self) -> int:
+        """Number of packets, without decoding raw messages."""
+        return len(self.records) if self.records is not None else self.raw.size if self.raw is not None else 0
+
+    @cached_property
+    def packets(self) -> np.ndarray:
+        """The packet records (raw messages decoded on first use, by the numpy reference decoder)."""
+        if self.records is not None:
+            return self.records
+        assert self.raw is not None
+        return self.raw.decode()
 
 
 def classify_os_error(err: BaseException) -> str:
@@ -125,6 +154,7 @@ class FileReader:
     def __init__(self, chunk_rows: int = 1_000_000, raw_chunk_messages: int = 100_000) -> None:
         self.chunk_rows = chunk_rows
         self.raw_chunk_messages = raw_chunk_messages
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
 
     def read_new(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
         """Yield chunks of new packets; raise SourceError when the file cannot be read."""
@@ -151,37 +181,65 @@ class FileReader:
         dset.id.refresh()
         return len(dset)
 
+    def _fetch(self, fh: h5py.File, kind: str, start: int, end: int, last: bool) -> Rows:
+        """Rows ``start:end`` as read from the file: packet records, or raw messages and their io_groups,
+        split into ``Messages`` unless they are the last rows (whose unwritten tail is decided first)."""
+        if kind != RAW:
+            return fh["packets"][start:end]
+        msgs = fh["msgs"][start:end]
+        io_groups = fh["msg_headers"].fields("io_groups")[start:end]
+        return (msgs, io_groups) if last else split_messages(msgs, io_groups)
+
     def _read_rows(self, fh: h5py.File, cursor: FileCursor, kind: str, now: float) -> Iterator[Chunk]:
+        """Chunks from the cursor to the end; the next chunk is read in a thread while the caller counts
+        this one (reading and the compiled counting, which releases the GIL, overlap on two cores)."""
         length = self._length(fh, kind)
         if length < cursor.rows_done:
             raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
-        step = self.raw_chunk_messages if kind == RAW else self.chunk_rows
+        # Raw chunks are bounded by messages and, once their length is known, by packets (chunk_rows).
+        step = min(self.raw_chunk_messages, max(1, self.chunk_rows // 64)) if kind == RAW else self.chunk_rows
         start = cursor.rows_done
-        while start < length:
-            end = min(start + step, length)
-            if kind == RAW:
-                msgs = fh["msgs"][start:end]
-                io_groups = fh["msg_headers"]["io_groups"][start:end]
-            else:
-                msgs = fh["packets"][start:end]
-            if end == length:
-                held = _unwritten_tail(kind, msgs)
-                if held and (cursor.held_since is None or now - cursor.held_since < HOLD_SECONDS):
-                    cursor.held_since = cursor.held_since or now
-                    end -= held
-                    msgs = msgs[: len(msgs) - held]
-                    if kind == RAW:
-                        io_groups = io_groups[: len(msgs)]
-                else:
-                    cursor.held_since = None
-            if end <= start:
-                return
-            if kind == RAW:
-                result = decode_messages(msgs, io_groups)
-                yield Chunk(cursor, result.packets, end, RAW, end - start, result.bad_messages, result.unknown_words)
-            else:
-                yield Chunk(cursor, msgs, end, PACKETS, 0)
-            start = end
+        end = min(start + step, length)
+        rows: Rows = self._fetch(fh, kind, start, end, end == length) if start < length else None
+        pending: Future[Rows] | None = None
+        try:
+            while start < length:
+                if pending is not None:
+                    rows, pending = pending.result(), None
+                if end == length:
+                    rows, end = self._hold_unwritten(cursor, kind, rows, start, end, now)
+                if end <= start:
+                    return
+                chunk = Chunk(cursor, end, kind, records=rows) if kind != RAW else Chunk(cursor, end, RAW, raw=rows)
+                if kind == RAW:
+                    per_message = max(1.0, (len(rows.starts) + int(rows.words.sum())) / max(1, end - start))
+                    step = max(1, min(self.raw_chunk_messages, int(self.chunk_rows / per_message)))
+                start, end = end, min(end + step, length)
+                if start < length:
+                    pending = self._prefetch.submit(self._fetch, fh, kind, start, end, end == length)
+                yield chunk
+        finally:
+            if pending is not None:  # the caller stopped early: let the read finish before the file closes
+                pending.exception()
+
+    @staticmethod
+    def _hold_unwritten(
+        cursor: FileCursor, kind: str, rows: Rows, start: int, end: int, now: float
+    ) -> tuple[Rows, int]:
+        """The last rows without those that look unwritten (held back up to ``HOLD_SECONDS``), and their end."""
+        if kind != RAW:
+            rows = (rows, None)
+        msgs, io_groups = rows
+        held = _unwritten_tail(kind, msgs)
+        if held and (cursor.held_since is None or now - cursor.held_since < HOLD_SECONDS):
+            cursor.held_since = cursor.held_since or now
+            end -= held
+            msgs = msgs[: len(msgs) - held]
+        else:
+            cursor.held_since = None
+        if io_groups is None:
+            return msgs, end
+        return split_messages(msgs, io_groups[: len(msgs)]), end
 
 
 class FileReplaced(Exception):

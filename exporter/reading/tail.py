@@ -199,7 +199,7 @@ class DirectoryTail:
             for chunk in self._read(cursor, time.time()):
                 consume(chunk)
                 chunk.cursor.rows_done = chunk.rows_end
-                total += len(chunk.packets)
+                total += chunk.size
                 if stop is not None and stop():
                     return total
         return total

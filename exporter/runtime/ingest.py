@@ -136,13 +136,13 @@ class Ingester:
             except RunConfigError as err:
                 self.health.count_read_error("configs")
                 self.monitor.log_event("warning", str(err), reason="configs", file=chunk.cursor.path)
-        self.monitor.feed(chunk.packets, chunk.cursor.clock, now)
+        self.monitor.feed_chunk(chunk, now)
         h = self.health
-        h.packets_ingested[chunk.kind] += len(chunk.packets)
+        h.packets_ingested[chunk.kind] += chunk.size
         h.messages_ingested += chunk.messages
         h.decode_errors["bad_message"] += chunk.bad_messages
         h.decode_errors["unknown_word"] += chunk.unknown_words
-        if len(chunk.packets):
+        if chunk.size:
             h.last_ingest_wall = now
         for listener in self.listeners:
             try:

@@ -118,8 +118,8 @@ def process_file(
     health = Health()
 
     def consume(chunk: Chunk) -> None:
-        accumulator.add(chunk.packets, chunk.cursor.clock, time.time())
-        health.packets_ingested[chunk.kind] += len(chunk.packets)
+        accumulator.add_chunk(chunk, time.time())
+        health.packets_ingested[chunk.kind] += chunk.size
         health.decode_errors["bad_message"] += chunk.bad_messages
         health.decode_errors["unknown_word"] += chunk.unknown_words
         if on_chunk is not None:

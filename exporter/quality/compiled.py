@@ -1,0 +1,271 @@
+"""Compiled accumulation: one numba pass per chunk that decodes and counts every packet.
+
+``count_chunk`` does, packet for packet and counter for counter, what ``Accumulator``'s numpy
+path does (the reference implementation; ``tests/test_compiled.py`` compares them). Raw PACMAN
+messages are decoded and counted in the same pass, never materialised as packet records.
+
+It is one function with one copy of the counting code for both sources: numba would pass a
+helper's 21 arrays with reference counting on every packet (about 130 ns each), and cannot
+inline a function of that many arguments.
+
+The kernel stops early (returning a ``NEED_*`` code and its position in ``pos``) when Python has
+to act first: register a new chip, make the pedestal window, or grow the buffer of parity-error
+packets whose chip is not known yet; it then resumes where it stopped, so every packet is
+counted once. Compiled code is cached on disk (numba's ``cache=True``); ``loader.KernelLoader``
+loads or compiles it in a background thread, and the accumulator uses the numpy path until then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+OK, NEED_CHIP, NEED_PEDESTAL, NEED_SPACE = range(4)
+
+# Packet types and codes (exporter/reading/packets.py, exporter/reading/decode.py), as literals numba folds.
+_DATA, _TIMESTAMP, _SYNC, _TRIGGER = 0, 4, 6, 7
+_PERIODIC = 3
+_WORD_DATA, _WORD_TRIGGER, _WORD_SYNC = 68, 84, 83  # 'D', 'T', 'S'
+_SYNC_S, _SYNC_H, _SYNC_C = 83, 72, 67
+_TICKS_PER_SYNC = 10_000_000
+_EXTERNAL_BIT = 2
+#: Columns of a deferred parity-error packet: io_group, io_channel, chip_id, FIFO flags, window slot.
+DEFERRED_COLUMNS = 5
+
+
+@njit(cache=True, nogil=True)
+def count_chunk(
+    state, blocks, table, buckets, has_pedestal, deferred, pos, cur, rows, slots, groups, records,
+    offsets, buffer, starts, words, msg_groups,
+):  # fmt: skip
+    """Count a chunk: packet ``records`` (rows of bytes; ``offsets`` of the ``RECORD_FIELDS`` in a row,
+    all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
+    raw messages (``starts`` into ``buffer``, ``words`` 16-byte words each after the 8-byte header,
+    ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
+
+    Clean data packets are counted into ``hits`` (window slot + 2, chip row, channel: count, ADC sum,
+    ADC sum of squares; one cache line a packet) and folded into the accumulator's arrays after the
+    kernel returns (``Accumulator._fold_hits``): a packet's counters, spread over six arrays, would
+    cost six cache misses.
+
+    ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
+    accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each io_group's window slot,
+    moved at the accepted timestamp rows (packet rows, or messages) to ``slots``.
+    """
+    (
+        type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
+        window_io_group, trigger_type_counts, window_trigger_types, chip_parity, chip_packets, chip_fifo, win_flags,
+        win_pedestal, hits, touched,
+    ) = state  # fmt: skip
+    (
+        at_group, at_channel, at_chip, at_type, at_parity, at_channel_id, at_time, at_adc, at_trig, at_local,
+        at_shared, time_bytes,
+    ) = offsets  # fmt: skip
+    raw = len(starts) > 0
+    # messages start on 8-byte boundaries and the buffer ends on one (``split_messages``): whole-word loads
+    words64, words32 = buffer.view(np.uint64), buffer.view(np.uint32)
+    n = len(starts) if raw else len(records)
+    i, w, j = pos[0], pos[1], pos[2]
+    while i < n:
+        # -- the packet at (i, w): its fields ------------------------------------------------
+        if raw:
+            g = np.int64(msg_groups[i])
+            c = chip = channel = adc = trig = fifo = 0
+            ticks = np.int64(0)
+            valid = False
+            if w < 0:
+                ptype = _TIMESTAMP
+            elif w >= words[i]:
+                i += 1
+                w = -1
+                continue
+            else:
+                o = starts[i] + 8 + 16 * w
+                kind = buffer[o]
+                if kind == _WORD_DATA:
+                    word = words64[(o + 8) >> 3]
+                    parity = word ^ (word >> np.uint64(32))
+                    parity ^= parity >> np.uint64(16)
+                    parity ^= parity >> np.uint64(8)
+                    parity ^= parity >> np.uint64(4)
+                    parity ^= parity >> np.uint64(2)
+                    parity ^= parity >> np.uint64(1)
+                    valid = (parity & np.uint64(1)) != 0
+                    ptype = np.int64(word & np.uint64(3))
+                    c = np.int64(buffer[o + 1])
+                    chip = np.int64((word >> np.uint64(2)) & np.uint64(255))
+                    channel = np.int64((word >> np.uint64(10)) & np.uint64(63))
+                    adc = np.int64((word >> np.uint64(48)) & np.uint64(255))
+                    trig = np.int64((word >> np.uint64(56)) & np.uint64(3))
+                    fifo = np.int64((word >> np.uint64(58)) & np.uint64(15))
+                elif kind == _WORD_TRIGGER or kind == _WORD_SYNC:
+                    ptype = _TRIGGER if kind == _WORD_TRIGGER else _SYNC
+                    trig = np.int64(buffer[o + 1])
+                    ticks = np.int64(words32[(o + 4) >> 2])
+                else:  # a word of unknown type: counted, no packet
+                    pos[4] += 1
+                    w += 1
+                    continue
+        else:
+            row_bytes = records[i]
+            g = np.int64(row_bytes[at_group])
+            c, chip, channel = (
+                np.int64(row_bytes[at_channel]),
+                np.int64(row_bytes[at_chip]),
+                np.int64(row_bytes[at_channel_id]),
+            )
+            ptype, valid = np.int64(row_bytes[at_type]), row_bytes[at_parity] != 0
+            adc, trig = np.int64(row_bytes[at_adc]), np.int64(row_bytes[at_trig])
+            fifo = (np.int64(row_bytes[at_local]) | (np.int64(row_bytes[at_shared]) << 2)) & 255
+            ticks = np.int64(0)
+            if ptype == _SYNC:  # the only packets whose timestamp is counted
+                for b in range(time_bytes):
+                    ticks |= np.int64(row_bytes[at_time + b]) << (8 * b)
+        if w < 0 or not raw:  # a packet row, or a message's timestamp: the accepted ones move the windows
+            while j < len(rows) and rows[j] <= i:
+                cur[groups[j]] = slots[j]
+                j += 1
+        s = cur[g]
+
+        # -- count it (a NEED_* return changes nothing) ---------------------------------------
+        if ptype != _DATA:
+            if ptype < 8:
+                type_counts[g, ptype] += 1
+            if ptype == _SYNC:
+                if trig == _SYNC_S:
+                    sync_counts[g, 0] += 1
+                    offset = ticks - _TICKS_PER_SYNC
+                    bucket = 0
+                    while bucket < len(buckets) and buckets[bucket] < offset:
+                        bucket += 1
+                    sync_offset_counts[g, bucket] += 1
+                    sync_offset_sum[g] += offset
+                    if s >= 0:
+                        window_io_group[s, g, 0] += 1
+                elif trig == _SYNC_H:
+                    sync_counts[g, 1] += 1
+                elif trig == _SYNC_C:
+                    sync_counts[g, 2] += 1
+            elif ptype == _TRIGGER and trig & _EXTERNAL_BIT:
+                trigger_counts[g] += 1
+                if s >= 0:
+                    window_io_group[s, g, 1] += 1
+        else:
+            kind = trig & 3
+            row = -1
+            block = blocks[g]
+            if block >= 0:
+                row = table[(np.int64(block) << 16) | (c << 8) | chip]
+            if valid and row < 0:
+                pos[0], pos[1], pos[2] = i, w, j
+                return NEED_CHIP
+            if valid and kind == _PERIODIC and s >= 0 and not has_pedestal:
+                pos[0], pos[1], pos[2] = i, w, j
+                return NEED_PEDESTAL
+            if not valid and row < 0 and pos[3] >= len(deferred):
+                pos[0], pos[1], pos[2] = i, w, j
+                return NEED_SPACE
+            rate_slot = s
+            if kind != 0:  # not self-triggered: counted, but feeds no rate and no verdict
+                trigger_type_counts[g, kind] += 1
+                if s >= 0:
+                    window_trigger_types[s, g, kind] += 1
+                rate_slot = -2
+            if not valid:  # a parity error may have corrupted any field: counted, nothing more
+                if row < 0:  # its chip may still appear in this chunk: decided after it
+                    k = pos[3]
+                    deferred[k, 0] = g
+                    deferred[k, 1] = c
+                    deferred[k, 2] = chip
+                    deferred[k, 3] = fifo
+                    deferred[k, 4] = rate_slot
+                    pos[3] = k + 1
+                else:
+                    chip_parity[row] += 1
+                    chip_packets[row] += 1
+                    if rate_slot >= 0:
+                        win_flags[rate_slot, row, 0] += 1
+                    for bit in range(4):
+                        if fifo & (1 << bit):
+                            chip_fifo[row, bit] += 1
+            else:
+                ch = channel & 63
+                key = rate_slot + 2  # 0: not self-triggered, 1: outside the window, 2...: window slot
+                hits[key, row, ch, 0] += 1
+                touched[key] = True
+                adc_counts[g, adc] += 1
+                if rate_slot >= 0:
+                    hits[key, row, ch, 1] += adc
+                    hits[key, row, ch, 2] += adc * adc
+                if fifo:
+                    if rate_slot >= 0 and fifo & 10:
+                        win_flags[rate_slot, row, 1] += 1
+                    for bit in range(4):
+                        if fifo & (1 << bit):
+                            chip_fifo[row, bit] += 1
+                if kind == _PERIODIC and s >= 0:
+                    win_pedestal[s, row, ch, 0] += 1
+                    win_pedestal[s, row, ch, 1] += adc
+                    win_pedestal[s, row, ch, 2] += adc * adc
+        if raw:
+            w += 1
+        else:
+            i += 1
+    pos[0], pos[1], pos[2] = i, w, j
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def fold_hits(
+    hits, touched, row_groups, bin_end, hits_total, self_hits, chip_packets, win_hits, win_adc, win_adc_sq, last_hit_end
+):  # fmt: skip
+    """Add a chunk's ``hits`` (see ``count_chunk``) to the accumulator's per-channel arrays, as the
+    numpy path's ``_add_data`` does: all-time and self-triggered counts, window sums, and each
+    channel's last-hit time (end of the newest window bin with a hit, ``bin_end[io_group, slot]``)."""
+    for key in range(len(touched)):
+        if not touched[key]:
+            continue
+        slot = key - 2
+        for row in range(hits.shape[1]):
+            g = row_groups[row]
+            for ch in range(hits.shape[2]):
+                n = hits[key, row, ch, 0]
+                if n == 0:
+                    continue
+                hits_total[row, ch] += n
+                chip_packets[row] += n
+                if key != 0:
+                    self_hits[row, ch] += n
+                if slot >= 0:
+                    win_hits[slot, row, ch] += n
+                    win_adc[slot, row, ch] += hits[key, row, ch, 1]
+                    win_adc_sq[slot, row, ch] += hits[key, row, ch, 2]
+                    end = bin_end[g, slot]
+                    if not last_hit_end[row, ch] >= end:
+                        last_hit_end[row, ch] = end
+
+
+def state_arrays(acc: Any, pedestal: np.ndarray, hits: np.ndarray, touched: np.ndarray) -> tuple:
+    """The arrays the kernel counts into, in its order (``pedestal``: the pedestal window, or a
+    stand-in before there is one; ``hits`` and ``touched``: the chunk's clean data packets)."""
+    return (
+        acc.packet_type_counts,
+        acc.sync_counts,
+        acc.trigger_counts,
+        acc.sync_offset_counts,
+        acc.sync_offset_sum,
+        acc.adc_counts,
+        acc.link_parity,
+        acc.window_io_group,
+        acc.trigger_type_counts,
+        acc.window_trigger_types,
+        acc.chip_parity,
+        acc.chip_packets,
+        acc.chip_fifo,
+        acc.win_flags,
+        pedestal,
+        hits,
+        touched,
+    )
