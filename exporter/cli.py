@@ -22,6 +22,7 @@ import typer
 from exporter import __version__
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
 from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
+from exporter.quality.accumulator import COMPILED, ENGINES
 from exporter.quality.checks import ChecksConfigError
 from exporter.quality.reference import ReferenceFileError
 from exporter.runtime.checkpoint import CheckpointError
@@ -325,6 +326,9 @@ def once(
     network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
     disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
     run_mode: Annotated[str, typer.Option("--run-mode", help=RUN_MODE_HELP)] = "auto",
+    ingest_engine: Annotated[
+        str, typer.Option("--ingest-engine", help=f"How packets are counted: {' or '.join(ENGINES)} (the reference).")
+    ] = COMPILED,
 ) -> None:
     """Process one whole file: print its summary; with -o also write it, its metrics and its plots.
 
@@ -337,11 +341,15 @@ def once(
     try:
         geo = resolve_geometry(geometry)
         run_config = RunConfig.load(network, disabled_list, run_mode)
+        if ingest_engine not in ENGINES:
+            raise RunConfigError(f"--ingest-engine {ingest_engine!r}: expected one of {', '.join(ENGINES)}")
         settings = None if no_plots else _plot_settings(output, ext, plots, 0.0, plugin_dir, latest=False)
     except (GeometryError, PlotConfigError, RunConfigError) as err:
         _fail(str(err))
     try:
-        result, written = _once_with_progress(file, geo, _checked("window", window), settings, run_config)
+        result, written = _once_with_progress(
+            file, geo, _checked("window", window), settings, run_config, ingest_engine
+        )
     except PlotConfigError as err:
         _fail(str(err))
     summary, metrics_text = result.summary()
@@ -359,12 +367,12 @@ def once(
     typer.echo(json.dumps(summary["totals"], indent=1))
 
 
-def _once_with_progress(file: Path, geo, window: float, settings, run_config: RunConfig):
+def _once_with_progress(file: Path, geo, window: float, settings, run_config: RunConfig, ingest_engine: str):
     """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures))."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from exporter.quality.accumulator import Accumulator
+    from exporter.quality.accumulator import Accumulator, QualityConfig
     from exporter.runtime.once import file_rows, process_file
     from plots.engine import PlotEngine
 
@@ -375,14 +383,22 @@ def _once_with_progress(file: Path, geo, window: float, settings, run_config: Ru
         reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
         on_chunk = None
         if engine is not None:
-            empty = Accumulator(geometry=geo).snapshot()  # the plots' update() reads packets, not statistics
+            empty = Accumulator(
+                QualityConfig(engine=ingest_engine), geo
+            ).snapshot()  # the plots' update() reads packets, not statistics
             key = (str(file), 0)
 
             def on_chunk(chunk) -> None:
                 engine.update(key, chunk.packets, empty)
 
         result = process_file(
-            str(file), geo, window, on_chunk, lambda rows: progress.update(reading, completed=rows), run_config
+            str(file),
+            geo,
+            window,
+            on_chunk,
+            lambda rows: progress.update(reading, completed=rows),
+            run_config,
+            ingest_engine,
         )
         if engine is None or result.errors:  # nothing to draw, or a file that could not be read
             return result, None

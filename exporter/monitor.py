@@ -25,7 +25,7 @@ import numpy as np
 
 from exporter.detector.geometry import Geometry, load_geometry
 from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
-from exporter.quality.accumulator import Accumulator, QualityConfig
+from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
 from exporter.quality.checks import (
     DEFAULT_CHECKS,
     Check,
@@ -110,13 +110,16 @@ class Monitor:
         networks: Iterable[str | os.PathLike] = (),
         disabled_lists: Iterable[str | os.PathLike] = (),
         run_mode: str = "auto",
+        ingest_engine: str = COMPILED,
     ) -> None:
         if geometry is not None and not isinstance(geometry, Geometry):
             geometry = load_geometry(geometry)
         self.geometry = geometry
         run_config = RunConfig.load([str(p) for p in networks], [str(p) for p in disabled_lists], run_mode)
         self.accumulator = Accumulator(
-            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability), geometry, run_config
+            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability, ingest_engine),
+            geometry,
+            run_config,
         )
         if isinstance(checks, (str, os.PathLike)):
             self.checks = load_checks(str(checks))

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from exporter.detector.runconfig import RUN_MODES
+from exporter.quality.accumulator import ENGINES
 
 DEFAULT_PORT = 9767
 ENV_PREFIX = "LARPIX_DQM_"
@@ -182,6 +183,13 @@ class Settings:
         "the check set to judge with; auto: from the mix of trigger types in the window",
         flags=("--run-mode",),
         choices=RUN_MODES,
+    )
+    ingest_engine: str = option(
+        "compiled",
+        "how packets are counted: compiled (numba kernels, loaded in the background, numpy until then) or numpy "
+        "(the reference implementation, counter for counter the same)",
+        flags=("--ingest-engine",),
+        choices=ENGINES,
     )
     chunk_rows: int = option(1_000_000, "rows read from a file at a time (bounds memory)", metavar="N", minimum=1)
     log_level: str = option(

@@ -409,4 +409,9 @@ class FamilyBuilder:
             Family("larpix_exporter_checkpoint_errors", "counter", "Checkpoint writes that failed.").add(
                 (), [()], [health.checkpoint_errors]
             ),
+            gauge(
+                "larpix_exporter_compiled_ingest",
+                "1 while the compiled kernels count packets; 0 on the numpy path (kernels loading or unavailable).",
+                float(health.compiled_ingest),
+            ),
         ]

@@ -419,13 +419,14 @@ class Accumulator:
         self.newest_bin[g] = int(self._bin_of(self.clock.head[g]))
 
     # -- accumulation -------------------------------------------------------------------
-    def _compiled(self) -> bool:
-        """Whether this chunk goes through the compiled kernels (loaded in the background; numpy until then)."""
+    @property
+    def compiled(self) -> bool:
+        """Whether chunks go through the compiled kernels now (loaded in the background; numpy until then)."""
         return self.config.engine == COMPILED and KERNELS.ready()
 
     def add_chunk(self, chunk: Chunk, wall_now: float) -> None:
         """Fold a chunk read from a file; raw messages are decoded and counted in one compiled pass."""
-        if chunk.raw is not None and chunk.records is None and self._compiled():
+        if chunk.raw is not None and chunk.records is None and self.compiled:
             self.add_messages(chunk.raw, chunk.cursor.clock, wall_now)
         else:
             self.add(chunk.packets, chunk.cursor.clock, wall_now)
@@ -435,7 +436,7 @@ class Accumulator:
         if len(packets) == 0:
             return
         reading, row_slots, before = self._window_slots(packets, clock, wall_now)
-        if self._compiled():
+        if self.compiled:
             self._run_kernel(packets, reading, row_slots, before)
         else:
             self._add_numpy(packets, reading.fill(packets["io_group"], row_slots, before))

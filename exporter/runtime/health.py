@@ -25,6 +25,7 @@ class Health:
     messages_ingested: int = 0
     checkpoint_errors: int = 0
     checkpoint_duration: float = 0.0
+    compiled_ingest: bool = False
 
     def count_read_error(self, reason: str) -> None:
         self.read_errors[reason] = self.read_errors.get(reason, 0) + 1

@@ -121,6 +121,7 @@ class Ingester:
         h = self.health
         h.decode_errors["implausible_timestamp"] = self.accumulator.clock.implausible
         h.decode_errors["time_jump"] = self.accumulator.clock.rejected
+        h.compiled_ingest = self.accumulator.compiled
         h.files_tracked = self.tail.tracked
         h.files_in_error = self.tail.errors_by_reason()
         self.published = Published(self.monitor.update(), h.copy())

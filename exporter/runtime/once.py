@@ -14,7 +14,7 @@ from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_con
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import channel_list, unexpected_chips
-from exporter.quality.accumulator import Accumulator, QualityConfig
+from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
 from exporter.quality.checks import detect_run_mode
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
@@ -100,6 +100,7 @@ def process_file(
     on_chunk: Callable[[Chunk], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     run_config: RunConfig | None = None,
+    ingest_engine: str = COMPILED,
 ) -> FileResult:
     """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far.
 
@@ -114,7 +115,7 @@ def process_file(
         found = None
     if found is not None:
         run_config = run_config.with_file_configuration(path, found)
-    accumulator = Accumulator(QualityConfig(window_seconds=window), geometry, run_config)
+    accumulator = Accumulator(QualityConfig(window_seconds=window, engine=ingest_engine), geometry, run_config)
     health = Health()
 
     def consume(chunk: Chunk) -> None:

@@ -66,6 +66,7 @@ class Service:
             networks=settings.networks,
             disabled_lists=settings.disabled_lists,
             run_mode=settings.run_mode,
+            ingest_engine=settings.ingest_engine,
         )
         self.checkpoint_path = resolve_checkpoint_path(settings)
         self.ingester = Ingester(
