@@ -32,7 +32,7 @@ COPY . .
 # The compiled ingest kernels are compiled once here into NUMBA_CACHE_DIR, so containers load them
 # in under a second instead of compiling them (about 10 s, in the background) at every start.
 RUN pip install --constraint deploy/requirements.lock . \
-    && python -c "from exporter.quality import accumulator as a; a.Accumulator(); assert a.KERNELS.ready(wait=600)" \
+    && python -c "from exporter.quality.accumulator import load_kernels; assert load_kernels(wait=600)" \
     && chmod -R a+rX /opt/numba-cache \
     && cd / && rm -rf /src \
     && ln -s "$(python -c 'from exporter.detector.geometry import packaged_layout; print(packaged_layout().parent)')" \

@@ -19,7 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize(
     ("script", "args", "expected"),
     [
-        ("ingest.py", ["--packets", "100000", "--repeat", "1"], "of plain h5py read throughput"),
+        ("ingest.py", ["--packets", "100000", "--large-packets", "200000", "--repeat", "1"], "of the h5py read rate"),
         ("exposition.py", ["--repeat", "1"], "per-series cost ratio generic/this"),
         ("latency.py", ["--seconds", "3"], "append -> /metrics latency"),
         ("drawing.py", ["--repeat", "1", "--seconds", "5", "--no-serve"], "PixelMap"),

@@ -49,6 +49,9 @@ ENGINES = (COMPILED, NUMPY)
 Source = np.ndarray | Messages
 #: The kernels of this process, loaded by the first accumulator that wants them.
 KERNELS = KernelLoader()
+#: Packets a run counts on the numpy path before the kernels start loading (numba's import and the
+#: kernels' load take about a second of a core, more than a small file's whole ingest).
+COMPILE_AFTER_PACKETS = 1_000_000
 #: Stand-ins for what a chunk does not have (the kernel's arguments are arrays of fixed types):
 #: the pedestal window before a run has periodic triggers, raw messages, packet records.
 _NO_PEDESTAL = np.zeros((1, 1, CHANNELS_PER_CHIP, 3), np.int64)
@@ -121,6 +124,12 @@ def compiled_records(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.array(offsets, np.int64)
 
 
+def load_kernels(wait: float) -> bool:
+    """Load (or compile) the kernels now, waiting up to ``wait`` seconds; whether they are ready."""
+    KERNELS.start(_warm_up)
+    return KERNELS.ready(wait)
+
+
 def _warm_up() -> None:
     """Run the kernel once on a raw message and on packet records, so that numba loads or compiles it."""
     message = np.frombuffer(b"D" + (1_700_000_000).to_bytes(4, "little") + bytes(3) + b"S" + bytes(15), np.uint8)
@@ -159,8 +168,7 @@ class Accumulator:
         self, config: QualityConfig | None = None, geometry: Geometry | None = None, run_config: RunConfig | None = None
     ) -> None:
         self.config = config or QualityConfig()
-        if self.config.engine == COMPILED:
-            KERNELS.start(_warm_up)
+        self._counted = 0  # packets counted, until the kernels are wanted
         self.geometry = geometry
         self.run_config = run_config or RunConfig()
         self._run_rows = 0  # chip rows whose network membership and masks are cached below
@@ -421,28 +429,46 @@ class Accumulator:
     # -- accumulation -------------------------------------------------------------------
     @property
     def compiled(self) -> bool:
-        """Whether chunks go through the compiled kernels now (loaded in the background; numpy until then)."""
+        """Whether chunks go through the compiled kernels now (numpy until they are loaded)."""
         return self.config.engine == COMPILED and KERNELS.ready()
+
+    def _use_kernels(self, packets: int) -> bool:
+        """Whether a chunk of ``packets`` goes through the compiled kernels. They start loading, in the
+        background, once the run has ``COMPILE_AFTER_PACKETS``: a small file is done on the numpy path
+        before numba would have been imported."""
+        if self.config.engine != COMPILED:
+            return False
+        self._counted += packets
+        if self._counted >= COMPILE_AFTER_PACKETS:
+            KERNELS.start(_warm_up)
+        return KERNELS.ready()
 
     def add_chunk(self, chunk: Chunk, wall_now: float) -> None:
         """Fold a chunk read from a file; raw messages are decoded and counted in one compiled pass."""
-        if chunk.raw is not None and chunk.records is None and self.compiled:
+        if chunk.raw is not None and chunk.records is None:
             self.add_messages(chunk.raw, chunk.cursor.clock, wall_now)
         else:
             self.add(chunk.packets, chunk.cursor.clock, wall_now)
 
     def add(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of packet records into the counters and windows."""
+        self._add_records(packets, clock, wall_now, self._use_kernels(len(packets)))
+
+    def _add_records(self, packets: np.ndarray, clock: DataClock, wall_now: float, compiled: bool) -> None:
         if len(packets) == 0:
             return
         reading, row_slots, before = self._window_slots(packets, clock, wall_now)
-        if self.compiled:
+        if compiled:
             self._run_kernel(packets, reading, row_slots, before)
         else:
             self._add_numpy(packets, reading.fill(packets["io_group"], row_slots, before))
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
-        """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass."""
+        """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
+        to packet records first on the numpy path)."""
+        if not self._use_kernels(len(messages.starts) + int(messages.words.sum())):
+            self._add_records(messages.decode(), clock, wall_now, compiled=False)
+            return
         if len(messages.starts) == 0:
             return
         reading, row_slots, before = self._window_slots(messages.timestamp_packets(), clock, wall_now)
