@@ -162,3 +162,22 @@ def test_foreign_packet_dtype_and_unknown_words_and_bad_messages() -> None:
     reference.add(foreign, DataClock(), START + 100.0)
     compiled.add(foreign, DataClock(), START + 100.0)
     assert_same(reference, compiled)
+
+
+def test_a_channel_hit_more_often_than_an_int32_sum_of_squares_holds_is_exact() -> None:
+    geometry = load_geometry(packaged_layout())
+    sim = Simulator(geometry, SimulationConfig(seed=9), FAULTS)
+    packets = split_messages(*sim.second(START)).decode()
+    data = np.flatnonzero((packets["packet_type"] == DATA) & (packets["valid_parity"] == 1))
+    hot = np.resize(data, 80_000)
+    burst = packets[np.sort(np.concatenate([np.flatnonzero(packets["packet_type"] != DATA), hot]))]
+    hot_rows = burst["packet_type"] == DATA
+    for name in ("io_group", "io_channel", "chip_id", "channel_id"):
+        burst[name][hot_rows] = packets[name][data[0]]
+    burst["dataword"][hot_rows], burst["trigger_type"][hot_rows] = 255, 0
+    burst["valid_parity"][hot_rows] = 1
+    reference, compiled = pair(geometry)
+    reference.add(burst, DataClock(), START + 100.0)
+    compiled.add(burst, DataClock(), START + 100.0)
+    assert reference.win_adc_sq.max() > 2**31
+    assert_same(reference, compiled)

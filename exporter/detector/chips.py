@@ -42,11 +42,19 @@ class ChipIndex:
         """Register chips (rows of io_group, io_channel, chip_id) not yet known; return their rows."""
         keys = np.asarray(keys, np.uint8).reshape(-1, 3)
         rows = self.lookup(keys[:, 0], keys[:, 1], keys[:, 2])
-        new = np.unique(keys[rows == UNKNOWN], axis=0)
-        for g, c, chip in new.tolist():
-            index = (self._block(g) << 16) | (c << 8) | chip  # _block may grow the table: index it after
-            self._table[index] = len(self._keys)
-            self._keys = np.vstack([self._keys, np.array([[g, c, chip]], np.uint8)])
+        missing = keys[rows == UNKNOWN].astype(np.int32)
+        if len(missing):
+            seen = np.zeros(1 << 24, bool)  # one flag per possible chip: new chips in key order, in one pass
+            seen[(missing[:, 0] << 16) | (missing[:, 1] << 8) | missing[:, 2]] = True
+            new = np.flatnonzero(seen)
+            first = len(self._keys)
+            for g in np.unique(new >> 16).tolist():
+                self._block(g)
+            self._table[(self._group_slot[new >> 16].astype(np.int64) << 16) | (new & 0xFFFF)] = first + np.arange(
+                len(new), dtype=np.int32
+            )
+            added = np.stack([new >> 16, (new >> 8) & 255, new & 255], axis=1).astype(np.uint8)
+            self._keys = np.concatenate([self._keys, added])
         return self.lookup(keys[:, 0], keys[:, 1], keys[:, 2])
 
     def lookup(self, io_group: np.ndarray, io_channel: np.ndarray, chip_id: np.ndarray) -> np.ndarray:

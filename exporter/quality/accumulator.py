@@ -52,6 +52,7 @@ KERNELS = KernelLoader()
 #: Packets a run counts on the numpy path before the kernels start loading (numba's import and the
 #: kernels' load take about a second of a core, more than a small file's whole ingest).
 COMPILE_AFTER_PACKETS = 1_000_000
+LOAD_WAIT_SECONDS = 1.0
 #: Stand-ins for what a chunk does not have (the kernel's arguments are arrays of fixed types):
 #: the pedestal window before a run has periodic triggers, raw messages, packet records.
 _NO_PEDESTAL = np.zeros((1, 1, CHANNELS_PER_CHIP, 3), np.int64)
@@ -169,6 +170,7 @@ class Accumulator:
     ) -> None:
         self.config = config or QualityConfig()
         self._counted = 0  # packets counted, until the kernels are wanted
+        self._kernels_wanted = False
         self.geometry = geometry
         self.run_config = run_config or RunConfig()
         self._run_rows = 0  # chip rows whose network membership and masks are cached below
@@ -433,14 +435,17 @@ class Accumulator:
         return self.config.engine == COMPILED and KERNELS.ready()
 
     def _use_kernels(self, packets: int) -> bool:
-        """Whether a chunk of ``packets`` goes through the compiled kernels. They start loading, in the
-        background, once the run has ``COMPILE_AFTER_PACKETS``: a small file is done on the numpy path
-        before numba would have been imported."""
+        """Whether a chunk of ``packets`` goes through the compiled kernels. They start loading in the
+        background once the run has ``COMPILE_AFTER_PACKETS`` (a small file is done on the numpy path
+        before numba would have been imported), and that chunk waits ``LOAD_WAIT_SECONDS`` at most
+        for them (from numba's cache they load in well under a second; compiling takes longer)."""
         if self.config.engine != COMPILED:
             return False
         self._counted += packets
-        if self._counted >= COMPILE_AFTER_PACKETS:
+        if self._counted >= COMPILE_AFTER_PACKETS and not self._kernels_wanted:
+            self._kernels_wanted = True
             KERNELS.start(_warm_up)
+            return KERNELS.ready(LOAD_WAIT_SECONDS)
         return KERNELS.ready()
 
     def add_chunk(self, chunk: Chunk, wall_now: float) -> None:
@@ -490,7 +495,7 @@ class Accumulator:
         while True:
             blocks, table = self.chips.tables()
             pedestal = self.win_pedestal if self.win_pedestal is not None else _NO_PEDESTAL
-            hits = np.zeros((self.config.window_bins + 2, self._capacity, CHANNELS_PER_CHIP, 3), np.int64)
+            hits = np.zeros((self.config.window_bins + 2, self._capacity, CHANNELS_PER_CHIP, 3), np.int32)
             touched = np.zeros(len(hits), bool)
             status = kernels.count_chunk(
                 kernels.state_arrays(self, pedestal, hits, touched), blocks, table, buckets,
@@ -499,7 +504,9 @@ class Accumulator:
             self._fold_hits(hits, touched)
             if status == kernels.OK:
                 break
-            if status == kernels.NEED_PEDESTAL:
+            if status == kernels.NEED_FOLD:
+                pass  # folded above; a fresh ``hits`` goes on
+            elif status == kernels.NEED_PEDESTAL:
                 self._pedestal_window()
             elif status == kernels.NEED_SPACE:
                 deferred = np.concatenate([deferred, np.zeros_like(deferred)])

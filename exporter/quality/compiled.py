@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-OK, NEED_CHIP, NEED_PEDESTAL, NEED_SPACE = range(4)
+OK, NEED_CHIP, NEED_PEDESTAL, NEED_SPACE, NEED_FOLD = range(5)
+#: A channel's count in ``hits`` after which they are folded (its int32 ADC sum of squares stays exact).
+FOLD_AT = (2**31 - 1) // 255**2
 
 # Packet types and codes (exporter/reading/packets.py, exporter/reading/decode.py), as literals numba folds.
 _DATA, _TIMESTAMP, _SYNC, _TRIGGER = 0, 4, 6, 7
@@ -45,10 +47,10 @@ def count_chunk(
     raw messages (``starts`` into ``buffer``, ``words`` 16-byte words each after the 8-byte header,
     ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
 
-    Clean data packets are counted into ``hits`` (window slot + 2, chip row, channel: count, ADC sum,
-    ADC sum of squares; one cache line a packet) and folded into the accumulator's arrays after the
-    kernel returns (``Accumulator._fold_hits``): a packet's counters, spread over six arrays, would
-    cost six cache misses.
+    Clean data packets are counted into ``hits`` (int32; window slot + 2, chip row, channel: count,
+    ADC sum, ADC sum of squares) and folded into the accumulator's arrays after the kernel returns
+    (``fold_hits``): one cache line a packet, in an array that fits the core's cache for a slot,
+    where the accumulator's own arrays would cost six cache misses a packet.
 
     ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
     accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each io_group's window slot,
@@ -167,12 +169,16 @@ def count_chunk(
             if not valid and row < 0 and pos[3] >= len(deferred):
                 pos[0], pos[1], pos[2] = i, w, j
                 return NEED_SPACE
-            rate_slot = s
-            if kind != 0:  # not self-triggered: counted, but feeds no rate and no verdict
+            rate_slot = s if kind == 0 else -2  # -2: not self-triggered, counted but no rate and no verdict
+            key = rate_slot + 2  # row of ``hits``: 0 not self-triggered, 1 outside the window, 2... window slot
+            ch = channel & 63
+            if valid and hits[key, row, ch, 0] >= FOLD_AT:
+                pos[0], pos[1], pos[2] = i, w, j
+                return NEED_FOLD
+            if kind != 0:
                 trigger_type_counts[g, kind] += 1
                 if s >= 0:
                     window_trigger_types[s, g, kind] += 1
-                rate_slot = -2
             if not valid:  # a parity error may have corrupted any field: counted, nothing more
                 if row < 0:  # its chip may still appear in this chunk: decided after it
                     k = pos[3]
@@ -191,8 +197,6 @@ def count_chunk(
                         if fifo & (1 << bit):
                             chip_fifo[row, bit] += 1
             else:
-                ch = channel & 63
-                key = rate_slot + 2  # 0: not self-triggered, 1: outside the window, 2...: window slot
                 hits[key, row, ch, 0] += 1
                 touched[key] = True
                 adc_counts[g, adc] += 1

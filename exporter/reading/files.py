@@ -197,7 +197,7 @@ class FileReader:
         if length < cursor.rows_done:
             raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
         # Raw chunks are bounded by messages and, once their length is known, by packets (chunk_rows).
-        step = min(self.raw_chunk_messages, max(1, self.chunk_rows // 64)) if kind == RAW else self.chunk_rows
+        step = min(self.raw_chunk_messages, max(1, self.chunk_rows // 1000)) if kind == RAW else self.chunk_rows
         start = cursor.rows_done
         end = min(start + step, length)
         rows: Rows = self._fetch(fh, kind, start, end, end == length) if start < length else None
