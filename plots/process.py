@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import signal
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any, NoReturn
 
 from exporter.detector.geometry import Geometry
 from exporter.quality.snapshot import Snapshot
-from plots.discovery import discover
+from plots.discovery import Catalog, discover
 from plots.engine import PlotEngine, PlotSettings, fingerprint
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class PipeLogHandler(logging.Handler):
 
     def __init__(self, conn: Connection, lock: threading.Lock) -> None:
         super().__init__()
-        self.conn, self.lock = conn, lock
+        self.conn, self.send_lock = conn, lock  # not ``lock``: Handler has its own, held around emit
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -50,10 +49,11 @@ class PipeLogHandler(logging.Handler):
                 "levelno": record.levelno,
                 "levelname": record.levelname,
                 "msg": record.getMessage(),
-                "exc_text": self.format(record).partition("\n")[2] if record.exc_info else None,
+                "exc_text": logging.Formatter().formatException(record.exc_info) if record.exc_info else None,
                 "created": record.created,
+                "msecs": record.msecs,
             }
-            with self.lock:
+            with self.send_lock:
                 self.conn.send(("log", fields))
         except Exception:  # the parent is gone: nothing to log to
             pass
@@ -119,7 +119,8 @@ class DrawingLoop:
             self.stopping = True
 
     def between(self) -> None:
-        """Between two images: take what came meanwhile, end the cycle if told to stop."""
+        """Between two images: report (counts follow the images on disk), take what came meanwhile, stop if told."""
+        self.report()
         self.receive(0)
         if self.stopping:
             raise _Stopping
@@ -179,15 +180,15 @@ def main(
     conn: Connection,
     settings: PlotSettings,
     geometry: Geometry | None,
-    catalog: bytes,
+    catalog: tuple[list[tuple[str, str, str, str, str]], dict[str, str]],
     interval: float,
     idle_seconds: float,
     level: int,
 ) -> None:
     """Entry point of the drawing process (started with the 'spawn' method).
 
-    ``catalog`` is the parent's pickled plugin catalog; plugin folders are imported first so
-    their classes resolve by the same module names as in the parent.
+    ``catalog`` is the parent's plugin catalog (``Catalog.references``); plugin folders are
+    imported first so their classes resolve by the same module names as in the parent.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     signal.signal(signal.SIGTERM, _terminate)
@@ -195,7 +196,7 @@ def main(
     logging.disable(logging.CRITICAL)  # the parent already logged what discovery and set-up find
     if settings.plugin_dirs:
         discover(settings.plugin_dirs)
-    engine = PlotEngine(settings, geometry, pickle.loads(catalog))
+    engine = PlotEngine(settings, geometry, Catalog.from_references(catalog))
     logging.disable(logging.NOTSET)
     lock = threading.Lock()
     root = logging.getLogger()

@@ -15,7 +15,6 @@ import logging
 import math
 import multiprocessing
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +62,7 @@ class PlotWorker:
         self.interval = interval
         self.max_queued_packets = max_queued_packets
         self.idle_seconds = idle_seconds
-        self._catalog = pickle.dumps(engine.catalog)
+        self._catalog = engine.catalog.references()
         self._context = multiprocessing.get_context("spawn")  # the parent has threads: no plain fork
         self._cond = threading.Condition()
         self._queue: collections.deque[tuple] = collections.deque()
