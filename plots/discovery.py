@@ -58,7 +58,6 @@ class Catalog:
                 continue
             self.plugins[spec.name] = spec
 
-
     def references(self) -> tuple[list[tuple[str, str, str, str, str]], dict[str, str]]:
         """The catalog as plain data for another process: (name, module, class, kind, source) per plot, errors.
 

@@ -179,7 +179,9 @@ class PlotWorker:
                 if conn is not None:
                     stats = self.stats()
                     head = self._queue[0] if self._queue else None
-                    fresh = time.monotonic() - self._sent_at >= STATS_SECONDS or (head is not None and head[0] == "draw")
+                    fresh = time.monotonic() - self._sent_at >= STATS_SECONDS or (
+                        head is not None and head[0] == "draw"
+                    )
                     if stats is not self._sent_stats and (fresh or self._sent_stats is None):
                         self._sent_stats, self._sent_at = stats, time.monotonic()
                         return conn, ("stats", stats)
@@ -304,4 +306,3 @@ class PlotWorker:
             "interval": self.interval,
             "output": os.fspath(self.store.root),
         }
-

@@ -188,7 +188,9 @@ def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
         geometry=str(packaged_layout()),
         state_file="-",
     )
-    plots = PlotSettings(str(tmp_path / "plots"), plots=("PixelMapProbe_2_2",), interval=3600, plugin_dirs=(str(probe),))
+    plots = PlotSettings(
+        str(tmp_path / "plots"), plots=("PixelMapProbe_2_2",), interval=3600, plugin_dirs=(str(probe),)
+    )
     service = Service(settings, plots)
     service.start()
     try:

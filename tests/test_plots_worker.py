@@ -13,11 +13,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import START, simulate_files, wait_for
+from helpers import START, free_port, parse_metrics, sample, scrape, simulate_files, wait_for
 
+from exporter.detector.geometry import packaged_layout
 from exporter.quality.accumulator import Accumulator
 from exporter.reading.packets import PACKET_DTYPE
 from exporter.reading.tail import DirectoryTail, InputSpec
+from exporter.runtime.service import Service
+from exporter.settings import Settings
 from plots import Plot
 from plots.discovery import FAST, Catalog, PluginSpec
 from plots.engine import PlotEngine, PlotSettings
@@ -109,6 +112,7 @@ def test_a_crashed_drawing_process_is_restarted_counted_and_reported(tmp_path, m
 
 PARENT = """
 import sys, time
+from exporter.detector.geometry import packaged_layout
 from exporter.quality.accumulator import Accumulator
 from plots.engine import PlotEngine, PlotSettings
 from plots.worker import PlotWorker
@@ -192,3 +196,52 @@ def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, til
     import matplotlib.pyplot as plt
 
     assert len(plt.get_fignums()) <= MAX_FILE_STATES + 1, "dropped figures are closed"
+
+
+#: A plugin that kills the drawing process whenever it draws.
+KILLER = """
+import os
+import signal
+from plots import Plot
+
+
+class Killer(Plot):
+    per_file = False
+
+    def draw(self, name, ctx, fig=None):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never_stops_ingest(tmp_path, tile_geometry):
+    _, truth = simulate_files(tile_geometry, tmp_path / "data", 4, "packets")
+    total = sum(truth.packet_types.values())
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "killer.py").write_text(KILLER)
+    settings = Settings(
+        inputs=[str(tmp_path / "data")],
+        port=free_port(),
+        listen_address="127.0.0.1",
+        interval=0.2,
+        geometry=str(packaged_layout("layout-2.4.0.yaml")),
+        state_file="-",
+    )
+    plots = PlotSettings(str(tmp_path / "plots"), plots=("Killer",), interval=0.0, plugin_dirs=(str(plugins),))
+    service = Service(settings, plots)
+    service.start()
+    try:
+        assert service.plots is not None
+        wait_for(lambda: service.plots.status()["restarts"] >= 1, timeout=60, what="the drawing process to crash")
+        pid = wait_for(lambda: service.plots.status()["pid"], timeout=30, what="the new drawing process to report")
+        assert pid != os.getpid()
+        wait_for(lambda: sum(service.ingester.published.health.packets_ingested.values()) == total, timeout=60)
+        samples = parse_metrics(scrape(settings.port))
+        assert sample(samples, "larpix_exporter_plot_process_restarts_total") >= 1
+        assert "restarted" in scrape(settings.port, "/")  # the status page says so
+        child = service.plots.process
+        assert child is not None
+    finally:
+        service.stop()
+    assert not child.is_alive() and child.pid == pid
+    wait_for(lambda: not _running(pid), timeout=10)
