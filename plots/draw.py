@@ -172,9 +172,19 @@ class TilePanel:
 
     def __init__(self, ax: Axes, grid: TileGrid, norm: Normalize, cmap: str) -> None:
         self.grid = grid
-        common = {"origin": "lower", "extent": grid.extent, "interpolation": "nearest"}
-        self.status = ax.imshow(np.zeros((*grid.shape, 4)), zorder=1, **common)
-        self.values = ax.imshow(np.ma.masked_all(grid.shape), norm=norm, cmap=cmap, zorder=2, **common)
+        extent = grid.extent
+        self.status = ax.imshow(
+            np.zeros((*grid.shape, 4)), origin="lower", extent=extent, interpolation="nearest", zorder=1
+        )
+        self.values = ax.imshow(
+            np.ma.masked_all(grid.shape),
+            norm=norm,
+            cmap=cmap,
+            origin="lower",
+            extent=extent,
+            interpolation="nearest",
+            zorder=2,
+        )
         self.rings: dict[int, PathCollection] = {
             status: ax.scatter(
                 np.zeros(0), np.zeros(0), s=RING_SIZE, facecolors="none", edgecolors=colour, linewidths=1.4, zorder=3

@@ -73,7 +73,9 @@ class PlotWorker:
         self._requested = 0  # draw requests made
         self._answered = 0  # draw requests a finished cycle covered
         self._child_status: dict = {}
-        self._carried = {"cycles": 0, "plugins": {}}  # counts of children that died, so counters never go back
+        # counts of drawing processes that died, so counters never go back
+        self._carried_cycles = 0
+        self._carried_plugins: dict[str, dict[str, int]] = {}
         self.restarts = 0
         self.last_exit: str | None = None
         self.process: BaseProcess | None = None
@@ -258,9 +260,9 @@ class PlotWorker:
         """Keep a dead child's counts, so cycles, renders and failures never go back."""
         with self._cond:
             status, self._child_status = self._child_status, {}
-        self._carried["cycles"] += status.get("cycles", 0)
+        self._carried_cycles += status.get("cycles", 0)
         for name, plugin in status.get("plugins", {}).items():
-            carried = self._carried["plugins"].setdefault(name, {"renders": 0, "failures": 0})
+            carried = self._carried_plugins.setdefault(name, {"renders": 0, "failures": 0})
             carried["renders"] += plugin["renders"]
             carried["failures"] += plugin["failures"]
 
@@ -284,7 +286,7 @@ class PlotWorker:
             child = dict(self._child_status)
         base = self.engine.status()
         plugins = child.get("plugins", base["plugins"])
-        for name, carried in self._carried["plugins"].items():
+        for name, carried in self._carried_plugins.items():
             if name in plugins:
                 plugins[name] = {
                     **plugins[name],
@@ -298,7 +300,7 @@ class PlotWorker:
             "pid": child.get("pid"),
             "last_cycle_seconds": child.get("last_cycle_seconds", float("nan")),
             "last_cycle_wall": child.get("last_cycle_wall", float("nan")),
-            "cycles": self._carried["cycles"] + child.get("cycles", 0),
+            "cycles": self._carried_cycles + child.get("cycles", 0),
             "dropped_packets": self.dropped_total,
             "queued_packets": self._queued + self._in_flight,
             "restarts": self.restarts,

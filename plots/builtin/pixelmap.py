@@ -91,9 +91,9 @@ class PixelMap(PixelPlot):
         assert isinstance(fig, CachedFigure)
         maps, bars = map_layout(fig, [1, 1, 1], ny / nx)
         panels = []
-        for (ax,), bar, norm, (cmap, title, label, extend) in zip(maps, bars, norms, PANELS):
+        for (ax,), bar, norm, (cmap, panel_title, label, extend) in zip(maps, bars, norms, PANELS):
             panel = TilePanel(ax, grid, norm, cmap)
-            ax.set_title(title, fontsize=11)
+            ax.set_title(panel_title, fontsize=11)
             colour_bar(fig, panel.values, bar, label, extend)
             fig.dynamic(*panel.artists, *ax.spines.values(), bar)  # the frame stays over the images
             panels.append(panel)
