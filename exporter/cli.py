@@ -368,7 +368,11 @@ def once(
 
 
 def _once_with_progress(file: Path, geo, window: float, settings, run_config: RunConfig, ingest_engine: str):
-    """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures))."""
+    """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures)).
+
+    The plots are drawn here, in this process, not in a drawing process as ``serve`` does: nothing is
+    served meanwhile, so there is no lock to keep free, and a process would only add start-up time.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -554,8 +558,8 @@ def demo(
         stop.set()
         if writer is not None:
             writer.join()  # finishes the second it is writing
-        if service is not None and service.plots is not None:
-            service.plots.thread.join(DEMO_PLOTS_EXIT_SECONDS)  # a drawing under way would write into workdir
+        if service is not None and service.plots is not None and service.plots.process is not None:
+            service.plots.process.join(DEMO_PLOTS_EXIT_SECONDS)  # a drawing under way would write into workdir
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -7,8 +7,9 @@ Public API (what plugins and the exporter use; everything else is internal to th
   field by field with shape, dtype and unit (``exporter.quality.snapshot``);
 - ``discover``, ``Selection``: finding plugins in ``plots.builtin`` and in ``--plugin-dir``
   folders, and choosing among them (``plots.discovery``);
-- ``PlotSettings``, ``PlotEngine``, ``PlotWorker``: drawing, and the thread that draws while
-  the exporter ingests (``plots.engine``); ``PlotStore``: the images on disk (``plots.store``).
+- ``PlotSettings``, ``PlotEngine``: drawing (``plots.engine``); ``PlotWorker``: the drawing
+  process that draws while the exporter ingests and serves (``plots.worker``); ``PlotStore``:
+  the images on disk (``plots.store``).
 
 Predecessor-style plugins (any class with ``__call__(self, filename, fh, fig=None)``) are
 accepted too (see ``docs/plots.md``). Names are imported on first use, so importing
@@ -28,7 +29,7 @@ _EXPORTS = {
     "Selection": "plots.discovery",
     "PlotSettings": "plots.engine",
     "PlotEngine": "plots.engine",
-    "PlotWorker": "plots.engine",
+    "PlotWorker": "plots.worker",
     "PlotStore": "plots.store",
 }
 __all__ = sorted(_EXPORTS)

@@ -58,6 +58,27 @@ class Catalog:
                 continue
             self.plugins[spec.name] = spec
 
+    def references(self) -> tuple[list[tuple[str, str, str, str, str]], dict[str, str]]:
+        """The catalog as plain data for another process: (name, module, class, kind, source) per plot, errors.
+
+        Classes of ``--plugin-dir`` modules cannot be pickled (their module names are made up
+        at import); ``from_references`` finds them again after ``discover`` imported the folders.
+        """
+        plots = [(s.name, s.cls.__module__, s.cls.__qualname__, s.kind, s.source) for s in self.plugins.values()]
+        return plots, dict(self.errors)
+
+    @classmethod
+    def from_references(cls, references: tuple[list[tuple[str, str, str, str, str]], dict[str, str]]) -> Catalog:
+        """The catalog ``references`` describes, its classes imported (or taken from modules already imported)."""
+        plots, errors = references
+        catalog = cls(errors=dict(errors))
+        for name, module, qualname, kind, source in plots:
+            found: Any = sys.modules.get(module) or importlib.import_module(module)
+            for part in qualname.split("."):
+                found = getattr(found, part)
+            catalog.plugins[name] = PluginSpec(name, found, kind, source)
+        return catalog
+
 
 def _defines_call(cls: type) -> bool:
     return any("__call__" in vars(k) for k in cls.__mro__ if k is not object)

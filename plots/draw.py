@@ -11,17 +11,22 @@ import os
 import time
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize, to_rgba
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Text
 from matplotlib.ticker import NullFormatter
 
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
+from plots.cached import CachedFigure
 from plots.pixels import TileGrid
 
 DPI = 100
@@ -40,10 +45,10 @@ _IN_GROUP_GAP, _GROUP_GAP = 0.12, 0.6
 _BELOW_MAP, _COLORBAR, _BELOW_COLORBAR, _LEGEND = 0.55, 0.13, 0.5, 0.35
 
 
-def new_figure(fig: Figure | None, height_in: float) -> Figure:
-    """A cleared figure of the standard width: ``fig`` reused when given."""
-    if fig is None:
-        return Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
+def new_figure(fig: Figure | None, height_in: float, cached: bool = False) -> Figure:
+    """A cleared figure of the standard width: ``fig`` reused when given (and a ``CachedFigure`` if ``cached``)."""
+    if fig is None or (cached and not isinstance(fig, CachedFigure)):
+        return (CachedFigure if cached else Figure)(figsize=(WIDTH_IN, height_in), dpi=DPI)
     fig.clear()
     fig.set_size_inches(WIDTH_IN, height_in)
     fig.set_dpi(DPI)
@@ -70,11 +75,13 @@ def window_text(stats: Snapshot) -> str:
     return f"last {stats.covered_seconds:g} s of data time up to {utc(stats.data_time)}"
 
 
-def titles(fig: Figure, title: str, subtitle: str) -> None:
-    """Bold title and a grey subtitle, at the top of the figure."""
+def titles(fig: Figure, title: str, subtitle: str) -> tuple[Text, Text]:
+    """Bold title and a grey subtitle, at the top of the figure; returned so a kept figure can change them."""
     height = fig.get_size_inches()[1]
-    fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=13, weight="bold")
-    fig.text(0.5, 1 - 0.42 / height, subtitle, ha="center", va="top", fontsize=10, color="#444444")
+    return (
+        fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=13, weight="bold"),
+        fig.text(0.5, 1 - 0.42 / height, subtitle, ha="center", va="top", fontsize=10, color="#444444"),
+    )
 
 
 def map_layout(
@@ -118,11 +125,12 @@ def map_layout(
     return maps, bars
 
 
-def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither") -> None:
+def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither") -> Colorbar:
     """Horizontal colour bar under a map; log scales label their decades only (no crowding)."""
     bar = fig.colorbar(image, cax=cax, orientation="horizontal", label=label, extend=extend)
     if isinstance(image.norm, LogNorm):
         bar.ax.xaxis.set_minor_formatter(NullFormatter())
+    return bar
 
 
 def rate_norm(stats: Snapshot, rates: np.ndarray) -> LogNorm:
@@ -155,43 +163,60 @@ def status_layer(codes: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def draw_tile(ax: Axes, grid: TileGrid, values: np.ndarray, codes: np.ndarray, norm: Normalize, cmap: str):
-    """One tile's images on ``ax``: status layer, values (NaN transparent), noisy pixels ringed.
+class TilePanel:
+    """One tile on a map axes, built once and updated in place: status layer, values, rings.
 
-    ``values`` and ``codes`` (status, -1 where no pixel) are ``grid.image`` arrays; returns the
-    value image (for a colour bar).
+    Redrawing a map changes only the arrays of its images, its colour limits and the ring
+    positions, so the axes, ticks and colour bar are not rebuilt every cycle (most of the cost).
     """
-    extent = grid.extent
-    ax.imshow(status_layer(codes), origin="lower", extent=extent, interpolation="nearest", zorder=1)
-    image = ax.imshow(
-        np.ma.masked_invalid(values),
-        origin="lower",
-        extent=extent,
-        norm=norm,
-        cmap=cmap,
-        interpolation="nearest",
-        zorder=2,
-    )
-    ring_cells(ax, grid, codes == ChannelStatus.NOISY)
-    ring_cells(ax, grid, codes == ChannelStatus.INEFFICIENT, INEFFICIENT_COLOUR)
-    return image
+
+    def __init__(self, ax: Axes, grid: TileGrid, norm: Normalize, cmap: str) -> None:
+        self.grid = grid
+        extent = grid.extent
+        self.status = ax.imshow(
+            np.zeros((*grid.shape, 4)), origin="lower", extent=extent, interpolation="nearest", zorder=1
+        )
+        self.values = ax.imshow(
+            np.ma.masked_all(grid.shape),
+            norm=norm,
+            cmap=cmap,
+            origin="lower",
+            extent=extent,
+            interpolation="nearest",
+            zorder=2,
+        )
+        self.rings: dict[int, PathCollection] = {
+            status: ax.scatter(
+                np.zeros(0), np.zeros(0), s=RING_SIZE, facecolors="none", edgecolors=colour, linewidths=1.4, zorder=3
+            )
+            for status, colour in ((ChannelStatus.NOISY, NOISY_COLOUR), (ChannelStatus.INEFFICIENT, INEFFICIENT_COLOUR))
+        }
+
+    @property
+    def artists(self) -> list[Artist]:
+        """What changes between draws (for ``CachedFigure.dynamic``)."""
+        return [self.status, self.values, *self.rings.values()]
+
+    def update(self, values: np.ndarray, codes: np.ndarray, norm: Normalize) -> None:
+        """Show ``values`` (NaN transparent) over the status layer of ``codes`` (``grid.image`` arrays), scaled by ``norm``."""
+        self.status.set_data(status_layer(codes))
+        self.values.set_data(np.ma.masked_invalid(values))
+        self.values.set_clim(norm.vmin, norm.vmax)
+        for status, rings in self.rings.items():
+            rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
 
 
-def ring_cells(ax: Axes, grid: TileGrid, cells: np.ndarray, colour: str = NOISY_COLOUR) -> None:
-    """Rings (red: noisy) of a fixed size on screen around the given image cells (visible at any zoom)."""
-    x, y = grid.centres(cells)
-    if len(x):
-        ax.scatter(x, y, s=RING_SIZE, facecolors="none", edgecolors=colour, linewidths=1.4, zorder=3)
-
-
-def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> None:
-    """Thin frame around a tile, with an optional label in its top-left corner."""
+def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> list[Artist]:
+    """Thin frame around a tile, with an optional label in its top-left corner; returns the artists."""
     left, right, bottom, top = grid.extent
-    ax.add_patch(
+    frame = ax.add_patch(
         Rectangle((left, bottom), right - left, top - bottom, fill=False, linewidth=0.6, edgecolor="#333333", zorder=4)
     )
-    if label:
-        pad = 2 * grid.pitch
+    if not label:
+        return [frame]
+    pad = 2 * grid.pitch
+    return [
+        frame,
         ax.text(
             left + pad,
             top - pad,
@@ -201,7 +226,8 @@ def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> None:
             fontsize=9,
             zorder=5,
             bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.75, "linewidth": 0},
-        )
+        ),
+    ]
 
 
 def status_legend(fig: Figure, noisy_rate_hz: float) -> None:

@@ -1,22 +1,18 @@
-"""Plot manager: discovery, isolation of broken plugins, scheduling off the ingest thread, output.
+"""Plot engine: isolation of broken plugins, feeding them packets, drawing what changed, output.
 
-``PlotEngine`` is the synchronous core (``once`` uses it directly): it feeds new packets
-to the plugins of each input file and draws every plot whose data changed, writing the
-images through a ``PlotStore``. ``PlotWorker`` runs an engine in its own thread for
-``serve``: the ingest thread only appends chunks to a bounded queue (never waits), and a
-draw cycle starts at most every ``interval`` seconds and never takes more than half the
-thread's time. Drawing reads the published ``Snapshot``, never the live accumulator.
+``PlotEngine`` is the synchronous core: it feeds new packets to the plugins of each input
+file and draws every plot whose data changed, writing the images through a ``PlotStore``.
+``once`` uses it directly; ``serve`` runs one in a drawing process (``plots.process``,
+started by ``plots.worker.PlotWorker``). Drawing reads a published ``Snapshot``, never the
+live accumulator.
 """
 
 from __future__ import annotations
 
-import collections
 import io
 import logging
 import math
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +21,7 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # before any plugin imports pyplot: no display, thread-safe enough for one drawing thread
+matplotlib.use("Agg")  # before any plugin imports pyplot: no display
 
 import numpy as np  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
@@ -34,7 +30,6 @@ from matplotlib.figure import Figure  # noqa: E402
 from exporter.detector.geometry import Geometry  # noqa: E402
 from exporter.quality.accumulator import Snapshot  # noqa: E402
 from exporter.quality.clock import DataClock, DetectorClock  # noqa: E402
-from exporter.reading.files import Chunk  # noqa: E402
 from plots import Plot, PlotContext  # noqa: E402
 from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
 from plots.legacy import as_packet_dtype, packets_file  # noqa: E402
@@ -44,24 +39,17 @@ log = logging.getLogger(__name__)
 
 #: Predecessor-style plugins are called at the latest when this many new packets wait for them.
 LEGACY_BATCH_PACKETS = 1_000_000
-#: Packets waiting for the drawing thread beyond which new chunks are skipped (and counted).
-MAX_QUEUED_PACKETS = 2_000_000
 #: A plugin failing this many times in a row is disabled (reported on / and /plots/).
 MAX_CONSECUTIVE_FAILURES = 3
-#: Ingest counts as busy (reading a backlog) while chunks came within this many seconds; drawing
-#: then waits before each image, at most MAX_YIELD_SECONDS, so it does not halve ingest's share of the GIL.
-INGEST_QUIET_SECONDS = 0.5
-MAX_YIELD_SECONDS = 10.0
 #: Per-file plot states (plugin instances, figures) kept at most: a new file beyond this drops the
 #: least recently fed one, so memory depends on the detector and the plots, not on how many files a
 #: run had. A finished file is drawn a last time by the next cycle unless more than this many files
 #: started within one cycle (then its last packets miss its own images; counted in ``undrawn_files``).
 MAX_FILE_STATES = 8
+#: savefig options by extension: PNG compressed fast (level 1: about 3 times faster than the
+#: default 6, files about a third larger; the images are rewritten every cycle, rarely kept).
+SAVE_OPTIONS: dict[str, dict[str, Any]] = {".png": {"pil_kwargs": {"compress_level": 1}}}
 _FAILED = object()
-
-
-class _Stopping(Exception):
-    """Raised between two images once the worker is told to stop: a long cycle ends at once."""
 
 
 class PlotConfigError(ValueError):
@@ -156,7 +144,7 @@ class _FileState:
 def render(fig: Figure, ext: str) -> bytes:
     """The figure as image bytes in the format of ``ext``."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=ext.lstrip("."))
+    fig.savefig(buf, format=ext.lstrip("."), **SAVE_OPTIONS.get(ext, {}))
     return buf.getvalue()
 
 
@@ -345,8 +333,8 @@ class PlotEngine:
     def draw(self, stats: Snapshot, between: Callable[[], None] = lambda: None) -> int:
         """Draw every selected image whose data changed; return the number of images written.
 
-        ``between`` runs after each image (the worker takes queued packets there, so a long
-        cycle does not back up ingest).
+        ``between`` runs after each image (the drawing process takes queued packets there, so
+        a long cycle does not back up ingest, and stops there when told to).
         """
         written = 0
         fp = fingerprint(stats)
@@ -432,175 +420,3 @@ class PlotEngine:
 
 def _not_a_figure(value: object) -> None:
     raise TypeError(f"returned {type(value).__name__}, not a matplotlib Figure")
-
-
-class PlotWorker:
-    """Runs a ``PlotEngine`` in a thread of its own, fed by ``on_chunk`` from the ingest thread.
-
-    ``idle_seconds``: a file's plot state is dropped after that long without new packets.
-    """
-
-    def __init__(
-        self,
-        engine: PlotEngine,
-        stats: Callable[[], Snapshot],
-        interval: float = 30.0,
-        max_queued_packets: int = MAX_QUEUED_PACKETS,
-        idle_seconds: float = 1800.0,
-    ) -> None:
-        self.engine = engine
-        self.stats = stats
-        self.interval = interval
-        self.max_queued_packets = max_queued_packets
-        self.idle_seconds = idle_seconds
-        self._cond = threading.Condition()
-        self._queue: collections.deque[tuple[tuple[str, int], np.ndarray | None]] = collections.deque()
-        self._queued = 0
-        self._dropped: dict[tuple[str, int], int] = {}
-        self.dropped_total = 0
-        self._stop = threading.Event()
-        self._last_chunk = -math.inf  # monotonic time of the newest chunk from ingest
-        self._cycles = 0  # cycles finished (or requests answered without work)
-        self._wanted = 0  # cycle count that draw_now callers wait for
-        self._busy = False
-        self.next_due = 0.0
-        self.last_cycle_seconds = float("nan")
-        self.last_cycle_wall = float("nan")
-        self.cycles_total = 0
-        self.published_status: dict = engine.status()
-        self.thread = threading.Thread(target=self._run, name="plots", daemon=True)
-
-    @property
-    def store(self) -> PlotStore:
-        return self.engine.store
-
-    # -- ingest side (never blocks) ----------------------------------------------------
-    def on_chunk(self, chunk: Chunk) -> None:
-        """Ingest listener: queue the chunk's packets, or count them as skipped when full."""
-        n = len(chunk.packets)
-        if not n:
-            return
-        self._last_chunk = time.monotonic()
-        key = (chunk.cursor.path, chunk.cursor.inode)
-        packets = None
-        if self.engine.wants_packets:
-            # The ingest thread may reuse buffers it handed out as views; own the data here.
-            packets = chunk.packets if chunk.packets.flags.owndata else chunk.packets.copy()
-        with self._cond:
-            if packets is not None and self._queued and self._queued + n > self.max_queued_packets:
-                self._dropped[key] = self._dropped.get(key, 0) + n
-                self.dropped_total += n
-                if self.dropped_total == n:
-                    log.warning("plotting fell behind ingest: skipping packets for plots (counted, titles say so)")
-            else:
-                self._queue.append((key, packets))
-                self._queued += n if packets is not None else 0
-            self._cond.notify()
-
-    # -- drawing thread ----------------------------------------------------------------
-    def start(self) -> None:
-        stats = self.stats()
-        if math.isfinite(stats.data_time):  # restored from a checkpoint: draw what it holds
-            self.engine.shared_fresh.feed(fingerprint(stats))
-        self.thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    def _take(self, wait: float) -> list[tuple[tuple[str, int], np.ndarray | None, int]]:
-        with self._cond:
-            if not self._queue and not self._dropped and wait > 0 and not self._requested:
-                self._cond.wait(wait)
-            items = [(key, packets, 0) for key, packets in self._queue]
-            items += [(key, None, n) for key, n in self._dropped.items()]
-            self._queue.clear()
-            self._queued = 0
-            self._dropped.clear()
-            return items
-
-    def _feed(self, items: list) -> None:
-        if not items:
-            return
-        stats = self.stats()
-        for key, packets, dropped in items:
-            self.engine.update(key, packets, stats, dropped)
-
-    def _drain(self) -> None:
-        self._feed(self._take(0))
-
-    def _yield_to_ingest(self) -> None:
-        """Take queued packets, then wait while ingest is busy with a backlog (bounded); end a cycle on stop."""
-        if self._stop.is_set():
-            raise _Stopping
-        self._drain()
-        deadline = time.monotonic() + MAX_YIELD_SECONDS
-        while time.monotonic() - self._last_chunk < INGEST_QUIET_SECONDS and time.monotonic() < deadline:
-            if self._stop.wait(0.05):
-                return
-            self._drain()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                wait = max(0.0, self.next_due - time.monotonic()) if self.engine.has_work(self.stats()) else 1.0
-                self._feed(self._take(min(wait, 1.0)))
-                due = time.monotonic() >= self.next_due or self._requested
-                if due and self.engine.has_work(self.stats()) and not self._stop.is_set():
-                    self._cycle()
-                elif self._requested:
-                    self._count_cycle()
-            except _Stopping:
-                break
-            except Exception:  # the drawing thread must outlive any surprise
-                log.exception("plot cycle failed; trying again next interval")
-                self.next_due = time.monotonic() + self.interval
-
-    def _cycle(self) -> None:
-        started = time.monotonic()
-        with self._cond:
-            self._busy = True
-        self._yield_to_ingest()
-        self.engine.draw(self.stats(), between=self._yield_to_ingest)
-        self.engine.expire(self.idle_seconds)
-        ended = time.monotonic()
-        self.last_cycle_seconds = ended - started
-        self.last_cycle_wall = time.time()
-        self.cycles_total += 1
-        # At most every interval, and never busier than half the time.
-        self.next_due = max(started + self.interval, ended + self.last_cycle_seconds)
-        self.published_status = self.engine.status()
-        self._count_cycle()
-
-    @property
-    def _requested(self) -> bool:
-        return self._cycles < self._wanted
-
-    def _count_cycle(self) -> None:
-        with self._cond:
-            self._busy = False
-            self._cycles += 1
-            self._cond.notify_all()
-
-    def draw_now(self, timeout: float = 60.0) -> bool:
-        """Ask for a cycle now (queued packets first) and wait for it; for tests and tools."""
-        with self._cond:
-            target = self._cycles + (2 if self._busy else 1)  # a cycle under way may predate the request
-            self._wanted = max(self._wanted, target)
-            self._cond.notify_all()
-            return self._cond.wait_for(lambda: self._cycles >= target or self._stop.is_set(), timeout)
-
-    def status(self) -> dict:
-        """Status for people and ``/metrics``: the last cycle, the plugins, skipped packets."""
-        return {
-            **self.published_status,
-            "last_cycle_seconds": self.last_cycle_seconds,
-            "last_cycle_wall": self.last_cycle_wall,
-            "cycles": self.cycles_total,
-            "dropped_packets": self.dropped_total,
-            "interval": self.interval,
-            "output": os.fspath(self.store.root),
-        }

@@ -12,8 +12,10 @@ from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figures, one_pas
 
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
 from exporter.monitor import Monitor
-from exporter.quality.accumulator import Accumulator
+from exporter.quality.accumulator import Accumulator, prefer_finite
+from exporter.quality.clock import DataClock
 from exporter.quality.status import ChannelStatus
+from exporter.reading.decode import decode_messages
 from exporter.reading.files import FileReader
 from exporter.reading.tail import InputSpec
 from exporter.runtime.ingest import Ingester
@@ -143,3 +145,54 @@ def test_polls_end_with_the_same_figures_as_one_pass(tmp_path, module_geometry, 
         assert_same_figure_data(live_figures[name], once_figures[name], name)
     triggers = sum(p.get_height() for p in once_figures["TriggerHistograms"].axes[1].patches)
     assert triggers > 40  # 4 Hz for 11 s on 2 io_groups: the live run had to pair across polls and chunks
+
+
+def _expected_image(geometry, stats, values, io_group, tile, extent, shape) -> np.ndarray:
+    """Per-channel ``values`` of the snapshot placed at their pixels' positions, independently of the plot code."""
+    left, _, bottom, _ = extent
+    out = np.full(shape, np.nan)
+    for i, key in enumerate(stats.chip_keys.tolist()):
+        row = geometry.row_of(*key)
+        if key[0] != io_group or row is None or geometry.tiles[row] != tile:
+            continue
+        connected = geometry.connected[row]
+        ix = np.floor((geometry.x[row][connected] - left) / geometry.pixel_pitch).astype(int)
+        iy = np.floor((geometry.y[row][connected] - bottom) / geometry.pixel_pitch).astype(int)
+        out[iy, ix] = values[i][connected]
+    return out
+
+
+def test_pixel_map_draws_the_snapshot_pixel_for_pixel_also_when_updated_in_place(module_geometry):
+    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
+    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+    plot, fig = PixelMap(), None
+    noisy_row = module_geometry.row_of(1, 1, 12)
+    tile = int(module_geometry.tiles[noisy_row])
+    for start, seconds in ((0, 3), (3, 4)):  # a first draw builds the figure, the second updates it in place
+        for t in range(start, start + seconds):
+            accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
+        stats = accumulator.snapshot()
+        ctx = PlotContext(None, stats, module_geometry)
+        (name,) = [n for n, ref in plot.tiles(ctx).items() if ref.tile == tile]
+        drawn = plot.draw(name, ctx, fig)
+        assert fig is None or drawn is fig
+        fig = drawn
+        panels = [ax.images[1] for ax in fig.axes if ax.images]  # [0] is the status layer under each
+        assert len(panels) == 3
+        extent, shape = panels[0].get_extent(), panels[0].get_array().shape
+        rate = np.where(stats.channel_rate_hz > 0, stats.channel_rate_hz, np.nan)
+        mean = prefer_finite(stats.channel_pedestal_mean, stats.channel_adc_mean)
+        std = prefer_finite(stats.channel_pedestal_std, stats.channel_adc_std)
+        for image, values in zip(panels, (rate, mean, std)):
+            drawn_values = np.ma.filled(np.ma.asarray(image.get_array(), dtype=float), np.nan)
+            expected = _expected_image(module_geometry, stats, values, 1, tile, extent, shape)
+            np.testing.assert_array_equal(drawn_values, expected)
+        noisy = _expected_image(
+            module_geometry, stats, stats.channel_status == ChannelStatus.NOISY, 1, tile, extent, shape
+        )
+        rings = fig.axes[0].collections[0].get_offsets()
+        assert len(rings) == int(np.nansum(noisy)) >= 1  # the noisy channel 1-1-12-3, ringed
+        pitch = module_geometry.pixel_pitch
+        centres = np.floor((rings - [extent[0], extent[2]]) / pitch).astype(int)
+        assert all(noisy[iy, ix] == 1 for ix, iy in centres.tolist())
+        assert np.isfinite(panels[0].get_clim()).all() and panels[0].get_clim()[1] >= np.nanmax(rate[np.isfinite(rate)])

@@ -4,13 +4,14 @@ plot metrics, and a plotted chip rate that agrees with ``larpix_chip_hit_rate_he
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import subprocess
 
 import numpy as np
 import pytest
 from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
-from plothelpers import PNG_SIGNATURE, chromium, rate_image
+from plothelpers import PNG_SIGNATURE, chromium
 from test_plots_plugins import BROKEN, TEMPLATE, write_plugins
 
 from exporter.detector.geometry import packaged_layout
@@ -153,10 +154,31 @@ def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
     assert shot.read_bytes()[:8] == PNG_SIGNATURE and shot.stat().st_size > 50_000
 
 
+#: A pixel map that also saves the hit-rate image it drew, so the test can read what the drawing process drew.
+PROBE = """
+import os
+import numpy as np
+from plots.builtin.pixelmap import PixelMap
+
+
+class PixelMapProbe(PixelMap):
+    def draw(self, name, ctx, fig=None):
+        fig = super().draw(name, ctx, fig)
+        image = fig.axes[0].images[1]  # [0] is the status layer under it
+        rate = np.ma.filled(np.ma.asarray(image.get_array(), dtype=float), np.nan)
+        path = os.path.join(os.path.dirname(__file__), name + ".npz")
+        np.savez(path, rate=rate, extent=np.asarray(image.get_extent()), pid=os.getpid())
+        return fig
+"""
+
+
 @pytest.mark.e2e
 def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
     _, truth = simulate_files(module_geometry, tmp_path / "data", 20, "packets")
     total = sum(truth.packet_types.values())
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "probe.py").write_text(PROBE)
     port = free_port()
     settings = Settings(
         inputs=[str(tmp_path / "data")],
@@ -166,19 +188,23 @@ def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
         geometry=str(packaged_layout()),
         state_file="-",
     )
-    service = Service(settings, PlotSettings(str(tmp_path / "plots"), plots=("PixelMap_2_2",), interval=3600))
+    plots = PlotSettings(
+        str(tmp_path / "plots"), plots=("PixelMapProbe_2_2",), interval=3600, plugin_dirs=(str(probe),)
+    )
+    service = Service(settings, plots)
     service.start()
     try:
         wait_for(lambda: sum(service.ingester.published.health.packets_ingested.values()) == total, timeout=90)
         assert service.plots is not None and service.plots.draw_now(timeout=60)
         samples = parse_metrics(scrape(port))
-        fig = service.plots.engine.shared_figures["PixelMap_2_2"]
+        drawn = np.load(probe / "PixelMapProbe_2_2.npz")
     finally:
         service.stop()
+    assert int(drawn["pid"]) != os.getpid()  # drawn in the drawing process
     chip = (2, 8, 100)  # module tile 10 = the second tile of io_group 2
     row = module_geometry.row_of(*chip)
     assert module_geometry.tiles[row] == 10
-    rate, (left, _, bottom, _) = rate_image(fig)
+    rate, (left, _, bottom, _) = drawn["rate"], drawn["extent"]
     connected = module_geometry.connected[row]
     pitch = module_geometry.pixel_pitch
     ix = np.floor((module_geometry.x[row][connected] - left) / pitch).astype(int)

@@ -22,6 +22,8 @@ def _fields(record: logging.LogRecord) -> dict[str, str]:
     }
     if record.exc_info:
         fields["err"] = logging.Formatter().formatException(record.exc_info)
+    elif record.exc_text:  # a record from the drawing process comes with its traceback as text
+        fields["err"] = record.exc_text
     return fields
 
 

@@ -1,4 +1,4 @@
-"""Wires settings into a running exporter: ingest thread + HTTP server, with clean shutdown."""
+"""Wires settings into a running exporter: ingest thread + HTTP server (+ drawing process), with clean shutdown."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from exporter.web.auth import load_web_config
 from exporter.web.server import ExporterServer, MetricsApp
 
 if TYPE_CHECKING:
-    from plots.engine import PlotSettings, PlotWorker
+    from plots.engine import PlotSettings
+    from plots.worker import PlotWorker
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def resolve_checkpoint_path(settings: Settings) -> str | None:
 class Service:
     """The live monitor: call ``start``, then ``wait`` or ``stop``.
 
-    With ``plots`` settings, a drawing thread (``PlotWorker``) gets every ingested chunk
+    With ``plots`` settings, a drawing process (``PlotWorker``) gets every ingested chunk
     through a bounded queue and draws from the published snapshots.
     """
 
@@ -81,7 +82,8 @@ class Service:
         self.ingester.restore()
         self.plots: PlotWorker | None = None
         if plots is not None:
-            from plots.engine import PlotEngine, PlotWorker  # matplotlib only when plots are asked for
+            from plots.engine import PlotEngine  # matplotlib only when plots are asked for
+            from plots.worker import PlotWorker
 
             engine = PlotEngine(plots, self.geometry)
             self.plots = PlotWorker(
@@ -148,12 +150,12 @@ class Service:
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_SECONDS - 1.0  # a second left for the server and the exit
         self.stop_event.set()
         if self.plots is not None:
-            self.plots.stop(0.0)  # tell the drawing thread now, so it no longer competes with the last checkpoint
+            self.plots.stop(0.0)  # tell the drawing process now, so it no longer competes with the last checkpoint
         self.thread.join(max(0.0, deadline - time.monotonic()))
         if self.thread.is_alive():
             log.error("ingest did not stop within %.0f s; the last checkpoint may be missing", SHUTDOWN_TIMEOUT_SECONDS)
         if self.plots is not None:
-            self.plots.stop(max(0.0, min(PLOTS_SHUTDOWN_SECONDS, deadline - time.monotonic())))
+            self.plots.stop(max(0.1, min(PLOTS_SHUTDOWN_SECONDS, deadline - time.monotonic())))
         for server in self.servers:
             server.stop()
 

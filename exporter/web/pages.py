@@ -61,6 +61,8 @@ def _problems(status: dict) -> list[str]:
             out.append(f"{name} ({state}): {plugin['last_error']}")
     out += [f"{name}: {reason}" for name, reason in sorted(status["skipped"].items())]
     out += [f"{where}: {error}" for where, error in sorted(status["discovery_errors"].items())]
+    if status.get("last_exit"):
+        out.append(f"{status['last_exit']}; restarted {status['restarts']} times")
     return out
 
 
@@ -167,4 +169,9 @@ def plot_families(source: PlotSource) -> list[Family]:
             "counter",
             "Packets the plots did not get because drawing fell behind ingest.",
         ).add((), [()], [status["dropped_packets"]]),
+        Family(
+            "larpix_exporter_plot_process_restarts",
+            "counter",
+            "Times the drawing process died and was started again.",
+        ).add((), [()], [status.get("restarts", 0)]),
     ]

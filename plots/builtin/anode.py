@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
+from plots.cached import CachedFigure
 from plots.draw import (
     MEAN_CMAP,
     RATE_CMAP,
+    TilePanel,
     colour_bar,
-    draw_tile,
     map_layout,
     new_figure,
     rate_norm,
@@ -21,15 +25,37 @@ from plots.draw import (
     titles,
     window_text,
 )
-from plots.pixels import PixelPlot, TileImages, TileRef, tile_images
+from plots.pixels import PixelPlot, PixelView, TileRef, tile_images
+
+#: The two quantities: TileImages field, colour map, panel title, colour bar label, colour bar extension.
+FIELDS = (
+    ("rate", RATE_CMAP, "hit rate", "hit rate [Hz]", "neither"),
+    ("mean", MEAN_CMAP, "mean ADC", "mean ADC [ADC counts]", "both"),
+)
+
+
+@dataclass
+class _AnodeFigure:
+    """The drawn overview kept for the next cycle: figure, one panel per (quantity, tile), titles."""
+
+    fig: Figure
+    key: tuple  # the tiles drawn and the noisy threshold in the legend: a change rebuilds the figure
+    panels: list[tuple[str, TileRef, TilePanel]]  # (TileImages field, tile, panel)
+    title: Text
+    subtitle: Text
 
 
 class AnodeOverview(PixelPlot):
     """The whole anode plane: one panel per io_group (anode) and quantity, tiles outlined and numbered.
 
     Left: hit rate (log colour scale) of each io_group; right: mean ADC. Colour scales are
-    shared between io_groups so the anodes compare directly.
+    shared between io_groups so the anodes compare directly. The figure is built once and
+    later cycles only change its data.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: _AnodeFigure | None = None
 
     def outputs(self, ctx: PlotContext) -> list[str]:
         return [self.plot_name()] if ctx.geometry is not None else []
@@ -37,41 +63,52 @@ class AnodeOverview(PixelPlot):
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
         view, stats = self.pixels(ctx), ctx.stats
         refs = view.tiles(stats)
-        groups = sorted({ref.io_group for ref in refs}) or [0]
-        by_group: dict[int, list[tuple[TileRef, TileImages]]] = {g: [] for g in groups}
-        for ref in refs:
-            by_group[ref.io_group].append((ref, tile_images(view, stats, ref)))
-        everything = [images for tiles in by_group.values() for _, images in tiles]
+        images = {ref: tile_images(view, stats, ref) for ref in refs}
+        everything = list(images.values())
         rates = np.concatenate([i.rate.ravel() for i in everything]) if everything else np.zeros(0)
         means = np.concatenate([i.mean.ravel() for i in everything]) if everything else np.zeros(0)
-        extents = np.array([view.grids[t].extent for t in view.grids])
-        width = extents[:, 1].max() - extents[:, 0].min()
-        height = extents[:, 3].max() - extents[:, 2].min()
-        fig = new_figure(fig, 8.0)
-        (rate_axes, mean_axes), bars = map_layout(fig, [len(groups), len(groups)], height / width)
-        scales = (
-            (rate_axes, rate_norm(stats, rates), RATE_CMAP, "rate", "hit rate [Hz]", "neither"),
-            (mean_axes, robust_norm(means), MEAN_CMAP, "mean", "mean ADC [ADC counts]", "both"),
-        )
-        for (axes, norm, cmap, field, label, extend), bar in zip(scales, bars):
-            image = None
-            for ax, group in zip(axes, groups):
-                for ref, images in by_group[group]:
-                    image = draw_tile(ax, images.grid, getattr(images, field), images.codes, norm, cmap)
-                    tile_outline(ax, images.grid, str(ref.tile) if view.geometry.has_io_mapping else None)
-                ax.set_xlim(extents[:, 0].min(), extents[:, 1].max())
-                ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
-                ax.set_title(f"io_group {group}: {'hit rate' if field == 'rate' else 'mean ADC'}", fontsize=11)
-            if image is not None:
-                colour_bar(fig, image, bar, label, extend)
+        norms = {"rate": rate_norm(stats, rates), "mean": robust_norm(means)}
+        key = (tuple(refs), stats.config.noisy_rate_hz)
+        kept = self._kept
+        if kept is None or kept.fig is not fig or kept.key != key:
+            kept = self._kept = self._build(fig, view, refs, norms, key)
+        for field, ref, panel in kept.panels:
+            panel.update(getattr(images[ref], field), images[ref].codes, norms[field])
         silent = sum(i.count(ChannelStatus.SILENT) for i in everything)
         unknown = sum(i.count(ChannelStatus.UNKNOWN) for i in everything)
         noisy = sum(i.count(ChannelStatus.NOISY) for i in everything)
         pixels = sum(int((i.codes >= 0).sum()) for i in everything)
-        titles(
-            fig,
-            f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)",
-            f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels",
-        )
-        status_legend(fig, stats.config.noisy_rate_hz)
-        return fig
+        kept.title.set_text(f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)")
+        kept.subtitle.set_text(f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels")
+        return kept.fig
+
+    @staticmethod
+    def _build(fig: Figure | None, view: PixelView, refs: list[TileRef], norms: dict, key: tuple) -> _AnodeFigure:
+        """The overview figure: per quantity a row of io_group panels with every tile, and a colour bar."""
+        groups = sorted({ref.io_group for ref in refs}) or [0]
+        extents = np.array([view.grids[t].extent for t in view.grids])
+        width = extents[:, 1].max() - extents[:, 0].min()
+        height = extents[:, 3].max() - extents[:, 2].min()
+        fig = new_figure(fig, 8.0, cached=True)
+        assert isinstance(fig, CachedFigure)
+        rows, bars = map_layout(fig, [len(groups), len(groups)], height / width)
+        panels: list[tuple[str, TileRef, TilePanel]] = []
+        for (field, cmap, title, label, extend), axes, bar in zip(FIELDS, rows, bars):
+            panel = None
+            for ax, group in zip(axes, groups):
+                for ref in (ref for ref in refs if ref.io_group == group):
+                    grid = view.grids[ref.tile]
+                    panel = TilePanel(ax, grid, norms[field], cmap)
+                    panels.append((field, ref, panel))
+                    outline = tile_outline(ax, grid, str(ref.tile) if view.geometry.has_io_mapping else None)
+                    fig.dynamic(*panel.artists, *outline)  # outlines and numbers stay over the images
+                fig.dynamic(*ax.spines.values())
+                ax.set_xlim(extents[:, 0].min(), extents[:, 1].max())
+                ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
+                ax.set_title(f"io_group {group}: {title}", fontsize=11)
+            if panel is not None:
+                fig.dynamic(colour_bar(fig, panel.values, bar, label, extend).ax)
+        title_text, subtitle = titles(fig, "", "")
+        fig.dynamic(title_text, subtitle)
+        status_legend(fig, key[1])
+        return _AnodeFigure(fig, key, panels, title_text, subtitle)

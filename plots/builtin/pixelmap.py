@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from exporter.quality.status import ChannelStatus
 from plots.base import PlotContext
+from plots.cached import CachedFigure
 from plots.draw import (
     MEAN_CMAP,
     RATE_CMAP,
     STD_CMAP,
+    TilePanel,
     colour_bar,
-    draw_tile,
     map_layout,
     new_figure,
     rate_norm,
@@ -20,7 +24,26 @@ from plots.draw import (
     titles,
     window_text,
 )
-from plots.pixels import PixelPlot, TileRef, tile_images
+from plots.pixels import PixelPlot, TileGrid, TileImages, TileRef, tile_images
+
+#: The three panels: colour map, panel title, colour bar label, colour bar extension.
+PANELS = (
+    (RATE_CMAP, "hit rate", "hit rate [Hz]", "neither"),
+    (MEAN_CMAP, "mean ADC", "mean ADC [ADC counts]", "both"),
+    (STD_CMAP, "ADC standard deviation", "ADC standard deviation [ADC counts]", "both"),
+)
+
+
+@dataclass
+class _TileFigure:
+    """A drawn pixel map kept for the next cycle: its figure, panels and title texts."""
+
+    fig: Figure
+    grid: TileGrid
+    noisy_rate_hz: float
+    panels: list[TilePanel]
+    title: Text
+    subtitle: Text
 
 
 class PixelMap(PixelPlot):
@@ -29,8 +52,13 @@ class PixelMap(PixelPlot):
     One image per tile, named ``PixelMap_<io_group>_<tile>`` with the tile counted within its
     io_group (1..8 on a module: module tile 9 is ``PixelMap_2_1``). Values are the window
     statistics of ``/metrics``; silent pixels are grey, unknown ones (not enough data yet)
-    blue-grey, noisy ones ringed in red, inefficient ones in orange.
+    blue-grey, noisy ones ringed in red, inefficient ones in orange. A figure is built once per
+    tile and later cycles only change its data.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._figures: dict[str, _TileFigure] = {}
 
     def tiles(self, ctx: PlotContext) -> dict[str, TileRef]:
         if ctx.geometry is None:
@@ -44,29 +72,45 @@ class PixelMap(PixelPlot):
         ref = self.tiles(ctx)[name]
         stats = ctx.stats
         images = tile_images(self.pixels(ctx), stats, ref)
-        grid = images.grid
+        norms = (rate_norm(stats, images.rate), robust_norm(images.mean), robust_norm(images.std, floor=0.0))
+        kept = self._figures.get(name)
+        noisy_rate_hz = stats.config.noisy_rate_hz
+        if kept is None or kept.fig is not fig or kept.grid is not images.grid or kept.noisy_rate_hz != noisy_rate_hz:
+            kept = self._figures[name] = self._build(fig, images.grid, norms, noisy_rate_hz)
+        for panel, values, norm in zip(kept.panels, (images.rate, images.mean, images.std), norms):
+            panel.update(values, images.codes, norm)
+        kept.title.set_text(f"{name}: {self._where(ref, ctx)}")
+        kept.subtitle.set_text(f"{window_text(stats)}  ·  {self._counts(images)}")
+        return kept.fig
+
+    @staticmethod
+    def _build(fig: Figure | None, grid: TileGrid, norms: tuple, noisy_rate_hz: float) -> _TileFigure:
+        """The figure of one tile: three map panels with colour bars, titles and the legend."""
         ny, nx = grid.shape
-        fig = new_figure(fig, 6.0)
+        fig = new_figure(fig, 6.0, cached=True)
+        assert isinstance(fig, CachedFigure)
         maps, bars = map_layout(fig, [1, 1, 1], ny / nx)
-        panels = (
-            (images.rate, rate_norm(stats, images.rate), RATE_CMAP, "hit rate", "hit rate [Hz]", "neither"),
-            (images.mean, robust_norm(images.mean), MEAN_CMAP, "mean ADC", "mean ADC [ADC counts]", "both"),
-            (
-                images.std,
-                robust_norm(images.std, floor=0.0),
-                STD_CMAP,
-                "ADC standard deviation",
-                "ADC standard deviation [ADC counts]",
-                "both",
-            ),
-        )
-        for (ax,), bar, (values, norm, cmap, title, label, extend) in zip(maps, bars, panels):
-            image = draw_tile(ax, grid, values, images.codes, norm, cmap)
-            ax.set_title(title, fontsize=11)
-            colour_bar(fig, image, bar, label, extend)
+        panels = []
+        for (ax,), bar, norm, (cmap, panel_title, label, extend) in zip(maps, bars, norms, PANELS):
+            panel = TilePanel(ax, grid, norm, cmap)
+            ax.set_title(panel_title, fontsize=11)
+            colour_bar(fig, panel.values, bar, label, extend)
+            fig.dynamic(*panel.artists, *ax.spines.values(), bar)  # the frame stays over the images
+            panels.append(panel)
+        title, subtitle = titles(fig, "", "")
+        fig.dynamic(title, subtitle)
+        status_legend(fig, noisy_rate_hz)
+        return _TileFigure(fig, grid, noisy_rate_hz, panels, title, subtitle)
+
+    @staticmethod
+    def _where(ref: TileRef, ctx: PlotContext) -> str:
         where = f"io_group {ref.io_group}, tile {ref.local}"
         if ctx.geometry is not None and ctx.geometry.has_io_mapping:
             where += f" (module tile {ref.tile})"
+        return where
+
+    @staticmethod
+    def _counts(images: TileImages) -> str:
         pixels = int((images.codes >= 0).sum())
         counts = ", ".join(
             f"{images.count(code)} {label}"
@@ -75,6 +119,4 @@ class PixelMap(PixelPlot):
                 (ChannelStatus.NONE, "not expected"),
             )
         )
-        titles(fig, f"{name}: {where}", f"{window_text(stats)}  ·  {pixels} pixels: {counts}")
-        status_legend(fig, stats.config.noisy_rate_hz)
-        return fig
+        return f"{pixels} pixels: {counts}"

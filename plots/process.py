@@ -1,0 +1,211 @@
+"""The drawing process: a ``PlotEngine`` fed through a pipe with snapshots and packets, apart from the server.
+
+``serve`` draws here, in a child process started by ``PlotWorker`` (``plots.worker``), so
+matplotlib never holds the interpreter lock of the process that answers ``/metrics``. The
+parent sends, in order, ``("stats", Snapshot)``, ``("chunk", key, packets | None, dropped)``,
+``("draw", request)`` and ``("stop",)``; the child says how many packets it took
+(``("taken", n)``), answers with ``("status", dict)`` after every cycle and forwards its log
+records as ``("log", dict)``. A closed pipe (the parent is
+gone) or a stop message ends the child; a cycle under way ends at the next image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any, NoReturn
+
+from exporter.detector.geometry import Geometry
+from exporter.quality.snapshot import Snapshot
+from plots.discovery import Catalog, discover
+from plots.engine import PlotEngine, PlotSettings, fingerprint
+
+log = logging.getLogger(__name__)
+
+#: Niceness added to the drawing process: when cores are short, ingest and scrapes go first.
+NICENESS = 10
+
+
+class _Stopping(Exception):
+    """Raised between two images once the parent said stop or went away: a long cycle ends at once."""
+
+
+class PipeLogHandler(logging.Handler):
+    """Sends the child's log records to the parent, which logs them in its own format."""
+
+    def __init__(self, conn: Connection, lock: threading.Lock) -> None:
+        super().__init__()
+        self.conn, self.send_lock = conn, lock  # not ``lock``: Handler has its own, held around emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {
+                "name": record.name,
+                "levelno": record.levelno,
+                "levelname": record.levelname,
+                "msg": record.getMessage(),
+                "exc_text": logging.Formatter().formatException(record.exc_info) if record.exc_info else None,
+                "created": record.created,
+                "msecs": record.msecs,
+            }
+            with self.send_lock:
+                self.conn.send(("log", fields))
+        except Exception:  # the parent is gone: nothing to log to
+            pass
+
+
+def _terminate(signum: int, frame: Any) -> NoReturn:
+    """SIGTERM ends the child through SystemExit, so a half-written image's temporary file is removed."""
+    raise SystemExit(0)
+
+
+class DrawingLoop:
+    """The child's main loop: take messages, draw at most every ``interval``, report each cycle."""
+
+    def __init__(
+        self, conn: Connection, lock: threading.Lock, engine: PlotEngine, interval: float, idle_seconds: float
+    ) -> None:
+        self.conn = conn
+        self.lock = lock  # sends come from this loop and from the log handler
+        self.engine = engine
+        self.interval = interval
+        self.idle_seconds = idle_seconds
+        self.stats: Snapshot | None = None
+        self.stopping = False
+        self.taken = 0  # packets handled since the parent was last told
+        self.wanted = 0  # highest draw request received
+        self.answered = 0  # highest draw request a finished cycle covers
+        self.next_due = 0.0
+        self.cycles = 0
+        self.last_cycle_seconds = float("nan")
+        self.last_cycle_wall = float("nan")
+
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+    def receive(self, wait: float) -> None:
+        """Handle every message waiting (after up to ``wait`` seconds for the first); EOF means stop."""
+        try:
+            ready = self.conn.poll(wait)
+            while ready:
+                self.handle(self.conn.recv())
+                ready = self.conn.poll(0)
+            if self.taken:  # the parent bounds the packets not taken yet
+                self.send(("taken", self.taken))
+                self.taken = 0
+        except (EOFError, OSError):
+            self.stopping = True
+
+    def handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "stats":
+            first = self.stats is None
+            self.stats = message[1]
+            if first and math.isfinite(self.stats.data_time):  # restored from a checkpoint: draw what it holds
+                self.engine.shared_fresh.feed(fingerprint(self.stats))
+        elif kind == "chunk" and self.stats is not None:
+            _, key, packets, dropped = message
+            self.engine.update(key, packets, self.stats, dropped)
+            self.taken += 0 if packets is None else len(packets)
+        elif kind == "draw":
+            self.wanted = max(self.wanted, message[1])
+        elif kind == "stop":
+            self.stopping = True
+
+    def between(self) -> None:
+        """Between two images: report (counts follow the images on disk), take what came meanwhile, stop if told."""
+        self.report()
+        self.receive(0)
+        if self.stopping:
+            raise _Stopping
+
+    def run(self) -> None:
+        self.report()
+        while not self.stopping:
+            stats = self.stats
+            work = stats is not None and self.engine.has_work(stats)
+            self.receive(min(max(0.0, self.next_due - time.monotonic()), 1.0) if work else 1.0)
+            if self.stopping or self.stats is None:
+                continue
+            requested = self.answered < self.wanted
+            if (requested or time.monotonic() >= self.next_due) and self.engine.has_work(self.stats):
+                self.cycle(self.wanted)
+            elif requested:
+                self.answered = self.wanted
+                self.report()
+
+    def cycle(self, serving: int) -> None:
+        """Draw what changed; requests that arrive meanwhile are answered by the next cycle."""
+        started = time.monotonic()
+        try:
+            assert self.stats is not None
+            self.engine.draw(self.stats, between=self.between)
+            self.engine.expire(self.idle_seconds)
+        except _Stopping:
+            return
+        except Exception:  # a surprise outside the plugins: log it, go on next interval
+            log.exception("plot cycle failed; trying again next interval")
+        ended = time.monotonic()
+        self.last_cycle_seconds = ended - started
+        self.last_cycle_wall = time.time()
+        self.cycles += 1
+        # At most every interval, and never busier than half the time.
+        self.next_due = max(started + self.interval, ended + self.last_cycle_seconds)
+        self.answered = serving
+        self.report()
+
+    def report(self) -> None:
+        self.send(
+            (
+                "status",
+                {
+                    **self.engine.status(),
+                    "pid": os.getpid(),
+                    "cycles": self.cycles,
+                    "answered": self.answered,
+                    "last_cycle_seconds": self.last_cycle_seconds,
+                    "last_cycle_wall": self.last_cycle_wall,
+                },
+            )
+        )
+
+
+def main(
+    conn: Connection,
+    settings: PlotSettings,
+    geometry: Geometry | None,
+    catalog: tuple[list[tuple[str, str, str, str, str]], dict[str, str]],
+    interval: float,
+    idle_seconds: float,
+    level: int,
+) -> None:
+    """Entry point of the drawing process (started with the 'spawn' method).
+
+    ``catalog`` is the parent's plugin catalog (``Catalog.references``); plugin folders are
+    imported first so their classes resolve by the same module names as in the parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    signal.signal(signal.SIGTERM, _terminate)
+    os.nice(NICENESS)
+    logging.disable(logging.CRITICAL)  # the parent already logged what discovery and set-up find
+    if settings.plugin_dirs:
+        discover(settings.plugin_dirs)
+    engine = PlotEngine(settings, geometry, Catalog.from_references(catalog))
+    logging.disable(logging.NOTSET)
+    lock = threading.Lock()
+    root = logging.getLogger()
+    root.handlers[:] = [PipeLogHandler(conn, lock)]
+    root.setLevel(level)
+    loop = DrawingLoop(conn, lock, engine, interval, idle_seconds)
+    try:
+        loop.run()
+    except (EOFError, OSError):  # the parent went away while we reported
+        pass
+    finally:
+        conn.close()

@@ -1,0 +1,310 @@
+"""``PlotWorker``: the serving process's handle on the drawing process (``plots.process``).
+
+Ingest hands each chunk to ``on_chunk``, which only appends it to a queue bounded in packets
+(never waits; what does not fit is counted as dropped). A sender thread pipes the published
+snapshot (when it changed, at most every ``STATS_SECONDS``, and before each draw request)
+and the queued chunks to the child; a receiver thread takes the child's status reports and
+log records, and restarts the child when it dies. Pickling happens in these threads, so
+neither ingest nor a scrape waits for it, and matplotlib runs under another interpreter lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from exporter.quality.snapshot import Snapshot
+from exporter.reading.files import Chunk
+from plots import process
+from plots.engine import PlotEngine
+from plots.store import PlotStore
+
+log = logging.getLogger(__name__)
+
+#: Packets waiting for the drawing process beyond which new chunks are skipped (and counted).
+MAX_QUEUED_PACKETS = 2_000_000
+#: A changed snapshot is sent at most this often, except right before a draw request.
+STATS_SECONDS = 1.0
+#: Waits before restarting a drawing process that died: doubling from the first to the last.
+RESTART_SECONDS = (1.0, 60.0)
+#: Time a stopped child gets after SIGTERM before it is killed.
+KILL_SECONDS = 1.0
+_STOP = ("stop",)
+
+
+class PlotWorker:
+    """Runs a ``PlotEngine`` in a child process, fed by ``on_chunk`` from the ingest thread.
+
+    ``engine`` is the parent's engine: it checked the settings and plugins, owns the image
+    ``store`` the web pages list, and gives the status until the child reports; the child
+    builds its own from the same settings, geometry and plugin catalog. ``idle_seconds``: a
+    file's plot state is dropped after that long without new packets.
+    """
+
+    def __init__(
+        self,
+        engine: PlotEngine,
+        stats: Callable[[], Snapshot],
+        interval: float = 30.0,
+        max_queued_packets: int = MAX_QUEUED_PACKETS,
+        idle_seconds: float = 1800.0,
+    ) -> None:
+        self.engine = engine
+        self.stats = stats
+        self.interval = interval
+        self.max_queued_packets = max_queued_packets
+        self.idle_seconds = idle_seconds
+        self._catalog = engine.catalog.references()
+        self._context = multiprocessing.get_context("spawn")  # the parent has threads: no plain fork
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple] = collections.deque()
+        self._queued = 0  # packets in the queue
+        self._in_flight = 0  # packets sent (or being sent) that the child has not taken yet
+        self.dropped_total = 0
+        self._stopping = False
+        self._requested = 0  # draw requests made
+        self._answered = 0  # draw requests a finished cycle covered
+        self._child_status: dict = {}
+        # counts of drawing processes that died, so counters never go back
+        self._carried_cycles = 0
+        self._carried_plugins: dict[str, dict[str, int]] = {}
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._sent_stats: Snapshot | None = None
+        self._sent_at = -math.inf
+        self._sender = threading.Thread(target=self._send_loop, name="plots-sender", daemon=True)
+        self._receiver = threading.Thread(target=self._receive_loop, name="plots-receiver", daemon=True)
+
+    @property
+    def store(self) -> PlotStore:
+        return self.engine.store
+
+    # -- ingest side (never blocks) ----------------------------------------------------
+    def on_chunk(self, chunk: Chunk) -> None:
+        """Ingest listener: queue the chunk's packets, or count them as skipped when full."""
+        n = len(chunk.packets)
+        if not n:
+            return
+        key = (chunk.cursor.path, chunk.cursor.inode)
+        packets = None
+        if self.engine.wants_packets:
+            # The ingest thread may reuse buffers it handed out as views; own the data here.
+            packets = chunk.packets if chunk.packets.flags.owndata else chunk.packets.copy()
+        with self._cond:
+            waiting = self._queued + self._in_flight
+            if packets is not None and waiting and waiting + n > self.max_queued_packets:
+                last = self._queue[-1] if self._queue else None
+                if last is not None and last[0] == "chunk" and last[2] is None and last[1] == key:  # one count per file
+                    self._queue[-1] = ("chunk", key, None, last[3] + n)
+                else:
+                    self._queue.append(("chunk", key, None, n))
+                self.dropped_total += n
+                if self.dropped_total == n:
+                    log.warning("plotting fell behind ingest: skipping packets for plots (counted, titles say so)")
+            else:
+                self._queue.append(("chunk", key, packets, 0))
+                self._queued += n if packets is not None else 0
+            self._cond.notify_all()
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the drawing process and the threads that talk to it."""
+        self._spawn()
+        self._sender.start()
+        self._receiver.start()
+
+    def _spawn(self) -> None:
+        parent, child = self._context.Pipe()
+        proc = self._context.Process(
+            target=process.main,
+            args=(
+                child,
+                self.engine.settings,
+                self.engine.geometry,
+                self._catalog,
+                self.interval,
+                self.idle_seconds,
+                logging.getLogger().getEffectiveLevel(),
+            ),
+            name="plots",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        with self._cond:
+            self.process, self._conn = proc, parent
+            self._sent_stats = None  # a new child gets the snapshot first
+            if self._answered < self._requested:  # a request the dead child did not answer
+                self._queue.append(("draw", self._requested))
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Tell the child to stop and wait up to ``timeout`` s; then terminate it (and kill it if it must).
+
+        ``stop(0)`` only tells it: the service does so first, so the child stops drawing while
+        ingest writes its last checkpoint, and waits for it later.
+        """
+        with self._cond:
+            self._stopping = True
+            self._queue.clear()  # packets not sent yet would only delay the stop
+            self._queued = 0
+            self._queue.append(_STOP)
+            self._cond.notify_all()
+        proc = self.process
+        if proc is None:
+            return
+        proc.join(timeout)
+        if proc.is_alive() and timeout > 0:
+            proc.terminate()
+            proc.join(KILL_SECONDS)
+            if proc.is_alive():
+                log.error("drawing process %s did not stop; killed", proc.pid)
+                proc.kill()
+                proc.join(KILL_SECONDS)
+
+    # -- sender thread -------------------------------------------------------------------
+    def _next(self) -> tuple[Connection, tuple] | None:
+        """The next message to send (a newer snapshot first when due); None once stopped and sent."""
+        with self._cond:
+            while True:
+                conn = self._conn
+                if conn is not None:
+                    stats = self.stats()
+                    head = self._queue[0] if self._queue else None
+                    fresh = time.monotonic() - self._sent_at >= STATS_SECONDS or (
+                        head is not None and head[0] == "draw"
+                    )
+                    if stats is not self._sent_stats and (fresh or self._sent_stats is None):
+                        self._sent_stats, self._sent_at = stats, time.monotonic()
+                        return conn, ("stats", stats)
+                    if head is not None:
+                        message = self._queue.popleft()
+                        if message[0] == "chunk" and message[2] is not None:
+                            self._queued -= len(message[2])
+                            self._in_flight += len(message[2])
+                        return conn, message
+                if self._stopping and not self._queue:
+                    return None
+                self._cond.wait(STATS_SECONDS / 4)
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            conn, message = item
+            try:
+                conn.send(message)
+            except (OSError, ValueError):  # the child died (the receiver restarts it and counts what it lost)
+                pass
+            if message is _STOP:
+                return
+
+    # -- receiver thread -----------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        wait = RESTART_SECONDS[0]
+        while True:
+            with self._cond:
+                conn, proc = self._conn, self.process
+            assert conn is not None and proc is not None
+            try:
+                while True:
+                    self._handle(conn.recv())
+                    wait = RESTART_SECONDS[0]
+            except (EOFError, OSError):
+                pass
+            proc.join(KILL_SECONDS)
+            conn.close()
+            with self._cond:
+                self._conn = None  # chunks wait in the queue (up to its bound) for the next child
+                self.dropped_total += self._in_flight  # sent to the dead child, never drawn
+                self._in_flight = 0
+                if self._stopping:
+                    self._cond.notify_all()
+                    return
+            self._carry()
+            self.restarts += 1
+            self.last_exit = f"drawing process {proc.pid} exited with code {proc.exitcode}"
+            log.error("%s; restarting it in %.0f s (the exporter goes on)", self.last_exit, wait)
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stopping, wait):
+                    return
+            wait = min(wait * 2, RESTART_SECONDS[1])
+            self._spawn()
+
+    def _handle(self, message: tuple) -> None:
+        kind, body = message
+        if kind == "log":
+            record = logging.makeLogRecord({**body, "args": None, "processName": "plots"})
+            logging.getLogger(record.name).handle(record)
+        elif kind == "taken":
+            with self._cond:
+                self._in_flight = max(0, self._in_flight - body)
+        elif kind == "status":
+            with self._cond:
+                self._child_status = body
+                self._answered = max(self._answered, body["answered"])
+                self._cond.notify_all()
+
+    def _carry(self) -> None:
+        """Keep a dead child's counts, so cycles, renders and failures never go back."""
+        with self._cond:
+            status, self._child_status = self._child_status, {}
+        self._carried_cycles += status.get("cycles", 0)
+        for name, plugin in status.get("plugins", {}).items():
+            carried = self._carried_plugins.setdefault(name, {"renders": 0, "failures": 0})
+            carried["renders"] += plugin["renders"]
+            carried["failures"] += plugin["failures"]
+
+    # -- requests and status -------------------------------------------------------------
+    def draw_now(self, timeout: float = 60.0) -> bool:
+        """Ask for a cycle now (queued packets first) and wait for it; for tests and tools."""
+        with self._cond:
+            self._requested += 1
+            target = self._requested
+            self._queue.append(("draw", target))
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._answered >= target or self._stopping, timeout)
+
+    @property
+    def last_cycle_seconds(self) -> float:
+        return self.status()["last_cycle_seconds"]
+
+    def status(self) -> dict:
+        """Status for people and ``/metrics``: the last cycle, the plugins, skipped packets, the child."""
+        with self._cond:
+            child = dict(self._child_status)
+        base = self.engine.status()
+        plugins = child.get("plugins", base["plugins"])
+        for name, carried in self._carried_plugins.items():
+            if name in plugins:
+                plugins[name] = {
+                    **plugins[name],
+                    "renders": plugins[name]["renders"] + carried["renders"],
+                    "failures": plugins[name]["failures"] + carried["failures"],
+                }
+        return {
+            **base,
+            **child,
+            "plugins": plugins,
+            "pid": child.get("pid"),
+            "last_cycle_seconds": child.get("last_cycle_seconds", float("nan")),
+            "last_cycle_wall": child.get("last_cycle_wall", float("nan")),
+            "cycles": self._carried_cycles + child.get("cycles", 0),
+            "dropped_packets": self.dropped_total,
+            "queued_packets": self._queued + self._in_flight,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "interval": self.interval,
+            "output": os.fspath(self.store.root),
+        }
