@@ -2,7 +2,7 @@
 
 ``serve`` draws here, in a child process started by ``PlotWorker`` (``plots.worker``), so
 matplotlib never holds the interpreter lock of the process that answers ``/metrics``. The
-parent sends, in order, ``("stats", Snapshot)``, ``("chunk", key, packets | None, dropped)``,
+parent sends, in order, ``("stats", Snapshot)``, ``("chunk", key, packets | messages | None, dropped)``,
 ``("draw", request)`` and ``("stop",)``; the child says how many packets it took
 (``("taken", n)``), answers with ``("status", dict)`` after every cycle and forwards its log
 records as ``("log", dict)``. A closed pipe (the parent is
@@ -20,12 +20,24 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
+import numpy as np
+
 from exporter.detector.geometry import Geometry
 from exporter.quality.snapshot import Snapshot
+from exporter.reading.decode import Messages
 from plots.discovery import Catalog, discover
 from plots.engine import PlotEngine, PlotSettings, fingerprint
 
 log = logging.getLogger(__name__)
+
+#: What a chunk message carries: packet records, or raw messages decoded here (not in the ingest thread).
+Payload = np.ndarray | Messages
+
+
+def packet_count(payload: Payload) -> int:
+    """Packets in a chunk message's payload."""
+    return payload.size if isinstance(payload, Messages) else len(payload)
+
 
 #: Niceness added to the drawing process: when cores are short, ingest and scrapes go first.
 NICENESS = 10
@@ -110,9 +122,10 @@ class DrawingLoop:
             if first and math.isfinite(self.stats.data_time):  # restored from a checkpoint: draw what it holds
                 self.engine.shared_fresh.feed(fingerprint(self.stats))
         elif kind == "chunk" and self.stats is not None:
-            _, key, packets, dropped = message
+            _, key, payload, dropped = message
+            packets = payload.decode() if isinstance(payload, Messages) else payload
             self.engine.update(key, packets, self.stats, dropped)
-            self.taken += 0 if packets is None else len(packets)
+            self.taken += 0 if payload is None else packet_count(payload)
         elif kind == "draw":
             self.wanted = max(self.wanted, message[1])
         elif kind == "stop":

@@ -25,6 +25,7 @@ from exporter.quality.snapshot import Snapshot
 from exporter.reading.files import Chunk
 from plots import process
 from plots.engine import PlotEngine
+from plots.process import Payload, packet_count
 from plots.store import PlotStore
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,18 @@ class PlotWorker:
 
     # -- ingest side (never blocks) ----------------------------------------------------
     def on_chunk(self, chunk: Chunk) -> None:
-        """Ingest listener: queue the chunk's packets, or count them as skipped when full."""
-        n = len(chunk.packets)
+        """Ingest listener: queue the chunk's packets (raw messages as they are: the drawing process
+        decodes them), or count them as skipped when full."""
+        n = chunk.size
         if not n:
             return
         key = (chunk.cursor.path, chunk.cursor.inode)
-        packets = None
+        packets: Payload | None = None
         if self.engine.wants_packets:
-            # The ingest thread may reuse buffers it handed out as views; own the data here.
-            packets = chunk.packets if chunk.packets.flags.owndata else chunk.packets.copy()
+            if chunk.records is None:
+                packets = chunk.raw
+            else:  # the ingest thread may reuse buffers it handed out as views; own the data here
+                packets = chunk.records if chunk.records.flags.owndata else chunk.records.copy()
         with self._cond:
             waiting = self._queued + self._in_flight
             if packets is not None and waiting and waiting + n > self.max_queued_packets:
@@ -190,8 +194,8 @@ class PlotWorker:
                     if head is not None:
                         message = self._queue.popleft()
                         if message[0] == "chunk" and message[2] is not None:
-                            self._queued -= len(message[2])
-                            self._in_flight += len(message[2])
+                            self._queued -= packet_count(message[2])
+                            self._in_flight += packet_count(message[2])
                         return conn, message
                 if self._stopping and not self._queue:
                     return None

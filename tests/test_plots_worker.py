@@ -17,6 +17,7 @@ from helpers import START, free_port, parse_metrics, sample, scrape, simulate_fi
 
 from exporter.detector.geometry import packaged_layout
 from exporter.quality.accumulator import Accumulator
+from exporter.reading.files import PACKETS, Chunk
 from exporter.reading.packets import PACKET_DTYPE
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.service import Service
@@ -58,8 +59,8 @@ class Crash(Plot):
         return fig or Figure(figsize=(2, 2))
 
 
-def chunk(n: int):
-    return SimpleNamespace(packets=np.zeros(n, PACKET_DTYPE), cursor=SimpleNamespace(path="/data/run-7.h5", inode=7))
+def chunk(n: int) -> Chunk:
+    return Chunk(SimpleNamespace(path="/data/run-7.h5", inode=7), n, PACKETS, records=np.zeros(n, PACKET_DTYPE))  # type: ignore[arg-type]
 
 
 def worker_with(plot: type[Plot], tmp_path, monkeypatch, **kwargs) -> PlotWorker:
