@@ -9,16 +9,27 @@ chips outside the geometry, foreign packet dtypes and chunks split anywhere.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from exporter.monitor import Monitor
+from exporter.quality.accumulator import (
+    COMPILE_AFTER_PACKETS,
+    COMPILED,
+    KERNELS,
+    NUMPY,
+    Accumulator,
+    QualityConfig,
+    load_kernels,
+)
 from exporter.quality.clock import DataClock
 from exporter.reading.decode import Messages, split_messages
 from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 
 START = 1_700_000_000
 FAULTS = Faults(
@@ -181,3 +192,46 @@ def test_a_channel_hit_more_often_than_an_int32_sum_of_squares_holds_is_exact() 
     compiled.add(burst, DataClock(), START + 100.0)
     assert reference.win_adc_sq.max() > 2**31
     assert_same(reference, compiled)
+
+
+#: Run in a fresh process (no kernels loaded yet): ingest a file, save the state, say when the kernels came.
+FRESH_RUN = """
+import sys, numpy as np
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.monitor import Monitor
+from exporter.quality.accumulator import KERNELS
+monitor = Monitor(load_geometry(packaged_layout()))
+before = KERNELS.ready()
+monitor.add_file(sys.argv[1])
+np.savez(sys.argv[2], **monitor.accumulator.export_state())
+print(before, monitor.accumulator.compiled)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fmt", ["raw", "packets"])
+def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_path, fmt) -> None:
+    """Whole files through the read loop (chunks, read-ahead, held rows) in a fresh process: it starts on
+    numpy, switches to the kernels once it has 1M packets, and ends with the numpy run's counters."""
+    geometry = load_geometry(packaged_layout())
+    sim = Simulator(geometry, SimulationConfig(seed=10, hit_rate_hz=8.0, words_per_message=40), FAULTS)
+    path = tmp_path / f"run.{fmt}.h5"
+    writer = open_writer(path, fmt)
+    for t in range(4):
+        writer.append(*sim.second(START + t))
+    writer.close()
+    reference = Monitor(geometry, ingest_engine=NUMPY)
+    assert reference.add_file(path) > 2 * COMPILE_AFTER_PACKETS
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_RUN, str(path), str(tmp_path / "state.npz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["False", "True"]
+    with np.load(tmp_path / "state.npz") as saved:
+        state = dict(saved)
+    expected = reference.accumulator.export_state()
+    assert state.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
