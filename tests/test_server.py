@@ -8,11 +8,13 @@ import socket
 import threading
 import time
 import urllib.request
+import zlib
 
 import pytest
 from helpers import START, free_port, parse_metrics, running_exporter, scrape, simulate_files, wait_for
 
 from exporter.detector.geometry import packaged_layout
+from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import Monitor
 from exporter.quality.history import History
 from exporter.reading.tail import InputSpec
@@ -114,3 +116,40 @@ def test_sigterm_within_10_s_with_plots_drawing_and_many_files(tmp_path, module_
         assert proc.popen.wait(15) == 0
         assert time.monotonic() - started < 10
     assert "stopped in" in proc.log.read_text()
+
+
+def test_metrics_render_the_detector_once_per_publication_and_gzip_is_one_valid_stream(
+    served, tmp_path, tile_geometry, monkeypatch
+):
+    port, ing = served
+    renders = []
+    real = FamilyBuilder.detector_families
+    monkeypatch.setattr(
+        FamilyBuilder, "detector_families", lambda self, *a, **k: renders.append(1) or real(self, *a, **k)
+    )
+
+    def fetch(gzipped: bool) -> tuple[str, str | None]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+        if gzipped:
+            request.add_header("Accept-Encoding", "gzip")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body, encoding = resp.read(), resp.headers.get("Content-Encoding")
+        if encoding == "gzip":
+            stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = stream.decompress(body)
+            assert stream.eof and not stream.unused_data  # one gzip member, complete
+        return body.decode(), encoding
+
+    def stable(text: str) -> list[str]:  # the lines that do not follow the wall clock or the process
+        moving = ("larpix_exporter_scrape_duration", "larpix_exporter_ingest_lag", "process_", "python_gc")
+        return sorted(line for line in text.splitlines() if not line.startswith(moving))
+
+    (zipped, encoding), (plain, none) = fetch(True), fetch(False)
+    assert (encoding, none) == ("gzip", None)
+    assert stable(zipped) == stable(plain) and "larpix_chip_packets_total" in plain
+    assert "larpix_exporter_ingest_lag_seconds" in zipped and "larpix_exporter_up 1" in zipped
+    assert len(renders) == 1, "the detector families of one publication are rendered once"
+    simulate_files(tile_geometry, tmp_path / "data", 10, start=START + 30, seed=2)
+    ing.poll()  # a new publication: rendered again, once
+    newer = [fetch(True)[0] for _ in range(3)]
+    assert len(renders) == 2 and stable(newer[0]) != stable(zipped)

@@ -44,10 +44,19 @@ class FamilyBuilder:
         evaluation: Evaluation | None = None,
     ) -> list[Family]:
         """All families for one scrape (check statuses when ``evaluation`` carries them)."""
-        now = time.time() if now is None else now
+        return [*self.detector_families(snap, per_pixel, evaluation), *self.exporter_families(snap, health, now)]
+
+    def detector_families(
+        self, snap: Snapshot, per_pixel: bool = False, evaluation: Evaluation | None = None
+    ) -> list[Family]:
+        """The families that depend only on one published snapshot (the bulk of a scrape)."""
         verdicts = self._checks(evaluation) if evaluation is not None else []
         pixels = self._pixels(snap) if per_pixel else []
-        return [*self._detector(snap), *verdicts, *pixels, *self._exporter(snap, health, now)]
+        return [*self._detector(snap), *verdicts, *pixels]
+
+    def exporter_families(self, snap: Snapshot, health: Health, now: float | None = None) -> list[Family]:
+        """The exporter's own families, some of which depend on the wall clock (the ingest lag)."""
+        return self._exporter(snap, health, time.time() if now is None else now)
 
     def _checks(self, state: Evaluation) -> list[Family]:
         rows, labels = self._chips(state.snapshot)

@@ -20,7 +20,9 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -44,6 +46,8 @@ from plots.store import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
 GZIP_LEVEL = 1
+#: zlib window bits for a gzip stream (header and trailer) with the largest window.
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 TLS_HANDSHAKE_SECONDS = 10.0
 #: Seconds a client may take for each read of its request and each write of the answer.
 REQUEST_READ_SECONDS = 10.0
@@ -57,6 +61,17 @@ HEAVY_WAIT_SECONDS = 30.0
 #: Rows (chip x entry) of /api/history at most: the newest entries that fit.
 MAX_HISTORY_ROWS = 1_000_000
 BUSY_RESPONSE = b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """The detector families of one published snapshot as exposition text, and as the start of a
+    gzip stream (``stream``: the compressor after that text, copied to finish each scrape's body)."""
+
+    source: Published
+    text: bytes
+    gzipped: bytes
+    stream: Any  # zlib.Compress
 
 
 class Busy(Exception):
@@ -91,7 +106,8 @@ class MetricsApp:
         self.process = CollectorRegistry(auto_describe=True)  # process_*, python_info, python_gc_*: client_python's
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.process)
-        self._lock = threading.Lock()  # the collector's label cache is shared between scrapes
+        self._lock = threading.Lock()  # the collector's label cache and the renderings are shared between scrapes
+        self._renderings: dict[bool, Rendering] = {}
         self.last_scrape_seconds = 0.0
         self.heavy = threading.BoundedSemaphore(HEAVY_CONCURRENCY)
         self._history_cache: dict[str, tuple[tuple, bytes, bytes]] = {}
@@ -108,15 +124,18 @@ class MetricsApp:
 
     def metrics_text(self, per_pixel: bool = False) -> str:
         """One scrape's exposition text (with per-pixel series: a heavy rendering, one at a time)."""
-        per_pixel = per_pixel and self.per_pixel_allowed
-        with self.heavy_turn() if per_pixel else contextlib.nullcontext():
-            return self._metrics_text(per_pixel)
+        return self.metrics_body(per_pixel, compressed=False).decode()
 
-    def _metrics_text(self, per_pixel: bool) -> str:
+    def metrics_body(self, per_pixel: bool, compressed: bool) -> bytes:
+        """One scrape's exposition, gzipped when ``compressed``. The detector families are rendered
+        (and compressed) once per published snapshot, whoever scrapes; only the exporter's own
+        families, which follow the wall clock, are rendered for each scrape."""
         started = time.perf_counter()
+        per_pixel = per_pixel and self.per_pixel_allowed
         pub = self.published()
-        with self._lock:
-            families = self.collector.families(pub.snapshot, pub.health, per_pixel, evaluation=pub.evaluation)
+        with self.heavy_turn() if per_pixel else contextlib.nullcontext():
+            rendered = self._detector_rendering(pub, per_pixel)
+        families = self.collector.exporter_families(pub.snapshot, pub.health)
         families.append(
             Family(
                 "larpix_exporter_scrape_duration_seconds", "gauge", "Time the previous /metrics rendering took."
@@ -124,9 +143,25 @@ class MetricsApp:
         )
         if self.plots is not None:
             families += plot_families(self.plots)
-        text = render(families) + generate_latest(self.process).decode()
+        fresh = (render(families) + generate_latest(self.process).decode()).encode()
+        if compressed:
+            stream = rendered.stream.copy()  # the gzip stream after the detector part: finish it with this scrape's
+            body = rendered.gzipped + stream.compress(fresh) + stream.flush()
+        else:
+            body = rendered.text + fresh
         self.last_scrape_seconds = time.perf_counter() - started
-        return text
+        return body
+
+    def _detector_rendering(self, pub: Published, per_pixel: bool) -> Rendering:
+        """The detector families of ``pub``, rendered once (concurrent scrapes wait for the one rendering)."""
+        with self._lock:
+            cached = self._renderings.get(per_pixel)
+            if cached is None or cached.source is not pub:
+                families = self.collector.detector_families(pub.snapshot, per_pixel, evaluation=pub.evaluation)
+                text = render(families).encode()
+                stream = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
+                cached = self._renderings[per_pixel] = Rendering(pub, text, stream.compress(text), stream)
+            return cached
 
     def channels(self, statuses: list[str], fmt: str) -> tuple[bytes, str]:
         """The current channels of the given statuses (all bad ones: ``[]``), as csv, json or the DAQ's disabled list."""
@@ -303,7 +338,10 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 self._send(200, body, media, gzipped=gzipped)
             elif path == app.telemetry_path:
                 per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
-                self._send(200, app.metrics_text(per_pixel).encode(), CONTENT_TYPE)
+                accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
+                body = app.metrics_body(per_pixel, accepts_gzip)
+                encoding = {"Content-Encoding": "gzip"} if accepts_gzip else None
+                self._send(200, body, CONTENT_TYPE, compress=False, headers=encoding)
             elif path == "/":
                 self._send(200, app.landing_page().encode(), "text/html; charset=utf-8")
             elif path == "/plots":
