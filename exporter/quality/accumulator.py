@@ -27,6 +27,7 @@ from exporter.reading.packets import (
     EXTERNAL_TRIGGER_BIT,
     PACKET_DTYPE,
     PERIODIC_TRIGGER,
+    REQUIRED_FIELDS,
     SELF_TRIGGER,
     SYNC,
     TICKS_PER_SYNC,
@@ -58,20 +59,6 @@ LOAD_WAIT_SECONDS = 1.0
 _NO_PEDESTAL = np.zeros((1, 1, CHANNELS_PER_CHIP, 3), np.int64)
 _NO_MESSAGES = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
 _NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(12, np.int64))
-#: The packet fields the kernels read, in their argument order.
-_KERNEL_FIELDS = (
-    "io_group",
-    "io_channel",
-    "chip_id",
-    "packet_type",
-    "valid_parity",
-    "channel_id",
-    "timestamp",
-    "dataword",
-    "trigger_type",
-    "local_fifo",
-    "shared_fifo",
-)
 
 
 @dataclass(frozen=True)
@@ -103,24 +90,24 @@ def prefer_finite(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
 
 def compiled_records(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Packet records as the kernel reads them: rows of bytes, and the byte offset of each of
-    ``_KERNEL_FIELDS`` plus the timestamp's width; other layouts (wider or signed fields) are
+    ``REQUIRED_FIELDS`` plus the timestamp's width; other layouts (wider or signed fields) are
     copied to ``PACKET_DTYPE`` first. One compiled signature serves every packet file format."""
     fields: dict[str, Any] = dict(packets.dtype.fields or {})
 
     def byte(name: str) -> bool:
         return fields[name][0].kind == "u" and fields[name][0].itemsize == 1
 
-    usable = all(byte(n) for n in _KERNEL_FIELDS if n != "timestamp") and fields["timestamp"][0] in (
+    usable = all(byte(n) for n in REQUIRED_FIELDS if n != "timestamp") and fields["timestamp"][0] in (
         np.dtype("<u4"),
         np.dtype("<u8"),
     )
     if not usable:
         copy = np.zeros(len(packets), PACKET_DTYPE)
-        for name in _KERNEL_FIELDS:
+        for name in REQUIRED_FIELDS:
             copy[name] = packets[name]
         packets = copy
     fields = dict(packets.dtype.fields or {})
-    offsets = [fields[name][1] for name in _KERNEL_FIELDS] + [fields["timestamp"][0].itemsize]
+    offsets = [fields[name][1] for name in REQUIRED_FIELDS] + [fields["timestamp"][0].itemsize]
     rows = np.ascontiguousarray(packets).view(np.uint8).reshape(len(packets), packets.dtype.itemsize)
     return rows, np.array(offsets, np.int64)
 

@@ -42,7 +42,7 @@ def count_chunk(
     state, blocks, table, buckets, has_pedestal, deferred, pos, cur, rows, slots, groups, records,
     offsets, buffer, starts, words, msg_groups,
 ):  # fmt: skip
-    """Count a chunk: packet ``records`` (rows of bytes; ``offsets`` of the ``RECORD_FIELDS`` in a row,
+    """Count a chunk: packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
     all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
     raw messages (``starts`` into ``buffer``, ``words`` 16-byte words each after the 8-byte header,
     ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
