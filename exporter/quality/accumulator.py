@@ -30,6 +30,7 @@ from exporter.reading.packets import (
     REQUIRED_FIELDS,
     SELF_TRIGGER,
     SYNC,
+    SYNC_KIND_CODES,
     TICKS_PER_SYNC,
     TRIGGER,
 )
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 PACKET_TYPES = 8
 #: Window slot of data packets that are not self-triggered: counted, but they feed no rate or verdict.
 NOT_SELF_TRIGGERED = -2
-SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
 #: Accumulation engines: numba kernels (the default), or the numpy reference implementation.
 COMPILED, NUMPY = "compiled", "numpy"

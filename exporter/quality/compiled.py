@@ -4,14 +4,14 @@
 path does (the reference implementation; ``tests/test_compiled.py`` compares them). Raw PACMAN
 messages are decoded and counted in the same pass, never materialised as packet records.
 
-It is one function with one copy of the counting code for both sources: numba would pass a
-helper's 21 arrays with reference counting on every packet (about 130 ns each), and cannot
-inline a function of that many arguments.
+It is one function with one copy of the counting code for both sources: a helper taking the
+arrays would cost their reference counting on every packet (about 130 ns a packet), and numba
+cannot inline a function of that many arguments.
 
 The kernel stops early (returning a ``NEED_*`` code and its position in ``pos``) when Python has
-to act first: register a new chip, make the pedestal window, or grow the buffer of parity-error
-packets whose chip is not known yet; it then resumes where it stopped, so every packet is
-counted once. Compiled code is cached on disk (numba's ``cache=True``); ``loader.KernelLoader``
+to act first: register a new chip, make the pedestal window, grow the buffer of parity-error
+packets whose chip is not known yet, or fold ``hits`` before a channel's sum could overflow; it
+then resumes where it stopped, so every packet is counted once. Compiled code is cached on disk (numba's ``cache=True``); ``loader.KernelLoader``
 loads or compiles it in a background thread, and the accumulator uses the numpy path until then.
 """
 
@@ -22,17 +22,23 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from exporter.reading.decode import WORD_DATA, WORD_SYNC, WORD_TRIGGER
+from exporter.reading.packets import (
+    DATA,
+    EXTERNAL_TRIGGER_BIT,
+    PERIODIC_TRIGGER,
+    SYNC,
+    SYNC_KIND_CODES,
+    TICKS_PER_SYNC,
+    TIMESTAMP,
+    TRIGGER,
+)
+
 OK, NEED_CHIP, NEED_PEDESTAL, NEED_SPACE, NEED_FOLD = range(5)
 #: A channel's count in ``hits`` after which they are folded (its int32 ADC sum of squares stays exact).
 FOLD_AT = (2**31 - 1) // 255**2
 
-# Packet types and codes (exporter/reading/packets.py, exporter/reading/decode.py), as literals numba folds.
-_DATA, _TIMESTAMP, _SYNC, _TRIGGER = 0, 4, 6, 7
-_PERIODIC = 3
-_WORD_DATA, _WORD_TRIGGER, _WORD_SYNC = 68, 84, 83  # 'D', 'T', 'S'
-_SYNC_S, _SYNC_H, _SYNC_C = 83, 72, 67
-_TICKS_PER_SYNC = 10_000_000
-_EXTERNAL_BIT = 2
+_SYNC_S, _SYNC_H, _SYNC_C = SYNC_KIND_CODES
 #: Columns of a deferred parity-error packet: io_group, io_channel, chip_id, FIFO flags, window slot.
 DEFERRED_COLUMNS = 5
 
@@ -53,8 +59,8 @@ def count_chunk(
     where the accumulator's own arrays would cost six cache misses a packet.
 
     ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
-    accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each io_group's window slot,
-    moved at the accepted timestamp rows (packet rows, or messages) to ``slots``.
+    accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each
+    io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``.
     """
     (
         type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
@@ -78,7 +84,7 @@ def count_chunk(
             ticks = np.int64(0)
             valid = False
             if w < 0:
-                ptype = _TIMESTAMP
+                ptype = TIMESTAMP
             elif w >= words[i]:
                 i += 1
                 w = -1
@@ -86,7 +92,7 @@ def count_chunk(
             else:
                 o = starts[i] + 8 + 16 * w
                 kind = buffer[o]
-                if kind == _WORD_DATA:
+                if kind == WORD_DATA:
                     word = words64[(o + 8) >> 3]
                     parity = word ^ (word >> np.uint64(32))
                     parity ^= parity >> np.uint64(16)
@@ -102,8 +108,8 @@ def count_chunk(
                     adc = np.int64((word >> np.uint64(48)) & np.uint64(255))
                     trig = np.int64((word >> np.uint64(56)) & np.uint64(3))
                     fifo = np.int64((word >> np.uint64(58)) & np.uint64(15))
-                elif kind == _WORD_TRIGGER or kind == _WORD_SYNC:
-                    ptype = _TRIGGER if kind == _WORD_TRIGGER else _SYNC
+                elif kind == WORD_TRIGGER or kind == WORD_SYNC:
+                    ptype = TRIGGER if kind == WORD_TRIGGER else SYNC
                     trig = np.int64(buffer[o + 1])
                     ticks = np.int64(words32[(o + 4) >> 2])
                 else:  # a word of unknown type: counted, no packet
@@ -122,7 +128,7 @@ def count_chunk(
             adc, trig = np.int64(row_bytes[at_adc]), np.int64(row_bytes[at_trig])
             fifo = (np.int64(row_bytes[at_local]) | (np.int64(row_bytes[at_shared]) << 2)) & 255
             ticks = np.int64(0)
-            if ptype == _SYNC:  # the only packets whose timestamp is counted
+            if ptype == SYNC:  # the only packets whose timestamp is counted
                 for b in range(time_bytes):
                     ticks |= np.int64(row_bytes[at_time + b]) << (8 * b)
         if w < 0 or not raw:  # a packet row, or a message's timestamp: the accepted ones move the windows
@@ -132,13 +138,13 @@ def count_chunk(
         s = cur[g]
 
         # -- count it (a NEED_* return changes nothing) ---------------------------------------
-        if ptype != _DATA:
+        if ptype != DATA:
             if ptype < 8:
                 type_counts[g, ptype] += 1
-            if ptype == _SYNC:
+            if ptype == SYNC:
                 if trig == _SYNC_S:
                     sync_counts[g, 0] += 1
-                    offset = ticks - _TICKS_PER_SYNC
+                    offset = ticks - TICKS_PER_SYNC
                     bucket = 0
                     while bucket < len(buckets) and buckets[bucket] < offset:
                         bucket += 1
@@ -150,7 +156,7 @@ def count_chunk(
                     sync_counts[g, 1] += 1
                 elif trig == _SYNC_C:
                     sync_counts[g, 2] += 1
-            elif ptype == _TRIGGER and trig & _EXTERNAL_BIT:
+            elif ptype == TRIGGER and trig & EXTERNAL_TRIGGER_BIT:
                 trigger_counts[g] += 1
                 if s >= 0:
                     window_io_group[s, g, 1] += 1
@@ -163,7 +169,7 @@ def count_chunk(
             if valid and row < 0:
                 pos[0], pos[1], pos[2] = i, w, j
                 return NEED_CHIP
-            if valid and kind == _PERIODIC and s >= 0 and not has_pedestal:
+            if valid and kind == PERIODIC_TRIGGER and s >= 0 and not has_pedestal:
                 pos[0], pos[1], pos[2] = i, w, j
                 return NEED_PEDESTAL
             if not valid and row < 0 and pos[3] >= len(deferred):
@@ -209,7 +215,7 @@ def count_chunk(
                     for bit in range(4):
                         if fifo & (1 << bit):
                             chip_fifo[row, bit] += 1
-                if kind == _PERIODIC and s >= 0:
+                if kind == PERIODIC_TRIGGER and s >= 0:
                     win_pedestal[s, row, ch, 0] += 1
                     win_pedestal[s, row, ch, 1] += adc
                     win_pedestal[s, row, ch, 2] += adc * adc

@@ -65,6 +65,9 @@ PACKET_TYPE_NAMES = (
 TICKS_PER_SYNC = 10_000_000
 CLOCK_HZ = 10_000_000.0
 
+#: ``trigger_type`` of a sync packet: 'S' (the once-a-second sync), 'H' (heartbeat), 'C' (clock switch).
+SYNC_KIND_CODES = (ord("S"), ord("H"), ord("C"))
+
 #: Bit set in a trigger packet's ``trigger_type`` for an external trigger.
 EXTERNAL_TRIGGER_BIT = 2
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from exporter.quality.accumulator import IO_GROUPS, SYNC_KIND_CODES
-from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, TICKS_PER_SYNC, TRIGGER
+from exporter.quality.clock import IO_GROUPS
+from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, SYNC_KIND_CODES, TICKS_PER_SYNC, TRIGGER
 from plots.base import Plot, PlotContext
 from plots.draw import file_label, new_figure, no_data, titles
 from plots.series import bin_counts
