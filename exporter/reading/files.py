@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAW, PACKETS = "raw", "packets"
+#: The thread that reads the next chunk of a file while the current one is counted (one for the process:
+#: readers that run at once take turns).
+_READ_AHEAD = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
 #: Rows as read: packet records, raw messages split into ``Messages``, or (the last rows) messages and io_groups.
 Rows = Any
 #: Rows at the end of a file that look unwritten (all-zero packets, empty messages) are held
@@ -154,7 +157,6 @@ class FileReader:
     def __init__(self, chunk_rows: int = 1_000_000, raw_chunk_messages: int = 100_000) -> None:
         self.chunk_rows = chunk_rows
         self.raw_chunk_messages = raw_chunk_messages
-        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
 
     def read_new(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
         """Yield chunks of new packets; raise SourceError when the file cannot be read."""
@@ -216,7 +218,7 @@ class FileReader:
                     step = max(1, min(self.raw_chunk_messages, int(self.chunk_rows / per_message)))
                 start, end = end, min(end + step, length)
                 if start < length:
-                    pending = self._prefetch.submit(self._fetch, fh, kind, start, end, end == length)
+                    pending = _READ_AHEAD.submit(self._fetch, fh, kind, start, end, end == length)
                 yield chunk
         finally:
             if pending is not None:  # the caller stopped early: let the read finish before the file closes
