@@ -214,6 +214,7 @@ class Killer(Plot):
 """
 
 
+@pytest.mark.e2e
 def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never_stops_ingest(tmp_path, tile_geometry):
     _, truth = simulate_files(tile_geometry, tmp_path / "data", 4, "packets")
     total = sum(truth.packet_types.values())
