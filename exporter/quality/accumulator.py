@@ -447,6 +447,7 @@ class Accumulator:
         self._add_records(packets, clock, wall_now, self._use_kernels(len(packets)))
 
     def _add_records(self, packets: np.ndarray, clock: DataClock, wall_now: float, compiled: bool) -> None:
+        """Move the clocks and windows over a chunk of packet records, then count it on either path."""
         if len(packets) == 0:
             return
         reading, row_slots, before = self._window_slots(packets, clock, wall_now)
@@ -489,10 +490,9 @@ class Accumulator:
                 self.win_pedestal is not None, deferred, pos, cur, rows, slots, reading.groups, *records, *raw,
             )  # fmt: skip
             self._fold_hits(hits, touched)
-            if status == kernels.OK:
-                break
-            if status == kernels.NEED_FOLD:
-                pass  # folded above; a fresh ``hits`` goes on
+            if status in (kernels.OK, kernels.NEED_FOLD):  # NEED_FOLD: folded above, a fresh ``hits`` goes on
+                if status == kernels.OK:
+                    break
             elif status == kernels.NEED_PEDESTAL:
                 self._pedestal_window()
             elif status == kernels.NEED_SPACE:
