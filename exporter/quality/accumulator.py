@@ -490,17 +490,17 @@ class Accumulator:
                 self.win_pedestal is not None, deferred, pos, cur, rows, slots, reading.groups, *records, *raw,
             )  # fmt: skip
             self._fold_hits(hits, touched)
-            if status in (kernels.OK, kernels.NEED_FOLD):  # NEED_FOLD: folded above, a fresh ``hits`` goes on
-                if status == kernels.OK:
-                    break
-            elif status == kernels.NEED_PEDESTAL:
+            if status == kernels.OK:
+                break
+            if status == kernels.NEED_PEDESTAL:
                 self._pedestal_window()
             elif status == kernels.NEED_SPACE:
                 deferred = np.concatenate([deferred, np.zeros_like(deferred)])
-            else:  # NEED_CHIP: register the new chips of the rest of the chunk, in the numpy path's order
+            elif status == kernels.NEED_CHIP:  # register the new chips of the rest of the chunk, as numpy does
                 rest = source.since(int(pos[0])).decode() if isinstance(source, Messages) else source[int(pos[0]) :]
                 data = rest[(rest["packet_type"] == DATA) & (rest["valid_parity"] != 0)]
                 self._register(np.stack([data["io_group"], data["io_channel"], data["chip_id"]], axis=1))
+            # NEED_FOLD: ``hits`` was folded above; the next round counts into a fresh one
         if pos[3]:  # parity errors whose chip was unknown when the kernel met them
             self._add_parity_errors(*deferred[: pos[3]].T)
         if isinstance(source, Messages):
