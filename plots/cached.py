@@ -1,9 +1,11 @@
 """``CachedFigure``: a figure that renders its unchanging parts once and redraws only what changes.
 
-A pixel map is mostly text (ticks, labels, legend), which costs far more to render than its
-images. Artists marked dynamic are hidden while the rest is rendered once into a background;
-later Agg renders (``savefig`` to PNG) restore that background and draw only the dynamic
-artists over it. Other renderers (SVG, PDF) always draw the whole figure.
+A pixel map is mostly text (ticks, labels, legend, colour bars), which costs far more to render
+than its images. Artists marked dynamic are hidden while the rest is rendered once into a
+background; later Agg renders (PNG) restore that background and draw only the dynamic artists
+over it. Parts that change now and then (colour limits, a status layer) stay in the background
+and are named by ``static_key``: the background is rendered again when it changes. Other
+renderers (SVG, PDF) always draw the whole figure.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ class CachedFigure(Figure):
     """A ``Figure`` whose non-dynamic artists are rendered once per size (Agg only).
 
     The background is what the figure shows without its dynamic artists, so everything that
-    changes between cycles must be marked with ``dynamic`` (or the figure ``clear``-ed).
+    changes between cycles must be marked with ``dynamic``, or be summarised in ``static_key``
+    (or the figure ``clear``-ed).
     Dynamic artists are drawn over the background in z order, so they should not overlap
     static artists that must stay on top of them.
     """
@@ -30,6 +33,8 @@ class CachedFigure(Figure):
         self._dynamic: list[Artist] = []
         self._background: Any = None
         self._background_key: tuple | None = None
+        #: What the non-dynamic artists show, set by the plot: a change re-renders the background.
+        self.static_key: tuple = ()
 
     def dynamic(self, *artists: Artist) -> None:
         """Mark artists (of this figure or its axes) as changing between renders."""
@@ -44,7 +49,7 @@ class CachedFigure(Figure):
         if not isinstance(renderer, RendererAgg) or not self._dynamic or not self.get_visible():
             super().draw(renderer)
             return
-        key = (renderer.width, renderer.height, renderer.dpi)
+        key = (renderer.width, renderer.height, renderer.dpi, self.static_key)
         if self._background is None or self._background_key != key:
             shown = [artist.get_visible() for artist in self._dynamic]
             for artist in self._dynamic:

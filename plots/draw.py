@@ -7,12 +7,14 @@ layouts are computed, not solved (no constrained layout): cheaper and the same e
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
 import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
 from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize, to_rgba
@@ -46,9 +48,14 @@ _BELOW_MAP, _COLORBAR, _BELOW_COLORBAR, _LEGEND = 0.55, 0.13, 0.5, 0.35
 
 
 def new_figure(fig: Figure | None, height_in: float, cached: bool = False) -> Figure:
-    """A cleared figure of the standard width: ``fig`` reused when given (and a ``CachedFigure`` if ``cached``)."""
+    """A cleared figure of the standard width: ``fig`` reused when given (and a ``CachedFigure`` if ``cached``).
+
+    New figures get an Agg canvas of their own, so PNGs come straight from its raster (``plots.engine.render``).
+    """
     if fig is None or (cached and not isinstance(fig, CachedFigure)):
-        return (CachedFigure if cached else Figure)(figsize=(WIDTH_IN, height_in), dpi=DPI)
+        fig = (CachedFigure if cached else Figure)(figsize=(WIDTH_IN, height_in), dpi=DPI)
+        FigureCanvasAgg(fig)
+        return fig
     fig.clear()
     fig.set_size_inches(WIDTH_IN, height_in)
     fig.set_dpi(DPI)
@@ -133,25 +140,50 @@ def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither
     return bar
 
 
+def nice_ceil(value: float) -> float:
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``value`` (> 0)."""
+    decade = 10.0 ** math.floor(math.log10(value))
+    return next(m * decade for m in (1, 2, 5, 10) if m * decade >= value * (1 - 1e-12))
+
+
 def rate_norm(stats: Snapshot, rates: np.ndarray) -> LogNorm:
-    """Log scale from one hit in the window to the highest rate."""
-    low = 1.0 / stats.covered_seconds
+    """Log scale from one hit in a full window up to the highest rate, rounded up to 1, 2 or 5 times a
+    power of ten: the limits, and so the colour bar, change rarely, and it is redrawn only then."""
+    low = 1.0 / max(stats.config.window_seconds, stats.covered_seconds)
     finite = rates[np.isfinite(rates)]
     high = float(finite.max()) if len(finite) else 0.0
-    return LogNorm(low, max(high, 10 * low))
+    return LogNorm(low, nice_ceil(max(high, 10 * low)))
 
 
 def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
-    """Linear scale over the 1st to 99th percentile, so one odd pixel does not wash out the rest."""
+    """Linear scale over the 1st to 99th percentile, so one odd pixel does not wash out the rest;
+    widened to multiples of a round step (a twentieth of the range or more), so it changes rarely."""
     finite = values[np.isfinite(values)]
     if not len(finite):
         return Normalize(0, 1)
-    low, high = np.percentile(finite, [1, 99])
+    low, high = (float(v) for v in np.percentile(finite, [1, 99]))
     if floor is not None:
         low = max(low, floor)
     if high <= low:
         low, high = low - 1, high + 1
-    return Normalize(float(low), float(high))
+    step = nice_ceil((high - low) / 20)
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    if floor is not None:
+        low = max(low, floor)
+    return Normalize(low, high)
+
+
+def steady_limits(current: tuple[float | None, float | None], wanted: Normalize) -> tuple[float, float]:
+    """Colour limits to show: the ``current`` ones while they contain ``wanted``'s and ``wanted``'s range
+    fills at least half of theirs (on the norm's scale), else ``wanted``'s. Limits that follow every
+    small change of the data would redraw the colour bars (most of a map's cost) every cycle."""
+    low, high = float(wanted.vmin), float(wanted.vmax)  # type: ignore[arg-type]
+    if current[0] is None or current[1] is None or not current[0] <= low < high <= current[1]:
+        return low, high
+    scale = np.log10 if isinstance(wanted, LogNorm) else float
+    if scale(high) - scale(low) >= 0.5 * (scale(current[1]) - scale(current[0])):
+        return float(current[0]), float(current[1])
+    return low, high
 
 
 def status_layer(codes: np.ndarray) -> np.ndarray:
@@ -168,6 +200,9 @@ class TilePanel:
 
     Redrawing a map changes only the arrays of its images, its colour limits and the ring
     positions, so the axes, ticks and colour bar are not rebuilt every cycle (most of the cost).
+    The status layer and the colour limits (hence the colour bar) are set only when they change:
+    a ``CachedFigure`` keeps them in its background (``static_key``) and only the values and rings
+    are drawn each cycle.
     """
 
     def __init__(self, ax: Axes, grid: TileGrid, norm: Normalize, cmap: str) -> None:
@@ -192,18 +227,29 @@ class TilePanel:
             for status, colour in ((ChannelStatus.NOISY, NOISY_COLOUR), (ChannelStatus.INEFFICIENT, INEFFICIENT_COLOUR))
         }
 
+        self.codes: np.ndarray | None = None
+
     @property
     def artists(self) -> list[Artist]:
-        """What changes between draws (for ``CachedFigure.dynamic``)."""
-        return [self.status, self.values, *self.rings.values()]
+        """What changes every draw (for ``CachedFigure.dynamic``); the rest changes with ``key``."""
+        return [self.values, *self.rings.values()]
+
+    @property
+    def key(self) -> tuple:
+        """What the panel's static parts show (status layer, colour limits), for ``CachedFigure.static_key``."""
+        return (None if self.codes is None else self.codes.tobytes(), self.values.get_clim())
 
     def update(self, values: np.ndarray, codes: np.ndarray, norm: Normalize) -> None:
         """Show ``values`` (NaN transparent) over the status layer of ``codes`` (``grid.image`` arrays), scaled by ``norm``."""
-        self.status.set_data(status_layer(codes))
+        if self.codes is None or not np.array_equal(codes, self.codes):
+            self.codes = codes
+            self.status.set_data(status_layer(codes))
+            for status, rings in self.rings.items():
+                rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
         self.values.set_data(np.ma.masked_invalid(values))
-        self.values.set_clim(norm.vmin, norm.vmax)
-        for status, rings in self.rings.items():
-            rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
+        limits = steady_limits(self.values.get_clim(), norm)
+        if self.values.get_clim() != limits:  # new limits redraw the colour bar: costly
+            self.values.set_clim(*limits)
 
 
 def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> list[Artist]:

@@ -50,7 +50,8 @@ class AnodeOverview(PixelPlot):
 
     Left: hit rate (log colour scale) of each io_group; right: mean ADC. Colour scales are
     shared between io_groups so the anodes compare directly. The figure is built once and
-    later cycles only change its data.
+    later cycles only change its data; colour bars and status layers are rendered again only
+    when they change.
     """
 
     def __init__(self) -> None:
@@ -80,6 +81,8 @@ class AnodeOverview(PixelPlot):
         pixels = sum(int((i.codes >= 0).sum()) for i in everything)
         kept.title.set_text(f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)")
         kept.subtitle.set_text(f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels")
+        assert isinstance(kept.fig, CachedFigure)
+        kept.fig.static_key = tuple(panel.key for _, _, panel in kept.panels)
         return kept.fig
 
     @staticmethod
@@ -107,7 +110,7 @@ class AnodeOverview(PixelPlot):
                 ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
                 ax.set_title(f"io_group {group}: {title}", fontsize=11)
             if panel is not None:
-                fig.dynamic(colour_bar(fig, panel.values, bar, label, extend).ax)
+                colour_bar(fig, panel.values, bar, label, extend)
         title_text, subtitle = titles(fig, "", "")
         fig.dynamic(title_text, subtitle)
         status_legend(fig, key[1])

@@ -53,7 +53,8 @@ class PixelMap(PixelPlot):
     io_group (1..8 on a module: module tile 9 is ``PixelMap_2_1``). Values are the window
     statistics of ``/metrics``; silent pixels are grey, unknown ones (not enough data yet)
     blue-grey, noisy ones ringed in red, inefficient ones in orange. A figure is built once per
-    tile and later cycles only change its data.
+    tile and later cycles only change its data; colour bars, status layers and the title are
+    rendered again only when they change.
     """
 
     def __init__(self) -> None:
@@ -79,8 +80,12 @@ class PixelMap(PixelPlot):
             kept = self._figures[name] = self._build(fig, images.grid, norms, noisy_rate_hz)
         for panel, values, norm in zip(kept.panels, (images.rate, images.mean, images.std), norms):
             panel.update(values, images.codes, norm)
-        kept.title.set_text(f"{name}: {self._where(ref, ctx)}")
+        title = f"{name}: {self._where(ref, ctx)}"
+        if kept.title.get_text() != title:
+            kept.title.set_text(title)
         kept.subtitle.set_text(f"{window_text(stats)}  ·  {self._counts(images)}")
+        assert isinstance(kept.fig, CachedFigure)
+        kept.fig.static_key = (title, *(panel.key for panel in kept.panels))
         return kept.fig
 
     @staticmethod
@@ -95,10 +100,10 @@ class PixelMap(PixelPlot):
             panel = TilePanel(ax, grid, norm, cmap)
             ax.set_title(panel_title, fontsize=11)
             colour_bar(fig, panel.values, bar, label, extend)
-            fig.dynamic(*panel.artists, *ax.spines.values(), bar)  # the frame stays over the images
+            fig.dynamic(*panel.artists, *ax.spines.values())  # the frame stays over the images
             panels.append(panel)
         title, subtitle = titles(fig, "", "")
-        fig.dynamic(title, subtitle)
+        fig.dynamic(subtitle)  # the title is the tile's, in the background
         status_legend(fig, noisy_rate_hz)
         return _TileFigure(fig, grid, noisy_rate_hz, panels, title, subtitle)
 
