@@ -3,9 +3,10 @@
 A pixel map is mostly text (ticks, labels, legend, colour bars), which costs far more to render
 than its images. Artists marked dynamic are hidden while the rest is rendered once into a
 background; later Agg renders (PNG) restore that background and draw only the dynamic artists
-over it. Parts that change now and then (colour limits, a status layer) stay in the background
-and are named by ``static_key``: the background is rendered again when it changes. Other
-renderers (SVG, PDF) always draw the whole figure.
+over it. Parts that change now and then (a colour bar when its limits change, a status layer,
+a title) are *groups*: each is rendered over the background once per value of its key and kept
+as a patch of pixels, pasted back while the key stays the same. Other renderers (SVG, PDF)
+always draw the whole figure.
 """
 
 from __future__ import annotations
@@ -13,53 +14,89 @@ from __future__ import annotations
 from typing import Any
 
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox, BboxBase
 
 
 class CachedFigure(Figure):
     """A ``Figure`` whose non-dynamic artists are rendered once per size (Agg only).
 
-    The background is what the figure shows without its dynamic artists, so everything that
-    changes between cycles must be marked with ``dynamic``, or be summarised in ``static_key``
-    (or the figure ``clear``-ed).
-    Dynamic artists are drawn over the background in z order, so they should not overlap
-    static artists that must stay on top of them.
+    The background is what the figure shows without its dynamic artists and groups, so
+    everything that changes between cycles must be marked with ``dynamic``, or be in a
+    ``group`` whose key (``keys[name]``) changes with it (or the figure ``clear``-ed).
+    Dynamic artists are drawn over the rest in z order, so they should not overlap static
+    artists that must stay on top of them; groups must not overlap each other.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        FigureCanvasAgg(self)  # savefig to PNG then keeps one renderer instead of making one per image
+        FigureCanvasAgg(self)  # one renderer kept, instead of one per image
         self._dynamic: list[Artist] = []
+        self._groups: dict[str, list[Artist]] = {}
+        #: What each group shows, set by the plot before a render: a new key renders the group again.
+        self.keys: dict[str, object] = {}
+        self._patches: dict[str, tuple[object, Any]] = {}  # group: (key, pixels)
+        self._extents: dict[str, BboxBase] = {}  # group: the pixels it may cover, measured when first drawn
         self._background: Any = None
         self._background_key: tuple | None = None
-        #: What the non-dynamic artists show, set by the plot: a change re-renders the background.
-        self.static_key: tuple = ()
 
     def dynamic(self, *artists: Artist) -> None:
         """Mark artists (of this figure or its axes) as changing between renders."""
         self._dynamic.extend(artists)
         self._background = None
 
+    def group(self, name: str, *artists: Artist) -> None:
+        """Artists that change together, now and then: rendered again when ``keys[name]`` changes."""
+        self._groups.setdefault(name, []).extend(artists)
+        self._background = None
+
     def clear(self, keep_observers: bool = False) -> None:
         super().clear(keep_observers)
-        self._dynamic, self._background = [], None
+        self._dynamic, self._groups, self.keys, self._background = [], {}, {}, None
 
     def draw(self, renderer: Any) -> None:
-        if not isinstance(renderer, RendererAgg) or not self._dynamic or not self.get_visible():
+        if not isinstance(renderer, RendererAgg) or not (self._dynamic or self._groups) or not self.get_visible():
             super().draw(renderer)
             return
-        key = (renderer.width, renderer.height, renderer.dpi, self.static_key)
+        key = (renderer.width, renderer.height, renderer.dpi)
         if self._background is None or self._background_key != key:
-            shown = [artist.get_visible() for artist in self._dynamic]
-            for artist in self._dynamic:
+            changing = [*self._dynamic, *(a for artists in self._groups.values() for a in artists)]
+            shown = [artist.get_visible() for artist in changing]
+            for artist in changing:
                 artist.set_visible(False)
             super().draw(renderer)
             self._background, self._background_key = renderer.copy_from_bbox(self.bbox), key
-            for artist, visible in zip(self._dynamic, shown):
+            self._patches, self._extents = {}, {}
+            for artist, visible in zip(changing, shown):
                 artist.set_visible(visible)
         else:
             renderer.restore_region(self._background)
+        for name, artists in self._groups.items():
+            kept = self._patches.get(name)
+            if kept is not None and kept[0] == self.keys.get(name):
+                renderer.restore_region(kept[1])
+                continue
+            for artist in sorted(artists, key=lambda a: a.get_zorder()):
+                artist.draw(renderer)
+            if name not in self._extents:
+                self._extents[name] = self._extent(artists, renderer)
+            self._patches[name] = (self.keys.get(name), renderer.copy_from_bbox(self._extents[name]))
         for artist in sorted(self._dynamic, key=lambda a: a.get_zorder()):
             artist.draw(renderer)
         self.stale = False
+
+    def _extent(self, artists: list[Artist], renderer: RendererAgg) -> BboxBase:
+        """Pixels the artists cover, two more around, within the figure; axes with their labels and a
+        quarter inch more at the sides, where a colour bar's end labels may grow with new limits."""
+        boxes = []
+        for artist in artists:
+            if isinstance(artist, Axes):
+                box = artist.get_tightbbox(renderer)
+                if box is not None:
+                    boxes.append(Bbox.from_extents(box.x0 - self.dpi / 4, box.y0, box.x1 + self.dpi / 4, box.y1))
+            else:
+                boxes.append(artist.get_window_extent(renderer))
+        box = Bbox.union(boxes).padded(2)
+        return Bbox.intersection(box, self.bbox) or self.bbox

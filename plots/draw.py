@@ -157,7 +157,7 @@ def rate_norm(stats: Snapshot, rates: np.ndarray) -> LogNorm:
 
 def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
     """Linear scale over the 1st to 99th percentile, so one odd pixel does not wash out the rest;
-    widened to multiples of a round step (a twentieth of the range or more), so it changes rarely."""
+    widened to multiples of a round step (a tenth of the range or more), so it changes rarely."""
     finite = values[np.isfinite(values)]
     if not len(finite):
         return Normalize(0, 1)
@@ -166,24 +166,11 @@ def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
         low = max(low, floor)
     if high <= low:
         low, high = low - 1, high + 1
-    step = nice_ceil((high - low) / 20)
+    step = nice_ceil((high - low) / 10)
     low, high = math.floor(low / step) * step, math.ceil(high / step) * step
     if floor is not None:
         low = max(low, floor)
     return Normalize(low, high)
-
-
-def steady_limits(current: tuple[float | None, float | None], wanted: Normalize) -> tuple[float, float]:
-    """Colour limits to show: the ``current`` ones while they contain ``wanted``'s and ``wanted``'s range
-    fills at least half of theirs (on the norm's scale), else ``wanted``'s. Limits that follow every
-    small change of the data would redraw the colour bars (most of a map's cost) every cycle."""
-    low, high = float(wanted.vmin), float(wanted.vmax)  # type: ignore[arg-type]
-    if current[0] is None or current[1] is None or not current[0] <= low < high <= current[1]:
-        return low, high
-    scale = np.log10 if isinstance(wanted, LogNorm) else float
-    if scale(high) - scale(low) >= 0.5 * (scale(current[1]) - scale(current[0])):
-        return float(current[0]), float(current[1])
-    return low, high
 
 
 def status_layer(codes: np.ndarray) -> np.ndarray:
@@ -201,8 +188,7 @@ class TilePanel:
     Redrawing a map changes only the arrays of its images, its colour limits and the ring
     positions, so the axes, ticks and colour bar are not rebuilt every cycle (most of the cost).
     The status layer and the colour limits (hence the colour bar) are set only when they change:
-    a ``CachedFigure`` keeps them in its background (``static_key``) and only the values and rings
-    are drawn each cycle.
+    a ``CachedFigure`` keeps them as groups and only the values and rings are drawn each cycle.
     """
 
     def __init__(self, ax: Axes, grid: TileGrid, norm: Normalize, cmap: str) -> None:
@@ -231,13 +217,13 @@ class TilePanel:
 
     @property
     def artists(self) -> list[Artist]:
-        """What changes every draw (for ``CachedFigure.dynamic``); the rest changes with ``key``."""
+        """What changes every draw (for ``CachedFigure.dynamic``); the status layer changes with ``status_key``."""
         return [self.values, *self.rings.values()]
 
     @property
-    def key(self) -> tuple:
-        """What the panel's static parts show (status layer, colour limits), for ``CachedFigure.static_key``."""
-        return (None if self.codes is None else self.codes.tobytes(), self.values.get_clim())
+    def status_key(self) -> bytes | None:
+        """What the status layer shows (a ``CachedFigure.keys`` value)."""
+        return None if self.codes is None else self.codes.tobytes()
 
     def update(self, values: np.ndarray, codes: np.ndarray, norm: Normalize) -> None:
         """Show ``values`` (NaN transparent) over the status layer of ``codes`` (``grid.image`` arrays), scaled by ``norm``."""
@@ -247,9 +233,8 @@ class TilePanel:
             for status, rings in self.rings.items():
                 rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
         self.values.set_data(np.ma.masked_invalid(values))
-        limits = steady_limits(self.values.get_clim(), norm)
-        if self.values.get_clim() != limits:  # new limits redraw the colour bar: costly
-            self.values.set_clim(*limits)
+        if self.values.get_clim() != (norm.vmin, norm.vmax):  # new limits redraw the colour bar: costly
+            self.values.set_clim(norm.vmin, norm.vmax)
 
 
 def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> list[Artist]:
@@ -315,3 +300,50 @@ def time_axis(ax: Axes) -> None:
 def no_data(ax: Axes, message: str = "no data yet") -> None:
     """Grey message in the middle of an empty axes."""
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=11)
+
+
+class KeptFigure:
+    """A plot's figure built once and emptied of its data every cycle, for plots that draw new artists.
+
+    ``axes(fig, height, key, build)`` returns the kept axes (the ``Axes`` among ``build``'s parts)
+    with their lines, patches, collections, texts, images and legends removed, but the axes, scales, labels, titles and tick objects kept: making
+    axes and their ticks anew is most of what a small plot costs. ``build(fig)`` makes the axes
+    (and whatever stays) on a new or cleared figure; it runs again when ``key`` (what the layout
+    depends on: which panels have data, the figure height) changes or the figure is not the kept one.
+    """
+
+    def __init__(self) -> None:
+        self.fig: Figure | None = None
+        self.key: object = None
+        self.parts: tuple = ()
+        self.title: Text | None = None
+        self.subtitle: Text | None = None
+
+    def axes(self, fig: Figure | None, height_in: float, key: object, build) -> tuple:
+        """The kept parts (``build``'s return value), emptied; rebuilt when needed."""
+        if fig is None or fig is not self.fig or key != self.key:
+            self.fig = new_figure(fig, height_in)
+            self.parts = build(self.fig)
+            self.title, self.subtitle = titles(self.fig, "", "")
+            self.key = key
+            return self.parts
+        for ax in self.parts:
+            if not isinstance(ax, Axes):
+                continue
+            for artist in [*ax.lines, *ax.patches, *ax.collections, *ax.texts, *ax.images]:
+                artist.remove()
+            ax.containers.clear()
+            legend = ax.get_legend()
+            if legend is not None:
+                legend.remove()
+            ax.relim()
+            ax.set_autoscale_on(True)
+            ax.set_prop_cycle(None)  # colours start over, as on a new axes
+        return self.parts
+
+    def finish(self, title: str, subtitle: str) -> Figure:
+        """Set the figure's titles; returns the figure."""
+        assert self.fig is not None and self.title is not None and self.subtitle is not None
+        self.title.set_text(title)
+        self.subtitle.set_text(subtitle)
+        return self.fig

@@ -82,7 +82,11 @@ class AnodeOverview(PixelPlot):
         kept.title.set_text(f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)")
         kept.subtitle.set_text(f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels")
         assert isinstance(kept.fig, CachedFigure)
-        kept.fig.static_key = tuple(panel.key for _, _, panel in kept.panels)
+        statuses: dict[str, list] = {}
+        for field, ref, panel in kept.panels:
+            statuses.setdefault(f"status {field} {ref.io_group}", []).append(panel.status_key)
+            kept.fig.keys[f"colour bar {field}"] = panel.values.get_clim()
+        kept.fig.keys.update(statuses)
         return kept.fig
 
     @staticmethod
@@ -102,6 +106,7 @@ class AnodeOverview(PixelPlot):
                 for ref in (ref for ref in refs if ref.io_group == group):
                     grid = view.grids[ref.tile]
                     panel = TilePanel(ax, grid, norms[field], cmap)
+                    fig.group(f"status {field} {group}", panel.status)  # one group per axes: no overlaps
                     panels.append((field, ref, panel))
                     outline = tile_outline(ax, grid, str(ref.tile) if view.geometry.has_io_mapping else None)
                     fig.dynamic(*panel.artists, *outline)  # outlines and numbers stay over the images
@@ -110,7 +115,7 @@ class AnodeOverview(PixelPlot):
                 ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
                 ax.set_title(f"io_group {group}: {title}", fontsize=11)
             if panel is not None:
-                colour_bar(fig, panel.values, bar, label, extend)
+                fig.group(f"colour bar {field}", colour_bar(fig, panel.values, bar, label, extend).ax)
         title_text, subtitle = titles(fig, "", "")
         fig.dynamic(title_text, subtitle)
         status_legend(fig, key[1])

@@ -80,12 +80,13 @@ class PixelMap(PixelPlot):
             kept = self._figures[name] = self._build(fig, images.grid, norms, noisy_rate_hz)
         for panel, values, norm in zip(kept.panels, (images.rate, images.mean, images.std), norms):
             panel.update(values, images.codes, norm)
-        title = f"{name}: {self._where(ref, ctx)}"
-        if kept.title.get_text() != title:
-            kept.title.set_text(title)
+        kept.title.set_text(f"{name}: {self._where(ref, ctx)}")
         kept.subtitle.set_text(f"{window_text(stats)}  ·  {self._counts(images)}")
         assert isinstance(kept.fig, CachedFigure)
-        kept.fig.static_key = (title, *(panel.key for panel in kept.panels))
+        kept.fig.keys["title"] = kept.title.get_text()
+        for i, panel in enumerate(kept.panels):
+            kept.fig.keys[f"status {i}"] = panel.status_key
+            kept.fig.keys[f"colour bar {i}"] = panel.values.get_clim()
         return kept.fig
 
     @staticmethod
@@ -96,14 +97,17 @@ class PixelMap(PixelPlot):
         assert isinstance(fig, CachedFigure)
         maps, bars = map_layout(fig, [1, 1, 1], ny / nx)
         panels = []
-        for (ax,), bar, norm, (cmap, panel_title, label, extend) in zip(maps, bars, norms, PANELS):
+        for i, ((ax,), bar, norm, (cmap, panel_title, label, extend)) in enumerate(zip(maps, bars, norms, PANELS)):
             panel = TilePanel(ax, grid, norm, cmap)
             ax.set_title(panel_title, fontsize=11)
             colour_bar(fig, panel.values, bar, label, extend)
             fig.dynamic(*panel.artists, *ax.spines.values())  # the frame stays over the images
+            fig.group(f"status {i}", panel.status)
+            fig.group(f"colour bar {i}", bar)
             panels.append(panel)
         title, subtitle = titles(fig, "", "")
-        fig.dynamic(subtitle)  # the title is the tile's, in the background
+        fig.group("title", title)
+        fig.dynamic(subtitle)
         status_legend(fig, noisy_rate_hz)
         return _TileFigure(fig, grid, noisy_rate_hz, panels, title, subtitle)
 
