@@ -11,6 +11,8 @@ always draw the whole figure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from matplotlib.artist import Artist
@@ -18,6 +20,17 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox, BboxBase
+
+
+@dataclass
+class _Group:
+    """Artists rendered together over the background, kept as pixels for the last few keys."""
+
+    artists: list[Artist]
+    prepare: Callable[[Any], None] | None
+    keep: int
+    patches: dict[Any, Any] = field(default_factory=dict)  # key: pixels, oldest first
+    extent: BboxBase | None = None
 
 
 class CachedFigure(Figure):
@@ -34,11 +47,9 @@ class CachedFigure(Figure):
         super().__init__(*args, **kwargs)
         FigureCanvasAgg(self)  # one renderer kept, instead of one per image
         self._dynamic: list[Artist] = []
-        self._groups: dict[str, list[Artist]] = {}
-        #: What each group shows, set by the plot before a render: a new key renders the group again.
-        self.keys: dict[str, object] = {}
-        self._patches: dict[str, tuple[object, Any]] = {}  # group: (key, pixels)
-        self._extents: dict[str, BboxBase] = {}  # group: the pixels it may cover, measured when first drawn
+        self._groups: dict[str, _Group] = {}
+        #: What each group shows (hashable), set by the plot before a render: a new key renders it again.
+        self.keys: dict[str, Any] = {}
         self._background: Any = None
         self._background_key: tuple | None = None
 
@@ -47,9 +58,14 @@ class CachedFigure(Figure):
         self._dynamic.extend(artists)
         self._background = None
 
-    def group(self, name: str, *artists: Artist) -> None:
-        """Artists that change together, now and then: rendered again when ``keys[name]`` changes."""
-        self._groups.setdefault(name, []).extend(artists)
+    def group(self, name: str, *artists: Artist, prepare: Callable[[Any], None] | None = None, keep: int = 1) -> None:
+        """Artists that change together, now and then: rendered again when ``keys[name]`` changes.
+
+        ``prepare(key)`` runs before they are rendered for a key not kept (so a colour bar is
+        only updated when it is drawn); the pixels of the last ``keep`` keys are kept, so a
+        value flipping between two keys (limits at a rounding boundary) costs nothing.
+        """
+        self._groups[name] = _Group(list(artists), prepare, keep)
         self._background = None
 
     def clear(self, keep_observers: bool = False) -> None:
@@ -60,32 +76,42 @@ class CachedFigure(Figure):
         if not isinstance(renderer, RendererAgg) or not (self._dynamic or self._groups) or not self.get_visible():
             super().draw(renderer)
             return
-        key = (renderer.width, renderer.height, renderer.dpi)
-        if self._background is None or self._background_key != key:
-            changing = [*self._dynamic, *(a for artists in self._groups.values() for a in artists)]
+        size = (renderer.width, renderer.height, renderer.dpi)
+        if self._background is None or self._background_key != size:
+            changing = [*self._dynamic, *(a for group in self._groups.values() for a in group.artists)]
             shown = [artist.get_visible() for artist in changing]
             for artist in changing:
                 artist.set_visible(False)
             super().draw(renderer)
-            self._background, self._background_key = renderer.copy_from_bbox(self.bbox), key
-            self._patches, self._extents = {}, {}
+            self._background, self._background_key = renderer.copy_from_bbox(self.bbox), size
+            for group in self._groups.values():
+                group.patches, group.extent = {}, None
             for artist, visible in zip(changing, shown):
                 artist.set_visible(visible)
         else:
             renderer.restore_region(self._background)
-        for name, artists in self._groups.items():
-            kept = self._patches.get(name)
-            if kept is not None and kept[0] == self.keys.get(name):
-                renderer.restore_region(kept[1])
-                continue
-            for artist in sorted(artists, key=lambda a: a.get_zorder()):
-                artist.draw(renderer)
-            if name not in self._extents:
-                self._extents[name] = self._extent(artists, renderer)
-            self._patches[name] = (self.keys.get(name), renderer.copy_from_bbox(self._extents[name]))
+        for name, group in self._groups.items():
+            self._draw_group(group, self.keys.get(name), renderer)
         for artist in sorted(self._dynamic, key=lambda a: a.get_zorder()):
             artist.draw(renderer)
         self.stale = False
+
+    def _draw_group(self, group: _Group, key: Any, renderer: RendererAgg) -> None:
+        """Paste the group's pixels for ``key``, or render them over the background and keep them."""
+        pixels = group.patches.pop(key, None)
+        if pixels is not None:
+            renderer.restore_region(pixels)
+        else:
+            if group.prepare is not None:
+                group.prepare(key)
+            for artist in sorted(group.artists, key=lambda a: a.get_zorder()):
+                artist.draw(renderer)
+            if group.extent is None:
+                group.extent = self._extent(group.artists, renderer)
+            pixels = renderer.copy_from_bbox(group.extent)
+        group.patches[key] = pixels  # newest last
+        while len(group.patches) > group.keep:
+            del group.patches[next(iter(group.patches))]
 
     def _extent(self, artists: list[Artist], renderer: RendererAgg) -> BboxBase:
         """Pixels the artists cover, two more around, within the figure; axes with their labels and a

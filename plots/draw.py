@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PathCollection
 from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize, to_rgba
@@ -132,7 +133,7 @@ def map_layout(
     return maps, bars
 
 
-def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither") -> Colorbar:
+def colour_bar(fig: Figure, image: ScalarMappable, cax: Axes, label: str, extend: str = "neither") -> Colorbar:
     """Horizontal colour bar under a map; log scales label their decades only (no crowding)."""
     bar = fig.colorbar(image, cax=cax, orientation="horizontal", label=label, extend=extend)
     if isinstance(image.norm, LogNorm):
@@ -214,6 +215,12 @@ class TilePanel:
         }
 
         self.codes: np.ndarray | None = None
+        #: What the colour bar shows: the image's scale, set only when the bar is drawn (``show_scale``).
+        self.scale = ScalarMappable(type(norm)(norm.vmin, norm.vmax), cmap)
+
+    def show_scale(self, limits: tuple[float, float]) -> None:
+        """Set the colour bar's limits (a ``CachedFigure.group`` ``prepare``: called only when it is drawn)."""
+        self.scale.set_clim(*limits)
 
     @property
     def artists(self) -> list[Artist]:
@@ -233,8 +240,7 @@ class TilePanel:
             for status, rings in self.rings.items():
                 rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
         self.values.set_data(np.ma.masked_invalid(values))
-        if self.values.get_clim() != (norm.vmin, norm.vmax):  # new limits redraw the colour bar: costly
-            self.values.set_clim(norm.vmin, norm.vmax)
+        self.values.set_clim(norm.vmin, norm.vmax)
 
 
 def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> list[Artist]:

@@ -86,7 +86,7 @@ class AnodeOverview(PixelPlot):
         for field, ref, panel in kept.panels:
             statuses.setdefault(f"status {field} {ref.io_group}", []).append(panel.status_key)
             kept.fig.keys[f"colour bar {field}"] = panel.values.get_clim()
-        kept.fig.keys.update(statuses)
+        kept.fig.keys.update((name, tuple(keys)) for name, keys in statuses.items())
         return kept.fig
 
     @staticmethod
@@ -114,8 +114,9 @@ class AnodeOverview(PixelPlot):
                 ax.set_xlim(extents[:, 0].min(), extents[:, 1].max())
                 ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
                 ax.set_title(f"io_group {group}: {title}", fontsize=11)
-            if panel is not None:
-                fig.group(f"colour bar {field}", colour_bar(fig, panel.values, bar, label, extend).ax)
+            if panel is not None:  # every panel of the row has the same limits: the last one's scale
+                colour_bar(fig, panel.scale, bar, label, extend)
+                fig.group(f"colour bar {field}", bar, prepare=panel.show_scale, keep=2)
         title_text, subtitle = titles(fig, "", "")
         fig.dynamic(title_text, subtitle)
         status_legend(fig, key[1])

@@ -100,10 +100,10 @@ class PixelMap(PixelPlot):
         for i, ((ax,), bar, norm, (cmap, panel_title, label, extend)) in enumerate(zip(maps, bars, norms, PANELS)):
             panel = TilePanel(ax, grid, norm, cmap)
             ax.set_title(panel_title, fontsize=11)
-            colour_bar(fig, panel.values, bar, label, extend)
+            colour_bar(fig, panel.scale, bar, label, extend)
             fig.dynamic(*panel.artists, *ax.spines.values())  # the frame stays over the images
             fig.group(f"status {i}", panel.status)
-            fig.group(f"colour bar {i}", bar)
+            fig.group(f"colour bar {i}", bar, prepare=panel.show_scale, keep=2)
             panels.append(panel)
         title, subtitle = titles(fig, "", "")
         fig.group("title", title)
