@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 from matplotlib.artist import Artist
@@ -188,8 +189,9 @@ class TilePanel:
 
     Redrawing a map changes only the arrays of its images, its colour limits and the ring
     positions, so the axes, ticks and colour bar are not rebuilt every cycle (most of the cost).
-    The status layer and the colour limits (hence the colour bar) are set only when they change:
-    a ``CachedFigure`` keeps them as groups and only the values and rings are drawn each cycle.
+    The status layer and rings are set only when the status codes change, and the colour bar
+    follows its own ``scale``, set only when it is drawn: a ``CachedFigure`` keeps both as groups
+    and draws only the values and rings each cycle.
     """
 
     def __init__(self, ax: Axes, grid: TileGrid, norm: Normalize, cmap: str) -> None:
@@ -213,7 +215,6 @@ class TilePanel:
             )
             for status, colour in ((ChannelStatus.NOISY, NOISY_COLOUR), (ChannelStatus.INEFFICIENT, INEFFICIENT_COLOUR))
         }
-
         self.codes: np.ndarray | None = None
         #: What the colour bar shows: the image's scale, set only when the bar is drawn (``show_scale``).
         self.scale = ScalarMappable(type(norm)(norm.vmin, norm.vmax), cmap)
@@ -311,11 +312,12 @@ def no_data(ax: Axes, message: str = "no data yet") -> None:
 class KeptFigure:
     """A plot's figure built once and emptied of its data every cycle, for plots that draw new artists.
 
-    ``axes(fig, height, key, build)`` returns the kept axes (the ``Axes`` among ``build``'s parts)
-    with their lines, patches, collections, texts, images and legends removed, but the axes, scales, labels, titles and tick objects kept: making
-    axes and their ticks anew is most of what a small plot costs. ``build(fig)`` makes the axes
-    (and whatever stays) on a new or cleared figure; it runs again when ``key`` (what the layout
-    depends on: which panels have data, the figure height) changes or the figure is not the kept one.
+    ``axes(fig, height, key, build)`` returns the parts ``build`` made, their ``Axes`` emptied of
+    lines, patches, collections, texts, images and legends but with their scales, labels, titles
+    and tick objects kept: making axes and their ticks anew is most of what a small plot costs.
+    ``build(fig)`` makes the parts on a new or cleared figure; it runs again when ``key`` (what
+    the layout depends on: which panels have data, the figure height) changes, or when ``fig``
+    is not the kept figure.
     """
 
     def __init__(self) -> None:
@@ -325,7 +327,7 @@ class KeptFigure:
         self.title: Text | None = None
         self.subtitle: Text | None = None
 
-    def axes(self, fig: Figure | None, height_in: float, key: object, build) -> tuple:
+    def axes(self, fig: Figure | None, height_in: float, key: object, build: Callable[[Figure], tuple]) -> tuple:
         """The kept parts (``build``'s return value), emptied; rebuilt when needed."""
         if fig is None or fig is not self.fig or key != self.key:
             self.fig = new_figure(fig, height_in)

@@ -21,6 +21,7 @@ from exporter.reading.tail import InputSpec
 from exporter.runtime.ingest import Ingester
 from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 from plots import PlotContext
+from plots.builtin.anode import AnodeOverview
 from plots.builtin.fifo import FIFOFlags
 from plots.builtin.hot import HotPixels
 from plots.builtin.pixelmap import PixelMap
@@ -257,3 +258,27 @@ def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(mod
             assert [line.get_color() for line in old_ax.lines] == [line.get_color() for line in new_ax.lines]
             np.testing.assert_allclose(old_ax.get_xlim(), new_ax.get_xlim())
             np.testing.assert_allclose(old_ax.get_ylim(), new_ax.get_ylim())
+
+
+def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module_geometry):
+    """Colour bars, status layers and titles are rendered only when they change and their pixels
+    kept: a map kept across snapshots (and back to an earlier one) renders exactly as a new map."""
+    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
+    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+    snapshots = []
+    for start, seconds in ((0, 2), (2, 6)):
+        for t in range(start, start + seconds):
+            accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
+        snapshots.append(accumulator.snapshot())
+    plots = [PixelMap(), AnodeOverview()]
+    names = ["PixelMap_1_1", "AnodeOverview"]
+    kept: dict = {}
+    limits = set()
+    for stats in (snapshots[0], snapshots[1], snapshots[0]):
+        ctx = PlotContext(None, stats, module_geometry)
+        for plot, name in zip(plots, names):
+            kept[name] = plot.draw(name, ctx, kept.get(name))
+            new = type(plot)().draw(name, ctx, None)
+            assert render(kept[name], ".png") == render(new, ".png"), name
+        limits.add(tuple(image.get_clim() for ax in kept["PixelMap_1_1"].axes for image in ax.images[1:]))
+    assert len(limits) == 2  # the colour bars changed, and changed back
