@@ -7,12 +7,16 @@ layouts are computed, not solved (no constrained layout): cheaper and the same e
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PathCollection
 from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize, to_rgba
@@ -46,9 +50,14 @@ _BELOW_MAP, _COLORBAR, _BELOW_COLORBAR, _LEGEND = 0.55, 0.13, 0.5, 0.35
 
 
 def new_figure(fig: Figure | None, height_in: float, cached: bool = False) -> Figure:
-    """A cleared figure of the standard width: ``fig`` reused when given (and a ``CachedFigure`` if ``cached``)."""
+    """A cleared figure of the standard width: ``fig`` reused when given (and a ``CachedFigure`` if ``cached``).
+
+    New figures get an Agg canvas of their own, so PNGs come straight from its raster (``plots.engine.render``).
+    """
     if fig is None or (cached and not isinstance(fig, CachedFigure)):
-        return (CachedFigure if cached else Figure)(figsize=(WIDTH_IN, height_in), dpi=DPI)
+        fig = (CachedFigure if cached else Figure)(figsize=(WIDTH_IN, height_in), dpi=DPI)
+        FigureCanvasAgg(fig)
+        return fig
     fig.clear()
     fig.set_size_inches(WIDTH_IN, height_in)
     fig.set_dpi(DPI)
@@ -125,7 +134,7 @@ def map_layout(
     return maps, bars
 
 
-def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither") -> Colorbar:
+def colour_bar(fig: Figure, image: ScalarMappable, cax: Axes, label: str, extend: str = "neither") -> Colorbar:
     """Horizontal colour bar under a map; log scales label their decades only (no crowding)."""
     bar = fig.colorbar(image, cax=cax, orientation="horizontal", label=label, extend=extend)
     if isinstance(image.norm, LogNorm):
@@ -133,25 +142,37 @@ def colour_bar(fig: Figure, image, cax: Axes, label: str, extend: str = "neither
     return bar
 
 
+def nice_ceil(value: float) -> float:
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``value`` (> 0)."""
+    decade = 10.0 ** math.floor(math.log10(value))
+    return next(m * decade for m in (1, 2, 5, 10) if m * decade >= value * (1 - 1e-12))
+
+
 def rate_norm(stats: Snapshot, rates: np.ndarray) -> LogNorm:
-    """Log scale from one hit in the window to the highest rate."""
-    low = 1.0 / stats.covered_seconds
+    """Log scale from one hit in a full window up to the highest rate, rounded up to 1, 2 or 5 times a
+    power of ten: the limits, and so the colour bar, change rarely, and it is redrawn only then."""
+    low = 1.0 / max(stats.config.window_seconds, stats.covered_seconds)
     finite = rates[np.isfinite(rates)]
     high = float(finite.max()) if len(finite) else 0.0
-    return LogNorm(low, max(high, 10 * low))
+    return LogNorm(low, nice_ceil(max(high, 10 * low)))
 
 
 def robust_norm(values: np.ndarray, floor: float | None = None) -> Normalize:
-    """Linear scale over the 1st to 99th percentile, so one odd pixel does not wash out the rest."""
+    """Linear scale over the 1st to 99th percentile, so one odd pixel does not wash out the rest;
+    widened to multiples of a round step (a tenth of the range or more), so it changes rarely."""
     finite = values[np.isfinite(values)]
     if not len(finite):
         return Normalize(0, 1)
-    low, high = np.percentile(finite, [1, 99])
+    low, high = (float(v) for v in np.percentile(finite, [1, 99]))
     if floor is not None:
         low = max(low, floor)
     if high <= low:
         low, high = low - 1, high + 1
-    return Normalize(float(low), float(high))
+    step = nice_ceil((high - low) / 10)
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    if floor is not None:
+        low = max(low, floor)
+    return Normalize(low, high)
 
 
 def status_layer(codes: np.ndarray) -> np.ndarray:
@@ -168,6 +189,9 @@ class TilePanel:
 
     Redrawing a map changes only the arrays of its images, its colour limits and the ring
     positions, so the axes, ticks and colour bar are not rebuilt every cycle (most of the cost).
+    The status layer and rings are set only when the status codes change, and the colour bar
+    follows its own ``scale``, set only when it is drawn: a ``CachedFigure`` keeps both as groups
+    and draws only the values and rings each cycle.
     """
 
     def __init__(self, ax: Axes, grid: TileGrid, norm: Normalize, cmap: str) -> None:
@@ -191,19 +215,33 @@ class TilePanel:
             )
             for status, colour in ((ChannelStatus.NOISY, NOISY_COLOUR), (ChannelStatus.INEFFICIENT, INEFFICIENT_COLOUR))
         }
+        self.codes: np.ndarray | None = None
+        #: What the colour bar shows: the image's scale, set only when the bar is drawn (``show_scale``).
+        self.scale = ScalarMappable(type(norm)(norm.vmin, norm.vmax), cmap)
+
+    def show_scale(self, limits: tuple[float, float]) -> None:
+        """Set the colour bar's limits (a ``CachedFigure.group`` ``prepare``: called only when it is drawn)."""
+        self.scale.set_clim(*limits)
 
     @property
     def artists(self) -> list[Artist]:
-        """What changes between draws (for ``CachedFigure.dynamic``)."""
-        return [self.status, self.values, *self.rings.values()]
+        """What changes every draw (for ``CachedFigure.dynamic``); the status layer changes with ``status_key``."""
+        return [self.values, *self.rings.values()]
+
+    @property
+    def status_key(self) -> bytes | None:
+        """What the status layer shows (a ``CachedFigure.keys`` value)."""
+        return None if self.codes is None else self.codes.tobytes()
 
     def update(self, values: np.ndarray, codes: np.ndarray, norm: Normalize) -> None:
         """Show ``values`` (NaN transparent) over the status layer of ``codes`` (``grid.image`` arrays), scaled by ``norm``."""
-        self.status.set_data(status_layer(codes))
+        if self.codes is None or not np.array_equal(codes, self.codes):
+            self.codes = codes
+            self.status.set_data(status_layer(codes))
+            for status, rings in self.rings.items():
+                rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
         self.values.set_data(np.ma.masked_invalid(values))
         self.values.set_clim(norm.vmin, norm.vmax)
-        for status, rings in self.rings.items():
-            rings.set_offsets(np.column_stack(self.grid.centres(codes == status)))
 
 
 def tile_outline(ax: Axes, grid: TileGrid, label: str | None = None) -> list[Artist]:
@@ -269,3 +307,51 @@ def time_axis(ax: Axes) -> None:
 def no_data(ax: Axes, message: str = "no data yet") -> None:
     """Grey message in the middle of an empty axes."""
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#777777", fontsize=11)
+
+
+class KeptFigure:
+    """A plot's figure built once and emptied of its data every cycle, for plots that draw new artists.
+
+    ``axes(fig, height, key, build)`` returns the parts ``build`` made, their ``Axes`` emptied of
+    lines, patches, collections, texts, images and legends but with their scales, labels, titles
+    and tick objects kept: making axes and their ticks anew is most of what a small plot costs.
+    ``build(fig)`` makes the parts on a new or cleared figure; it runs again when ``key`` (what
+    the layout depends on: which panels have data, the figure height) changes, or when ``fig``
+    is not the kept figure.
+    """
+
+    def __init__(self) -> None:
+        self.fig: Figure | None = None
+        self.key: object = None
+        self.parts: tuple = ()
+        self.title: Text | None = None
+        self.subtitle: Text | None = None
+
+    def axes(self, fig: Figure | None, height_in: float, key: object, build: Callable[[Figure], tuple]) -> tuple:
+        """The kept parts (``build``'s return value), emptied; rebuilt when needed."""
+        if fig is None or fig is not self.fig or key != self.key:
+            self.fig = new_figure(fig, height_in)
+            self.parts = build(self.fig)
+            self.title, self.subtitle = titles(self.fig, "", "")
+            self.key = key
+            return self.parts
+        for ax in self.parts:
+            if not isinstance(ax, Axes):
+                continue
+            for artist in [*ax.lines, *ax.patches, *ax.collections, *ax.texts, *ax.images]:
+                artist.remove()
+            ax.containers.clear()
+            legend = ax.get_legend()
+            if legend is not None:
+                legend.remove()
+            ax.relim()
+            ax.set_autoscale_on(True)
+            ax.set_prop_cycle(None)  # colours start over, as on a new axes
+        return self.parts
+
+    def finish(self, title: str, subtitle: str) -> Figure:
+        """Set the figure's titles; returns the figure."""
+        assert self.fig is not None and self.title is not None and self.subtitle is not None
+        self.title.set_text(title)
+        self.subtitle.set_text(subtitle)
+        return self.fig

@@ -12,8 +12,10 @@ from __future__ import annotations
 import io
 import logging
 import math
+import struct
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ matplotlib.use("Agg")  # before any plugin imports pyplot: no display
 
 import numpy as np  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from exporter.detector.geometry import Geometry  # noqa: E402
@@ -49,6 +52,7 @@ MAX_FILE_STATES = 8
 #: savefig options by extension: PNG compressed fast (level 1: about 3 times faster than the
 #: default 6, files about a third larger; the images are rewritten every cycle, rarely kept).
 SAVE_OPTIONS: dict[str, dict[str, Any]] = {".png": {"pil_kwargs": {"compress_level": 1}}}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FAILED = object()
 
 
@@ -142,10 +146,46 @@ class _FileState:
 
 
 def render(fig: Figure, ext: str) -> bytes:
-    """The figure as image bytes in the format of ``ext``."""
+    """The figure as image bytes in the format of ``ext``.
+
+    A PNG of a figure on an Agg canvas is the canvas's raster, encoded here (see ``png``): the
+    same pixels as ``savefig`` (figure dpi, no bbox cropping), in half the encoding time.
+    """
+    if ext == ".png" and isinstance(fig.canvas, FigureCanvasAgg) and _plain_savefig():
+        fig.canvas.draw()
+        return png(np.asarray(fig.canvas.buffer_rgba()))
     buf = io.BytesIO()
     fig.savefig(buf, format=ext.lstrip("."), **SAVE_OPTIONS.get(ext, {}))
     return buf.getvalue()
+
+
+def _plain_savefig() -> bool:
+    """Whether ``savefig`` would save the canvas as drawn (rcParams not changed by a plugin)."""
+    rc = matplotlib.rcParams
+    return (
+        rc["savefig.dpi"] == "figure"
+        and rc["savefig.bbox"] is None
+        and rc["savefig.facecolor"] == rc["savefig.edgecolor"] == "auto"
+        and not rc["savefig.transparent"]
+    )
+
+
+def png(rgba: np.ndarray) -> bytes:
+    """PNG of an (h, w, 4) uint8 raster: rows unfiltered, zlib level 1.
+
+    Plot rasters are mostly flat colour, which zlib compresses well without PNG's row filters;
+    skipping them (and PIL's adaptive filter choice) makes encoding about twice as fast.
+    """
+    height, width, _ = rgba.shape
+    rows = np.empty((height, 4 * width + 1), np.uint8)
+    rows[:, 0] = 0  # filter type "none"
+    rows[:, 1:] = rgba.reshape(height, -1)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
+    return PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.data, 1)) + chunk(b"IEND", b"")
 
 
 def _close(fig: Figure) -> None:

@@ -8,12 +8,12 @@ import struct
 import numpy as np
 import pytest
 from helpers import START, simulate_files
-from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figures, one_pass, rate_image
+from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figure_data, figures, one_pass, rate_image
 
 from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
 from exporter.monitor import Monitor
 from exporter.quality.accumulator import Accumulator, prefer_finite
-from exporter.quality.clock import DataClock
+from exporter.quality.clock import DataClock, DetectorClock
 from exporter.quality.status import ChannelStatus
 from exporter.reading.decode import decode_messages
 from exporter.reading.files import FileReader
@@ -21,8 +21,13 @@ from exporter.reading.tail import InputSpec
 from exporter.runtime.ingest import Ingester
 from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 from plots import PlotContext
+from plots.builtin.anode import AnodeOverview
+from plots.builtin.fifo import FIFOFlags
+from plots.builtin.hot import HotPixels
 from plots.builtin.pixelmap import PixelMap
-from plots.engine import PlotEngine, PlotSettings
+from plots.builtin.rates import PacketRate, TileRate
+from plots.builtin.timing import TimestampHistograms, TriggerHistograms
+from plots.engine import PlotEngine, PlotSettings, render
 
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)],
@@ -196,3 +201,84 @@ def test_pixel_map_draws_the_snapshot_pixel_for_pixel_also_when_updated_in_place
         centres = np.floor((rings - [extent[0], extent[2]]) / pitch).astype(int)
         assert all(noisy[iy, ix] == 1 for ix, iy in centres.tolist())
         assert np.isfinite(panels[0].get_clim()).all() and panels[0].get_clim()[1] >= np.nanmax(rate[np.isfinite(rate)])
+
+
+def _texts(fig) -> list[str]:
+    """Every text a figure shows: titles, axis labels, tick labels, legend entries, notes."""
+    out = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        out += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel(), *(t.get_text() for t in ax.texts)]
+        out += [t.get_text() for t in (*ax.get_xticklabels(), *ax.get_yticklabels())]
+        legend = ax.get_legend()
+        if legend is not None:
+            out += [t.get_text() for t in legend.get_texts()]
+    return out
+
+
+def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(module_geometry):
+    """HotPixels and the per-file plots empty and refill a kept figure: the second draw on it shows
+    exactly what a new plot fed everything and drawn once shows (data, texts, colours, scales)."""
+    sim = Simulator(module_geometry, SimulationConfig(seed=11, trigger_rate_hz=4), FAULTS)
+    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+    detector, file_clock = DetectorClock(), DataClock()
+    classes = (HotPixels, PacketRate, TileRate, FIFOFlags, TimestampHistograms, TriggerHistograms)
+    kept = {cls: cls() for cls in classes}
+    figures_drawn: dict = {}
+    chunks = []
+    for start, seconds in ((0, 3), (3, 4)):
+        for t in range(start, start + seconds):
+            packets = decode_messages(*sim.second(START + t)).packets
+            accumulator.add(packets, clock, START + 100)
+            chunks.append(packets)
+            times = detector.times(packets, file_clock, START + 100)
+            ctx = PlotContext("run.h5", accumulator.snapshot(), module_geometry, times)
+            for plot in kept.values():
+                plot.update(packets, ctx)
+        ctx = PlotContext("run.h5", accumulator.snapshot(), module_geometry)
+        for cls, plot in kept.items():
+            fig = plot.draw(cls.plot_name(), ctx, figures_drawn.get(cls))
+            assert figures_drawn.get(cls, fig) is fig, cls.plot_name()  # the same figure, changed in place
+            figures_drawn[cls] = fig
+            render(fig, ".png")
+    fresh_clock = DetectorClock()
+    for cls, fig in figures_drawn.items():
+        plot, data_clock = cls(), DataClock()
+        for packets in chunks:
+            plot.update(
+                packets,
+                PlotContext("run.h5", ctx.stats, module_geometry, fresh_clock.times(packets, data_clock, START + 100)),
+            )
+        new = plot.draw(cls.plot_name(), ctx, None)
+        render(new, ".png")
+        assert len(figure_data(new)) > 4, cls.plot_name()  # data drawn, not only "no data yet"
+        assert_same_figure_data(fig, new, cls.plot_name())
+        assert _texts(fig) == _texts(new), cls.plot_name()
+        for old_ax, new_ax in zip(fig.axes, new.axes):
+            assert (old_ax.get_xscale(), old_ax.get_yscale()) == (new_ax.get_xscale(), new_ax.get_yscale())
+            assert [line.get_color() for line in old_ax.lines] == [line.get_color() for line in new_ax.lines]
+            np.testing.assert_allclose(old_ax.get_xlim(), new_ax.get_xlim())
+            np.testing.assert_allclose(old_ax.get_ylim(), new_ax.get_ylim())
+
+
+def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module_geometry):
+    """Colour bars, status layers and titles are rendered only when they change and their pixels
+    kept: a map kept across snapshots (and back to an earlier one) renders exactly as a new map."""
+    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
+    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+    snapshots = []
+    for start, seconds in ((0, 2), (2, 6)):
+        for t in range(start, start + seconds):
+            accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
+        snapshots.append(accumulator.snapshot())
+    plots = [PixelMap(), AnodeOverview()]
+    names = ["PixelMap_1_1", "AnodeOverview"]
+    kept: dict = {}
+    limits = set()
+    for stats in (snapshots[0], snapshots[1], snapshots[0]):
+        ctx = PlotContext(None, stats, module_geometry)
+        for plot, name in zip(plots, names):
+            kept[name] = plot.draw(name, ctx, kept.get(name))
+            new = type(plot)().draw(name, ctx, None)
+            assert render(kept[name], ".png") == render(new, ".png"), name
+        limits.add(tuple(image.get_clim() for ax in kept["PixelMap_1_1"].axes for image in ax.images[1:]))
+    assert len(limits) == 2  # the colour bars changed, and changed back

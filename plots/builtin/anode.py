@@ -50,7 +50,8 @@ class AnodeOverview(PixelPlot):
 
     Left: hit rate (log colour scale) of each io_group; right: mean ADC. Colour scales are
     shared between io_groups so the anodes compare directly. The figure is built once and
-    later cycles only change its data.
+    later cycles only change its data; colour bars and status layers are rendered again only
+    when they change.
     """
 
     def __init__(self) -> None:
@@ -80,6 +81,12 @@ class AnodeOverview(PixelPlot):
         pixels = sum(int((i.codes >= 0).sum()) for i in everything)
         kept.title.set_text(f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)")
         kept.subtitle.set_text(f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels")
+        assert isinstance(kept.fig, CachedFigure)
+        statuses: dict[str, list] = {}
+        for field, ref, panel in kept.panels:
+            statuses.setdefault(f"status {field} {ref.io_group}", []).append(panel.status_key)
+            kept.fig.keys[f"colour bar {field}"] = panel.values.get_clim()
+        kept.fig.keys.update((name, tuple(keys)) for name, keys in statuses.items())
         return kept.fig
 
     @staticmethod
@@ -99,6 +106,7 @@ class AnodeOverview(PixelPlot):
                 for ref in (ref for ref in refs if ref.io_group == group):
                     grid = view.grids[ref.tile]
                     panel = TilePanel(ax, grid, norms[field], cmap)
+                    fig.group(f"status {field} {group}", panel.status)  # one group per axes: no overlaps
                     panels.append((field, ref, panel))
                     outline = tile_outline(ax, grid, str(ref.tile) if view.geometry.has_io_mapping else None)
                     fig.dynamic(*panel.artists, *outline)  # outlines and numbers stay over the images
@@ -106,8 +114,9 @@ class AnodeOverview(PixelPlot):
                 ax.set_xlim(extents[:, 0].min(), extents[:, 1].max())
                 ax.set_ylim(extents[:, 2].min(), extents[:, 3].max())
                 ax.set_title(f"io_group {group}: {title}", fontsize=11)
-            if panel is not None:
-                fig.dynamic(colour_bar(fig, panel.values, bar, label, extend).ax)
+            if panel is not None:  # every panel of the row has the same limits: the last one's scale
+                colour_bar(fig, panel.scale, bar, label, extend)
+                fig.group(f"colour bar {field}", bar, prepare=panel.show_scale, keep=2)
         title_text, subtitle = titles(fig, "", "")
         fig.dynamic(title_text, subtitle)
         status_legend(fig, key[1])

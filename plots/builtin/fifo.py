@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from exporter.quality.accumulator import FIFO_FLAGS
 from exporter.reading.packets import DATA
 from plots.base import Plot, PlotContext
-from plots.draw import file_label, new_figure, no_data, time_axis, titles
+from plots.draw import KeptFigure, file_label, no_data, time_axis
 from plots.series import TimeSeries, unix_to_mpl
 
 FLAG_LABELS = [f"{fifo} FIFO {level}" for fifo, level in FIFO_FLAGS]
@@ -23,6 +24,7 @@ class FIFOFlags(Plot):
 
     def __init__(self) -> None:
         self.series = TimeSeries(1 + len(FIFO_FLAGS))  # data packets, then one series per flag
+        self._kept = KeptFigure()
 
     def update(self, packets: np.ndarray, ctx: PlotContext) -> None:
         data = packets["packet_type"] == DATA
@@ -34,45 +36,57 @@ class FIFOFlags(Plot):
             self.series.add(times[hit], np.full(int(hit.sum()), i + 1))
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
-        fig = new_figure(fig, 6.0)
-        time_ax, chip_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.85, bottom=0.12, wspace=0.35)
         counts = self.series.counts
+        flags = bool(counts[:, 1:].any())
+        chips = self._most_flagged(ctx)
+        time_ax, chip_ax = self._kept.axes(fig, 6.0, (flags, bool(chips)), lambda new: self._build(new, flags))
         edges = unix_to_mpl(self.series.edges())
         centres = (edges[:-1] + edges[1:]) / 2
-        if counts[:, 1:].any():
+        if flags:
             with np.errstate(invalid="ignore", divide="ignore"):
                 fractions = counts[:, 1:] / counts[:, :1]
             for i, label in enumerate(FLAG_LABELS):
                 values = np.where(fractions[:, i] > 0, fractions[:, i], np.nan)
                 time_ax.plot(centres, values, label=label, color=FLAG_COLOURS[i], linewidth=1.3)
-            time_ax.set_yscale("log")
             time_ax.legend(loc="best", fontsize=9)
-            time_axis(time_ax)
         else:
             no_data(time_ax, "no FIFO flags in this file" if counts.any() else "no data yet")
+        self._chips(chip_ax, ctx, chips)
+        totals = counts.sum(axis=0)
+        flagged = ", ".join(f"{int(n)} {label}" for n, label in zip(totals[1:], FLAG_LABELS))
+        return self._kept.finish(f"{name}: {file_label(ctx)}", f"{int(totals[0])} data packets in this file: {flagged}")
+
+    @staticmethod
+    def _build(fig: Figure, flags: bool) -> tuple[Axes, Axes]:
+        """Flag fractions over time (log, dates once there are flags) beside the most flagged chips."""
+        time_ax, chip_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.85, bottom=0.12, wspace=0.35)
+        if flags:
+            time_ax.set_yscale("log")
+            time_axis(time_ax)
         time_ax.set_ylabel("fraction of data packets flagged")
         time_ax.set_title("this file", fontsize=11)
         time_ax.grid(alpha=0.3)
-        self._chips(chip_ax, ctx)
-        totals = counts.sum(axis=0)
-        flagged = ", ".join(f"{int(n)} {label}" for n, label in zip(totals[1:], FLAG_LABELS))
-        titles(fig, f"{name}: {file_label(ctx)}", f"{int(totals[0])} data packets in this file: {flagged}")
-        return fig
+        chip_ax.set_title("most flagged chips since start", fontsize=11)
+        chip_ax.set_xlabel("flagged data packets")
+        return time_ax, chip_ax
 
     @staticmethod
-    def _chips(ax, ctx: PlotContext) -> None:
+    def _most_flagged(ctx: PlotContext) -> list[int]:
+        """Snapshot rows of the chips with the most flagged packets, most first (none without flags)."""
+        flags = ctx.stats.chip_fifo_flags
+        total = flags.sum(axis=1) if len(flags) else np.zeros(0)
+        return [int(i) for i in np.argsort(-total, kind="stable")[:TOP_CHIPS] if total[i] > 0]
+
+    @staticmethod
+    def _chips(ax: Axes, ctx: PlotContext, order: list[int]) -> None:
         """Stacked horizontal bars of the chips with the most flagged packets (snapshot totals)."""
         stats = ctx.stats
-        flags = stats.chip_fifo_flags
-        total = flags.sum(axis=1) if len(flags) else np.zeros(0)
-        order = [i for i in np.argsort(-total, kind="stable")[:TOP_CHIPS] if total[i] > 0]
-        ax.set_title("most flagged chips since start", fontsize=11)
-        ax.set_xlabel("flagged data packets")
         if not order:
             no_data(ax, "no FIFO flags so far")
             ax.set_yticks([])
             return
+        flags = stats.chip_fifo_flags
         labels = ["-".join(map(str, stats.chip_keys[i].tolist())) for i in order]
         left = np.zeros(len(order))
         for k, label in enumerate(FLAG_LABELS):

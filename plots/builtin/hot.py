@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from exporter.quality.status import ChannelStatus
 from plots.base import Plot, PlotContext
-from plots.draw import NOISY_COLOUR, new_figure, no_data, titles, window_text
+from plots.draw import NOISY_COLOUR, KeptFigure, no_data, window_text
 
 TOP = 20
 
@@ -20,14 +21,15 @@ class HotPixels(Plot):
 
     per_file = False
 
+    def __init__(self) -> None:
+        self._kept = KeptFigure()
+
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
         stats = ctx.stats
         rates = stats.channel_rate_hz.ravel()
         status = stats.channel_status.ravel()
         total = float(rates.sum())
-        fig = new_figure(fig, 6.0)
-        top_ax, dist_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
-        fig.subplots_adjust(left=0.17, right=0.98, top=0.85, bottom=0.12, wspace=0.25)
+        top_ax, dist_ax = self._kept.axes(fig, 6.0, total > 0, lambda new: self._build(new, total > 0))
         threshold = stats.config.noisy_rate_hz
         if total > 0:
             order = np.argsort(-rates, kind="stable")[:TOP]
@@ -42,28 +44,36 @@ class HotPixels(Plot):
             bars = top_ax.barh(range(len(order)), share, color=colours)
             top_ax.bar_label(bars, [f"{r:.3g} Hz" for r in rates[order]], padding=3, fontsize=8)
             top_ax.set_yticks(range(len(order)), labels, fontsize=9)
-            top_ax.invert_yaxis()
+            if not top_ax.yaxis_inverted():  # top down (a kept axes stays inverted)
+                top_ax.invert_yaxis()
             top_ax.set_xlim(0, share.max() * 1.25)
             positive = rates[rates > 0]
             low = min(positive.min(), 1.0 / stats.covered_seconds)
             edges = np.geomspace(low / 1.5, max(positive.max(), threshold) * 1.5, 60)
             dist_ax.hist(positive, edges, color="#4c72b0")
-            dist_ax.set_xscale("log")
-            dist_ax.set_yscale("log")
             dist_ax.axvline(threshold, color=NOISY_COLOUR, linestyle="--", label=f"noisy above {threshold:g} Hz")
             dist_ax.legend(fontsize=9)
         else:
             no_data(top_ax)
             no_data(dist_ax)
+        silent = int((status == ChannelStatus.SILENT).sum())
+        dist_ax.set_title(f"channels with hits ({silent} silent not shown)", fontsize=11)
+        noisy = int((status == ChannelStatus.NOISY).sum())
+        return self._kept.finish(f"{name}: {noisy} noisy channels", f"{window_text(stats)}  ·  {total:.4g} Hz in all")
+
+    @staticmethod
+    def _build(fig: Figure, data: bool) -> tuple[Axes, Axes]:
+        """The two panels with their labels; log scales for the distribution when there are data."""
+        top_ax, dist_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+        fig.subplots_adjust(left=0.17, right=0.98, top=0.85, bottom=0.12, wspace=0.25)
         top_ax.set_xlabel("share of data packets in the window [%]")
         top_ax.set_ylabel("channel (io_group-io_channel-chip_id ch channel)")
         top_ax.set_title(f"top {TOP} channels (red: noisy)", fontsize=11)
         top_ax.grid(alpha=0.3, axis="x")
-        silent = int((status == ChannelStatus.SILENT).sum())
         dist_ax.set_xlabel("channel hit rate [Hz]")
         dist_ax.set_ylabel("channels")
-        dist_ax.set_title(f"channels with hits ({silent} silent not shown)", fontsize=11)
         dist_ax.grid(alpha=0.3)
-        noisy = int((status == ChannelStatus.NOISY).sum())
-        titles(fig, f"{name}: {noisy} noisy channels", f"{window_text(stats)}  ·  {total:.4g} Hz in all")
-        return fig
+        if data:
+            dist_ax.set_xscale("log")
+            dist_ax.set_yscale("log")
+        return top_ax, dist_ax

@@ -53,7 +53,8 @@ class PixelMap(PixelPlot):
     io_group (1..8 on a module: module tile 9 is ``PixelMap_2_1``). Values are the window
     statistics of ``/metrics``; silent pixels are grey, unknown ones (not enough data yet)
     blue-grey, noisy ones ringed in red, inefficient ones in orange. A figure is built once per
-    tile and later cycles only change its data.
+    tile and later cycles only change its data; colour bars, status layers and the title are
+    rendered again only when they change.
     """
 
     def __init__(self) -> None:
@@ -81,6 +82,11 @@ class PixelMap(PixelPlot):
             panel.update(values, images.codes, norm)
         kept.title.set_text(f"{name}: {self._where(ref, ctx)}")
         kept.subtitle.set_text(f"{window_text(stats)}  ·  {self._counts(images)}")
+        assert isinstance(kept.fig, CachedFigure)
+        kept.fig.keys["title"] = kept.title.get_text()
+        for i, panel in enumerate(kept.panels):
+            kept.fig.keys[f"status {i}"] = panel.status_key
+            kept.fig.keys[f"colour bar {i}"] = panel.values.get_clim()
         return kept.fig
 
     @staticmethod
@@ -91,14 +97,17 @@ class PixelMap(PixelPlot):
         assert isinstance(fig, CachedFigure)
         maps, bars = map_layout(fig, [1, 1, 1], ny / nx)
         panels = []
-        for (ax,), bar, norm, (cmap, panel_title, label, extend) in zip(maps, bars, norms, PANELS):
+        for i, ((ax,), bar, norm, (cmap, panel_title, label, extend)) in enumerate(zip(maps, bars, norms, PANELS)):
             panel = TilePanel(ax, grid, norm, cmap)
             ax.set_title(panel_title, fontsize=11)
-            colour_bar(fig, panel.values, bar, label, extend)
-            fig.dynamic(*panel.artists, *ax.spines.values(), bar)  # the frame stays over the images
+            colour_bar(fig, panel.scale, bar, label, extend)
+            fig.dynamic(*panel.artists, *ax.spines.values())  # the frame stays over the images
+            fig.group(f"status {i}", panel.status)
+            fig.group(f"colour bar {i}", bar, prepare=panel.show_scale, keep=2)
             panels.append(panel)
         title, subtitle = titles(fig, "", "")
-        fig.dynamic(title, subtitle)
+        fig.group("title", title)
+        fig.dynamic(subtitle)
         status_legend(fig, noisy_rate_hz)
         return _TileFigure(fig, grid, noisy_rate_hz, panels, title, subtitle)
 

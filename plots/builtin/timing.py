@@ -7,12 +7,13 @@ PACMAN times of sync and trigger packets both restart at each 'S' sync, once a s
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from exporter.quality.clock import IO_GROUPS
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, SYNC_KIND_CODES, TICKS_PER_SYNC, TRIGGER
 from plots.base import Plot, PlotContext
-from plots.draw import file_label, new_figure, no_data, titles
+from plots.draw import KeptFigure, file_label, no_data
 from plots.series import bin_counts
 
 US_PER_TICK = 0.1
@@ -52,6 +53,7 @@ class TimestampHistograms(Plot):
         self.delay_negative = 0
         self.no_receipt = 0
         self.stamps = np.zeros((IO_GROUPS, len(STAMP_EDGES) - 1), np.int64)
+        self._kept = KeptFigure()
 
     def update(self, packets: np.ndarray, ctx: PlotContext) -> None:
         ptype = packets["packet_type"]
@@ -73,42 +75,49 @@ class TimestampHistograms(Plot):
         self.delay += delay_counts(delay, group[has])
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
-        fig = new_figure(fig, 5.2)
-        sync_ax, delay_ax, stamp_ax = fig.subplots(1, 3)
-        fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.14, wspace=0.3)
+        delays = bool(self.delay.any())
+        sync_ax, delay_ax, stamp_ax = self._kept.axes(
+            fig, 5.2, (bool(self.sync.any()), delays), lambda new: self._build(new, delays)
+        )
         if _group_lines(sync_ax, SYNC_EDGES, self.sync):
             used = SYNC_EDGES[:-1][self.sync.sum(axis=0) > 0] + 0.5
             sync_ax.set_xlim(min(used.min() - 5, -10), max(used.max() + 5, 10))  # zoom in, keep 0 centred-ish
         else:
             no_data(sync_ax, "no 'S' syncs yet")
-        sync_ax.set_xlabel("'S' sync timestamp − 10,000,000 [ticks of 0.1 µs]")
-        sync_ax.set_ylabel("syncs")
         sync_ax.set_title(f"sync offset ({self.sync_outside} outside ±50 ticks)", fontsize=11)
         shown = DELAY_EDGES.copy()
         shown[0] = 0.5  # the [0, 1) tick bin, drawn from half a tick on the log axis
         if _group_lines(delay_ax, shown * US_PER_TICK, self.delay):
-            delay_ax.set_xscale("log")
-            delay_ax.set_yscale("log")
             delay_ax.set_ylim(0.5, self.delay.max() * 3)
         else:
             no_data(delay_ax, "no receipt timestamps" if self.no_receipt else "no data yet")
-        delay_ax.set_xlabel("receipt − chip timestamp [µs] (first bin: 0)")
-        delay_ax.set_ylabel("data packets")
         delay_ax.set_title(f"network delay ({self.delay_negative} negative)", fontsize=11)
         if not _group_lines(stamp_ax, STAMP_EDGES * US_PER_TICK / 1000, self.stamps):
             no_data(stamp_ax)
         stamp_ax.axvline(TICKS_PER_SYNC * US_PER_TICK / 1000, color="#d62728", linestyle="--", linewidth=1)
+        return self._kept.finish(
+            f"{name}: {file_label(ctx)}",
+            f"{int(self.sync.sum()) + self.sync_outside} 'S' syncs, {int(self.stamps.sum())} data packets in 0–1.2 s",
+        )
+
+    @staticmethod
+    def _build(fig: Figure, delays: bool) -> tuple[Axes, Axes, Axes]:
+        """The three histograms' axes and labels; the delays on log scales once there are some."""
+        sync_ax, delay_ax, stamp_ax = fig.subplots(1, 3)
+        fig.subplots_adjust(left=0.06, right=0.98, top=0.8, bottom=0.14, wspace=0.3)
+        sync_ax.set_xlabel("'S' sync timestamp − 10,000,000 [ticks of 0.1 µs]")
+        sync_ax.set_ylabel("syncs")
+        if delays:
+            delay_ax.set_xscale("log")
+            delay_ax.set_yscale("log")
+        delay_ax.set_xlabel("receipt − chip timestamp [µs] (first bin: 0)")
+        delay_ax.set_ylabel("data packets")
         stamp_ax.set_xlabel("chip timestamp of data packets [ms since sync]")
         stamp_ax.set_ylabel("data packets")
         stamp_ax.set_title("data timestamps (beyond the line: sync missed)", fontsize=11)
         for ax in (sync_ax, delay_ax, stamp_ax):
             ax.grid(alpha=0.3)
-        titles(
-            fig,
-            f"{name}: {file_label(ctx)}",
-            f"{int(self.sync.sum()) + self.sync_outside} 'S' syncs, {int(self.stamps.sum())} data packets in 0–1.2 s",
-        )
-        return fig
+        return sync_ax, delay_ax, stamp_ax
 
 
 _GROUP_SHIFT = 44  # keys are io_group << 44 | ticks since the file's start (2**44 ticks: 20 days)
@@ -169,6 +178,7 @@ class TriggerHistograms(Plot):
         self.closed_dt = np.zeros((IO_GROUPS, len(TRIGGER_EDGES) - 1), np.int64)
         self.closed_multiplicity = np.zeros(len(MULTIPLICITY_EDGES) - 1, np.int64)
         self.closed_triggers = 0
+        self._kept = KeptFigure()
 
     def update(self, packets: np.ndarray, ctx: PlotContext) -> None:
         ptype = packets["packet_type"]
@@ -202,12 +212,20 @@ class TriggerHistograms(Plot):
         dt += self.closed_dt
         multiplicity += self.closed_multiplicity
         triggers += self.closed_triggers
-        fig = new_figure(fig, 5.2)
-        dt_ax, n_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-        fig.subplots_adjust(left=0.07, right=0.98, top=0.8, bottom=0.14, wspace=0.25)
+        dt_ax, n_ax = self._kept.axes(fig, 5.2, bool(dt.any()), self._build)
         if not _group_lines(dt_ax, TRIGGER_EDGES * US_PER_TICK, dt):
             no_data(dt_ax, "no data near an external trigger yet")
         dt_ax.axvline(0, color="#555555", linewidth=0.8)
+        n_ax.bar(range(len(multiplicity)), multiplicity, color="#4c72b0")
+        return self._kept.finish(
+            f"{name}: {file_label(ctx)}", f"{triggers} external triggers, {int(dt.sum())} data packets paired"
+        )
+
+    @staticmethod
+    def _build(fig: Figure) -> tuple[Axes, Axes]:
+        """Time differences beside the multiplicity bars, with their labels."""
+        dt_ax, n_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        fig.subplots_adjust(left=0.07, right=0.98, top=0.8, bottom=0.14, wspace=0.25)
         dt_ax.set_xlabel("data packet timestamp − external trigger time [µs]")
         dt_ax.set_ylabel(f"data packets per {(TRIGGER_EDGES[1] - TRIGGER_EDGES[0]) * US_PER_TICK:g} µs")
         dt_ax.set_title("data relative to external triggers", fontsize=11)
@@ -215,7 +233,6 @@ class TriggerHistograms(Plot):
             f"{int(a)}" if b == a + 1 else f"{int(a)}+" if np.isinf(b) else f"{int(a)}–{int(b) - 1}"
             for a, b in zip(MULTIPLICITY_EDGES[:-1], MULTIPLICITY_EDGES[1:])
         ]
-        n_ax.bar(range(len(multiplicity)), multiplicity, color="#4c72b0")
         n_ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=9)
         n_ax.set_xlabel(
             f"data packets within {TRIGGER_EDGES[0] * US_PER_TICK:g} … +{TRIGGER_EDGES[-1] * US_PER_TICK:g} µs"
@@ -224,5 +241,4 @@ class TriggerHistograms(Plot):
         n_ax.set_title("data packets per trigger", fontsize=11)
         for ax in (dt_ax, n_ax):
             ax.grid(alpha=0.3)
-        titles(fig, f"{name}: {file_label(ctx)}", f"{triggers} external triggers, {int(dt.sum())} data packets paired")
-        return fig
+        return dt_ax, n_ax
