@@ -167,14 +167,22 @@ class PlotWorker:
         proc = self.process
         if proc is None:
             return
-        proc.join(timeout)
-        if proc.is_alive() and timeout > 0:
+        if not self._gone(proc, timeout) and timeout > 0:
             proc.terminate()
-            proc.join(KILL_SECONDS)
-            if proc.is_alive():
+            if not self._gone(proc, KILL_SECONDS):
                 log.error("drawing process %s did not stop; killed", proc.pid)
                 proc.kill()
-                proc.join(KILL_SECONDS)
+                self._gone(proc, KILL_SECONDS)
+
+    def _gone(self, proc: BaseProcess, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the child to be gone. While the receiver thread runs, it is the one
+        that waits for the child (two threads waiting for one child race: the one that does not reap it
+        may see it alive); it returns once the child is gone."""
+        if self._receiver.is_alive():
+            self._receiver.join(timeout)
+            return not self._receiver.is_alive()
+        proc.join(timeout)
+        return not proc.is_alive()
 
     # -- sender thread -------------------------------------------------------------------
     def _next(self) -> tuple[Connection, tuple] | None:
@@ -209,8 +217,8 @@ class PlotWorker:
             conn, message = item
             try:
                 conn.send(message)
-            except (OSError, ValueError):  # the child died (the receiver restarts it and counts what it lost)
-                pass
+            except (OSError, ValueError, TypeError):  # the child died (the receiver restarts it and counts
+                pass  # what it lost); TypeError: the receiver closed the pipe during the send
             if message is _STOP:
                 return
 
@@ -227,7 +235,7 @@ class PlotWorker:
                     wait = RESTART_SECONDS[0]
             except (EOFError, OSError):
                 pass
-            proc.join(KILL_SECONDS)
+            proc.join(None if self._stopping else KILL_SECONDS)  # stopping: stop() terminates it if it must
             conn.close()
             with self._cond:
                 self._conn = None  # chunks wait in the queue (up to its bound) for the next child

@@ -203,14 +203,19 @@ def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, til
 KILLER = """
 import os
 import signal
+from pathlib import Path
 from plots import Plot
+
+MARKER = Path({marker!r})
 
 
 class Killer(Plot):
     per_file = False
 
     def draw(self, name, ctx, fig=None):
-        os.kill(os.getpid(), signal.SIGKILL)
+        if not MARKER.exists():  # the first drawing process dies; the restarted one lives on
+            MARKER.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
@@ -220,7 +225,7 @@ def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never
     total = sum(truth.packet_types.values())
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "killer.py").write_text(KILLER)
+    (plugins / "killer.py").write_text(KILLER.format(marker=str(tmp_path / "killed")))
     settings = Settings(
         inputs=[str(tmp_path / "data")],
         port=free_port(),
@@ -236,7 +241,7 @@ def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never
         assert service.plots is not None
         wait_for(lambda: service.plots.status()["restarts"] >= 1, timeout=60, what="the drawing process to crash")
         pid = wait_for(lambda: service.plots.status()["pid"], timeout=30, what="the new drawing process to report")
-        assert pid != os.getpid()
+        assert pid not in (os.getpid(), int((tmp_path / "killed").read_text()))
         wait_for(lambda: sum(service.ingester.published.health.packets_ingested.values()) == total, timeout=60)
         samples = parse_metrics(scrape(settings.port))
         assert sample(samples, "larpix_exporter_plot_process_restarts_total") >= 1
