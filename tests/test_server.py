@@ -32,6 +32,7 @@ def served(tmp_path, tile_geometry, monkeypatch):
     ing = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(tile_geometry, history_interval=10.0), 0.1)
     ing.poll()
     server = ExporterServer(("127.0.0.1", 0), MetricsApp(lambda: ing.published, history=ing.monitor.history))
+    ing.publish_listeners.append(server.app.prerender)  # as the service wires them
     server.serve_in_thread()
     try:
         yield server.server_address[1], ing
@@ -150,6 +151,12 @@ def test_metrics_render_the_detector_once_per_publication_and_gzip_is_one_valid_
     assert "larpix_exporter_ingest_lag_seconds" in zipped and "larpix_exporter_up 1" in zipped
     assert len(renders) == 1, "the detector families of one publication are rendered once"
     simulate_files(tile_geometry, tmp_path / "data", 10, start=START + 30, seed=2)
-    ing.poll()  # a new publication: rendered again, once
+    ing.poll()  # a new publication, scraped recently: rendered as it is published, before any scrape
+    assert len(renders) == 2
     newer = [fetch(True)[0] for _ in range(3)]
     assert len(renders) == 2 and stable(newer[0]) != stable(zipped)
+    monkeypatch.setattr(web, "PRERENDER_AFTER_SCRAPE_SECONDS", 0.0)  # nobody scraping: no rendering ahead
+    ing.publish()
+    assert len(renders) == 2
+    fetch(False)
+    assert len(renders) == 3

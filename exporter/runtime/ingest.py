@@ -59,6 +59,8 @@ class Ingester:
         self._checkpointed: tuple | None = None  # progress at the last checkpoint
         self._window_checkpointed: tuple | None = None  # progress at the last write of the window arrays
         self.listeners: list[Callable[[Chunk], None]] = []
+        #: Called in the ingest thread with each new publication (the server renders it ahead of scrapes).
+        self.publish_listeners: list[Callable[[Published], None]] = []
         self._configured: set[str] = set()  # packet files whose own chip configurations were read
         self._last_publish = 0.0
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
@@ -126,6 +128,11 @@ class Ingester:
         h.files_in_error = self.tail.errors_by_reason()
         self.published = Published(self.monitor.update(), h.copy())
         self._last_publish = time.monotonic()
+        for listener in self.publish_listeners:
+            try:
+                listener(self.published)
+            except Exception:  # a listener must never stop ingest
+                log.exception("publish listener %r failed", listener)
 
     def ingest(self, chunk: Chunk) -> None:
         """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then."""

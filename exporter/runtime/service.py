@@ -102,6 +102,7 @@ class Service:
             telemetry_path=settings.web_telemetry_path,
             ready=self.ingester.polled.is_set,
         )
+        self.ingester.publish_listeners.append(self.app.prerender)
         self.servers: list[ExporterServer] = []
         for address in settings.addresses():
             try:

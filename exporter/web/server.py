@@ -16,6 +16,7 @@ import contextlib
 import gzip
 import html
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -46,6 +47,8 @@ from plots.store import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
 GZIP_LEVEL = 1
+#: Publications are rendered as they come (not at the next scrape) while a scrape came this recently.
+PRERENDER_AFTER_SCRAPE_SECONDS = 300.0
 #: zlib window bits for a gzip stream (header and trailer) with the largest window.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 TLS_HANDSHAKE_SECONDS = 10.0
@@ -108,6 +111,7 @@ class MetricsApp:
             collector(registry=self.process)
         self._lock = threading.Lock()  # the collector's label cache and the renderings are shared between scrapes
         self._renderings: dict[bool, Rendering] = {}
+        self._last_scrape = -math.inf
         self.last_scrape_seconds = 0.0
         self.heavy = threading.BoundedSemaphore(HEAVY_CONCURRENCY)
         self._history_cache: dict[str, tuple[tuple, bytes, bytes]] = {}
@@ -131,6 +135,7 @@ class MetricsApp:
         (and compressed) once per published snapshot, whoever scrapes; only the exporter's own
         families, which follow the wall clock, are rendered for each scrape."""
         started = time.perf_counter()
+        self._last_scrape = time.monotonic()
         per_pixel = per_pixel and self.per_pixel_allowed
         pub = self.published()
         with self.heavy_turn() if per_pixel else contextlib.nullcontext():
@@ -151,6 +156,12 @@ class MetricsApp:
             body = rendered.text + fresh
         self.last_scrape_seconds = time.perf_counter() - started
         return body
+
+    def prerender(self, pub: Published) -> None:
+        """Render a new publication's detector families ahead of the scrapes (called by the ingest thread
+        when it publishes), while somebody scrapes: no scrape then waits for a rendering."""
+        if time.monotonic() - self._last_scrape < PRERENDER_AFTER_SCRAPE_SECONDS:
+            self._detector_rendering(pub, False)
 
     def _detector_rendering(self, pub: Published, per_pixel: bool) -> Rendering:
         """The detector families of ``pub``, rendered once (concurrent scrapes wait for the one rendering)."""
