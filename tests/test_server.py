@@ -156,7 +156,16 @@ def test_metrics_render_the_detector_once_per_publication_and_gzip_is_one_valid_
     newer = [fetch(True)[0] for _ in range(3)]
     assert len(renders) == 2 and stable(newer[0]) != stable(zipped)
     monkeypatch.setattr(web, "PRERENDER_AFTER_SCRAPE_SECONDS", 0.0)  # nobody scraping: no rendering ahead
-    ing.publish()
+    simulate_files(tile_geometry, tmp_path / "data", 10, start=START + 40, seed=3)
+    ing.poll()
     assert len(renders) == 2
-    fetch(False)
-    assert len(renders) == 3
+    app = ing.publish_listeners[0].__self__  # type: ignore[attr-defined]
+
+    def detector(text: str) -> list[str]:
+        return [line for line in stable(text) if "larpix_exporter_" not in line]
+
+    with app._lock:  # a rendering of the newest publication under way: the last complete one is served (a
+        during = fetch(False)[0]  # scrape that waited for the lock would time out here)
+        assert detector(during) == detector(newer[0]) and len(renders) == 2
+    after = fetch(False)[0]
+    assert len(renders) == 3 and detector(after) != detector(during)

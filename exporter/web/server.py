@@ -164,8 +164,15 @@ class MetricsApp:
             self._detector_rendering(pub, False)
 
     def _detector_rendering(self, pub: Published, per_pixel: bool) -> Rendering:
-        """The detector families of ``pub``, rendered once (concurrent scrapes wait for the one rendering)."""
-        with self._lock:
+        """The detector families of ``pub``, rendered once. While a newer publication is being rendered
+        (by the ingest thread, or another scrape), the last complete rendering is served: one poll
+        older, consistent in itself, and no scrape waits for a rendering but the very first."""
+        last = self._renderings.get(per_pixel)
+        if last is not None and (last.source is pub or not self._lock.acquire(blocking=False)):
+            return last
+        if last is None:
+            self._lock.acquire()
+        try:
             cached = self._renderings.get(per_pixel)
             if cached is None or cached.source is not pub:
                 families = self.collector.detector_families(pub.snapshot, per_pixel, evaluation=pub.evaluation)
@@ -173,6 +180,8 @@ class MetricsApp:
                 stream = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
                 cached = self._renderings[per_pixel] = Rendering(pub, text, stream.compress(text), stream)
             return cached
+        finally:
+            self._lock.release()
 
     def channels(self, statuses: list[str], fmt: str) -> tuple[bytes, str]:
         """The current channels of the given statuses (all bad ones: ``[]``), as csv, json or the DAQ's disabled list."""
