@@ -109,7 +109,7 @@ def fingerprint(stats: Snapshot) -> tuple[int, float]:
 class Freshness:
     """Whether a drawing target (a file's plots, or the whole-detector ones) needs drawing.
 
-    Packets reach the drawing thread before the snapshot counting them is published, so a
+    Packets reach the drawing process before the snapshot counting them is published, so a
     target drawn with the snapshot it was fed under may have missed its newest packets:
     it is drawn again once a later snapshot (a new fingerprint) is out, then it is settled.
     """
