@@ -9,13 +9,15 @@ import time
 import h5py
 import numpy as np
 import pytest
+from helpers import START
 from larpix import Packet_v2, TimestampPacket
 from larpix.format.hdf5format import to_file
 
 from exporter.reading import files as sources
+from exporter.reading.decode import decode_messages
 from exporter.reading.files import FileReader
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
+from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
+from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator, open_writer
 
 
 class Recorder:
@@ -254,3 +256,47 @@ def test_read_warnings_are_one_line_each(tmp_path, caplog):
         one_line("unable to open file\n  (file signature not found)\n")
         == "unable to open file (file signature not found)"
     )
+
+
+@pytest.mark.parametrize("fmt", ["raw", "packets"])
+def test_rows_grown_but_not_yet_written_are_held_back_even_beyond_a_chunk(tmp_path, tile_geometry, fmt):
+    """A writer that grows its datasets by many rows before filling them: none of the empty rows is
+    consumed while held (HOLD_SECONDS), however many chunks they span; once written, all are read."""
+    sim = Simulator(tile_geometry, SimulationConfig(seed=3))
+    path = tmp_path / f"run.{fmt}.h5"
+    writer = open_writer(path, fmt)
+    msgs, groups = sim.second(START)
+    writer.append(msgs, groups)
+    writer.close()
+    written = len(decode_messages(msgs, groups).packets)
+    extra = 2_500
+    dataset = "msgs" if fmt == "raw" else "packets"
+    with h5py.File(path, "r+", locking=False) as fh:
+        rows = len(fh[dataset])
+        for name in ("msgs", "msg_headers") if fmt == "raw" else ("packets",):
+            fh[name].resize((rows + extra,))
+    reader = FileReader(chunk_rows=1_000, raw_chunk_messages=100)
+    cursor = FileCursor(str(path), 0, 0)
+    chunks = list(reader.read_new(cursor, START))
+    assert sum(c.size for c in chunks) == written and cursor.held_since == START
+    assert sum(c.bad_messages for c in chunks) == 0 and chunks[-1].rows_end == rows
+    cursor.rows_done = chunks[-1].rows_end
+    assert list(reader.read_new(cursor, START + 1)) == []  # still held
+    more, more_groups = sim.second(START + 1)
+    more = (list(more) * (extra // len(more) + 1))[:extra]
+    with h5py.File(path, "r+", locking=False) as fh:  # the writer fills the rows it grew
+        if fmt == "raw":
+            fill = np.empty(extra, object)
+            fill[:] = more
+            fh["msgs"].write_direct(fill, dest_sel=np.s_[rows:])
+            headers = np.zeros(extra, fh["msg_headers"].dtype)
+            headers["io_groups"] = np.resize(more_groups, extra)
+            fh["msg_headers"][rows:] = headers
+            expected = len(decode_messages(more, np.resize(more_groups, extra)).packets)
+        else:
+            packets = decode_messages(*sim.second(START + 1)).packets
+            fh["packets"][rows:] = np.resize(packets, extra)
+            expected = extra
+    chunks = list(reader.read_new(cursor, START + 2))
+    assert sum(c.size for c in chunks) == expected and cursor.held_since is None
+    assert chunks[-1].rows_end == rows + extra

@@ -56,6 +56,3 @@ class KernelLoader:
         """``exporter.quality.compiled``, once ``ready()``."""
         assert self._module is not None
         return self._module
-
-
-LOADER = KernelLoader()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -30,8 +30,8 @@ RAW, PACKETS = "raw", "packets"
 #: The thread that reads the next chunk of a file while the current one is counted (one for the process:
 #: readers that run at once take turns).
 _READ_AHEAD = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
-#: Rows as read: packet records, raw messages split into ``Messages``, or (the last rows) messages and io_groups.
-Rows = Any
+#: Rows as read: packet records, or raw messages joined into ``Messages``.
+Rows = np.ndarray | Messages
 #: Rows at the end of a file that look unwritten (all-zero packets, empty messages) are held
 #: back this long, in case the writer has grown the dataset but not yet filled it.
 HOLD_SECONDS = 10.0
@@ -183,14 +183,30 @@ class FileReader:
         dset.id.refresh()
         return len(dset)
 
-    def _fetch(self, fh: h5py.File, kind: str, start: int, end: int, last: bool) -> Rows:
-        """Rows ``start:end`` as read from the file: packet records, or raw messages and their io_groups,
-        split into ``Messages`` unless they are the last rows (whose unwritten tail is decided first)."""
+    def _fetch(self, fh: h5py.File, kind: str, start: int, end: int) -> Rows:
+        """Rows ``start:end``: packet records, or raw messages joined into ``Messages``."""
         if kind != RAW:
             return fh["packets"][start:end]
-        msgs = fh["msgs"][start:end]
-        io_groups = fh["msg_headers"].fields("io_groups")[start:end]
-        return (msgs, io_groups) if last else split_messages(msgs, io_groups)
+        return split_messages(fh["msgs"][start:end], fh["msg_headers"].fields("io_groups")[start:end])
+
+    def _written_length(self, fh: h5py.File, cursor: FileCursor, kind: str, length: int, now: float) -> int:
+        """``length`` without the trailing rows that look unwritten, while they are held back (up to
+        ``HOLD_SECONDS``): the writer may have grown the dataset before filling it. Read backwards from
+        the end, the last row first, so a file whose end is written costs one row."""
+        held, block = 0, 1
+        while held < length - cursor.rows_done:
+            start = max(cursor.rows_done, length - held - block)
+            rows = fh["msgs"][start : length - held] if kind == RAW else fh["packets"][start : length - held]
+            unwritten = _unwritten_tail(kind, rows)
+            held += unwritten
+            if unwritten < len(rows):
+                break
+            block = min(block * 16, self.chunk_rows)
+        if held and (cursor.held_since is None or now - cursor.held_since < HOLD_SECONDS):
+            cursor.held_since = cursor.held_since or now
+            return length - held
+        cursor.held_since = None
+        return length
 
     def _read_rows(self, fh: h5py.File, cursor: FileCursor, kind: str, now: float) -> Iterator[Chunk]:
         """Chunks from the cursor to the end; the next chunk is read in a thread while the caller counts
@@ -198,50 +214,27 @@ class FileReader:
         length = self._length(fh, kind)
         if length < cursor.rows_done:
             raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
+        length = self._written_length(fh, cursor, kind, length, now)
         # Raw chunks are bounded by messages and, once their length is known, by packets (chunk_rows).
         step = min(self.raw_chunk_messages, max(1, self.chunk_rows // 1000)) if kind == RAW else self.chunk_rows
         start = cursor.rows_done
         end = min(start + step, length)
-        rows: Rows = self._fetch(fh, kind, start, end, end == length) if start < length else None
         pending: Future[Rows] | None = None
         try:
             while start < length:
-                if pending is not None:
-                    rows, pending = pending.result(), None
-                if end == length:
-                    rows, end = self._hold_unwritten(cursor, kind, rows, start, end, now)
-                if end <= start:
-                    return
-                chunk = Chunk(cursor, end, kind, records=rows) if kind != RAW else Chunk(cursor, end, RAW, raw=rows)
-                if kind == RAW:
+                rows = self._fetch(fh, kind, start, end) if pending is None else pending.result()
+                if isinstance(rows, Messages):
+                    chunk = Chunk(cursor, end, RAW, raw=rows)
                     per_message = max(1.0, (len(rows.starts) + int(rows.words.sum())) / max(1, end - start))
                     step = max(1, min(self.raw_chunk_messages, int(self.chunk_rows / per_message)))
+                else:
+                    chunk = Chunk(cursor, end, PACKETS, records=rows)
                 start, end = end, min(end + step, length)
-                if start < length:
-                    pending = _READ_AHEAD.submit(self._fetch, fh, kind, start, end, end == length)
+                pending = _READ_AHEAD.submit(self._fetch, fh, kind, start, end) if start < length else None
                 yield chunk
         finally:
             if pending is not None:  # the caller stopped early: let the read finish before the file closes
                 pending.exception()
-
-    @staticmethod
-    def _hold_unwritten(
-        cursor: FileCursor, kind: str, rows: Rows, start: int, end: int, now: float
-    ) -> tuple[Rows, int]:
-        """The last rows without those that look unwritten (held back up to ``HOLD_SECONDS``), and their end."""
-        if kind != RAW:
-            rows = (rows, None)
-        msgs, io_groups = rows
-        held = _unwritten_tail(kind, msgs)
-        if held and (cursor.held_since is None or now - cursor.held_since < HOLD_SECONDS):
-            cursor.held_since = cursor.held_since or now
-            end -= held
-            msgs = msgs[: len(msgs) - held]
-        else:
-            cursor.held_since = None
-        if io_groups is None:
-            return msgs, end
-        return split_messages(msgs, io_groups[: len(msgs)]), end
 
 
 class FileReplaced(Exception):
