@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from exporter.detector.runconfig import RUN_MODES
-from exporter.quality.accumulator import ENGINES
+from exporter.quality.accumulator import COMPILED, ENGINES
 
 DEFAULT_PORT = 9767
 ENV_PREFIX = "LARPIX_DQM_"
@@ -185,7 +185,7 @@ class Settings:
         choices=RUN_MODES,
     )
     ingest_engine: str = option(
-        "compiled",
+        COMPILED,
         "how packets are counted: compiled (numba kernels, loaded in the background, numpy until then) or numpy "
         "(the reference implementation, counter for counter the same)",
         flags=("--ingest-engine",),

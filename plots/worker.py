@@ -205,7 +205,7 @@ class PlotWorker:
                             self._queued -= packet_count(message[2])
                             self._in_flight += packet_count(message[2])
                         return conn, message
-                if self._stopping and not self._queue:
+                if self._stopping and (not self._queue or conn is None):  # stopped with no child to tell: done
                     return None
                 self._cond.wait(STATS_SECONDS / 4)
 
@@ -236,6 +236,12 @@ class PlotWorker:
             except (EOFError, OSError):
                 pass
             proc.join(None if self._stopping else KILL_SECONDS)  # stopping: stop() terminates it if it must
+            if proc.is_alive():  # it closed its pipe but hangs: end it before another one starts
+                proc.terminate()
+                proc.join(KILL_SECONDS)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(KILL_SECONDS)
             conn.close()
             with self._cond:
                 self._conn = None  # chunks wait in the queue (up to its bound) for the next child

@@ -58,7 +58,7 @@ LOAD_WAIT_SECONDS = 1.0
 #: the pedestal window before a run has periodic triggers, raw messages, packet records.
 _NO_PEDESTAL = np.zeros((1, 1, CHANNELS_PER_CHIP, 3), np.int64)
 _NO_MESSAGES = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
-_NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(12, np.int64))
+_NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(len(REQUIRED_FIELDS) + 1, np.int64))
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def compiled_records(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.dtype("<u4"),
         np.dtype("<u8"),
     )
-    if not usable:
+    if not usable or not packets.flags.writeable:  # (numba compiles read-only arrays as another type)
         copy = np.zeros(len(packets), PACKET_DTYPE)
         for name in REQUIRED_FIELDS:
             copy[name] = packets[name]
@@ -479,7 +479,8 @@ class Accumulator:
         else:
             raw, records = _NO_MESSAGES, compiled_records(source)
         cur = before.astype(np.int64)
-        rows, slots = reading.rows.astype(np.int64), row_slots.astype(np.int64)
+        rows, slots, groups = reading.rows.astype(np.int64), row_slots.astype(np.int64), reading.groups.astype(np.uint8)
+        registered_at = -1
         while True:
             blocks, table = self.chips.tables()
             pedestal = self.win_pedestal if self.win_pedestal is not None else _NO_PEDESTAL
@@ -487,7 +488,7 @@ class Accumulator:
             touched = np.zeros(len(hits), bool)
             status = kernels.count_chunk(
                 kernels.state_arrays(self, pedestal, hits, touched), blocks, table, buckets,
-                self.win_pedestal is not None, deferred, pos, cur, rows, slots, reading.groups, *records, *raw,
+                self.win_pedestal is not None, deferred, pos, cur, rows, slots, groups, *records, *raw,
             )  # fmt: skip
             self._fold_hits(hits, touched)
             if status == kernels.OK:
@@ -497,6 +498,9 @@ class Accumulator:
             elif status == kernels.NEED_SPACE:
                 deferred = np.concatenate([deferred, np.zeros_like(deferred)])
             elif status == kernels.NEED_CHIP:  # register the new chips of the rest of the chunk, as numpy does
+                if pos[0] == registered_at:
+                    raise RuntimeError(f"compiled ingest: packet {pos[0]} needs a chip registration did not make")
+                registered_at = int(pos[0])
                 rest = source.since(int(pos[0])).decode() if isinstance(source, Messages) else source[int(pos[0]) :]
                 data = rest[(rest["packet_type"] == DATA) & (rest["valid_parity"] != 0)]
                 self._register(np.stack([data["io_group"], data["io_channel"], data["chip_id"]], axis=1))
@@ -668,6 +672,8 @@ class Accumulator:
 
     def _add_pedestals(self, data: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
         """Count, ADC sum and ADC sum of squares of periodic-trigger packets, per channel and window slot."""
+        if not (slots >= 0).any():  # none in the window: no window made for them (as the kernel does)
+            return
         window = self._pedestal_window()
         inside = np.flatnonzero(slots >= 0)
         flat = window.shape[1] * CHANNELS_PER_CHIP

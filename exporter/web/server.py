@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 GZIP_LEVEL = 1
 #: Publications are rendered as they come (not at the next scrape) while a scrape came this recently.
 PRERENDER_AFTER_SCRAPE_SECONDS = 300.0
+#: A scrape is served the previous rendering, while the newest publication is being rendered, only if
+#: that rendering's publication is at most this much older (about a poll); else it waits.
+STALE_RENDERING_SECONDS = 10.0
 #: zlib window bits for a gzip stream (header and trailer) with the largest window.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 TLS_HANDSHAKE_SECONDS = 10.0
@@ -140,7 +143,8 @@ class MetricsApp:
         pub = self.published()
         with self.heavy_turn() if per_pixel else contextlib.nullcontext():
             rendered = self._detector_rendering(pub, per_pixel)
-        families = self.collector.exporter_families(pub.snapshot, pub.health)
+        source = rendered.source  # the exporter's figures of the same publication as the detector's
+        families = self.collector.exporter_families(source.snapshot, source.health)
         families.append(
             Family(
                 "larpix_exporter_scrape_duration_seconds", "gauge", "Time the previous /metrics rendering took."
@@ -164,14 +168,20 @@ class MetricsApp:
             self._detector_rendering(pub, False)
 
     def _detector_rendering(self, pub: Published, per_pixel: bool) -> Rendering:
-        """The detector families of ``pub``, rendered once. While a newer publication is being rendered
-        (by the ingest thread, or another scrape), the last complete rendering is served: one poll
-        older, consistent in itself, and no scrape waits for a rendering but the very first."""
+        """The detector families of ``pub``, rendered once. While it is being rendered (by the ingest
+        thread, or another scrape), the last complete rendering of the default view is served if its
+        publication is at most ``STALE_RENDERING_SECONDS`` older: no scrape then waits for a rendering."""
         last = self._renderings.get(per_pixel)
-        if last is not None and (last.source is pub or not self._lock.acquire(blocking=False)):
+        if last is not None and last.source is pub:
             return last
-        if last is None:
-            self._lock.acquire()
+        recent = (
+            last is not None
+            and not per_pixel
+            and pub.evaluation.wall_time - last.source.evaluation.wall_time <= STALE_RENDERING_SECONDS
+        )
+        if not self._lock.acquire(blocking=not recent):
+            assert last is not None  # only a recent rendering is served instead of waiting
+            return last
         try:
             cached = self._renderings.get(per_pixel)
             if cached is None or cached.source is not pub:
