@@ -202,8 +202,9 @@ class PlotWorker:
                     if head is not None:
                         message = self._queue.popleft()
                         if message[0] == "chunk" and message[2] is not None:
-                            self._queued -= packet_count(message[2])
-                            self._in_flight += packet_count(message[2])
+                            count = packet_count(message[2])
+                            self._queued -= count
+                            self._in_flight += count
                         return conn, message
                 if self._stopping and (not self._queue or conn is None):  # stopped with no child to tell: done
                     return None

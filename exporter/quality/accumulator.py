@@ -437,10 +437,13 @@ class Accumulator:
 
     def add_chunk(self, chunk: Chunk, wall_now: float) -> None:
         """Fold a chunk read from a file; raw messages are decoded and counted in one compiled pass."""
-        if chunk.raw is not None and chunk.records is None:
-            self.add_messages(chunk.raw, chunk.cursor.clock, wall_now)
-        else:
+        raw = chunk.raw if chunk.records is None else None
+        if raw is None:
             self.add(chunk.packets, chunk.cursor.clock, wall_now)
+        elif self._use_kernels(raw.size_bound):
+            self._count_messages(raw, chunk.cursor.clock, wall_now)
+        else:  # decoded through the chunk, which keeps the packets for its other readers (once's plots)
+            self._add_records(chunk.packets, chunk.cursor.clock, wall_now, compiled=False)
 
     def add(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of packet records into the counters and windows."""
@@ -459,9 +462,13 @@ class Accumulator:
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
         to packet records first on the numpy path)."""
-        if not self._use_kernels(len(messages.starts) + int(messages.words.sum())):
+        if self._use_kernels(messages.size_bound):
+            self._count_messages(messages, clock, wall_now)
+        else:
             self._add_records(messages.decode(), clock, wall_now, compiled=False)
-            return
+
+    def _count_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
+        """Move the clocks and windows over raw messages (their timestamp packets), then run the kernel."""
         if len(messages.starts) == 0:
             return
         reading, row_slots, before = self._window_slots(messages.timestamp_packets(), clock, wall_now)
@@ -514,13 +521,11 @@ class Accumulator:
         """Add the kernel's counts of clean data packets to the counters and windows (``fold_hits``)."""
         if not touched.any():
             return
-        nb, cap = self.config.window_bins, hits.shape[1]
-        newest = self.newest_bin[:, None]
-        bin_end = ((newest - (newest - np.arange(nb)) % nb + 1) * self.config.bin_seconds).astype(np.float64)
+        cap = hits.shape[1]
         row_groups = np.zeros(cap, np.int64)
         row_groups[: len(self.chips)] = self.chips.keys[:, 0]
         KERNELS.kernels.fold_hits(
-            hits, touched, row_groups, bin_end, self.hits_total, self.self_hits, self.chip_packets, self.win_hits,
+            hits, touched, row_groups, self._slot_ends(), self.hits_total, self.self_hits, self.chip_packets, self.win_hits,
             self.win_adc, self.win_adc_sq, self.last_hit_end,
         )  # fmt: skip
 
@@ -623,16 +628,21 @@ class Accumulator:
                 )
         return flagged
 
+    def _slot_ends(self) -> np.ndarray:
+        """(256, window bins) float: the data time each io_group's window slot ends at (a hit's last-hit time)."""
+        nb, newest = self.config.window_bins, self.newest_bin[:, None]
+        return ((newest - (newest - np.arange(nb)) % nb + 1) * self.config.bin_seconds).astype(np.float64)
+
     def _note_last_hits(self, hits: np.ndarray) -> None:
         """Move each channel's last-hit time to the end of the newest window bin it has hits in.
 
         ``hits`` is (slots, chip rows, 64); each chip's ring slots belong to its io_group's window.
         """
-        nb, bin_s, n = self.config.window_bins, self.config.bin_seconds, len(self.chips)
-        newest = self.newest_bin[self.chips.keys[:, 0].astype(np.int64)]
+        nb, n = self.config.window_bins, len(self.chips)
+        ends = self._slot_ends()[self.chips.keys[:, 0].astype(np.int64)]
         last = self.last_hit_end[:n]
         for slot in np.flatnonzero(hits[:, :n].reshape(nb, -1).any(axis=1)).tolist():
-            end = (newest - (newest - slot) % nb + 1) * bin_s
+            end = ends[:, slot]
             hit = hits[slot, :n] > 0
             last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
 

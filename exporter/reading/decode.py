@@ -115,9 +115,14 @@ class Messages:
         self._unknown_words = count
 
     @property
+    def size_bound(self) -> int:
+        """Packets these messages decode to at most (words of unknown type included), known without decoding."""
+        return len(self.starts) + int(self.words.sum())
+
+    @property
     def size(self) -> int:
         """Packets these messages decode to: a timestamp packet each, plus their known words."""
-        return len(self.starts) + int(self.words.sum()) - self.unknown_words
+        return self.size_bound - self.unknown_words
 
     def timestamps(self) -> np.ndarray:
         """(messages,) uint32: each message's timestamp (header bytes 1-4)."""

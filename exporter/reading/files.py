@@ -225,7 +225,7 @@ class FileReader:
                 rows = self._fetch(fh, kind, start, end) if pending is None else pending.result()
                 if isinstance(rows, Messages):
                     chunk = Chunk(cursor, end, RAW, raw=rows)
-                    per_message = max(1.0, (len(rows.starts) + int(rows.words.sum())) / max(1, end - start))
+                    per_message = max(1.0, rows.size_bound / max(1, end - start))
                     step = max(1, min(self.raw_chunk_messages, int(self.chunk_rows / per_message)))
                 else:
                     chunk = Chunk(cursor, end, PACKETS, records=rows)

@@ -129,10 +129,6 @@ class MetricsApp:
         finally:
             self.heavy.release()
 
-    def metrics_text(self, per_pixel: bool = False) -> str:
-        """One scrape's exposition text (with per-pixel series: a heavy rendering, one at a time)."""
-        return self.metrics_body(per_pixel, compressed=False).decode()
-
     def metrics_body(self, per_pixel: bool, compressed: bool) -> bytes:
         """One scrape's exposition, gzipped when ``compressed``. The detector families are rendered
         (and compressed) once per published snapshot, whoever scrapes; only the exporter's own
