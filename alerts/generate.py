@@ -518,23 +518,22 @@ CHECK_SERIES = "job, instance, check, io_group, io_channel, chip_id"
 
 
 def _listing(query: str, label: str, item: str) -> str:
-    """A template listing the series of ``query`` (printf format over $labels.instance)."""
+    """A template listing the series of ``query`` (printf format over $labels.instance and $labels.io_group)."""
     return (
-        f'{{{{ range $i, $s := printf "{query}" $labels.instance | query | sortByLabel "{label}" }}}}'
+        f'{{{{ range $i, $s := printf "{query}" $labels.instance $labels.io_group | query | sortByLabel "{label}" }}}}'
         f"{{{{ if $i }}}}, {{{{ end }}}}{item}{{{{ else }}}}none{{{{ end }}}}"
     )
 
 
 def _check_rules(t: dict[str, dict[str, Any]], unless_stale: str) -> list[dict[str, Any]]:
-    """Alerts on the exporter's checks: the detector roll-up (page) and per-check statuses.
+    """Alerts on the exporter's checks: the detector roll-up per io_group (page) and per-check statuses.
 
     LarpixCheckError comes before LarpixCheckWarning: the warning rule reads the error rule's
     ALERTS series, which rules evaluated later in the same group see at the same timestamp.
     """
     error, warning = int(CheckStatus.ERROR), int(CheckStatus.WARNING)
-    groups = _listing(f"larpix_io_group_status{{instance=%q}} >= {error}", "io_group", "{{ $s.Labels.io_group }}")
     checks = _listing(
-        f"count by (check) (larpix_check_status{{instance=%q}} == {error})",
+        f"count by (check) (larpix_check_status{{instance=%q, io_group=%q}} == {error})",
         "check",
         "{{ $s.Labels.check }} ({{ $s.Value }})",
     )
@@ -542,15 +541,15 @@ def _check_rules(t: dict[str, dict[str, Any]], unless_stale: str) -> list[dict[s
         _alert(
             "LarpixDetectorStatusError",
             f"""
-max by ({TARGET}) (larpix_detector_status) >= {error}
+max by ({TARGET}, io_group) (larpix_io_group_status) >= {error}
 {unless_stale}
 """,
             t["detector_status"]["for"],
             "critical",
-            "LArPix data-quality checks put the detector in error.",
-            "The data-quality checks of {{ $labels.instance }} report status " + CheckStatus.ERROR.name + " for the "
-            "detector (larpix_detector_status = {{ $value }}). io_groups in error: " + groups + ". "
-            "Checks in error (number of chips or io_groups): " + checks + ".",
+            "LArPix data-quality checks put an io_group of the detector in error.",
+            "The data-quality checks of {{ $labels.instance }} report status " + CheckStatus.ERROR.name + " for "
+            "io_group {{ $labels.io_group }} of the detector (larpix_io_group_status = {{ $value }}). "
+            "Checks in error there (number of chips or io_groups): " + checks + ".",
         ),
         _alert(
             "LarpixCheckError",

@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,40 @@ def test_every_alert_has_firing_and_silent_unit_tests() -> None:
     assert sorted(set(ALERT_NAMES) - silent) == [], "alerts without a must-not-fire test"
 
 
+def _seconds(duration: str) -> int:
+    """Seconds of a Prometheus duration made of h, m and s parts (``1h30m`` -> 5400)."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts is not None and duration, duration
+    hours, minutes, seconds = (int(part or 0) for part in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def test_every_alert_waits_and_its_for_is_tested() -> None:
+    """Every alert has a ``for:``, and alerts/tests/for.yml shows it pending from the first evaluation that
+    sees the condition until one evaluation before ``for:`` (not firing there), and firing at ``for:``."""
+    doc = yaml.safe_load((ALERTS / "tests" / "for.yml").read_text(encoding="utf-8"))
+    interval = _seconds(doc["evaluation_interval"])
+    tested = set()
+    for test in doc["tests"]:
+        states: dict[str, dict[str, set[int]]] = {}
+        for case in test["promql_expr_test"]:
+            name = re.fullmatch(r'ALERTS\{alertname="(\w+)"\}', case["expr"])[1]
+            for sample in case["exp_samples"]:
+                state = re.search(r'alertstate="(\w+)"', sample["labels"])[1]
+                states.setdefault(name, {}).setdefault(state, set()).add(_seconds(case["eval_time"]))
+        (name,) = states
+        wait = _seconds(_rule(name).get("for", "0s"))
+        assert wait > 0, f"{name} has no for:"
+        start = min(states[name]["pending"])
+        assert states[name] == {"pending": {start, start + wait - interval}, "firing": {start + wait}}, name
+        silent = [
+            (_seconds(c["eval_time"]), c["exp_alerts"]) for c in test["alert_rule_test"] if c["alertname"] == name
+        ]
+        assert silent == [(start + wait - interval, [])], name
+        tested.add(name)
+    assert tested == set(ALERT_NAMES)
+
+
 # --------------------------------------------------------------------------- conventions
 
 
@@ -166,6 +200,15 @@ def test_runbook_has_a_section_per_alert() -> None:
     for rule in _rules():
         anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
         assert anchor in anchors, f"RUNBOOK.md has no section for #{anchor}"
+
+
+def test_runbook_justifies_every_for() -> None:
+    """Each alert's runbook section states its ``for:`` followed by a reason (``for: 10m`: ...``)."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (Larpix\w+)\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL))
+    for rule in _rules():
+        section = " ".join(sections[rule["alert"]].split())
+        assert f"`for: {rule['for']}`: " in section, rule["alert"]
 
 
 def test_rules_use_only_documented_metrics() -> None:
@@ -319,20 +362,25 @@ def test_every_alert_routes_by_its_severity(name: str) -> None:
     assert _route(f"alertname={name}", f"severity={severity}", "io_group=1") == RECEIVER[severity]
 
 
+@pytest.mark.e2e
+def test_every_route_of_the_config_routes_to_its_receiver() -> None:
+    """``amtool config routes test`` for each route of alertmanager.yml, built from the route's own matchers."""
+    config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
+    routes = config["route"].get("routes", [])
+    assert routes, "alertmanager.yml has no routes"
+    for route in routes:
+        labels = [re.sub(r'^(\w+)="(.*)"$', r"\1=\2", matcher) for matcher in route["matchers"]]
+        assert all(re.fullmatch(r"\w+=[^=~!]*", label) for label in labels), route  # equality matchers only
+        assert _route(*labels, "alertname=LarpixAnyAlert") == route["receiver"], route
+    assert _route("alertname=LarpixAnyAlert") == config["route"]["receiver"]
+
+
 def _http(url: str, payload: Any = None) -> Any:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=5) as response:
         body = response.read()
     return json.loads(body) if body else None
-
-
-@pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throw-away Alertmanager running alertmanager.yml on a free local port; yields its URL."""
-    config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
-    with running_alertmanager(config, tmp_path_factory.mktemp("alertmanager")) as proc:
-        yield f"http://{proc.address}"
 
 
 def _alert(**labels: str) -> dict[str, Any]:
@@ -362,124 +410,302 @@ def _states(url: str, expected: dict[str, str]) -> dict[str, str]:
         return current()
 
 
-@pytest.mark.e2e
-def test_inhibition_rules(alertmanager: str) -> None:
-    chip = {"job": "larpix", "io_group": "1", "io_channel": "5", "chip_id": "11"}
-    alerts = [
-        # a:1 has stale data: its chip and tile alerts are muted, its sync alert is not.
-        _alert(case="a-stale", alertname="LarpixDataStale", severity="critical", job="larpix", instance="a:1"),
-        _alert(case="a-chip", alertname="LarpixChipSilent", severity="critical", instance="a:1", **chip),
-        _alert(
-            case="a-tile",
-            alertname="LarpixTileManySilentChips",
-            severity="warning",
-            job="larpix",
-            instance="a:1",
-            io_group="1",
-            tile="3",
-        ),
-        _alert(
-            case="a-sync", alertname="LarpixSyncOffset", severity="warning", job="larpix", instance="a:1", io_group="1"
-        ),
-        # a:1's per-pixel scrape job: same exporter, so muted too.
-        _alert(
-            case="a-pixel",
-            alertname="LarpixChipNoisyChannels",
-            severity="warning",
-            instance="a:1",
-            **{**chip, "job": "larpix-per-pixel"},
-        ),
-        # a:1's check alerts carry chip_id (chip-scope checks): muted like the other chip alerts.
-        _alert(
-            case="a-check-error",
-            alertname="LarpixCheckError",
-            severity="warning",
-            instance="a:1",
-            check="hit_rate_ratio",
-            **chip,
-        ),
-        _alert(
-            case="a-check-warning",
-            alertname="LarpixCheckWarning",
-            severity="info",
-            instance="a:1",
-            check="pedestal",
-            **chip,
-        ),
-        # b:1 is another exporter: a:1's staleness must not mute it.
-        _alert(case="b-chip", alertname="LarpixChipSilent", severity="critical", instance="b:1", **chip),
-        _alert(
-            case="b-check-error",
-            alertname="LarpixCheckError",
-            severity="warning",
-            instance="b:1",
-            check="hit_rate_ratio",
-            **chip,
-        ),
-        # b:1's detector page has no chip or tile label: only the rule's staleness guard
-        # keeps it quiet for a stale exporter, Alertmanager never mutes it.
-        _alert(
-            case="b-detector",
-            alertname="LarpixDetectorStatusError",
-            severity="critical",
-            job="larpix",
-            instance="b:1",
-        ),
-        # c:1: a dead chip mutes its own many-silent-channels ticket, not another chip's.
-        _alert(case="c-silent", alertname="LarpixChipSilent", severity="critical", instance="c:1", **chip),
-        _alert(case="c-channels", alertname="LarpixChipManySilentChannels", severity="warning", instance="c:1", **chip),
-        _alert(
-            case="c-other-chip",
-            alertname="LarpixChipManySilentChannels",
-            severity="warning",
-            instance="c:1",
-            **{**chip, "chip_id": "12"},
-        ),
-        # d:1: critical mutes warning of the same alert on the same chip.
-        _alert(case="d-crit", alertname="LarpixParityErrorRatioHigh", severity="critical", instance="d:1", **chip),
-        _alert(case="d-warn", alertname="LarpixParityErrorRatioHigh", severity="warning", instance="d:1", **chip),
-    ]
-    _http(f"{alertmanager}/api/v2/alerts", alerts)
-    expected = {
-        "a-stale": "active",
-        "a-chip": "suppressed",
-        "a-tile": "suppressed",
-        "a-pixel": "suppressed",
-        "a-sync": "active",
-        "a-check-error": "suppressed",
-        "a-check-warning": "suppressed",
-        "b-chip": "active",
-        "b-check-error": "active",
-        "b-detector": "active",
-        "c-silent": "active",
-        "c-channels": "suppressed",
-        "c-other-chip": "active",
-        "d-crit": "active",
-        "d-warn": "suppressed",
-    }
-    assert _states(alertmanager, expected) == expected
+#: Labels of one exporter target and of chips, tiles and io_groups on it (Prometheus adds job and instance).
+TARGET_A = {"job": "larpix", "instance": "a:1"}
 
-    # No larpix target at all (absent(): no job/instance labels): every chip alert is muted.
-    _http(
-        f"{alertmanager}/api/v2/alerts",
-        [_alert(case="absent", alertname="LarpixExporterDown", severity="critical")],
-    )
-    expected = {
-        "a-stale": "active",
-        "a-chip": "suppressed",
-        "a-tile": "suppressed",
-        "a-pixel": "suppressed",
-        "a-sync": "active",
-        "a-check-error": "suppressed",
-        "a-check-warning": "suppressed",
-        "b-chip": "suppressed",
-        "b-check-error": "suppressed",
-        "b-detector": "active",
-        "c-silent": "suppressed",
-        "c-channels": "suppressed",
-        "c-other-chip": "suppressed",
-        "d-crit": "suppressed",
-        "d-warn": "suppressed",
-        "absent": "active",
+
+def _chip(chip_id: str = "11", io_group: str = "1", **target: str) -> dict[str, str]:
+    """The labels of a per-chip alert on ``target`` (default TARGET_A)."""
+    return {**(target or TARGET_A), "io_group": io_group, "io_channel": "5", "chip_id": chip_id}
+
+
+def _group(io_group: str = "1", **target: str) -> dict[str, str]:
+    """The labels of a per-io_group alert on ``target`` (default TARGET_A)."""
+    return {**(target or TARGET_A), "io_group": io_group}
+
+
+def _a(alertname: str, labels: dict[str, str], **extra: str) -> dict[str, str]:
+    """An alert's labels: its name, its severity from the rule file (or ``extra``), ``labels`` and ``extra``."""
+    severity = next((rule["labels"]["severity"] for rule in _rules() if rule["alert"] == alertname), "warning")
+    return {"alertname": alertname, "severity": severity, **labels, **extra}
+
+
+B = {"job": "larpix", "instance": "b:1"}
+PER_PIXEL = {"job": "larpix-per-pixel", "instance": "a:1"}
+
+
+@dataclass(frozen=True)
+class Inhibition:
+    """Alerts showing one inhibit rule of alertmanager.yml (by its index): ``source`` mutes ``muted``, not ``kept``."""
+
+    rule: int
+    what: str
+    source: dict[str, str]
+    muted: list[dict[str, str]]
+    kept: list[dict[str, str]]
+
+
+#: One case (or more) per inhibit rule. Within a case only ``rule`` mutes the ``muted`` alerts
+#: (test_inhibition_needs_its_rule removes it and sees them active).
+INHIBITIONS = [
+    Inhibition(
+        0,
+        "exporter down mutes everything of its job and instance",
+        _a("LarpixExporterDown", TARGET_A),
+        [
+            _a("LarpixChipSilent", _chip(io_group="2")),
+            _a("LarpixSyncMissing", _group("1")),
+            _a("LarpixDetectorStatusError", _group("3")),
+            _a("LarpixReadErrors", TARGET_A, reason="truncated"),
+            _a("LarpixIngestLagHigh", TARGET_A),
+            _a("LarpixCheckWarning", _chip("12", "4"), check="pedestal"),
+        ],
+        [
+            _a("LarpixChipSilent", _chip(io_group="2", **B)),
+            # the per-pixel job of the same exporter: its own LarpixExporterDown would say so
+            _a("LarpixChipNoisyChannels", _chip(**PER_PIXEL)),
+        ],
+    ),
+    Inhibition(
+        0,
+        "exporter down mutes its stale-data page (a stuck ingest loop is one cause)",
+        _a("LarpixExporterDown", TARGET_A),
+        [_a("LarpixDataStale", TARGET_A)],
+        [_a("LarpixDataStale", B)],
+    ),
+    Inhibition(
+        1,
+        "no larpix target at all mutes every LArPix alert",
+        _a("LarpixExporterDown", {}),
+        [
+            _a("LarpixChipSilent", _chip(**B)),
+            _a("LarpixDetectorStatusError", _group("3", job="larpix", instance="c:1")),
+            _a("LarpixDataStale", {"job": "larpix", "instance": "d:1"}),
+        ],
+        [_a("LarpixExporterDown", TARGET_A), _a("SomeOtherTeamsAlert", TARGET_A, severity="critical")],
+    ),
+    Inhibition(
+        2,
+        "stale data mutes the data alerts of the exporter under both scrape jobs, not its read errors",
+        _a("LarpixDataStale", TARGET_A),
+        [
+            _a("LarpixChipSilent", _chip(io_group="2")),
+            _a("LarpixTileManySilentChips", _group("4"), tile="3"),
+            _a("LarpixChipNoisyChannels", _chip("12", **PER_PIXEL)),
+            _a("LarpixSyncMissing", _group("1")),
+            _a("LarpixDetectorStatusError", _group("3")),
+            _a("LarpixCheckError", _chip("13"), check="pedestal"),
+            _a("LarpixIngestLagHigh", TARGET_A),
+        ],
+        [_a("LarpixReadErrors", TARGET_A, reason="truncated"), _a("LarpixChipSilent", _chip(io_group="2", **B))],
+    ),
+    Inhibition(
+        3,
+        "an io_group without syncs mutes the silence of its chips and tiles and its sync offset",
+        _a("LarpixSyncMissing", _group("1")),
+        [
+            _a("LarpixChipSilent", _chip("11")),
+            _a("LarpixChipManySilentChannels", _chip("12")),
+            _a("LarpixTileManySilentChips", _group("1"), tile="3"),
+            _a("LarpixSyncOffset", _group("1")),
+        ],
+        [
+            _a("LarpixChipSilent", _chip("11", "2")),
+            _a("LarpixChipSilent", _chip("11", **B)),
+            _a("LarpixChipNoisyChannels", _chip("13")),
+            _a("LarpixParityErrorRatioHigh", _chip("13")),
+            _a("LarpixFifoFull", _chip("13"), fifo="local", level="full"),
+        ],
+    ),
+    Inhibition(
+        3,
+        "an io_group without syncs mutes its own detector-status page, not another io_group's",
+        _a("LarpixSyncMissing", _group("1")),
+        [_a("LarpixDetectorStatusError", _group("1"))],
+        [_a("LarpixDetectorStatusError", _group("2")), _a("LarpixDetectorStatusError", _group("1", **B))],
+    ),
+    Inhibition(
+        4,
+        "an io_group without syncs mutes its sync check alerts",
+        _a("LarpixSyncMissing", _group("1")),
+        [_a("LarpixCheckError", _group("1"), check="sync"), _a("LarpixCheckWarning", _group("1"), check="sync")],
+        [_a("LarpixCheckError", _group("2"), check="sync"), _a("LarpixCheckError", _chip("12"), check="pedestal")],
+    ),
+    Inhibition(
+        5,
+        "a dead chip mutes its own channel and check alerts, not another chip's",
+        _a("LarpixChipSilent", _chip("11")),
+        [
+            _a("LarpixChipManySilentChannels", _chip("11")),
+            _a("LarpixCheckError", _chip("11"), check="hit_rate_ratio"),
+            _a("LarpixCheckWarning", _chip("11"), check="pedestal"),
+        ],
+        [
+            _a("LarpixChipManySilentChannels", _chip("12")),
+            _a("LarpixCheckError", _chip("11", **B), check="hit_rate_ratio"),
+            _a("LarpixCheckError", _group("1"), check="sync"),
+        ],
+    ),
+    Inhibition(
+        6,
+        "a dead chip mutes the detector-status page of its io_group only",
+        _a("LarpixChipSilent", _chip("11", "1")),
+        [_a("LarpixDetectorStatusError", _group("1"))],
+        [_a("LarpixDetectorStatusError", _group("2")), _a("LarpixDetectorStatusError", _group("1", **B))],
+    ),
+    Inhibition(
+        7,
+        "critical mutes warning of the same alert on the same chip",
+        _a("LarpixParityErrorRatioHigh", _chip("11"), severity="critical"),
+        [_a("LarpixParityErrorRatioHigh", _chip("11"))],
+        [_a("LarpixParityErrorRatioHigh", _chip("12")), _a("LarpixFifoFull", _chip("11"), fifo="local", level="full")],
+    ),
+]
+
+
+def _am_config(without: int | None = None) -> dict[str, Any]:
+    """alertmanager.yml as shipped, or without its inhibit rule number ``without``."""
+    config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
+    if without is not None:
+        del config["inhibit_rules"][without]
+    return config
+
+
+def _post_and_settle(url: str, alerts: dict[str, dict[str, str]], expected: dict[str, str]) -> dict[str, str]:
+    """Post ``alerts`` (case name -> labels) to Alertmanager; their states once they match ``expected``, or the last seen."""
+    _http(f"{url}/api/v2/alerts", [_alert(case=case, **labels) for case, labels in alerts.items()])
+    return _states(url, expected)
+
+
+def _case_alerts(case: Inhibition) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The alerts of ``case`` by name, and the states the shipped config must give them."""
+    alerts = {"source": case.source}
+    alerts.update({f"muted-{i}": labels for i, labels in enumerate(case.muted)})
+    alerts.update({f"kept-{i}": labels for i, labels in enumerate(case.kept)})
+    return alerts, {name: "suppressed" if name.startswith("muted") else "active" for name in alerts}
+
+
+def test_an_explaining_alert_fires_before_the_alerts_it_mutes() -> None:
+    """LarpixSyncMissing and LarpixChipSilent wait less than every alert they inhibit, so they are notified first."""
+    waits = {rule["alert"]: _seconds(rule["for"]) for rule in _rules()}
+    pairs = []
+    for inhibit in yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))["inhibit_rules"]:
+        source = re.fullmatch(r'alertname="(\w+)"', inhibit["source_matchers"][0])
+        if source is None or source[1] not in ("LarpixSyncMissing", "LarpixChipSilent"):
+            continue
+        target = re.fullmatch(r'alertname=~?"(.+)"', inhibit["target_matchers"][0])
+        pairs += [(source[1], name) for name in ALERT_NAMES if re.fullmatch(target[1], name)]
+    assert ("LarpixSyncMissing", "LarpixChipSilent") in pairs
+    assert ("LarpixChipSilent", "LarpixDetectorStatusError") in pairs
+    assert [(s, t) for s, t in pairs if waits[s] >= waits[t]] == []
+
+
+def test_every_inhibit_rule_has_a_case() -> None:
+    rules = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))["inhibit_rules"]
+    assert sorted({case.rule for case in INHIBITIONS}) == list(range(len(rules)))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", INHIBITIONS, ids=lambda case: case.what)
+def test_inhibition(case: Inhibition, tmp_path: Path) -> None:
+    alerts, expected = _case_alerts(case)
+    with running_alertmanager(_am_config(), tmp_path) as proc:
+        assert _post_and_settle(f"http://{proc.address}", alerts, expected) == expected
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", INHIBITIONS, ids=lambda case: case.what)
+def test_inhibition_needs_its_rule(case: Inhibition, tmp_path: Path) -> None:
+    """Without its rule, the case's muted alerts are active: the case tests that rule and no other.
+
+    A sentinel pair, posted last and muted by another rule, shows the inhibitor has seen every source.
+    """
+    alerts, _ = _case_alerts(case)
+    expected = dict.fromkeys(alerts, "active")
+    sentinel = {"job": "larpix", "instance": "sentinel:1"}
+    if case.rule == 5:  # LarpixChipSilent mutes its many-silent-channels ticket: use critical over warning
+        alerts["sentinel-source"] = _a("LarpixFifoFull", _chip(**sentinel), severity="critical")
+        alerts["sentinel"] = _a("LarpixFifoFull", _chip(**sentinel))
+    else:
+        alerts["sentinel-source"] = _a("LarpixChipSilent", _chip(**sentinel))
+        alerts["sentinel"] = _a("LarpixChipManySilentChannels", _chip(**sentinel))
+    expected.update({"sentinel-source": "active", "sentinel": "suppressed"})
+    with running_alertmanager(_am_config(without=case.rule), tmp_path) as proc:
+        assert _post_and_settle(f"http://{proc.address}", alerts, expected) == expected
+
+
+#: One cause and every alert the rules raise for it; only ``pages`` is notified (issue 24: one page per cause).
+CAUSES = {
+    "one dead chip": (
+        "chip",
+        {
+            "chip": _a("LarpixChipSilent", _chip("11")),
+            "channels": _a("LarpixChipManySilentChannels", _chip("11")),
+            "rate": _a("LarpixCheckError", _chip("11"), check="hit_rate_ratio"),
+            "silent": _a("LarpixCheckError", _chip("11"), check="silent_fraction"),
+            "detector": _a("LarpixDetectorStatusError", _group("1")),
+        },
+    ),
+    "an io_group down (PACMAN off)": (
+        "sync",
+        {
+            "sync": _a("LarpixSyncMissing", _group("1")),
+            "sync-check": _a("LarpixCheckError", _group("1"), check="sync"),
+            "chip-11": _a("LarpixChipSilent", _chip("11")),
+            "chip-12": _a("LarpixChipSilent", _chip("12")),
+            "rate-11": _a("LarpixCheckError", _chip("11"), check="hit_rate_ratio"),
+            "rate-12": _a("LarpixCheckError", _chip("12"), check="hit_rate_ratio"),
+            "tile": _a("LarpixTileManySilentChips", _group("1"), tile="3"),
+            "detector": _a("LarpixDetectorStatusError", _group("1")),
+        },
+    ),
+    "an exporter whose ingest loop is stuck": (
+        "down",
+        {
+            "down": _a("LarpixExporterDown", TARGET_A),
+            "stale": _a("LarpixDataStale", TARGET_A),
+            "chip": _a("LarpixChipSilent", _chip("11")),
+            "detector": _a("LarpixDetectorStatusError", _group("1")),
+        },
+    ),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("cause", list(CAUSES))
+def test_one_cause_pages_once(cause: str, tmp_path: Path) -> None:
+    """Every alert of one cause but the one that names it is muted, through chains of rules."""
+    notified, alerts = CAUSES[cause]
+    expected = {name: "active" if name == notified else "suppressed" for name in alerts}
+    with running_alertmanager(_am_config(), tmp_path) as proc:
+        assert _post_and_settle(f"http://{proc.address}", alerts, expected) == expected
+
+
+@pytest.mark.e2e
+def test_a_silenced_chip_page_still_mutes_its_io_groups_detector_page(tmp_path: Path) -> None:
+    """Alertmanager lets silenced alerts inhibit: a chip silenced for the run keeps its io_group's roll-up muted
+    (RUNBOOK.md, LarpixDetectorStatusError); the check tickets of the io_group's other chips still come."""
+    now = datetime.now(timezone.utc)
+    stamp = "%Y-%m-%dT%H:%M:%S.000Z"
+    alerts = {
+        "chip": _a("LarpixChipSilent", _chip("11")),
+        "detector": _a("LarpixDetectorStatusError", _group("1")),
+        "other-chip": _a("LarpixCheckError", _chip("12"), check="pedestal"),
     }
-    assert _states(alertmanager, expected) == expected
+    with running_alertmanager(_am_config(), tmp_path) as proc:
+        url = f"http://{proc.address}"
+        silence = {
+            "matchers": [
+                {"name": name, "value": alerts["chip"][name], "isRegex": False}
+                for name in ("alertname", "instance", "io_group", "io_channel", "chip_id")
+            ],
+            "startsAt": now.strftime(stamp),
+            "endsAt": (now + timedelta(hours=1)).strftime(stamp),
+            "createdBy": "test",
+            "comment": "chip disabled for the run",
+        }
+        _http(f"{url}/api/v2/silences", silence)
+        expected = {"chip": "suppressed", "detector": "suppressed", "other-chip": "active"}
+        assert _post_and_settle(url, alerts, expected) == expected
+        by_case = {a["labels"]["case"]: a["status"] for a in _http(f"{url}/api/v2/alerts")}
+        assert by_case["chip"]["silencedBy"] and by_case["detector"]["inhibitedBy"]
