@@ -6,7 +6,9 @@ that many seconds of per-chip entries) and a live writer. One client scrapes ``/
 
 - quiet: nothing else;
 - history: two more clients (processes of their own) fetch ``/api/history?format=json`` back to back;
-- plots: the exporter draws every plot (``-o``, ``--plot-interval 0``), no other client.
+- plots: the exporter draws every plot (``-o``, ``--plot-interval 0``), no other client;
+- slow: a process of its own holds 500 idle connections and 70 sending a request one byte a second,
+  reopening those the server closes (deadline, or room made for a newer connection).
 
 Usage: python bench/server.py [--seconds 30] [--backlog 600]
 """
@@ -86,6 +88,52 @@ print(fetched, size, (time.perf_counter() - started) / max(fetched, 1))
 """
 
 
+SLOW = """
+import selectors, socket, sys, time
+port, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+request = b"GET /metrics HTTP/1.1\\r\\n" + b"X-Slow: a\\r\\n" * 1000
+selector, held, closed = selectors.DefaultSelector(), {}, 0
+def top_up():
+    for kind, wanted in (("idle", 500), ("slow", 70)):
+        for _ in range(wanted - sum(k == kind for k, _ in held.values())):
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except OSError:
+                continue
+            sock.setblocking(False)
+            held[sock] = (kind, 0)
+            selector.register(sock, selectors.EVENT_READ)
+top_up()
+print("open", flush=True)
+while time.monotonic() < end:
+    time.sleep(1)
+    for key, _ in selector.select(0):  # answered (408, 503) or closed by the server
+        selector.unregister(key.fileobj)
+        del held[key.fileobj]
+        key.fileobj.close()
+        closed += 1
+    for sock, (kind, sent) in list(held.items()):
+        if kind == "slow":
+            try:
+                sock.send(request[sent : sent + 1])
+                held[sock] = (kind, sent + 1)
+            except OSError:
+                pass
+    top_up()
+print(closed)
+"""
+
+
+def measure_slow(port: int, seconds: float) -> str:
+    """Scrape /metrics 10 times a second beside 500 idle and 70 slow connections; a table row."""
+    attackers = subprocess.Popen(
+        [sys.executable, "-c", SLOW, str(port), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert attackers.stdout is not None and attackers.stdout.readline() == "open\n"
+    row = measure(port, seconds)
+    return f"{row}   {attackers.communicate(timeout=60)[0].strip()} attacker connections closed by the server"
+
+
 def measure(port: int, seconds: float, heavy: str | None = None, clients: int = 2) -> str:
     """Scrape /metrics 10 times a second while ``clients`` processes fetch ``heavy`` back to back; a table row."""
     hammers = [
@@ -141,6 +189,7 @@ def main() -> None:
                 time.sleep(0.5)
             rows.append(f"{'quiet':<10}{measure(port, args.seconds)}")
             rows.append(f"{'history':<10}{measure(port, args.seconds, '/api/history?format=json')}")
+            rows.append(f"{'slow':<10}{measure_slow(port, args.seconds)}")
         with serving(data, work, "-o", str(work / "plots"), "--plot-interval", "0") as (port, _):
             while ingested(port) < backlog:
                 time.sleep(0.5)

@@ -1,17 +1,30 @@
-"""A server that cannot be starved: cached history, bounded connections, read timeouts, a quick SIGTERM."""
+"""A server that cannot be starved: cached history, request deadlines, room made by closing the stalest
+incomplete request, complete requests always served, a quick SIGTERM."""
 
 from __future__ import annotations
 
+import functools
 import json
+import select
 import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 import zlib
 
 import pytest
-from helpers import START, free_port, parse_metrics, running_exporter, scrape, simulate_files, wait_for
+from helpers import (
+    START,
+    free_port,
+    parse_metrics,
+    require_binary,
+    running_exporter,
+    scrape,
+    simulate_files,
+    wait_for,
+)
 
 from exporter.detector.geometry import packaged_layout
 from exporter.metrics.families import FamilyBuilder
@@ -24,10 +37,8 @@ from exporter.web.server import ExporterServer, MetricsApp
 
 
 @pytest.fixture
-def served(tmp_path, tile_geometry, monkeypatch):
-    """An in-process server over 30 s of simulated data with a 10 s history; (port, ingester)."""
-    monkeypatch.setattr(web, "REQUEST_READ_SECONDS", 1.0)
-    monkeypatch.setattr(web, "MAX_CONNECTIONS", 4)
+def server(tmp_path, tile_geometry):
+    """An in-process server over 30 s of simulated data with a 10 s history, on a free port; its ``app.ingester``."""
     simulate_files(tile_geometry, tmp_path / "data", 30, file_seconds=10)
     ing = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(tile_geometry, history_interval=10.0), 0.1)
     ing.poll()
@@ -35,9 +46,15 @@ def served(tmp_path, tile_geometry, monkeypatch):
     ing.publish_listeners.append(server.app.prerender)  # as the service wires them
     server.serve_in_thread()
     try:
-        yield server.server_address[1], ing
+        yield server, ing
     finally:
         server.stop()
+
+
+@pytest.fixture
+def served(server):
+    """(port, ingester) of ``server``."""
+    return server[0].server_address[1], server[1]
 
 
 def get(port: int, path: str) -> bytes:
@@ -86,21 +103,141 @@ def test_history_hammering_renders_once_per_entry_and_metrics_keep_answering(
     assert sorted({row["data_time"] for row in capped}) == [e.data_time for e in list(ing.monitor.history.entries)[-2:]]
 
 
+def answer(sock: socket.socket) -> bytes:
+    """Everything the server sends on ``sock`` until it closes it."""
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_request_size():
+    """A request is complete once its head (CRLF or bare LF lines) and its Content-Length body are in."""
+    assert web.request_size(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
+    assert web.request_size(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nnext") == 27
+    assert web.request_size(b"GET / HTTP/1.0\n\n") == 16
+    assert web.request_size(b"GET / HTTP/1.1\r\ncontent-length: 3\r\n\r\nab") is None
+    with_body = b"GET / HTTP/1.1\r\nContent-Length : 3 \r\n\r\nabc"
+    assert web.request_size(with_body + b"GET") == len(with_body)
+    for data, status in [
+        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: 70000\r\n\r\n", 413),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 20000, 431),
+    ]:
+        with pytest.raises(web.RequestError) as err:
+            web.request_size(data)
+        assert err.value.status == status
+
+
+def test_an_answer_not_taken_in_time_is_cut_off():
+    """A client that does not read holds a thread for RESPONSE_SECONDS at most, not per write."""
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end:
+        writer = web.DeadlineWriter(server_end, time.monotonic() + 0.5)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            writer.write(b"x" * 50_000_000)
+        assert 0.4 < time.monotonic() - started < 5
+
+
 @pytest.mark.e2e
-def test_idle_connections_are_bounded_and_time_out(served):
+def test_a_whole_request_has_a_deadline(served, monkeypatch):
+    """A request dribbled a byte at a time, or with its body missing, is refused (408) REQUEST_SECONDS after it
+    connected, however often it sends; a complete one with a body is served."""
     port, _ = served
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]  # MAX_CONNECTIONS, saying nothing
+    assert (web.REQUEST_SECONDS, web.RESPONSE_SECONDS) == (10.0, 30.0)  # as the README says
+    monkeypatch.setattr(web, "REQUEST_SECONDS", 1.0)
+    with socket.create_connection(("127.0.0.1", port)) as slow, socket.create_connection(("127.0.0.1", port)) as body:
+        started = time.monotonic()
+        body.sendall(b"GET /-/healthy HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        for byte in b"GET /-/healthy HTTP/1.1\r\nX: y":
+            try:
+                slow.send(bytes([byte]))
+            except OSError:  # closed by the server
+                break
+            if select.select([slow], [], [], 0.1)[0]:  # answered: stop sending
+                break
+        assert answer(slow).startswith(b"HTTP/1.0 408 Request Timeout")
+        assert answer(body).startswith(b"HTTP/1.0 408")
+        assert 1.0 <= time.monotonic() - started < 3.0
+    with socket.create_connection(("127.0.0.1", port)) as complete:
+        complete.sendall(b"GET /-/healthy HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        complete.shutdown(socket.SHUT_WR)  # all sent: still answered
+        assert answer(complete).startswith(b"HTTP/1.0 200 OK") and answer(complete) == b""
+
+
+@pytest.mark.e2e
+def test_the_stalest_incomplete_request_makes_room_and_complete_ones_are_always_served(server, monkeypatch):
+    """With MAX_OPEN_CONNECTIONS open, a new connection closes the incomplete one whose last progress is oldest
+    (not the new one); complete requests are never closed for room, and wait for a thread (MAX_WORKERS) in turn."""
+    srv, _ = server
+    port = srv.server_address[1]
+    assert (web.MAX_OPEN_CONNECTIONS, web.MAX_WORKERS, srv.request_queue_size) == (512, 64, 128)  # as the README says
+    monkeypatch.setattr(web, "MAX_OPEN_CONNECTIONS", 4)
+    monkeypatch.setattr(web, "MAX_WORKERS", 2)
+    connect = functools.partial(socket.create_connection, ("127.0.0.1", port), timeout=10)
+    slow = connect()
+    slow.sendall(b"G")
+    idle = [connect() for _ in range(3)]
+    wait_for(lambda: len(srv._reading) == 4, timeout=10, what="four connections being read")
+    slow.sendall(b"E")  # progress: now idle[0] is the stalest
+    wait_for(lambda: next(reversed(srv._reading)).data == b"GE", timeout=10, what="the slow request's progress")
     try:
-        time.sleep(0.2)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
-            assert extra.recv(100).startswith(b"HTTP/1.0 503"), "refused at once, not queued behind idle clients"
-        time.sleep(1.5)  # REQUEST_READ_SECONDS: the idle ones are dropped
         assert "larpix_exporter_up 1" in scrape(port)
-        assert all(s.recv(10) == b"" for s in idle), "the server closed the idle connections"
+        assert answer(idle[0]).startswith(b"HTTP/1.0 503 Service Unavailable")
+        for sock in [slow, *idle[1:]]:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):  # still open, nothing said
+                sock.recv(1)
     finally:
-        for s in idle:
-            s.close()
-    assert ExporterServer.request_queue_size == 128
+        for sock in [slow, *idle]:
+            sock.close()
+    wait_for(lambda: not srv._reading, timeout=10, what="closed connections forgotten")
+    srv.app.heavy.acquire()  # every channel list now waits for its turn
+    requests = [connect() for _ in range(4)]
+    try:
+        for sock in requests:
+            sock.sendall(b"GET /api/channels?format=csv HTTP/1.1\r\n\r\n")
+        wait_for(lambda: srv._handed_off == 4, timeout=10, what="four complete requests handed off")
+        with connect() as extra:  # all four open ones are complete: the new one is refused
+            assert answer(extra).startswith(b"HTTP/1.0 503")
+    finally:
+        srv.app.heavy.release()
+    for sock in requests:
+        with sock:
+            assert answer(sock).startswith(b"HTTP/1.0 200 OK")
+
+
+@pytest.mark.e2e
+def test_out_of_file_descriptors_the_stalest_incomplete_request_makes_room(tmp_path, tile_geometry):
+    """An exporter limited to 120 open files, 300 idle connections: each scrape is accepted by closing the
+    stalest idle one, and answered."""
+    simulate_files(tile_geometry, tmp_path / "data", 2)
+    limit = [require_binary("prlimit"), "--nofile=120:120"]
+    with running_exporter(["-i", str(tmp_path / "data"), "--state-file", "-"], wrapper=limit) as proc:
+        port = int(proc.address.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(300)]
+        try:
+            for _ in range(5):
+                assert "larpix_exporter_up 1" in scrape(port)
+            assert answer(idle[0]).startswith(b"HTTP/1.0 503")
+        finally:
+            for sock in idle:
+                sock.close()
+        assert "connections not accepted: Too many open files" in proc.log.read_text()
+
+
+@pytest.mark.e2e
+def test_per_pixel_series_asked_for_when_off_is_404_with_a_reason(served):
+    port, _ = served
+    with pytest.raises(urllib.error.HTTPError) as err:
+        get(port, "/metrics?per_pixel=1")
+    assert err.value.code == 404
+    assert err.value.read() == b"per-pixel series are off: start serve with --per-pixel\n"
+    assert "larpix_exporter_up 1" in scrape(port, "/metrics?per_pixel=0")
 
 
 @pytest.mark.e2e

@@ -27,8 +27,10 @@ import base64
 import binascii
 import hmac
 import os
+import re
 import ssl
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import bcrypt
@@ -98,6 +100,19 @@ class WebConfigError(ValueError):
     """The web config file is unusable; the message names the file and the key."""
 
 
+#: Checked credentials remembered (the most recently used), so bcrypt runs once per pair, not per request.
+MAX_CACHED_CREDENTIALS = 1024
+
+
+#: A bcrypt hash: variant, cost (log2 rounds, 04-31), then 22 characters of salt and 31 of hash.
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def bcrypt_cost(hashed: bytes) -> int:
+    """The cost (log2 rounds) of a bcrypt hash ``$2b$12$...``."""
+    return int(hashed[4:6])
+
+
 @dataclass
 class WebConfig:
     """Parsed web config: an optional SSL context and bcrypt-hashed users."""
@@ -106,13 +121,18 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
-    _verified: dict[tuple[str, bytes], bool] = field(default_factory=dict, repr=False)
+    #: What an unknown user's password is checked against: a hash of a random secret at the highest
+    #: configured cost, so an unknown user is refused as slowly as a known one with a wrong password.
+    dummy_hash: bytes = b""
+    _verified: OrderedDict[tuple[str, bytes], bool] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def authorized(self, header: str | None) -> bool:
         """True if no users are configured or ``header`` carries valid basic credentials.
 
-        bcrypt is deliberately slow, so verified (user, password) pairs are cached in memory.
+        The time taken does not tell whether the user exists: an unknown user's password is checked
+        against ``dummy_hash``. bcrypt is deliberately slow, so checked pairs, known user or not, are
+        cached in memory (the MAX_CACHED_CREDENTIALS most recently used).
         """
         if not self.users:
             return True
@@ -122,16 +142,19 @@ class WebConfig:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        hashed = self.users.get(user)
-        if hashed is None:
-            return False
+        known = user in self.users
+        hashed = self.users[user] if known else self.dummy_hash
         key = (user, hmac.new(hashed, password.encode(), "sha256").digest())
         with self._lock:
             cached = self._verified.get(key)
+            if cached is not None:
+                self._verified.move_to_end(key)
         if cached is None:
-            cached = bcrypt.checkpw(password.encode(), hashed)
+            cached = bcrypt.checkpw(password.encode(), hashed) and known
             with self._lock:
                 self._verified[key] = cached
+                while len(self._verified) > MAX_CACHED_CREDENTIALS:
+                    self._verified.popitem(last=False)
         return cached
 
 
@@ -258,7 +281,10 @@ def load_web_config(path: str) -> WebConfig:
     if not isinstance(users, dict):
         raise WebConfigError(f"web config file {path}: basic_auth_users must map user names to bcrypt hashes")
     for user, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        if not isinstance(hashed, str) or not BCRYPT_HASH.fullmatch(hashed):
             raise WebConfigError(f"web config file {path}: basic_auth_users.{user} is not a bcrypt hash")
         config.users[str(user)] = hashed.encode()
+    if config.users:
+        cost = max(bcrypt_cost(hashed) for hashed in config.users.values())
+        config.dummy_hash = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(cost))
     return config

@@ -2,9 +2,11 @@
 and the plots under ``/plots/``.
 
 Scrapes render the most recently published snapshot; nothing here takes a lock that the
-ingest thread holds. The server cannot be starved: a client has ``REQUEST_READ_SECONDS`` for
-each read and write, at most ``MAX_CONNECTIONS`` are served at once (more get a 503 at once),
-and the heavy endpoints (history, channel lists, per-pixel series, plots) render one at a
+ingest thread holds. Slow clients cannot starve the server: one thread reads every request without
+blocking (TLS handshake, head and body), each within ``REQUEST_SECONDS`` of connecting; only a complete
+request gets a thread (``MAX_WORKERS`` at once, the rest wait their turn) and ``RESPONSE_SECONDS`` to be
+taken; when ``MAX_OPEN_CONNECTIONS`` are open, the incomplete one silent longest is closed for the new one.
+The heavy endpoints (history, channel lists, per-pixel series, plots) render one at a
 time, the history at most once per new history entry, so ``/metrics`` never queues behind them.
 The health endpoints answer without basic auth (they say only OK or not), so an orchestrator can
 probe them; everything else needs the web config's users.
@@ -15,16 +17,21 @@ from __future__ import annotations
 import contextlib
 import gzip
 import html
+import io
 import logging
 import math
+import re
+import selectors
 import socket
 import ssl
 import threading
 import time
 import zlib
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -54,19 +61,30 @@ PRERENDER_AFTER_SCRAPE_SECONDS = 300.0
 STALE_RENDERING_SECONDS = 10.0
 #: zlib window bits for a gzip stream (header and trailer) with the largest window.
 GZIP_WBITS = 16 + zlib.MAX_WBITS
-TLS_HANDSHAKE_SECONDS = 10.0
-#: Seconds a client may take for each read of its request and each write of the answer.
-REQUEST_READ_SECONDS = 10.0
-#: Connections served at once (one thread each); beyond, a connection gets 503 and is closed.
-MAX_CONNECTIONS = 64
+#: Seconds a client has, from connecting, to send its whole request (TLS handshake, head and body): 408 after.
+REQUEST_SECONDS = 10.0
+#: Seconds a client has to take the whole answer to a request.
+RESPONSE_SECONDS = 30.0
+#: Bytes of a request (head and body) at most: 431 or 413 beyond.
+MAX_REQUEST_BYTES = 64 * 1024
+#: Connections open at once, being read or served; beyond, the one still sending its request whose last
+#: progress is oldest is closed (503) to make room, and a new one is refused (503) only when all are served.
+MAX_OPEN_CONNECTIONS = 512
+#: Complete requests served at once (one thread each); more wait, in order, for a thread.
+MAX_WORKERS = 64
 LISTEN_BACKLOG = 128
+#: Bytes written to a client at a time, each with the time left of RESPONSE_SECONDS.
+WRITE_CHUNK = 64 * 1024
 #: Heavy renderings (history, channel lists, per-pixel series, plot pages) at once, and how
 #: long a request waits for its turn before a 503.
 HEAVY_CONCURRENCY = 1
 HEAVY_WAIT_SECONDS = 30.0
 #: Rows (chip x entry) of /api/history at most: the newest entries that fit.
 MAX_HISTORY_ROWS = 1_000_000
-BUSY_RESPONSE = b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+#: The end of a request's head, and its Content-Length and Transfer-Encoding headers.
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
 
 
 @dataclass(frozen=True)
@@ -135,7 +153,6 @@ class MetricsApp:
         families, which follow the wall clock, are rendered for each scrape."""
         started = time.perf_counter()
         self._last_scrape = time.monotonic()
-        per_pixel = per_pixel and self.per_pixel_allowed
         pub = self.published()
         with self.heavy_turn() if per_pixel else contextlib.nullcontext():
             rendered = self._detector_rendering(pub, per_pixel)
@@ -284,7 +301,7 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"larpix-dqm/{__version__}"
-        timeout = REQUEST_READ_SECONDS  # per socket read and write: idle clients do not hold a thread
+        request: Connection  # read whole by the server before the handler runs
 
         def log_message(self, format: str, *args: object) -> None:
             log.debug("%s " + format, self.address_string(), *args)
@@ -316,10 +333,10 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
             self.do_GET()
 
         def setup(self) -> None:
-            if isinstance(self.request, ssl.SSLSocket):  # handshake here, in the request's own thread
-                self.request.settimeout(TLS_HANDSHAKE_SECONDS)
-                self.request.do_handshake()
-            super().setup()
+            """Parse the request the server read whole; write the answer within RESPONSE_SECONDS."""
+            self.connection = self.request.sock
+            self.rfile = io.BytesIO(self.request.data)
+            self.wfile = DeadlineWriter(self.connection, time.monotonic() + RESPONSE_SECONDS)
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
@@ -364,6 +381,10 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 self._send(200, body, media, gzipped=gzipped)
             elif path == app.telemetry_path:
                 per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
+                if per_pixel and not app.per_pixel_allowed:
+                    reason = b"per-pixel series are off: start serve with --per-pixel\n"
+                    self._send(404, reason, "text/plain; charset=utf-8")
+                    return
                 accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
                 body = app.metrics_body(per_pixel, accepts_gzip)
                 encoding = {"Content-Encoding": "gzip"} if accepts_gzip else None
@@ -411,11 +432,95 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class ExporterServer(ThreadingHTTPServer):
-    """Threaded HTTP server; ``serve_in_thread`` starts it in the background."""
+class RequestError(Exception):
+    """A request this server does not read: answered with ``status`` and a one-line ``reason``, then closed."""
 
-    daemon_threads = True
-    allow_reuse_address = True
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def request_size(data: bytes | bytearray) -> int | None:
+    """Bytes of the request at the start of ``data`` (head and Content-Length body), None while incomplete.
+
+    Raises RequestError for a request too large (MAX_REQUEST_BYTES), with a chunked body or a bad length.
+    """
+    end = HEAD_END.search(data, 0, MAX_REQUEST_BYTES + 4)
+    if end is None:
+        if len(data) > MAX_REQUEST_BYTES:
+            raise RequestError(431, f"the request head exceeds {MAX_REQUEST_BYTES} bytes")
+        return None
+    head = data[: end.start()]
+    if TRANSFER_ENCODING.search(head):
+        raise RequestError(411, "a request body needs a Content-Length")
+    lengths = {value.strip() for value in CONTENT_LENGTH.findall(head)}
+    if len(lengths) > 1 or not all(value.isdigit() for value in lengths):
+        raise RequestError(400, "bad Content-Length")
+    size = end.end() + (int(lengths.pop()) if lengths else 0)
+    if size > MAX_REQUEST_BYTES:
+        raise RequestError(413, f"the request exceeds {MAX_REQUEST_BYTES} bytes")
+    return size if len(data) >= size else None
+
+
+def refusal(status: int, reason: str) -> bytes:
+    """A whole HTTP answer that refuses a request with ``status`` and closes the connection."""
+    body = f"{reason}\n".encode()
+    retry = "Retry-After: 1\r\n" if status == 503 else ""
+    return (
+        f"HTTP/1.0 {status} {HTTPStatus(status).phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n{retry}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class Connection:
+    """A client connection: its request read so far (``data``) without blocking, by the server's selector
+    thread, until it is complete and handed to a handler thread."""
+
+    def __init__(self, sock: socket.socket, address: Any, handshaken: bool) -> None:
+        self.sock = sock
+        self.address = address
+        self.handshaken = handshaken  # TLS handshake done (always, for plain connections)
+        self.deadline = time.monotonic() + REQUEST_SECONDS
+        self.data = bytearray()
+
+    def refuse(self, status: int, reason: str) -> None:
+        """Send a refusal if the socket takes it at once (never waiting for the client), then close."""
+        if self.handshaken:
+            with contextlib.suppress(OSError):
+                self.sock.send(refusal(status, reason))
+        self.sock.close()
+
+
+class DeadlineWriter(io.BufferedIOBase):
+    """The handler's ``wfile``: writes to the client's socket, the whole answer by ``deadline``, so a client
+    that does not read cannot hold a thread."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), WRITE_CHUNK):
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the answer was not taken within {RESPONSE_SECONDS:.0f} s")
+            self.sock.settimeout(left)
+            self.sock.sendall(view[start : start + WRITE_CHUNK])
+        return len(view)
+
+
+class ExporterServer(HTTPServer):
+    """HTTP server that slow clients cannot starve; ``serve_in_thread`` starts it in the background.
+
+    One thread (``serve_forever``) accepts connections and reads their requests without blocking; a complete
+    request is served in a thread of its own, at most MAX_WORKERS at once (the rest queue for a thread).
+    """
+
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], app: MetricsApp) -> None:
@@ -423,37 +528,179 @@ class ExporterServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, make_handler(app))
         self.app = app
-        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.refused = 0
+        context = app.web.ssl_context if app.web is not None else None
+        self.tls = context is not None
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.socket.setblocking(False)
         self.thread: threading.Thread | None = None
-        if app.web is not None and app.web.ssl_context is not None:
-            self.socket = app.web.ssl_context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self._selector = selectors.DefaultSelector()
+        #: Connections still sending their request, the one whose last progress is oldest first.
+        self._reading: OrderedDict[Connection, None] = OrderedDict()
+        self._by_deadline: deque[Connection] = deque()  # the same, in the order they connected
+        self._lock = threading.Lock()  # the handed-off connections below, shared with the handler threads
+        self._handed_off = 0  # complete requests being served or waiting for a thread
+        self._workers = 0
+        self._waiting: deque[Connection] = deque()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._closed_for_room = 0
+        self._accept_failures = 0
 
-    def process_request(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
-        """Serve the connection in a thread of its own, or refuse it (503) when MAX_CONNECTIONS are busy."""
-        if not self.connections.acquire(blocking=False):
-            self.refused += 1
-            if self.refused == 1 or self.refused % 1000 == 0:
-                log.warning("%d connections refused: %d already being served", self.refused, MAX_CONNECTIONS)
-            try:
-                if isinstance(request, socket.socket) and not isinstance(request, ssl.SSLSocket):
-                    request.settimeout(1.0)
-                    request.sendall(BUSY_RESPONSE)
-            except OSError:
-                pass
-            self.shutdown_request(request)
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections and read their requests until ``shutdown``; hand each complete one to a thread."""
+        self._stopped.clear()
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                wait = poll_interval
+                if self._by_deadline:
+                    wait = min(wait, max(0.0, self._by_deadline[0].deadline - time.monotonic()))
+                for key, _ in self._selector.select(wait):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    else:
+                        self._advance(key.data)
+                self._expire()
+        finally:
+            self._selector.unregister(self.socket)
+            for conn in list(self._reading):
+                self._forget(conn)
+                conn.sock.close()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever`` (within its poll interval) and wait until it has returned."""
+        self._stopping.set()
+        self._stopped.wait()
+
+    def _accept(self) -> None:
+        """Take one new connection; make room for it first when MAX_OPEN_CONNECTIONS are open."""
+        try:
+            sock, address = self.socket.accept()
+        except (BlockingIOError, ConnectionError):
+            return
+        except OSError as err:  # out of file descriptors: close the stalest incomplete request, else pause
+            self._accept_failures += 1
+            if self._accept_failures == 1 or self._accept_failures % 1000 == 0:
+                log.warning("%d connections not accepted: %s", self._accept_failures, err.strerror or err)
+            if not self._make_room():
+                self._stopping.wait(0.1)
+            return
+        sock.setblocking(False)
+        conn = Connection(sock, address, handshaken=not self.tls)
+        with self._lock:
+            full = len(self._reading) + self._handed_off >= MAX_OPEN_CONNECTIONS
+        if full and not self._make_room():
+            conn.refuse(503, f"busy: {MAX_OPEN_CONNECTIONS} requests being served")
+            return
+        self._reading[conn] = None
+        self._by_deadline.append(conn)
+        self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _make_room(self) -> bool:
+        """Close the connection still sending its request whose last progress is oldest (503); False if none is."""
+        if not self._reading:
+            return False
+        conn = next(iter(self._reading))
+        self._forget(conn)
+        conn.refuse(503, "closed for a newer connection: too many open")
+        self._closed_for_room += 1
+        if self._closed_for_room == 1 or self._closed_for_room % 1000 == 0:
+            log.warning(
+                "%d incomplete requests closed to make room (%d connections open at most)",
+                self._closed_for_room,
+                MAX_OPEN_CONNECTIONS,
+            )
+        return True
+
+    def _advance(self, conn: Connection) -> None:
+        """Read what ``conn`` sent (after the TLS handshake); hand the request off once it is complete."""
+        events = selectors.EVENT_READ
+        progressed = ended = False
+        try:
+            if not conn.handshaken:
+                conn.sock.do_handshake()  # type: ignore[attr-defined]  # an SSLSocket
+                conn.handshaken = progressed = True
+            while len(conn.data) <= MAX_REQUEST_BYTES:
+                chunk = conn.sock.recv(WRITE_CHUNK)
+                if not chunk:  # the client sent all it will (a complete request is still answered)
+                    ended = True
+                    break
+                conn.data += chunk
+                progressed = True
+        except ssl.SSLWantWriteError:
+            events = selectors.EVENT_WRITE
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass
+        except OSError:  # a failed handshake, a reset, a client that closed
+            self._forget(conn)
+            conn.sock.close()
             return
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.connections.release()
-            raise
+            size = request_size(conn.data)
+        except RequestError as err:
+            self._forget(conn)
+            conn.refuse(err.status, str(err))
+            return
+        if size is not None:
+            self._forget(conn)
+            del conn.data[size:]
+            self._hand_off(conn)
+            return
+        if ended:  # gave up before its request was complete
+            self._forget(conn)
+            conn.sock.close()
+            return
+        if progressed:
+            self._reading.move_to_end(conn)
+        if self._selector.get_key(conn.sock).events != events:
+            self._selector.modify(conn.sock, events, conn)
 
-    def process_request_thread(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.connections.release()
+    def _expire(self) -> None:
+        """Refuse (408) the requests not complete within REQUEST_SECONDS of connecting."""
+        now = time.monotonic()
+        while self._by_deadline and self._by_deadline[0].deadline <= now:
+            conn = self._by_deadline.popleft()
+            if conn in self._reading:
+                self._forget(conn)
+                conn.refuse(408, f"the request was not complete within {REQUEST_SECONDS:.0f} s")
+
+    def _forget(self, conn: Connection) -> None:
+        """Stop reading ``conn`` (its place in ``_by_deadline`` is dropped when its deadline comes)."""
+        del self._reading[conn]
+        self._selector.unregister(conn.sock)
+
+    def _hand_off(self, conn: Connection) -> None:
+        """Serve a complete request in a thread of its own, or queue it for the next free one."""
+        conn.sock.setblocking(True)
+        with self._lock:
+            self._handed_off += 1
+            start = self._workers < MAX_WORKERS
+            if start:
+                self._workers += 1
+            else:
+                self._waiting.append(conn)
+        if start:
+            threading.Thread(target=self._serve, args=(conn,), name="http-request", daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        """Serve ``conn``, then the requests waiting for a thread, one after another."""
+        next_conn: Connection | None = conn
+        while next_conn is not None:
+            try:
+                self.finish_request(next_conn, next_conn.address)  # type: ignore[arg-type]  # the handler's request
+            except Exception:
+                self.handle_error(next_conn, next_conn.address)
+            finally:
+                self.shutdown_request(next_conn.sock)
+                next_conn.data.clear()  # its place in _by_deadline may hold it until its deadline
+            with self._lock:
+                self._handed_off -= 1
+                next_conn = self._waiting.popleft() if self._waiting else None
+                if next_conn is None:
+                    self._workers -= 1
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         """A client that breaks off (or fails the TLS handshake) is not the exporter's error."""
@@ -464,5 +711,7 @@ class ExporterServer(ThreadingHTTPServer):
         self.thread.start()
 
     def stop(self) -> None:
-        self.shutdown()
+        if self.thread is not None:
+            self.shutdown()
         self.server_close()
+        self._selector.close()
