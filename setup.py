@@ -1,5 +1,6 @@
 """Builds the package as pyproject.toml declares it, plus what only a build can add: the git revision built
-from (exporter/REVISION, for build_info) and the site files (exporter/site/, for ``larpix-dqm mixin``)."""
+from (exporter/REVISION, for build_info; recorded in the sdist too, so that a wheel built from the sdist, as
+``python -m build`` does, carries it) and the site files (exporter/site/, for ``larpix-dqm mixin``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
+#: Where the revision goes, in the sdist and in the package (exporter.build reads it).
+REVISION = Path("exporter") / "REVISION"
 
 
 def _site_files() -> list[Path]:
@@ -25,19 +29,34 @@ def _site_files() -> list[Path]:
 
 
 def _revision() -> str:
-    """``git describe`` of the source tree, else $BUILD_REVISION (a Docker build argument), else ""."""
-    try:
-        done = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("BUILD_REVISION", "")
-    return done.stdout.strip()
+    """``git describe`` of this tree when it is a git checkout, else the revision its sdist recorded, else
+    $BUILD_REVISION (a Docker build argument), else ""."""
+    if (HERE / ".git").exists():  # this tree's own: not that of a checkout an unpacked sdist happens to sit in
+        try:
+            done = subprocess.run(
+                ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                cwd=HERE,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if (HERE / REVISION).is_file():
+        return (HERE / REVISION).read_text().strip()
+    return os.environ.get("BUILD_REVISION", "")
+
+
+class SdistWithRevision(sdist):
+    """sdist that records the revision in exporter/REVISION, where the wheel built from it finds it."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        revision = _revision()
+        if revision:  # a new file: the release tree's others are hard links to the source files
+            (Path(base_dir) / REVISION).write_text(revision + "\n")
 
 
 class BuildWithSiteFiles(build_py):
@@ -48,11 +67,11 @@ class BuildWithSiteFiles(build_py):
         package = Path(self.build_lib) / "exporter"
         revision = _revision()
         if revision:
-            (package / "REVISION").write_text(revision + "\n")
+            (Path(self.build_lib) / REVISION).write_text(revision + "\n")
         for relative in _site_files():
             target = package / "site" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(HERE / relative, target)
 
 
-setup(cmdclass={"build_py": BuildWithSiteFiles})
+setup(cmdclass={"build_py": BuildWithSiteFiles, "sdist": SdistWithRevision})

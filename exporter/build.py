@@ -9,7 +9,7 @@ from pathlib import Path
 
 from exporter import __version__
 
-#: Written into the package by the build (setup.py) when it is built from a git checkout.
+#: Written into the package by the build (setup.py): from a git checkout, or as the sdist built from one recorded it.
 REVISION_FILE = Path(__file__).with_name("REVISION")
 
 

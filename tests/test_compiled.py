@@ -3,17 +3,25 @@
 Each case feeds the same chunks to an accumulator on each engine and compares every array
 the checkpoint holds and every field of the snapshot; cases cover raw messages and packet
 records, parity errors on unknown chips, periodic and external triggers, syncs, clock jumps,
-chips outside the geometry, foreign packet dtypes and chunks split anywhere.
+chips outside the geometry, foreign packet dtypes and chunks split anywhere. Where numba cannot
+compile (``NUMBA_DISABLE_JIT``, a compiler error), the numpy engine counts, and says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ingested, parse_metrics, running_exporter, scrape, wait_for
 
 from exporter.detector.geometry import load_geometry, packaged_layout
 from exporter.monitor import Monitor
@@ -44,6 +52,33 @@ FAULTS = Faults(
 @pytest.fixture(scope="module", autouse=True)
 def kernels_loaded() -> None:
     assert load_kernels(wait=300), KERNELS.error
+
+
+@pytest.fixture(scope="module")
+def backlog(tmp_path_factory) -> Callable[[str], Path]:
+    """A file of each format (``raw``, ``packets``) past the compile threshold, written once per module."""
+    written: dict[str, Path] = {}
+
+    def file(fmt: str) -> Path:
+        if fmt not in written:
+            geometry = load_geometry(packaged_layout())
+            sim = Simulator(geometry, SimulationConfig(seed=10, hit_rate_hz=8.0, words_per_message=40), FAULTS)
+            path = tmp_path_factory.mktemp("backlog") / f"run.{fmt}.h5"
+            writer = open_writer(path, fmt)
+            for t in range(4):
+                writer.append(*sim.second(START + t))
+            writer.close()
+            written[fmt] = path
+        return written[fmt]
+
+    return file
+
+
+def assert_same_state(state: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """Every checkpointed array equal."""
+    assert state.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
 
 
 def pair(geometry=None, **config) -> tuple[Accumulator, Accumulator]:
@@ -210,17 +245,11 @@ print(before, monitor.accumulator.compiled)
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
-def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_path, fmt) -> None:
+def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_path, backlog, fmt) -> None:
     """Whole files through the read loop (chunks, read-ahead, held rows) in a fresh process: it starts on
     numpy, switches to the kernels once it has 1M packets, and ends with the numpy run's counters."""
-    geometry = load_geometry(packaged_layout())
-    sim = Simulator(geometry, SimulationConfig(seed=10, hit_rate_hz=8.0, words_per_message=40), FAULTS)
-    path = tmp_path / f"run.{fmt}.h5"
-    writer = open_writer(path, fmt)
-    for t in range(4):
-        writer.append(*sim.second(START + t))
-    writer.close()
-    reference = Monitor(geometry, ingest_engine=NUMPY)
+    path = backlog(fmt)
+    reference = Monitor(load_geometry(packaged_layout()), ingest_engine=NUMPY)
     assert reference.add_file(path) > 2 * COMPILE_AFTER_PACKETS
     out = subprocess.run(
         [sys.executable, "-c", FRESH_RUN, str(path), str(tmp_path / "state.npz")],
@@ -230,8 +259,95 @@ def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_pat
     ).stdout.split()
     assert out == ["False", "True"]
     with np.load(tmp_path / "state.npz") as saved:
-        state = dict(saved)
-    expected = reference.accumulator.export_state()
-    assert state.keys() == expected.keys()
-    for name, value in expected.items():
-        np.testing.assert_array_equal(state[name], value, err_msg=name)
+        assert_same_state(dict(saved), reference.accumulator.export_state())
+
+
+#: Run in a fresh process where numba cannot compile: poll a file as ``serve`` does, save the state, print the
+#: exporter's metrics. Placeholder ``{prelude}``: what takes the compiler away (nothing: NUMBA_DISABLE_JIT).
+NO_COMPILER_RUN = """
+import sys, numpy as np
+{prelude}
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.metrics.exposition import render
+from exporter.metrics.families import FamilyBuilder
+from exporter.monitor import Monitor
+from exporter.reading.tail import InputSpec
+from exporter.runtime.ingest import Ingester
+from exporter.runtime.logs import setup_logging
+setup_logging("info", "logfmt")
+ingester = Ingester([InputSpec(sys.argv[1])], Monitor(load_geometry(packaged_layout())))
+ingester.poll()
+np.savez(sys.argv[2], **ingester.accumulator.export_state())
+print(render(FamilyBuilder().families(ingester.published.snapshot, ingester.published.health)))
+"""
+#: numba whose code generation fails on every kernel, as on a machine LLVM cannot target.
+COMPILER_ERROR = """
+from numba.core.dispatcher import Dispatcher
+def cannot_compile(self, sig):
+    raise RuntimeError("no code generation for this CPU")
+Dispatcher.compile = cannot_compile
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "env, prelude, reason",
+    [
+        ({"NUMBA_DISABLE_JIT": "1"}, "", "NUMBA_DISABLE_JIT is set, so numba would run the kernels as Python"),
+        ({}, COMPILER_ERROR, "RuntimeError: no code generation for this CPU"),
+    ],
+    ids=["NUMBA_DISABLE_JIT", "compiler-error"],
+)
+def test_where_numba_cannot_compile_the_numpy_engine_counts_and_says_so_in_the_metric_and_one_log_line(
+    tmp_path, backlog, env, prelude, reason
+) -> None:
+    """Interpreted by numba, the kernels would take minutes where numpy takes seconds: the numpy engine counts
+    the whole file past the compile threshold, ``compiled_ingest`` says 0, and one log line says why."""
+    path = backlog("raw")
+    reference = Monitor(load_geometry(packaged_layout()), ingest_engine=NUMPY)
+    packets = reference.add_file(path)
+    assert packets > 2 * COMPILE_AFTER_PACKETS
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", NO_COMPILER_RUN.format(prelude=prelude), str(path), str(tmp_path / "state.npz")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    seconds = time.monotonic() - started
+    samples = parse_metrics(done.stdout)
+    assert samples[("larpix_exporter_compiled_ingest", frozenset())] == 0
+    warnings = [line for line in done.stderr.splitlines() if "compiled ingest unavailable" in line]
+    assert len(warnings) == 1 and "level=warn" in warnings[0], done.stderr
+    assert f"using the numpy engine: {reason}" in warnings[0]
+    with np.load(tmp_path / "state.npz") as saved:
+        assert_same_state(dict(saved), reference.accumulator.export_state())
+    print(f"{env or 'compiler error'}: {packets:,} packets in {seconds:.1f} s (the process's whole run)")
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_large_backlog_under_numba_disable_jit_exits_within_10_s(tmp_path, backlog) -> None:
+    """``serve`` with NUMBA_DISABLE_JIT=1, stopped mid-backlog once the kernels were refused: the numpy engine
+    looks at the stop flag between chunks, so it writes its checkpoint and exits 0 within the promised 10 s."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for copy in range(4):  # four files of the same run: a backlog of ~10 M packets, about 5 s of numpy's time
+        shutil.copyfile(backlog("raw"), data / f"run-{copy}.h5")
+    total = 4 * Monitor(load_geometry(packaged_layout()), ingest_engine=NUMPY).add_file(backlog("raw"))
+    args = ["-i", str(data), "--interval", "0.2", "--geometry", str(packaged_layout())]
+    with running_exporter(args, env={"NUMBA_DISABLE_JIT": "1"}) as proc:
+        port = int(proc.address.rsplit(":", 1)[1])
+        wait_for(lambda: "compiled ingest unavailable" in proc.log.read_text(), 60, "kernels refused", proc.tail)
+        samples = parse_metrics(scrape(port))
+        assert samples[("larpix_exporter_compiled_ingest", frozenset())] == 0
+        before = ingested(port)
+        assert 0 < before < total, "the backlog is still being read"
+        started = time.monotonic()
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(15) == 0
+        seconds = time.monotonic() - started
+    log = proc.log.read_text()
+    assert seconds < 10 and "stopped in" in log and "did not stop" not in log, log
+    print(f"SIGTERM at {before:,} of {total:,} packets: exit 0 in {seconds:.2f} s")

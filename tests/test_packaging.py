@@ -1,4 +1,5 @@
-"""Packaging and deployment: declared dependencies, one version, the mixin, the Dockerfile and the systemd unit.
+"""Packaging and deployment: declared dependencies, one version, metadata, the build revision, the mixin,
+the Dockerfile and the systemd unit.
 
 The wheel itself is built, installed in a fresh venv and run from outside the checkout by
 scripts/check_wheel.sh (a step of scripts/test.sh).
@@ -7,10 +8,13 @@ scripts/check_wheel.sh (a step of scripts/test.sh).
 from __future__ import annotations
 
 import ast
+import email.parser
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -60,6 +64,69 @@ def test_one_version_an_spdx_licence_and_type_information():
     assert PYPROJECT["project"]["license"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert (ROOT / "exporter" / "py.typed").exists() and (ROOT / "plots" / "py.typed").exists()
     assert re.fullmatch(r"\d+\.\d+\.\d+", exporter.__version__)
+
+
+def test_classifiers_and_project_urls_agree_with_the_package_and_the_image_labels():
+    project = PYPROJECT["project"]
+    classifiers = project["classifiers"]
+    assert "Typing :: Typed" in classifiers and (ROOT / "exporter" / "py.typed").exists()
+    assert not [c for c in classifiers if c.startswith("License ::")], "the SPDX `license` says it (PEP 639)"
+    lowest = re.fullmatch(r">=3\.(\d+)", project["requires-python"])
+    assert lowest is not None
+    versions = sorted(int(c.rsplit(".", 1)[1]) for c in classifiers if re.fullmatch(r".*Python :: 3\.\d+", c))
+    assert versions and versions[0] == int(lowest[1])
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    labels = dict(re.findall(r'org\.opencontainers\.image\.(source|documentation)="([^"]+)"', dockerfile))
+    urls = project["urls"]
+    assert urls["Source"] == labels["source"] and urls["Documentation"] == labels["documentation"]
+    assert all(url.startswith(labels["source"] + "/") for name, url in urls.items() if name != "Source")
+
+
+def _git_revision() -> str:
+    return subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _python_m_build(source: Path, outdir: Path, *options: str) -> None:
+    """``python -m build`` run from ``outdir`` (a ./build folder in the checkout would hide the build package)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", *options, "--outdir", str(outdir), str(source)],
+        cwd=outdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.e2e
+def test_python_m_build_records_the_revision_in_the_sdist_and_every_wheel_built_from_it(tmp_path):
+    """PyPA's ``python -m build`` makes the sdist from the checkout, then the wheel from the unpacked sdist,
+    where git cannot tell the revision: the sdist records it, and the wheel (with its metadata) carries it,
+    also when the sdist is unpacked inside another git checkout."""
+    revision = _git_revision()
+    _python_m_build(ROOT, tmp_path / "dist")
+    (sdist,), (wheel,) = (sorted((tmp_path / "dist").glob(pattern)) for pattern in ("*.tar.gz", "*.whl"))
+    top = f"larpix_dqm-{exporter.__version__}"
+    with tarfile.open(sdist) as tar:
+        recorded = tar.extractfile(f"{top}/exporter/REVISION").read().decode().strip()  # type: ignore[union-attr]
+        tar.extractall(tmp_path / "other", filter="data")
+    with zipfile.ZipFile(wheel) as whl:
+        carried = whl.read("exporter/REVISION").decode().strip()
+        meta = email.parser.Parser().parsestr(whl.read(f"{top}.dist-info/METADATA").decode())
+    assert recorded == carried == revision != "unknown"
+    assert meta.get_all("Classifier") == PYPROJECT["project"]["classifiers"]
+    assert meta.get_all("Project-URL") == [f"{name}, {url}" for name, url in PYPROJECT["project"]["urls"].items()]
+    # the sdist unpacked inside another git checkout: the revision it recorded, not that checkout's
+    other = ["git", "-C", str(tmp_path / "other"), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q", str(tmp_path / "other")], check=True)
+    subprocess.run([*other, "commit", "-q", "--allow-empty", "-m", "another project"], check=True)
+    _python_m_build(tmp_path / "other" / top, tmp_path / "again", "--wheel")
+    (again,) = (tmp_path / "again").glob("*.whl")
+    with zipfile.ZipFile(again) as whl:
+        assert whl.read("exporter/REVISION").decode().strip() == revision
 
 
 @pytest.mark.e2e

@@ -12,7 +12,8 @@ The kernel stops early (returning a ``NEED_*`` code and its position in ``pos``)
 to act first: register a new chip, make the pedestal window, grow the buffer of parity-error
 packets whose chip is not known yet, or fold ``hits`` before a channel's sum could overflow; it
 then resumes where it stopped, so every packet is counted once. Compiled code is cached on disk (numba's ``cache=True``); ``loader.KernelLoader``
-loads or compiles it in a background thread, and the accumulator uses the numpy path until then.
+loads or compiles it in a background thread, and the accumulator uses the numpy path until then (for good
+where numba cannot compile: ``not_compiled``, or an error while compiling).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import config, njit
 
 from exporter.reading.decode import WORD_DATA, WORD_SYNC, WORD_TRIGGER
 from exporter.reading.packets import (
@@ -255,6 +256,13 @@ def fold_hits(
                     end = bin_end[g, slot]
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end
+
+
+def not_compiled() -> str | None:
+    """Why numba would run these kernels as Python bytecode (far slower than the numpy path), or None:
+    ``NUMBA_DISABLE_JIT`` makes ``njit`` return the plain functions (compiling errors raise instead)."""
+    disabled = getattr(config, "DISABLE_JIT", False)  # set from the environment when numba is imported
+    return "NUMBA_DISABLE_JIT is set" if disabled else None
 
 
 def state_arrays(acc: Any, pedestal: np.ndarray, hits: np.ndarray, touched: np.ndarray) -> tuple:

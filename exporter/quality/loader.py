@@ -34,16 +34,23 @@ class KernelLoader:
 
     def _load(self, warm_up: Callable[[], None]) -> None:
         started = time.perf_counter()
-        try:
-            self._module = importlib.import_module(
-                "exporter.quality.compiled"
-            )  # imports numba: not on the caller's time
-            warm_up()
-        except Exception as err:  # numba missing or broken here: the numpy path goes on
-            self.error = f"{type(err).__name__}: {err}"
-            log.warning("compiled ingest unavailable, using the numpy path: %s", self.error)
+        self.error = self._try_load(warm_up)
+        if self.error is not None:
+            log.warning("compiled ingest unavailable, using the numpy engine: %s", self.error)
         self.seconds = time.perf_counter() - started
         self._ready.set()
+
+    def _try_load(self, warm_up: Callable[[], None]) -> str | None:
+        """Import the kernels and run ``warm_up``; why the numpy engine must count instead, or None."""
+        try:
+            self._module = importlib.import_module("exporter.quality.compiled")  # numba: not on the caller's time
+            interpreted = self._module.not_compiled()
+            if interpreted is not None:  # run as Python, the kernels would be far slower than the numpy engine
+                return f"{interpreted}, so numba would run the kernels as Python"
+            warm_up()
+        except Exception as err:  # numba missing, broken or unable to compile here
+            return f"{type(err).__name__}: {err}"
+        return None
 
     def ready(self, wait: float = 0.0) -> bool:
         """Whether the kernels can be called now; ``wait`` seconds at most for a load under way."""
