@@ -1,4 +1,8 @@
-"""The ``larpix-dqm`` command line: serve, once, simulate, demo, baseline, channels, mixin."""
+"""The ``larpix-dqm`` command line: serve, once, simulate, demo, baseline, channels, geometries, mixin.
+
+Every command checks its options, its input files and that its outputs can be written before it
+does any work; a problem is one line naming the option or file, exit 2.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +24,21 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from exporter import __version__
-from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+from exporter.detector.geometry import (
+    GeometryError,
+    GeometrySummary,
+    load_geometry,
+    packaged_layout,
+    packaged_layouts,
+    unseen_chips_warning,
+)
 from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
 from exporter.quality.accumulator import COMPILED, ENGINES
 from exporter.quality.checks import ChecksConfigError
 from exporter.quality.reference import ReferenceFileError
 from exporter.runtime.checkpoint import CheckpointError
 from exporter.runtime.logs import setup_logging
-from exporter.settings import ENV_PREFIX, ConfigError, build_settings, check_value, shown_default
+from exporter.settings import DEFAULT_RUNBOOK_URL, ENV_PREFIX, ConfigError, build_settings, check_value, shown_default
 from exporter.settings import envvar as setting_envvar
 from exporter.settings import flag as setting_flag
 from exporter.settings import flags as setting_flags
@@ -64,6 +75,46 @@ class ListFormat(str, enum.Enum):
 def _fail(message: str) -> NoReturn:
     typer.echo(f"larpix-dqm: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _text_file(where: str, path: str) -> None:
+    """Exit naming ``where`` when ``path`` is binary, not the YAML or JSON text it should be (a loader that
+    cannot open it says why itself)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.read().decode("utf-8")
+    except UnicodeDecodeError:
+        _fail(f"{where} {path}: not a text file (binary data), not YAML")
+    except OSError:
+        pass
+
+
+def _writable_dir(where: str, path: Path) -> None:
+    """Exit naming ``where`` unless ``path`` is, or can be made, a directory this process can write files into."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        _fail(f"{where} {path}: cannot write there ({err.strerror or err})")
+
+
+def _writable_file(where: str, path: Path) -> None:
+    """Exit naming ``where`` unless ``path`` can be written: not a directory, in an existing writable directory."""
+    if path.is_dir():
+        _fail(f"{where} {path}: is a directory")
+    if not path.parent.is_dir():
+        _fail(f"{where} {path}: no directory {path.parent}")
+    if path.exists() and not os.access(path, os.W_OK):
+        _fail(f"{where} {path}: not writable")
+    _writable_dir(where, path.parent)
+
+
+def _plugin_dirs(plugin_dirs: list[str]) -> None:
+    """Exit naming the first --plugin-dir that is not a directory."""
+    for folder in plugin_dirs:
+        if not os.path.isdir(folder):
+            _fail(f"--plugin-dir {folder}: {'not a directory' if os.path.exists(folder) else 'no such directory'}")
 
 
 def _checked(name: str, value: Any) -> Any:
@@ -121,7 +172,12 @@ NETWORK_HELP = (
 )
 DISABLED_LIST_HELP = (
     "Disabled-channel list in the DAQ's format {'<io_group>-<tile>-<chip_id>': [channels]} (what "
-    "'channels --format daq' writes); its channels are masked: no silent/noisy verdict; repeatable."
+    "'channels --format daq' writes; lists keyed otherwise are refused); its channels are masked: no silent/noisy "
+    "verdict; repeatable."
+)
+GEOMETRY_HELP = (
+    "Pixel geometry YAML, or a packaged layout's name ('larpix-dqm geometries'). "
+    "(default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present)"
 )
 RUN_MODE_HELP = (
     f"Run mode selecting the check thresholds: {', '.join(RUN_MODES)} (auto: from the data's trigger types)."
@@ -141,6 +197,7 @@ def _plot_settings(
         if plots or plugin_dirs:
             _fail("--plots and --plugin-dir need -o PLOTDIR (where the images go)")
         return None
+    _plugin_dirs(plugin_dirs)
     from plots.engine import PlotSettings
 
     names = tuple(name for value in plots for name in value.replace(",", " ").split())
@@ -158,7 +215,8 @@ def _setting_parameter(name: str) -> inspect.Parameter:
         cli_type = Optional[bool]
         decls = (f"{decls[0]}/{opt.negation}",)
     elif opt.choices:
-        cli_type = Optional[enum.Enum(name.title().replace("_", ""), {c: c for c in opt.choices}, type=str)]  # type: ignore[misc]
+        names = {c: c for c in (*opt.choices, *opt.aliases)}
+        cli_type = Optional[enum.Enum(name.title().replace("_", ""), names, type=str)]  # type: ignore[misc]
     info = typer.Option(
         *decls,
         help=f"{opt.help[0].upper()}{opt.help[1:]}. [default: {shown_default(name)}]",
@@ -188,7 +246,7 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
 
 def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
-    from exporter.runtime.service import ListenError, Service
+    from exporter.runtime.service import ListenError, Service, resolve_checkpoint_path
     from plots.engine import PlotConfigError
 
     try:
@@ -198,6 +256,21 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
     setup_logging("debug" if verbose else settings.log_level, settings.log_format)
     if not settings.inputs:
         _fail("no input: give -i DIR (or 'inputs' in the config file)")
+    for name in ("checks", "web_config_file"):  # loaded elsewhere, which takes any text
+        if getattr(settings, name):
+            _text_file(setting_flag(name), getattr(settings, name))
+    try:
+        if settings.web_config_file:  # the service reads it after restoring the checkpoint: check it first
+            load_web_config(settings.web_config_file)
+    except WebConfigError as err:
+        _fail(str(err))
+    state_file = resolve_checkpoint_path(settings)
+    if state_file is not None:
+        _writable_dir("--state-file", Path(state_file).parent)  # the checkpoint makes its directory too
+        if os.path.isdir(state_file):
+            _fail(f"--state-file {state_file}: is a directory")
+    if settings.output:
+        _writable_dir("-o", Path(settings.output))
     try:
         plot_settings = _plot_settings(
             Path(settings.output) if settings.output else None,
@@ -218,6 +291,9 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
         ListenError,
     ) as err:
         _fail(str(err))
+    unseen = unseen_chips_warning(service.geometry)
+    if unseen:
+        log.warning(unseen)
     service.start()
     typer.echo(f"larpix-dqm {__version__}: serving {', '.join(service.urls)}", err=True)
     service.wait()
@@ -277,6 +353,8 @@ def healthcheck(ctx: typer.Context, config: Optional[str] = None, verbose: bool 
 
     try:
         settings = build_settings(config, _given_settings(ctx, values))
+        if settings.web_config_file:
+            _text_file("--web.config.file", settings.web_config_file)
         web = load_web_config(settings.web_config_file) if settings.web_config_file else None
     except (ConfigError, WebConfigError) as err:
         _fail(str(err))
@@ -310,10 +388,7 @@ def once(
             "-o", "--output", help="Directory for summary.json, metrics.prom and the plots (<file stem>_dqm/)."
         ),
     ] = None,
-    geometry: Annotated[
-        Optional[str],
-        typer.Option(help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present)"),
-    ] = None,
+    geometry: Annotated[Optional[str], typer.Option(help=GEOMETRY_HELP)] = None,
     window: Annotated[
         float, typer.Option(help="Sliding window in seconds of data time (statistics and pixel maps cover its end).")
     ] = 60.0,
@@ -346,10 +421,11 @@ def once(
         settings = None if no_plots else _plot_settings(output, ext, plots, 0.0, plugin_dir, latest=False)
     except (GeometryError, PlotConfigError, RunConfigError) as err:
         _fail(str(err))
+    window = _checked("window", window)
+    if output is not None:
+        _writable_dir("-o", output)
     try:
-        result, written = _once_with_progress(
-            file, geo, _checked("window", window), settings, run_config, ingest_engine
-        )
+        result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine)
     except PlotConfigError as err:
         _fail(str(err))
     summary, metrics_text = result.summary()
@@ -431,7 +507,11 @@ def simulate(
     ] = None,
     file_seconds: Annotated[int, typer.Option(help="Start a new file every N seconds of data; 0 keeps one file.")] = 0,
     geometry: Annotated[
-        Optional[str], typer.Option(help="Geometry to simulate. (default: the packaged 16-tile module layout)")
+        Optional[str],
+        typer.Option(
+            help="Geometry to simulate: a YAML file or a packaged layout's name. "
+            "(default: the packaged 16-tile module layout)"
+        ),
     ] = None,
     rate_hz: Annotated[float, typer.Option(help="Mean self-trigger hit rate per channel (Poisson).")] = 0.5,
     periodic_trigger_hz: Annotated[
@@ -485,6 +565,9 @@ def simulate(
         )
     except ValueError as err:
         _fail(str(err))
+    if truth is not None:
+        _writable_file("--truth", truth)
+    _writable_dir("OUTDIR", outdir)
     counts = Truth() if truth else None
     stop = threading.Event()  # SIGINT or SIGTERM (docker stop): finish the second, close the file
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -572,10 +655,7 @@ def baseline(
         ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Reference file to write (.npz).")],
-    geometry: Annotated[
-        Optional[str],
-        typer.Option(help="Pixel geometry YAML. (default: $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present)"),
-    ] = None,
+    geometry: Annotated[Optional[str], typer.Option(help=GEOMETRY_HELP)] = None,
 ) -> None:
     """Make a reference (.npz: per-channel rate, pedestal mean and spread) for serve --reference."""
     from exporter.monitor import Monitor
@@ -587,6 +667,7 @@ def baseline(
         monitor = Monitor(resolve_geometry(geometry), window=1e9, window_bins=1)  # one window over the whole run
     except GeometryError as err:
         _fail(str(err))
+    _writable_file("-o", output)
     errors = _collect_errors(monitor)
     packets = sum(monitor.add_file(path) for path in files)
     if errors:
@@ -618,14 +699,17 @@ def channels(
         ListFormat,
         typer.Option(
             "--format",
-            help="json ({'io_group-io_channel-chip_id': [channels]}), csv, or daq (the DAQ's disabled list "
-            "{'io_group-tile-chip_id': [channels], 'meta': {...}}, which --disabled-list reads back).",
+            help="json ({'io_group-io_channel-chip_id': [channels], 'meta': {...}}), csv, or daq (the DAQ's "
+            "disabled list {'io_group-tile-chip_id': [channels], 'meta': {...}}, which --disabled-list reads back; "
+            "it refuses the others). Each JSON form names its keys in meta.key_scheme.",
         ),
     ] = ListFormat.json,
     output: Annotated[
         Optional[Path], typer.Option("-o", "--output", help="Write here instead of standard output.")
     ] = None,
-    geometry: Annotated[Optional[str], typer.Option(help="Pixel geometry YAML, for files.")] = None,
+    geometry: Annotated[
+        Optional[str], typer.Option(help="Pixel geometry YAML or packaged layout name, for files.")
+    ] = None,
     window: Annotated[float, typer.Option(help="Sliding window in seconds of data time, for files.")] = 60.0,
     network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
     disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
@@ -637,11 +721,19 @@ def channels(
 
     from exporter.monitor import Monitor, channel_list
     from exporter.quality.channels import DEFAULT_STATUSES, disabled_list_meta, format_channels
+    from exporter.quality.status import ChannelStatus
     from exporter.runtime.service import resolve_geometry
 
     statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt.value])
+    for name in statuses:
+        try:
+            ChannelStatus.from_label(name)
+        except ValueError as err:
+            _fail(f"--status {status}: {err}")
     if bool(url) == bool(files):
         _fail("give either --url of a running exporter or FILE arguments")
+    if output is not None:
+        _writable_file("-o", output)
     if url:
         query = urllib.parse.urlencode({"status": ",".join(statuses), "format": fmt.value})
         try:
@@ -650,10 +742,11 @@ def channels(
         except (urllib.error.URLError, OSError) as err:
             _fail(f"{url}: {getattr(err, 'reason', err)}")
     else:
+        window = _checked("window", window)
         try:
             monitor = Monitor(
                 resolve_geometry(geometry),
-                window=_checked("window", window),
+                window=window,
                 networks=network,
                 disabled_lists=disabled_list,
             )
@@ -666,7 +759,7 @@ def channels(
             _fail("; ".join(errors))
         snap = monitor.update().snapshot
         try:
-            meta = disabled_list_meta(snap, statuses, [str(p) for p in files]) if fmt is ListFormat.daq else None
+            meta = disabled_list_meta(snap, statuses, [str(p) for p in files])
             body = format_channels(channel_list(snap, statuses), fmt.value, meta)
         except ValueError as err:
             _fail(str(err))
@@ -674,6 +767,16 @@ def channels(
         output.write_bytes(body)
     else:
         sys.stdout.write(body.decode())
+
+
+@app.command()
+def geometries() -> None:
+    """List the packaged pixel layouts, which --geometry takes by name (with or without .yaml)."""
+    rows = [GeometrySummary.of(load_geometry(path)) for path in packaged_layouts()]
+    width = max(len(row.name) for row in rows)
+    typer.echo(f"{'name':<{width}}  tiles  chips  channels")
+    for row in rows:
+        typer.echo(f"{row.name:<{width}}  {row.tiles:>5}  {row.chips:>5}  {row.channels:>8}")
 
 
 @app.command()
@@ -685,7 +788,7 @@ def mixin(
     ] = ".*larpix.*",
     runbook_url: Annotated[
         str, typer.Option(help="URL of RUNBOOK.md as your browser opens it; alerts link <url>#<alert name>.")
-    ] = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md",
+    ] = DEFAULT_RUNBOOK_URL,
 ) -> None:
     """Write the alert rules, dashboards, runbook and example configs, for your job selector and runbook URL."""
     import re
@@ -699,6 +802,7 @@ def mixin(
         _fail(f"--job-selector {job_selector!r}: not a regular expression ({err})")
     if not runbook_url.startswith(("http://", "https://")):
         _fail(f"--runbook-url {runbook_url!r}: expected an http(s) URL")
+    _writable_dir("-o", output)
     try:
         written = write_mixin(output, Monitoring(job_regex=job_selector, runbook_url=runbook_url))
     except (MixinError, OSError) as err:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from exporter.quality.checks import DEFAULT_CHECKS, Check
-from exporter.settings import DEFAULT_PORT, Settings
+from exporter.settings import DEFAULT_PORT, DEFAULT_RUNBOOK_URL, Settings
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class Monitoring:
     #: RE2 regex (fully anchored by Prometheus) over the scrape job names of the exporter. The
     #: shipped prometheus.yml scrapes it twice, as ``larpix`` and ``larpix-per-pixel``: both match.
     job_regex: str = ".*larpix.*"
-    #: RUNBOOK.md as a browser opens it; each alert's runbook_url is this plus ``#<alert name>``.
-    runbook_url: str = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md"
+    #: RUNBOOK.md as a browser opens it; each alert's runbook_url is this plus ``#<alert name>``, and
+    #: the status page links its sections (``serve --runbook-url``, ``mixin --runbook-url``).
+    runbook_url: str = DEFAULT_RUNBOOK_URL
     #: The exporter's address as the Grafana user's browser reaches it (it loads the plot PNGs).
     exporter_url: str = f"http://localhost:{DEFAULT_PORT}"
     #: The checks whose ranges the alerts and dashboards show: the exporter's defaults.

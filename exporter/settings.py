@@ -23,7 +23,10 @@ from exporter.quality.accumulator import COMPILED, ENGINES
 
 DEFAULT_PORT = 9767
 ENV_PREFIX = "LARPIX_DQM_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Log levels by their Prometheus names (what the log lines print); ``warning`` is accepted for ``warn``.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_LEVEL_ALIASES = {"warning": "warn"}
+DEFAULT_RUNBOOK_URL = "https://github.com/larpix-dqm/larpix-dqm/blob/main/RUNBOOK.md"
 LOG_FORMATS = ("logfmt", "json")
 PLOT_EXTENSIONS = (".png", ".svg", ".jpg", ".jpeg", ".webp", ".pdf", ".eps", ".ps")
 
@@ -45,6 +48,7 @@ class Option:
     maximum: float | None = None  # inclusive
     below: float | None = None  # exclusive upper bound
     choices: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)  # other accepted names of choices, e.g. warning: warn
     negation: str = ""  # for flags: the --no-... form
 
 
@@ -91,8 +95,9 @@ class Settings:
     )
     geometry: str | None = option(
         None,
-        "pixel geometry YAML: expected chips and channels, tiles, pixel positions; shipped ones in exporter/data/",
-        metavar="PATH",
+        "pixel geometry YAML: expected chips and channels, tiles, pixel positions; or the name of a packaged layout "
+        "('larpix-dqm geometries' lists them). Without one, chips that never send data cannot be seen",
+        metavar="PATH_OR_NAME",
         shown_default="$PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present, else none",
     )
     state_file: str | None = option(
@@ -193,9 +198,19 @@ class Settings:
     )
     chunk_rows: int = option(1_000_000, "rows read from a file at a time (bounds memory)", metavar="N", minimum=1)
     log_level: str = option(
-        "info", "only log messages at or above this level", flags=("--log.level",), choices=LOG_LEVELS
+        "info",
+        "only log messages at or above this level (warning is accepted for warn)",
+        flags=("--log.level",),
+        choices=LOG_LEVELS,
+        aliases=LOG_LEVEL_ALIASES,
     )
     log_format: str = option("logfmt", "log line format", flags=("--log.format",), choices=LOG_FORMATS)
+    runbook_url: str = option(
+        DEFAULT_RUNBOOK_URL,
+        "URL of RUNBOOK.md as your browser opens it (as 'larpix-dqm mixin --runbook-url'); the status page's "
+        "runbook links go to <url>#<section>",
+        metavar="URL",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -212,6 +227,8 @@ class Settings:
                 f"--web.telemetry-path {self.web_telemetry_path!r}: must start with '/' and not be one of "
                 f"{', '.join(sorted(p or '/' for p in RESERVED_PATHS))}"
             )
+        if not self.runbook_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--runbook-url {self.runbook_url!r}: expected an http(s) URL")
         for address in self.listen_address:
             try:
                 parse_address(address, self.port)
@@ -327,7 +344,7 @@ def check_value(name: str, value: Any) -> Any:
         if not math.isfinite(value):
             raise ValueError("expected a finite number")
     else:
-        value = str(value)
+        value = opt.aliases.get(str(value), str(value))
     if opt.choices and value not in opt.choices:
         raise ValueError(f"expected one of {', '.join(opt.choices)}")
     if opt.above is not None and not value > opt.above:
@@ -350,6 +367,8 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: no such file") from None
     except OSError as err:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not a text file (binary data), not YAML") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if node is None:

@@ -17,6 +17,7 @@ from larpix.format import hdf5format
 from exporter.detector.runconfig import RunConfig, RunConfigError, daq_tile, load_network, read_file_configuration
 from exporter.monitor import Monitor
 from exporter.quality.accumulator import Accumulator, QualityConfig
+from exporter.quality.channels import KEY_SCHEMES, format_channels
 from exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from exporter.quality.clock import DataClock
 from exporter.quality.status import ChannelStatus
@@ -130,6 +131,37 @@ def test_disabled_list_keys_use_the_daq_tile():
     keys = np.array([[2, 5, 30], [2, 8, 30], [2, 4, 30], [1, 5, 30]], np.uint8)
     masked = config.masked_channels(keys)
     assert masked[:2, 7].all() and not masked[2:].any() and masked.sum() == 2
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "daq"])
+def test_every_channel_list_form_round_trips_into_disabled_list_exactly_or_is_refused(tmp_path, fmt):
+    """2-5-20 is on DAQ tile 2: read with the wrong keys, channel 12 would mask chip 2-2-20 instead."""
+    listed = np.array([[2, 5, 20, 12], [2, 5, 20, 13], [1, 14, 40, 30]], np.int64)
+    path = tmp_path / f"channels.{fmt}"
+    path.write_bytes(format_channels(listed, fmt, {"tool": "test"}))
+    if fmt != "csv":
+        assert json.loads(path.read_text())["meta"]["key_scheme"] == KEY_SCHEMES[fmt]
+    keys = np.array([[2, 5, 20], [2, 2, 20], [2, 17, 20], [1, 14, 40], [1, 13, 40]], np.uint8)
+    if fmt != "daq":
+        with pytest.raises(RunConfigError) as err:
+            RunConfig.load(disabled_lists=[str(path)])
+        message = str(err.value)
+        assert message.startswith(f"disabled list {path}: ") and "keyed io_group-io_channel-chip_id" in message
+        assert "\n" not in message and "--format daq" in message
+        return
+    masked = RunConfig.load(disabled_lists=[str(path)]).masked_channels(keys)
+    chips, channels = np.nonzero(masked)
+    # io_channels 13-16 share DAQ tile 4 with 14: the DAQ's list cannot tell them apart, and masks them alike
+    assert sorted(zip(chips.tolist(), channels.tolist())) == [(0, 12), (0, 13), (3, 30), (4, 30)]
+
+
+def test_disabled_lists_without_a_key_scheme_are_the_daqs_and_a_bad_meta_is_refused(tmp_path):
+    path = tmp_path / "disabled.json"
+    path.write_text(json.dumps({"2-2-20": [12], "meta": {"note": "written by the DAQ"}}))
+    assert RunConfig.load(disabled_lists=[str(path)]).masked[(2, 2, 20)][12]
+    path.write_text(json.dumps({"2-2-20": [12], "meta": ["x"]}))
+    with pytest.raises(RunConfigError, match="'meta': expected a JSON object"):
+        RunConfig.load(disabled_lists=[str(path)])
 
 
 def write_configs_file(path: Path, chips: list[Chip]) -> Path:
@@ -294,6 +326,7 @@ def test_the_daq_disabled_list_round_trips(tmp_path, module_geometry, noisy_run)
     assert meta["sources"] == [str(p) for p in paths] and meta["statuses"] == ["noisy"]
     assert meta["tool"].startswith("larpix-dqm ") and meta["noisy_rate_hz"] == 10.0
     assert meta["data_time_end"] == "2023-11-14T22:14:00Z" and meta["window_seconds"] == 40.0
+    assert meta["key_scheme"] == "io_group-tile-chip_id"
     # read back: exactly those channels masked, nothing noisy left
     monitor = Monitor(module_geometry, disabled_lists=[out])
     for path in paths:
@@ -302,9 +335,20 @@ def test_the_daq_disabled_list_round_trips(tmp_path, module_geometry, noisy_run)
     assert sorted(map(tuple, monitor.channels("masked").tolist())) == sorted(noisy)
     assert len(monitor.channels("noisy")) == 0
     assert int(snap.chip_masked_active.sum()) == 3
-    # the other forms are unchanged
-    as_json = cli("channels", *map(str, paths), "--format", "json", "--geometry", layout)
-    assert json.loads(as_json.stdout) == {f"{g}-{c}-{chip}": [ch] for g, c, chip, ch in noisy}
+    # the chip-keyed JSON form names its key scheme, and --disabled-list refuses it and the CSV form
+    for fmt, scheme in (("json", "io_group-io_channel-chip_id"), ("csv", "io_group-io_channel-chip_id")):
+        listed = tmp_path / f"channels.{fmt}"
+        made = cli("channels", *map(str, paths), "--format", fmt, "--geometry", layout, "-o", str(listed))
+        assert made.returncode == 0, made.stderr
+        if fmt == "json":
+            doc = json.loads(listed.read_text())
+            assert doc.pop("meta")["key_scheme"] == scheme
+            assert doc == {f"{g}-{c}-{chip}": [ch] for g, c, chip, ch in noisy}
+        refused = cli(
+            "channels", str(paths[0]), "--geometry", "multi_tile_layout-2.4.16", "--disabled-list", str(listed)
+        )
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert str(listed) in refused.stderr and f"keyed {scheme}" in refused.stderr
     bad = cli("channels", str(paths[0]), "--format", "xml")
     assert bad.returncode == 2 and "'xml' is not one of 'json', 'csv', 'daq'" in bad.stderr
 

@@ -65,7 +65,7 @@ def test_bad_values_in_the_environment_name_the_variable(monkeypatch, capsys, tm
         ("port: true\n", "line 1: key 'port': expected a number"),
         ("window: .nan\n", "line 1: key 'window': expected a finite number"),
         ("interval: 1\nwindow: sixty\n", "line 2: key 'window': expected a number"),
-        ("log_level: loud\n", "line 1: key 'log_level': expected one of debug, info, warning, error"),
+        ("log_level: loud\n", "line 1: key 'log_level': expected one of debug, info, warn, error"),
         ("per_pixel: 1\n", "line 1: key 'per_pixel': expected true or false"),
         ("intervall: 1\n", "line 1: unknown key 'intervall'"),
     ],
@@ -129,7 +129,7 @@ def test_help_lists_choices_defaults_and_environment(monkeypatch, capsys):
     assert code == 0
     for text in (
         "<logfmt|json>",
-        "<debug|info|warning|error>",
+        "<debug|info|warn|error|warning>",
         "[default: 9767]",
         "LARPIX_DQM_PORT",
         "--web.listen-address",

@@ -2,7 +2,8 @@
 
 Reads the larpix-geometry YAML files: single-tile layouts (``chips`` + ``pixels``, e.g.
 layout-2.4.0.yaml) and multi-tile module layouts (``tile_chip_to_io`` +
-``chip_channel_to_position``, e.g. multi_tile_layout-2.4.16.yaml).
+``chip_channel_to_position``, e.g. multi_tile_layout-2.4.16.yaml). The layouts shipped in
+``exporter/data`` can be given by name, with or without ``.yaml``, from any directory.
 """
 
 from __future__ import annotations
@@ -73,9 +74,12 @@ def _load_yaml(path: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
-        raise _fail(path, "no such file") from None
+        known = ", ".join(layout.stem for layout in packaged_layouts())
+        raise _fail(path, f"no such file, nor a packaged layout ({known}; 'larpix-dqm geometries')") from None
     except OSError as err:
         raise _fail(path, err.strerror or str(err)) from None
+    except UnicodeDecodeError:
+        raise _fail(path, "not a text file (binary data), not YAML") from None
     except yaml.YAMLError as err:
         raise _fail(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(doc, dict):
@@ -152,8 +156,8 @@ def _multi_tile(path: str, doc: dict) -> Geometry:
 
 
 def load_geometry(path: str | os.PathLike) -> Geometry:
-    """Load a larpix-geometry YAML layout; raise GeometryError naming the file and problem."""
-    path = str(path)
+    """Load a larpix-geometry YAML layout, a file or a packaged layout's name; GeometryError names the file and problem."""
+    path = find_geometry(str(path))
     doc = _load_yaml(path)
     if "tile_chip_to_io" in doc:
         return _multi_tile(path, doc)
@@ -170,8 +174,61 @@ def packaged_layout(name: str = DEFAULT_MODULE_LAYOUT) -> Path:
     return path
 
 
+def packaged_layouts() -> list[Path]:
+    """The layout files shipped inside the package, by name."""
+    return sorted(Path(str(resources.files("exporter") / "data")).glob("*.yaml"))
+
+
+def find_geometry(name: str) -> str:
+    """``name`` if such a file exists, else the packaged layout of that name (``.yaml`` optional), else ``name``.
+
+    A file in the working directory wins, so a site's own copy of a layout is never shadowed.
+    """
+    if os.path.exists(name) or os.sep in name:
+        return name
+    for layout in packaged_layouts():
+        if name in (layout.name, layout.stem):
+            return str(layout)
+    return name
+
+
+@dataclass(frozen=True)
+class GeometrySummary:
+    """What a geometry holds, as ``larpix-dqm geometries``, the log and ``larpix_exporter_geometry_info`` say it."""
+
+    name: str  # the file name, "none" without a geometry
+    tiles: int
+    chips: int
+    channels: int  # connected channels
+
+    @classmethod
+    def of(cls, geometry: Geometry | None) -> GeometrySummary:
+        """The summary of ``geometry``; None (no geometry) has no name and no chips."""
+        if geometry is None:
+            return cls("none", 0, 0, 0)
+        return cls(
+            Path(geometry.path).name,
+            len(np.unique(geometry.tiles)),
+            len(geometry.tiles),
+            int(geometry.connected.sum()),
+        )
+
+
+def unseen_chips_warning(geometry: Geometry | None) -> str | None:
+    """Why chips that never send data cannot be seen with this geometry (none, or one without an io
+    mapping), for the log and the status page; None when every expected chip is known from the start."""
+    if geometry is not None and geometry.has_io_mapping:
+        return None
+    why = (
+        "no geometry (--geometry PATH or NAME; 'larpix-dqm geometries' lists the packaged layouts)"
+        if geometry is None
+        else f"geometry {Path(geometry.path).name} maps no io_group/io_channel to its chips"
+    )
+    return f"{why}: chips are known only once they send data, so a chip that never sends any cannot be seen"
+
+
 def default_geometry_path(explicit: str | None) -> str | None:
-    """Resolve the geometry: the explicit path, else $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present."""
+    """Resolve the geometry: the explicit path or name, else $PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present."""
     if explicit:
         return explicit
     if os.environ.get(GEOMETRY_ENV):

@@ -5,7 +5,8 @@ Inputs, each optional (with none, every chip of the geometry or seen in data is 
 - larpix-control controller network files (``"_config_type": "controller"``, ``"network": {io_group:
   {io_channel: {"nodes": [{"chip_id": ...}, ...]}}}``); a chip in no network is not expected;
 - the 2x2 DAQ's disabled-channel lists (``{"<io_group>-<tile>-<chip_id>": [channel_id, ...], "meta": {...}}``,
-  tile = (io_channel - 1) // 4 + 1);
+  tile = (io_channel - 1) // 4 + 1); a list whose ``meta.key_scheme`` names another key (the chip-keyed
+  ``channels --format json``) or a CSV channel list is refused, as its keys would mask other chips;
 - the ``configs`` dataset of an hdf5format 2.4 packet file (chip registers written by larpix-control's
   ``to_file(..., chip_list=...)``): its channel masks and periodic-trigger enables.
 """
@@ -31,6 +32,12 @@ IO_CHANNELS_PER_TILE = 4
 CHANNEL_MASK_BITS = (1048, 1112)
 PERIODIC_TRIGGER_MASK_BITS = (1240, 1304)
 ENABLE_PERIODIC_TRIGGER_BIT = 1027
+#: Key schemes of the channel lists, as their ``meta.key_scheme`` names them: larpix-control's chip keys
+#: (``channels --format json``, csv) and the DAQ's disabled list (``--format daq``, what --disabled-list reads).
+CHIP_KEY_SCHEME = "io_group-io_channel-chip_id"
+DISABLED_LIST_KEY_SCHEME = "io_group-tile-chip_id"
+#: The header of ``channels --format csv``.
+CSV_CHANNELS_HEADER = "io_group,io_channel,chip_id,channel_id"
 
 
 class RunConfigError(ValueError):
@@ -50,7 +57,9 @@ def _read_json(path: str, what: str) -> dict:
         raise RunConfigError(f"{what} {path}: no such file") from None
     except OSError as err:
         raise RunConfigError(f"{what} {path}: {err.strerror or err}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise RunConfigError(f"{what} {path}: not a text file (binary data), not JSON") from None
+    except json.JSONDecodeError as err:
         raise RunConfigError(f"{what} {path}: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
         raise RunConfigError(f"{what} {path}: expected a JSON object at the top level")
@@ -113,9 +122,37 @@ def network_files(path: str) -> list[str]:
     return found
 
 
+def _refuse_other_lists(path: str, doc: dict | None) -> None:
+    """RunConfigError for a channel list keyed otherwise than io_group-tile-chip_id (``doc`` None: not JSON)."""
+    fix = f"--disabled-list takes {DISABLED_LIST_KEY_SCHEME} lists ('larpix-dqm channels --format daq')"
+    if doc is None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                csv_list = fh.readline().strip() == CSV_CHANNELS_HEADER
+        except (OSError, UnicodeDecodeError):
+            return
+        if csv_list:
+            raise RunConfigError(f"disabled list {path}: a CSV channel list keyed {CHIP_KEY_SCHEME}; {fix}")
+        return
+    meta = doc.get("meta", {})
+    if not isinstance(meta, dict):
+        raise RunConfigError(f"disabled list {path}: 'meta': expected a JSON object")
+    scheme = meta.get("key_scheme", DISABLED_LIST_KEY_SCHEME)
+    if scheme != DISABLED_LIST_KEY_SCHEME:
+        raise RunConfigError(f"disabled list {path}: keyed {scheme} (its meta.key_scheme); {fix}")
+
+
 def load_disabled_list(path: str) -> dict[tuple[int, int, int], np.ndarray]:
-    """Masked channels of a disabled list: (io_group, tile, chip_id) -> (64,) bool."""
-    doc = _read_json(path, "disabled list")
+    """Masked channels of a disabled list: (io_group, tile, chip_id) -> (64,) bool.
+
+    Lists without ``meta.key_scheme`` (the DAQ's own) are taken as keyed io_group-tile-chip_id.
+    """
+    try:
+        doc = _read_json(path, "disabled list")
+    except RunConfigError:
+        _refuse_other_lists(path, None)
+        raise
+    _refuse_other_lists(path, doc)
     masks: dict[tuple[int, int, int], np.ndarray] = {}
     for key, channels in doc.items():
         if key == "meta":

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from exporter.build import build_labels
+from exporter.detector.geometry import Geometry, GeometrySummary
 from exporter.metrics.exposition import Family, histogram, label_string
 from exporter.monitor import Evaluation
 from exporter.quality.accumulator import FIFO_FLAGS
@@ -22,8 +23,9 @@ SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
 class FamilyBuilder:
     """Builds the metric families of one scrape from a snapshot; caches the per-chip label strings (chip rows never move)."""
 
-    def __init__(self, mode_setting: str = "auto") -> None:
+    def __init__(self, mode_setting: str = "auto", geometry: Geometry | None = None) -> None:
         self.mode_setting = mode_setting  # the configured run mode: auto, or the one given
+        self.geometry = GeometrySummary.of(geometry)  # the expected chips (none: only chips that sent data)
         self._chip_rows: list[tuple[int, int, int]] = []
         self._chip_labels: list[str] = []
 
@@ -371,6 +373,12 @@ class FamilyBuilder:
             Family(
                 "larpix_exporter_build_info", "gauge", "Exporter version, git revision and Python version (always 1)."
             ).add(tuple(build_labels()), [tuple(build_labels().values())], [1]),
+            Family(
+                "larpix_exporter_geometry_info",
+                "gauge",
+                'Geometry file and the chips it expects (always 1); geometry="none": chips that never send data '
+                "cannot be seen.",
+            ).add(("geometry", "chips"), [(self.geometry.name, self.geometry.chips)], [1]),
             gauge(
                 "larpix_exporter_last_data_timestamp_seconds", "Newest data time seen (unix seconds).", snap.data_time
             ),

@@ -1,9 +1,10 @@
 """Bad-channel lists in the forms the DAQ's channel-disable configuration reads.
 
-``json``: ``{"<io_group>-<io_channel>-<chip_id>": [channel_id, ...]}`` (larpix-control chip
-keys); ``csv``: one ``io_group,io_channel,chip_id,channel_id`` row per channel; ``daq``: the 2x2
+``json``: ``{"<io_group>-<io_channel>-<chip_id>": [channel_id, ...], "meta": {...}}`` (larpix-control
+chip keys); ``csv``: one ``io_group,io_channel,chip_id,channel_id`` row per channel; ``daq``: the 2x2
 DAQ's disabled list ``{"<io_group>-<tile>-<chip_id>": [channel_id, ...], "meta": {...}}`` (tile =
-(io_channel - 1) // 4 + 1), which ``--disabled-list`` reads back.
+(io_channel - 1) // 4 + 1), which ``--disabled-list`` reads back. Both JSON forms name their keys in
+``meta.key_scheme``, so ``--disabled-list`` refuses the chip-keyed one instead of masking other chips.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import time
 import numpy as np
 
 from exporter import __version__
-from exporter.detector.runconfig import daq_tile
+from exporter.detector.runconfig import CHIP_KEY_SCHEME, CSV_CHANNELS_HEADER, DISABLED_LIST_KEY_SCHEME, daq_tile
 from exporter.quality.snapshot import Snapshot
 
 CHANNEL_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8", "daq": "application/json"}
+#: The key scheme of each JSON form, written into its ``meta.key_scheme``.
+KEY_SCHEMES = {"json": CHIP_KEY_SCHEME, "daq": DISABLED_LIST_KEY_SCHEME}
 #: Statuses listed when none are asked for: the DAQ masks noisy channels, never silent ones.
 DEFAULT_STATUSES = {"json": ("noisy", "silent"), "csv": ("noisy", "silent"), "daq": ("noisy",)}
 
@@ -29,7 +32,7 @@ def _unix_text(seconds: float) -> str | None:
 
 
 def disabled_list_meta(snap: Snapshot, statuses: list[str] | tuple[str, ...], sources: list[str]) -> dict:
-    """The ``meta`` block of a DAQ disabled list: what was judged, over which data time, with which thresholds."""
+    """The ``meta`` block of a JSON channel list: what was judged, over which data time, with which thresholds."""
     end = snap.data_time + 1.0 if math.isfinite(snap.data_time) else math.nan  # timestamps have 1 s resolution
     start = end - snap.covered_seconds
     return {
@@ -41,26 +44,23 @@ def disabled_list_meta(snap: Snapshot, statuses: list[str] | tuple[str, ...], so
         "data_time_end": _unix_text(end),
         "window_seconds": snap.covered_seconds,
         "noisy_rate_hz": snap.config.noisy_rate_hz,
-        "key": "io_group-tile-chip_id, tile = (io_channel - 1) // 4 + 1",
     }
 
 
 def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> bytes:
     """(n, 4) rows of io_group, io_channel, chip_id, channel_id as ``json``, ``csv`` or ``daq`` bytes
-    (``meta`` is the daq list's meta block)."""
-    if fmt in ("json", "daq"):
-        channels: dict[str, list[int]] = {}
+    (``meta``: the JSON forms' meta block, to which their key scheme is added)."""
+    if fmt in KEY_SCHEMES:
+        channels: dict[str, set[int]] = {}
         for g, c, chip, channel in rows.tolist():
-            key = f"{g}-{daq_tile(c) if fmt == 'daq' else c}-{chip}"
-            channels.setdefault(key, []).append(channel)
-        if fmt == "json":
-            return (json.dumps(channels, indent=1) + "\n").encode()
-        disabled: dict[str, object] = {key: sorted(set(found)) for key, found in channels.items()}
-        disabled["meta"] = meta or {}
-        return (json.dumps(disabled, indent=1) + "\n").encode()
+            channels.setdefault(f"{g}-{daq_tile(c) if fmt == 'daq' else c}-{chip}", set()).add(channel)
+        doc: dict[str, object] = {key: sorted(found) for key, found in channels.items()}
+        tile = {"tile": "(io_channel - 1) // 4 + 1"} if fmt == "daq" else {}
+        doc["meta"] = {**(meta or {}), "key_scheme": KEY_SCHEMES[fmt], **tile}
+        return (json.dumps(doc, indent=1) + "\n").encode()
     if fmt == "csv":
         out = io.StringIO()
-        out.write("io_group,io_channel,chip_id,channel_id\n")
+        out.write(CSV_CHANNELS_HEADER + "\n")
         for row in rows.tolist():
             out.write(",".join(map(str, row)) + "\n")
         return out.getvalue().encode()

@@ -19,6 +19,8 @@ from exporter.quality.accumulator import prefer_finite
 from exporter.quality.snapshot import Snapshot
 
 REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
+#: The first bytes of a zip archive, which an .npz file is.
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class ReferenceFileError(ValueError):
@@ -70,11 +72,21 @@ class Reference:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Reference:
+        """Read a reference file; ReferenceFileError names it and says what is wrong, in one line."""
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(len(ZIP_MAGIC))
+        except OSError as err:
+            raise ReferenceFileError(f"reference file {path}: {err.strerror or err}") from None
+        if magic != ZIP_MAGIC:
+            problem = "empty file" if not magic else "not an .npz file"
+            raise ReferenceFileError(f"reference file {path}: {problem} (make it with 'larpix-dqm baseline')")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise ReferenceFileError(f"reference file {path}: {getattr(err, 'strerror', None) or err}") from None
+            sources = json.loads(arrays.pop("sources").tobytes()) if "sources" in arrays else []
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ReferenceFileError(f"reference file {path}: unreadable .npz ({err})") from None
         missing = [name for name in REFERENCE_ARRAYS if name not in arrays]
         if missing:
             raise ReferenceFileError(
@@ -85,7 +97,6 @@ class Reference:
             arrays[a].shape != (n, 64) for a in ("rate_hz", "adc_mean", "adc_std", "hits")
         ):
             raise ReferenceFileError(f"reference file {path}: arrays have inconsistent shapes")
-        sources = json.loads(arrays.pop("sources").tobytes()) if "sources" in arrays else []
         return cls(arrays, sources)
 
     def rows_for(self, chip_keys: np.ndarray) -> np.ndarray:

@@ -7,6 +7,14 @@ import logging
 import time
 
 _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
+#: The levels ``setup_logging`` takes, by their Prometheus names (the ones the lines print), and ``warning``.
+_THRESHOLDS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -48,9 +56,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    """Send the process's log records to stderr at ``level`` (debug, info, warning, error) in ``fmt`` (logfmt, json)."""
+    """Send the process's log records to stderr at ``level`` (debug, info, warn or warning, error) in ``fmt``
+    (logfmt, json)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(_THRESHOLDS[level])

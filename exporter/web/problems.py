@@ -2,7 +2,8 @@
 
 io_groups, tiles and chips whose checks are not ok, each chip with its failing checks, their values
 and the range they left, a link to the chip's pixel map (``PixelMap_<io_group>_<tile in io_group>``
-on ``/plots/``) and to the RUNBOOK section of its status.
+on ``/plots/``) and to the RUNBOOK section of its status (under ``serve --runbook-url``); and, above it,
+what the geometry cannot show (without one, chips that never send data).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 import numpy as np
 
+from exporter.detector.geometry import Geometry, unseen_chips_warning
 from exporter.monitor import Evaluation
 from exporter.quality.checks import Check
 from exporter.quality.status import CheckStatus
@@ -22,6 +24,7 @@ PROBLEMS_CSS = (
     ".wrong-now td,.wrong-now th{padding:0.15em 0.8em 0.15em 0;text-align:left;vertical-align:top}"
     ".status-error{color:#b00020;font-weight:bold}.status-warning{color:#a05a00;font-weight:bold}"
     ".status-other{color:#555;font-weight:bold}.allok{color:#1b7f1b;font-weight:bold}"
+    ".unseen{border-left:4px solid #a05a00;padding-left:0.6em}"
 )
 
 
@@ -66,6 +69,12 @@ def _pixel_maps(evaluation: Evaluation) -> dict[int, str]:
         tiles = np.unique(snap.chip_tiles[mapped & (snap.chip_keys[:, 0] == group)]).tolist()
         names.update({tile: f"PixelMap_{group}_{i + 1}" for i, tile in enumerate(tiles)})
     return names
+
+
+def geometry_notice_html(geometry: Geometry | None) -> str:
+    """A notice for the status page when the geometry cannot show chips that never send data; else nothing."""
+    unseen = unseen_chips_warning(geometry)
+    return f"<p class='unseen'>{html.escape(unseen[0].upper() + unseen[1:])}.</p>" if unseen else ""
 
 
 def problems_html(evaluation: Evaluation, runbook_url: str, plots: bool) -> str:
