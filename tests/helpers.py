@@ -274,6 +274,11 @@ def ingested(port: int) -> float:
     return sum(v for (name, _), v in samples.items() if name == "larpix_exporter_packets_ingested_total")
 
 
+def polls_done(port: int) -> float:
+    """The exporter's completed polls (``larpix_exporter_polls_total``)."""
+    return sample(parse_metrics(scrape(port)), "larpix_exporter_polls_total")
+
+
 def check_counters(samples: dict, truths) -> None:
     chips: dict[str, dict[str, int]] = {}
     types: dict[str, int] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import statistics
@@ -22,6 +21,7 @@ from helpers import (
     free_port,
     ingested,
     parse_metrics,
+    polls_done,
     running_exporter,
     sample,
     scrape,
@@ -48,26 +48,30 @@ def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometr
         kwargs={"realtime": False, "start_time": START, "file_seconds": 15, "truth": truth},
     )
     writer.start()
-    rng = random.Random(fmt)
     args = ["-i", str(data), "--interval", "0.2", "--geometry", str(packaged_layout())]
     env = {"LARPIX_DQM_STATE_DIR": str(state)}
+    rng = np.random.default_rng(len(fmt))
     kills = 0
     try:
         for _ in range(4):
             port = free_port()
             with running_exporter(args, port, env) as proc:
-                time.sleep(rng.uniform(0.2, 1.5))
+                # Preconditions first: a checkpoint on disk and this exporter counting; then 0-3 more polls.
+                wait_for(lambda p=port: list(state.glob("state-*.npz")) and ingested(p) > 0, timeout=90)
+                polls = polls_done(port) + int(rng.integers(0, 4))
+                wait_for(lambda p=port, n=polls: polls_done(p) >= n, timeout=90)
                 proc.popen.kill()  # SIGKILL: no chance to write a last checkpoint
                 proc.popen.wait()
                 kills += 1
     finally:
         writer.join()
-    assert kills == 4 and list(state.glob("state-*.npz")), "a checkpoint was written before the kills"
+    assert kills == 4
     port = free_port()
     with running_exporter(args, port, env) as proc:
         total = sum(truth.packet_types.values())
         wait_for(lambda: ingested(port) >= total, timeout=90)
-        time.sleep(1.0)  # a few more polls: nothing may be counted twice
+        polls = polls_done(port)
+        wait_for(lambda: polls_done(port) >= polls + 3)  # a few more polls: nothing may be counted twice
         samples = parse_metrics(scrape(port))
         assert ingested(port) == total
         check_counters(samples, [truth])
@@ -92,7 +96,8 @@ def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_p
         assert seen == sorted(seen) and seen[-1] == full, "counters never go down while running"
     with running_exporter(args, port, {"LARPIX_DQM_STATE_DIR": str(state)}):
         assert data_packets() == full, "restored from the checkpoint before the first scrape"
-        time.sleep(0.6)
+        polls = polls_done(port)
+        wait_for(lambda: polls_done(port) >= polls + 3)
         assert data_packets() == full, "nothing re-read after the restart"
     with running_exporter([*args, "--state-file", "-"], port):
         first = data_packets()
@@ -326,3 +331,51 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
     assert reasons == ["locked"], "one error until the file changes or recovers, not one per poll"
     assert counts[:2] == [0, 0] and counts[2] > 0
     assert np.all(np.array(counts) >= 0)
+
+
+@pytest.mark.e2e
+def test_counters_never_go_back_across_a_kill_during_the_first_poll_of_a_backlog(tmp_path, tile_geometry):
+    """Publications inside a long first poll show only checkpointed counts: after a kill -9 the restored
+    counters are at least what any scrape had shown, and the run ends exact."""
+    from helpers import simulate_files
+
+    _, truth = simulate_files(tile_geometry, tmp_path / "data", 40, hit_rate_hz=20.0, file_seconds=10)
+    total = sum(truth.packet_types.values())
+    state = tmp_path / "state"
+    args = ["-i", str(tmp_path / "data"), "--interval", "0.2", "--ingest-engine", "numpy", "--chunk-rows", "2000"]
+    env = {"LARPIX_DQM_STATE_DIR": str(state)}
+    shown = 0.0
+    with running_exporter(args, free_port(), env) as proc:
+        port = int(proc.address.rsplit(":", 1)[1])
+        wait_for(lambda: 0 < ingested(port) < total, timeout=60)
+        shown = max(ingested(port) for _ in range(3))
+        proc.popen.kill()
+        proc.popen.wait()
+    assert 0 < shown < total, "killed inside the first poll"
+    port = free_port()
+    with running_exporter(args, port, env):
+        assert ingested(port) >= shown, "a restart restores at least every count a scrape showed"
+        wait_for(lambda: ingested(port) >= total, timeout=90)
+        polls = polls_done(port)
+        wait_for(lambda: polls_done(port) >= polls + 2)
+        assert ingested(port) == total
+
+
+@pytest.mark.e2e
+def test_a_second_exporter_on_the_same_state_file_exits_2(tmp_path, tile_geometry):
+    from helpers import larpix_dqm, simulate_files
+
+    simulate_files(tile_geometry, tmp_path / "data", 2)
+    state = tmp_path / "state.npz"
+    args = ["-i", str(tmp_path / "data"), "--state-file", str(state)]
+    with running_exporter(args, free_port()) as first:
+        second = subprocess.run(
+            larpix_dqm("serve", "--listen-address", "127.0.0.1", "--port", str(free_port()), *args),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(state) in lines[0] and "in use by another larpix-dqm" in lines[0], lines
+        assert str(first.popen.pid) in lines[0]

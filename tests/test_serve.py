@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 
 import pytest
 from helpers import (
@@ -101,12 +102,24 @@ def test_per_pixel_series_only_when_enabled(tmp_path, tile_geometry):
     port = free_port()
     with running_exporter(["-i", str(tmp_path), "--interval", "0.2"], port):
         wait_for(lambda: ingested(port) > 0)
-        assert "larpix_channel_hit_rate_hertz" not in scrape(port, "/metrics?per_pixel=1")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            scrape(port, "/metrics?per_pixel=1")
+        assert refused.value.code == 404 and b"--per-pixel" in refused.value.read()
+        status = scrape(port, "/")
+        assert "cannot be seen" in status, "without a geometry the status page says what cannot be seen"
+        assert (
+            parse_metrics(scrape(port))[
+                ("larpix_exporter_geometry_info", frozenset({("geometry", "none"), ("chips", "0")}))
+            ]
+            == 1
+        )
     port = free_port()
     tile_layout = str(packaged_layout("layout-2.4.0.yaml"))
     with running_exporter(["-i", str(tmp_path), "--interval", "0.2", "--per-pixel", "--geometry", tile_layout], port):
         wait_for(lambda: ingested(port) > 0)
         assert "larpix_channel_hit_rate_hertz" not in scrape(port)
+        info = [lab for (name, lab) in parse_metrics(scrape(port)) if name == "larpix_exporter_geometry_info"]
+        assert info == [frozenset({("geometry", "layout-2.4.0.yaml"), ("chips", "100")})], info
         text = scrape(port, "/metrics?per_pixel=1")
         samples = parse_metrics(text)
         rates = [v for (name, _), v in samples.items() if name == "larpix_channel_hit_rate_hertz"]

@@ -300,3 +300,138 @@ def test_rows_grown_but_not_yet_written_are_held_back_even_beyond_a_chunk(tmp_pa
     chunks = list(reader.read_new(cursor, START + 2))
     assert sum(c.size for c in chunks) == expected and cursor.held_since is None
     assert chunks[-1].rows_end == rows + extra
+
+
+RAW_WRITE_STEPS = ("resize msgs", "resize msg_headers", "write msgs", "write msg_headers")
+
+
+@pytest.mark.parametrize("pause_after", range(len(RAW_WRITE_STEPS)))
+def test_raw_writer_paused_between_its_writes_creates_no_io_group(tmp_path, tile_geometry, pause_after):
+    """The DAQ fills ``msgs`` and ``msg_headers`` one after the other: a reader that comes while the
+    writer is paused after any of its steps counts only whole messages, never an io_group 0, and the
+    rest once the writer finishes (no message lost, none counted twice)."""
+    sim = Simulator(tile_geometry, SimulationConfig(seed=11))
+    path = tmp_path / "run.h5"
+    writer = RawFileWriter(path)
+    first, first_groups = sim.second(START)
+    writer.append(first, first_groups)
+    writer.close()
+    more, more_groups = sim.second(START + 1)
+    new = np.empty(len(more), object)
+    new[:] = more
+    headers = np.zeros(len(more), [("io_groups", "u1")])
+    headers["io_groups"] = more_groups
+    rows = len(first)
+
+    def step(fh: h5py.File, name: str) -> None:
+        if name == "resize msgs":
+            fh["msgs"].resize((rows + len(more),))
+        elif name == "resize msg_headers":
+            fh["msg_headers"].resize((rows + len(more),))
+        elif name == "write msgs":
+            fh["msgs"].write_direct(new, dest_sel=np.s_[rows:])
+        else:
+            fh["msg_headers"][rows:] = headers
+
+    reader = FileReader(chunk_rows=1_000, raw_chunk_messages=50)
+    cursor = FileCursor(str(path), 0, 0)
+    seen = []
+    with h5py.File(path, "r+", locking=False) as fh:
+        for name in RAW_WRITE_STEPS[: pause_after + 1]:
+            step(fh, name)
+    for chunk in reader.read_new(cursor, START):
+        seen.append(chunk.packets)
+        assert chunk.headerless == 0
+        cursor.rows_done = chunk.rows_end
+    complete = pause_after == len(RAW_WRITE_STEPS) - 1
+    expected_first = decode_messages(first, first_groups).packets
+    so_far = np.concatenate(seen)
+    assert (so_far["io_group"] != 0).all()
+    assert len(so_far) == len(expected_first) + (len(decode_messages(more, more_groups).packets) if complete else 0)
+    with h5py.File(path, "r+", locking=False) as fh:
+        for name in RAW_WRITE_STEPS[pause_after + 1 :]:
+            step(fh, name)
+    for chunk in reader.read_new(cursor, START + 1):
+        seen.append(chunk.packets)
+        cursor.rows_done = chunk.rows_end
+    everything = np.concatenate(seen)
+    truth = np.concatenate([expected_first, decode_messages(more, more_groups).packets])
+    assert np.array_equal(everything, truth)
+    assert cursor.rows_done == rows + len(more) and cursor.held_since is None
+
+
+def test_raw_headers_never_written_are_counted_headerless_after_the_hold(tmp_path, tile_geometry):
+    """A message whose ``msg_headers`` row stays unwritten past the hold is left out and counted as
+    headerless, not given to an io_group 0."""
+    sim = Simulator(tile_geometry, SimulationConfig(seed=12))
+    path = tmp_path / "run.h5"
+    writer = RawFileWriter(path)
+    msgs, groups = sim.second(START)
+    writer.append(msgs, groups)
+    writer.close()
+    more, _ = sim.second(START + 1)
+    new = np.empty(len(more), object)
+    new[:] = more
+    with h5py.File(path, "r+", locking=False) as fh:
+        rows = len(fh["msgs"])
+        fh["msgs"].resize((rows + len(more),))
+        fh["msg_headers"].resize((rows + len(more),))
+        fh["msgs"].write_direct(new, dest_sel=np.s_[rows:])
+    reader = FileReader()
+    cursor = FileCursor(str(path), 0, 0)
+    chunks = list(reader.read_new(cursor, START))
+    assert chunks[-1].rows_end == rows and sum(c.headerless for c in chunks) == 0
+    cursor.rows_done = rows
+    late = list(reader.read_new(cursor, START + sources.HOLD_SECONDS + 1))
+    assert sum(c.headerless for c in late) == len(more)
+    assert all((c.packets["io_group"] != 0).all() for c in late)
+
+
+def _rewrite_in_place(path, packets: np.ndarray, created: float) -> None:
+    """Truncate ``path`` and write ``packets`` into it again: same inode, same ``created`` attribute."""
+    with h5py.File(path, "w", locking=False) as fh:  # O_TRUNC on the same inode
+        fh.create_group("_header").attrs["created"] = created
+        fh.create_dataset("packets", data=packets, maxshape=(None,))
+
+
+@pytest.mark.parametrize("seen_empty", [True, False], ids=["poll-sees-it-empty", "regrown-between-polls"])
+def test_file_rewritten_in_place_is_read_again_whole(tmp_path, tile_geometry, seen_empty):
+    """A file truncated and regrown in place (same inode, same ``created``) is a new file: every row of the new
+    content is counted, whether a poll saw it shrink or it grew past its old length between two polls."""
+    path = tmp_path / "run.h5"
+    old = decode_messages(*Simulator(tile_geometry, SimulationConfig(seed=1)).second(START)).packets
+    new = np.concatenate(
+        [decode_messages(*Simulator(tile_geometry, SimulationConfig(seed=2)).second(START + s)).packets for s in (0, 1)]
+    )
+    assert len(new) > len(old)
+    _rewrite_in_place(path, old, 1.0)
+    inode = os.stat(path).st_ino
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    assert rec.poll() == len(old)
+    if seen_empty:
+        os.truncate(path, 0)
+        assert rec.poll() == 0
+    _rewrite_in_place(path, new, 1.0)
+    assert os.stat(path).st_ino == inode
+    assert rec.poll() == len(new)
+    assert rec.rows["run.h5"] == len(old) + len(new)
+    assert rec.poll() == 0, "read once"
+
+
+def test_restored_cursor_of_an_unchanged_file_is_not_opened_again(tmp_path, sim):
+    """A checkpointed cursor carries the file's size and mtime: after a restart an unchanged file that was read
+    to its end is not reopened; one that grew, or was being read when the checkpoint was taken, is."""
+    for name in ("a.h5", "b.h5"):
+        writer = PacketFileWriter(tmp_path / name)
+        writer.append(*sim.second(START))
+    tail = DirectoryTail([InputSpec(str(tmp_path))])
+    rec = Recorder(tail)
+    rec.poll()
+    restored = DirectoryTail([InputSpec(str(tmp_path))])
+    restored.cursors = {p: FileCursor.from_dict(c.to_dict()) for p, c in tail.cursors.items()}
+    assert restored.scan(time.time()) == []
+    PacketFileWriter(tmp_path / "c.h5").append(*sim.second(START))
+    due = restored.scan(time.time())
+    assert [os.path.basename(c.path) for c in due] == ["c.h5"]
+    halfway = FileCursor.from_dict({**tail.cursors[str(tmp_path / "a.h5")].to_dict(), "pending": True})
+    assert halfway.pending, "a cursor saved while its file was being read is read again after a restart"

@@ -92,13 +92,20 @@ class Messages:
     """
 
     def __init__(
-        self, buffer: np.ndarray, starts: np.ndarray, words: np.ndarray, io_groups: np.ndarray, bad_messages: int
+        self,
+        buffer: np.ndarray,
+        starts: np.ndarray,
+        words: np.ndarray,
+        io_groups: np.ndarray,
+        bad_messages: int,
+        headerless: int = 0,
     ) -> None:
         self.buffer = buffer  # uint8, zero-padded to whole 8-byte words; messages start on 8-byte boundaries
         self.starts = starts  # int64
         self.words = words  # int64
         self.io_groups = io_groups  # uint8
         self.bad_messages = bad_messages
+        self.headerless = headerless  # messages left out because their header names io_group 0 (never written)
         self._unknown_words: int | None = None
 
     @property
@@ -197,7 +204,9 @@ def split_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Message
     """Join PACMAN messages (one uint8 array each) received on ``io_groups`` into ``Messages``.
 
     Messages that are not data messages or whose length is not 8 + 16·n bytes are left out
-    and counted in ``bad_messages``; words of unknown type in ``unknown_words``.
+    and counted in ``bad_messages``; words of unknown type in ``unknown_words``. A message whose
+    header names io_group 0 (a ``msg_headers`` row the writer never filled: PACMAN io_groups start
+    at 1) is left out and counted in ``headerless``, so no io_group 0 is ever created from it.
     """
     buffer, lengths = concatenate_messages(msgs)
     if (lengths % 8).any():  # keep every message on an 8-byte boundary: the compiled decoder loads whole words
@@ -211,7 +220,12 @@ def split_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> Message
     good = (lengths >= HEADER_BYTES) & ((lengths - HEADER_BYTES) % WORD_BYTES == 0)
     good[good] &= buffer[starts[good]] == MSG_TYPE_DATA
     bad_messages = int(len(lengths) - np.count_nonzero(good))
-    return Messages(buffer, starts[good], (lengths[good] - HEADER_BYTES) // WORD_BYTES, io_groups[good], bad_messages)
+    headed = io_groups != 0
+    headerless = int(np.count_nonzero(good & ~headed))
+    good &= headed
+    return Messages(
+        buffer, starts[good], (lengths[good] - HEADER_BYTES) // WORD_BYTES, io_groups[good], bad_messages, headerless
+    )
 
 
 def decode_messages(msgs: Sequence[np.ndarray], io_groups: np.ndarray) -> DecodeResult:

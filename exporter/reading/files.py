@@ -8,6 +8,7 @@ unwritten are held back for a while; a file whose header changed is reported as 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,9 @@ Rows = np.ndarray | Messages
 #: Rows at the end of a file that look unwritten (all-zero packets, empty messages) are held
 #: back this long, in case the writer has grown the dataset but not yet filled it.
 HOLD_SECONDS = 10.0
+#: The first rows of a file are its identity by content: a file rewritten in place (same inode and
+#: ``created``) and regrown past the cursor between two polls is told apart by them.
+HEAD_ROWS = 8
 
 
 class SourceError(Exception):
@@ -58,8 +62,8 @@ class Chunk:
 
     @property
     def messages(self) -> int:
-        """Raw messages read (malformed ones included); 0 for packet files."""
-        return 0 if self.raw is None else len(self.raw.starts) + self.raw.bad_messages
+        """Raw messages read (malformed and headerless ones included); 0 for packet files."""
+        return 0 if self.raw is None else len(self.raw.starts) + self.raw.bad_messages + self.raw.headerless
 
     @property
     def bad_messages(self) -> int:
@@ -68,6 +72,11 @@ class Chunk:
     @property
     def unknown_words(self) -> int:
         return 0 if self.raw is None else self.raw.unknown_words
+
+    @property
+    def headerless(self) -> int:
+        """Raw messages left out because their ``msg_headers`` row was never written (io_group 0)."""
+        return 0 if self.raw is None else self.raw.headerless
 
     @property
     def size(self) -> int:
@@ -133,12 +142,15 @@ def _created(fh: h5py.File, kind: str) -> float | None:
     return _attr_float(fh.get("meta") if kind == RAW else fh.get("_header"), "created")
 
 
-def _unwritten_tail(kind: str, rows: np.ndarray) -> int:
-    """Number of trailing rows that look not yet written by the writer (checked from the end)."""
+def _unwritten_tail(kind: str, rows: np.ndarray, io_groups: np.ndarray | None = None) -> int:
+    """Number of trailing rows that look not yet written by the writer (checked from the end). A raw
+    message is written once both its ``msgs`` row (not empty) and its ``msg_headers`` row (an io_group,
+    never 0) are: the writer fills the two datasets one after the other."""
     if kind == RAW:
+        assert io_groups is not None
 
         def written(i: int) -> bool:
-            return len(rows[i]) > 0
+            return len(rows[i]) > 0 and io_groups[i] != 0
     else:
         as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
 
@@ -196,8 +208,13 @@ class FileReader:
         held, block = 0, 1
         while held < length - cursor.rows_done:
             start = max(cursor.rows_done, length - held - block)
-            rows = fh["msgs"][start : length - held] if kind == RAW else fh["packets"][start : length - held]
-            unwritten = _unwritten_tail(kind, rows)
+            if kind == RAW:
+                end = length - held
+                rows = fh["msgs"][start:end]
+                unwritten = _unwritten_tail(kind, rows, fh["msg_headers"].fields("io_groups")[start:end])
+            else:
+                rows = fh["packets"][start : length - held]
+                unwritten = _unwritten_tail(kind, rows)
             held += unwritten
             if unwritten < len(rows):
                 break
@@ -208,13 +225,34 @@ class FileReader:
         cursor.held_since = None
         return length
 
+    def _head_digest(self, fh: h5py.File, kind: str, rows: int) -> str:
+        """Digest of the first ``rows`` rows (raw: message bytes and io_groups)."""
+        sha = hashlib.blake2b(digest_size=16)
+        if kind == RAW:
+            for msg in fh["msgs"][:rows]:
+                sha.update(len(msg).to_bytes(8, "little"))
+                sha.update(msg.tobytes())
+            sha.update(fh["msg_headers"].fields("io_groups")[:rows].tobytes())
+        else:
+            sha.update(fh["packets"][:rows].tobytes())
+        return sha.hexdigest()
+
+    def _check_head(self, fh: h5py.File, cursor: FileCursor, kind: str, length: int) -> None:
+        """FileReplaced if the file's first rows are not those the cursor saw; else note them (up to HEAD_ROWS)."""
+        if cursor.head_rows and self._head_digest(fh, kind, cursor.head_rows) != cursor.head_digest:
+            raise FileReplaced(f"{cursor.path}: its first {cursor.head_rows} rows changed (rewritten in place)")
+        if cursor.head_rows < HEAD_ROWS and length > cursor.head_rows:
+            cursor.head_rows = min(HEAD_ROWS, length)
+            cursor.head_digest = self._head_digest(fh, kind, cursor.head_rows)
+
     def _read_rows(self, fh: h5py.File, cursor: FileCursor, kind: str, now: float) -> Iterator[Chunk]:
         """Chunks from the cursor to the end; the next chunk is read in a thread while the caller counts
         this one (reading and the compiled counting, which releases the GIL, overlap on two cores)."""
         length = self._length(fh, kind)
-        if length < cursor.rows_done:
+        if length < max(cursor.rows_done, cursor.head_rows):
             raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
         length = self._written_length(fh, cursor, kind, length, now)
+        self._check_head(fh, cursor, kind, length)
         # Raw chunks are bounded by messages and, once their length is known, by packets (chunk_rows).
         step = min(self.raw_chunk_messages, max(1, self.chunk_rows // 1000)) if kind == RAW else self.chunk_rows
         start = cursor.rows_done

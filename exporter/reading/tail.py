@@ -49,6 +49,8 @@ class FileCursor:
     held_since: float | None = None
     last_change: float = field(default_factory=time.time)
     clock: DataClock = field(default_factory=DataClock)
+    head_rows: int = 0  # rows covered by head_digest (the file's identity by content)
+    head_digest: str | None = None
 
     def to_dict(self) -> dict:
         """Plain form for the checkpoint file."""
@@ -59,11 +61,18 @@ class FileCursor:
             "created": self.created,
             "kind": self.kind,
             "rows_done": self.rows_done,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "pending": self.pending or self.held_since is not None,
+            "head_rows": self.head_rows,
+            "head_digest": self.head_digest,
             "last_times": self.clock.last_times(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> FileCursor:
+        """A cursor as saved: a file whose size and mtime are unchanged and that was read to its end is not
+        opened again after a restart."""
         return cls(
             path=d["path"],
             dev=d["dev"],
@@ -71,6 +80,11 @@ class FileCursor:
             created=d.get("created"),
             kind=d.get("kind"),
             rows_done=d["rows_done"],
+            size=d.get("size", -1),
+            mtime_ns=d.get("mtime_ns", -1),
+            pending=d.get("pending", True),
+            head_rows=d.get("head_rows", 0),
+            head_digest=d.get("head_digest"),
             clock=DataClock({int(g): t for g, t in d.get("last_times", {}).items()}),
         )
 
@@ -144,9 +158,14 @@ class DirectoryTail:
                     log.warning("%s: replaced by a new file (new inode); reading it from the start", path)
                 cursor = FileCursor(path, st.st_dev, st.st_ino)
                 self.cursors[path] = cursor
+            if 0 <= st.st_size < cursor.size:  # an appended HDF5 file never shrinks: this one was rewritten
+                log.warning("%s: shrank from %d to %d bytes; reading it from the start", path, cursor.size, st.st_size)
+                cursor = FileCursor(path, st.st_dev, st.st_ino)
+                self.cursors[path] = cursor
             changed = (st.st_size, st.st_mtime_ns) != (cursor.size, cursor.mtime_ns)
             if changed:
                 cursor.last_change = now
+                cursor.pending = True  # until read to its end: a read stopped halfway is resumed after a restart
             cursor.size, cursor.mtime_ns = st.st_size, st.st_mtime_ns
             if not stat.S_ISREG(st.st_mode):  # a directory or FIFO named like a data file: never opened
                 what = (

@@ -17,6 +17,7 @@ another version or damaged is refused with one line naming the file and the prob
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -161,6 +162,26 @@ class Checkpoint:
         self.lineage = uuid.uuid4().hex  # ties a window file to the checkpoints of the same run(s)
         self.window_written = -math.inf  # monotonic time of the last window write
         self.last_bytes = 0
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on ``<state file>.lock`` for the life of the process: two exporters writing
+        one checkpoint would each undo the other's counts. CheckpointError when another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(
+                f"state file {self.path} is in use by another larpix-dqm (pid {holder}); "
+                "give each exporter its own --state-file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd  # closed (and the lock released) when the process exits
 
     def window_due(self) -> bool:
         """Whether the window arrays are old enough to be written with the next checkpoint."""
@@ -223,8 +244,7 @@ class Checkpoint:
                 raise
             one_line = " ".join(str(err).split())
             raise CheckpointError(f"state file {self.path}: arrays do not fit ({one_line}); {MOVE_AWAY}") from None
-        for cursor in cursors:
-            cursor.pending = True
+        for cursor in cursors:  # a file read to its end whose size and mtime are unchanged is not opened again
             tail.cursors[cursor.path] = cursor
         self.lineage = meta["lineage"]
         log.info("restored %s: %d files, %d chips", self.path, len(cursors), len(arrays["chip_keys"]))

@@ -19,7 +19,13 @@ class Health:
     files_in_error: dict[str, int] = field(default_factory=dict)
     read_errors: dict[str, int] = field(default_factory=dict)
     decode_errors: dict[str, int] = field(
-        default_factory=lambda: {"bad_message": 0, "unknown_word": 0, "implausible_timestamp": 0, "time_jump": 0}
+        default_factory=lambda: {
+            "bad_message": 0,
+            "unknown_word": 0,
+            "headerless": 0,
+            "implausible_timestamp": 0,
+            "time_jump": 0,
+        }
     )
     packets_ingested: dict[str, int] = field(default_factory=lambda: {"raw": 0, "packets": 0})
     messages_ingested: int = 0

@@ -63,6 +63,7 @@ class Ingester:
         self.publish_listeners: list[Callable[[Published], None]] = []
         self._configured: set[str] = set()  # packet files whose own chip configurations were read
         self._last_publish = 0.0
+        self._unpublished = False  # chunks counted since the last publication
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
         self.polled = threading.Event()
         self.published = Published(monitor.update(), self.health.copy())
@@ -128,6 +129,7 @@ class Ingester:
         h.files_in_error = self.tail.errors_by_reason()
         self.published = Published(self.monitor.update(), h.copy())
         self._last_publish = time.monotonic()
+        self._unpublished = False
         for listener in self.publish_listeners:
             try:
                 listener(self.published)
@@ -135,7 +137,16 @@ class Ingester:
                 log.exception("publish listener %r failed", listener)
 
     def ingest(self, chunk: Chunk) -> None:
-        """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then."""
+        """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then.
+
+        A publication inside a poll comes before the chunk is counted, when every chunk counted so far
+        has its cursor advanced, and after a checkpoint of exactly that: no scrape ever shows a count that
+        a restart could not restore, so a counter never goes back across a kill.
+        """
+        if self._unpublished and time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
+            self.checkpoint()
+            self.publish()
+        self._unpublished = True
         now = time.time()
         if chunk.kind == PACKETS and chunk.cursor.path not in self._configured:
             self._configured.add(chunk.cursor.path)
@@ -150,6 +161,7 @@ class Ingester:
         h.messages_ingested += chunk.messages
         h.decode_errors["bad_message"] += chunk.bad_messages
         h.decode_errors["unknown_word"] += chunk.unknown_words
+        h.decode_errors["headerless"] += chunk.headerless
         if chunk.size:
             h.last_ingest_wall = now
         for listener in self.listeners:
@@ -157,8 +169,6 @@ class Ingester:
                 listener(chunk)
             except Exception:  # a listener (plots) must never stop ingest
                 log.exception("listener %r failed on %s", listener, chunk.cursor.path)
-        if time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
-            self.publish()
 
     def poll(self, stop: threading.Event | None = None) -> int:
         """Read everything new once; return the number of packets ingested."""

@@ -123,6 +123,7 @@ def process_file(
         health.packets_ingested[chunk.kind] += chunk.size
         health.decode_errors["bad_message"] += chunk.bad_messages
         health.decode_errors["unknown_word"] += chunk.unknown_words
+        health.decode_errors["headerless"] += chunk.headerless
         if on_chunk is not None:
             on_chunk(chunk)
         if on_progress is not None:
@@ -134,6 +135,7 @@ def process_file(
     tail.pump(consume)
     health.decode_errors["implausible_timestamp"] = accumulator.clock.implausible
     health.decode_errors["time_jump"] = accumulator.clock.rejected
+    health.compiled_ingest = accumulator.compiled
     return FileResult(path, geometry, accumulator.snapshot(), health, errors, run_config.run_mode)
 
 

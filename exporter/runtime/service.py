@@ -79,6 +79,8 @@ class Service:
             settings.flush_interval,
             settings.window_checkpoint_interval,
         )
+        if self.ingester.checkpoints is not None:
+            self.ingester.checkpoints.lock()  # one exporter per state file, else each would undo the other's counts
         self.ingester.restore()
         self.plots: PlotWorker | None = None
         if plots is not None:
@@ -101,6 +103,8 @@ class Service:
             run_config=self.monitor.accumulator.run_config,
             telemetry_path=settings.web_telemetry_path,
             ready=self.ingester.polled.is_set,
+            runbook_url=settings.runbook_url,
+            geometry=self.geometry,
         )
         self.ingester.publish_listeners.append(self.app.prerender)
         self.servers: list[ExporterServer] = []

@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 
 from exporter import __version__
+from exporter.detector.geometry import Geometry
 from exporter.detector.runconfig import RunConfig
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from exporter.metrics.families import FamilyBuilder
@@ -49,7 +50,7 @@ from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
-from exporter.web.problems import PROBLEMS_CSS, problems_html
+from exporter.web.problems import PROBLEMS_CSS, geometry_notice_html, problems_html
 from plots.store import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class MetricsApp:
         run_config: RunConfig | None = None,
         telemetry_path: str = "/metrics",
         ready: Callable[[], bool] = lambda: True,
+        runbook_url: str = Monitoring.runbook_url,
+        geometry: Geometry | None = None,
     ) -> None:
         self.published = published
         self.inputs = inputs or []
@@ -126,7 +129,9 @@ class MetricsApp:
         self.history = history
         self.telemetry_path = telemetry_path
         self.ready = ready
-        self.collector = FamilyBuilder(self.run_config.run_mode)
+        self.runbook_url = runbook_url
+        self.geometry = geometry
+        self.collector = FamilyBuilder(self.run_config.run_mode, geometry)
         self.process = CollectorRegistry(auto_describe=True)  # process_*, python_info, python_gc_*: client_python's
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.process)
@@ -280,7 +285,9 @@ class MetricsApp:
             ),
         ]
         table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        problems = problems_html(pub.evaluation, Monitoring().runbook_url, self.plots is not None)
+        problems = geometry_notice_html(self.geometry) + problems_html(
+            pub.evaluation, self.runbook_url, self.plots is not None
+        )
         return (
             "<!doctype html><html><head><meta charset='utf-8'><title>larpix-dqm</title>"
             "<style>body{font-family:sans-serif;margin:2em}th{text-align:left;padding-right:1em}"
