@@ -221,7 +221,7 @@ def test_file_deleted_while_being_read(tmp_path, sim):
     assert rec.poll() == 0 and rec.tail.tracked == 0 and not rec.errors
 
 
-def test_stray_directory_and_fifo_are_one_error_each_until_they_change(tmp_path, sim, caplog):
+def test_stray_directory_and_fifo_are_one_error_each_until_replaced(tmp_path, sim, caplog):
     (tmp_path / "stray.h5").mkdir()
     os.mkfifo(tmp_path / "pipe.h5")  # opening it would block: it must never be opened
     garbage = tmp_path / "garbage.h5"
@@ -232,8 +232,14 @@ def test_stray_directory_and_fifo_are_one_error_each_until_they_change(tmp_path,
         rec.poll()
     assert sorted(rec.errors) == [("garbage.h5", "not_hdf5"), ("pipe.h5", "not_a_file"), ("stray.h5", "not_a_file")]
     assert rec.tail.errors_by_reason() == {"not_a_file": 2, "not_hdf5": 1}, "the gauge says what is in error now"
-    with open(garbage, "ab") as fh:  # the file changed: a new event
-        fh.write(b"still not hdf5\n")
+    for _ in range(3):  # a live file that stays unreadable: still one error
+        with open(garbage, "ab") as fh:
+            fh.write(b"still not hdf5\n")
+        rec.poll()
+    assert [e for e in rec.errors if e[0] == "garbage.h5"] == [("garbage.h5", "not_hdf5")]
+    garbage.unlink()  # replaced by another file (new inode): a new event
+    (tmp_path / "other").write_bytes(b"another non-hdf5 file\n")
+    os.rename(tmp_path / "other", garbage)
     rec.poll()
     rec.poll()
     assert [e for e in rec.errors if e[0] == "garbage.h5"] == [("garbage.h5", "not_hdf5")] * 2
@@ -435,3 +441,27 @@ def test_restored_cursor_of_an_unchanged_file_is_not_opened_again(tmp_path, sim)
     assert [os.path.basename(c.path) for c in due] == ["c.h5"]
     halfway = FileCursor.from_dict({**tail.cursors[str(tmp_path / "a.h5")].to_dict(), "pending": True})
     assert halfway.pending, "a cursor saved while its file was being read is read again after a restart"
+
+
+def test_dangling_and_looping_symlinks_are_one_error_each_by_reason(tmp_path, sim, caplog):
+    """Broken links matching the pattern are reported once each, by reason, counted in the gauge while broken,
+    and read once mended."""
+    PacketFileWriter(tmp_path / "good.h5").append(*sim.second(START))
+    (tmp_path / "dangling.h5").symlink_to(tmp_path / "gone.h5")
+    (tmp_path / "loop_a.h5").symlink_to(tmp_path / "loop_b.h5")
+    (tmp_path / "loop_b.h5").symlink_to(tmp_path / "loop_a.h5")
+    rec = Recorder(DirectoryTail([InputSpec(str(tmp_path))]))
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            rec.poll()
+    assert sorted(rec.errors) == [
+        ("dangling.h5", "dangling_symlink"),
+        ("loop_a.h5", "symlink_loop"),
+        ("loop_b.h5", "symlink_loop"),
+    ]
+    assert rec.tail.errors_by_reason() == {"dangling_symlink": 1, "symlink_loop": 2}
+    assert rec.rows == {"good.h5": packets_in(tmp_path / "good.h5")}
+    PacketFileWriter(tmp_path / "gone.h5").append(*sim.second(START))  # the link's target appears
+    rec.poll()
+    assert rec.tail.errors_by_reason() == {"symlink_loop": 2}
+    assert rec.rows["gone.h5"] == packets_in(tmp_path / "gone.h5"), "read once, under its resolved name"

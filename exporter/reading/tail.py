@@ -8,11 +8,14 @@ chunk to the consumer and only then advances the file's cursor, and reports read
 A cursor is keyed by the file's resolved path and carries its identity (device, inode, and
 the header's ``created`` time, checked when the file is read): a file reached by another
 name (a relative then an absolute input, a renamed file, a moved directory) keeps its cursor
-and is never read twice. A file in error is one error until it changes or recovers.
+and is never read twice. A file in error is one error until it recovers, is replaced or fails for
+another reason (a live file that stays unreadable is not reported again on every poll); dangling and
+looping symbolic links matching the pattern are errors of their own.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -45,7 +48,6 @@ class FileCursor:
     mtime_ns: int = -1
     pending: bool = True
     error: str | None = None
-    error_stamp: tuple[int, int] | None = None  # (size, mtime) when the current error was reported
     held_since: float | None = None
     last_change: float = field(default_factory=time.time)
     clock: DataClock = field(default_factory=DataClock)
@@ -97,11 +99,12 @@ class InputSpec:
     pattern: str = "*.h5"
 
     def files(self) -> list[str]:
-        """Resolved paths of the files to read (symbolic links followed), by name."""
+        """Resolved paths of the files to read (symbolic links followed), by name; a broken link (dangling or
+        looping) as itself, so that it can be reported."""
         if os.path.isfile(self.path):
             return [os.path.realpath(self.path)]
         names = glob.glob(os.path.join(glob.escape(os.path.realpath(self.path)), self.pattern))
-        return sorted(os.path.realpath(p) if os.path.islink(p) else p for p in names)
+        return sorted(os.path.realpath(p) if os.path.islink(p) and os.path.exists(p) else p for p in names)
 
     def problem(self) -> str | None:
         """None if the input can be read, else the read-error reason: missing_input or unreadable_input."""
@@ -129,6 +132,8 @@ class DirectoryTail:
         self.cursors: dict[str, FileCursor] = {}
         #: One per input (directory or file), carrying the input's own error (missing_input, unreadable_input).
         self.input_cursors = {spec.path: FileCursor(spec.path, -1, -1, pending=False) for spec in inputs}
+        #: Broken symbolic links matching the pattern (dangling_symlink, symlink_loop), as of the last scan.
+        self.broken_links: dict[str, FileCursor] = {}
 
     @property
     def tracked(self) -> int:
@@ -141,14 +146,17 @@ class DirectoryTail:
         Cursors of files that disappeared more than ``flush_interval`` seconds ago are dropped.
         """
         found: dict[str, os.stat_result] = {}
+        broken: dict[str, str] = {}
         for spec in self.inputs:
             if not self._input_readable(spec):
                 continue
             for path in spec.files():
                 try:
                     found.setdefault(path, os.stat(path))
-                except OSError:
-                    continue
+                except OSError as err:  # gone since the glob, or a broken link
+                    if os.path.islink(path):
+                        broken[path] = "symlink_loop" if err.errno == errno.ELOOP else "dangling_symlink"
+        self._report_broken_links(broken)
         self._follow_moves(found)
         due: list[tuple[float, str, FileCursor]] = []
         for path, st in found.items():
@@ -184,6 +192,16 @@ class DirectoryTail:
                 if now - cursor.last_change > self.flush_interval:
                     del self.cursors[path]  # gone and idle: forget its cursor; its counts stay
         return [c for _, _, c in sorted(due)]
+
+    def _report_broken_links(self, broken: dict[str, str]) -> None:
+        """One error per broken link (dangling or looping) while it stays broken; forgotten once gone or mended."""
+        for path in [p for p in self.broken_links if p not in broken]:
+            del self.broken_links[path]
+        for path, reason in broken.items():
+            cursor = self.broken_links.setdefault(path, FileCursor(path, -1, -1, pending=False))
+            what = "points into a loop of links" if reason == "symlink_loop" else "points to nothing"
+            target = os.readlink(path) if os.path.islink(path) else "?"
+            self._fail(cursor, reason, f"{path}: symbolic link {what} (-> {target})")
 
     def _follow_moves(self, found: dict[str, os.stat_result]) -> None:
         """Give a file found under a new name the cursor of the same file (device, inode) gone from its old name.
@@ -239,20 +257,22 @@ class DirectoryTail:
         cursor.pending = cursor.held_since is not None
         if cursor.error is not None:
             log.info("%s: readable again after %s", cursor.path, cursor.error)
-            cursor.error = cursor.error_stamp = None
+            cursor.error = None
 
     def _fail(self, cursor: FileCursor, reason: str, message: str) -> None:
-        """Report a failure once: again only when the reason or the file (size, mtime) changed."""
+        """Report a failure once: again only after the file recovered, was replaced, or fails for another reason
+        (a live file that stays unreadable changes on every poll, and is still one error)."""
         cursor.pending = True
-        stamp = (cursor.size, cursor.mtime_ns)
-        if cursor.error == reason and cursor.error_stamp == stamp:
+        if cursor.error == reason:
             return
         message = one_line(message)
         if self.on_error is not None:
             self.on_error(cursor, reason, message)
         else:
-            log.warning("%s (reason: %s; retried every poll, reported again when the file changes)", message, reason)
-        cursor.error, cursor.error_stamp = reason, stamp
+            log.warning(
+                "%s (reason: %s; retried every poll, reported again if it recovers and fails again)", message, reason
+            )
+        cursor.error = reason
 
     def _input_readable(self, spec: InputSpec) -> bool:
         """True if the input exists and can be read; else its error is reported (logged once) like a file's."""
@@ -270,7 +290,7 @@ class DirectoryTail:
         """Files (and inputs) currently failing, by reason."""
         counts: dict[str, int] = {}
         present = [c for c in self.cursors.values() if c.size >= 0]
-        for cursor in [*present, *self.input_cursors.values()]:
+        for cursor in [*present, *self.input_cursors.values(), *self.broken_links.values()]:
             if cursor.error is not None:
                 counts[cursor.error] = counts.get(cursor.error, 0) + 1
         return counts

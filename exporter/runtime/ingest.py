@@ -73,7 +73,7 @@ class Ingester:
         self.health.count_read_error(reason)
         self.monitor.log_event(
             "warning",
-            f"{message} (reason: {reason}; retried every poll, reported again when the file changes)",
+            f"{message} (reason: {reason}; retried every poll, reported again if it recovers and fails again)",
             reason=reason,
             file=cursor.path,
         )
