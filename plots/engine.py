@@ -36,7 +36,7 @@ from exporter.quality.clock import DataClock, DetectorClock  # noqa: E402
 from plots import Plot, PlotContext  # noqa: E402
 from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
 from plots.legacy import as_packet_dtype, packets_file  # noqa: E402
-from plots.store import PlotStore  # noqa: E402
+from plots.store import PlotStore, write_reason  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class PluginHealth:
     disabled: bool = False
     last_error: str | None = None
     last_seconds: float = 0.0
+    write_errors: dict[str, int] = field(default_factory=dict)  # images not written, by reason
 
 
 def fingerprint(stats: Snapshot) -> tuple[int, float]:
@@ -223,6 +224,9 @@ class PlotEngine:
             self.specs.append(spec)
         self.health = {spec.name: PluginHealth(spec.kind) for spec in self.specs}
         self.store = PlotStore(settings.output, settings.ext, settings.latest)
+        self.write_problem: str | None = None  # the last write failure's reason, until an image is written again
+        self.write_error: str | None = None  # its message
+        self.failed_writes = 0  # images the current (or last) draw could not write
         self.files: dict[tuple[str, int], _FileState] = {}
         # the accumulator's data-time rule applied to the packets the plots see (the accumulator logs the events)
         self.clock = DetectorClock(log_events=False)
@@ -364,11 +368,34 @@ class PlotEngine:
         data = self._guard(plugin, "savefig", render, fig, self.settings.ext)
         if data is _FAILED:
             return False
-        self.store.write(image, data, stems)
         health = self.health[plugin]
+        try:
+            self.store.write(image, data, stems)
+        except OSError as err:
+            self._write_failed(health, err)
+            return False
+        if self.write_problem is not None:
+            log.info("plots: images are written again (after %s)", self.write_problem)
+            self.write_problem = self.write_error = None
         health.renders += 1
         health.consecutive = 0
         return True
+
+    def _write_failed(self, health: PluginHealth, err: OSError) -> None:
+        """Count an image the store could not write (a full or read-only disk is not the plugin's fault);
+        one log line when the reason changes, not one per image and cycle."""
+        reason = write_reason(err)
+        health.write_errors[reason] = health.write_errors.get(reason, 0) + 1
+        self.failed_writes += 1
+        self.write_error = f"cannot write images: {err}"
+        if reason != self.write_problem:
+            log.error(
+                "plots: %s; retried every cycle, counted in larpix_exporter_plot_errors_total{reason=%r} "
+                "(logged again when the reason changes)",
+                self.write_error,
+                reason,
+            )
+            self.write_problem = reason
 
     def draw(self, stats: Snapshot, between: Callable[[], None] = lambda: None) -> int:
         """Draw every selected image whose data changed; return the number of images written.
@@ -377,6 +404,7 @@ class PlotEngine:
         a long cycle does not back up ingest, and stops there when told to).
         """
         written = 0
+        self.failed_writes = 0
         fp = fingerprint(stats)
         if self.shared_fresh.due(fp):
             self.shared_fresh.done(fp)
@@ -385,6 +413,7 @@ class PlotEngine:
             self._new_stems = []
             for name, plot in self.shared.items():
                 written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between)
+            self.shared_fresh.dirty |= self.failed_writes > 0  # not written: drawn again next cycle
         for key in [key for key, state in self.files.items() if state.fresh.due(fp)]:
             if key in self.files:  # files fed in between() may have retired others
                 written += self._draw_file(self.files[key], fp, stats, between)
@@ -393,6 +422,7 @@ class PlotEngine:
     def _draw_file(self, state: _FileState, fp: tuple, stats: Snapshot, between: Callable[[], None]) -> int:
         """Draw one file's plots; return the number of images written."""
         written = 0
+        failed = self.failed_writes
         state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
         ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
         for name, plot in list(state.plots.items()):
@@ -400,12 +430,14 @@ class PlotEngine:
                 written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
         self._call_legacy(state)
         for name in sorted(state.unsaved):
-            started = time.perf_counter()
+            started, before = time.perf_counter(), self.failed_writes
             if self._save(name, name, state.figures[name], [state.stem]):
                 written += 1
                 self.health[name].last_seconds = time.perf_counter() - started
+            if self.failed_writes == before:  # written, or the plugin failed: not saved again
+                state.unsaved.discard(name)
             between()
-        state.unsaved.clear()
+        state.fresh.dirty |= self.failed_writes > failed  # not written: drawn again next cycle
         return written
 
     def _draw_fast(
@@ -448,9 +480,11 @@ class PlotEngine:
                     "disabled": h.disabled,
                     "last_error": h.last_error,
                     "last_seconds": round(h.last_seconds, 4),
+                    "write_errors": dict(h.write_errors),
                 }
                 for name, h in self.health.items()
             },
+            "write_error": self.write_error,
             "skipped": dict(self.skipped),
             "discovery_errors": dict(self.catalog.errors),
             "files": len(self.files),

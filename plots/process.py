@@ -2,10 +2,11 @@
 
 ``serve`` draws here, in a child process started by ``PlotWorker`` (``plots.worker``), so
 matplotlib never holds the interpreter lock of the process that answers ``/metrics``. The
-parent sends, in order, ``("stats", Snapshot)``, ``("chunk", key, packets | messages | None, dropped)``,
+parent sends, in order, ``("setup", Setup)`` (through this pipe, not in the spawn arguments:
+a child killed before reading those would block its parent), ``("stats", Snapshot)``, ``("chunk", key, packets | messages | None, dropped)``,
 ``("draw", request)`` and ``("stop",)``; the child says how many packets it took
 (``("taken", n)``), answers with ``("status", dict)`` after every cycle and forwards its log
-records as ``("log", dict)``. A closed pipe (the parent is
+records as ``("log", dict)``; its first status report says it is ready. A closed pipe (the parent is
 gone) or a stop message ends the child; a cycle under way ends at the next image.
 """
 
@@ -17,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
@@ -41,6 +43,17 @@ def packet_count(payload: Payload) -> int:
 
 #: Niceness added to the drawing process: when cores are short, ingest and scrapes go first.
 NICENESS = 10
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a drawing process needs to build its engine, sent as its first message."""
+
+    settings: PlotSettings
+    geometry: Geometry | None
+    catalog: tuple[list[tuple[str, str, str, str, str]], dict[str, str]]  # ``Catalog.references``
+    interval: float
+    idle_seconds: float
 
 
 class _Stopping(Exception):
@@ -154,22 +167,29 @@ class DrawingLoop:
                 self.report()
 
     def cycle(self, serving: int) -> None:
-        """Draw what changed; requests that arrive meanwhile are answered by the next cycle."""
+        """Draw what changed; requests that arrive meanwhile are answered by the next cycle.
+
+        Only a cycle that wrote its images counts (``cycles``, the last cycle's time and duration):
+        one with images not written (a full disk) or a surprise failure is tried again next interval.
+        """
         started = time.monotonic()
+        completed = False
         try:
             assert self.stats is not None
             self.engine.draw(self.stats, between=self.between)
             self.engine.expire(self.idle_seconds)
+            completed = not self.engine.failed_writes
         except _Stopping:
             return
         except Exception:  # a surprise outside the plugins: log it, go on next interval
             log.exception("plot cycle failed; trying again next interval")
         ended = time.monotonic()
-        self.last_cycle_seconds = ended - started
-        self.last_cycle_wall = time.time()
-        self.cycles += 1
+        if completed:
+            self.last_cycle_seconds = ended - started
+            self.last_cycle_wall = time.time()
+            self.cycles += 1
         # At most every interval, and never busier than half the time.
-        self.next_due = max(started + self.interval, ended + self.last_cycle_seconds)
+        self.next_due = max(started + self.interval, ended + (ended - started))
         self.answered = serving
         self.report()
 
@@ -189,36 +209,29 @@ class DrawingLoop:
         )
 
 
-def main(
-    conn: Connection,
-    settings: PlotSettings,
-    geometry: Geometry | None,
-    catalog: tuple[list[tuple[str, str, str, str, str]], dict[str, str]],
-    interval: float,
-    idle_seconds: float,
-    level: int,
-) -> None:
-    """Entry point of the drawing process (started with the 'spawn' method).
+def main(conn: Connection, level: int) -> None:
+    """Entry point of the drawing process (started with the 'spawn' method): read the ``Setup``, draw.
 
-    ``catalog`` is the parent's plugin catalog (``Catalog.references``); plugin folders are
-    imported first so their classes resolve by the same module names as in the parent.
+    Plugin folders are imported before the parent's catalog is resolved, so their classes
+    resolve by the same module names as in the parent.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     signal.signal(signal.SIGTERM, _terminate)
     os.nice(NICENESS)
-    logging.disable(logging.CRITICAL)  # the parent already logged what discovery and set-up find
-    if settings.plugin_dirs:
-        discover(settings.plugin_dirs)
-    engine = PlotEngine(settings, geometry, Catalog.from_references(catalog))
-    logging.disable(logging.NOTSET)
-    lock = threading.Lock()
-    root = logging.getLogger()
-    root.handlers[:] = [PipeLogHandler(conn, lock)]
-    root.setLevel(level)
-    loop = DrawingLoop(conn, lock, engine, interval, idle_seconds)
     try:
-        loop.run()
-    except (EOFError, OSError):  # the parent went away while we reported
+        kind, setup = conn.recv()
+        assert kind == "setup" and isinstance(setup, Setup)
+        logging.disable(logging.CRITICAL)  # the parent already logged what discovery and set-up find
+        if setup.settings.plugin_dirs:
+            discover(setup.settings.plugin_dirs)
+        engine = PlotEngine(setup.settings, setup.geometry, Catalog.from_references(setup.catalog))
+        logging.disable(logging.NOTSET)
+        lock = threading.Lock()
+        root = logging.getLogger()
+        root.handlers[:] = [PipeLogHandler(conn, lock)]
+        root.setLevel(level)
+        DrawingLoop(conn, lock, engine, setup.interval, setup.idle_seconds).run()
+    except (EOFError, OSError):  # the parent went away (before the set-up, or while we reported)
         pass
     finally:
         conn.close()

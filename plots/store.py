@@ -7,9 +7,12 @@ path into a file inside PLOTDIR or refuses it.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,21 @@ MEDIA_TYPES = {
 }
 #: Formats a browser shows in an <img> tag (the landing page gallery).
 BROWSER_IMAGES = (".png", ".svg", ".jpg", ".jpeg", ".webp")
+#: The ``reason`` label of ``larpix_exporter_plot_errors_total``: ``draw``, the plugin raised (building,
+#: feeding, drawing or rendering its figure); the others, the image could not be written, by errno.
+ERROR_REASONS = ("draw", "write_nospace", "write_permission", "write_other")
+_WRITE_REASONS = {
+    errno.ENOSPC: "write_nospace",
+    errno.EDQUOT: "write_nospace",
+    errno.EACCES: "write_permission",
+    errno.EPERM: "write_permission",
+    errno.EROFS: "write_permission",
+}
+
+
+def write_reason(err: OSError) -> str:
+    """The ``reason`` label for an image that could not be written (see ``ERROR_REASONS``)."""
+    return _WRITE_REASONS.get(err.errno or 0, "write_other")
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,8 @@ class PlotStore:
         self.ext = ext
         self.keep_latest = latest
         self.root.mkdir(parents=True, exist_ok=True)
+        #: Images older than this (whole seconds: file systems round times) are a previous run's.
+        self.opened = math.floor(time.time())
 
     def run_path(self, stem: str, plot: str) -> Path:
         """``PLOTDIR/<stem>_dqm/<stem>_<plot><ext>``, as the predecessor named them."""
@@ -103,6 +123,10 @@ class PlotStore:
     def latest(self) -> list[PlotFile]:
         """Images in ``latest/``, by name."""
         return self._files(self.root / LATEST)
+
+    def drawn(self) -> list[PlotFile]:
+        """Images in ``latest/`` written since this store was opened: never a previous run's, by name."""
+        return [f for f in self.latest() if f.mtime >= self.opened]
 
     def runs(self, limit: int = 50) -> list[PlotFile]:
         """The newest per-file folders (``<stem>_dqm``), newest first."""

@@ -4,7 +4,8 @@ Ingest hands each chunk to ``on_chunk``, which only appends it to a queue bounde
 (never waits; what does not fit is counted as dropped). A sender thread pipes the published
 snapshot (when it changed, at most every ``STATS_SECONDS``, and before each draw request)
 and the queued chunks to the child; a receiver thread takes the child's status reports and
-log records, and restarts the child when it dies. Pickling happens in these threads, so
+log records, and starts the child, and again whenever it dies or does not report ready within
+``SPAWN_SECONDS`` of its start (it is then killed and its pipe closed). Pickling happens in these threads, so
 neither ingest nor a scrape waits for it, and matplotlib runs under another interpreter lock.
 """
 
@@ -25,8 +26,8 @@ from exporter.quality.snapshot import Snapshot
 from exporter.reading.files import Chunk
 from plots import process
 from plots.engine import PlotEngine
-from plots.process import Payload, packet_count
-from plots.store import PlotStore
+from plots.process import Payload, Setup, packet_count
+from plots.store import ERROR_REASONS, PlotStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ STATS_SECONDS = 1.0
 RESTART_SECONDS = (1.0, 60.0)
 #: Time a stopped child gets after SIGTERM before it is killed.
 KILL_SECONDS = 1.0
+#: A new drawing process that has not reported ready this long after its start is killed and started again.
+SPAWN_SECONDS = 60.0
 _STOP = ("stop",)
 
 
@@ -76,7 +79,7 @@ class PlotWorker:
         self._child_status: dict = {}
         # counts of drawing processes that died, so counters never go back
         self._carried_cycles = 0
-        self._carried_plugins: dict[str, dict[str, int]] = {}
+        self._carried_plugins: dict[str, dict[str, int]] = {}  # renders and errors by reason, per plot
         self.restarts = 0
         self.last_exit: str | None = None
         self.process: BaseProcess | None = None
@@ -122,35 +125,64 @@ class PlotWorker:
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> None:
-        """Start the drawing process and the threads that talk to it."""
-        self._spawn()
+        """Start the threads that talk to the drawing process; the receiver starts the process."""
         self._sender.start()
         self._receiver.start()
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> tuple[BaseProcess, Connection]:
+        """Start a drawing process; its spawn arguments stay small (the set-up goes through the pipe).
+
+        ``Process.start`` writes the pickled process object into a pipe whose reading end the parent
+        holds until the write ends: more than a pipe's buffer (a geometry) would block forever if the
+        child died before reading it. Raises OSError (with the pipe closed) if it cannot start.
+        """
         parent, child = self._context.Pipe()
         proc = self._context.Process(
-            target=process.main,
-            args=(
-                child,
-                self.engine.settings,
-                self.engine.geometry,
-                self._catalog,
-                self.interval,
-                self.idle_seconds,
-                logging.getLogger().getEffectiveLevel(),
-            ),
-            name="plots",
-            daemon=True,
+            target=process.main, args=(child, logging.getLogger().getEffectiveLevel()), name="plots", daemon=True
         )
-        proc.start()
-        child.close()
+        try:
+            proc.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         with self._cond:
-            self.process, self._conn = proc, parent
-            self._sent_stats = None  # a new child gets the snapshot first
-            if self._answered < self._requested:  # a request the dead child did not answer
-                self._queue.append(("draw", self._requested))
-            self._cond.notify_all()
+            self.process = proc
+        return proc, parent
+
+    def _start_up(self, proc: BaseProcess, conn: Connection) -> bool:
+        """Send the set-up and wait for the first status report, at most ``SPAWN_SECONDS``; False if the
+        child died, hung or the worker stops meanwhile (the child is then ended)."""
+        setup = Setup(self.engine.settings, self.engine.geometry, self._catalog, self.interval, self.idle_seconds)
+        sender = threading.Thread(target=_send_quietly, args=(conn, ("setup", setup)), name="plots-setup", daemon=True)
+        sender.start()
+        deadline = time.monotonic() + SPAWN_SECONDS
+        ready = False
+        try:
+            while not ready and not self._stopping and time.monotonic() < deadline:
+                if conn.poll(min(0.25, max(0.0, deadline - time.monotonic()))):
+                    message = conn.recv()
+                    self._handle(message)
+                    ready = message[0] == "status"
+        except (EOFError, OSError):
+            pass
+        if not ready:
+            if proc.is_alive() and not self._stopping:
+                log.error("drawing process %s not ready %.0f s after its start; killed", proc.pid, SPAWN_SECONDS)
+            self._end(proc)  # a set-up still being sent then fails
+        sender.join()
+        return ready
+
+    @staticmethod
+    def _end(proc: BaseProcess) -> None:
+        """Terminate the child, kill it if it must, and reap it."""
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(KILL_SECONDS)
+            if proc.is_alive():
+                proc.kill()
+        proc.join(KILL_SECONDS)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell the child to stop and wait up to ``timeout`` s; then terminate it (and kill it if it must).
@@ -164,23 +196,27 @@ class PlotWorker:
             self._queued = 0
             self._queue.append(_STOP)
             self._cond.notify_all()
+        if self._gone(timeout) or timeout <= 0:
+            return
         proc = self.process
         if proc is None:
             return
-        if not self._gone(proc, timeout) and timeout > 0:
-            proc.terminate()
-            if not self._gone(proc, KILL_SECONDS):
-                log.error("drawing process %s did not stop; killed", proc.pid)
-                proc.kill()
-                self._gone(proc, KILL_SECONDS)
+        proc.terminate()
+        if not self._gone(KILL_SECONDS):
+            log.error("drawing process %s did not stop; killed", proc.pid)
+            proc.kill()
+            self._gone(KILL_SECONDS)
 
-    def _gone(self, proc: BaseProcess, timeout: float) -> bool:
+    def _gone(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the child to be gone. While the receiver thread runs, it is the one
         that waits for the child (two threads waiting for one child race: the one that does not reap it
         may see it alive); it returns once the child is gone."""
         if self._receiver.is_alive():
             self._receiver.join(timeout)
             return not self._receiver.is_alive()
+        proc = self.process
+        if proc is None:
+            return True
         proc.join(timeout)
         return not proc.is_alive()
 
@@ -225,41 +261,55 @@ class PlotWorker:
 
     # -- receiver thread -----------------------------------------------------------------
     def _receive_loop(self) -> None:
+        """Start the drawing process, take its messages until it dies, start it again after a wait."""
         wait = RESTART_SECONDS[0]
-        while True:
-            with self._cond:
-                conn, proc = self._conn, self.process
-            assert conn is not None and proc is not None
+        while not self._stopping:
             try:
-                while True:
-                    self._handle(conn.recv())
-                    wait = RESTART_SECONDS[0]
-            except (EOFError, OSError):
-                pass
-            proc.join(None if self._stopping else KILL_SECONDS)  # stopping: stop() terminates it if it must
-            if proc.is_alive():  # it closed its pipe but hangs: end it before another one starts
-                proc.terminate()
-                proc.join(KILL_SECONDS)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(KILL_SECONDS)
-            conn.close()
-            with self._cond:
-                self._conn = None  # chunks wait in the queue (up to its bound) for the next child
-                self.dropped_total += self._in_flight  # sent to the dead child, never drawn
-                self._in_flight = 0
-                if self._stopping:
+                proc, conn = self._spawn()
+            except OSError as err:
+                exit = f"drawing process could not start: {err}"
+            else:
+                ready = self._start_up(proc, conn)
+                if ready:
+                    wait = self._serve(proc, conn, wait)
+                conn.close()
+                with self._cond:
+                    self._conn = None  # chunks wait in the queue (up to its bound) for the next child
+                    self.dropped_total += self._in_flight  # sent to the dead child, never drawn
+                    self._in_flight = 0
+                    self._carry()
                     self._cond.notify_all()
+                during = "" if ready else " during its start-up"
+                exit = f"drawing process {proc.pid} exited with code {proc.exitcode}{during}"
+            with self._cond:
+                if self._stopping:
                     return
-            self._carry()
-            self.restarts += 1
-            self.last_exit = f"drawing process {proc.pid} exited with code {proc.exitcode}"
-            log.error("%s; restarting it in %.0f s (the exporter goes on)", self.last_exit, wait)
+                self.restarts += 1
+                self.last_exit = exit
+            log.error("%s; restarting it in %.0f s (the exporter goes on)", exit, wait)
             with self._cond:
                 if self._cond.wait_for(lambda: self._stopping, wait):
                     return
             wait = min(wait * 2, RESTART_SECONDS[1])
-            self._spawn()
+
+    def _serve(self, proc: BaseProcess, conn: Connection, wait: float) -> float:
+        """Hand a ready child to the sender and take its messages until it is gone; return the next restart
+        wait (the first again once it said anything)."""
+        with self._cond:
+            self._conn = conn
+            self._sent_stats = None  # a new child gets the snapshot first
+            if self._answered < self._requested:  # a request a dead child did not answer
+                self._queue.append(("draw", self._requested))
+            self._cond.notify_all()
+        try:
+            while True:
+                self._handle(conn.recv())
+                wait = RESTART_SECONDS[0]
+        except (EOFError, OSError):
+            pass
+        proc.join(None if self._stopping else KILL_SECONDS)  # stopping: stop() terminates it if it must
+        self._end(proc)  # it closed its pipe but hangs: end it before another one starts
+        return wait
 
     def _handle(self, message: tuple) -> None:
         kind, body = message
@@ -276,14 +326,14 @@ class PlotWorker:
                 self._cond.notify_all()
 
     def _carry(self) -> None:
-        """Keep a dead child's counts, so cycles, renders and failures never go back."""
-        with self._cond:
-            status, self._child_status = self._child_status, {}
+        """Keep a dead child's counts, so cycles, renders and errors never go back; under ``_cond``, so no
+        status sees them neither in the child's report nor carried."""
+        status, self._child_status = self._child_status, {}
         self._carried_cycles += status.get("cycles", 0)
         for name, plugin in status.get("plugins", {}).items():
-            carried = self._carried_plugins.setdefault(name, {"renders": 0, "failures": 0})
-            carried["renders"] += plugin["renders"]
-            carried["failures"] += plugin["failures"]
+            carried = self._carried_plugins.setdefault(name, dict.fromkeys(("renders", *ERROR_REASONS), 0))
+            for key, count in _counts(plugin).items():
+                carried[key] += count
 
     # -- requests and status -------------------------------------------------------------
     def draw_now(self, timeout: float = 60.0) -> bool:
@@ -301,17 +351,18 @@ class PlotWorker:
 
     def status(self) -> dict:
         """Status for people and ``/metrics``: the last cycle, the plugins, skipped packets, the child."""
-        with self._cond:
-            child = dict(self._child_status)
         base = self.engine.status()
-        plugins = child.get("plugins", base["plugins"])
-        for name, carried in self._carried_plugins.items():
-            if name in plugins:
-                plugins[name] = {
-                    **plugins[name],
-                    "renders": plugins[name]["renders"] + carried["renders"],
-                    "failures": plugins[name]["failures"] + carried["failures"],
-                }
+        with self._cond:  # the child's report and the carried counts as of one moment
+            child = self._child_status
+            cycles = self._carried_cycles + child.get("cycles", 0)
+            plugins = {}
+            for name, plugin in child.get("plugins", base["plugins"]).items():
+                counts = _counts(plugin)
+                for key, count in self._carried_plugins.get(name, {}).items():
+                    counts[key] += count
+                write_errors = {reason: counts[reason] for reason in ERROR_REASONS if reason != "draw"}
+                plugins[name] = {**plugin, "renders": counts["renders"], "failures": counts["draw"]}
+                plugins[name]["write_errors"] = write_errors
         return {
             **base,
             **child,
@@ -319,7 +370,7 @@ class PlotWorker:
             "pid": child.get("pid"),
             "last_cycle_seconds": child.get("last_cycle_seconds", float("nan")),
             "last_cycle_wall": child.get("last_cycle_wall", float("nan")),
-            "cycles": self._carried_cycles + child.get("cycles", 0),
+            "cycles": cycles,
             "dropped_packets": self.dropped_total,
             "queued_packets": self._queued + self._in_flight,
             "restarts": self.restarts,
@@ -327,3 +378,20 @@ class PlotWorker:
             "interval": self.interval,
             "output": os.fspath(self.store.root),
         }
+
+
+def _counts(plugin: dict) -> dict[str, int]:
+    """A plugin status's counters: renders, and errors by ``ERROR_REASONS``."""
+    counts = dict.fromkeys(("renders", *ERROR_REASONS), 0)
+    counts["renders"], counts["draw"] = plugin["renders"], plugin["failures"]
+    for reason, count in plugin.get("write_errors", {}).items():
+        counts[reason] += count
+    return counts
+
+
+def _send_quietly(conn: Connection, message: tuple) -> None:
+    """Send one message; a child that died meanwhile is the receiver's to report."""
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        pass

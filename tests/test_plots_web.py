@@ -18,7 +18,7 @@ from exporter.detector.geometry import packaged_layout
 from exporter.runtime.service import Service
 from exporter.settings import Settings
 from plots.engine import PlotSettings
-from plots.store import PlotStore
+from plots.store import ERROR_REASONS, PlotStore
 
 ESCAPES = [
     "../../../../etc/passwd",
@@ -84,7 +84,9 @@ def served(tmp_path_factory, tile_geometry):
     with running_exporter(args, port) as proc:
         wanted = ["AnodeOverview", "PixelMap_1_1", "HotPixels", "PacketRate", "TemplatePlot"]
         wait_for(lambda: all((plotdir / "latest" / f"{n}.png").exists() for n in wanted), timeout=90)
-        wait_for(lambda: 'larpix_exporter_plot_errors_total{plot="RaisesInCall"} 1' in scrape(port), timeout=30)
+        wait_for(
+            lambda: 'larpix_exporter_plot_errors_total{plot="RaisesInCall",reason="draw"} 1' in scrape(port), timeout=30
+        )
         yield {"port": port, "plotdir": plotdir, "stem": paths[0].stem, "proc": proc}
 
 
@@ -126,9 +128,10 @@ def test_plots_are_served_and_nothing_outside(served):
 def test_plot_metrics_are_valid_and_count_failures(served):
     text = scrape(served["port"])
     samples = parse_metrics(text)
-    assert sample(samples, "larpix_exporter_plot_errors_total", plot="RaisesInCall") == 1
+    assert sample(samples, "larpix_exporter_plot_errors_total", plot="RaisesInCall", reason="draw") == 1
     assert sample(samples, "larpix_exporter_plot_renders_total", plot="PixelMap") >= 1
-    assert sample(samples, "larpix_exporter_plot_errors_total", plot="PixelMap") == 0
+    for reason in ERROR_REASONS:  # every reason is there from the start, so rate() sees the first error
+        assert sample(samples, "larpix_exporter_plot_errors_total", plot="PixelMap", reason=reason) == 0
     assert sample(samples, "larpix_exporter_plot_dropped_packets_total") == 0
     assert sample(samples, "larpix_exporter_plot_cycle_duration_seconds") > 0
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)

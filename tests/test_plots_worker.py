@@ -3,10 +3,13 @@ service and survives its plugins, and stale snapshots are redrawn."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,12 +19,14 @@ import pytest
 from helpers import START, free_port, parse_metrics, sample, scrape, simulate_files, wait_for
 
 from exporter.detector.geometry import packaged_layout
+from exporter.metrics.exposition import render
 from exporter.quality.accumulator import Accumulator
 from exporter.reading.files import PACKETS, Chunk
 from exporter.reading.packets import PACKET_DTYPE
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.service import Service
 from exporter.settings import Settings
+from exporter.web import pages
 from plots import Plot
 from plots.discovery import FAST, Catalog, PluginSpec
 from plots.engine import PlotEngine, PlotSettings
@@ -252,3 +257,193 @@ def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never
         service.stop()
     assert not child.is_alive() and child.pid == pid
     wait_for(lambda: not _running(pid), timeout=10)
+
+
+#: Plugins for the start-up and write-failure tests. In the drawing process only (the parent imports them too):
+#: ``slow.py`` says it is importing and waits for ``go``; ``full.py`` makes ``os.replace`` fail with the errno in
+#: ``fail`` while that file exists (a full or read-only disk).
+SLOW_START = """
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+FOLDER = Path({folder!r})
+if multiprocessing.current_process().name == "plots":
+    (FOLDER / f"importing-{{os.getpid()}}").write_text("")
+    deadline = time.monotonic() + 60
+    while not (FOLDER / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+FULL_DISK = """
+import multiprocessing
+import os
+from pathlib import Path
+
+FOLDER = Path({folder!r})
+_replace = os.replace
+
+
+def replace(src, dst):
+    fail = FOLDER / "fail"
+    if fail.exists():
+        code = int(fail.read_text())
+        raise OSError(code, os.strerror(code), str(dst))
+    return _replace(src, dst)
+
+
+if multiprocessing.current_process().name == "plots":
+    os.replace = replace
+"""
+SMALL = """
+from matplotlib.figure import Figure
+from plots import Plot
+
+
+class Small(Plot):
+    per_file = False
+
+    def draw(self, name, ctx, fig=None):
+        return fig or Figure(figsize=(2, 2))
+"""
+
+
+def plugin_worker(tmp_path, geometry, plugins: dict[str, str]) -> PlotWorker:
+    """A worker drawing the ``Small`` plot, with ``plugins`` (file: source, ``{folder}`` = tmp_path) in its folder."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    for name, source in {"small.py": SMALL, **plugins}.items():
+        (folder / name).write_text(source.format(folder=str(tmp_path)))
+    settings = PlotSettings(str(tmp_path / "out"), plots=("Small",), interval=0.0, plugin_dirs=(str(folder),))
+    stats = Accumulator(geometry=geometry).snapshot()
+    return PlotWorker(PlotEngine(settings, geometry), lambda: stats, interval=0.0)
+
+
+class CounterWatch:
+    """Reads the worker's counters every few milliseconds in a thread and records any that went back."""
+
+    def __init__(self, worker: PlotWorker) -> None:
+        self.worker, self.backwards, self.reads = worker, [], 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def counters(self) -> dict[str, int]:
+        status = self.worker.status()
+        out = {"cycles": status["cycles"], "restarts": status["restarts"]}
+        for name, plugin in status["plugins"].items():
+            out[f"{name} renders"], out[f"{name} draw"] = plugin["renders"], plugin["failures"]
+            out.update({f"{name} {reason}": n for reason, n in plugin["write_errors"].items()})
+        return out
+
+    def run(self) -> None:
+        last = self.counters()
+        while not self.stopped.wait(0.005):
+            now = self.counters()
+            self.reads += 1
+            self.backwards += [(key, last[key], now.get(key)) for key in last if now.get(key, 0) < last[key]]
+            last = now
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+
+
+def _new_pid(worker: PlotWorker, old: set[int]) -> int | None:
+    proc = worker.process
+    return proc.pid if proc is not None and proc.pid not in old else None
+
+
+@pytest.mark.e2e
+def test_a_drawing_process_killed_at_any_moment_of_its_start_is_restarted_and_counters_never_go_back(
+    tmp_path, tile_geometry
+):
+    # The tile geometry pickles to more than a pipe's buffer: sent as spawn arguments, a child killed before
+    # reading them blocked its parent for good.
+    worker = plugin_worker(tmp_path, tile_geometry, {"slow.py": SLOW_START})
+    worker.start()
+    watch = CounterWatch(worker)
+    killed: set[int] = set()
+    try:
+        # 1. right after the spawn (the interpreter is starting)
+        pid = wait_for(lambda: _new_pid(worker, killed), timeout=30, interval=0.001, what="a drawing process")
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        # 2. during its set-up (importing the plugins)
+        pid = wait_for(lambda: _new_pid(worker, killed), timeout=30, what="a second drawing process")
+        wait_for(lambda: (tmp_path / f"importing-{pid}").exists(), timeout=60, what="its plugin import")
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        (tmp_path / "go").write_text("")
+        # 3. once it said it is ready, then again after it drew
+        for what in ("ready", "drawn"):
+            pid = wait_for(lambda: _new_pid(worker, killed), timeout=30, what="another drawing process")
+            wait_for(lambda pid=pid: worker.status()["pid"] == pid, timeout=60, what=f"process {pid} ready")
+            if what == "drawn":
+                worker.on_chunk(chunk(10))
+                assert worker.draw_now(timeout=60)
+                drawn = worker.status()
+                assert drawn["cycles"] >= 1 and drawn["plugins"]["Small"]["renders"] >= 1
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        wait_for(lambda: worker.status()["restarts"] == 4, timeout=30, what="4 restarts counted")
+        carried = worker.status()
+        assert [worker.status()["plugins"]["Small"]["renders"] for _ in range(100)] == [
+            drawn["plugins"]["Small"]["renders"]
+        ] * 100  # after a restart the counts stay as they were, however often they are read
+        # 4. plotting resumes in a fifth process
+        pid = wait_for(lambda: _new_pid(worker, killed), timeout=30, what="a fifth drawing process")
+        worker.on_chunk(chunk(10))
+        assert worker.draw_now(timeout=60)
+        status = worker.status()
+        assert status["pid"] == pid and status["restarts"] == 4
+        assert (
+            status["cycles"] > carried["cycles"]
+            and status["plugins"]["Small"]["renders"] > carried["plugins"]["Small"]["renders"]
+        )
+        assert "exited with code -9" in status["last_exit"]
+    finally:
+        (tmp_path / "go").write_text("")
+        watch.stop()
+        worker.stop()
+    assert watch.reads > 100 and watch.backwards == []
+    assert not any(_running(pid) for pid in killed)  # every killed process was reaped, none left a zombie
+
+
+@pytest.mark.e2e
+def test_write_failures_are_counted_by_reason_logged_once_and_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    worker = plugin_worker(tmp_path, None, {"full.py": FULL_DISK})
+    (tmp_path / "fail").write_text(str(errno.ENOSPC))
+    worker.start()
+    watch = CounterWatch(worker)
+
+    def errors(reason: str) -> int:
+        return worker.status()["plugins"]["Small"]["write_errors"][reason]
+
+    try:
+        worker.on_chunk(chunk(10))
+        wait_for(lambda: errors("write_nospace") >= 3, timeout=60, what="3 failed writes")  # tried every cycle
+        status = worker.status()
+        assert status["cycles"] == 0 and status["plugins"]["Small"]["renders"] == 0  # no cycle completed
+        assert "No space left on device" in status["write_error"]
+        assert "No space left on device" in pages.gallery_html(worker)
+        metrics = render(pages.plot_families(worker))
+        assert 'larpix_exporter_plot_errors_total{plot="Small",reason="write_nospace"}' in metrics
+        (tmp_path / "fail").write_text(str(errno.EACCES))  # now a read-only folder
+        wait_for(lambda: errors("write_permission") >= 3, timeout=60, what="failed writes, permission")
+        (tmp_path / "fail").unlink()
+        wait_for(lambda: worker.status()["cycles"] >= 1, timeout=60, what="a cycle that wrote its images")
+        status = worker.status()
+        assert status["plugins"]["Small"]["renders"] >= 1 and status["write_error"] is None
+        assert status["plugins"]["Small"]["failures"] == 0  # a full disk is not the plugin's fault
+        assert (tmp_path / "out" / "latest" / "Small.png").exists()
+    finally:
+        watch.stop()
+        worker.stop()
+    problems = [r for r in caplog.records if "cannot write images" in r.getMessage()]
+    assert [r.levelno for r in problems] == [logging.ERROR] * 2, problems  # once per reason, not per cycle
+    assert not any(r.exc_text or r.exc_info for r in problems)
+    assert "No space left" in problems[0].getMessage() and "Permission denied" in problems[1].getMessage()
+    assert sum("images are written again" in r.getMessage() for r in caplog.records) == 1
+    assert watch.backwards == []

@@ -14,7 +14,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from exporter.metrics.exposition import Family
-from plots.store import BROWSER_IMAGES, PlotFile, PlotStore
+from plots.store import BROWSER_IMAGES, ERROR_REASONS, PlotFile, PlotStore
 
 #: Gallery order: the whole anode first, then the pixel maps, then the rest by name.
 _FIRST = ("AnodeOverview", "PixelMap")
@@ -61,6 +61,8 @@ def _problems(status: dict) -> list[str]:
             out.append(f"{name} ({state}): {plugin['last_error']}")
     out += [f"{name}: {reason}" for name, reason in sorted(status["skipped"].items())]
     out += [f"{where}: {error}" for where, error in sorted(status["discovery_errors"].items())]
+    if status.get("write_error"):
+        out.append(status["write_error"])
     if status.get("last_exit"):
         out.append(f"{status['last_exit']}; restarted {status['restarts']} times")
     return out
@@ -82,7 +84,7 @@ def gallery_html(source: PlotSource | None) -> str:
     if source is None:
         return "<h2>Plots</h2><p>Plots are off: start <code>serve</code> with <code>-o PLOTDIR</code>.</p>"
     status = source.status()
-    images = sorted((p for p in source.store.latest() if p.path.suffix in BROWSER_IMAGES), key=_order)
+    images = sorted((p for p in source.store.drawn() if p.path.suffix in BROWSER_IMAGES), key=_order)
     figures = "".join(
         f"<figure><a href='/plots/{quote(p.name)}'><img src='/plots/{quote(p.name)}?t={int(p.mtime)}' "
         f"alt='{html.escape(p.plot)}'></a><figcaption>{html.escape(p.plot)} &middot; {_when(p.mtime)}</figcaption></figure>"
@@ -92,7 +94,7 @@ def gallery_html(source: PlotSource | None) -> str:
     return (
         f"<h2>Plots</h2><p>{html.escape(status_line(status))} <a href='/plots/'>All plots</a></p>"
         + (f"<p>Problems:</p><ul class='problems'>{problems}</ul>" if problems else "")
-        + (f"<div class='gallery'>{figures}</div>" if figures else "<p>No plot drawn yet (they follow the data).</p>")
+        + (f"<div class='gallery'>{figures}</div>" if figures else "<p>Not drawn yet (plots follow the data).</p>")
         + _IMAGE_STATE_SCRIPT
     )
 
@@ -133,8 +135,8 @@ def listing_html(source: PlotSource) -> str:
         "plots",
         f"<p>{html.escape(status_line(status))}</p>"
         + (f"<ul class='problems'>{problems}</ul>" if problems else "")
-        + "<h2>Newest</h2>"
-        + _table(sorted(store.latest(), key=_order), "/plots/")
+        + "<h2>Newest (drawn since the exporter started)</h2>"
+        + _table(sorted(store.drawn(), key=_order), "/plots/")
         + "<h2>Per input file (newest first)</h2>"
         + (f"<ul>{runs}</ul>" if runs else "<p>none yet</p>"),
     )
@@ -146,7 +148,7 @@ def folder_html(source: PlotSource, folder: Path) -> str:
 
 
 def plot_families(source: PlotSource) -> list[Family]:
-    """``larpix_exporter_plot_*`` families: drawing time, renders and failures per plot, skipped packets."""
+    """``larpix_exporter_plot_*`` families: drawing time, renders and errors (by reason) per plot, skipped packets."""
     status = source.status()
     names = sorted(status["plugins"])
     plugins = [status["plugins"][n] for n in names]
@@ -161,8 +163,14 @@ def plot_families(source: PlotSource) -> list[Family]:
         Family("larpix_exporter_plot_renders", "counter", "Images written, by plot class.").add(
             ("plot",), [(n,) for n in names], [p["renders"] for p in plugins]
         ),
-        Family("larpix_exporter_plot_errors", "counter", "Plot plugin failures, by plot class.").add(
-            ("plot",), [(n,) for n in names], [p["failures"] for p in plugins]
+        Family(
+            "larpix_exporter_plot_errors",
+            "counter",
+            "Images not drawn (reason draw: the plugin raised) or not written (write_*: by errno), by plot class.",
+        ).add(
+            ("plot", "reason"),
+            [(n, reason) for n in names for reason in ERROR_REASONS],
+            [_errors(p, reason) for p in plugins for reason in ERROR_REASONS],
         ),
         Family(
             "larpix_exporter_plot_dropped_packets",
@@ -175,3 +183,8 @@ def plot_families(source: PlotSource) -> list[Family]:
             "Times the drawing process died and was started again.",
         ).add((), [()], [status.get("restarts", 0)]),
     ]
+
+
+def _errors(plugin: dict, reason: str) -> int:
+    """A plugin's errors of one ``reason`` (``ERROR_REASONS``)."""
+    return plugin["failures"] if reason == "draw" else plugin.get("write_errors", {}).get(reason, 0)
