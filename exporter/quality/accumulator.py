@@ -343,8 +343,10 @@ class Accumulator:
 
         The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends
         at its own clock, restarts where that clock stepped, and, while the io_group sends
-        nothing, follows the other io_groups (after ``TOLERANCE_SECONDS``), so a stopped
-        io_group's rates fall to zero while a skewed one keeps its own.
+        nothing, follows the other io_groups once they have passed both its clock and where they were
+        when it last advanced (after ``TOLERANCE_SECONDS``): a stopped io_group's rates fall to zero while
+        a skewed one keeps its own, and one read ahead of the others (a backlog whose chunks hold one
+        io_group's data before another's) is not pushed past its own data.
         """
         head_before = self.clock.head.copy()
         reading = self.clock.read(packets, clock, wall_now)
@@ -355,7 +357,8 @@ class Accumulator:
         self.window_reference[advanced] = reference[advanced]
         fresh = stalled & np.isnan(self.window_reference)
         self.window_reference[fresh] = reference[fresh]
-        push = np.maximum(reference - self.window_reference - TOLERANCE_SECONDS, 0.0)
+        behind = np.minimum(reference - self.window_reference, reference - head)
+        push = np.maximum(behind - TOLERANCE_SECONDS, 0.0)
         end = np.where(stalled, head + np.nan_to_num(push), head)
         for g in reading.rebased:
             self.window_end[g] = head[g]
