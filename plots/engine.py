@@ -227,6 +227,7 @@ class PlotEngine:
         self.write_problem: str | None = None  # the last write failure's reason, until an image is written again
         self.write_error: str | None = None  # its message
         self.failed_writes = 0  # images the current (or last) draw could not write
+        self._deferred = False  # whether the current draw left images for the next (``first_look``)
         self.files: dict[tuple[str, int], _FileState] = {}
         # the accumulator's data-time rule applied to the packets the plots see (the accumulator logs the events)
         self.clock = DetectorClock(log_events=False)
@@ -397,14 +398,16 @@ class PlotEngine:
             )
             self.write_problem = reason
 
-    def draw(self, stats: Snapshot, between: Callable[[], None] = lambda: None) -> int:
+    def draw(self, stats: Snapshot, between: Callable[[], None] = lambda: None, first_look: bool = False) -> int:
         """Draw every selected image whose data changed; return the number of images written.
 
         ``between`` runs after each image (the drawing process takes queued packets there, so
-        a long cycle does not back up ingest, and stops there when told to).
+        a long cycle does not back up ingest, and stops there when told to). ``first_look``: only
+        the first image of each plot (one pixel map of 16); the others stay due for the next cycle.
         """
         written = 0
         self.failed_writes = 0
+        self._deferred = False
         fp = fingerprint(stats)
         if self.shared_fresh.due(fp):
             self.shared_fresh.done(fp)
@@ -412,22 +415,26 @@ class PlotEngine:
             stems = self._stems = self._new_stems or self._stems  # a redraw for a newer snapshot: same folders
             self._new_stems = []
             for name, plot in self.shared.items():
-                written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between)
-            self.shared_fresh.dirty |= self.failed_writes > 0  # not written: drawn again next cycle
+                written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between, first_look)
+            # not written, or left for later: drawn again next cycle
+            self.shared_fresh.dirty |= self.failed_writes > 0 or self._deferred
         for key in [key for key, state in self.files.items() if state.fresh.due(fp)]:
             if key in self.files:  # files fed in between() may have retired others
-                written += self._draw_file(self.files[key], fp, stats, between)
+                written += self._draw_file(self.files[key], fp, stats, between, first_look)
         return written
 
-    def _draw_file(self, state: _FileState, fp: tuple, stats: Snapshot, between: Callable[[], None]) -> int:
+    def _draw_file(
+        self, state: _FileState, fp: tuple, stats: Snapshot, between: Callable[[], None], first_look: bool
+    ) -> int:
         """Draw one file's plots; return the number of images written."""
         written = 0
-        failed = self.failed_writes
+        failed, deferred = self.failed_writes, self._deferred
+        self._deferred = False
         state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
         ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
         for name, plot in list(state.plots.items()):
             if isinstance(plot, Plot):
-                written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between)
+                written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between, first_look)
         self._call_legacy(state)
         for name in sorted(state.unsaved):
             started, before = time.perf_counter(), self.failed_writes
@@ -437,19 +444,31 @@ class PlotEngine:
             if self.failed_writes == before:  # written, or the plugin failed: not saved again
                 state.unsaved.discard(name)
             between()
-        state.fresh.dirty |= self.failed_writes > failed  # not written: drawn again next cycle
+        state.fresh.dirty |= self.failed_writes > failed or self._deferred  # drawn again next cycle
+        self._deferred |= deferred
         return written
 
     def _draw_fast(
-        self, name: str, plot: Plot, ctx: PlotContext, figures: dict, stems: list[str], between: Callable[[], None]
+        self,
+        name: str,
+        plot: Plot,
+        ctx: PlotContext,
+        figures: dict,
+        stems: list[str],
+        between: Callable[[], None],
+        first_look: bool = False,
     ) -> int:
         images = self._guard(name, "outputs", plot.outputs, ctx)
         if images is _FAILED:
             return 0
-        written = 0
+        written = tried = 0
         for image in images:
             if not self.selection.image(name, image):
                 continue
+            if first_look and tried:
+                self._deferred = True
+                break
+            tried += 1
             started = time.perf_counter()
             fig = self._guard(name, "draw", plot.draw, image, ctx, figures.get(image))
             if isinstance(fig, Figure):

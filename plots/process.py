@@ -107,6 +107,7 @@ class DrawingLoop:
         self.answered = 0  # highest draw request a finished cycle covers
         self.next_due = 0.0
         self.cycles = 0
+        self.looked = False  # whether the first cycle (one image of each plot, see ``cycle``) was drawn
         self.last_cycle_seconds = float("nan")
         self.last_cycle_wall = float("nan")
 
@@ -171,12 +172,15 @@ class DrawingLoop:
 
         Only a cycle that wrote its images counts (``cycles``, the last cycle's time and duration):
         one with images not written (a full disk) or a surprise failure is tried again next interval.
+        The first cycle, unless asked for, draws one image of each plot (a first picture of everything
+        within seconds, not after 16 pixel maps are built); the next one, right after it, all of them.
         """
         started = time.monotonic()
+        first_look, self.looked = not self.looked and self.answered >= serving, True
         completed = False
         try:
             assert self.stats is not None
-            self.engine.draw(self.stats, between=self.between)
+            self.engine.draw(self.stats, between=self.between, first_look=first_look)
             self.engine.expire(self.idle_seconds)
             completed = not self.engine.failed_writes
         except _Stopping:
@@ -188,8 +192,8 @@ class DrawingLoop:
             self.last_cycle_seconds = ended - started
             self.last_cycle_wall = time.time()
             self.cycles += 1
-        # At most every interval, and never busier than half the time.
-        self.next_due = max(started + self.interval, ended + (ended - started))
+        # At most every interval, and never busier than half the time; the rest of a first look at once.
+        self.next_due = ended if first_look else max(started + self.interval, ended + (ended - started))
         self.answered = serving
         self.report()
 
