@@ -80,8 +80,11 @@ def utc(seconds: float) -> str:
 
 
 def window_text(stats: Snapshot) -> str:
-    """How the snapshot's window reads in a subtitle."""
-    return f"last {stats.covered_seconds:g} s of data time up to {utc(stats.data_time)}"
+    """How the snapshot's window reads in a subtitle: the data-time span it covers, and whether the window
+    is still filling (a first picture after a few seconds of data says so)."""
+    covered, window = stats.covered_seconds, stats.config.window_seconds
+    filling = f" (of a {window:g} s window, still filling)" if covered < window else ""
+    return f"last {round(covered, 1):g} s of data time up to {utc(stats.data_time)}{filling}"
 
 
 def titles(fig: Figure, title: str, subtitle: str) -> tuple[Text, Text]:

@@ -282,3 +282,22 @@ def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module
             assert render(kept[name], ".png") == render(new, ".png"), name
         limits.add(tuple(image.get_clim() for ax in kept["PixelMap_1_1"].axes for image in ax.images[1:]))
     assert len(limits) == 2  # the colour bars changed, and changed back
+
+
+def test_pixel_map_says_what_it_covers_data_time_span_and_channels_seen_and_unknown(module_geometry):
+    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
+    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+    for t in range(3):  # a first picture: 3 s of data in a 60 s window
+        accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
+    stats = accumulator.snapshot()
+    ctx = PlotContext(None, stats, module_geometry)
+    fig = PixelMap().draw("PixelMap_1_1", ctx)
+    texts = [t.get_text() for t in fig.texts]
+    (subtitle,) = [t for t in texts if "of data time" in t]
+    assert f"last {round(stats.covered_seconds, 1):g} s of data time" in subtitle
+    assert "(of a 60 s window, still filling)" in subtitle
+    ref = PixelMap().tiles(ctx)["PixelMap_1_1"]
+    rows = (module_geometry.chips[:, 0] == ref.io_group) & (module_geometry.tiles == ref.tile)
+    seen = int(((stats.channel_rate_hz[rows] > 0) & module_geometry.connected[rows]).sum())
+    unknown = int(((stats.channel_status[rows] == ChannelStatus.UNKNOWN) & module_geometry.connected[rows]).sum())
+    assert f"{seen:,} seen" in subtitle and f"{unknown:,} unknown" in subtitle, subtitle

@@ -120,12 +120,14 @@ class PixelMap(PixelPlot):
 
     @staticmethod
     def _counts(images: TileImages) -> str:
+        """How many pixels the map covers, how many sent hits in the window, and how many have each status."""
         pixels = int((images.codes >= 0).sum())
+        seen = int(((images.codes >= 0) & (images.rate > 0)).sum())
         counts = ", ".join(
-            f"{images.count(code)} {label}"
+            f"{images.count(code):,} {label}"
             for code, label in (
                 *((s, s.label) for s in ChannelStatus.judged()),
                 (ChannelStatus.NONE, "not expected"),
             )
         )
-        return f"{pixels} pixels: {counts}"
+        return f"{pixels:,} pixels, {seen:,} seen: {counts}"
