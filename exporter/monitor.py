@@ -26,18 +26,19 @@ import numpy as np
 from exporter.detector.geometry import Geometry, load_geometry
 from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
 from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
+from exporter.quality.channels import channel_list
 from exporter.quality.checks import (
     DEFAULT_CHECKS,
     Check,
-    CheckResults,
     detect_run_mode,
     evaluate,
     load_checks,
     mode_checks,
 )
 from exporter.quality.clock import DataClock
+from exporter.quality.evaluation import Evaluation
 from exporter.quality.history import History
-from exporter.quality.reference import Comparison, Reference
+from exporter.quality.reference import Reference
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
@@ -74,18 +75,6 @@ class StatusChange:
         where = " ".join([self.scope, "-".join(map(str, self.key))]).strip()
         failing = f" ({', '.join(self.checks)})" if self.checks else ""
         return f"{where}: {CheckStatus(self.old).label} -> {CheckStatus(self.new).label}{failing}"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One consistent view: the snapshot, its check results and the reference comparison."""
-
-    snapshot: Snapshot
-    results: CheckResults
-    comparison: Comparison | None
-    wall_time: float
-    #: The run mode whose check set judged the snapshot (given, or detected from the trigger types).
-    run_mode: str = "self-trigger"
 
 
 def _as_callable(handler: object, method: str) -> Callable[..., None]:
@@ -307,10 +296,3 @@ def unexpected_chips(snap: Snapshot) -> list[dict[str, int]]:
 def _acted_on(status: np.ndarray | int) -> np.ndarray:
     """A status as far as anyone acts on it: unknown counts as ok."""
     return np.maximum(status, CheckStatus.OK)
-
-
-def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id."""
-    codes = [ChannelStatus.from_label(s) for s in statuses]
-    chips, channels = np.nonzero(np.isin(snap.channel_status, codes))
-    return np.column_stack([snap.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)

@@ -9,12 +9,12 @@ import numpy as np
 from exporter.build import build_labels
 from exporter.detector.geometry import Geometry, GeometrySummary
 from exporter.metrics.exposition import Family, histogram, label_string
-from exporter.monitor import Evaluation
+from exporter.metrics.health import Health
 from exporter.quality.accumulator import FIFO_FLAGS
+from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
-from exporter.runtime.health import Health
 
 CHIP_LABELS = ("io_group", "io_channel", "chip_id")
 SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")

@@ -19,6 +19,7 @@ import numpy as np
 from exporter import __version__
 from exporter.detector.runconfig import CHIP_KEY_SCHEME, CSV_CHANNELS_HEADER, DISABLED_LIST_KEY_SCHEME, daq_tile
 from exporter.quality.snapshot import Snapshot
+from exporter.quality.status import ChannelStatus
 
 CHANNEL_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8", "daq": "application/json"}
 #: The key scheme of each JSON form, written into its ``meta.key_scheme``.
@@ -65,3 +66,10 @@ def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> byt
             out.write(",".join(map(str, row)) + "\n")
         return out.getvalue().encode()
     raise ValueError(f"unknown format {fmt!r}: use json, csv or daq")
+
+
+def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id."""
+    codes = [ChannelStatus.from_label(s) for s in statuses]
+    chips, channels = np.nonzero(np.isin(snap.channel_status, codes))
+    return np.column_stack([snap.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)

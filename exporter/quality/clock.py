@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.reading.packets import TIMESTAMP
+from exporter.reading.cursor import DataClock
+from exporter.reading.packets import IO_GROUPS, TIMESTAMP
 
 log = logging.getLogger(__name__)
 
-IO_GROUPS = 256
 #: Data times before this (2015-01-01) cannot come from a LArPix DAQ.
 EARLIEST_PLAUSIBLE_TIME = 1_420_070_400
 #: Data times further than this ahead of the wall clock are treated as corrupt.
@@ -60,21 +60,6 @@ def plausible_timestamps(packets: np.ndarray, wall_now: float) -> tuple[np.ndarr
 def _near(t: float, reference: float) -> bool:
     """Whether ``t`` is within the tolerance of ``reference`` (never when it is NaN)."""
     return abs(t - reference) <= TOLERANCE_SECONDS
-
-
-class DataClock:
-    """The data clock of one file: per io_group, the last accepted time and any pending jump."""
-
-    def __init__(self, last_times: dict[int, float] | None = None) -> None:
-        self.last = np.full(IO_GROUPS, np.nan)
-        for group, value in (last_times or {}).items():
-            self.last[int(group)] = value
-        self.jump_start = np.full(IO_GROUPS, np.nan)  # first time of a pending (rejected) jump
-        self.jump_last = np.full(IO_GROUPS, np.nan)
-
-    def last_times(self) -> dict[int, float]:
-        """Accepted time per io_group that has one (for the checkpoint: never a rejected time)."""
-        return {int(g): float(self.last[g]) for g in np.flatnonzero(~np.isnan(self.last))}
 
 
 @dataclass

@@ -14,16 +14,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
+from exporter.reading.cursor import FileCursor
 from exporter.reading.decode import Messages, split_messages
 from exporter.reading.packets import REQUIRED_FIELDS
-
-if TYPE_CHECKING:
-    from exporter.reading.tail import FileCursor
 
 log = logging.getLogger(__name__)
 

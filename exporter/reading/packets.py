@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: io_group is one byte: per-io_group arrays have this many rows.
+IO_GROUPS = 256
+
 #: Structured dtype of the ``packets`` dataset of larpix hdf5format 2.4 (36 bytes a row).
 PACKET_DTYPE = np.dtype(
     [

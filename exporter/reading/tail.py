@@ -23,72 +23,15 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from exporter.quality.clock import DataClock
+from exporter.reading.cursor import FileCursor
 from exporter.reading.files import Chunk, FileReader, FileReplaced, SourceError
 
 log = logging.getLogger(__name__)
 
 #: Called with the cursor, the reason (the read-error metric label) and a message when a file fails.
-ErrorHandler = Callable[["FileCursor", str, str], None]
-
-
-@dataclass
-class FileCursor:
-    """How far one file has been consumed, and what identifies it."""
-
-    path: str
-    dev: int
-    inode: int
-    created: float | None = None
-    kind: str | None = None
-    rows_done: int = 0
-    size: int = -1
-    mtime_ns: int = -1
-    pending: bool = True
-    error: str | None = None
-    held_since: float | None = None
-    last_change: float = field(default_factory=time.time)
-    clock: DataClock = field(default_factory=DataClock)
-    head_rows: int = 0  # rows covered by head_digest (the file's identity by content)
-    head_digest: str | None = None
-
-    def to_dict(self) -> dict:
-        """Plain form for the checkpoint file."""
-        return {
-            "path": self.path,
-            "dev": self.dev,
-            "inode": self.inode,
-            "created": self.created,
-            "kind": self.kind,
-            "rows_done": self.rows_done,
-            "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "pending": self.pending or self.held_since is not None,
-            "head_rows": self.head_rows,
-            "head_digest": self.head_digest,
-            "last_times": self.clock.last_times(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FileCursor:
-        """A cursor as saved: a file whose size and mtime are unchanged and that was read to its end is not
-        opened again after a restart."""
-        return cls(
-            path=d["path"],
-            dev=d["dev"],
-            inode=d["inode"],
-            created=d.get("created"),
-            kind=d.get("kind"),
-            rows_done=d["rows_done"],
-            size=d.get("size", -1),
-            mtime_ns=d.get("mtime_ns", -1),
-            pending=d.get("pending", True),
-            head_rows=d.get("head_rows", 0),
-            head_digest=d.get("head_digest"),
-            clock=DataClock({int(g): t for g, t in d.get("last_times", {}).items()}),
-        )
+ErrorHandler = Callable[[FileCursor, str, str], None]
 
 
 @dataclass

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from exporter.detector.geometry import Geometry
+from exporter.metrics.health import Health
 from exporter.quality.accumulator import Accumulator
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
-from exporter.runtime.health import Health
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 2

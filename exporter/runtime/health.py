@@ -1,40 +1,6 @@
-"""The exporter's own health figures, written by the ingest thread, copied for each scrape."""
+"""The exporter's own health figures: ``Health`` lives in ``exporter.metrics.health``, beside the families that
+render it; this name stays for the scripts that build one (the tests, the benchmarks)."""
 
-from __future__ import annotations
+from exporter.metrics.health import Health as Health
 
-import copy
-from dataclasses import dataclass, field
-
-
-@dataclass
-class Health:
-    """Counters and gauges about the exporter itself (not the detector)."""
-
-    up: bool = False
-    polls: int = 0
-    poll_duration: float = 0.0
-    last_poll_wall: float = float("nan")
-    last_ingest_wall: float = float("nan")
-    files_tracked: int = 0
-    files_in_error: dict[str, int] = field(default_factory=dict)
-    read_errors: dict[str, int] = field(default_factory=dict)
-    decode_errors: dict[str, int] = field(
-        default_factory=lambda: {
-            "bad_message": 0,
-            "unknown_word": 0,
-            "headerless": 0,
-            "implausible_timestamp": 0,
-            "time_jump": 0,
-        }
-    )
-    packets_ingested: dict[str, int] = field(default_factory=lambda: {"raw": 0, "packets": 0})
-    messages_ingested: int = 0
-    checkpoint_errors: int = 0
-    checkpoint_duration: float = 0.0
-    compiled_ingest: bool = False
-
-    def count_read_error(self, reason: str) -> None:
-        self.read_errors[reason] = self.read_errors.get(reason, 0) + 1
-
-    def copy(self) -> Health:
-        return copy.deepcopy(self)
+__all__ = ["Health"]

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.detector.runconfig import RunConfigError
-from exporter.monitor import Evaluation, Monitor
+from exporter.metrics.health import Health
+from exporter.monitor import Monitor
+from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
 from exporter.reading.files import PACKETS, Chunk, FileReader
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 from exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint
-from exporter.runtime.health import Health
 
 log = logging.getLogger(__name__)
 PUBLISH_EVERY_SECONDS = 1.0

@@ -13,14 +13,15 @@ from exporter.detector.geometry import Geometry
 from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
-from exporter.monitor import channel_list, unexpected_chips
+from exporter.metrics.health import Health
+from exporter.monitor import unexpected_chips
 from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
+from exporter.quality.channels import channel_list
 from exporter.quality.checks import detect_run_mode
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
 from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
 from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.runtime.health import Health
 from exporter.runtime.service import resolve_geometry
 
 

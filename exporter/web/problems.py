@@ -14,8 +14,8 @@ import math
 import numpy as np
 
 from exporter.detector.geometry import Geometry, unseen_chips_warning
-from exporter.monitor import Evaluation
 from exporter.quality.checks import Check
+from exporter.quality.evaluation import Evaluation
 from exporter.quality.status import CheckStatus
 
 #: Chip rows shown at most; the rest are counted (a broken io_group has hundreds of chips).

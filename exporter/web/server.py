@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
@@ -42,12 +42,19 @@ from exporter.detector.geometry import Geometry
 from exporter.detector.runconfig import RunConfig
 from exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from exporter.metrics.families import FamilyBuilder
-from exporter.monitor import channel_list
+from exporter.metrics.health import Health
 from exporter.monitoring import Monitoring
-from exporter.quality.channels import CHANNEL_MEDIA_TYPES, DEFAULT_STATUSES, disabled_list_meta, format_channels
+from exporter.quality.channels import (
+    CHANNEL_MEDIA_TYPES,
+    DEFAULT_STATUSES,
+    channel_list,
+    disabled_list_meta,
+    format_channels,
+)
+from exporter.quality.evaluation import Evaluation
 from exporter.quality.history import History
+from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.runtime.ingest import Published
 from exporter.web.auth import WebConfig
 from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
 from exporter.web.problems import PROBLEMS_CSS, geometry_notice_html, problems_html
@@ -86,6 +93,20 @@ MAX_HISTORY_ROWS = 1_000_000
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
 TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
+
+
+class Published(Protocol):
+    """What a scrape reads: one evaluation and the health at that moment (the ingest thread publishes them;
+    the service hands the app a callable that returns the newest)."""
+
+    @property
+    def evaluation(self) -> Evaluation: ...
+
+    @property
+    def health(self) -> Health: ...
+
+    @property
+    def snapshot(self) -> Snapshot: ...
 
 
 @dataclass(frozen=True)
