@@ -539,12 +539,29 @@ def simulate(
     truth: Annotated[
         Optional[Path], typer.Option(help="Write the exact counts of what was written to this JSON file.")
     ] = None,
+    scenario: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Activity the way a detector makes it, with or without one fault, instead of --rate-hz and the "
+            "fault options: poisson, spread, detector (noise with a channel spread and edge pixels, cosmic tracks "
+            "flat and steep), beam (NuMI-like spills with a profile, 5 min on/off), pause (10 min without data), "
+            "runs (new runs and files), parity, hv-trip, hot-tile, inefficient-channel, intermittent-noise, "
+            "dead-chip, dead-io-channel, dead-tile, bad-parity-chip. Faults start at a third of --seconds "
+            "(of an hour if 0) unless they are there from the start."
+        ),
+    ] = None,
 ) -> None:
-    """Write a simulated live LArPix run (appends every second), optionally with faults."""
+    """Write a simulated live LArPix run (appends every second), optionally with faults or a detector scenario."""
+    from exporter.simulation.scenarios import DESCRIPTIONS
+    from exporter.simulation.scenarios import scenario as build_scenario
+
     try:
         geo = load_geometry(geometry or packaged_layout())
     except GeometryError as err:
         _fail(str(err))
+    config = SimulationConfig(
+        hit_rate_hz=rate_hz, periodic_trigger_hz=periodic_trigger_hz, words_per_message=words_per_message, seed=seed
+    )
     faults = Faults(
         silent_chips=_parse_ids(silent_chip, 3, "--silent-chip"),
         noisy_channels=_parse_ids(noisy_channel, 4, "--noisy-channel"),
@@ -552,17 +569,15 @@ def simulate(
         parity_error_fraction=parity_error_fraction,
         fifo_full_chips=_parse_ids(fifo_full_chip, 3, "--fifo-full-chip"),
     )
+    activity = None
+    if scenario is not None:
+        if scenario not in DESCRIPTIONS:
+            _fail(f"--scenario {scenario!r}: unknown; one of {', '.join(DESCRIPTIONS)}")
+        chosen = build_scenario(scenario, geo, seconds or 3600, seed)
+        config.hit_rate_hz = chosen.config.hit_rate_hz
+        faults, activity = chosen.faults, chosen.activity
     try:
-        sim = Simulator(
-            geo,
-            SimulationConfig(
-                hit_rate_hz=rate_hz,
-                periodic_trigger_hz=periodic_trigger_hz,
-                words_per_message=words_per_message,
-                seed=seed,
-            ),
-            faults,
-        )
+        sim = Simulator(geo, config, faults, activity)
     except ValueError as err:
         _fail(str(err))
     if truth is not None:

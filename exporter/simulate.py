@@ -3,13 +3,15 @@
 Every second of data time produces, per io_group, data words (Poisson self-triggered hits on
 every connected channel, ADC pedestal ~ N(80, 6); optionally periodic triggers on every channel),
 one 'S' sync word, and external-trigger words, packed into PACMAN data messages. Writers append them to raw (SWMR) or packet files.
+An ``Activity`` adds what a detector makes besides noise (tracks, beam spills, pauses, runs; see
+exporter/simulation/activity.py), ``Faults.rate_changes`` faults that start at a data time.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 from exporter.detector.geometry import Geometry
 from exporter.reading.decode import HEADER_BYTES, WORD_BYTES, decode_messages
 from exporter.reading.packets import PACKET_DTYPE, PERIODIC_TRIGGER, TICKS_PER_SYNC
+from exporter.simulation.activity import Activity, RateChange, Tracks
 
 RAW_VERSION = "0.0"
 PACKET_VERSION = "2.4"
@@ -38,6 +41,10 @@ class Faults:
     pedestal_shift: float = 30.0
     rate_scale_chips: list[tuple[int, int, int]] = field(default_factory=list)
     rate_scale: float = 3.0
+    #: Regions whose activity changes at a data time (HV trip, hot tile, inefficient or bursting channel).
+    rate_changes: list[RateChange] = field(default_factory=list)
+    #: Chips every data packet of which fails parity (a broken link).
+    bad_parity_chips: list[tuple[int, ...]] = field(default_factory=list)
 
 
 @dataclass
@@ -55,7 +62,7 @@ class SimulationConfig:
     seed: int = 0
 
 
-def _channels(geometry: Geometry) -> np.ndarray:
+def channel_keys(geometry: Geometry) -> np.ndarray:
     """(n, 4) uint8 rows of io_group, io_channel, chip_id, channel_id for every connected pixel."""
     rows, channels = np.nonzero(geometry.connected)
     if geometry.has_io_mapping:
@@ -68,10 +75,12 @@ def _channels(geometry: Geometry) -> np.ndarray:
     return np.column_stack([keys, channels]).astype(np.uint8)
 
 
-def _matches(channels: np.ndarray, keys: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
+def _matches(channels: np.ndarray, keys: Sequence[tuple[int, ...]], width: int = 0) -> np.ndarray:
+    """Channels matching any key on its first ``width`` fields (0: as many as the key has)."""
     mask = np.zeros(len(channels), bool)
     for key in keys:
-        mask |= (channels[:, :width] == np.array(key, np.uint8)).all(axis=1)
+        n = width or len(key)
+        mask |= (channels[:, :n] == np.array(key, np.uint8)).all(axis=1)
     return mask
 
 
@@ -95,23 +104,41 @@ def pack_data_words(
 
 
 class Simulator:
-    """Generates one second of PACMAN messages at a time from a geometry and faults."""
+    """Generates one second of PACMAN messages at a time from a geometry, faults and activity.
+
+    Data time counts from the first second asked for (``start_time``): activity and faults that start
+    later are given in seconds since then.
+    """
 
     def __init__(
-        self, geometry: Geometry, config: SimulationConfig | None = None, faults: Faults | None = None
+        self,
+        geometry: Geometry,
+        config: SimulationConfig | None = None,
+        faults: Faults | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.config = config or SimulationConfig()
         self.faults = faults or Faults()
+        self.activity = activity or Activity()
         self.rng = np.random.default_rng(self.config.seed)
-        self.channels = _channels(geometry)
+        self.channels = channel_keys(geometry)
+        self.start_time: int | None = None
+        rows, channel_ids = np.nonzero(geometry.connected)
+        self.tiles = geometry.tiles[rows]
+        x, y = geometry.x[rows, channel_ids], geometry.y[rows, channel_ids]
+        self.tracks = Tracks(x, y, self.channels[:, 0], geometry.pixel_pitch)
         rate = np.full(len(self.channels), self.config.hit_rate_hz)
-        for keys, width, what in (
+        rate *= self.activity.noise_factors(x, y, self.tiles, geometry.pixel_pitch, self.config.seed)
+        checked: tuple[tuple[Sequence[tuple[int, ...]], int, str], ...] = (
             (self.faults.silent_chips, 3, "silent chip"),
             (self.faults.noisy_channels, 4, "noisy channel"),
             (self.faults.fifo_full_chips, 3, "FIFO-full chip"),
             (self.faults.pedestal_shift_chips, 3, "pedestal-shift chip"),
             (self.faults.rate_scale_chips, 3, "rate-scale chip"),
-        ):
+            (self.faults.bad_parity_chips, 3, "bad-parity chip"),
+            *((change.keys, 0, "rate-change region") for change in self.faults.rate_changes),
+        )
+        for keys, width, what in checked:
             for key in keys:
                 if not _matches(self.channels, [key], width).any():
                     raise ValueError(
@@ -126,13 +153,72 @@ class Simulator:
         self.pedestal = np.full(len(self.channels), self.config.pedestal)
         self.pedestal[_matches(self.channels, self.faults.pedestal_shift_chips, 3)] += self.faults.pedestal_shift
         self.io_groups = np.unique(self.channels[:, 0])
+        self.bad_parity = _matches(self.channels, self.faults.bad_parity_chips, 3)
+        self.change_masks = [self._region(change) for change in self.faults.rate_changes]
+
+    def _region(self, change: RateChange) -> np.ndarray:
+        """The channels of a rate change's region; ValueError if it names a tile the geometry lacks."""
+        missing = set(change.tiles) - set(self.tiles.tolist())
+        if missing:
+            raise ValueError(f"rate-change tiles {sorted(missing)} are not tiles of the geometry")
+        return np.isin(self.tiles, change.tiles) | _matches(self.channels, change.keys)
+
+    def elapsed(self, unix_time: int) -> int:
+        """Data seconds since the run's first second (which the first call fixes)."""
+        if self.start_time is None:
+            self.start_time = unix_time
+        return unix_time - self.start_time
+
+    def live(self, unix_time: int) -> bool:
+        """Whether the DAQ writes anything in this second (not in a pause or between runs)."""
+        return self.activity.live(self.elapsed(unix_time))
+
+    def run_number(self, unix_time: int) -> int:
+        """The run this second belongs to (a new run is a new file)."""
+        return self.activity.run_number(self.elapsed(unix_time))
+
+    def _rate_at(self, elapsed: int) -> np.ndarray:
+        """Noise rate per channel in this second, with the rate changes that raise it."""
+        rate = self.rate
+        for change, mask in zip(self.faults.rate_changes, self.change_masks):
+            if change.active(elapsed) and (change.scale > 1 or change.add_hz):
+                rate = rate.copy() if rate is self.rate else rate
+                rate[mask] = rate[mask] * max(change.scale, 1.0) + change.add_hz
+        return rate
+
+    def _activity_hits(self, elapsed: int, hit: np.ndarray, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add this second's track and spill hits to the noise hits, then thin the regions that lost efficiency."""
+        act, rng = self.activity, self.rng
+        parts = [(hit, ticks)]
+        if act.cosmic_rate_hz > 0:
+            parts.append(self.tracks.cosmics(rng, int(rng.poisson(act.cosmic_rate_hz)), act.steep_fraction))
+        if act.beam_spill_period > 0:
+            first = int(np.ceil(elapsed / act.beam_spill_period))
+            for k in range(first, int(np.ceil((elapsed + 1) / act.beam_spill_period))):
+                at = k * act.beam_spill_period
+                if act.beam_on(at):
+                    tick = int((at - elapsed) * TICKS_PER_SYNC)
+                    parts.append(self.tracks.spill(rng, tick, act.beam_tracks_per_spill, act.beam_sigma_mm))
+        hit = np.concatenate([p[0] for p in parts])
+        ticks = np.concatenate([p[1] for p in parts])
+        keep = np.ones(len(self.channels))
+        for change, mask in zip(self.faults.rate_changes, self.change_masks):
+            if change.active(elapsed) and change.scale < 1:
+                keep[mask] *= change.scale
+        if (keep < 1).any():
+            kept = rng.random(len(hit)) < keep[hit]
+            hit, ticks = hit[kept], ticks[kept]
+        return hit, ticks
 
     def second(self, unix_time: int) -> tuple[list[np.ndarray], np.ndarray]:
         """PACMAN messages (uint8 arrays) and their io_groups for one second of data."""
         cfg, rng = self.config, self.rng
-        counts = rng.poisson(self.rate)
+        elapsed = self.elapsed(unix_time)
+        counts = rng.poisson(self._rate_at(elapsed))
         hit = np.repeat(np.arange(len(self.channels)), counts)
         ticks = rng.integers(0, TICKS_PER_SYNC, len(hit))
+        if self.faults.rate_changes or self.activity.cosmic_rate_hz > 0 or self.activity.beam_spill_period > 0:
+            hit, ticks = self._activity_hits(elapsed, hit, ticks)
         trigger_type = np.zeros(len(hit), np.uint8)
         if cfg.periodic_trigger_hz > 0:  # a chip-wide timer: every live channel fires at the same ticks
             n_periodic = int(
@@ -147,7 +233,7 @@ class Simulator:
         n = len(hit)
         adc = np.clip(np.rint(rng.normal(self.pedestal[hit], cfg.pedestal_noise)), 0, 255).astype(np.uint8)
         fifo = (self.fifo_full[hit] & (rng.random(n) < self.faults.fifo_flag_fraction)).astype(np.uint8) * 2
-        flip = rng.random(n) < self.faults.parity_error_fraction
+        flip = (rng.random(n) < self.faults.parity_error_fraction) | self.bad_parity[hit]
         words = pack_data_words(ch[:, 2], ch[:, 3], ticks, adc, fifo, fifo, flip, trigger_type)
         msgs: list[np.ndarray] = []
         groups: list[int] = []
@@ -297,12 +383,15 @@ def write_run(
     stop: threading.Event | None = None,
     truth: Truth | None = None,
     name: str = "sim",
+    on_second: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Write ``seconds`` seconds of data (0: until ``stop``), one append per second of data.
 
     ``realtime`` paces appends with the wall clock and stamps them with it; otherwise data
     time starts at ``start_time`` and appends follow each other at full speed. A new file is
-    started every ``file_seconds`` seconds of data (0: one file).
+    started every ``file_seconds`` seconds of data (0: one file) and at each new run of the
+    simulator's activity; its pauses write nothing. ``on_second(data_time)`` is called after
+    every second, written or not (a bench reads the files between seconds as a live exporter would).
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -311,20 +400,26 @@ def write_run(
     paths: list[Path] = []
     writer = None
     elapsed = 0
+    file_started = run = 0
     try:
         while not stop.is_set() and (seconds <= 0 or elapsed < seconds):
-            if writer is None or (file_seconds and elapsed % file_seconds == 0):
-                if writer is not None:
-                    writer.close()
-                path = outdir / f"{name}-{data_time}-{len(paths):04d}.h5"
-                writer = open_writer(path, fmt)
-                paths.append(path)
-            msgs, groups = simulator.second(data_time)
-            writer.append(msgs, groups)
-            if truth is not None:
-                truth.add(decode_messages(msgs, groups).packets)
+            if simulator.live(data_time):
+                new_run = simulator.run_number(data_time)
+                if writer is None or new_run != run or (file_seconds and data_time - file_started >= file_seconds):
+                    if writer is not None:
+                        writer.close()
+                    path = outdir / f"{name}-{data_time}-{len(paths):04d}.h5"
+                    writer = open_writer(path, fmt)
+                    paths.append(path)
+                    file_started, run = data_time, new_run
+                msgs, groups = simulator.second(data_time)
+                writer.append(msgs, groups)
+                if truth is not None:
+                    truth.add(decode_messages(msgs, groups).packets)
             elapsed += 1
             data_time += 1
+            if on_second is not None:
+                on_second(data_time)
             if realtime:
                 stop.wait(max(0.0, data_time - time.time()))
     finally:

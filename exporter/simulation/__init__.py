@@ -1,0 +1,1 @@
+"""Detector-like activity and named scenarios for the simulator (exporter/simulate.py)."""
