@@ -1,8 +1,10 @@
 """Compiled accumulation: one numba pass per chunk that decodes and counts every packet.
 
-``count_chunk`` does, packet for packet and counter for counter, what ``Accumulator``'s numpy
-path does (the reference implementation; ``tests/test_compiled.py`` compares them). Raw PACMAN
-messages are decoded and counted in the same pass, never materialised as packet records.
+``count_chunk`` does, packet for packet and counter for counter, what the numpy engine
+(``engine.count``, the reference implementation) does; ``tests/test_compiled.py`` compares them.
+The arrays it counts into are the fields of ``state.FIELDS`` marked for it, unpacked in the
+table's order (``tests/test_state.py`` checks the names). Raw PACMAN messages are decoded and
+counted in the same pass, never materialised as packet records.
 
 It is one function with one copy of the counting code for both sources: a helper taking the
 arrays would cost their reference counting on every packet (about 130 ns a packet), and numba
@@ -12,13 +14,11 @@ The kernel stops early (returning a ``NEED_*`` code and its position in ``pos``)
 to act first: register a new chip, make the pedestal window, grow the buffer of parity-error
 packets whose chip is not known yet, or fold ``hits`` before a channel's sum could overflow; it
 then resumes where it stopped, so every packet is counted once. Compiled code is cached on disk (numba's ``cache=True``); ``loader.KernelLoader``
-loads or compiles it in a background thread, and the accumulator uses the numpy path until then (for good
+loads or compiles it in a background thread, and the accumulator uses the numpy engine until then (for good
 where numba cannot compile: ``not_compiled``, or an error while compiling).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 from numba import config, njit
@@ -46,10 +46,10 @@ DEFERRED_COLUMNS = 5
 
 @njit(cache=True, nogil=True)
 def count_chunk(
-    state, blocks, table, buckets, has_pedestal, deferred, pos, cur, rows, slots, groups, records,
+    state, hits, touched, blocks, table, buckets, has_pedestal, deferred, pos, cur, rows, slots, groups, records,
     offsets, buffer, starts, words, msg_groups,
 ):  # fmt: skip
-    """Count a chunk: packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
+    """Count a chunk into ``state`` (the fields of ``state.kernel_fields(COUNT)``, in that order): packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
     all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
     raw messages (``starts`` into ``buffer``, ``words`` 16-byte words each after the 8-byte header,
     ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
@@ -64,9 +64,9 @@ def count_chunk(
     io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``.
     """
     (
-        type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
-        window_io_group, trigger_type_counts, window_trigger_types, chip_parity, chip_packets, chip_fifo, win_flags,
-        win_pedestal, hits, touched,
+        packet_type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
+        trigger_type_counts, chip_packets, chip_parity, chip_fifo, window_io_group, window_trigger_types, win_flags,
+        win_pedestal,
     ) = state  # fmt: skip
     (
         at_group, at_channel, at_chip, at_type, at_parity, at_channel_id, at_time, at_adc, at_trig, at_local,
@@ -141,7 +141,7 @@ def count_chunk(
         # -- count it (a NEED_* return changes nothing) ---------------------------------------
         if ptype != DATA:
             if ptype < 8:
-                type_counts[g, ptype] += 1
+                packet_type_counts[g, ptype] += 1
             if ptype == SYNC:
                 if trig == _SYNC_S:
                     sync_counts[g, 0] += 1
@@ -229,12 +229,11 @@ def count_chunk(
 
 
 @njit(cache=True, nogil=True)
-def fold_hits(
-    hits, touched, row_groups, bin_end, hits_total, self_hits, chip_packets, win_hits, win_adc, win_adc_sq, last_hit_end
-):  # fmt: skip
-    """Add a chunk's ``hits`` (see ``count_chunk``) to the accumulator's per-channel arrays, as the
-    numpy path's ``_add_data`` does: all-time and self-triggered counts, window sums, and each
-    channel's last-hit time (end of the newest window bin with a hit, ``bin_end[io_group, slot]``)."""
+def fold_hits(state, hits, touched, row_groups, bin_end):
+    """Add a chunk's ``hits`` (see ``count_chunk``) to ``state`` (the fields of ``state.kernel_fields(FOLD)``,
+    in that order), as the numpy engine's ``_add_data`` does: all-time and self-triggered counts, window
+    sums, and each channel's last-hit time (end of the newest window bin with a hit, ``bin_end[io_group, slot]``)."""
+    chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq = state
     for key in range(len(touched)):
         if not touched[key]:
             continue
@@ -259,31 +258,7 @@ def fold_hits(
 
 
 def not_compiled() -> str | None:
-    """Why numba would run these kernels as Python bytecode (far slower than the numpy path), or None:
+    """Why numba would run these kernels as Python bytecode (far slower than the numpy engine), or None:
     ``NUMBA_DISABLE_JIT`` makes ``njit`` return the plain functions (compiling errors raise instead)."""
     disabled = getattr(config, "DISABLE_JIT", False)  # set from the environment when numba is imported
     return "NUMBA_DISABLE_JIT is set" if disabled else None
-
-
-def state_arrays(acc: Any, pedestal: np.ndarray, hits: np.ndarray, touched: np.ndarray) -> tuple:
-    """The arrays the kernel counts into, in its order (``pedestal``: the pedestal window, or a
-    stand-in before there is one; ``hits`` and ``touched``: the chunk's clean data packets)."""
-    return (
-        acc.packet_type_counts,
-        acc.sync_counts,
-        acc.trigger_counts,
-        acc.sync_offset_counts,
-        acc.sync_offset_sum,
-        acc.adc_counts,
-        acc.link_parity,
-        acc.window_io_group,
-        acc.trigger_type_counts,
-        acc.window_trigger_types,
-        acc.chip_parity,
-        acc.chip_packets,
-        acc.chip_fifo,
-        acc.win_flags,
-        pedestal,
-        hits,
-        touched,
-    )

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.quality.accumulator import prefer_finite
-from exporter.quality.snapshot import Snapshot
+from exporter.quality.snapshot import Snapshot, prefer_finite
 
 REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
 #: The first bytes of a zip archive, which an .npz file is.
@@ -54,7 +53,7 @@ class Reference:
         ADC mean and spread come from periodic-trigger packets where the run has them (a pedestal run),
         else from the self-triggered ones; ``hits`` counts the packets behind them.
         """
-        self_hits = np.rint(snap.channel_rate_hz * snap.chip_span_seconds[:, None]).astype(np.int64)
+        self_hits = snap.channel_window_hits
         periodic_hits = prefer_finite(snap.channel_periodic_hits, np.zeros_like(self_hits))  # zeros without any
         arrays = {
             "chip_keys": snap.chip_keys.copy(),
@@ -130,7 +129,7 @@ class Reference:
             pedestal_shift = prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean) - chip_ref_mean
             span = snap.chip_span_seconds[:, None]  # each chip's io_group window
             expected = ref_rate * span
-            observed = snap.channel_rate_hz * span
+            observed = snap.channel_window_hits
             # the reference is a measurement too: its counts add variance expected * (now / reference duration)
             variance = expected * (1.0 + span / float(self.arrays["duration_s"]))
             terms = np.where(expected > 0, (observed - expected) ** 2 / variance, np.nan)

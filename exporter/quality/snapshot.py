@@ -10,12 +10,10 @@ seconds of each io_group's own data time (``chip_span_seconds`` says how much of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from exporter.quality.accumulator import QualityConfig
+from exporter.quality.config import QualityConfig
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,7 @@ class Snapshot:
     channel_status: np.ndarray  # int8: a ChannelStatus code (exporter/quality/status.py)
     channel_expected: np.ndarray  # bool: connected in the geometry (and in a network), or seen with data
     channel_rate_hz: np.ndarray  # float64 Hz: self-triggered hits per second over the window
+    channel_window_hits: np.ndarray  # int64: self-triggered hits in the window (channel_rate_hz before the division)
     channel_expected_hz: np.ndarray  # float64 Hz: the rate the verdicts expect now (learnt or reference, scaled)
     channel_adc_mean: np.ndarray  # float64 ADC counts: mean dataword over the window, NaN without hits
     channel_adc_std: np.ndarray  # float64 ADC counts: its standard deviation
@@ -80,3 +79,11 @@ class Snapshot:
     silent_channel_hits: float  # hits: expected hits without one that prove a channel dead (ln(N/alpha))
     dead_chip_hits: float  # hits: expected hits without one that prove a chip dead
     config: QualityConfig = field(repr=False)  # the window and threshold settings it was made with
+
+
+def prefer_finite(preferred: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``preferred`` where it is a number, ``fallback`` elsewhere: e.g. the periodic-trigger pedestal where
+    the run has periodic triggers, the self-triggered ADC mean otherwise (``fallback`` if shapes differ)."""
+    if np.shape(preferred) != np.shape(fallback):
+        return fallback
+    return np.where(np.isfinite(preferred), preferred, fallback)

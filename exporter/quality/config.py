@@ -1,0 +1,28 @@
+"""The accumulation settings: window, thresholds, histogram buckets and engine (no dependencies)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Accumulation engines: numba kernels (the default), or the numpy reference implementation.
+COMPILED, NUMPY = "compiled", "numpy"
+ENGINES = (COMPILED, NUMPY)
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Window and threshold settings (documented defaults; see README)."""
+
+    window_seconds: float = 60.0
+    window_bins: int = 12
+    noisy_rate_hz: float = 10.0
+    #: Detector-wide probability of at least one false verdict per evaluation (exporter/quality/verdicts.py).
+    false_alarm_probability: float = 0.01
+    #: ``compiled`` (numba kernels, loaded in the background; numpy until then) or ``numpy`` (the reference).
+    engine: str = COMPILED
+    adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
+    sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
+
+    @property
+    def bin_seconds(self) -> float:
+        return self.window_seconds / self.window_bins

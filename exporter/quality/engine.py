@@ -1,0 +1,227 @@
+"""The numpy engine: counts a chunk of packet records into a ``State``, the reference implementation.
+
+``count`` does, array by array, what the compiled kernels (``compiled.py``) do packet by packet;
+``tests/test_compiled.py`` and ``tests/test_state.py`` compare them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from exporter.detector.geometry import CHANNELS_PER_CHIP
+from exporter.quality.clock import IO_GROUPS
+from exporter.quality.state import PACKET_TYPES, State
+from exporter.quality.window import slot_ends
+from exporter.reading.packets import (
+    DATA,
+    DATA_TRIGGER_TYPES,
+    EXTERNAL_TRIGGER_BIT,
+    PERIODIC_TRIGGER,
+    SYNC,
+    SYNC_KIND_CODES,
+    TICKS_PER_SYNC,
+    TRIGGER,
+)
+
+#: Window slot of data packets that are not self-triggered: counted, but they feed no rate or verdict.
+NOT_SELF_TRIGGERED = -2
+
+
+def count(state: State, packets: np.ndarray, slots: np.ndarray) -> None:
+    """Count a chunk of packet records whose window ``slots`` (``Reading.fill``) are known: the
+    reference implementation of the compiled kernels, which do the same packet for packet."""
+    ptype = packets["packet_type"]
+    is_data = ptype == DATA
+    other = np.flatnonzero(~is_data)  # data packets are counted per chip (and per link), summed at snapshot
+    type_key = packets["io_group"][other].astype(np.int64) * (PACKET_TYPES + 1) + np.minimum(ptype[other], PACKET_TYPES)
+    counts = np.bincount(type_key, minlength=IO_GROUPS * (PACKET_TYPES + 1)).reshape(IO_GROUPS, -1)
+    state.packet_type_counts += counts[:, :PACKET_TYPES]
+    data_rows = np.flatnonzero(is_data)
+    record = np.dtype((np.void, packets.dtype.itemsize))  # one whole-record gather beats one per field
+    data = np.ascontiguousarray(packets).view(record)[data_rows].view(packets.dtype)
+    valid = data["valid_parity"] != 0
+    # chips of clean packets, registered first: a parity error may have corrupted any field, so it
+    # never creates a chip, but it counts on one that this chunk's clean packets show to exist
+    rows = np.full(len(data), -1, np.int64)
+    rows[valid] = state.chips.rows_for(data["io_group"][valid], data["io_channel"][valid], data["chip_id"][valid])
+    state.fit()
+    data_slots = _rate_slots(state, data, slots[data_rows], rows, valid)
+    flags = data["local_fifo"] | (data["shared_fifo"] << 2)
+    if not valid.all():
+        bad = ~valid
+        count_parity_errors(
+            state, data["io_group"][bad], data["io_channel"][bad], data["chip_id"][bad], flags[bad], data_slots[bad]
+        )
+        _add_data(state, data[valid], data_slots[valid], rows[valid], flags[valid])
+    else:
+        _add_data(state, data, data_slots, rows, flags)
+    syncs = np.flatnonzero(ptype == SYNC)
+    if len(syncs):
+        _add_syncs(state, packets[syncs], slots[syncs])
+    triggers = np.flatnonzero(ptype == TRIGGER)
+    if len(triggers):
+        _add_triggers(state, packets[triggers], slots[triggers])
+
+
+def count_parity_errors(
+    state: State,
+    io_group: np.ndarray,
+    io_channel: np.ndarray,
+    chip_id: np.ndarray,
+    flags: np.ndarray,
+    slots: np.ndarray,
+) -> None:
+    """Count data packets with a parity error: on their chip if it is known (geometry or valid
+    packets, this chunk's included), else on their io_group and io_channel; they create no chip."""
+    rows = state.chips.lookup(io_group.astype(np.uint8), io_channel.astype(np.uint8), chip_id.astype(np.uint8))
+    known = rows >= 0
+    if known.any():
+        cap = state.capacity
+        counted = np.bincount(rows[known], minlength=cap)
+        state.chip_parity += counted
+        state.chip_packets += counted
+        _add_window_flags(state, rows[known], slots[known], 0)
+        _count_fifo_flags(state, rows[known], flags[known])
+    unknown = ~known
+    if unknown.any():
+        key = io_group[unknown].astype(np.int64) * 256 + io_channel[unknown]
+        state.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
+
+
+def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, flags: np.ndarray) -> None:
+    """Per-channel and per-chip sums of valid data packets (window ``slots``, chip ``rows``, FIFO ``flags``)."""
+    if len(data) == 0:
+        return
+    io_group = data["io_group"]
+    cap, nb = state.capacity, state.config.window_bins
+    n_flat = cap * CHANNELS_PER_CHIP
+    channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
+    adc_code = data["dataword"]
+    # Flat keys (slot + 2) * n_flat + channel: key row 0 holds packets that are not self-triggered,
+    # row 1 self-triggered ones outside the window, so one bincount gives the all-time hits, the
+    # self-triggered ones and every window slot's hits, without gathers.
+    key = (slots + 2) * n_flat + channel
+    size = (nb + 2) * n_flat
+    hits = np.bincount(key, minlength=size).reshape(nb + 2, cap, -1)
+    per_channel = hits.sum(axis=0)
+    state.hits_total += per_channel
+    state.self_hits += per_channel - hits[0]
+    state.chip_packets += per_channel.sum(axis=1)
+    window = hits[2:]
+    state.win_hits += window
+    _note_last_hits(state, window)
+    if window.any():
+        adc = adc_code.astype(np.float64)
+        state.win_adc += np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(nb, cap, -1)
+        state.win_adc_sq += np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(nb, cap, -1)
+    state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
+        IO_GROUPS, 256
+    )
+    flagged = _count_fifo_flags(state, rows, flags)
+    if len(flagged):
+        full = flagged[(flags[flagged] & 10) != 0]
+        _add_window_flags(state, rows[full], slots[full], 1)
+
+
+def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Count FIFO flags (bits: local half, local full, shared half, shared full) per chip; return the flagged indices."""
+    flagged = np.flatnonzero(flags)
+    for i, bit in enumerate((1, 2, 4, 8)):
+        if len(flagged):
+            state.chip_fifo[:, i] += np.bincount(rows[flagged[(flags[flagged] & bit) != 0]], minlength=state.capacity)
+    return flagged
+
+
+def _note_last_hits(state: State, hits: np.ndarray) -> None:
+    """Move each channel's last-hit time to the end of the newest window bin it has hits in.
+
+    ``hits`` is (slots, chip rows, 64); each chip's ring slots belong to its io_group's window.
+    """
+    nb, n = state.config.window_bins, len(state.chips)
+    ends = slot_ends(state)[state.chips.keys[:, 0].astype(np.int64)]
+    last = state.last_hit_end[:n]
+    for slot in np.flatnonzero(hits[:, :n].reshape(nb, -1).any(axis=1)).tolist():
+        end = ends[:, slot]
+        hit = hits[slot, :n] > 0
+        last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
+
+
+def _rate_slots(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Count the data packets that are not self-triggered by trigger type, fold clean periodic ones
+    (chip ``rows``) into the pedestal window, and return the window slots of the packets that feed rates and channel statuses:
+    the self-triggered ones (-1 for the rest).
+
+    External, cross and periodic triggers make every enabled channel fire whatever its health; they
+    are still counted (all-time counters, ADC histogram), but they must not make a dead channel active
+    or a healthy one noisy. Self-triggered counts are the remainder, taken at snapshot time.
+    """
+    other = np.flatnonzero(data["trigger_type"] & 3)
+    if len(other) == 0:  # a self-triggered run: nothing to split
+        return slots
+    trigger = (data["trigger_type"][other] & 3).astype(np.int64)
+    groups = data["io_group"][other].astype(np.int64) * len(DATA_TRIGGER_TYPES) + trigger
+    size = IO_GROUPS * len(DATA_TRIGGER_TYPES)
+    state.trigger_type_counts += np.bincount(groups, minlength=size).reshape(IO_GROUPS, -1)
+    other_slots = slots[other]
+    inside = other_slots >= 0
+    state.window_trigger_types += np.bincount(
+        other_slots[inside] * size + groups[inside], minlength=state.config.window_bins * size
+    ).reshape(state.window_trigger_types.shape)
+    periodic = other[(trigger == PERIODIC_TRIGGER) & valid[other]]
+    if len(periodic):
+        _add_pedestals(state, data[periodic], slots[periodic], rows[periodic])
+    rate_slots = slots.copy()
+    rate_slots[other] = NOT_SELF_TRIGGERED
+    return rate_slots
+
+
+def _add_pedestals(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
+    """Count, ADC sum and ADC sum of squares of periodic-trigger packets, per channel and window slot."""
+    if not (slots >= 0).any():  # none in the window: no window made for them (as the kernel does)
+        return
+    window = state.make("win_pedestal")
+    inside = np.flatnonzero(slots >= 0)
+    flat = window.shape[1] * CHANNELS_PER_CHIP
+    key = slots[inside] * flat + rows[inside].astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"][inside] & 63)
+    adc = data["dataword"][inside].astype(np.float64)
+    size = state.config.window_bins * flat
+    for i, weights in enumerate((None, adc, adc * adc)):
+        window[..., i] += np.bincount(key, weights, size).astype(np.int64).reshape(window.shape[:3])
+
+
+def _add_window_flags(state: State, rows: np.ndarray, slots: np.ndarray, which: int) -> None:
+    """Count rare per-chip flags (0: parity error, 1: a FIFO full) into the window."""
+    inside = slots >= 0
+    cap = state.capacity
+    counts = np.bincount(slots[inside] * cap + rows[inside], minlength=state.config.window_bins * cap)
+    state.win_flags[:, :, which] += counts.reshape(state.config.window_bins, cap)
+
+
+def _add_syncs(state: State, syncs: np.ndarray, slots: np.ndarray) -> None:
+    if len(syncs) == 0:
+        return
+    io_group, kind = syncs["io_group"], syncs["trigger_type"]
+    for i, code in enumerate(SYNC_KIND_CODES):
+        state.sync_counts[:, i] += np.bincount(io_group[kind == code], minlength=IO_GROUPS)
+    is_s = kind == SYNC_KIND_CODES[0]
+    offsets = syncs["timestamp"][is_s].astype(np.int64) - TICKS_PER_SYNC
+    bucket = np.searchsorted(np.asarray(state.config.sync_offset_buckets_ticks), offsets, side="left")
+    nbk = state.sync_offset_counts.shape[1]
+    state.sync_offset_counts += np.bincount(
+        io_group[is_s].astype(np.int64) * nbk + bucket, minlength=IO_GROUPS * nbk
+    ).reshape(IO_GROUPS, nbk)
+    state.sync_offset_sum += np.bincount(io_group[is_s], offsets, IO_GROUPS).astype(np.int64)
+    s_slots = slots[is_s]
+    s_groups = io_group[is_s]
+    for slot in np.unique(s_slots[s_slots >= 0]):
+        state.window_io_group[slot, :, 0] += np.bincount(s_groups[s_slots == slot], minlength=IO_GROUPS)
+
+
+def _add_triggers(state: State, triggers: np.ndarray, slots: np.ndarray) -> None:
+    external = (triggers["trigger_type"] & EXTERNAL_TRIGGER_BIT) != 0
+    if not external.any():
+        return
+    groups, t_slots = triggers["io_group"][external], slots[external]
+    state.trigger_counts += np.bincount(groups, minlength=IO_GROUPS)
+    for slot in np.unique(t_slots[t_slots >= 0]):
+        state.window_io_group[slot, :, 1] += np.bincount(groups[t_slots == slot], minlength=IO_GROUPS)

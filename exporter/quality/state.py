@@ -1,0 +1,257 @@
+"""The accumulator's state, declared once: every array it counts into, in one table (``FIELDS``).
+
+Allocation, growth as chips appear, clearing of window slots, the checkpoint's arrays (saved and
+restored) and the kernels' argument lists are all derived from the table, so a new per-packet
+quantity is one ``Field`` here, its counting in ``engine.py`` (numpy) and ``compiled.py`` (numba),
+and its summary in ``summary.py``; ``tests/test_state.py`` fails until they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from exporter.detector.chips import ChipIndex
+from exporter.detector.geometry import CHANNELS_PER_CHIP
+from exporter.quality.clock import IO_GROUPS, DetectorClock
+from exporter.quality.config import QualityConfig
+from exporter.reading.packets import DATA_TRIGGER_TYPES, SYNC_KIND_CODES
+
+PACKET_TYPES = 8
+
+# -- scopes: the leading axes of a field ---------------------------------------------------------
+#: (256, ...): one row per io_group.
+IO_GROUP = "io_group"
+#: (chips, ...): one row per chip, grown as chips appear.
+CHIP = "chip"
+#: (window bins, 256, ...): one io_group row per window slot.
+SLOT_IO_GROUP = "slot_io_group"
+#: (window bins, chips, ...): one chip row per window slot.
+SLOT_CHIP = "slot_chip"
+# -- checkpoint files ----------------------------------------------------------------------------
+#: Written with every checkpoint.
+COUNTERS = "counters"
+#: Written to the window file, less often than the counters (``runtime/checkpoint.py``).
+WINDOW = "window"
+# -- the kernels counting into a field (``compiled.py``) -------------------------------------------
+#: ``count_chunk``: every packet.
+COUNT = "count"
+#: ``fold_hits``: the clean data packets ``count_chunk`` gathered.
+FOLD = "fold"
+#: A trailing axis as long as the sync-offset histogram (the configured buckets + 1).
+SYNC_BUCKETS = -1
+
+
+@dataclass(frozen=True)
+class Field:
+    """One array of the state: its scope (leading axes), trailing axes, dtype, initial value, the
+    checkpoint file it is saved in (None: derived, not saved) and the kernels that count into it."""
+
+    name: str
+    scope: str
+    tail: tuple[int, ...]
+    dtype: type = np.int64
+    fill: float = 0
+    checkpoint: str | None = COUNTERS
+    kernels: tuple[str, ...] = ()
+    #: May be missing from a checkpoint (added after the first checkpoint version): restored as empty.
+    optional: bool = False
+    #: Made on first use (runs without its packets never pay for it); until then absent.
+    lazy: bool = False
+
+    @property
+    def per_chip(self) -> bool:
+        return self.scope in (CHIP, SLOT_CHIP)
+
+    @property
+    def per_slot(self) -> bool:
+        return self.scope in (SLOT_IO_GROUP, SLOT_CHIP)
+
+    @property
+    def windowed(self) -> bool:
+        """Part of the sliding window: restored only when the window continues."""
+        return self.per_slot or self.checkpoint == WINDOW
+
+
+FIELDS: tuple[Field, ...] = (
+    # all-time counters per io_group
+    Field("packet_type_counts", IO_GROUP, (PACKET_TYPES,), kernels=(COUNT,), optional=True),  # but data packets
+    Field("sync_counts", IO_GROUP, (len(SYNC_KIND_CODES),), kernels=(COUNT,), optional=True),  # 'S', 'H', 'C'
+    Field("trigger_counts", IO_GROUP, (), kernels=(COUNT,), optional=True),  # external trigger packets
+    Field("sync_offset_counts", IO_GROUP, (SYNC_BUCKETS,), kernels=(COUNT,), optional=True),  # 'S' offset histogram
+    Field("sync_offset_sum", IO_GROUP, (), kernels=(COUNT,), optional=True),  # ticks
+    Field("adc_counts", IO_GROUP, (256,), kernels=(COUNT,), optional=True),  # clean data packets by dataword
+    Field("link_parity", IO_GROUP, (256,), kernels=(COUNT,), optional=True),  # parity errors of unknown chips
+    Field("trigger_type_counts", IO_GROUP, (len(DATA_TRIGGER_TYPES),), kernels=(COUNT,)),  # but self-triggered
+    # all-time counters per chip
+    Field("chip_packets", CHIP, (), kernels=(COUNT, FOLD)),  # data packets, parity errors included
+    Field("chip_parity", CHIP, (), kernels=(COUNT,)),
+    Field("chip_fifo", CHIP, (4,), kernels=(COUNT,)),  # local half, local full, shared half, shared full
+    Field("hits_total", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,)),  # clean data packets
+    Field("self_hits", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,)),  # the self-triggered ones
+    # data time of the end of the window bin of each channel's newest hit (NaN: none yet): how long a
+    # channel has been silent, over any span, at the window's bin resolution
+    Field("last_hit_end", CHIP, (CHANNELS_PER_CHIP,), np.float64, np.nan, kernels=(FOLD,)),
+    # the sliding window, one slot per bin; per-bin sums fit int32 (255 * hits < 2**31 up to ~1.7 MHz
+    # per channel), squared ADC sums need int64: less memory, cheaper checkpoints
+    Field("window_io_group", SLOT_IO_GROUP, (2,), checkpoint=WINDOW, kernels=(COUNT,)),  # 'S' syncs, ext. triggers
+    Field("window_trigger_types", SLOT_IO_GROUP, (len(DATA_TRIGGER_TYPES),), kernels=(COUNT,), optional=True),
+    Field("win_hits", SLOT_CHIP, (CHANNELS_PER_CHIP,), np.int32, checkpoint=WINDOW, kernels=(FOLD,)),
+    Field("win_adc", SLOT_CHIP, (CHANNELS_PER_CHIP,), np.int32, checkpoint=WINDOW, kernels=(FOLD,)),
+    Field("win_adc_sq", SLOT_CHIP, (CHANNELS_PER_CHIP,), checkpoint=WINDOW, kernels=(FOLD,)),
+    Field("win_flags", SLOT_CHIP, (2,), np.int32, checkpoint=WINDOW, kernels=(COUNT,)),  # parity, FIFO full
+    # periodic-trigger packets: count, ADC sum, ADC sum of squares
+    Field("win_pedestal", SLOT_CHIP, (CHANNELS_PER_CHIP, 3), kernels=(COUNT,), optional=True, lazy=True),
+    # where each io_group's window ends: its newest bin, its data time, the others' clock when it last advanced
+    Field("newest_bin", IO_GROUP, (), fill=-1, checkpoint=WINDOW),
+    Field("window_end", IO_GROUP, (), np.float64, np.nan, checkpoint=WINDOW),
+    Field("window_reference", IO_GROUP, (), np.float64, np.nan, checkpoint=WINDOW),
+)
+BY_NAME = {f.name: f for f in FIELDS}
+#: The window file's arrays (``runtime/checkpoint.py``).
+WINDOW_ARRAYS = tuple(f.name for f in FIELDS if f.checkpoint == WINDOW)
+
+
+def kernel_fields(kernel: str) -> tuple[Field, ...]:
+    """The fields ``kernel`` counts into, in the order of its ``state`` argument."""
+    return tuple(f for f in FIELDS if kernel in f.kernels)
+
+
+class State:
+    """The arrays of ``FIELDS`` (as attributes of the same names), the chips they have rows for and
+    the data clock; what an accumulator counts into and a snapshot is summarised from."""
+
+    def __init__(self, config: QualityConfig) -> None:
+        self.config = config
+        self.chips = ChipIndex()
+        self.clock = DetectorClock()
+        self.capacity = 0
+        for f in FIELDS:
+            setattr(self, f.name, None if f.lazy else self._empty(f, 0))
+
+    if TYPE_CHECKING:  # every field is an instance attribute of its name, set in __init__
+
+        def __getattr__(self, name: str) -> np.ndarray: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+    def _shape(self, f: Field, chips: int) -> tuple[int, ...]:
+        lead = {
+            IO_GROUP: (IO_GROUPS,),
+            CHIP: (chips,),
+            SLOT_IO_GROUP: (self.config.window_bins, IO_GROUPS),
+            SLOT_CHIP: (self.config.window_bins, chips),
+        }[f.scope]
+        buckets = len(self.config.sync_offset_buckets_ticks) + 1
+        return lead + tuple(buckets if n == SYNC_BUCKETS else n for n in f.tail)
+
+    def _empty(self, f: Field, chips: int) -> np.ndarray:
+        return np.full(self._shape(f, chips), f.fill, f.dtype)
+
+    def bin_of(self, times: np.ndarray | float) -> np.ndarray:
+        """Window bin number of data times; the one formula for packets and for the window edge."""
+        with np.errstate(invalid="ignore"):
+            return np.floor(np.asarray(times, np.float64) / self.config.bin_seconds)
+
+    def made(self, name: str) -> bool:
+        """Whether the (lazy) field ``name`` has been made."""
+        return getattr(self, name) is not None
+
+    def make(self, name: str) -> np.ndarray:
+        """The field ``name``, made empty if it was not yet (lazy fields)."""
+        if getattr(self, name) is None:
+            setattr(self, name, self._empty(BY_NAME[name], self.capacity))
+        return getattr(self, name)
+
+    # -- chips ----------------------------------------------------------------------------------
+    def register(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of chip ``keys`` (n, 3), registering the new ones; the arrays grow to hold them."""
+        rows = self.chips.add(keys)
+        self.fit()
+        return rows
+
+    def fit(self) -> None:
+        """Grow the per-chip arrays to every registered chip (doubling, 64 rows at least)."""
+        n = len(self.chips)
+        if n <= self.capacity:
+            return
+        old, capacity = self.capacity, max(n, 2 * self.capacity, 64)
+        for f in FIELDS:
+            current = getattr(self, f.name)
+            if not f.per_chip or current is None:
+                continue
+            grown = self._empty(f, capacity)
+            if f.scope == CHIP:
+                grown[:old] = current
+            else:
+                grown[:, :old] = current
+            setattr(self, f.name, grown)
+        self.capacity = capacity
+
+    def group_rows(self, g: int) -> np.ndarray | slice:
+        """Chip rows of io_group ``g`` (a slice when they are contiguous, as a geometry registers them)."""
+        rows = np.flatnonzero(self.chips.keys[:, 0] == g)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return slice(int(rows[0]), int(rows[-1]) + 1)
+        return rows
+
+    def clear(self, g: int, slots: range | list[int]) -> None:
+        """Empty the window slots of io_group ``g``: its chips' rows and its own."""
+        rows = self.group_rows(g)
+        for f in FIELDS:
+            array = getattr(self, f.name)
+            if not f.per_slot or array is None:
+                continue
+            for slot in slots:
+                array[slot, rows if f.per_chip else g] = f.fill
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def export(self) -> dict[str, np.ndarray]:
+        """The checkpointed fields, trimmed to the registered chips, with the chip keys, the window's
+        shape and the clock: everything needed to continue exactly here."""
+        n = len(self.chips)
+        arrays = {
+            "chip_keys": self.chips.keys.copy(),
+            "window_shape": np.array([self.config.window_seconds, self.config.window_bins]),
+            **self.clock.export_state(),
+        }
+        for f in FIELDS:
+            array = getattr(self, f.name)
+            if f.checkpoint is None or array is None:
+                continue
+            arrays[f.name] = array[:n] if f.scope == CHIP else array[:, :n] if f.scope == SLOT_CHIP else array
+        return arrays
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> bool:
+        """Continue from ``export`` output; False when the window cannot continue (other window shape,
+        no window arrays, or a checkpoint from before the per-io_group clocks): the counters are
+        restored, the window starts at each io_group's clock, empty. KeyError names a missing array."""
+        rows = self.register(arrays["chip_keys"])
+        for f in FIELDS:
+            if not f.windowed and (f.name in arrays or not f.optional):
+                self._put(f, rows, arrays[f.name])
+        if "clock_head" not in arrays:
+            return False
+        self.clock.import_state(arrays)
+        shape = (self.config.window_seconds, self.config.window_bins)
+        same = tuple(arrays["window_shape"]) == shape and all(name in arrays for name in WINDOW_ARRAYS)
+        if same:
+            for f in FIELDS:
+                if f.windowed and f.name in arrays:
+                    self._put(f, rows, arrays[f.name])
+        else:
+            known = ~np.isnan(self.clock.head)
+            self.window_end[known] = self.clock.head[known]
+            self.newest_bin[known] = self.bin_of(self.clock.head[known]).astype(np.int64)
+        return same
+
+    def _put(self, f: Field, rows: np.ndarray, value: np.ndarray) -> None:
+        target = self.make(f.name)
+        if f.scope == CHIP:
+            target[rows] = value
+        elif f.scope == SLOT_CHIP:
+            target[:, rows] = value
+        else:
+            target[...] = value

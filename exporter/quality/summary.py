@@ -1,0 +1,163 @@
+"""The summary: a ``Snapshot`` of a ``State``, the window summed over its slots, and the verdicts on it.
+
+``summarize`` reads the state and writes nothing: what the geometry and the run configuration say
+of each chip comes in as a ``ChipLayout``, the reference's rates already aligned to the chips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporter.detector.geometry import CHANNELS_PER_CHIP
+from exporter.quality.clock import IO_GROUPS
+from exporter.quality.snapshot import Snapshot
+from exporter.quality.state import State
+from exporter.quality.status import ChannelStatus
+from exporter.quality.verdicts import VerdictInputs, judge
+from exporter.quality.window import chip_clock, covered_seconds, span_seconds
+from exporter.reading.packets import DATA, SELF_TRIGGER
+
+
+@dataclass(frozen=True)
+class ChipLayout:
+    """Per chip row, what the geometry and the run configuration say of it (nothing counted)."""
+
+    tiles: np.ndarray  # (n,) int64: pixel tile of the geometry, -1 when unknown
+    in_geometry: np.ndarray  # (n,) bool: in the geometry (every chip when it maps no io_group/io_channel)
+    expected: np.ndarray  # (n, 64) bool: connected per the geometry, or seen with data; in a network if any
+    judged: np.ndarray  # (n,) bool: in a hydra network of the run (every chip without networks)
+    masked: np.ndarray  # (n, 64) bool: disabled in the run configuration
+
+
+def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation from count, sum and sum of squares (NaN where n == 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s / n
+        var = np.maximum(ss / n - mean * mean, 0.0)
+    return mean, np.sqrt(var)
+
+
+def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | None = None) -> Snapshot:
+    """Copy out everything the exposition and the plots need, with the channel verdicts (judged once,
+    against ``reference_rate_hz``, (chips, 64) NaN where the reference does not know a channel)."""
+    n = len(state.chips)
+    covered = covered_seconds(state)
+    group_span = span_seconds(state)
+    chip_groups = state.chips.keys[:, 0].astype(np.int64)
+    chip_span = group_span[chip_groups]
+    hits = state.win_hits[:, :n].sum(axis=0)
+    adc = state.win_adc[:, :n].sum(axis=0)
+    adc_sq = state.win_adc_sq[:, :n].sum(axis=0)
+    channel_rate = hits / chip_span[:, None]
+    channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
+    tiles, expected = layout.tiles, layout.expected
+    now, run = chip_clock(state)
+    last_hit = state.last_hit_end[:n]
+    # a silence is judged since the channel's last hit, at most over the span judged (since the last clock step)
+    since = np.fmax(last_hit, (now - run)[:, None])
+    masked = layout.masked & expected
+    verdicts = judge(
+        VerdictInputs(
+            window_hits=hits,
+            hits_total=state.self_hits[:n],
+            silence_seconds=np.nan_to_num(np.maximum(now[:, None] - since, 0.0)),
+            window_seconds=chip_span,
+            run_seconds=run,
+            expected=expected & ~masked,  # masked channels and chips in no network get no verdict
+            # occupancy groups: the tile, else (no geometry) the io_group
+            groups=np.where(tiles >= 0, tiles, -1 - chip_groups),
+            reference_rate_hz=reference_rate_hz,
+        ),
+        state.config.false_alarm_probability,
+        state.config.noisy_rate_hz,
+    )
+    status = verdicts.channel_status
+    status[masked] = ChannelStatus.MASKED
+    masked_active = (masked & (hits > 0)).sum(axis=1)
+    status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
+    chip_hits = hits.sum(axis=1)
+    window_flags = state.win_flags[:, :n].sum(axis=0)
+    chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
+    window_groups = state.window_io_group.sum(axis=0) / group_span[:, None]
+    type_counts = state.packet_type_counts.copy()
+    np.add.at(type_counts[:, DATA], chip_groups, state.chip_packets[:n])
+    type_counts[:, DATA] += state.link_parity.sum(axis=1)
+    group_hits = np.zeros(IO_GROUPS)
+    np.add.at(group_hits, chip_groups, chip_hits)
+    active_groups = np.union1d(np.flatnonzero(type_counts.sum(axis=1)), chip_groups)
+    edges = np.concatenate([state.config.adc_buckets, [np.inf]])
+    below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge
+    adc_cum = np.concatenate([np.zeros((IO_GROUPS, 1), np.int64), np.cumsum(state.adc_counts, axis=1)], axis=1)
+    adc_buckets = adc_cum[:, below]
+    # the arrays count the other trigger types; self-triggered packets are the rest of the data packets
+    trigger_counts = state.trigger_type_counts.copy()
+    trigger_counts[:, SELF_TRIGGER] = type_counts[:, DATA] - trigger_counts.sum(axis=1)
+    trigger_rates = state.window_trigger_types.sum(axis=0) / group_span[:, None]
+    trigger_rates[:, SELF_TRIGGER] = group_hits / group_span
+    pedestal = (
+        state.win_pedestal[:, :n].sum(axis=0)
+        if state.made("win_pedestal")
+        else np.zeros((n, CHANNELS_PER_CHIP, 3), np.int64)
+    )
+    channel_ped_mean, channel_ped_std = _mean_std(pedestal[..., 0], pedestal[..., 1], pedestal[..., 2])
+    chip_ped = pedestal.sum(axis=1)
+    chip_ped_mean, chip_ped_std = _mean_std(chip_ped[:, 0], chip_ped[:, 1], chip_ped[:, 2])
+    return Snapshot(
+        chip_keys=state.chips.keys.copy(),
+        chip_tiles=tiles,
+        chip_expected=layout.in_geometry,
+        chip_span_seconds=chip_span,
+        chip_packets=state.chip_packets[:n].copy(),
+        chip_parity_errors=state.chip_parity[:n].copy(),
+        link_parity_errors=state.link_parity.copy(),
+        chip_fifo_flags=state.chip_fifo[:n].copy(),
+        chip_status_counts=status_counts,
+        chip_window_packets=chip_hits,
+        chip_window_parity_errors=window_flags[:, 0],
+        chip_window_fifo_full=window_flags[:, 1],
+        chip_rate_hz=chip_hits / chip_span,
+        chip_expected_hits=verdicts.chip_expected_hits,
+        chip_dead=verdicts.chip_dead,
+        chip_unknown=verdicts.chip_unknown,
+        chip_adc_mean=chip_mean,
+        chip_adc_std=chip_std,
+        channel_status=status,
+        channel_expected=expected,
+        channel_rate_hz=channel_rate,
+        channel_window_hits=hits,
+        channel_expected_hz=verdicts.channel_expected_hz,
+        channel_adc_mean=channel_mean,
+        channel_adc_std=channel_std,
+        channel_hits_total=state.hits_total[:n].copy(),
+        io_groups=active_groups.astype(np.int64),
+        packet_type_counts=type_counts,
+        sync_counts=state.sync_counts.copy(),
+        trigger_counts=state.trigger_counts.copy(),
+        sync_rate_hz=window_groups[:, 0],
+        trigger_rate_hz=window_groups[:, 1],
+        io_group_rate_hz=group_hits / group_span,
+        io_group_last_time=state.clock.head.copy(),
+        io_group_span_seconds=group_span,
+        io_group_clock_offset=state.clock.offsets(),
+        sync_offset_bucket_counts=np.cumsum(state.sync_offset_counts, axis=1),
+        sync_offset_sum_ticks=state.sync_offset_sum.copy(),
+        adc_bucket_counts=adc_buckets,
+        adc_sum=(state.adc_counts * np.arange(256)).sum(axis=1),
+        data_time=state.clock.data_time,
+        covered_seconds=covered,
+        silent_channel_hits=verdicts.silent_channel_hits,
+        dead_chip_hits=verdicts.dead_chip_hits,
+        config=state.config,
+        chip_judged=layout.judged.copy(),
+        chip_masked_active=masked_active,
+        trigger_type_counts=trigger_counts,
+        trigger_type_rate_hz=trigger_rates,
+        chip_periodic_rate_hz=chip_ped[:, 0] / chip_span,
+        chip_pedestal_mean=chip_ped_mean,
+        chip_pedestal_std=chip_ped_std,
+        channel_pedestal_mean=channel_ped_mean,
+        channel_pedestal_std=channel_ped_std,
+        channel_periodic_hits=pedestal[..., 0].copy(),
+    )
