@@ -6,30 +6,48 @@ exactly sampled Poisson counts (hits in the run, in the window, time since the l
 evaluations spread over a run of up to two hours; the end-to-end path runs the simulator, the
 decoder and the accumulator for a few minutes and counts the false verdicts of every update.
 
+Scenario mode (``--scenarios``): each named scenario of exporter/simulation/scenarios.py (tracks,
+beam, pauses, runs, faults) is written second by second to raw files by the simulator's writer
+and read back as ``serve`` reads them (DirectoryTail, Monitor.feed_chunk with the data time as the
+wall clock, Monitor.update every ``--every`` s of data time). Printed per scenario: false verdicts
+per 8-hour shift of data time (channel verdicts, dead chips, check warnings and errors entered on
+healthy parts), false pages (the critical alerts of alerts/larpix.rules.yml whose condition held
+for their ``for:``), and for a fault the data time until it is flagged and paged.
+
 Prints figures only (no assertions). Usage: python bench/verdicts.py [--evaluations 300] [--alpha 0.01]
-[--occupancies 0.01 0.05 0.2 0.5 2] [--seconds 600]
+[--occupancies 0.01 0.05 0.2 0.5 2] [--seconds 600]; python bench/verdicts.py --scenarios all
+[--scenario-seconds 3600] [--every 10] [--tiles 16]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
-from exporter.detector.geometry import load_geometry, packaged_layout  # noqa: E402
-from exporter.monitor import Monitor  # noqa: E402
+from exporter.detector.geometry import Geometry, load_geometry, packaged_layout  # noqa: E402
+from exporter.monitor import Evaluation, Monitor  # noqa: E402
 from exporter.quality.checks import DEFAULT_CHECKS, counting_status  # noqa: E402
 from exporter.quality.status import ChannelStatus  # noqa: E402
 from exporter.quality.verdicts import VerdictInputs, judge  # noqa: E402
 from exporter.reading.decode import decode_messages  # noqa: E402
-from exporter.simulate import SimulationConfig, Simulator  # noqa: E402
+from exporter.reading.files import FileReader  # noqa: E402
+from exporter.reading.tail import DirectoryTail, InputSpec  # noqa: E402
+from exporter.simulate import SimulationConfig, Simulator, write_run  # noqa: E402
+from exporter.simulation.scenarios import DESCRIPTIONS, Scenario, scenario  # noqa: E402
 
 OCCUPANCIES_HZ = (0.01, 0.05, 0.2, 0.5, 2.0)
 WINDOW_S = 60.0
@@ -125,12 +143,12 @@ def fast(geometry, occupancies: list[float], evaluations: int, alpha: float, see
     for occupancy in occupancies:
         rates = channel_rates(geometry, occupancy, rng)
         runs = np.exp(rng.uniform(np.log(WINDOW_S), np.log(LONGEST_RUN_S), evaluations))
-        false, unknown = [], []
+        false_list, unknown = [], []
         for run_s in runs:
             v = evaluate(geometry, rates, run_s, rng, alpha)
-            false.append(false_verdicts(v, alpha))
+            false_list.append(false_verdicts(v, alpha))
             unknown.append(np.mean(v.channel_status[geometry.connected] == ChannelStatus.UNKNOWN))
-        false = np.array(false)
+        false = np.array(false_list)
         times = []
         for start in (0.0, 1800.0):
             dead = np.full(rates.shape, np.inf)
@@ -182,6 +200,199 @@ def end_to_end(geometry, seconds: int, occupancy: float, alpha: float, every: in
     )
 
 
+SHIFT_S = 8 * 3600.0
+RULES = Path(_HERE).parent / "alerts" / "larpix.rules.yml"
+#: Data older than this silences the critical alerts (their ``unless ... > 300`` clause).
+STALE_S = 300.0
+
+
+def alert_for_seconds(name: str) -> float:
+    """The ``for:`` of alert ``name`` in alerts/larpix.rules.yml, in seconds."""
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    spec = next(r for r in rules if r.get("alert") == name).get("for", "0s")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)([smh])", spec))
+
+
+def sub_geometry(geometry: Geometry, tiles: int) -> Geometry:
+    """The first ``tiles`` tiles of a geometry (a smaller detector for quick runs)."""
+    keep = np.isin(geometry.tiles, np.unique(geometry.tiles)[:tiles])
+    g = geometry
+    return Geometry(g.path, g.chips[keep], g.tiles[keep], g.x[keep], g.y[keep], g.connected[keep], g.pixel_pitch, {})
+
+
+@dataclass
+class Episodes:
+    """Targets entering a state (rising edges), counted from one evaluation to the next."""
+
+    previous: np.ndarray | None = None
+    count: int = 0
+
+    def add(self, now: np.ndarray) -> np.ndarray:
+        """Count and return the targets that entered the state since the last call."""
+        rising = now & ~self.previous if self.previous is not None else now.copy()
+        self.previous = now
+        self.count += int(rising.sum())
+        return rising
+
+
+@dataclass
+class Page:
+    """A critical alert: its condition must hold for ``for_s`` of (wall = data) time, while data is not stale."""
+
+    name: str
+    for_s: float
+    since: np.ndarray | None = None
+    firing: Episodes = field(default_factory=Episodes)
+
+    def add(self, now: float, condition: np.ndarray) -> np.ndarray:
+        """The targets whose alert starts firing at ``now``."""
+        since = np.full(condition.shape, np.nan) if self.since is None else self.since
+        self.since = np.where(condition, np.where(np.isnan(since), now, since), np.nan)
+        return self.firing.add(condition & (now - self.since >= self.for_s))
+
+
+class ScenarioRun:
+    """One scenario end to end: simulator -> raw files -> the reading and monitor of ``serve``; false verdicts and delays."""
+
+    def __init__(self, geometry: Geometry, sc: Scenario, every: int, workdir: Path) -> None:
+        self.sc, self.every, self.workdir = sc, every, workdir
+        self.sim = Simulator(geometry, sc.config, sc.faults, sc.activity)
+        self.monitor = Monitor(geometry)  # serve's defaults: window 60 s, alpha 0.01, noisy cut 10 Hz
+        self.tail = DirectoryTail([InputSpec(str(workdir))], FileReader())
+        rows, channels = np.nonzero(geometry.connected)
+        faulty = self.sim.bad_parity | self.sim.silent
+        for mask in self.sim.change_masks:
+            faulty = faulty | mask
+        self.affected = np.zeros(geometry.connected.shape, bool)
+        self.affected[rows[faulty], channels[faulty]] = True
+        self.chip_affected = np.asarray(self.affected.any(axis=1))
+        self.groups = np.unique(geometry.chips[:, 0])
+        self.group_affected = np.isin(self.groups, geometry.chips[self.chip_affected, 0])
+        self.n_chips = len(geometry.chips)
+        self.channel = Episodes()
+        self.chip = Episodes()
+        self.warnings = Episodes()
+        self.errors = Episodes()
+        self.pages = [
+            Page("LarpixChipSilent", alert_for_seconds("LarpixChipSilent")),
+            Page("LarpixDetectorStatusError", alert_for_seconds("LarpixDetectorStatusError")),
+            Page("LarpixSyncMissing", alert_for_seconds("LarpixSyncMissing")),
+        ]
+        self.false_pages = 0
+        self.evaluations = self.evaluations_false = 0
+        self.by_status: dict[str, int] = {}
+        self.by_check: dict[str, int] = {}
+        self.by_page: dict[str, int] = {}
+        self.flagged_at = self.paged_at = float("nan")
+        self.last_data = self.start = START
+
+    def on_second(self, now: int) -> None:
+        """Called after every simulated second: every ``every`` s, read what is new and evaluate, as serve polls."""
+        if (now - self.start) % self.every:
+            return
+        if self.tail.pump(lambda chunk: self.monitor.feed_chunk(chunk, now)):
+            self.last_data = now
+        self.judge(now, self.monitor.update())
+
+    def judge(self, now: int, state: Evaluation) -> None:
+        """Count the false verdicts, warnings and pages entered at this evaluation; note when the fault is found."""
+        snap, results = state.snapshot, state.results
+        n = self.n_chips
+        status = snap.channel_status[:n]
+        false_channels = np.isin(status, FALSE_CHANNEL) & ~self.affected
+        entered = status[self.channel.add(false_channels)]
+        for code, count in zip(*np.unique(entered, return_counts=True)):
+            name = ChannelStatus(code).name.lower()
+            self.by_status[name] = self.by_status.get(name, 0) + int(count)
+        self.chip.add(snap.chip_dead[:n] & ~self.chip_affected)
+        chip_status = results.chip_status[:, :n]
+        group_status = results.group_status[:, self.groups]
+        healthy_chip, healthy_group = ~self.chip_affected[None, :], ~self.group_affected[None, :]
+        warned = np.concatenate(
+            [((chip_status >= 1) & healthy_chip).ravel(), ((group_status >= 1) & healthy_group).ravel()]
+        )
+        rising = self.warnings.add(warned)
+        names = [c.name for c in results.chip_checks for _ in range(n)] + [
+            c.name for c in results.group_checks for _ in self.groups
+        ]
+        for i in np.flatnonzero(rising):
+            self.by_check[names[i]] = self.by_check.get(names[i], 0) + 1
+        self.errors.add(
+            np.concatenate([((chip_status == 2) & healthy_chip).ravel(), ((group_status == 2) & healthy_group).ravel()])
+        )
+        live = now - self.last_data <= STALE_S
+        conditions = (
+            (snap.chip_dead[:n] & live, self.chip_affected),
+            ((results.io_group_status[self.groups] >= 2) & live, self.group_affected),
+            ((snap.sync_rate_hz[self.groups] < 0.5) & live, self.group_affected),
+        )
+        for page, (condition, affected) in zip(self.pages, conditions):
+            fired = page.add(float(now), condition)
+            wrong = int((fired & ~affected).sum())
+            self.false_pages += wrong
+            if wrong:
+                self.by_page[page.name] = self.by_page.get(page.name, 0) + wrong
+            if (fired & affected).any() and np.isnan(self.paged_at):
+                self.paged_at = now - self.start
+        self.evaluations += 1
+        self.evaluations_false += bool(
+            false_channels.any() or warned.any() or (snap.chip_dead[:n] & ~self.chip_affected).any()
+        )
+        if self.sc.fault_start is not None and now - self.start > self.sc.fault_start and np.isnan(self.flagged_at):
+            if self.found(state):
+                self.flagged_at = now - self.start
+
+    def found(self, state: Evaluation) -> bool:
+        """Whether this evaluation shows the scenario's fault the way it should be shown."""
+        snap, results, n = state.snapshot, state.results, self.n_chips
+        status = snap.channel_status[:n]
+        if self.sc.expect == "inefficient":
+            return bool(np.isin(status[self.affected], (ChannelStatus.INEFFICIENT, ChannelStatus.SILENT)).any())
+        if self.sc.expect == "noisy":
+            return bool((status[self.affected] == ChannelStatus.NOISY).any())
+        if self.sc.expect == "parity":
+            row = [c.name for c in results.chip_checks].index("parity_error_ratio")
+            return bool((results.chip_status[row, :n][self.chip_affected] >= 1).any())
+        channel_flags = (np.isin(status, FALSE_CHANNEL) & self.affected).any(axis=1)
+        flagged = snap.chip_dead[:n] | (results.chip_worst[:n] >= 1) | channel_flags
+        return bool(flagged[self.chip_affected].mean() >= 0.5)
+
+
+def scenarios(geometry: Geometry, names: list[str], seconds: int, every: int, seed: int) -> None:
+    """Run every named scenario end to end and print one table row per scenario."""
+    print(
+        f"scenarios end to end: {int(geometry.connected.sum())} channels, {len(geometry.chips)} chips, "
+        f"{seconds} s of data each, read and evaluated every {every} s of data time as serve does; "
+        f"counts per 8-hour shift of data time"
+    )
+    print(
+        "| scenario | false channel verdicts | false dead chips | false check warnings | false check errors "
+        "| false pages per shift | evaluations with a false verdict | fault flagged after | fault paged after "
+        "| most false verdicts | wall |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        sc = scenario(name, geometry, seconds, seed)
+        workdir = Path(tempfile.mkdtemp(prefix=f"larpix-verdicts-{name}-"))
+        started = time.perf_counter()
+        try:
+            run = ScenarioRun(geometry, sc, every, workdir)
+            write_run(run.sim, workdir, "raw", seconds, realtime=False, start_time=START, on_second=run.on_second)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        shift = SHIFT_S / seconds
+        worst = sorted({**run.by_status, **run.by_check, **run.by_page}.items(), key=lambda kv: -kv[1])[:3]
+        fault = sc.fault_start is not None
+        print(
+            f"| {name} | {run.channel.count * shift:.1f} | {run.chip.count * shift:.1f} | {run.warnings.count * shift:.1f} "
+            f"| {run.errors.count * shift:.1f} | {run.false_pages * shift:.1f} "
+            f"| {run.evaluations_false} of {run.evaluations} "
+            f"| {duration(run.flagged_at) if fault else '-'} | {duration(run.paged_at) if fault else '-'} "
+            f"| {', '.join(f'{k} {v}' for k, v in worst) or '-'} | {time.perf_counter() - started:.0f} s |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evaluations", type=int, default=300, help="evaluations per occupancy (fast path)")
@@ -191,8 +402,20 @@ def main() -> None:
     parser.add_argument(
         "--occupancies", type=float, nargs="+", default=list(OCCUPANCIES_HZ), help="hit rates per channel (Hz)"
     )
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=["all", *DESCRIPTIONS], help="run these scenarios end to end instead"
+    )
+    parser.add_argument("--scenario-seconds", type=int, default=3600, help="data seconds of each scenario")
+    parser.add_argument("--every", type=int, default=10, help="data seconds between two evaluations (scenarios)")
+    parser.add_argument("--tiles", type=int, default=0, help="only the first N tiles of the module (0: all)")
     args = parser.parse_args()
     geometry = load_geometry(packaged_layout())
+    if args.tiles:
+        geometry = sub_geometry(geometry, args.tiles)
+    if args.scenarios:
+        names = list(DESCRIPTIONS) if "all" in args.scenarios else args.scenarios
+        scenarios(geometry, names, args.scenario_seconds, args.every, args.seed)
+        return
     fast(geometry, args.occupancies, args.evaluations, args.alpha, args.seed)
     if args.seconds:
         end_to_end(geometry, args.seconds, 0.05, args.alpha, every=min(10, args.seconds))

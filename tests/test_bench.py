@@ -24,6 +24,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("latency.py", ["--seconds", "3"], "append -> /metrics latency"),
         ("drawing.py", ["--repeat", "1", "--seconds", "5", "--no-serve"], "PixelMap"),
         ("verdicts.py", ["--evaluations", "2", "--occupancies", "0.5", "--seconds", "3"], "false verdicts or check"),
+        ("verdicts.py", ["--scenarios", "all", "--tiles", "1", "--scenario-seconds", "40"], "| bad-parity-chip |"),
         ("checkpoint.py", ["--repeat", "1", "--files", "10", "--io-groups", "2"], "module (1,600 chips)"),
         ("soak.py", ["--minutes", "0.5", "--sample", "10"], "RSS after warm-up"),
         ("server.py", ["--seconds", "2", "--backlog", "20"], "history fetches by 2 clients"),

@@ -50,7 +50,7 @@ DESCRIPTIONS = {
     "hv-trip": "detector; at a third of the run one tile's HV trips: its hits drop to 10 %",
     "hot-tile": "detector; at a third of the run one tile's noise rises to 5x",
     "inefficient-channel": "detector; at a third of the run one channel's efficiency drops to 30 %",
-    "intermittent-noise": "detector; from a third of the run one channel bursts at 50 Hz for 5 s every 5 min",
+    "intermittent-noise": "detector; from a third of the run one channel bursts at 200 Hz for 5 s every 5 min",
     "dead-chip": "detector; at a third of the run one chip dies",
     "dead-io-channel": "detector; one io_channel (all its chips) dead from the start",
     "dead-tile": "detector; one tile dead from the start",
@@ -80,7 +80,7 @@ def scenario(name: str, geometry: Geometry, seconds: float, seed: int = 0) -> Sc
     elif name == "beam":
         activity = replace(DETECTOR, beam_spill_period=1.2)
     elif name == "pause":
-        activity = replace(DETECTOR, pauses=[(later, min(600.0, seconds / 4))])
+        activity = replace(DETECTOR, pauses=[(later, min(600.0, seconds / 3))])
     elif name == "runs":
         activity = replace(DETECTOR, run_seconds=max(60.0, seconds / 4), run_gap_seconds=30.0)
     elif name == "parity":
@@ -93,7 +93,7 @@ def scenario(name: str, geometry: Geometry, seconds: float, seed: int = 0) -> Sc
         faults = Faults(rate_changes=[RateChange(keys=[channel], scale=0.3, start=later)])
         expect = "inefficient"
     elif name == "intermittent-noise":
-        burst = RateChange(keys=[channel], add_hz=50.0, start=later, period=300.0, duration=5.0)
+        burst = RateChange(keys=[channel], add_hz=200.0, start=later, period=300.0, duration=5.0)
         faults = Faults(rate_changes=[burst])
         expect = "noisy"
     elif name == "dead-chip":
