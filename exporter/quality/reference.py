@@ -45,6 +45,10 @@ class Reference:
         self.sources = sources
         keys = arrays["chip_keys"].astype(np.int64)
         self._index = {tuple(k): i for i, k in enumerate(keys.tolist())}
+        # an update looks the reference up for its chips and compares one snapshot in several places
+        # (the verdicts, the checks, the published comparison): each is computed once, for the newest
+        self._rows: tuple[bytes, np.ndarray, np.ndarray] = (b"", np.zeros(0, np.int64), np.zeros((0, 64)))
+        self._compared: tuple[Snapshot, Comparison] | None = None
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, sources: list[str]) -> Reference:
@@ -100,7 +104,18 @@ class Reference:
 
     def rows_for(self, chip_keys: np.ndarray) -> np.ndarray:
         """Reference row of each chip key, -1 where the reference does not know the chip."""
-        return np.array([self._index.get(tuple(k), -1) for k in chip_keys.astype(np.int64).tolist()], np.int64)
+        return self._lookup(chip_keys)[0]
+
+    def _lookup(self, chip_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and aligned rates of ``chip_keys``, read-only, looked up once per set of chips."""
+        keys = np.ascontiguousarray(chip_keys, np.int64)
+        if keys.tobytes() != self._rows[0]:
+            rows = np.array([self._index.get(tuple(k), -1) for k in keys.tolist()], np.int64)
+            rates = self.aligned("rate_hz", rows)
+            rows.setflags(write=False)
+            rates.setflags(write=False)
+            self._rows = (keys.tobytes(), rows, rates)
+        return self._rows[1], self._rows[2]
 
     def aligned(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Reference array ``name`` laid out like the snapshot's chips (NaN for unknown chips)."""
@@ -111,10 +126,15 @@ class Reference:
 
     def aligned_rates(self, chip_keys: np.ndarray) -> np.ndarray:
         """(chips, 64) reference rate of each channel of ``chip_keys`` (NaN for chips it does not know)."""
-        return self.aligned("rate_hz", self.rows_for(chip_keys))
+        return self._lookup(chip_keys)[1]
 
     def compare(self, snap: Snapshot) -> Comparison:
-        """Rate and pedestal of every chip and channel against the reference."""
+        """Rate and pedestal of every chip and channel against the reference (computed once per snapshot)."""
+        if self._compared is None or self._compared[0] is not snap:
+            self._compared = (snap, self._compare(snap))
+        return self._compared[1]
+
+    def _compare(self, snap: Snapshot) -> Comparison:
         rows = self.rows_for(snap.chip_keys)
         ref_rate, ref_mean, ref_hits = (
             self.aligned("rate_hz", rows),

@@ -1,0 +1,170 @@
+"""The state table (``exporter/quality/state.py``) against everything derived from it or written beside it:
+the kernels' argument lists, both engines, the checkpoint and the window's clearing.
+
+A per-packet quantity added to the table but not to an engine, the kernel or the checkpoint fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from exporter.quality.clock import DataClock
+from exporter.quality.state import (
+    BY_NAME,
+    CHIP,
+    COUNT,
+    COUNTERS,
+    FIELDS,
+    FOLD,
+    SLOT_CHIP,
+    WINDOW,
+    WINDOW_ARRAYS,
+    kernel_fields,
+)
+from exporter.reading.decode import split_messages
+from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+from exporter.simulate import Faults, SimulationConfig, Simulator
+
+START = 1_700_000_000
+FAULTS = Faults(parity_error_fraction=0.02, fifo_full_chips=[(1, 2, 40)], fifo_flag_fraction=0.05)
+
+
+def kernel_unpacking(function: str) -> list[str]:
+    """The names ``compiled.<function>`` unpacks its ``state`` argument into, read from the source."""
+    origin = importlib.util.find_spec("exporter.quality.compiled").origin  # type: ignore[union-attr]
+    tree = ast.parse(Path(str(origin)).read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
+    for node in ast.walk(body):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id == "state":
+            (target,) = node.targets
+            assert isinstance(target, ast.Tuple)
+            return [t.id for t in target.elts if isinstance(t, ast.Name)]
+    raise AssertionError(f"compiled.{function} does not unpack its state")
+
+
+@pytest.mark.parametrize("kernel, function", [(COUNT, "count_chunk"), (FOLD, "fold_hits")])
+def test_each_kernel_unpacks_its_fields_in_the_tables_order(kernel: str, function: str) -> None:
+    assert kernel_unpacking(function) == [f.name for f in kernel_fields(kernel)]
+
+
+def test_the_table_is_consistent() -> None:
+    assert len(BY_NAME) == len(FIELDS)
+    for f in FIELDS:
+        assert f.checkpoint in (COUNTERS, WINDOW, None), f.name
+        assert set(f.kernels) <= {COUNT, FOLD}, f.name
+    # what runtime/checkpoint.py pads as chips appear: the window file's per-chip arrays, named win_*
+    assert [n for n in WINDOW_ARRAYS if BY_NAME[n].scope == SLOT_CHIP] == [
+        n for n in WINDOW_ARRAYS if n.startswith("win_")
+    ]
+
+
+def simulated(seconds: int) -> list[np.ndarray]:
+    """Packet records of every kind the engines count: data of each trigger type, parity errors and
+    FIFO flags, syncs, external triggers, periodic triggers (the pedestal window)."""
+    geometry = load_geometry(packaged_layout())
+    config = SimulationConfig(seed=3, trigger_rate_hz=2.0, periodic_trigger_hz=2.0)
+    sim = Simulator(geometry, config, FAULTS)
+    chunks = [split_messages(*sim.second(START + t)).decode() for t in range(seconds)]
+    for packets in chunks:  # parity errors on a link without a known chip
+        data = np.flatnonzero(packets["packet_type"] == DATA)[:3]
+        packets["io_channel"][data], packets["valid_parity"][data] = 77, 0
+    return chunks
+
+
+ENGINES = (NUMPY, COMPILED)
+
+
+@pytest.fixture(scope="module")
+def fed() -> dict[str, Accumulator]:
+    """One accumulator per engine, fed the same packets."""
+    assert load_kernels(wait=300), KERNELS.error
+    geometry = load_geometry(packaged_layout())
+    config = {"window_seconds": 10.0, "window_bins": 5}
+    accs = {e: Accumulator(QualityConfig(engine=e, **config), geometry) for e in ENGINES}  # type: ignore[arg-type]
+    clocks = {e: DataClock() for e in ENGINES}
+    for packets in simulated(14):
+        for e, acc in accs.items():
+            acc.add(packets, clocks[e], START + 100.0)
+    assert accs[COMPILED].compiled and not accs[NUMPY].compiled
+    return accs
+
+
+def test_both_engines_count_every_field_of_the_table_alike(fed: dict[str, Accumulator]) -> None:
+    numpy_state, compiled_state = fed[NUMPY].state, fed[COMPILED].state
+    assert numpy_state.capacity == compiled_state.capacity
+    for f in FIELDS:
+        a, b = getattr(numpy_state, f.name), getattr(compiled_state, f.name)
+        np.testing.assert_array_equal(b, a, err_msg=f.name)
+        if f.kernels:  # the packets exercise every counted field: one left out of an engine shows
+            assert (np.nan_to_num(a, nan=f.fill) != f.fill).any(), f.name
+
+
+def test_every_field_is_checkpointed_and_restored(fed: dict[str, Accumulator]) -> None:
+    acc = fed[NUMPY]
+    saved = acc.export_state()
+    assert {f.name for f in FIELDS if f.checkpoint is not None} <= saved.keys()
+    restored = Accumulator(acc.config, acc.geometry)
+    assert restored.import_state(saved)
+    n = len(acc.chips)
+    for f in FIELDS:
+        a, b = getattr(acc.state, f.name), getattr(restored.state, f.name)
+        if f.scope == CHIP:
+            a, b = a[:n], b[:n]
+        elif f.scope == SLOT_CHIP:
+            a, b = a[:, :n], b[:, :n]
+        np.testing.assert_array_equal(b, a, err_msg=f.name)
+
+
+def test_another_window_restores_the_counters_and_starts_the_window_empty(fed: dict[str, Accumulator]) -> None:
+    acc = fed[NUMPY]
+    restored = Accumulator(QualityConfig(engine=NUMPY, window_seconds=12.0, window_bins=6), acc.geometry)
+    assert not restored.import_state(acc.export_state())
+    n = len(acc.chips)
+    for f in FIELDS:
+        got = getattr(restored.state, f.name)
+        if f.windowed and f.per_slot:
+            assert got is None or not got.any(), f.name
+        elif not f.windowed:
+            want = getattr(acc.state, f.name)
+            np.testing.assert_array_equal(got[:n] if f.per_chip else got, want[:n] if f.per_chip else want, f.name)
+    np.testing.assert_array_equal(restored.state.window_end, acc.state.clock.head)
+
+
+def test_clearing_a_slot_empties_every_windowed_field_of_its_io_group(fed: dict[str, Accumulator]) -> None:
+    state = fed[NUMPY].state
+    saved = {f.name: getattr(state, f.name).copy() for f in FIELDS}
+    try:
+        g = int(state.chips.keys[0, 0])
+        rows = state.chips.keys[:, 0] == g
+        state.clear(g, range(state.config.window_bins))
+        for f in FIELDS:
+            if f.per_slot:
+                array = getattr(state, f.name)
+                cleared = array[:, : len(rows)][:, rows] if f.per_chip else array[:, g]
+                assert (cleared == f.fill).all(), f.name
+    finally:
+        for name, value in saved.items():
+            setattr(state, name, value)
+
+
+def test_a_chip_first_seen_in_a_later_chunk_gets_its_tile(tile_geometry) -> None:
+    """Chips registered within the arrays' capacity are looked up in the geometry too (a geometry by
+    chip_id registers no chip up front; before, only chips that grew the arrays got their tile)."""
+    chips = sorted(tile_geometry.by_chip_id)[:2]
+    acc = Accumulator(QualityConfig(engine=NUMPY), tile_geometry)
+    clock = DataClock()
+    for chip in chips:
+        packets = np.zeros(2, PACKET_DTYPE)
+        packets["packet_type"], packets["timestamp"][0] = (TIMESTAMP, DATA), START
+        packets["io_group"], packets["io_channel"], packets["chip_id"][1], packets["valid_parity"] = 1, 1, chip, 1
+        acc.add(packets, clock, START + 100.0)
+    rows = [tile_geometry.row_of(1, 1, chip) for chip in chips]
+    assert acc.geo_row.tolist() == rows
+    assert acc.snapshot().chip_tiles.tolist() == tile_geometry.tiles[rows].tolist()
