@@ -10,10 +10,11 @@ import argparse
 import gzip
 import resource
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
-from exporter.metrics.exposition import client_families, render
+from exporter.metrics.exposition import Family, render
 from exporter.metrics.families import FamilyBuilder
 from exporter.monitor import Evaluation
 from exporter.quality.accumulator import Accumulator
@@ -24,6 +25,26 @@ from exporter.runtime.health import Health
 from exporter.web.server import GZIP_LEVEL
 
 START = 1_700_000_000
+
+
+def client_families(families: Iterable[Family]) -> list:
+    """The same families as prometheus_client metric families, for its generic exposition."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+    out = []
+    for fam in families:
+        metric: Metric
+        if fam.type == "counter":
+            metric = CounterMetricFamily(fam.name, fam.help)
+        elif fam.type == "gauge":
+            metric = GaugeMetricFamily(fam.name, fam.help)
+        else:
+            metric = Metric(fam.name, fam.help, fam.type)
+        for s in fam.samples:
+            for row, value in zip(s.rows, s.values.tolist()):
+                metric.add_sample(fam.name + s.suffix, dict(zip(s.names, map(str, row))), value)
+        out.append(metric)
+    return out
 
 
 def detector(io_groups: int, chips_per_group: int, channels: int = 49) -> Accumulator:

@@ -6,10 +6,11 @@ detector) every ``--plot-interval`` seconds. The
 exporter's resident memory (VmRSS) is printed every ``--sample`` seconds; memory must
 depend on the detector and the plots, not on how many files the run had: after the first
 quarter (warm-up: the first files, the first drawings) RSS stays within 10 % of its level then.
+The drawing process (the server's child) is sampled beside it; ``--plots all`` draws every plot.
 At the end SIGTERM is sent while plots are drawing, with hundreds of files tracked, and the
 time to exit is printed (the README promises 10 s).
 
-Usage: python bench/soak.py [--minutes 10] [--plot-interval 5] [--sample 30] [--plots PacketRate TileRate HotPixels]
+Usage: python bench/soak.py [--minutes 10] [--plot-interval 5] [--sample 30] [--plots PacketRate TileRate HotPixels | all]
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
+def children_rss_mb(pid: int) -> float:
+    """Resident memory of a process's children (the drawing process, started by any of its threads) in MB."""
+    pids = {child for task in Path(f"/proc/{pid}/task").glob("*") for child in (task / "children").read_text().split()}
+    return sum(rss_mb(int(child)) for child in pids if Path(f"/proc/{child}/status").exists())
+
+
 def metric(port: int, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
@@ -45,7 +52,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--plot-interval", type=float, default=5.0)
     parser.add_argument("--sample", type=float, default=30.0, help="seconds between two RSS samples")
-    parser.add_argument("--plots", nargs="+", default=["PacketRate", "TileRate", "HotPixels"])
+    parser.add_argument("--plots", nargs="+", default=["PacketRate", "TileRate", "HotPixels"], help="'all': every plot")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="larpix-soak-"))
     with socket.socket() as s:
@@ -58,14 +65,14 @@ def main() -> None:
     server = subprocess.Popen([*python, "serve", "-i", str(work / "data"), "--port", str(port),
                                "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", str(work / "state.npz"),
                                "--geometry", str(packaged_layout()), "-o", str(work / "plots"),
-                               "--plot-interval", str(args.plot_interval), *(f"--plots={p}" for p in args.plots)],
+                               "--plot-interval", str(args.plot_interval), *(f"--plots={p}" for p in args.plots if p != "all")],
                               stdout=serve_log, stderr=subprocess.STDOUT)  # fmt: skip
-    samples: list[tuple[float, float, float, float]] = []
+    samples: list[tuple[float, float, float, float, float]] = []
     stop_seconds = float("nan")
     try:
         started = time.monotonic()
         end = started + args.minutes * 60
-        print(f"{'minute':>7} {'RSS MB':>8} {'files':>6} {'plot cycles':>12}", flush=True)
+        print(f"{'minute':>7} {'RSS MB':>8} {'drawing MB':>11} {'files':>6} {'plot cycles':>12}", flush=True)
         while time.monotonic() < end:
             time.sleep(min(args.sample, max(0.0, end - time.monotonic())))
             try:
@@ -73,8 +80,12 @@ def main() -> None:
                 cycles = metric(port, "larpix_exporter_plot_cycles_total")
             except OSError:
                 files = cycles = float("nan")
-            samples.append(((time.monotonic() - started) / 60, rss_mb(server.pid), files, cycles))
-            print(f"{samples[-1][0]:>7.1f} {samples[-1][1]:>8.0f} {files:>6.0f} {cycles:>12.0f}", flush=True)
+            minute = (time.monotonic() - started) / 60
+            samples.append((minute, rss_mb(server.pid), children_rss_mb(server.pid), files, cycles))
+            print(
+                f"{minute:>7.1f} {samples[-1][1]:>8.0f} {samples[-1][2]:>11.0f} {files:>6.0f} {cycles:>12.0f}",
+                flush=True,
+            )
         sent = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(60)
@@ -85,15 +96,16 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
         serve_log.close()
-    settled = [rss for minute, rss, _, _ in samples if minute >= args.minutes / 4]
-    if settled:
-        base = settled[0]
-        spread = (max(settled) - base) / base * 100
-        verdict = "flat" if abs(spread) <= 10 else "GROWS"
-        print(f"RSS after warm-up: {base:.0f} MB -> max {max(settled):.0f} MB, last {settled[-1]:.0f} MB "
-              f"({spread:+.1f} %: {verdict}, target within 10 %)")  # fmt: skip
+    for column, what in ((1, "exporter RSS"), (2, "drawing process RSS")):
+        settled = [sample[column] for sample in samples if sample[0] >= args.minutes / 4]
+        if settled and settled[0] > 0:
+            base = settled[0]
+            spread = (max(settled) - base) / base * 100
+            verdict = "flat" if abs(spread) <= 10 else "GROWS"
+            print(f"{what} after warm-up: {base:.0f} MB -> max {max(settled):.0f} MB, last {settled[-1]:.0f} MB "
+                  f"({spread:+.1f} %: {verdict}, target within 10 %)")  # fmt: skip
     print(
-        f"SIGTERM with plots drawing and {samples[-1][2]:.0f} files: exited {server.returncode} in {stop_seconds:.1f} s"
+        f"SIGTERM with plots drawing and {samples[-1][3]:.0f} files: exited {server.returncode} in {stop_seconds:.1f} s"
     )
     print(f"work folder (data, plots, serve.log): {work}")
 

@@ -273,7 +273,3 @@ class RunConfig:
     def masked_channels(self, keys: np.ndarray) -> np.ndarray:
         """(n, 64) bool: masked channels of each chip row."""
         return self._per_chip(self.masked, keys)
-
-    def periodic_channels(self, keys: np.ndarray) -> np.ndarray:
-        """(n, 64) bool: channels with periodic triggers enabled, per chip row."""
-        return self._per_chip(self.periodic, keys)

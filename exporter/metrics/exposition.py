@@ -19,6 +19,11 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def escape_help(text: str) -> str:
+    """HELP text as the text format needs it: backslash and line feed escaped (a raw newline would end the line)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def label_string(names: Sequence[str], values: Sequence[object]) -> str:
     """``a="1",b="x"`` for the given label names and values."""
     return ",".join(f'{n}="{escape_label_value(str(v))}"' for n, v in zip(names, values))
@@ -87,7 +92,7 @@ def render(families: Iterable[Family]) -> str:
     out: list[str] = []
     for fam in families:
         head = fam.name + "_total" if fam.type == "counter" else fam.name
-        out.append(f"# HELP {head} {fam.help}\n# TYPE {head} {fam.type}\n")
+        out.append(f"# HELP {head} {escape_help(fam.help)}\n# TYPE {head} {fam.type}\n")
         for s in fam.samples:
             if not len(s.labels):
                 continue
@@ -116,23 +121,3 @@ def histogram(
     fam.add(names, rows, sums, "_sum")
     fam.add(names, rows, np.asarray(cumulative)[:, -1] if len(rows) else np.zeros(0), "_count")
     return fam
-
-
-def client_families(families: Iterable[Family]) -> list:
-    """The same families as prometheus_client metric families, for its generic exposition."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-    out = []
-    for fam in families:
-        metric: Metric
-        if fam.type == "counter":
-            metric = CounterMetricFamily(fam.name, fam.help)
-        elif fam.type == "gauge":
-            metric = GaugeMetricFamily(fam.name, fam.help)
-        else:
-            metric = Metric(fam.name, fam.help, fam.type)
-        for s in fam.samples:
-            for row, value in zip(s.rows, s.values.tolist()):
-                metric.add_sample(fam.name + s.suffix, dict(zip(s.names, map(str, row))), value)
-        out.append(metric)
-    return out
