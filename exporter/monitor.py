@@ -35,13 +35,13 @@ from exporter.quality.checks import (
     load_checks,
     mode_checks,
 )
-from exporter.quality.clock import DataClock
 from exporter.quality.evaluation import Evaluation
 from exporter.quality.history import History
 from exporter.quality.reference import Reference
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
+from exporter.reading.cursor import DataClock, FileCursor
+from exporter.reading.tail import DirectoryTail, InputSpec
 
 if TYPE_CHECKING:
     from exporter.reading.files import Chunk

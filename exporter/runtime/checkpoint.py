@@ -32,7 +32,8 @@ import numpy as np
 from exporter.detector.geometry import Geometry
 from exporter.metrics.health import Health
 from exporter.quality.accumulator import Accumulator
-from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
+from exporter.reading.cursor import FileCursor
+from exporter.reading.tail import DirectoryTail, InputSpec
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 2

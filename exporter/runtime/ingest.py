@@ -17,8 +17,9 @@ from exporter.metrics.health import Health
 from exporter.monitor import Monitor
 from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
+from exporter.reading.cursor import FileCursor
 from exporter.reading.files import PACKETS, Chunk, FileReader
-from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
+from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint
 
 log = logging.getLogger(__name__)
