@@ -16,12 +16,12 @@ import numpy as np
 
 from exporter.metrics.exposition import Family, render
 from exporter.metrics.families import FamilyBuilder
+from exporter.metrics.health import Health
 from exporter.monitor import Evaluation
 from exporter.quality.accumulator import Accumulator
 from exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from exporter.quality.clock import DataClock
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.runtime.health import Health
 from exporter.web.server import GZIP_LEVEL
 
 START = 1_700_000_000

@@ -19,7 +19,7 @@ from exporter.detector.geometry import (
     unseen_chips_warning,
 )
 from exporter.metrics.families import FamilyBuilder
-from exporter.runtime.health import Health
+from exporter.metrics.health import Health
 from exporter.settings import Settings
 from exporter.web.problems import geometry_notice_html
 

@@ -323,7 +323,7 @@ def test_an_io_group_that_stops_sending_falls_to_zero(module_geometry, run, clea
 def test_metrics_show_link_parity_errors_unexpected_chips_offsets_and_time_jumps(module_geometry, run):
     from exporter.metrics.exposition import render
     from exporter.metrics.families import FamilyBuilder
-    from exporter.runtime.health import Health
+    from exporter.metrics.health import Health
 
     chunks = [shifted(c, 2, -30) for c in run[:20]]
     chunks[5] = corrupted(one_bad_header(chunks[5], 3600), chip_id=250, n=2)

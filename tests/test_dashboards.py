@@ -358,9 +358,9 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
 
     from exporter import Monitor
     from exporter.metrics.families import FamilyBuilder
+    from exporter.metrics.health import Health
     from exporter.quality.reference import Reference
     from exporter.reading.decode import decode_messages
-    from exporter.runtime.health import Health
     from exporter.simulate import SimulationConfig, Simulator
     from exporter.web.pages import plot_families
 

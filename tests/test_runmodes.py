@@ -13,6 +13,7 @@ from larpix.format import hdf5format, pacman_msg_format
 from exporter.detector.runconfig import RunConfig
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
+from exporter.metrics.health import Health
 from exporter.monitor import Evaluation, Monitor
 from exporter.quality.accumulator import Accumulator, QualityConfig
 from exporter.quality.checks import ChecksConfigError, detect_run_mode, evaluate, mode_checks
@@ -20,7 +21,6 @@ from exporter.quality.clock import DataClock
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.decode import decode_messages
 from exporter.reading.packets import DATA, PACKET_DTYPE, PERIODIC_TRIGGER
-from exporter.runtime.health import Health
 from exporter.runtime.ingest import Published
 from exporter.simulate import Faults, SimulationConfig, Simulator
 from exporter.web.server import MetricsApp

@@ -11,6 +11,7 @@ from helpers import START, parse_metrics
 from exporter import Monitor
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
+from exporter.metrics.health import Health
 from exporter.quality.accumulator import Accumulator, QualityConfig
 from exporter.quality.checks import DEFAULT_CHECKS, counting_status
 from exporter.quality.clock import DataClock
@@ -24,7 +25,6 @@ from exporter.quality.verdicts import (
 )
 from exporter.reading.decode import decode_messages
 from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.runtime.health import Health
 from exporter.simulate import Faults, SimulationConfig, Simulator
 
 ALPHA = 0.01
