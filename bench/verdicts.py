@@ -321,6 +321,8 @@ class ScenarioRun:
             np.concatenate([((chip_status == 2) & healthy_chip).ravel(), ((group_status == 2) & healthy_group).ravel()])
         )
         live = now - self.last_data <= STALE_S
+        fault_start = self.sc.fault_start
+        since_fault = now - self.start - fault_start if fault_start is not None else float("nan")
         conditions = (
             (snap.chip_dead[:n] & live, self.chip_affected),
             ((results.io_group_status[self.groups] >= 2) & live, self.group_affected),
@@ -332,15 +334,14 @@ class ScenarioRun:
             self.false_pages += wrong
             if wrong:
                 self.by_page[page.name] = self.by_page.get(page.name, 0) + wrong
-            if (fired & affected).any() and np.isnan(self.paged_at):
-                self.paged_at = now - self.start
+            if since_fault > 0 and (fired & affected).any() and np.isnan(self.paged_at):
+                self.paged_at = since_fault
         self.evaluations += 1
         self.evaluations_false += bool(
             false_channels.any() or warned.any() or (snap.chip_dead[:n] & ~self.chip_affected).any()
         )
-        if self.sc.fault_start is not None and now - self.start > self.sc.fault_start and np.isnan(self.flagged_at):
-            if self.found(state):
-                self.flagged_at = now - self.start
+        if since_fault > 0 and np.isnan(self.flagged_at) and self.found(state):
+            self.flagged_at = since_fault
 
     def found(self, state: Evaluation) -> bool:
         """Whether this evaluation shows the scenario's fault the way it should be shown."""
