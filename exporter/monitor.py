@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from exporter.detector.geometry import Geometry, load_geometry
-from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
+from exporter.detector.runconfig import RunConfig, RunConfigError
 from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
 from exporter.quality.channels import channel_list
 from exporter.quality.checks import (
@@ -41,6 +41,7 @@ from exporter.quality.reference import Reference
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.cursor import DataClock, FileCursor
+from exporter.reading.formats import BY_NAME
 from exporter.reading.tail import DirectoryTail, InputSpec
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Monitor:
         self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self.history = History(history_interval, history_length)
         self._files: dict[str, DirectoryTail] = {}
+        self._configured: set[str] = set()  # files whose stored configuration was applied (or found unusable)
         self._metric_handlers: list[Callable[[str, float, dict], None]] = []
         self._log_handlers: list[Callable[[dict], None]] = []
         self._status_handlers: list[Callable[[StatusChange], None]] = []
@@ -166,19 +168,26 @@ class Monitor:
         path = str(path)
         if path not in self._files:
             self._files[path] = DirectoryTail([InputSpec(path)], on_error=self._on_read_error)
-            try:
-                self.use_file_configuration(path)
-            except RunConfigError as err:
-                self.log_event("warning", str(err), reason="configs", file=path)
-        return self._files[path].pump(self.feed_chunk)
+        return self._files[path].pump(self._feed_file_chunk)
 
-    def use_file_configuration(self, path: str | os.PathLike) -> bool:
-        """Add the channel masks and periodic triggers a packet file stores (``configs``); False if it has none."""
-        found = read_file_configuration(str(path))
-        if found is None:
-            return False
-        self.accumulator.set_run_config(self.accumulator.run_config.with_file_configuration(str(path), found))
-        return True
+    def _feed_file_chunk(self, chunk: Chunk) -> None:
+        try:
+            self.apply_file_configuration(chunk)
+        except RunConfigError as err:
+            self.log_event("warning", str(err), reason="configs", file=chunk.cursor.path)
+        self.feed_chunk(chunk)
+
+    def apply_file_configuration(self, chunk: Chunk) -> None:
+        """Judge with the configuration the chunk's file stores, if its format stores one (a packet file's
+        channel masks and periodic triggers): read once per file, at its first chunk, before its data are
+        counted. RunConfigError if it is unusable; the file's data still count then."""
+        path = chunk.cursor.path
+        if path in self._configured or not BY_NAME[chunk.kind].stores_run_configuration:
+            return
+        self._configured.add(path)
+        run_config = self.accumulator.run_config.with_file(path)
+        if run_config is not self.accumulator.run_config:
+            self.accumulator.set_run_config(run_config)
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
         self.log_event("error", message, reason=reason, file=cursor.path)

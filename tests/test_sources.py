@@ -16,6 +16,7 @@ from larpix.format.hdf5format import to_file
 from exporter.reading import files as sources
 from exporter.reading.decode import decode_messages
 from exporter.reading.files import FileReader
+from exporter.reading.packets import REQUIRED_FIELDS
 from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
 from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator, open_writer
 
@@ -156,7 +157,7 @@ def write_bad_files(directory):
     with h5py.File(directory / "foreign.h5", "w") as fh:
         fh.create_dataset("packets", data=np.zeros(3, [("chip_id", "u1"), ("adc", "f4")]))
     with h5py.File(directory / "floats.h5", "w") as fh:
-        fh.create_dataset("packets", data=np.zeros(3, [(f, "f4") for f in sources.REQUIRED_FIELDS]))
+        fh.create_dataset("packets", data=np.zeros(3, [(f, "f4") for f in REQUIRED_FIELDS]))
     return {
         "empty.h5": "empty",
         "random.h5": "not_hdf5",

@@ -244,8 +244,13 @@ class RunConfig:
             sources.append(str(path))
         return cls(None if chips is None else frozenset(chips), masked, {}, run_mode, tuple(sources))
 
-    def with_file_configuration(self, path: str, found: FileConfiguration) -> RunConfig:
-        """This configuration plus the channel masks and periodic triggers a packet file stores."""
+    def with_file(self, path: str) -> RunConfig:
+        """This configuration plus the channel masks and periodic triggers the packet file at ``path`` stores
+        (``configs``), itself if it stores none; RunConfigError if its configs dataset is malformed. The one
+        read of a file's configuration (serve, once and the Python API apply it through ``Monitor``)."""
+        found = read_file_configuration(path)
+        if found is None:
+            return self
         masked = dict(self.masked)
         periodic = dict(self.periodic)
         for (g, c, chip), mask, trig in zip(found.chips.tolist(), found.channel_mask, found.periodic_trigger):

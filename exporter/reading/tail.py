@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from exporter.reading.cursor import FileCursor
-from exporter.reading.files import Chunk, FileReader, FileReplaced, SourceError
+from exporter.reading.files import Chunk, FileReader, FileReplaced
+from exporter.reading.formats.base import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from exporter.detector.runconfig import RunConfigError
 from exporter.metrics.health import Health
 from exporter.monitor import Monitor
+from exporter.quality.accumulator import Accumulator
 from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
 from exporter.reading.cursor import FileCursor
-from exporter.reading.files import PACKETS, Chunk, FileReader
+from exporter.reading.files import Chunk, FileReader
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint
 
@@ -36,6 +37,26 @@ class Published:
     @property
     def snapshot(self) -> Snapshot:
         return self.evaluation.snapshot
+
+
+def count_chunk(health: Health, chunk: Chunk, now: float) -> None:
+    """Add a counted chunk to the exporter's own figures: packets by format, raw messages, decode errors."""
+    health.packets_ingested[chunk.kind] += chunk.size
+    health.messages_ingested += chunk.messages
+    health.decode_errors["bad_message"] += chunk.bad_messages
+    health.decode_errors["unknown_word"] += chunk.unknown_words
+    health.decode_errors["headerless"] += chunk.headerless
+    if chunk.size:
+        health.last_ingest_wall = now
+
+
+def note_reading(health: Health, accumulator: Accumulator, tail: DirectoryTail) -> None:
+    """Copy into the exporter's figures what the clocks rejected, the engine, and the files read and failing."""
+    health.decode_errors["implausible_timestamp"] = accumulator.clock.implausible
+    health.decode_errors["time_jump"] = accumulator.clock.rejected
+    health.compiled_ingest = accumulator.compiled
+    health.files_tracked = tail.tracked
+    health.files_in_error = tail.errors_by_reason()
 
 
 class Ingester:
@@ -63,7 +84,6 @@ class Ingester:
         self.listeners: list[Callable[[Chunk], None]] = []
         #: Called in the ingest thread with each new publication (the server renders it ahead of scrapes).
         self.publish_listeners: list[Callable[[Published], None]] = []
-        self._configured: set[str] = set()  # packet files whose own chip configurations were read
         self._last_publish = 0.0
         self._unpublished = False  # chunks counted since the last publication
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
@@ -123,13 +143,8 @@ class Ingester:
 
     def publish(self) -> None:
         """Make the current state visible to scrapes."""
-        h = self.health
-        h.decode_errors["implausible_timestamp"] = self.accumulator.clock.implausible
-        h.decode_errors["time_jump"] = self.accumulator.clock.rejected
-        h.compiled_ingest = self.accumulator.compiled
-        h.files_tracked = self.tail.tracked
-        h.files_in_error = self.tail.errors_by_reason()
-        self.published = Published(self.monitor.update(), h.copy())
+        note_reading(self.health, self.accumulator, self.tail)
+        self.published = Published(self.monitor.update(), self.health.copy())
         self._last_publish = time.monotonic()
         self._unpublished = False
         for listener in self.publish_listeners:
@@ -150,22 +165,13 @@ class Ingester:
             self.publish()
         self._unpublished = True
         now = time.time()
-        if chunk.kind == PACKETS and chunk.cursor.path not in self._configured:
-            self._configured.add(chunk.cursor.path)
-            try:
-                self.monitor.use_file_configuration(chunk.cursor.path)  # its channel masks, before its data
-            except RunConfigError as err:
-                self.health.count_read_error("configs")
-                self.monitor.log_event("warning", str(err), reason="configs", file=chunk.cursor.path)
+        try:
+            self.monitor.apply_file_configuration(chunk)  # its channel masks, before its data
+        except RunConfigError as err:
+            self.health.count_read_error("configs")
+            self.monitor.log_event("warning", str(err), reason="configs", file=chunk.cursor.path)
         self.monitor.feed_chunk(chunk, now)
-        h = self.health
-        h.packets_ingested[chunk.kind] += chunk.size
-        h.messages_ingested += chunk.messages
-        h.decode_errors["bad_message"] += chunk.bad_messages
-        h.decode_errors["unknown_word"] += chunk.unknown_words
-        h.decode_errors["headerless"] += chunk.headerless
-        if chunk.size:
-            h.last_ingest_wall = now
+        count_chunk(self.health, chunk, now)
         for listener in self.listeners:
             try:
                 listener(chunk)

@@ -1,4 +1,4 @@
-"""One-shot processing of a single file: the statistics (and plots) ``once`` writes."""
+"""One-shot processing of a single file: the statistics, metrics (and plots) ``once`` writes."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ import h5py
 import numpy as np
 
 from exporter.detector.geometry import Geometry
-from exporter.detector.runconfig import RunConfig, RunConfigError, read_file_configuration
+from exporter.detector.runconfig import RunConfig, RunConfigError
 from exporter.metrics.exposition import render
 from exporter.metrics.families import FamilyBuilder
 from exporter.metrics.health import Health
-from exporter.monitor import unexpected_chips
-from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
+from exporter.monitor import Monitor, unexpected_chips
 from exporter.quality.channels import channel_list
-from exporter.quality.checks import detect_run_mode
+from exporter.quality.config import COMPILED
+from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus
-from exporter.reading.files import RAW, Chunk, SourceError, detect_kind
+from exporter.reading.files import Chunk
+from exporter.reading.formats import detect
+from exporter.reading.formats.base import SourceError
 from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.runtime.service import resolve_geometry
+from exporter.runtime.ingest import count_chunk, note_reading
 
 
 def snapshot_summary(snap: Snapshot) -> dict:
@@ -67,29 +69,37 @@ def snapshot_summary(snap: Snapshot) -> dict:
 
 @dataclass
 class FileResult:
-    """What reading one whole file gave: the final snapshot, counts, read errors."""
+    """What reading one whole file gave: its evaluation (snapshot and checks), counts, read errors."""
 
     path: str
     geometry: Geometry | None
-    snapshot: Snapshot
+    evaluation: Evaluation
     health: Health
     errors: list[str] = field(default_factory=list)
-    run_mode: str = "auto"  # as configured; 'auto' is detected from the file's trigger types
+    mode_setting: str = "auto"  # the run mode as configured; 'auto' is detected from the file's trigger types
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.evaluation.snapshot
 
     def summary(self) -> tuple[dict, str]:
-        """The JSON summary (with the file and its read errors) and the metrics text."""
+        """The JSON summary (with the file and its read errors) and the metrics text, the families a scrape
+        of ``serve`` would show for the same data (check statuses included)."""
         summary = snapshot_summary(self.snapshot)
         summary["file"] = self.path
-        summary["run_mode"] = detect_run_mode(self.snapshot) if self.run_mode == "auto" else self.run_mode
+        summary["run_mode"] = self.evaluation.run_mode
         summary["read_errors"] = self.errors
-        return summary, render(FamilyBuilder().families(self.snapshot, self.health))
+        families = FamilyBuilder(self.mode_setting, self.geometry).families(
+            self.snapshot, self.health, evaluation=self.evaluation
+        )
+        return summary, render(families)
 
 
 def file_rows(path: str) -> int:
     """Rows of the file's main dataset (messages of a raw file, packets of a packet file), 0 if unreadable."""
     try:
         with h5py.File(path, "r", swmr=True, locking=False) as fh:
-            return len(fh["msgs"] if detect_kind(fh, path) == RAW else fh["packets"])
+            return detect(fh, path).length(fh)
     except (OSError, SourceError, KeyError, ValueError, RuntimeError):
         return 0
 
@@ -103,28 +113,22 @@ def process_file(
     run_config: RunConfig | None = None,
     ingest_engine: str = COMPILED,
 ) -> FileResult:
-    """Ingest a whole file; ``on_chunk`` sees each chunk, ``on_progress`` the rows done so far.
-
-    The channel masks and periodic triggers the file stores (``configs``) add to ``run_config``.
-    """
+    """Ingest a whole file through a ``Monitor``, as serve does; ``on_chunk`` sees each chunk, ``on_progress``
+    the rows done so far. The configuration the file stores (a packet file's ``configs``) adds to ``run_config``."""
     errors: list[str] = []
     run_config = run_config or RunConfig()
-    try:
-        found = read_file_configuration(path)
-    except RunConfigError as err:
-        errors.append(f"configs: {err}")
-        found = None
-    if found is not None:
-        run_config = run_config.with_file_configuration(path, found)
-    accumulator = Accumulator(QualityConfig(window_seconds=window, engine=ingest_engine), geometry, run_config)
+    monitor = Monitor(geometry, window=window, ingest_engine=ingest_engine)
+    monitor.accumulator.set_run_config(run_config)
     health = Health()
 
     def consume(chunk: Chunk) -> None:
-        accumulator.add_chunk(chunk, time.time())
-        health.packets_ingested[chunk.kind] += chunk.size
-        health.decode_errors["bad_message"] += chunk.bad_messages
-        health.decode_errors["unknown_word"] += chunk.unknown_words
-        health.decode_errors["headerless"] += chunk.headerless
+        now = time.time()
+        try:
+            monitor.apply_file_configuration(chunk)
+        except RunConfigError as err:
+            errors.append(f"configs: {err}")
+        monitor.feed_chunk(chunk, now)
+        count_chunk(health, chunk, now)
         if on_chunk is not None:
             on_chunk(chunk)
         if on_progress is not None:
@@ -134,14 +138,5 @@ def process_file(
         [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     )
     tail.pump(consume)
-    health.decode_errors["implausible_timestamp"] = accumulator.clock.implausible
-    health.decode_errors["time_jump"] = accumulator.clock.rejected
-    health.compiled_ingest = accumulator.compiled
-    return FileResult(path, geometry, accumulator.snapshot(), health, errors, run_config.run_mode)
-
-
-def summarize_file(
-    path: str, geometry_path: str | None, window: float = 60.0, run_config: RunConfig | None = None
-) -> tuple[dict, str]:
-    """Ingest a whole file; return its summary (with any read errors) and its metrics text."""
-    return process_file(path, resolve_geometry(geometry_path), window, run_config=run_config).summary()
+    note_reading(health, monitor.accumulator, tail)
+    return FileResult(path, geometry, monitor.update(), health, errors, run_config.run_mode)

@@ -1,0 +1,92 @@
+"""What an input format is: how a file in it is recognised, how its rows are counted, read and held back
+while unwritten, and what identifies it; ``formats/__init__.py`` lists the formats the reader knows."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import ClassVar
+
+import h5py
+import numpy as np
+
+from exporter.reading.decode import Messages
+
+#: Rows as a format reads them: packet records, or raw messages joined into ``Messages`` (decoded by the
+#: compiled counting in one pass, or to packet records by ``Messages.decode``).
+Rows = np.ndarray | Messages
+
+
+class SourceError(Exception):
+    """A file cannot be read now; ``reason`` is the label of the read-error metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InputFormat(ABC):
+    """One kind of LArPix HDF5 file. A row is what the format appends as the writer goes (a packet, a
+    message); the reader reads rows after a cursor, holds back the trailing ones that look unwritten and
+    tells a rewritten file by its first rows, asking the format for each of these."""
+
+    #: The format's name as users see it: ``simulate --format``, the ``format`` label of
+    #: ``larpix_exporter_packets_ingested_total``, ``kind`` in the checkpoint's cursors.
+    name: ClassVar[str]
+    #: Whether its files store the chips' configurations (channel masks, periodic triggers) to apply
+    #: before their data (``detector.runconfig.read_file_configuration``).
+    stores_run_configuration: ClassVar[bool] = False
+    #: What a file in this format holds, for the error naming the formats a file is in none of.
+    holds: ClassVar[str]
+
+    @abstractmethod
+    def recognise(self, fh: h5py.File, path: str) -> bool:
+        """Whether the file is in this format; SourceError (bad_dtype) if it has its datasets, malformed."""
+
+    @abstractmethod
+    def created(self, fh: h5py.File) -> float | None:
+        """The header's creation time (part of the file's identity), None if it has none."""
+
+    @abstractmethod
+    def length(self, fh: h5py.File) -> int:
+        """Rows written so far, its datasets refreshed first (the writer appends to them in SWMR mode)."""
+
+    @abstractmethod
+    def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
+        """Rows ``start:end``."""
+
+    @abstractmethod
+    def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
+        """How many of rows ``start:end``, counted back from ``end``, look not yet written (grown but not filled)."""
+
+    @abstractmethod
+    def head_digest(self, fh: h5py.File, rows: int) -> str:
+        """Digest of the first ``rows`` rows: the file's identity by content (saved in checkpoints)."""
+
+    def rows_per_chunk(self, packets: int, messages: int, last: Rows | None = None, last_rows: int = 0) -> int:
+        """Rows of the next chunk, for chunks of at most ``packets`` packets (and ``messages`` raw
+        messages); ``last`` is the chunk just read, of ``last_rows`` rows (None before the first)."""
+        return packets
+
+
+def digest(parts: Iterable[bytes]) -> str:
+    """The identity digest of a file's first rows, given as byte strings."""
+    sha = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        sha.update(part)
+    return sha.hexdigest()
+
+
+def attr_float(group: h5py.Group | None, name: str) -> float | None:
+    """A numeric attribute of a group, None if the group or attribute is missing or not a number."""
+    try:
+        return float(group.attrs[name]) if group is not None and name in group.attrs else None
+    except (TypeError, ValueError):
+        return None
+
+
+def trailing(written: np.ndarray) -> int:
+    """Number of False at the end of ``written`` (rows not yet written, counted back from the last)."""
+    found = np.flatnonzero(written)
+    return len(written) - 1 - int(found[-1]) if len(found) else len(written)

@@ -1,0 +1,52 @@
+"""Packet files (larpix-control's hdf5format 2.4): the ``packets`` dataset, one packet record a row, and
+``configs``, the chips' configuration registers (their channel masks and periodic triggers)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import h5py
+import numpy as np
+
+from exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
+from exporter.reading.packets import REQUIRED_FIELDS
+
+
+class PacketFileFormat(InputFormat):
+    """Packet records: a row is a packet, unwritten while all its bytes are zero."""
+
+    name: ClassVar[str] = "packets"
+    stores_run_configuration: ClassVar[bool] = True
+    holds: ClassVar[str] = "a 'packets' dataset"
+
+    def recognise(self, fh: h5py.File, path: str) -> bool:
+        if "packets" not in fh:
+            return False
+        dtype = fh["packets"].dtype
+        names = dtype.names or ()
+        missing = [f for f in REQUIRED_FIELDS if f not in names]
+        if missing:
+            raise SourceError("bad_dtype", f"{path}: packets dataset lacks fields {', '.join(missing)}")
+        not_int = [f for f in REQUIRED_FIELDS if dtype[f].kind not in "ui"]
+        if not_int:
+            raise SourceError("bad_dtype", f"{path}: packets fields {', '.join(not_int)} are not integers")
+        return True
+
+    def created(self, fh: h5py.File) -> float | None:
+        return attr_float(fh.get("_header"), "created")
+
+    def length(self, fh: h5py.File) -> int:
+        dset = fh["packets"]
+        dset.id.refresh()
+        return len(dset)
+
+    def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
+        return fh["packets"][start:end]
+
+    def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
+        rows = fh["packets"][start:end]
+        as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
+        return trailing(np.asarray(as_bytes.any(axis=1)))
+
+    def head_digest(self, fh: h5py.File, rows: int) -> str:
+        return digest([fh["packets"][:rows].tobytes()])
