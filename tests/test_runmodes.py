@@ -195,3 +195,46 @@ def test_simulate_writes_a_pedestal_run_that_once_recognises(tmp_path, tile_geom
     assert once.returncode == 0, once.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["run_mode"] == "pedestal" and summary["channels"]["noisy"] == []
+
+
+#: Families only a scrape of serve has: its own process, the scrape, the plots it draws.
+SCRAPE_ONLY_PREFIXES = ("process_", "python_", "larpix_exporter_scrape_", "larpix_exporter_plot_")
+STATUS_FAMILIES = ("larpix_check_status", "larpix_tile_status", "larpix_io_group_status", "larpix_detector_status")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fmt", ["raw", "packets"])
+def test_once_writes_the_families_a_scrape_of_serve_shows(tmp_path, tile_geometry, fmt):
+    """``once``'s metrics.prom has every family a scrape of ``serve`` over the same file has (check statuses and
+    the tile, io_group and detector statuses included), with the same check-status series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.helpers import free_port, ingested, running_exporter, scrape, simulate_files, wait_for
+
+    (path,), _ = simulate_files(tile_geometry, tmp_path / "run", 8, fmt, Faults(noisy_channels=[(1, 1, 11, 5)]))
+    once = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "once", str(path), "--geometry", tile_geometry.path, "--no-plots",
+         "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert once.returncode == 0, once.stderr
+    written = (tmp_path / "out" / "metrics.prom").read_text()
+    port = free_port()
+
+    def families(text: str) -> dict[str, dict[frozenset, float]]:
+        return {
+            f.name: {frozenset(s.labels.items()): s.value for s in f.samples}
+            for f in text_string_to_metric_families(text)
+            if not f.name.startswith(SCRAPE_ONLY_PREFIXES)
+        }
+
+    by_once = families(written)
+    total = sum(by_once["larpix_exporter_packets_ingested"].values())
+    with running_exporter(["-i", str(path.parent), "--geometry", tile_geometry.path, "--interval", "0.2"], port):
+        wait_for(lambda: ingested(port) == total, what="the whole file ingested")
+        by_scrape = families(scrape(port))
+    assert sorted(by_once) == sorted(by_scrape)
+    assert set(STATUS_FAMILIES) <= set(by_once)
+    for name in STATUS_FAMILIES:
+        assert by_once[name] == by_scrape[name], name
+    assert any(v > 0 for v in by_once["larpix_check_status"].values())  # the noisy channel is judged, not only ok
