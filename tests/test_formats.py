@@ -1,0 +1,135 @@
+"""Input formats as one interface: what each format says of its files, and a format added as one class."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar
+
+import h5py
+import numpy as np
+import pytest
+
+from exporter.reading import formats
+from exporter.reading.formats import FORMATS, detect
+from exporter.reading.formats.base import InputFormat, Rows, SourceError, digest, trailing
+from exporter.reading.formats.packet_file import PacketFileFormat
+from exporter.reading.formats.raw import RawFormat
+from exporter.reading.packets import PACKET_DTYPE
+from exporter.reading.tail import DirectoryTail, InputSpec
+from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
+
+START = 1_700_000_000
+
+
+@pytest.fixture
+def files(tmp_path, tile_geometry):
+    """One second of the same data as a raw file and as a packet file: {format name: path}."""
+    msgs, groups = Simulator(tile_geometry, SimulationConfig(seed=3)).second(START)
+    raw = RawFileWriter(tmp_path / "raw.h5")
+    raw.append(msgs, groups)
+    raw.close()
+    PacketFileWriter(tmp_path / "packets.h5").append(msgs, groups)
+    return {"raw": tmp_path / "raw.h5", "packets": tmp_path / "packets.h5"}
+
+
+def test_the_format_names_are_those_users_see():
+    """The names are the ``kind`` of checkpointed cursors, the ``format`` label and ``simulate --format``."""
+    assert [f.name for f in FORMATS] == ["raw", "packets"]
+    assert [f.name for f in FORMATS if f.stores_run_configuration] == ["packets"]
+
+
+def test_each_file_is_recognised_by_its_format_and_no_other(files, tmp_path):
+    for name, path in files.items():
+        with h5py.File(path, "r") as fh:
+            assert detect(fh, str(path)).name == name
+            assert [f.name for f in FORMATS if f.recognise(fh, str(path))] == [name]
+            assert detect(fh, str(path)).created(fh) is not None
+    with h5py.File(tmp_path / "other.h5", "w") as fh:
+        fh.create_dataset("hits", data=np.arange(3))
+    with h5py.File(tmp_path / "other.h5", "r") as fh, pytest.raises(SourceError) as err:
+        detect(fh, "other.h5")
+    assert (
+        err.value.reason == "no_dataset" and "'msgs'+'msg_headers'" in str(err.value) and "'packets'" in str(err.value)
+    )
+
+
+def test_head_digests_are_those_checkpoints_saved_before_the_interface(files):
+    """A checkpoint's cursor keeps its file's identity by content: the digests are computed as before."""
+    with h5py.File(files["raw"], "r") as fh:
+        sha = hashlib.blake2b(digest_size=16)
+        for msg in fh["msgs"][:8]:
+            sha.update(len(msg).to_bytes(8, "little"))
+            sha.update(msg.tobytes())
+        sha.update(fh["msg_headers"].fields("io_groups")[:8].tobytes())
+        assert RawFormat().head_digest(fh, 8) == sha.hexdigest()
+    with h5py.File(files["packets"], "r") as fh:
+        assert (
+            PacketFileFormat().head_digest(fh, 8)
+            == hashlib.blake2b(fh["packets"][:8].tobytes(), digest_size=16).hexdigest()
+        )
+
+
+def test_unwritten_rows_are_counted_back_from_the_end(files):
+    with h5py.File(files["packets"], "a") as fh:
+        n = len(fh["packets"])
+        fh["packets"].resize((n + 5,))  # grown, not yet filled
+        assert PacketFileFormat().unwritten(fh, 0, n + 5) == 5
+        assert PacketFileFormat().unwritten(fh, n + 2, n + 5) == 3
+        assert PacketFileFormat().unwritten(fh, 0, n) == 0
+    with h5py.File(files["raw"], "a") as fh:
+        n = len(fh["msgs"])
+        fh["msg_headers"][n - 1] = np.zeros(1, fh["msg_headers"].dtype)  # its header not yet written: io_group 0
+        assert RawFormat().unwritten(fh, 0, n) == 1
+    assert trailing(np.array([True, False, True, False, False])) == 2 and trailing(np.zeros(3, bool)) == 3
+
+
+def test_raw_chunks_are_sized_by_messages_then_by_packets(files):
+    raw = RawFormat()
+    assert raw.rows_per_chunk(1_000_000, 100_000) == 1000  # before the first chunk: packets / 1000
+    with h5py.File(files["raw"], "r") as fh:
+        rows = raw.fetch(fh, 0, 10)
+    per_message = rows.size_bound / 10
+    assert raw.rows_per_chunk(1000, 100_000, rows, 10) == int(1000 / max(1.0, per_message))
+    assert raw.rows_per_chunk(10**9, 50, rows, 10) == 50
+    assert PacketFileFormat().rows_per_chunk(1000, 50, None) == 1000
+
+
+class WordFormat(InputFormat):
+    """A format of this test: packet records in a ``hits`` dataset, as a new format would be added."""
+
+    name: ClassVar[str] = "hits"
+    holds: ClassVar[str] = "a 'hits' dataset"
+
+    def recognise(self, fh: h5py.File, path: str) -> bool:
+        return "hits" in fh
+
+    def created(self, fh: h5py.File) -> float | None:
+        return None
+
+    def length(self, fh: h5py.File) -> int:
+        fh["hits"].id.refresh()
+        return len(fh["hits"])
+
+    def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
+        return fh["hits"][start:end]
+
+    def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
+        return 0
+
+    def head_digest(self, fh: h5py.File, rows: int) -> str:
+        return digest([fh["hits"][:rows].tobytes()])
+
+
+def test_a_new_format_is_one_class_in_formats(files, tmp_path, monkeypatch):
+    """The reader, the tail and the chunks take a format they do not know of by name."""
+    monkeypatch.setattr(formats, "FORMATS", (*FORMATS, WordFormat()))
+    with h5py.File(files["packets"], "r") as fh:
+        packets = fh["packets"][:]
+    (tmp_path / "new").mkdir()
+    with h5py.File(tmp_path / "new" / "run.h5", "w") as fh:
+        fh.create_dataset("hits", data=packets.astype(PACKET_DTYPE), maxshape=(None,), chunks=True)
+    chunks = []
+    tail = DirectoryTail([InputSpec(str(tmp_path / "new"))])
+    assert tail.pump(chunks.append) == len(packets)
+    assert {c.kind for c in chunks} == {"hits"} and tail.cursors[str(tmp_path / "new" / "run.h5")].kind == "hits"
+    assert np.array_equal(np.concatenate([c.packets for c in chunks]), packets.astype(PACKET_DTYPE))
