@@ -36,6 +36,10 @@ from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
 from exporter.quality.accumulator import COMPILED, ENGINES
 from exporter.quality.checks import ChecksConfigError
 from exporter.quality.reference import ReferenceFileError
+from exporter.registry.reader import VERDICTS, certify, find_run, format_run, format_runs, read_runs
+from exporter.registry.runs import RunNamer
+from exporter.registry.schema import RegistryError
+from exporter.registry.writer import RegistryWriter, RunContext
 from exporter.runtime.checkpoint import CheckpointError
 from exporter.runtime.logs import setup_logging
 from exporter.settings import DEFAULT_RUNBOOK_URL, ENV_PREFIX, ConfigError, build_settings, check_value, shown_default
@@ -49,6 +53,7 @@ from exporter.web.auth import WebConfigError, load_web_config
 
 if typing.TYPE_CHECKING:
     from exporter.monitor import Monitor
+    from exporter.reading.files import Chunk
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -62,6 +67,14 @@ class FileFormat(str, enum.Enum):
 
     raw = "raw"
     packets = "packets"
+
+
+class RunsFormat(str, enum.Enum):
+    """Formats of the run registry's listings (exporter/registry/reader.py FORMATS)."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
 
 
 class ListFormat(str, enum.Enum):
@@ -246,7 +259,7 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
 
 def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
-    from exporter.runtime.service import ListenError, Service, resolve_checkpoint_path
+    from exporter.runtime.service import ListenError, Service, resolve_checkpoint_path, resolve_registry_path
     from plots.engine import PlotConfigError
 
     try:
@@ -269,6 +282,11 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
         _writable_dir("--state-file", Path(state_file).parent)  # the checkpoint makes its directory too
         if os.path.isdir(state_file):
             _fail(f"--state-file {state_file}: is a directory")
+    registry = resolve_registry_path(settings)
+    if registry is not None:
+        if state_file is None:
+            _fail(f"--registry {registry}: needs a state file (with --state-file '-' a restart reads every file again)")
+        _writable_file("--registry", Path(registry))
     if settings.output:
         _writable_dir("-o", Path(settings.output))
     try:
@@ -289,6 +307,7 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
         WebConfigError,
         RunConfigError,
         ListenError,
+        RegistryError,
     ) as err:
         _fail(str(err))
     unseen = unseen_chips_warning(service.geometry)
@@ -404,8 +423,23 @@ def once(
     ingest_engine: Annotated[
         str, typer.Option("--ingest-engine", help=f"How packets are counted: {' or '.join(ENGINES)} (the reference).")
     ] = COMPILED,
+    registry: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--registry",
+            metavar="PATH",
+            help="Run registry (SQLite, created if missing) to add the file's run to, closed at the file's end.",
+        ),
+    ] = None,
+    run_pattern: Annotated[
+        Optional[str],
+        typer.Option(
+            "--run-pattern", metavar="REGEX", help="Names the run, as serve's --run-pattern (with --registry)."
+        ),
+    ] = None,
 ) -> None:
-    """Process one whole file: print its summary; with -o also write it, its metrics and its plots.
+    """Process one whole file: print its summary; with -o also write it, its metrics and its plots; with
+    --registry add its run to a run registry.
 
     A packet file's own chip configurations (``configs``) mask channels without further options.
     """
@@ -424,13 +458,31 @@ def once(
     window = _checked("window", window)
     if output is not None:
         _writable_dir("-o", output)
+    configuration = {
+        "geometry": geometry,
+        "networks": network,
+        "disabled_lists": disabled_list,
+        "window_seconds": window,
+    }
+    runs = _once_registry(registry, run_pattern, file, RunContext(configuration, None, run_mode))
     try:
-        result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine)
+        result, written = _once_with_progress(
+            file, geo, window, settings, run_config, ingest_engine, runs.on_chunk if runs else None
+        )
     except PlotConfigError as err:
         _fail(str(err))
     summary, metrics_text = result.summary()
     if summary["read_errors"]:
         _fail(f"{file}: {'; '.join(summary['read_errors'])}")
+    if runs is not None:
+        try:
+            added = runs.current
+            runs.record(result.evaluation)
+            runs.end_run()
+        except RegistryError as err:
+            _fail(str(err))
+        runs.close()
+        typer.echo(f"added {file} to run {added} in {registry}", err=True)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -443,8 +495,40 @@ def once(
     typer.echo(json.dumps(summary["totals"], indent=1))
 
 
-def _once_with_progress(file: Path, geo, window: float, settings, run_config: RunConfig, ingest_engine: str):
-    """Read the file (progress bar on a terminal), then draw its plots; returns (result, (images, failures)).
+def _once_registry(registry: Path | None, run_pattern: str | None, file: Path, context: RunContext):
+    """The registry writer ``once`` adds the file's run with (None without --registry); one line, exit 2, when
+    the pattern or the registry is unusable, or the registry already counts the file."""
+    if registry is None:
+        if run_pattern is not None:
+            _fail(f"--run-pattern {run_pattern!r}: names a run for --registry, which is not given")
+        return None
+    try:
+        namer = RunNamer(run_pattern)
+    except ValueError as err:
+        _fail(f"--run-pattern {run_pattern!r}: {err}")
+    _writable_file("--registry", registry)
+    try:
+        writer = RegistryWriter(registry, namer, context)
+    except RegistryError as err:
+        _fail(str(err))
+    found = writer.holds(os.path.realpath(file))
+    if found is not None:
+        writer.close()
+        _fail(f"--registry {registry}: {file} is already in run {found}; adding it again would count it twice")
+    return writer
+
+
+def _once_with_progress(
+    file: Path,
+    geo,
+    window: float,
+    settings,
+    run_config: RunConfig,
+    ingest_engine: str,
+    noted: Callable[[Chunk], None] | None = None,
+):
+    """Read the file (progress bar on a terminal; ``noted`` sees each chunk), then draw its plots; returns
+    (result, (images, failures)).
 
     The plots are drawn here, in this process, not in a drawing process as ``serve`` does: nothing is
     served meanwhile, so there is no lock to keep free, and a process would only add start-up time.
@@ -461,7 +545,7 @@ def _once_with_progress(file: Path, geo, window: float, settings, run_config: Ru
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
-        on_chunk = None
+        on_chunk = noted
         if engine is not None:
             empty = Accumulator(
                 QualityConfig(engine=ingest_engine), geo
@@ -470,6 +554,8 @@ def _once_with_progress(file: Path, geo, window: float, settings, run_config: Ru
 
             def on_chunk(chunk) -> None:
                 engine.update(key, chunk.packets, empty)
+                if noted is not None:
+                    noted(chunk)
 
         result = process_file(
             str(file),
@@ -823,6 +909,83 @@ def mixin(
     except (MixinError, OSError) as err:
         _fail(f"-o {output}: {err}")
     typer.echo(f"wrote {len(written)} files to {output}", err=True)
+
+
+runs_app = typer.Typer(rich_markup_mode=None)
+app.add_typer(runs_app, name="runs")
+REGISTRY_HELP = (
+    "Run registry (SQLite) as 'serve --registry' writes it (default there: <state file stem>.runs.sqlite beside "
+    "the state file). Repeat to merge the registries of several exporters into one view (read-only)."
+)
+RegistryOption = Annotated[
+    list[Path], typer.Option("--registry", metavar="PATH", envvar=ENV_PREFIX + "REGISTRY", help=REGISTRY_HELP)
+]
+RunsFormatOption = Annotated[RunsFormat, typer.Option("--format", help="table (for people), json or csv.")]
+
+
+def _registries(registry: list[Path]) -> list[Path]:
+    """The registries to read: given, existing files; else one line naming the problem, exit 2."""
+    if not registry:
+        _fail("no registry: give --registry PATH (or LARPIX_DQM_REGISTRY)")
+    for path in registry:
+        if not path.is_file():
+            _fail(f"--registry {path}: {'not a file' if path.exists() else 'no such file'}")
+    return registry
+
+
+def _read_runs(registry: list[Path]) -> list[dict]:
+    try:
+        return read_runs(_registries(registry))
+    except RegistryError as err:
+        _fail(str(err))
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(ctx: typer.Context, registry: RegistryOption = [], fmt: RunsFormatOption = RunsFormat.table) -> None:  # noqa: B006
+    """List the runs of a run registry, or of several merged: data-time span, packets, files, run mode, time
+    in each status, certification. 'runs show RUN' shows one in full; 'runs certify' certifies one."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(format_runs(_read_runs(registry), fmt.value), nl=False)
+
+
+@runs_app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="The run's name, as 'runs' lists it.")],
+    registry: RegistryOption = [],  # noqa: B006
+    fmt: RunsFormatOption = RunsFormat.table,
+) -> None:
+    """Show one run in full: files, span, packets, time in each status per io_group, the chips that failed each
+    check and for how long, the bad channels at its end, configuration, reference and certification (csv: the
+    failing chips)."""
+    record = find_run(_read_runs(registry), run)
+    if record is None:
+        _fail(f"no run {run!r} in {', '.join(map(str, registry))}")
+    typer.echo(format_run(record, fmt.value), nl=False)
+
+
+@runs_app.command("certify")
+def runs_certify(
+    run: Annotated[str, typer.Argument(help="The run's name, as 'runs' lists it.")],
+    verdict: Annotated[str, typer.Argument(metavar="good|bad", help="The shift crew's verdict.")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the certification).")],
+    author: Annotated[str, typer.Option(help="Who certifies.")],
+    io_group: Annotated[
+        list[int], typer.Option("--io-group", help="io_group certified; repeatable (default: every one the run saw).")
+    ] = [],  # noqa: B006
+    registry: Annotated[
+        Optional[Path], typer.Option("--registry", metavar="PATH", envvar=ENV_PREFIX + "REGISTRY", help="Run registry.")
+    ] = None,
+) -> None:
+    """Certify a run good or bad for physics, per io_group, with a reason and an author. Kept apart from the
+    automatic verdicts; the newest certification of an io_group stands, the older ones stay as its history."""
+    if verdict not in VERDICTS:
+        _fail(f"verdict {verdict!r}: expected good or bad")
+    (path,) = _registries([registry] if registry is not None else [])
+    try:
+        certified = certify(path, run, io_group, verdict, reason, author)
+    except (RegistryError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"run {run}: {verdict} on io_group {', '.join(map(str, certified))} ({author}: {reason})", err=True)
 
 
 def run() -> None:

@@ -20,6 +20,7 @@ import yaml
 
 from exporter.detector.runconfig import RUN_MODES
 from exporter.quality.accumulator import COMPILED, ENGINES
+from exporter.registry.runs import compile_pattern
 
 DEFAULT_PORT = 9767
 ENV_PREFIX = "LARPIX_DQM_"
@@ -112,6 +113,20 @@ class Settings:
         "counters and cursors go every poll",
         metavar="S",
         above=0,
+    )
+    registry: str | None = option(
+        None,
+        "run registry (SQLite): per run its files, data-time span, packets, time in each status, failing chips, "
+        "bad channels, configuration and certification ('larpix-dqm runs' reads it); '' or 'none' disables",
+        metavar="PATH",
+        shown_default="<state file without .npz>.runs.sqlite beside the state file; none when --state-file is '-'",
+    )
+    run_pattern: str | None = option(
+        None,
+        "regular expression with a named group 'run', searched in each file's name: files whose matches agree are "
+        "one run. Files it does not match are runs of their own, or of the run number in their metadata",
+        metavar="REGEX",
+        shown_default="each file its own run, unless its metadata has a run number",
     )
     window: float = option(60.0, "sliding window in seconds of data time; at least --interval", metavar="S", above=0)
     window_bins: int = option(12, "time bins the window slides by", metavar="N", minimum=1)
@@ -227,6 +242,11 @@ class Settings:
                 f"--web.telemetry-path {self.web_telemetry_path!r}: must start with '/' and not be one of "
                 f"{', '.join(sorted(p or '/' for p in RESERVED_PATHS))}"
             )
+        if self.run_pattern is not None:
+            try:
+                compile_pattern(self.run_pattern)
+            except ValueError as err:
+                raise ConfigError(f"--run-pattern {self.run_pattern!r}: {err}") from None
         if not self.runbook_url.startswith(("http://", "https://")):
             raise ConfigError(f"--runbook-url {self.runbook_url!r}: expected an http(s) URL")
         for address in self.listen_address:
@@ -241,7 +261,7 @@ class Settings:
 
 
 #: Paths the web server answers itself, which the metrics path must not hide.
-RESERVED_PATHS = frozenset({"", "/-/healthy", "/-/ready", "/plots", "/api/channels", "/api/history"})
+RESERVED_PATHS = frozenset({"", "/-/healthy", "/-/ready", "/plots", "/api/channels", "/api/history", "/api/runs"})
 
 
 def parse_address(address: str, default_port: int) -> tuple[str, int]:

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("exporter",),  # the root: __version__, and the public names imported on first use
     ("exporter.build", "exporter.reading", "exporter.detector"),
     ("exporter.quality",),
+    ("exporter.registry",),
     ("exporter.settings",),
     ("exporter.monitoring",),
     ("exporter.metrics", "plots"),

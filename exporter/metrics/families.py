@@ -20,6 +20,13 @@ CHIP_LABELS = ("io_group", "io_channel", "chip_id")
 SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
 
 
+def _run_info_labels(mode: str, mode_setting: str, run: str | None) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Label names and the one row of ``larpix_run_info``: the run only when one is known (an empty label is no label)."""
+    if run is None:
+        return ("mode", "mode_setting"), [(mode, mode_setting)]
+    return ("mode", "mode_setting", "run"), [(mode, mode_setting, run)]
+
+
 class FamilyBuilder:
     """Builds the metric families of one scrape from a snapshot; caches the per-chip label strings (chip rows never move)."""
 
@@ -49,10 +56,11 @@ class FamilyBuilder:
         return [*self.detector_families(snap, per_pixel, evaluation), *self.exporter_families(snap, health, now)]
 
     def detector_families(
-        self, snap: Snapshot, per_pixel: bool = False, evaluation: Evaluation | None = None
+        self, snap: Snapshot, per_pixel: bool = False, evaluation: Evaluation | None = None, run: str | None = None
     ) -> list[Family]:
-        """The families that depend only on one published snapshot (the bulk of a scrape)."""
-        verdicts = self._checks(evaluation) if evaluation is not None else []
+        """The families that depend only on one published snapshot (the bulk of a scrape); ``run`` names the
+        run being read (a label of ``larpix_run_info`` only, when there is one)."""
+        verdicts = self._checks(evaluation, run) if evaluation is not None else []
         pixels = self._pixels(snap) if per_pixel else []
         return [*self._detector(snap), *verdicts, *pixels]
 
@@ -60,7 +68,7 @@ class FamilyBuilder:
         """The exporter's own families, some of which depend on the wall clock (the ingest lag)."""
         return self._exporter(snap, health, time.time() if now is None else now)
 
-    def _checks(self, state: Evaluation) -> list[Family]:
+    def _checks(self, state: Evaluation, run: str | None = None) -> list[Family]:
         rows, labels = self._chips(state.snapshot)
         r = state.results
         status = Family(
@@ -92,8 +100,9 @@ class FamilyBuilder:
             Family(
                 "larpix_run_info",
                 "gauge",
-                "Run mode whose check thresholds judge the data, and how it was chosen (value is always 1).",
-            ).add(("mode", "mode_setting"), [(state.run_mode, self.mode_setting)], [1]),
+                "The run being read, the run mode whose check thresholds judge the data, and how it was chosen "
+                "(value is always 1).",
+            ).add(*_run_info_labels(state.run_mode, self.mode_setting, run), [1]),
         ]
         if state.comparison is not None:
             c = state.comparison

@@ -6,14 +6,18 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.detector.geometry import Geometry, default_geometry_path, load_geometry
 from exporter.monitor import Monitor
 from exporter.reading.files import FileReader
 from exporter.reading.tail import InputSpec
+from exporter.registry.runs import CurrentRun, RunNamer
+from exporter.registry.schema import RegistryError
+from exporter.registry.writer import RegistryWriter, RunContext
 from exporter.runtime.checkpoint import default_state_file
-from exporter.runtime.ingest import Ingester
+from exporter.runtime.ingest import Ingester, Published
 from exporter.settings import Settings
 from exporter.web.auth import load_web_config
 from exporter.web.server import ExporterServer, MetricsApp
@@ -46,6 +50,31 @@ def resolve_checkpoint_path(settings: Settings) -> str | None:
     return settings.state_file or str(default_state_file(settings.inputs))
 
 
+def resolve_registry_path(settings: Settings) -> str | None:
+    """The run registry: the setting ('' or 'none' disables), else ``<state file stem>.runs.sqlite`` beside the
+    state file (none without one)."""
+    if settings.registry is not None:
+        return None if settings.registry.strip().lower() in ("", "none") else settings.registry
+    checkpoint = resolve_checkpoint_path(settings)
+    if checkpoint is None:
+        return None
+    return str(Path(checkpoint).with_name(f"{Path(checkpoint).stem}.runs.sqlite"))
+
+
+def run_context(settings: Settings) -> RunContext:
+    """What judges the runs, as the registry records it with each."""
+    configuration = {
+        "geometry": settings.geometry,
+        "networks": settings.networks,
+        "disabled_lists": settings.disabled_lists,
+        "checks": settings.checks,
+        "run_pattern": settings.run_pattern,
+        "window_seconds": settings.window,
+        "false_alarm_probability": settings.false_alarm_probability,
+    }
+    return RunContext(configuration, settings.reference, settings.run_mode)
+
+
 class Service:
     """The live monitor: call ``start``, then ``wait`` or ``stop``.
 
@@ -55,6 +84,12 @@ class Service:
 
     def __init__(self, settings: Settings, plots: PlotSettings | None = None) -> None:
         self.settings = settings
+        self.registry_path = resolve_registry_path(settings)
+        namer = RunNamer(settings.run_pattern)
+        #: Records the runs (None without a registry); opened first, so a bad registry stops start-up before any read.
+        self.registry = RegistryWriter(self.registry_path, namer, run_context(settings)) if self.registry_path else None
+        self.runs: RegistryWriter | CurrentRun = self.registry or CurrentRun(namer)
+        self._registry_failing = False
         self.geometry = resolve_geometry(settings.geometry)
         self.monitor = Monitor(
             self.geometry,
@@ -82,6 +117,9 @@ class Service:
         if self.ingester.checkpoints is not None:
             self.ingester.checkpoints.lock()  # one exporter per state file, else each would undo the other's counts
         self.ingester.restore()
+        self.ingester.listeners.append(self.runs.on_chunk)
+        if self.registry is not None:
+            self.ingester.publish_listeners.append(self._record_run)  # before the server renders the publication
         self.plots: PlotWorker | None = None
         if plots is not None:
             from plots.engine import PlotEngine  # matplotlib only when plots are asked for
@@ -105,6 +143,8 @@ class Service:
             ready=self.ingester.polled.is_set,
             runbook_url=settings.runbook_url,
             geometry=self.geometry,
+            registry=self.registry_path,
+            current_run=lambda: self.runs.current,
         )
         self.ingester.publish_listeners.append(self.app.prerender)
         self.servers: list[ExporterServer] = []
@@ -119,6 +159,18 @@ class Service:
                 raise ListenError(f"cannot listen on {shown}: {err.strerror or err}") from None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.ingester.run, args=(self.stop_event,), name="ingest", daemon=True)
+
+    def _record_run(self, published: Published) -> None:
+        """Write the publication into the run registry; a failure (a full disk) is logged once, ingest goes on."""
+        assert self.registry is not None
+        try:
+            self.registry.record(published.evaluation)
+        except RegistryError as err:
+            if not self._registry_failing:
+                log.error("%s; the run registry misses this interval and the next ones until it can write again", err)
+            self._registry_failing = True
+        else:
+            self._registry_failing = False
 
     @property
     def urls(self) -> list[str]:
@@ -143,10 +195,11 @@ class Service:
             self.plots.start()
         self.thread.start()
         log.info(
-            "serving %s (geometry: %s, checkpoint: %s)",
+            "serving %s (geometry: %s, checkpoint: %s, run registry: %s)",
             ", ".join(self.urls),
             self.geometry.path if self.geometry else "none",
             self.checkpoint_path or "off",
+            self.registry_path or "off",
         )
 
     def stop(self) -> None:
@@ -163,6 +216,9 @@ class Service:
             self.plots.stop(max(0.1, min(PLOTS_SHUTDOWN_SECONDS, deadline - time.monotonic())))
         for server in self.servers:
             server.stop()
+        if self.registry is not None and not self.thread.is_alive():  # else ingest may still write: leave it open
+            self._record_run(self.ingester.published)  # the chunks of a poll cut short, which the last checkpoint holds
+            self.registry.close()
 
     def wait(self) -> None:
         """Block until SIGINT or SIGTERM, then stop."""

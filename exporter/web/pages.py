@@ -188,3 +188,18 @@ def plot_families(source: PlotSource) -> list[Family]:
 def _errors(plugin: dict, reason: str) -> int:
     """A plugin's errors of one ``reason`` (``ERROR_REASONS``)."""
     return plugin["failures"] if reason == "draw" else plugin.get("write_errors", {}).get(reason, 0)
+
+
+def runs_html(current: str | None, recent: list[str]) -> str:
+    """The status page's runs line: the current run and the last ones, each linked to its record on /api/runs."""
+
+    def link(run: str) -> str:
+        return f"<a href='/api/runs?run={quote(run, safe='')}&amp;format=json'>{html.escape(run)}</a>"
+
+    last = [run for run in recent if run != current]
+    parts = [f"current run {link(current) if current is not None else 'none yet'}"]
+    if last:
+        parts.append("last runs " + ", ".join(link(run) for run in last))
+    parts.append("<a href='/api/runs?format=json'>all runs (json)</a>")
+    parts.append("<a href='/api/runs?format=csv'>(csv)</a>")
+    return f"<p class='runs'>{' &middot; '.join(parts)}</p>"

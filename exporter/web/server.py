@@ -55,8 +55,18 @@ from exporter.quality.evaluation import Evaluation
 from exporter.quality.history import History
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
+from exporter.registry.reader import find_run, format_run, format_runs, read_runs, recent_runs
+from exporter.registry.schema import RegistryError
 from exporter.web.auth import WebConfig
-from exporter.web.pages import GALLERY_CSS, PlotSource, folder_html, gallery_html, listing_html, plot_families
+from exporter.web.pages import (
+    GALLERY_CSS,
+    PlotSource,
+    folder_html,
+    gallery_html,
+    listing_html,
+    plot_families,
+    runs_html,
+)
 from exporter.web.problems import PROBLEMS_CSS, geometry_notice_html, problems_html
 from plots.store import MEDIA_TYPES
 
@@ -140,8 +150,12 @@ class MetricsApp:
         ready: Callable[[], bool] = lambda: True,
         runbook_url: str = Monitoring.runbook_url,
         geometry: Geometry | None = None,
+        registry: str | None = None,
+        current_run: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.published = published
+        self.registry = registry  # the run registry's path, for /api/runs (None: no registry)
+        self.current_run = current_run
         self.inputs = inputs or []
         self.run_config = run_config or RunConfig()
         self.per_pixel_allowed = per_pixel_allowed
@@ -224,7 +238,9 @@ class MetricsApp:
         try:
             cached = self._renderings.get(per_pixel)
             if cached is None or cached.source is not pub:
-                families = self.collector.detector_families(pub.snapshot, per_pixel, evaluation=pub.evaluation)
+                families = self.collector.detector_families(
+                    pub.snapshot, per_pixel, evaluation=pub.evaluation, run=self.current_run()
+                )
                 text = render(families).encode()
                 stream = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
                 cached = self._renderings[per_pixel] = Rendering(pub, text, stream.compress(text), stream)
@@ -259,6 +275,31 @@ class MetricsApp:
                     body = self.history.text(fmt, MAX_HISTORY_ROWS).encode()
                     cached = self._history_cache[fmt] = (key, body, gzip.compress(body, GZIP_LEVEL))
         return cached[1], cached[2], CHANNEL_MEDIA_TYPES[fmt]
+
+    def runs(self, fmt: str, run: str | None) -> tuple[bytes, str] | None:
+        """The registry's runs as json or csv, or one run's record (``run``: its failing chips in csv); None for
+        an unknown run."""
+        assert self.registry is not None
+        if fmt not in ("json", "csv"):
+            raise ValueError(f"unknown format {fmt!r}: use json or csv")
+        with self.heavy_turn():
+            records = read_runs([self.registry])
+        if run is None:
+            return format_runs(records, fmt).encode(), CHANNEL_MEDIA_TYPES[fmt]
+        record = find_run(records, run)
+        if record is None:
+            return None
+        return format_run(record, fmt).encode(), CHANNEL_MEDIA_TYPES[fmt]
+
+    def _runs_line(self) -> str:
+        """The status page's links to the current and the last runs (nothing without a registry)."""
+        if self.registry is None:
+            return ""
+        try:
+            recent = recent_runs(self.registry)
+        except RegistryError as err:
+            return f"<p class='runs'>run registry: {html.escape(str(err))}</p>"
+        return runs_html(self.current_run(), recent)
 
     def landing_page(self) -> str:
         """A small status page for people: health figures, links, the newest plots."""
@@ -313,7 +354,8 @@ class MetricsApp:
             "<!doctype html><html><head><meta charset='utf-8'><title>larpix-dqm</title>"
             "<style>body{font-family:sans-serif;margin:2em}th{text-align:left;padding-right:1em}"
             f"{GALLERY_CSS}{PROBLEMS_CSS}</style>"
-            f"</head><body><h1>larpix-dqm {__version__}</h1>{problems}<h2>Exporter</h2><table>{table}</table>"
+            f"</head><body><h1>larpix-dqm {__version__}</h1>{problems}{self._runs_line()}"
+            f"<h2>Exporter</h2><table>{table}</table>"
             f"<p><a href='{self.telemetry_path}'>{self.telemetry_path}</a> &middot; "
             f"<a href='{self.telemetry_path}?per_pixel=1'>{self.telemetry_path}?per_pixel=1</a>"
             " (per-pixel series, with <code>--per-pixel</code>) &middot; <a href='/plots/'>/plots/</a>"
@@ -407,6 +449,8 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                     return
                 body, gzipped, media = app.history_export(fmt)
                 self._send(200, body, media, gzipped=gzipped)
+            elif path == "/api/runs":
+                self._runs(query.get("format", ["json"])[0], query.get("run", [None])[0])
             elif path == app.telemetry_path:
                 per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
                 if per_pixel and not app.per_pixel_allowed:
@@ -425,6 +469,27 @@ def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
                 self._plots(path[len("/plots/") :])
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+        def _runs(self, fmt: str, run: str | None) -> None:
+            """``/api/runs``: the run registry's runs, or one run's record."""
+            text = "text/plain; charset=utf-8"
+            if app.registry is None:
+                self._send(
+                    404, b"no run registry: this exporter keeps none (--registry none, or --state-file -)\n", text
+                )
+                return
+            try:
+                found = app.runs(fmt, run)
+            except ValueError as err:
+                self._send(400, f"{err}\n".encode(), text)
+                return
+            except RegistryError as err:
+                self._send(503, f"{err}\n".encode(), text)
+                return
+            if found is None:
+                self._send(404, f"no run {run!r}\n".encode(), text)
+                return
+            self._send(200, *found)
 
         def _plots(self, rest: str) -> None:
             """``/plots/`` listing, ``/plots/<stem>_dqm/`` listings, images; never outside PLOTDIR."""

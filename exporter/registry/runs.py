@@ -1,0 +1,117 @@
+"""Which run a file belongs to, and the data time a chunk of it spans.
+
+A run is named by ``--run-pattern`` (a regular expression with a named group ``run``, searched in
+the file's name), else by the run number the file's own metadata carries (an attribute ``run``,
+``run_number`` or ``run_id`` of its ``meta`` group or ``_header``), else it is the file alone
+(named by the file's stem).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from exporter.reading.files import Chunk
+from exporter.reading.packets import TIMESTAMP
+
+PATTERN, METADATA, FILE = "pattern", "metadata", "file"
+RUN_ATTRIBUTES = ("run", "run_number", "run_id")
+#: A chunk's first timestamps are taken as its start only within this much before its accepted end
+#: (a corrupt header a year off must not stretch a run).
+MAX_CHUNK_SECONDS = 3600.0
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The run pattern, or ValueError saying why it is not one (not a regex, or no group ``run``)."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"not a regular expression ({err})") from None
+    if "run" not in compiled.groupindex:
+        raise ValueError("needs a named group (?P<run>...) that captures the run's name")
+    return compiled
+
+
+@dataclass(frozen=True)
+class RunName:
+    """A run's name and where it came from (pattern, metadata or file)."""
+
+    run: str
+    source: str
+
+
+def metadata_run(path: str) -> str | None:
+    """The run number the file's own metadata carries, or None (also when it cannot be read)."""
+    try:
+        with h5py.File(path, "r", swmr=True, locking=False) as fh:
+            for group in ("meta", "_header"):
+                attrs = fh[group].attrs if group in fh else {}
+                for name in RUN_ATTRIBUTES:
+                    if name in attrs:
+                        value = attrs[name]
+                        value = value.decode() if isinstance(value, bytes) else value
+                        text = str(value.item() if isinstance(value, np.generic) else value).strip()
+                        if text:
+                            return text
+    except (OSError, RuntimeError, ValueError, KeyError):
+        return None
+    return None
+
+
+class RunNamer:
+    """Names the run of each file, once per file."""
+
+    def __init__(self, pattern: str | None = None) -> None:
+        self.pattern = compile_pattern(pattern) if pattern else None
+        self._names: dict[str, RunName] = {}
+
+    def name(self, path: str) -> RunName:
+        """The run ``path`` belongs to."""
+        found = self._names.get(path)
+        if found is None:
+            found = self._names[path] = self._name(path)
+        return found
+
+    def _name(self, path: str) -> RunName:
+        if self.pattern is not None:
+            match = self.pattern.search(os.path.basename(path))
+            if match is not None and match.group("run"):
+                return RunName(match.group("run"), PATTERN)
+        number = metadata_run(path)
+        if number is not None:
+            return RunName(number, METADATA)
+        return RunName(os.path.splitext(os.path.basename(path))[0], FILE)
+
+
+def chunk_span(chunk: Chunk) -> tuple[float, float] | None:
+    """The data time (unix s) a counted chunk spans: from its first timestamp (message headers, or
+    timestamp packets) to its file's data clock after it; None before the file has any time."""
+    clock = chunk.cursor.clock.last
+    if np.isnan(clock).all():
+        return None
+    end = float(np.nanmax(clock))
+    if chunk.raw is not None and len(chunk.raw.starts):
+        times = chunk.raw.timestamps().astype(np.float64)
+    elif chunk.records is not None and len(chunk.records):
+        records = chunk.records
+        times = records["timestamp"][records["packet_type"] == TIMESTAMP].astype(np.float64)
+    else:
+        times = np.zeros(0)
+    times = times[(times <= end) & (times >= end - MAX_CHUNK_SECONDS)]
+    return (float(times.min()) if len(times) else end), end
+
+
+class CurrentRun:
+    """The run being read (``current``), from the chunks the ingest thread counts: a registry writer's view
+    without a registry."""
+
+    def __init__(self, namer: RunNamer) -> None:
+        self.namer = namer
+        self.current: str | None = None
+
+    def on_chunk(self, chunk: Chunk) -> None:
+        self.current = self.namer.name(chunk.cursor.path).run
