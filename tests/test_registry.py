@@ -14,6 +14,7 @@ import time
 import urllib.error
 from pathlib import Path
 
+import h5py
 import pytest
 from helpers import (
     free_port,
@@ -31,7 +32,7 @@ from exporter import cli
 from exporter.monitor import Monitor
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.registry.reader import certify, find_run, read_runs
-from exporter.registry.runs import RunNamer
+from exporter.registry.runs import RunName, RunNamer
 from exporter.registry.schema import MIGRATIONS, VERSION, RegistryError, connect
 from exporter.registry.writer import RegistryWriter, RunContext
 from exporter.simulate import SimulationConfig, Simulator, Truth, write_run
@@ -99,6 +100,18 @@ def test_a_run_pattern_makes_one_run_of_several_files(tile_geometry, tmp_path, t
     assert run["run"] == "sim" and run["source"] == "pattern" and run["open"]
     assert [f["path"] for f in run["files"]] == [str(p) for p in paths]
     assert run["packets"] == total and (run["start_time"], run["end_time"]) == (START, START + 9)
+
+
+def test_a_file_with_a_run_number_in_its_metadata_is_named_by_it_unless_the_pattern_matches(tmp_path, two_files):
+    paths, _ = two_files
+    numbered = tmp_path / "numbered.h5"
+    numbered.write_bytes(paths[0].read_bytes())
+    with h5py.File(numbered, "a") as fh:
+        fh["meta"].attrs["run_number"] = 50017
+    assert RunNamer().name(str(numbered)) == RunName("50017", "metadata")
+    assert RunNamer(r"^(?P<run>num)").name(str(numbered)) == RunName("num", "pattern")
+    assert RunNamer(r"^(?P<run>other)").name(str(numbered)) == RunName("50017", "metadata")
+    assert RunNamer().name(str(paths[1])) == RunName(paths[1].stem, "file")
 
 
 def test_a_registry_of_an_older_schema_is_migrated_and_keeps_its_runs(tile_geometry, tmp_path, two_files):
