@@ -13,8 +13,9 @@ import pytest
 from helpers import START
 
 from exporter import Monitor
-from exporter.quality.checks import DEFAULT_CHECKS, ChecksConfigError, load_checks
+from exporter.quality.checks import DEFAULT_CHECKS, ChecksConfigError, counting_status, load_checks
 from exporter.quality.reference import Reference
+from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.decode import decode_messages
 from exporter.simulate import Faults, SimulationConfig, Simulator
 
@@ -223,3 +224,60 @@ def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geom
     assert all(r.startswith("1,2,40,") for r in rows[1:])
     bad = cli("serve", "-i", str(tmp_path), "--reference", str(tmp_path / "missing.npz"))
     assert bad.returncode == 2 and "reference file" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+# -- parity and FIFO ratios inside the false-alarm budget (issue 20, item 6) --------------
+
+
+PARITY = next(c for c in DEFAULT_CHECKS if c.name == "parity_error_ratio")
+
+
+def test_benign_parity_errors_never_warn_and_a_chip_at_ten_times_the_limit_does():
+    """A module's 1,600 chips at 1e-4 parity errors, ten times below the warning limit, over 500
+    evaluations of ~200 packets each: no warning; a chip at 1e-2 (ten times the limit) over a window of
+    its packets is flagged."""
+    rng = np.random.default_rng(3)
+    packets = rng.poisson(200.0, (500, 1600)).astype(float)
+    errors = rng.binomial(packets.astype(np.int64), 1e-4).astype(float)
+    assert errors.sum() > 50, "the benign errors do occur"
+    for observed, sent in zip(errors, packets):
+        assert (counting_status(observed, sent, PARITY, 0.01) <= CheckStatus.OK).all()
+    sent = np.full(1600, 3000.0)
+    observed = rng.binomial(3000, 1e-4, 1600).astype(float)
+    observed[7] = rng.binomial(3000, 1e-2)
+    status = counting_status(observed, sent, PARITY, 0.01)
+    assert status[7] >= CheckStatus.WARNING and (np.delete(status, 7) == CheckStatus.OK).all()
+
+
+@pytest.mark.e2e
+def test_benign_parity_errors_over_a_module_give_no_warning_end_to_end(module_geometry):
+    monitor = Monitor(module_geometry)
+    sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=0.05, seed=6), Faults(parity_error_fraction=1e-4))
+    warned = 0
+    for t in range(300):
+        monitor.feed(decode_messages(*sim.second(START + t)).packets, wall_now=START + t)
+        if t % 10 == 9:
+            state = monitor.update()
+            i = [c.name for c in state.results.chip_checks].index("parity_error_ratio")
+            warned += int((state.results.chip_status[i] >= CheckStatus.WARNING).sum())
+    assert state.snapshot.chip_window_parity_errors.sum() > 0, "the benign errors do occur"
+    assert warned == 0
+
+
+@pytest.mark.e2e
+def test_a_chip_whose_packets_all_fail_parity_is_a_link_error_not_a_dead_chip(module_geometry):
+    broken = (2, 10, 50)
+    monitor = Monitor(module_geometry)
+    sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=0.05, seed=8), Faults(bad_parity_chips=[broken]))
+    for t in range(120):
+        monitor.feed(decode_messages(*sim.second(START + t)).packets, wall_now=START + t)
+    state = monitor.update()
+    snap, r = state.snapshot, state.results
+    row = snap.chip_keys.tolist().index(list(broken))
+    names = [c.name for c in r.chip_checks]
+    assert not snap.chip_dead[row]
+    assert not (snap.channel_status[row] == ChannelStatus.SILENT).any()
+    assert r.chip_values[names.index("parity_error_ratio"), row] == 1.0
+    assert r.chip_status[names.index("parity_error_ratio"), row] == CheckStatus.ERROR
+    assert r.chip_status[names.index("hit_rate_ratio"), row] == CheckStatus.OK, "it sends at its rate"
+    assert r.chip_status[names.index("io_channel_never_seen"), row] == CheckStatus.OK

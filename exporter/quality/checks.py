@@ -5,8 +5,19 @@ warning range), 1 warning (outside it), 2 error (outside the error range), -1 un
 to judge yet: a NaN quantity). A counting check (``poisson``) judges a hit count against its
 expected count: it is outside a range only when the count is significantly so, within the
 false-alarm budget of ``exporter.quality.verdicts``, and unknown while even no hit at all could
-not be told from the lower limit. Chip statuses roll up, worst case, to tiles, io_groups and the
-detector; a roll-up of ok and unknown statuses is unknown.
+not be told from the lower limit. The parity and FIFO-full ratios are counting checks too: the
+flagged packets against the allowed ratio times the packets (a Poisson tail, never below the
+binomial one where it can be significant), so a chip at a benign ratio over a few hundred
+packets is not outside a limit ten times higher.
+
+Region checks judge a chip's tile (``tile_rate``) or io_channel (``io_channel_rate``) as a whole:
+its hits in the window against its chips' expected rates before the tile's occupancy scale,
+times the module's occupancy (the median of every chip's ratio), one test per region; so an HV
+trip or a hot tile, which the channel verdicts take as the tile's occupancy, is flagged here.
+``io_channel_never_seen`` flags an io_channel that has not sent one packet since the run started
+while its io_group's data and the module's rate prove it should have. Every chip of a region
+carries the region's value and status. Chip statuses roll up, worst case, to tiles, io_groups
+and the detector; a roll-up of ok and unknown statuses is unknown.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from exporter.quality.accumulator import IO_GROUPS, prefer_finite
 from exporter.quality.reference import Reference
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability
+from exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability, robust_ratio
 from exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
 
 INF = math.inf
@@ -45,6 +56,7 @@ class Check:
     needs_reference: bool = False
     enabled: bool = True
     poisson: bool = False  # a hit count judged against its expected count (see the module docstring)
+    region: str = ""  # "tile" or "io_channel": judged per region, every chip showing its region's (docstring)
 
 
 DEFAULT_CHECKS: tuple[Check, ...] = (
@@ -52,7 +64,7 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
         "hit_rate_ratio",
         "chip",
         "ratio",
-        "counting check: hits in the window / hits expected (learnt or reference rate, tile occupancy)",
+        "counting check: data packets in the window (failing parity too) / hits expected (learnt or reference rate, tile occupancy)",
         (0.5, 2.0),
         (0.2, 5.0),
         poisson=True,
@@ -73,17 +85,19 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
         "parity_error_ratio",
         "chip",
         "ratio",
-        "parity errors / data packets over the window",
+        "counting check: data packets failing parity / all data packets (failing ones included) over the window",
         (-INF, 1e-3),
         (-INF, 1e-2),
+        poisson=True,
     ),
     Check(
         "fifo_full_ratio",
         "chip",
         "ratio",
-        "packets with a FIFO full flag / data packets over the window",
+        "counting check: packets with a FIFO full flag / valid data packets over the window",
         (-INF, 1e-3),
         (-INF, 1e-2),
+        poisson=True,
     ),
     Check("sync", "io_group", "Hz", "'S' syncs per second of data time (expect 1)", (0.9, 1.1), (0.5, 2.0)),
     Check(
@@ -97,6 +111,36 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
         poisson=True,
     ),
     Check("reference_pedestal_shift", "chip", "ADC", "mean ADC − reference mean ADC", (-5.0, 5.0), (-10.0, 10.0), True),
+    Check(
+        "tile_rate",
+        "chip",
+        "ratio",
+        "counting check of the chip's tile: its hits in the window / what the module's occupancy predicts",
+        (0.5, 2.0),
+        (0.2, 5.0),
+        poisson=True,
+        region="tile",
+    ),
+    Check(
+        "io_channel_rate",
+        "chip",
+        "ratio",
+        "counting check of the chip's io_channel: its hits in the window / what the module's occupancy predicts",
+        (0.5, 2.0),
+        (0.2, 5.0),
+        poisson=True,
+        region="io_channel",
+    ),
+    Check(
+        "io_channel_never_seen",
+        "chip",
+        "packets",
+        "packets of the chip's io_channel since the run started; below the range only when the module's rate "
+        "proves it should have sent them",
+        (1.0, INF),
+        (1.0, INF),
+        region="io_channel",
+    ),
     Check(
         "periodic_rate",
         "chip",
@@ -116,6 +160,9 @@ MODE_CHANGES: dict[str, dict[str, dict]] = {
     "self-trigger": {},
     "pedestal": {
         "hit_rate_ratio": {"enabled": False},
+        "tile_rate": {"enabled": False},
+        "io_channel_rate": {"enabled": False},
+        "io_channel_never_seen": {"enabled": False},
         "silent_fraction": {"enabled": False},
         "inefficient_fraction": {"enabled": False},
         "periodic_rate": {"enabled": True},
@@ -134,16 +181,60 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def chip_counts(snap: Snapshot, reference: Reference | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Observed and expected hits in the window, per chip, of each counting check."""
-    counts = {"hit_rate_ratio": (snap.chip_window_packets.astype(float), snap.chip_expected_hits)}
+    """Observed and expected counts in the window, per chip, of each chip counting check (the parity and
+    FIFO-full ratios: flagged packets and the packets the ratio is of)."""
+    # a chip whose packets fail parity still sends them: its rate is not what its link corrupts
+    packets = snap.chip_window_packets.astype(float)
+    sent = packets + snap.chip_window_parity_errors
+    counts = {
+        "hit_rate_ratio": (sent, snap.chip_expected_hits),
+        "parity_error_ratio": (snap.chip_window_parity_errors.astype(float), sent),
+        "fifo_full_ratio": (snap.chip_window_fifo_full.astype(float), packets),
+    }
     if reference is not None:
         rates = reference.aligned_rates(snap.chip_keys)
         known = np.isfinite(rates).any(axis=1)
         counts["reference_rate_ratio"] = (
-            snap.chip_window_packets.astype(float),
+            sent,
             np.where(known, np.nansum(rates, axis=1) * snap.chip_span_seconds, np.nan),
         )
     return counts
+
+
+def chip_regions(snap: Snapshot, region: str) -> np.ndarray:
+    """Per chip, the index of its region (``tile``: its tile, else its io_group; ``io_channel``)."""
+    groups = snap.chip_keys[:, 0].astype(np.int64)
+    keys = np.where(snap.chip_tiles >= 0, snap.chip_tiles, -1 - groups) if region == "tile" else groups * 256
+    keys = keys + (snap.chip_keys[:, 1] if region == "io_channel" else 0)
+    return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
+
+def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per region check: each chip's region index, and per region the observed and the expected count.
+
+    The rates: hits in the window (each channel counted up to the noisy cut, so one loud channel does
+    not make its region hot) against the chips' unscaled expected rates times the module's occupancy,
+    the median of the chips' own ratios (robust to a faulty tile). The never-seen check: packets since
+    the run started against those rates over the io_group's run time, at an occupancy capped at 1.
+    """
+    judged = snap.chip_expected & snap.chip_judged
+    span = snap.chip_span_seconds
+    counted = snap.channel_expected & (snap.channel_status != ChannelStatus.MASKED)
+    cut = snap.config.noisy_rate_hz * span[:, None]
+    observed = np.where(judged, np.where(counted, np.minimum(snap.channel_window_hits, cut), 0).sum(axis=1), 0.0)
+    base = np.where(judged, snap.chip_base_hz, 0.0)
+    module = robust_ratio(observed, base * span, np.zeros(len(base), np.int64), 1)[0]
+    heard = np.where(judged, snap.channel_hits_total.sum(axis=1) + snap.chip_parity_errors, 0).astype(float)
+    out = {}
+    for name, region, obs, predicted in (
+        ("tile_rate", "tile", observed, module * base * span),
+        ("io_channel_rate", "io_channel", observed, module * base * span),
+        ("io_channel_never_seen", "io_channel", heard, min(module, 1.0) * base * snap.chip_run_seconds),
+    ):
+        inverse = chip_regions(snap, region)
+        size = int(inverse.max()) + 1 if len(inverse) else 0
+        out[name] = (inverse, np.bincount(inverse, obs, size), np.bincount(inverse, predicted, size))
+    return out
 
 
 def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
@@ -169,13 +260,13 @@ def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np
         "pedestal": prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean),
         "adc_spread": prefer_finite(snap.chip_pedestal_std, snap.chip_adc_std),
         "periodic_rate": _ratio(prefer_finite(snap.chip_periodic_rate_hz, np.zeros(len(snap.chip_keys))), configured),
-        "parity_error_ratio": _ratio(snap.chip_window_parity_errors.astype(float), snap.chip_window_packets),
-        "fifo_full_ratio": _ratio(snap.chip_window_fifo_full.astype(float), snap.chip_window_packets),
     }
     if reference is not None:
         values["reference_pedestal_shift"] = reference.compare(snap).pedestal_shift
     for name, (observed, predicted) in chip_counts(snap, reference).items():
         values[name] = _ratio(observed, predicted)
+    for name, (inverse, observed, predicted) in region_counts(snap).items():
+        values[name] = (observed if name == "io_channel_never_seen" else _ratio(observed, predicted))[inverse]
     if len(snap.chip_judged) == len(snap.chip_keys) and not snap.chip_judged.all():
         values = {name: np.where(snap.chip_judged, v, np.nan) for name, v in values.items()}
     return values
@@ -211,6 +302,20 @@ def counting_status(observed: np.ndarray, predicted: np.ndarray, check: Check, a
         status[outside] = level
     undecidable = ~judged | ((check.warning[0] > 0) & (mu * check.warning[0] < -log_level) & (status == 0))
     status[undecidable] = CheckStatus.UNKNOWN
+    return status
+
+
+def shortfall_status(observed: np.ndarray, predicted: np.ndarray, check: Check, alpha: float) -> np.ndarray:
+    """0/1/2/-1 per region of a count with a lower limit (``io_channel_never_seen``): below a range's low
+    end only when significantly below ``predicted`` (one test per region judged); unknown while below
+    the warning range's low end without proof, and where nothing is predicted of a silent region."""
+    judged = np.isfinite(predicted) & (predicted > 0)
+    log_level = math.log(per_test_probability(alpha, int(judged.sum())))
+    mu = np.where(judged, predicted, 1.0)
+    status = np.zeros(observed.shape, np.int8)
+    for level, (low, _) in ((CheckStatus.WARNING, check.warning), (CheckStatus.ERROR, check.error)):
+        status[judged & (observed < low) & (log_lower_tail(observed, mu) < log_level)] = level
+    status[(observed < check.warning[0]) & (status == CheckStatus.OK)] = CheckStatus.UNKNOWN
     return status
 
 
@@ -256,16 +361,24 @@ def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | N
     group_checks = tuple(c for c in active if c.scope == "io_group")
     quantities = chip_quantities(snap, reference)
     counts = chip_counts(snap, reference)
+    regions = region_counts(snap)
     alpha = snap.config.false_alarm_probability
     n = len(snap.chip_keys)
+
+    def judged(check: Check, values: np.ndarray) -> np.ndarray:
+        """The statuses of one chip-scope check: by region, by counting or by range."""
+        if check.name in regions:
+            inverse, observed, predicted = regions[check.name]
+            judge = counting_status if check.poisson else shortfall_status
+            return judge(observed, predicted, check, alpha)[inverse]
+        if check.poisson and check.name in counts:
+            return counting_status(*counts[check.name], check, alpha)
+        return status_of(values, check)
+
     chip_values = np.array([quantities[c.name] for c in chip_checks]).reshape(len(chip_checks), n)
-    chip_status = np.array(
-        [
-            counting_status(*counts[c.name], c, alpha) if c.poisson and c.name in counts else status_of(v, c)
-            for v, c in zip(chip_values, chip_checks)
-        ],
-        np.int8,
-    ).reshape(len(chip_checks), n)
+    chip_status = np.array([judged(c, v) for v, c in zip(chip_values, chip_checks)], np.int8).reshape(
+        len(chip_checks), n
+    )
     group_quantities = {"sync": np.where(snap.packet_type_counts.sum(axis=1) > 0, snap.sync_rate_hz, np.nan)}
     group_values = np.array([group_quantities[c.name] for c in group_checks]).reshape(len(group_checks), IO_GROUPS)
     group_status = np.array([status_of(v, c) for v, c in zip(group_values, group_checks)], np.int8).reshape(

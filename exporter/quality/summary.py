@@ -58,6 +58,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     # a silence is judged since the channel's last hit, at most over the span judged (since the last clock step)
     since = np.fmax(last_hit, (now - run)[:, None])
     masked = layout.masked & expected
+    window_flags = state.win_flags[:, :n].sum(axis=0)
     verdicts = judge(
         VerdictInputs(
             window_hits=hits,
@@ -69,6 +70,8 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
             # occupancy groups: the tile, else (no geometry) the io_group
             groups=np.where(tiles >= 0, tiles, -1 - chip_groups),
             reference_rate_hz=reference_rate_hz,
+            window_parity_errors=window_flags[:, 0],
+            links=chip_groups * 256 + state.chips.keys[:, 1],
         ),
         state.config.false_alarm_probability,
         state.config.noisy_rate_hz,
@@ -78,7 +81,6 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     masked_active = (masked & (hits > 0)).sum(axis=1)
     status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
     chip_hits = hits.sum(axis=1)
-    window_flags = state.win_flags[:, :n].sum(axis=0)
     chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
     window_groups = state.window_io_group.sum(axis=0) / group_span[:, None]
     type_counts = state.packet_type_counts.copy()
@@ -119,6 +121,8 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         chip_window_fifo_full=window_flags[:, 1],
         chip_rate_hz=chip_hits / chip_span,
         chip_expected_hits=verdicts.chip_expected_hits,
+        chip_base_hz=verdicts.chip_base_hz,
+        chip_run_seconds=run,
         chip_dead=verdicts.chip_dead,
         chip_unknown=verdicts.chip_unknown,
         chip_adc_mean=chip_mean,

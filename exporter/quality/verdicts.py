@@ -10,10 +10,15 @@ until then a channel without hits, or a chip, is *unknown*, never ok and never s
 Expected rate of a channel: the reference run's rate when a reference knows the channel, else the
 channel's own rate learnt on this run (hits since the run started / data time since then), else,
 for a channel without a hit yet, a slow channel's rate of its tile (``SLOW_QUANTILE`` of the
-learnt rates: a channel slower than most is not called dead for want of hits). It is scaled by
-the occupancy of the tile (the tile's hits in the window over what the same expectation predicts)
-so a change of beam or threshold that moves a whole tile is not a per-channel fault. A tile with
-no hit at all in the window keeps its unscaled expectation, so a dead tile is judged dead.
+learnt rates: a channel slower than most is not called dead for want of hits). The learnt rates
+of an io_channel that never spoke are no sample of a healthy channel and are left out of that
+quantile; a tile none of whose io_channels spoke takes the module's (a region dead from the start
+is expected at the module's rate, not at zero). The expectation is scaled by the occupancy of the
+tile, the median over its chips of their hits in the window over what the same expectation
+predicts (channels over the noisy cut left out), so a change of beam or threshold that moves a
+whole tile is not a per-channel fault and one loud channel is not blamed on its neighbours; the
+tile-wide change itself is judged by the region checks (``checks.py``). A tile with no hit at all
+in the window keeps its unscaled expectation, so a dead tile is judged dead.
 
 Silence is judged over as long a span as it takes, from each channel's last hit. With H hits of
 its own in a run of length T, a healthy channel's hit times are uniform over the run, so
@@ -22,7 +27,13 @@ channel (chip) without a hit yet, or one the reference knows, is judged at its e
 P = exp(-mu). A channel (chip) is silent (dead) when P < the family's share of alpha / N, which
 for exp(-mu) is mu >= ln(N / share). A chip without any hit yet is expected at the SLOW_QUANTILE
 of its tile's chip rates; a silence is never judged at more than the learnt occupancy (the
-tile's scale capped at 1), so a rising beam does not hurry a verdict.
+tile's scale capped at 1), so a rising beam does not hurry a verdict. A chip with no valid packet
+but packets failing parity in the window is sending: its link is at fault (the parity check), so it
+is neither dead nor are its channels silent.
+
+Budget split (Bonferroni): ``alpha`` / len(FAMILIES) per family, 11 families: the six channel and
+chip verdicts, the parity and FIFO-full ratios (binomial tests per chip), the tile and io_channel
+rates (one test per region) and the never-seen io_channels (one test per io_channel).
 """
 
 from __future__ import annotations
@@ -42,10 +53,18 @@ FAMILIES = (
     "noisy channel",
     "chip hit rate",
     "chip reference rate",
+    "chip parity error ratio",
+    "chip FIFO-full ratio",
+    "tile rate",
+    "io_channel rate",
+    "io_channel never seen",
 )
 
 #: Quantile of a tile's learnt channel rates a channel without any hit is expected to reach.
 SLOW_QUANTILE = 0.1
+#: Expected hits in the window a chip needs for its own ratio to enter the median of the occupancy;
+#: below it (Poisson noise of a few hits) the pooled ratio of the group is used.
+MIN_RATIO_HITS = 10.0
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 _SMALL_LOG_FACTORIALS = np.array([math.lgamma(k + 1) for k in range(16)])
@@ -119,6 +138,8 @@ class VerdictInputs:
     expected: np.ndarray  # (chips, 64) bool: channels that should send hits
     groups: np.ndarray  # (chips,) occupancy group of each chip (its tile)
     reference_rate_hz: np.ndarray | None = None  # (chips, 64); NaN where the reference does not know the channel
+    window_parity_errors: np.ndarray | None = None  # (chips,) data packets failing parity in the window
+    links: np.ndarray | None = None  # (chips,) io_channel of each chip (io_group * 256 + io_channel)
 
 
 @dataclass(frozen=True)
@@ -129,24 +150,43 @@ class Verdicts:
     channel_expected_hz: np.ndarray  # (chips, 64) expected rate now (0 for channels not expected)
     chip_window_hits: np.ndarray  # (chips,) hits of the expected channels in the window
     chip_expected_hits: np.ndarray  # (chips,) what the expectation predicts for them in the window
+    chip_base_hz: np.ndarray  # (chips,) expected rate of the chip before the tile's occupancy scale
     chip_dead: np.ndarray  # (chips,) proven dead: no hit for long enough
     chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
     silent_channel_hits: float  # expected hits a channel must miss to be silent: ln(N_channels x families / alpha)
     dead_chip_hits: float  # expected hits a chip must miss to be dead: ln(N_chips x families / alpha)
 
 
-def _group_quantiles(values: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
-    """(chips, 2): the SLOW_QUANTILE and the median of finite ``values`` over each chip's group (NaN if none).
+def _group_quantiles(values: np.ndarray, inverse: np.ndarray, count: int, pool: np.ndarray) -> np.ndarray:
+    """(chips, 2): the SLOW_QUANTILE and the median of finite ``values`` of the ``pool`` chips of each
+    chip's group; a group without any takes the whole pool's (NaN if the pool is empty).
 
     ``values`` is per chip or (chips, 64); channels not judged are NaN.
     """
-    out = np.full((count, 2), np.nan)
+    module = values[pool]
+    module = module[np.isfinite(module)]
+    out = np.full((count, 2), np.quantile(module, [SLOW_QUANTILE, 0.5]) if len(module) else np.nan)
     for g in range(count):
-        chosen = values[inverse == g]
+        chosen = values[(inverse == g) & pool]
         chosen = chosen[np.isfinite(chosen)]
         if len(chosen):
             out[g] = np.quantile(chosen, [SLOW_QUANTILE, 0.5])
     return out[inverse]
+
+
+def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
+    """(count,): per group, the median of its members' observed / predicted ratios (members predicted
+    at least ``MIN_RATIO_HITS``), so a few loud or dead members do not move it; the pooled ratio
+    where fewer than half of the members predicted qualify; 1 where the group has no hit at all."""
+    out = np.ones(count)
+    for g in range(count):
+        members = (inverse == g) & (predicted > 0)
+        obs, pred = observed[members], predicted[members]
+        if not len(obs) or obs.sum() == 0:
+            continue
+        enough = pred >= MIN_RATIO_HITS
+        out[g] = np.median(obs[enough] / pred[enough]) if 2 * enough.sum() >= len(pred) else obs.sum() / pred.sum()
+    return out
 
 
 def log_silence_probability(
@@ -174,19 +214,31 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
     count = int(inverse.max()) + 1 if len(inverse) else 0
     learnt = hits / run
-    slow, typical = np.moveaxis(_group_quantiles(np.where(expected, learnt, np.nan), inverse, count), 1, 0)[:, :, None]
+    # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
+    heard = hits.sum(axis=1) > 0
+    if inputs.links is None:
+        pool = np.asarray(chips_judged)
+    else:
+        links = np.unique(inputs.links, return_inverse=True)[1].reshape(-1)
+        pool = (
+            chips_judged
+            & (np.bincount(links, heard.astype(np.float64), int(links.max()) + 1 if len(links) else 0) > 0)[links]
+        )
+    quantiles = _group_quantiles(np.where(expected, learnt, np.nan), inverse, count, pool)
+    slow, typical = np.moveaxis(quantiles, 1, 0)[:, :, None]
     if inputs.reference_rate_hz is None:
         known = np.zeros(expected.shape, bool)
         reference = np.zeros(expected.shape)
     else:
         known = np.isfinite(inputs.reference_rate_hz) & expected
         reference = np.nan_to_num(inputs.reference_rate_hz)
-    # occupancy of each tile: its hits in the window over what its learnt (or reference) rates predict
+    # occupancy of each tile: the median over its chips of their hits in the window over what their
+    # learnt (or reference) rates predict, channels over the noisy cut left out
     unbiased = np.where(known, reference, learnt)
-    group_hits = np.bincount(inverse, n_window.sum(axis=1), count)
-    group_predicted = np.bincount(inverse, (unbiased * window).sum(axis=1), count)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where((group_hits > 0) & (group_predicted > 0), group_hits / group_predicted, 1.0)[inverse][:, None]
+    quiet = n_window <= noisy_rate_hz * window
+    chip_observed = np.where(quiet, n_window, 0.0).sum(axis=1)
+    chip_predicted = np.where(quiet, unbiased * window, 0.0).sum(axis=1)
+    scale = robust_ratio(chip_observed, chip_predicted, inverse, count)[inverse][:, None]
     prior = np.where(known, reference, np.nan_to_num(slow))  # for channels without history of their own
     use_prior = known | (hits == 0)
     base = np.where(expected, np.where(use_prior, prior, learnt), 0.0)
@@ -201,15 +253,18 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     n_expected = expected.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_channel = np.where(chips_judged, hits.sum(axis=1) / run[:, 0] / n_expected, np.nan)
-    chip_slow = np.nan_to_num(_group_quantiles(per_channel, inverse, count)[:, 0]) * n_expected
+    chip_slow = np.nan_to_num(_group_quantiles(per_channel, inverse, count, pool)[:, 0]) * n_expected
     chip_known = known.any(axis=1)
     chip_prior = np.where(chip_known, np.where(known, reference, prior).sum(axis=1), chip_slow)
     chip_hits_total = hits.sum(axis=1)
     chip_uses_prior = chip_known | (chip_hits_total == 0)
     chip_log_p = log_silence_probability(chip_hits_total, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
-    chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level)
+    # packets failing parity and no valid one: the chip sends, its link corrupts them (the parity check)
+    parity_errors = np.zeros(len(chip_hits)) if inputs.window_parity_errors is None else inputs.window_parity_errors
+    link_broken = (chip_hits == 0) & (parity_errors > 0)
+    chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level) & ~link_broken
     channel_log_p = log_silence_probability(hits, inputs.silence_seconds * silence_scale, run, prior, use_prior)
-    silent = expected & (n_window == 0) & (channel_log_p < channel_level)
+    silent = expected & (n_window == 0) & (channel_log_p < channel_level) & ~link_broken[:, None]
     silent |= expected & chip_dead[:, None]
     mu_window = rate_now * window
     has_hits = n_window > 0
@@ -225,13 +280,13 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     status[silent] = ChannelStatus.SILENT
     status[inefficient] = ChannelStatus.INEFFICIENT
     status[noisy] = ChannelStatus.NOISY
+    chip_base = np.where(chip_uses_prior & ~chip_known, chip_slow, base.sum(axis=1))
     return Verdicts(
         channel_status=status,
         channel_expected_hz=rate_now,
         chip_window_hits=chip_hits,
-        chip_expected_hits=np.where(
-            chip_uses_prior & ~chip_known, chip_slow * window[:, 0] * scale[:, 0], mu_window.sum(1)
-        ),
+        chip_expected_hits=chip_base * window[:, 0] * scale[:, 0],
+        chip_base_hz=chip_base,
         chip_dead=chip_dead,
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
         silent_channel_hits=-channel_level,

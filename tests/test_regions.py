@@ -1,0 +1,104 @@
+"""Region checks (issue 20, item 4): a tile or io_channel judged as a whole against the rest of the module,
+regions dead from the start, and an occupancy scale that one loud channel does not move."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import START
+
+from exporter import Monitor
+from exporter.detector.geometry import Geometry
+from exporter.monitor import Evaluation
+from exporter.quality.status import ChannelStatus, CheckStatus
+from exporter.quality.verdicts import robust_ratio
+from exporter.reading.decode import decode_messages
+from exporter.simulate import Faults, SimulationConfig, Simulator
+from exporter.simulation.activity import RateChange
+
+RATE_HZ = 0.05
+FLAGGED = (ChannelStatus.SILENT, ChannelStatus.INEFFICIENT, ChannelStatus.NOISY)
+
+
+@pytest.fixture(scope="module")
+def four_tiles(module_geometry) -> Geometry:
+    """The module's first four tiles (400 chips): a module with neighbours to compare, at a test's cost."""
+    g = module_geometry
+    keep = np.isin(g.tiles, np.unique(g.tiles)[:4])
+    return Geometry(g.path, g.chips[keep], g.tiles[keep], g.x[keep], g.y[keep], g.connected[keep], g.pixel_pitch, {})
+
+
+def run(geometry: Geometry, seconds: int, faults: Faults, seed: int = 5) -> Evaluation:
+    """Feed ``seconds`` of simulated data at RATE_HZ per channel and evaluate once."""
+    monitor = Monitor(geometry)
+    sim = Simulator(geometry, SimulationConfig(hit_rate_hz=RATE_HZ, seed=seed), faults)
+    for t in range(seconds):
+        monitor.feed(decode_messages(*sim.second(START + t)).packets, wall_now=START + t)
+    return monitor.update()
+
+
+def status(state: Evaluation, check: str) -> np.ndarray:
+    """The statuses of ``check`` of every chip."""
+    r = state.results
+    return r.chip_status[[c.name for c in r.chip_checks].index(check)]
+
+
+def rows_of(geometry: Geometry, state: Evaluation, mask: np.ndarray) -> np.ndarray:
+    """Snapshot rows of the geometry's chips in ``mask``."""
+    keys = {tuple(k) for k in geometry.chips[mask].tolist()}
+    return np.array([tuple(k) in keys for k in state.snapshot.chip_keys.tolist()])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("scale", "level"), [(0.1, CheckStatus.ERROR), (5.0, CheckStatus.WARNING)])
+def test_a_tripped_or_hot_tile_is_flagged_and_its_neighbours_are_not(four_tiles, scale, level):
+    tile = int(np.unique(four_tiles.tiles)[2])
+    faults = Faults(rate_changes=[RateChange(tiles=[tile], scale=scale, start=240)])
+    state = run(four_tiles, 300, faults)
+    inside = rows_of(four_tiles, state, four_tiles.tiles == tile)
+    for check in ("tile_rate", "io_channel_rate"):
+        assert (status(state, check)[inside] >= level).all(), check
+        assert (status(state, check)[~inside] == CheckStatus.OK).all(), check
+    # the channel verdicts take the change as the tile's occupancy: no flood of channel verdicts
+    assert np.isin(state.snapshot.channel_status[inside], FLAGGED).sum() < 5
+    assert not np.isin(state.snapshot.channel_status[~inside], FLAGGED).any()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("region", ["io_channel", "tile"])
+def test_a_region_dead_from_the_start_is_flagged_within_a_minute(four_tiles, region):
+    tile = int(np.unique(four_tiles.tiles)[1])
+    io_channel = tuple(int(v) for v in four_tiles.chips[four_tiles.tiles == tile][0, :2])
+    change = RateChange(tiles=[tile], scale=0.0) if region == "tile" else RateChange(keys=[io_channel], scale=0.0)
+    dead = np.isin(four_tiles.tiles, [tile]) if region == "tile" else (four_tiles.chips[:, :2] == io_channel).all(1)
+    state = run(four_tiles, 60, Faults(rate_changes=[change]))
+    inside = rows_of(four_tiles, state, dead)
+    never = status(state, "io_channel_never_seen")
+    assert (never[inside] == CheckStatus.ERROR).all() and (never[~inside] == CheckStatus.OK).all()
+    assert (status(state, "io_channel_rate")[inside] == CheckStatus.ERROR).all()
+    # expected at the module's rate, the region's chips are proven dead too, not left unknown
+    assert state.snapshot.chip_dead[inside].all() and not state.snapshot.chip_dead[~inside].any()
+    assert (state.results.chip_worst[~inside] <= CheckStatus.OK).all()
+
+
+@pytest.mark.e2e
+def test_one_loud_channel_does_not_make_its_neighbours_inefficient(four_tiles):
+    loud = tuple(int(v) for v in four_tiles.chips[len(four_tiles.chips) // 2]) + (10,)
+    faults = Faults(rate_changes=[RateChange(keys=[loud], add_hz=200.0, start=240)])
+    state = run(four_tiles, 300, faults)
+    snap = state.snapshot
+    row = snap.chip_keys.tolist().index(list(loud[:3]))
+    assert snap.channel_status[row, 10] == ChannelStatus.NOISY
+    others = np.ones(snap.channel_status.shape, bool)
+    others[row, 10] = False
+    assert not np.isin(snap.channel_status[others], FLAGGED).any()
+    for check in ("tile_rate", "io_channel_rate", "hit_rate_ratio"):
+        assert (status(state, check)[np.arange(len(snap.chip_keys)) != row] <= CheckStatus.OK).all(), check
+
+
+def test_robust_ratio_is_the_median_of_the_members_and_pooled_when_they_have_few_hits():
+    groups = np.zeros(5, np.int64)
+    predicted = np.full(5, 100.0)
+    assert robust_ratio(np.array([100.0, 110, 90, 100, 5000]), predicted, groups, 1)[0] == 100 / 100
+    assert robust_ratio(np.array([1.0, 0, 2, 1, 1]), np.ones(5), groups, 1)[0] == pytest.approx(1.0)
+    assert robust_ratio(np.zeros(5), predicted, groups, 1)[0] == 1.0, "a group without hits keeps its expectation"
