@@ -77,6 +77,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "for": "duration",
     },
     "tile_silent_chips": {"max_fraction": "fraction", "for": "duration"},
+    "tile_rate": {"for": "duration"},
+    "io_channel_never_seen": {"for": "duration"},
     "parity_errors": {
         "max_ratio": "fraction",
         "rate_window": "window",
@@ -430,6 +432,36 @@ count by ({CHIP}) (larpix_channel_hit_rate_hertz > {format_threshold(t["chip_noi
                 "(io_group {{ $labels.io_group }}) are proven dead (threshold @pct@).",
                 pct=_pct(t["tile_silent_chips"]["max_fraction"]),
             ),
+        ),
+        _alert(
+            "LarpixTileRateError",
+            f"""
+max by ({TARGET}, io_group, tile) (
+  larpix_check_status{{check="tile_rate"}}
+  * on ({CHIP}) group_left (tile)
+  larpix_chip_info
+) >= {int(CheckStatus.ERROR)}
+{unless_stale}
+""",
+            t["tile_rate"]["for"],
+            "critical",
+            "A LArPix tile's hit rate is far from the rest of the module's: HV trip or hot tile.",
+            "The hits of tile {{ $labels.tile }} (io_group {{ $labels.io_group }}) in the window are outside the "
+            "tile_rate check's error range, against what the rest of the module's occupancy predicts of it "
+            "(larpix_check_status = {{ $value }}): its drift HV or its noise changed as a whole.",
+        ),
+        _alert(
+            "LarpixIoChannelNeverSeen",
+            f"""
+max by ({TARGET}, io_group, io_channel) (larpix_check_status{{check="io_channel_never_seen"}}) >= {int(CheckStatus.ERROR)}
+{unless_stale}
+""",
+            t["io_channel_never_seen"]["for"],
+            "critical",
+            "A LArPix io_channel has sent nothing since the run started.",
+            "io_channel {{ $labels.io_channel }} of io_group {{ $labels.io_group }} has sent no packet since the "
+            "run started while its io_group sends data and the module's rate proves its chips should have "
+            "(larpix_check_status = {{ $value }}): its link, its PACMAN port or its chips' power.",
         ),
         _alert(
             "LarpixParityErrorRatioHigh",

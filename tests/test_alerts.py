@@ -169,6 +169,8 @@ def test_expected_alerts_exist() -> None:
         "LarpixChipManySilentChannels": "warning",
         "LarpixChipNoisyChannels": "warning",
         "LarpixTileManySilentChips": "warning",
+        "LarpixTileRateError": "critical",
+        "LarpixIoChannelNeverSeen": "critical",
         "LarpixParityErrorRatioHigh": "warning",
         "LarpixFifoFull": "warning",
         "LarpixSyncMissing": "critical",
