@@ -60,7 +60,7 @@ class RawFormat(InputFormat):
     def rows_per_chunk(self, packets: int, messages: int, last: Rows | None = None, last_rows: int = 0) -> int:
         """Messages of the next chunk: at most ``messages``, and once the packets per message are known
         (from the chunk just read), about ``packets`` packets; before that, ``packets`` / 1000."""
-        if not isinstance(last, Messages):
+        if not isinstance(last, Messages):  # the first chunk
             return min(messages, max(1, packets // 1000))
         per_message = max(1.0, last.size_bound / max(1, last_rows))
         return max(1, min(messages, int(packets / per_message)))
