@@ -470,6 +470,10 @@ rate(larpix_chip_parity_errors_total[{t["parity_errors"]["rate_window"]}])
 /
 rate(larpix_chip_packets_total[{t["parity_errors"]["rate_window"]}])
 > {format_threshold(t["parity_errors"]["max_ratio"])}
+# and significantly so (the exporter's binomial test, within its false-alarm budget): one error
+# in a few hundred packets is above the ratio but no evidence of a bad link
+and on ({CHIP})
+larpix_check_status{{check="parity_error_ratio"}} >= {int(CheckStatus.WARNING)}
 """,
             t["parity_errors"]["for"],
             "warning",
