@@ -21,7 +21,8 @@ from helpers import START, free_port, parse_metrics, sample, scrape, simulate_fi
 from exporter.detector.geometry import packaged_layout
 from exporter.metrics.exposition import render
 from exporter.quality.accumulator import Accumulator
-from exporter.reading.files import PACKETS, Chunk
+from exporter.reading.files import Chunk
+from exporter.reading.formats.packet_file import PacketFileFormat
 from exporter.reading.packets import PACKET_DTYPE
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.service import Service
@@ -32,6 +33,7 @@ from plots.discovery import FAST, Catalog, PluginSpec
 from plots.engine import PlotEngine, PlotSettings
 from plots.worker import PlotWorker
 
+PACKETS = PacketFileFormat.name  # a chunk's kind: the packet files' format
 #: Folder through which the Stuck plugin, in the drawing process, talks with the test.
 SIGNALS = "LARPIX_DQM_TEST_SIGNALS"
 

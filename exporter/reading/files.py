@@ -21,13 +21,8 @@ from exporter.reading.cursor import FileCursor
 from exporter.reading.decode import Messages
 from exporter.reading.formats import detect
 from exporter.reading.formats.base import InputFormat, Rows, SourceError
-from exporter.reading.formats.packet_file import PacketFileFormat
-from exporter.reading.formats.raw import RawFormat
 
 log = logging.getLogger(__name__)
-
-#: The built-in formats' names: a chunk's ``kind``.
-RAW, PACKETS = RawFormat.name, PacketFileFormat.name
 
 #: The thread that reads the next chunk of a file while the current one is counted (one for the process:
 #: readers that run at once take turns).
