@@ -12,7 +12,7 @@ packets is not outside a limit ten times higher.
 
 Region checks judge a chip's tile (``tile_rate``) or io_channel (``io_channel_rate``) as a whole:
 its hits in the window against its chips' expected rates before the tile's occupancy scale,
-times the module's occupancy (the median of every chip's ratio), one test per region; so an HV
+times the module's occupancy (the median of the tiles' ratios), one test per region; so an HV
 trip or a hot tile, which the channel verdicts take as the tile's occupancy, is flagged here.
 ``io_channel_never_seen`` flags an io_channel that has not sent one packet since the run started
 while its io_group's data and the module's rate prove it should have. Every chip of a region
@@ -212,18 +212,22 @@ def chip_regions(snap: Snapshot, region: str) -> np.ndarray:
 def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per region check: each chip's region index, and per region the observed and the expected count.
 
-    The rates: hits in the window (each channel counted up to the noisy cut, so one loud channel does
-    not make its region hot) against the chips' unscaled expected rates times the module's occupancy,
-    the median of the chips' own ratios (robust to a faulty tile). The never-seen check: packets since
+    The rates: hits in the window of the channels under the noisy cut (one loud channel does not make
+    its region hot) against their unscaled expected rates times the module's occupancy,
+    the median of the tiles' ratios (a faulty tile does not move it). The never-seen check: packets since
     the run started against those rates over the io_group's run time, at an occupancy capped at 1.
     """
     judged = snap.chip_expected & snap.chip_judged
     span = snap.chip_span_seconds
     counted = snap.channel_expected & (snap.channel_status != ChannelStatus.MASKED)
     cut = snap.config.noisy_rate_hz * span[:, None]
-    observed = np.where(judged, np.where(counted, np.minimum(snap.channel_window_hits, cut), 0).sum(axis=1), 0.0)
+    quiet = counted & (snap.channel_window_hits <= cut)
+    observed = np.where(judged, np.where(quiet, snap.channel_window_hits, 0).sum(axis=1), 0.0)
     base = np.where(judged, snap.chip_base_hz, 0.0)
-    module = robust_ratio(observed, base * span, np.zeros(len(base), np.int64), 1)[0]
+    tiles = chip_regions(snap, "tile")
+    size = int(tiles.max()) + 1 if len(tiles) else 0
+    ratios = robust_ratio(observed, base * span, tiles, size)[np.bincount(tiles, base, size) > 0]
+    module = float(np.median(ratios)) if len(ratios) else 1.0
     heard = np.where(judged, snap.channel_hits_total.sum(axis=1) + snap.chip_parity_errors, 0).astype(float)
     out = {}
     for name, region, obs, predicted in (

@@ -35,7 +35,7 @@ class Snapshot:
     chip_window_fifo_full: np.ndarray  # int64: packets with a FIFO-full flag in the window
     chip_rate_hz: np.ndarray  # float64 Hz: self-triggered data packets per second over the window
     chip_expected_hits: np.ndarray  # float64 hits: what the verdicts expect of the chip over the window
-    chip_base_hz: np.ndarray  # float64 Hz: the chip's expected rate before its tile's occupancy scale
+    chip_base_hz: np.ndarray  # float64 Hz: expected rate before the tile's scale, channels under the noisy cut
     chip_run_seconds: np.ndarray  # float64 s: data time since the run started (its io_group's), 0 before any
     chip_dead: np.ndarray  # bool: proven dead (no hit for longer than the false-alarm budget allows)
     chip_unknown: np.ndarray  # bool: no hit in the window, not yet proven dead (not enough statistics)

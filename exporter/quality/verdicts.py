@@ -14,10 +14,11 @@ learnt rates: a channel slower than most is not called dead for want of hits). T
 of an io_channel that never spoke are no sample of a healthy channel and are left out of that
 quantile; a tile none of whose io_channels spoke takes the module's (a region dead from the start
 is expected at the module's rate, not at zero). The expectation is scaled by the occupancy of the
-tile, the median over its chips of their hits in the window over what the same expectation
-predicts (channels over the noisy cut left out), so a change of beam or threshold that moves a
-whole tile is not a per-channel fault and one loud channel is not blamed on its neighbours; the
-tile-wide change itself is judged by the region checks (``checks.py``). A tile with no hit at all
+tile, its hits in the window over what the same expectation predicts, pooled over its chips but
+those far from the median chip's ratio (and channels over the noisy cut) left out, so a change
+of beam or threshold that moves a whole tile is not a per-channel fault and one loud channel is
+not blamed on its neighbours; the tile-wide change itself is judged by the region checks
+(``checks.py``). A tile with no hit at all
 in the window keeps its unscaled expectation, so a dead tile is judged dead.
 
 Silence is judged over as long a span as it takes, from each channel's last hit. With H hits of
@@ -65,6 +66,8 @@ SLOW_QUANTILE = 0.1
 #: Expected hits in the window a chip needs for its own ratio to enter the median of the occupancy;
 #: below it (Poisson noise of a few hits) the pooled ratio of the group is used.
 MIN_RATIO_HITS = 10.0
+#: A member further than this factor from the median ratio of its group is left out of its occupancy.
+OUTLIER_FACTOR = 3.0
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 _SMALL_LOG_FACTORIALS = np.array([math.lgamma(k + 1) for k in range(16)])
@@ -150,7 +153,7 @@ class Verdicts:
     channel_expected_hz: np.ndarray  # (chips, 64) expected rate now (0 for channels not expected)
     chip_window_hits: np.ndarray  # (chips,) hits of the expected channels in the window
     chip_expected_hits: np.ndarray  # (chips,) what the expectation predicts for them in the window
-    chip_base_hz: np.ndarray  # (chips,) expected rate of the chip before the tile's occupancy scale
+    chip_base_hz: np.ndarray  # (chips,) expected rate before the tile's occupancy scale, channels under the noisy cut
     chip_dead: np.ndarray  # (chips,) proven dead: no hit for long enough
     chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
     silent_channel_hits: float  # expected hits a channel must miss to be silent: ln(N_channels x families / alpha)
@@ -175,9 +178,11 @@ def _group_quantiles(values: np.ndarray, inverse: np.ndarray, count: int, pool: 
 
 
 def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
-    """(count,): per group, the median of its members' observed / predicted ratios (members predicted
-    at least ``MIN_RATIO_HITS``), so a few loud or dead members do not move it; the pooled ratio
-    where fewer than half of the members predicted qualify; 1 where the group has no hit at all."""
+    """(count,): per group, the pooled observed / predicted ratio of its members, leaving out those
+    (predicted at least ``MIN_RATIO_HITS``) more than ``OUTLIER_FACTOR`` from the median of their
+    ratios, so a few loud or dead members do not move it while bursty ones still count (a median
+    alone reads low when hits come in bursts); plainly pooled where fewer than half of the members
+    predicted qualify; 1 where the group has no hit at all."""
     out = np.ones(count)
     for g in range(count):
         members = (inverse == g) & (predicted > 0)
@@ -185,7 +190,12 @@ def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarra
         if not len(obs) or obs.sum() == 0:
             continue
         enough = pred >= MIN_RATIO_HITS
-        out[g] = np.median(obs[enough] / pred[enough]) if 2 * enough.sum() >= len(pred) else obs.sum() / pred.sum()
+        keep = np.ones(len(obs), bool)
+        if 2 * enough.sum() >= len(pred):
+            ratio = obs / pred
+            center = np.median(ratio[enough])
+            keep = ~enough | ((ratio >= center / OUTLIER_FACTOR) & (ratio <= center * OUTLIER_FACTOR))
+        out[g] = obs[keep].sum() / pred[keep].sum()
     return out
 
 
@@ -232,8 +242,8 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     else:
         known = np.isfinite(inputs.reference_rate_hz) & expected
         reference = np.nan_to_num(inputs.reference_rate_hz)
-    # occupancy of each tile: the median over its chips of their hits in the window over what their
-    # learnt (or reference) rates predict, channels over the noisy cut left out
+    # occupancy of each tile: its hits in the window over what its learnt (or reference) rates predict,
+    # pooled over its chips but outliers from the median chip's ratio and channels over the noisy cut
     unbiased = np.where(known, reference, learnt)
     quiet = n_window <= noisy_rate_hz * window
     chip_observed = np.where(quiet, n_window, 0.0).sum(axis=1)
@@ -280,13 +290,16 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     status[silent] = ChannelStatus.SILENT
     status[inefficient] = ChannelStatus.INEFFICIENT
     status[noisy] = ChannelStatus.NOISY
-    chip_base = np.where(chip_uses_prior & ~chip_known, chip_slow, base.sum(axis=1))
+    by_prior = chip_uses_prior & ~chip_known
+    chip_base = np.where(by_prior, chip_slow, base.sum(axis=1))
+    # the region checks leave out the channels over the noisy cut, as the occupancy does
+    quiet_base = np.where(by_prior, chip_slow, np.where(quiet, base, 0.0).sum(axis=1))
     return Verdicts(
         channel_status=status,
         channel_expected_hz=rate_now,
         chip_window_hits=chip_hits,
         chip_expected_hits=chip_base * window[:, 0] * scale[:, 0],
-        chip_base_hz=chip_base,
+        chip_base_hz=quiet_base,
         chip_dead=chip_dead,
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
         silent_channel_hits=-channel_level,
