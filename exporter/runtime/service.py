@@ -85,11 +85,6 @@ class Service:
     def __init__(self, settings: Settings, plots: PlotSettings | None = None) -> None:
         self.settings = settings
         self.registry_path = resolve_registry_path(settings)
-        namer = RunNamer(settings.run_pattern)
-        #: Records the runs (None without a registry); opened first, so a bad registry stops start-up before any read.
-        self.registry = RegistryWriter(self.registry_path, namer, run_context(settings)) if self.registry_path else None
-        self.runs: RegistryWriter | CurrentRun = self.registry or CurrentRun(namer)
-        self._registry_failing = False
         self.geometry = resolve_geometry(settings.geometry)
         self.monitor = Monitor(
             self.geometry,
@@ -116,6 +111,12 @@ class Service:
         )
         if self.ingester.checkpoints is not None:
             self.ingester.checkpoints.lock()  # one exporter per state file, else each would undo the other's counts
+        namer = RunNamer(settings.run_pattern)
+        #: Records the runs (None without a registry); opened after the state file's lock (a second exporter is
+        #: told about the state file it shares) and before any data is read, so a bad registry stops start-up.
+        self.registry = RegistryWriter(self.registry_path, namer, run_context(settings)) if self.registry_path else None
+        self.runs: RegistryWriter | CurrentRun = self.registry or CurrentRun(namer)
+        self._registry_failing = False
         self.ingester.restore()
         self.ingester.listeners.append(self.runs.on_chunk)
         if self.registry is not None:
