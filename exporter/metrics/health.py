@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from exporter.reading.formats import FORMATS
+
 
 @dataclass
 class Health:
@@ -28,7 +30,7 @@ class Health:
             "time_jump": 0,
         }
     )
-    packets_ingested: dict[str, int] = field(default_factory=lambda: {"raw": 0, "packets": 0})
+    packets_ingested: dict[str, int] = field(default_factory=lambda: {f.name: 0 for f in FORMATS})
     messages_ingested: int = 0
     checkpoint_errors: int = 0
     checkpoint_duration: float = 0.0
