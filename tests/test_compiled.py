@@ -181,7 +181,7 @@ def test_clock_jumps_and_steps_and_two_io_groups_skewed_match() -> None:
     for t in range(3):
         feed_both(reference, compiled, split_messages(*sim.second(START + t)), [DataClock(), DataClock()])
     assert reference.clock.rejected > 0
-    assert (reference.self_hits.sum() - reference.win_hits.sum()) > 1000
+    assert (reference.hits_total.sum() - reference.win_hits.sum()) > 1000
     assert_same(reference, compiled)
 
 

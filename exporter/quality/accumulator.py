@@ -18,12 +18,13 @@ import numpy as np
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.detector.runconfig import RunConfig
 from exporter.quality import engine, window
-from exporter.quality.clock import IO_GROUPS, DataClock, DetectorClock, Reading
+from exporter.quality.clock import IO_GROUPS, DataClock, DetectorClock
 from exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
 from exporter.quality.loader import KernelLoader
 from exporter.quality.snapshot import Snapshot, prefer_finite
 from exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_ARRAYS, State, kernel_fields
 from exporter.quality.summary import ChipLayout, summarize
+from exporter.quality.window import Placed
 from exporter.reading.decode import Messages, split_messages
 from exporter.reading.packets import DATA, PACKET_DTYPE, REQUIRED_FIELDS
 
@@ -97,10 +98,10 @@ def _warm_up() -> None:
     for source in (messages, messages.decode()):
         state = State(QualityConfig(engine=COMPILED))
         stamps = source.timestamp_packets() if isinstance(source, Messages) else source
-        count_compiled(state, source, *window.move(state, stamps, DataClock(), 1_700_000_000.0))
+        count_compiled(state, source, window.move(state, stamps, DataClock(), 1_700_000_000.0))
 
 
-def count_compiled(state: State, source: Source, reading: Reading, row_slots: np.ndarray, before: np.ndarray) -> None:
+def count_compiled(state: State, source: Source, placed: Placed) -> None:
     """Count a chunk whose windows have moved (``window.move``) with the compiled kernels, registering
     chips and growing buffers where they stop; the numpy engine's ``engine.count`` does the same."""
     kernels = KERNELS.kernels
@@ -112,8 +113,10 @@ def count_compiled(state: State, source: Source, reading: Reading, row_slots: np
         raw, records = (source.buffer, source.starts, source.words, source.io_groups), _NO_RECORDS
     else:
         raw, records = _NO_MESSAGES, compiled_records(source)
-    cur = before.astype(np.int64)
-    rows, slots, groups = reading.rows.astype(np.int64), row_slots.astype(np.int64), reading.groups.astype(np.uint8)
+    reading = placed.reading
+    cur, cur_end = placed.before.astype(np.int64), placed.before_ends.astype(np.float64)
+    rows, slots, groups = reading.rows.astype(np.int64), placed.slots.astype(np.int64), reading.groups.astype(np.uint8)
+    ends = placed.ends.astype(np.float64)
     registered_at = -1
     counted = kernel_fields(COUNT)
     while True:
@@ -122,8 +125,8 @@ def count_compiled(state: State, source: Source, reading: Reading, row_slots: np
         hits = np.zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 3), np.int32)
         touched = np.zeros(len(hits), bool)
         status = kernels.count_chunk(
-            arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, rows,
-            slots, groups, *records, *raw,
+            arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
+            rows, slots, ends, groups, *records, *raw,
         )  # fmt: skip
         _fold_hits(state, hits, touched)
         if status == kernels.OK:
@@ -154,6 +157,15 @@ def _fold_hits(state: State, hits: np.ndarray, touched: np.ndarray) -> None:
     row_groups[: len(state.chips)] = state.chips.keys[:, 0]
     arrays = tuple(getattr(state, f.name) for f in kernel_fields(FOLD))
     KERNELS.kernels.fold_hits(arrays, hits, touched, row_groups, window.slot_ends(state))
+
+
+def _same_expectations(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two run configurations expect the same chips and mask the same channels."""
+    return (
+        a.network == b.network
+        and a.masked.keys() == b.masked.keys()
+        and all(np.array_equal(mask, b.masked[key]) for key, mask in a.masked.items())
+    )
 
 
 class Accumulator:
@@ -251,11 +263,13 @@ class Accumulator:
         """Move the clocks and windows over a chunk of packet records, then count it on either engine."""
         if len(packets) == 0:
             return
-        reading, row_slots, before = window.move(self.state, packets, clock, wall_now)
+        placed = window.move(self.state, packets, clock, wall_now)
         if compiled:
-            count_compiled(self.state, packets, reading, row_slots, before)
+            count_compiled(self.state, packets, placed)
         else:
-            engine.count(self.state, packets, reading.fill(packets["io_group"], row_slots, before))
+            groups, reading = packets["io_group"], placed.reading
+            slots = reading.fill(groups, placed.slots, placed.before)
+            engine.count(self.state, packets, slots, reading.fill(groups, placed.ends, placed.before_ends))
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
@@ -269,12 +283,22 @@ class Accumulator:
         """Move the clocks and windows over raw messages (their timestamp packets), then run the kernels."""
         if len(messages.starts) == 0:
             return
-        reading, row_slots, before = window.move(self.state, messages.timestamp_packets(), clock, wall_now)
-        count_compiled(self.state, messages, reading, row_slots, before)
+        count_compiled(self.state, messages, window.move(self.state, messages.timestamp_packets(), clock, wall_now))
 
     # -- what is known of each chip besides its counts ---------------------------------
+    def start_run(self, io_groups: list[int] | None = None) -> None:
+        """Start a new run now for ``io_groups`` (every io_group with data by default): their learnt
+        rates start again from their live time now (a new run's files, a new configuration)."""
+        ends = self.state.window_end
+        for g in np.flatnonzero(~np.isnan(ends)).tolist() if io_groups is None else io_groups:
+            if not np.isnan(ends[g]):
+                self.state.start_run(g, float(ends[g]) + 1.0)
+
     def set_run_config(self, run_config: RunConfig) -> None:
-        """Judge from now on with this run configuration (networks, masks), e.g. one read from a file."""
+        """Judge from now on with this run configuration (networks, masks), e.g. one read from a file; one
+        that expects other chips or masks other channels starts a new run (``start_run``)."""
+        if not _same_expectations(self.run_config, run_config):
+            self.start_run()
         self.run_config = run_config
         self._run_rows = 0
         if run_config.network is not None:

@@ -15,8 +15,10 @@ both read packets through a ``DetectorClock``. Rule (README "Data time"):
   ``STEP_CONFIRM_SECONDS`` of data time, is a genuine clock step and is accepted then.
 - The io_group's detector clock (``head``) is its newest accepted time. When the file that
   drives it steps (forward by more than the tolerance, or backward with a confirmed step or to
-  agree with the other io_groups), the io_group's window restarts at the new time (``rebased``),
-  so rates are neither frozen nor doubled, and a time once rejected never reaches the head.
+  agree with the other io_groups), the step is dead time for its window (``rebased``,
+  ``window.py``), so rates are neither frozen nor doubled, and a time once rejected never reaches the
+  head. An io_group that agreed with the others and moves forward to agree with them again (all
+  resumed after a pause, a new run) has a gap in its data, not a step.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Reading:
     times: np.ndarray  # their data times
     groups: np.ndarray  # their io_groups
     before: np.ndarray  # (256,) the file's clock per io_group before the chunk
-    #: io_group -> index into ``rows`` from which its window restarted (earlier times are on the old clock)
+    #: io_group -> index into ``rows`` from which its clock stepped (earlier times are on the old clock)
     rebased: dict[int, int] = field(default_factory=dict)
 
     def fill(self, io_group: np.ndarray, values: np.ndarray, before: np.ndarray) -> np.ndarray:
@@ -107,6 +109,9 @@ class DetectorClock:
         self.log_events = log_events  # False for a second reader of the same packets (the plots)
         self.head = np.full(IO_GROUPS, np.nan)  # newest accepted data time per io_group
         self.span_start = np.full(IO_GROUPS, np.nan)  # data time since which the io_group runs without a step
+        #: Per io_group: its clock agreed with the others' after its last chunk (a later forward move to
+        #: agree with them again is a gap in its data, not a step of its own clock)
+        self.in_step = np.ones(IO_GROUPS, bool)
         self.rejected = 0  # timestamp packets rejected as jumps
         self.implausible = 0  # timestamp packets outside the plausible range
         self._logged = np.full(IO_GROUPS, -math.inf)
@@ -117,11 +122,13 @@ class DetectorClock:
         """Newest data time over all io_groups (NaN before any)."""
         return float(np.nanmax(self.head)) if not np.isnan(self.head).all() else math.nan
 
-    def others_median(self) -> np.ndarray:
-        """(256,) the median clock of the other io_groups, per io_group (NaN without others)."""
+    def others_median(self, clocks: np.ndarray | None = None) -> np.ndarray:
+        """(256,) the median clock of the other io_groups, per io_group (NaN without others); of
+        ``clocks`` (e.g. their live times) instead of their heads when given."""
+        values = self.head if clocks is None else clocks
         out = np.full(IO_GROUPS, np.nan)
-        known = np.flatnonzero(~np.isnan(self.head))
-        heads = self.head[known]
+        known = np.flatnonzero(~np.isnan(values))
+        heads = values[known]
         if len(known) > 1:
             for i, g in enumerate(known.tolist()):
                 out[g] = float(np.median(np.delete(heads, i)))
@@ -174,10 +181,13 @@ class DetectorClock:
             shift = np.cumsum(~keep)  # accepted rows before a rejected one keep their index
             rebased = {g: i - int(shift[i]) for g, i in rebased.items()}
             ts_rows, stamps, groups = ts_rows[keep], stamps[keep], groups[keep]
+        if len(present) and len(present) < IO_GROUPS:
+            offsets = self.head[present] - self.others_median()[present]
+            self.in_step[present] = ~(np.abs(offsets) > TOLERANCE_SECONDS)
         return Reading(ts_rows, stamps, groups, before, rebased)
 
     def _judge(self, g: int, times: np.ndarray, clock: DataClock, wall_now: float) -> tuple[np.ndarray, int | None]:
-        """The general rule, run by run of equal times: which are accepted, and where the window restarts."""
+        """The general rule, run by run of equal times: which are accepted, and where the clock steps."""
         accepted = np.zeros(len(times), bool)
         starts = np.flatnonzero(np.concatenate([[True], times[1:] != times[:-1]]))
         ends = np.append(starts[1:], len(times))
@@ -206,8 +216,12 @@ class DetectorClock:
             at_head = not math.isnan(last) and last >= head - TOLERANCE_SECONDS
             if math.isnan(head):
                 self.head[g] = self.span_start[g] = t
+            elif how == "agrees" and t > head and self.in_step[g]:
+                self.head[g] = t  # it agreed with the others and follows them over a gap (a pause, a new run)
             elif how in ("agrees", "step") and not _near(t, head) and (t > head or at_head):
-                self._log(g, f"io_group {g}: data clock steps {t - head:+.0f} s to {t:.0f}; its window restarts", False)
+                self._log(
+                    g, f"io_group {g}: data clock steps {t - head:+.0f} s to {t:.0f}; the step is dead time", False
+                )
                 self.head[g] = self.span_start[g] = t
                 rebase_at = a
             elif t > head:

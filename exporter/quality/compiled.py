@@ -46,8 +46,8 @@ DEFERRED_COLUMNS = 5
 
 @njit(cache=True, nogil=True)
 def count_chunk(
-    state, hits, touched, blocks, table, buckets, has_pedestal, deferred, pos, cur, rows, slots, groups, records,
-    offsets, buffer, starts, words, msg_groups,
+    state, hits, touched, blocks, table, buckets, has_pedestal, deferred, pos, cur, cur_end, rows, slots, ends, groups,
+    records, offsets, buffer, starts, words, msg_groups,
 ):  # fmt: skip
     """Count a chunk into ``state`` (the fields of ``state.kernel_fields(COUNT)``, in that order): packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
     all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
@@ -61,12 +61,13 @@ def count_chunk(
 
     ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
     accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each
-    io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``.
+    io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``;
+    ``cur_end`` its live bin end, moved to ``ends``: the last-hit time of a hit outside the window.
     """
     (
         packet_type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
-        trigger_type_counts, chip_packets, chip_parity, chip_fifo, window_io_group, window_trigger_types, win_flags,
-        win_pedestal,
+        trigger_type_counts, chip_packets, chip_parity, chip_fifo, last_hit_end, window_io_group, window_trigger_types,
+        win_flags, win_pedestal,
     ) = state  # fmt: skip
     (
         at_group, at_channel, at_chip, at_type, at_parity, at_channel_id, at_time, at_adc, at_trig, at_local,
@@ -135,6 +136,7 @@ def count_chunk(
         if w < 0 or not raw:  # a packet row, or a message's timestamp: the accepted ones move the windows
             while j < len(rows) and rows[j] <= i:
                 cur[groups[j]] = slots[j]
+                cur_end[groups[j]] = ends[j]
                 j += 1
         s = cur[g]
 
@@ -206,6 +208,10 @@ def count_chunk(
             else:
                 hits[key, row, ch, 0] += 1
                 touched[key] = True
+                if key == 1 and not last_hit_end[row, ch] >= cur_end[g]:  # outside the window (NaN: no time)
+                    end = cur_end[g]
+                    if end == end:
+                        last_hit_end[row, ch] = end
                 adc_counts[g, adc] += 1
                 if rate_slot >= 0:
                     hits[key, row, ch, 1] += adc

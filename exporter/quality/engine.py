@@ -27,9 +27,9 @@ from exporter.reading.packets import (
 NOT_SELF_TRIGGERED = -2
 
 
-def count(state: State, packets: np.ndarray, slots: np.ndarray) -> None:
-    """Count a chunk of packet records whose window ``slots`` (``Reading.fill``) are known: the
-    reference implementation of the compiled kernels, which do the same packet for packet."""
+def count(state: State, packets: np.ndarray, slots: np.ndarray, ends: np.ndarray) -> None:
+    """Count a chunk of packet records whose window ``slots`` and live bin ``ends`` (``Reading.fill``)
+    are known: the reference implementation of the compiled kernels, which do the same packet for packet."""
     ptype = packets["packet_type"]
     is_data = ptype == DATA
     other = np.flatnonzero(~is_data)  # data packets are counted per chip (and per link), summed at snapshot
@@ -55,6 +55,7 @@ def count(state: State, packets: np.ndarray, slots: np.ndarray) -> None:
         _add_data(state, data[valid], data_slots[valid], rows[valid], flags[valid])
     else:
         _add_data(state, data, data_slots, rows, flags)
+    _note_old_hits(state, data["channel_id"], data_slots, ends[data_rows], rows, valid)
     syncs = np.flatnonzero(ptype == SYNC)
     if len(syncs):
         _add_syncs(state, packets[syncs], slots[syncs])
@@ -144,6 +145,16 @@ def _note_last_hits(state: State, hits: np.ndarray) -> None:
         end = ends[:, slot]
         hit = hits[slot, :n] > 0
         last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
+
+
+def _note_old_hits(
+    state: State, channel_id: np.ndarray, slots: np.ndarray, ends: np.ndarray, rows: np.ndarray, valid: np.ndarray
+) -> None:
+    """Move each channel's last-hit time to the bin end of its newest clean self-triggered hit that is
+    outside the window (``slots`` -1): a chunk longer than the window keeps every channel's last hit."""
+    old = np.flatnonzero((slots == -1) & valid & ~np.isnan(ends))
+    if len(old):
+        np.fmax.at(state.last_hit_end.reshape(-1), rows[old] * CHANNELS_PER_CHIP + (channel_id[old] & 63), ends[old])
 
 
 def _rate_slots(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, valid: np.ndarray) -> np.ndarray:

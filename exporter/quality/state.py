@@ -60,6 +60,8 @@ class Field:
     optional: bool = False
     #: Made on first use (runs without its packets never pay for it); until then absent.
     lazy: bool = False
+    #: Counted since its io_group's run started: emptied for the io_group's chips at a run boundary.
+    per_run: bool = False
 
     @property
     def per_chip(self) -> bool:
@@ -90,10 +92,16 @@ FIELDS: tuple[Field, ...] = (
     Field("chip_parity", CHIP, (), kernels=(COUNT,)),
     Field("chip_fifo", CHIP, (4,), kernels=(COUNT,)),  # local half, local full, shared half, shared full
     Field("hits_total", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,)),  # clean data packets
-    Field("self_hits", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,)),  # the self-triggered ones
-    # data time of the end of the window bin of each channel's newest hit (NaN: none yet): how long a
-    # channel has been silent, over any span, at the window's bin resolution
-    Field("last_hit_end", CHIP, (CHANNELS_PER_CHIP,), np.float64, np.nan, kernels=(FOLD,)),
+    # the self-triggered ones since the run started (the learnt rates)
+    Field("self_hits", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,), per_run=True),
+    # live time (``dead_seconds``) of the end of the window bin of each channel's newest hit (NaN: none
+    # yet), from every packet whatever the chunk's span: how long a channel has been silent, over any span
+    Field("last_hit_end", CHIP, (CHANNELS_PER_CHIP,), np.float64, np.nan, kernels=(COUNT, FOLD)),
+    # live time per io_group: its data time minus the gaps in its data (``window.DEAD_GAP_SECONDS``), the
+    # time its windows, silences and learnt rates run on; where it started and where its run started
+    Field("dead_seconds", IO_GROUP, (), np.float64, optional=True),
+    Field("live_start", IO_GROUP, (), np.float64, np.nan, checkpoint=WINDOW, optional=True),
+    Field("run_start", IO_GROUP, (), np.float64, np.nan, optional=True),
     # the sliding window, one slot per bin; per-bin sums fit int32 (255 * hits < 2**31 up to ~1.7 MHz
     # per channel), squared ADC sums need int64: less memory, cheaper checkpoints
     Field("window_io_group", SLOT_IO_GROUP, (2,), checkpoint=WINDOW, kernels=(COUNT,)),  # 'S' syncs, ext. triggers
@@ -207,6 +215,15 @@ class State:
             for slot in slots:
                 array[slot, rows if f.per_chip else g] = f.fill
 
+    def start_run(self, g: int, at: float) -> None:
+        """Start io_group ``g``'s run at live time ``at``: its chips' ``per_run`` counts start again."""
+        self.run_start[g] = at
+        rows = self.group_rows(g)
+        for f in FIELDS:
+            array = getattr(self, f.name)
+            if f.per_run and array is not None:
+                array[rows] = f.fill
+
     # -- checkpoint -----------------------------------------------------------------------------
     def export(self) -> dict[str, np.ndarray]:
         """The checkpointed fields, trimmed to the registered chips, with the chip keys, the window's
@@ -235,16 +252,21 @@ class State:
         if "clock_head" not in arrays:
             return False
         self.clock.import_state(arrays)
+        for name in ("live_start", "run_start"):  # a checkpoint from before live time: since the last clock step
+            if name not in arrays:
+                getattr(self, name)[...] = self.clock.span_start
         shape = (self.config.window_seconds, self.config.window_bins)
-        same = tuple(arrays["window_shape"]) == shape and all(name in arrays for name in WINDOW_ARRAYS)
+        same = tuple(arrays["window_shape"]) == shape and all(
+            name in arrays or BY_NAME[name].optional for name in WINDOW_ARRAYS
+        )
         if same:
             for f in FIELDS:
                 if f.windowed and f.name in arrays:
                     self._put(f, rows, arrays[f.name])
         else:
             known = ~np.isnan(self.clock.head)
-            self.window_end[known] = self.clock.head[known]
-            self.newest_bin[known] = self.bin_of(self.clock.head[known]).astype(np.int64)
+            self.window_end[known] = self.live_start[known] = self.clock.head[known] - self.dead_seconds[known]
+            self.newest_bin[known] = self.bin_of(self.window_end[known]).astype(np.int64)
         return same
 
     def _put(self, f: Field, rows: np.ndarray, value: np.ndarray) -> None:

@@ -1,55 +1,121 @@
-"""The sliding windows in data time, per io_group: moved by each chunk's timestamps, read by the summary.
+"""The sliding windows in live time, per io_group: moved by each chunk's timestamps, read by the summary.
 
-Every function reads or moves the window fields of a ``State`` (``newest_bin``, ``window_end``,
-``window_reference`` and the per-slot arrays); both engines count into the slots they return.
+Live time is an io_group's data time without the gaps in its data: a stretch longer than
+``DEAD_GAP_SECONDS`` in which it sent no timestamp (a DAQ pause, the stop between two runs) and its
+window was not moved by the other io_groups is dead time, neither silence nor exposure. Windows,
+last-hit times, silences and learnt rates all run on it; a clock step is dead time too, so the
+window goes on over it. Every function reads or moves the window fields of a ``State``
+(``newest_bin``, ``window_end``, ``window_reference``, ``dead_seconds``, ``live_start``,
+``run_start`` and the per-slot arrays); both engines count into the slots it returns.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, Reading
 from exporter.quality.state import State
 
+#: Data seconds without any timestamp of an io_group (it sends one with every message, and an 'S'
+#: sync every second) after which the gap is dead time and the io_group's run starts again.
+DEAD_GAP_SECONDS = 10.0
 
-def move(
-    state: State, packets: np.ndarray, clock: DataClock, wall_now: float
-) -> tuple[Reading, np.ndarray, np.ndarray]:
-    """Read the chunk's timestamp packets and move the windows: the accepted timestamps, the window
-    slot of each (-1: outside its io_group's window) and of each io_group before the chunk; a
-    packet's slot is that of its io_group's latest accepted timestamp at or before it (``Reading.fill``).
 
-    The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends
-    at its own clock, restarts where that clock stepped, and, while the io_group sends
-    nothing, follows the other io_groups once they have passed both its clock and where they were
-    when it last advanced (after ``TOLERANCE_SECONDS``): a stopped io_group's rates fall to zero while
-    a skewed one keeps its own, and one read ahead of the others (a backlog whose chunks hold one
-    io_group's data before another's) is not pushed past its own data.
+@dataclass(frozen=True)
+class Placed:
+    """A chunk's accepted timestamps placed in the windows: what both engines count with."""
+
+    reading: Reading
+    slots: np.ndarray  # window slot of each accepted timestamp (-1: outside its io_group's window)
+    before: np.ndarray  # (256,) slot of each io_group's packets before its first timestamp in the chunk
+    ends: np.ndarray  # live time of the end of each accepted timestamp's bin (a hit's last-hit time)
+    before_ends: np.ndarray  # (256,) the same for the packets before the first timestamp
+
+
+def move(state: State, packets: np.ndarray, clock: DataClock, wall_now: float) -> Placed:
+    """Read the chunk's timestamp packets, place them in live time and move the windows; a packet's
+    slot and bin end are those of its io_group's latest accepted timestamp at or before it (``Reading.fill``).
+
+    The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends at
+    its own live clock and, while the io_group sends nothing, follows the other io_groups once their
+    live clocks have advanced past where they were when it last advanced and their data time past its
+    own (after ``TOLERANCE_SECONDS``): a stopped io_group's rates fall to zero, while a skewed one keeps
+    its own, one read ahead of the others (a backlog whose chunks hold one io_group's data before
+    another's) is not pushed past its own data, and a pause of the whole detector moves nothing.
     """
     head_before = state.clock.head.copy()
+    dead_before = state.dead_seconds.copy()
     reading = state.clock.read(packets, clock, wall_now)
+    live, gapped = _live_times(state, reading)
     head = state.clock.head
-    reference = state.clock.others_median()
+    live_head = head - state.dead_seconds
+    reference = state.clock.others_median(live_head)
     advanced = ~np.isnan(head) & ~(head == head_before)
     stalled = ~np.isnan(head) & ~advanced
     state.window_reference[advanced] = reference[advanced]
     fresh = stalled & np.isnan(state.window_reference)
     state.window_reference[fresh] = reference[fresh]
-    behind = np.minimum(reference - state.window_reference, reference - head)
+    behind = np.minimum(reference - state.window_reference, state.clock.others_median() - head)
     push = np.maximum(behind - TOLERANCE_SECONDS, 0.0)
-    end = np.where(stalled, head + np.nan_to_num(push), head)
-    for g in reading.rebased:
-        state.window_end[g] = head[g]
-        _restart(state, g)
-    state.window_end = np.fmax(state.window_end, end)
+    state.window_end = np.fmax(state.window_end, np.where(stalled, live_head + np.nan_to_num(push), live_head))
+    for g in np.unique(reading.groups).tolist():
+        first = float(live[reading.groups == g].min())
+        if np.isnan(state.live_start[g]):
+            state.live_start[g] = first
+        if g in gapped or np.isnan(state.run_start[g]):  # the run starts again with the chunk that holds the gap
+            state.start_run(g, first)
     for g in np.flatnonzero(state.bin_of(state.window_end) > state.newest_bin).tolist():
         _advance(state, g)
-    slots = _slot_of(state, reading.times, reading.groups)
-    before = _slot_of(state, reading.before, np.arange(IO_GROUPS))
-    for g, index in reading.rebased.items():  # times on the clock before the step are not in the new window
-        slots[:index][reading.groups[:index] == g] = -1
-        before[g] = -1
-    return reading, slots, before
+    before_live = reading.before - dead_before
+    return Placed(
+        reading,
+        _slot_of(state, live, reading.groups),
+        _slot_of(state, before_live, np.arange(IO_GROUPS)),
+        _bin_end(state, live),
+        _bin_end(state, before_live),
+    )
+
+
+def _live_times(state: State, reading: Reading) -> tuple[np.ndarray, set[int]]:
+    """Live time of each accepted timestamp, and the io_groups with a dead gap in the chunk.
+
+    Per io_group, in the chunk's order, from where its window had reached: each forward move of its
+    newest time by more than ``DEAD_GAP_SECONDS`` adds the move less one second to ``dead_seconds``; at a
+    clock step (``Reading.rebased``) live time goes on one second after the newest live time so far.
+    """
+    live = reading.times.copy()
+    gapped: set[int] = set()
+    for g in np.unique(reading.groups).tolist():
+        at = np.flatnonzero(reading.groups == g)
+        dead, live_end = float(state.dead_seconds[g]), float(state.window_end[g])
+        reach = live_end + dead  # the data time its window had reached (NaN before any)
+        step = reading.rebased.get(g)
+        split = int(np.searchsorted(at, step)) if step is not None else len(at)
+        for part in (at[:split], at[split:]):
+            if not len(part):
+                continue
+            times = reading.times[part]
+            if part[0] == step:  # a clock step: the old clock's times are behind, live time goes on
+                dead = float(times[0]) - (live_end + 1.0)
+                reach = float(times[0])
+            newest = np.maximum.accumulate(np.concatenate([[times[0] if np.isnan(reach) else reach], times]))
+            moves = np.diff(newest)
+            gaps = moves > DEAD_GAP_SECONDS
+            dead_at = dead + np.cumsum(np.where(gaps, moves - 1.0, 0.0))
+            live[part] = times - dead_at
+            if gaps.any():
+                gapped.add(g)
+            dead, reach = float(dead_at[-1]), float(newest[-1])
+            live_end = float(np.fmax(live_end, live[part].max()))
+        state.dead_seconds[g] = dead
+    return live, gapped
+
+
+def _bin_end(state: State, live: np.ndarray) -> np.ndarray:
+    """Live time of the end of the window bin of each live time (NaN stays NaN)."""
+    return (state.bin_of(live) + 1.0) * state.config.bin_seconds
 
 
 def _slot_of(state: State, times: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -71,12 +137,6 @@ def _advance(state: State, g: int) -> None:
     state.newest_bin[g] = newest
 
 
-def _restart(state: State, g: int) -> None:
-    """Empty io_group ``g``'s window and start it again at its clock (after a clock step)."""
-    state.clear(g, range(state.config.window_bins))
-    state.newest_bin[g] = int(state.bin_of(state.clock.head[g]))
-
-
 def slot_ends(state: State) -> np.ndarray:
     """(256, window bins) float: the data time each io_group's window slot ends at (a hit's last-hit time)."""
     nb, newest = state.config.window_bins, state.newest_bin[:, None]
@@ -84,26 +144,26 @@ def slot_ends(state: State) -> np.ndarray:
 
 
 def span_seconds(state: State) -> np.ndarray:
-    """(256,) seconds of data time each io_group's window spans: from the later of its window
-    start and its last clock step to its newest time + 1 s (timestamps have one-second
+    """(256,) seconds of live time each io_group's window spans: from the later of its window
+    start and its first live time to its newest time + 1 s (timestamps have one-second
     resolution), between 1 s and the window; the whole window for io_groups without a time."""
     window, nb = state.config.window_seconds, state.config.window_bins
     end = state.window_end
     window_start = (state.newest_bin - nb + 1) * state.config.bin_seconds
-    span = end + 1.0 - np.fmax(window_start, state.clock.span_start)
+    span = end + 1.0 - np.fmax(window_start, state.live_start)
     return np.where(np.isnan(end), window, np.clip(span, 1.0, window))
 
 
 def covered_seconds(state: State) -> float:
-    """Seconds of data time the windows span: the longest io_group span (the window before any data)."""
+    """Seconds of live time the windows span: the longest io_group span (the window before any data)."""
     known = ~np.isnan(state.window_end)
     return float(span_seconds(state)[known].max()) if known.any() else state.config.window_seconds
 
 
 def chip_clock(state: State) -> tuple[np.ndarray, np.ndarray]:
-    """Per chip row: its io_group's data time now (end of the newest second) and how long that
-    io_group has run without a clock step; the verdicts judge silences and learnt rates over these."""
+    """Per chip row: its io_group's live time now (end of the newest second) and the live time since its
+    run started; the verdicts judge silences and learnt rates over these."""
     groups = state.chips.keys[:, 0].astype(np.int64)
     now = state.window_end[groups] + 1.0  # timestamp packets have one-second resolution
-    run = np.fmax(now - state.clock.span_start[groups], 1.0)
+    run = np.fmax(now - state.run_start[groups], 1.0)
     return now, np.where(np.isnan(now), 0.0, run)

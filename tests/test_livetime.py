@@ -1,0 +1,165 @@
+"""Live time (issue 20, items 3 and 7): pauses and run boundaries are dead time, neither silence nor
+exposure; last-hit times are kept for every packet whatever the chunk's span; learnt rates start
+again at a run boundary; a chip a new configuration disables is not expected. Both engines."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from exporter.detector.runconfig import RunConfig, daq_tile
+from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from exporter.quality.clock import DataClock
+from exporter.quality.snapshot import Snapshot
+from exporter.quality.status import ChannelStatus
+from exporter.quality.window import DEAD_GAP_SECONDS, chip_clock
+from exporter.reading.decode import split_messages
+from exporter.reading.packets import DATA
+from exporter.simulate import SimulationConfig, Simulator
+
+START = 1_700_000_000
+RATE_HZ = 0.05
+WINDOW = 60.0
+LATER = START + 100_000.0
+
+Second = tuple[list[np.ndarray], np.ndarray]  # one data second: its messages and their io_groups
+
+
+@pytest.fixture(scope="module")
+def simulator(module_geometry) -> Simulator:
+    return Simulator(module_geometry, SimulationConfig(hit_rate_hz=RATE_HZ, seed=11))
+
+
+@pytest.fixture(scope="module")
+def healthy(simulator) -> list[Second]:
+    """300 s of a healthy module (two io_groups) at 0.05 Hz per channel."""
+    return [simulator.second(START + t) for t in range(300)]
+
+
+@pytest.fixture(scope="module", params=[NUMPY, COMPILED])
+def engine(request) -> str:
+    if request.param == COMPILED:
+        assert load_kernels(wait=300), KERNELS.error
+    return request.param
+
+
+def accumulator(geometry, engine: str) -> Accumulator:
+    return Accumulator(QualityConfig(WINDOW, 12, engine=engine), geometry)
+
+
+def feed(acc: Accumulator, clock: DataClock, seconds: list[Second], wall: float = LATER) -> None:
+    """Feed seconds as one chunk at wall time ``wall`` (the data time: serve on a live run; by default
+    much later: a backlog or ``once``)."""
+    msgs = [m for ms, _ in seconds for m in ms]
+    acc.add_messages(split_messages(msgs, np.concatenate([gs for _, gs in seconds])), clock, wall)
+
+
+def silent(snap: Snapshot) -> int:
+    return int((snap.channel_status == ChannelStatus.SILENT).sum())
+
+
+def test_a_ten_minute_pause_is_neither_silence_nor_exposure(module_geometry, simulator, healthy, engine):
+    """After 600 s without any packet, data again: no channel silent, no chip dead, the window spans
+    the last minute of live data (before and after the pause) and the true rates, on every evaluation."""
+    acc, clock = accumulator(module_geometry, engine), DataClock()
+    for t, second in enumerate(healthy):
+        feed(acc, clock, [second], START + t)
+    resumed = START + 300 + 600
+    worst = 0
+    for t in range(120):
+        feed(acc, clock, [simulator.second(resumed + t)], resumed + t)
+        if t % 5 == 0:
+            snap = acc.snapshot()
+            worst = max(worst, silent(snap), int(snap.chip_dead.sum()))
+            groups = snap.io_groups[snap.io_groups > 0]
+            spans = snap.io_group_span_seconds[groups]  # the window's bins, the newest one partly filled
+            assert (spans > WINDOW - WINDOW / 12).all() and (spans <= WINDOW).all()
+    assert worst == 0
+    assert acc.state.dead_seconds[1] == acc.state.dead_seconds[2] == 600.0
+    snap = acc.snapshot()
+    truth = module_geometry.connected[module_geometry.chips[:, 0] == 1].sum() * RATE_HZ
+    assert snap.io_group_rate_hz[1] == pytest.approx(truth, rel=0.05)
+
+
+def test_a_pause_shorter_than_the_dead_gap_is_exposure(module_geometry, simulator, healthy):
+    """A gap of ``DEAD_GAP_SECONDS`` or less is live time (the io_group was sending, slowly)."""
+    acc, clock = accumulator(module_geometry, NUMPY), DataClock()
+    feed(acc, clock, healthy[:60], START + 59)
+    short = START + 59 + int(DEAD_GAP_SECONDS)
+    feed(acc, clock, [simulator.second(short)], short)
+    np.testing.assert_array_equal(acc.state.dead_seconds[[1, 2]], 0.0)
+    feed(acc, clock, [simulator.second(short + 100)], short + 100)
+    np.testing.assert_array_equal(acc.state.dead_seconds[[1, 2]], 99.0)
+
+
+def test_once_and_live_keep_the_same_last_hits_and_call_no_channel_silent(module_geometry, healthy, engine):
+    """A healthy 300 s file read in one chunk gives the last-hit times and verdicts of reading it second by second."""
+    live, whole = accumulator(module_geometry, engine), accumulator(module_geometry, engine)
+    clock = DataClock()
+    for second in healthy:
+        feed(live, clock, [second])
+    feed(whole, DataClock(), healthy)
+    a, b = live.snapshot(), whole.snapshot()
+    n = len(live.chips)
+    assert live.chips.keys.tolist() == whole.chips.keys.tolist()
+    np.testing.assert_array_equal(whole.state.last_hit_end[:n], live.state.last_hit_end[:n])
+    np.testing.assert_array_equal(b.channel_status, a.channel_status)
+    assert silent(a) == silent(b) == 0
+    assert np.isfinite(live.state.last_hit_end[:n][live.state.hits_total[:n] > 0]).all()
+
+
+def test_a_backlog_in_chunks_longer_than_the_window_gives_the_live_verdicts(module_geometry, healthy, engine):
+    live, backlog = accumulator(module_geometry, engine), accumulator(module_geometry, engine)
+    clock, backlog_clock = DataClock(), DataClock()
+    for second in healthy:
+        feed(live, clock, [second])
+    feed(backlog, backlog_clock, healthy[:30])  # read live, then the exporter stops...
+    for first in range(30, 300, 90):  # ...and catches up in chunks of 90 s
+        feed(backlog, backlog_clock, healthy[first : first + 90])
+    a, b = live.snapshot(), backlog.snapshot()
+    n = len(live.chips)
+    np.testing.assert_array_equal(backlog.state.last_hit_end[:n], live.state.last_hit_end[:n])
+    np.testing.assert_array_equal(b.channel_status, a.channel_status)
+    np.testing.assert_array_equal(b.chip_rate_hz, a.chip_rate_hz)
+    assert silent(b) == 0
+
+
+def test_learnt_rates_start_again_at_a_run_boundary(module_geometry, simulator, healthy, engine, caplog):
+    """A new run after 31 s without data: the run (its learnt rates) starts again on both io_groups, the
+    gap is dead time on both, and neither io_group's clock is said to step."""
+    acc, clock = accumulator(module_geometry, engine), DataClock()
+    for t, second in enumerate(healthy[:120]):
+        feed(acc, clock, [second], START + t)
+    with caplog.at_level(logging.WARNING, logger="exporter.quality.clock"):
+        for t in range(30):
+            feed(acc, clock, [simulator.second(START + 150 + t)], START + 150 + t)
+    assert not [r for r in caplog.records if "steps" in r.getMessage()]
+    np.testing.assert_array_equal(acc.state.dead_seconds[[1, 2]], [30.0, 30.0])
+    assert set(chip_clock(acc.state)[1].tolist()) == {30.0}
+    new_run_hits = acc.state.self_hits[: len(acc.chips)].sum()
+    assert 0 < new_run_hits < 0.3 * acc.state.hits_total[: len(acc.chips)].sum()
+
+
+def test_a_new_configuration_starts_a_run_and_the_chips_it_disables_are_not_expected(
+    module_geometry, simulator, healthy, engine
+):
+    acc, clock = accumulator(module_geometry, engine), DataClock()
+    for t, second in enumerate(healthy[:120]):
+        feed(acc, clock, [second], START + t)
+    g, c, chip = (int(v) for v in acc.chips.keys[0])
+    acc.set_run_config(RunConfig(masked={(g, int(daq_tile(c)), chip): np.ones(64, bool)}))
+    assert acc.state.self_hits[0].sum() == 0 and acc.state.self_hits.sum() == 0
+    for t in range(120, 600):  # the disabled chip sends nothing any more
+        packets = split_messages(*simulator.second(START + t)).decode()
+        keep = ~(
+            (packets["io_group"] == g) & (packets["io_channel"] == c) & (packets["chip_id"] == chip)
+            & (packets["packet_type"] == DATA)
+        )  # fmt: skip
+        acc.add(packets[keep], clock, START + t)
+    snap = acc.snapshot()
+    assert not snap.chip_dead[0]
+    assert (snap.channel_status[0][snap.channel_expected[0]] == ChannelStatus.MASKED).all()
+    assert chip_clock(acc.state)[1][0] == 480.0
+    assert silent(snap) == 0
