@@ -85,7 +85,14 @@ def _matches(channels: np.ndarray, keys: Sequence[tuple[int, ...]], width: int =
 
 
 def pack_data_words(
-    chip_id, channel_id, timestamp, adc, local_fifo, shared_fifo, flip_parity, trigger_type
+    chip_id: np.ndarray,
+    channel_id: np.ndarray,
+    timestamp: np.ndarray,
+    adc: np.ndarray,
+    local_fifo: np.ndarray,
+    shared_fifo: np.ndarray,
+    flip_parity: np.ndarray,
+    trigger_type: np.ndarray,
 ) -> np.ndarray:
     """64-bit LArPix data words with downstream marker set and odd parity (unless flipped)."""
     u = np.uint64

@@ -32,7 +32,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from exporter.detector.geometry import Geometry  # noqa: E402
 from exporter.quality.accumulator import Snapshot  # noqa: E402
-from exporter.quality.clock import DataClock, DetectorClock  # noqa: E402
+from exporter.quality.clock import DetectorClock  # noqa: E402
+from exporter.reading.cursor import DataClock  # noqa: E402
 from plots import Plot, PlotContext  # noqa: E402
 from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
 from plots.legacy import as_packet_dtype, packets_file  # noqa: E402
@@ -268,7 +269,7 @@ class PlotEngine:
         return self.shared_fresh.due(fp) or any(state.fresh.due(fp) for state in self.files.values())
 
     # -- isolation ----------------------------------------------------------------------
-    def _guard(self, name: str, what: str, fn: Callable, *args):
+    def _guard(self, name: str, what: str, fn: Callable, *args: object) -> Any:
         """Call a plugin; on an exception report it by name, count it, return ``_FAILED``."""
         health = self.health[name]
         if health.disabled:

@@ -127,7 +127,9 @@ class Tracks:
         _, first = np.unique(ids, return_index=True)
         return ids[np.sort(first)]
 
-    def flat(self, rng: np.random.Generator, t0: int, start: np.ndarray, angle: float, length: float):
+    def flat(
+        self, rng: np.random.Generator, t0: int, start: np.ndarray, angle: float, length: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """A track across the anode: each pixel once, at its drift time (a linear ramp along the track)."""
         plane = int(rng.integers(len(self.groups)))
         end = start + length * np.array([np.sin(angle), -np.cos(angle)])
@@ -136,7 +138,7 @@ class Tracks:
         drift = np.linspace(first, last, len(ids)) + rng.integers(0, 20, len(ids))
         return ids, t0 + drift.astype(np.int64)
 
-    def steep(self, rng: np.random.Generator, t0: int):
+    def steep(self, rng: np.random.Generator, t0: int) -> tuple[np.ndarray, np.ndarray]:
         """A track along the drift: 1-3 neighbouring pixels, each re-triggering 30-150 times within 1 ms."""
         plane = int(rng.integers(len(self.groups)))
         on_plane = self.grid[plane][self.grid[plane] >= 0]

@@ -16,7 +16,7 @@ from plots.series import TimeSeries, unix_to_mpl
 PARITY = len(PACKET_TYPE_NAMES)  # series index of parity errors, after the 8 packet types
 
 
-def step_lines(ax, series: TimeSeries, columns: list[int], labels: list[str]) -> None:
+def step_lines(ax: Axes, series: TimeSeries, columns: list[int], labels: list[str]) -> None:
     """One line per column of ``series.rates()`` at the bin centres; zero rates left out (log axes)."""
     edges = unix_to_mpl(series.edges())
     centres = (edges[:-1] + edges[1:]) / 2

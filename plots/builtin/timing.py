@@ -10,8 +10,15 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from exporter.quality.clock import IO_GROUPS
-from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, SYNC, SYNC_KIND_CODES, TICKS_PER_SYNC, TRIGGER
+from exporter.reading.packets import (
+    DATA,
+    EXTERNAL_TRIGGER_BIT,
+    IO_GROUPS,
+    SYNC,
+    SYNC_KIND_CODES,
+    TICKS_PER_SYNC,
+    TRIGGER,
+)
 from plots.base import Plot, PlotContext
 from plots.draw import KeptFigure, file_label, no_data
 from plots.series import bin_counts
@@ -33,7 +40,7 @@ def delay_counts(delay: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.bincount(flat, minlength=IO_GROUPS * (len(DELAY_EDGES) - 1)).reshape(IO_GROUPS, -1)
 
 
-def _group_lines(ax, edges_display: np.ndarray, counts: np.ndarray, label_fmt: str = "io_group {}") -> bool:
+def _group_lines(ax: Axes, edges_display: np.ndarray, counts: np.ndarray, label_fmt: str = "io_group {}") -> bool:
     """Step lines of ``counts`` (io_groups, bins) for io_groups with entries; False if none."""
     groups = np.flatnonzero(counts.sum(axis=1))
     for g in groups:
