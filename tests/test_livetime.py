@@ -163,3 +163,22 @@ def test_a_new_configuration_starts_a_run_and_the_chips_it_disables_are_not_expe
     assert (snap.channel_status[0][snap.channel_expected[0]] == ChannelStatus.MASKED).all()
     assert chip_clock(acc.state)[1][0] == 480.0
     assert silent(snap) == 0
+
+
+def test_a_checkpoint_from_before_live_time_continues_on_data_time(module_geometry, healthy):
+    """Without dead_seconds, live_start and run_start (an older checkpoint): no dead time so far, the
+    window continues, the run and the window's span start at the clock's last step, as they did then."""
+    acc, clock = accumulator(module_geometry, NUMPY), DataClock()
+    for second in healthy[:90]:
+        feed(acc, clock, [second])
+    old = {k: v for k, v in acc.export_state().items() if k not in ("dead_seconds", "live_start", "run_start")}
+    restored = accumulator(module_geometry, NUMPY)
+    assert restored.import_state(old)
+    np.testing.assert_array_equal(restored.state.dead_seconds, 0.0)
+    for name in ("live_start", "run_start"):
+        np.testing.assert_array_equal(getattr(restored.state, name), restored.clock.span_start)
+    restored_clock = DataClock(clock.last_times())
+    for second in healthy[90:120]:
+        feed(acc, clock, [second])
+        feed(restored, restored_clock, [second])
+    np.testing.assert_array_equal(restored.snapshot().channel_status, acc.snapshot().channel_status)
