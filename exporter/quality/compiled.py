@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import config, njit
 
+from exporter.quality.state import MERGE_TICKS
 from exporter.reading.decode import WORD_DATA, WORD_SYNC, WORD_TRIGGER
 from exporter.reading.packets import (
     DATA,
@@ -59,6 +60,9 @@ def count_chunk(
     (``fold_hits``): one cache line a packet, in an array that fits the core's cache for a slot,
     where the accumulator's own arrays would cost six cache misses a packet.
 
+    Each channel's self-triggered hits are also counted as independent arrivals (``state.MERGE_TICKS``),
+    on the data second of their io_group's latest timestamp packet and their own tick.
+
     ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
     accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each
     io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``;
@@ -67,7 +71,7 @@ def count_chunk(
     (
         packet_type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
         trigger_type_counts, chip_packets, chip_parity, chip_fifo, last_hit_end, window_io_group, window_trigger_types,
-        win_flags, win_pedestal,
+        win_flags, win_pedestal, arrival_second, arrival_start, arrivals_total, win_arrivals,
     ) = state  # fmt: skip
     (
         at_group, at_channel, at_chip, at_type, at_parity, at_channel_id, at_time, at_adc, at_trig, at_local,
@@ -87,6 +91,9 @@ def count_chunk(
             valid = False
             if w < 0:
                 ptype = TIMESTAMP
+                o = starts[i]  # the message's data second, header bytes 1-4
+                ticks = np.int64(buffer[o + 1]) | np.int64(buffer[o + 2]) << 8 | np.int64(buffer[o + 3]) << 16
+                ticks |= np.int64(buffer[o + 4]) << 24
             elif w >= words[i]:
                 i += 1
                 w = -1
@@ -108,6 +115,7 @@ def count_chunk(
                     chip = np.int64((word >> np.uint64(2)) & np.uint64(255))
                     channel = np.int64((word >> np.uint64(10)) & np.uint64(63))
                     adc = np.int64((word >> np.uint64(48)) & np.uint64(255))
+                    ticks = np.int64((word >> np.uint64(16)) & np.uint64(0x7FFFFFFF))
                     trig = np.int64((word >> np.uint64(56)) & np.uint64(3))
                     fifo = np.int64((word >> np.uint64(58)) & np.uint64(15))
                 elif kind == WORD_TRIGGER or kind == WORD_SYNC:
@@ -130,7 +138,7 @@ def count_chunk(
             adc, trig = np.int64(row_bytes[at_adc]), np.int64(row_bytes[at_trig])
             fifo = (np.int64(row_bytes[at_local]) | (np.int64(row_bytes[at_shared]) << 2)) & 255
             ticks = np.int64(0)
-            if ptype == SYNC:  # the only packets whose timestamp is counted
+            if ptype == SYNC or ptype == DATA or ptype == TIMESTAMP:  # the packets whose timestamp is counted
                 for b in range(time_bytes):
                     ticks |= np.int64(row_bytes[at_time + b]) << (8 * b)
         if w < 0 or not raw:  # a packet row, or a message's timestamp: the accepted ones move the windows
@@ -144,6 +152,8 @@ def count_chunk(
         if ptype != DATA:
             if ptype < 8:
                 packet_type_counts[g, ptype] += 1
+            if ptype == TIMESTAMP:
+                arrival_second[g] = ticks
             if ptype == SYNC:
                 if trig == _SYNC_S:
                     sync_counts[g, 0] += 1
@@ -222,6 +232,13 @@ def count_chunk(
                     for bit in range(4):
                         if fifo & (1 << bit):
                             chip_fifo[row, bit] += 1
+                if kind == 0:  # a new arrival unless at most MERGE_TICKS after the current one's first hit
+                    time = arrival_second[g] * TICKS_PER_SYNC + ticks
+                    if not 0 <= time - arrival_start[row, ch] <= MERGE_TICKS:
+                        arrival_start[row, ch] = time
+                        arrivals_total[row, ch] += 1
+                        if s >= 0:
+                            win_arrivals[s, row, ch] += 1
                 if kind == PERIODIC_TRIGGER and s >= 0:
                     win_pedestal[s, row, ch, 0] += 1
                     win_pedestal[s, row, ch, 1] += adc

@@ -10,7 +10,7 @@ import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP
 from exporter.quality.clock import IO_GROUPS
-from exporter.quality.state import PACKET_TYPES, State
+from exporter.quality.state import MERGE_TICKS, PACKET_TYPES, State
 from exporter.quality.window import slot_ends
 from exporter.reading.packets import (
     DATA,
@@ -20,6 +20,7 @@ from exporter.reading.packets import (
     SYNC,
     SYNC_KIND_CODES,
     TICKS_PER_SYNC,
+    TIMESTAMP,
     TRIGGER,
 )
 
@@ -56,6 +57,11 @@ def count(state: State, packets: np.ndarray, slots: np.ndarray, ends: np.ndarray
     else:
         _add_data(state, data, data_slots, rows, flags)
     _note_old_hits(state, data["channel_id"], data_slots, ends[data_rows], rows, valid)
+    seconds = _timestamp_seconds(state, packets)
+    own = np.flatnonzero(valid & (data_slots != NOT_SELF_TRIGGERED))
+    if len(own):
+        times = seconds[data_rows[own]] * TICKS_PER_SYNC + data["timestamp"][own].astype(np.int64)
+        _count_arrivals(state, rows[own] * CHANNELS_PER_CHIP + (data["channel_id"][own] & 63), times, data_slots[own])
     syncs = np.flatnonzero(ptype == SYNC)
     if len(syncs):
         _add_syncs(state, packets[syncs], slots[syncs])
@@ -122,6 +128,66 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     if len(flagged):
         full = flagged[(flags[flagged] & 10) != 0]
         _add_window_flags(state, rows[full], slots[full], 1)
+
+
+def _timestamp_seconds(state: State, packets: np.ndarray) -> np.ndarray:
+    """Per packet, the data second of its io_group's latest timestamp packet (its own for one; before the
+    chunk's first, ``arrival_second``'s from earlier chunks, -1 before any), which moves to the newest."""
+    seconds = np.empty(len(packets), np.int64)
+    stamp = packets["packet_type"] == TIMESTAMP
+    groups = packets["io_group"]
+    for g in np.unique(groups).tolist():
+        mine = np.flatnonzero(groups == g)
+        values = np.r_[state.arrival_second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
+        seconds[mine] = values[np.cumsum(stamp[mine])]
+        state.arrival_second[g] = values[-1]
+    return seconds
+
+
+def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots: np.ndarray) -> None:
+    """Count the independent arrivals among self-triggered hits (flat ``channel`` row * 64 + id, ``times``
+    second x TICKS_PER_SYNC + tick, window ``slots``, in packet order) as the kernel does hit by hit: a
+    hit not within MERGE_TICKS after its channel's current arrival's first hit starts a new arrival.
+
+    Vectorised by clusters, runs of a channel's hits each within MERGE_TICKS of the one before (times
+    as cumulative gaps, capped at MERGE_TICKS + 1): a cluster's first hit after a longer gap is an
+    arrival; only a cluster longer than MERGE_TICKS (a channel firing above 1 kHz) is walked arrival by
+    arrival, and only a channel whose times go back (a sync and the second out of step) hit by hit.
+    """
+    order = np.argsort(channel, kind="stable")
+    channel, times, slots = channel[order], times[order], slots[order]
+    anchors = state.arrival_start.reshape(-1)
+    first = np.r_[True, channel[1:] != channel[:-1]]
+    before = np.r_[0, times[:-1]]
+    before[first] = anchors[channel[first]]  # a channel's first hit follows its current arrival's first hit
+    steps = times - before
+    irregular = np.isin(channel, channel[steps < 0])
+    gaps = np.minimum(np.where(irregular, 0, steps), MERGE_TICKS + 1)
+    cumulative = np.cumsum(gaps)
+    arrival = gaps > MERGE_TICKS
+    heads = np.flatnonzero(arrival | first)
+    ends = np.r_[heads[1:], len(channel)] - 1
+    starts = np.where(arrival[heads], cumulative[heads], cumulative[heads] - gaps[heads])  # a cluster's arrival
+    long = cumulative[ends] - starts > MERGE_TICKS
+    for start, end in zip(starts[long].tolist(), ends[long].tolist(), strict=True):
+        while (i := int(np.searchsorted(cumulative, start + MERGE_TICKS, side="right"))) <= end:
+            arrival[i], start = True, cumulative[i]
+    start = 0
+    for i in np.flatnonzero(irregular).tolist():
+        start = int(anchors[channel[i]]) if first[i] else start
+        if not 0 <= times[i] - start <= MERGE_TICKS:
+            arrival[i], start = True, int(times[i])
+    at = np.flatnonzero(arrival)
+    if not len(at):  # every hit within its channel's current arrival
+        return
+    last = np.r_[channel[at][1:] != channel[at][:-1], True]
+    anchors[channel[at][last]] = times[at][last]
+    n_flat = state.capacity * CHANNELS_PER_CHIP
+    state.arrivals_total += np.bincount(channel[at], minlength=n_flat).reshape(state.capacity, -1)
+    window = at[slots[at] >= 0]
+    state.win_arrivals += np.bincount(
+        slots[window] * n_flat + channel[window], minlength=state.config.window_bins * n_flat
+    ).reshape(state.config.window_bins, state.capacity, -1)
 
 
 def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:

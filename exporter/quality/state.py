@@ -20,6 +20,10 @@ from exporter.quality.config import QualityConfig
 from exporter.reading.packets import DATA_TRIGGER_TYPES, SYNC_KIND_CODES
 
 PACKET_TYPES = 8
+#: Hits of a channel at most this many 10 MHz ticks after its arrival's first hit are one arrival (1 ms).
+MERGE_TICKS = 10_000
+#: ``arrival_start`` of a channel without an arrival yet: so far back that any hit starts one.
+NO_ARRIVAL = -(2**62)
 
 # -- scopes: the leading axes of a field ---------------------------------------------------------
 #: (256, ...): one row per io_group.
@@ -60,6 +64,8 @@ class Field:
     optional: bool = False
     #: Made on first use (runs without its packets never pay for it); until then absent.
     lazy: bool = False
+    #: Missing from a checkpoint (added after it was written): restored as a copy of this field instead.
+    restore_from: str | None = None
     #: Counted since its io_group's run started: emptied for the io_group's chips at a run boundary.
     per_run: bool = False
 
@@ -116,10 +122,32 @@ FIELDS: tuple[Field, ...] = (
     Field("newest_bin", IO_GROUP, (), fill=-1, checkpoint=WINDOW),
     Field("window_end", IO_GROUP, (), np.float64, np.nan, checkpoint=WINDOW),
     Field("window_reference", IO_GROUP, (), np.float64, np.nan, checkpoint=WINDOW),
+    # independent arrivals: a channel's self-triggered hits at most MERGE_TICKS after the first hit of its
+    # current arrival are that arrival (a steep track re-triggers a pixel ~100 times in 1 ms); the
+    # verdicts count arrivals, as independent as Poisson's model wants them. The data second of each
+    # io_group's latest timestamp packet (-1 before any), and the time (second x TICKS_PER_SYNC + tick)
+    # of each channel's current arrival's first hit:
+    Field("arrival_second", IO_GROUP, (), fill=-1, kernels=(COUNT,), optional=True),
+    Field("arrival_start", CHIP, (CHANNELS_PER_CHIP,), fill=NO_ARRIVAL, kernels=(COUNT,), optional=True),
+    Field("arrivals_total", CHIP, (CHANNELS_PER_CHIP,), kernels=(COUNT,), per_run=True, restore_from="self_hits"),
+    Field(
+        "win_arrivals",
+        SLOT_CHIP,
+        (CHANNELS_PER_CHIP,),
+        np.int32,
+        checkpoint=WINDOW,
+        kernels=(COUNT,),
+        restore_from="win_hits",
+    ),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 #: The window file's arrays (``runtime/checkpoint.py``).
 WINDOW_ARRAYS = tuple(f.name for f in FIELDS if f.checkpoint == WINDOW)
+
+
+def _source(f: Field, arrays: dict[str, np.ndarray]) -> str:
+    """The checkpoint array field ``f`` is restored from: its own, else (an older checkpoint) its ``restore_from``."""
+    return f.name if f.name in arrays or f.restore_from is None else f.restore_from
 
 
 def kernel_fields(kernel: str) -> tuple[Field, ...]:
@@ -248,7 +276,7 @@ class State:
         rows = self.register(arrays["chip_keys"])
         for f in FIELDS:
             if not f.windowed and (f.name in arrays or not f.optional):
-                self._put(f, rows, arrays[f.name])
+                self._put(f, rows, arrays[_source(f, arrays)])
         if "clock_head" not in arrays:
             return False
         self.clock.import_state(arrays)
@@ -257,12 +285,12 @@ class State:
                 getattr(self, name)[...] = self.clock.span_start
         shape = (self.config.window_seconds, self.config.window_bins)
         same = tuple(arrays["window_shape"]) == shape and all(
-            name in arrays or BY_NAME[name].optional for name in WINDOW_ARRAYS
+            _source(BY_NAME[name], arrays) in arrays or BY_NAME[name].optional for name in WINDOW_ARRAYS
         )
         if same:
             for f in FIELDS:
-                if f.windowed and f.name in arrays:
-                    self._put(f, rows, arrays[f.name])
+                if f.windowed and _source(f, arrays) in arrays:
+                    self._put(f, rows, arrays[_source(f, arrays)])
         else:
             known = ~np.isnan(self.clock.head)
             self.window_end[known] = self.live_start[known] = self.clock.head[known] - self.dead_seconds[known]

@@ -72,6 +72,8 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
             reference_rate_hz=reference_rate_hz,
             window_parity_errors=window_flags[:, 0],
             links=chip_groups * 256 + state.chips.keys[:, 1],
+            window_arrivals=state.win_arrivals[:, :n].sum(axis=0),
+            arrivals_total=state.arrivals_total[:n],
         ),
         state.config.false_alarm_probability,
         state.config.noisy_rate_hz,

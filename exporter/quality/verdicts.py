@@ -1,28 +1,31 @@
 """Channel and chip verdicts from counting statistics, with a stated false-alarm budget.
 
-Hits of a healthy channel over a span of data time are Poisson with mean mu = expected rate x
-span. Every evaluation judges every expected channel and chip at once; the probability that at
-least one verdict of the detector is false is at most ``alpha`` (``false_alarm_probability``):
-``alpha`` is split equally over the verdict families of ``FAMILIES`` and, within a family, over
-the items it judges (Bonferroni). A verdict is given only when the data prove it at that level;
-until then a channel without hits, or a chip, is *unknown*, never ok and never silent.
+The statistics count a channel's independent *arrivals*, not its hits: hits within 1 ms of an
+arrival's first hit are that arrival (``state.MERGE_TICKS``; a steep track re-triggers a pixel ~100
+times in a millisecond, which is one event, not 100). Arrivals of a healthy channel over a span of
+data time are Poisson with mean mu = expected arrival rate x span. Every evaluation judges every
+expected channel and chip at once; the probability that at least one verdict of the detector is
+false is at most ``alpha`` (``false_alarm_probability``): ``alpha`` is split equally over the
+verdict families of ``FAMILIES`` and, within a family, over the items it judges (Bonferroni). A
+verdict is given only when the data prove it at that level; until then a channel without hits, or a
+chip, is *unknown*, never ok and never silent.
 
 Expected rate of a channel: the reference run's rate when a reference knows the channel, else the
-channel's own rate learnt on this run (hits since the run started / data time since then), else,
+channel's own rate learnt on this run (arrivals since the run started / data time since), else,
 for a channel without a hit yet, a slow channel's rate of its tile (``SLOW_QUANTILE`` of the
 learnt rates: a channel slower than most is not called dead for want of hits). The learnt rates
 of an io_channel that never spoke are no sample of a healthy channel and are left out of that
 quantile; a tile none of whose io_channels spoke takes the module's (a region dead from the start
 is expected at the module's rate, not at zero). The expectation is scaled by the occupancy of the
-tile, its hits in the window over what the same expectation predicts, pooled over its chips but
+tile, its arrivals in the window over what the same expectation predicts, pooled over its chips but
 those far from the median chip's ratio (and channels over the noisy cut) left out, so a change
 of beam or threshold that moves a whole tile is not a per-channel fault and one loud channel is
 not blamed on its neighbours; the tile-wide change itself is judged by the region checks
 (``checks.py``). A tile with no hit at all
 in the window keeps its unscaled expectation, so a dead tile is judged dead.
 
-Silence is judged over as long a span as it takes, from each channel's last hit. With H hits of
-its own in a run of length T, a healthy channel's hit times are uniform over the run, so
+Silence is judged over as long a span as it takes, from each channel's last hit. With H arrivals
+of its own in a run of length T, a healthy channel's arrival times are uniform over the run, so
 P(no hit in the last S) = (1 - S/T)^H exactly, whatever its rate: no rate estimate is needed. A
 channel (chip) without a hit yet, or one the reference knows, is judged at its expected rate:
 P = exp(-mu). A channel (chip) is silent (dead) when P < the family's share of alpha / N, which
@@ -143,6 +146,9 @@ class VerdictInputs:
     reference_rate_hz: np.ndarray | None = None  # (chips, 64); NaN where the reference does not know the channel
     window_parity_errors: np.ndarray | None = None  # (chips,) data packets failing parity in the window
     links: np.ndarray | None = None  # (chips,) io_channel of each chip (io_group * 256 + io_channel)
+    # independent arrivals (a channel's hits merged within 1 ms, ``state.MERGE_TICKS``); hits where None
+    window_arrivals: np.ndarray | None = None  # (chips, 64) arrivals in the window
+    arrivals_total: np.ndarray | None = None  # (chips, 64) self-triggered arrivals since the run started
 
 
 @dataclass(frozen=True)
@@ -160,20 +166,23 @@ class Verdicts:
     dead_chip_hits: float  # expected hits a chip must miss to be dead: ln(N_chips x families / alpha)
 
 
-def _group_quantiles(values: np.ndarray, inverse: np.ndarray, count: int, pool: np.ndarray) -> np.ndarray:
-    """(chips, 2): the SLOW_QUANTILE and the median of finite ``values`` of the ``pool`` chips of each
-    chip's group; a group without any takes the whole pool's (NaN if the pool is empty).
+def _group_rates(values: np.ndarray, inverse: np.ndarray, count: int, pool: np.ndarray) -> np.ndarray:
+    """(chips, 2): the SLOW_QUANTILE of finite ``values`` of the ``pool`` chips of each chip's group, and
+    their mean (a typical rate: a median is 0 while most channels of a slow run have no hit yet); a
+    group without any takes the whole pool's (NaN if the pool is empty).
 
     ``values`` is per chip or (chips, 64); channels not judged are NaN.
     """
-    module = values[pool]
-    module = module[np.isfinite(module)]
-    out = np.full((count, 2), np.quantile(module, [SLOW_QUANTILE, 0.5]) if len(module) else np.nan)
-    for g in range(count):
-        chosen = values[(inverse == g) & pool]
+
+    def rates(chosen: np.ndarray) -> list[float]:
         chosen = chosen[np.isfinite(chosen)]
-        if len(chosen):
-            out[g] = np.quantile(chosen, [SLOW_QUANTILE, 0.5])
+        return [np.quantile(chosen, SLOW_QUANTILE), chosen.mean()] if len(chosen) else [np.nan, np.nan]
+
+    out = np.full((count, 2), rates(values[pool]))
+    for g in range(count):
+        members = (inverse == g) & pool
+        if members.any():
+            out[g] = rates(values[members])
     return out[inverse]
 
 
@@ -219,11 +228,14 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     chips_judged = expected.any(axis=1)
     n_window = np.where(expected, inputs.window_hits, 0).astype(np.float64)
     hits = np.where(expected, inputs.hits_total, 0).astype(np.float64)
+    # the statistics count independent arrivals: a steep track's ~100 re-triggers in 1 ms are one
+    arrivals = hits if inputs.arrivals_total is None else np.where(expected, inputs.arrivals_total, 0.0)
+    n_arrivals = n_window if inputs.window_arrivals is None else np.where(expected, inputs.window_arrivals, 0.0)
     window = inputs.window_seconds[:, None]
     run = np.maximum(inputs.run_seconds, 1.0)[:, None]
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
     count = int(inverse.max()) + 1 if len(inverse) else 0
-    learnt = hits / run
+    learnt = arrivals / run
     # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
     heard = hits.sum(axis=1) > 0
     if inputs.links is None:
@@ -234,23 +246,23 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
             chips_judged
             & (np.bincount(links, heard.astype(np.float64), int(links.max()) + 1 if len(links) else 0) > 0)[links]
         )
-    quantiles = _group_quantiles(np.where(expected, learnt, np.nan), inverse, count, pool)
-    slow, typical = np.moveaxis(quantiles, 1, 0)[:, :, None]
+    rates = _group_rates(np.where(expected, learnt, np.nan), inverse, count, pool)
+    slow, typical = np.moveaxis(rates, 1, 0)[:, :, None]
     if inputs.reference_rate_hz is None:
         known = np.zeros(expected.shape, bool)
         reference = np.zeros(expected.shape)
     else:
         known = np.isfinite(inputs.reference_rate_hz) & expected
         reference = np.nan_to_num(inputs.reference_rate_hz)
-    # occupancy of each tile: its hits in the window over what its learnt (or reference) rates predict,
+    # occupancy of each tile: its arrivals in the window over what its learnt (or reference) rates predict,
     # pooled over its chips but outliers from the median chip's ratio and channels over the noisy cut
     unbiased = np.where(known, reference, learnt)
     quiet = n_window <= noisy_rate_hz * window
-    chip_observed = np.where(quiet, n_window, 0.0).sum(axis=1)
+    chip_observed = np.where(quiet, n_arrivals, 0.0).sum(axis=1)
     chip_predicted = np.where(quiet, unbiased * window, 0.0).sum(axis=1)
     scale = robust_ratio(chip_observed, chip_predicted, inverse, count)[inverse][:, None]
     prior = np.where(known, reference, np.nan_to_num(slow))  # for channels without history of their own
-    use_prior = known | (hits == 0)
+    use_prior = known | (arrivals == 0)
     base = np.where(expected, np.where(use_prior, prior, learnt), 0.0)
     rate_now = base * scale
     silence_scale = np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
@@ -262,41 +274,45 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     chip_silence = np.where(np.isfinite(chip_silence), chip_silence, 0.0) * silence_scale[:, 0]
     n_expected = expected.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_channel = np.where(chips_judged, hits.sum(axis=1) / run[:, 0] / n_expected, np.nan)
-    chip_slow = np.nan_to_num(_group_quantiles(per_channel, inverse, count, pool)[:, 0]) * n_expected
+        per_channel = np.where(chips_judged, arrivals.sum(axis=1) / run[:, 0] / n_expected, np.nan)
+    chip_slow = np.nan_to_num(_group_rates(per_channel, inverse, count, pool)[:, 0]) * n_expected
     chip_known = known.any(axis=1)
     chip_prior = np.where(chip_known, np.where(known, reference, prior).sum(axis=1), chip_slow)
-    chip_hits_total = hits.sum(axis=1)
-    chip_uses_prior = chip_known | (chip_hits_total == 0)
-    chip_log_p = log_silence_probability(chip_hits_total, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
+    chip_arrivals = arrivals.sum(axis=1)
+    chip_uses_prior = chip_known | (chip_arrivals == 0)
+    chip_log_p = log_silence_probability(chip_arrivals, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
     # packets failing parity and no valid one: the chip sends, its link corrupts them (the parity check)
     parity_errors = np.zeros(len(chip_hits)) if inputs.window_parity_errors is None else inputs.window_parity_errors
     link_broken = (chip_hits == 0) & (parity_errors > 0)
     chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level) & ~link_broken
-    channel_log_p = log_silence_probability(hits, inputs.silence_seconds * silence_scale, run, prior, use_prior)
+    channel_log_p = log_silence_probability(arrivals, inputs.silence_seconds * silence_scale, run, prior, use_prior)
     silent = expected & (n_window == 0) & (channel_log_p < channel_level) & ~link_broken[:, None]
     silent |= expected & chip_dead[:, None]
     mu_window = rate_now * window
     has_hits = n_window > 0
     # the tails only where they can be small: fewer hits than expected, or above the noisy cut
-    inefficient = has_hits & (n_window < mu_window)
-    inefficient[inefficient] = log_lower_tail(n_window[inefficient], mu_window[inefficient]) < channel_level
+    inefficient = has_hits & (n_arrivals < mu_window)
+    inefficient[inefficient] = log_lower_tail(n_arrivals[inefficient], mu_window[inefficient]) < channel_level
     typical_now = np.where(known, reference, np.nan_to_num(typical)) * scale * window
     noisy = has_hits & (n_window / window > noisy_rate_hz)
-    noisy[noisy] = log_upper_tail(n_window[noisy], typical_now[noisy]) < channel_level
+    noisy[noisy] = log_upper_tail(n_arrivals[noisy], typical_now[noisy]) < channel_level
     status = np.full(expected.shape, ChannelStatus.NONE, np.int8)
     status[expected] = ChannelStatus.UNKNOWN
     status[has_hits] = ChannelStatus.ACTIVE
     status[silent] = ChannelStatus.SILENT
     status[inefficient] = ChannelStatus.INEFFICIENT
     status[noisy] = ChannelStatus.NOISY
+    # what users see are hits: expected arrivals times the hits per arrival learnt (1 without any)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_arrival = np.where(arrivals > 0, hits / arrivals, 1.0)
+        chip_per_arrival = np.where(chip_arrivals > 0, hits.sum(axis=1) / chip_arrivals, 1.0)
     by_prior = chip_uses_prior & ~chip_known
-    chip_base = np.where(by_prior, chip_slow, base.sum(axis=1))
+    chip_base = np.where(by_prior, chip_slow, base.sum(axis=1)) * chip_per_arrival
     # the region checks leave out the channels over the noisy cut, as the occupancy does
-    quiet_base = np.where(by_prior, chip_slow, np.where(quiet, base, 0.0).sum(axis=1))
+    quiet_base = np.where(by_prior, chip_slow, np.where(quiet, base, 0.0).sum(axis=1)) * chip_per_arrival
     return Verdicts(
         channel_status=status,
-        channel_expected_hz=rate_now,
+        channel_expected_hz=rate_now * per_arrival,
         chip_window_hits=chip_hits,
         chip_expected_hits=chip_base * window[:, 0] * scale[:, 0],
         chip_base_hz=quiet_base,
