@@ -53,7 +53,6 @@ from exporter.web.auth import WebConfigError, load_web_config
 
 if typing.TYPE_CHECKING:
     from exporter.monitor import Monitor
-    from exporter.reading.files import Chunk
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -466,23 +465,20 @@ def once(
     }
     runs = _once_registry(registry, run_pattern, file, RunContext(configuration, None, run_mode))
     try:
-        result, written = _once_with_progress(
-            file, geo, window, settings, run_config, ingest_engine, runs.on_chunk if runs else None
-        )
-    except PlotConfigError as err:
-        _fail(str(err))
-    summary, metrics_text = result.summary()
-    if summary["read_errors"]:
-        _fail(f"{file}: {'; '.join(summary['read_errors'])}")
-    if runs is not None:
-        try:
+        result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine, runs)
+        summary, metrics_text = result.summary()
+        if summary["read_errors"]:
+            _fail(f"{file}: {'; '.join(summary['read_errors'])}")
+        if runs is not None:
             added = runs.current
             runs.record(result.evaluation)
             runs.end_run()
-        except RegistryError as err:
-            _fail(str(err))
-        runs.close()
-        typer.echo(f"added {file} to run {added} in {registry}", err=True)
+            typer.echo(f"added {file} to run {added} in {registry}", err=True)
+    except (PlotConfigError, RegistryError) as err:
+        _fail(str(err))
+    finally:
+        if runs is not None:
+            runs.close()
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -508,7 +504,7 @@ def _once_registry(registry: Path | None, run_pattern: str | None, file: Path, c
         _fail(f"--run-pattern {run_pattern!r}: {err}")
     _writable_file("--registry", registry)
     try:
-        writer = RegistryWriter(registry, namer, context)
+        writer = RegistryWriter(registry, namer, context, resume=False)  # an open run of serve's is not once's
     except RegistryError as err:
         _fail(str(err))
     found = writer.holds(os.path.realpath(file))
@@ -525,10 +521,10 @@ def _once_with_progress(
     settings,
     run_config: RunConfig,
     ingest_engine: str,
-    noted: Callable[[Chunk], None] | None = None,
+    runs: RegistryWriter | None = None,
 ):
-    """Read the file (progress bar on a terminal; ``noted`` sees each chunk), then draw its plots; returns
-    (result, (images, failures)).
+    """Read the file (progress bar on a terminal; ``runs`` notes each chunk and records the state as the file is
+    read), then draw its plots; returns (result, (images, failures)).
 
     The plots are drawn here, in this process, not in a drawing process as ``serve`` does: nothing is
     served meanwhile, so there is no lock to keep free, and a process would only add start-up time.
@@ -545,6 +541,7 @@ def _once_with_progress(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
+        noted = runs.on_chunk if runs is not None else None
         on_chunk = noted
         if engine is not None:
             empty = Accumulator(
@@ -565,6 +562,7 @@ def _once_with_progress(
             lambda rows: progress.update(reading, completed=rows),
             run_config,
             ingest_engine,
+            runs.record if runs is not None else None,
         )
         if engine is None or result.errors:  # nothing to draw, or a file that could not be read
             return result, None

@@ -120,7 +120,9 @@ class Monitor:
         self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self.history = History(history_interval, history_length)
         self._files: dict[str, DirectoryTail] = {}
-        self._configured: set[str] = set()  # files whose stored configuration was applied (or found unusable)
+        #: The files (device, inode) whose stored configuration was applied (or found unusable); a file replaced at
+        #: the same path is another inode, or read again from its start: its configuration is read again.
+        self._configured: set[tuple[int, int]] = set()
         self._metric_handlers: list[Callable[[str, float, dict], None]] = []
         self._log_handlers: list[Callable[[dict], None]] = []
         self._status_handlers: list[Callable[[StatusChange], None]] = []
@@ -181,13 +183,18 @@ class Monitor:
         """Judge with the configuration the chunk's file stores, if its format stores one (a packet file's
         channel masks and periodic triggers): read once per file, at its first chunk, before its data are
         counted. RunConfigError if it is unusable; the file's data still count then."""
-        path = chunk.cursor.path
-        if path in self._configured or not BY_NAME[chunk.kind].stores_run_configuration:
+        cursor = chunk.cursor  # not yet advanced past the chunk: rows_done 0 is a file read from its start
+        identity = (cursor.dev, cursor.inode)
+        if (identity in self._configured and cursor.rows_done) or not BY_NAME[chunk.kind].stores_run_configuration:
             return
-        self._configured.add(path)
-        run_config = self.accumulator.run_config.with_file(path)
+        self._configured.add(identity)
+        run_config = self.accumulator.run_config.with_file(cursor.path)
         if run_config is not self.accumulator.run_config:
             self.accumulator.set_run_config(run_config)
+
+    def forget_files(self, tracked: Iterable[FileCursor]) -> None:
+        """Forget the files whose cursors the tail forgot (gone and idle): only files still tracked are kept."""
+        self._configured &= {(cursor.dev, cursor.inode) for cursor in tracked}
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
         self.log_event("error", message, reason=reason, file=cursor.path)

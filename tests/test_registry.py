@@ -125,11 +125,13 @@ def test_a_registry_of_an_older_schema_is_migrated_and_keeps_its_runs(tile_geome
     conn.execute("INSERT INTO status_time VALUES (1, -1, 'ok', 60.0)")
     conn.commit()
     conn.close()
-    (old,) = read_runs([registry])  # reading migrates it
-    assert sqlite3.connect(registry).execute("PRAGMA user_version").fetchone()[0] == VERSION == 2
+    before = registry.read_bytes()
+    (old,) = read_runs([registry])  # read through a migrated copy: the file is not written
+    assert registry.read_bytes() == before and not Path(f"{registry}-wal").exists()
     assert (old["run"], old["packets"], old["duration_s"], old["open"]) == ("41", 1234, 60.0, False)
     assert old["status_seconds"] == {"detector": {"ok": 60.0}} and old["configuration"] == {}
-    assert certify(registry, "41", [1], "bad", "HV trip at 14:02", "shifter") == [1]
+    assert certify(registry, "41", [1], "bad", "HV trip at 14:02", "shifter") == [1]  # a writer migrates it
+    assert sqlite3.connect(registry).execute("PRAGMA user_version").fetchone()[0] == VERSION == 2
     record_files(tile_geometry, registry, two_files[0][:1])  # and the exporter writes on
     runs = read_runs([registry])
     assert [r["run"] for r in runs] == ["41", two_files[0][0].stem]
@@ -373,10 +375,11 @@ def test_serve_records_two_runs_in_a_row_and_serves_them(tmp_path, two_files):
             lambda: (
                 (r := json.loads(http_get(f"http://127.0.0.1:{port}/api/runs")))
                 and sum(x["packets"] for x in r) == total
+                and not r[0]["open"]  # closed at the first write that reads no more of it
                 and r
             ),
             30,
-            "both runs recorded",
+            "both runs recorded, the first closed",
             proc.tail,
         )
         assert [r["run"] for r in runs] == [p.stem for p in paths]

@@ -1,7 +1,7 @@
 """The registry's SQLite schema, created and migrated by the tool, versioned by ``PRAGMA user_version``.
 
 Migration ``i`` takes a database of version ``i`` to ``i + 1``; a new database runs them all. A
-database of a newer version than this tool knows is refused rather than misread.
+database of a newer version than this tool knows is refused rather than misread; only a writer migrates.
 """
 
 from __future__ import annotations
@@ -81,40 +81,86 @@ def version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to ``VERSION``, each step in one transaction; return the version found."""
-    found = version(conn)
-    if found > VERSION:
-        raise RegistryError(f"schema version {found} is newer than this larpix-dqm knows ({VERSION})")
-    for step in range(found, VERSION):
-        conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[step]} PRAGMA user_version = {step + 1}; COMMIT;")
+def statements(script: str) -> list[str]:
+    """The statements of a migration script, one by one (``executescript`` would COMMIT the transaction first)."""
+    found, pending = [], ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                found.append(pending.strip())
+            pending = ""
     return found
 
 
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to ``VERSION`` in one transaction; return the version found.
+
+    The version is read inside the write transaction, so of two processes opening an older registry at once
+    the second finds it migrated. A non-empty database that is not a registry is refused, never added to.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = version(conn)
+        if found > VERSION:
+            raise RegistryError(f"schema version {found} is newer than this larpix-dqm knows ({VERSION})")
+        if found == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise RegistryError("not a run registry (an SQLite database of other tables)")
+        for step in range(found, VERSION):
+            for statement in statements(MIGRATIONS[step]):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def _readonly(path: str | Path) -> sqlite3.Connection:
+    """The registry opened read-only, never written: one of an older schema is read through a copy migrated in
+    memory (its file is migrated by its writer, serve or ``runs certify``); a database that is no registry is
+    refused."""
+    if not Path(path).is_file():
+        raise RegistryError("no such file")
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        found = version(conn)
+        if found > VERSION:
+            raise RegistryError(f"schema version {found} is newer than this larpix-dqm knows ({VERSION})")
+        if found == 0:
+            raise RegistryError("not a run registry (no registry tables)")
+        if found < VERSION:
+            copy = sqlite3.connect(":memory:", isolation_level=None)
+            conn.backup(copy)
+            conn.close()
+            conn = copy
+            migrate(conn)
+        return conn
+    except BaseException:
+        conn.close()
+        raise
+
+
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
-    """Open the registry: read-only as it is, or for writing in WAL mode with the schema migrated."""
+    """Open the registry: read-only as it is (never written), or for writing in WAL mode with the schema migrated."""
+    conn: sqlite3.Connection | None = None
     try:
         if readonly:
-            if not Path(path).is_file():
-                raise RegistryError(f"registry {path}: no such file")
-            uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-            found = version(conn)
-            if found < VERSION:  # an older registry is migrated once (the tool owns the schema), then read
-                conn.close()
-                connect(path).close()
-                conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-            elif found > VERSION:
-                raise RegistryError(f"schema version {found} is newer than this larpix-dqm knows ({VERSION})")
-            return conn
+            return _readonly(path)
         # opened by the thread that starts the exporter, written by the ingest thread (never two at once)
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)  # first: a database that is no registry is refused before anything of it changes
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL: a crash loses no committed transaction, power loss the last
-        conn.execute("PRAGMA foreign_keys = ON")
-        migrate(conn)
         return conn
     except sqlite3.DatabaseError as err:
+        if conn is not None:
+            conn.close()
         raise RegistryError(f"registry {path}: {err}") from None
     except RegistryError as err:
+        if conn is not None:
+            conn.close()
         raise RegistryError(str(err) if str(err).startswith("registry ") else f"registry {path}: {err}") from None

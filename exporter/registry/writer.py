@@ -58,7 +58,9 @@ class _Noted:
 class RegistryWriter:
     """Writes runs into the registry at ``path`` (created or migrated); one per registry (a lock file says so)."""
 
-    def __init__(self, path: str | Path, namer: RunNamer, context: RunContext) -> None:
+    def __init__(self, path: str | Path, namer: RunNamer, context: RunContext, resume: bool = True) -> None:
+        """Open the registry; with ``resume`` the newest open run is the current one (serve goes on with it after a
+        restart), without it (once) no run is current and only the runs read are touched."""
         self.path = str(path)
         self.namer = namer
         self.context = context
@@ -69,18 +71,26 @@ class RegistryWriter:
             os.close(self._lock)
             raise
         self._noted: dict[str, _Noted] = {}
-        self._ending: set[str] = set()
-        row = self.conn.execute(
-            "SELECT run, end_time FROM runs WHERE closed_at IS NULL ORDER BY updated_at DESC LIMIT 1"
-        ).fetchone()
-        #: The run being read now (None before any): the newest still open after a restart.
-        self.current: str | None = row[0] if row else None
-        self._credited = float(row[1]) if row and row[1] is not None else math.nan  # data time credited so far
-        self._bad_channels: str | None = None
+        #: Open runs read since the last write or resumed: each is closed at the first write it had no chunk for
+        #: while another run is current (runs read in turn stay open, not closed and reopened every chunk).
+        self._open: set[str] = set()
+        self._credited: dict[str, float] = {}  # per run: the data time credited to its statuses so far
+        self._bad_channels: dict[str, str] = {}  # per run: its bad channels as last written
+        #: The run being read now (None before any): with ``resume``, the newest still open after a restart.
+        self.current: str | None = None
+        if resume:
+            row = self.conn.execute(
+                "SELECT run, end_time FROM runs WHERE closed_at IS NULL ORDER BY updated_at DESC LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                self.current = row[0]
+                self._open.add(row[0])
+                if row[1] is not None:
+                    self._credited[row[0]] = float(row[1])
 
     def on_chunk(self, chunk: Chunk) -> None:
-        """Note a counted chunk (the ingest thread calls it after counting); a chunk of another run than
-        the current one ends the current run at the next write."""
+        """Note a counted chunk (the ingest thread calls it after counting); its run is the current one, and the
+        runs no longer read are closed at the next write."""
         name = self.namer.name(chunk.cursor.path)
         noted = self._noted.get(name.run)
         if noted is None:
@@ -90,32 +100,40 @@ class RegistryWriter:
         if span is not None:
             noted.start = min(noted.start, span[0]) if not math.isnan(noted.start) else span[0]
             noted.end = max(noted.end, span[1]) if not math.isnan(noted.end) else span[1]
-        if name.run != self.current:
-            if self.current is not None:
-                self._ending.add(self.current)
-            self._ending.discard(name.run)
-            self.current = name.run
-            self._credited = span[0] if span is not None else math.nan  # its statuses count from what is read now
-            self._bad_channels = None
+            self._credited.setdefault(name.run, span[0])  # a run's statuses count from what is read of it
+        self.current = name.run
 
     def record(self, evaluation: Evaluation, wall_now: float | None = None) -> None:
-        """Write what the chunks brought and the current run's share of ``evaluation``, in one transaction."""
+        """Write what the chunks brought and each run's share of ``evaluation``, in one transaction; the writer's
+        memory follows only once it is committed (a rollback leaves everything to the next write)."""
         now = time.time() if wall_now is None else wall_now
+        ending = {run for run in self._open if run != self.current and run not in self._noted}
+        credited, bad_channels = dict(self._credited), dict(self._bad_channels)
+        credit = {run: noted.end for run, noted in self._noted.items()}
+        if self.current is not None:
+            credit[self.current] = evaluation.snapshot.data_time  # the current run: up to the newest data
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             for noted in self._noted.values():
                 self._write_noted(noted, now)
-            for run in self._ending:
+            for run in ending:
                 self.conn.execute("UPDATE runs SET closed_at = ? WHERE run = ? AND closed_at IS NULL", (now, run))
-            if self.current is not None:
-                self._write_evaluation(self.current, evaluation, now)
+                credited.pop(run, None)
+                bad_channels.pop(run, None)
+            for run, until in credit.items():
+                credited[run] = self._credit(run, evaluation, credited.get(run, math.nan), until)
+            written = self._write_state(evaluation, now, bad_channels.get(self.current or ""))
+            if written is not None:
+                bad_channels[written[0]] = written[1]
             self.conn.execute("COMMIT")
         except sqlite3.Error as err:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise RegistryError(f"registry {self.path}: {err}") from None
+        self._credited = {run: t for run, t in credited.items() if not math.isnan(t)}
+        self._bad_channels = bad_channels
+        self._open = (self._open - ending) | set(self._noted)
         self._noted.clear()
-        self._ending.clear()
 
     def holds(self, path: str) -> str | None:
         """The run the registry already counts ``path`` in, or None."""
@@ -129,15 +147,13 @@ class RegistryWriter:
         if self.current is not None:
             now = time.time() if wall_now is None else wall_now
             self.conn.execute("UPDATE runs SET closed_at = ? WHERE run = ? AND closed_at IS NULL", (now, self.current))
+            self._open.discard(self.current)
             self.current = None
 
     def close(self) -> None:
         """Close the database and release the registry; the current run stays open (it may go on after a restart)."""
         self.conn.close()
         os.close(self._lock)
-
-    def _run_id(self, run: str) -> int:
-        return int(self.conn.execute("SELECT id FROM runs WHERE run = ?", (run,)).fetchone()[0])
 
     def _write_noted(self, noted: _Noted, now: float) -> None:
         ctx = self.context
@@ -149,7 +165,7 @@ class RegistryWriter:
             " ON CONFLICT (run) DO UPDATE SET packets = packets + excluded.packets,"
             " start_time = min(coalesce(start_time, excluded.start_time), coalesce(excluded.start_time, start_time)),"
             " end_time = max(coalesce(end_time, excluded.end_time), coalesce(excluded.end_time, end_time)),"
-            " updated_at = excluded.updated_at",
+            " updated_at = excluded.updated_at, closed_at = NULL",  # read again after it ended: it goes on
             (
                 noted.name.run,
                 noted.name.source,
@@ -163,8 +179,6 @@ class RegistryWriter:
                 ctx.reference,
             ),
         )
-        if noted.name.run == self.current:  # read again after it ended: it goes on
-            self.conn.execute("UPDATE runs SET closed_at = NULL WHERE run = ?", (noted.name.run,))
         run_id = self._run_id(noted.name.run)
         self.conn.executemany(
             "INSERT INTO run_files (run_id, path, packets) VALUES (?, ?, ?)"
@@ -172,18 +186,20 @@ class RegistryWriter:
             [(run_id, path, n) for path, n in noted.files.items()],
         )
 
-    def _write_evaluation(self, run: str, evaluation: Evaluation, now: float) -> None:
+    def _run_id(self, run: str) -> int:
+        return int(self.conn.execute("SELECT id FROM runs WHERE run = ?", (run,)).fetchone()[0])
+
+    def _credit(self, run: str, evaluation: Evaluation, since: float, until: float) -> float:
+        """Credit ``run`` with the data time from ``since`` (its start when NaN) to ``until`` in the statuses and
+        failing checks of ``evaluation``; return the data time credited up to now."""
         row = self.conn.execute("SELECT id, start_time FROM runs WHERE run = ?", (run,)).fetchone()
         if row is None:  # no chunk of it written yet
-            return
+            return since
         run_id, start = int(row[0]), row[1]
+        if math.isnan(since):
+            since = start if start is not None else until
+        seconds = 0.0 if math.isnan(until) or math.isnan(since) else max(0.0, until - since)
         snap, results = evaluation.snapshot, evaluation.results
-        t = snap.data_time
-        if math.isnan(self._credited):
-            self._credited = start if start is not None else t
-        seconds = 0.0 if math.isnan(t) or math.isnan(self._credited) else max(0.0, t - self._credited)
-        if not math.isnan(t):
-            self._credited = max(self._credited, t) if not math.isnan(self._credited) else t
         statuses = [(DETECTOR, results.detector_status)]
         statuses += [(g, int(results.io_group_status[g])) for g in snap.io_groups.tolist()]
         self.conn.executemany(
@@ -191,20 +207,30 @@ class RegistryWriter:
             " ON CONFLICT (run_id, io_group, status) DO UPDATE SET seconds = seconds + excluded.seconds",
             [(run_id, g, CheckStatus(s).label, seconds) for g, s in statuses],
         )
-        if not math.isnan(t):
-            self.conn.executemany(
-                "INSERT INTO check_failures (run_id, check_name, io_group, io_channel, chip_id, worst, seconds,"
-                " first_time, last_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_id, check_name, io_group, io_channel, chip_id) DO UPDATE SET"
-                " worst = max(worst, excluded.worst), seconds = seconds + excluded.seconds,"
-                " last_time = excluded.last_time",
-                _failures(run_id, evaluation, seconds, t),
-            )
-        bad = json.dumps({s: channel_list(snap, (s,)).tolist() for s in BAD_CHANNEL_STATUSES})
-        if bad != self._bad_channels:
-            self.conn.execute("UPDATE runs SET bad_channels = ? WHERE id = ?", (bad, run_id))
-            self._bad_channels = bad
-        self.conn.execute("UPDATE runs SET mode = ?, updated_at = ? WHERE id = ?", (evaluation.run_mode, now, run_id))
+        if math.isnan(until):
+            return since
+        self.conn.executemany(
+            "INSERT INTO check_failures (run_id, check_name, io_group, io_channel, chip_id, worst, seconds,"
+            " first_time, last_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (run_id, check_name, io_group, io_channel, chip_id) DO UPDATE SET"
+            " worst = max(worst, excluded.worst), seconds = seconds + excluded.seconds,"
+            " last_time = excluded.last_time",
+            _failures(run_id, evaluation, seconds, until),
+        )
+        return until if math.isnan(since) else max(since, until)
+
+    def _write_state(self, evaluation: Evaluation, now: float, written: str | None) -> tuple[str, str] | None:
+        """Write the current run's bad channels (when not ``written`` already) and run mode; return (run, its bad
+        channels), or None without a current run in the registry."""
+        run = self.current
+        row = None if run is None else self.conn.execute("SELECT id FROM runs WHERE run = ?", (run,)).fetchone()
+        if run is None or row is None:
+            return None
+        bad = json.dumps({s: channel_list(evaluation.snapshot, (s,)).tolist() for s in BAD_CHANNEL_STATUSES})
+        if bad != written:
+            self.conn.execute("UPDATE runs SET bad_channels = ? WHERE id = ?", (bad, row[0]))
+        self.conn.execute("UPDATE runs SET mode = ?, updated_at = ? WHERE id = ?", (evaluation.run_mode, now, row[0]))
+        return run, bad
 
 
 def _failures(run_id: int, evaluation: Evaluation, seconds: float, t: float) -> list[tuple]:

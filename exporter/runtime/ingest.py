@@ -29,10 +29,13 @@ PUBLISH_EVERY_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Published:
-    """What a scrape reads: one consistent monitor state and the health at that moment."""
+    """What a scrape reads: one consistent monitor state and the health at that moment, the run being read then,
+    and whether the checkpoint on disk holds every packet counted in it (else the registry waits for one that does)."""
 
     evaluation: Evaluation
     health: Health
+    run: str | None = None
+    checkpointed: bool = False
 
     @property
     def snapshot(self) -> Snapshot:
@@ -84,6 +87,8 @@ class Ingester:
         self.listeners: list[Callable[[Chunk], None]] = []
         #: Called in the ingest thread with each new publication (the server renders it ahead of scrapes).
         self.publish_listeners: list[Callable[[Published], None]] = []
+        #: The run being read (the service's run namer or registry tells it), captured in each publication.
+        self.current_run: Callable[[], str | None] = lambda: None
         self._last_publish = 0.0
         self._unpublished = False  # chunks counted since the last publication
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
@@ -105,7 +110,7 @@ class Ingester:
         if self.checkpoints is None or not self.checkpoints.load(self.accumulator, self.tail, self.health):
             return False
         self._checkpointed = self._window_checkpointed = self._progress()
-        self.publish()
+        self.publish(checkpointed=True)
         return True
 
     def _progress(self) -> tuple:
@@ -118,33 +123,36 @@ class Ingester:
             len(self.tail.cursors),
         )
 
-    def checkpoint(self, final: bool = False) -> None:
-        """Write the checkpoint if anything was counted since the last one; never raises.
+    def checkpoint(self, final: bool = False) -> bool:
+        """Write the checkpoint if anything was counted since the last one; never raises. True when the checkpoint
+        on disk then holds everything counted (always without a state file: nothing is restored), False when it
+        could not be written.
 
         The window arrays go with it at most every ``window_checkpoint_interval`` seconds, and when ``final``.
         """
         if self.checkpoints is None:
-            return
+            return True
         progress = self._progress()
         with_window = progress != self._window_checkpointed and (final or self.checkpoints.window_due())
         if progress == self._checkpointed and not with_window:
-            return
+            return True
         started = time.monotonic()
         try:
             self.checkpoints.save(self.accumulator, self.tail, self.health, with_window)
         except OSError as err:
             self.health.checkpoint_errors += 1
             log.error("cannot write checkpoint %s: %s", self.checkpoint_path, err)
-            return
+            return False
         self._checkpointed = progress
         if with_window:
             self._window_checkpointed = progress
         self.health.checkpoint_duration = time.monotonic() - started
+        return True
 
-    def publish(self) -> None:
-        """Make the current state visible to scrapes."""
+    def publish(self, checkpointed: bool) -> None:
+        """Make the current state visible to scrapes; ``checkpointed``: the checkpoint on disk holds all of it."""
         note_reading(self.health, self.accumulator, self.tail)
-        self.published = Published(self.monitor.update(), self.health.copy())
+        self.published = Published(self.monitor.update(), self.health.copy(), self.current_run(), checkpointed)
         self._last_publish = time.monotonic()
         self._unpublished = False
         for listener in self.publish_listeners:
@@ -161,8 +169,7 @@ class Ingester:
         a restart could not restore, so a counter never goes back across a kill.
         """
         if self._unpublished and time.monotonic() - self._last_publish > PUBLISH_EVERY_SECONDS:
-            self.checkpoint()
-            self.publish()
+            self.publish(self.checkpoint())
         self._unpublished = True
         now = time.time()
         try:
@@ -182,13 +189,13 @@ class Ingester:
         """Read everything new once; return the number of packets ingested."""
         started = time.monotonic()
         total = self.tail.pump(self.ingest, stop.is_set if stop is not None else None)
+        self.monitor.forget_files(self.tail.cursors.values())
         h = self.health
         h.polls += 1
         h.poll_duration = time.monotonic() - started
         h.last_poll_wall = time.time()
         h.up = True
-        self.checkpoint()
-        self.publish()
+        self.publish(self.checkpoint())
         self.polled.set()
         return total
 
@@ -201,6 +208,9 @@ class Ingester:
             except Exception:
                 log.exception("poll failed; retrying next interval")
                 self.health.up = False
-                self.publish()
+                self.publish(checkpointed=False)  # a poll cut short: its cursors and counts may not agree
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
-        self.checkpoint(final=True)  # the window arrays too: a clean stop loses nothing of the window
+        # the window arrays too: a clean stop loses nothing of the window; what the checkpoint now holds is
+        # published once more if the last publication was not checkpointed (the registry writes it then)
+        if self.checkpoint(final=True) and not self.published.checkpointed:
+            self.publish(checkpointed=True)

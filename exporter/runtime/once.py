@@ -26,6 +26,9 @@ from exporter.reading.formats.base import SourceError
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.runtime.ingest import count_chunk, note_reading
 
+#: ``process_file`` hands ``on_evaluation`` an evaluation every this many seconds of the file's data time.
+EVALUATE_EVERY_SECONDS = 10.0
+
 
 def snapshot_summary(snap: Snapshot) -> dict:
     """Per-chip statistics and channel status lists, as plain JSON-ready data."""
@@ -112,14 +115,18 @@ def process_file(
     on_progress: Callable[[int], None] | None = None,
     run_config: RunConfig | None = None,
     ingest_engine: str = COMPILED,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
 ) -> FileResult:
     """Ingest a whole file through a ``Monitor``, as serve does; ``on_chunk`` sees each chunk, ``on_progress``
-    the rows done so far. The configuration the file stores (a packet file's ``configs``) adds to ``run_config``."""
+    the rows done so far, ``on_evaluation`` the state every ``EVALUATE_EVERY_SECONDS`` of data time read (the run
+    registry credits each stretch to the statuses of its time). The configuration the file stores (a packet
+    file's ``configs``) adds to ``run_config``."""
     errors: list[str] = []
     run_config = run_config or RunConfig()
     monitor = Monitor(geometry, window=window, ingest_engine=ingest_engine)
     monitor.accumulator.set_run_config(run_config)
     health = Health()
+    evaluated = [np.nan]  # the data time of the last evaluation handed out
 
     def consume(chunk: Chunk) -> None:
         now = time.time()
@@ -133,6 +140,14 @@ def process_file(
             on_chunk(chunk)
         if on_progress is not None:
             on_progress(chunk.rows_end)
+        clock = chunk.cursor.clock.last
+        if on_evaluation is not None and not np.isnan(clock).all():
+            t = float(np.nanmax(clock))
+            if np.isnan(evaluated[0]):
+                evaluated[0] = t
+            elif t - evaluated[0] >= EVALUATE_EVERY_SECONDS:
+                evaluated[0] = t
+                on_evaluation(monitor.update())
 
     tail = DirectoryTail(
         [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")

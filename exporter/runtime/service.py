@@ -115,8 +115,20 @@ class Service:
         #: Records the runs (None without a registry); opened after the state file's lock (a second exporter is
         #: told about the state file it shares) and before any data is read, so a bad registry stops start-up.
         self.registry = RegistryWriter(self.registry_path, namer, run_context(settings)) if self.registry_path else None
+        try:
+            self._start_up(settings, namer, plots)
+        except BaseException:  # a bad checkpoint, web config or address: release the registry and its lock
+            if self.registry is not None:
+                self.registry.close()
+            raise
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.ingester.run, args=(self.stop_event,), name="ingest", daemon=True)
+
+    def _start_up(self, settings: Settings, namer: RunNamer, plots: PlotSettings | None) -> None:
+        """Restore the checkpoint, wire the listeners, the drawing process and the HTTP servers."""
         self.runs: RegistryWriter | CurrentRun = self.registry or CurrentRun(namer)
         self._registry_failing = False
+        self.ingester.current_run = lambda: self.runs.current  # read in the ingest thread, at each publication
         self.ingester.restore()
         self.ingester.listeners.append(self.runs.on_chunk)
         if self.registry is not None:
@@ -145,7 +157,6 @@ class Service:
             runbook_url=settings.runbook_url,
             geometry=self.geometry,
             registry=self.registry_path,
-            current_run=lambda: self.runs.current,
         )
         self.ingester.publish_listeners.append(self.app.prerender)
         self.servers: list[ExporterServer] = []
@@ -158,12 +169,15 @@ class Service:
                 host, port = address
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 raise ListenError(f"cannot listen on {shown}: {err.strerror or err}") from None
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.ingester.run, args=(self.stop_event,), name="ingest", daemon=True)
 
     def _record_run(self, published: Published) -> None:
-        """Write the publication into the run registry; a failure (a full disk) is logged once, ingest goes on."""
+        """Write the publication into the run registry; a failure (a full disk) is logged once, ingest goes on.
+
+        A publication the checkpoint does not hold (it could not be written) is not: its chunks stay noted and are
+        written with the next that is, so a restart from the older checkpoint never counts them twice."""
         assert self.registry is not None
+        if not published.checkpointed:
+            return
         try:
             self.registry.record(published.evaluation)
         except RegistryError as err:
@@ -218,8 +232,7 @@ class Service:
         for server in self.servers:
             server.stop()
         if self.registry is not None and not self.thread.is_alive():  # else ingest may still write: leave it open
-            self._record_run(self.ingester.published)  # the chunks of a poll cut short, which the last checkpoint holds
-            self.registry.close()
+            self.registry.close()  # what the final checkpoint holds was written with its publication
 
     def wait(self) -> None:
         """Block until SIGINT or SIGTERM, then stop."""

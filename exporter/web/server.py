@@ -106,8 +106,8 @@ TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
 
 
 class Published(Protocol):
-    """What a scrape reads: one evaluation and the health at that moment (the ingest thread publishes them;
-    the service hands the app a callable that returns the newest)."""
+    """What a scrape reads: one evaluation, the health and the run being read at that moment (the ingest thread
+    publishes them; the service hands the app a callable that returns the newest)."""
 
     @property
     def evaluation(self) -> Evaluation: ...
@@ -117,6 +117,9 @@ class Published(Protocol):
 
     @property
     def snapshot(self) -> Snapshot: ...
+
+    @property
+    def run(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -151,11 +154,9 @@ class MetricsApp:
         runbook_url: str = Monitoring.runbook_url,
         geometry: Geometry | None = None,
         registry: str | None = None,
-        current_run: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.published = published
         self.registry = registry  # the run registry's path, for /api/runs (None: no registry)
-        self.current_run = current_run
         self.inputs = inputs or []
         self.run_config = run_config or RunConfig()
         self.per_pixel_allowed = per_pixel_allowed
@@ -239,7 +240,7 @@ class MetricsApp:
             cached = self._renderings.get(per_pixel)
             if cached is None or cached.source is not pub:
                 families = self.collector.detector_families(
-                    pub.snapshot, per_pixel, evaluation=pub.evaluation, run=self.current_run()
+                    pub.snapshot, per_pixel, evaluation=pub.evaluation, run=pub.run
                 )
                 text = render(families).encode()
                 stream = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, GZIP_WBITS)
@@ -299,7 +300,7 @@ class MetricsApp:
             recent = recent_runs(self.registry)
         except RegistryError as err:
             return f"<p class='runs'>run registry: {html.escape(str(err))}</p>"
-        return runs_html(self.current_run(), recent)
+        return runs_html(self.published().run, recent)
 
     def landing_page(self) -> str:
         """A small status page for people: health figures, links, the newest plots."""
