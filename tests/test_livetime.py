@@ -8,8 +8,11 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import simulate_files
 
+from exporter.detector.geometry import load_geometry, packaged_layout
 from exporter.detector.runconfig import RunConfig, daq_tile
+from exporter.monitor import Monitor
 from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
 from exporter.quality.clock import DataClock
 from exporter.quality.snapshot import Snapshot
@@ -17,6 +20,9 @@ from exporter.quality.status import ChannelStatus
 from exporter.quality.window import DEAD_GAP_SECONDS, chip_clock
 from exporter.reading.decode import split_messages
 from exporter.reading.packets import DATA
+from exporter.reading.tail import InputSpec
+from exporter.runtime.checkpoint import window_file
+from exporter.runtime.ingest import Ingester
 from exporter.simulate import SimulationConfig, Simulator
 
 START = 1_700_000_000
@@ -182,3 +188,24 @@ def test_a_checkpoint_from_before_live_time_continues_on_data_time(module_geomet
         feed(acc, clock, [second])
         feed(restored, restored_clock, [second])
     np.testing.assert_array_equal(restored.snapshot().channel_status, acc.snapshot().channel_status)
+
+
+def test_checkpoint_files_from_before_live_time_restore_the_window_whole(tmp_path, tile_geometry, caplog):
+    """A state file and window file written before live time (no dead_seconds, run_start, live_start) are
+    restored, window included: the upgrade does not empty the window."""
+    data, state = tmp_path / "data", tmp_path / "state.npz"
+    simulate_files(tile_geometry, data, 20, file_seconds=5)
+    geometry = load_geometry(packaged_layout("layout-2.4.0.yaml"))
+    ing = Ingester([InputSpec(str(data))], Monitor(geometry), 0.1, str(state))
+    ing.tail.pump(ing.ingest)
+    ing.checkpoint(final=True)
+    for path, names in ((state, ("dead_seconds", "run_start")), (window_file(state), ("live_start",))):
+        with np.load(path) as saved:
+            arrays = {name: saved[name] for name in saved.files if name not in names}
+        np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as the allow_pickle flag
+    restored = Ingester([InputSpec(str(data))], Monitor(geometry), 0.1, str(state))
+    with caplog.at_level(logging.WARNING):
+        restored.restore()
+    assert not [r for r in caplog.records if "window" in r.getMessage()]
+    a, b = (i.monitor.update().snapshot for i in (ing, restored))
+    assert b.chip_window_packets.tolist() == a.chip_window_packets.tolist() and a.chip_window_packets.sum() > 0

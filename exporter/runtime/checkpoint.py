@@ -32,6 +32,7 @@ import numpy as np
 from exporter.detector.geometry import Geometry
 from exporter.metrics.health import Health
 from exporter.quality.accumulator import Accumulator
+from exporter.quality.state import BY_NAME
 from exporter.reading.cursor import FileCursor
 from exporter.reading.tail import DirectoryTail, InputSpec
 
@@ -306,6 +307,8 @@ class Checkpoint:
                     raise CheckpointError(f"{self.window_path} has other chips than the counters")
                 window = {}
                 for name in Accumulator.WINDOW_ARRAYS:
+                    if name not in saved and BY_NAME[name].optional:  # added since the file was written
+                        continue
                     value = saved[name]
                     if name.startswith("win_"):  # chips registered since the window was written: empty rows
                         padded = np.zeros((value.shape[0], len(keys), *value.shape[2:]), value.dtype)
