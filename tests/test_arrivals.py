@@ -9,13 +9,19 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from helpers import simulate_files
 
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.monitor import Monitor
 from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
 from exporter.quality.clock import DataClock
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.state import MERGE_TICKS, NO_ARRIVAL
 from exporter.quality.status import ChannelStatus
 from exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC, TIMESTAMP
+from exporter.reading.tail import InputSpec
+from exporter.runtime.checkpoint import window_file
+from exporter.runtime.ingest import Ingester
 
 START = 1_700_000_000
 CHIPS = 16
@@ -116,6 +122,27 @@ def test_an_older_checkpoint_without_arrivals_restores_them_from_hits() -> None:
     np.testing.assert_array_equal(restored.state.arrivals_total[:n], acc.state.self_hits[:n])
     np.testing.assert_array_equal(restored.state.win_arrivals[:, :n], acc.state.win_hits[:, :n])
     assert (restored.state.arrival_start == NO_ARRIVAL).all() and (restored.state.arrival_second == -1).all()
+
+
+def test_a_state_and_window_file_from_before_arrivals_continue_with_arrivals_from_hits(tmp_path) -> None:
+    geometry = load_geometry(packaged_layout("layout-2.4.0.yaml"))
+    simulate_files(geometry, tmp_path / "data", 20, file_seconds=5)
+    state = tmp_path / "state.npz"
+    ing = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(geometry), 0.1, str(state))
+    ing.tail.pump(ing.ingest)
+    ing.checkpoint(final=True)
+    arrays = ("arrival_second", "arrival_start", "arrivals_total", "win_arrivals")
+    for path in (state, window_file(state)):  # as an exporter without arrivals wrote them
+        with np.load(path) as saved:
+            kept = {k: saved[k] for k in saved.files if k not in arrays}
+        np.savez(path, **kept)  # type: ignore[arg-type]
+    restored = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(geometry), 0.1, str(state))
+    restored.restore()
+    old, new = ing.monitor.accumulator.state, restored.monitor.accumulator.state
+    n = len(old.chips)
+    assert new.win_hits[:, :n].sum() == old.win_hits[:, :n].sum() > 0, "the window continues"
+    np.testing.assert_array_equal(new.win_arrivals[:, :n], old.win_hits[:, :n])
+    np.testing.assert_array_equal(new.arrivals_total[:n], old.self_hits[:n])
 
 
 # -- the verdicts on arrivals -------------------------------------------------------------------

@@ -137,6 +137,7 @@ FIELDS: tuple[Field, ...] = (
         np.int32,
         checkpoint=WINDOW,
         kernels=(COUNT,),
+        optional=True,  # a window file without it restores it from win_hits
         restore_from="win_hits",
     ),
 )
