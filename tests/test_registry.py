@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import os
+import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -30,11 +34,17 @@ from helpers import (
 
 from exporter import cli
 from exporter.monitor import Monitor
+from exporter.reading.cursor import FileCursor
+from exporter.reading.files import FileReader
 from exporter.reading.tail import DirectoryTail, InputSpec
+from exporter.registry import schema
 from exporter.registry.reader import certify, find_run, read_runs
 from exporter.registry.runs import RunName, RunNamer
 from exporter.registry.schema import MIGRATIONS, VERSION, RegistryError, connect
 from exporter.registry.writer import RegistryWriter, RunContext
+from exporter.runtime import once as once_module
+from exporter.runtime.service import ListenError, Service
+from exporter.settings import Settings
 from exporter.simulate import SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
@@ -387,3 +397,273 @@ def test_serve_records_two_runs_in_a_row_and_serves_them(tmp_path, two_files):
         with pytest.raises(urllib.error.HTTPError) as missing:
             http_get(f"http://127.0.0.1:{port}/api/runs", {"run": "nope"})
         assert missing.value.code == 404
+
+
+def registry_packets(registry: Path) -> int:
+    return sum(r["packets"] for r in read_runs([registry]))
+
+
+def service_over(tmp_path: Path, paths: list[Path], **settings) -> Service:
+    """A service (not started) over copies of ``paths``, with a state file and a registry in ``tmp_path``."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for path in paths:
+        shutil.copy(path, data / path.name)
+    defaults = {
+        "inputs": [str(data)],
+        "port": 0,
+        "listen_address": ["127.0.0.1"],
+        "state_file": str(tmp_path / "state.npz"),
+        "registry": str(tmp_path / "runs.sqlite"),
+        "geometry": "layout-2.4.0",
+    }
+    return Service(Settings(**{**defaults, **settings}))
+
+
+def close_service(service: Service) -> None:
+    for server in service.servers:
+        server.server_close()
+    if service.registry is not None:
+        service.registry.close()
+
+
+def full_disk(*args, **kwargs) -> None:
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("failing", ["checkpoint", "poll"])
+def test_the_registry_waits_for_a_checkpoint_that_holds_the_packets(monkeypatch, tmp_path, two_files, failing):
+    """A checkpoint that cannot be written (after a poll, or after a poll that raised) holds the registry back: a
+    restart from the older checkpoint reads those packets again, and the registry must not have them yet."""
+    paths, total = two_files
+    service = service_over(tmp_path, paths)
+    ingester, registry = service.ingester, Path(service.registry_path)
+    try:
+        assert ingester.checkpoints is not None
+        save = ingester.checkpoints.save
+        monkeypatch.setattr(ingester.checkpoints, "save", full_disk)
+        if failing == "checkpoint":
+            ingester.poll()
+        else:
+            stop = threading.Event()
+            pump = ingester.tail.pump
+
+            def poll_cut_short(consume, stop_asked=None):
+                pump(consume, stop_asked)
+                stop.set()
+                raise RuntimeError("a poll cut short")
+
+            monkeypatch.setattr(ingester.tail, "pump", poll_cut_short)
+            ingester.run(stop)  # the failing poll, then the final checkpoint, which fails too
+            monkeypatch.setattr(ingester.tail, "pump", pump)
+        assert ingester.health.checkpoint_errors >= 1 and ingester.published.health.packets_ingested["raw"] == total
+        assert registry_packets(registry) == 0
+        monkeypatch.setattr(ingester.checkpoints, "save", save)
+        ingester.poll()  # nothing new: the checkpoint of what was counted, then the registry
+        assert registry_packets(registry) == total
+        ingester.poll()
+        assert registry_packets(registry) == total
+    finally:
+        close_service(service)
+
+
+def test_a_write_rolled_back_loses_no_status_time(tile_geometry, tmp_path, two_files):
+    """A write that fails before its COMMIT (the disk full; here a trigger) leaves the writer as it was: the next
+    write credits the data time of both intervals."""
+    paths, _ = two_files
+    registry = tmp_path / "runs.sqlite"
+    monitor = Monitor(tile_geometry, window=10)
+    writer = RegistryWriter(registry, RunNamer("^(?P<run>sim)-"), RunContext())
+    try:
+
+        def consume(chunk) -> None:
+            monitor.feed_chunk(chunk, time.time())
+            writer.on_chunk(chunk)
+
+        DirectoryTail([InputSpec(str(paths[0]))]).pump(consume)
+        writer.record(monitor.update())
+        DirectoryTail([InputSpec(str(paths[1]))]).pump(consume)
+        writer.conn.execute(
+            "CREATE TEMP TRIGGER full_disk BEFORE UPDATE OF mode ON runs BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        with pytest.raises(RegistryError, match="disk full"):
+            writer.record(monitor.update())
+        writer.conn.execute("DROP TRIGGER full_disk")
+        writer.record(monitor.update())
+    finally:
+        writer.close()
+    (run,) = read_runs([registry])
+    assert run["packets"] == sum(registry_file["packets"] for registry_file in run["files"]) > 0
+    assert sum(run["status_seconds"]["detector"].values()) == pytest.approx(9.0)  # START to START + 9, once
+    assert set(run["bad_channels"]) == {"noisy", "silent", "inefficient"}
+
+
+def test_once_leaves_the_run_serve_left_open_alone(monkeypatch, capsys, tile_geometry, tmp_path, two_files):
+    paths, _ = two_files
+    registry = tmp_path / "runs.sqlite"
+    record_files(tile_geometry, registry, paths[:1])  # serve's run, open (serve stopped mid-run)
+    code, _, err = run_cli(
+        monkeypatch, capsys, "once", str(paths[1]), "--no-plots", "--geometry", "layout-2.4.0", "--registry",
+        str(registry),
+    )  # fmt: skip
+    assert code == 0, err
+    served, added = read_runs([registry])
+    assert (served["run"], served["open"]) == (paths[0].stem, True)
+    assert (added["run"], added["open"]) == (paths[1].stem, False)
+
+
+def small_chunks(path: Path):
+    """The chunks of a whole file, a few hundred messages each (as a big file is read)."""
+    st = os.stat(path)
+    cursor = FileCursor(str(path), st.st_dev, st.st_ino)
+    for chunk in FileReader(raw_chunk_messages=300).read_new(cursor, time.time()):
+        yield chunk
+        cursor.rows_done = chunk.rows_end
+
+
+def test_runs_read_in_turn_stay_open_and_each_is_credited_its_own_time(tile_geometry, tmp_path, two_files):
+    """Two runs' files read alternately, a write after every pair of chunks: neither is closed and reopened, each
+    run's status time is its own span; the one no longer read is closed at the next write."""
+    paths, total = two_files
+    registry = tmp_path / "runs.sqlite"
+    monitor = Monitor(tile_geometry, window=10)
+    writer = RegistryWriter(registry, RunNamer(), RunContext())
+    closed: list[tuple] = []
+    try:
+        pairs = list(itertools.zip_longest(small_chunks(paths[0]), small_chunks(paths[1])))
+        assert len(pairs) > 3
+        for pair in pairs:
+            for chunk in pair:
+                if chunk is not None:
+                    monitor.feed_chunk(chunk, time.time())
+                    writer.on_chunk(chunk)
+            writer.record(monitor.update())
+            closed.append(tuple(r["open"] for r in read_runs([registry])))
+        writer.record(monitor.update())
+    finally:
+        writer.close()
+    first, second = read_runs([registry])
+    last_of_first = max(i for i, (a, _) in enumerate(pairs) if a is not None)
+    assert all(state == (True, True) for state in closed[: last_of_first + 1]), closed
+    assert (first["open"], second["open"]) == (False, True) and first["packets"] + second["packets"] == total
+    for run in (first, second):
+        assert sum(run["status_seconds"]["detector"].values()) == pytest.approx(run["duration_s"])
+
+
+def test_a_migration_runs_once_when_two_processes_open_an_older_registry(monkeypatch, tmp_path):
+    """The version is read inside the write transaction: another process that migrated first leaves nothing to do."""
+    registry = tmp_path / "old.sqlite"
+    old = sqlite3.connect(registry)
+    old.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    old.close()
+    real_version = schema.version
+    racing: list[bool] = []
+
+    def version_while_another_migrates(conn):
+        found = real_version(conn)
+        if racing:  # the other process's own look
+            return found
+        racing.append(True)
+        other = sqlite3.connect(registry, timeout=0, isolation_level=None)
+        try:
+            schema.migrate(other)  # the other process, when it gets the write lock
+        except sqlite3.OperationalError as err:
+            assert "locked" in str(err)
+        finally:
+            other.close()
+            racing.clear()
+        return found
+
+    monkeypatch.setattr(schema, "version", version_while_another_migrates)
+    connect(registry).close()
+    monkeypatch.setattr(schema, "version", real_version)
+    assert schema.version(sqlite3.connect(registry)) == VERSION
+
+
+def test_a_failed_migration_is_rolled_back_and_its_connection_closed(tmp_path):
+    registry = tmp_path / "old.sqlite"
+    old = sqlite3.connect(registry)
+    old.executescript(MIGRATIONS[0] + "CREATE TABLE certifications (id INTEGER); PRAGMA user_version = 1;")
+    old.close()
+    with pytest.raises(RegistryError, match=f"registry {registry}: table certifications already exists"):
+        connect(registry)
+    other = sqlite3.connect(registry, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock is free
+    columns = [row[1] for row in other.execute("PRAGMA table_info(runs)")]
+    assert "mode_setting" not in columns and schema.version(other) == 1  # nothing of the failed step stays
+    other.execute("ROLLBACK")
+    other.close()
+
+
+def test_reading_never_writes_and_refuses_a_database_that_is_not_a_registry(monkeypatch, capsys, tmp_path):
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE samples (x REAL)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(RegistryError, match=f"registry {other}: not a run registry"):
+        read_runs([other])
+    code, _, err = run_cli(monkeypatch, capsys, "runs", "--registry", str(other))
+    assert code == 2 and err.count("\n") == 1 and str(other) in err and "not a run registry" in err, err
+    with pytest.raises(RegistryError, match="not a run registry"):
+        connect(other)  # a writer does not add its tables to it either
+    assert other.read_bytes() == before
+    assert [r[0] for r in sqlite3.connect(other).execute("SELECT name FROM sqlite_master")] == ["samples"]
+
+
+def test_run_info_is_the_run_of_the_publication(tmp_path, two_files):
+    """The run label is captured when the state is published, not read when a scrape renders it."""
+    paths, _ = two_files
+    service = service_over(tmp_path, paths[:1], registry="none")
+    try:
+        service.ingester.poll()
+        service.runs.current = paths[1].stem  # the ingest thread went on to the next run's first chunk
+        text = service.app.metrics_body(False, False).decode()
+        info = [line for line in text.splitlines() if line.startswith("larpix_run_info{")]
+        assert len(info) == 1 and f'run="{paths[0].stem}"' in info[0], info
+    finally:
+        close_service(service)
+
+
+def test_once_records_the_run_as_it_reads_the_file(monkeypatch, capsys, tile_geometry, tmp_path):
+    """Every 10 s of data time (EVALUATE_EVERY_SECONDS), not once at the end with the file's last status."""
+    (path,), _ = simulate_files(tile_geometry, tmp_path / "data", 30)
+    registry = tmp_path / "runs.sqlite"
+    recorded: list[float] = []
+    record = RegistryWriter.record
+
+    def spy(self, evaluation, wall_now=None):
+        recorded.append(evaluation.snapshot.data_time)
+        record(self, evaluation, wall_now)
+
+    monkeypatch.setattr(RegistryWriter, "record", spy)
+    monkeypatch.setattr(  # read in small chunks, as a big file is
+        once_module, "DirectoryTail", lambda inputs, on_error: DirectoryTail(inputs, FileReader(raw_chunk_messages=300))
+    )
+    code, _, err = run_cli(
+        monkeypatch, capsys, "once", str(path), "--no-plots", "--geometry", "layout-2.4.0", "--registry", str(registry)
+    )
+    assert code == 0, err
+    assert len(recorded) >= 3 and all(b - a >= 10 for a, b in zip(recorded[:-2], recorded[1:-1])), recorded
+    (run,) = read_runs([registry])
+    assert sum(run["status_seconds"]["detector"].values()) == pytest.approx(run["duration_s"])
+
+
+def test_a_failed_start_up_or_once_releases_the_registry(monkeypatch, capsys, tmp_path, two_files):
+    paths, _ = two_files
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(ListenError):
+            service_over(tmp_path, paths[:1], port=taken.getsockname()[1])
+    finally:
+        taken.close()
+    RegistryWriter(tmp_path / "runs.sqlite", RunNamer(), RunContext()).close()  # not held by the failed service
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not HDF5 at all, " * 100)
+    registry = tmp_path / "once.sqlite"
+    code, _, err = run_cli(monkeypatch, capsys, "once", str(broken), "--no-plots", "--registry", str(registry))
+    assert code == 2 and str(broken) in err, err
+    RegistryWriter(registry, RunNamer(), RunContext()).close()
