@@ -415,3 +415,32 @@ def test_the_config_file_takes_the_run_configuration(tmp_path):
         "'--run-mode'" in bad.stderr
         and "'cosmics' is not one of 'auto', 'pedestal', 'self-trigger', 'beam'" in bad.stderr
     )
+
+
+def test_a_file_replaced_at_the_same_path_has_its_own_configuration_applied(tmp_path, tile_geometry):
+    """The stored configuration is read once per file (device, inode), not per path: a new file under the old
+    name (the tail reads it from the start) masks its own channels; a file the tail forgot is forgotten too."""
+    from exporter.quality.channels import channel_list
+    from exporter.reading.tail import InputSpec
+    from exporter.runtime.ingest import Ingester
+
+    def packet_file(folder: str, masked: list[int]) -> Path:
+        sim = Simulator(tile_geometry, SimulationConfig(seed=4, hit_rate_hz=2.0))
+        (path,) = write_run(sim, tmp_path / folder, "packets", 5, realtime=False, start_time=START, name="run")
+        return write_configs_file(path, [configured_chip((1, 1, 11), masked)])
+
+    live = packet_file("live", [0])
+    ingester = Ingester([InputSpec(str(live.parent))], Monitor(tile_geometry, window=10))
+
+    def masked() -> list[list[int]]:
+        return channel_list(ingester.published.snapshot, ("masked",)).tolist()
+
+    ingester.poll()
+    assert masked() == [[1, 1, 11, 0]]
+    os.replace(packet_file("next", [5]), live)  # another file (inode) at the same path
+    ingester.poll()
+    assert [1, 1, 11, 5] in masked()
+    live.unlink()
+    ingester.tail.flush_interval = 0.0  # gone and idle at once: the tail forgets its cursor
+    ingester.poll()
+    assert ingester.tail.cursors == {} and ingester.monitor._configured == set()
