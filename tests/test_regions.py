@@ -104,3 +104,19 @@ def test_robust_ratio_is_the_median_of_the_members_and_pooled_when_they_have_few
     assert robust_ratio(np.array([100.0, 110, 90, 100, 5000]), predicted, groups, 1)[0] == 100 / 100
     assert robust_ratio(np.array([1.0, 0, 2, 1, 1]), np.ones(5), groups, 1)[0] == pytest.approx(1.0)
     assert robust_ratio(np.zeros(5), predicted, groups, 1)[0] == 1.0, "a group without hits keeps its expectation"
+
+
+@pytest.mark.e2e
+def test_dead_tiles_do_not_pull_the_module_occupancy_of_a_beam_towards_one(four_tiles):
+    """Three of four tiles dead from the start, the live one at 3x from 240 s (a beam spill): a tile with no hit
+    is no sample of the module's occupancy (it would count as a ratio of 1 and make the median 1, so the
+    live tile would read 2x the module and warn); the live tile's own rise is the module's occupancy."""
+    tiles = np.unique(four_tiles.tiles)
+    dead, live = [int(t) for t in tiles[:3]], int(tiles[3])
+    faults = Faults(rate_changes=[RateChange(tiles=dead, scale=0.0), RateChange(tiles=[live], scale=3.0, start=240)])
+    state = run(four_tiles, 300, faults)
+    inside = rows_of(four_tiles, state, four_tiles.tiles == live)
+    rate = state.results.chip_values[[c.name for c in state.results.chip_checks].index("tile_rate")]
+    assert rate[inside] == pytest.approx(1.0), "the live tile is the module's occupancy"
+    assert (status(state, "tile_rate")[inside] == CheckStatus.OK).all()
+    assert (status(state, "io_channel_never_seen")[~inside] == CheckStatus.ERROR).all()

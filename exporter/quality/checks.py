@@ -12,7 +12,7 @@ packets is not outside a limit ten times higher.
 
 Region checks judge a chip's tile (``tile_rate``) or io_channel (``io_channel_rate``) as a whole:
 its hits in the window against its chips' expected rates before the tile's occupancy scale,
-times the module's occupancy (the median of the tiles' ratios), one test per region; so an HV
+times the module's occupancy (the median of the ratios of the tiles with hits), one test per region; so an HV
 trip or a hot tile, which the channel verdicts take as the tile's occupancy, is flagged here.
 ``io_channel_never_seen`` flags an io_channel that has not sent one packet since the run started
 while its io_group's data and the module's rate prove it should have. Every chip of a region
@@ -214,7 +214,7 @@ def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.
 
     The rates: hits in the window of the channels under the noisy cut (one loud channel does not make
     its region hot) against their unscaled expected rates times the module's occupancy,
-    the median of the tiles' ratios (a faulty tile does not move it). The never-seen check: packets since
+    the median of the ratios of the tiles with hits (a faulty tile does not move it, a dead one is left out). The never-seen check: packets since
     the run started against those rates over the io_group's run time, at an occupancy capped at 1.
     """
     judged = snap.chip_expected & snap.chip_judged
@@ -226,7 +226,10 @@ def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.
     base = np.where(judged, snap.chip_base_hz, 0.0)
     tiles = chip_regions(snap, "tile")
     size = int(tiles.max()) + 1 if len(tiles) else 0
-    ratios = robust_ratio(observed, base * span, tiles, size)[np.bincount(tiles, base, size) > 0]
+    # a tile without a hit in the window (dead, or not heard yet) is no sample of the module's occupancy:
+    # its ratio would read 1 (robust_ratio keeps a silent group's expectation) and pull the median there
+    sampled = (np.bincount(tiles, base, size) > 0) & (np.bincount(tiles, observed, size) > 0)
+    ratios = robust_ratio(observed, base * span, tiles, size)[sampled]
     module = float(np.median(ratios)) if len(ratios) else 1.0
     heard = np.where(judged, snap.channel_hits_total.sum(axis=1) + snap.chip_parity_errors, 0).astype(float)
     out = {}
