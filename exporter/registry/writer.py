@@ -2,9 +2,10 @@
 
 The ingest thread hands it every counted chunk (``on_chunk``: which run, which file, how many
 packets, what data time) and every published evaluation (``record``). Chunks are only noted in
-memory; ``record`` writes them with the evaluation in one transaction, after the checkpoint that
-covers them, so a ``kill -9`` loses at most the last interval and never counts a packet twice.
-The data time between two evaluations is credited to the statuses of the newer one.
+memory; ``record`` writes them with the evaluation in one transaction, and is called only with a
+publication the checkpoint holds (the service waits for one), so a ``kill -9`` loses at most the
+last interval and never counts a packet twice. The data time of each run read between two
+evaluations is credited to the statuses of the newer one.
 """
 
 from __future__ import annotations
