@@ -11,8 +11,9 @@ beam, pauses, runs, faults) is written second by second to raw files by the simu
 and read back as ``serve`` reads them (DirectoryTail, Monitor.feed_chunk with the data time as the
 wall clock, Monitor.update every ``--every`` s of data time). Printed per scenario: false verdicts
 per 8-hour shift of data time (channel verdicts, dead chips, check warnings and errors entered on
-healthy parts), false pages (the critical alerts of alerts/larpix.rules.yml whose condition held
-for their ``for:``), and for a fault the data time until it is flagged and paged.
+healthy parts), false pages (every critical alert of alerts/larpix.rules.yml whose condition held
+for its ``for:``, its expression read from the evaluation: ``PAGE_CONDITIONS``), and for a fault
+the data time until it is flagged and paged, and the alert that paged first.
 
 Prints figures only (no assertions). Usage: python bench/verdicts.py [--evaluations 300] [--alpha 0.01]
 [--occupancies 0.01 0.05 0.2 0.5 2] [--seconds 600]; python bench/verdicts.py --scenarios all
@@ -206,11 +207,25 @@ RULES = Path(_HERE).parent / "alerts" / "larpix.rules.yml"
 STALE_S = 300.0
 
 
+def alert_rules() -> list[dict]:
+    """The alerting rules of alerts/larpix.rules.yml."""
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r]
+
+
 def alert_for_seconds(name: str) -> float:
     """The ``for:`` of alert ``name`` in alerts/larpix.rules.yml, in seconds."""
-    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-    spec = next(r for r in rules if r.get("alert") == name).get("for", "0s")
+    spec = next(r for r in alert_rules() if r["alert"] == name).get("for", "0s")
     return sum(float(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)([smh])", spec))
+
+
+#: Critical alerts about the exporter itself, not the detector's data: the bench's exporter is always up,
+#: and its staleness is the ``live`` clause every page below shares (a pause's LarpixDataStale is true).
+EXPORTER_PAGES = ("LarpixExporterDown", "LarpixDataStale")
+
+
+def critical_alerts() -> list[str]:
+    """The names of the ``severity: critical`` alerts of alerts/larpix.rules.yml, the bench's pages."""
+    return [r["alert"] for r in alert_rules() if r.get("labels", {}).get("severity") == "critical"]
 
 
 def sub_geometry(geometry: Geometry, tiles: int) -> Geometry:
@@ -251,6 +266,37 @@ class Page:
         return self.firing.add(condition & (now - self.since >= self.for_s))
 
 
+def check_status(results, name: str, n: int) -> np.ndarray:
+    """The statuses of chip check ``name`` of the first ``n`` chips (0 where the run mode disables it)."""
+    names = [c.name for c in results.chip_checks]
+    return results.chip_status[names.index(name), :n] if name in names else np.zeros(n, np.int8)
+
+
+def any_in(values: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarray:
+    """Per region (``inverse``: each chip's region index), whether any of its chips' ``values`` holds."""
+    return np.bincount(inverse, values.astype(float), size) > 0
+
+
+#: Each critical alert's expression, read from one evaluation (``run``: the ScenarioRun, for its regions):
+#: per target of the alert (chip, tile, io_channel, io_group), whether its condition holds.
+PAGE_CONDITIONS = {
+    # larpix_chip_dead == 1
+    "LarpixChipSilent": lambda run, snap, results: snap.chip_dead[: run.n_chips],
+    # max by (tile) (larpix_check_status{check="tile_rate"}) >= 2
+    "LarpixTileRateError": lambda run, snap, results: any_in(
+        check_status(results, "tile_rate", run.n_chips) >= 2, run.tile_index, run.n_tiles
+    ),
+    # max by (io_group, io_channel) (larpix_check_status{check="io_channel_never_seen"}) >= 2
+    "LarpixIoChannelNeverSeen": lambda run, snap, results: any_in(
+        check_status(results, "io_channel_never_seen", run.n_chips) >= 2, run.link_index, run.n_links
+    ),
+    # larpix_io_group_sync_rate_hertz < 0.5
+    "LarpixSyncMissing": lambda run, snap, results: snap.sync_rate_hz[run.groups] < 0.5,
+    # max by (io_group) (larpix_io_group_status) >= 2
+    "LarpixDetectorStatusError": lambda run, snap, results: results.io_group_status[run.groups] >= 2,
+}
+
+
 class ScenarioRun:
     """One scenario end to end: simulator -> raw files -> the reading and monitor of ``serve``; false verdicts and delays."""
 
@@ -269,21 +315,33 @@ class ScenarioRun:
         self.groups = np.unique(geometry.chips[:, 0])
         self.group_affected = np.isin(self.groups, geometry.chips[self.chip_affected, 0])
         self.n_chips = len(geometry.chips)
+        tiles, self.tile_index = np.unique(geometry.tiles, return_inverse=True)
+        links, self.link_index = np.unique(geometry.chips[:, :2], axis=0, return_inverse=True)
+        self.tile_index, self.link_index = self.tile_index.reshape(-1), self.link_index.reshape(-1)
+        self.n_tiles, self.n_links = len(tiles), len(links)
+        #: per page, which of its targets (chips, tiles, io_channels, io_groups) hold the fault
+        self.affected_targets = {
+            "LarpixChipSilent": self.chip_affected,
+            "LarpixTileRateError": any_in(self.chip_affected, self.tile_index, self.n_tiles),
+            "LarpixIoChannelNeverSeen": any_in(self.chip_affected, self.link_index, self.n_links),
+            "LarpixSyncMissing": self.group_affected,
+            "LarpixDetectorStatusError": self.group_affected,
+        }
         self.channel = Episodes()
         self.chip = Episodes()
         self.warnings = Episodes()
         self.errors = Episodes()
-        self.pages = [
-            Page("LarpixChipSilent", alert_for_seconds("LarpixChipSilent")),
-            Page("LarpixDetectorStatusError", alert_for_seconds("LarpixDetectorStatusError")),
-            Page("LarpixSyncMissing", alert_for_seconds("LarpixSyncMissing")),
-        ]
+        unknown = set(critical_alerts()) - set(PAGE_CONDITIONS) - set(EXPORTER_PAGES)
+        if unknown:
+            raise SystemExit(f"bench/verdicts.py: no page condition for the critical alerts {sorted(unknown)}")
+        self.pages = [Page(name, alert_for_seconds(name)) for name in critical_alerts() if name in PAGE_CONDITIONS]
         self.false_pages = 0
         self.evaluations = self.evaluations_false = 0
         self.by_status: dict[str, int] = {}
         self.by_check: dict[str, int] = {}
         self.by_page: dict[str, int] = {}
         self.flagged_at = self.paged_at = float("nan")
+        self.paged_by = ""
         self.last_data = self.start = START
 
     def on_second(self, now: int) -> None:
@@ -323,19 +381,15 @@ class ScenarioRun:
         live = now - self.last_data <= STALE_S
         fault_start = self.sc.fault_start
         since_fault = now - self.start - fault_start if fault_start is not None else float("nan")
-        conditions = (
-            (snap.chip_dead[:n] & live, self.chip_affected),
-            ((results.io_group_status[self.groups] >= 2) & live, self.group_affected),
-            ((snap.sync_rate_hz[self.groups] < 0.5) & live, self.group_affected),
-        )
-        for page, (condition, affected) in zip(self.pages, conditions):
-            fired = page.add(float(now), condition)
+        for page in self.pages:
+            affected = self.affected_targets[page.name]
+            fired = page.add(float(now), PAGE_CONDITIONS[page.name](self, snap, results) & live)
             wrong = int((fired & ~affected).sum())
             self.false_pages += wrong
             if wrong:
                 self.by_page[page.name] = self.by_page.get(page.name, 0) + wrong
             if since_fault > 0 and (fired & affected).any() and np.isnan(self.paged_at):
-                self.paged_at = since_fault
+                self.paged_at, self.paged_by = since_fault, page.name
         self.evaluations += 1
         self.evaluations_false += bool(
             false_channels.any() or warned.any() or (snap.chip_dead[:n] & ~self.chip_affected).any()
@@ -384,11 +438,12 @@ def scenarios(geometry: Geometry, names: list[str], seconds: int, every: int, se
         shift = SHIFT_S / seconds
         worst = sorted({**run.by_status, **run.by_check, **run.by_page}.items(), key=lambda kv: -kv[1])[:3]
         fault = sc.fault_start is not None
+        paged = f"{duration(run.paged_at)} ({run.paged_by})" if run.paged_by else duration(run.paged_at)
         print(
             f"| {name} | {run.channel.count * shift:.1f} | {run.chip.count * shift:.1f} | {run.warnings.count * shift:.1f} "
             f"| {run.errors.count * shift:.1f} | {run.false_pages * shift:.1f} "
             f"| {run.evaluations_false} of {run.evaluations} "
-            f"| {duration(run.flagged_at) if fault else '-'} | {duration(run.paged_at) if fault else '-'} "
+            f"| {duration(run.flagged_at) if fault else '-'} | {paged if fault else '-'} "
             f"| {', '.join(f'{k} {v}' for k, v in worst) or '-'} | {time.perf_counter() - started:.0f} s |",
             flush=True,
         )

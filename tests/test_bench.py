@@ -36,3 +36,18 @@ def test_benchmark_runs(script, args, expected, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "page"), [("dead-tile", "LarpixTileRateError"), ("dead-io-channel", "LarpixIoChannelNeverSeen")]
+)
+def test_verdicts_scenarios_count_every_critical_alert_as_a_page(name, page, tmp_path):
+    """A region dead from the start pages through its region alert (``for: 2m``) before its chips' LarpixChipSilent
+    (``for: 3m``): the bench's pages are every critical alert of alerts/larpix.rules.yml, not only the chip,
+    detector-status and sync pages."""
+    args = ["--scenarios", name, "--tiles", "2", "--scenario-seconds", "200"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "verdicts.py"), *args], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"| 130 s ({page}) |" in result.stdout, result.stdout[-3000:]
