@@ -120,3 +120,25 @@ def test_dead_tiles_do_not_pull_the_module_occupancy_of_a_beam_towards_one(four_
     assert rate[inside] == pytest.approx(1.0), "the live tile is the module's occupancy"
     assert (status(state, "tile_rate")[inside] == CheckStatus.OK).all()
     assert (status(state, "io_channel_never_seen")[~inside] == CheckStatus.ERROR).all()
+
+
+@pytest.mark.e2e
+def test_an_io_channel_heard_in_the_last_run_and_dead_from_the_start_of_the_next_is_flagged(four_tiles):
+    """The never-seen check counts what was heard since the run started, not all time: a run of 120 s, a dead gap
+    of 5 minutes (the next run), then one io_channel dead from the new run's start is flagged within 60 s."""
+    tile = int(np.unique(four_tiles.tiles)[1])
+    io_channel = tuple(int(v) for v in four_tiles.chips[four_tiles.tiles == tile][0, :2])
+    dead = (four_tiles.chips[:, :2] == io_channel).all(1)
+    monitor = Monitor(four_tiles)
+    sim = Simulator(four_tiles, SimulationConfig(hit_rate_hz=RATE_HZ, seed=5))
+    restart = 120 + 300
+    for t in [*range(120), *range(restart, restart + 60)]:
+        packets = decode_messages(*sim.second(START + t)).packets
+        if t >= restart:
+            packets = packets[~((packets["io_group"] == io_channel[0]) & (packets["io_channel"] == io_channel[1]))]
+        monitor.feed(packets, wall_now=START + t)
+    state = monitor.update()
+    inside = rows_of(four_tiles, state, dead)
+    never = status(state, "io_channel_never_seen")
+    assert state.snapshot.chip_run_seconds[inside].max() <= 61, "the next run is 60 s old"
+    assert (never[inside] == CheckStatus.ERROR).all() and (never[~inside] == CheckStatus.OK).all()

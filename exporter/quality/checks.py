@@ -231,7 +231,9 @@ def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.
     sampled = (np.bincount(tiles, base, size) > 0) & (np.bincount(tiles, observed, size) > 0)
     ratios = robust_ratio(observed, base * span, tiles, size)[sampled]
     module = float(np.median(ratios)) if len(ratios) else 1.0
-    heard = np.where(judged, snap.channel_hits_total.sum(axis=1) + snap.chip_parity_errors, 0).astype(float)
+    # heard since the run started (a link dead from a new run's start was heard in the last one); a chip
+    # whose every packet fails parity is heard through its window's parity errors
+    heard = np.where(judged, snap.chip_run_hits + snap.chip_window_parity_errors, 0).astype(float)
     out = {}
     for name, region, obs, predicted in (
         ("tile_rate", "tile", observed, module * base * span),

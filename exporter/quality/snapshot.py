@@ -37,6 +37,7 @@ class Snapshot:
     chip_expected_hits: np.ndarray  # float64 hits: what the verdicts expect of the chip over the window
     chip_base_hz: np.ndarray  # float64 Hz: expected rate before the tile's scale, channels under the noisy cut
     chip_run_seconds: np.ndarray  # float64 s: data time since the run started (its io_group's), 0 before any
+    chip_run_hits: np.ndarray  # int64: self-triggered valid data packets since the run started (its io_group's)
     chip_dead: np.ndarray  # bool: proven dead (no hit for longer than the false-alarm budget allows)
     chip_unknown: np.ndarray  # bool: no hit in the window, not yet proven dead (not enough statistics)
     chip_masked_active: np.ndarray  # int64: masked channels that still sent data in the window

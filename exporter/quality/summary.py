@@ -125,6 +125,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         chip_expected_hits=verdicts.chip_expected_hits,
         chip_base_hz=verdicts.chip_base_hz,
         chip_run_seconds=run,
+        chip_run_hits=state.self_hits[:n].sum(axis=1),
         chip_dead=verdicts.chip_dead,
         chip_unknown=verdicts.chip_unknown,
         chip_adc_mean=chip_mean,
