@@ -122,7 +122,7 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
     while True:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
-        hits = np.zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 3), np.int32)
+        hits = np.zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 4), np.int32)
         touched = np.zeros(len(hits), bool)
         status = kernels.count_chunk(
             arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,

@@ -56,12 +56,13 @@ def count_chunk(
     ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
 
     Clean data packets are counted into ``hits`` (int32; window slot + 2, chip row, channel: count,
-    ADC sum, ADC sum of squares) and folded into the accumulator's arrays after the kernel returns
+    ADC sum, ADC sum of squares, new arrivals) and folded into the accumulator's arrays after the kernel returns
     (``fold_hits``): one cache line a packet, in an array that fits the core's cache for a slot,
     where the accumulator's own arrays would cost six cache misses a packet.
 
-    Each channel's self-triggered hits are also counted as independent arrivals (``state.MERGE_TICKS``),
-    on the data second of their io_group's latest timestamp packet and their own tick.
+    A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
+    channel's current one (``arrival_start``), timed on the data second of its io_group's latest
+    timestamp packet and its own tick.
 
     ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
     accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each
@@ -71,7 +72,7 @@ def count_chunk(
     (
         packet_type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
         trigger_type_counts, chip_packets, chip_parity, chip_fifo, last_hit_end, window_io_group, window_trigger_types,
-        win_flags, win_pedestal, arrival_second, arrival_start, arrivals_total, win_arrivals,
+        win_flags, win_pedestal, arrival_second, arrival_start,
     ) = state  # fmt: skip
     (
         at_group, at_channel, at_chip, at_type, at_parity, at_channel_id, at_time, at_adc, at_trig, at_local,
@@ -236,9 +237,7 @@ def count_chunk(
                     time = arrival_second[g] * TICKS_PER_SYNC + ticks
                     if not 0 <= time - arrival_start[row, ch] <= MERGE_TICKS:
                         arrival_start[row, ch] = time
-                        arrivals_total[row, ch] += 1
-                        if s >= 0:
-                            win_arrivals[s, row, ch] += 1
+                        hits[key, row, ch, 3] += 1
                 if kind == PERIODIC_TRIGGER and s >= 0:
                     win_pedestal[s, row, ch, 0] += 1
                     win_pedestal[s, row, ch, 1] += adc
@@ -255,8 +254,10 @@ def count_chunk(
 def fold_hits(state, hits, touched, row_groups, bin_end):
     """Add a chunk's ``hits`` (see ``count_chunk``) to ``state`` (the fields of ``state.kernel_fields(FOLD)``,
     in that order), as the numpy engine's ``_add_data`` does: all-time and self-triggered counts, window
-    sums, and each channel's last-hit time (end of the newest window bin with a hit, ``bin_end[io_group, slot]``)."""
-    chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq = state
+    sums, arrivals, and each channel's last-hit time (end of the newest window bin with a hit, ``bin_end[io_group, slot]``)."""
+    (
+        chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq, arrivals_total, win_arrivals,
+    ) = state  # fmt: skip
     for key in range(len(touched)):
         if not touched[key]:
             continue
@@ -271,10 +272,12 @@ def fold_hits(state, hits, touched, row_groups, bin_end):
                 chip_packets[row] += n
                 if key != 0:
                     self_hits[row, ch] += n
+                    arrivals_total[row, ch] += hits[key, row, ch, 3]
                 if slot >= 0:
                     win_hits[slot, row, ch] += n
                     win_adc[slot, row, ch] += hits[key, row, ch, 1]
                     win_adc_sq[slot, row, ch] += hits[key, row, ch, 2]
+                    win_arrivals[slot, row, ch] += hits[key, row, ch, 3]
                     end = bin_end[g, slot]
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end

@@ -144,6 +144,14 @@ def _timestamp_seconds(state: State, packets: np.ndarray) -> np.ndarray:
     return seconds
 
 
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """A stable argsort of non-negative integer ``keys`` below 2**32, by 16-bit digits (numpy sorts those
+    by radix: about twice as fast as a general stable sort of millions of keys)."""
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    high = keys[order] >> 16
+    return order[np.argsort(high.astype(np.uint16), kind="stable")] if high.any() else order
+
+
 def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots: np.ndarray) -> None:
     """Count the independent arrivals among self-triggered hits (flat ``channel`` row * 64 + id, ``times``
     second x TICKS_PER_SYNC + tick, window ``slots``, in packet order) as the kernel does hit by hit: a
@@ -154,14 +162,15 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     arrival; only a cluster longer than MERGE_TICKS (a channel firing above 1 kHz) is walked arrival by
     arrival, and only a channel whose times go back (a sync and the second out of step) hit by hit.
     """
-    order = np.argsort(channel, kind="stable")
+    order = _stable_order(channel)
     channel, times, slots = channel[order], times[order], slots[order]
     anchors = state.arrival_start.reshape(-1)
     first = np.r_[True, channel[1:] != channel[:-1]]
     before = np.r_[0, times[:-1]]
     before[first] = anchors[channel[first]]  # a channel's first hit follows its current arrival's first hit
     steps = times - before
-    irregular = np.isin(channel, channel[steps < 0])
+    back = steps < 0
+    irregular = np.isin(channel, channel[back]) if back.any() else back
     gaps = np.minimum(np.where(irregular, 0, steps), MERGE_TICKS + 1)
     cumulative = np.cumsum(gaps)
     arrival = gaps > MERGE_TICKS

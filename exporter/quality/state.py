@@ -129,14 +129,14 @@ FIELDS: tuple[Field, ...] = (
     # of each channel's current arrival's first hit:
     Field("arrival_second", IO_GROUP, (), fill=-1, kernels=(COUNT,), optional=True),
     Field("arrival_start", CHIP, (CHANNELS_PER_CHIP,), fill=NO_ARRIVAL, kernels=(COUNT,), optional=True),
-    Field("arrivals_total", CHIP, (CHANNELS_PER_CHIP,), kernels=(COUNT,), per_run=True, restore_from="self_hits"),
+    Field("arrivals_total", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,), per_run=True, restore_from="self_hits"),
     Field(
         "win_arrivals",
         SLOT_CHIP,
         (CHANNELS_PER_CHIP,),
         np.int32,
         checkpoint=WINDOW,
-        kernels=(COUNT,),
+        kernels=(FOLD,),
         optional=True,  # a window file without it restores it from win_hits
         restore_from="win_hits",
     ),
