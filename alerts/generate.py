@@ -362,7 +362,13 @@ sum by ({TARGET}, reason) (larpix_exporter_files_in_error) > 0
         _alert(
             "LarpixChipSilent",
             f"""
-larpix_chip_dead == 1
+(
+  # the chip's tile (larpix_chip_info), so that a tile's page (LarpixTileRateError) can mute its chips'
+  larpix_chip_dead * on ({CHIP}) group_left (tile) larpix_chip_info == 1
+  # a chip that larpix_chip_info does not map pages too, without a tile
+  or on ({CHIP})
+  larpix_chip_dead == 1
+)
 {unless_stale}
 """,
             t["chip_silent"]["for"],

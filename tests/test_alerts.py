@@ -126,9 +126,13 @@ def test_every_alert_waits_and_its_for_is_tested() -> None:
     for test in doc["tests"]:
         states: dict[str, dict[str, set[int]]] = {}
         for case in test["promql_expr_test"]:
-            name = re.fullmatch(r'ALERTS\{alertname="(\w+)"\}', case["expr"])[1]
+            named = re.fullmatch(r'ALERTS\{alertname="(\w+)"\}', case["expr"])
+            assert named is not None, case["expr"]
+            name = named[1]
             for sample in case["exp_samples"]:
-                state = re.search(r'alertstate="(\w+)"', sample["labels"])[1]
+                stated = re.search(r'alertstate="(\w+)"', sample["labels"])
+                assert stated is not None, sample["labels"]
+                state = stated[1]
                 states.setdefault(name, {}).setdefault(state, set()).add(_seconds(case["eval_time"]))
         (name,) = states
         wait = _seconds(_rule(name).get("for", "0s"))
@@ -557,6 +561,47 @@ INHIBITIONS = [
     ),
     Inhibition(
         7,
+        "an io_channel never seen mutes the dead-chip pages of its chips, not another io_channel's",
+        _a("LarpixIoChannelNeverSeen", {**_group("1"), "io_channel": "5"}),
+        [_a("LarpixChipSilent", _chip("11"), tile="3"), _a("LarpixChipSilent", _chip("12"))],
+        [
+            _a("LarpixChipSilent", {**_chip("13"), "io_channel": "6"}),
+            _a("LarpixChipSilent", _chip("11", "2")),
+            _a("LarpixChipSilent", _chip("11", **B)),
+            _a("LarpixCheckError", _chip("15"), check="io_channel_never_seen"),
+        ],
+    ),
+    Inhibition(
+        8,
+        "a tile in rate error mutes the dead-chip pages of its chips, not another tile's nor an unmapped chip's",
+        _a("LarpixTileRateError", _group("1"), tile="3"),
+        [
+            _a("LarpixChipSilent", _chip("11"), tile="3"),
+            _a("LarpixChipSilent", {**_chip("12"), "io_channel": "6"}, tile="3"),
+        ],
+        [
+            _a("LarpixChipSilent", _chip("13"), tile="4"),
+            _a("LarpixChipSilent", _chip("14")),
+            _a("LarpixChipSilent", _chip("11", **B), tile="3"),
+            _a("LarpixCheckError", _chip("15"), check="tile_rate"),
+        ],
+    ),
+    Inhibition(
+        9,
+        "a region page mutes the detector-status page of its io_group only",
+        _a("LarpixIoChannelNeverSeen", {**_group("1"), "io_channel": "5"}),
+        [_a("LarpixDetectorStatusError", _group("1"))],
+        [_a("LarpixDetectorStatusError", _group("2")), _a("LarpixDetectorStatusError", _group("1", **B))],
+    ),
+    Inhibition(
+        9,
+        "a tile page mutes the detector-status page of its io_group only",
+        _a("LarpixTileRateError", _group("2"), tile="7"),
+        [_a("LarpixDetectorStatusError", _group("2"))],
+        [_a("LarpixDetectorStatusError", _group("1"))],
+    ),
+    Inhibition(
+        10,
         "critical mutes warning of the same alert on the same chip",
         _a("LarpixParityErrorRatioHigh", _chip("11"), severity="critical"),
         [_a("LarpixParityErrorRatioHigh", _chip("11"))],
@@ -587,18 +632,27 @@ def _case_alerts(case: Inhibition) -> tuple[dict[str, dict[str, str]], dict[str,
     return alerts, {name: "suppressed" if name.startswith("muted") else "active" for name in alerts}
 
 
+#: The alerts that name a cause and mute the alerts it explains.
+EXPLAINING = ("LarpixSyncMissing", "LarpixChipSilent", "LarpixIoChannelNeverSeen", "LarpixTileRateError")
+
+
 def test_an_explaining_alert_fires_before_the_alerts_it_mutes() -> None:
-    """LarpixSyncMissing and LarpixChipSilent wait less than every alert they inhibit, so they are notified first."""
+    """LarpixSyncMissing, LarpixChipSilent and the region pages wait less than every alert they inhibit, so they
+    are notified first."""
     waits = {rule["alert"]: _seconds(rule["for"]) for rule in _rules()}
     pairs = []
     for inhibit in yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))["inhibit_rules"]:
-        source = re.fullmatch(r'alertname="(\w+)"', inhibit["source_matchers"][0])
-        if source is None or source[1] not in ("LarpixSyncMissing", "LarpixChipSilent"):
-            continue
+        source = re.fullmatch(r'alertname=~?"(.+)"', inhibit["source_matchers"][0])
         target = re.fullmatch(r'alertname=~?"(.+)"', inhibit["target_matchers"][0])
-        pairs += [(source[1], name) for name in ALERT_NAMES if re.fullmatch(target[1], name)]
+        if source is None or target is None:
+            continue
+        sources = [name for name in EXPLAINING if re.fullmatch(source[1], name)]
+        pairs += [(s, name) for s in sources for name in ALERT_NAMES if re.fullmatch(target[1], name)]
     assert ("LarpixSyncMissing", "LarpixChipSilent") in pairs
     assert ("LarpixChipSilent", "LarpixDetectorStatusError") in pairs
+    assert ("LarpixIoChannelNeverSeen", "LarpixChipSilent") in pairs
+    assert ("LarpixTileRateError", "LarpixChipSilent") in pairs
+    assert ("LarpixTileRateError", "LarpixDetectorStatusError") in pairs
     assert [(s, t) for s, t in pairs if waits[s] >= waits[t]] == []
 
 
@@ -658,6 +712,27 @@ CAUSES = {
             "rate-11": _a("LarpixCheckError", _chip("11"), check="hit_rate_ratio"),
             "rate-12": _a("LarpixCheckError", _chip("12"), check="hit_rate_ratio"),
             "tile": _a("LarpixTileManySilentChips", _group("1"), tile="3"),
+            "detector": _a("LarpixDetectorStatusError", _group("1")),
+        },
+    ),
+    "an io_channel dead from the start": (
+        "io_channel",
+        {
+            "io_channel": _a("LarpixIoChannelNeverSeen", {**_group("1"), "io_channel": "5"}),
+            "chip-11": _a("LarpixChipSilent", _chip("11"), tile="3"),
+            "chip-12": _a("LarpixChipSilent", _chip("12"), tile="3"),
+            "channels": _a("LarpixChipManySilentChannels", _chip("11")),
+            "never-seen": _a("LarpixCheckError", _chip("11"), check="io_channel_never_seen"),
+            "detector": _a("LarpixDetectorStatusError", _group("1")),
+        },
+    ),
+    "a tile's HV trip": (
+        "tile",
+        {
+            "tile": _a("LarpixTileRateError", _group("1"), tile="3"),
+            "chip-11": _a("LarpixChipSilent", _chip("11"), tile="3"),
+            "chip-21": _a("LarpixChipSilent", {**_chip("21"), "io_channel": "6"}, tile="3"),
+            "rate": _a("LarpixCheckError", _chip("11"), check="tile_rate"),
             "detector": _a("LarpixDetectorStatusError", _group("1")),
         },
     ),
