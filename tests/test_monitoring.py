@@ -37,7 +37,7 @@ PROMETHEUS_CONFIG = ROOT / "prometheus.yml"
 #: alert -> (pattern capturing the threshold in its expression, where the value comes from).
 ALERT_THRESHOLDS = {
     "LarpixSyncMissing": (r"larpix_io_group_sync_rate_hertz < (\S+)", ("sync", "error", 0)),
-    "LarpixParityErrorRatioHigh": (r"\n> (\S+)$", ("parity_error_ratio", "warning", 1)),
+    "LarpixParityErrorRatioHigh": (r"(?m)^> (\S+)$", ("parity_error_ratio", "warning", 1)),
     "LarpixChipManySilentChannels": (r"\) > (\S+)\n", ("silent_fraction", "error", 1)),
     "LarpixChipNoisyChannels": (r"larpix_channel_hit_rate_hertz > (\S+)\)", "noisy_rate_hz"),
 }
