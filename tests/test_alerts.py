@@ -66,7 +66,7 @@ ALERT_NAMES = [rule["alert"] for rule in _rules()]
 # --------------------------------------------------------------------------- promtool
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_rules_pass_promtool_check_with_lint() -> None:
     promtool = require_binary("promtool")
     help_text = _run(promtool, "check", "rules", "--help")
@@ -78,7 +78,7 @@ def test_rules_pass_promtool_check_with_lint() -> None:
     assert "warning" not in output.lower(), output
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_promtool_unit_tests_pass() -> None:
     promtool = require_binary("promtool")
     files = sorted(ALERTS.glob("tests/*.yml"))
@@ -243,7 +243,7 @@ def _generate(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return _run(sys.executable, GENERATE, *args)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_committed_rules_are_up_to_date() -> None:
     result = _generate("--output", "-")
     assert result.returncode == 0, result.stderr
@@ -254,7 +254,7 @@ def test_committed_rules_are_up_to_date() -> None:
     assert check.returncode == 0, check.stderr
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_override_changes_thresholds(tmp_path: Path) -> None:
     override = tmp_path / "site.yaml"
     override.write_text(
@@ -284,7 +284,7 @@ def test_override_changes_thresholds(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -306,7 +306,7 @@ def test_override_unknown_key_is_rejected(tmp_path: Path, content: str, key: str
     assert not output.exists()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -330,7 +330,7 @@ def test_override_bad_value_is_rejected(tmp_path: Path, content: str, key: str) 
 # --------------------------------------------------------------------------- Alertmanager
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_amtool_check_config() -> None:
     amtool = require_binary("amtool")
     result = _run(amtool, "check-config", AM_CONFIG)
@@ -345,7 +345,7 @@ def _route(*labels: str) -> str:
     return result.stdout.strip()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
@@ -361,14 +361,14 @@ def test_routes(labels: list[str], receiver: str) -> None:
     assert _route(*labels) == receiver
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("name", ALERT_NAMES)
 def test_every_alert_routes_by_its_severity(name: str) -> None:
     severity = _rule(name)["labels"]["severity"]
     assert _route(f"alertname={name}", f"severity={severity}", "io_group=1") == RECEIVER[severity]
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_every_route_of_the_config_routes_to_its_receiver() -> None:
     """``amtool config routes test`` for each route of alertmanager.yml, built from the route's own matchers."""
     config = yaml.safe_load(AM_CONFIG.read_text(encoding="utf-8"))
@@ -661,7 +661,7 @@ def test_every_inhibit_rule_has_a_case() -> None:
     assert sorted({case.rule for case in INHIBITIONS}) == list(range(len(rules)))
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("case", INHIBITIONS, ids=lambda case: case.what)
 def test_inhibition(case: Inhibition, tmp_path: Path) -> None:
     alerts, expected = _case_alerts(case)
@@ -669,7 +669,7 @@ def test_inhibition(case: Inhibition, tmp_path: Path) -> None:
         assert _post_and_settle(f"http://{proc.address}", alerts, expected) == expected
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("case", INHIBITIONS, ids=lambda case: case.what)
 def test_inhibition_needs_its_rule(case: Inhibition, tmp_path: Path) -> None:
     """Without its rule, the case's muted alerts are active: the case tests that rule and no other.
@@ -748,7 +748,7 @@ CAUSES = {
 }
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("cause", list(CAUSES))
 def test_one_cause_pages_once(cause: str, tmp_path: Path) -> None:
     """Every alert of one cause but the one that names it is muted, through chains of rules."""
@@ -758,7 +758,7 @@ def test_one_cause_pages_once(cause: str, tmp_path: Path) -> None:
         assert _post_and_settle(f"http://{proc.address}", alerts, expected) == expected
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_a_silenced_chip_page_still_mutes_its_io_groups_detector_page(tmp_path: Path) -> None:
     """Alertmanager lets silenced alerts inhibit: a chip silenced for the run keeps its io_group's roll-up muted
     (RUNBOOK.md, LarpixDetectorStatusError); the check tickets of the io_group's other chips still come."""

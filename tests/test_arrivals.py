@@ -166,6 +166,7 @@ def flagged(snap: Snapshot) -> np.ndarray:
     return np.isin(snap.channel_status, bad)
 
 
+@pytest.mark.slow
 def test_steep_tracks_put_no_verdict_on_their_pixels_or_neighbours() -> None:
     acc = Accumulator(QualityConfig(engine=NUMPY))
     clock = DataClock()
@@ -187,6 +188,7 @@ def test_steep_tracks_put_no_verdict_on_their_pixels_or_neighbours() -> None:
     assert before > 50, "counting hits as independent, the bursts made false verdicts"
 
 
+@pytest.mark.slow
 def test_on_poisson_data_arrivals_are_hits_and_the_verdicts_as_before() -> None:
     acc = Accumulator(QualityConfig(engine=NUMPY))
     clock = DataClock()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.bench]
+pytestmark = [pytest.mark.external, pytest.mark.bench]
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 

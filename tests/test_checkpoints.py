@@ -81,7 +81,7 @@ def test_renamed_file_keeps_its_cursor(tmp_path, tile_geometry):
     assert total(ing) == sum(truth.packet_types.values())
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_unrelated_inputs_and_other_geometry_are_refused(tmp_path, tile_geometry, module_geometry):
     simulate_files(tile_geometry, tmp_path / "a", 1)
     simulate_files(tile_geometry, tmp_path / "b", 1)
@@ -151,7 +151,7 @@ def test_damaged_states_are_one_line(tmp_path, tile_geometry, kind, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_damaged_state_on_the_command_line(tmp_path):
     state = tmp_path / "state.npz"
     state.write_bytes(b"")
@@ -190,7 +190,7 @@ def window(ing: Ingester) -> tuple:
     return snap.chip_window_packets.tolist(), snap.data_time
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path, tile_geometry):
     data = tmp_path / "data"
     simulate_files(tile_geometry, data, 20, file_seconds=5)
@@ -215,7 +215,7 @@ def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path
     assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_checkpoint_is_refused_on_the_command_line_for_another_input(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "a", 1)
     simulate_files(tile_geometry, tmp_path / "b", 1)

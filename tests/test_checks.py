@@ -37,7 +37,7 @@ def status_by_chip(monitor: Monitor, check: str) -> dict[tuple[int, ...], int]:
     return {tuple(k): int(s) for k, s in zip(keys, r.chip_status[i]) if s > 0}
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_checks_flag_faults_and_roll_up(module_geometry):
     faults = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(2, 5, 20, 12)], noisy_rate_hz=50)
     monitor = run_monitor(module_geometry, 60, faults)
@@ -59,7 +59,7 @@ def test_checks_flag_faults_and_roll_up(module_geometry):
     assert sync.name == "sync" and (r.group_status[0][[1, 2]] == 0).all()
 
 
-@pytest.mark.e2e  # two minutes of a whole module's data: seconds
+@pytest.mark.slow  # two minutes of a whole module's data: seconds
 def test_reference_flags_exactly_the_changed_chips(module_geometry, tmp_path):
     baseline = run_monitor(module_geometry, 60, seed=1, window=10**6, window_bins=1)
     Reference.from_snapshot(baseline.update().snapshot, ["baseline-run"]).save(tmp_path / "reference.npz")
@@ -119,7 +119,7 @@ def test_checks_file_overrides_defaults(tmp_path):
     assert checks["hit_rate_ratio"] == {c.name: c for c in DEFAULT_CHECKS}["hit_rate_ratio"]
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_handlers_history_and_channel_lists(module_geometry, tmp_path):
     monitor = Monitor(module_geometry, window=30, history_interval=5)  # 15 expected hits: P(0) ~ 3e-7
     changes, logs, metrics = [], [], []
@@ -157,7 +157,7 @@ def test_a_failing_handler_does_not_stop_the_monitor(tile_geometry):
     assert monitor.update().snapshot.chip_packets.sum() > 0
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_documented_api_example_runs():
     result = subprocess.run(
         [sys.executable, str(ROOT / "docs" / "monitor_example.py")], capture_output=True, text=True, timeout=120
@@ -172,7 +172,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geometry):
     from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 
@@ -249,7 +249,7 @@ def test_benign_parity_errors_never_warn_and_a_chip_at_ten_times_the_limit_does(
     assert status[7] >= CheckStatus.WARNING and (np.delete(status, 7) == CheckStatus.OK).all()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_benign_parity_errors_over_a_module_give_no_warning_end_to_end(module_geometry):
     monitor = Monitor(module_geometry)
     sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=0.05, seed=6), Faults(parity_error_fraction=1e-4))
@@ -264,7 +264,7 @@ def test_benign_parity_errors_over_a_module_give_no_warning_end_to_end(module_ge
     assert warned == 0
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_chip_whose_packets_all_fail_parity_is_a_link_error_not_a_dead_chip(module_geometry):
     broken = (2, 10, 50)
     monitor = Monitor(module_geometry)

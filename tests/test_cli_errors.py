@@ -159,6 +159,7 @@ def test_packaged_layouts_are_found_by_name_from_any_directory(monkeypatch, tmp_
         load_geometry("multi_tile_layout-9")
 
 
+@pytest.mark.slow
 def test_geometries_lists_the_packaged_layouts(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "geometries")
     lines = out.splitlines()

@@ -77,7 +77,7 @@ def corrupted(chunk: np.ndarray, chip_id: int, n: int = 1) -> np.ndarray:
     return np.concatenate([chunk, bad])
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_parity_error_with_a_chip_id_outside_the_geometry_creates_no_chip(module_geometry, run, clean):
     chunks = list(run)
     chunks[40] = corrupted(chunks[40], chip_id=250, n=3)
@@ -91,7 +91,7 @@ def test_parity_error_with_a_chip_id_outside_the_geometry_creates_no_chip(module
     assert evaluate(snap, DEFAULT_CHECKS).detector_status == evaluate(clean, DEFAULT_CHECKS).detector_status
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_parity_error_on_a_known_chip_is_counted_there_and_feeds_nothing(module_geometry, run, clean):
     chunks = list(run)
     chunks[70] = corrupted(chunks[70], chip_id=61, n=2)  # chip 1-3-61 is in the geometry
@@ -125,7 +125,7 @@ def test_without_a_geometry_parity_errors_of_unseen_chips_count_per_link():
     assert snap.channel_hits_total.sum() == 5 and snap.link_parity_errors[1, 3] == 4
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_chip_outside_the_geometry_with_valid_data_is_unexpected_not_an_error(module_geometry, run, clean):
     chunks = list(run)
     stray = corrupted(np.zeros(0, PACKET_DTYPE), chip_id=250, n=50)
@@ -145,7 +145,7 @@ def test_a_chip_outside_the_geometry_with_valid_data_is_unexpected_not_an_error(
 # -- one wrong PACMAN time ---------------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("offset", [3600, 86_400, -3600, -86_400 // 2])
 def test_one_wrong_header_does_not_blind_the_detector(module_geometry, run, clean, offset):
     chunks = list(run)
@@ -159,7 +159,7 @@ def test_one_wrong_header_does_not_blind_the_detector(module_geometry, run, clea
     np.testing.assert_array_equal(snap.chip_packets, clean.chip_packets)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_wrong_header_never_reaches_the_checkpoint_and_restore_continues(module_geometry, run, clean):
     chunks = list(run)
     chunks[60] = one_bad_header(chunks[60], 3600)
@@ -177,7 +177,7 @@ def test_a_wrong_header_never_reaches_the_checkpoint_and_restore_continues(modul
     assert_same_rates(snap, clean, rtol=1e-3)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_wrong_first_header_recovers_without_a_restart(module_geometry, run, clean):
     chunks = list(run)
     chunks[0] = chunks[0].copy()
@@ -192,7 +192,7 @@ def test_a_wrong_first_header_recovers_without_a_restart(module_geometry, run, c
 # -- skewed io_group clocks --------------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("skew", [-30, -120, 120])
 def test_a_skewed_io_group_keeps_its_rates(module_geometry, run, clean, skew):
     acc = feed(module_geometry, [shifted(c, 2, skew) for c in run])
@@ -203,7 +203,7 @@ def test_a_skewed_io_group_keeps_its_rates(module_geometry, run, clean, skew):
     assert (acc.clock.rejected > 0) == (skew > 0)  # ahead of the others at the start: accepted once it persists
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_an_io_group_clock_stepping_back_mid_run_neither_freezes_nor_doubles(module_geometry, run, clean):
     chunks = run[:40] + [shifted(c, 2, -120) for c in run[40:]]
     acc = Accumulator(QualityConfig(60, 12), module_geometry)
@@ -221,7 +221,7 @@ def test_an_io_group_clock_stepping_back_mid_run_neither_freezes_nor_doubles(mod
     assert acc.clock.rejected > 0
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_the_whole_detector_stepping_back_recovers(module_geometry, run):
     chunks = run[:40] + [shifted(shifted(c, 1, -120), 2, -120) for c in run[40:]]
     acc = Accumulator(QualityConfig(60, 12), module_geometry)
@@ -241,7 +241,7 @@ def test_the_whole_detector_stepping_back_recovers(module_geometry, run):
 # -- old files read late -----------------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_yesterdays_file_dropped_into_a_live_run_does_not_dilute_it(module_geometry, run, clean):
     yesterday = [shifted(shifted(c, 1, -86_400), 2, -86_400) for c in run[:30]]
     acc = Accumulator(QualityConfig(60, 12), module_geometry)
@@ -257,7 +257,7 @@ def test_yesterdays_file_dropped_into_a_live_run_does_not_dilute_it(module_geome
     np.testing.assert_array_equal(snap.chip_packets, expected)  # its counters count exactly
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_yesterdays_file_read_first_then_the_live_run(module_geometry, run, clean):
     yesterday = [shifted(shifted(c, 1, -86_400), 2, -86_400) for c in run[:30]]
     acc = feed(module_geometry, yesterday)
@@ -310,7 +310,7 @@ def test_data_pair_with_triggers_across_sync_resets(header_offset, split):
     np.testing.assert_array_equal(np.abs(dt - [40, 49, 70]) <= 10, True)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_an_io_group_that_stops_sending_falls_to_zero(module_geometry, run, clean):
     """Windows are per io_group, yet a stopped io_group's window follows the others: no frozen rates."""
     chunks = run[:10] + [c[c["io_group"] != 2] for c in run[10:]]
@@ -357,7 +357,7 @@ def test_clock_events_are_logged_once_per_event_not_per_packet(module_geometry, 
     assert len(messages) == 3
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("pause", [8, 40])
 def test_a_run_resumed_live_after_a_pause_is_accepted_at_once(module_geometry, run, pause):
     """A DAQ that pauses and writes live again: the jump lands on the wall clock, so it is the present,

@@ -113,6 +113,7 @@ def feed_both(reference: Accumulator, compiled: Accumulator, messages: Messages,
     compiled.add_messages(messages, clocks[1], START + 100.0)
 
 
+@pytest.mark.slow
 def test_raw_messages_match_the_numpy_path_packet_for_packet() -> None:
     geometry = load_geometry(packaged_layout())
     sim = Simulator(geometry, SimulationConfig(seed=4, trigger_rate_hz=2.0), FAULTS)
@@ -124,6 +125,7 @@ def test_raw_messages_match_the_numpy_path_packet_for_packet() -> None:
     assert_same(reference, compiled)
 
 
+@pytest.mark.slow
 def test_packet_records_match_including_chunks_split_anywhere_and_periodic_triggers() -> None:
     geometry = load_geometry(packaged_layout())
     sim = Simulator(geometry, SimulationConfig(seed=5, periodic_trigger_hz=2.0), FAULTS)
@@ -164,6 +166,7 @@ def test_no_geometry_chips_appear_as_they_come_and_parity_errors_before_their_ch
     assert_same(reference, compiled)
 
 
+@pytest.mark.slow
 def test_clock_jumps_and_steps_and_two_io_groups_skewed_match() -> None:
     geometry = load_geometry(packaged_layout())
     sim = Simulator(geometry, SimulationConfig(seed=7), FAULTS)
@@ -243,7 +246,7 @@ print(before, monitor.accumulator.compiled)
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_path, backlog, fmt) -> None:
     """Whole files through the read loop (chunks, read-ahead, held rows) in a fresh process: it starts on
@@ -289,7 +292,7 @@ Dispatcher.compile = cannot_compile
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize(
     "env, prelude, reason",
     [
@@ -327,7 +330,7 @@ def test_where_numba_cannot_compile_the_numpy_engine_counts_and_says_so_in_the_m
     print(f"{env or 'compiler error'}: {packets:,} packets in {seconds:.1f} s (the process's whole run)")
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_sigterm_during_a_large_backlog_under_numba_disable_jit_exits_within_10_s(tmp_path, backlog) -> None:
     """``serve`` with NUMBA_DISABLE_JIT=1, stopped mid-backlog once the kernels were refused: the numpy engine
     looks at the stop flag between chunks, so it writes its checkpoint and exits 0 within the promised 10 s."""

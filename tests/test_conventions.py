@@ -25,7 +25,7 @@ def status(url: str) -> int:
         return err.code
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_missing_input_listen_addresses_telemetry_path_and_json_logs(tmp_path):
     port, second = free_port(), free_port()
     missing = tmp_path / "nonexistent"
@@ -59,7 +59,7 @@ def test_missing_input_listen_addresses_telemetry_path_and_json_logs(tmp_path):
     assert 0 < len(warned) <= 2 and warned[0]["level"] == "warn", lines
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_ready_only_after_the_first_poll(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     port = free_port()

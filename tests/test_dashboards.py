@@ -181,7 +181,7 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_committed_json_is_up_to_date(tmp_path: Path) -> None:
     result = run([sys.executable, str(GENERATE), "--out", str(tmp_path)], cwd=ROOT)
     if result.returncode != 0:
@@ -261,7 +261,7 @@ def test_status_and_reference_panels() -> None:
         assert f"larpix_chip_reference_{name}" in reference
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_every_expression_parses_with_promtool(tmp_path: Path) -> None:
     promtool = require_binary("promtool")
     rules, where = [], {}
@@ -384,7 +384,7 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
     assert sorted(documented - served) == [], "documented in docs/metrics.md but not served"
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
     compose = require_binary("docker-compose")
     shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
@@ -408,7 +408,7 @@ def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
     assert "/srv/daq/live:/data:ro" in config["services"]["exporter"]["volumes"]
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_prometheus_config_is_valid() -> None:
     promtool = require_binary("promtool")
     result = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)], cwd=ROOT)
@@ -425,7 +425,7 @@ def test_prometheus_config_is_valid() -> None:
     )
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_prometheus_config_loads_the_repo_alert_rules(tmp_path: Path) -> None:
     """prometheus.yml's rule_files glob, pointed at the repo's alerts/ (mounted at
     /etc/prometheus/rules in compose), yields rule files Prometheus accepts."""

@@ -54,7 +54,7 @@ def test_random_messages_match_larpix_control(max_words):
         np.testing.assert_array_equal(result.packets[field], expected[field], err_msg=field)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_simulated_raw_file_matches_larpix_control(tmp_path, module_geometry):
     from exporter.simulate import Faults, RawFileWriter, SimulationConfig, Simulator
 

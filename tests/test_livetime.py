@@ -66,6 +66,7 @@ def silent(snap: Snapshot) -> int:
     return int((snap.channel_status == ChannelStatus.SILENT).sum())
 
 
+@pytest.mark.slow
 def test_a_ten_minute_pause_is_neither_silence_nor_exposure(module_geometry, simulator, healthy, engine):
     """After 600 s without any packet, data again: no channel silent, no chip dead, the window spans
     the last minute of live data (before and after the pause) and the true rates, on every evaluation."""
@@ -100,6 +101,7 @@ def test_a_pause_shorter_than_the_dead_gap_is_exposure(module_geometry, simulato
     np.testing.assert_array_equal(acc.state.dead_seconds[[1, 2]], 99.0)
 
 
+@pytest.mark.slow
 def test_once_and_live_keep_the_same_last_hits_and_call_no_channel_silent(module_geometry, healthy, engine):
     """A healthy 300 s file read in one chunk gives the last-hit times and verdicts of reading it second by second."""
     live, whole = accumulator(module_geometry, engine), accumulator(module_geometry, engine)
@@ -116,6 +118,7 @@ def test_once_and_live_keep_the_same_last_hits_and_call_no_channel_silent(module
     assert np.isfinite(live.state.last_hit_end[:n][live.state.hits_total[:n] > 0]).all()
 
 
+@pytest.mark.slow
 def test_a_backlog_in_chunks_longer_than_the_window_gives_the_live_verdicts(module_geometry, healthy, engine):
     live, backlog = accumulator(module_geometry, engine), accumulator(module_geometry, engine)
     clock, backlog_clock = DataClock(), DataClock()
@@ -132,6 +135,7 @@ def test_a_backlog_in_chunks_longer_than_the_window_gives_the_live_verdicts(modu
     assert silent(b) == 0
 
 
+@pytest.mark.slow
 def test_learnt_rates_start_again_at_a_run_boundary(module_geometry, simulator, healthy, engine, caplog):
     """A new run after 31 s without data: the run (its learnt rates) starts again on both io_groups, the
     gap is dead time on both, and neither io_group's clock is said to step."""
@@ -148,6 +152,7 @@ def test_learnt_rates_start_again_at_a_run_boundary(module_geometry, simulator, 
     assert 0 < new_run_hits < 0.3 * acc.state.hits_total[: len(acc.chips)].sum()
 
 
+@pytest.mark.slow
 def test_a_new_configuration_starts_a_run_and_the_chips_it_disables_are_not_expected(
     module_geometry, simulator, healthy, engine
 ):
@@ -171,6 +176,7 @@ def test_a_new_configuration_starts_a_run_and_the_chips_it_disables_are_not_expe
     assert silent(snap) == 0
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_live_time_continues_on_data_time(module_geometry, healthy):
     """Without dead_seconds, live_start and run_start (an older checkpoint): no dead time so far, the
     window continues, the run and the window's span start at the clock's last step, as they did then."""

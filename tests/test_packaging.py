@@ -101,7 +101,7 @@ def _python_m_build(source: Path, outdir: Path, *options: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_python_m_build_records_the_revision_in_the_sdist_and_every_wheel_built_from_it(tmp_path):
     """PyPA's ``python -m build`` makes the sdist from the checkout, then the wheel from the unpacked sdist,
     where git cannot tell the revision: the sdist records it, and the wheel (with its metadata) carries it,
@@ -129,7 +129,7 @@ def test_python_m_build_records_the_revision_in_the_sdist_and_every_wheel_built_
         assert whl.read("exporter/REVISION").decode().strip() == revision
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_mixin_writes_the_site_files_for_a_site(tmp_path, monkeypatch, capsys):
     out = tmp_path / "mixin"
     argv = ["larpix-dqm", "mixin", "-o", str(out), "--job-selector", "dqm-(live|test)"]
@@ -171,7 +171,7 @@ def test_dockerfile_pins_dependencies_labels_the_image_and_probes_with_the_confi
         assert _requirement_name(requirement) in lock, f"{requirement} is not pinned in deploy/requirements.lock"
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_systemd_unit_verifies_and_is_hardened(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -66,15 +66,15 @@ def test_module_pixel_maps_are_named_by_tile_within_io_group(module_geometry):
     "layout, fmt",
     [
         # a whole module takes seconds per case: end-to-end; the single tiles below are the fast subset's
-        pytest.param("multi_tile_layout-2.4.16.yaml", "raw", marks=pytest.mark.e2e),
-        pytest.param("multi_tile_layout-2.4.16.yaml", "packets", marks=pytest.mark.e2e),
-        pytest.param("multi_tile_layout-2.3.16.yaml", "raw", marks=pytest.mark.e2e),  # geometry-dependent plots only
+        pytest.param("multi_tile_layout-2.4.16.yaml", "raw", marks=pytest.mark.slow),
+        pytest.param("multi_tile_layout-2.4.16.yaml", "packets", marks=pytest.mark.slow),
+        pytest.param("multi_tile_layout-2.3.16.yaml", "raw", marks=pytest.mark.slow),  # geometry-dependent plots only
         ("layout-2.4.0.yaml", "raw"),
-        pytest.param("layout-2.4.0.yaml", "packets", marks=pytest.mark.e2e),  # both formats run on other tiles
+        pytest.param("layout-2.4.0.yaml", "packets", marks=pytest.mark.slow),  # both formats run on other tiles
         ("layout-3.0.0.yaml", "packets"),
     ],
 )
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_every_builtin_plot_renders(tmp_path, layout, fmt):
     geometry = load_geometry(packaged_layout(layout))
     module = geometry.has_io_mapping
@@ -139,7 +139,7 @@ def live_polls(directory, geometry, fmt: str, seconds: int, outdir) -> PlotEngin
     return engine
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_polls_end_with_the_same_figures_as_one_pass(tmp_path, module_geometry, fmt):
     live = live_polls(tmp_path / "data", module_geometry, fmt, 11, tmp_path / "live")
@@ -215,6 +215,7 @@ def _texts(fig) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(module_geometry):
     """HotPixels and the per-file plots empty and refill a kept figure: the second draw on it shows
     exactly what a new plot fed everything and drawn once shows (data, texts, colours, scales)."""
@@ -260,6 +261,7 @@ def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(mod
             np.testing.assert_allclose(old_ax.get_ylim(), new_ax.get_ylim())
 
 
+@pytest.mark.slow
 def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module_geometry):
     """Colour bars, status layers and titles are rendered only when they change and their pixels
     kept: a map kept across snapshots (and back to an earlier one) renders exactly as a new map."""

@@ -137,7 +137,7 @@ def test_predecessor_plugins_work_unchanged(tmp_path, tile_geometry):
     assert not list(out.rglob("*.tmp"))
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_broken_plugins_are_reported_by_name_and_skipped(tmp_path, tile_geometry, caplog):
     plugins = write_plugins(tmp_path / "plugins", {**BROKEN, "template.py": TEMPLATE})
     caplog.set_level(logging.INFO)
@@ -199,7 +199,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_once_draws_chosen_plots_and_reports_option_errors(tmp_path, tile_geometry):
     paths, truth = simulate_files(tile_geometry, tmp_path / "data", 12, "raw")
     out = tmp_path / "out"

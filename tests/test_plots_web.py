@@ -90,7 +90,7 @@ def served(tmp_path_factory, tile_geometry):
         yield {"port": port, "plotdir": plotdir, "stem": paths[0].stem, "proc": proc}
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_serve_writes_plots_per_file_and_latest(served):
     plotdir, stem = served["plotdir"], served["stem"]
     latest = sorted(p.stem for p in (plotdir / "latest").glob("*.png"))
@@ -104,7 +104,7 @@ def test_serve_writes_plots_per_file_and_latest(served):
     assert not [p for p in plotdir.rglob("*") if p.name.startswith(".")]  # atomic writes leave no temporaries
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_plots_are_served_and_nothing_outside(served):
     port, plotdir, stem = served["port"], served["plotdir"], served["stem"]
     status, headers, body = raw_get(port, "/plots/PixelMap_1_1.png?t=1700000000")
@@ -124,7 +124,7 @@ def test_plots_are_served_and_nothing_outside(served):
     assert raw_get(port, "/plots/../../etc/passwd")[0] == 404
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_plot_metrics_are_valid_and_count_failures(served):
     text = scrape(served["port"])
     samples = parse_metrics(text)
@@ -138,7 +138,7 @@ def test_plot_metrics_are_valid_and_count_failures(served):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
     port = served["port"]
     url = f"http://127.0.0.1:{port}/"
@@ -175,7 +175,7 @@ class PixelMapProbe(PixelMap):
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
     _, truth = simulate_files(module_geometry, tmp_path / "data", 20, "packets")
     total = sum(truth.packet_types.values())

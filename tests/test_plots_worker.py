@@ -101,6 +101,7 @@ def test_ingest_never_waits_for_a_stuck_drawing_and_skipped_packets_are_counted(
     assert worker.process is not None and not worker.process.is_alive()
 
 
+@pytest.mark.slow
 def test_a_crashed_drawing_process_is_restarted_counted_and_reported(tmp_path, monkeypatch):
     worker = worker_with(Crash, tmp_path, monkeypatch)
     worker.start()
@@ -134,6 +135,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.slow
 def test_the_drawing_process_exits_when_its_parent_is_killed(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
@@ -177,7 +179,7 @@ def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(t
     assert (tmp_path / "out" / f"{paths[0].stem}_dqm" / f"{paths[0].stem}_HotPixels.png").exists()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, tile_geometry):
     from plots.engine import MAX_FILE_STATES
 
@@ -226,7 +228,7 @@ class Killer(Plot):
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never_stops_ingest(tmp_path, tile_geometry):
     _, truth = simulate_files(tile_geometry, tmp_path / "data", 4, "packets")
     total = sum(truth.packet_types.values())
@@ -356,7 +358,7 @@ def _new_pid(worker: PlotWorker, old: set[int]) -> int | None:
     return proc.pid if proc is not None and proc.pid not in old else None
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_a_drawing_process_killed_at_any_moment_of_its_start_is_restarted_and_counters_never_go_back(
     tmp_path, tile_geometry
 ):
@@ -412,7 +414,7 @@ def test_a_drawing_process_killed_at_any_moment_of_its_start_is_restarted_and_co
     assert not any(_running(pid) for pid in killed)  # every killed process was reaped, none left a zombie
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_write_failures_are_counted_by_reason_logged_once_and_retried(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     worker = plugin_worker(tmp_path, None, {"full.py": FULL_DISK})

@@ -41,7 +41,7 @@ def test_expected_chips_exported_before_any_data(module_geometry):
     assert (snap.chip_tiles >= 1).all()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_status_and_rates(module_geometry, faulty_run):
     acc = Accumulator(QualityConfig(window_seconds=60, window_bins=12), module_geometry)
     carry = DataClock()
@@ -82,7 +82,7 @@ def test_status_and_rates(module_geometry, faulty_run):
     assert (snap.channel_status == ChannelStatus.ACTIVE).sum() > 70_000
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_backlog_gives_the_same_rates_as_live(module_geometry, faulty_run):
     live = Accumulator(geometry=module_geometry)
     carry = DataClock()
@@ -96,7 +96,7 @@ def test_backlog_gives_the_same_rates_as_live(module_geometry, faulty_run):
     np.testing.assert_array_equal(a.chip_packets, b.chip_packets)
 
 
-@pytest.mark.e2e  # 80 s of a whole module's data: seconds
+@pytest.mark.slow  # 80 s of a whole module's data: seconds
 def test_window_forgets_old_data(module_geometry):
     run = seconds_of_data(module_geometry, 10) + seconds_of_data(
         module_geometry, 70, Faults(silent_chips=[(1, 2, 40)]), START + 10

@@ -49,7 +49,7 @@ def rows_of(geometry: Geometry, state: Evaluation, mask: np.ndarray) -> np.ndarr
     return np.array([tuple(k) in keys for k in state.snapshot.chip_keys.tolist()])
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize(("scale", "level"), [(0.1, CheckStatus.ERROR), (5.0, CheckStatus.WARNING)])
 def test_a_tripped_or_hot_tile_is_flagged_and_its_neighbours_are_not(four_tiles, scale, level):
     tile = int(np.unique(four_tiles.tiles)[2])
@@ -64,7 +64,7 @@ def test_a_tripped_or_hot_tile_is_flagged_and_its_neighbours_are_not(four_tiles,
     assert not np.isin(state.snapshot.channel_status[~inside], FLAGGED).any()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("region", ["io_channel", "tile"])
 def test_a_region_dead_from_the_start_is_flagged_within_a_minute(four_tiles, region):
     tile = int(np.unique(four_tiles.tiles)[1])
@@ -81,7 +81,7 @@ def test_a_region_dead_from_the_start_is_flagged_within_a_minute(four_tiles, reg
     assert (state.results.chip_worst[~inside] <= CheckStatus.OK).all()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_one_loud_channel_does_not_make_its_neighbours_inefficient(four_tiles):
     """At 0.5 Hz a channel at 5 kHz doubles its tile's hits: taken as the tile's occupancy, it would
     make every channel and chip of the tile significantly below its expectation."""
@@ -106,7 +106,7 @@ def test_robust_ratio_is_the_median_of_the_members_and_pooled_when_they_have_few
     assert robust_ratio(np.zeros(5), predicted, groups, 1)[0] == 1.0, "a group without hits keeps its expectation"
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_dead_tiles_do_not_pull_the_module_occupancy_of_a_beam_towards_one(four_tiles):
     """Three of four tiles dead from the start, the live one at 3x from 240 s (a beam spill): a tile with no hit
     is no sample of the module's occupancy (it would count as a ratio of 1 and make the median 1, so the
@@ -122,7 +122,7 @@ def test_dead_tiles_do_not_pull_the_module_occupancy_of_a_beam_towards_one(four_
     assert (status(state, "io_channel_never_seen")[~inside] == CheckStatus.ERROR).all()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_an_io_channel_heard_in_the_last_run_and_dead_from_the_start_of_the_next_is_flagged(four_tiles):
     """The never-seen check counts what was heard since the run started, not all time: a run of 120 s, a dead gap
     of 5 minutes (the next run), then one io_channel dead from the new run's start is flagged within 60 s."""

@@ -248,6 +248,7 @@ def test_runs_lists_and_shows_runs_as_a_table_json_and_csv(monkeypatch, capsys, 
         assert all(name in err for name in names), err
 
 
+@pytest.mark.slow
 def test_once_adds_its_run_and_closes_it(monkeypatch, capsys, tmp_path, two_files):
     paths, total = two_files
     registry = tmp_path / "runs.sqlite"
@@ -298,7 +299,7 @@ def test_a_bad_registry_or_run_pattern_stops_start_up_with_one_line(monkeypatch,
     assert started == []
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_kill_9_mid_run_keeps_the_run_up_to_the_last_interval_and_certification_survives_a_restart(
     tile_geometry, tmp_path
 ):
@@ -369,7 +370,7 @@ def test_kill_9_mid_run_keeps_the_run_up_to_the_last_interval_and_certification_
         daq.join(10)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_serve_records_two_runs_in_a_row_and_serves_them(tmp_path, two_files):
     paths, total = two_files
     registry = tmp_path / "runs.sqlite"
@@ -626,6 +627,7 @@ def test_run_info_is_the_run_of_the_publication(tmp_path, two_files):
         close_service(service)
 
 
+@pytest.mark.slow
 def test_once_records_the_run_as_it_reads_the_file(monkeypatch, capsys, tile_geometry, tmp_path):
     """Every 10 s of data time (EVALUATE_EVERY_SECONDS), not once at the end with the file's last status."""
     (path,), _ = simulate_files(tile_geometry, tmp_path / "data", 30)

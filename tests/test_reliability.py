@@ -36,7 +36,7 @@ FAULTS = Faults(
 )
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometry, fmt):
     data, state = tmp_path / "data", tmp_path / "state"
@@ -78,7 +78,7 @@ def test_kill_9_during_ingest_loses_and_repeats_nothing(tmp_path, module_geometr
         assert "Traceback" not in proc.log.read_text()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_path, tile_geometry):
     from helpers import simulate_files
 
@@ -166,7 +166,7 @@ def reference_counts(directory) -> dict[tuple[str, str], int]:
     return counts
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_concurrent_larpix_control_writers(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -215,7 +215,7 @@ def consistent(text: str) -> bool:
     return all(chips.get(g, 0.0) == v for g, v in groups.items())
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     from helpers import simulate_files
 
@@ -256,7 +256,7 @@ def test_concurrent_scrapes_during_a_large_backlog(tmp_path, module_geometry):
     assert not inconsistent, f"{len(inconsistent)} scrapes saw a half-updated snapshot"
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_sigterm_shuts_down_cleanly_with_a_checkpoint(tmp_path, tile_geometry):
     from helpers import simulate_files
 
@@ -275,7 +275,7 @@ def test_sigterm_shuts_down_cleanly_with_a_checkpoint(tmp_path, tile_geometry):
     assert "stopped in" in proc.log.read_text()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
     """As root, the exporter runs without the capabilities that let root read any file (setpriv)."""
     from helpers import simulate_files
@@ -333,7 +333,7 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
     assert np.all(np.array(counts) >= 0)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_counters_never_go_back_across_a_kill_during_the_first_poll_of_a_backlog(tmp_path, tile_geometry):
     """Publications inside a long first poll show only checkpointed counts: after a kill -9 the restored
     counters are at least what any scrape had shown, and the run ends exact."""
@@ -361,7 +361,7 @@ def test_counters_never_go_back_across_a_kill_during_the_first_poll_of_a_backlog
         assert ingested(port) == total
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_a_second_exporter_on_the_same_state_file_exits_2(tmp_path, tile_geometry):
     from helpers import larpix_dqm, simulate_files
 

@@ -110,7 +110,7 @@ def test_bad_disabled_lists_fail_naming_the_file(tmp_path, doc, problem):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_serve_exits_2_on_a_bad_network_file(tmp_path):
     bad = tmp_path / "net.json"
     bad.write_text("{}")
@@ -214,7 +214,7 @@ def judge(geometry, chunks, run_config: RunConfig | None = None):
     return acc, snap, evaluate(snap, DEFAULT_CHECKS)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_bypassed_chip_and_a_masked_channel_get_no_verdict_the_rest_unchanged(tmp_path, module_geometry, module_run):
     """Chip 1-1-12 is bypassed in the hydra network (it sends nothing); a channel of chip 1-2-41 is masked."""
     bypassed, masked_chip = (1, 1, 12), (1, 2, 41)
@@ -258,7 +258,7 @@ def test_a_bypassed_chip_and_a_masked_channel_get_no_verdict_the_rest_unchanged(
     )
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_once_reads_the_files_own_configuration(tmp_path, tile_geometry):
     """A packet file with larpix-control's configs: its masked channels are masked without any option."""
     paths = write_run(
@@ -319,7 +319,7 @@ def noisy_run(tmp_path_factory, module_geometry):
     return paths, noisy
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_the_daq_disabled_list_round_trips(tmp_path, module_geometry, noisy_run):
     """channels --format daq lists the noisy channels keyed io_group-tile-chip_id; --disabled-list masks exactly them."""
     paths, noisy = noisy_run
@@ -360,7 +360,7 @@ def test_the_daq_disabled_list_round_trips(tmp_path, module_geometry, noisy_run)
     assert bad.returncode == 2 and "'xml' is not one of 'json', 'csv', 'daq'" in bad.stderr
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_serve_offers_the_daq_disabled_list(tmp_path, module_geometry, noisy_run):
     from tests.helpers import free_port, running_exporter, scrape, wait_for
 
@@ -377,7 +377,7 @@ def test_serve_offers_the_daq_disabled_list(tmp_path, module_geometry, noisy_run
     assert by_cli.returncode == 0 and {k: v for k, v in json.loads(by_cli.stdout).items() if k != "meta"} == doc
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_serve_applies_the_channel_masks_of_the_packet_files_it_reads(tmp_path, tile_geometry):
     from tests.helpers import free_port, running_exporter, scrape, wait_for
 

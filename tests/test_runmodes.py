@@ -56,7 +56,7 @@ def pedestal_run(tile_geometry):
     )
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_simulated_periodic_triggers_are_what_larpix_control_parses(tile_geometry):
     sim = Simulator(tile_geometry, SimulationConfig(seed=1, hit_rate_hz=0.0, periodic_trigger_hz=PERIODIC_HZ))
     msgs, groups = sim.second(START)
@@ -75,7 +75,7 @@ def test_simulated_periodic_triggers_are_what_larpix_control_parses(tile_geometr
     assert len(data) == int(tile_geometry.connected.sum()) * PERIODIC_HZ
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_pedestal_run_is_judged_as_one(tile_geometry, pedestal_run):
     """Periodic packets give pedestals and the periodic rate, never noisy channels; auto finds the mode."""
     chips = Simulator(tile_geometry).channels[:, :3]
@@ -106,7 +106,7 @@ def test_a_pedestal_run_is_judged_as_one(tile_geometry, pedestal_run):
     ]
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_periodic_packets_leave_the_self_trigger_statistics_unchanged(module_geometry):
     """Adding periodic copies of every packet changes no rate or status, and fills the pedestal window."""
     chunks = seconds(module_geometry, 25, Faults(noisy_channels=[(1, 2, 41, 5)], noisy_rate_hz=40.0))
@@ -140,7 +140,7 @@ def test_externally_triggered_data_make_a_beam_run(tile_geometry):
     assert snap.trigger_type_rate_hz[1, 1] == pytest.approx(snap.trigger_type_rate_hz[1, 0] / 4, rel=0.05)
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_the_monitor_exports_and_shows_the_run_mode(tile_geometry, pedestal_run):
     monitor = Monitor(tile_geometry, window=20)
     for chunk in pedestal_run:
@@ -178,7 +178,7 @@ def test_mode_threshold_sets_are_overridable_in_the_checks_file(tmp_path):
         mode_checks(path=str(path))
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_simulate_writes_a_pedestal_run_that_once_recognises(tmp_path, tile_geometry):
     run = subprocess.run(
         [sys.executable, "-m", "exporter.cli", "simulate", str(tmp_path / "run"), "--format", "packets", "--seconds", "5",
@@ -202,7 +202,7 @@ SCRAPE_ONLY_PREFIXES = ("process_", "python_", "larpix_exporter_scrape_", "larpi
 STATUS_FAMILIES = ("larpix_check_status", "larpix_tile_status", "larpix_io_group_status", "larpix_detector_status")
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_once_writes_the_families_a_scrape_of_serve_shows(tmp_path, tile_geometry, fmt):
     """``once``'s metrics.prom has every family a scrape of ``serve`` over the same file has (check statuses and

@@ -59,7 +59,7 @@ def get(url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext |
         return err.code
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     cert, key = certificate
@@ -87,7 +87,7 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
         assert plain.returncode == 1 and f"http://127.0.0.1:{port}/-/healthy" in plain.stderr
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_basic_auth_without_tls(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     web = tmp_path / "web.yml"
@@ -99,7 +99,7 @@ def test_basic_auth_without_tls(tmp_path, tile_geometry):
         assert get(f"http://127.0.0.1:{port}/plots/", ("shift", "nope")) == 401
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -161,7 +161,7 @@ def test_decoder_rejects_unusable_input_with_its_own_error():
         decode_messages([object()], np.ones(1))
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_client_certificates_headers_and_health_without_auth(tmp_path, tile_geometry, certificate):
     """client_auth_type RequireAndVerifyClientCert with client_ca_file, configured headers, TLS 1.3 only;
     /-/healthy and /-/ready answer without basic auth (an orchestrator's probe), /metrics does not."""
@@ -200,7 +200,7 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_an_unknown_user_is_refused_as_slowly_as_a_wrong_password(tmp_path):
     """Basic auth does not tell which users exist: an unknown user's password is checked against a dummy
     hash of the configured cost (medians of 9 attempts each, every one with a new password: none cached)."""
@@ -330,7 +330,7 @@ def in_process_server(data, geometry, web_config: auth.WebConfig | None) -> Iter
         server.stop()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_slow_and_idle_clients_cannot_starve_scrapes(tmp_path, tile_geometry, certificate, scheme):
     """500 idle connections and 70 sending their request one byte a second (more than MAX_OPEN_CONNECTIONS, and

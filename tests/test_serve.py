@@ -27,7 +27,7 @@ from exporter.detector.geometry import packaged_layout
 from exporter.reading.decode import decode_messages
 from exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.external
 
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)],

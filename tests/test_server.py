@@ -62,7 +62,7 @@ def get(port: int, path: str) -> bytes:
         return resp.read()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_history_hammering_renders_once_per_entry_and_metrics_keep_answering(
     served, tmp_path, tile_geometry, monkeypatch
 ):
@@ -143,7 +143,7 @@ def test_an_answer_not_taken_in_time_is_cut_off():
         assert 0.4 < time.monotonic() - started < 5
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_a_whole_request_has_a_deadline(served, monkeypatch):
     """A request dribbled a byte at a time, or with its body missing, is refused (408) REQUEST_SECONDS after it
     connected, however often it sends; a complete one with a body is served."""
@@ -169,7 +169,7 @@ def test_a_whole_request_has_a_deadline(served, monkeypatch):
         assert answer(complete).startswith(b"HTTP/1.0 200 OK") and answer(complete) == b""
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_the_stalest_incomplete_request_makes_room_and_complete_ones_are_always_served(server, monkeypatch):
     """With MAX_OPEN_CONNECTIONS open, a new connection closes the incomplete one whose last progress is oldest
     (not the new one); complete requests are never closed for room, and wait for a thread (MAX_WORKERS) in turn."""
@@ -211,7 +211,7 @@ def test_the_stalest_incomplete_request_makes_room_and_complete_ones_are_always_
             assert answer(sock).startswith(b"HTTP/1.0 200 OK")
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_out_of_file_descriptors_the_stalest_incomplete_request_makes_room(tmp_path, tile_geometry):
     """An exporter limited to 120 open files, 300 idle connections: each scrape is accepted by closing the
     stalest idle one, and answered."""
@@ -230,7 +230,7 @@ def test_out_of_file_descriptors_the_stalest_incomplete_request_makes_room(tmp_p
         assert "connections not accepted: Too many open files" in proc.log.read_text()
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_per_pixel_series_asked_for_when_off_is_404_with_a_reason(served):
     port, _ = served
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -240,7 +240,7 @@ def test_per_pixel_series_asked_for_when_off_is_404_with_a_reason(served):
     assert "larpix_exporter_up 1" in scrape(port, "/metrics?per_pixel=0")
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_sigterm_within_10_s_with_plots_drawing_and_many_files(tmp_path, module_geometry):
     simulate_files(module_geometry, tmp_path / "data", 60, file_seconds=1, hit_rate_hz=0.05)
     port = free_port()

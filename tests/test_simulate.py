@@ -69,6 +69,7 @@ def test_beam_spills_follow_their_period_on_and_off(module_geometry):
     assert abs(int(packets["timestamp"].min()) - 2_000_000) <= 100
 
 
+@pytest.mark.slow
 def test_beam_profile_is_densest_at_the_centre(module_geometry):
     activity = Activity(beam_spill_period=0.25, beam_tracks_per_spill=40, beam_sigma_mm=150)
     sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=0.0), activity=activity)
@@ -89,6 +90,7 @@ def test_pauses_and_runs_write_nothing_and_start_new_files(module_geometry, tmp_
     assert [sim.live(START + t) for t in range(20)] == [t < 5 or 9 <= t < 10 or t >= 13 for t in range(20)]
 
 
+@pytest.mark.slow
 def test_rate_changes_and_bad_parity_chips(module_geometry):
     tile = int(np.unique(module_geometry.tiles)[1])
     keys = channel_keys(module_geometry)
@@ -142,6 +144,7 @@ def test_unknown_regions_are_refused(module_geometry):
         Simulator(module_geometry, faults=Faults(rate_changes=[RateChange(keys=[(9, 9)])]))
 
 
+@pytest.mark.slow
 def test_cli_scenarios(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "300"}, terminal_width=300)

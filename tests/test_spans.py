@@ -100,8 +100,9 @@ def kernels() -> None:
     assert load_kernels(wait=300), KERNELS.error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", [NUMPY, COMPILED])
-@pytest.mark.parametrize("io_groups", [2, pytest.param(4, marks=pytest.mark.e2e)])
+@pytest.mark.parametrize("io_groups", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_every_io_group_reads_its_true_rates_whole_in_chunks_and_live(
     module_geometry, seconds, kernels, io_groups, engine
 ):
@@ -119,6 +120,7 @@ def test_every_io_group_reads_its_true_rates_whole_in_chunks_and_live(
             assert_same_rates(snap, live, label)
 
 
+@pytest.mark.slow
 def test_once_reads_a_backlog_written_in_turns_at_its_true_rates(module_geometry, seconds, tmp_path: Path):
     """``once`` reads the file in chunks (the first one small); io_group 1's turn comes first in each."""
     path = tmp_path / "turns.h5"

@@ -66,7 +66,7 @@ from exporter.quality.reference import Reference
 from exporter.reading.decode import decode_messages
 from exporter.simulate import SimulationConfig, Simulator
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.external
 
 ROOT = Path(__file__).resolve().parents[1]
 SILENT_CHIP = "1-1-11"

@@ -96,6 +96,7 @@ def fed() -> dict[str, Accumulator]:
     return accs
 
 
+@pytest.mark.slow
 def test_both_engines_count_every_field_of_the_table_alike(fed: dict[str, Accumulator]) -> None:
     numpy_state, compiled_state = fed[NUMPY].state, fed[COMPILED].state
     assert numpy_state.capacity == compiled_state.capacity

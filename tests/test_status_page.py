@@ -21,7 +21,7 @@ from plots.engine import PlotSettings
 FAULTS = Faults(silent_chips=[(1, 1, 11)], fifo_full_chips=[(1, 2, 40)], fifo_flag_fraction=0.2)
 
 
-@pytest.mark.e2e
+@pytest.mark.external
 def test_status_page_says_what_is_wrong_worst_first(tmp_path, module_geometry):
     _, truth = simulate_files(module_geometry, tmp_path / "data", 20, "packets", FAULTS)
     total = sum(truth.packet_types.values())

@@ -109,7 +109,7 @@ def test_chip_dead_from_the_start_is_flagged_when_neighbours_have_two_hits_per_c
     assert status[7] == CheckStatus.ERROR
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_chip_dead_from_the_start_end_to_end(module_geometry):
     """Simulated module at 0.05 Hz per channel: after 40 s (2 hits per channel) the dead chip is in error."""
     dead = (1, 1, 11)
@@ -147,7 +147,7 @@ def test_no_healthy_channel_is_called_silent_at_eight_expected_hits():
     assert silent == 0
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_no_flood_end_to_end(module_geometry):
     monitor = Monitor(module_geometry)
     sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=8.0 / 60, seed=4))
@@ -174,7 +174,7 @@ def test_low_rate_runs_give_no_false_verdicts_over_a_run(rate):
         assert (status <= CheckStatus.OK).all(), run_s
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_low_rate_run_end_to_end_is_not_in_warning(module_geometry):
     monitor = Monitor(module_geometry)
     sim = Simulator(module_geometry, SimulationConfig(hit_rate_hz=0.03, seed=6))
@@ -190,7 +190,7 @@ def test_low_rate_run_end_to_end_is_not_in_warning(module_geometry):
 # -- unknown before enough data ------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_unknown_until_the_data_can_decide(module_geometry):
     dead = (2, 5, 20)
     monitor = Monitor(module_geometry)
@@ -248,7 +248,7 @@ def test_a_tile_wide_rate_change_is_not_a_channel_or_chip_fault(scale):
     assert status[0] == CheckStatus.WARNING and (status[1:] <= CheckStatus.OK).all()
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_tile_wide_rate_change_end_to_end(module_geometry):
     tile_chips = [tuple(map(int, k)) for k in module_geometry.chips[module_geometry.tiles == 3]]
     monitor = Monitor(module_geometry)
