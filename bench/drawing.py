@@ -18,24 +18,24 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from exporter.detector.geometry import load_geometry, packaged_layout  # noqa: E402
-from exporter.quality.accumulator import Accumulator  # noqa: E402
-from exporter.quality.clock import DataClock, DetectorClock  # noqa: E402
-from exporter.reading.decode import decode_messages  # noqa: E402
-from exporter.runtime.service import Service  # noqa: E402
-from exporter.settings import Settings  # noqa: E402
-from exporter.simulate import Faults, SimulationConfig, Simulator, write_run  # noqa: E402
-from plots import PlotContext  # noqa: E402
-from plots.builtin.anode import AnodeOverview  # noqa: E402
-from plots.builtin.fifo import FIFOFlags  # noqa: E402
-from plots.builtin.hot import HotPixels  # noqa: E402
-from plots.builtin.pixelmap import PixelMap  # noqa: E402
-from plots.builtin.rates import PacketRate, TileRate  # noqa: E402
-from plots.builtin.timing import TimestampHistograms, TriggerHistograms  # noqa: E402
-from plots.engine import PlotSettings, render  # noqa: E402
-from plots.legacy import packets_file  # noqa: E402
+from exporter.detector.geometry import load_geometry, packaged_layout
+from exporter.quality.accumulator import Accumulator
+from exporter.quality.clock import DataClock, DetectorClock
+from exporter.reading.decode import decode_messages
+from exporter.runtime.service import Service
+from exporter.settings import Settings
+from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
+from plots import PlotContext
+from plots.builtin.anode import AnodeOverview
+from plots.builtin.fifo import FIFOFlags
+from plots.builtin.hot import HotPixels
+from plots.builtin.pixelmap import PixelMap
+from plots.builtin.rates import PacketRate, TileRate
+from plots.builtin.timing import TimestampHistograms, TriggerHistograms
+from plots.engine import PlotSettings, render
+from plots.legacy import packets_file
 
 #: Goals of issue 15 and what the predecessor (drawing thread, figures rebuilt every cycle) measured.
 PIXEL_MAP_GOAL, CYCLE_GOAL, SCRAPE_GOAL_MS = 0.1, 3.0, 50.0

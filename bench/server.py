@@ -50,7 +50,7 @@ def serving(data: Path, work: Path, *extra: str) -> Iterator[tuple[int, subproce
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(work / f"serve-{port}.log", "w")  # noqa: SIM115
+    log = open(work / f"serve-{port}.log", "w")
     cmd = [sys.executable, "-m", "exporter.cli", "serve", "-i", str(data), "--port", str(port),
            "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", "-",
            "--geometry", str(packaged_layout()), *extra]  # fmt: skip

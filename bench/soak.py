@@ -61,7 +61,7 @@ def main() -> None:
     python = [sys.executable, "-m", "exporter.cli"]
     writer = subprocess.Popen([*python, "simulate", str(work / "data"), "--file-seconds", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    serve_log = open(work / "serve.log", "w")  # noqa: SIM115
+    serve_log = open(work / "serve.log", "w")
     server = subprocess.Popen([*python, "serve", "-i", str(work / "data"), "--port", str(port),
                                "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", str(work / "state.npz"),
                                "--geometry", str(packaged_layout()), "-o", str(work / "plots"),

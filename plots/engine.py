@@ -25,19 +25,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # before any plugin imports pyplot: no display
 
-import numpy as np  # noqa: E402
-from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from exporter.detector.geometry import Geometry  # noqa: E402
-from exporter.quality.accumulator import Snapshot  # noqa: E402
-from exporter.quality.clock import DetectorClock  # noqa: E402
-from exporter.reading.cursor import DataClock  # noqa: E402
-from plots import Plot, PlotContext  # noqa: E402
-from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover  # noqa: E402
-from plots.legacy import as_packet_dtype, packets_file  # noqa: E402
-from plots.store import PlotStore, write_reason  # noqa: E402
+from exporter.detector.geometry import Geometry
+from exporter.quality.accumulator import Snapshot
+from exporter.quality.clock import DetectorClock
+from exporter.reading.cursor import DataClock
+from plots import Plot, PlotContext
+from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover
+from plots.legacy import as_packet_dtype, packets_file
+from plots.store import PlotStore, write_reason
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
@@ -367,163 +367,164 @@ class MetricsApp:
         )
 
 
+class RequestHandler(BaseHTTPRequestHandler):
+    """Answers one request from the MetricsApp ``app`` (bound by ``make_handler``), read whole by the server."""
+
+    app: ClassVar[MetricsApp]
+    server_version = f"larpix-dqm/{__version__}"
+    request: Connection  # read whole by the server before the handler runs
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        compress: bool = True,
+        headers: dict | None = None,
+        gzipped: bytes | None = None,
+    ) -> None:
+        if compress and "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 1024:
+            body = gzipped or gzip.compress(body, GZIP_LEVEL)
+            self.send_response(status)
+            self.send_header("Content-Encoding", "gzip")
+        else:
+            self.send_response(status)
+        for name, value in {**(self.app.web.headers if self.app.web is not None else {}), **(headers or {})}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def setup(self) -> None:
+        """Parse the request the server read whole; write the answer within RESPONSE_SECONDS."""
+        self.connection = self.request.sock
+        self.rfile = io.BytesIO(self.request.data)
+        self.wfile = DeadlineWriter(self.connection, time.monotonic() + RESPONSE_SECONDS)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/-/healthy":
+            self._send(200, b"OK\n", "text/plain; charset=utf-8")
+            return
+        if url.path == "/-/ready":
+            ready = self.app.ready()
+            self._send(200 if ready else 503, b"OK\n" if ready else b"not ready\n", "text/plain; charset=utf-8")
+            return
+        if self.app.web is not None and not self.app.web.authorized(self.headers.get("Authorization")):
+            self._send(
+                401,
+                b"unauthorized\n",
+                "text/plain; charset=utf-8",
+                headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
+            )
+            return
+        query = parse_qs(url.query)
+        try:
+            self._route(url.path, query)
+        except Busy:
+            self._send(503, b"busy: try again\n", "text/plain; charset=utf-8", headers={"Retry-After": "5"})
+
+    def _route(self, path: str, query: dict[str, list[str]]) -> None:
+        """Answer one GET or HEAD request for ``path``."""
+        if path == "/api/channels":
+            statuses = [s for s in ",".join(query.get("status", [])).split(",") if s]
+            fmt = query.get("format", ["json"])[0]
+            try:
+                body, media = self.app.channels(statuses, fmt)
+            except (ValueError, KeyError) as err:
+                self._send(400, f"{err}\n".encode(), "text/plain; charset=utf-8")
+                return
+            self._send(200, body, media)
+        elif path == "/api/history":
+            fmt = query.get("format", ["csv"])[0]
+            if fmt not in ("csv", "json"):
+                self._send(400, b"format: csv or json\n", "text/plain; charset=utf-8")
+                return
+            body, gzipped, media = self.app.history_export(fmt)
+            self._send(200, body, media, gzipped=gzipped)
+        elif path == "/api/runs":
+            self._runs(query.get("format", ["json"])[0], query.get("run", [None])[0])
+        elif path == self.app.telemetry_path:
+            per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
+            if per_pixel and not self.app.per_pixel_allowed:
+                reason = b"per-pixel series are off: start serve with --per-pixel\n"
+                self._send(404, reason, "text/plain; charset=utf-8")
+                return
+            accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
+            body = self.app.metrics_body(per_pixel, accepts_gzip)
+            encoding = {"Content-Encoding": "gzip"} if accepts_gzip else None
+            self._send(200, body, CONTENT_TYPE, compress=False, headers=encoding)
+        elif path == "/":
+            self._send(200, self.app.landing_page().encode(), "text/html; charset=utf-8")
+        elif path == "/plots":
+            self._send(301, b"", "text/plain; charset=utf-8", headers={"Location": "/plots/"})
+        elif path.startswith("/plots/"):
+            self._plots(path[len("/plots/") :])
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+    def _runs(self, fmt: str, run: str | None) -> None:
+        """``/api/runs``: the run registry's runs, or one run's record."""
+        text = "text/plain; charset=utf-8"
+        if self.app.registry is None:
+            self._send(404, b"no run registry: this exporter keeps none (--registry none, or --state-file -)\n", text)
+            return
+        try:
+            found = self.app.runs(fmt, run)
+        except ValueError as err:
+            self._send(400, f"{err}\n".encode(), text)
+            return
+        except RegistryError as err:
+            self._send(503, f"{err}\n".encode(), text)
+            return
+        if found is None:
+            self._send(404, f"no run {run!r}\n".encode(), text)
+            return
+        self._send(200, *found)
+
+    def _plots(self, rest: str) -> None:
+        """``/plots/`` listing, ``/plots/<stem>_dqm/`` listings, images; never outside PLOTDIR."""
+        if self.app.plots is None:
+            self._send(404, b"plots are off: start serve with -o PLOTDIR\n", "text/plain; charset=utf-8")
+            return
+        if rest == "" or rest.endswith("/"):
+            folder = self.app.plots.store.resolve_folder(rest[:-1]) if rest else None
+            if rest and folder is None:
+                self._send(404, b"no such plot folder\n", "text/plain; charset=utf-8")
+            else:
+                with self.app.heavy_turn():
+                    page = folder_html(self.app.plots, folder) if folder else listing_html(self.app.plots)
+                self._send(200, page.encode(), "text/html; charset=utf-8")
+            return
+        path = self.app.plots.store.resolve(rest)
+        try:
+            mtime, body = (path.stat().st_mtime, path.read_bytes()) if path is not None else (0.0, None)
+        except OSError:  # replaced or removed meanwhile
+            body = None
+        if path is None or body is None:
+            self._send(404, b"no such plot\n", "text/plain; charset=utf-8")
+            return
+        headers = {
+            "Cache-Control": "no-cache",
+            "Last-Modified": self.date_time_string(int(mtime)),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        }
+        media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        self._send(200, body, media, compress=media == "image/svg+xml", headers=headers)
+
+
 def make_handler(app: MetricsApp) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to ``app``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = f"larpix-dqm/{__version__}"
-        request: Connection  # read whole by the server before the handler runs
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-        def _send(
-            self,
-            status: int,
-            body: bytes,
-            content_type: str,
-            compress: bool = True,
-            headers: dict | None = None,
-            gzipped: bytes | None = None,
-        ) -> None:
-            if compress and "gzip" in self.headers.get("Accept-Encoding", "") and len(body) > 1024:
-                body = gzipped or gzip.compress(body, GZIP_LEVEL)
-                self.send_response(status)
-                self.send_header("Content-Encoding", "gzip")
-            else:
-                self.send_response(status)
-            for name, value in {**(app.web.headers if app.web is not None else {}), **(headers or {})}.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_HEAD(self) -> None:
-            self.do_GET()
-
-        def setup(self) -> None:
-            """Parse the request the server read whole; write the answer within RESPONSE_SECONDS."""
-            self.connection = self.request.sock
-            self.rfile = io.BytesIO(self.request.data)
-            self.wfile = DeadlineWriter(self.connection, time.monotonic() + RESPONSE_SECONDS)
-
-        def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            if url.path == "/-/healthy":
-                self._send(200, b"OK\n", "text/plain; charset=utf-8")
-                return
-            if url.path == "/-/ready":
-                ready = app.ready()
-                self._send(200 if ready else 503, b"OK\n" if ready else b"not ready\n", "text/plain; charset=utf-8")
-                return
-            if app.web is not None and not app.web.authorized(self.headers.get("Authorization")):
-                self._send(
-                    401,
-                    b"unauthorized\n",
-                    "text/plain; charset=utf-8",
-                    headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
-                )
-                return
-            query = parse_qs(url.query)
-            try:
-                self._route(url.path, query)
-            except Busy:
-                self._send(503, b"busy: try again\n", "text/plain; charset=utf-8", headers={"Retry-After": "5"})
-
-        def _route(self, path: str, query: dict[str, list[str]]) -> None:
-            """Answer one GET or HEAD request for ``path``."""
-            if path == "/api/channels":
-                statuses = [s for s in ",".join(query.get("status", [])).split(",") if s]
-                fmt = query.get("format", ["json"])[0]
-                try:
-                    body, media = app.channels(statuses, fmt)
-                except (ValueError, KeyError) as err:
-                    self._send(400, f"{err}\n".encode(), "text/plain; charset=utf-8")
-                    return
-                self._send(200, body, media)
-            elif path == "/api/history":
-                fmt = query.get("format", ["csv"])[0]
-                if fmt not in ("csv", "json"):
-                    self._send(400, b"format: csv or json\n", "text/plain; charset=utf-8")
-                    return
-                body, gzipped, media = app.history_export(fmt)
-                self._send(200, body, media, gzipped=gzipped)
-            elif path == "/api/runs":
-                self._runs(query.get("format", ["json"])[0], query.get("run", [None])[0])
-            elif path == app.telemetry_path:
-                per_pixel = query.get("per_pixel", ["0"])[0] in ("1", "true", "yes")
-                if per_pixel and not app.per_pixel_allowed:
-                    reason = b"per-pixel series are off: start serve with --per-pixel\n"
-                    self._send(404, reason, "text/plain; charset=utf-8")
-                    return
-                accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "")
-                body = app.metrics_body(per_pixel, accepts_gzip)
-                encoding = {"Content-Encoding": "gzip"} if accepts_gzip else None
-                self._send(200, body, CONTENT_TYPE, compress=False, headers=encoding)
-            elif path == "/":
-                self._send(200, app.landing_page().encode(), "text/html; charset=utf-8")
-            elif path == "/plots":
-                self._send(301, b"", "text/plain; charset=utf-8", headers={"Location": "/plots/"})
-            elif path.startswith("/plots/"):
-                self._plots(path[len("/plots/") :])
-            else:
-                self._send(404, b"not found\n", "text/plain; charset=utf-8")
-
-        def _runs(self, fmt: str, run: str | None) -> None:
-            """``/api/runs``: the run registry's runs, or one run's record."""
-            text = "text/plain; charset=utf-8"
-            if app.registry is None:
-                self._send(
-                    404, b"no run registry: this exporter keeps none (--registry none, or --state-file -)\n", text
-                )
-                return
-            try:
-                found = app.runs(fmt, run)
-            except ValueError as err:
-                self._send(400, f"{err}\n".encode(), text)
-                return
-            except RegistryError as err:
-                self._send(503, f"{err}\n".encode(), text)
-                return
-            if found is None:
-                self._send(404, f"no run {run!r}\n".encode(), text)
-                return
-            self._send(200, *found)
-
-        def _plots(self, rest: str) -> None:
-            """``/plots/`` listing, ``/plots/<stem>_dqm/`` listings, images; never outside PLOTDIR."""
-            if app.plots is None:
-                self._send(404, b"plots are off: start serve with -o PLOTDIR\n", "text/plain; charset=utf-8")
-                return
-            if rest == "" or rest.endswith("/"):
-                folder = app.plots.store.resolve_folder(rest[:-1]) if rest else None
-                if rest and folder is None:
-                    self._send(404, b"no such plot folder\n", "text/plain; charset=utf-8")
-                else:
-                    with app.heavy_turn():
-                        page = folder_html(app.plots, folder) if folder else listing_html(app.plots)
-                    self._send(200, page.encode(), "text/html; charset=utf-8")
-                return
-            path = app.plots.store.resolve(rest)
-            try:
-                mtime, body = (path.stat().st_mtime, path.read_bytes()) if path is not None else (0.0, None)
-            except OSError:  # replaced or removed meanwhile
-                body = None
-            if path is None or body is None:
-                self._send(404, b"no such plot\n", "text/plain; charset=utf-8")
-                return
-            headers = {
-                "Cache-Control": "no-cache",
-                "Last-Modified": self.date_time_string(int(mtime)),
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-            }
-            media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-            self._send(200, body, media, compress=media == "image/svg+xml", headers=headers)
-
-    return Handler
+    return type("Handler", (RequestHandler,), {"app": app})
 
 
 class RequestError(Exception):
