@@ -52,7 +52,11 @@ from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_
 from exporter.web.auth import WebConfigError, load_web_config
 
 if typing.TYPE_CHECKING:
+    from exporter.detector.geometry import Geometry
     from exporter.monitor import Monitor
+    from exporter.reading.files import Chunk
+    from exporter.runtime.once import FileResult
+    from plots.engine import PlotSettings
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -203,7 +207,7 @@ PLOTS_HELP = (
 
 def _plot_settings(
     output: Path | None, ext: str, plots: list[str], interval: float, plugin_dirs: list[str], latest: bool = True
-):
+) -> PlotSettings | None:
     """PlotSettings from the plot options, None without -o; exits on options that need -o."""
     if output is None:
         if plots or plugin_dirs:
@@ -491,7 +495,9 @@ def once(
     typer.echo(json.dumps(summary["totals"], indent=1))
 
 
-def _once_registry(registry: Path | None, run_pattern: str | None, file: Path, context: RunContext):
+def _once_registry(
+    registry: Path | None, run_pattern: str | None, file: Path, context: RunContext
+) -> RegistryWriter | None:
     """The registry writer ``once`` adds the file's run with (None without --registry); one line, exit 2, when
     the pattern or the registry is unusable, or the registry already counts the file."""
     if registry is None:
@@ -516,13 +522,13 @@ def _once_registry(registry: Path | None, run_pattern: str | None, file: Path, c
 
 def _once_with_progress(
     file: Path,
-    geo,
+    geo: Geometry | None,
     window: float,
-    settings,
+    settings: PlotSettings | None,
     run_config: RunConfig,
     ingest_engine: str,
     runs: RegistryWriter | None = None,
-):
+) -> tuple[FileResult, tuple[int, list[str]] | None]:
     """Read the file (progress bar on a terminal; ``runs`` notes each chunk and records the state as the file is
     read), then draw its plots; returns (result, (images, failures)).
 
@@ -549,7 +555,7 @@ def _once_with_progress(
             ).snapshot()  # the plots' update() reads packets, not statistics
             key = (str(file), 0)
 
-            def on_chunk(chunk) -> None:
+            def on_chunk(chunk: Chunk) -> None:
                 engine.update(key, chunk.packets, empty)
                 if noted is not None:
                     noted(chunk)
@@ -818,8 +824,8 @@ def channels(
     import urllib.parse
     import urllib.request
 
-    from exporter.monitor import Monitor, channel_list
-    from exporter.quality.channels import DEFAULT_STATUSES, disabled_list_meta, format_channels
+    from exporter.monitor import Monitor
+    from exporter.quality.channels import DEFAULT_STATUSES, channel_list, disabled_list_meta, format_channels
     from exporter.quality.status import ChannelStatus
     from exporter.runtime.service import resolve_geometry
 

@@ -18,15 +18,16 @@ import numpy as np
 from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from exporter.detector.runconfig import RunConfig
 from exporter.quality import engine, window
-from exporter.quality.clock import IO_GROUPS, DataClock, DetectorClock
+from exporter.quality.clock import DetectorClock
 from exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
 from exporter.quality.loader import KernelLoader
 from exporter.quality.snapshot import Snapshot, prefer_finite
 from exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_ARRAYS, State, kernel_fields
 from exporter.quality.summary import ChipLayout, summarize
 from exporter.quality.window import Placed
+from exporter.reading.cursor import DataClock
 from exporter.reading.decode import Messages, split_messages
-from exporter.reading.packets import DATA, PACKET_DTYPE, REQUIRED_FIELDS
+from exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS
 
 if TYPE_CHECKING:
     from exporter.detector.chips import ChipIndex

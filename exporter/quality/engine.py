@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.quality.clock import IO_GROUPS
 from exporter.quality.state import MERGE_TICKS, PACKET_TYPES, State
 from exporter.quality.window import slot_ends
 from exporter.reading.packets import (
     DATA,
     DATA_TRIGGER_TYPES,
     EXTERNAL_TRIGGER_BIT,
+    IO_GROUPS,
     PERIODIC_TRIGGER,
     SYNC,
     SYNC_KIND_CODES,

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.quality.clock import IO_GROUPS, TOLERANCE_SECONDS, DataClock, Reading
+from exporter.quality.clock import TOLERANCE_SECONDS, Reading
 from exporter.quality.state import State
+from exporter.reading.cursor import DataClock
+from exporter.reading.packets import IO_GROUPS
 
 #: Data seconds without any timestamp of an io_group (it sends one with every message, and an 'S'
 #: sync every second) after which the gap is dead time and the io_group's run starts again.
