@@ -150,14 +150,18 @@ def test_a_state_and_window_file_from_before_arrivals_continue_with_arrivals_fro
 
 @contextmanager
 def counting_hits(acc: Accumulator) -> Iterator[None]:
-    """Judge as before arrivals: every hit an independent arrival (the counterfactual the tests compare with)."""
+    """Judge as before arrivals: every hit an independent arrival (the counterfactual the tests compare with);
+    the inefficiency CUSUM that judging advances is left as it was."""
     state = acc.state
     saved = state.arrivals_total, state.win_arrivals
+    cusum = {name: getattr(state, name).copy() for name in ("cusum", "cusum_seen", "cusum_good", "cusum_time")}
     state.arrivals_total, state.win_arrivals = state.self_hits, state.win_hits
     try:
         yield
     finally:
         state.arrivals_total, state.win_arrivals = saved
+        for name, value in cusum.items():
+            setattr(state, name, value)
 
 
 def flagged(snap: Snapshot) -> np.ndarray:

@@ -74,11 +74,18 @@ def backlog(tmp_path_factory) -> Callable[[str], Path]:
     return file
 
 
-def assert_same_state(state: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
-    """Every checkpointed array equal."""
+#: The inefficiency CUSUM's arrays: advanced at each evaluation, so they differ between runs evaluated apart.
+EVALUATED = ("cusum", "cusum_seen", "cusum_good", "cusum_time")
+
+
+def assert_same_state(
+    state: dict[str, np.ndarray], expected: dict[str, np.ndarray], skip: tuple[str, ...] = ()
+) -> None:
+    """Every checkpointed array equal, but those of ``skip``."""
     assert state.keys() == expected.keys()
     for name, value in expected.items():
-        np.testing.assert_array_equal(state[name], value, err_msg=name)
+        if name not in skip:
+            np.testing.assert_array_equal(state[name], value, err_msg=name)
 
 
 def pair(geometry=None, **config) -> tuple[Accumulator, Accumulator]:
@@ -326,7 +333,8 @@ def test_where_numba_cannot_compile_the_numpy_engine_counts_and_says_so_in_the_m
     assert len(warnings) == 1 and "level=warn" in warnings[0], done.stderr
     assert f"using the numpy engine: {reason}" in warnings[0]
     with np.load(tmp_path / "state.npz") as saved:
-        assert_same_state(dict(saved), reference.accumulator.export_state())
+        # the ingester evaluates as it polls, the reference once: their CUSUMs advanced apart
+        assert_same_state(dict(saved), reference.accumulator.export_state(), skip=EVALUATED)
     print(f"{env or 'compiler error'}: {packets:,} packets in {seconds:.1f} s (the process's whole run)")
 
 

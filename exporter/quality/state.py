@@ -140,6 +140,14 @@ FIELDS: tuple[Field, ...] = (
         optional=True,  # a window file without it restores it from win_hits
         restore_from="win_hits",
     ),
+    # the sequential inefficiency test (``verdicts.advance_cusum``), advanced at each evaluation from the
+    # arrivals and live time since the last: its CUSUM per channel, the arrivals_total it has seen, the
+    # arrivals and occupancy-weighted live seconds learnt while the channel was good, and the live time
+    # of the chip's last evaluation (NaN: none yet this run; an older checkpoint starts it there)
+    Field("cusum", CHIP, (CHANNELS_PER_CHIP,), np.float64, optional=True, per_run=True),
+    Field("cusum_seen", CHIP, (CHANNELS_PER_CHIP,), optional=True, per_run=True),
+    Field("cusum_good", CHIP, (CHANNELS_PER_CHIP, 4), np.float64, optional=True, per_run=True),
+    Field("cusum_time", CHIP, (), np.float64, np.nan, optional=True, per_run=True),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 #: The window file's arrays (``runtime/checkpoint.py``).

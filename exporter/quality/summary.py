@@ -1,6 +1,7 @@
 """The summary: a ``Snapshot`` of a ``State``, the window summed over its slots, and the verdicts on it.
 
-``summarize`` reads the state and writes nothing: what the geometry and the run configuration say
+``summarize`` reads the state and writes only the sequential inefficiency test's (``cusum...``), advanced over
+the data since the last evaluation (a second evaluation of the same data leaves it as it is): what the geometry and the run configuration say
 of each chip comes in as a ``ChipLayout``, the reference's rates already aligned to the chips.
 """
 
@@ -15,7 +16,7 @@ from exporter.quality.clock import IO_GROUPS
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.state import State
 from exporter.quality.status import ChannelStatus
-from exporter.quality.verdicts import VerdictInputs, judge
+from exporter.quality.verdicts import Cusum, VerdictInputs, judge
 from exporter.quality.window import chip_clock, covered_seconds, span_seconds
 from exporter.reading.packets import DATA, SELF_TRIGGER
 
@@ -74,10 +75,15 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
             links=chip_groups * 256 + state.chips.keys[:, 1],
             window_arrivals=state.win_arrivals[:, :n].sum(axis=0),
             arrivals_total=state.arrivals_total[:n],
+            cusum=Cusum(state.cusum[:n], state.cusum_seen[:n], state.cusum_good[:n], state.cusum_time[:n]),
+            now=now,
         ),
         state.config.false_alarm_probability,
         state.config.noisy_rate_hz,
     )
+    if verdicts.cusum is not None:
+        state.cusum[:n], state.cusum_seen[:n] = verdicts.cusum.statistic, verdicts.cusum.seen
+        state.cusum_good[:n], state.cusum_time[:n] = verdicts.cusum.good, verdicts.cusum.time
     status = verdicts.channel_status
     status[masked] = ChannelStatus.MASKED
     masked_active = (masked & (hits > 0)).sum(axis=1)

@@ -64,6 +64,17 @@ FAMILIES = (
     "io_channel never seen",
 )
 
+#: Rate ratio the sequential inefficiency test (CUSUM) is tuned to: a channel at 30 % of its good rate.
+INEFFICIENT_RATIO = 0.3
+#: Arrivals learnt while good before the CUSUM judges a channel.
+MIN_GOOD_ARRIVALS = 50
+#: A channel's learnt good rate is taken this many standard deviations (the root of its arrivals) low:
+#: a rate learnt high would drift a good channel's CUSUM upwards (measured: 1.5 keeps P(S >= h) under
+#: e^-h from the 50th arrival on, at 0.05 and 0.5 Hz).
+LOW_SIGMAS = 1.5
+#: The CUSUM is held at most this many thresholds: a recovered channel clears in a bounded time.
+CUSUM_CAP = 2.0
+
 #: Quantile of a tile's learnt channel rates a channel without any hit is expected to reach.
 SLOW_QUANTILE = 0.1
 #: Expected hits in the window a chip needs for its own ratio to enter the median of the occupancy;
@@ -133,6 +144,52 @@ def per_test_probability(alpha: float, items: int) -> float:
 
 
 @dataclass(frozen=True)
+class Cusum:
+    """The sequential inefficiency test's state (``state.FIELDS``: ``cusum``, ``cusum_seen``, ``cusum_good``,
+    ``cusum_time``), before or after an evaluation."""
+
+    statistic: np.ndarray  # (chips, 64) the CUSUM S (log-likelihood ratio, 0 or more)
+    seen: np.ndarray  # (chips, 64) arrivals_total at the last evaluation
+    # (chips, 64, 4) arrivals and occupancy-weighted live seconds learnt while good, and those of the
+    # current excursion of S (learnt once S is back at 0)
+    good: np.ndarray
+    time: np.ndarray  # (chips,) live time of the last evaluation (NaN: none yet this run)
+
+
+def advance_cusum(
+    cusum: Cusum, arrivals_total: np.ndarray, now: np.ndarray, scale: np.ndarray, judged: np.ndarray, threshold: float
+) -> Cusum:
+    """The CUSUM advanced over the arrivals and live time since the last evaluation.
+
+    For n arrivals where a good channel expects m = lambda0 x occupancy x live seconds, the log-likelihood
+    ratio of rate INEFFICIENT_RATIO x lambda0 against lambda0 is n ln(rho) - m (rho - 1); S = max(0, S + LLR).
+    Under a good channel exp(-S) reversed in time is a martingale, so P(S >= h) <= e^-h at any evaluation
+    (Ville): h = ln(1 / the channel's share) keeps the budget. lambda0 is learnt from the data of each
+    excursion of S once S is back at 0 (data that turned out good: a channel turning inefficient does not
+    teach its new rate), and taken LOW_SIGMAS standard deviations low (n - 1.5 sqrt(n)) / t, so that an
+    estimate that came out high does not drift a good channel's S upwards.
+    """
+    first = np.isnan(cusum.time) | np.isnan(now)
+    dt = np.where(first, 0.0, np.maximum(now - cusum.time, 0.0))[:, None]
+    dn = np.where(first[:, None], 0.0, np.maximum(arrivals_total - cusum.seen, 0)).astype(np.float64)
+    good_n, good_t = cusum.good[..., 0], cusum.good[..., 1]
+    testing = judged & (good_n >= MIN_GOOD_ARRIVALS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(testing, (good_n - LOW_SIGMAS * np.sqrt(good_n)) / good_t, 0.0)
+    exposure = scale * dt
+    llr = dn * math.log(INEFFICIENT_RATIO) - rate * exposure * (INEFFICIENT_RATIO - 1)
+    statistic = np.where(testing, np.clip(cusum.statistic + llr, 0.0, CUSUM_CAP * threshold), 0.0)
+    # the data of an excursion of S is learnt once S is back at 0 (the excursion was no inefficiency)
+    pending = cusum.good[..., 2:] + np.where(judged, 1.0, 0.0)[..., None] * np.stack(
+        [dn, np.broadcast_to(exposure, dn.shape)], -1
+    )
+    back = (statistic == 0)[..., None]
+    good = np.concatenate([cusum.good[..., :2] + np.where(back, pending, 0.0), np.where(back, 0.0, pending)], -1)
+    time = np.where(np.isnan(now), cusum.time, now)
+    return Cusum(statistic, np.where(np.isnan(now)[:, None], cusum.seen, arrivals_total), good, time)
+
+
+@dataclass(frozen=True)
 class VerdictInputs:
     """What the verdicts are made of, one row per chip (the accumulator's rows)."""
 
@@ -149,6 +206,9 @@ class VerdictInputs:
     # independent arrivals (a channel's hits merged within 1 ms, ``state.MERGE_TICKS``); hits where None
     window_arrivals: np.ndarray | None = None  # (chips, 64) arrivals in the window
     arrivals_total: np.ndarray | None = None  # (chips, 64) self-triggered arrivals since the run started
+    # the sequential inefficiency test: its state at the last evaluation, and each chip's live time now
+    cusum: Cusum | None = None
+    now: np.ndarray | None = None  # (chips,)
 
 
 @dataclass(frozen=True)
@@ -164,6 +224,7 @@ class Verdicts:
     chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
     silent_channel_hits: float  # expected hits a channel must miss to be silent: ln(N_channels x families / alpha)
     dead_chip_hits: float  # expected hits a chip must miss to be dead: ln(N_chips x families / alpha)
+    cusum: Cusum | None = None  # the sequential inefficiency test advanced to now (None without one)
 
 
 def _group_rates(values: np.ndarray, inverse: np.ndarray, count: int, pool: np.ndarray) -> np.ndarray:
@@ -267,6 +328,8 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     rate_now = base * scale
     silence_scale = np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
     channel_level = math.log(per_test_probability(alpha, int(expected.sum())))
+    # the inefficient family's share is split equally over its two tests: the window's tail and the CUSUM
+    inefficient_level = math.log(per_test_probability(alpha, 2 * int(expected.sum())))
     chip_level = math.log(per_test_probability(alpha, int(chips_judged.sum())))
 
     chip_hits = n_window.sum(axis=1)
@@ -292,7 +355,11 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     has_hits = n_window > 0
     # the tails only where they can be small: fewer hits than expected, or above the noisy cut
     inefficient = has_hits & (n_arrivals < mu_window)
-    inefficient[inefficient] = log_lower_tail(n_arrivals[inefficient], mu_window[inefficient]) < channel_level
+    inefficient[inefficient] = log_lower_tail(n_arrivals[inefficient], mu_window[inefficient]) < inefficient_level
+    cusum = None
+    if inputs.cusum is not None and inputs.now is not None and inputs.arrivals_total is not None:
+        cusum = advance_cusum(inputs.cusum, inputs.arrivals_total, inputs.now, scale, expected, -inefficient_level)
+        inefficient |= (cusum.statistic >= -inefficient_level) & ~silent
     typical_now = np.where(known, reference, np.nan_to_num(typical)) * scale * window
     noisy = has_hits & (n_window / window > noisy_rate_hz)
     noisy[noisy] = log_upper_tail(n_arrivals[noisy], typical_now[noisy]) < channel_level
@@ -320,4 +387,5 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
         silent_channel_hits=-channel_level,
         dead_chip_hits=-chip_level,
+        cusum=cusum,
     )
