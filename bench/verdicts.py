@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -413,12 +413,15 @@ class ScenarioRun:
         return bool(flagged[self.chip_affected].mean() >= 0.5)
 
 
-def scenarios(geometry: Geometry, names: list[str], seconds: int, every: int, seed: int) -> None:
-    """Run every named scenario end to end and print one table row per scenario."""
+def scenarios(
+    geometry: Geometry, names: list[str], seconds: int, every: int, seed: int, occupancy: float | None = None
+) -> None:
+    """Run every named scenario end to end and print one table row per scenario; ``occupancy``: the noise
+    hits per second of each channel instead of the scenarios' own (0.05 Hz)."""
     print(
         f"scenarios end to end: {int(geometry.connected.sum())} channels, {len(geometry.chips)} chips, "
         f"{seconds} s of data each, read and evaluated every {every} s of data time as serve does; "
-        f"counts per 8-hour shift of data time"
+        f"counts per 8-hour shift of data time" + ("" if occupancy is None else f"; noise {occupancy:g} Hz per channel")
     )
     print(
         "| scenario | false channel verdicts | false dead chips | false check warnings | false check errors "
@@ -428,6 +431,8 @@ def scenarios(geometry: Geometry, names: list[str], seconds: int, every: int, se
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         sc = scenario(name, geometry, seconds, seed)
+        if occupancy is not None:
+            sc = replace(sc, config=replace(sc.config, hit_rate_hz=occupancy))
         workdir = Path(tempfile.mkdtemp(prefix=f"larpix-verdicts-{name}-"))
         started = time.perf_counter()
         try:
@@ -464,13 +469,16 @@ def main() -> None:
     parser.add_argument("--scenario-seconds", type=int, default=3600, help="data seconds of each scenario")
     parser.add_argument("--every", type=int, default=10, help="data seconds between two evaluations (scenarios)")
     parser.add_argument("--tiles", type=int, default=0, help="only the first N tiles of the module (0: all)")
+    parser.add_argument(
+        "--occupancy", type=float, help="noise hits per second per channel of the scenarios (default: theirs, 0.05)"
+    )
     args = parser.parse_args()
     geometry = load_geometry(packaged_layout())
     if args.tiles:
         geometry = sub_geometry(geometry, args.tiles)
     if args.scenarios:
         names = list(DESCRIPTIONS) if "all" in args.scenarios else args.scenarios
-        scenarios(geometry, names, args.scenario_seconds, args.every, args.seed)
+        scenarios(geometry, names, args.scenario_seconds, args.every, args.seed, args.occupancy)
         return
     fast(geometry, args.occupancies, args.evaluations, args.alpha, args.seed)
     if args.seconds:
