@@ -14,6 +14,7 @@ from helpers import simulate_files
 from exporter.detector.geometry import load_geometry, packaged_layout
 from exporter.monitor import Monitor
 from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from exporter.quality.clock import DataClock
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.state import MERGE_TICKS, NO_ARRIVAL
@@ -190,6 +191,30 @@ def test_steep_tracks_put_no_verdict_on_their_pixels_or_neighbours() -> None:
                 before += int(flagged(acc.snapshot()).sum())
     assert len(burst_pixels) > 300
     assert before > 50, "counting hits as independent, the bursts made false verdicts"
+
+
+def hit_rate_warnings(snap: Snapshot) -> int:
+    """Chips whose ``hit_rate_ratio`` is in warning or error."""
+    results = evaluate(snap, DEFAULT_CHECKS)
+    row = [c.name for c in results.chip_checks].index("hit_rate_ratio")
+    return int((results.chip_status[row] >= 1).sum())
+
+
+@pytest.mark.slow
+def test_hit_rate_ratio_counts_arrivals_so_steep_tracks_put_no_chip_in_warning() -> None:
+    acc = Accumulator(QualityConfig(engine=NUMPY))
+    clock = DataClock()
+    rng = np.random.default_rng(12)
+    before = 0
+    for t in range(900):  # 0.05 Hz; on chip 0, 1 s in 30, a steep track re-triggering 3 pixels 100 times
+        ch = int(rng.integers(62))
+        bursts = [(0, ch + k, 100) for k in range(3)] if rng.random() < 1 / 30 else []
+        acc.add(poisson(t, rng, 0.05, bursts), clock, START + 2000.0)
+        if t >= 120 and t % 10 == 0:
+            assert hit_rate_warnings(acc.snapshot()) == 0, f"a false hit_rate_ratio warning at {t} s"
+            with counting_hits(acc):
+                before += hit_rate_warnings(acc.snapshot())
+    assert before > 10, "judged on hits, the bursts put chips in warning"
 
 
 @pytest.mark.slow

@@ -35,6 +35,8 @@ class Snapshot:
     chip_window_fifo_full: np.ndarray  # int64: packets with a FIFO-full flag in the window
     chip_rate_hz: np.ndarray  # float64 Hz: self-triggered data packets per second over the window
     chip_expected_hits: np.ndarray  # float64 hits: what the verdicts expect of the chip over the window
+    chip_window_arrivals: np.ndarray  # float64: independent arrivals (hits merged within 1 ms) in the window
+    chip_expected_arrivals: np.ndarray  # float64: the arrivals the verdicts expect of the chip over the window
     chip_base_hz: np.ndarray  # float64 Hz: expected rate before the tile's scale, channels under the noisy cut
     chip_run_seconds: np.ndarray  # float64 s: data time since the run started (its io_group's), 0 before any
     chip_run_hits: np.ndarray  # int64: self-triggered valid data packets since the run started (its io_group's)

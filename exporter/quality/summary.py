@@ -129,6 +129,8 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         chip_window_fifo_full=window_flags[:, 1],
         chip_rate_hz=chip_hits / chip_span,
         chip_expected_hits=verdicts.chip_expected_hits,
+        chip_window_arrivals=verdicts.chip_window_arrivals,
+        chip_expected_arrivals=verdicts.chip_expected_arrivals,
         chip_base_hz=verdicts.chip_base_hz,
         chip_run_seconds=run,
         chip_run_hits=state.self_hits[:n].sum(axis=1),

@@ -219,6 +219,8 @@ class Verdicts:
     channel_expected_hz: np.ndarray  # (chips, 64) expected rate now (0 for channels not expected)
     chip_window_hits: np.ndarray  # (chips,) hits of the expected channels in the window
     chip_expected_hits: np.ndarray  # (chips,) what the expectation predicts for them in the window
+    chip_window_arrivals: np.ndarray  # (chips,) arrivals of the expected channels in the window
+    chip_expected_arrivals: np.ndarray  # (chips,) what the expectation predicts of them in the window
     chip_base_hz: np.ndarray  # (chips,) expected rate before the tile's occupancy scale, channels under the noisy cut
     chip_dead: np.ndarray  # (chips,) proven dead: no hit for long enough
     chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
@@ -374,14 +376,16 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
         per_arrival = np.where(arrivals > 0, hits / arrivals, 1.0)
         chip_per_arrival = np.where(chip_arrivals > 0, hits.sum(axis=1) / chip_arrivals, 1.0)
     by_prior = chip_uses_prior & ~chip_known
-    chip_base = np.where(by_prior, chip_slow, base.sum(axis=1)) * chip_per_arrival
+    chip_base_arrivals = np.where(by_prior, chip_slow, base.sum(axis=1))
     # the region checks leave out the channels over the noisy cut, as the occupancy does
     quiet_base = np.where(by_prior, chip_slow, np.where(quiet, base, 0.0).sum(axis=1)) * chip_per_arrival
     return Verdicts(
         channel_status=status,
         channel_expected_hz=rate_now * per_arrival,
         chip_window_hits=chip_hits,
-        chip_expected_hits=chip_base * window[:, 0] * scale[:, 0],
+        chip_expected_hits=chip_base_arrivals * chip_per_arrival * window[:, 0] * scale[:, 0],
+        chip_window_arrivals=n_arrivals.sum(axis=1),
+        chip_expected_arrivals=chip_base_arrivals * window[:, 0] * scale[:, 0],
         chip_base_hz=quiet_base,
         chip_dead=chip_dead,
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
