@@ -15,9 +15,9 @@ import numpy as np
 
 from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.quality.clock import IO_GROUPS, DetectorClock
+from exporter.quality.clock import DetectorClock
 from exporter.quality.config import QualityConfig
-from exporter.reading.packets import DATA_TRIGGER_TYPES, SYNC_KIND_CODES
+from exporter.reading.packets import DATA_TRIGGER_TYPES, IO_GROUPS, SYNC_KIND_CODES
 
 PACKET_TYPES = 8
 #: Hits of a channel at most this many 10 MHz ticks after its arrival's first hit are one arrival (1 ms).

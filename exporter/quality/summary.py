@@ -12,13 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.quality.clock import IO_GROUPS
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.state import State
 from exporter.quality.status import ChannelStatus
 from exporter.quality.verdicts import Cusum, VerdictInputs, judge
 from exporter.quality.window import chip_clock, covered_seconds, span_seconds
-from exporter.reading.packets import DATA, SELF_TRIGGER
+from exporter.reading.packets import DATA, IO_GROUPS, SELF_TRIGGER
 
 
 @dataclass(frozen=True)
