@@ -175,7 +175,7 @@ def test_the_stalest_incomplete_request_makes_room_and_complete_ones_are_always_
     (not the new one); complete requests are never closed for room, and wait for a thread (MAX_WORKERS) in turn."""
     srv, _ = server
     port = srv.server_address[1]
-    assert (web.MAX_OPEN_CONNECTIONS, web.MAX_WORKERS, srv.request_queue_size) == (512, 64, 128)  # as the README says
+    assert (web.MAX_OPEN_CONNECTIONS, web.MAX_WORKERS, srv.request_queue_size) == (512, 64, 1024)  # as the README says
     monkeypatch.setattr(web, "MAX_OPEN_CONNECTIONS", 4)
     monkeypatch.setattr(web, "MAX_WORKERS", 2)
     connect = functools.partial(socket.create_connection, ("127.0.0.1", port), timeout=10)

@@ -90,7 +90,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_OPEN_CONNECTIONS = 512
 #: Complete requests served at once (one thread each); more wait, in order, for a thread.
 MAX_WORKERS = 64
-LISTEN_BACKLOG = 128
+#: Connections the kernel holds until they are accepted: a full queue drops a client's handshake, which then
+#: waits for TCP's retransmissions (seconds to minutes), so it is deep and drained whole at each wake-up.
+LISTEN_BACKLOG = 1024
 #: Bytes written to a client at a time, each with the time left of RESPONSE_SECONDS.
 WRITE_CHUNK = 64 * 1024
 #: Heavy renderings (history, channel lists, per-pixel series, plot pages) at once, and how
@@ -654,7 +656,9 @@ class ExporterServer(HTTPServer):
                     wait = min(wait, max(0.0, self._by_deadline[0].deadline - time.monotonic()))
                 for key, _ in self._selector.select(wait):
                     if key.fileobj is self.socket:
-                        self._accept()
+                        for _ in range(LISTEN_BACKLOG):  # the connections waiting, not one per wake-up
+                            if not self._accept():
+                                break
                     else:
                         self._advance(key.data)
                 self._expire()
@@ -670,29 +674,33 @@ class ExporterServer(HTTPServer):
         self._stopping.set()
         self._stopped.wait()
 
-    def _accept(self) -> None:
-        """Take one new connection; make room for it first when MAX_OPEN_CONNECTIONS are open."""
+    def _accept(self) -> bool:
+        """Take one new connection (False when none is waiting); make room for it first when
+        MAX_OPEN_CONNECTIONS are open."""
         try:
             sock, address = self.socket.accept()
-        except (BlockingIOError, ConnectionError):
-            return
+        except BlockingIOError:
+            return False
+        except ConnectionError:
+            return True
         except OSError as err:  # out of file descriptors: close the stalest incomplete request, else pause
             self._accept_failures += 1
             if self._accept_failures == 1 or self._accept_failures % 1000 == 0:
                 log.warning("%d connections not accepted: %s", self._accept_failures, err.strerror or err)
             if not self._make_room():
                 self._stopping.wait(0.1)
-            return
+            return False
         sock.setblocking(False)
         conn = Connection(sock, address, handshaken=not self.tls)
         with self._lock:
             full = len(self._reading) + self._handed_off >= MAX_OPEN_CONNECTIONS
         if full and not self._make_room():
             conn.refuse(503, f"busy: {MAX_OPEN_CONNECTIONS} requests being served")
-            return
+            return True
         self._reading[conn] = None
         self._by_deadline.append(conn)
         self._selector.register(sock, selectors.EVENT_READ, conn)
+        return True
 
     def _make_room(self) -> bool:
         """Close the connection still sending its request whose last progress is oldest (503); False if none is."""
