@@ -1,8 +1,9 @@
 """The summary: a ``Snapshot`` of a ``State``, the window summed over its slots, and the verdicts on it.
 
-``summarize`` reads the state and writes only the sequential inefficiency test's (``cusum...``), advanced over
-the data since the last evaluation (a second evaluation of the same data leaves it as it is): what the geometry and the run configuration say
-of each chip comes in as a ``ChipLayout``, the reference's rates already aligned to the chips.
+``summarize`` reads the state and writes only the sequential inefficiency test's (``cusum...``), advanced
+over the data since the last evaluation (a second evaluation of the same data leaves it as it is). What the
+geometry and the run configuration say of each chip comes in as a ``ChipLayout``, the reference's rates
+already aligned to the chips.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     tiles, expected = layout.tiles, layout.expected
     now, run = chip_clock(state)
     last_hit = state.last_hit_end[:n]
-    # a silence is judged since the channel's last hit, at most over the span judged (since the last clock step)
+    # a silence is judged since the channel's last hit, at most over the live time since the run started
     since = np.fmax(last_hit, (now - run)[:, None])
     masked = layout.masked & expected
     window_flags = state.win_flags[:, :n].sum(axis=0)
