@@ -23,6 +23,7 @@ Prints figures only (no assertions). Usage: python bench/verdicts.py [--evaluati
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -202,6 +203,19 @@ def end_to_end(geometry, seconds: int, occupancy: float, alpha: float, every: in
 
 
 SHIFT_S = 8 * 3600.0
+WEEK_S = 7 * 24 * 3600.0
+
+
+def poisson_upper(k: int, confidence: float = 0.95) -> float:
+    """The upper limit on a Poisson mean after observing ``k`` events (3.0 for none at 95 %)."""
+    low, high = 0.0, 10.0 + 10.0 * k
+    for _ in range(100):  # bisect P(X <= k; mu) = 1 - confidence
+        mu = (low + high) / 2
+        cdf = math.exp(-mu) * sum(mu**i / math.factorial(i) for i in range(k + 1))
+        low, high = (mu, high) if cdf > 1 - confidence else (low, mu)
+    return (low + high) / 2
+
+
 RULES = Path(_HERE).parent / "alerts" / "larpix.rules.yml"
 #: Data older than this silences the critical alerts (their ``unless ... > 300`` clause).
 STALE_S = 300.0
@@ -425,10 +439,11 @@ def scenarios(
     )
     print(
         "| scenario | false channel verdicts | false dead chips | false check warnings | false check errors "
-        "| false pages per shift | evaluations with a false verdict | fault flagged after | fault paged after "
-        "| most false verdicts | wall |"
+        "| false pages per shift | false pages per week (95 % bound) | evaluations with a false verdict "
+        "| fault flagged after | fault paged after | most false verdicts | wall |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    pages = warnings = 0
     for name in names:
         sc = scenario(name, geometry, seconds, seed)
         if occupancy is not None:
@@ -440,18 +455,27 @@ def scenarios(
             write_run(run.sim, workdir, "raw", seconds, realtime=False, start_time=START, on_second=run.on_second)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        shift = SHIFT_S / seconds
+        shift, week = SHIFT_S / seconds, WEEK_S / seconds
+        pages, warnings = pages + run.false_pages, warnings + run.warnings.count
         worst = sorted({**run.by_status, **run.by_check, **run.by_page}.items(), key=lambda kv: -kv[1])[:3]
         fault = sc.fault_start is not None
         paged = f"{duration(run.paged_at)} ({run.paged_by})" if run.paged_by else duration(run.paged_at)
         print(
             f"| {name} | {run.channel.count * shift:.1f} | {run.chip.count * shift:.1f} | {run.warnings.count * shift:.1f} "
             f"| {run.errors.count * shift:.1f} | {run.false_pages * shift:.1f} "
+            f"| {run.false_pages * week:.0f} ({poisson_upper(run.false_pages) * week:.0f}) "
             f"| {run.evaluations_false} of {run.evaluations} "
             f"| {duration(run.flagged_at) if fault else '-'} | {paged if fault else '-'} "
             f"| {', '.join(f'{k} {v}' for k, v in worst) or '-'} | {time.perf_counter() - started:.0f} s |",
             flush=True,
         )
+    hours = seconds * len(names) / 3600
+    print(
+        f"in all: {hours:g} h of data, {pages} false pages ({pages * WEEK_S / 3600 / hours:.1f} per week, at most "
+        f"{poisson_upper(pages) * WEEK_S / 3600 / hours:.1f} at 95 %), {warnings} false check warnings "
+        f"({warnings * SHIFT_S / 3600 / hours:.1f} per shift, at most "
+        f"{poisson_upper(warnings) * SHIFT_S / 3600 / hours:.1f} at 95 %)"
+    )
 
 
 def main() -> None:

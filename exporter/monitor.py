@@ -34,6 +34,7 @@ from exporter.quality.checks import (
     evaluate,
     load_checks,
     mode_checks,
+    rates_good,
 )
 from exporter.quality.evaluation import Evaluation
 from exporter.quality.history import History
@@ -43,6 +44,7 @@ from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.cursor import DataClock, FileCursor
 from exporter.reading.formats import BY_NAME
 from exporter.reading.tail import DirectoryTail, InputSpec
+from exporter.registry.runs import FILE, RunNamer
 
 if TYPE_CHECKING:
     from exporter.reading.files import Chunk
@@ -62,6 +64,10 @@ class LogHandler(Protocol):
     def handle_log(self, record: dict[str, Any]) -> None: ...
 
 
+#: The reason a dead chip's status change gives when the chip sent nothing since its run started.
+NO_DATA_THIS_RUN = "no data since the run started"
+
+
 @dataclass(frozen=True)
 class StatusChange:
     """A chip's or io_group's worst status, or the detector's, changed between two updates."""
@@ -71,11 +77,13 @@ class StatusChange:
     old: int
     new: int
     checks: tuple[str, ...]  # checks not ok now
+    reason: str = ""  # what the data say besides the checks, e.g. a dead chip's "no data since the run started"
 
     def __str__(self) -> str:
         where = " ".join([self.scope, "-".join(map(str, self.key))]).strip()
         failing = f" ({', '.join(self.checks)})" if self.checks else ""
-        return f"{where}: {CheckStatus(self.old).label} -> {CheckStatus(self.new).label}{failing}"
+        reason = f": {self.reason}" if self.reason else ""
+        return f"{where}: {CheckStatus(self.old).label} -> {CheckStatus(self.new).label}{failing}{reason}"
 
 
 def _as_callable(handler: object, method: str) -> Callable[..., None]:
@@ -101,6 +109,7 @@ class Monitor:
         disabled_lists: Iterable[str | os.PathLike] = (),
         run_mode: str = "auto",
         ingest_engine: str = COMPILED,
+        run_pattern: str | None = None,
     ) -> None:
         if geometry is not None and not isinstance(geometry, Geometry):
             geometry = load_geometry(geometry)
@@ -119,6 +128,10 @@ class Monitor:
             self.mode_checks = mode_checks(self.checks)
         self.reference = Reference.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
         self.history = History(history_interval, history_length)
+        #: Names each file's run (``--run-pattern``, else the file's metadata); a chunk of another named run
+        #: than the last starts a new run: the learnt rates start again (``feed_chunk``).
+        self.runs = RunNamer(run_pattern)
+        self.run: str | None = None
         self._files: dict[str, DirectoryTail] = {}
         #: The files (device, inode) whose stored configuration was applied (or found unusable); a file replaced at
         #: the same path is another inode, or read again from its start: its configuration is read again.
@@ -162,7 +175,14 @@ class Monitor:
         )
 
     def feed_chunk(self, chunk: Chunk, wall_now: float | None = None) -> None:
-        """Add a chunk read from a file (raw messages are decoded and counted in one pass)."""
+        """Add a chunk read from a file (raw messages are decoded and counted in one pass); a chunk of a new run
+        (a name the run pattern or the file's metadata gives, not a file alone) starts it first."""
+        run = self.runs.name(chunk.cursor.path)
+        if run.source != FILE:
+            if self.run is not None and run.run != self.run:
+                self.accumulator.start_run()
+                self.log_event("info", f"run {run.run} starts after run {self.run}", file=chunk.cursor.path)
+            self.run = run.run
         self.accumulator.add_chunk(chunk, time.time() if wall_now is None else wall_now)
 
     def add_file(self, path: str | os.PathLike) -> int:
@@ -208,6 +228,7 @@ class Monitor:
         if mode == "auto":
             mode = detect_run_mode(snap)
         results = evaluate(snap, self.mode_checks[mode], self.reference)
+        self.accumulator.note_rates(rates_good(results))
         self.history.record(snap, results.chip_worst)
         state = Evaluation(snap, results, comparison, time.time(), mode)
         self._notify(self._last, state)
@@ -252,11 +273,17 @@ class Monitor:
         if old is not None:
             n = min(len(old.results.chip_worst), len(keys))
             old_worst[:n] = old.results.chip_worst[:n]
+        # a dead chip that sent nothing in this run (it may have in an earlier one, and no configuration
+        # says it is off now) is told apart from one that stopped
+        unheard = new.snapshot.chip_dead & (new.snapshot.chip_run_hits == 0)
         changes = []
         for row in np.flatnonzero(_acted_on(old_worst) != _acted_on(r.chip_worst)).tolist():
             failing = tuple(c.name for c, s in zip(r.chip_checks, r.chip_status[:, row]) if s > CheckStatus.OK)
+            reason = NO_DATA_THIS_RUN if unheard[row] else ""
             changes.append(
-                StatusChange("chip", tuple(keys[row].tolist()), int(old_worst[row]), int(r.chip_worst[row]), failing)
+                StatusChange(
+                    "chip", tuple(keys[row].tolist()), int(old_worst[row]), int(r.chip_worst[row]), failing, reason
+                )
             )
         old_groups = old.results.io_group_status if old is not None else np.zeros_like(r.io_group_status)
         for group in np.flatnonzero(_acted_on(old_groups) != _acted_on(r.io_group_status)).tolist():

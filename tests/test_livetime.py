@@ -215,3 +215,27 @@ def test_checkpoint_files_from_before_live_time_restore_the_window_whole(tmp_pat
     assert not [r for r in caplog.records if "window" in r.getMessage()]
     a, b = (i.monitor.update().snapshot for i in (ing, restored))
     assert b.chip_window_packets.tolist() == a.chip_window_packets.tolist() and a.chip_window_packets.sum() > 0
+
+
+@pytest.mark.parametrize("pattern", [r"run_(?P<run>\d+)", None])
+def test_a_new_named_run_starts_the_learnt_rates_again_without_a_gap(tmp_path, tile_geometry, pattern):
+    """Two runs back to back, without a dead gap: the run pattern names them, and the second's first chunk
+    starts a run (its learnt rates count its own hits only); files named by nothing but themselves are one
+    file each, not a run each, and start nothing."""
+    paths, _ = simulate_files(tile_geometry, tmp_path, 120, fmt="packets", file_seconds=60, hit_rate_hz=1.0)
+    assert len(paths) == 2
+    runs = [p.rename(p.with_name(f"run_000{i + 1}.h5")) for i, p in enumerate(paths)]
+    monitor = Monitor(tile_geometry, run_pattern=pattern)
+    records: list[dict] = []
+    monitor.add_log_handler(records.append)
+    monitor.add_file(runs[0])
+    first = int(monitor.accumulator.state.self_hits.sum())
+    monitor.add_file(runs[1])
+    state = monitor.accumulator.state
+    all_hits, run_hits = int(state.hits_total.sum()), int(state.self_hits.sum())
+    started = [r["message"] for r in records if "starts after" in r["message"]]
+    if pattern is None:
+        assert run_hits == all_hits and not started and monitor.run is None
+    else:
+        assert 0 < run_hits == all_hits - first, "the second run counts its own hits only"
+        assert started == ["run 0002 starts after run 0001"] and monitor.run == "0002"

@@ -9,7 +9,7 @@ from helpers import START
 
 from exporter import Monitor
 from exporter.detector.geometry import Geometry
-from exporter.monitor import Evaluation
+from exporter.monitor import NO_DATA_THIS_RUN, Evaluation, StatusChange
 from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.quality.verdicts import robust_ratio
 from exporter.reading.decode import decode_messages
@@ -130,6 +130,8 @@ def test_an_io_channel_heard_in_the_last_run_and_dead_from_the_start_of_the_next
     io_channel = tuple(int(v) for v in four_tiles.chips[four_tiles.tiles == tile][0, :2])
     dead = (four_tiles.chips[:, :2] == io_channel).all(1)
     monitor = Monitor(four_tiles)
+    changes: list[StatusChange] = []
+    monitor.add_status_handler(changes.append)
     sim = Simulator(four_tiles, SimulationConfig(hit_rate_hz=RATE_HZ, seed=5))
     restart = 120 + 300
     for t in [*range(120), *range(restart, restart + 60)]:
@@ -142,3 +144,30 @@ def test_an_io_channel_heard_in_the_last_run_and_dead_from_the_start_of_the_next
     never = status(state, "io_channel_never_seen")
     assert state.snapshot.chip_run_seconds[inside].max() <= 61, "the next run is 60 s old"
     assert (never[inside] == CheckStatus.ERROR).all() and (never[~inside] == CheckStatus.OK).all()
+    # its chips are dead, each told once with the reason; no chip heard in this run is given it
+    dead_keys = {tuple(k) for k in state.snapshot.chip_keys[inside & state.snapshot.chip_dead].tolist()}
+    told = [c for c in changes if c.scope == "chip" and c.reason == NO_DATA_THIS_RUN]
+    assert dead_keys and sorted(c.key for c in told) == sorted(dead_keys)
+    assert all(str(c).endswith(": no data since the run started") for c in told)
+
+
+@pytest.mark.slow
+def test_a_tripped_tile_stays_flagged_its_learnt_rate_does_not_follow_the_trip(four_tiles):
+    """Learnt rates learn only from data judged good: 15 minutes after an HV trip to 10 %, evaluated every 10 s
+    as serve does, the tile's rate checks are still in error (learnt from every arrival, its rate followed the
+    trip down and the checks eased to warning about 10 minutes after it), and no other tile is flagged."""
+    tile = int(np.unique(four_tiles.tiles)[2])
+    trip = 240
+    monitor = Monitor(four_tiles)
+    sim = Simulator(
+        four_tiles,
+        SimulationConfig(hit_rate_hz=RATE_HZ, seed=5),
+        Faults(rate_changes=[RateChange(tiles=[tile], scale=0.1, start=trip)]),
+    )
+    for t in range(trip + 900):
+        monitor.feed(decode_messages(*sim.second(START + t)).packets, wall_now=START + t)
+        if t % 10 == 9:
+            state = monitor.update()
+    inside = rows_of(four_tiles, state, four_tiles.tiles == tile)
+    assert (status(state, "tile_rate")[inside] == CheckStatus.ERROR).all()
+    assert (status(state, "tile_rate")[~inside] == CheckStatus.OK).all()

@@ -295,6 +295,11 @@ class Accumulator:
             if not np.isnan(ends[g]):
                 self.state.start_run(g, float(ends[g]) + 1.0)
 
+    def note_rates(self, good: np.ndarray) -> None:
+        """Keep which chips' rate checks were ok or unknown at this evaluation (``checks.rates_good``): only
+        their data teach the learnt rates at the next one (``summary.learn``)."""
+        self.state.rates_good[: len(good)] = good
+
     def set_run_config(self, run_config: RunConfig) -> None:
         """Judge from now on with this run configuration (networks, masks), e.g. one read from a file; one
         that expects other chips or masks other channels starts a new run (``start_run``)."""

@@ -412,6 +412,12 @@ def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | N
     )  # fmt: skip
 
 
+def rates_good(results: CheckResults) -> np.ndarray:
+    """Per chip: its rate checks (counting and region) ok or unknown, so its data may teach the learnt rates."""
+    rows = [i for i, c in enumerate(results.chip_checks) if c.poisson or c.region]
+    return np.asarray((results.chip_status[rows] <= CheckStatus.OK).all(axis=0))
+
+
 def _range(path: str, node: yaml.Node, where: str) -> tuple[float, float]:
     line = node.start_mark.line + 1
     value = yaml.safe_load(yaml.serialize(node))

@@ -148,6 +148,15 @@ FIELDS: tuple[Field, ...] = (
     Field("cusum_seen", CHIP, (CHANNELS_PER_CHIP,), optional=True, per_run=True),
     Field("cusum_good", CHIP, (CHANNELS_PER_CHIP, 4), np.float64, optional=True, per_run=True),
     Field("cusum_time", CHIP, (), np.float64, np.nan, optional=True, per_run=True),
+    # the learnt rates, from data judged good only (``summary.learn``): per channel, the arrivals and live
+    # seconds of the spans between evaluations in which its chip's rate checks were ok or unknown
+    # (``rates_good``, kept by ``Accumulator.note_rates``) and it was neither silent, inefficient nor noisy;
+    # the arrivals_total and live time of the chip's last evaluation (NaN: none yet this run, whose first
+    # learns everything since the run started)
+    Field("learnt", CHIP, (CHANNELS_PER_CHIP, 2), np.float64, optional=True, per_run=True),
+    Field("learnt_seen", CHIP, (CHANNELS_PER_CHIP,), optional=True, per_run=True),
+    Field("learnt_time", CHIP, (), np.float64, np.nan, optional=True, per_run=True),
+    Field("rates_good", CHIP, (), np.int8, 1, optional=True, per_run=True),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 #: The window file's arrays (``runtime/checkpoint.py``).

@@ -1,7 +1,8 @@
 """The summary: a ``Snapshot`` of a ``State``, the window summed over its slots, and the verdicts on it.
 
-``summarize`` reads the state and writes only the sequential inefficiency test's (``cusum...``), advanced
-over the data since the last evaluation (a second evaluation of the same data leaves it as it is). What the
+``summarize`` reads the state and writes only what evaluations learn, over the data since the last one (a
+second evaluation of the same data leaves it as it is): the sequential inefficiency test (``cusum...``) and
+the learnt rates (``learnt...``, ``learn``). What the
 geometry and the run configuration say of each chip comes in as a ``ChipLayout``, the reference's rates
 already aligned to the chips.
 """
@@ -38,6 +39,24 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
         mean = s / n
         var = np.maximum(ss / n - mean * mean, 0.0)
     return mean, np.sqrt(var)
+
+
+def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) -> None:
+    """Add each chip's data since its last evaluation to its learnt rates where judged good: its rate checks
+    were ok or unknown at that evaluation (``rates_good``) and the channel is not flagged now. A fault is
+    not learnt once seen, so the rate it is judged against stays the one it had."""
+    n = len(status)
+    live = ~np.isnan(now)
+    first = np.isnan(state.learnt_time[:n])  # the run's first evaluation learns from the run's start
+    seconds = np.where(first, run, np.maximum(now - state.learnt_time[:n], 0.0))
+    arrivals = state.arrivals_total[:n]
+    new = np.where(first[:, None], arrivals, np.maximum(arrivals - state.learnt_seen[:n], 0))
+    flagged = np.isin(status, (ChannelStatus.SILENT, ChannelStatus.INEFFICIENT, ChannelStatus.NOISY))
+    good = (live & (state.rates_good[:n] > 0))[:, None] & ~flagged
+    state.learnt[:n, :, 0] += np.where(good, new, 0)
+    state.learnt[:n, :, 1] += np.where(good, np.nan_to_num(seconds)[:, None], 0.0)
+    state.learnt_seen[:n] = np.where(live[:, None], arrivals, state.learnt_seen[:n])
+    state.learnt_time[:n] = np.where(live, now, state.learnt_time[:n])
 
 
 def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | None = None) -> Snapshot:
@@ -77,6 +96,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
             arrivals_total=state.arrivals_total[:n],
             cusum=Cusum(state.cusum[:n], state.cusum_seen[:n], state.cusum_good[:n], state.cusum_time[:n]),
             now=now,
+            learnt=state.learnt[:n],
         ),
         state.config.false_alarm_probability,
         state.config.noisy_rate_hz,
@@ -84,6 +104,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     if verdicts.cusum is not None:
         state.cusum[:n], state.cusum_seen[:n] = verdicts.cusum.statistic, verdicts.cusum.seen
         state.cusum_good[:n], state.cusum_time[:n] = verdicts.cusum.good, verdicts.cusum.time
+    learn(state, now, run, verdicts.channel_status)
     status = verdicts.channel_status
     status[masked] = ChannelStatus.MASKED
     masked_active = (masked & (hits > 0)).sum(axis=1)

@@ -11,7 +11,9 @@ verdict is given only when the data prove it at that level; until then a channel
 chip, is *unknown*, never ok and never silent.
 
 Expected rate of a channel: the reference run's rate when a reference knows the channel, else the
-channel's own rate learnt on this run (arrivals since the run started / data time since), else,
+channel's own rate learnt on this run from data judged good (arrivals / live time of the spans in
+which its chip's rate checks were ok and it was not flagged: a tile after an HV trip is judged
+against the rate it had, not one that follows the trip down), else,
 for a channel without a hit yet, a slow channel's rate of its tile (``SLOW_QUANTILE`` of the
 learnt rates: a channel slower than most is not called dead for want of hits). The learnt rates
 of an io_channel that never spoke are no sample of a healthy channel and are left out of that
@@ -210,6 +212,9 @@ class VerdictInputs:
     # the sequential inefficiency test: its state at the last evaluation, and each chip's live time now
     cusum: Cusum | None = None
     now: np.ndarray | None = None  # (chips,)
+    # (chips, 64, 2) arrivals and live seconds learnt from data judged good (``summary.learn``); where a
+    # channel has none, or without them, its rate is learnt from every arrival since the run started
+    learnt: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -300,6 +305,9 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
     count = int(inverse.max()) + 1 if len(inverse) else 0
     learnt = arrivals / run
+    if inputs.learnt is not None:
+        good_arrivals, good_seconds = inputs.learnt[..., 0], inputs.learnt[..., 1]
+        learnt = np.where(good_seconds >= 1.0, good_arrivals / np.maximum(good_seconds, 1.0), learnt)
     # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
     heard = hits.sum(axis=1) > 0
     if inputs.links is None:

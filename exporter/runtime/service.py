@@ -98,6 +98,7 @@ class Service:
             disabled_lists=settings.disabled_lists,
             run_mode=settings.run_mode,
             ingest_engine=settings.ingest_engine,
+            run_pattern=settings.run_pattern,
         )
         self.checkpoint_path = resolve_checkpoint_path(settings)
         self.ingester = Ingester(
@@ -111,7 +112,7 @@ class Service:
         )
         if self.ingester.checkpoints is not None:
             self.ingester.checkpoints.lock()  # one exporter per state file, else each would undo the other's counts
-        namer = RunNamer(settings.run_pattern)
+        namer = self.monitor.runs
         #: Records the runs (None without a registry); opened after the state file's lock (a second exporter is
         #: told about the state file it shares) and before any data is read, so a bad registry stops start-up.
         self.registry = RegistryWriter(self.registry_path, namer, run_context(settings)) if self.registry_path else None

@@ -335,7 +335,11 @@ class MetricsApp:
                 f"{int(s.chip_status_counts[:, masked_column].sum()) if len(s.chip_keys) else 0} channels masked"
                 + (f" ({len(rc.sources)} files)" if rc.sources else ""),
             ),
-            ("dead chips", int(s.chip_dead.sum())),
+            (
+                "dead chips",
+                f"{int(s.chip_dead.sum())} ({int((s.chip_dead & (s.chip_run_hits == 0)).sum())} with no data since "
+                "the run started)",
+            ),
             ("chips unknown (not enough data yet)", int(s.chip_unknown.sum())),
             (
                 "verdict thresholds",
