@@ -145,6 +145,7 @@ def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
     page = scrape(port, "/")
     assert "<a href='/metrics'>/metrics</a>" in page and "RaisesInCall" in page
     assert "<th>dead chips</th>" in page and " unknown" in page and "verdict thresholds" in page
+    assert re.search(r"<th>dead chips</th><td>\d+ \(\d+ with no data since the run started\)</td>", page)
     result = chromium("--virtual-time-budget=15000", "--dump-dom", url)
     images = re.findall(r"<img [^>]*>", result.stdout)
     expected = len([p for p in (served["plotdir"] / "latest").glob("*.png") if not p.is_symlink()])
