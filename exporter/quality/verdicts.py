@@ -213,7 +213,8 @@ class VerdictInputs:
     cusum: Cusum | None = None
     now: np.ndarray | None = None  # (chips,)
     # (chips, 64, 2) arrivals and live seconds learnt from data judged good (``summary.learn``); where a
-    # channel has none, or without them, its rate is learnt from every arrival since the run started
+    # channel has less than a window's span of them, or without them, its rate is learnt from every
+    # arrival since the run started (a few seconds' estimate, then not learnt while flagged, could stick)
     learnt: np.ndarray | None = None
 
 
@@ -307,7 +308,7 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     learnt = arrivals / run
     if inputs.learnt is not None:
         good_arrivals, good_seconds = inputs.learnt[..., 0], inputs.learnt[..., 1]
-        learnt = np.where(good_seconds >= 1.0, good_arrivals / np.maximum(good_seconds, 1.0), learnt)
+        learnt = np.where(good_seconds >= window, good_arrivals / np.maximum(good_seconds, 1.0), learnt)
     # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
     heard = hits.sum(axis=1) > 0
     if inputs.links is None:
