@@ -64,37 +64,53 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
     dash = dash.with_row(db.Row("Checks"))
     not_ok_status = f"larpix_check_status > {int(CheckStatus.OK)}"
     not_ok = with_tile(f"(larpix_check_status{{{IOG}}} > {int(CheckStatus.OK)})")
-    dash = dash.with_panel(
-        table_panel(
-            "Checks not ok, by chip",
-            f"Every chip and check whose status is WARNING or ERROR now ({not_ok_status}), errors "
-            "first. Ranges of each check: docs/metrics.md, Checks.",
-            [query(not_ok, instant=True, fmt="table")],
-            [
-                organize(exclude=["Time", "job", "instance"], rename={"Value": "status"}),
-                sort_by("status"),
-            ],
-            w=14,
-            h=9,
+    dash = (
+        dash.with_panel(
+            table_panel(
+                "Checks not ok, by chip",
+                f"Every chip and check whose status is WARNING or ERROR now ({not_ok_status}), errors "
+                "first. Ranges of each check: docs/metrics.md, Checks.",
+                [query(not_ok, instant=True, fmt="table")],
+                [
+                    organize(exclude=["Time", "job", "instance"], rename={"Value": "status"}),
+                    sort_by("status"),
+                ],
+                w=14,
+                h=9,
+            )
+            .mappings(STATUS_MAPPING)
+            .thresholds(thresholds(*STATUS_STEPS))
+            .override_by_name(
+                "status",
+                [dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})],
+            )
+            .no_value("all checks ok")
         )
-        .mappings(STATUS_MAPPING)
-        .thresholds(thresholds(*STATUS_STEPS))
-        .override_by_name(
-            "status",
-            [dm.DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"})],
+        .with_panel(
+            ts_panel(
+                "Chips not ok by check",
+                "Number of selected chips with a check in WARNING or ERROR, per check, over time.",
+                [query(f"count by (check) ({not_ok})", "{{check}}")],
+                "none",
+                w=10,
+                h=9,
+            )
+            .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
+            .no_value("all checks ok")
         )
-        .no_value("all checks ok")
-    ).with_panel(
-        ts_panel(
-            "Chips not ok by check",
-            "Number of selected chips with a check in WARNING or ERROR, per check, over time.",
-            [query(f"count by (check) ({not_ok})", "{{check}}")],
-            "none",
-            w=10,
-            h=9,
+        .with_panel(
+            merged_table(
+                "Chips by check and status",
+                "Judged chips of the selected io_groups per check: in error, in warning, unknown (not enough data yet) "
+                "and ok (larpix_check_chips; only the chips not ok have a larpix_check_status series).",
+                {
+                    status.label: f'sum by (check) (larpix_check_chips{{status="{status.label}", {IOG}}})'
+                    for status in sorted(CheckStatus, reverse=True)
+                },
+                CheckStatus.ERROR.label,
+                h=7,
+            )
         )
-        .stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
-        .no_value("all checks ok")
     )
 
     dash = dash.with_row(db.Row("Hit rates by tile"))
@@ -202,8 +218,20 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 pixel_hit,
                 "hit rate",
                 "hertz",
-                w=24,
+                w=16,
             ).no_value("no per-pixel series (enable the larpix-per-pixel scrape job)")
+        )
+        .with_panel(
+            topk_table(
+                "Masked channels still sending",
+                "Chips with masked channels (disabled list, channel_mask) that still sent data over the window: "
+                "a mask the chip did not apply.",
+                20,
+                with_tile(f"larpix_chip_masked_active_channels{{{IOG}}}"),
+                "channels",
+                "none",
+                w=8,
+            ).no_value("every mask holds")
         )
     )
 

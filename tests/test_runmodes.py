@@ -199,14 +199,20 @@ def test_simulate_writes_a_pedestal_run_that_once_recognises(tmp_path, tile_geom
 
 #: Families only a scrape of serve has: its own process, the scrape, the plots it draws.
 SCRAPE_ONLY_PREFIXES = ("process_", "python_", "larpix_exporter_scrape_", "larpix_exporter_plot_")
-STATUS_FAMILIES = ("larpix_check_status", "larpix_tile_status", "larpix_io_group_status", "larpix_detector_status")
+STATUS_FAMILIES = (
+    "larpix_check_status",
+    "larpix_check_chips",
+    "larpix_tile_status",
+    "larpix_io_group_status",
+    "larpix_detector_status",
+)
 
 
 @pytest.mark.external
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_once_writes_the_families_a_scrape_of_serve_shows(tmp_path, tile_geometry, fmt):
     """``once``'s metrics.prom has every family a scrape of ``serve`` over the same file has (check statuses and
-    the tile, io_group and detector statuses included), with the same check-status series."""
+    the counts by status and the tile, io_group and detector statuses included), with the same check-status series."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from tests.helpers import free_port, ingested, running_exporter, scrape, simulate_files, wait_for

@@ -13,11 +13,20 @@ from exporter.metrics.health import Health
 from exporter.quality.accumulator import FIFO_FLAGS
 from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus
+from exporter.quality.status import ChannelStatus, CheckStatus
 from exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
 
 CHIP_LABELS = ("io_group", "io_channel", "chip_id")
 SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")
+#: The check whose chips not ok get ``larpix_chip_expected_hit_rate_hertz``: the rate it compared the hits with.
+RATE_CHECK = "hit_rate_ratio"
+
+
+def _where(keep: np.ndarray, rows: list[tuple[int, int, int]], labels: list[str]) -> tuple[np.ndarray, list, list[str]]:
+    """The indices, chip rows and label strings of the chips ``keep`` selects (the series budget: no series for a
+    zero count, an ok check or a live chip, issue 22)."""
+    index = np.flatnonzero(keep)
+    return index, [rows[i] for i in index.tolist()], [labels[i] for i in index.tolist()]
 
 
 def _run_info_labels(mode: str, mode_setting: str, run: str | None) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
@@ -69,25 +78,29 @@ class FamilyBuilder:
         return self._exporter(snap, health, time.time() if now is None else now)
 
     def _checks(self, state: Evaluation, run: str | None = None) -> list[Family]:
-        rows, labels = self._chips(state.snapshot)
+        snap = state.snapshot
+        rows, labels = self._chips(snap)
         r = state.results
         status = Family(
             "larpix_check_status",
             "gauge",
-            "Check status: -1 unknown (not enough data yet), 0 ok, 1 warning, 2 error (see the README's checks table).",
+            "Check status where it is 1 warning or 2 error (ok and unknown: no series; larpix_check_chips counts them).",
         )
         for check, values in zip(r.chip_checks, r.chip_status):
+            index, failing, failing_labels = _where(values > CheckStatus.OK, rows, labels)
             status.add(
                 ("check", *CHIP_LABELS),
-                [(check.name, *row) for row in rows],
-                values,
-                labels=[f'check="{check.name}",{lab}' for lab in labels],
+                [(check.name, *row) for row in failing],
+                values[index],
+                labels=[f'check="{check.name}",{lab}' for lab in failing_labels],
             )
-        groups = state.snapshot.io_groups.tolist()
+        groups = snap.io_groups.tolist()
         for check, values in zip(r.group_checks, r.group_status):
-            status.add(("check", "io_group"), [(check.name, g) for g in groups], values[groups])
+            failing_groups = [g for g in groups if values[g] > CheckStatus.OK]
+            status.add(("check", "io_group"), [(check.name, g) for g in failing_groups], values[failing_groups])
         fams = [
             status,
+            self._check_counts(state),
             Family("larpix_tile_status", "gauge", "Worst check status of the tile's chips.").add(
                 ("tile",), [(int(t),) for t in r.tiles], r.tile_status
             ),
@@ -104,6 +117,24 @@ class FamilyBuilder:
                 "(value is always 1).",
             ).add(*_run_info_labels(state.run_mode, self.mode_setting, run), [1]),
         ]
+        rate_failing = np.zeros(len(rows), bool)  # no chip when the run mode turns the check off
+        for check, values in zip(r.chip_checks, r.chip_status):
+            if check.name == RATE_CHECK:
+                rate_failing = values > CheckStatus.OK
+        index, failing, failing_labels = _where(rate_failing, rows, labels)
+        fams.append(
+            Family(
+                "larpix_chip_expected_hit_rate_hertz",
+                "gauge",
+                f"Hits per second the verdicts expect of the chip now (learnt or reference rate, tile occupancy);"
+                f" only for chips whose {RATE_CHECK} check is not ok.",
+            ).add(
+                CHIP_LABELS,
+                failing,
+                snap.chip_expected_hits[index] / snap.chip_span_seconds[index],
+                labels=failing_labels,
+            )
+        )
         if state.comparison is not None:
             c = state.comparison
             for name, help_text, values in (
@@ -122,6 +153,31 @@ class FamilyBuilder:
                 fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
         return fams
 
+    def _check_counts(self, state: Evaluation) -> Family:
+        """``larpix_check_chips``: judged chips per chip-scope check, io_group and status, zeros included (a fixed
+        4 x checks x io_groups series), so that ok and unknown chips are counted without a series each."""
+        snap = state.snapshot
+        r = state.results
+        judged = snap.chip_expected & snap.chip_judged
+        chip_groups = snap.chip_keys[judged, 0].astype(np.int64)
+        groups = snap.io_groups.tolist()
+        statuses = list(CheckStatus)
+        family = Family(
+            "larpix_check_chips",
+            "gauge",
+            "Judged chips per check and io_group by check status (unknown, ok, warning, error).",
+        )
+        for check, values in zip(r.chip_checks, r.chip_status):
+            counts = np.zeros((len(statuses), 256), np.int64)
+            for i, s in enumerate(statuses):
+                counts[i] = np.bincount(chip_groups[values[judged] == s], minlength=256)
+            family.add(
+                ("check", "io_group", "status"),
+                [(check.name, g, s.label) for g in groups for s in statuses],
+                counts[:, groups].T.reshape(-1),
+            )
+        return family
+
     def _detector(self, snap: Snapshot) -> list[Family]:
         rows, labels = self._chips(snap)
         fams = []
@@ -138,10 +194,13 @@ class FamilyBuilder:
                 CHIP_LABELS, rows, snap.chip_packets, labels=labels
             )
         )
+        index, erring, erring_labels = _where(snap.chip_parity_errors > 0, rows, labels)
         fams.append(
-            Family("larpix_chip_parity_errors", "counter", "Data packets with a parity error, per chip.").add(
-                CHIP_LABELS, rows, snap.chip_parity_errors, labels=labels
-            )
+            Family(
+                "larpix_chip_parity_errors",
+                "counter",
+                "Data packets with a parity error, per chip (chips that had any since the exporter started).",
+            ).add(CHIP_LABELS, erring, snap.chip_parity_errors[index], labels=erring_labels)
         )
         links = np.unique(
             np.concatenate([snap.chip_keys[:, :2].astype(np.int64), np.argwhere(snap.link_parity_errors > 0)]).reshape(
@@ -173,49 +232,56 @@ class FamilyBuilder:
             )
         )
         fifo = Family(
-            "larpix_chip_fifo_flags", "counter", "Data packets carrying a FIFO half-full or full flag, per chip."
+            "larpix_chip_fifo_flags",
+            "counter",
+            "Data packets carrying a FIFO half-full or full flag, per chip and flag (those counted since the exporter"
+            " started).",
         )
         for i, (which, level) in enumerate(FIFO_FLAGS):
+            index, flagged, flagged_labels = _where(snap.chip_fifo_flags[:, i] > 0, rows, labels)
             fifo.add(
                 (*CHIP_LABELS, "fifo", "level"),
-                [(*r, which, level) for r in rows],
-                snap.chip_fifo_flags[:, i],
-                labels=[f'{lab},fifo="{which}",level="{level}"' for lab in labels],
+                [(*r, which, level) for r in flagged],
+                snap.chip_fifo_flags[index, i],
+                labels=[f'{lab},fifo="{which}",level="{level}"' for lab in flagged_labels],
             )
         fams.append(fifo)
         status = Family(
             "larpix_chip_channels",
             "gauge",
-            "Channels of the chip by verdict: " + ", ".join(s.label for s in ChannelStatus.judged()) + ".",
+            "Channels of the chip by verdict, where there are any: "
+            + ", ".join(s.label for s in ChannelStatus.judged())
+            + ".",
         )
         for i, name in enumerate(s.label for s in ChannelStatus.judged()):
+            index, counted, counted_labels = _where(snap.chip_status_counts[:, i] > 0, rows, labels)
             status.add(
                 (*CHIP_LABELS, "status"),
-                [(*r, name) for r in rows],
-                snap.chip_status_counts[:, i],
-                labels=[f'{lab},status="{name}"' for lab in labels],
+                [(*r, name) for r in counted],
+                snap.chip_status_counts[index, i],
+                labels=[f'{lab},status="{name}"' for lab in counted_labels],
             )
         fams.append(status)
         if len(snap.chip_masked_active) == len(rows):
+            index, leaking, leaking_labels = _where(snap.chip_masked_active > 0, rows, labels)
             fams.append(
                 Family(
                     "larpix_chip_masked_active_channels",
                     "gauge",
-                    "Masked channels (disabled list, channel_mask) that still sent data over the window, per chip.",
-                ).add(CHIP_LABELS, rows, snap.chip_masked_active, labels=labels)
+                    "Masked channels (disabled list, channel_mask) that still sent data over the window, per chip"
+                    " that has any.",
+                ).add(CHIP_LABELS, leaking, snap.chip_masked_active[index], labels=leaking_labels)
             )
+        index, dead, dead_labels = _where(snap.chip_dead, rows, labels)
+        fams.append(
+            Family(
+                "larpix_chip_dead",
+                "gauge",
+                "1 for each chip proven dead (no hit for longer than the false-alarm budget allows); live chips: no series.",
+            ).add(CHIP_LABELS, dead, np.ones(len(index), np.int64), labels=dead_labels)
+        )
         for name, help_text, values in (
             ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snap.chip_rate_hz),
-            (
-                "larpix_chip_expected_hit_rate_hertz",
-                "Hits per second the verdicts expect of the chip now (learnt or reference rate, tile occupancy).",
-                snap.chip_expected_hits / snap.chip_span_seconds,
-            ),
-            (
-                "larpix_chip_dead",
-                "1 when the chip is proven dead (no hit for longer than the false-alarm budget allows), else 0.",
-                snap.chip_dead.astype(np.int64),
-            ),
             ("larpix_chip_adc_mean", "Mean ADC value (dataword) over the window, per chip.", snap.chip_adc_mean),
             (
                 "larpix_chip_adc_stddev",
