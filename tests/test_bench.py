@@ -28,6 +28,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("checkpoint.py", ["--repeat", "1", "--files", "10", "--io-groups", "2"], "module (1,600 chips)"),
         ("soak.py", ["--minutes", "0.5", "--sample", "10"], "RSS after warm-up"),
         ("server.py", ["--seconds", "2", "--backlog", "20"], "history fetches by 2 clients"),
+        ("series.py", ["--seconds", "2", "--repeat", "1"], "total /metrics"),
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):
