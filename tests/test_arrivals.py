@@ -152,10 +152,11 @@ def test_a_state_and_window_file_from_before_arrivals_continue_with_arrivals_fro
 @contextmanager
 def counting_hits(acc: Accumulator) -> Iterator[None]:
     """Judge as before arrivals: every hit an independent arrival (the counterfactual the tests compare with);
-    the inefficiency CUSUM that judging advances is left as it was."""
+    what judging learns (the inefficiency CUSUM, the learnt rates) is left as it was."""
     state = acc.state
     saved = state.arrivals_total, state.win_arrivals
-    cusum = {name: getattr(state, name).copy() for name in ("cusum", "cusum_seen", "cusum_good", "cusum_time")}
+    learning = ("cusum", "cusum_seen", "cusum_good", "cusum_time", "learnt", "learnt_seen", "learnt_time")
+    cusum = {name: getattr(state, name).copy() for name in learning}
     state.arrivals_total, state.win_arrivals = state.self_hits, state.win_hits
     try:
         yield

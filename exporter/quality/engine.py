@@ -95,32 +95,46 @@ def count_parity_errors(
         state.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
 
 
+def _touched(rows: np.ndarray, capacity: int) -> tuple[np.ndarray | slice, int, np.ndarray]:
+    """The chip rows a chunk touches, how many, and each packet's index among them: per-chunk arrays sized
+    by what the chunk holds, not by the detector (a one-message chunk of a 6,400-chip module stays cheap).
+    A chunk touching most rows takes them all, as a slice: adding in place beats gathering and scattering."""
+    present = np.zeros(capacity, bool)
+    present[rows] = True
+    touched = np.flatnonzero(present)
+    if 2 * len(touched) > capacity:
+        return slice(0, capacity), capacity, rows
+    return touched, len(touched), (np.cumsum(present) - 1)[rows]
+
+
 def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, flags: np.ndarray) -> None:
     """Per-channel and per-chip sums of valid data packets (window ``slots``, chip ``rows``, FIFO ``flags``)."""
     if len(data) == 0:
         return
     io_group = data["io_group"]
-    cap, nb = state.capacity, state.config.window_bins
-    n_flat = cap * CHANNELS_PER_CHIP
-    channel = rows.astype(np.int64) * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
+    nb = state.config.window_bins
+    touched, k, local = _touched(rows, state.capacity)
+    n_flat = k * CHANNELS_PER_CHIP
+    channel = local * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
     adc_code = data["dataword"]
-    # Flat keys (slot + 2) * n_flat + channel: key row 0 holds packets that are not self-triggered,
-    # row 1 self-triggered ones outside the window, so one bincount gives the all-time hits, the
-    # self-triggered ones and every window slot's hits, without gathers.
+    # Flat keys (slot + 2) * n_flat + channel over the touched chips: key row 0 holds packets that are not
+    # self-triggered, row 1 self-triggered ones outside the window, so one bincount gives the all-time
+    # hits, the self-triggered ones and every window slot's hits, without gathers.
     key = (slots + 2) * n_flat + channel
     size = (nb + 2) * n_flat
-    hits = np.bincount(key, minlength=size).reshape(nb + 2, cap, -1)
+    hits = np.bincount(key, minlength=size).reshape(nb + 2, k, -1)
     per_channel = hits.sum(axis=0)
-    state.hits_total += per_channel
-    state.self_hits += per_channel - hits[0]
-    state.chip_packets += per_channel.sum(axis=1)
+    state.hits_total[touched] += per_channel
+    state.self_hits[touched] += per_channel - hits[0]
+    state.chip_packets[touched] += per_channel.sum(axis=1)
     window = hits[2:]
-    state.win_hits += window
-    _note_last_hits(state, window)
+    state.win_hits[:, touched] += window
+    _note_last_hits(state, window, touched)
     if window.any():
         adc = adc_code.astype(np.float64)
-        state.win_adc += np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(nb, cap, -1)
-        state.win_adc_sq += np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(nb, cap, -1)
+        shape = (nb, k, CHANNELS_PER_CHIP)
+        state.win_adc[:, touched] += np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
+        state.win_adc_sq[:, touched] += np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
     state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
         IO_GROUPS, 256
     )
@@ -191,12 +205,14 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
         return
     last = np.r_[channel[at][1:] != channel[at][:-1], True]
     anchors[channel[at][last]] = times[at][last]
-    n_flat = state.capacity * CHANNELS_PER_CHIP
-    state.arrivals_total += np.bincount(channel[at], minlength=n_flat).reshape(state.capacity, -1)
-    window = at[slots[at] >= 0]
-    state.win_arrivals += np.bincount(
-        slots[window] * n_flat + channel[window], minlength=state.config.window_bins * n_flat
-    ).reshape(state.config.window_bins, state.capacity, -1)
+    touched, k, local = _touched(channel[at] // CHANNELS_PER_CHIP, state.capacity)
+    n_flat = k * CHANNELS_PER_CHIP
+    flat = local * CHANNELS_PER_CHIP + channel[at] % CHANNELS_PER_CHIP
+    state.arrivals_total[touched] += np.bincount(flat, minlength=n_flat).reshape(k, -1)
+    inside = slots[at] >= 0
+    state.win_arrivals[:, touched] += np.bincount(
+        slots[at][inside] * n_flat + flat[inside], minlength=state.config.window_bins * n_flat
+    ).reshape(state.config.window_bins, k, -1)
 
 
 def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
@@ -208,18 +224,19 @@ def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.n
     return flagged
 
 
-def _note_last_hits(state: State, hits: np.ndarray) -> None:
+def _note_last_hits(state: State, hits: np.ndarray, rows: np.ndarray | slice) -> None:
     """Move each channel's last-hit time to the end of the newest window bin it has hits in.
 
-    ``hits`` is (slots, chip rows, 64); each chip's ring slots belong to its io_group's window.
+    ``hits`` is (slots, len(rows), 64) for the chip ``rows``; each chip's ring slots belong to its io_group's window.
     """
-    nb, n = state.config.window_bins, len(state.chips)
-    ends = slot_ends(state)[state.chips.keys[:, 0].astype(np.int64)]
-    last = state.last_hit_end[:n]
-    for slot in np.flatnonzero(hits[:, :n].reshape(nb, -1).any(axis=1)).tolist():
+    nb = state.config.window_bins
+    ends = slot_ends(state)[state.chips.keys[rows, 0].astype(np.int64)]
+    last = state.last_hit_end[rows]
+    for slot in np.flatnonzero(hits.reshape(nb, -1).any(axis=1)).tolist():
         end = ends[:, slot]
-        hit = hits[slot, :n] > 0
+        hit = hits[slot] > 0
         last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
+    state.last_hit_end[rows] = last
 
 
 def _note_old_hits(
