@@ -24,23 +24,8 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from exporter import __version__
-from exporter.detector.geometry import (
-    GeometryError,
-    GeometrySummary,
-    load_geometry,
-    packaged_layout,
-    packaged_layouts,
-    unseen_chips_warning,
-)
-from exporter.detector.runconfig import RUN_MODES, RunConfig, RunConfigError
-from exporter.quality.accumulator import COMPILED, ENGINES
-from exporter.quality.checks import ChecksConfigError
-from exporter.quality.reference import ReferenceFileError
-from exporter.registry.reader import VERDICTS, certify, find_run, format_run, format_runs, read_runs
-from exporter.registry.runs import RunNamer
-from exporter.registry.schema import RegistryError
-from exporter.registry.writer import RegistryWriter, RunContext
-from exporter.runtime.checkpoint import CheckpointError
+from exporter.detector.modes import RUN_MODES
+from exporter.quality.config import COMPILED, ENGINES
 from exporter.runtime.logs import setup_logging
 from exporter.settings import DEFAULT_RUNBOOK_URL, ENV_PREFIX, ConfigError, build_settings, check_value, shown_default
 from exporter.settings import envvar as setting_envvar
@@ -48,13 +33,15 @@ from exporter.settings import flag as setting_flag
 from exporter.settings import flags as setting_flags
 from exporter.settings import options as settings_options
 from exporter.settings import types as setting_types
-from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
-from exporter.web.auth import WebConfigError, load_web_config
 
+# Each command imports what it runs (numpy, h5py, the monitor, matplotlib) itself: --help, completion and a
+# command that fails on its options load none of it (bench/startup.py).
 if typing.TYPE_CHECKING:
     from exporter.detector.geometry import Geometry
+    from exporter.detector.runconfig import RunConfig
     from exporter.monitor import Monitor
     from exporter.reading.files import Chunk
+    from exporter.registry.writer import RegistryWriter
     from exporter.runtime.once import FileResult
     from plots.engine import PlotSettings
 
@@ -262,8 +249,15 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
 
 def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
+    from exporter.detector.geometry import GeometryError, unseen_chips_warning
+    from exporter.detector.runconfig import RunConfigError
+    from exporter.quality.checks import ChecksConfigError
+    from exporter.quality.reference import ReferenceFileError
+    from exporter.registry.schema import RegistryError
+    from exporter.runtime.checkpoint import CheckpointError
     from exporter.runtime.service import ListenError, Service, resolve_checkpoint_path, resolve_registry_path
-    from plots.engine import PlotConfigError
+    from exporter.web.auth import WebConfigError, load_web_config
+    from plots.errors import PlotConfigError
 
     try:
         settings = build_settings(config, _given_settings(ctx, values))
@@ -373,6 +367,8 @@ def healthcheck(ctx: typer.Context, config: Optional[str] = None, verbose: bool 
     import urllib.error
     import urllib.request
 
+    from exporter.web.auth import WebConfigError, load_web_config
+
     try:
         settings = build_settings(config, _given_settings(ctx, values))
         if settings.web_config_file:
@@ -446,8 +442,10 @@ def once(
 
     A packet file's own chip configurations (``configs``) mask channels without further options.
     """
-    from exporter.runtime.service import resolve_geometry
-    from plots.engine import PlotConfigError
+    from exporter.detector.geometry import GeometryError, resolve_geometry
+    from exporter.detector.runconfig import RunConfig, RunConfigError
+    from exporter.registry.schema import RegistryError
+    from plots.errors import PlotConfigError
 
     setup_logging("info", "logfmt")
     try:
@@ -467,7 +465,7 @@ def once(
         "disabled_lists": disabled_list,
         "window_seconds": window,
     }
-    runs = _once_registry(registry, run_pattern, file, RunContext(configuration, None, run_mode))
+    runs = _once_registry(registry, run_pattern, file, configuration, run_mode)
     try:
         result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine, runs)
         summary, metrics_text = result.summary()
@@ -496,7 +494,7 @@ def once(
 
 
 def _once_registry(
-    registry: Path | None, run_pattern: str | None, file: Path, context: RunContext
+    registry: Path | None, run_pattern: str | None, file: Path, configuration: dict, run_mode: str
 ) -> RegistryWriter | None:
     """The registry writer ``once`` adds the file's run with (None without --registry); one line, exit 2, when
     the pattern or the registry is unusable, or the registry already counts the file."""
@@ -504,13 +502,19 @@ def _once_registry(
         if run_pattern is not None:
             _fail(f"--run-pattern {run_pattern!r}: names a run for --registry, which is not given")
         return None
+    from exporter.registry.runs import RunNamer
+    from exporter.registry.schema import RegistryError
+    from exporter.registry.writer import RegistryWriter, RunContext
+
     try:
         namer = RunNamer(run_pattern)
     except ValueError as err:
         _fail(f"--run-pattern {run_pattern!r}: {err}")
     _writable_file("--registry", registry)
     try:
-        writer = RegistryWriter(registry, namer, context, resume=False)  # an open run of serve's is not once's
+        writer = RegistryWriter(
+            registry, namer, RunContext(configuration, None, run_mode), resume=False
+        )  # an open run of serve's is not once's
     except RegistryError as err:
         _fail(str(err))
     found = writer.holds(os.path.realpath(file))
@@ -540,9 +544,12 @@ def _once_with_progress(
 
     from exporter.quality.accumulator import Accumulator, QualityConfig
     from exporter.runtime.once import file_rows, process_file
-    from plots.engine import PlotEngine
 
-    engine = PlotEngine(settings, geo) if settings is not None else None
+    engine = None
+    if settings is not None:
+        from plots.engine import PlotEngine  # matplotlib: only when plots are drawn
+
+        engine = PlotEngine(settings, geo)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
@@ -642,6 +649,8 @@ def simulate(
     ] = None,
 ) -> None:
     """Write a simulated live LArPix run (appends every second), optionally with faults or a detector scenario."""
+    from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+    from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
     from exporter.simulation.scenarios import DESCRIPTIONS
     from exporter.simulation.scenarios import scenario as build_scenario
 
@@ -695,8 +704,10 @@ def demo(
     seconds: Annotated[int, typer.Option(help="Stop after this many seconds; 0 runs until Ctrl-C.")] = 0,
 ) -> None:
     """Simulate a live module run (a silent chip, a noisy channel, FIFO flags) and serve its metrics and plots."""
+    from exporter.detector.geometry import load_geometry, packaged_layout
     from exporter.runtime.service import ListenError, Service
     from exporter.settings import Settings
+    from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
 
     setup_logging("info", "logfmt")
     workdir = Path(tempfile.mkdtemp(prefix="larpix-dqm-demo-"))
@@ -763,9 +774,9 @@ def baseline(
     geometry: Annotated[Optional[str], typer.Option(help=GEOMETRY_HELP)] = None,
 ) -> None:
     """Make a reference (.npz: per-channel rate, pedestal mean and spread) for serve --reference."""
+    from exporter.detector.geometry import GeometryError, resolve_geometry
     from exporter.monitor import Monitor
     from exporter.quality.reference import Reference
-    from exporter.runtime.service import resolve_geometry
 
     setup_logging("info", "logfmt")
     try:
@@ -824,10 +835,11 @@ def channels(
     import urllib.parse
     import urllib.request
 
+    from exporter.detector.geometry import GeometryError, resolve_geometry
+    from exporter.detector.runconfig import RunConfigError
     from exporter.monitor import Monitor
     from exporter.quality.channels import DEFAULT_STATUSES, channel_list, disabled_list_meta, format_channels
     from exporter.quality.status import ChannelStatus
-    from exporter.runtime.service import resolve_geometry
 
     statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt.value])
     for name in statuses:
@@ -877,6 +889,8 @@ def channels(
 @app.command()
 def geometries() -> None:
     """List the packaged pixel layouts, which --geometry takes by name (with or without .yaml)."""
+    from exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layouts
+
     rows = [GeometrySummary.of(load_geometry(path)) for path in packaged_layouts()]
     width = max(len(row.name) for row in rows)
     typer.echo(f"{'name':<{width}}  tiles  chips  channels")
@@ -938,6 +952,9 @@ def _registries(registry: list[Path]) -> list[Path]:
 
 
 def _read_runs(registry: list[Path]) -> list[dict]:
+    from exporter.registry.reader import read_runs
+    from exporter.registry.schema import RegistryError
+
     try:
         return read_runs(_registries(registry))
     except RegistryError as err:
@@ -949,6 +966,8 @@ def runs(ctx: typer.Context, registry: RegistryOption = [], fmt: RunsFormatOptio
     """List the runs of a run registry, or of several merged: data-time span, packets, files, run mode, time
     in each status, certification. 'runs show RUN' shows one in full; 'runs certify' certifies one."""
     if ctx.invoked_subcommand is None:
+        from exporter.registry.reader import format_runs
+
         typer.echo(format_runs(_read_runs(registry), fmt.value), nl=False)
 
 
@@ -961,6 +980,8 @@ def runs_show(
     """Show one run in full: files, span, packets, time in each status per io_group, the chips that failed each
     check and for how long, the bad channels at its end, configuration, reference and certification (csv: the
     failing chips)."""
+    from exporter.registry.reader import find_run, format_run
+
     record = find_run(_read_runs(registry), run)
     if record is None:
         _fail(f"no run {run!r} in {', '.join(map(str, registry))}")
@@ -982,6 +1003,9 @@ def runs_certify(
 ) -> None:
     """Certify a run good or bad for physics, per io_group, with a reason and an author. Kept apart from the
     automatic verdicts; the newest certification of an io_group stands, the older ones stay as its history."""
+    from exporter.registry.reader import VERDICTS, certify
+    from exporter.registry.schema import RegistryError
+
     if verdict not in VERDICTS:
         _fail(f"verdict {verdict!r}: expected good or bad")
     (path,) = _registries([registry] if registry is not None else [])

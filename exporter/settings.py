@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from exporter.detector.runconfig import RUN_MODES
-from exporter.quality.accumulator import COMPILED, ENGINES
-from exporter.registry.runs import compile_pattern
+from exporter.detector.modes import RUN_MODES
+from exporter.quality.config import COMPILED, ENGINES
 
 DEFAULT_PORT = 9767
 ENV_PREFIX = "LARPIX_DQM_"
@@ -243,6 +242,8 @@ class Settings:
                 f"{', '.join(sorted(p or '/' for p in RESERVED_PATHS))}"
             )
         if self.run_pattern is not None:
+            from exporter.registry.runs import compile_pattern  # h5py and numpy: not for every --help
+
             try:
                 compile_pattern(self.run_pattern)
             except ValueError as err:

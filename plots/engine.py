@@ -36,6 +36,7 @@ from exporter.quality.clock import DetectorClock
 from exporter.reading.cursor import DataClock
 from plots import Plot, PlotContext
 from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover
+from plots.errors import PlotConfigError
 from plots.legacy import as_packet_dtype, packets_file
 from plots.store import PlotStore, write_reason
 
@@ -55,10 +56,6 @@ MAX_FILE_STATES = 8
 SAVE_OPTIONS: dict[str, dict[str, Any]] = {".png": {"pil_kwargs": {"compress_level": 1}}}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FAILED = object()
-
-
-class PlotConfigError(ValueError):
-    """Plot options that cannot work (unknown plot, bad extension, no geometry for a map)."""
 
 
 def supported_extensions() -> list[str]:

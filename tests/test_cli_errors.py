@@ -43,7 +43,7 @@ def work(monkeypatch) -> list[str]:
     monkeypatch.setattr("exporter.runtime.service.Service.start", lambda self: done.append("serve"))
     monkeypatch.setattr("exporter.monitor.Monitor.add_file", lambda self, path: done.append(f"read {path}"))
     monkeypatch.setattr("exporter.runtime.once.process_file", lambda *a, **k: done.append("once"))
-    monkeypatch.setattr("exporter.cli.write_run", lambda *a, **k: done.append("simulate") or [])
+    monkeypatch.setattr("exporter.simulate.write_run", lambda *a, **k: done.append("simulate") or [])
     return done
 
 

@@ -20,7 +20,8 @@ from exporter.reading.packets import PACKET_DTYPE
 from exporter.reading.tail import DirectoryTail, InputSpec
 from exporter.simulate import SimulationConfig, Simulator, open_writer
 from plots.discovery import Selection, discover
-from plots.engine import MAX_CONSECUTIVE_FAILURES, PlotConfigError, PlotEngine, PlotSettings
+from plots.engine import MAX_CONSECUTIVE_FAILURES, PlotEngine, PlotSettings
+from plots.errors import PlotConfigError
 
 # The seed README's template, verbatim except its "maplotlib" typo (it could never import).
 TEMPLATE = """

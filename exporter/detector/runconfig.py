@@ -23,9 +23,8 @@ import h5py
 import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP
+from exporter.detector.modes import RUN_MODES as RUN_MODES  # re-exported: exporter.quality.checks takes it from here
 
-#: Run modes: each selects a set of check thresholds; ``auto`` picks one from the data's trigger types.
-RUN_MODES = ("auto", "pedestal", "self-trigger", "beam")
 #: io_channels per pixel tile in the DAQ's numbering (a PACMAN tile connector carries four).
 IO_CHANNELS_PER_TILE = 4
 #: Bit ranges of the LArPix v2/v2b configuration registers (bit = 8 * register + bit in register, little-endian).
