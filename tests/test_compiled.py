@@ -74,8 +74,9 @@ def backlog(tmp_path_factory) -> Callable[[str], Path]:
     return file
 
 
-#: The inefficiency CUSUM's arrays: advanced at each evaluation, so they differ between runs evaluated apart.
-EVALUATED = ("cusum", "cusum_seen", "cusum_good", "cusum_time")
+#: What evaluations learn (the inefficiency CUSUM, the learnt rates): advanced at each evaluation, so they
+#: differ between runs evaluated apart.
+EVALUATED = ("cusum", "cusum_seen", "cusum_good", "cusum_time", "learnt", "learnt_seen", "learnt_time", "rates_good")
 
 
 def assert_same_state(
@@ -129,6 +130,19 @@ def test_raw_messages_match_the_numpy_path_packet_for_packet() -> None:
     for msgs, groups in seconds_of_messages(sim, range(14)):
         feed_both(reference, compiled, split_messages(msgs, groups), clocks)
     assert reference.chip_parity.sum() > 0 and reference.sync_counts.sum() > 0
+    assert_same(reference, compiled)
+
+
+def test_chunks_touching_most_of_fewer_chips_than_the_capacity_match(tile_geometry) -> None:
+    """100 chips in buffers of 128 rows: a chunk touching most chips is counted over all of them at once by the
+    numpy engine (the slice of registered rows, not the buffers' capacity), a small one over those it touches."""
+    reference, compiled = pair(tile_geometry, window_seconds=10.0, window_bins=5)
+    sim = Simulator(tile_geometry, SimulationConfig(seed=4, hit_rate_hz=5.0))
+    clocks = [DataClock(), DataClock()]
+    for t, (msgs, groups) in enumerate(seconds_of_messages(sim, range(12))):
+        cut = slice(None) if t % 2 else slice(0, 1)  # a whole second, then a single message
+        feed_both(reference, compiled, split_messages(msgs[cut], groups[cut]), clocks)
+    assert reference.hits_total.sum() > 0 and reference.state.capacity > len(reference.chips)
     assert_same(reference, compiled)
 
 

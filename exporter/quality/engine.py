@@ -95,15 +95,16 @@ def count_parity_errors(
         state.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
 
 
-def _touched(rows: np.ndarray, capacity: int) -> tuple[np.ndarray | slice, int, np.ndarray]:
-    """The chip rows a chunk touches, how many, and each packet's index among them: per-chunk arrays sized
-    by what the chunk holds, not by the detector (a one-message chunk of a 6,400-chip module stays cheap).
-    A chunk touching most rows takes them all, as a slice: adding in place beats gathering and scattering."""
-    present = np.zeros(capacity, bool)
+def _touched(rows: np.ndarray, chips: int) -> tuple[np.ndarray | slice, int, np.ndarray]:
+    """The chip rows (of the ``chips`` registered) a chunk touches, how many, and each packet's index among
+    them: per-chunk arrays sized by what the chunk holds, not by the detector (a one-message chunk of a
+    6,400-chip module stays cheap). A chunk touching most rows takes them all, as a slice: adding in place
+    beats gathering and scattering."""
+    present = np.zeros(chips, bool)
     present[rows] = True
     touched = np.flatnonzero(present)
-    if 2 * len(touched) > capacity:
-        return slice(0, capacity), capacity, rows
+    if 2 * len(touched) > chips:
+        return slice(0, chips), chips, rows
     return touched, len(touched), (np.cumsum(present) - 1)[rows]
 
 
@@ -113,7 +114,7 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
         return
     io_group = data["io_group"]
     nb = state.config.window_bins
-    touched, k, local = _touched(rows, state.capacity)
+    touched, k, local = _touched(rows, len(state.chips))
     n_flat = k * CHANNELS_PER_CHIP
     channel = local * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
     adc_code = data["dataword"]
@@ -205,7 +206,7 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
         return
     last = np.r_[channel[at][1:] != channel[at][:-1], True]
     anchors[channel[at][last]] = times[at][last]
-    touched, k, local = _touched(channel[at] // CHANNELS_PER_CHIP, state.capacity)
+    touched, k, local = _touched(channel[at] // CHANNELS_PER_CHIP, len(state.chips))
     n_flat = k * CHANNELS_PER_CHIP
     flat = local * CHANNELS_PER_CHIP + channel[at] % CHANNELS_PER_CHIP
     state.arrivals_total[touched] += np.bincount(flat, minlength=n_flat).reshape(k, -1)

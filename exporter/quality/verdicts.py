@@ -305,10 +305,19 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     run = np.maximum(inputs.run_seconds, 1.0)[:, None]
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
     count = int(inverse.max()) + 1 if len(inverse) else 0
-    learnt = arrivals / run
+    learnt_n, learnt_t = arrivals, np.broadcast_to(run, arrivals.shape)
     if inputs.learnt is not None:
-        good_arrivals, good_seconds = inputs.learnt[..., 0], inputs.learnt[..., 1]
-        learnt = np.where(good_seconds >= window, good_arrivals / np.maximum(good_seconds, 1.0), learnt)
+        good = inputs.learnt[..., 1] >= window
+        learnt_n, learnt_t = (
+            np.where(good, inputs.learnt[..., 0], learnt_n),
+            np.where(good, inputs.learnt[..., 1], learnt_t),
+        )
+    learnt = learnt_n / np.maximum(learnt_t, 1.0)
+    # the window's inefficiency tail takes a channel's own rate only once learnt over a window's span at least,
+    # and LOW_SIGMAS low, as the CUSUM does: a rate learnt from a few arrivals (a new run's first seconds) can
+    # come out several times high and call a good channel inefficient
+    learnt_low = np.maximum(learnt_n - LOW_SIGMAS * np.sqrt(learnt_n), 0.0) / np.maximum(learnt_t, 1.0)
+    short = learnt_t < window
     # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
     heard = hits.sum(axis=1) > 0
     if inputs.links is None:
@@ -363,7 +372,7 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     channel_log_p = log_silence_probability(arrivals, inputs.silence_seconds * silence_scale, run, prior, use_prior)
     silent = expected & (n_window == 0) & (channel_log_p < channel_level) & ~link_broken[:, None]
     silent |= expected & chip_dead[:, None]
-    mu_window = rate_now * window
+    mu_window = np.where(expected, np.where(use_prior | short, prior, learnt_low), 0.0) * scale * window
     has_hits = n_window > 0
     # the tails only where they can be small: fewer hits than expected, or above the noisy cut
     inefficient = has_hits & (n_arrivals < mu_window)

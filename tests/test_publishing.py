@@ -1,0 +1,70 @@
+"""Publications follow the data: an idle poll publishes its evaluation again instead of judging the same data
+once more, and while a backlog is read, publications take a bounded share of the time (``PUBLISH_COST_SHARE``)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers import parse_metrics, sample, simulate_files
+
+from exporter.monitor import Monitor
+from exporter.reading.files import FileReader
+from exporter.reading.tail import InputSpec
+from exporter.runtime.ingest import PUBLISH_COST_SHARE, Ingester, Published
+from exporter.web.server import MetricsApp
+
+
+def polls(app: MetricsApp) -> float:
+    """The polls a scrape of ``app`` shows."""
+    return sample(parse_metrics(app.metrics_body(False, False).decode()), "larpix_exporter_polls_total")
+
+
+def test_an_idle_poll_publishes_the_same_evaluation_with_fresh_health(tmp_path, tile_geometry):
+    simulate_files(tile_geometry, tmp_path, 20, fmt="packets")
+    ingester = Ingester([InputSpec(str(tmp_path))], Monitor(tile_geometry), 0.1)
+    updates = 0
+    update = ingester.monitor.update
+
+    def counted_update():
+        nonlocal updates
+        updates += 1
+        return update()
+
+    ingester.monitor.update = counted_update  # type: ignore[method-assign]
+    assert ingester.poll() > 0 and updates == 1
+    first = ingester.published
+    app = MetricsApp(lambda: ingester.published)
+    assert polls(app) == 1
+    assert ingester.poll() == 0, "nothing new"
+    assert updates == 1 and ingester.published.evaluation is first.evaluation
+    assert ingester.published.health.polls == 2
+    # the detector families are not rendered again, the exporter's own follow the new publication
+    assert polls(app) == 2
+    simulate_files(tile_geometry, tmp_path / "more", 5, fmt="packets", start=1_700_000_020)
+    ingester.tail = type(ingester.tail)([InputSpec(str(tmp_path / "more"))], FileReader(), 1800.0)
+    assert ingester.poll() > 0 and updates == 2 and ingester.published.evaluation is not first.evaluation
+
+
+@pytest.mark.slow
+def test_publications_inside_a_backlog_poll_take_a_bounded_share(tmp_path, tile_geometry):
+    """Each publication made slow (0.2 s): inside a poll of a backlog read in ~40 chunks of 0.1 s each,
+    publications come at least 0.2 / PUBLISH_COST_SHARE = 2 s apart, not every second."""
+    simulate_files(tile_geometry, tmp_path, 40, fmt="packets", file_seconds=1)
+    ingester = Ingester([InputSpec(str(tmp_path))], Monitor(tile_geometry), 0.1)
+    update = ingester.monitor.update
+
+    def slow_update():
+        time.sleep(0.2)
+        return update()
+
+    ingester.monitor.update = slow_update  # type: ignore[method-assign]
+    ingester.listeners.append(lambda chunk: time.sleep(0.1))
+    published: list[Published] = []
+    ingester.publish_listeners.append(published.append)
+    started = time.monotonic()
+    ingester.poll()
+    elapsed = time.monotonic() - started
+    inside = len(published) - 1  # the poll's last publication comes after it
+    assert elapsed > 4.0
+    assert 1 <= inside <= 1 + elapsed / (0.2 / PUBLISH_COST_SHARE), (inside, elapsed)
