@@ -1,0 +1,68 @@
+"""Start-up loads only what the run uses (issue 21 item 1): ``--help`` and completion no numpy, h5py,
+matplotlib, numba or prometheus_client; ``once --no-plots`` on a small file neither matplotlib nor numba;
+``serve``'s modules no matplotlib (the drawing process imports it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("numpy", "h5py", "matplotlib", "numba", "prometheus_client")
+
+
+def loaded_after(code: str, *argv: str) -> set[str]:
+    """The top-level modules a fresh interpreter holds after running ``code`` with ``sys.argv`` set to
+    ``argv`` (what it prints goes to /dev/null); a SystemExit of the CLI counts as done."""
+    probe = (
+        f"import os, sys\nsys.argv = {list(argv)!r}\nsys.stdout = open(os.devnull, 'w')\n"
+        f"try:\n    {code}\nexcept SystemExit:\n    pass\nprint('\\n'.join(sys.modules), file=sys.__stdout__)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    return {name for name in done.stdout.split() if "." not in name}
+
+
+def test_the_probe_sees_a_heavy_import():
+    assert {"numpy", "matplotlib"} <= loaded_after("import plots.engine")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["once", "--help"], ["serve", "--help"], ["runs", "--help"]])
+def test_help_loads_none_of_the_heavy_modules(argv):
+    loaded = loaded_after("from exporter.cli import run; run()", "larpix-dqm", *argv)
+    assert "typer" in loaded
+    assert loaded.isdisjoint(HEAVY), sorted(loaded.intersection(HEAVY))
+
+
+def test_completion_loads_none_of_the_heavy_modules(monkeypatch):
+    monkeypatch.setenv("_LARPIX_DQM_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "larpix-dqm on")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    loaded = loaded_after("from exporter.cli import run; run()", "larpix-dqm")
+    assert loaded.isdisjoint(HEAVY), sorted(loaded.intersection(HEAVY))
+
+
+def test_serve_modules_do_not_load_matplotlib():
+    loaded = loaded_after("import exporter.runtime.service, exporter.web.server", "x")
+    assert "prometheus_client" in loaded and "matplotlib" not in loaded
+
+
+@pytest.mark.external
+def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(tmp_path):
+    cli = [sys.executable, "-m", "exporter.cli"]
+    made = subprocess.run(
+        [*cli, "simulate", str(tmp_path), "--seconds", "1", "--fast", "--start-time", "1700000000"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    (path,) = tmp_path.glob("*.h5")
+    for options in (["--no-plots"], []):  # without -o nothing is drawn either
+        loaded = loaded_after("from exporter.cli import run; run()", "larpix-dqm", "once", str(path), *options)
+        assert "h5py" in loaded  # the file was read
+        assert "matplotlib" not in loaded and "numba" not in loaded
