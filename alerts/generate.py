@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULTS_FILE = HERE / "thresholds.yaml"
 OUTPUT_FILE = HERE / "larpix.rules.yml"
 GROUP_NAME = "larpix"
+#: The recording rules' group: one detector out of several exporters (shards), evaluated before the alerts.
+DETECTOR_GROUP_NAME = "larpix-detector"
 
 # Run as a script, import the exporter of this checkout (not an installed copy): the rules must
 # follow this checkout's checks.
@@ -96,6 +98,8 @@ SCHEMA: dict[str, dict[str, str]] = {
     "detector_status": {"for": "duration"},
     "check_error": {"for": "duration"},
     "check_warning": {"for": "duration"},
+    "shard_overlap": {"for": "duration"},
+    "io_group_unserved": {"for": "duration"},
 }
 
 _DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
@@ -546,10 +550,73 @@ larpix_io_group_sync_rate_hertz > 0
             ),
         ),
         *_check_rules(t, unless_stale),
+        *_shard_rules(t),
     ]
     for rule in rules:
         rule["annotations"]["runbook_url"] = f"{monitoring.runbook_url}#{rule['alert'].lower()}"
-    return {"groups": [{"name": GROUP_NAME, "rules": rules}]}
+    return {
+        "groups": [{"name": DETECTOR_GROUP_NAME, "rules": _detector_records()}, {"name": GROUP_NAME, "rules": rules}]
+    }
+
+
+def _detector_records() -> list[dict[str, str]]:
+    """Recording rules that make one detector out of the exporters that split it by io_group (``--io-groups``):
+    the worst status, the rates and the bad-channel counts of all shards of a job, from no single exporter."""
+    return [
+        {"record": "job:larpix_detector_status:max", "expr": "max by (job) (larpix_detector_status)"},
+        {
+            "record": "job_io_group:larpix_io_group_status:max",
+            "expr": "max by (job, io_group) (larpix_io_group_status)",
+        },
+        {
+            "record": "job:larpix_io_group_hit_rate_hertz:sum",
+            "expr": "sum by (job) (larpix_io_group_hit_rate_hertz)",
+        },
+        {
+            "record": "job:larpix_chip_dead:sum",
+            "expr": "sum by (job) (larpix_chip_dead) or sum by (job) (0 * larpix_exporter_up)",
+        },
+        {
+            "record": "job_status:larpix_chip_channels:sum",
+            "expr": 'sum by (job, status) (larpix_chip_channels{status=~"silent|noisy|inefficient"})',
+        },
+        {
+            "record": "job:larpix_exporter_io_groups_served:count",
+            "expr": "count by (job) (larpix_exporter_io_group_served)",
+        },
+    ]
+
+
+def _shard_rules(t: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shards that overlap (two exporters judging one io_group) or leave an io_group with data unserved."""
+    return [
+        _alert(
+            "LarpixShardOverlap",
+            """
+count by (job, io_group) (larpix_exporter_io_group_served) > 1
+""",
+            t["shard_overlap"]["for"],
+            "warning",
+            "Two LArPix DQM exporters serve the same io_group.",
+            "io_group {{ $labels.io_group }} is served by {{ $value }} exporters of job {{ $labels.job }} "
+            "(larpix_exporter_io_group_served): their --io-groups overlap, so its chips are judged, alerted and "
+            "summed by the detector-wide rules more than once.",
+        ),
+        _alert(
+            "LarpixIoGroupUnserved",
+            """
+sum by (job, io_group) (rate(larpix_foreign_packets_total[5m])) > 0
+unless on (job, io_group)
+group by (job, io_group) (larpix_exporter_io_group_served)
+""",
+            t["io_group_unserved"]["for"],
+            "warning",
+            "A LArPix io_group with data is served by no DQM exporter.",
+            "Exporters of job {{ $labels.job }} read packets of io_group {{ $labels.io_group }} "
+            "({{ $value | humanize }} packets/s) and drop them as another shard's, but no exporter serves it: its "
+            "chips are not monitored. Add it to one exporter's --io-groups.",
+        ),
+    ]
 
 
 #: Where a check status applies: a chip, or an io_group for io_group-scope checks (no chip_id).

@@ -110,13 +110,17 @@ class Monitor:
         run_mode: str = "auto",
         ingest_engine: str = COMPILED,
         run_pattern: str | None = None,
+        io_groups: Iterable[int] = (),
     ) -> None:
         if geometry is not None and not isinstance(geometry, Geometry):
             geometry = load_geometry(geometry)
+        served = tuple(sorted(set(io_groups)))
+        if geometry is not None and served:
+            geometry = geometry.only_io_groups(served)
         self.geometry = geometry
         run_config = RunConfig.load([str(p) for p in networks], [str(p) for p in disabled_lists], run_mode)
         self.accumulator = Accumulator(
-            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability, ingest_engine),
+            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability, ingest_engine, io_groups=served),
             geometry,
             run_config,
         )

@@ -181,6 +181,14 @@ class Settings:
         above=0,
         below=1,
     )
+    io_groups: str | None = option(
+        None,
+        "the io_groups this exporter serves, comma-separated (e.g. 1,2): one shard of a directory several exporters "
+        "read, each with its own io_groups. Packets of the others are dropped (larpix_foreign_packets_total) and "
+        "their chips not expected",
+        metavar="LIST",
+        shown_default="every io_group",
+    )
     networks: list[str] = option(
         [],
         "larpix-control controller network file (hydra network), or a folder of them; repeatable. Chips in no "
@@ -248,6 +256,11 @@ class Settings:
                 compile_pattern(self.run_pattern)
             except ValueError as err:
                 raise ConfigError(f"--run-pattern {self.run_pattern!r}: {err}") from None
+        if self.io_groups is not None:
+            try:
+                self.served_io_groups()
+            except ValueError as err:
+                raise ConfigError(f"--io-groups {self.io_groups!r}: {err}") from None
         if not self.runbook_url.startswith(("http://", "https://")):
             raise ConfigError(f"--runbook-url {self.runbook_url!r}: expected an http(s) URL")
         for address in self.listen_address:
@@ -255,6 +268,15 @@ class Settings:
                 parse_address(address, self.port)
             except ValueError as err:
                 raise ConfigError(f"--web.listen-address {address!r}: {err}") from None
+
+    def served_io_groups(self) -> tuple[int, ...]:
+        """The io_groups of ``--io-groups`` (empty: every one), or ValueError saying what is wrong."""
+        if self.io_groups is None:
+            return ()
+        items = [item.strip() for item in self.io_groups.split(",")]
+        if not all(item.isdigit() and 1 <= int(item) <= 255 for item in items):
+            raise ValueError("expected io_group numbers from 1 to 255 separated by commas, e.g. 1,2")
+        return tuple(sorted({int(item) for item in items}))
 
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs to listen on."""

@@ -74,7 +74,10 @@ def test_rules_pass_promtool_check_with_lint() -> None:
     result = _run(promtool, "check", "rules", *flags, RULES)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert f"SUCCESS: {len(ALERT_NAMES)} rules found" in output
+    records = sum(
+        1 for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"] if "record" in rule
+    )
+    assert f"SUCCESS: {len(ALERT_NAMES) + records} rules found" in output
     assert "warning" not in output.lower(), output
 
 
@@ -152,7 +155,9 @@ def test_every_alert_waits_and_its_for_is_tested() -> None:
 
 def test_rules_follow_monitoring_mixin_conventions() -> None:
     doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
-    assert [group["name"] for group in doc["groups"]] == ["larpix"]
+    assert [group["name"] for group in doc["groups"]] == ["larpix-detector", "larpix"]
+    for rule in doc["groups"][0]["rules"]:  # recording rules, named level:metric:operations
+        assert set(rule) == {"record", "expr"} and re.fullmatch(r"[a-z_]+:larpix_[a-z_]+:[a-z]+", rule["record"])
     assert len(set(ALERT_NAMES)) == len(ALERT_NAMES), "duplicate alert names"
     for rule in _rules():
         name = rule["alert"]
@@ -183,6 +188,8 @@ def test_expected_alerts_exist() -> None:
         "LarpixDetectorStatusError": "critical",
         "LarpixCheckError": "warning",
         "LarpixCheckWarning": "info",
+        "LarpixShardOverlap": "warning",
+        "LarpixIoGroupUnserved": "warning",
     }
     assert {rule["alert"]: rule["labels"]["severity"] for rule in _rules()} == expected
 

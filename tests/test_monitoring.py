@@ -53,7 +53,9 @@ JOB_MATCHER = re.compile(r"\bjob\s*(?:=~|!~|!=|=)\s*\"(?:[^\"\\]|\\.)*\"")
 UP_SELECTOR = re.compile(r"(?<![\w:])up\b(\{[^}]*\})?")
 STATUS_COMPARISON = re.compile(r"larpix_\w+_status(?:\{[^}]*\})?\)?\s*(==|>=|>)\s*(\d+)")
 PROMQL_COMMENT = re.compile(r"#[^\n]*")
-CHANNEL_STATUS_MATCHER = re.compile(r"\bstatus\s*=\s*\"([^\"]*)\"")
+CHANNEL_STATUS_MATCHER = re.compile(r"\blarpix_chip_channels\{[^}]*\bstatus\s*=\s*\"([^\"]*)\"")
+#: A matcher of larpix_check_chips's status label, which counts chips by CheckStatus.
+CHECK_STATUS_MATCHER = re.compile(r"\blarpix_check_chips\{[^}]*\bstatus\s*=\s*\"([^\"]*)\"")
 
 
 # --------------------------------------------------------------------------- loading
@@ -80,7 +82,9 @@ def dashboard_generator() -> ModuleType:
 
 def rules_of(text: str) -> dict[str, dict[str, Any]]:
     """Alerting rules of a rule file text, by alert name."""
-    return {rule["alert"]: rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"]}
+    return {
+        rule["alert"]: rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "alert" in rule
+    }
 
 
 def panels_of(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -222,6 +226,8 @@ def test_status_values_are_the_enums() -> None:
         comparisons += [(where, op, int(value)) for op, value in STATUS_COMPARISON.findall(expr)]
         for label in CHANNEL_STATUS_MATCHER.findall(expr):
             assert label in judged, f"{where}: status={label!r} is not a judged ChannelStatus"
+        for label in CHECK_STATUS_MATCHER.findall(expr):
+            assert label in {status.label for status in CheckStatus}, f"{where}: status={label!r} is no CheckStatus"
     assert comparisons, "no status comparison found"
     assert all(value in codes for _, _, value in comparisons), comparisons
     error, warning = int(CheckStatus.ERROR), int(CheckStatus.WARNING)

@@ -8,6 +8,7 @@ layout-2.4.0.yaml) and multi-tile module layouts (``tile_chip_to_io`` +
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -57,6 +58,20 @@ class Geometry:
     def has_io_mapping(self) -> bool:
         """True when chips are known by (io_group, io_channel, chip_id)."""
         return not self.by_chip_id
+
+    def only_io_groups(self, io_groups: tuple[int, ...]) -> Geometry:
+        """The chips of these io_groups (one shard's); a layout without io mapping has no io_group to select."""
+        if not self.has_io_mapping:
+            return self
+        keep = np.isin(self.chips[:, 0], io_groups)
+        return dataclasses.replace(
+            self,
+            chips=self.chips[keep],
+            tiles=self.tiles[keep],
+            x=self.x[keep],
+            y=self.y[keep],
+            connected=self.connected[keep],
+        )
 
     def row_of(self, io_group: int, io_channel: int, chip_id: int) -> int | None:
         """Row of a chip in the per-chip arrays, or None if the geometry does not know it."""

@@ -189,6 +189,14 @@ class FamilyBuilder:
                 ("io_group", "packet_type"), type_rows, snap.packet_type_counts[groups].reshape(-1)
             )
         )
+        foreign = np.flatnonzero(snap.io_group_foreign_packets)
+        fams.append(
+            Family(
+                "larpix_foreign_packets",
+                "counter",
+                "Packets of io_groups another shard serves (--io-groups), read and dropped, by io_group.",
+            ).add(("io_group",), [(int(g),) for g in foreign], snap.io_group_foreign_packets[foreign])
+        )
         fams.append(
             Family("larpix_chip_packets", "counter", "Data packets per chip.").add(
                 CHIP_LABELS, rows, snap.chip_packets, labels=labels
@@ -433,6 +441,16 @@ class FamilyBuilder:
             )
         ]
 
+    def _shard(self, snap: Snapshot) -> Family:
+        """``larpix_exporter_io_group_served``: the io_groups this exporter judges (``--io-groups``, else those with
+        data), 1 each; a central rule sees two shards serving one io_group, or none serving one with data."""
+        served = list(snap.config.io_groups) or snap.io_groups.tolist()
+        return Family(
+            "larpix_exporter_io_group_served",
+            "gauge",
+            "1 for each io_group this exporter serves (--io-groups; without it, every io_group with data).",
+        ).add(("io_group",), [(g,) for g in served], np.ones(len(served)))
+
     def _exporter(self, snap: Snapshot, health: Health, now: float) -> list[Family]:
         def gauge(name: str, help_text: str, value: float) -> Family:
             return Family(name, "gauge", help_text).add((), [()], [value])
@@ -454,6 +472,7 @@ class FamilyBuilder:
                 'Geometry file and the chips it expects (always 1); geometry="none": chips that never send data '
                 "cannot be seen.",
             ).add(("geometry", "chips"), [(self.geometry.name, self.geometry.chips)], [1]),
+            self._shard(snap),
             gauge(
                 "larpix_exporter_last_data_timestamp_seconds", "Newest data time seen (unix seconds).", snap.data_time
             ),

@@ -189,10 +189,39 @@ class Accumulator:
         self._run_rows = 0  # chip rows whose network membership and masks are cached below
         self._in_network = np.zeros(0, bool)
         self._masked = np.zeros((0, CHANNELS_PER_CHIP), bool)
+        #: (256,) the io_groups this exporter counts and judges (``QualityConfig.io_groups``; all without it)
+        self.served = np.zeros(IO_GROUPS, bool)
+        self.served[list(self.config.io_groups) or slice(None)] = True
         if geometry is not None and geometry.has_io_mapping and len(geometry.chips):
-            self.state.register(geometry.chips)
+            self.state.register(self._own_chips(geometry.chips))
         if self.run_config.network is not None:
-            self.state.register(np.array(sorted(self.run_config.network), np.uint8).reshape(-1, 3))
+            self.state.register(self._own_chips(np.array(sorted(self.run_config.network), np.uint8).reshape(-1, 3)))
+
+    def _own_chips(self, keys: np.ndarray) -> np.ndarray:
+        """The chip keys (io_group, io_channel, chip_id) of the io_groups served."""
+        return keys[self.served[keys[:, 0]]]
+
+    def _own_records(self, packets: np.ndarray) -> np.ndarray:
+        """The packets of the io_groups served; the others are counted as foreign (another shard's)."""
+        if self.served.all():
+            return packets
+        mine = self.served[packets["io_group"]]
+        if mine.all():
+            return packets
+        self.state.foreign_packets += np.bincount(packets["io_group"][~mine], minlength=IO_GROUPS)
+        return packets[mine]
+
+    def _own_messages(self, messages: Messages) -> Messages:
+        """The raw messages of the io_groups served; the others' packets (their words, and the timestamp packet
+        each header makes) are counted as foreign."""
+        mine = self.served[messages.io_groups]
+        if mine.all():
+            return messages
+        foreign = ~mine
+        self.state.foreign_packets += np.bincount(
+            messages.io_groups[foreign], messages.words[foreign] + 1, IO_GROUPS
+        ).astype(np.int64)
+        return messages.select(mine)
 
     def __getattr__(self, name: str) -> np.ndarray:
         """The state's arrays, read as the accumulator's own (``acc.win_hits``: ``acc.state.win_hits``)."""
@@ -252,12 +281,13 @@ class Accumulator:
         if raw is None:
             self.add(chunk.packets, chunk.cursor.clock, wall_now)
         elif self._use_kernels(raw.size_bound):
-            self._count_messages(raw, chunk.cursor.clock, wall_now)
+            self._count_messages(self._own_messages(raw), chunk.cursor.clock, wall_now)
         else:  # decoded through the chunk, which keeps the packets for its other readers (once's plots)
-            self._add_records(chunk.packets, chunk.cursor.clock, wall_now, compiled=False)
+            self._add_records(self._own_records(chunk.packets), chunk.cursor.clock, wall_now, compiled=False)
 
     def add(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of packet records into the counters and windows."""
+        packets = self._own_records(packets)
         self._add_records(packets, clock, wall_now, self._use_kernels(len(packets)))
 
     def _add_records(self, packets: np.ndarray, clock: DataClock, wall_now: float, compiled: bool) -> None:
@@ -275,6 +305,7 @@ class Accumulator:
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
         to packet records first on the numpy engine)."""
+        messages = self._own_messages(messages)
         if self._use_kernels(messages.size_bound):
             self._count_messages(messages, clock, wall_now)
         else:
@@ -308,7 +339,7 @@ class Accumulator:
         self.run_config = run_config
         self._run_rows = 0
         if run_config.network is not None:
-            self.state.register(np.array(sorted(run_config.network), np.uint8).reshape(-1, 3))
+            self.state.register(self._own_chips(np.array(sorted(run_config.network), np.uint8).reshape(-1, 3)))
 
     @property
     def geo_row(self) -> np.ndarray:

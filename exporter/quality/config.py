@@ -22,6 +22,8 @@ class QualityConfig:
     engine: str = COMPILED
     adc_buckets: tuple[float, ...] = tuple(range(16, 257, 16))
     sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
+    #: The io_groups this exporter serves (one shard of a directory several exporters read); empty: every one.
+    io_groups: tuple[int, ...] = ()
 
     @property
     def bin_seconds(self) -> float:

@@ -74,6 +74,7 @@ class Snapshot:
     io_group_last_time: np.ndarray  # float64 unix s: newest accepted data time, NaN before any
     io_group_span_seconds: np.ndarray  # float64 s: data time each io_group's window covers
     io_group_clock_offset: np.ndarray  # float64 s: io_group clock minus the median clock of the others
+    io_group_foreign_packets: np.ndarray  # int64: packets of io_groups another shard serves, dropped, all time
     sync_offset_bucket_counts: np.ndarray  # (256, buckets + 1) int64: cumulative histogram of sync offsets
     sync_offset_sum_ticks: np.ndarray  # int64 ticks (100 ns): sum of 'S' sync offsets from 1e7 ticks
     adc_bucket_counts: np.ndarray  # (256, buckets + 1) int64: cumulative histogram of datawords, all time

@@ -93,6 +93,8 @@ FIELDS: tuple[Field, ...] = (
     Field("adc_counts", IO_GROUP, (256,), kernels=(COUNT,), optional=True),  # clean data packets by dataword
     Field("link_parity", IO_GROUP, (256,), kernels=(COUNT,), optional=True),  # parity errors of unknown chips
     Field("trigger_type_counts", IO_GROUP, (len(DATA_TRIGGER_TYPES),), kernels=(COUNT,)),  # but self-triggered
+    # packets of io_groups another shard serves (``QualityConfig.io_groups``), dropped before counting
+    Field("foreign_packets", IO_GROUP, (), optional=True),
     # all-time counters per chip
     Field("chip_packets", CHIP, (), kernels=(COUNT, FOLD)),  # data packets, parity errors included
     Field("chip_parity", CHIP, (), kernels=(COUNT,)),

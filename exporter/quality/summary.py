@@ -177,6 +177,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         io_group_last_time=state.clock.head.copy(),
         io_group_span_seconds=group_span,
         io_group_clock_offset=state.clock.offsets(),
+        io_group_foreign_packets=state.foreign_packets.copy(),
         sync_offset_bucket_counts=np.cumsum(state.sync_offset_counts, axis=1),
         sync_offset_sum_ticks=state.sync_offset_sum.copy(),
         adc_bucket_counts=adc_buckets,

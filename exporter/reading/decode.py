@@ -144,6 +144,10 @@ class Messages:
         packets["timestamp"] = self.timestamps()
         return packets
 
+    def select(self, mask: np.ndarray) -> Messages:
+        """The messages ``mask`` selects (e.g. a shard's io_groups)."""
+        return Messages(self.buffer, self.starts[mask], self.words[mask], self.io_groups[mask], 0)
+
     def since(self, message: int) -> Messages:
         """The messages from index ``message`` on."""
         return Messages(self.buffer, self.starts[message:], self.words[message:], self.io_groups[message:], 0)

@@ -99,7 +99,9 @@ class Service:
             run_mode=settings.run_mode,
             ingest_engine=settings.ingest_engine,
             run_pattern=settings.run_pattern,
+            io_groups=settings.served_io_groups(),
         )
+        self.geometry = self.monitor.geometry  # a shard draws and serves its own io_groups' chips
         self.checkpoint_path = resolve_checkpoint_path(settings)
         self.ingester = Ingester(
             [InputSpec(p, settings.pattern) for p in settings.inputs],
