@@ -29,6 +29,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("soak.py", ["--minutes", "0.5", "--sample", "10"], "RSS after warm-up"),
         ("server.py", ["--seconds", "2", "--backlog", "20"], "history fetches by 2 clients"),
         ("series.py", ["--seconds", "2", "--repeat", "1"], "total /metrics"),
+        ("startup.py", ["--repeat", "1"], "multi_tile_layout-2.4.16.yaml"),
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):
