@@ -100,6 +100,7 @@ SCHEMA: dict[str, dict[str, str]] = {
     "check_warning": {"for": "duration"},
     "shard_overlap": {"for": "duration"},
     "io_group_unserved": {"for": "duration"},
+    "shard_missing": {"window": "window", "for": "duration"},
 }
 
 _DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
@@ -615,6 +616,23 @@ group by (job, io_group) (larpix_exporter_io_group_served)
             "Exporters of job {{ $labels.job }} read packets of io_group {{ $labels.io_group }} "
             "({{ $value | humanize }} packets/s) and drop them as another shard's, but no exporter serves it: its "
             "chips are not monitored. Add it to one exporter's --io-groups.",
+        ),
+        _alert(
+            "LarpixShardMissing",
+            f"""
+group by (job, io_group) (max_over_time(larpix_exporter_io_group_served[{t["shard_missing"]["window"]}]))
+unless on (job, io_group)
+group by (job, io_group) (larpix_exporter_io_group_served)
+""",
+            t["shard_missing"]["for"],
+            "warning",
+            "An io_group a LArPix DQM exporter served is served by none now.",
+            _fill(
+                "io_group {{ $labels.io_group }} of job {{ $labels.job }} was served by an exporter in the last "
+                "@window@ (larpix_exporter_io_group_served) and is served by none now: the exporter of its shard is "
+                "gone (stopped, or its target removed from Prometheus), so its chips are not monitored.",
+                window=t["shard_missing"]["window"],
+            ),
         ),
     ]
 

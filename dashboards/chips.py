@@ -12,8 +12,8 @@ from grafana_foundation_sdk.models import dashboard as dm
 from dashboards.panels import (
     CHIP_LABELS,
     DS,
-    IOG,
     NO_REFERENCE,
+    SELECTED,
     STATUS_MAPPING,
     STATUS_STEPS,
     dashed_ok_range,
@@ -57,13 +57,14 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         "LArPix / Chips",
         "Per-chip data quality: checks, hit rates by tile, channel status, ADC, parity errors, FIFO flags and the "
         "comparison with a reference run.",
+        monitoring,
         extra_variables=[tile_variable()],
     )
-    hit = with_tile(f"larpix_chip_hit_rate_hertz{{{IOG}}}")
+    hit = with_tile(f"larpix_chip_hit_rate_hertz{{{SELECTED}}}")
 
     dash = dash.with_row(db.Row("Checks"))
     not_ok_status = f"larpix_check_status > {int(CheckStatus.OK)}"
-    not_ok = with_tile(f"(larpix_check_status{{{IOG}}} > {int(CheckStatus.OK)})")
+    not_ok = with_tile(f"(larpix_check_status{{{SELECTED}}} > {int(CheckStatus.OK)})")
     dash = (
         dash.with_panel(
             table_panel(
@@ -104,7 +105,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Judged chips of the selected io_groups per check: in error, in warning, unknown (not enough data yet) "
                 "and ok (larpix_check_chips; only the chips not ok have a larpix_check_status series).",
                 {
-                    status.label: f'sum by (check) (larpix_check_chips{{status="{status.label}", {IOG}}})'
+                    status.label: f'sum by (check) (larpix_check_chips{{status="{status.label}", {SELECTED}}})'
                     for status in sorted(CheckStatus, reverse=True)
                 },
                 CheckStatus.ERROR.label,
@@ -182,10 +183,10 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
     )
 
     dash = dash.with_row(db.Row("Channel status"))
-    pixel_hit = with_tile(f"larpix_channel_hit_rate_hertz{{{IOG}}}")
+    pixel_hit = with_tile(f"larpix_channel_hit_rate_hertz{{{SELECTED}}}")
     channels_per_status = {}
     for status in CHANNEL_TABLE_ORDER:
-        channels = with_tile(f'larpix_chip_channels{{status="{status.label}", {IOG}}}')
+        channels = with_tile(f'larpix_chip_channels{{status="{status.label}", {SELECTED}}}')
         channels_per_status[status.label] = f"sum by ({CHIP_LABELS}, tile) ({channels})"
     dash = (
         dash.with_panel(
@@ -193,7 +194,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Channels by status",
                 "Channels of the selected chips by verdict (stacked); unknown: no hit in the window and "
                 "not yet provably dead (not enough data).",
-                [query(f"sum by (status) ({with_tile(f'larpix_chip_channels{{{IOG}}}')})", "{{status}}")],
+                [query(f"sum by (status) ({with_tile(f'larpix_chip_channels{{{SELECTED}}}')})", "{{status}}")],
                 "none",
                 w=10,
                 h=10,
@@ -227,7 +228,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Chips with masked channels (disabled list, channel_mask) that still sent data over the window: "
                 "a mask the chip did not apply.",
                 20,
-                with_tile(f"larpix_chip_masked_active_channels{{{IOG}}}"),
+                with_tile(f"larpix_chip_masked_active_channels{{{SELECTED}}}"),
                 "channels",
                 "none",
                 w=8,
@@ -241,7 +242,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "ADC mean by tile",
                 "Mean ADC (dataword) over the window, averaged over the chips of each tile.",
-                [query(f"avg by (tile) ({with_tile(f'larpix_chip_adc_mean{{{IOG}}}')})", "tile {{tile}}")],
+                [query(f"avg by (tile) ({with_tile(f'larpix_chip_adc_mean{{{SELECTED}}}')})", "tile {{tile}}")],
                 "none",
                 w=8,
             )
@@ -250,7 +251,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "ADC stddev by tile",
                 "ADC standard deviation over the window, averaged over the chips of each tile.",
-                [query(f"avg by (tile) ({with_tile(f'larpix_chip_adc_stddev{{{IOG}}}')})", "tile {{tile}}")],
+                [query(f"avg by (tile) ({with_tile(f'larpix_chip_adc_stddev{{{SELECTED}}}')})", "tile {{tile}}")],
                 "none",
                 w=8,
             )
@@ -264,7 +265,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             .height(8)
             .with_target(
                 query(
-                    f"sum by (le) (rate(larpix_adc_bucket{{{IOG}}}[$__rate_interval]))",
+                    f"sum by (le) (rate(larpix_adc_bucket{{{SELECTED}}}[$__rate_interval]))",
                     "{{le}}",
                     fmt="heatmap",
                 )
@@ -279,8 +280,8 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Per-chip summary",
                 "ADC mean, ADC stddev and hit rate of every selected chip (sortable; highest stddev first).",
                 {
-                    "ADC mean": with_tile(f"larpix_chip_adc_mean{{{IOG}}}"),
-                    "ADC stddev": with_tile(f"larpix_chip_adc_stddev{{{IOG}}}"),
+                    "ADC mean": with_tile(f"larpix_chip_adc_mean{{{SELECTED}}}"),
+                    "ADC stddev": with_tile(f"larpix_chip_adc_stddev{{{SELECTED}}}"),
                     "hit rate": hit,
                 },
                 "ADC stddev",
@@ -290,8 +291,8 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
     )
 
     dash = dash.with_row(db.Row("Errors and FIFO flags"))
-    parity = f"rate(larpix_chip_parity_errors_total{{{IOG}}}[$__rate_interval])"
-    packets = f"rate(larpix_chip_packets_total{{{IOG}}}[$__rate_interval])"
+    parity = f"rate(larpix_chip_parity_errors_total{{{SELECTED}}}[$__rate_interval])"
+    packets = f"rate(larpix_chip_packets_total{{{SELECTED}}}[$__rate_interval])"
     dash = (
         dash.with_panel(
             ts_panel(
@@ -309,7 +310,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 [
                     query(
                         "sum by (io_group, fifo, level) "
-                        f"({with_tile(f'rate(larpix_chip_fifo_flags_total{{{IOG}}}[$__rate_interval])')})",
+                        f"({with_tile(f'rate(larpix_chip_fifo_flags_total{{{SELECTED}}}[$__rate_interval])')})",
                         "io_group {{io_group}} {{fifo}} {{level}}",
                     )
                 ],
@@ -331,9 +332,9 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
     )
 
     dash = dash.with_row(db.Row("Reference"))
-    ratio = with_tile(f"larpix_chip_reference_rate_ratio{{{IOG}}}")
-    shift = with_tile(f"larpix_chip_reference_pedestal_shift{{{IOG}}}")
-    chi2 = with_tile(f"larpix_chip_reference_rate_chi2{{{IOG}}}")
+    ratio = with_tile(f"larpix_chip_reference_rate_ratio{{{SELECTED}}}")
+    shift = with_tile(f"larpix_chip_reference_pedestal_shift{{{SELECTED}}}")
+    chi2 = with_tile(f"larpix_chip_reference_rate_chi2{{{SELECTED}}}")
     only_with_reference = " Only when the exporter runs with --reference FILE."
     ratio_low, ratio_high = (format_threshold(v) for v in monitoring.reference_rate_ratio_range)
     shift_low, shift_high = (format_threshold(v) for v in monitoring.reference_pedestal_shift_range)

@@ -7,7 +7,16 @@ from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
-from dashboards.panels import finish, ingest_loop_panel, new_dashboard, query, stat_panel, target_up_panel, ts_panel
+from dashboards.panels import (
+    TARGETS,
+    finish,
+    ingest_loop_panel,
+    new_dashboard,
+    query,
+    stat_panel,
+    target_up_panel,
+    ts_panel,
+)
 from exporter.monitoring import Monitoring
 
 UID = "larpix-exporter"
@@ -19,6 +28,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         UID,
         "LArPix / Exporter",
         "Health of the larpix-dqm exporter itself: polls, ingest, read and decode errors.",
+        monitoring,
     )
     dash = dash.with_row(db.Row("Status"))
     dash = (
@@ -28,7 +38,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Version",
                 "larpix_exporter_build_info.",
-                query("larpix_exporter_build_info", "{{version}}", instant=True),
+                query(f"larpix_exporter_build_info{{{TARGETS}}}", "{{version}}", instant=True),
                 "none",
                 steps=[(None, "blue")],
             )
@@ -39,7 +49,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Window",
                 "Length of the window the windowed gauges cover (data time).",
-                query("max(larpix_window_seconds)"),
+                query(f"max(larpix_window_seconds{{{TARGETS}}})"),
                 "s",
                 steps=[(None, "blue")],
             ).graph_mode(cm.BigValueGraphMode.NONE)
@@ -48,7 +58,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Since last poll",
                 "Wall time since the last completed poll.",
-                query("time() - max(larpix_exporter_last_poll_timestamp_seconds)"),
+                query(f"time() - max(larpix_exporter_last_poll_timestamp_seconds{{{TARGETS}}})"),
                 "s",
                 steps=[(None, "green"), (30, "yellow"), (120, "red")],
             )
@@ -57,7 +67,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Since last ingest",
                 "Wall time since new packets were last ingested.",
-                query("time() - max(larpix_exporter_last_ingest_timestamp_seconds)"),
+                query(f"time() - max(larpix_exporter_last_ingest_timestamp_seconds{{{TARGETS}}})"),
                 "s",
                 steps=[(None, "green"), (60, "yellow"), (300, "red")],
             )
@@ -72,7 +82,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Packets per second read from raw PACMAN files and packet files.",
                 [
                     query(
-                        "sum by (format) (rate(larpix_exporter_packets_ingested_total[$__rate_interval]))",
+                        f"sum by (format) (rate(larpix_exporter_packets_ingested_total{{{TARGETS}}}[$__rate_interval]))",
                         "{{format}}",
                     )
                 ],
@@ -84,9 +94,9 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Ingest lag",
                 "Wall clock minus newest data time, and wall time since the last data time seen.",
                 [
-                    query("larpix_exporter_ingest_lag_seconds", "ingest lag {{instance}}", ref="A"),
+                    query(f"larpix_exporter_ingest_lag_seconds{{{TARGETS}}}", "ingest lag {{instance}}", ref="A"),
                     query(
-                        "time() - larpix_exporter_last_data_timestamp_seconds",
+                        f"time() - larpix_exporter_last_data_timestamp_seconds{{{TARGETS}}}",
                         "age of newest data {{instance}}",
                         ref="B",
                     ),
@@ -99,7 +109,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Poll duration",
                 "Duration of the last poll of the data directory.",
                 [
-                    query("larpix_exporter_poll_duration_seconds", "poll duration {{instance}}", ref="A"),
+                    query(f"larpix_exporter_poll_duration_seconds{{{TARGETS}}}", "poll duration {{instance}}", ref="A"),
                 ],
                 "s",
             )
@@ -108,7 +118,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Polls per second",
                 "Completed polls per second.",
-                [query("rate(larpix_exporter_polls_total[$__rate_interval])", "{{instance}}")],
+                [query(f"rate(larpix_exporter_polls_total{{{TARGETS}}}[$__rate_interval])", "{{instance}}")],
                 "ops",
             )
         )
@@ -116,7 +126,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Scrape duration",
                 "Time the previous /metrics rendering took in the exporter.",
-                [query("larpix_exporter_scrape_duration_seconds", "{{job}} {{instance}}")],
+                [query(f"larpix_exporter_scrape_duration_seconds{{{TARGETS}}}", "{{job}} {{instance}}")],
                 "s",
             )
         )
@@ -124,7 +134,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Files tracked",
                 "Data files the exporter is watching.",
-                [query("larpix_exporter_files_tracked", "{{instance}}")],
+                [query(f"larpix_exporter_files_tracked{{{TARGETS}}}", "{{instance}}")],
                 "none",
             )
         )
@@ -136,7 +146,12 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Read errors by reason",
                 "Failed reads per second by reason (not_hdf5, truncated, locked, swmr, ...).",
-                [query("sum by (reason) (rate(larpix_exporter_read_errors_total[$__rate_interval]))", "{{reason}}")],
+                [
+                    query(
+                        f"sum by (reason) (rate(larpix_exporter_read_errors_total{{{TARGETS}}}[$__rate_interval]))",
+                        "{{reason}}",
+                    )
+                ],
                 "cps",
                 w=8,
             )
@@ -145,7 +160,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Files in error by reason",
                 "Files whose last read failed, by reason.",
-                [query("sum by (reason) (larpix_exporter_files_in_error)", "{{reason}}")],
+                [query(f"sum by (reason) (larpix_exporter_files_in_error{{{TARGETS}}})", "{{reason}}")],
                 "none",
                 w=8,
             ).stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
@@ -154,7 +169,12 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Decode errors by kind",
                 "Words the decoder rejected per second (bad_message, unknown_word, implausible_timestamp).",
-                [query("sum by (kind) (rate(larpix_exporter_decode_errors_total[$__rate_interval]))", "{{kind}}")],
+                [
+                    query(
+                        f"sum by (kind) (rate(larpix_exporter_decode_errors_total{{{TARGETS}}}[$__rate_interval]))",
+                        "{{kind}}",
+                    )
+                ],
                 "cps",
                 w=8,
             )

@@ -9,9 +9,10 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.panels import (
-    IOG,
+    SELECTED,
     STATUS_MAPPING,
     STATUS_STEPS,
+    TARGETS,
     dashed_ok_range,
     finish,
     ingest_loop_panel,
@@ -37,15 +38,17 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         "LArPix / Overview",
         "Detector status from the checks, packet, hit, sync and trigger rates per io_group, exporter health and "
         "firing alerts.",
+        monitoring,
     )
     dash = dash.with_row(db.Row("Detector status"))
     dash = (
         dash.with_panel(
             stat_panel(
                 "Detector status",
-                "Worst check status of the whole detector (larpix_detector_status): OK, WARNING or ERROR. "
-                "Which checks fail: LArPix / Chips, row Checks.",
-                query("max(larpix_detector_status)", instant=True),
+                "Worst check status of the whole detector, every shard of the selected jobs "
+                "(job:larpix_detector_status:max, the recording rule over larpix_detector_status of every exporter): "
+                "OK, WARNING or ERROR. Which checks fail: LArPix / Chips, row Checks.",
+                query('max(job:larpix_detector_status:max{job=~"$job"})', instant=True),
                 "none",
                 steps=STATUS_STEPS,
                 mappings=STATUS_MAPPING,
@@ -59,7 +62,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "io_group status",
                 "Worst check status of each io_group: its own checks (sync) and its chips' checks "
                 "(larpix_io_group_status).",
-                query(f"max by (io_group) (larpix_io_group_status{{{IOG}}})", "io_group {{io_group}}"),
+                query(f"max by (io_group) (larpix_io_group_status{{{SELECTED}}})", "io_group {{io_group}}"),
                 w=10,
             )
         )
@@ -69,7 +72,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Worst check status of the chips of each tile (larpix_tile_status), for the tiles of the "
                 "selected io_groups.",
                 query(
-                    f"max by (tile) (larpix_tile_status and on (instance, tile) larpix_chip_info{{{IOG}}})",
+                    f"max by (tile) (larpix_tile_status and on (instance, tile) larpix_chip_info{{{SELECTED}}})",
                     "tile {{tile}}",
                 ),
                 w=10,
@@ -85,7 +88,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Ingest lag",
                 "Wall clock minus the newest data time seen (larpix_exporter_ingest_lag_seconds).",
-                query("max(larpix_exporter_ingest_lag_seconds)"),
+                query(f"max(larpix_exporter_ingest_lag_seconds{{{TARGETS}}})"),
                 "s",
                 steps=[(None, "green"), (60, "yellow"), (300, "red")],
             )
@@ -94,7 +97,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Files tracked",
                 "Data files the exporter is watching.",
-                query("sum(larpix_exporter_files_tracked)"),
+                query(f"sum(larpix_exporter_files_tracked{{{TARGETS}}})"),
                 "none",
                 steps=[(None, "yellow"), (1, "green")],
             )
@@ -103,7 +106,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Files in error",
                 "Files whose last read failed (all reasons); see the LArPix / Exporter dashboard.",
-                query("sum(larpix_exporter_files_in_error) or vector(0)"),
+                query(f"sum(larpix_exporter_files_in_error{{{TARGETS}}}) or vector(0)"),
                 "none",
                 steps=[(None, "green"), (1, "red")],
             )
@@ -112,7 +115,10 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             stat_panel(
                 "Read errors (time range)",
                 "Failed reads over the dashboard time range, all reasons.",
-                query("sum(increase(larpix_exporter_read_errors_total[$__range])) or vector(0)", instant=True),
+                query(
+                    f"sum(increase(larpix_exporter_read_errors_total{{{TARGETS}}}[$__range])) or vector(0)",
+                    instant=True,
+                ),
                 "none",
                 steps=[(None, "green"), (1, "orange")],
             ).graph_mode(cm.BigValueGraphMode.NONE)
@@ -142,7 +148,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Packets per second by io_group and packet type, from larpix_packets_total (log scale).",
                 [
                     query(
-                        f"sum by (io_group, packet_type) (rate(larpix_packets_total{{{IOG}}}[$__rate_interval]))",
+                        f"sum by (io_group, packet_type) (rate(larpix_packets_total{{{SELECTED}}}[$__rate_interval]))",
                         "io_group {{io_group}} {{packet_type}}",
                     )
                 ],
@@ -153,7 +159,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Hit rate per io_group",
                 "Data packets per second over the exporter window (data time).",
-                [query(f"larpix_io_group_hit_rate_hertz{{{IOG}}}", "io_group {{io_group}}")],
+                [query(f"larpix_io_group_hit_rate_hertz{{{SELECTED}}}", "io_group {{io_group}}")],
                 "hertz",
                 w=6,
             )
@@ -162,7 +168,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "Data age per io_group",
                 "Wall clock minus the newest data time seen on each io_group.",
-                [query(f"time() - larpix_io_group_last_data_timestamp_seconds{{{IOG}}}", "io_group {{io_group}}")],
+                [query(f"time() - larpix_io_group_last_data_timestamp_seconds{{{SELECTED}}}", "io_group {{io_group}}")],
                 "s",
                 w=6,
             )
@@ -176,7 +182,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 ts_panel(
                     "Sync rate ('S' syncs per second)",
                     "PACMAN 'S' syncs per second of data time per io_group; expect 1.",
-                    [query(f"larpix_io_group_sync_rate_hertz{{{IOG}}}", "io_group {{io_group}}")],
+                    [query(f"larpix_io_group_sync_rate_hertz{{{SELECTED}}}", "io_group {{io_group}}")],
                     "hertz",
                 )
                 .axis_soft_min(0)
@@ -188,7 +194,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             ts_panel(
                 "External trigger rate",
                 "External trigger packets per second over the window, per io_group.",
-                [query(f"larpix_io_group_trigger_rate_hertz{{{IOG}}}", "io_group {{io_group}}")],
+                [query(f"larpix_io_group_trigger_rate_hertz{{{SELECTED}}}", "io_group {{io_group}}")],
                 "hertz",
             )
         )
@@ -199,13 +205,13 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 [
                     query(
                         "histogram_quantile(0.5, sum by (io_group, le) "
-                        f"(rate(larpix_sync_offset_seconds_bucket{{{IOG}}}[$__rate_interval])))",
+                        f"(rate(larpix_sync_offset_seconds_bucket{{{SELECTED}}}[$__rate_interval])))",
                         "p50 io_group {{io_group}}",
                         ref="A",
                     ),
                     query(
                         "histogram_quantile(0.99, sum by (io_group, le) "
-                        f"(rate(larpix_sync_offset_seconds_bucket{{{IOG}}}[$__rate_interval])))",
+                        f"(rate(larpix_sync_offset_seconds_bucket{{{SELECTED}}}[$__rate_interval])))",
                         "p99 io_group {{io_group}}",
                         ref="B",
                     ),
@@ -219,7 +225,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "Sync packets per second by kind: 'S' sync, 'H' heartbeat, 'C' clock switch.",
                 [
                     query(
-                        f"sum by (io_group, kind) (rate(larpix_syncs_total{{{IOG}}}[$__rate_interval]))",
+                        f"sum by (io_group, kind) (rate(larpix_syncs_total{{{SELECTED}}}[$__rate_interval]))",
                         "io_group {{io_group}} {{kind}}",
                     )
                 ],
@@ -231,7 +237,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
                 "PACMAN clock offset",
                 "Each io_group's data clock (PACMAN unix time) minus the median clock of the other io_groups;"
                 " rates are per io_group and unaffected, LarpixClockOffset warns beyond its threshold.",
-                [query(f"larpix_io_group_clock_offset_seconds{{{IOG}}}", "io_group {{io_group}}")],
+                [query(f"larpix_io_group_clock_offset_seconds{{{SELECTED}}}", "io_group {{io_group}}")],
                 "s",
             )
         )

@@ -24,7 +24,10 @@ TAGS = ["larpix"]
 REFRESH = "30s"
 
 DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
-IOG = 'io_group=~"$io_group"'
+#: The exporters selected (Grafana's ``job`` and ``instance`` variables): one shard, several, or all.
+TARGETS = 'job=~"$job", instance=~"$instance"'
+#: The selected exporters' selected io_groups: every per-io_group or per-chip query filters on it.
+SELECTED = f'{TARGETS}, io_group=~"$io_group"'
 CHIP_LABELS = "io_group, io_channel, chip_id"
 # The join also matches on instance so that several exporters (e.g. one per module) never
 # collide even if they share io_group numbers.
@@ -37,7 +40,7 @@ NO_REFERENCE = "no reference run: start the exporter with --reference FILE"
 def with_tile(expr: str) -> str:
     """Join a per-chip expression with ``larpix_chip_info`` to add the ``tile`` label and
     keep only the chips of the selected io_groups and tiles (the info metric is 1)."""
-    return f'{expr} * on({JOIN_LABELS}) group_left(tile) larpix_chip_info{{{IOG}, tile=~"$tile"}}'
+    return f'{expr} * on({JOIN_LABELS}) group_left(tile) larpix_chip_info{{{SELECTED}, tile=~"$tile"}}'
 
 
 # --------------------------------------------------------------------------- queries and options
@@ -249,7 +252,7 @@ def target_up_panel(monitoring: Monitoring) -> stat.Panel:
     return stat_panel(
         "Target up",
         f"Prometheus could scrape the exporter (up{{{monitoring.job_matcher}}}).",
-        query(f"min(up{{{monitoring.job_matcher}}})", instant=True),
+        query(f"min(up{{{monitoring.job_matcher}, {TARGETS}}})", instant=True),
         "none",
         steps=[(None, "red"), (1, "green")],
         mappings=UP_MAPPING,
@@ -261,7 +264,7 @@ def ingest_loop_panel(description: str) -> stat.Panel:
     return stat_panel(
         "Ingest loop up",
         description,
-        query("min(larpix_exporter_up)", instant=True),
+        query(f"min(larpix_exporter_up{{{TARGETS}}})", instant=True),
         "none",
         steps=[(None, "red"), (1, "green")],
         mappings=UP_MAPPING,
@@ -327,13 +330,29 @@ def all_option() -> dm.VariableOption:
     return dm.VariableOption(selected=True, text="All", value="$__all")
 
 
+def target_variable(name: str, query_text: str) -> db.QueryVariable:
+    """A ``job`` or ``instance`` variable (the Prometheus target labels of the exporters): several at once, All by
+    default, so one dashboard shows one shard, several or the whole detector."""
+    return (
+        db.QueryVariable(name)
+        .label(name)
+        .datasource(DS)
+        .query(query_text)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .current(all_option())
+    )
+
+
 def io_group_variable() -> db.QueryVariable:
-    """The ``io_group`` variable: io_groups that sent packets, several at once, All by default."""
+    """The ``io_group`` variable: io_groups the selected exporters saw packets of, several at once, All by default."""
     return (
         db.QueryVariable("io_group")
         .label("io_group")
         .datasource(DS)
-        .query("label_values(larpix_packets_total, io_group)")
+        .query(f"label_values(larpix_packets_total{{{TARGETS}}}, io_group)")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.NUMERICAL_ASC)
         .multi(True)
@@ -348,7 +367,7 @@ def tile_variable() -> db.QueryVariable:
         db.QueryVariable("tile")
         .label("tile")
         .datasource(DS)
-        .query(f"label_values(larpix_chip_info{{{IOG}}}, tile)")
+        .query(f"label_values(larpix_chip_info{{{SELECTED}}}, tile)")
         .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dm.VariableSort.NUMERICAL_ASC)
         .multi(True)
@@ -357,7 +376,9 @@ def tile_variable() -> db.QueryVariable:
     )
 
 
-def new_dashboard(uid: str, title: str, description: str, extra_variables: Iterable[Any] = ()) -> db.Dashboard:
+def new_dashboard(
+    uid: str, title: str, description: str, monitoring: Monitoring, extra_variables: Iterable[Any] = ()
+) -> db.Dashboard:
     """A dashboard with what every LArPix dashboard has: tags, links, refresh, alert annotations, variables."""
     dash = (
         db.Dashboard(title)
@@ -397,6 +418,11 @@ def new_dashboard(uid: str, title: str, description: str, extra_variables: Itera
             .expr('ALERTS{alertstate="firing"}')
         )
         .with_variable(datasource_variable())
+        # every scrape job of the exporters: the per-pixel job keeps only larpix_channel_* series
+        .with_variable(target_variable("job", f"label_values(up{{{monitoring.job_matcher}}}, job)"))
+        .with_variable(
+            target_variable("instance", f'label_values(up{{{monitoring.job_matcher}, job=~"$job"}}, instance)')
+        )
         .with_variable(io_group_variable())
     )
     for variable in extra_variables:

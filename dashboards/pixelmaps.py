@@ -22,6 +22,7 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
         UID,
         "LArPix / Pixel maps",
         "Matplotlib plots served by the exporter under /plots/: anode overview and per-tile pixel maps.",
+        monitoring,
         extra_variables=[
             db.TextBoxVariable("exporter_url")
             .label("Exporter URL")

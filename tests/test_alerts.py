@@ -190,6 +190,7 @@ def test_expected_alerts_exist() -> None:
         "LarpixCheckWarning": "info",
         "LarpixShardOverlap": "warning",
         "LarpixIoGroupUnserved": "warning",
+        "LarpixShardMissing": "warning",
     }
     assert {rule["alert"]: rule["labels"]["severity"] for rule in _rules()} == expected
 
