@@ -31,6 +31,7 @@ SITE_FILES = (
     "dashboards/json/*.json",
     "dashboards/provisioning/*/*.yml",
     "deploy/*",
+    "deploy/scale/*",
 )
 PACKAGED = Path(__file__).with_name("site")
 

@@ -142,7 +142,8 @@ def test_mixin_writes_the_site_files_for_a_site(tmp_path, monkeypatch, capsys):
     for pattern in SITE_FILES:  # every listed kind of file exists in the checkout and was written
         assert any(p.match(pattern) for p in written), pattern
     rules = yaml.safe_load((out / "alerts" / "larpix.rules.yml").read_text())
-    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    # the alerts, not the recording rules (no annotations)
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
     assert all(a["annotations"]["runbook_url"].startswith("https://wiki.example/RUNBOOK.md#") for a in alerts)
     assert any('job=~"dqm-(live|test)"' in a["expr"] for a in alerts)
     overview = (out / "dashboards" / "json" / "larpix-overview.json").read_text()
