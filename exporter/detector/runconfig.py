@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.detector.modes import RUN_MODES as RUN_MODES  # re-exported: exporter.quality.checks takes it from here
+from exporter.detector.modes import RUN_MODES
 
 #: io_channels per pixel tile in the DAQ's numbering (a PACMAN tile connector carries four).
 IO_CHANNELS_PER_TILE = 4

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import yaml
 
-from exporter.detector.runconfig import RUN_MODES
+from exporter.detector.modes import RUN_MODES
 from exporter.quality.accumulator import IO_GROUPS, prefer_finite
 from exporter.quality.reference import Reference
 from exporter.quality.snapshot import Snapshot

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.detector.geometry import Geometry, default_geometry_path, load_geometry
+from exporter.detector.geometry import resolve_geometry
 from exporter.monitor import Monitor
 from exporter.reading.files import FileReader
 from exporter.reading.tail import InputSpec
@@ -35,12 +35,6 @@ class ListenError(OSError):
 
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
 PLOTS_SHUTDOWN_SECONDS = 5.0
-
-
-def resolve_geometry(path: str | None) -> Geometry | None:
-    """Load the configured geometry (or the documented default), or None when there is none."""
-    resolved = default_geometry_path(path)
-    return load_geometry(resolved) if resolved else None
 
 
 def resolve_checkpoint_path(settings: Settings) -> str | None:
