@@ -2,7 +2,7 @@
 
 One simulated run of a three-io_group detector (``deploy/scale/layout-3-io-groups.yaml``), three
 exporters (``--io-groups 1``, ``2``, ``3``) on the same directory, and two Prometheus in agent
-mode (``--enable-feature=agent``, the shipped ``deploy/scale/prometheus-agent.yml``): host A
+mode (``--enable-feature=agent``, the shipped ``deploy/scale/prometheus-agent-{a,b}.yml``): host A
 scrapes shards 1 and 2, host B shard 3. Each agent remote-writes to both central stores at once:
 
 - a central Prometheus (``--web.enable-remote-write-receiver``, the shipped
@@ -33,8 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +70,26 @@ CENTRALS = ("prometheus", "victoriametrics")
 # --------------------------------------------------------------------------- configs
 
 
-def agent_config(targets: Sequence[str], remote_writes: Sequence[str], interval: str = "1s") -> dict[str, Any]:
-    """The shipped agent config for a test: its ``larpix`` job over ``targets`` at ``interval``,
-    remote-writing to every URL of ``remote_writes`` with a 1 s batch deadline. The per-pixel
-    job is dropped: these exporters serve no per-pixel series (the shipped file says so)."""
-    config = yaml.safe_load((SCALE / "prometheus-agent.yml").read_text(encoding="utf-8"))
+def agent_config(host: str, addresses: Mapping[str, str], interval: str = "1s") -> dict[str, Any]:
+    """The shipped ``deploy/scale/prometheus-agent-HOST.yml`` for a test: every scrape target and
+    remote-write URL mapped through ``addresses`` (compose name -> loopback; an unmapped one is
+    an error), scrapes every ``interval``, a 1 s batch deadline. Jobs and queues as shipped."""
+    config = yaml.safe_load((SCALE / f"prometheus-agent-{host}.yml").read_text(encoding="utf-8"))
     assert "rule_files" not in config and "alerting" not in config, "agent mode evaluates no rules"
     config["global"] = {"scrape_interval": interval, "scrape_timeout": interval}
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    larpix = jobs["larpix"]
-    larpix["static_configs"] = [{"targets": list(targets)}]
-    config["scrape_configs"] = [larpix]
-    shipped = config["remote_write"][0]
-    config["remote_write"] = [
-        {**shipped, "url": url, "queue_config": {**shipped.get("queue_config", {}), "batch_send_deadline": "1s"}}
-        for url in remote_writes
-    ]
+
+    def mapped(name: str) -> str:
+        if name not in addresses:
+            raise ValueError(f"prometheus-agent-{host}.yml: no test address for {name}")
+        return addresses[name]
+
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["targets"] = [mapped(t) for t in static["targets"]]
+    for write in config["remote_write"]:
+        host_port = urllib.parse.urlsplit(write["url"]).netloc
+        write["url"] = write["url"].replace(host_port, mapped(host_port), 1)
+        write["queue_config"] = {**write.get("queue_config", {}), "batch_send_deadline": "1s"}
     return config
 
 
@@ -272,10 +280,11 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
         exporters = {g: start(exporter(g)) for g in (1, 2, 3)}
 
         # Two hosts: agent A scrapes shards 1 and 2, agent B shard 3; both write to both stores.
-        writes = [f"http://{central}/api/v1/write", f"http://{vm}/api/v1/write"]
-        for host, shards in (("a", (1, 2)), ("b", (3,))):
+        addresses = {f"exporter-io{g}:9767": instances[g] for g in (1, 2, 3)}
+        addresses.update({"prometheus-central:9090": central, "victoria-metrics:8428": vm})
+        for host in ("a", "b"):
             address = f"127.0.0.1:{free_port()}"
-            config = agent_config([instances[g] for g in shards], writes)
+            config = agent_config(host, addresses)
             start(
                 running_prometheus(
                     f"agent-{host}", config, tmp_path / f"agent-{host}", address, "--enable-feature=agent"
@@ -378,3 +387,87 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
 
     running_after = [p.name for p in diagnostics.processes if p.popen.poll() is None]
     assert not running_after, f"still running after the test: {running_after}"
+
+
+# --------------------------------------------------------------------------- the shipped files
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("host", ["a", "b"])
+def test_agent_configs_are_valid_agent_configs(host: str) -> None:
+    """``promtool check config --agent``; agent mode refuses rule_files and alerting."""
+    result = _run(require_binary("promtool"), "check", "config", "--agent", str(SCALE / f"prometheus-agent-{host}.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_central_config_is_valid_with_the_repo_rules(tmp_path: Path) -> None:
+    """prometheus-central.yml, its rule glob pointed at the repo's alerts/ (mounted at
+    /etc/prometheus/rules as for prometheus.yml), is a config Prometheus accepts."""
+    config = yaml.safe_load((SCALE / "prometheus-central.yml").read_text(encoding="utf-8"))
+    mount = "/etc/prometheus/rules/"
+    assert all(pattern.startswith(mount) for pattern in config["rule_files"]), config["rule_files"]
+    config["rule_files"] = [str(ROOT / "alerts" / pattern[len(mount) :]) for pattern in config["rule_files"]]
+    copy = tmp_path / "prometheus-central.yml"
+    copy.write_text(yaml.safe_dump(config))
+    result = _run(require_binary("promtool"), "check", "config", str(copy))
+    assert result.returncode == 0 and "larpix.rules.yml" in result.stdout, result.stdout + result.stderr
+
+
+def test_vmagent_config_and_vmalert_rules_are_accepted() -> None:
+    """vmagent reads the shipped scrape config and vmalert the shipped rules (``-dryRun``)."""
+    result = _run(require_binary("vmagent"), f"-promscrape.config={SCALE / 'vmagent.yml'}", "-dryRun")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = _run(require_binary("vmalert"), f"-rule={ROOT / 'alerts' / '*.rules.yml'}", "-dryRun")
+    assert result.returncode == 0, result.stdout + result.stderr
+    agent_b = yaml.safe_load((SCALE / "prometheus-agent-b.yml").read_text(encoding="utf-8"))
+    vmagent = yaml.safe_load((SCALE / "vmagent.yml").read_text(encoding="utf-8"))
+    assert vmagent["scrape_configs"] == agent_b["scrape_configs"], "vmagent.yml is host B's alternative agent"
+
+
+def test_compose_profile_multi_is_the_same_topology(tmp_path: Path) -> None:
+    """``docker-compose --profile multi config`` (no Docker engine needed): three shards on one
+    run, host A's agent over shards 1 and 2, host B's over shard 3, both central stores, every
+    shipped file mounted from deploy/scale/ and alerts/."""
+    compose = require_binary("docker-compose")
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LARPIX_", "COMPOSE_"))}
+    result = subprocess.run(
+        [compose, "-f", "docker-compose.yml", "--profile", "multi", "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    layout = f"{tmp_path}/deploy/scale/layout-3-io-groups.yaml:/etc/larpix/layout-3-io-groups.yaml:ro"
+    for g in (1, 2, 3):
+        shard = services[f"exporter-io{g}"]
+        assert shard["environment"]["LARPIX_DQM_IO_GROUPS"] == str(g)
+        assert shard["environment"]["PIXEL_GEOMETRY_PATH"] == "/etc/larpix/layout-3-io-groups.yaml"
+        assert {"larpix-multi-data:/data:ro", layout} <= set(shard["volumes"])
+    assert "--silent-chip" in services["simulator-multi"]["command"]
+    for host, shards in (("a", {"exporter-io1", "exporter-io2"}), ("b", {"exporter-io3"})):
+        agent = services[f"agent-{host}"]
+        assert "--enable-feature=agent" in agent["command"] and set(agent["depends_on"]) == shards
+        mounted = f"{tmp_path}/deploy/scale/prometheus-agent-{host}.yml:/etc/prometheus/prometheus-agent.yml:ro"
+        assert mounted in agent["volumes"]
+        config = yaml.safe_load((SCALE / f"prometheus-agent-{host}.yml").read_text(encoding="utf-8"))
+        assert {
+            t.split(":")[0] for job in config["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+        } == shards
+        assert {urllib.parse.urlsplit(w["url"]).netloc for w in config["remote_write"]} == {
+            "prometheus-central:9090",
+            "victoria-metrics:8428",
+        }
+    assert "--web.enable-remote-write-receiver" in services["prometheus-central"]["command"]
+    assert f"{tmp_path}/alerts:/etc/prometheus/rules:ro" in services["prometheus-central"]["volumes"]
+    vmalert = services["vmalert"]["command"]
+    assert (
+        "-rule=/etc/vmalert/rules/*.rules.yml" in vmalert and "-datasource.url=http://victoria-metrics:8428" in vmalert
+    )
+    assert {"victoria-metrics", "alertmanager"} <= set(services)
