@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A debian=( [prometheus]=prometheus [promtool]=prometheus [prometheus-alertmanager]=prometheus-alertmanager
-                    [amtool]=prometheus-alertmanager [docker-compose]=docker-compose [chromium]=chromium )
+                    [amtool]=prometheus-alertmanager [docker-compose]=docker-compose [chromium]=chromium
+                    [victoria-metrics]=victoria-metrics [vmagent]=victoria-metrics [vmalert]=victoria-metrics )
 missing=()
 for tool in "${!debian[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${debian[$tool]}")

@@ -37,6 +37,9 @@ DEBIAN_PACKAGE = {
     "amtool": "prometheus-alertmanager",
     "docker-compose": "docker-compose",
     "chromium": "chromium",
+    "victoria-metrics": "victoria-metrics",
+    "vmagent": "victoria-metrics",
+    "vmalert": "victoria-metrics",
 }
 
 

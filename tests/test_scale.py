@@ -269,13 +269,13 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
         ports = {g: free_port() for g in (1, 2, 3)}
         instances = {g: f"127.0.0.1:{port}" for g, port in ports.items()}
 
-        def exporter(g: int) -> contextlib.AbstractContextManager[Process]:
+        def exporter(g: int, log: str = "") -> contextlib.AbstractContextManager[Process]:
             args = [
                 *("-i", str(data), "--io-groups", str(g), "--geometry", str(LAYOUT)),
                 *("--interval", "0.2", "--window", str(WINDOW_SECONDS)),
             ]
             env = {"LARPIX_DQM_STATE_DIR": str(tmp_path / f"state-{g}")}
-            return running_exporter(args, port=ports[g], env=env, log=tmp_path / f"exporter-{g}.log")
+            return running_exporter(args, port=ports[g], env=env, log=tmp_path / f"exporter-{g}{log}.log")
 
         exporters = {g: start(exporter(g)) for g in (1, 2, 3)}
 
@@ -368,7 +368,7 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
 
         # --- restart with the same port and state directory: the counters continue
         last = before["prometheus"][instances[3]]
-        exporters[3] = start(exporter(3))
+        exporters[3] = start(exporter(3, "-restarted"))
         for name, store in stores.items():
             wait_for(
                 lambda store=store: values(store, ingested).get(instances[3], 0) > last,
@@ -383,6 +383,10 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
             ):
                 resets = values(store, f'max(resets({family}{{instance="{instances[3]}"}}[10m]))')
                 assert resets == {"": 0.0}, f"{name}: {family} of exporter 3 was reset: {resets}\n{diagnostics()}"
+        # From the stores' side a restart without state, re-reading the whole run, looks the same:
+        # the checkpoint is what must have been used.
+        restored = [line for line in exporters[3].log.read_text().splitlines() if 'msg="restored ' in line]
+        assert restored, f"exporter 3 did not restore its checkpoint:\n{exporters[3].tail()}"
         print(f"done after {time.monotonic() - started:.1f} s")
 
     running_after = [p.name for p in diagnostics.processes if p.popen.poll() is None]
@@ -471,3 +475,14 @@ def test_compose_profile_multi_is_the_same_topology(tmp_path: Path) -> None:
         "-rule=/etc/vmalert/rules/*.rules.yml" in vmalert and "-datasource.url=http://victoria-metrics:8428" in vmalert
     )
     assert {"victoria-metrics", "alertmanager"} <= set(services)
+
+
+def test_docs_scale_shows_every_shipped_config_file_as_it_is() -> None:
+    """docs/scale.md quotes each configuration file of deploy/scale/ whole, as shipped."""
+    doc = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
+    for path in sorted(SCALE.glob("*.yml")):
+        relative = path.relative_to(ROOT).as_posix()
+        quoted = f"`{relative}`"
+        assert quoted in doc, f"docs/scale.md does not name {relative}"
+        block = "```yaml\n" + path.read_text(encoding="utf-8").rstrip("\n") + "\n```"
+        assert block in doc, f"docs/scale.md does not quote {relative} as shipped"
