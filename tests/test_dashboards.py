@@ -207,7 +207,10 @@ def test_dashboards_have_the_required_shape() -> None:
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["query"] == "prometheus"
         assert variables["io_group"]["type"] == "query"
-        assert variables["io_group"]["query"] == 'label_values(larpix_packets_total{job=~"$job", instance=~"$instance"}, io_group)'
+        assert (
+            variables["io_group"]["query"]
+            == 'label_values(larpix_packets_total{job=~"$job", instance=~"$instance"}, io_group)'
+        )
         # the Prometheus target labels select one exporter (shard), several, or all of them
         assert list(variables)[1:4] == ["job", "instance", "io_group"], list(variables)
         for target in ("job", "instance"):
@@ -216,7 +219,7 @@ def test_dashboards_have_the_required_shape() -> None:
         for where, expr in expressions(dashboard):
             # every query of the exporters' series is on the selected ones (recording rules: per job)
             if re.search(r"(?<![:\w])larpix_\w+", expr) and "up{" not in expr and " variable " not in where:
-                assert '$instance' in expr and '$job' in expr, (name, where, expr)
+                assert "$instance" in expr and "$job" in expr, (name, where, expr)
         assert variables["io_group"]["datasource"]["uid"] == "${datasource}"
         ids = [panel["id"] for panel in iter_panels(dashboard["panels"])]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
