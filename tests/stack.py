@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import Process, http_get, larpix_dqm, require_binary, running_process
+from helpers import Process, http_get, larpix_dqm, require_binary, running_alertmanager, running_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_RULES = ROOT / "alerts" / "generate.py"
@@ -139,6 +139,28 @@ def running_receiver() -> Iterator[WebhookReceiver]:
 
 
 # --------------------------------------------------------------------------- configs
+
+
+class Launcher:
+    """Enters programs' context managers on one ExitStack (stopped in reverse order, however the block ends) and
+    keeps the Processes they yield, whose logs a failure message shows."""
+
+    def __init__(self, exits: contextlib.ExitStack, processes: list[Process]) -> None:
+        self.exits = exits
+        self.processes = processes
+
+    def __call__(self, manager: contextlib.AbstractContextManager) -> Any:
+        value = self.exits.enter_context(manager)
+        if isinstance(value, Process):
+            self.processes.append(value)
+        return value
+
+
+def start_alerting(start: Launcher, workdir: Path) -> tuple[WebhookReceiver, str]:
+    """The webhook receiver, and an Alertmanager with the shipped alertmanager.yml posting to it (its address)."""
+    receiver = start(running_receiver())
+    config = alertmanager_config(ROOT / "alertmanager.yml", receiver.url)
+    return receiver, start(running_alertmanager(config, workdir / "alertmanager")).address
 
 
 def generate_rules(overrides: Mapping[str, Mapping[str, Any]], workdir: Path) -> Path:

@@ -50,7 +50,6 @@ from helpers import (
     free_port,
     http_get,
     require_binary,
-    running_alertmanager,
     running_exporter,
     running_process,
     wait_for,
@@ -236,16 +235,9 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
     diagnostics = Diagnostics()
 
     with contextlib.ExitStack() as exits:
-
-        def start(manager: contextlib.AbstractContextManager) -> Any:
-            value = exits.enter_context(manager)
-            if isinstance(value, Process):
-                diagnostics.processes.append(value)
-            return value
-
-        receiver = diagnostics.receiver = exits.enter_context(stack.running_receiver())
-        am_config = stack.alertmanager_config(ROOT / "alertmanager.yml", receiver.url)
-        alertmanager = start(running_alertmanager(am_config, tmp_path / "alertmanager")).address
+        start = stack.Launcher(exits, diagnostics.processes)
+        receiver, alertmanager = stack.start_alerting(start, tmp_path)
+        diagnostics.receiver = receiver
 
         # The central stores and their rule engines.
         central = f"127.0.0.1:{free_port()}"

@@ -55,7 +55,6 @@ from helpers import (
     Process,
     chip_labels,
     free_port,
-    running_alertmanager,
     running_exporter,
     running_process,
     wait_for,
@@ -293,17 +292,9 @@ def monitoring_stack(
     reverse order (after anything started with ``Running.start``), however the block ends."""
     diagnostics = Diagnostics()
     with contextlib.ExitStack() as exits:
-
-        def start(manager: contextlib.AbstractContextManager) -> Any:
-            """Enter ``manager``; register the Process it yields."""
-            value = exits.enter_context(manager)
-            if isinstance(value, Process):
-                diagnostics.processes.append(value)
-            return value
-
-        receiver = diagnostics.receiver = exits.enter_context(stack.running_receiver())
-        am_config = stack.alertmanager_config(ROOT / "alertmanager.yml", receiver.url)
-        alertmanager = start(running_alertmanager(am_config, workdir / "alertmanager")).address
+        start = stack.Launcher(exits, diagnostics.processes)
+        receiver, alertmanager = stack.start_alerting(start, workdir)
+        diagnostics.receiver = receiver
         disabled = workdir / "disabled.json"  # the DAQ's form: io_group-tile-chip_id, its own tile numbering
         io_group, io_channel, chip_id = PARITY_CHIP.split("-")
         disabled.write_text(json.dumps({f"{io_group}-{daq_tile(int(io_channel))}-{chip_id}": [MASKED_CHANNEL]}))
