@@ -218,7 +218,9 @@ class Monitor:
 
     def forget_files(self, tracked: Iterable[FileCursor]) -> None:
         """Forget the files whose cursors the tail forgot (gone and idle): only files still tracked are kept."""
-        self._configured &= {(cursor.dev, cursor.inode) for cursor in tracked}
+        cursors = list(tracked)
+        self._configured &= {(cursor.dev, cursor.inode) for cursor in cursors}
+        self.runs.keep({cursor.path for cursor in cursors})
 
     def _on_read_error(self, cursor: FileCursor, reason: str, message: str) -> None:
         self.log_event("error", message, reason=reason, file=cursor.path)

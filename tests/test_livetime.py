@@ -239,3 +239,15 @@ def test_a_new_named_run_starts_the_learnt_rates_again_without_a_gap(tmp_path, t
     else:
         assert 0 < run_hits == all_hits - first, "the second run counts its own hits only"
         assert started == ["run 0002 starts after run 0001"] and monitor.run == "0002"
+
+
+def test_run_names_of_files_no_longer_tracked_are_forgotten(tmp_path, tile_geometry):
+    """The run namer keeps a name per tracked file only: a week of one file a minute does not grow it."""
+    paths, _ = simulate_files(tile_geometry, tmp_path, 20, fmt="packets", file_seconds=10)
+    monitor = Monitor(tile_geometry, run_pattern=r"(?P<run>\d+)")
+    ingester = Ingester([InputSpec(str(tmp_path))], monitor, 0.1, flush_interval=0.0)  # a gone file forgotten at once
+    ingester.poll()
+    assert set(ingester.monitor.runs._names) == {str(p) for p in paths}
+    paths[0].unlink()
+    ingester.poll()
+    assert set(ingester.monitor.runs._names) == {str(paths[1])}

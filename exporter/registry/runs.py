@@ -76,6 +76,10 @@ class RunNamer:
             found = self._names[path] = self._name(path)
         return found
 
+    def keep(self, paths: set[str]) -> None:
+        """Forget the names of files not in ``paths`` (no longer tracked): a long run does not keep one per file."""
+        self._names = {path: name for path, name in self._names.items() if path in paths}
+
     def _name(self, path: str) -> RunName:
         if self.pattern is not None:
             match = self.pattern.search(os.path.basename(path))
