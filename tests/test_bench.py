@@ -30,6 +30,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("server.py", ["--seconds", "2", "--backlog", "20"], "history fetches by 2 clients"),
         ("series.py", ["--seconds", "2", "--repeat", "1"], "total /metrics"),
         ("startup.py", ["--repeat", "1"], "multi_tile_layout-2.4.16.yaml"),
+        ("capacity.py", ["--minutes", "0.3", "--scrape-interval", "2s"], "extrapolation at 15 s scrapes"),
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):
