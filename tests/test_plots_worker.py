@@ -415,10 +415,17 @@ def test_a_drawing_process_killed_at_any_moment_of_its_start_is_restarted_and_co
 
 
 @pytest.mark.slow
+def fail_writes(folder, code: int) -> None:
+    """Make the drawing process's writes fail with ``code`` from now on: written whole at once, so the child
+    never reads the file half written (an empty code, which is no OSError)."""
+    (folder / "fail.new").write_text(str(code))
+    os.replace(folder / "fail.new", folder / "fail")
+
+
 def test_write_failures_are_counted_by_reason_logged_once_and_retried(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     worker = plugin_worker(tmp_path, None, {"full.py": FULL_DISK})
-    (tmp_path / "fail").write_text(str(errno.ENOSPC))
+    fail_writes(tmp_path, errno.ENOSPC)
     worker.start()
     watch = CounterWatch(worker)
 
@@ -434,7 +441,7 @@ def test_write_failures_are_counted_by_reason_logged_once_and_retried(tmp_path, 
         assert "No space left on device" in pages.gallery_html(worker)
         metrics = render(pages.plot_families(worker))
         assert 'larpix_exporter_plot_errors_total{plot="Small",reason="write_nospace"}' in metrics
-        (tmp_path / "fail").write_text(str(errno.EACCES))  # now a read-only folder
+        fail_writes(tmp_path, errno.EACCES)  # now a read-only folder
         wait_for(lambda: errors("write_permission") >= 3, timeout=60, what="failed writes, permission")
         (tmp_path / "fail").unlink()
         wait_for(lambda: worker.status()["cycles"] >= 1, timeout=60, what="a cycle that wrote its images")
