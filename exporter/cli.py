@@ -631,6 +631,41 @@ def simulate(
     fifo_full_chip: Annotated[
         list[str], typer.Option(help="Inject FIFO full flags on a chip: IOGROUP-IOCHANNEL-CHIP; repeatable.")
     ] = [],  # noqa: B006
+    trigger_rate_hz: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Random external triggers (trigger words, type 2) per second per io_group. "
+            "(default: 0.2, or 0 with --beam-period-s: every trigger word is then a beam trigger)"
+        ),
+    ] = None,
+    beam_period_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between beam spills: spill k at unix time k x this, a trigger word on --beam-io-group and "
+            "its charge on every io_group within a drift time (10-190 µs) after it; 0: no beam trigger.",
+            min=0.0,
+        ),
+    ] = 0.0,
+    beam_hits: Annotated[
+        float,
+        typer.Option(
+            help="Mean self-triggered hits of a spill that brings charge (Poisson), spread over every io_group with a "
+            "250 mm Gaussian profile around the anode's centre; hits on missed tiles or silent chips are lost."
+        ),
+    ] = 50.0,
+    beam_io_group: Annotated[
+        int, typer.Option(help="The io_group whose PACMAN receives the beam's trigger words.")
+    ] = 1,
+    beam_charge_fraction: Annotated[
+        float, typer.Option(help="Fraction of spills that bring charge; the others are a trigger word alone.")
+    ] = 1.0,
+    beam_miss_tile: Annotated[
+        list[str],
+        typer.Option(
+            help="A tile that gets no beam charge (e.g. its HV off): IO_GROUP-TILE, the tile as the geometry "
+            "numbers it; repeatable."
+        ),
+    ] = [],  # noqa: B006
     words_per_message: Annotated[int, typer.Option(help="PACMAN words per message (2023 data: 1-6).")] = 6,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     truth: Annotated[
@@ -659,7 +694,16 @@ def simulate(
     except GeometryError as err:
         _fail(str(err))
     config = SimulationConfig(
-        hit_rate_hz=rate_hz, periodic_trigger_hz=periodic_trigger_hz, words_per_message=words_per_message, seed=seed
+        hit_rate_hz=rate_hz,
+        trigger_rate_hz=trigger_rate_hz,
+        periodic_trigger_hz=periodic_trigger_hz,
+        words_per_message=words_per_message,
+        seed=seed,
+        beam_period_s=beam_period_s,
+        beam_hits=beam_hits,
+        beam_io_group=beam_io_group,
+        beam_charge_fraction=beam_charge_fraction,
+        beam_missed_tiles=[(io_group, tile) for io_group, tile in _parse_ids(beam_miss_tile, 2, "--beam-miss-tile")],
     )
     faults = Faults(
         silent_chips=_parse_ids(silent_chip, 3, "--silent-chip"),

@@ -5,6 +5,9 @@ every connected channel, ADC pedestal ~ N(80, 6); optionally periodic triggers o
 one 'S' sync word, and external-trigger words, packed into PACMAN data messages. Writers append them to raw (SWMR) or packet files.
 An ``Activity`` adds what a detector makes besides noise (tracks, beam spills, pauses, runs; see
 exporter/simulation/activity.py), ``Faults.rate_changes`` faults that start at a data time.
+A triggered beam (``SimulationConfig.beam_period_s``) gives each spill a trigger word on one io_group
+and charge on all of them within a drift time after it: a known truth (``Simulator.spills``) for a
+monitor's trigger-correlated view.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import numpy as np
 from exporter.detector.geometry import Geometry
 from exporter.reading.decode import HEADER_BYTES, WORD_BYTES, decode_messages
 from exporter.reading.packets import PACKET_DTYPE, PERIODIC_TRIGGER, TICKS_PER_SYNC
-from exporter.simulation.activity import Activity, RateChange, Tracks
+from exporter.simulation.activity import DRIFT_TICKS, Activity, RateChange, Tracks
 
 RAW_VERSION = "0.0"
 PACKET_VERSION = "2.4"
+#: Random external triggers per second per io_group when ``trigger_rate_hz`` is not given and there is no beam.
+TRIGGER_RATE_HZ = 0.2
+#: Earliest drift delay of a beam hit after its trigger, in ticks (10 µs); the latest is ``DRIFT_TICKS`` (190 µs).
+BEAM_MIN_DELAY_TICKS = 100
 
 
 @dataclass
@@ -54,12 +61,46 @@ class SimulationConfig:
     hit_rate_hz: float = 0.5
     pedestal: float = 80.0
     pedestal_noise: float = 6.0
-    trigger_rate_hz: float = 0.2
+    #: Random external triggers (trigger words) per second per io_group; None: ``TRIGGER_RATE_HZ``, 0 with a beam.
+    trigger_rate_hz: float | None = None
     #: Periodic triggers per second on every channel (trigger type 3; a pedestal run: tens of Hz), 0 for none.
     periodic_trigger_hz: float = 0.0
     words_per_message: int = 6
     sync_jitter_ticks: int = 3
     seed: int = 0
+    #: Seconds between beam spills, spill k at unix time k * beam_period_s with a trigger word; 0: no beam.
+    beam_period_s: float = 0.0
+    #: Mean self-triggered hits of a spill that brings charge (Poisson), on the connected channels of every
+    #: io_group; those on missed tiles or dead channels are lost (the mean is then lower).
+    beam_hits: float = 50.0
+    #: The io_group whose PACMAN receives the beam's trigger words.
+    beam_io_group: int = 1
+    #: Fraction of spills that bring charge; the others are a trigger word alone.
+    beam_charge_fraction: float = 1.0
+    #: (io_group, tile) pairs, tiles as the geometry numbers them, that get no beam charge (e.g. HV off).
+    beam_missed_tiles: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def random_trigger_hz(self) -> float:
+        """The random external-trigger rate: ``trigger_rate_hz`` if given, else 0.2 Hz without a beam, 0 with one."""
+        if self.trigger_rate_hz is not None:
+            return self.trigger_rate_hz
+        return 0.0 if self.beam_period_s > 0 else TRIGGER_RATE_HZ
+
+
+@dataclass(frozen=True)
+class Spill:
+    """One spill of the triggered beam as written: its trigger word and the hits of its charge.
+
+    Hits per io_group or tile: ``Simulator.channels[channels, 0]``, ``Simulator.tiles[channels]``.
+    """
+
+    index: int  # k: the spill at unix time k * beam_period_s
+    second: int  # unix second of the trigger word
+    tick: int  # its tick in that second
+    charged: bool  # whether the spill brought charge (it may still make no hit: Poisson)
+    channels: np.ndarray  # rows of Simulator.channels hit, after missed tiles and dead channels
+    ticks: np.ndarray  # their ticks from the start of ``second`` (>= TICKS_PER_SYNC: written in the next second)
 
 
 def channel_keys(geometry: Geometry) -> np.ndarray:
@@ -108,6 +149,14 @@ def pack_data_words(
     )
     parity = (1 - (np.bitwise_count(word) & 1)).astype(u) ^ flip_parity.astype(u)
     return word | (parity << u(63))
+
+
+def trigger_words(ticks: np.ndarray) -> np.ndarray:
+    """PACMAN external-trigger words ('T', trigger type 2) at ``ticks``."""
+    words = np.zeros((len(ticks), WORD_BYTES), np.uint8)
+    words[:, 0], words[:, 1] = ord("T"), 2
+    words[:, 4:8] = np.asarray(ticks).astype("<u4")[:, None].view(np.uint8)
+    return words
 
 
 class Simulator:
@@ -162,6 +211,27 @@ class Simulator:
         self.io_groups = np.unique(self.channels[:, 0])
         self.bad_parity = _matches(self.channels, self.faults.bad_parity_chips, 3)
         self.change_masks = [self._region(change) for change in self.faults.rate_changes]
+        if self.config.beam_period_s > 0:
+            self._check_beam()
+        centre = (self.tracks.low + self.tracks.high) / 2
+        profile = np.exp(-((self.tracks.position - centre) ** 2).sum(axis=1) / (2 * self.activity.beam_sigma_mm**2))
+        #: Probability of each channel to take a beam hit: the spills' Gaussian profile, the same on every io_group.
+        self.beam_profile = profile / profile.sum()
+        missed = np.column_stack([self.channels[:, 0], self.tiles])
+        #: Channels that never fire a beam hit: on a missed tile, or on a silent chip.
+        self.beam_blind = self.silent | _matches(missed, self.config.beam_missed_tiles)
+        self._carried = (-1, np.zeros(0, np.int64), np.zeros(0, np.int64))  # (second, channels, ticks) of late hits
+
+    def _check_beam(self) -> None:
+        """ValueError for beam settings the geometry or arithmetic refuses."""
+        cfg = self.config
+        if cfg.beam_hits < 0 or not 0 <= cfg.beam_charge_fraction <= 1:
+            raise ValueError("beam hits must be >= 0 and the beam charge fraction within [0, 1]")
+        if cfg.beam_io_group not in self.io_groups:
+            raise ValueError(f"beam io_group {cfg.beam_io_group} has no connected channel in the geometry")
+        for io_group, tile in cfg.beam_missed_tiles:
+            if not ((self.channels[:, 0] == io_group) & (self.tiles == tile)).any():
+                raise ValueError(f"beam-missed tile {io_group}-{tile} is not a tile of io_group {io_group}")
 
     def _region(self, change: RateChange) -> np.ndarray:
         """The channels of a rate change's region; ValueError if it names a tile the geometry lacks."""
@@ -217,6 +287,51 @@ class Simulator:
             hit, ticks = hit[kept], ticks[kept]
         return hit, ticks
 
+    def spills(self, start: float, stop: float) -> list[Spill]:
+        """The beam's spills with their trigger in [``start``, ``stop``) unix seconds, as ``second`` writes them
+        (in a second that is written: a pause writes nothing, and late hits cross no gap).
+
+        Each spill draws from its own random stream, so asking changes nothing written; it fixes the run's
+        start at ``start`` if no second was asked for yet (regional faults count from it).
+        """
+        cfg = self.config
+        if cfg.beam_period_s <= 0:
+            return []
+        self.elapsed(int(np.floor(start)))
+        lo, hi = int(np.floor(start / cfg.beam_period_s)), int(np.ceil(stop / cfg.beam_period_s))
+        return [self._spill(k) for k in range(lo, hi + 1) if start <= k * cfg.beam_period_s < stop]
+
+    def _spill(self, k: int) -> Spill:
+        """Spill ``k``: its trigger time, whether it brings charge, and its hits (Gaussian profile, drift delays)."""
+        cfg = self.config
+        at = k * cfg.beam_period_s
+        second = int(np.floor(at))
+        tick = int((at - second) * TICKS_PER_SYNC)
+        rng = np.random.default_rng([cfg.seed, 2, k])
+        charged = bool(rng.random() < cfg.beam_charge_fraction)
+        n = int(rng.poisson(cfg.beam_hits)) if charged else 0
+        channels = rng.choice(len(self.channels), n, p=self.beam_profile)
+        ticks = tick + rng.integers(BEAM_MIN_DELAY_TICKS, DRIFT_TICKS, n)
+        keep = np.where(self.beam_blind, 0.0, 1.0)
+        for change, mask in zip(self.faults.rate_changes, self.change_masks):
+            if change.active(self.elapsed(second)) and change.scale < 1:
+                keep[mask] *= change.scale
+        kept = rng.random(n) < keep[channels]
+        return Spill(k, second, tick, charged, channels[kept], ticks[kept])
+
+    def _beam_hits(
+        self, unix_time: int, spills: list[Spill], hit: np.ndarray, ticks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add this second's beam hits, and those of the last second's late spills, to the hits; keep the late ones."""
+        second, late_hit, late_ticks = self._carried
+        parts = [(hit, ticks)] + ([(late_hit, late_ticks)] if second == unix_time else [])
+        parts += [(spill.channels, spill.ticks) for spill in spills]
+        hit = np.concatenate([p[0] for p in parts])
+        ticks = np.concatenate([p[1] for p in parts]).astype(np.int64)
+        late = ticks >= TICKS_PER_SYNC
+        self._carried = (unix_time + 1, hit[late], ticks[late] - TICKS_PER_SYNC)
+        return hit[~late], ticks[~late]
+
     def second(self, unix_time: int) -> tuple[list[np.ndarray], np.ndarray]:
         """PACMAN messages (uint8 arrays) and their io_groups for one second of data."""
         cfg, rng = self.config, self.rng
@@ -226,6 +341,9 @@ class Simulator:
         ticks = rng.integers(0, TICKS_PER_SYNC, len(hit))
         if self.faults.rate_changes or self.activity.cosmic_rate_hz > 0 or self.activity.beam_spill_period > 0:
             hit, ticks = self._activity_hits(elapsed, hit, ticks)
+        spills = self.spills(unix_time, unix_time + 1)
+        if cfg.beam_period_s > 0:
+            hit, ticks = self._beam_hits(unix_time, spills, hit, ticks)
         trigger_type = np.zeros(len(hit), np.uint8)
         if cfg.periodic_trigger_hz > 0:  # a chip-wide timer: every live channel fires at the same ticks
             n_periodic = int(
@@ -252,10 +370,12 @@ class Simulator:
             body[:, 1] = ch[sel, 1]
             body[:, 2:6] = ticks[sel].astype("<u4")[:, None].view(np.uint8)
             body[:, 8:16] = words[sel][:, None].view(np.uint8)
-            n_trig = rng.poisson(cfg.trigger_rate_hz)
-            trig = np.zeros((n_trig, WORD_BYTES), np.uint8)
-            trig[:, 0], trig[:, 1] = ord("T"), 2
-            trig[:, 4:8] = np.sort(rng.integers(0, TICKS_PER_SYNC, n_trig)).astype("<u4")[:, None].view(np.uint8)
+            if group == cfg.beam_io_group and spills:  # beam triggers in time order among the data words
+                beam_ticks = np.array([spill.tick for spill in spills])
+                order = np.argsort(np.concatenate([ticks[sel], beam_ticks]), kind="stable")
+                body = np.concatenate([body, trigger_words(beam_ticks)])[order]
+            n_trig = rng.poisson(cfg.random_trigger_hz)
+            trig = trigger_words(np.sort(rng.integers(0, TICKS_PER_SYNC, n_trig)))
             sync = np.zeros((1, WORD_BYTES), np.uint8)
             sync[0, 0], sync[0, 1], sync[0, 2] = ord("S"), ord("S"), 1
             jitter = int(rng.integers(-cfg.sync_jitter_ticks, cfg.sync_jitter_ticks + 1))
