@@ -101,6 +101,13 @@ SCHEMA: dict[str, dict[str, str]] = {
     "shard_overlap": {"for": "duration"},
     "io_group_unserved": {"for": "duration"},
     "shard_missing": {"window": "window", "for": "duration"},
+    "beam_charge": {
+        "min_fraction": "fraction",
+        "window": "window",
+        "min_trigger_rate_hertz": "positive",
+        "for": "duration",
+    },
+    "beam_triggers_stopped": {"window": "window", "beam_window": "window", "for": "duration"},
 }
 
 _DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
@@ -552,6 +559,7 @@ larpix_io_group_sync_rate_hertz > 0
         ),
         *_check_rules(t, unless_stale),
         *_shard_rules(t),
+        *_beam_rules(t, unless_stale),
     ]
     for rule in rules:
         rule["annotations"]["runbook_url"] = f"{monitoring.runbook_url}#{rule['alert'].lower()}"
@@ -585,6 +593,53 @@ def _detector_records() -> list[dict[str, str]]:
             "record": "job:larpix_exporter_io_groups_served:count",
             "expr": "count by (job) (larpix_exporter_io_group_served)",
         },
+    ]
+
+
+def _beam_rules(t: dict[str, dict[str, Any]], unless_stale: str) -> list[dict[str, Any]]:
+    """The trigger-correlated view (``exporter/quality/triggers.py``): triggers without charge, triggers gone."""
+    charge, stopped = t["beam_charge"], t["beam_triggers_stopped"]
+    count = f"sum by ({TARGET}) (rate(larpix_beam_trigger_hits_count[{charge['window']}]))"
+    empty = f'sum by ({TARGET}) (rate(larpix_beam_trigger_hits_bucket{{le="0.0"}}[{charge["window"]}]))'
+    external = 'larpix_trigger_words_total{bit="1"}'
+    return [
+        _alert(
+            "LarpixBeamChargeLow",
+            f"""
+(1 - {empty} / {count}) < {format_threshold(charge["min_fraction"])}
+and on ({TARGET})
+{count} > {format_threshold(charge["min_trigger_rate_hertz"])}
+{unless_stale}
+""",
+            charge["for"],
+            "warning",
+            "LArPix sees no charge after most beam triggers.",
+            _fill(
+                "Only {{ $value | humanizePercentage }} of the external triggers over the last @window@ have "
+                "self-triggered charge within the drift window after them (threshold @fraction@).",
+                window=charge["window"],
+                fraction=_pct(charge["min_fraction"]),
+            ),
+        ),
+        _alert(
+            "LarpixBeamTriggersStopped",
+            f"""
+sum by ({TARGET}) (increase({external}[{stopped["beam_window"]}])) > 0
+unless on ({TARGET})
+sum by ({TARGET}) (increase({external}[{stopped["window"]}])) > 0
+and on ({TARGET})
+sum by ({TARGET}) (rate(larpix_exporter_packets_ingested_total[{stopped["window"]}])) > 0
+""",
+            stopped["for"],
+            "warning",
+            "External (beam) triggers stopped while LArPix keeps taking data.",
+            _fill(
+                "No external trigger word in the last @window@, after {{ $value | humanize }} in the last "
+                "@beam_window@, while the exporter still reads data: the beam or its trigger is gone.",
+                window=stopped["window"],
+                beam_window=stopped["beam_window"],
+            ),
+        ),
     ]
 
 

@@ -242,4 +242,96 @@ def build(monitoring: Monitoring) -> dm.Dashboard:
             )
         )
     )
-    return finish(dash)
+    return finish(_beam_row(dash))
+
+
+def _beam_row(dash: db.Dashboard) -> db.Dashboard:
+    """Whether the detector sees the beam: triggers, their charge, and where it lands (``quality/triggers.py``)."""
+    rate = "[$__rate_interval]"
+    hits = f"larpix_beam_trigger_hits_count{{{SELECTED}}}"
+    empty = f'larpix_beam_trigger_hits_bucket{{{SELECTED}, le="0.0"}}'
+    tile_in = f'sum by (io_group, tile) (rate(larpix_beam_tile_hits_total{{{SELECTED}, window="in"}}{rate}))'
+    tile_out = f'sum by (io_group, tile) (rate(larpix_beam_tile_hits_total{{{SELECTED}, window="out"}}{rate}))'
+    seconds_in = f'sum by (io_group) (rate(larpix_beam_seconds_total{{{SELECTED}, window="in"}}{rate}))'
+    seconds_all = f'sum by (io_group) (rate(larpix_beam_seconds_total{{{SELECTED}, window="all"}}{rate}))'
+    in_rate = f"{tile_in} / on (io_group) group_left() {seconds_in}"
+    out_rate = f"{tile_out} / on (io_group) group_left() ({seconds_all} - {seconds_in})"
+    return (
+        dash.with_row(db.Row("Beam: charge after external triggers"))
+        .with_panel(
+            ts_panel(
+                "Beam triggers per second",
+                "External trigger words per second, per io_group whose PACMAN received them; "
+                "LarpixBeamTriggersStopped warns when they stop during a beam run.",
+                [
+                    query(
+                        f'sum by (io_group) (rate(larpix_trigger_words_total{{{SELECTED}, bit="1"}}{rate}))',
+                        "io_group {{io_group}}",
+                    )
+                ],
+                "hertz",
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Triggers with charge",
+                "Fraction of the external triggers with self-triggered charge on any io_group within the drift "
+                "window after them; LarpixBeamChargeLow warns below its threshold.",
+                [
+                    query(
+                        f"1 - sum by (job, instance) (rate({empty}{rate})) / sum by (job, instance) (rate({hits}{rate}))",
+                        "{{instance}}",
+                    )
+                ],
+                "percentunit",
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Hits per trigger",
+                "Self-triggered hits in the drift window of each external trigger: mean and the 90th percentile.",
+                [
+                    query(
+                        f"sum by (io_group) (rate(larpix_beam_trigger_hits_sum{{{SELECTED}}}{rate})) "
+                        f"/ sum by (io_group) (rate({hits}{rate}))",
+                        "mean, triggers of io_group {{io_group}}",
+                        ref="A",
+                    ),
+                    query(
+                        f"histogram_quantile(0.9, sum by (io_group, le) "
+                        f"(rate(larpix_beam_trigger_hits_bucket{{{SELECTED}}}{rate})))",
+                        "p90, triggers of io_group {{io_group}}",
+                        ref="B",
+                    ),
+                ],
+                "short",
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Trigger-to-hit time",
+                "Median and 90th percentile of the time from an external trigger to the hits in its drift window, "
+                "per io_group of the hit: charge drifting to the window's edge is a timing offset.",
+                [
+                    query(
+                        f"histogram_quantile({q}, sum by (io_group, le) "
+                        f"(rate(larpix_beam_hit_delay_seconds_bucket{{{SELECTED}}}{rate})))",
+                        f"p{round(q * 100)} io_group {{{{io_group}}}}",
+                        ref=ref,
+                    )
+                    for q, ref in ((0.5, "A"), (0.9, "B"))
+                ],
+                "s",
+            )
+        )
+        .with_panel(
+            ts_panel(
+                "Beam signal over background per tile",
+                "Hit rate per tile inside the drift windows after external triggers over the rate outside them: "
+                "a tile the beam reaches sits far above 1; one at 1 sees no beam (HV off, outside the beam profile).",
+                [query(f"({in_rate}) / ({out_rate})", "io_group {{io_group}} tile {{tile}}")],
+                "short",
+                w=24,
+            )
+        )
+    )

@@ -111,6 +111,7 @@ class Monitor:
         ingest_engine: str = COMPILED,
         run_pattern: str | None = None,
         io_groups: Iterable[int] = (),
+        drift_window_us: float = 200.0,
     ) -> None:
         if geometry is not None and not isinstance(geometry, Geometry):
             geometry = load_geometry(geometry)
@@ -120,7 +121,15 @@ class Monitor:
         self.geometry = geometry
         run_config = RunConfig.load([str(p) for p in networks], [str(p) for p in disabled_lists], run_mode)
         self.accumulator = Accumulator(
-            QualityConfig(window, window_bins, noisy_rate_hz, false_alarm_probability, ingest_engine, io_groups=served),
+            QualityConfig(
+                window,
+                window_bins,
+                noisy_rate_hz,
+                false_alarm_probability,
+                ingest_engine,
+                io_groups=served,
+                drift_window_us=drift_window_us,
+            ),
             geometry,
             run_config,
         )

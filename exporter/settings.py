@@ -181,6 +181,14 @@ class Settings:
         above=0,
         below=1,
     )
+    drift_window_us: float = option(
+        200.0,
+        "how long after an external trigger its charge may come (the drift time), in µs: the window the beam view "
+        "pairs each trigger's hits in",
+        flags=("--drift-window-us",),
+        metavar="US",
+        above=0,
+    )
     io_groups: str | None = option(
         None,
         "the io_groups this exporter serves, comma-separated (e.g. 1,2): one shard of a directory several exporters "

@@ -191,6 +191,8 @@ def test_expected_alerts_exist() -> None:
         "LarpixShardOverlap": "warning",
         "LarpixIoGroupUnserved": "warning",
         "LarpixShardMissing": "warning",
+        "LarpixBeamChargeLow": "warning",
+        "LarpixBeamTriggersStopped": "warning",
     }
     assert {rule["alert"]: rule["labels"]["severity"] for rule in _rules()} == expected
 

@@ -14,6 +14,7 @@ from exporter.quality.accumulator import FIFO_FLAGS
 from exporter.quality.evaluation import Evaluation
 from exporter.quality.snapshot import Snapshot
 from exporter.quality.status import ChannelStatus, CheckStatus
+from exporter.quality.triggers import HITS_EDGES
 from exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
 
 CHIP_LABELS = ("io_group", "io_channel", "chip_id")
@@ -404,6 +405,7 @@ class FamilyBuilder:
                 snap.adc_sum[groups],
             )
         )
+        fams.extend(_trigger_view(snap))
         fams.append(
             Family("larpix_window_seconds", "gauge", "Length of the sliding window in data time.").add(
                 (), [()], [snap.config.window_seconds]
@@ -526,3 +528,75 @@ class FamilyBuilder:
                 float(health.compiled_ingest),
             ),
         ]
+
+
+def _trigger_view(snap: Snapshot) -> list[Family]:
+    """The trigger-correlated view (``quality/triggers.py``): trigger words by bit, hits per external trigger,
+    trigger-to-hit delays, and per tile the hits inside the drift windows against those outside."""
+    words = np.argwhere(snap.trigger_words > 0)
+    fams = [
+        Family(
+            "larpix_trigger_words",
+            "counter",
+            "Trigger words by io_group and bit of their trigger_type (bit 1: the external trigger input).",
+        ).add(("io_group", "bit"), [(int(g), int(b)) for g, b in words], snap.trigger_words[words[:, 0], words[:, 1]])
+    ]
+    closed = np.flatnonzero(snap.beam_trigger_hit_counts[:, -1] > 0).tolist()
+    fams.append(
+        histogram(
+            "larpix_beam_trigger_hits",
+            "Self-triggered hits on every io_group within the drift window after each external trigger, "
+            "by the io_group the trigger came on (le=0: triggers without charge).",
+            ("io_group",),
+            [(g,) for g in closed],
+            HITS_EDGES,
+            snap.beam_trigger_hit_counts[closed],
+            snap.beam_trigger_hit_sum[closed],
+        )
+    )
+    delayed = np.flatnonzero(snap.beam_delay_counts[:, -1] > 0).tolist()
+    bins = snap.beam_delay_counts.shape[1]
+    window = snap.config.drift_window_ticks / CLOCK_HZ
+    fams.append(
+        histogram(
+            "larpix_beam_hit_delay_seconds",
+            "Time from an external trigger to each self-triggered hit within its drift window, by the hit's io_group.",
+            ("io_group",),
+            [(g,) for g in delayed],
+            [round(window * (i + 1) / bins, 9) for i in range(bins - 1)],
+            snap.beam_delay_counts[delayed],
+            snap.beam_delay_sum_ticks[delayed] / CLOCK_HZ,
+        )
+    )
+    timed = np.flatnonzero(snap.beam_seconds[:, 1] > 0).tolist()
+    fams.append(
+        Family(
+            "larpix_beam_seconds",
+            "counter",
+            "Data time by io_group inside the drift window of an external trigger (window=in) and with data at all "
+            "(window=all): the exposures of the in-window and out-of-window hit rates.",
+        ).add(
+            ("io_group", "window"),
+            [(g, w) for g in timed for w in ("in", "all")],
+            snap.beam_seconds[timed].reshape(-1),
+        )
+    )
+    mapped = snap.chip_tiles >= 0
+    hit = snap.chip_beam_hits.sum(axis=1) > 0
+    keys = np.stack([snap.chip_keys[:, 0].astype(np.int64), np.where(mapped, snap.chip_tiles, -1)], axis=1)[hit]
+    tiles, where = np.unique(keys, axis=0, return_inverse=True)
+    sums = np.zeros((len(tiles), 2), np.int64)
+    np.add.at(sums, where.reshape(-1), snap.chip_beam_hits[hit])
+    fams.append(
+        Family(
+            "larpix_beam_tile_hits",
+            "counter",
+            "Self-triggered hits per io_group and tile inside the drift window of an external trigger (window=in) "
+            "and outside it (window=out), since the first external trigger (tile -1: chips the geometry does not place).",
+        ).add(
+            ("io_group", "tile", "window"),
+            [(int(g), int(t), w) for g, t in tiles for w in ("in", "out")],
+            sums.reshape(-1),
+        )
+    )
+    return fams

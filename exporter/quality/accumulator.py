@@ -27,7 +27,7 @@ from exporter.quality.summary import ChipLayout, summarize
 from exporter.quality.window import Placed
 from exporter.reading.cursor import DataClock
 from exporter.reading.decode import Messages, split_messages
-from exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS
+from exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS, TRIGGER
 
 if TYPE_CHECKING:
     from exporter.detector.chips import ChipIndex
@@ -301,6 +301,7 @@ class Accumulator:
             groups, reading = packets["io_group"], placed.reading
             slots = reading.fill(groups, placed.slots, placed.before)
             engine.count(self.state, packets, slots, reading.fill(groups, placed.ends, placed.before_ends))
+        self.state.triggers.add(self.state, packets)
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
@@ -315,7 +316,14 @@ class Accumulator:
         """Move the clocks and windows over raw messages (their timestamp packets), then run the kernels."""
         if len(messages.starts) == 0:
             return
+        triggers_before = int(self.state.packet_type_counts[:, TRIGGER].sum())
         count_compiled(self.state, messages, window.move(self.state, messages.timestamp_packets(), clock, wall_now))
+        triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
+        self.state.triggers.add_messages(self.state, messages, triggered)
+
+    def finish(self) -> None:
+        """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""
+        self.state.triggers.flush(self.state)
 
     # -- what is known of each chip besides its counts ---------------------------------
     def start_run(self, io_groups: list[int] | None = None) -> None:

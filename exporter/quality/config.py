@@ -24,7 +24,14 @@ class QualityConfig:
     sync_offset_buckets_ticks: tuple[float, ...] = (-1000, -100, -10, -1, 0, 1, 10, 100, 1000)
     #: The io_groups this exporter serves (one shard of a directory several exporters read); empty: every one.
     io_groups: tuple[int, ...] = ()
+    #: How long after an external trigger its charge may come (the drift time across the TPC), in µs.
+    drift_window_us: float = 200.0
 
     @property
     def bin_seconds(self) -> float:
         return self.window_seconds / self.window_bins
+
+    @property
+    def drift_window_ticks(self) -> int:
+        """The drift window in ticks of the 10 MHz clock."""
+        return round(self.drift_window_us * 10)

@@ -79,6 +79,14 @@ class Snapshot:
     sync_offset_sum_ticks: np.ndarray  # int64 ticks (100 ns): sum of 'S' sync offsets from 1e7 ticks
     adc_bucket_counts: np.ndarray  # (256, buckets + 1) int64: cumulative histogram of datawords, all time
     adc_sum: np.ndarray  # int64 ADC counts: sum of datawords, all time
+    # -- the trigger-correlated view (``triggers.py``; counted since the first external trigger) --------
+    trigger_words: np.ndarray  # (256, 8) int64: trigger words with each bit of their trigger_type set (1: external)
+    beam_trigger_hit_counts: np.ndarray  # (256, buckets + 1) int64: cumulative histogram of hits per closed trigger
+    beam_trigger_hit_sum: np.ndarray  # int64: hits in the drift windows of the io_group's closed triggers
+    beam_delay_counts: np.ndarray  # (256, bins) int64: cumulative histogram of trigger-to-hit delays, by hit io_group
+    beam_delay_sum_ticks: np.ndarray  # int64 ticks: sum of those delays
+    beam_seconds: np.ndarray  # (256, 2) float64 s: data time inside a drift window, and with data
+    chip_beam_hits: np.ndarray  # (n, 2) int64: self-triggered hits inside a drift window, and outside
     # -- scalars ---------------------------------------------------------------------------------
     data_time: float  # unix s: newest accepted data time over all io_groups (NaN before any)
     covered_seconds: float  # s: the longest io_group span of the window

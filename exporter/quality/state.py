@@ -17,6 +17,7 @@ from exporter.detector.chips import ChipIndex
 from exporter.detector.geometry import CHANNELS_PER_CHIP
 from exporter.quality.clock import DetectorClock
 from exporter.quality.config import QualityConfig
+from exporter.quality.triggers import DELAY_BINS, HITS_EDGES, TRIGGER_BITS, TriggerWindows
 from exporter.reading.packets import DATA_TRIGGER_TYPES, IO_GROUPS, SYNC_KIND_CODES
 
 PACKET_TYPES = 8
@@ -159,6 +160,19 @@ FIELDS: tuple[Field, ...] = (
     Field("learnt_seen", CHIP, (CHANNELS_PER_CHIP,), optional=True, per_run=True),
     Field("learnt_time", CHIP, (), np.float64, np.nan, optional=True, per_run=True),
     Field("rates_good", CHIP, (), np.int8, 1, optional=True, per_run=True),
+    # the trigger-correlated view (``triggers.py``, counted by both engines through ``TriggerWindows``):
+    # trigger words per bit of their trigger_type; per io_group of the trigger, closed external triggers by
+    # hits in their drift window (``HITS_EDGES`` buckets) and those hits' sum; per io_group of the hit,
+    # trigger-to-hit delays and their sum (ticks); per io_group, data time inside a drift window (ticks)
+    # and seconds with data; per chip, self-triggered hits inside a drift window and outside
+    Field("trigger_words", IO_GROUP, (TRIGGER_BITS,), optional=True),
+    Field("beam_trigger_hits", IO_GROUP, (len(HITS_EDGES) + 1,), optional=True),
+    Field("beam_trigger_hit_sum", IO_GROUP, (), optional=True),
+    Field("beam_delays", IO_GROUP, (DELAY_BINS,), optional=True),
+    Field("beam_delay_sum", IO_GROUP, (), optional=True),  # ticks
+    Field("beam_window_ticks", IO_GROUP, (), optional=True),
+    Field("beam_live_seconds", IO_GROUP, (), optional=True),
+    Field("beam_chip_hits", CHIP, (2,), optional=True),
 )
 BY_NAME = {f.name: f for f in FIELDS}
 #: The window file's arrays (``runtime/checkpoint.py``).
@@ -183,6 +197,7 @@ class State:
         self.config = config
         self.chips = ChipIndex()
         self.clock = DetectorClock()
+        self.triggers = TriggerWindows(config.drift_window_ticks)
         self.capacity = 0
         for f in FIELDS:
             setattr(self, f.name, None if f.lazy else self._empty(f, 0))
@@ -281,6 +296,7 @@ class State:
             "chip_keys": self.chips.keys.copy(),
             "window_shape": np.array([self.config.window_seconds, self.config.window_bins]),
             **self.clock.export_state(),
+            **self.triggers.export_state(self.chips.keys),
         }
         for f in FIELDS:
             array = getattr(self, f.name)
@@ -297,6 +313,7 @@ class State:
         for f in FIELDS:
             if not f.windowed and (f.name in arrays or not f.optional):
                 self._put(f, rows, arrays[_source(f, arrays)])
+        self.triggers.import_state(self, arrays)
         if "clock_head" not in arrays:
             return False
         self.clock.import_state(arrays)

@@ -19,7 +19,7 @@ from exporter.quality.state import State
 from exporter.quality.status import ChannelStatus
 from exporter.quality.verdicts import Cusum, VerdictInputs, judge
 from exporter.quality.window import chip_clock, covered_seconds, span_seconds
-from exporter.reading.packets import DATA, IO_GROUPS, SELF_TRIGGER
+from exporter.reading.packets import CLOCK_HZ, DATA, IO_GROUPS, SELF_TRIGGER
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,13 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         sync_offset_sum_ticks=state.sync_offset_sum.copy(),
         adc_bucket_counts=adc_buckets,
         adc_sum=(state.adc_counts * np.arange(256)).sum(axis=1),
+        trigger_words=state.trigger_words.copy(),
+        beam_trigger_hit_counts=np.cumsum(state.beam_trigger_hits, axis=1),
+        beam_trigger_hit_sum=state.beam_trigger_hit_sum.copy(),
+        beam_delay_counts=np.cumsum(state.beam_delays, axis=1),
+        beam_delay_sum_ticks=state.beam_delay_sum.copy(),
+        beam_seconds=np.stack([state.beam_window_ticks / CLOCK_HZ, state.beam_live_seconds.astype(np.float64)], 1),
+        chip_beam_hits=state.beam_chip_hits[:n].copy(),
         data_time=state.clock.data_time,
         covered_seconds=covered,
         silent_channel_hits=verdicts.silent_channel_hits,

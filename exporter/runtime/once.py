@@ -153,5 +153,6 @@ def process_file(
         [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     )
     tail.pump(consume)
+    monitor.accumulator.finish()
     note_reading(health, monitor.accumulator, tail)
     return FileResult(path, geometry, monitor.update(), health, errors, run_config.run_mode)

@@ -65,6 +65,7 @@ def run_context(settings: Settings) -> RunContext:
         "run_pattern": settings.run_pattern,
         "window_seconds": settings.window,
         "false_alarm_probability": settings.false_alarm_probability,
+        "drift_window_us": settings.drift_window_us,
     }
     return RunContext(configuration, settings.reference, settings.run_mode)
 
@@ -94,6 +95,7 @@ class Service:
             ingest_engine=settings.ingest_engine,
             run_pattern=settings.run_pattern,
             io_groups=settings.served_io_groups(),
+            drift_window_us=settings.drift_window_us,
         )
         self.geometry = self.monitor.geometry  # a shard draws and serves its own io_groups' chips
         self.checkpoint_path = resolve_checkpoint_path(settings)

@@ -1,0 +1,255 @@
+"""The trigger-correlated view: the self-triggered charge within the drift window after each external trigger.
+
+A beam (or light) trigger reaches one io_group's PACMAN as a trigger word; its charge lands on every
+io_group. Every packet is placed on one time line, data second x 10 MHz ticks: the second of its
+io_group's latest timestamp packet, the tick of its own clock, which restarts at each 'S' sync (a
+chip timestamp ahead of its PACMAN receipt time belongs to the sync period before). A trigger is
+*closed* once every io_group that sends data is ``SETTLE_TICKS`` past its drift window, so chunks and
+io_groups read out of step pair the same hits; triggers within ``COINCIDENT_TICKS`` of each other (one
+trigger fanned out to several PACMANs) are one. Closed triggers count into the state's ``trigger_*``
+and ``beam_*`` fields (``state.FIELDS``); a hit is in the window when a trigger is at most the drift
+window before it, else in the background. Both engines count through here (one implementation).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from exporter.detector.chips import ChipIndex
+from exporter.reading.decode import Messages
+from exporter.reading.packets import (
+    DATA,
+    EXTERNAL_TRIGGER_BIT,
+    IO_GROUPS,
+    TICKS_PER_SYNC,
+    TIMESTAMP,
+    TRIGGER,
+)
+
+#: How far every io_group's data must be past a time before its triggers and hits are final (0.5 s):
+#: PACMAN messages are not strictly in time order, and chunks split the file anywhere.
+SETTLE_TICKS = TICKS_PER_SYNC // 2
+#: Trigger words closer than this (10 µs) are one trigger (the same beam trigger at several PACMANs).
+COINCIDENT_TICKS = 100
+#: An io_group whose data is this far behind the newest (10 s) has stopped: triggers do not wait for it.
+STOPPED_TICKS = 10 * TICKS_PER_SYNC
+#: Upper edges of the hits-per-trigger histogram (hits; the last bucket is +Inf).
+HITS_EDGES = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000)
+#: Bins of the trigger-to-hit delay histogram: the drift window in this many equal parts.
+DELAY_BINS = 20
+#: Bits of a trigger word's ``trigger_type`` (bit 1: the external trigger input).
+TRIGGER_BITS = 8
+NO_TIME = -(2**62)
+#: What ``export_state`` writes, besides the hits' chip keys.
+_SAVED = ("second", "frontier", "open", "open_groups", "recent", "hit_times", "hit_groups")
+
+
+class State(Protocol):
+    """What the pairing counts into: the ``trigger_words`` and ``beam_*`` fields of a ``state.State``."""
+
+    chips: ChipIndex
+    trigger_words: np.ndarray
+    beam_trigger_hits: np.ndarray
+    beam_trigger_hit_sum: np.ndarray
+    beam_delays: np.ndarray
+    beam_delay_sum: np.ndarray
+    beam_window_ticks: np.ndarray
+    beam_live_seconds: np.ndarray
+    beam_chip_hits: np.ndarray
+
+    def register(self, keys: np.ndarray) -> np.ndarray: ...
+
+
+class TriggerWindows:
+    """The triggers and hits of the last ``SETTLE_TICKS`` and the drift window, paired as they become final.
+
+    Idle (one look at each chunk's trigger words and timestamps) until the first external trigger."""
+
+    def __init__(self, window_ticks: int) -> None:
+        self.window = int(window_ticks)
+        self.active = False  # an external trigger was seen: hits are held and classified from then on
+        self.second = np.full(IO_GROUPS, -1, np.int64)  # data second of each io_group's latest timestamp packet
+        self.frontier = np.full(IO_GROUPS, NO_TIME, np.int64)  # newest time each io_group has shown
+        self.settled = NO_TIME  # hits before this are classified, triggers whose window ends before it closed
+        self.window_end = NO_TIME  # end of the union of the closed triggers' windows
+        self.open = np.zeros(0, np.int64)  # triggers not yet closed (times, unsorted)
+        self.open_groups = np.zeros(0, np.int64)
+        self.recent = np.zeros(0, np.int64)  # closed triggers (ascending) whose windows late hits may still fall in
+        self.hit_times = np.zeros(0, np.int64)  # hits an open trigger or the classification still needs
+        self.hit_rows = np.zeros(0, np.int64)  # their chip rows
+        self.hit_groups = np.zeros(0, np.int64)
+
+    # -- counting -------------------------------------------------------------------------------
+    def add_messages(self, state: State, messages: Messages, triggered: bool) -> None:
+        """``add`` for raw messages (``triggered``: they hold trigger words, as the kernels counted), decoded only
+        when they hold trigger words or triggers are being paired."""
+        if self.active or triggered:
+            self.add(state, messages.decode())
+        elif len(messages.starts):
+            self._idle(state, messages.io_groups.astype(np.int64), messages.timestamps().astype(np.int64))
+
+    def add(self, state: State, packets: np.ndarray) -> None:
+        """Place a chunk's packet records and count what became final into ``state`` (its ``trigger_words``
+        and ``beam_*`` fields); chips must be registered (the engines have counted the chunk)."""
+        ptype = packets["packet_type"]
+        groups = packets["io_group"].astype(np.int64)
+        trigger = np.flatnonzero(ptype == TRIGGER)
+        if not len(trigger) and not self.active:
+            stamps = np.flatnonzero(ptype == TIMESTAMP)
+            self._idle(state, groups[stamps], packets["timestamp"][stamps].astype(np.int64))
+            return
+        seconds = self._seconds(state, packets, groups, ptype)
+        ticks = packets["timestamp"].astype(np.int64)
+        placed = seconds >= 0
+        kinds = packets["trigger_type"][trigger].astype(np.int64)
+        for bit in range(TRIGGER_BITS):
+            state.trigger_words[:, bit] += np.bincount(groups[trigger[(kinds >> bit) & 1 == 1]], minlength=IO_GROUPS)
+        external = trigger[((kinds & EXTERNAL_TRIGGER_BIT) != 0) & placed[trigger]]
+        self.active |= len(external) > 0
+        if not self.active:
+            return
+        hits = np.flatnonzero(
+            (ptype == DATA) & (packets["valid_parity"] != 0) & ((packets["trigger_type"] & 3) == 0) & placed
+        )
+        rows = state.chips.lookup(packets["io_group"][hits], packets["io_channel"][hits], packets["chip_id"][hits])
+        hits, rows = hits[rows >= 0], rows[rows >= 0].astype(np.int64)
+        hit_times = seconds[hits] * TICKS_PER_SYNC + ticks[hits]
+        if "receipt_timestamp" in (packets.dtype.names or ()):
+            receipt = packets["receipt_timestamp"][hits].astype(np.int64)
+            hit_times -= np.where((receipt > 0) & (ticks[hits] > receipt), TICKS_PER_SYNC, 0)
+        trigger_times = seconds[external] * TICKS_PER_SYNC + ticks[external]
+        stamps = np.flatnonzero((ptype == TIMESTAMP) & placed)
+        for times, at in ((hit_times, hits), (trigger_times, external), (seconds[stamps] * TICKS_PER_SYNC, stamps)):
+            if len(at):
+                np.maximum.at(self.frontier, groups[at], times)
+        late = hit_times < self.settled
+        if late.any():  # older than what is final already: classified now, against the triggers known
+            self._classify(state, hit_times[late], rows[late])
+        self.open = np.r_[self.open, trigger_times]
+        self.open_groups = np.r_[self.open_groups, groups[external]]
+        self.hit_times = np.r_[self.hit_times, hit_times]
+        self.hit_rows = np.r_[self.hit_rows, rows]
+        self.hit_groups = np.r_[self.hit_groups, groups[hits]]
+        self._settle(state, self._settled_now())
+
+    def _idle(self, state: State, groups: np.ndarray, seconds: np.ndarray) -> None:
+        """Follow the io_groups' seconds (timestamps ``seconds`` of io_groups ``groups``) until the first trigger."""
+        for g in np.unique(groups).tolist():
+            mine = seconds[groups == g]
+            state.beam_live_seconds[g] += len(np.unique(mine[mine > self.second[g]]))
+            self.second[g] = mine[-1]
+
+    def flush(self, state: State) -> None:
+        """Make everything final (the end of a file read whole: no later data can come)."""
+        if len(self.open) or len(self.hit_times):
+            self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1)
+
+    def _seconds(self, state: State, packets: np.ndarray, groups: np.ndarray, ptype: np.ndarray) -> np.ndarray:
+        """Per packet, the data second of its io_group's latest timestamp packet at or before it (-1: none yet);
+        counts each io_group's seconds with data (``beam_live_seconds``)."""
+        seconds = np.empty(len(packets), np.int64)
+        stamp = ptype == TIMESTAMP
+        for g in np.unique(groups).tolist():
+            mine = np.flatnonzero(groups == g)
+            values = np.r_[self.second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
+            seconds[mine] = values[np.cumsum(stamp[mine])]
+            state.beam_live_seconds[g] += len(np.unique(values[1:][values[1:] > self.second[g]]))
+            self.second[g] = values[-1]
+        return seconds
+
+    def _settled_now(self) -> int:
+        """The time up to which every io_group still sending data has shown its data, less the margin."""
+        known = self.frontier[self.frontier > NO_TIME]
+        if not len(known):
+            return NO_TIME
+        going = known[known >= known.max() - STOPPED_TICKS]
+        return int(going.min()) - SETTLE_TICKS
+
+    def _settle(self, state: State, settled: int) -> None:
+        """Close the triggers whose windows end before ``settled`` and classify the hits before it."""
+        if settled <= self.settled:
+            return
+        order = np.argsort(self.hit_times, kind="stable")
+        times, rows, groups = self.hit_times[order], self.hit_rows[order], self.hit_groups[order]
+        triggers, trigger_groups = self._distinct_triggers()
+        closing = triggers + self.window <= settled
+        self._close(state, triggers[closing], trigger_groups[closing], times, rows, groups)
+        # classify the hits that became final (a late one was when it came), against every trigger that may cover them
+        known = np.r_[self.recent, triggers]
+        final = np.flatnonzero((times >= self.settled) & (times < settled))
+        self._classify(state, times[final], rows[final], known)
+        self.settled = settled
+        self.open, self.open_groups = triggers[~closing], trigger_groups[~closing]
+        closed = np.sort(np.r_[self.recent, triggers[closing]])
+        self.recent = closed[closed + self.window > settled - SETTLE_TICKS]
+        keep = times >= min(int(self.open.min()) if len(self.open) else settled, settled)
+        self.hit_times, self.hit_rows, self.hit_groups = times[keep], rows[keep], groups[keep]
+
+    def _distinct_triggers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The open triggers, ascending, without those coincident with an earlier one (open or closed)."""
+        order = np.argsort(self.open, kind="stable")
+        opened, groups = self.open[order], self.open_groups[order]
+        distinct = np.r_[True, np.diff(opened) > COINCIDENT_TICKS] if len(opened) else np.zeros(0, bool)
+        if len(self.recent) and len(opened):
+            before = np.searchsorted(self.recent, opened, side="right") - 1
+            distinct &= ~((before >= 0) & (opened - self.recent[np.maximum(before, 0)] <= COINCIDENT_TICKS))
+        return opened[distinct], groups[distinct]
+
+    def _close(
+        self,
+        state: State,
+        triggers: np.ndarray,
+        groups: np.ndarray,
+        times: np.ndarray,
+        rows: np.ndarray,
+        hit_groups: np.ndarray,
+    ) -> None:
+        """Count closed triggers (ascending ``triggers``, their io_groups): hits per trigger, delays, exposure."""
+        if not len(triggers):
+            return
+        first = np.searchsorted(times, triggers, side="left")
+        last = np.searchsorted(times, triggers + self.window, side="left")
+        counts = last - first
+        bucket = np.searchsorted(np.asarray(HITS_EDGES), counts, side="left")
+        np.add.at(state.beam_trigger_hits, (groups, bucket), 1)
+        np.add.at(state.beam_trigger_hit_sum, groups, counts)
+        paired = np.repeat(first - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(int(counts.sum()))
+        delay = times[paired] - np.repeat(triggers, counts)
+        delay_bin = np.minimum(delay * DELAY_BINS // self.window, DELAY_BINS - 1)
+        np.add.at(state.beam_delays, (hit_groups[paired], delay_bin), 1)
+        np.add.at(state.beam_delay_sum, hit_groups[paired], delay)
+        # the union of the windows, from the end of the last closed one
+        ends = np.maximum.accumulate(np.r_[self.window_end, triggers + self.window])
+        union = int(np.sum(ends[1:] - np.maximum(triggers, ends[:-1])))
+        self.window_end = int(ends[-1])
+        going = self.frontier > max(int(triggers[-1]) - STOPPED_TICKS, NO_TIME)
+        state.beam_window_ticks[going] += union
+
+    def _classify(self, state: State, times: np.ndarray, rows: np.ndarray, known: np.ndarray | None = None) -> None:
+        """Count hits in a trigger's window or in the background, per chip row (``beam_chip_hits``)."""
+        if not len(times):
+            return
+        triggers = np.sort(np.r_[self.recent, self.open] if known is None else known)
+        before = np.searchsorted(triggers, times, side="right") - 1
+        inside = (before >= 0) & (times < triggers[np.maximum(before, 0)] + self.window) if len(triggers) else times < 0
+        np.add.at(state.beam_chip_hits, (rows, np.where(inside, 0, 1)), 1)
+
+    # -- checkpoint -----------------------------------------------------------------------------
+    def export_state(self, chip_keys: np.ndarray) -> dict[str, np.ndarray]:
+        """What continues the pairing exactly after a restart (``chip_keys``: the state's, to name the hits' chips)."""
+        arrays = {f"triggers_{name}": np.asarray(getattr(self, name)) for name in _SAVED}
+        arrays["triggers_scalars"] = np.array([self.active, self.settled, self.window_end], np.int64)
+        arrays["triggers_hit_chips"] = chip_keys[self.hit_rows].reshape(-1, 3)
+        return arrays
+
+    def import_state(self, state: State, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from ``export_state`` output (a checkpoint without it: idle until the next trigger)."""
+        if "triggers_scalars" not in arrays:
+            return
+        for name in _SAVED:
+            setattr(self, name, np.asarray(arrays[f"triggers_{name}"], np.int64))
+        active, self.settled, self.window_end = (int(v) for v in arrays["triggers_scalars"])
+        self.active = bool(active)
+        self.hit_rows = state.register(arrays["triggers_hit_chips"]).astype(np.int64)
