@@ -22,6 +22,7 @@ from exporter.runtime.ingest import Ingester
 from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 from plots import PlotContext
 from plots.builtin.anode import AnodeOverview
+from plots.builtin.beam import BeamTriggers
 from plots.builtin.fifo import FIFOFlags
 from plots.builtin.hot import HotPixels
 from plots.builtin.pixelmap import PixelMap
@@ -45,6 +46,7 @@ NOT_MAPS = [
     "FIFOFlags",
     "TimestampHistograms",
     "TriggerHistograms",
+    "BeamTriggers",
     "HotPixels",
 ]
 
@@ -222,7 +224,7 @@ def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(mod
     sim = Simulator(module_geometry, SimulationConfig(seed=11, trigger_rate_hz=4), FAULTS)
     accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
     detector, file_clock = DetectorClock(), DataClock()
-    classes = (HotPixels, PacketRate, TileRate, FIFOFlags, TimestampHistograms, TriggerHistograms)
+    classes = (HotPixels, PacketRate, TileRate, FIFOFlags, TimestampHistograms, TriggerHistograms, BeamTriggers)
     kept = {cls: cls() for cls in classes}
     figures_drawn: dict = {}
     chunks = []

@@ -96,7 +96,7 @@ def test_serve_writes_plots_per_file_and_latest(served):
     latest = sorted(p.stem for p in (plotdir / "latest").glob("*.png"))
     assert latest == sorted(
         ["AnodeOverview", "PixelMap_1_1", "HotPixels", "PacketRate", "TileRate", "FIFOFlags"]
-        + ["TimestampHistograms", "TriggerHistograms", "TemplatePlot"]
+        + ["TimestampHistograms", "TriggerHistograms", "BeamTriggers", "TemplatePlot"]
     )
     for name in latest:
         per_file = plotdir / f"{stem}_dqm" / f"{stem}_{name}.png"
