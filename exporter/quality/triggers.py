@@ -72,6 +72,7 @@ class TriggerWindows:
         self.active = False  # an external trigger was seen: hits are held and classified from then on
         self.second = np.full(IO_GROUPS, -1, np.int64)  # data second of each io_group's latest timestamp packet
         self.frontier = np.full(IO_GROUPS, NO_TIME, np.int64)  # newest time each io_group has shown
+        self.first = NO_TIME  # the earliest time shown, when the first io_group showed one
         self.settled = NO_TIME  # hits before this are classified, triggers whose window ends before it closed
         self.window_end = NO_TIME  # end of the union of the closed triggers' windows
         self.open = np.zeros(0, np.int64)  # triggers not yet closed (times, unsorted)
@@ -88,7 +89,7 @@ class TriggerWindows:
         if self.active or triggered:
             self.add(state, messages.decode())
         elif len(messages.starts):
-            self._idle(state, messages.io_groups.astype(np.int64), messages.timestamps().astype(np.int64))
+            self._idle(messages.io_groups.astype(np.int64), messages.timestamps().astype(np.int64))
 
     def add(self, state: State, packets: np.ndarray) -> None:
         """Place a chunk's packet records and count what became final into ``state`` (its ``trigger_words``
@@ -98,9 +99,9 @@ class TriggerWindows:
         trigger = np.flatnonzero(ptype == TRIGGER)
         if not len(trigger) and not self.active:
             stamps = np.flatnonzero(ptype == TIMESTAMP)
-            self._idle(state, groups[stamps], packets["timestamp"][stamps].astype(np.int64))
+            self._idle(groups[stamps], packets["timestamp"][stamps].astype(np.int64))
             return
-        seconds = self._seconds(state, packets, groups, ptype)
+        seconds, fresh = self._seconds(packets, groups, ptype)
         ticks = packets["timestamp"].astype(np.int64)
         placed = seconds >= 0
         kinds = packets["trigger_type"][trigger].astype(np.int64)
@@ -110,6 +111,7 @@ class TriggerWindows:
         self.active |= len(external) > 0
         if not self.active:
             return
+        state.beam_live_seconds += fresh
         hits = np.flatnonzero(
             (ptype == DATA) & (packets["valid_parity"] != 0) & ((packets["trigger_type"] & 3) == 0) & placed
         )
@@ -132,38 +134,49 @@ class TriggerWindows:
         self.hit_times = np.r_[self.hit_times, hit_times]
         self.hit_rows = np.r_[self.hit_rows, rows]
         self.hit_groups = np.r_[self.hit_groups, groups[hits]]
-        self._settle(state, self._settled_now())
+        self._settle(state, self._settled_now(state))
 
-    def _idle(self, state: State, groups: np.ndarray, seconds: np.ndarray) -> None:
-        """Follow the io_groups' seconds (timestamps ``seconds`` of io_groups ``groups``) until the first trigger."""
+    def _idle(self, groups: np.ndarray, seconds: np.ndarray) -> None:
+        """Follow the io_groups' seconds (timestamps ``seconds`` of io_groups ``groups``) until the first trigger:
+        hits and live seconds count from the chunk that brings it."""
         for g in np.unique(groups).tolist():
-            mine = seconds[groups == g]
-            state.beam_live_seconds[g] += len(np.unique(mine[mine > self.second[g]]))
-            self.second[g] = mine[-1]
+            self.second[g] = seconds[groups == g][-1]
+        if len(groups):  # the io_groups seen before the first trigger are waited for from its start
+            np.maximum.at(self.frontier, groups, seconds * TICKS_PER_SYNC)
 
     def flush(self, state: State) -> None:
         """Make everything final (the end of a file read whole: no later data can come)."""
         if len(self.open) or len(self.hit_times):
             self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1)
 
-    def _seconds(self, state: State, packets: np.ndarray, groups: np.ndarray, ptype: np.ndarray) -> np.ndarray:
-        """Per packet, the data second of its io_group's latest timestamp packet at or before it (-1: none yet);
-        counts each io_group's seconds with data (``beam_live_seconds``)."""
+    def _seconds(self, packets: np.ndarray, groups: np.ndarray, ptype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per packet, the data second of its io_group's latest timestamp packet at or before it (-1: none yet),
+        and per io_group the new seconds with data (``beam_live_seconds`` once pairing)."""
         seconds = np.empty(len(packets), np.int64)
+        fresh = np.zeros(IO_GROUPS, np.int64)
         stamp = ptype == TIMESTAMP
         for g in np.unique(groups).tolist():
             mine = np.flatnonzero(groups == g)
             values = np.r_[self.second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
             seconds[mine] = values[np.cumsum(stamp[mine])]
-            state.beam_live_seconds[g] += len(np.unique(values[1:][values[1:] > self.second[g]]))
+            fresh[g] = len(np.unique(values[1:][values[1:] > self.second[g]]))
             self.second[g] = values[-1]
-        return seconds
+        return seconds, fresh
 
-    def _settled_now(self) -> int:
-        """The time up to which every io_group still sending data has shown its data, less the margin."""
-        known = self.frontier[self.frontier > NO_TIME]
-        if not len(known):
+    def _settled_now(self, state: State) -> int:
+        """The time up to which every io_group still sending data has shown its data, less the margin. An
+        io_group the chips expect (the geometry's) that has sent nothing yet is waited for as if it had
+        sent at the start of the data, so for ``STOPPED_TICKS`` at most."""
+        frontier = self.frontier.copy()
+        seen = frontier > NO_TIME
+        if not seen.any():
             return NO_TIME
+        if self.first == NO_TIME:
+            self.first = int(frontier[seen].min())
+        expected = np.zeros(IO_GROUPS, bool)
+        expected[state.chips.keys[:, 0]] = True
+        frontier[expected & ~seen] = self.first
+        known = frontier[frontier > NO_TIME]
         going = known[known >= known.max() - STOPPED_TICKS]
         return int(going.min()) - SETTLE_TICKS
 
@@ -240,7 +253,7 @@ class TriggerWindows:
     def export_state(self, chip_keys: np.ndarray) -> dict[str, np.ndarray]:
         """What continues the pairing exactly after a restart (``chip_keys``: the state's, to name the hits' chips)."""
         arrays = {f"triggers_{name}": np.asarray(getattr(self, name)) for name in _SAVED}
-        arrays["triggers_scalars"] = np.array([self.active, self.settled, self.window_end], np.int64)
+        arrays["triggers_scalars"] = np.array([self.active, self.settled, self.window_end, self.first], np.int64)
         arrays["triggers_hit_chips"] = chip_keys[self.hit_rows].reshape(-1, 3)
         return arrays
 
@@ -250,6 +263,6 @@ class TriggerWindows:
             return
         for name in _SAVED:
             setattr(self, name, np.asarray(arrays[f"triggers_{name}"], np.int64))
-        active, self.settled, self.window_end = (int(v) for v in arrays["triggers_scalars"])
+        active, self.settled, self.window_end, self.first = (int(v) for v in arrays["triggers_scalars"])
         self.active = bool(active)
         self.hit_rows = state.register(arrays["triggers_hit_chips"]).astype(np.int64)
