@@ -218,3 +218,26 @@ def test_a_run_without_external_triggers_holds_nothing(module_geometry, tmp_path
     assert acc.state.beam_chip_hits.sum() == 0 and acc.state.beam_live_seconds.sum() == 0
     assert acc.state.triggers.frontier[1] == (START + 4) * 10_000_000  # followed, for the first trigger
     assert acc.state.trigger_words.sum() == 0
+
+
+def test_a_corrupt_timestamp_the_clock_rejects_moves_nothing():
+    """A timestamp packet an hour ahead (a bit flip) in the middle of a beam: the data clock rejects it, and
+    the pairing, which places packets by the accepted timestamps only, counts as without it."""
+
+    def run(corrupt: bool) -> dict:
+        rows = []
+        for s in range(12):
+            rows += [(TIMESTAMP, g, START + s, 0, 0) for g in (1, 2)]
+            if corrupt and s == 5:
+                rows.append((TIMESTAMP, 2, START + s + 3_600, 0, 0))
+            rows.append((TRIGGER, 1, 2_000_000, 0, 0))
+            rows += [(DATA, 2, 2_000_500, 20, 2_000_500), (DATA, 1, 7_000_000, 10, 7_000_000)]
+        acc = Accumulator(QualityConfig(engine="numpy"))
+        acc.add(packets(*rows), DataClock(), START + 20.0)
+        acc.finish()
+        assert acc.state.clock.rejected == (1 if corrupt else 0)
+        return beam_counts(acc)
+
+    clean = run(False)
+    assert clean["hits"][1].sum() == 12 and clean["sum"][1] == 12
+    assert_same(clean, run(True))

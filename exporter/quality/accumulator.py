@@ -301,7 +301,7 @@ class Accumulator:
             groups, reading = packets["io_group"], placed.reading
             slots = reading.fill(groups, placed.slots, placed.before)
             engine.count(self.state, packets, slots, reading.fill(groups, placed.ends, placed.before_ends))
-        self.state.triggers.add(self.state, packets)
+        self.state.triggers.add(self.state, packets, placed.reading.rows)
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
@@ -317,9 +317,10 @@ class Accumulator:
         if len(messages.starts) == 0:
             return
         triggers_before = int(self.state.packet_type_counts[:, TRIGGER].sum())
-        count_compiled(self.state, messages, window.move(self.state, messages.timestamp_packets(), clock, wall_now))
+        placed = window.move(self.state, messages.timestamp_packets(), clock, wall_now)
+        count_compiled(self.state, messages, placed)
         triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
-        self.state.triggers.add_messages(self.state, messages, triggered)
+        self.state.triggers.add_messages(self.state, messages, placed.reading.rows, triggered)
 
     def finish(self) -> None:
         """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""

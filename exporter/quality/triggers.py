@@ -2,13 +2,14 @@
 
 A beam (or light) trigger reaches one io_group's PACMAN as a trigger word; its charge lands on every
 io_group. Every packet is placed on one time line, data second x 10 MHz ticks: the second of its
-io_group's latest timestamp packet, the tick of its own clock, which restarts at each 'S' sync (a
-chip timestamp ahead of its PACMAN receipt time belongs to the sync period before). A trigger is
-*closed* once every io_group that sends data is ``SETTLE_TICKS`` past its drift window, so chunks and
-io_groups read out of step pair the same hits; triggers within ``COINCIDENT_TICKS`` of each other (one
-trigger fanned out to several PACMANs) are one. Closed triggers count into the state's ``trigger_*``
-and ``beam_*`` fields (``state.FIELDS``); a hit is in the window when a trigger is at most the drift
-window before it, else in the background. Both engines count through here (one implementation).
+io_group's latest timestamp packet the data clock accepted (``clock.py``), the tick of its own clock,
+which restarts at each 'S' sync (a chip timestamp ahead of its PACMAN receipt time belongs to the sync
+period before). A trigger is *closed* once every io_group that sends data is ``SETTLE_TICKS`` past its
+drift window, so chunks and io_groups read out of step pair the same hits; triggers within
+``COINCIDENT_TICKS`` of each other (one trigger fanned out to several PACMANs) are one. Closed triggers
+count into the state's ``trigger_*`` and ``beam_*`` fields (``state.FIELDS``); a hit is in the window
+when a trigger is at most the drift window before it, else in the background. Both engines count
+through here (one implementation).
 """
 
 from __future__ import annotations
@@ -83,25 +84,31 @@ class TriggerWindows:
         self.hit_groups = np.zeros(0, np.int64)
 
     # -- counting -------------------------------------------------------------------------------
-    def add_messages(self, state: State, messages: Messages, triggered: bool) -> None:
-        """``add`` for raw messages (``triggered``: they hold trigger words, as the kernels counted), decoded only
-        when they hold trigger words or triggers are being paired."""
+    def add_messages(self, state: State, messages: Messages, accepted: np.ndarray, triggered: bool) -> None:
+        """``add`` for raw messages (``accepted``: the messages whose timestamp the data clock accepted;
+        ``triggered``: they hold trigger words, as the kernels counted), decoded only when they hold trigger
+        words or triggers are being paired."""
         if self.active or triggered:
-            self.add(state, messages.decode())
-        elif len(messages.starts):
-            self._idle(messages.io_groups.astype(np.int64), messages.timestamps().astype(np.int64))
+            packets = messages.decode()
+            stamps = np.flatnonzero(packets["packet_type"] == TIMESTAMP)  # one a message, in order
+            self.add(state, packets, stamps[accepted])
+        elif len(accepted):
+            self._idle(messages.io_groups[accepted].astype(np.int64), messages.timestamps()[accepted].astype(np.int64))
 
-    def add(self, state: State, packets: np.ndarray) -> None:
+    def add(self, state: State, packets: np.ndarray, accepted: np.ndarray) -> None:
         """Place a chunk's packet records and count what became final into ``state`` (its ``trigger_words``
-        and ``beam_*`` fields); chips must be registered (the engines have counted the chunk)."""
+        and ``beam_*`` fields); chips must be registered (the engines have counted the chunk). Packets are
+        placed by the timestamp packets the data clock accepted (rows ``accepted``, ``clock.Reading.rows``):
+        a corrupt or jumping timestamp moves nothing."""
         ptype = packets["packet_type"]
         groups = packets["io_group"].astype(np.int64)
+        stamp = np.zeros(len(packets), bool)
+        stamp[accepted] = True
         trigger = np.flatnonzero(ptype == TRIGGER)
         if not len(trigger) and not self.active:
-            stamps = np.flatnonzero(ptype == TIMESTAMP)
-            self._idle(groups[stamps], packets["timestamp"][stamps].astype(np.int64))
+            self._idle(groups[accepted], packets["timestamp"][accepted].astype(np.int64))
             return
-        seconds, fresh = self._seconds(packets, groups, ptype)
+        seconds, fresh = self._seconds(packets, groups, stamp)
         ticks = packets["timestamp"].astype(np.int64)
         placed = seconds >= 0
         kinds = packets["trigger_type"][trigger].astype(np.int64)
@@ -110,6 +117,7 @@ class TriggerWindows:
         external = trigger[((kinds & EXTERNAL_TRIGGER_BIT) != 0) & placed[trigger]]
         self.active |= len(external) > 0
         if not self.active:
+            self._idle(groups[accepted], packets["timestamp"][accepted].astype(np.int64))
             return
         state.beam_live_seconds += fresh
         hits = np.flatnonzero(
@@ -122,7 +130,7 @@ class TriggerWindows:
             receipt = packets["receipt_timestamp"][hits].astype(np.int64)
             hit_times -= np.where((receipt > 0) & (ticks[hits] > receipt), TICKS_PER_SYNC, 0)
         trigger_times = seconds[external] * TICKS_PER_SYNC + ticks[external]
-        stamps = np.flatnonzero((ptype == TIMESTAMP) & placed)
+        stamps = accepted[placed[accepted]]
         for times, at in ((hit_times, hits), (trigger_times, external), (seconds[stamps] * TICKS_PER_SYNC, stamps)):
             if len(at):
                 np.maximum.at(self.frontier, groups[at], times)
@@ -149,12 +157,11 @@ class TriggerWindows:
         if len(self.open) or len(self.hit_times):
             self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1)
 
-    def _seconds(self, packets: np.ndarray, groups: np.ndarray, ptype: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per packet, the data second of its io_group's latest timestamp packet at or before it (-1: none yet),
-        and per io_group the new seconds with data (``beam_live_seconds`` once pairing)."""
+    def _seconds(self, packets: np.ndarray, groups: np.ndarray, stamp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per packet, the data second of its io_group's latest accepted timestamp packet (``stamp``) at or before
+        it (-1: none yet), and per io_group the new seconds with data (``beam_live_seconds`` once pairing)."""
         seconds = np.empty(len(packets), np.int64)
         fresh = np.zeros(IO_GROUPS, np.int64)
-        stamp = ptype == TIMESTAMP
         for g in np.unique(groups).tolist():
             mine = np.flatnonzero(groups == g)
             values = np.r_[self.second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]

@@ -164,7 +164,9 @@ class Messages:
         """The packet records, as ``decode_messages`` gives them (the numpy reference decoder)."""
         n_msgs = len(self.starts)
         offsets = self.word_offsets()
-        raw_words = self.buffer[offsets[:, None] + np.arange(WORD_BYTES)]
+        # words start on 8-byte boundaries of a buffer of whole 8-byte words: two 8-byte loads a word
+        halves = self.buffer.view("<u8")[(offsets // 8)[:, None] + np.arange(2)]
+        raw_words = halves.view(np.uint8)
         words = raw_words.view(_WORD_VIEW).reshape(-1)
         word_msg = np.repeat(np.arange(n_msgs), self.words)
         kind = words["kind"]
@@ -172,12 +174,12 @@ class Messages:
         known = is_data | is_trig | is_sync
         self._unknown_words = int(len(known) - np.count_nonzero(known))
         if not known.all():
-            words, word_msg, raw_words = words[known], word_msg[known], raw_words[known]
+            words, word_msg, halves = words[known], word_msg[known], halves[known]
             is_data, is_trig, is_sync = is_data[known], is_trig[known], is_sync[known]
 
         # Word rows, decoded as data words; trigger and sync words (zero LArPix bytes) fixed after.
         body = np.zeros(len(words), PACKET_DTYPE)
-        decode_larpix_words(np.ascontiguousarray(raw_words[:, 8:]).view("<u8").reshape(-1), body)
+        decode_larpix_words(np.ascontiguousarray(halves[:, 1]), body)
         body["io_group"] = self.io_groups[word_msg]
         body["io_channel"] = np.where(is_data, words["byte1"], 0)
         body["receipt_timestamp"] = np.where(is_data, words["receipt"], 0)
