@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from exporter.detector.geometry import Geometry
+from exporter.quality.config import QualityConfig
+from exporter.quality.triggers import COINCIDENT_TICKS, NO_TIME, SETTLE_TICKS, STOPPED_TICKS
 from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, IO_GROUPS, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
 from plots.base import Plot, PlotContext
 from plots.draw import KeptFigure, file_label, no_data
@@ -28,15 +30,8 @@ from plots.pixels import ChipTiles
 
 #: How many of the latest external triggers the plot shows.
 N_TRIGGERS = 200
-#: The drift window after a trigger in which its charge arrives (200 µs).
-WINDOW_TICKS = 2_000
-#: How far every io_group's data must be past a trigger's window before it is paired (0.5 s), as in triggers.py.
-SETTLE_TICKS = TICKS_PER_SYNC // 2
-#: Trigger words closer than this (10 µs) are one trigger (the same beam trigger at several PACMANs).
-COINCIDENT_TICKS = 100
-#: An io_group whose data is this far behind the newest (10 s) has stopped: triggers do not wait for it.
-STOPPED_TICKS = 10 * TICKS_PER_SYNC
-NO_TIME = -(2**62)
+#: The drift window after a trigger in which its charge arrives (200 µs: ``--drift-window-us``'s default).
+WINDOW_TICKS = QualityConfig().drift_window_ticks
 US_PER_TICK = 0.1
 EMPTY_COLOUR = "#d62728"
 CMAP = "viridis"
