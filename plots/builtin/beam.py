@@ -23,15 +23,7 @@ from matplotlib.patches import Rectangle
 from exporter.detector.geometry import Geometry
 from exporter.quality.config import QualityConfig
 from exporter.quality.triggers import COINCIDENT_TICKS, NO_TIME, SETTLE_TICKS, STOPPED_TICKS
-from exporter.reading.packets import (
-    DATA,
-    EXTERNAL_TRIGGER_BIT,
-    IO_GROUPS,
-    TICKS_PER_SYNC,
-    TIMESTAMP,
-    TRIGGER,
-    latest_seconds,
-)
+from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, IO_GROUPS, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
 from plots.base import Plot, PlotContext
 from plots.draw import KeptFigure, file_label, no_data
 from plots.pixels import ChipTiles
@@ -110,7 +102,7 @@ class BeamTriggers(Plot):
                 self.second[g] = int(seconds[groups[stamp] == g][-1])
             self._advance(groups[stamp], seconds * TICKS_PER_SYNC)
             return
-        seconds = latest_seconds(packets, stamp, self.second)
+        seconds = self._seconds(packets, groups, stamp)
         ticks = packets["timestamp"].astype(np.int64)
         placed = seconds >= 0
         external = external[placed[external]]
@@ -135,6 +127,16 @@ class BeamTriggers(Plot):
         self.hit_times = np.r_[self.hit_times, hit_times]
         self.hit_bins = np.r_[self.hit_bins, hit_bins]
         self._settle(self._reached() - SETTLE_TICKS)
+
+    def _seconds(self, packets: np.ndarray, groups: np.ndarray, stamp: np.ndarray) -> np.ndarray:
+        """Per packet, the data second of its io_group's latest timestamp packet at or before it (-1: none yet)."""
+        seconds = np.empty(len(packets), np.int64)
+        for g in np.unique(groups).tolist():
+            mine = np.flatnonzero(groups == g)
+            values = np.r_[self.second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
+            seconds[mine] = values[np.cumsum(stamp[mine])]
+            self.second[g] = values[-1]
+        return seconds
 
     def _advance(self, groups: np.ndarray, times: np.ndarray) -> None:
         """Move the io_groups' frontiers to the newest of ``times``; when data begin, the geometry's io_groups
