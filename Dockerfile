@@ -33,9 +33,9 @@ COPY . .
 # runs the exporter below: numba uses only a cache folder it can write), so containers load them in
 # under a second instead of compiling them (about 5-10 s, in the background) at every start.
 RUN pip install --constraint deploy/requirements.lock . \
-    && python -c "from exporter.quality.accumulator import load_kernels; assert load_kernels(wait=600)" \
+    && python -c "from larpix_dqm.exporter.quality.accumulator import load_kernels; assert load_kernels(wait=600)" \
     && cd / && rm -rf /src \
-    && ln -s "$(python -c 'from exporter.detector.geometry import packaged_layout; print(packaged_layout().parent)')" \
+    && ln -s "$(python -c 'from larpix_dqm.exporter.detector.geometry import packaged_layout; print(packaged_layout().parent)')" \
         /opt/larpix-geometry \
     && test -d /opt/larpix-geometry/
 WORKDIR /

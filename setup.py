@@ -15,13 +15,13 @@ from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
-#: Where the revision goes, in the sdist and in the package (exporter.build reads it).
-REVISION = Path("exporter") / "REVISION"
+#: Where the revision goes, in the sdist and in the package (larpix_dqm.exporter.build reads it).
+REVISION = Path("larpix_dqm") / "exporter" / "REVISION"
 
 
 def _site_files() -> list[Path]:
-    """exporter.mixin.site_files of this source tree, read without importing the exporter (and numpy)."""
-    spec = importlib.util.spec_from_file_location("larpix_dqm_mixin", HERE / "exporter" / "mixin.py")
+    """exporter/mixin.py's site_files of this source tree, read without importing the exporter (and numpy)."""
+    spec = importlib.util.spec_from_file_location("larpix_dqm_mixin", HERE / "larpix_dqm" / "exporter" / "mixin.py")
     assert spec is not None and spec.loader is not None
     mixin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mixin)
@@ -64,7 +64,7 @@ class BuildWithSiteFiles(build_py):
 
     def run(self) -> None:
         super().run()
-        package = Path(self.build_lib) / "exporter"
+        package = Path(self.build_lib) / "larpix_dqm" / "exporter"
         revision = _revision()
         if revision:
             (Path(self.build_lib) / REVISION).write_text(revision + "\n")

@@ -3,7 +3,7 @@
 
 Reads ``alerts/thresholds.yaml`` (the alert-specific defaults: ``for:``, windows),
 takes the job selector, the runbook URL and the thresholds shared with the exporter's checks
-from ``exporter.monitoring.Monitoring`` (which the dashboard generator reads too), optionally
+from ``larpix_dqm.exporter.monitoring.Monitoring`` (which the dashboard generator reads too), optionally
 merges a site override file over both, validates every key, and writes the rule file
 Prometheus loads::
 
@@ -41,8 +41,8 @@ DETECTOR_GROUP_NAME = "larpix-detector"
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
-from exporter.monitoring import Monitoring, format_threshold  # noqa: E402
-from exporter.quality.status import ChannelStatus, CheckStatus  # noqa: E402
+from larpix_dqm.exporter.monitoring import Monitoring, format_threshold  # noqa: E402
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus  # noqa: E402
 
 #: Labels that identify one exporter target and one chip.
 TARGET = "job, instance"
@@ -53,7 +53,7 @@ CHIP = "job, instance, io_group, io_channel, chip_id"
 EXPORTER = "instance"
 EXPORTER_CHIP = "instance, io_group, io_channel, chip_id"
 
-#: Keys whose default is not in thresholds.yaml but the exporter's (via exporter.monitoring):
+#: Keys whose default is not in thresholds.yaml but the exporter's (via larpix_dqm.exporter.monitoring):
 #: (section, key) -> (what the value is, how to read it). A site override may still set them.
 SHARED: dict[tuple[str, str], tuple[str, Callable[[Monitoring], float]]] = {
     ("chip_silent_channels", "max_fraction"): (

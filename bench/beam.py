@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.quality import triggers
-from exporter.quality.accumulator import COMPILED, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.reading.cursor import FileCursor
-from exporter.reading.files import FileReader
-from exporter.simulate import SimulationConfig, Simulator, write_run
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.quality import triggers
+from larpix_dqm.exporter.quality.accumulator import COMPILED, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, write_run
 
 START = 1_700_000_000
 

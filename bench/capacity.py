@@ -43,7 +43,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
-from exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layout  # noqa: E402
+from larpix_dqm.exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layout  # noqa: E402
 
 ROOT = Path(_HERE).parent
 RULES = ROOT / "alerts" / "larpix.rules.yml"
@@ -52,7 +52,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)", re.M)
 _CLI = (
     "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('exporter.cli', run_name='__main__', alter_sys=True)"
+    "runpy.run_module('larpix_dqm.exporter.cli', run_name='__main__', alter_sys=True)"
 )
 TARGETS = {"2x2": ("multi_tile_layout-2.4.16.yaml", 4), "ND-LAr": ("multi_tile_layout-3.0.40.yaml", 35)}
 
@@ -175,9 +175,9 @@ def seconds(text: str) -> float:
 def count_series(geometry_path: str) -> tuple[int, int]:
     """Series of a /metrics scrape of a layout's module (10 s simulated, read whole), as bench/series.py counts,
     and the larpix_channel_* series of its per-pixel scrape (what the per-pixel job keeps)."""
-    from exporter.metrics.families import FamilyBuilder
-    from exporter.runtime.once import process_file
-    from exporter.simulate import SimulationConfig, Simulator, write_run
+    from larpix_dqm.exporter.metrics.families import FamilyBuilder
+    from larpix_dqm.exporter.runtime.once import process_file
+    from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, write_run
 
     geometry = load_geometry(geometry_path)
     with tempfile.TemporaryDirectory() as tmp:

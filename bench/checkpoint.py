@@ -18,10 +18,10 @@ from pathlib import Path
 
 from exposition import detector
 
-from exporter.metrics.health import Health
-from exporter.quality.accumulator import Accumulator
-from exporter.reading.tail import DirectoryTail, FileCursor
-from exporter.runtime.checkpoint import Checkpoint
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.reading.tail import DirectoryTail, FileCursor
+from larpix_dqm.exporter.runtime.checkpoint import Checkpoint
 
 CASES = (("module (1,600 chips)", 2), ("2x2 (6,400 chips)", 8), ("50 io_groups (40,000 chips)", 50))
 

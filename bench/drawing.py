@@ -20,22 +20,22 @@ matplotlib.use("Agg")
 
 import numpy as np
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.quality.accumulator import Accumulator
-from exporter.quality.clock import DataClock, DetectorClock
-from exporter.reading.decode import decode_messages
-from exporter.runtime.service import Service
-from exporter.settings import Settings
-from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
-from plots import PlotContext
-from plots.builtin.anode import AnodeOverview
-from plots.builtin.fifo import FIFOFlags
-from plots.builtin.hot import HotPixels
-from plots.builtin.pixelmap import PixelMap
-from plots.builtin.rates import PacketRate, TileRate
-from plots.builtin.timing import TimestampHistograms, TriggerHistograms
-from plots.engine import PlotSettings, render
-from plots.legacy import packets_file
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.quality.clock import DataClock, DetectorClock
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.runtime.service import Service
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, write_run
+from larpix_dqm.plots import PlotContext
+from larpix_dqm.plots.builtin.anode import AnodeOverview
+from larpix_dqm.plots.builtin.fifo import FIFOFlags
+from larpix_dqm.plots.builtin.hot import HotPixels
+from larpix_dqm.plots.builtin.pixelmap import PixelMap
+from larpix_dqm.plots.builtin.rates import PacketRate, TileRate
+from larpix_dqm.plots.builtin.timing import TimestampHistograms, TriggerHistograms
+from larpix_dqm.plots.engine import PlotSettings, render
+from larpix_dqm.plots.legacy import packets_file
 
 #: Goals of issue 15 and what the predecessor (drawing thread, figures rebuilt every cycle) measured.
 PIXEL_MAP_GOAL, CYCLE_GOAL, SCRAPE_GOAL_MS = 0.1, 3.0, 50.0

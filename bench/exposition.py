@@ -14,15 +14,15 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from exporter.metrics.exposition import Family, render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.monitor import Evaluation
-from exporter.quality.accumulator import Accumulator
-from exporter.quality.checks import DEFAULT_CHECKS, evaluate
-from exporter.quality.clock import DataClock
-from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.web.server import GZIP_LEVEL
+from larpix_dqm.exporter.metrics.exposition import Family, render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitor import Evaluation
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.web.server import GZIP_LEVEL
 
 START = 1_700_000_000
 

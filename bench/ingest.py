@@ -25,13 +25,13 @@ from pathlib import Path
 
 import h5py
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import COMPILED, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.reading.decode import decode_messages
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.runtime.ingest import Ingester
-from exporter.simulate import SimulationConfig, Simulator, open_writer
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import COMPILED, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, open_writer
 
 START = 1_700_000_000
 GOAL = 0.5
@@ -110,7 +110,16 @@ def whole_process(path: Path, engine: str, repeat: int) -> float:
     for _ in range(repeat):
         started = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "once", str(path), "--no-plots", "--ingest-engine", engine],
+            [
+                sys.executable,
+                "-m",
+                "larpix_dqm.exporter.cli",
+                "once",
+                str(path),
+                "--no-plots",
+                "--ingest-engine",
+                engine,
+            ],
             capture_output=True,
             check=True,
         )

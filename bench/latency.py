@@ -22,9 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.reading.decode import decode_messages
-from exporter.simulate import RawFileWriter, SimulationConfig, Simulator
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import RawFileWriter, SimulationConfig, Simulator
 
 COUNTER = re.compile(r'^larpix_exporter_packets_ingested_total\{format="raw"\} (\S+)$', re.M)
 
@@ -44,7 +44,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "exporter.cli", "serve", "-i", str(work), "--port", str(port),
+    cmd = [sys.executable, "-m", "larpix_dqm.exporter.cli", "serve", "-i", str(work), "--port", str(port),
            "--listen-address", "127.0.0.1", "--interval", str(args.interval), "--state-file", "-",
            "--geometry", str(packaged_layout())]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

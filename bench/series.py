@@ -23,11 +23,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
-from exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layout  # noqa: E402
-from exporter.metrics.exposition import Family, render  # noqa: E402
-from exporter.metrics.families import FamilyBuilder  # noqa: E402
-from exporter.runtime.once import process_file  # noqa: E402
-from exporter.simulate import SimulationConfig, Simulator, write_run  # noqa: E402
+from larpix_dqm.exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layout  # noqa: E402
+from larpix_dqm.exporter.metrics.exposition import Family, render  # noqa: E402
+from larpix_dqm.exporter.metrics.families import FamilyBuilder  # noqa: E402
+from larpix_dqm.exporter.runtime.once import process_file  # noqa: E402
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, write_run  # noqa: E402
 
 START = 1_700_000_000
 

@@ -29,8 +29,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.simulate import SimulationConfig, Simulator, Truth, write_run
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, Truth, write_run
 
 COUNTER = re.compile(r"^larpix_exporter_packets_ingested_total\{[^}]*\} (\S+)$", re.M)
 
@@ -51,7 +51,7 @@ def serving(data: Path, work: Path, *extra: str) -> Iterator[tuple[int, subproce
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(work / f"serve-{port}.log", "w")
-    cmd = [sys.executable, "-m", "exporter.cli", "serve", "-i", str(data), "--port", str(port),
+    cmd = [sys.executable, "-m", "larpix_dqm.exporter.cli", "serve", "-i", str(data), "--port", str(port),
            "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", "-",
            "--geometry", str(packaged_layout()), *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -178,7 +178,7 @@ def main() -> None:
         sim, data, "raw", args.backlog, realtime=False, start_time=now - args.backlog, file_seconds=60, truth=truth
     )
     backlog = sum(truth.packet_types.values())
-    live = subprocess.Popen([sys.executable, "-m", "exporter.cli", "simulate", str(data), "--rate-hz", "0.05"],
+    live = subprocess.Popen([sys.executable, "-m", "larpix_dqm.exporter.cli", "simulate", str(data), "--rate-hz", "0.05"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     header = f"{'phase':<10}{'scrapes':>8} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"
     try:

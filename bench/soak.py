@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.detector.geometry import packaged_layout
 
 
 def rss_mb(pid: int) -> float:
@@ -58,7 +58,7 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    python = [sys.executable, "-m", "exporter.cli"]
+    python = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
     writer = subprocess.Popen([*python, "simulate", str(work / "data"), "--file-seconds", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     serve_log = open(work / "serve.log", "w")

@@ -21,13 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.detector.geometry import packaged_layouts
+from larpix_dqm.exporter.detector.geometry import packaged_layouts
 
 #: Goals of issue 21 item 1, seconds of wall time of the whole process.
 HELP_GOAL, ONCE_GOAL = 0.3, 0.6
-CLI = [sys.executable, "-m", "exporter.cli"]
+CLI = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
 #: The entry point as the installed script runs it: completion keys its variable on the program's name.
-ENTRY_POINT = [sys.executable, "-c", "import sys; sys.argv[0] = 'larpix-dqm'; from exporter.cli import run; run()"]
+ENTRY_POINT = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'larpix-dqm'; from larpix_dqm.exporter.cli import run; run()",
+]
 START = 1_700_000_000
 
 
@@ -43,7 +47,7 @@ def median_seconds(cmd: list[str], repeat: int, env: dict | None = None) -> floa
 
 def measure_geometry(path: str) -> None:
     """In this (fresh) process: seconds to load the geometry at ``path``, as JSON on the last line."""
-    from exporter.detector.geometry import load_geometry
+    from larpix_dqm.exporter.detector.geometry import load_geometry
 
     started = time.perf_counter()
     geometry = load_geometry(path)

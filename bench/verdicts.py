@@ -40,16 +40,16 @@ sys.path.insert(0, os.path.dirname(_HERE))
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from exporter.detector.geometry import Geometry, load_geometry, packaged_layout  # noqa: E402
-from exporter.monitor import Evaluation, Monitor  # noqa: E402
-from exporter.quality.checks import DEFAULT_CHECKS, counting_status  # noqa: E402
-from exporter.quality.status import ChannelStatus  # noqa: E402
-from exporter.quality.verdicts import VerdictInputs, judge  # noqa: E402
-from exporter.reading.decode import decode_messages  # noqa: E402
-from exporter.reading.files import FileReader  # noqa: E402
-from exporter.reading.tail import DirectoryTail, InputSpec  # noqa: E402
-from exporter.simulate import SimulationConfig, Simulator, write_run  # noqa: E402
-from exporter.simulation.scenarios import DESCRIPTIONS, Scenario, scenario  # noqa: E402
+from larpix_dqm.exporter.detector.geometry import Geometry, load_geometry, packaged_layout  # noqa: E402
+from larpix_dqm.exporter.monitor import Evaluation, Monitor  # noqa: E402
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, counting_status  # noqa: E402
+from larpix_dqm.exporter.quality.status import ChannelStatus  # noqa: E402
+from larpix_dqm.exporter.quality.verdicts import VerdictInputs, judge  # noqa: E402
+from larpix_dqm.exporter.reading.decode import decode_messages  # noqa: E402
+from larpix_dqm.exporter.reading.files import FileReader  # noqa: E402
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec  # noqa: E402
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, write_run  # noqa: E402
+from larpix_dqm.exporter.simulation.scenarios import DESCRIPTIONS, Scenario, scenario  # noqa: E402
 
 OCCUPANCIES_HZ = (0.01, 0.05, 0.2, 0.5, 2.0)
 WINDOW_S = 60.0

@@ -32,8 +32,8 @@ from dashboards.panels import (
     unit_override,
     with_tile,
 )
-from exporter.monitoring import Monitoring, format_threshold
-from exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.monitoring import Monitoring, format_threshold
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 
 UID = "larpix-chips"
 #: The DAQ's upper noise cut (its scripts cut noisy channels at 10-50 Hz; the lower cut is the

@@ -4,7 +4,7 @@
 The dashboards are built with the Grafana Foundation SDK (``grafana-foundation-sdk`` on
 PyPI, pinned below), one module per dashboard (``overview``, ``chips``, ``exporter_health``,
 ``pixelmaps``) over the shared builders in ``panels``, from the monitoring configuration
-``exporter.monitoring.Monitoring`` that the alert generator reads too. They are written as
+``larpix_dqm.exporter.monitoring.Monitoring`` that the alert generator reads too. They are written as
 ``dashboards/json/<uid>.json`` with sorted keys and an indent of 2, so the committed output
 is stable and reviewable. Never edit the JSON by hand: change the modules and run::
 
@@ -48,7 +48,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from dashboards import chips, exporter_health, overview, pixelmaps  # noqa: E402
-from exporter.monitoring import Monitoring  # noqa: E402
+from larpix_dqm.exporter.monitoring import Monitoring  # noqa: E402
 
 #: Every dashboard, in the order they are written; each file is named after its uid.
 DASHBOARDS = (overview.build, chips.build, exporter_health.build, pixelmaps.build)

@@ -26,7 +26,7 @@ from dashboards.panels import (
     target_up_panel,
     ts_panel,
 )
-from exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import Monitoring
 
 UID = "larpix-overview"
 

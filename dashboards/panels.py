@@ -17,8 +17,8 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.heatmap import HeatmapColorMode, HeatmapColorScale
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from exporter.monitoring import Monitoring
-from exporter.quality.status import CheckStatus
+from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.quality.status import CheckStatus
 
 TAGS = ["larpix"]
 REFRESH = "30s"

@@ -8,7 +8,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.text import TextMode
 
 from dashboards.panels import finish, new_dashboard
-from exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import Monitoring
 
 UID = "larpix-pixelmaps"
 # Pixel-map plugins are named PixelMap_<io_group>_<tile within the io_group> (larpix-monitor's

@@ -7,9 +7,9 @@ verdicts, the bad-channel list and the status changes the handlers saw.
 import tempfile
 from pathlib import Path
 
-from exporter import Monitor
-from exporter.detector.geometry import packaged_layout
-from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
+from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, write_run
 
 workdir = Path(tempfile.mkdtemp())
 simulator = Simulator(Monitor(packaged_layout()).geometry, SimulationConfig(seed=1), Faults(silent_chips=[(1, 1, 11)]))

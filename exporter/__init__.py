@@ -1,7 +1,7 @@
 """larpix-dqm: live data-quality monitoring of LArPix pixel data, served to Prometheus.
 
 The public names are imported on first use (PEP 562), so that importing one module of a low layer
-(``exporter.reading.packets``) loads neither the layers above it nor h5py.
+(``larpix_dqm.exporter.reading.packets``) loads neither the layers above it nor h5py.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from exporter.monitor import Monitor, StatusChange
-    from exporter.quality.evaluation import Evaluation
+    from larpix_dqm.exporter.monitor import Monitor, StatusChange
+    from larpix_dqm.exporter.quality.evaluation import Evaluation
 
 #: Each public name and the module it is imported from on first use.
 _PUBLIC = {
-    "Monitor": "exporter.monitor",
-    "StatusChange": "exporter.monitor",
-    "Evaluation": "exporter.quality.evaluation",
+    "Monitor": "larpix_dqm.exporter.monitor",
+    "StatusChange": "larpix_dqm.exporter.monitor",
+    "Evaluation": "larpix_dqm.exporter.quality.evaluation",
 }
 
 __all__ = ["Monitor", "Evaluation", "StatusChange", "__version__"]

@@ -7,7 +7,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from exporter import __version__
+from larpix_dqm.exporter import __version__
 
 #: Written into the package by the build (setup.py): from a git checkout, or as the sdist built from one recorded it.
 REVISION_FILE = Path(__file__).with_name("REVISION")

@@ -23,27 +23,34 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
-from exporter import __version__
-from exporter.detector.modes import RUN_MODES
-from exporter.quality.config import COMPILED, ENGINES
-from exporter.runtime.logs import setup_logging
-from exporter.settings import DEFAULT_RUNBOOK_URL, ENV_PREFIX, ConfigError, build_settings, check_value, shown_default
-from exporter.settings import envvar as setting_envvar
-from exporter.settings import flag as setting_flag
-from exporter.settings import flags as setting_flags
-from exporter.settings import options as settings_options
-from exporter.settings import types as setting_types
+from larpix_dqm.exporter import __version__
+from larpix_dqm.exporter.detector.modes import RUN_MODES
+from larpix_dqm.exporter.quality.config import COMPILED, ENGINES
+from larpix_dqm.exporter.runtime.logs import setup_logging
+from larpix_dqm.exporter.settings import (
+    DEFAULT_RUNBOOK_URL,
+    ENV_PREFIX,
+    ConfigError,
+    build_settings,
+    check_value,
+    shown_default,
+)
+from larpix_dqm.exporter.settings import envvar as setting_envvar
+from larpix_dqm.exporter.settings import flag as setting_flag
+from larpix_dqm.exporter.settings import flags as setting_flags
+from larpix_dqm.exporter.settings import options as settings_options
+from larpix_dqm.exporter.settings import types as setting_types
 
 # Each command imports what it runs (numpy, h5py, the monitor, matplotlib) itself: --help, completion and a
 # command that fails on its options load none of it (bench/startup.py).
 if typing.TYPE_CHECKING:
-    from exporter.detector.geometry import Geometry
-    from exporter.detector.runconfig import RunConfig
-    from exporter.monitor import Monitor
-    from exporter.reading.files import Chunk
-    from exporter.registry.writer import RegistryWriter
-    from exporter.runtime.once import FileResult
-    from plots.engine import PlotSettings
+    from larpix_dqm.exporter.detector.geometry import Geometry
+    from larpix_dqm.exporter.detector.runconfig import RunConfig
+    from larpix_dqm.exporter.monitor import Monitor
+    from larpix_dqm.exporter.reading.files import Chunk
+    from larpix_dqm.exporter.registry.writer import RegistryWriter
+    from larpix_dqm.exporter.runtime.once import FileResult
+    from larpix_dqm.plots.engine import PlotSettings
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -201,7 +208,7 @@ def _plot_settings(
             _fail("--plots and --plugin-dir need -o PLOTDIR (where the images go)")
         return None
     _plugin_dirs(plugin_dirs)
-    from plots.engine import PlotSettings
+    from larpix_dqm.plots.engine import PlotSettings
 
     names = tuple(name for value in plots for name in value.replace(",", " ").split())
     return PlotSettings(str(output), ext, names, interval, tuple(plugin_dirs), latest)
@@ -249,15 +256,15 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
 
 def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = False, **values: Any) -> None:
     """Watch LArPix data directories and serve data-quality metrics on /metrics (and plots with -o)."""
-    from exporter.detector.geometry import GeometryError, unseen_chips_warning
-    from exporter.detector.runconfig import RunConfigError
-    from exporter.quality.checks import ChecksConfigError
-    from exporter.quality.reference import ReferenceFileError
-    from exporter.registry.schema import RegistryError
-    from exporter.runtime.checkpoint import CheckpointError
-    from exporter.runtime.service import ListenError, Service, resolve_checkpoint_path, resolve_registry_path
-    from exporter.web.auth import WebConfigError, load_web_config
-    from plots.errors import PlotConfigError
+    from larpix_dqm.exporter.detector.geometry import GeometryError, unseen_chips_warning
+    from larpix_dqm.exporter.detector.runconfig import RunConfigError
+    from larpix_dqm.exporter.quality.checks import ChecksConfigError
+    from larpix_dqm.exporter.quality.reference import ReferenceFileError
+    from larpix_dqm.exporter.registry.schema import RegistryError
+    from larpix_dqm.exporter.runtime.checkpoint import CheckpointError
+    from larpix_dqm.exporter.runtime.service import ListenError, Service, resolve_checkpoint_path, resolve_registry_path
+    from larpix_dqm.exporter.web.auth import WebConfigError, load_web_config
+    from larpix_dqm.plots.errors import PlotConfigError
 
     try:
         settings = build_settings(config, _given_settings(ctx, values))
@@ -367,7 +374,7 @@ def healthcheck(ctx: typer.Context, config: Optional[str] = None, verbose: bool 
     import urllib.error
     import urllib.request
 
-    from exporter.web.auth import WebConfigError, load_web_config
+    from larpix_dqm.exporter.web.auth import WebConfigError, load_web_config
 
     try:
         settings = build_settings(config, _given_settings(ctx, values))
@@ -442,10 +449,10 @@ def once(
 
     A packet file's own chip configurations (``configs``) mask channels without further options.
     """
-    from exporter.detector.geometry import GeometryError, resolve_geometry
-    from exporter.detector.runconfig import RunConfig, RunConfigError
-    from exporter.registry.schema import RegistryError
-    from plots.errors import PlotConfigError
+    from larpix_dqm.exporter.detector.geometry import GeometryError, resolve_geometry
+    from larpix_dqm.exporter.detector.runconfig import RunConfig, RunConfigError
+    from larpix_dqm.exporter.registry.schema import RegistryError
+    from larpix_dqm.plots.errors import PlotConfigError
 
     setup_logging("info", "logfmt")
     try:
@@ -502,9 +509,9 @@ def _once_registry(
         if run_pattern is not None:
             _fail(f"--run-pattern {run_pattern!r}: names a run for --registry, which is not given")
         return None
-    from exporter.registry.runs import RunNamer
-    from exporter.registry.schema import RegistryError
-    from exporter.registry.writer import RegistryWriter, RunContext
+    from larpix_dqm.exporter.registry.runs import RunNamer
+    from larpix_dqm.exporter.registry.schema import RegistryError
+    from larpix_dqm.exporter.registry.writer import RegistryWriter, RunContext
 
     try:
         namer = RunNamer(run_pattern)
@@ -542,12 +549,12 @@ def _once_with_progress(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from exporter.quality.accumulator import Accumulator, QualityConfig
-    from exporter.runtime.once import file_rows, process_file
+    from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+    from larpix_dqm.exporter.runtime.once import file_rows, process_file
 
     engine = None
     if settings is not None:
-        from plots.engine import PlotEngine  # matplotlib: only when plots are drawn
+        from larpix_dqm.plots.engine import PlotEngine  # matplotlib: only when plots are drawn
 
         engine = PlotEngine(settings, geo)
     console = Console(stderr=True)
@@ -684,10 +691,10 @@ def simulate(
     ] = None,
 ) -> None:
     """Write a simulated live LArPix run (appends every second), optionally with faults or a detector scenario."""
-    from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
-    from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
-    from exporter.simulation.scenarios import DESCRIPTIONS
-    from exporter.simulation.scenarios import scenario as build_scenario
+    from larpix_dqm.exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+    from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
+    from larpix_dqm.exporter.simulation.scenarios import DESCRIPTIONS
+    from larpix_dqm.exporter.simulation.scenarios import scenario as build_scenario
 
     try:
         geo = load_geometry(geometry or packaged_layout())
@@ -748,10 +755,10 @@ def demo(
     seconds: Annotated[int, typer.Option(help="Stop after this many seconds; 0 runs until Ctrl-C.")] = 0,
 ) -> None:
     """Simulate a live module run (a silent chip, a noisy channel, FIFO flags) and serve its metrics and plots."""
-    from exporter.detector.geometry import load_geometry, packaged_layout
-    from exporter.runtime.service import ListenError, Service
-    from exporter.settings import Settings
-    from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
+    from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+    from larpix_dqm.exporter.runtime.service import ListenError, Service
+    from larpix_dqm.exporter.settings import Settings
+    from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, write_run
 
     setup_logging("info", "logfmt")
     workdir = Path(tempfile.mkdtemp(prefix="larpix-dqm-demo-"))
@@ -818,9 +825,9 @@ def baseline(
     geometry: Annotated[Optional[str], typer.Option(help=GEOMETRY_HELP)] = None,
 ) -> None:
     """Make a reference (.npz: per-channel rate, pedestal mean and spread) for serve --reference."""
-    from exporter.detector.geometry import GeometryError, resolve_geometry
-    from exporter.monitor import Monitor
-    from exporter.quality.reference import Reference
+    from larpix_dqm.exporter.detector.geometry import GeometryError, resolve_geometry
+    from larpix_dqm.exporter.monitor import Monitor
+    from larpix_dqm.exporter.quality.reference import Reference
 
     setup_logging("info", "logfmt")
     try:
@@ -879,11 +886,11 @@ def channels(
     import urllib.parse
     import urllib.request
 
-    from exporter.detector.geometry import GeometryError, resolve_geometry
-    from exporter.detector.runconfig import RunConfigError
-    from exporter.monitor import Monitor
-    from exporter.quality.channels import DEFAULT_STATUSES, channel_list, disabled_list_meta, format_channels
-    from exporter.quality.status import ChannelStatus
+    from larpix_dqm.exporter.detector.geometry import GeometryError, resolve_geometry
+    from larpix_dqm.exporter.detector.runconfig import RunConfigError
+    from larpix_dqm.exporter.monitor import Monitor
+    from larpix_dqm.exporter.quality.channels import DEFAULT_STATUSES, channel_list, disabled_list_meta, format_channels
+    from larpix_dqm.exporter.quality.status import ChannelStatus
 
     statuses = [s.strip() for s in status.split(",") if s.strip()] if status else list(DEFAULT_STATUSES[fmt.value])
     for name in statuses:
@@ -933,7 +940,7 @@ def channels(
 @app.command()
 def geometries() -> None:
     """List the packaged pixel layouts, which --geometry takes by name (with or without .yaml)."""
-    from exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layouts
+    from larpix_dqm.exporter.detector.geometry import GeometrySummary, load_geometry, packaged_layouts
 
     rows = [GeometrySummary.of(load_geometry(path)) for path in packaged_layouts()]
     width = max(len(row.name) for row in rows)
@@ -956,8 +963,8 @@ def mixin(
     """Write the alert rules, dashboards, runbook and example configs, for your job selector and runbook URL."""
     import re
 
-    from exporter.mixin import MixinError, write_mixin
-    from exporter.monitoring import Monitoring
+    from larpix_dqm.exporter.mixin import MixinError, write_mixin
+    from larpix_dqm.exporter.monitoring import Monitoring
 
     try:
         re.compile(job_selector)
@@ -996,8 +1003,8 @@ def _registries(registry: list[Path]) -> list[Path]:
 
 
 def _read_runs(registry: list[Path]) -> list[dict]:
-    from exporter.registry.reader import read_runs
-    from exporter.registry.schema import RegistryError
+    from larpix_dqm.exporter.registry.reader import read_runs
+    from larpix_dqm.exporter.registry.schema import RegistryError
 
     try:
         return read_runs(_registries(registry))
@@ -1010,7 +1017,7 @@ def runs(ctx: typer.Context, registry: RegistryOption = [], fmt: RunsFormatOptio
     """List the runs of a run registry, or of several merged: data-time span, packets, files, run mode, time
     in each status, certification. 'runs show RUN' shows one in full; 'runs certify' certifies one."""
     if ctx.invoked_subcommand is None:
-        from exporter.registry.reader import format_runs
+        from larpix_dqm.exporter.registry.reader import format_runs
 
         typer.echo(format_runs(_read_runs(registry), fmt.value), nl=False)
 
@@ -1024,7 +1031,7 @@ def runs_show(
     """Show one run in full: files, span, packets, time in each status per io_group, the chips that failed each
     check and for how long, the bad channels at its end, configuration, reference and certification (csv: the
     failing chips)."""
-    from exporter.registry.reader import find_run, format_run
+    from larpix_dqm.exporter.registry.reader import find_run, format_run
 
     record = find_run(_read_runs(registry), run)
     if record is None:
@@ -1047,8 +1054,8 @@ def runs_certify(
 ) -> None:
     """Certify a run good or bad for physics, per io_group, with a reason and an author. Kept apart from the
     automatic verdicts; the newest certification of an io_group stands, the older ones stay as its history."""
-    from exporter.registry.reader import VERDICTS, certify
-    from exporter.registry.schema import RegistryError
+    from larpix_dqm.exporter.registry.reader import VERDICTS, certify
+    from larpix_dqm.exporter.registry.schema import RegistryError
 
     if verdict not in VERDICTS:
         _fail(f"verdict {verdict!r}: expected good or bad")

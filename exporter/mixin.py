@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from exporter.monitoring import Monitoring
+    from larpix_dqm.exporter.monitoring import Monitoring
 
 #: Repository paths (globs) of the site files, also their paths under ``larpix-dqm mixin -o DIR``.
 SITE_FILES = (
@@ -72,7 +72,7 @@ def _dashboards(root: Path, monitoring: Monitoring) -> dict[str, str] | None:
 
 def write_mixin(output: Path, monitoring: Monitoring) -> list[Path]:
     """Write the site files into ``output``, rules and dashboards for ``monitoring``; return the files written."""
-    from exporter.monitoring import Monitoring
+    from larpix_dqm.exporter.monitoring import Monitoring
 
     root = site_root()
     alerts = _module(root / "alerts" / "generate.py", "larpix_dqm_alerts_generate")

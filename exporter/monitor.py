@@ -1,6 +1,6 @@
 """The Python API: a data-quality monitor to build in a script or notebook.
 
-    from exporter import Monitor
+    from larpix_dqm.exporter import Monitor
 
     monitor = Monitor(geometry="multi_tile_layout-2.4.16.yaml", window=60)
     monitor.add_status_handler(lambda change: print(change))
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from exporter.detector.geometry import Geometry, load_geometry
-from exporter.detector.runconfig import RunConfig, RunConfigError
-from exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
-from exporter.quality.channels import channel_list
-from exporter.quality.checks import (
+from larpix_dqm.exporter.detector.geometry import Geometry, load_geometry
+from larpix_dqm.exporter.detector.runconfig import RunConfig, RunConfigError
+from larpix_dqm.exporter.quality.accumulator import COMPILED, Accumulator, QualityConfig
+from larpix_dqm.exporter.quality.channels import channel_list
+from larpix_dqm.exporter.quality.checks import (
     DEFAULT_CHECKS,
     Check,
     detect_run_mode,
@@ -36,18 +36,18 @@ from exporter.quality.checks import (
     mode_checks,
     rates_good,
 )
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.history import History
-from exporter.quality.reference import Reference
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.reading.cursor import DataClock, FileCursor
-from exporter.reading.formats import BY_NAME
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.registry.runs import FILE, RunNamer
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.history import History
+from larpix_dqm.exporter.quality.reference import Reference
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.reading.cursor import DataClock, FileCursor
+from larpix_dqm.exporter.reading.formats import BY_NAME
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.registry.runs import FILE, RunNamer
 
 if TYPE_CHECKING:
-    from exporter.reading.files import Chunk
+    from larpix_dqm.exporter.reading.files import Chunk
 
 log = logging.getLogger(__name__)
 

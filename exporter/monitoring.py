@@ -3,8 +3,8 @@
 It holds what the Prometheus rules and the Grafana dashboards must agree on, with each other and
 with the exporter: which scrape jobs are the exporter, where the runbook is, and the thresholds
 they share with the checks and the exporter's defaults. Those thresholds are not numbers of their
-own: each is read from a check's range (``exporter.quality.checks``) or an exporter default
-(``exporter.settings``), so a change there moves the alerts and the dashboards with it.
+own: each is read from a check's range (``larpix_dqm.exporter.quality.checks``) or an exporter default
+(``larpix_dqm.exporter.settings``), so a change there moves the alerts and the dashboards with it.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from exporter.quality.checks import DEFAULT_CHECKS, Check
-from exporter.settings import DEFAULT_PORT, DEFAULT_RUNBOOK_URL, Settings
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, Check
+from larpix_dqm.exporter.settings import DEFAULT_PORT, DEFAULT_RUNBOOK_URL, Settings
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from exporter.detector.modes import RUN_MODES
-from exporter.quality.config import COMPILED, ENGINES
+from larpix_dqm.exporter.detector.modes import RUN_MODES
+from larpix_dqm.exporter.quality.config import COMPILED, ENGINES
 
 DEFAULT_PORT = 9767
 ENV_PREFIX = "LARPIX_DQM_"
@@ -258,7 +258,7 @@ class Settings:
                 f"{', '.join(sorted(p or '/' for p in RESERVED_PATHS))}"
             )
         if self.run_pattern is not None:
-            from exporter.registry.runs import compile_pattern  # h5py and numpy: not for every --help
+            from larpix_dqm.exporter.registry.runs import compile_pattern  # h5py and numpy: not for every --help
 
             try:
                 compile_pattern(self.run_pattern)

@@ -21,10 +21,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from exporter.detector.geometry import Geometry
-from exporter.reading.decode import HEADER_BYTES, WORD_BYTES, decode_messages
-from exporter.reading.packets import PACKET_DTYPE, PERIODIC_TRIGGER, TICKS_PER_SYNC
-from exporter.simulation.activity import DRIFT_TICKS, Activity, RateChange, Tracks
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.reading.decode import HEADER_BYTES, WORD_BYTES, decode_messages
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, PERIODIC_TRIGGER, TICKS_PER_SYNC
+from larpix_dqm.exporter.simulation.activity import DRIFT_TICKS, Activity, RateChange, Tracks
 
 RAW_VERSION = "0.0"
 PACKET_VERSION = "2.4"

@@ -14,8 +14,8 @@ from typing import ClassVar
 import numpy as np
 from matplotlib.figure import Figure
 
-from exporter.detector.geometry import Geometry
-from exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Plot:
         return [self.plot_name()]
 
     def update(self, packets: np.ndarray, ctx: PlotContext) -> None:
-        """Fold new packets (``exporter.packets.PACKET_DTYPE`` records) into the plot's state."""
+        """Fold new packets (``larpix_dqm.exporter.reading.packets.PACKET_DTYPE`` records) into the plot's state."""
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
         """Return the figure for output ``name``."""

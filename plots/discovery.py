@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from plots.base import Plot
+from larpix_dqm.plots.base import Plot
 
 log = logging.getLogger(__name__)
 FAST, LEGACY = "fast", "legacy"
@@ -120,17 +120,17 @@ def _describe(err: BaseException) -> str:
 
 def discover(plugin_dirs: Sequence[str | Path] = ()) -> Catalog:
     """Built-in plots first, then each plugin folder's ``*.py`` files in name order."""
-    from plots import builtin
+    from larpix_dqm.plots import builtin
 
     catalog = Catalog()
     for info in sorted(pkgutil.iter_modules(builtin.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
         try:
-            module = importlib.import_module(f"plots.builtin.{info.name}")
+            module = importlib.import_module(f"larpix_dqm.plots.builtin.{info.name}")
         except Exception as err:  # a built-in must not take the others down either
             catalog.errors[f"plots/builtin/{info.name}.py"] = _describe(err)
-            log.exception("built-in plot module plots.builtin.%s failed to import; skipped", info.name)
+            log.exception("built-in plot module larpix_dqm.plots.builtin.%s failed to import; skipped", info.name)
             continue
         catalog.add_module(module, f"plots/builtin/{info.name}.py")
     for folder in plugin_dirs:

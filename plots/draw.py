@@ -27,11 +27,11 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.text import Text
 from matplotlib.ticker import NullFormatter
 
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus
-from plots.base import PlotContext
-from plots.cached import CachedFigure
-from plots.pixels import TileGrid
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.plots.base import PlotContext
+from larpix_dqm.plots.cached import CachedFigure
+from larpix_dqm.plots.pixels import TileGrid
 
 DPI = 100
 WIDTH_IN = 12.8
@@ -52,7 +52,7 @@ _BELOW_MAP, _COLORBAR, _BELOW_COLORBAR, _LEGEND = 0.55, 0.13, 0.5, 0.35
 def new_figure(fig: Figure | None, height_in: float, cached: bool = False) -> Figure:
     """A cleared figure of the standard width: ``fig`` reused when given (and a ``CachedFigure`` if ``cached``).
 
-    New figures get an Agg canvas of their own, so PNGs come straight from its raster (``plots.engine.render``).
+    New figures get an Agg canvas of their own, so PNGs come straight from its raster (``larpix_dqm.plots.engine.render``).
     """
     if fig is None or (cached and not isinstance(fig, CachedFigure)):
         fig = (CachedFigure if cached else Figure)(figsize=(WIDTH_IN, height_in), dpi=DPI)

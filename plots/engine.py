@@ -2,8 +2,8 @@
 
 ``PlotEngine`` is the synchronous core: it feeds new packets to the plugins of each input
 file and draws every plot whose data changed, writing the images through a ``PlotStore``.
-``once`` uses it directly; ``serve`` runs one in a drawing process (``plots.process``,
-started by ``plots.worker.PlotWorker``). Drawing reads a published ``Snapshot``, never the
+``once`` uses it directly; ``serve`` runs one in a drawing process (``larpix_dqm.plots.process``,
+started by ``larpix_dqm.plots.worker.PlotWorker``). Drawing reads a published ``Snapshot``, never the
 live accumulator.
 """
 
@@ -30,15 +30,15 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from exporter.detector.geometry import Geometry
-from exporter.quality.accumulator import Snapshot
-from exporter.quality.clock import DetectorClock
-from exporter.reading.cursor import DataClock
-from plots import Plot, PlotContext
-from plots.discovery import FAST, Catalog, PluginSpec, Selection, discover
-from plots.errors import PlotConfigError
-from plots.legacy import as_packet_dtype, packets_file
-from plots.store import PlotStore, write_reason
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.accumulator import Snapshot
+from larpix_dqm.exporter.quality.clock import DetectorClock
+from larpix_dqm.exporter.reading.cursor import DataClock
+from larpix_dqm.plots import Plot, PlotContext
+from larpix_dqm.plots.discovery import FAST, Catalog, PluginSpec, Selection, discover
+from larpix_dqm.plots.errors import PlotConfigError
+from larpix_dqm.plots.legacy import as_packet_dtype, packets_file
+from larpix_dqm.plots.store import PlotStore, write_reason
 
 log = logging.getLogger(__name__)
 

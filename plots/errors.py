@@ -1,4 +1,4 @@
-"""The plot options' error, apart from ``plots.engine`` so that a command can catch it without importing
+"""The plot options' error, apart from ``larpix_dqm.plots.engine`` so that a command can catch it without importing
 matplotlib (``once --no-plots``, ``serve`` without ``-o``)."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import time
 import h5py
 import numpy as np
 
-from exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
 
 _names = itertools.count()
 

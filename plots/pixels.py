@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry, GeometryError
-from exporter.quality.accumulator import prefer_finite
-from exporter.quality.snapshot import Snapshot
-from plots.base import Plot, PlotContext
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry, GeometryError
+from larpix_dqm.exporter.quality.accumulator import prefer_finite
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.plots.base import Plot, PlotContext
 
 #: Largest distance (in pitches) of a pixel from its grid point before a layout is rejected.
 GRID_TOLERANCE = 0.05

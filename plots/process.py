@@ -1,6 +1,6 @@
 """The drawing process: a ``PlotEngine`` fed through a pipe with snapshots and packets, apart from the server.
 
-``serve`` draws here, in a child process started by ``PlotWorker`` (``plots.worker``), so
+``serve`` draws here, in a child process started by ``PlotWorker`` (``larpix_dqm.plots.worker``), so
 matplotlib never holds the interpreter lock of the process that answers ``/metrics``. The
 parent sends, in order, ``("setup", Setup)`` (through this pipe, not in the spawn arguments:
 a child killed before reading those would block its parent), ``("stats", Snapshot)``, ``("chunk", key, packets | messages | None, dropped)``,
@@ -24,11 +24,11 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from exporter.detector.geometry import Geometry
-from exporter.quality.snapshot import Snapshot
-from exporter.reading.decode import Messages
-from plots.discovery import Catalog, discover
-from plots.engine import PlotEngine, PlotSettings, fingerprint
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.reading.decode import Messages
+from larpix_dqm.plots.discovery import Catalog, discover
+from larpix_dqm.plots.engine import PlotEngine, PlotSettings, fingerprint
 
 log = logging.getLogger(__name__)
 

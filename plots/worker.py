@@ -1,4 +1,4 @@
-"""``PlotWorker``: the serving process's handle on the drawing process (``plots.process``).
+"""``PlotWorker``: the serving process's handle on the drawing process (``larpix_dqm.plots.process``).
 
 Ingest hands each chunk to ``on_chunk``, which only appends it to a queue bounded in packets
 (never waits; what does not fit is counted as dropped). A sender thread pipes the published
@@ -22,12 +22,12 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from exporter.quality.snapshot import Snapshot
-from exporter.reading.files import Chunk
-from plots import process
-from plots.engine import PlotEngine
-from plots.process import Payload, Setup, packet_count
-from plots.store import ERROR_REASONS, PlotStore
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.plots import process
+from larpix_dqm.plots.engine import PlotEngine
+from larpix_dqm.plots.process import Payload, Setup, packet_count
+from larpix_dqm.plots.store import ERROR_REASONS, PlotStore
 
 log = logging.getLogger(__name__)
 

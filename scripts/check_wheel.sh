@@ -14,13 +14,13 @@ trap 'if [ -n "$demo" ]; then kill "$demo" 2>/dev/null || true; fi; rm -rf "$wor
 # from elsewhere: a ./build folder (setuptools' build directory) would hide the build package
 (cd "$work" && python3 -m build -q --outdir "$work/dist" "$checkout" >"$work/build.log" 2>&1) \
   || { echo "wheel: python -m build failed"; cat "$work/build.log"; exit 1; }
-recorded=$(tar -xzOf "$work"/dist/*.tar.gz --wildcards '*/exporter/REVISION' 2>/dev/null || true)
+recorded=$(tar -xzOf "$work"/dist/*.tar.gz --wildcards '*/larpix_dqm/exporter/REVISION' 2>/dev/null || true)
 [ "$recorded" = "$revision" ] || { echo "wheel: the sdist records revision '$recorded', not '$revision'"; exit 1; }
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --disable-pip-version-check "$work"/dist/*.whl
 mkdir "$work/tmp" "$work/run"
 cd "$work/run"  # nothing of the checkout on the path
-installed=$("$work/venv/bin/python" -c 'from exporter.build import revision; print(revision())')
+installed=$("$work/venv/bin/python" -c 'from larpix_dqm.exporter.build import revision; print(revision())')
 [ "$installed" = "$revision" ] || { echo "wheel: installed revision '$installed', not '$revision'"; exit 1; }
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 TMPDIR="$work/tmp" "$work/venv/bin/larpix-dqm" demo --port "$port" --seconds 60 >"$work/demo.log" 2>&1 &

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.settings import option_table  # noqa: E402
+from larpix_dqm.exporter.settings import option_table  # noqa: E402
 
 #: The generated table sits between this marker line and the first line that is not a table row.
 MARKER = "<!-- serve options: generated from exporter/settings.py by scripts/options_table.py -->"

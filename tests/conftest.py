@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from exporter.reading.packets import PACKET_TYPE_NAMES
-from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
+from larpix_dqm.exporter.reading.packets import PACKET_TYPE_NAMES
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
 T = TypeVar("T")
@@ -189,7 +189,7 @@ def running_process(
 #: the ignored disposition, and Python then never raises KeyboardInterrupt.
 _CLI_WITH_SIGINT = (
     "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('exporter.cli', run_name='__main__', alter_sys=True)"
+    "runpy.run_module('larpix_dqm.exporter.cli', run_name='__main__', alter_sys=True)"
 )
 
 

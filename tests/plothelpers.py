@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle, StepPatch
 
-from exporter.detector.geometry import Geometry
-from exporter.quality.accumulator import Accumulator
-from exporter.runtime.once import FileResult, process_file
-from plots.engine import PlotEngine, PlotSettings
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.runtime.once import FileResult, process_file
+from larpix_dqm.plots.engine import PlotEngine, PlotSettings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from helpers import simulate_files
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.quality.checks import DEFAULT_CHECKS, evaluate
-from exporter.quality.clock import DataClock
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.state import MERGE_TICKS, NO_ARRIVAL
-from exporter.quality.status import ChannelStatus
-from exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC, TIMESTAMP
-from exporter.reading.tail import InputSpec
-from exporter.runtime.checkpoint import window_file
-from exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.state import MERGE_TICKS, NO_ARRIVAL
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC, TIMESTAMP
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.checkpoint import window_file
+from larpix_dqm.exporter.runtime.ingest import Ingester
 
 START = 1_700_000_000
 CHIPS = 16

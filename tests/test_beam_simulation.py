@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from exporter.cli import app
-from exporter.reading.cursor import FileCursor
-from exporter.reading.files import FileReader
-from exporter.reading.packets import DATA, SYNC, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
-from exporter.simulate import Faults, SimulationConfig, Simulator, write_run
+from larpix_dqm.exporter.cli import app
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.packets import DATA, SYNC, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, write_run
 
 START = 1_700_000_000
 #: A trigger's drift window in ticks (200 µs).

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from helpers import free_port, ingested, running_exporter, simulate_files, wait_for
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.monitor import Monitor
-from exporter.reading.tail import InputSpec
-from exporter.runtime import checkpoint
-from exporter.runtime.checkpoint import CheckpointError, default_state_file, window_file
-from exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime import checkpoint
+from larpix_dqm.exporter.runtime.checkpoint import CheckpointError, default_state_file, window_file
+from larpix_dqm.exporter.runtime.ingest import Ingester
 
 
 def ingester(inputs: list[str], state, geometry, **kw) -> Ingester:
@@ -33,7 +33,9 @@ def total(ing: Ingester) -> int:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_relative_then_absolute_inputs_read_nothing_twice(tmp_path, tile_geometry, monkeypatch):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from helpers import START
 
-from exporter import Monitor
-from exporter.quality.checks import DEFAULT_CHECKS, ChecksConfigError, counting_status, load_checks
-from exporter.quality.reference import Reference
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.reading.decode import decode_messages
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, ChecksConfigError, counting_status, load_checks
+from larpix_dqm.exporter.quality.reference import Reference
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,7 @@ def test_reference_flags_exactly_the_changed_chips(module_geometry, tmp_path):
 
 
 def test_reference_errors_name_the_file(tmp_path):
-    from exporter.quality.reference import ReferenceFileError
+    from larpix_dqm.exporter.quality.reference import ReferenceFileError
 
     bad = tmp_path / "ref.npz"
     np.savez(bad, chip_keys=np.zeros((1, 3)))
@@ -169,14 +169,16 @@ def test_documented_api_example_runs():
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.external
 def test_baseline_serve_reference_checks_and_channel_lists(tmp_path, module_geometry):
     from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 
-    from exporter.detector.geometry import packaged_layout
+    from larpix_dqm.exporter.detector.geometry import packaged_layout
 
     layout = str(packaged_layout())
     (ref_file,), _ = simulate_files(module_geometry, tmp_path / "ref", 40, "packets", seed=1)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from exporter import cli
-from exporter.detector.geometry import (
+from larpix_dqm.exporter import cli
+from larpix_dqm.exporter.detector.geometry import (
     GeometryError,
     find_geometry,
     load_geometry,
@@ -18,10 +18,10 @@ from exporter.detector.geometry import (
     packaged_layouts,
     unseen_chips_warning,
 )
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.settings import Settings
-from exporter.web.problems import geometry_notice_html
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.exporter.web.problems import geometry_notice_html
 
 BINARY = bytes(range(256)) * 8  # not UTF-8, not YAML, not JSON, not a zip
 
@@ -40,10 +40,10 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 def work(monkeypatch) -> list[str]:
     """Records the work the commands would start: serving, reading a data file, simulating."""
     done: list[str] = []
-    monkeypatch.setattr("exporter.runtime.service.Service.start", lambda self: done.append("serve"))
-    monkeypatch.setattr("exporter.monitor.Monitor.add_file", lambda self, path: done.append(f"read {path}"))
-    monkeypatch.setattr("exporter.runtime.once.process_file", lambda *a, **k: done.append("once"))
-    monkeypatch.setattr("exporter.simulate.write_run", lambda *a, **k: done.append("simulate") or [])
+    monkeypatch.setattr("larpix_dqm.exporter.runtime.service.Service.start", lambda self: done.append("serve"))
+    monkeypatch.setattr("larpix_dqm.exporter.monitor.Monitor.add_file", lambda self, path: done.append(f"read {path}"))
+    monkeypatch.setattr("larpix_dqm.exporter.runtime.once.process_file", lambda *a, **k: done.append("once"))
+    monkeypatch.setattr("larpix_dqm.exporter.simulate.write_run", lambda *a, **k: done.append("simulate") or [])
     return done
 
 
@@ -184,7 +184,7 @@ def test_without_a_geometry_the_log_the_metric_and_the_status_page_say_silent_ch
             server.server_close()
         raise typer.Exit(0)
 
-    monkeypatch.setattr("exporter.runtime.service.Service.start", start)
+    monkeypatch.setattr("larpix_dqm.exporter.runtime.service.Service.start", start)
     monkeypatch.delenv("PIXEL_GEOMETRY_PATH", raising=False)
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(monkeypatch, capsys, *SERVE, "-i", str(tmp_path))
@@ -201,23 +201,23 @@ def test_without_a_geometry_the_log_the_metric_and_the_status_page_say_silent_ch
 
 
 def _empty_snapshot():
-    from exporter.quality.accumulator import Accumulator
+    from larpix_dqm.exporter.quality.accumulator import Accumulator
 
     return Accumulator().snapshot()
 
 
 def _rendered(geometry) -> str:
-    from exporter.metrics.exposition import render
+    from larpix_dqm.exporter.metrics.exposition import render
 
     families = FamilyBuilder(geometry=geometry).exporter_families(_empty_snapshot(), Health(), now=0.0)
     return render([f for f in families if f.name == "larpix_exporter_geometry_info"])
 
 
 def test_the_status_page_links_the_runbook_url_it_is_given(tile_geometry):
-    from exporter import Monitor
-    from exporter.reading.decode import decode_messages
-    from exporter.simulate import Faults, SimulationConfig, Simulator
-    from exporter.web.problems import problems_html
+    from larpix_dqm.exporter import Monitor
+    from larpix_dqm.exporter.reading.decode import decode_messages
+    from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
+    from larpix_dqm.exporter.web.problems import problems_html
 
     monitor = Monitor(tile_geometry)
     sim = Simulator(tile_geometry, SimulationConfig(seed=1), Faults(parity_error_fraction=0.5))

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.quality.accumulator import Accumulator, QualityConfig
-from exporter.quality.checks import DEFAULT_CHECKS, evaluate
-from exporter.quality.clock import DataClock
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus
-from exporter.reading.decode import decode_messages
-from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
-from exporter.simulate import SimulationConfig, Simulator
+from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator
 
 START = 1_700_000_000
 NOW = START + 10_000
@@ -296,8 +296,8 @@ def timing_stream(header_offset: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("header_offset", [0, 3600])
 @pytest.mark.parametrize("split", [None, 4, 6])
 def test_data_pair_with_triggers_across_sync_resets(header_offset, split):
-    from plots.base import PlotContext
-    from plots.builtin.timing import TRIGGER_EDGES, TriggerHistograms
+    from larpix_dqm.plots.base import PlotContext
+    from larpix_dqm.plots.builtin.timing import TRIGGER_EDGES, TriggerHistograms
 
     plot = TriggerHistograms()
     stream = timing_stream(header_offset)
@@ -321,9 +321,9 @@ def test_an_io_group_that_stops_sending_falls_to_zero(module_geometry, run, clea
 
 
 def test_metrics_show_link_parity_errors_unexpected_chips_offsets_and_time_jumps(module_geometry, run):
-    from exporter.metrics.exposition import render
-    from exporter.metrics.families import FamilyBuilder
-    from exporter.metrics.health import Health
+    from larpix_dqm.exporter.metrics.exposition import render
+    from larpix_dqm.exporter.metrics.families import FamilyBuilder
+    from larpix_dqm.exporter.metrics.health import Health
 
     chunks = [shifted(c, 2, -30) for c in run[:20]]
     chunks[5] = corrupted(one_bad_header(chunks[5], 3600), chip_id=250, n=2)
@@ -347,7 +347,7 @@ def test_clock_events_are_logged_once_per_event_not_per_packet(module_geometry, 
     chunks = list(run[:20])
     chunks[5] = one_bad_header(chunks[5], 3600)  # one event
     chunks[12:] = [shifted(c, 2, -120) for c in chunks[12:]]  # a jump, then a step once it persisted
-    with caplog.at_level("WARNING", logger="exporter.quality.clock"):
+    with caplog.at_level("WARNING", logger="larpix_dqm.exporter.quality.clock"):
         acc = feed(module_geometry, chunks)
     messages = [r.getMessage() for r in caplog.records]
     assert acc.clock.rejected > 10  # every header of io_group 2 until the step was proven

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from helpers import ingested, parse_metrics, running_exporter, scrape, wait_for
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import (
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import (
     COMPILE_AFTER_PACKETS,
     COMPILED,
     KERNELS,
@@ -34,10 +34,10 @@ from exporter.quality.accumulator import (
     QualityConfig,
     load_kernels,
 )
-from exporter.quality.clock import DataClock
-from exporter.reading.decode import Messages, split_messages
-from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
-from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.reading.decode import Messages, split_messages
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 
 START = 1_700_000_000
 FAULTS = Faults(
@@ -256,9 +256,9 @@ def test_a_channel_hit_more_often_than_an_int32_sum_of_squares_holds_is_exact() 
 #: Run in a fresh process (no kernels loaded yet): ingest a file, save the state, say when the kernels came.
 FRESH_RUN = """
 import sys, numpy as np
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import KERNELS
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import KERNELS
 monitor = Monitor(load_geometry(packaged_layout()))
 before = KERNELS.ready()
 monitor.add_file(sys.argv[1])
@@ -291,13 +291,13 @@ def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_pat
 NO_COMPILER_RUN = """
 import sys, numpy as np
 {prelude}
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.monitor import Monitor
-from exporter.reading.tail import InputSpec
-from exporter.runtime.ingest import Ingester
-from exporter.runtime.logs import setup_logging
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.runtime.logs import setup_logging
 setup_logging("info", "logfmt")
 ingester = Ingester([InputSpec(sys.argv[1])], Monitor(load_geometry(packaged_layout())))
 ingester.poll()

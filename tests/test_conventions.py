@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 from helpers import free_port, parse_metrics, running_exporter, sample, scrape, simulate_files, wait_for
 
-from exporter import __version__
-from exporter.runtime.service import Service
-from exporter.settings import Settings
+from larpix_dqm.exporter import __version__
+from larpix_dqm.exporter.runtime.service import Service
+from larpix_dqm.exporter.settings import Settings
 
 
 def status(url: str) -> int:

@@ -338,8 +338,8 @@ def _documented_range(cell: str) -> tuple[float, float]:
 
 
 def test_checks_table_matches_the_default_checks() -> None:
-    """docs/metrics.md's Checks table is exporter.checks.DEFAULT_CHECKS, row for row."""
-    from exporter.quality.checks import DEFAULT_CHECKS
+    """docs/metrics.md's Checks table is larpix_dqm.exporter.quality.checks.DEFAULT_CHECKS, row for row."""
+    from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS
 
     reference_note = " (only with `serve --reference FILE`)"
     documented = [
@@ -356,7 +356,7 @@ def test_checks_table_matches_the_default_checks() -> None:
 
 
 class _PlotSource:
-    """The plot manager as exporter.plotweb.plot_families sees it: one plot drawn once."""
+    """The plot manager as FamilyBuilder's exporter families see it: one plot drawn once."""
 
     store = None
 
@@ -370,13 +370,13 @@ def test_metrics_doc_lists_exactly_the_served_families(tile_geometry, tmp_path: 
     docs/metrics.md, and every documented larpix_ metric is served by one."""
     from helpers import START
 
-    from exporter import Monitor
-    from exporter.metrics.families import FamilyBuilder
-    from exporter.metrics.health import Health
-    from exporter.quality.reference import Reference
-    from exporter.reading.decode import decode_messages
-    from exporter.simulate import SimulationConfig, Simulator
-    from exporter.web.pages import plot_families
+    from larpix_dqm.exporter import Monitor
+    from larpix_dqm.exporter.metrics.families import FamilyBuilder
+    from larpix_dqm.exporter.metrics.health import Health
+    from larpix_dqm.exporter.quality.reference import Reference
+    from larpix_dqm.exporter.reading.decode import decode_messages
+    from larpix_dqm.exporter.simulate import SimulationConfig, Simulator
+    from larpix_dqm.exporter.web.pages import plot_families
 
     def monitor(**kw) -> Monitor:
         mon = Monitor(tile_geometry, **kw)

@@ -7,8 +7,8 @@ import pytest
 from larpix.format import hdf5format, pacman_msg_format
 from larpix.format.rawhdf5format import from_rawfile, to_rawfile
 
-from exporter.reading.decode import PacmanDecodeError, decode_messages
-from exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.decode import PacmanDecodeError, decode_messages
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
 
 
 def reference_decode(msgs: list[bytes], io_groups: list[int]) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_random_messages_match_larpix_control(max_words):
 
 @pytest.mark.slow
 def test_simulated_raw_file_matches_larpix_control(tmp_path, module_geometry):
-    from exporter.simulate import Faults, RawFileWriter, SimulationConfig, Simulator
+    from larpix_dqm.exporter.simulate import Faults, RawFileWriter, SimulationConfig, Simulator
 
     sim = Simulator(
         module_geometry,
@@ -114,7 +114,7 @@ def test_decode_errors_are_documented_errors():
 
 
 def test_equal_length_messages_write_and_read_back(tmp_path):
-    from exporter.simulate import RawFileWriter
+    from larpix_dqm.exporter.simulate import RawFileWriter
 
     msgs = [np.frombuffer(pacman_msg_format.format_msg("DATA", [("DATA", 1, i, bytes(8))]), np.uint8) for i in range(3)]
     writer = RawFileWriter(tmp_path / "same.h5")

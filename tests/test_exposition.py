@@ -6,7 +6,7 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metrics.exposition import Family, render
+from larpix_dqm.exporter.metrics.exposition import Family, render
 
 
 def test_help_and_label_values_with_backslashes_quotes_and_newlines_parse_back_unchanged():

@@ -9,14 +9,14 @@ import h5py
 import numpy as np
 import pytest
 
-from exporter.reading import formats
-from exporter.reading.formats import FORMATS, detect
-from exporter.reading.formats.base import InputFormat, Rows, SourceError, digest, trailing
-from exporter.reading.formats.packet_file import PacketFileFormat
-from exporter.reading.formats.raw import RawFormat
-from exporter.reading.packets import PACKET_DTYPE
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
+from larpix_dqm.exporter.reading import formats
+from larpix_dqm.exporter.reading.formats import FORMATS, detect
+from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, digest, trailing
+from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
+from larpix_dqm.exporter.reading.formats.raw import RawFormat
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
 
 START = 1_700_000_000
 

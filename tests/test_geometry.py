@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from exporter.detector.geometry import (
+from larpix_dqm.exporter.detector.geometry import (
     CHANNELS_PER_CHIP,
     GeometryError,
     GeometrySummary,

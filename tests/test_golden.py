@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.detector.geometry import Geometry
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, load_kernels
-from exporter.reading.decode import decode_messages
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, load_kernels
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "exposition.prom"
 START = 1_700_000_000

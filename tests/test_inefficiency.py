@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.quality.clock import DataClock
-from exporter.quality.status import ChannelStatus
-from exporter.quality.verdicts import FAMILIES, INEFFICIENT_RATIO, LOW_SIGMAS, MIN_GOOD_ARRIVALS
-from exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC, TIMESTAMP
+from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.quality.verdicts import FAMILIES, INEFFICIENT_RATIO, LOW_SIGMAS, MIN_GOOD_ARRIVALS
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC, TIMESTAMP
 
 START = 1_700_000_000
 CHIPS = 16

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from helpers import simulate_files
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.detector.runconfig import RunConfig, daq_tile
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.quality.clock import DataClock
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus
-from exporter.quality.window import DEAD_GAP_SECONDS, chip_clock
-from exporter.reading.decode import split_messages
-from exporter.reading.packets import DATA
-from exporter.reading.tail import InputSpec
-from exporter.runtime.checkpoint import window_file
-from exporter.runtime.ingest import Ingester
-from exporter.simulate import SimulationConfig, Simulator
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.detector.runconfig import RunConfig, daq_tile
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.quality.window import DEAD_GAP_SECONDS, chip_clock
+from larpix_dqm.exporter.reading.decode import split_messages
+from larpix_dqm.exporter.reading.packets import DATA
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.checkpoint import window_file
+from larpix_dqm.exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator
 
 START = 1_700_000_000
 RATE_HZ = 0.05
@@ -142,7 +142,7 @@ def test_learnt_rates_start_again_at_a_run_boundary(module_geometry, simulator, 
     acc, clock = accumulator(module_geometry, engine), DataClock()
     for t, second in enumerate(healthy[:120]):
         feed(acc, clock, [second], START + t)
-    with caplog.at_level(logging.WARNING, logger="exporter.quality.clock"):
+    with caplog.at_level(logging.WARNING, logger="larpix_dqm.exporter.quality.clock"):
         for t in range(30):
             feed(acc, clock, [simulator.second(START + 150 + t)], START + 150 + t)
     assert not [r for r in caplog.records if "steps" in r.getMessage()]

@@ -1,6 +1,6 @@
 """The alerts and the dashboards agree with the checks, the exporter's defaults and each other.
 
-Both generators read ``exporter.monitoring.Monitoring``. These tests read the generated files
+Both generators read ``larpix_dqm.exporter.monitoring.Monitoring``. These tests read the generated files
 (the committed ones, and ones generated from a changed configuration) and compare every
 threshold that is a check's range or an exporter default with its source, every job selector
 with the configured one, and every status value with the ``CheckStatus`` / ``ChannelStatus``
@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.monitoring import Monitoring
-from exporter.quality.checks import DEFAULT_CHECKS, Check
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.settings import Settings
+from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, Check
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "alerts" / "larpix.rules.yml"

@@ -23,9 +23,9 @@ import tomllib
 import yaml
 from helpers import require_binary
 
-import exporter
-from exporter.cli import run
-from exporter.mixin import SITE_FILES, site_files, site_root
+import larpix_dqm.exporter
+from larpix_dqm.exporter.cli import run
+from larpix_dqm.exporter.mixin import SITE_FILES, site_files, site_root
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -49,7 +49,7 @@ def test_every_imported_distribution_is_declared():
     third_party = {
         name
         for name in imported
-        if name not in sys.stdlib_module_names and name not in ("exporter", "plots", "dashboards", "__future__")
+        if name not in sys.stdlib_module_names and name not in ("larpix_dqm", "dashboards", "__future__")
     }
     needed = {_requirement_name(dist) for name in third_party for dist in distributions.get(name, [name])}
     assert sorted(needed - declared - optional) == [], "imported but not declared in pyproject.toml"
@@ -60,10 +60,10 @@ def test_every_imported_distribution_is_declared():
 
 def test_one_version_an_spdx_licence_and_type_information():
     assert PYPROJECT["project"]["dynamic"] == ["version"]
-    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "exporter.__version__"}
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "larpix_dqm.exporter.__version__"}
     assert PYPROJECT["project"]["license"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert (ROOT / "exporter" / "py.typed").exists() and (ROOT / "plots" / "py.typed").exists()
-    assert re.fullmatch(r"\d+\.\d+\.\d+", exporter.__version__)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", larpix_dqm.exporter.__version__)
 
 
 def test_classifiers_and_project_urls_agree_with_the_package_and_the_image_labels():
@@ -109,12 +109,15 @@ def test_python_m_build_records_the_revision_in_the_sdist_and_every_wheel_built_
     revision = _git_revision()
     _python_m_build(ROOT, tmp_path / "dist")
     (sdist,), (wheel,) = (sorted((tmp_path / "dist").glob(pattern)) for pattern in ("*.tar.gz", "*.whl"))
-    top = f"larpix_dqm-{exporter.__version__}"
+    top = f"larpix_dqm-{larpix_dqm.exporter.__version__}"
     with tarfile.open(sdist) as tar:
-        recorded = tar.extractfile(f"{top}/exporter/REVISION").read().decode().strip()  # type: ignore[union-attr]
+        recorded = tar.extractfile(f"{top}/larpix_dqm/exporter/REVISION").read().decode().strip()  # type: ignore[union-attr]
         tar.extractall(tmp_path / "other", filter="data")
     with zipfile.ZipFile(wheel) as whl:
-        carried = whl.read("exporter/REVISION").decode().strip()
+        carried = whl.read("larpix_dqm/exporter/REVISION").decode().strip()
+        tops = {name.split("/")[0] for name in whl.namelist()}
+        assert tops == {"larpix_dqm", f"{top}.dist-info"}  # one import package: no top-level exporter or plots
+        assert {"larpix_dqm/exporter/cli.py", "larpix_dqm/plots/base.py", "larpix_dqm/py.typed"} <= set(whl.namelist())
         meta = email.parser.Parser().parsestr(whl.read(f"{top}.dist-info/METADATA").decode())
     assert recorded == carried == revision != "unknown"
     assert meta.get_all("Classifier") == PYPROJECT["project"]["classifiers"]
@@ -126,7 +129,7 @@ def test_python_m_build_records_the_revision_in_the_sdist_and_every_wheel_built_
     _python_m_build(tmp_path / "other" / top, tmp_path / "again", "--wheel")
     (again,) = (tmp_path / "again").glob("*.whl")
     with zipfile.ZipFile(again) as whl:
-        assert whl.read("exporter/REVISION").decode().strip() == revision
+        assert whl.read("larpix_dqm/exporter/REVISION").decode().strip() == revision
 
 
 @pytest.mark.external

@@ -10,25 +10,25 @@ import pytest
 from helpers import START, simulate_files
 from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figure_data, figures, one_pass, rate_image
 
-from exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import Accumulator, prefer_finite
-from exporter.quality.clock import DataClock, DetectorClock
-from exporter.quality.status import ChannelStatus
-from exporter.reading.decode import decode_messages
-from exporter.reading.files import FileReader
-from exporter.reading.tail import InputSpec
-from exporter.runtime.ingest import Ingester
-from exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
-from plots import PlotContext
-from plots.builtin.anode import AnodeOverview
-from plots.builtin.beam import BeamTriggers
-from plots.builtin.fifo import FIFOFlags
-from plots.builtin.hot import HotPixels
-from plots.builtin.pixelmap import PixelMap
-from plots.builtin.rates import PacketRate, TileRate
-from plots.builtin.timing import TimestampHistograms, TriggerHistograms
-from plots.engine import PlotEngine, PlotSettings, render
+from larpix_dqm.exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import Accumulator, prefer_finite
+from larpix_dqm.exporter.quality.clock import DataClock, DetectorClock
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
+from larpix_dqm.plots import PlotContext
+from larpix_dqm.plots.builtin.anode import AnodeOverview
+from larpix_dqm.plots.builtin.beam import BeamTriggers
+from larpix_dqm.plots.builtin.fifo import FIFOFlags
+from larpix_dqm.plots.builtin.hot import HotPixels
+from larpix_dqm.plots.builtin.pixelmap import PixelMap
+from larpix_dqm.plots.builtin.rates import PacketRate, TileRate
+from larpix_dqm.plots.builtin.timing import TimestampHistograms, TriggerHistograms
+from larpix_dqm.plots.engine import PlotEngine, PlotSettings, render
 
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)],

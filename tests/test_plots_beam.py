@@ -18,15 +18,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from plothelpers import PNG_SIGNATURE, one_pass
 
-from exporter.detector.geometry import Geometry
-from exporter.quality.accumulator import Accumulator
-from exporter.reading.cursor import FileCursor
-from exporter.reading.files import FileReader
-from exporter.reading.packets import DATA, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
-from exporter.simulate import SimulationConfig, Simulator, Spill, write_run
-from plots.base import PlotContext
-from plots.builtin.beam import N_TRIGGERS, WINDOW_TICKS, BeamTriggers, TriggerHits
-from plots.discovery import FAST, discover
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.packets import DATA, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, Spill, write_run
+from larpix_dqm.plots.base import PlotContext
+from larpix_dqm.plots.builtin.beam import N_TRIGGERS, WINDOW_TICKS, BeamTriggers, TriggerHits
+from larpix_dqm.plots.discovery import FAST, discover
 
 START = 1_700_000_000
 MISSED = (1, 3)  # io_group 1, module tile 3: off in every run here

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from helpers import START, simulate_files
 
-from exporter.detector.geometry import packaged_layout
-from exporter.quality.accumulator import Accumulator
-from exporter.reading.packets import PACKET_DTYPE
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.simulate import SimulationConfig, Simulator, open_writer
-from plots.discovery import Selection, discover
-from plots.engine import MAX_CONSECUTIVE_FAILURES, PlotEngine, PlotSettings
-from plots.errors import PlotConfigError
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, open_writer
+from larpix_dqm.plots.discovery import Selection, discover
+from larpix_dqm.plots.engine import MAX_CONSECUTIVE_FAILURES, PlotEngine, PlotSettings
+from larpix_dqm.plots.errors import PlotConfigError
 
 # The seed README's template, verbatim except its "maplotlib" typo (it could never import).
 TEMPLATE = """
@@ -80,7 +80,7 @@ BROKEN = {
     "returns_none.py": "class ReturnsNone:\n    def __call__(self, filename, fh, fig=None):\n        return None\n",
     "fast_broken.py": textwrap.dedent(
         """
-        from plots import Plot
+        from larpix_dqm.plots import Plot
 
         class BrokenFast(Plot):
             def update(self, packets, ctx):
@@ -196,7 +196,12 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PIXEL_GEOMETRY_PATH"}
     env["COLUMNS"] = "250"
     return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
     )
 
 

@@ -14,11 +14,11 @@ from helpers import free_port, parse_metrics, running_exporter, sample, scrape, 
 from plothelpers import PNG_SIGNATURE, chromium
 from test_plots_plugins import BROKEN, TEMPLATE, write_plugins
 
-from exporter.detector.geometry import packaged_layout
-from exporter.runtime.service import Service
-from exporter.settings import Settings
-from plots.engine import PlotSettings
-from plots.store import ERROR_REASONS, PlotStore
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.runtime.service import Service
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.plots.engine import PlotSettings
+from larpix_dqm.plots.store import ERROR_REASONS, PlotStore
 
 ESCAPES = [
     "../../../../etc/passwd",
@@ -162,7 +162,7 @@ def test_landing_page_gallery_loads_in_chromium(served, tmp_path):
 PROBE = """
 import os
 import numpy as np
-from plots.builtin.pixelmap import PixelMap
+from larpix_dqm.plots.builtin.pixelmap import PixelMap
 
 
 class PixelMapProbe(PixelMap):

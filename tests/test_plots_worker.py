@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 from helpers import START, free_port, parse_metrics, sample, scrape, simulate_files, wait_for
 
-from exporter.detector.geometry import packaged_layout
-from exporter.metrics.exposition import render
-from exporter.quality.accumulator import Accumulator
-from exporter.reading.files import Chunk
-from exporter.reading.formats.packet_file import PacketFileFormat
-from exporter.reading.packets import PACKET_DTYPE
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.runtime.service import Service
-from exporter.settings import Settings
-from exporter.web import pages
-from plots import Plot
-from plots.discovery import FAST, Catalog, PluginSpec
-from plots.engine import PlotEngine, PlotSettings
-from plots.worker import PlotWorker
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.runtime.service import Service
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.exporter.web import pages
+from larpix_dqm.plots import Plot
+from larpix_dqm.plots.discovery import FAST, Catalog, PluginSpec
+from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+from larpix_dqm.plots.worker import PlotWorker
 
 PACKETS = PacketFileFormat.name  # a chunk's kind: the packet files' format
 #: Folder through which the Stuck plugin, in the drawing process, talks with the test.
@@ -121,10 +121,10 @@ def test_a_crashed_drawing_process_is_restarted_counted_and_reported(tmp_path, m
 
 PARENT = """
 import sys, time
-from exporter.detector.geometry import packaged_layout
-from exporter.quality.accumulator import Accumulator
-from plots.engine import PlotEngine, PlotSettings
-from plots.worker import PlotWorker
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+from larpix_dqm.plots.worker import PlotWorker
 
 stats = Accumulator().snapshot()
 worker = PlotWorker(PlotEngine(PlotSettings(sys.argv[1], plots=("HotPixels",)), None), lambda: stats, interval=0.0)
@@ -181,7 +181,7 @@ def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(t
 
 @pytest.mark.slow
 def test_per_file_plot_state_stays_bounded_over_many_rotated_files(tmp_path, tile_geometry):
-    from plots.engine import MAX_FILE_STATES
+    from larpix_dqm.plots.engine import MAX_FILE_STATES
 
     paths, _ = simulate_files(tile_geometry, tmp_path / "data", 3 * MAX_FILE_STATES, "packets", file_seconds=1)
     engine = PlotEngine(PlotSettings(str(tmp_path / "out"), plots=("HotPixels",)), tile_geometry)
@@ -213,7 +213,7 @@ KILLER = """
 import os
 import signal
 from pathlib import Path
-from plots import Plot
+from larpix_dqm.plots import Plot
 
 MARKER = Path({marker!r})
 
@@ -301,7 +301,7 @@ if multiprocessing.current_process().name == "plots":
 """
 SMALL = """
 from matplotlib.figure import Figure
-from plots import Plot
+from larpix_dqm.plots import Plot
 
 
 class Small(Plot):

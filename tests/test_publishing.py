@@ -8,11 +8,11 @@ import time
 import pytest
 from helpers import parse_metrics, sample, simulate_files
 
-from exporter.monitor import Monitor
-from exporter.reading.files import FileReader
-from exporter.reading.tail import InputSpec
-from exporter.runtime.ingest import PUBLISH_COST_SHARE, Ingester, Published
-from exporter.web.server import MetricsApp
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.ingest import PUBLISH_COST_SHARE, Ingester, Published
+from larpix_dqm.exporter.web.server import MetricsApp
 
 
 def polls(app: MetricsApp) -> float:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.quality.accumulator import (
+from larpix_dqm.exporter.quality.accumulator import (
     Accumulator,
     QualityConfig,
 )
-from exporter.quality.clock import DataClock
-from exporter.quality.status import ChannelStatus
-from exporter.reading.decode import decode_messages
-from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
 
 START = 1_700_000_000
 NOW = START + 10_000

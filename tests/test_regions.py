@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from helpers import START
 
-from exporter import Monitor
-from exporter.detector.geometry import Geometry
-from exporter.monitor import NO_DATA_THIS_RUN, Evaluation, StatusChange
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.quality.verdicts import robust_ratio
-from exporter.reading.decode import decode_messages
-from exporter.simulate import Faults, SimulationConfig, Simulator
-from exporter.simulation.activity import RateChange
+from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.monitor import NO_DATA_THIS_RUN, Evaluation, StatusChange
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.quality.verdicts import robust_ratio
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter.simulation.activity import RateChange
 
 RATE_HZ = 0.05
 FLAGGED = (ChannelStatus.SILENT, ChannelStatus.INEFFICIENT, ChannelStatus.NOISY)

@@ -32,20 +32,20 @@ from helpers import (
     wait_for,
 )
 
-from exporter import cli
-from exporter.monitor import Monitor
-from exporter.reading.cursor import FileCursor
-from exporter.reading.files import FileReader
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.registry import schema
-from exporter.registry.reader import certify, find_run, read_runs
-from exporter.registry.runs import RunName, RunNamer
-from exporter.registry.schema import MIGRATIONS, VERSION, RegistryError, connect
-from exporter.registry.writer import RegistryWriter, RunContext
-from exporter.runtime import once as once_module
-from exporter.runtime.service import ListenError, Service
-from exporter.settings import Settings
-from exporter.simulate import SimulationConfig, Simulator, Truth, write_run
+from larpix_dqm.exporter import cli
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.registry import schema
+from larpix_dqm.exporter.registry.reader import certify, find_run, read_runs
+from larpix_dqm.exporter.registry.runs import RunName, RunNamer
+from larpix_dqm.exporter.registry.schema import MIGRATIONS, VERSION, RegistryError, connect
+from larpix_dqm.exporter.registry.writer import RegistryWriter, RunContext
+from larpix_dqm.exporter.runtime import once as once_module
+from larpix_dqm.exporter.runtime.service import ListenError, Service
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
 
@@ -290,7 +290,7 @@ def test_a_bad_registry_or_run_pattern_stops_start_up_with_one_line(monkeypatch,
     text = tmp_path / "notes.txt"
     text.write_text("not a database, just some notes that are long enough to fill a header page\n" * 20)
     started: list[str] = []
-    monkeypatch.setattr("exporter.runtime.service.Service.start", lambda self: started.append("serve"))
+    monkeypatch.setattr("larpix_dqm.exporter.runtime.service.Service.start", lambda self: started.append("serve"))
     expanded = [a.format(text=text, tmp=tmp_path) for a in args]
     serve = ["serve", "-i", str(tmp_path), "--port", "0", "--state-file", str(tmp_path / "state.npz")]
     code, _, err = run_cli(monkeypatch, capsys, *serve, *expanded)

@@ -29,8 +29,8 @@ from helpers import (
     wait_for,
 )
 
-from exporter.detector.geometry import packaged_layout
-from exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 FAULTS = Faults(
     silent_chips=[(1, 1, 11)], parity_error_fraction=0.002, fifo_full_chips=[(1, 2, 40)], fifo_flag_fraction=0.2
@@ -310,8 +310,8 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
     import h5py
     from helpers import simulate_files
 
-    from exporter.reading import files
-    from exporter.reading.tail import DirectoryTail, InputSpec
+    from larpix_dqm.exporter.reading import files
+    from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 
     simulate_files(tile_geometry, tmp_path, 1, "packets")
     reasons: list[str] = []

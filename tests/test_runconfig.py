@@ -14,15 +14,21 @@ import pytest
 from larpix import Chip, Controller, Key
 from larpix.format import hdf5format
 
-from exporter.detector.runconfig import RunConfig, RunConfigError, daq_tile, load_network, read_file_configuration
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import Accumulator, QualityConfig
-from exporter.quality.channels import KEY_SCHEMES, format_channels
-from exporter.quality.checks import DEFAULT_CHECKS, evaluate
-from exporter.quality.clock import DataClock
-from exporter.quality.status import ChannelStatus
-from exporter.reading.decode import decode_messages
-from exporter.simulate import SimulationConfig, Simulator, write_run
+from larpix_dqm.exporter.detector.runconfig import (
+    RunConfig,
+    RunConfigError,
+    daq_tile,
+    load_network,
+    read_file_configuration,
+)
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+from larpix_dqm.exporter.quality.channels import KEY_SCHEMES, format_channels
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, evaluate
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, write_run
 
 START = 1_700_000_000
 NOW = START + 10_000
@@ -115,7 +121,18 @@ def test_serve_exits_2_on_a_bad_network_file(tmp_path):
     bad = tmp_path / "net.json"
     bad.write_text("{}")
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "serve", "-i", str(tmp_path), "--network", str(bad), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "larpix_dqm.exporter.cli",
+            "serve",
+            "-i",
+            str(tmp_path),
+            "--network",
+            str(bad),
+            "--port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -271,7 +288,16 @@ def test_once_reads_the_files_own_configuration(tmp_path, tile_geometry):
     )
     write_configs_file(paths[0], [configured_chip((1, 1, 11), [0, 1])])
     out = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "once", str(paths[0]), "--no-plots", "-o", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "larpix_dqm.exporter.cli",
+            "once",
+            str(paths[0]),
+            "--no-plots",
+            "-o",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -297,14 +323,14 @@ def test_monitor_takes_networks_and_disabled_lists(tmp_path, tile_geometry):
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory, module_geometry):
     """A 40 s module run with three noisy channels on two io_groups and tiles."""
-    from exporter.simulate import Faults
+    from larpix_dqm.exporter.simulate import Faults
 
     noisy = [(1, 2, 41, 5), (1, 14, 40, 30), (2, 30, 38, 12)]
     faults = Faults(noisy_channels=noisy, noisy_rate_hz=60.0)
@@ -399,7 +425,7 @@ def test_serve_applies_the_channel_masks_of_the_packet_files_it_reads(tmp_path, 
 
 
 def test_the_config_file_takes_the_run_configuration(tmp_path):
-    from exporter.settings import build_settings
+    from larpix_dqm.exporter.settings import build_settings
 
     config = tmp_path / "serve.yaml"
     config.write_text("networks: hydra/\ndisabled_lists: [a.json, b.json]\nrun_mode: pedestal\n")
@@ -420,9 +446,9 @@ def test_the_config_file_takes_the_run_configuration(tmp_path):
 def test_a_file_replaced_at_the_same_path_has_its_own_configuration_applied(tmp_path, tile_geometry):
     """The stored configuration is read once per file (device, inode), not per path: a new file under the old
     name (the tail reads it from the start) masks its own channels; a file the tail forgot is forgotten too."""
-    from exporter.quality.channels import channel_list
-    from exporter.reading.tail import InputSpec
-    from exporter.runtime.ingest import Ingester
+    from larpix_dqm.exporter.quality.channels import channel_list
+    from larpix_dqm.exporter.reading.tail import InputSpec
+    from larpix_dqm.exporter.runtime.ingest import Ingester
 
     def packet_file(folder: str, masked: list[int]) -> Path:
         sim = Simulator(tile_geometry, SimulationConfig(seed=4, hit_rate_hz=2.0))

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from larpix.format import hdf5format, pacman_msg_format
 
-from exporter.detector.runconfig import RunConfig
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.monitor import Evaluation, Monitor
-from exporter.quality.accumulator import Accumulator, QualityConfig
-from exporter.quality.checks import ChecksConfigError, detect_run_mode, evaluate, mode_checks
-from exporter.quality.clock import DataClock
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.reading.decode import decode_messages
-from exporter.reading.packets import DATA, PACKET_DTYPE, PERIODIC_TRIGGER
-from exporter.runtime.ingest import Published
-from exporter.simulate import Faults, SimulationConfig, Simulator
-from exporter.web.server import MetricsApp
+from larpix_dqm.exporter.detector.runconfig import RunConfig
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitor import Evaluation, Monitor
+from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+from larpix_dqm.exporter.quality.checks import ChecksConfigError, detect_run_mode, evaluate, mode_checks
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, PERIODIC_TRIGGER
+from larpix_dqm.exporter.runtime.ingest import Published
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter.web.server import MetricsApp
 
 START = 1_700_000_000
 NOW = START + 10_000
@@ -181,14 +181,14 @@ def test_mode_threshold_sets_are_overridable_in_the_checks_file(tmp_path):
 @pytest.mark.external
 def test_simulate_writes_a_pedestal_run_that_once_recognises(tmp_path, tile_geometry):
     run = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "simulate", str(tmp_path / "run"), "--format", "packets", "--seconds", "5",
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", "simulate", str(tmp_path / "run"), "--format", "packets", "--seconds", "5",
          "--fast", "--start-time", str(START), "--rate-hz", "0", "--periodic-trigger-hz", "20", "--geometry", tile_geometry.path],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     (path,) = (tmp_path / "run").glob("*.h5")
     once = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "once", str(path), "--geometry", tile_geometry.path, "--no-plots",
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", "once", str(path), "--geometry", tile_geometry.path, "--no-plots",
          "-o", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -219,7 +219,7 @@ def test_once_writes_the_families_a_scrape_of_serve_shows(tmp_path, tile_geometr
 
     (path,), _ = simulate_files(tile_geometry, tmp_path / "run", 8, fmt, Faults(noisy_channels=[(1, 1, 11, 5)]))
     once = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "once", str(path), "--geometry", tile_geometry.path, "--no-plots",
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", "once", str(path), "--geometry", tile_geometry.path, "--no-plots",
          "-o", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

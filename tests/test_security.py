@@ -25,15 +25,15 @@ from helpers import free_port, running_exporter, simulate_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.monitor import Monitor
-from exporter.reading.decode import PacmanDecodeError, decode_messages
-from exporter.reading.packets import PACKET_DTYPE
-from exporter.reading.tail import InputSpec
-from exporter.runtime.ingest import Ingester
-from exporter.web import auth
-from exporter.web import server as web
-from exporter.web.auth import WebConfigError, bcrypt_cost, load_web_config
-from exporter.web.server import ExporterServer, MetricsApp
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.reading.decode import PacmanDecodeError, decode_messages
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.web import auth
+from larpix_dqm.exporter.web import server as web
+from larpix_dqm.exporter.web.auth import WebConfigError, bcrypt_cost, load_web_config
+from larpix_dqm.exporter.web.server import ExporterServer, MetricsApp
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,14 @@ def test_basic_auth_and_tls(tmp_path, tile_geometry, certificate):
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP on the TLS port
             get(f"http://127.0.0.1:{port}/metrics", ("shift", "s3cret"))
         # The container HEALTHCHECK: same settings as serve, so https on this port, no password needed
-        probe = [sys.executable, "-m", "exporter.cli", "healthcheck", "--web.listen-address", f"127.0.0.1:{port}"]
+        probe = [
+            sys.executable,
+            "-m",
+            "larpix_dqm.exporter.cli",
+            "healthcheck",
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+        ]
         assert subprocess.run([*probe, "--web.config.file", str(web)], capture_output=True, timeout=60).returncode == 0
         plain = subprocess.run(probe, capture_output=True, text=True, timeout=60)  # http against the TLS port
         assert plain.returncode == 1 and f"http://127.0.0.1:{port}/-/healthy" in plain.stderr
@@ -126,7 +133,7 @@ def test_bad_web_config_is_rejected(tmp_path, text, message):
     with pytest.raises(WebConfigError, match=f"web config file {path}: .*{message}"):
         load_web_config(str(path))
     result = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "serve", "-i", str(tmp_path), "--web.config.file", str(path)],
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", "serve", "-i", str(tmp_path), "--web.config.file", str(path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2 and str(path) in result.stderr and result.stderr.count("\n") == 1

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from helpers import START, parse_metrics
 
-from exporter import Monitor
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.status import CheckStatus
-from exporter.reading.decode import decode_messages
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.status import CheckStatus
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
 
 #: The goal of issue 22: at most 50,000 series for an ND-LAr module's 6,400 chips.
 SERIES_PER_CHIP = 50_000 / 6_400

@@ -23,9 +23,9 @@ from helpers import (
     wait_for,
 )
 
-from exporter.detector.geometry import packaged_layout
-from exporter.reading.decode import decode_messages
-from exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import Faults, PacketFileWriter, SimulationConfig, Simulator, Truth
 
 pytestmark = pytest.mark.external
 
@@ -133,7 +133,7 @@ def test_per_pixel_series_only_when_enabled(tmp_path, tile_geometry):
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "250"}  # rich wraps help at the terminal width
     return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", *args], capture_output=True, text=True, timeout=60, env=env
     )
 
 

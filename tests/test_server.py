@@ -26,14 +26,14 @@ from helpers import (
     wait_for,
 )
 
-from exporter.detector.geometry import packaged_layout
-from exporter.metrics.families import FamilyBuilder
-from exporter.monitor import Monitor
-from exporter.quality.history import History
-from exporter.reading.tail import InputSpec
-from exporter.runtime.ingest import Ingester
-from exporter.web import server as web
-from exporter.web.server import ExporterServer, MetricsApp
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.history import History
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime.ingest import Ingester
+from larpix_dqm.exporter.web import server as web
+from larpix_dqm.exporter.web.server import ExporterServer, MetricsApp
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter import cli
-from exporter.runtime.logs import JsonFormatter, LogfmtFormatter
-from exporter.settings import ConfigError, Settings, load_config_file, option_table, parse_address
+from larpix_dqm.exporter import cli
+from larpix_dqm.exporter.runtime.logs import JsonFormatter, LogfmtFormatter
+from larpix_dqm.exporter.settings import ConfigError, Settings, load_config_file, option_table, parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -112,7 +112,7 @@ def test_listen_addresses(address, expected):
 def test_command_line_wins_over_environment_wins_over_file(tmp_path, monkeypatch):
     config = tmp_path / "dqm.yaml"
     config.write_text("interval: 3\nwindow: 30\nnoisy_rate_hz: 7\n")
-    from exporter.settings import build_settings
+    from larpix_dqm.exporter.settings import build_settings
 
     settings = build_settings(str(config), {"window": 40.0})
     assert (settings.interval, settings.window, settings.noisy_rate_hz) == (3.0, 40.0, 7.0)
@@ -164,8 +164,8 @@ def test_demo_removes_its_directory(monkeypatch, capsys, tmp_path):
 
 
 def test_log_lines_are_logfmt_or_json():
-    record = logging.LogRecord("exporter.x", logging.WARNING, __file__, 1, 'file "%s" gone', ("a b",), None)
+    record = logging.LogRecord("larpix_dqm.exporter.x", logging.WARNING, __file__, 1, 'file "%s" gone', ("a b",), None)
     line = LogfmtFormatter().format(record)
-    assert line.startswith("ts=") and ' level=warn logger=exporter.x msg="file \\"a b\\" gone"' in line
+    assert line.startswith("ts=") and ' level=warn logger=larpix_dqm.exporter.x msg="file \\"a b\\" gone"' in line
     fields = json.loads(JsonFormatter().format(record))
     assert fields["level"] == "warn" and fields["msg"] == 'file "a b" gone' and fields["ts"].endswith("Z")

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from helpers import larpix_dqm, parse_metrics, sample, simulate_files
 
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.monitor import Monitor
-from exporter.quality.checks import CheckStatus
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.checks import CheckStatus
 
 
 @pytest.fixture(scope="module")
 def run_files(module_geometry, tmp_path_factory):
     """60 s of a two-io_group module, chip 2-5-11 silent from the start."""
-    from exporter.simulate import Faults
+    from larpix_dqm.exporter.simulate import Faults
 
     paths, _ = simulate_files(
         module_geometry,

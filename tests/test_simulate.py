@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from exporter.cli import app
-from exporter.reading.decode import decode_messages
-from exporter.simulate import Faults, SimulationConfig, Simulator, channel_keys, write_run
-from exporter.simulation.activity import Activity, RateChange
-from exporter.simulation.scenarios import DESCRIPTIONS, scenario
+from larpix_dqm.exporter.cli import app
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, channel_keys, write_run
+from larpix_dqm.exporter.simulation.activity import Activity, RateChange
+from larpix_dqm.exporter.simulation.scenarios import DESCRIPTIONS, scenario
 
 START = 1_700_000_000
 

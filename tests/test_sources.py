@@ -13,12 +13,12 @@ from helpers import START
 from larpix import Packet_v2, TimestampPacket
 from larpix.format.hdf5format import to_file
 
-from exporter.reading import files as sources
-from exporter.reading.decode import decode_messages
-from exporter.reading.files import FileReader
-from exporter.reading.packets import REQUIRED_FIELDS
-from exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
-from exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator, open_writer
+from larpix_dqm.exporter.reading import files as sources
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.packets import REQUIRED_FIELDS
+from larpix_dqm.exporter.reading.tail import DirectoryTail, FileCursor, InputSpec
+from larpix_dqm.exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator, open_writer
 
 
 class Recorder:
@@ -257,7 +257,7 @@ def test_read_warnings_are_one_line_each(tmp_path, caplog):
             tail.pump(lambda chunk: None)
     records = [r for r in caplog.records if "garbage.h5" in r.getMessage()]
     assert len(records) == 1 and "\n" not in records[0].getMessage()
-    from exporter.reading.tail import one_line
+    from larpix_dqm.exporter.reading.tail import one_line
 
     assert (
         one_line("unable to open file\n  (file signature not found)\n")

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.quality.clock import DataClock
-from exporter.quality.snapshot import Snapshot
-from exporter.reading.decode import split_messages
-from exporter.runtime.once import process_file
-from exporter.simulate import SimulationConfig, Simulator, open_writer
+from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.reading.decode import split_messages
+from larpix_dqm.exporter.runtime.once import process_file
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, open_writer
 
 START = 1_700_000_000
 NOW = START + 10_000

@@ -61,12 +61,12 @@ from helpers import (
 )
 from test_dashboards import LABEL_VALUES, expressions, load_dashboards
 
-from exporter import Monitor
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.detector.runconfig import daq_tile
-from exporter.quality.reference import Reference
-from exporter.reading.decode import decode_messages
-from exporter.simulate import SimulationConfig, Simulator
+from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.detector.runconfig import daq_tile
+from larpix_dqm.exporter.quality.reference import Reference
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator
 
 pytestmark = pytest.mark.external
 

@@ -27,12 +27,12 @@ def loaded_after(code: str, *argv: str) -> set[str]:
 
 
 def test_the_probe_sees_a_heavy_import():
-    assert {"numpy", "matplotlib"} <= loaded_after("import plots.engine")
+    assert {"numpy", "matplotlib"} <= loaded_after("import larpix_dqm.plots.engine")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["once", "--help"], ["serve", "--help"], ["runs", "--help"]])
 def test_help_loads_none_of_the_heavy_modules(argv):
-    loaded = loaded_after("from exporter.cli import run; run()", "larpix-dqm", *argv)
+    loaded = loaded_after("from larpix_dqm.exporter.cli import run; run()", "larpix-dqm", *argv)
     assert "typer" in loaded
     assert loaded.isdisjoint(HEAVY), sorted(loaded.intersection(HEAVY))
 
@@ -41,18 +41,18 @@ def test_completion_loads_none_of_the_heavy_modules(monkeypatch):
     monkeypatch.setenv("_LARPIX_DQM_COMPLETE", "complete_bash")
     monkeypatch.setenv("COMP_WORDS", "larpix-dqm on")
     monkeypatch.setenv("COMP_CWORD", "1")
-    loaded = loaded_after("from exporter.cli import run; run()", "larpix-dqm")
+    loaded = loaded_after("from larpix_dqm.exporter.cli import run; run()", "larpix-dqm")
     assert loaded.isdisjoint(HEAVY), sorted(loaded.intersection(HEAVY))
 
 
 def test_serve_modules_do_not_load_matplotlib():
-    loaded = loaded_after("import exporter.runtime.service, exporter.web.server", "x")
+    loaded = loaded_after("import larpix_dqm.exporter.runtime.service, larpix_dqm.exporter.web.server", "x")
     assert "prometheus_client" in loaded and "matplotlib" not in loaded
 
 
 @pytest.mark.external
 def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(tmp_path):
-    cli = [sys.executable, "-m", "exporter.cli"]
+    cli = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
     made = subprocess.run(
         [*cli, "simulate", str(tmp_path), "--seconds", "1", "--fast", "--start-time", "1700000000"],
         capture_output=True,
@@ -63,6 +63,8 @@ def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(t
     assert made.returncode == 0, made.stderr
     (path,) = tmp_path.glob("*.h5")
     for options in (["--no-plots"], []):  # without -o nothing is drawn either
-        loaded = loaded_after("from exporter.cli import run; run()", "larpix-dqm", "once", str(path), *options)
+        loaded = loaded_after(
+            "from larpix_dqm.exporter.cli import run; run()", "larpix-dqm", "once", str(path), *options
+        )
         assert "h5py" in loaded  # the file was read
         assert "matplotlib" not in loaded and "numba" not in loaded

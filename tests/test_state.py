@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.detector.geometry import load_geometry, packaged_layout
-from exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
-from exporter.quality.clock import DataClock
-from exporter.quality.state import (
+from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.state import (
     BY_NAME,
     CHIP,
     COUNT,
@@ -28,9 +28,9 @@ from exporter.quality.state import (
     WINDOW_ARRAYS,
     kernel_fields,
 )
-from exporter.reading.decode import split_messages
-from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter.reading.decode import split_messages
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
 
 START = 1_700_000_000
 FAULTS = Faults(parity_error_fraction=0.02, fifo_full_chips=[(1, 2, 40)], fifo_flag_fraction=0.05)
@@ -38,7 +38,7 @@ FAULTS = Faults(parity_error_fraction=0.02, fifo_full_chips=[(1, 2, 40)], fifo_f
 
 def kernel_unpacking(function: str) -> list[str]:
     """The names ``compiled.<function>`` unpacks its ``state`` argument into, read from the source."""
-    origin = importlib.util.find_spec("exporter.quality.compiled").origin  # type: ignore[union-attr]
+    origin = importlib.util.find_spec("larpix_dqm.exporter.quality.compiled").origin  # type: ignore[union-attr]
     tree = ast.parse(Path(str(origin)).read_text())
     body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
     for node in ast.walk(body):

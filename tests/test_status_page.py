@@ -12,11 +12,11 @@ import pytest
 from helpers import free_port, scrape, simulate_files, wait_for
 from plothelpers import PNG_SIGNATURE, chromium
 
-from exporter.detector.geometry import packaged_layout
-from exporter.runtime.service import Service
-from exporter.settings import Settings
-from exporter.simulate import Faults
-from plots.engine import PlotSettings
+from larpix_dqm.exporter.detector.geometry import packaged_layout
+from larpix_dqm.exporter.runtime.service import Service
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.exporter.simulate import Faults
+from larpix_dqm.plots.engine import PlotSettings
 
 FAULTS = Faults(silent_chips=[(1, 1, 11)], fifo_full_chips=[(1, 2, 40)], fifo_flag_fraction=0.2)
 

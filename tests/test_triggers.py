@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.quality.accumulator import KERNELS, Accumulator, QualityConfig, load_kernels
-from exporter.quality.triggers import HITS_EDGES, SETTLE_TICKS
-from exporter.reading.cursor import DataClock, FileCursor
-from exporter.reading.files import FileReader
-from exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP, TRIGGER
-from exporter.simulate import SimulationConfig, Simulator, write_run
+from larpix_dqm.exporter.quality.accumulator import KERNELS, Accumulator, QualityConfig, load_kernels
+from larpix_dqm.exporter.quality.triggers import HITS_EDGES, SETTLE_TICKS
+from larpix_dqm.exporter.reading.cursor import DataClock, FileCursor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP, TRIGGER
+from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, write_run
 
 START = 1_700_000_000
 SECONDS = 20

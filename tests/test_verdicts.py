@@ -8,24 +8,24 @@ import numpy as np
 import pytest
 from helpers import START, parse_metrics
 
-from exporter import Monitor
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.quality.accumulator import Accumulator, QualityConfig
-from exporter.quality.checks import DEFAULT_CHECKS, counting_status
-from exporter.quality.clock import DataClock
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.quality.verdicts import (
+from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, counting_status
+from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.quality.verdicts import (
     VerdictInputs,
     judge,
     log_factorial,
     log_lower_tail,
     log_upper_tail,
 )
-from exporter.reading.decode import decode_messages
-from exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
-from exporter.simulate import Faults, SimulationConfig, Simulator
+from larpix_dqm.exporter.reading.decode import decode_messages
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator
 
 ALPHA = 0.01
 HIT_RATE_RATIO = next(c for c in DEFAULT_CHECKS if c.name == "hit_rate_ratio")

@@ -279,7 +279,7 @@ def _to_cache(geometry: Geometry, cache: Path) -> None:
 
 def packaged_layout(name: str = DEFAULT_MODULE_LAYOUT) -> Path:
     """Path of a layout file shipped inside the package (``exporter/data``)."""
-    path = Path(str(resources.files("exporter") / "data" / name))
+    path = Path(str(resources.files("larpix_dqm.exporter") / "data" / name))
     if not path.exists():
         raise GeometryError(f"geometry file {path}: not shipped with this package")
     return path
@@ -287,7 +287,7 @@ def packaged_layout(name: str = DEFAULT_MODULE_LAYOUT) -> Path:
 
 def packaged_layouts() -> list[Path]:
     """The layout files shipped inside the package, by name."""
-    return sorted(Path(str(resources.files("exporter") / "data")).glob("*.yaml"))
+    return sorted(Path(str(resources.files("larpix_dqm.exporter") / "data")).glob("*.yaml"))
 
 
 def find_geometry(name: str) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.detector.modes import RUN_MODES
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
+from larpix_dqm.exporter.detector.modes import RUN_MODES
 
 #: io_channels per pixel tile in the DAQ's numbering (a PACMAN tile connector carries four).
 IO_CHANNELS_PER_TILE = 4

@@ -6,16 +6,16 @@ import time
 
 import numpy as np
 
-from exporter.build import build_labels
-from exporter.detector.geometry import Geometry, GeometrySummary
-from exporter.metrics.exposition import Family, histogram, label_string
-from exporter.metrics.health import Health
-from exporter.quality.accumulator import FIFO_FLAGS
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.quality.triggers import HITS_EDGES
-from exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
+from larpix_dqm.exporter.build import build_labels
+from larpix_dqm.exporter.detector.geometry import Geometry, GeometrySummary
+from larpix_dqm.exporter.metrics.exposition import Family, histogram, label_string
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality.accumulator import FIFO_FLAGS
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.quality.triggers import HITS_EDGES
+from larpix_dqm.exporter.reading.packets import CLOCK_HZ, DATA_TRIGGER_TYPES, PACKET_TYPE_NAMES
 
 CHIP_LABELS = ("io_group", "io_channel", "chip_id")
 SYNC_KIND_NAMES = ("sync", "heartbeat", "clock_switch")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from exporter.reading.formats import FORMATS
+from larpix_dqm.exporter.reading.formats import FORMATS
 
 
 @dataclass

@@ -15,24 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
-from exporter.detector.runconfig import RunConfig
-from exporter.quality import engine, window
-from exporter.quality.clock import DetectorClock
-from exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
-from exporter.quality.loader import KernelLoader
-from exporter.quality.snapshot import Snapshot, prefer_finite
-from exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_ARRAYS, State, kernel_fields
-from exporter.quality.summary import ChipLayout, summarize
-from exporter.quality.window import Placed
-from exporter.reading.cursor import DataClock
-from exporter.reading.decode import Messages, split_messages
-from exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS, TRIGGER
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
+from larpix_dqm.exporter.detector.runconfig import RunConfig
+from larpix_dqm.exporter.quality import engine, window
+from larpix_dqm.exporter.quality.clock import DetectorClock
+from larpix_dqm.exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
+from larpix_dqm.exporter.quality.loader import KernelLoader
+from larpix_dqm.exporter.quality.snapshot import Snapshot, prefer_finite
+from larpix_dqm.exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_ARRAYS, State, kernel_fields
+from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
+from larpix_dqm.exporter.quality.window import Placed
+from larpix_dqm.exporter.reading.cursor import DataClock
+from larpix_dqm.exporter.reading.decode import Messages, split_messages
+from larpix_dqm.exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS, TRIGGER
 
 if TYPE_CHECKING:
-    from exporter.detector.chips import ChipIndex
-    from exporter.quality.reference import Reference
-    from exporter.reading.files import Chunk
+    from larpix_dqm.exporter.detector.chips import ChipIndex
+    from larpix_dqm.exporter.quality.reference import Reference
+    from larpix_dqm.exporter.reading.files import Chunk
 
 __all__ = [
     "COMPILED",

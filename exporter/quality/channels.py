@@ -16,10 +16,15 @@ import time
 
 import numpy as np
 
-from exporter import __version__
-from exporter.detector.runconfig import CHIP_KEY_SCHEME, CSV_CHANNELS_HEADER, DISABLED_LIST_KEY_SCHEME, daq_tile
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter import __version__
+from larpix_dqm.exporter.detector.runconfig import (
+    CHIP_KEY_SCHEME,
+    CSV_CHANNELS_HEADER,
+    DISABLED_LIST_KEY_SCHEME,
+    daq_tile,
+)
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus
 
 CHANNEL_MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8", "daq": "application/json"}
 #: The key scheme of each JSON form, written into its ``meta.key_scheme``.

@@ -4,7 +4,7 @@ Each check turns one quantity per chip (or per io_group) into a status: 0 ok (in
 warning range), 1 warning (outside it), 2 error (outside the error range), -1 unknown (nothing
 to judge yet: a NaN quantity). A counting check (``poisson``) judges a hit count against its
 expected count: it is outside a range only when the count is significantly so, within the
-false-alarm budget of ``exporter.quality.verdicts``, and unknown while even no hit at all could
+false-alarm budget of ``larpix_dqm.exporter.quality.verdicts``, and unknown while even no hit at all could
 not be told from the lower limit. The parity and FIFO-full ratios are counting checks too: the
 flagged packets against the allowed ratio times the packets (a Poisson tail, never below the
 binomial one where it can be significant), so a chip at a benign ratio over a few hundred
@@ -28,13 +28,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import yaml
 
-from exporter.detector.modes import RUN_MODES
-from exporter.quality.accumulator import IO_GROUPS, prefer_finite
-from exporter.quality.reference import Reference
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability, robust_ratio
-from exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
+from larpix_dqm.exporter.detector.modes import RUN_MODES
+from larpix_dqm.exporter.quality.accumulator import IO_GROUPS, prefer_finite
+from larpix_dqm.exporter.quality.reference import Reference
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability, robust_ratio
+from larpix_dqm.exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
 
 INF = math.inf
 #: Share of the window's data packets from periodic triggers that makes ``auto`` a pedestal run.

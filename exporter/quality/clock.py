@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.reading.cursor import DataClock
-from exporter.reading.packets import IO_GROUPS, TIMESTAMP
+from larpix_dqm.exporter.reading.cursor import DataClock
+from larpix_dqm.exporter.reading.packets import IO_GROUPS, TIMESTAMP
 
 log = logging.getLogger(__name__)
 

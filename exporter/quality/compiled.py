@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 from numba import config, njit
 
-from exporter.quality.state import MERGE_TICKS
-from exporter.reading.decode import WORD_DATA, WORD_SYNC, WORD_TRIGGER
-from exporter.reading.packets import (
+from larpix_dqm.exporter.quality.state import MERGE_TICKS
+from larpix_dqm.exporter.reading.decode import WORD_DATA, WORD_SYNC, WORD_TRIGGER
+from larpix_dqm.exporter.reading.packets import (
     DATA,
     EXTERNAL_TRIGGER_BIT,
     PERIODIC_TRIGGER,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.quality.state import MERGE_TICKS, PACKET_TYPES, State
-from exporter.quality.window import slot_ends
-from exporter.reading.packets import (
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
+from larpix_dqm.exporter.quality.state import MERGE_TICKS, PACKET_TYPES, State
+from larpix_dqm.exporter.quality.window import slot_ends
+from larpix_dqm.exporter.reading.packets import (
     DATA,
     DATA_TRIGGER_TYPES,
     EXTERNAL_TRIGGER_BIT,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.quality.checks import CheckResults
-from exporter.quality.reference import Comparison
-from exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.checks import CheckResults
+from larpix_dqm.exporter.quality.reference import Comparison
+from larpix_dqm.exporter.quality.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

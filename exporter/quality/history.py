@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.snapshot import Snapshot
 
 COLUMNS = ("data_time", "io_group", "io_channel", "chip_id", "hit_rate_hz", "adc_mean", "adc_std", "status")
 

@@ -43,7 +43,9 @@ class KernelLoader:
     def _try_load(self, warm_up: Callable[[], None]) -> str | None:
         """Import the kernels and run ``warm_up``; why the numpy engine must count instead, or None."""
         try:
-            self._module = importlib.import_module("exporter.quality.compiled")  # numba: not on the caller's time
+            self._module = importlib.import_module(
+                "larpix_dqm.exporter.quality.compiled"
+            )  # numba: not on the caller's time
             interpreted = self._module.not_compiled()
             if interpreted is not None:  # run as Python, the kernels would be far slower than the numpy engine
                 return f"{interpreted}, so numba would run the kernels as Python"
@@ -60,6 +62,6 @@ class KernelLoader:
 
     @property
     def kernels(self) -> ModuleType:
-        """``exporter.quality.compiled``, once ``ready()``."""
+        """``larpix_dqm.exporter.quality.compiled``, once ``ready()``."""
         assert self._module is not None
         return self._module

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.quality.snapshot import Snapshot, prefer_finite
+from larpix_dqm.exporter.quality.snapshot import Snapshot, prefer_finite
 
 REFERENCE_ARRAYS = ("chip_keys", "rate_hz", "adc_mean", "adc_std", "hits", "duration_s")
 #: The first bytes of a zip archive, which an .npz file is.

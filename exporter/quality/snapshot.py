@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.quality.config import QualityConfig
+from larpix_dqm.exporter.quality.config import QualityConfig
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter.detector.chips import ChipIndex
-from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.quality.clock import DetectorClock
-from exporter.quality.config import QualityConfig
-from exporter.quality.triggers import DELAY_BINS, HITS_EDGES, TRIGGER_BITS, TriggerWindows
-from exporter.reading.packets import DATA_TRIGGER_TYPES, IO_GROUPS, SYNC_KIND_CODES
+from larpix_dqm.exporter.detector.chips import ChipIndex
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
+from larpix_dqm.exporter.quality.clock import DetectorClock
+from larpix_dqm.exporter.quality.config import QualityConfig
+from larpix_dqm.exporter.quality.triggers import DELAY_BINS, HITS_EDGES, TRIGGER_BITS, TriggerWindows
+from larpix_dqm.exporter.reading.packets import DATA_TRIGGER_TYPES, IO_GROUPS, SYNC_KIND_CODES
 
 PACKET_TYPES = 8
 #: Hits of a channel at most this many 10 MHz ticks after its arrival's first hit are one arrival (1 ms).

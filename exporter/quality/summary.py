@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.detector.geometry import CHANNELS_PER_CHIP
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.state import State
-from exporter.quality.status import ChannelStatus
-from exporter.quality.verdicts import Cusum, VerdictInputs, judge
-from exporter.quality.window import chip_clock, covered_seconds, span_seconds
-from exporter.reading.packets import CLOCK_HZ, DATA, IO_GROUPS, SELF_TRIGGER
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.state import State
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.quality.verdicts import Cusum, VerdictInputs, judge
+from larpix_dqm.exporter.quality.window import chip_clock, covered_seconds, span_seconds
+from larpix_dqm.exporter.reading.packets import CLOCK_HZ, DATA, IO_GROUPS, SELF_TRIGGER
 
 
 @dataclass(frozen=True)

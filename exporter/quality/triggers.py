@@ -18,9 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from exporter.detector.chips import ChipIndex
-from exporter.reading.decode import Messages
-from exporter.reading.packets import (
+from larpix_dqm.exporter.detector.chips import ChipIndex
+from larpix_dqm.exporter.reading.decode import Messages
+from larpix_dqm.exporter.reading.packets import (
     DATA,
     EXTERNAL_TRIGGER_BIT,
     IO_GROUPS,

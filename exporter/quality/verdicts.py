@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.quality.status import ChannelStatus
 
 #: The verdict families the budget is split over (equal shares).
 FAMILIES = (

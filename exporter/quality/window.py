@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.quality.clock import TOLERANCE_SECONDS, Reading
-from exporter.quality.state import State
-from exporter.reading.cursor import DataClock
-from exporter.reading.packets import IO_GROUPS
+from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, Reading
+from larpix_dqm.exporter.quality.state import State
+from larpix_dqm.exporter.reading.cursor import DataClock
+from larpix_dqm.exporter.reading.packets import IO_GROUPS
 
 #: Data seconds without any timestamp of an io_group (it sends one with every message, and an 'S'
 #: sync every second) after which the gap is dead time and the io_group's run starts again.

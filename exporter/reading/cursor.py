@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.reading.packets import IO_GROUPS
+from larpix_dqm.exporter.reading.packets import IO_GROUPS
 
 
 class DataClock:

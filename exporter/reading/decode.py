@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporter.reading.packets import PACKET_DTYPE, SYNC, TIMESTAMP, TRIGGER
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, SYNC, TIMESTAMP, TRIGGER
 
 HEADER_BYTES = 8
 WORD_BYTES = 16

@@ -17,10 +17,10 @@ from functools import cached_property
 import h5py
 import numpy as np
 
-from exporter.reading.cursor import FileCursor
-from exporter.reading.decode import Messages
-from exporter.reading.formats import detect
-from exporter.reading.formats.base import InputFormat, Rows, SourceError
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.decode import Messages
+from larpix_dqm.exporter.reading.formats import detect
+from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError
 
 log = logging.getLogger(__name__)
 

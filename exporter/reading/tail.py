@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from exporter.reading.cursor import FileCursor
-from exporter.reading.files import Chunk, FileReader, FileReplaced
-from exporter.reading.formats.base import SourceError
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.files import Chunk, FileReader, FileReplaced
+from larpix_dqm.exporter.reading.formats.base import SourceError
 
 log = logging.getLogger(__name__)
 

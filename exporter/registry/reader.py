@@ -18,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from exporter.quality.status import CheckStatus
-from exporter.registry.schema import RegistryError, connect
+from larpix_dqm.exporter.quality.status import CheckStatus
+from larpix_dqm.exporter.registry.schema import RegistryError, connect
 
 FORMATS = ("table", "json", "csv")
 VERDICTS = ("good", "bad")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from exporter.reading.files import Chunk
-from exporter.reading.packets import TIMESTAMP
+from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.exporter.reading.packets import TIMESTAMP
 
 PATTERN, METADATA, FILE = "pattern", "metadata", "file"
 RUN_ATTRIBUTES = ("run", "run_number", "run_id")

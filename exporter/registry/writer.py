@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from exporter.quality.channels import channel_list
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.status import CheckStatus
-from exporter.reading.files import Chunk
-from exporter.registry.runs import RunName, RunNamer, chunk_span
-from exporter.registry.schema import RegistryError, connect
+from larpix_dqm.exporter.quality.channels import channel_list
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.status import CheckStatus
+from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.exporter.registry.runs import RunName, RunNamer, chunk_span
+from larpix_dqm.exporter.registry.schema import RegistryError, connect
 
 #: Channel statuses whose lists a run keeps (as they stand at its last update).
 BAD_CHANNEL_STATUSES = ("noisy", "silent", "inefficient")

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.detector.geometry import Geometry
-from exporter.metrics.health import Health
-from exporter.quality.accumulator import Accumulator
-from exporter.quality.state import BY_NAME
-from exporter.reading.cursor import FileCursor
-from exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.quality.state import BY_NAME
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 2

@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exporter.detector.runconfig import RunConfigError
-from exporter.metrics.health import Health
-from exporter.monitor import Monitor
-from exporter.quality.accumulator import Accumulator
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.snapshot import Snapshot
-from exporter.reading.cursor import FileCursor
-from exporter.reading.files import Chunk, FileReader
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint
+from larpix_dqm.exporter.detector.runconfig import RunConfigError
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import Accumulator
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.reading.cursor import FileCursor
+from larpix_dqm.exporter.reading.files import Chunk, FileReader
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.runtime.checkpoint import WINDOW_CHECKPOINT_SECONDS, Checkpoint
 
 log = logging.getLogger(__name__)
 #: Shortest time between two publications inside a poll (a backlog being read).

@@ -9,22 +9,22 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from exporter.detector.geometry import Geometry
-from exporter.detector.runconfig import RunConfig, RunConfigError
-from exporter.metrics.exposition import render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.monitor import Monitor, unexpected_chips
-from exporter.quality.channels import channel_list
-from exporter.quality.config import COMPILED
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus
-from exporter.reading.files import Chunk
-from exporter.reading.formats import detect
-from exporter.reading.formats.base import SourceError
-from exporter.reading.tail import DirectoryTail, InputSpec
-from exporter.runtime.ingest import count_chunk, note_reading
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.detector.runconfig import RunConfig, RunConfigError
+from larpix_dqm.exporter.metrics.exposition import render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitor import Monitor, unexpected_chips
+from larpix_dqm.exporter.quality.channels import channel_list
+from larpix_dqm.exporter.quality.config import COMPILED
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.exporter.reading.formats import detect
+from larpix_dqm.exporter.reading.formats.base import SourceError
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.runtime.ingest import count_chunk, note_reading
 
 #: ``process_file`` hands ``on_evaluation`` an evaluation every this many seconds of the file's data time.
 EVALUATE_EVERY_SECONDS = 10.0

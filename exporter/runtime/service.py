@@ -9,22 +9,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.detector.geometry import resolve_geometry
-from exporter.monitor import Monitor
-from exporter.reading.files import FileReader
-from exporter.reading.tail import InputSpec
-from exporter.registry.runs import CurrentRun, RunNamer
-from exporter.registry.schema import RegistryError
-from exporter.registry.writer import RegistryWriter, RunContext
-from exporter.runtime.checkpoint import default_state_file
-from exporter.runtime.ingest import Ingester, Published
-from exporter.settings import Settings
-from exporter.web.auth import load_web_config
-from exporter.web.server import ExporterServer, MetricsApp
+from larpix_dqm.exporter.detector.geometry import resolve_geometry
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.reading.files import FileReader
+from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.registry.runs import CurrentRun, RunNamer
+from larpix_dqm.exporter.registry.schema import RegistryError
+from larpix_dqm.exporter.registry.writer import RegistryWriter, RunContext
+from larpix_dqm.exporter.runtime.checkpoint import default_state_file
+from larpix_dqm.exporter.runtime.ingest import Ingester, Published
+from larpix_dqm.exporter.settings import Settings
+from larpix_dqm.exporter.web.auth import load_web_config
+from larpix_dqm.exporter.web.server import ExporterServer, MetricsApp
 
 if TYPE_CHECKING:
-    from plots.engine import PlotSettings
-    from plots.worker import PlotWorker
+    from larpix_dqm.plots.engine import PlotSettings
+    from larpix_dqm.plots.worker import PlotWorker
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ class Service:
             self.ingester.publish_listeners.append(self._record_run)  # before the server renders the publication
         self.plots: PlotWorker | None = None
         if plots is not None:
-            from plots.engine import PlotEngine  # matplotlib only when plots are asked for
-            from plots.worker import PlotWorker
+            from larpix_dqm.plots.engine import PlotEngine  # matplotlib only when plots are asked for
+            from larpix_dqm.plots.worker import PlotWorker
 
             engine = PlotEngine(plots, self.geometry)
             self.plots = PlotWorker(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from exporter.reading.packets import TICKS_PER_SYNC
+from larpix_dqm.exporter.reading.packets import TICKS_PER_SYNC
 
 #: Longest drift time in ticks (~30 cm at 1.6 mm/µs: 190 µs of 100 ns ticks).
 DRIFT_TICKS = 1900

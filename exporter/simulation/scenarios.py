@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from exporter.detector.geometry import Geometry
-from exporter.simulate import Faults, SimulationConfig, channel_keys
-from exporter.simulation.activity import Activity, RateChange
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, channel_keys
+from larpix_dqm.exporter.simulation.activity import Activity, RateChange
 
 NOISE_HZ = 0.05
 DETECTOR = Activity(rate_spread=0.3, edge_factor=3.0, cosmic_rate_hz=2.0, steep_fraction=0.1)

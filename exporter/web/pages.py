@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
-from exporter.metrics.exposition import Family
-from plots.store import BROWSER_IMAGES, ERROR_REASONS, PlotFile, PlotStore
+from larpix_dqm.exporter.metrics.exposition import Family
+from larpix_dqm.plots.store import BROWSER_IMAGES, ERROR_REASONS, PlotFile, PlotStore
 
 #: Gallery order: the whole anode first, then the pixel maps, then the rest by name.
 _FIRST = ("AnodeOverview", "PixelMap")

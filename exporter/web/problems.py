@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from exporter.detector.geometry import Geometry, unseen_chips_warning
-from exporter.quality.checks import Check
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.status import CheckStatus
+from larpix_dqm.exporter.detector.geometry import Geometry, unseen_chips_warning
+from larpix_dqm.exporter.quality.checks import Check
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.status import CheckStatus
 
 #: Chip rows shown at most; the rest are counted (a broken io_group has hundreds of chips).
 MAX_CHIP_ROWS = 100

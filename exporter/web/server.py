@@ -38,28 +38,28 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 
-from exporter import __version__
-from exporter.detector.geometry import Geometry
-from exporter.detector.runconfig import RunConfig
-from exporter.metrics.exposition import CONTENT_TYPE, Family, render
-from exporter.metrics.families import FamilyBuilder
-from exporter.metrics.health import Health
-from exporter.monitoring import Monitoring
-from exporter.quality.channels import (
+from larpix_dqm.exporter import __version__
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.detector.runconfig import RunConfig
+from larpix_dqm.exporter.metrics.exposition import CONTENT_TYPE, Family, render
+from larpix_dqm.exporter.metrics.families import FamilyBuilder
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.quality.channels import (
     CHANNEL_MEDIA_TYPES,
     DEFAULT_STATUSES,
     channel_list,
     disabled_list_meta,
     format_channels,
 )
-from exporter.quality.evaluation import Evaluation
-from exporter.quality.history import History
-from exporter.quality.snapshot import Snapshot
-from exporter.quality.status import ChannelStatus, CheckStatus
-from exporter.registry.reader import find_run, format_run, format_runs, read_runs, recent_runs
-from exporter.registry.schema import RegistryError
-from exporter.web.auth import WebConfig
-from exporter.web.pages import (
+from larpix_dqm.exporter.quality.evaluation import Evaluation
+from larpix_dqm.exporter.quality.history import History
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.registry.reader import find_run, format_run, format_runs, read_runs, recent_runs
+from larpix_dqm.exporter.registry.schema import RegistryError
+from larpix_dqm.exporter.web.auth import WebConfig
+from larpix_dqm.exporter.web.pages import (
     GALLERY_CSS,
     PlotSource,
     folder_html,
@@ -68,8 +68,8 @@ from exporter.web.pages import (
     plot_families,
     runs_html,
 )
-from exporter.web.problems import PROBLEMS_CSS, geometry_notice_html, problems_html
-from plots.store import MEDIA_TYPES
+from larpix_dqm.exporter.web.problems import PROBLEMS_CSS, geometry_notice_html, problems_html
+from larpix_dqm.plots.store import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
 GZIP_LEVEL = 1

@@ -8,10 +8,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from exporter.quality.status import ChannelStatus
-from plots.base import PlotContext
-from plots.cached import CachedFigure
-from plots.draw import (
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.plots.base import PlotContext
+from larpix_dqm.plots.cached import CachedFigure
+from larpix_dqm.plots.draw import (
     MEAN_CMAP,
     RATE_CMAP,
     TilePanel,
@@ -25,7 +25,7 @@ from plots.draw import (
     titles,
     window_text,
 )
-from plots.pixels import PixelPlot, PixelView, TileRef, tile_images
+from larpix_dqm.plots.pixels import PixelPlot, PixelView, TileRef, tile_images
 
 #: The two quantities: TileImages field, colour map, panel title, colour bar label, colour bar extension.
 FIELDS = (

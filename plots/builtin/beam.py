@@ -1,6 +1,6 @@
 """``BeamTriggers``: the charge after the last external (beam) triggers, hits per trigger and per tile.
 
-Pairs triggers and hits as ``exporter.quality.triggers`` does, so the plot and the ``beam_*`` metrics agree:
+Pairs triggers and hits as ``larpix_dqm.exporter.quality.triggers`` does, so the plot and the ``beam_*`` metrics agree:
 every packet is placed at (data second of its io_group's latest timestamp packet) x 10 MHz + its tick (a
 data packet stamped after its PACMAN receipt time belongs to the second before); a trigger is paired with the
 self-triggered hits of every io_group in the drift window after it once every io_group still sending data is
@@ -20,13 +20,20 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from exporter.detector.geometry import Geometry
-from exporter.quality.config import QualityConfig
-from exporter.quality.triggers import COINCIDENT_TICKS, NO_TIME, SETTLE_TICKS, STOPPED_TICKS
-from exporter.reading.packets import DATA, EXTERNAL_TRIGGER_BIT, IO_GROUPS, TICKS_PER_SYNC, TIMESTAMP, TRIGGER
-from plots.base import Plot, PlotContext
-from plots.draw import KeptFigure, file_label, no_data
-from plots.pixels import ChipTiles
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.config import QualityConfig
+from larpix_dqm.exporter.quality.triggers import COINCIDENT_TICKS, NO_TIME, SETTLE_TICKS, STOPPED_TICKS
+from larpix_dqm.exporter.reading.packets import (
+    DATA,
+    EXTERNAL_TRIGGER_BIT,
+    IO_GROUPS,
+    TICKS_PER_SYNC,
+    TIMESTAMP,
+    TRIGGER,
+)
+from larpix_dqm.plots.base import Plot, PlotContext
+from larpix_dqm.plots.draw import KeptFigure, file_label, no_data
+from larpix_dqm.plots.pixels import ChipTiles
 
 #: How many of the latest external triggers the plot shows.
 N_TRIGGERS = 200

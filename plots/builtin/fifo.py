@@ -6,11 +6,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from exporter.quality.accumulator import FIFO_FLAGS
-from exporter.reading.packets import DATA
-from plots.base import Plot, PlotContext
-from plots.draw import KeptFigure, file_label, no_data, time_axis
-from plots.series import TimeSeries, unix_to_mpl
+from larpix_dqm.exporter.quality.accumulator import FIFO_FLAGS
+from larpix_dqm.exporter.reading.packets import DATA
+from larpix_dqm.plots.base import Plot, PlotContext
+from larpix_dqm.plots.draw import KeptFigure, file_label, no_data, time_axis
+from larpix_dqm.plots.series import TimeSeries, unix_to_mpl
 
 FLAG_LABELS = [f"{fifo} FIFO {level}" for fifo, level in FIFO_FLAGS]
 FLAG_COLOURS = ["#9ecae1", "#08519c", "#fdae6b", "#a63603"]

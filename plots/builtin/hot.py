@@ -6,9 +6,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from exporter.quality.status import ChannelStatus
-from plots.base import Plot, PlotContext
-from plots.draw import NOISY_COLOUR, KeptFigure, no_data, window_text
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.plots.base import Plot, PlotContext
+from larpix_dqm.plots.draw import NOISY_COLOUR, KeptFigure, no_data, window_text
 
 TOP = 20
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from exporter.quality.status import ChannelStatus
-from plots.base import PlotContext
-from plots.cached import CachedFigure
-from plots.draw import (
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.plots.base import PlotContext
+from larpix_dqm.plots.cached import CachedFigure
+from larpix_dqm.plots.draw import (
     MEAN_CMAP,
     RATE_CMAP,
     STD_CMAP,
@@ -24,7 +24,7 @@ from plots.draw import (
     titles,
     window_text,
 )
-from plots.pixels import PixelPlot, TileGrid, TileImages, TileRef, tile_images
+from larpix_dqm.plots.pixels import PixelPlot, TileGrid, TileImages, TileRef, tile_images
 
 #: The three panels: colour map, panel title, colour bar label, colour bar extension.
 PANELS = (

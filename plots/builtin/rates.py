@@ -7,11 +7,11 @@ from matplotlib.axes import Axes
 from matplotlib.colorbar import Colorbar
 from matplotlib.figure import Figure
 
-from exporter.reading.packets import DATA, PACKET_TYPE_NAMES
-from plots.base import Plot, PlotContext
-from plots.draw import KeptFigure, file_label, no_data, time_axis, utc, window_text
-from plots.pixels import ChipTiles
-from plots.series import TimeSeries, unix_to_mpl
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_TYPE_NAMES
+from larpix_dqm.plots.base import Plot, PlotContext
+from larpix_dqm.plots.draw import KeptFigure, file_label, no_data, time_axis, utc, window_text
+from larpix_dqm.plots.pixels import ChipTiles
+from larpix_dqm.plots.series import TimeSeries, unix_to_mpl
 
 PARITY = len(PACKET_TYPE_NAMES)  # series index of parity errors, after the 8 packet types
 

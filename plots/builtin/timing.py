@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from exporter.reading.packets import (
+from larpix_dqm.exporter.reading.packets import (
     DATA,
     EXTERNAL_TRIGGER_BIT,
     IO_GROUPS,
@@ -19,9 +19,9 @@ from exporter.reading.packets import (
     TICKS_PER_SYNC,
     TRIGGER,
 )
-from plots.base import Plot, PlotContext
-from plots.draw import KeptFigure, file_label, no_data
-from plots.series import bin_counts
+from larpix_dqm.plots.base import Plot, PlotContext
+from larpix_dqm.plots.draw import KeptFigure, file_label, no_data
+from larpix_dqm.plots.series import bin_counts
 
 US_PER_TICK = 0.1
 SYNC_EDGES = np.arange(-50, 52) - 0.5  # ticks, one bin per tick offset

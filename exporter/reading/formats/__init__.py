@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import h5py
 
-from exporter.reading.formats.base import InputFormat, SourceError
-from exporter.reading.formats.packet_file import PacketFileFormat
-from exporter.reading.formats.raw import RawFormat
+from larpix_dqm.exporter.reading.formats.base import InputFormat, SourceError
+from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
+from larpix_dqm.exporter.reading.formats.raw import RawFormat
 
 #: Every format, in the order a file is tested against them.
 FORMATS: tuple[InputFormat, ...] = (RawFormat(), PacketFileFormat())

@@ -11,7 +11,7 @@ from typing import ClassVar
 import h5py
 import numpy as np
 
-from exporter.reading.decode import Messages
+from larpix_dqm.exporter.reading.decode import Messages
 
 #: Rows as a format reads them: packet records, or raw messages joined into ``Messages`` (decoded by the
 #: compiled counting in one pass, or to packet records by ``Messages.decode``).

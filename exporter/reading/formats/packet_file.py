@@ -8,8 +8,8 @@ from typing import ClassVar
 import h5py
 import numpy as np
 
-from exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
-from exporter.reading.packets import REQUIRED_FIELDS
+from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
+from larpix_dqm.exporter.reading.packets import REQUIRED_FIELDS
 
 
 class PacketFileFormat(InputFormat):

@@ -9,8 +9,8 @@ from typing import ClassVar
 import h5py
 import numpy as np
 
-from exporter.reading.decode import Messages, split_messages
-from exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
+from larpix_dqm.exporter.reading.decode import Messages, split_messages
+from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
 
 
 class RawFormat(InputFormat):
