@@ -337,7 +337,7 @@ class PlotWorker:
 
     # -- requests and status -------------------------------------------------------------
     def draw_now(self, timeout: float = 60.0) -> bool:
-        """Ask for a cycle now (queued packets first) and wait for it; for tests and tools."""
+        """Ask for a cycle now (queued packets first) and wait for it, at most ``timeout`` s; ``POST /-/draw``."""
         with self._cond:
             self._requested += 1
             target = self._requested

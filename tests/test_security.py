@@ -48,8 +48,10 @@ def certificate(tmp_path_factory):
     return d / "cert.pem", d / "key.pem"
 
 
-def get(url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext | None = None) -> int:
-    request = urllib.request.Request(url)
+def get(
+    url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext | None = None, method: str = "GET"
+) -> int:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
     try:
@@ -192,6 +194,8 @@ def test_client_certificates_headers_and_health_without_auth(tmp_path, tile_geom
         client.load_cert_chain(str(cert), str(key))
         assert get(f"{url}/-/healthy", context=client) == 200
         assert get(f"{url}/metrics", context=client) == 401
+        assert get(f"{url}/-/draw", context=client, method="POST") == 401  # drawing needs a user too
+        assert get(f"{url}/-/draw", ("shift", "pw"), client, "POST") == 404  # a user, but plots are off
         request = urllib.request.Request(f"{url}/metrics")
         request.add_header("Authorization", "Basic " + base64.b64encode(b"shift:pw").decode())
         with urllib.request.urlopen(request, timeout=10, context=client) as resp:

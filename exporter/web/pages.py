@@ -19,12 +19,13 @@ from larpix_dqm.plots.store import BROWSER_IMAGES, ERROR_REASONS, PlotFile, Plot
 #: Gallery order: the whole anode first, then the pixel maps, then the rest by name.
 _FIRST = ("AnodeOverview", "PixelMap")
 
-#: Marks each gallery image loaded or broken once the browser has tried it (the tests read it).
+#: Marks each gallery image loaded or broken once the browser has tried it; a broken one is outlined red and
+#: its caption says so, rather than showing an empty frame.
 _IMAGE_STATE_SCRIPT = """<script>
 for (const img of document.querySelectorAll('.gallery img')) {
   const mark = () => {
     img.dataset.state = img.naturalWidth > 0 ? 'loaded' : 'broken';
-    img.dataset.naturalWidth = String(img.naturalWidth);
+    if (img.naturalWidth === 0) { img.closest('figure').querySelector('figcaption').append(' (not loaded)'); }
   };
   if (img.complete) { mark(); } else { img.addEventListener('load', mark); img.addEventListener('error', mark); }
 }
@@ -38,6 +39,8 @@ class PlotSource(Protocol):
     def store(self) -> PlotStore: ...
 
     def status(self) -> dict: ...
+
+    def draw_now(self, timeout: float) -> bool: ...
 
 
 def _order(plot: PlotFile) -> tuple[int, str]:
@@ -92,7 +95,7 @@ def gallery_html(source: PlotSource | None) -> str:
     )
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in _problems(status))
     return (
-        f"<h2>Plots</h2><p>{html.escape(status_line(status))} <a href='/plots/'>All plots</a></p>"
+        f"<h2>Plots</h2><p>{html.escape(status_line(status))} <a href='/plots/'>All plots</a> {_draw_button('/')}</p>"
         + (f"<p>Problems:</p><ul class='problems'>{problems}</ul>" if problems else "")
         + (f"<div class='gallery'>{figures}</div>" if figures else "<p>Not drawn yet (plots follow the data).</p>")
         + _IMAGE_STATE_SCRIPT
@@ -102,8 +105,13 @@ def gallery_html(source: PlotSource | None) -> str:
 GALLERY_CSS = (
     ".gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;width:30em;max-width:100%}"
     ".gallery img{width:100%;border:1px solid #ccc}.gallery figcaption{font-size:90%;color:#444}"
-    ".problems{color:#a00}"
+    ".problems{color:#a00}.gallery img[data-state=broken]{border-color:#a00;min-height:4em}"
 )
+
+
+def _draw_button(then: str) -> str:
+    """A button that asks for a drawing cycle now and comes back to ``then`` once it is drawn."""
+    return f"<form method='post' action='/-/draw?then={quote(then)}' style='display:inline'><button>Draw now</button></form>"
 
 
 def _page(title: str, body: str) -> str:
@@ -133,7 +141,7 @@ def listing_html(source: PlotSource) -> str:
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in _problems(status))
     return _page(
         "plots",
-        f"<p>{html.escape(status_line(status))}</p>"
+        f"<p>{html.escape(status_line(status))} {_draw_button('/plots/')}</p>"
         + (f"<ul class='problems'>{problems}</ul>" if problems else "")
         + "<h2>Newest (drawn since the exporter started)</h2>"
         + _table(sorted(store.drawn(), key=_order), "/plots/")

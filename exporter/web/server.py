@@ -1,5 +1,5 @@
-"""HTTP endpoints: ``/metrics`` (``--web.telemetry-path``), a landing page ``/``, ``/-/healthy``, ``/-/ready``
-and the plots under ``/plots/``.
+"""HTTP endpoints: ``/metrics`` (``--web.telemetry-path``), a landing page ``/``, ``/-/healthy``, ``/-/ready``,
+the plots under ``/plots/`` and ``POST /-/draw`` (draw the plots now).
 
 Scrapes render the most recently published snapshot; nothing here takes a lock that the
 ingest thread holds. Slow clients cannot starve the server: one thread reads every request without
@@ -84,6 +84,9 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 REQUEST_SECONDS = 10.0
 #: Seconds a client has to take the whole answer to a request.
 RESPONSE_SECONDS = 30.0
+#: Seconds ``POST /-/draw`` waits for the drawing cycle it asked for (then 202: still drawing); within
+#: RESPONSE_SECONDS, so the answer is still taken.
+DRAW_WAIT_SECONDS = 20.0
 #: Bytes of a request (head and body) at most: 431 or 413 beyond.
 MAX_REQUEST_BYTES = 64 * 1024
 #: Connections open at once, being read or served; beyond, the one still sending its request whose last
@@ -424,6 +427,18 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.rfile = io.BytesIO(self.request.data)
         self.wfile = DeadlineWriter(self.connection, time.monotonic() + RESPONSE_SECONDS)
 
+    def _authorized(self) -> bool:
+        """Whether the request carries one of the web config's users (always, without one); else answer 401."""
+        if self.app.web is None or self.app.web.authorized(self.headers.get("Authorization")):
+            return True
+        self._send(
+            401,
+            b"unauthorized\n",
+            "text/plain; charset=utf-8",
+            headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
+        )
+        return False
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/-/healthy":
@@ -433,19 +448,39 @@ class RequestHandler(BaseHTTPRequestHandler):
             ready = self.app.ready()
             self._send(200 if ready else 503, b"OK\n" if ready else b"not ready\n", "text/plain; charset=utf-8")
             return
-        if self.app.web is not None and not self.app.web.authorized(self.headers.get("Authorization")):
-            self._send(
-                401,
-                b"unauthorized\n",
-                "text/plain; charset=utf-8",
-                headers={"WWW-Authenticate": 'Basic realm="larpix-dqm"'},
-            )
+        if not self._authorized():
+            return
+        if url.path == "/-/draw":
+            self._send(405, b"POST to draw the plots now\n", "text/plain; charset=utf-8", headers={"Allow": "POST"})
             return
         query = parse_qs(url.query)
         try:
             self._route(url.path, query)
         except Busy:
             self._send(503, b"busy: try again\n", "text/plain; charset=utf-8", headers={"Retry-After": "5"})
+
+    def do_POST(self) -> None:
+        """``POST /-/draw``: a drawing cycle now (the new packets first), answered when its images are written
+        (200) or after DRAW_WAIT_SECONDS (202, still drawing); ``?then=/plots/...`` answers 303 to that page,
+        so a button on the plot pages returns to them."""
+        url = urlsplit(self.path)
+        if not self._authorized():
+            return
+        text = "text/plain; charset=utf-8"
+        if url.path != "/-/draw":
+            self._send(405, b"only /-/draw takes POST\n", text, headers={"Allow": "GET, HEAD"})
+            return
+        if self.app.plots is None:
+            self._send(404, b"plots are off: start serve with -o PLOTDIR\n", text)
+            return
+        drawn = self.app.plots.draw_now(DRAW_WAIT_SECONDS)
+        then = parse_qs(url.query).get("then", [""])[0]
+        if then == "/" or then.startswith("/plots/"):  # only this server's pages: no open redirect
+            self._send(303, b"", text, headers={"Location": then})
+        elif drawn:
+            self._send(200, b"drawn\n", text)
+        else:
+            self._send(202, f"still drawing after {DRAW_WAIT_SECONDS:g} s\n".encode(), text)
 
     def _route(self, path: str, query: dict[str, list[str]]) -> None:
         """Answer one GET or HEAD request for ``path``."""
