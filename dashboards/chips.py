@@ -32,7 +32,7 @@ from dashboards.panels import (
     unit_override,
     with_tile,
 )
-from larpix_dqm.exporter.monitoring import Monitoring, format_threshold
+from larpix_dqm.exporter.monitoring import MixinConfig, format_threshold
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 
 UID = "larpix-chips"
@@ -50,7 +50,7 @@ CHANNEL_TABLE_ORDER = (
 )
 
 
-def build(monitoring: Monitoring) -> dm.Dashboard:
+def build(monitoring: MixinConfig) -> dm.Dashboard:
     """The chips dashboard; the noise cut and the reference ranges come from ``monitoring``."""
     dash = new_dashboard(
         UID,

@@ -17,12 +17,12 @@ from dashboards.panels import (
     target_up_panel,
     ts_panel,
 )
-from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import MixinConfig
 
 UID = "larpix-exporter"
 
 
-def build(monitoring: Monitoring) -> dm.Dashboard:
+def build(monitoring: MixinConfig) -> dm.Dashboard:
     """The exporter dashboard; the target selector comes from ``monitoring``."""
     dash = new_dashboard(
         UID,

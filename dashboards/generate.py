@@ -4,7 +4,7 @@
 The dashboards are built with the Grafana Foundation SDK (``grafana-foundation-sdk`` on
 PyPI, pinned below), one module per dashboard (``overview``, ``chips``, ``exporter_health``,
 ``pixelmaps``) over the shared builders in ``panels``, from the monitoring configuration
-``larpix_dqm.exporter.monitoring.Monitoring`` that the alert generator reads too. They are written as
+``larpix_dqm.exporter.monitoring.MixinConfig`` that the alert generator reads too. They are written as
 ``dashboards/json/<uid>.json`` with sorted keys and an indent of 2, so the committed output
 is stable and reviewable. Never edit the JSON by hand: change the modules and run::
 
@@ -48,7 +48,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from dashboards import chips, exporter_health, overview, pixelmaps  # noqa: E402
-from larpix_dqm.exporter.monitoring import Monitoring  # noqa: E402
+from larpix_dqm.exporter.monitoring import MixinConfig  # noqa: E402
 
 #: Every dashboard, in the order they are written; each file is named after its uid.
 DASHBOARDS = (overview.build, chips.build, exporter_health.build, pixelmaps.build)
@@ -62,7 +62,7 @@ def render(model: dm.Dashboard) -> str:
     return json.dumps(model, cls=JSONEncoder, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def build_all(monitoring: Monitoring) -> dict[str, str]:
+def build_all(monitoring: MixinConfig) -> dict[str, str]:
     """Return ``{file name: JSON text}`` for every dashboard built from ``monitoring``."""
     models = [build(monitoring) for build in DASHBOARDS]
     return {f"{model.uid}.json": render(model) for model in models}
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_sdk_version()
 
-    files = build_all(Monitoring())
+    files = build_all(MixinConfig())
     if args.check:
         stale = [
             name

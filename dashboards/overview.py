@@ -26,12 +26,12 @@ from dashboards.panels import (
     target_up_panel,
     ts_panel,
 )
-from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import MixinConfig
 
 UID = "larpix-overview"
 
 
-def build(monitoring: Monitoring) -> dm.Dashboard:
+def build(monitoring: MixinConfig) -> dm.Dashboard:
     """The overview dashboard; sync lines and the target selector come from ``monitoring``."""
     dash = new_dashboard(
         UID,

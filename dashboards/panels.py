@@ -17,7 +17,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.heatmap import HeatmapColorMode, HeatmapColorScale
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import MixinConfig
 from larpix_dqm.exporter.quality.status import CheckStatus
 
 TAGS = ["larpix"]
@@ -247,7 +247,7 @@ UP_MAPPING = [
 ]
 
 
-def target_up_panel(monitoring: Monitoring) -> stat.Panel:
+def target_up_panel(monitoring: MixinConfig) -> stat.Panel:
     """Whether Prometheus scrapes the exporter: on the overview and the exporter dashboards."""
     return stat_panel(
         "Target up",
@@ -377,7 +377,7 @@ def tile_variable() -> db.QueryVariable:
 
 
 def new_dashboard(
-    uid: str, title: str, description: str, monitoring: Monitoring, extra_variables: Iterable[Any] = ()
+    uid: str, title: str, description: str, monitoring: MixinConfig, extra_variables: Iterable[Any] = ()
 ) -> db.Dashboard:
     """A dashboard with what every LArPix dashboard has: tags, links, refresh, alert annotations, variables."""
     dash = (

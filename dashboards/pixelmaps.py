@@ -8,7 +8,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models.text import TextMode
 
 from dashboards.panels import finish, new_dashboard
-from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import MixinConfig
 
 UID = "larpix-pixelmaps"
 # Pixel-map plugins are named PixelMap_<io_group>_<tile within the io_group> (larpix-monitor's
@@ -16,7 +16,7 @@ UID = "larpix-pixelmaps"
 TILES_PER_IO_GROUP = 8
 
 
-def build(monitoring: Monitoring) -> dm.Dashboard:
+def build(monitoring: MixinConfig) -> dm.Dashboard:
     """The pixel-map dashboard; the images load from ``monitoring.exporter_url`` by default."""
     dash = new_dashboard(
         UID,

@@ -21,9 +21,9 @@ monitor.add_status_handler(changes.append)
 monitor.add_metric_handler(lambda name, value, meta: name == "detector_status" and print("detector status", value))
 
 packets = monitor.add_file(run)
-state = monitor.update()
+evaluation = monitor.update()
 table = monitor.chip_table()
-print(f"{packets} packets, {len(table['chip_id'])} chips, detector status {state.results.detector_status}")
+print(f"{packets} packets, {len(table['chip_id'])} chips, detector status {evaluation.results.detector_status}")
 for change in changes:
     print(change)  # e.g. "chip 1-1-11: ok -> error (hit_rate_ratio, silent_fraction)"
 print("silent channels:", len(monitor.channels("silent")))

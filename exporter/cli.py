@@ -839,13 +839,13 @@ def baseline(
     packets = sum(monitor.add_file(path) for path in files)
     if errors:
         _fail("; ".join(errors))
-    snap = monitor.update().snapshot
-    if not snap.chip_packets.sum():
+    snapshot = monitor.update().snapshot
+    if not snapshot.chip_packets.sum():
         _fail(f"no data packets in {', '.join(map(str, files))}: nothing to make a reference from")
-    Reference.from_snapshot(snap, [str(p) for p in files]).save(output)
+    Reference.from_snapshot(snapshot, [str(p) for p in files]).save(output)
     typer.echo(
-        f"{output}: {len(snap.chip_keys)} chips, {int((snap.channel_rate_hz > 0).sum())} channels with data, "
-        f"{snap.covered_seconds:.0f} s of data, {packets} packets"
+        f"{output}: {len(snapshot.chip_keys)} chips, {int((snapshot.channel_rate_hz > 0).sum())} channels with data, "
+        f"{snapshot.covered_seconds:.0f} s of data, {packets} packets"
     )
 
 
@@ -925,10 +925,10 @@ def channels(
             monitor.add_file(path)
         if errors:
             _fail("; ".join(errors))
-        snap = monitor.update().snapshot
+        snapshot = monitor.update().snapshot
         try:
-            meta = disabled_list_meta(snap, statuses, [str(p) for p in files])
-            body = format_channels(channel_list(snap, statuses), fmt.value, meta)
+            meta = disabled_list_meta(snapshot, statuses, [str(p) for p in files])
+            body = format_channels(channel_list(snapshot, statuses), fmt.value, meta)
         except ValueError as err:
             _fail(str(err))
     if output is not None:
@@ -964,7 +964,7 @@ def mixin(
     import re
 
     from larpix_dqm.exporter.mixin import MixinError, write_mixin
-    from larpix_dqm.exporter.monitoring import Monitoring
+    from larpix_dqm.exporter.monitoring import MixinConfig
 
     try:
         re.compile(job_selector)
@@ -974,7 +974,7 @@ def mixin(
         _fail(f"--runbook-url {runbook_url!r}: expected an http(s) URL")
     _writable_dir("-o", output)
     try:
-        written = write_mixin(output, Monitoring(job_regex=job_selector, runbook_url=runbook_url))
+        written = write_mixin(output, MixinConfig(job_regex=job_selector, runbook_url=runbook_url))
     except (MixinError, OSError) as err:
         _fail(f"-o {output}: {err}")
     typer.echo(f"wrote {len(written)} files to {output}", err=True)

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from larpix_dqm.exporter.monitoring import Monitoring
+    from larpix_dqm.exporter.monitoring import MixinConfig
 
 #: Repository paths (globs) of the site files, also their paths under ``larpix-dqm mixin -o DIR``.
 SITE_FILES = (
@@ -60,7 +60,7 @@ def _module(path: Path, name: str) -> ModuleType:
     return module
 
 
-def _dashboards(root: Path, monitoring: Monitoring) -> dict[str, str] | None:
+def _dashboards(root: Path, monitoring: MixinConfig) -> dict[str, str] | None:
     """The dashboards for ``monitoring`` as {file name: JSON}, or None without the Grafana Foundation SDK."""
     if importlib.util.find_spec("grafana_foundation_sdk") is None:
         return None
@@ -70,16 +70,16 @@ def _dashboards(root: Path, monitoring: Monitoring) -> dict[str, str] | None:
     return generator.build_all(monitoring)
 
 
-def write_mixin(output: Path, monitoring: Monitoring) -> list[Path]:
+def write_mixin(output: Path, monitoring: MixinConfig) -> list[Path]:
     """Write the site files into ``output``, rules and dashboards for ``monitoring``; return the files written."""
-    from larpix_dqm.exporter.monitoring import Monitoring
+    from larpix_dqm.exporter.monitoring import MixinConfig
 
     root = site_root()
     alerts = _module(root / "alerts" / "generate.py", "larpix_dqm_alerts_generate")
     thresholds = alerts.load_thresholds(monitoring, root / "alerts" / "thresholds.yaml")
     rules = alerts.render(thresholds, monitoring, f"larpix-dqm mixin (job selector {monitoring.job_regex!r})")
     dashboards = _dashboards(root, monitoring)
-    if dashboards is None and monitoring.job_regex != Monitoring().job_regex:
+    if dashboards is None and monitoring.job_regex != MixinConfig().job_regex:
         raise MixinError(
             "dashboards for another job selector need the Grafana Foundation SDK: pip install 'larpix-dqm[mixin]'"
         )

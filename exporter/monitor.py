@@ -5,8 +5,8 @@
     monitor = Monitor(geometry="multi_tile_layout-2.4.16.yaml", window=60)
     monitor.add_status_handler(lambda change: print(change))
     monitor.add_file("run.h5")          # only the rows not read yet
-    state = monitor.update()            # snapshot + check statuses, handlers called
-    state.snapshot.chip_rate_hz         # numpy arrays, one row per chip
+    evaluation = monitor.update()       # snapshot + check statuses, handlers called
+    evaluation.snapshot.chip_rate_hz    # numpy arrays, one row per chip
     monitor.channels("noisy")           # (n, 4): io_group, io_channel, chip_id, channel_id
 
 ``larpix-dqm serve`` runs the same object: its ingest thread feeds it and publishes ``update()``.
@@ -236,19 +236,19 @@ class Monitor:
 
     # -- output ---------------------------------------------------------------------------
     def update(self) -> Evaluation:
-        """Snapshot, check, record history and notify handlers; return the new state."""
-        snap = self.accumulator.snapshot(self.reference)
-        comparison = self.reference.compare(snap) if self.reference is not None else None
+        """Snapshot, check, record history and notify handlers; return the new evaluation."""
+        snapshot = self.accumulator.snapshot(self.reference)
+        comparison = self.reference.compare(snapshot) if self.reference is not None else None
         mode = self.run_mode
         if mode == "auto":
-            mode = detect_run_mode(snap)
-        results = evaluate(snap, self.mode_checks[mode], self.reference)
+            mode = detect_run_mode(snapshot)
+        results = evaluate(snapshot, self.mode_checks[mode], self.reference)
         self.accumulator.note_rates(rates_good(results))
-        self.history.record(snap, results.chip_worst)
-        state = Evaluation(snap, results, comparison, time.time(), mode)
-        self._notify(self._last, state)
-        self._last = state
-        return state
+        self.history.record(snapshot, results.chip_worst)
+        evaluation = Evaluation(snapshot, results, comparison, time.time(), mode)
+        self._notify(self._last, evaluation)
+        self._last = evaluation
+        return evaluation
 
     @property
     def run_mode(self) -> str:
@@ -261,17 +261,17 @@ class Monitor:
         return self._last if self._last is not None else self.update()
 
     def _notify(self, old: Evaluation | None, new: Evaluation) -> None:
-        r, snap = new.results, new.snapshot
-        for group in snap.io_groups.tolist():
+        r, snapshot = new.results, new.snapshot
+        for group in snapshot.io_groups.tolist():
             for name, value in (
-                ("io_group_hit_rate_hz", snap.io_group_rate_hz[group]),
-                ("io_group_sync_rate_hz", snap.sync_rate_hz[group]),
+                ("io_group_hit_rate_hz", snapshot.io_group_rate_hz[group]),
+                ("io_group_sync_rate_hz", snapshot.sync_rate_hz[group]),
                 ("io_group_status", r.io_group_status[group]),
             ):
                 for handler in self._metric_handlers:
-                    self._call(handler, name, float(value), {"io_group": group, "data_time": snap.data_time})
+                    self._call(handler, name, float(value), {"io_group": group, "data_time": snapshot.data_time})
         for handler in self._metric_handlers:
-            self._call(handler, "detector_status", float(r.detector_status), {"data_time": snap.data_time})
+            self._call(handler, "detector_status", float(r.detector_status), {"data_time": snapshot.data_time})
         if not self._status_handlers and not self._log_handlers:
             return
         for change in self._changes(old, new):
@@ -312,20 +312,20 @@ class Monitor:
 
     def chip_table(self) -> dict[str, np.ndarray]:
         """Per-chip statistics and the worst check status, as named numpy columns."""
-        state = self.evaluation
-        snap = state.snapshot
+        evaluation = self.evaluation
+        snapshot = evaluation.snapshot
         table = {
-            "io_group": snap.chip_keys[:, 0],
-            "io_channel": snap.chip_keys[:, 1],
-            "chip_id": snap.chip_keys[:, 2],
-            "packets": snap.chip_packets,
-            "hit_rate_hz": snap.chip_rate_hz,
-            "adc_mean": snap.chip_adc_mean,
-            "adc_std": snap.chip_adc_std,
-            "status": state.results.chip_worst,
+            "io_group": snapshot.chip_keys[:, 0],
+            "io_channel": snapshot.chip_keys[:, 1],
+            "chip_id": snapshot.chip_keys[:, 2],
+            "packets": snapshot.chip_packets,
+            "hit_rate_hz": snapshot.chip_rate_hz,
+            "adc_mean": snapshot.chip_adc_mean,
+            "adc_std": snapshot.chip_adc_std,
+            "status": evaluation.results.chip_worst,
         }
         for i, status in enumerate(ChannelStatus.judged()):
-            table[f"{status.label}_channels"] = snap.chip_status_counts[:, i]
+            table[f"{status.label}_channels"] = snapshot.chip_status_counts[:, i]
         return table
 
     def channels(self, *statuses: str) -> np.ndarray:
@@ -341,12 +341,12 @@ class Monitor:
         return self.history.export(path, fmt)
 
 
-def unexpected_chips(snap: Snapshot) -> list[dict[str, int]]:
+def unexpected_chips(snapshot: Snapshot) -> list[dict[str, int]]:
     """Chips outside the geometry that sent valid data: io_group, io_channel, chip_id and their data packets."""
     return [
-        {"io_group": g, "io_channel": c, "chip_id": chip, "packets": int(snap.chip_packets[row])}
+        {"io_group": g, "io_channel": c, "chip_id": chip, "packets": int(snapshot.chip_packets[row])}
         for row, (g, c, chip) in zip(
-            np.flatnonzero(~snap.chip_expected).tolist(), snap.chip_keys[~snap.chip_expected].tolist()
+            np.flatnonzero(~snapshot.chip_expected).tolist(), snapshot.chip_keys[~snapshot.chip_expected].tolist()
         )
     ]
 

@@ -17,7 +17,7 @@ from larpix_dqm.exporter.settings import DEFAULT_PORT, DEFAULT_RUNBOOK_URL, Sett
 
 
 @dataclass(frozen=True)
-class Monitoring:
+class MixinConfig:
     """The job selector, runbook, exporter address and check ranges the rules and dashboards use."""
 
     #: RE2 regex (fully anchored by Prometheus) over the scrape job names of the exporter. The

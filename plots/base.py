@@ -22,7 +22,7 @@ from larpix_dqm.exporter.quality.snapshot import Snapshot
 class PlotContext:
     """What a plot is given besides the packets.
 
-    ``stats`` is the latest published snapshot: per-chip and per-channel arrays over the
+    ``snapshot`` is the latest published snapshot: per-chip and per-channel arrays over the
     same sliding window as the metrics. ``times`` is only filled in ``update``: the data time
     (unix seconds) of each new packet by the accumulator's rule (README "Data time"), empty
     elsewhere, NaN before the first accepted timestamp packet of its io_group in the file.
@@ -31,7 +31,7 @@ class PlotContext:
     """
 
     filename: str | None
-    stats: Snapshot
+    snapshot: Snapshot
     geometry: Geometry | None
     times: np.ndarray = field(default_factory=lambda: np.empty(0))
     dropped_packets: int = 0
@@ -42,7 +42,7 @@ class Plot:
 
     ``per_file`` plots get one instance per input file (fed that file's packets through
     ``update``); the others (``per_file = False``) get one instance in total and draw from
-    ``ctx.stats`` only. ``outputs`` names the images a plot makes (one by default, the
+    ``ctx.snapshot`` only. ``outputs`` names the images a plot makes (one by default, the
     class name; ``PixelMap`` makes ``PixelMap_<io_group>_<tile>``), and ``draw`` makes one
     of them, reusing ``fig`` (the figure it returned last time for that name) or a new
     ``matplotlib.figure.Figure``.

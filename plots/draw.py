@@ -79,12 +79,12 @@ def utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-def window_text(stats: Snapshot) -> str:
+def window_text(snapshot: Snapshot) -> str:
     """How the snapshot's window reads in a subtitle: the data-time span it covers, and whether the window
     is still filling (a first picture after a few seconds of data says so)."""
-    covered, window = stats.covered_seconds, stats.config.window_seconds
+    covered, window = snapshot.covered_seconds, snapshot.config.window_seconds
     filling = f" (of a {window:g} s window, still filling)" if covered < window else ""
-    return f"last {round(covered, 1):g} s of data time up to {utc(stats.data_time)}{filling}"
+    return f"last {round(covered, 1):g} s of data time up to {utc(snapshot.data_time)}{filling}"
 
 
 def titles(fig: Figure, title: str, subtitle: str) -> tuple[Text, Text]:
@@ -151,10 +151,10 @@ def nice_ceil(value: float) -> float:
     return next(m * decade for m in (1, 2, 5, 10) if m * decade >= value * (1 - 1e-12))
 
 
-def rate_norm(stats: Snapshot, rates: np.ndarray) -> LogNorm:
+def rate_norm(snapshot: Snapshot, rates: np.ndarray) -> LogNorm:
     """Log scale from one hit in a full window up to the highest rate, rounded up to 1, 2 or 5 times a
     power of ten: the limits, and so the colour bar, change rarely, and it is redrawn only then."""
-    low = 1.0 / max(stats.config.window_seconds, stats.covered_seconds)
+    low = 1.0 / max(snapshot.config.window_seconds, snapshot.covered_seconds)
     finite = rates[np.isfinite(rates)]
     high = float(finite.max()) if len(finite) else 0.0
     return LogNorm(low, nice_ceil(max(high, 10 * low)))

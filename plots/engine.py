@@ -99,9 +99,9 @@ class PluginHealth:
     write_errors: dict[str, int] = field(default_factory=dict)  # images not written, by reason
 
 
-def fingerprint(stats: Snapshot) -> tuple[int, float]:
+def fingerprint(snapshot: Snapshot) -> tuple[int, float]:
     """Changes whenever a snapshot counts more packets: (packets counted, newest data time)."""
-    return int(stats.packet_type_counts.sum()), stats.data_time if math.isfinite(stats.data_time) else -1.0
+    return int(snapshot.packet_type_counts.sum()), snapshot.data_time if math.isfinite(snapshot.data_time) else -1.0
 
 
 @dataclass
@@ -260,9 +260,9 @@ class PlotEngine:
         """Whether any selected plot reads packets (else only which files changed matters)."""
         return bool(self.per_file_specs)
 
-    def has_work(self, stats: Snapshot) -> bool:
-        """Whether ``draw(stats)`` would draw anything."""
-        fp = fingerprint(stats)
+    def has_work(self, snapshot: Snapshot) -> bool:
+        """Whether ``draw(snapshot)`` would draw anything."""
+        fp = fingerprint(snapshot)
         return self.shared_fresh.due(fp) or any(state.fresh.due(fp) for state in self.files.values())
 
     # -- isolation ----------------------------------------------------------------------
@@ -314,10 +314,10 @@ class PlotEngine:
         for fig in state.figures.values():
             _close(fig)
 
-    def update(self, key: tuple[str, int], packets: np.ndarray | None, stats: Snapshot, dropped: int = 0) -> None:
+    def update(self, key: tuple[str, int], packets: np.ndarray | None, snapshot: Snapshot, dropped: int = 0) -> None:
         """New packets of one input file (``key`` = path, inode); ``None`` when only touched."""
         state = self._file(key)
-        fp = fingerprint(stats)
+        fp = fingerprint(snapshot)
         state.fresh.feed(fp)
         self.shared_fresh.feed(fp)
         if state.stem not in self._new_stems:
@@ -328,7 +328,7 @@ class PlotEngine:
             return
         packets = as_packet_dtype(packets)
         times = self.clock.times(packets, state.clock, time.time())
-        ctx = PlotContext(state.path, stats, self.geometry, times, state.dropped)
+        ctx = PlotContext(state.path, snapshot, self.geometry, times, state.dropped)
         for name, plot in list(state.plots.items()):
             if isinstance(plot, Plot):
                 self._guard(name, "update", plot.update, packets, ctx)
@@ -396,7 +396,7 @@ class PlotEngine:
             )
             self.write_problem = reason
 
-    def draw(self, stats: Snapshot, between: Callable[[], None] = lambda: None, first_look: bool = False) -> int:
+    def draw(self, snapshot: Snapshot, between: Callable[[], None] = lambda: None, first_look: bool = False) -> int:
         """Draw every selected image whose data changed; return the number of images written.
 
         ``between`` runs after each image (the drawing process takes queued packets there, so
@@ -406,10 +406,10 @@ class PlotEngine:
         written = 0
         self.failed_writes = 0
         self._deferred = False
-        fp = fingerprint(stats)
+        fp = fingerprint(snapshot)
         if self.shared_fresh.due(fp):
             self.shared_fresh.done(fp)
-            ctx = PlotContext(None, stats, self.geometry)
+            ctx = PlotContext(None, snapshot, self.geometry)
             stems = self._stems = self._new_stems or self._stems  # a redraw for a newer snapshot: same folders
             self._new_stems = []
             for name, plot in self.shared.items():
@@ -418,18 +418,18 @@ class PlotEngine:
             self.shared_fresh.dirty |= self.failed_writes > 0 or self._deferred
         for key in [key for key, state in self.files.items() if state.fresh.due(fp)]:
             if key in self.files:  # files fed in between() may have retired others
-                written += self._draw_file(self.files[key], fp, stats, between, first_look)
+                written += self._draw_file(self.files[key], fp, snapshot, between, first_look)
         return written
 
     def _draw_file(
-        self, state: _FileState, fp: tuple, stats: Snapshot, between: Callable[[], None], first_look: bool
+        self, state: _FileState, fp: tuple, snapshot: Snapshot, between: Callable[[], None], first_look: bool
     ) -> int:
         """Draw one file's plots; return the number of images written."""
         written = 0
         failed, deferred = self.failed_writes, self._deferred
         self._deferred = False
         state.fresh.done(fp)  # before drawing: packets fed meanwhile (in between()) make it due again
-        ctx = PlotContext(state.path, stats, self.geometry, dropped_packets=state.dropped)
+        ctx = PlotContext(state.path, snapshot, self.geometry, dropped_packets=state.dropped)
         for name, plot in list(state.plots.items()):
             if isinstance(plot, Plot):
                 written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between, first_look)

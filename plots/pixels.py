@@ -86,16 +86,16 @@ class PixelView:
         self.grids = {int(t): _tile_grid(geometry, int(t)) for t in np.unique(geometry.tiles)}
         self._geo_rows = np.zeros(0, np.int64)
 
-    def geo_rows(self, stats: Snapshot) -> np.ndarray:
+    def geo_rows(self, snapshot: Snapshot) -> np.ndarray:
         """Geometry row of each snapshot chip row (-1 when the geometry does not know the chip)."""
-        keys = stats.chip_keys
+        keys = snapshot.chip_keys
         known = len(self._geo_rows)
         if len(keys) > known:  # snapshot chip rows never move, so only new rows are looked up
             new = [self.geometry.row_of(*row) for row in keys[known:].tolist()]
             self._geo_rows = np.concatenate([self._geo_rows, [-1 if r is None else r for r in new]]).astype(np.int64)
         return self._geo_rows[: len(keys)]
 
-    def tiles(self, stats: Snapshot) -> list[TileRef]:
+    def tiles(self, snapshot: Snapshot) -> list[TileRef]:
         """Tiles by io_group: from the geometry's io mapping, else one tile per io_group with data."""
         geo = self.geometry
         if geo.has_io_mapping:
@@ -104,14 +104,14 @@ class PixelView:
                 tiles = np.unique(geo.tiles[geo.chips[:, 0] == group]).tolist()
                 refs += [TileRef(group, i + 1, tile) for i, tile in enumerate(tiles)]
             return refs
-        rows = self.geo_rows(stats)
-        groups = np.unique(stats.chip_keys[rows >= 0, 0]).tolist()
+        rows = self.geo_rows(snapshot)
+        groups = np.unique(snapshot.chip_keys[rows >= 0, 0]).tolist()
         return [TileRef(g, i + 1, t) for g in groups for i, t in enumerate(sorted(self.grids))]
 
-    def field(self, stats: Snapshot, values: np.ndarray, io_group: int, fill: float = np.nan) -> np.ndarray:
+    def field(self, snapshot: Snapshot, values: np.ndarray, io_group: int, fill: float = np.nan) -> np.ndarray:
         """(geometry chips, 64) array of a per-channel snapshot array for one io_group's chips."""
-        rows = self.geo_rows(stats)
-        mine = (rows >= 0) & (stats.chip_keys[:, 0] == io_group)
+        rows = self.geo_rows(snapshot)
+        mine = (rows >= 0) & (snapshot.chip_keys[:, 0] == io_group)
         out = np.full((len(self.geometry.tiles), CHANNELS_PER_CHIP), fill, dtype=np.result_type(values, fill))
         out[rows[mine]] = values[mine]
         return out
@@ -154,17 +154,19 @@ class TileImages:
         return int((self.codes == status).sum())
 
 
-def tile_images(view: PixelView, stats: Snapshot, ref: TileRef) -> TileImages:
+def tile_images(view: PixelView, snapshot: Snapshot, ref: TileRef) -> TileImages:
     """The images a pixel map draws for one tile."""
     grid, group = view.grids[ref.tile], ref.io_group
-    rate = grid.image(view.field(stats, stats.channel_rate_hz, group))
+    rate = grid.image(view.field(snapshot, snapshot.channel_rate_hz, group))
     return TileImages(
         grid,
         np.where(rate > 0, rate, np.nan),
         # a pedestal run's ADC is that of its periodic-trigger packets
-        grid.image(view.field(stats, prefer_finite(stats.channel_pedestal_mean, stats.channel_adc_mean), group)),
-        grid.image(view.field(stats, prefer_finite(stats.channel_pedestal_std, stats.channel_adc_std), group)),
-        grid.image(view.field(stats, stats.channel_status.astype(np.int16), group, fill=0), fill=-1),
+        grid.image(
+            view.field(snapshot, prefer_finite(snapshot.channel_pedestal_mean, snapshot.channel_adc_mean), group)
+        ),
+        grid.image(view.field(snapshot, prefer_finite(snapshot.channel_pedestal_std, snapshot.channel_adc_std), group)),
+        grid.image(view.field(snapshot, snapshot.channel_status.astype(np.int16), group, fill=0), fill=-1),
     )
 
 

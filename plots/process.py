@@ -3,7 +3,7 @@
 ``serve`` draws here, in a child process started by ``PlotWorker`` (``larpix_dqm.plots.worker``), so
 matplotlib never holds the interpreter lock of the process that answers ``/metrics``. The
 parent sends, in order, ``("setup", Setup)`` (through this pipe, not in the spawn arguments:
-a child killed before reading those would block its parent), ``("stats", Snapshot)``, ``("chunk", key, packets | messages | None, dropped)``,
+a child killed before reading those would block its parent), ``("snapshot", Snapshot)``, ``("chunk", key, packets | messages | None, dropped)``,
 ``("draw", request)`` and ``("stop",)``; the child says how many packets it took
 (``("taken", n)``), answers with ``("status", dict)`` after every cycle and forwards its log
 records as ``("log", dict)``; its first status report says it is ready. A closed pipe (the parent is
@@ -100,7 +100,7 @@ class DrawingLoop:
         self.engine = engine
         self.interval = interval
         self.idle_seconds = idle_seconds
-        self.stats: Snapshot | None = None
+        self.snapshot: Snapshot | None = None
         self.stopping = False
         self.taken = 0  # packets handled since the parent was last told
         self.wanted = 0  # highest draw request received
@@ -130,15 +130,15 @@ class DrawingLoop:
 
     def handle(self, message: tuple) -> None:
         kind = message[0]
-        if kind == "stats":
-            first = self.stats is None
-            self.stats = message[1]
-            if first and math.isfinite(self.stats.data_time):  # restored from a checkpoint: draw what it holds
-                self.engine.shared_fresh.feed(fingerprint(self.stats))
-        elif kind == "chunk" and self.stats is not None:
+        if kind == "snapshot":
+            first = self.snapshot is None
+            self.snapshot = message[1]
+            if first and math.isfinite(self.snapshot.data_time):  # restored from a checkpoint: draw what it holds
+                self.engine.shared_fresh.feed(fingerprint(self.snapshot))
+        elif kind == "chunk" and self.snapshot is not None:
             _, key, payload, dropped = message
             packets = payload.decode() if isinstance(payload, Messages) else payload
-            self.engine.update(key, packets, self.stats, dropped)
+            self.engine.update(key, packets, self.snapshot, dropped)
             self.taken += 0 if payload is None else packet_count(payload)
         elif kind == "draw":
             self.wanted = max(self.wanted, message[1])
@@ -155,13 +155,13 @@ class DrawingLoop:
     def run(self) -> None:
         self.report()
         while not self.stopping:
-            stats = self.stats
-            work = stats is not None and self.engine.has_work(stats)
+            snapshot = self.snapshot
+            work = snapshot is not None and self.engine.has_work(snapshot)
             self.receive(min(max(0.0, self.next_due - time.monotonic()), 1.0) if work else 1.0)
-            if self.stopping or self.stats is None:
+            if self.stopping or self.snapshot is None:
                 continue
             requested = self.answered < self.wanted
-            if (requested or time.monotonic() >= self.next_due) and self.engine.has_work(self.stats):
+            if (requested or time.monotonic() >= self.next_due) and self.engine.has_work(self.snapshot):
                 self.cycle(self.wanted)
             elif requested:
                 self.answered = self.wanted
@@ -179,8 +179,8 @@ class DrawingLoop:
         first_look, self.looked = not self.looked and self.answered >= serving, True
         completed = False
         try:
-            assert self.stats is not None
-            self.engine.draw(self.stats, between=self.between, first_look=first_look)
+            assert self.snapshot is not None
+            self.engine.draw(self.snapshot, between=self.between, first_look=first_look)
             self.engine.expire(self.idle_seconds)
             completed = not self.engine.failed_writes
         except _Stopping:

@@ -2,7 +2,7 @@
 
 Ingest hands each chunk to ``on_chunk``, which only appends it to a queue bounded in packets
 (never waits; what does not fit is counted as dropped). A sender thread pipes the published
-snapshot (when it changed, at most every ``STATS_SECONDS``, and before each draw request)
+snapshot (when it changed, at most every ``SNAPSHOT_SECONDS``, and before each draw request)
 and the queued chunks to the child; a receiver thread takes the child's status reports and
 log records, and starts the child, and again whenever it dies or does not report ready within
 ``SPAWN_SECONDS`` of its start (it is then killed and its pipe closed). Pickling happens in these threads, so
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: Packets waiting for the drawing process beyond which new chunks are skipped (and counted).
 MAX_QUEUED_PACKETS = 2_000_000
 #: A changed snapshot is sent at most this often, except right before a draw request.
-STATS_SECONDS = 1.0
+SNAPSHOT_SECONDS = 1.0
 #: Waits before restarting a drawing process that died: doubling from the first to the last.
 RESTART_SECONDS = (1.0, 60.0)
 #: Time a stopped child gets after SIGTERM before it is killed.
@@ -56,13 +56,13 @@ class PlotWorker:
     def __init__(
         self,
         engine: PlotEngine,
-        stats: Callable[[], Snapshot],
+        snapshot: Callable[[], Snapshot],
         interval: float = 30.0,
         max_queued_packets: int = MAX_QUEUED_PACKETS,
         idle_seconds: float = 1800.0,
     ) -> None:
         self.engine = engine
-        self.stats = stats
+        self.snapshot = snapshot
         self.interval = interval
         self.max_queued_packets = max_queued_packets
         self.idle_seconds = idle_seconds
@@ -84,7 +84,7 @@ class PlotWorker:
         self.last_exit: str | None = None
         self.process: BaseProcess | None = None
         self._conn: Connection | None = None
-        self._sent_stats: Snapshot | None = None
+        self._sent_snapshot: Snapshot | None = None
         self._sent_at = -math.inf
         self._sender = threading.Thread(target=self._send_loop, name="plots-sender", daemon=True)
         self._receiver = threading.Thread(target=self._receive_loop, name="plots-receiver", daemon=True)
@@ -227,14 +227,14 @@ class PlotWorker:
             while True:
                 conn = self._conn
                 if conn is not None:
-                    stats = self.stats()
+                    snapshot = self.snapshot()
                     head = self._queue[0] if self._queue else None
-                    fresh = time.monotonic() - self._sent_at >= STATS_SECONDS or (
+                    fresh = time.monotonic() - self._sent_at >= SNAPSHOT_SECONDS or (
                         head is not None and head[0] == "draw"
                     )
-                    if stats is not self._sent_stats and (fresh or self._sent_stats is None):
-                        self._sent_stats, self._sent_at = stats, time.monotonic()
-                        return conn, ("stats", stats)
+                    if snapshot is not self._sent_snapshot and (fresh or self._sent_snapshot is None):
+                        self._sent_snapshot, self._sent_at = snapshot, time.monotonic()
+                        return conn, ("snapshot", snapshot)
                     if head is not None:
                         message = self._queue.popleft()
                         if message[0] == "chunk" and message[2] is not None:
@@ -244,7 +244,7 @@ class PlotWorker:
                         return conn, message
                 if self._stopping and (not self._queue or conn is None):  # stopped with no child to tell: done
                     return None
-                self._cond.wait(STATS_SECONDS / 4)
+                self._cond.wait(SNAPSHOT_SECONDS / 4)
 
     def _send_loop(self) -> None:
         while True:
@@ -297,7 +297,7 @@ class PlotWorker:
         wait (the first again once it said anything)."""
         with self._cond:
             self._conn = conn
-            self._sent_stats = None  # a new child gets the snapshot first
+            self._sent_snapshot = None  # a new child gets the snapshot first
             if self._answered < self._requested:  # a request a dead child did not answer
                 self._queue.append(("draw", self._requested))
             self._cond.notify_all()

@@ -1,6 +1,6 @@
 """The alerts and the dashboards agree with the checks, the exporter's defaults and each other.
 
-Both generators read ``larpix_dqm.exporter.monitoring.Monitoring``. These tests read the generated files
+Both generators read ``larpix_dqm.exporter.monitoring.MixinConfig``. These tests read the generated files
 (the committed ones, and ones generated from a changed configuration) and compare every
 threshold that is a check's range or an exporter default with its source, every job selector
 with the configured one, and every status value with the ``CheckStatus`` / ``ChannelStatus``
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import MixinConfig
 from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, Check
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 from larpix_dqm.exporter.settings import Settings
@@ -153,7 +153,7 @@ def disagreements(
     return problems
 
 
-def changed_monitoring() -> Monitoring:
+def changed_monitoring() -> MixinConfig:
     """A configuration unlike the defaults in every value the generators take from it."""
     changed = {
         "sync": {"warning": (0.8, 1.3), "error": (0.3, 3.0)},
@@ -163,7 +163,7 @@ def changed_monitoring() -> Monitoring:
         "reference_pedestal_shift": {"warning": (-7.5, 7.5)},
     }
     checks = tuple(replace(check, **changed.get(check.name, {})) for check in DEFAULT_CHECKS)
-    return Monitoring(
+    return MixinConfig(
         job_regex="dqm-.*",
         runbook_url="https://runbooks.example/larpix.md",
         exporter_url="http://daq-monitor:9000",
@@ -210,7 +210,7 @@ def test_generated_files_follow_a_changed_monitoring_configuration(
 def test_the_job_selector_selects_the_shipped_scrape_jobs() -> None:
     """Prometheus anchors the regex: both exporter jobs of prometheus.yml match, Prometheus' own does not."""
     jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
-    regex = Monitoring().job_regex
+    regex = MixinConfig().job_regex
     assert {job for job in jobs if re.fullmatch(regex, job)} == {"larpix", "larpix-per-pixel"}
 
 
@@ -268,7 +268,7 @@ def test_thresholds_file_holds_no_shared_threshold(alert_generator: ModuleType, 
     copy = tmp_path / "thresholds.yaml"
     copy.write_text(yaml.safe_dump(defaults))
     with pytest.raises(alert_generator.ThresholdError, match="'parity_errors.max_ratio' is the parity_error_ratio"):
-        alert_generator.load_thresholds(Monitoring(), copy)
+        alert_generator.load_thresholds(MixinConfig(), copy)
 
 
 def test_overriding_a_shared_threshold_names_the_check(tmp_path: Path) -> None:

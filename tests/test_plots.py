@@ -249,7 +249,9 @@ def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(mod
         for packets in chunks:
             plot.update(
                 packets,
-                PlotContext("run.h5", ctx.stats, module_geometry, fresh_clock.times(packets, data_clock, START + 100)),
+                PlotContext(
+                    "run.h5", ctx.snapshot, module_geometry, fresh_clock.times(packets, data_clock, START + 100)
+                ),
             )
         new = plot.draw(cls.plot_name(), ctx, None)
         render(new, ".png")

@@ -46,8 +46,8 @@ class FamilyBuilder:
         self._chip_rows: list[tuple[int, int, int]] = []
         self._chip_labels: list[str] = []
 
-    def _chips(self, snap: Snapshot) -> tuple[list[tuple[int, int, int]], list[str]]:
-        keys = snap.chip_keys
+    def _chips(self, snapshot: Snapshot) -> tuple[list[tuple[int, int, int]], list[str]]:
+        keys = snapshot.chip_keys
         for row in keys[len(self._chip_rows) :].tolist():
             self._chip_rows.append(tuple(row))
             self._chip_labels.append(label_string(CHIP_LABELS, row))
@@ -56,32 +56,35 @@ class FamilyBuilder:
 
     def families(
         self,
-        snap: Snapshot,
+        snapshot: Snapshot,
         health: Health,
         per_pixel: bool = False,
         now: float | None = None,
         evaluation: Evaluation | None = None,
     ) -> list[Family]:
         """All families for one scrape (check statuses when ``evaluation`` carries them)."""
-        return [*self.detector_families(snap, per_pixel, evaluation), *self.exporter_families(snap, health, now)]
+        return [
+            *self.detector_families(snapshot, per_pixel, evaluation),
+            *self.exporter_families(snapshot, health, now),
+        ]
 
     def detector_families(
-        self, snap: Snapshot, per_pixel: bool = False, evaluation: Evaluation | None = None, run: str | None = None
+        self, snapshot: Snapshot, per_pixel: bool = False, evaluation: Evaluation | None = None, run: str | None = None
     ) -> list[Family]:
         """The families that depend only on one published snapshot (the bulk of a scrape); ``run`` names the
         run being read (a label of ``larpix_run_info`` only, when there is one)."""
         verdicts = self._checks(evaluation, run) if evaluation is not None else []
-        pixels = self._pixels(snap) if per_pixel else []
-        return [*self._detector(snap), *verdicts, *pixels]
+        pixels = self._pixels(snapshot) if per_pixel else []
+        return [*self._detector(snapshot), *verdicts, *pixels]
 
-    def exporter_families(self, snap: Snapshot, health: Health, now: float | None = None) -> list[Family]:
+    def exporter_families(self, snapshot: Snapshot, health: Health, now: float | None = None) -> list[Family]:
         """The exporter's own families, some of which depend on the wall clock (the ingest lag)."""
-        return self._exporter(snap, health, time.time() if now is None else now)
+        return self._exporter(snapshot, health, time.time() if now is None else now)
 
-    def _checks(self, state: Evaluation, run: str | None = None) -> list[Family]:
-        snap = state.snapshot
-        rows, labels = self._chips(snap)
-        r = state.results
+    def _checks(self, evaluation: Evaluation, run: str | None = None) -> list[Family]:
+        snapshot = evaluation.snapshot
+        rows, labels = self._chips(snapshot)
+        r = evaluation.results
         status = Family(
             "larpix_check_status",
             "gauge",
@@ -95,13 +98,13 @@ class FamilyBuilder:
                 values[index],
                 labels=[f'check="{check.name}",{lab}' for lab in failing_labels],
             )
-        groups = snap.io_groups.tolist()
+        groups = snapshot.io_groups.tolist()
         for check, values in zip(r.group_checks, r.group_status):
             failing_groups = [g for g in groups if values[g] > CheckStatus.OK]
             status.add(("check", "io_group"), [(check.name, g) for g in failing_groups], values[failing_groups])
         fams = [
             status,
-            self._check_counts(state),
+            self._check_counts(evaluation),
             Family("larpix_tile_status", "gauge", "Worst check status of the tile's chips.").add(
                 ("tile",), [(int(t),) for t in r.tiles], r.tile_status
             ),
@@ -116,7 +119,7 @@ class FamilyBuilder:
                 "gauge",
                 "The run being read, the run mode whose check thresholds judge the data, and how it was chosen "
                 "(value is always 1).",
-            ).add(*_run_info_labels(state.run_mode, self.mode_setting, run), [1]),
+            ).add(*_run_info_labels(evaluation.run_mode, self.mode_setting, run), [1]),
         ]
         rate_failing = np.zeros(len(rows), bool)  # no chip when the run mode turns the check off
         for check, values in zip(r.chip_checks, r.chip_status):
@@ -132,12 +135,12 @@ class FamilyBuilder:
             ).add(
                 CHIP_LABELS,
                 failing,
-                snap.chip_expected_hits[index] / snap.chip_span_seconds[index],
+                snapshot.chip_expected_hits[index] / snapshot.chip_span_seconds[index],
                 labels=failing_labels,
             )
         )
-        if state.comparison is not None:
-            c = state.comparison
+        if evaluation.comparison is not None:
+            c = evaluation.comparison
             for name, help_text, values in (
                 ("larpix_chip_reference_rate_ratio", "Hit rate over the reference run's hit rate.", c.rate_ratio),
                 (
@@ -154,14 +157,14 @@ class FamilyBuilder:
                 fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
         return fams
 
-    def _check_counts(self, state: Evaluation) -> Family:
+    def _check_counts(self, evaluation: Evaluation) -> Family:
         """``larpix_check_chips``: judged chips per chip-scope check, io_group and status, zeros included (a fixed
         4 x checks x io_groups series), so that ok and unknown chips are counted without a series each."""
-        snap = state.snapshot
-        r = state.results
-        judged = snap.chip_expected & snap.chip_judged
-        chip_groups = snap.chip_keys[judged, 0].astype(np.int64)
-        groups = snap.io_groups.tolist()
+        snapshot = evaluation.snapshot
+        r = evaluation.results
+        judged = snapshot.chip_expected & snapshot.chip_judged
+        chip_groups = snapshot.chip_keys[judged, 0].astype(np.int64)
+        groups = snapshot.io_groups.tolist()
         statuses = list(CheckStatus)
         family = Family(
             "larpix_check_chips",
@@ -179,42 +182,42 @@ class FamilyBuilder:
             )
         return family
 
-    def _detector(self, snap: Snapshot) -> list[Family]:
-        rows, labels = self._chips(snap)
+    def _detector(self, snapshot: Snapshot) -> list[Family]:
+        rows, labels = self._chips(snapshot)
         fams = []
-        groups = snap.io_groups.tolist()
+        groups = snapshot.io_groups.tolist()
         group_rows = [(g,) for g in groups]
         type_rows = [(g, name) for g in groups for name in PACKET_TYPE_NAMES]
         fams.append(
             Family("larpix_packets", "counter", "Packets read, by io_group and packet type.").add(
-                ("io_group", "packet_type"), type_rows, snap.packet_type_counts[groups].reshape(-1)
+                ("io_group", "packet_type"), type_rows, snapshot.packet_type_counts[groups].reshape(-1)
             )
         )
-        foreign = np.flatnonzero(snap.io_group_foreign_packets)
+        foreign = np.flatnonzero(snapshot.io_group_foreign_packets)
         fams.append(
             Family(
                 "larpix_foreign_packets",
                 "counter",
                 "Packets of io_groups another shard serves (--io-groups), read and dropped, by io_group.",
-            ).add(("io_group",), [(int(g),) for g in foreign], snap.io_group_foreign_packets[foreign])
+            ).add(("io_group",), [(int(g),) for g in foreign], snapshot.io_group_foreign_packets[foreign])
         )
         fams.append(
             Family("larpix_chip_packets", "counter", "Data packets per chip.").add(
-                CHIP_LABELS, rows, snap.chip_packets, labels=labels
+                CHIP_LABELS, rows, snapshot.chip_packets, labels=labels
             )
         )
-        index, erring, erring_labels = _where(snap.chip_parity_errors > 0, rows, labels)
+        index, erring, erring_labels = _where(snapshot.chip_parity_errors > 0, rows, labels)
         fams.append(
             Family(
                 "larpix_chip_parity_errors",
                 "counter",
                 "Data packets with a parity error, per chip (chips that had any since the exporter started).",
-            ).add(CHIP_LABELS, erring, snap.chip_parity_errors[index], labels=erring_labels)
+            ).add(CHIP_LABELS, erring, snapshot.chip_parity_errors[index], labels=erring_labels)
         )
         links = np.unique(
-            np.concatenate([snap.chip_keys[:, :2].astype(np.int64), np.argwhere(snap.link_parity_errors > 0)]).reshape(
-                -1, 2
-            ),
+            np.concatenate(
+                [snapshot.chip_keys[:, :2].astype(np.int64), np.argwhere(snapshot.link_parity_errors > 0)]
+            ).reshape(-1, 2),
             axis=0,
         )
         fams.append(
@@ -224,10 +227,12 @@ class FamilyBuilder:
                 "Data packets with a parity error from a chip not known (not in the geometry, no valid packet yet),"
                 " per io_group and io_channel.",
             ).add(
-                ("io_group", "io_channel"), [tuple(r) for r in links.tolist()], snap.link_parity_errors[tuple(links.T)]
+                ("io_group", "io_channel"),
+                [tuple(r) for r in links.tolist()],
+                snapshot.link_parity_errors[tuple(links.T)],
             )
         )
-        unexpected = np.flatnonzero(~snap.chip_expected)
+        unexpected = np.flatnonzero(~snapshot.chip_expected)
         fams.append(
             Family(
                 "larpix_unexpected_chip_packets",
@@ -236,7 +241,7 @@ class FamilyBuilder:
             ).add(
                 CHIP_LABELS,
                 [rows[i] for i in unexpected],
-                snap.chip_packets[unexpected],
+                snapshot.chip_packets[unexpected],
                 labels=[labels[i] for i in unexpected],
             )
         )
@@ -247,11 +252,11 @@ class FamilyBuilder:
             " started).",
         )
         for i, (which, level) in enumerate(FIFO_FLAGS):
-            index, flagged, flagged_labels = _where(snap.chip_fifo_flags[:, i] > 0, rows, labels)
+            index, flagged, flagged_labels = _where(snapshot.chip_fifo_flags[:, i] > 0, rows, labels)
             fifo.add(
                 (*CHIP_LABELS, "fifo", "level"),
                 [(*r, which, level) for r in flagged],
-                snap.chip_fifo_flags[index, i],
+                snapshot.chip_fifo_flags[index, i],
                 labels=[f'{lab},fifo="{which}",level="{level}"' for lab in flagged_labels],
             )
         fams.append(fifo)
@@ -263,25 +268,25 @@ class FamilyBuilder:
             + ".",
         )
         for i, name in enumerate(s.label for s in ChannelStatus.judged()):
-            index, counted, counted_labels = _where(snap.chip_status_counts[:, i] > 0, rows, labels)
+            index, counted, counted_labels = _where(snapshot.chip_status_counts[:, i] > 0, rows, labels)
             status.add(
                 (*CHIP_LABELS, "status"),
                 [(*r, name) for r in counted],
-                snap.chip_status_counts[index, i],
+                snapshot.chip_status_counts[index, i],
                 labels=[f'{lab},status="{name}"' for lab in counted_labels],
             )
         fams.append(status)
-        if len(snap.chip_masked_active) == len(rows):
-            index, leaking, leaking_labels = _where(snap.chip_masked_active > 0, rows, labels)
+        if len(snapshot.chip_masked_active) == len(rows):
+            index, leaking, leaking_labels = _where(snapshot.chip_masked_active > 0, rows, labels)
             fams.append(
                 Family(
                     "larpix_chip_masked_active_channels",
                     "gauge",
                     "Masked channels (disabled list, channel_mask) that still sent data over the window, per chip"
                     " that has any.",
-                ).add(CHIP_LABELS, leaking, snap.chip_masked_active[index], labels=leaking_labels)
+                ).add(CHIP_LABELS, leaking, snapshot.chip_masked_active[index], labels=leaking_labels)
             )
-        index, dead, dead_labels = _where(snap.chip_dead, rows, labels)
+        index, dead, dead_labels = _where(snapshot.chip_dead, rows, labels)
         fams.append(
             Family(
                 "larpix_chip_dead",
@@ -290,69 +295,69 @@ class FamilyBuilder:
             ).add(CHIP_LABELS, dead, np.ones(len(index), np.int64), labels=dead_labels)
         )
         for name, help_text, values in (
-            ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snap.chip_rate_hz),
-            ("larpix_chip_adc_mean", "Mean ADC value (dataword) over the window, per chip.", snap.chip_adc_mean),
+            ("larpix_chip_hit_rate_hertz", "Data packets per second over the window, per chip.", snapshot.chip_rate_hz),
+            ("larpix_chip_adc_mean", "Mean ADC value (dataword) over the window, per chip.", snapshot.chip_adc_mean),
             (
                 "larpix_chip_adc_stddev",
                 "Standard deviation of the ADC value over the window, per chip.",
-                snap.chip_adc_std,
+                snapshot.chip_adc_std,
             ),
         ):
             fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
-        if len(snap.chip_periodic_rate_hz) == len(rows) and snap.chip_periodic_rate_hz.any():
+        if len(snapshot.chip_periodic_rate_hz) == len(rows) and snapshot.chip_periodic_rate_hz.any():
             for name, help_text, values in (
                 (
                     "larpix_chip_periodic_trigger_rate_hertz",
                     "Periodic-trigger data packets per second over the window, per chip.",
-                    snap.chip_periodic_rate_hz,
+                    snapshot.chip_periodic_rate_hz,
                 ),
                 (
                     "larpix_chip_pedestal_adc_mean",
                     "Mean ADC of periodic-trigger packets (the pedestal) over the window, per chip.",
-                    snap.chip_pedestal_mean,
+                    snapshot.chip_pedestal_mean,
                 ),
                 (
                     "larpix_chip_pedestal_adc_stddev",
                     "ADC standard deviation of periodic-trigger packets over the window, per chip.",
-                    snap.chip_pedestal_std,
+                    snapshot.chip_pedestal_std,
                 ),
             ):
                 fams.append(Family(name, "gauge", help_text).add(CHIP_LABELS, rows, values, labels=labels))
-        mapped = np.flatnonzero(snap.chip_tiles >= 0)
+        mapped = np.flatnonzero(snapshot.chip_tiles >= 0)
         if len(mapped):
             fams.append(
                 Family("larpix_chip_info", "gauge", "Tile of each chip, from the geometry (value is always 1).").add(
                     (*CHIP_LABELS, "tile"),
-                    [(*rows[i], int(snap.chip_tiles[i])) for i in mapped],
+                    [(*rows[i], int(snapshot.chip_tiles[i])) for i in mapped],
                     np.ones(len(mapped), np.int64),
-                    labels=[f'{labels[i]},tile="{int(snap.chip_tiles[i])}"' for i in mapped],
+                    labels=[f'{labels[i]},tile="{int(snapshot.chip_tiles[i])}"' for i in mapped],
                 )
             )
         for name, help_text, values in (
             (
                 "larpix_io_group_hit_rate_hertz",
                 "Data packets per second over the window, per io_group.",
-                snap.io_group_rate_hz,
+                snapshot.io_group_rate_hz,
             ),
             (
                 "larpix_io_group_sync_rate_hertz",
                 "'S' sync packets per second of data time over the window (expect 1).",
-                snap.sync_rate_hz,
+                snapshot.sync_rate_hz,
             ),
             (
                 "larpix_io_group_trigger_rate_hertz",
                 "External trigger packets per second over the window.",
-                snap.trigger_rate_hz,
+                snapshot.trigger_rate_hz,
             ),
             (
                 "larpix_io_group_last_data_timestamp_seconds",
                 "Newest accepted data time (unix seconds) of the io_group's clock.",
-                snap.io_group_last_time,
+                snapshot.io_group_last_time,
             ),
             (
                 "larpix_io_group_clock_offset_seconds",
                 "The io_group's data clock minus the median clock of the other io_groups.",
-                snap.io_group_clock_offset,
+                snapshot.io_group_clock_offset,
             ),
         ):
             fams.append(Family(name, "gauge", help_text).add(("io_group",), group_rows, values[groups]))
@@ -360,12 +365,12 @@ class FamilyBuilder:
             Family("larpix_syncs", "counter", "Sync packets by kind (sync, heartbeat, clock_switch).").add(
                 ("io_group", "kind"),
                 [(g, k) for g in groups for k in SYNC_KIND_NAMES],
-                snap.sync_counts[groups].reshape(-1),
+                snapshot.sync_counts[groups].reshape(-1),
             )
         )
         fams.append(
             Family("larpix_triggers", "counter", "External trigger packets.").add(
-                ("io_group",), group_rows, snap.trigger_counts[groups]
+                ("io_group",), group_rows, snapshot.trigger_counts[groups]
             )
         )
         type_rows = [(g, name) for g in groups for name in DATA_TRIGGER_TYPES]
@@ -374,14 +379,14 @@ class FamilyBuilder:
                 "larpix_data_packets_by_trigger",
                 "counter",
                 "Data packets by what triggered them (self, external, cross, periodic).",
-            ).add(("io_group", "trigger_type"), type_rows, snap.trigger_type_counts[groups].reshape(-1))
+            ).add(("io_group", "trigger_type"), type_rows, snapshot.trigger_type_counts[groups].reshape(-1))
         )
         fams.append(
             Family(
                 "larpix_io_group_data_rate_by_trigger_hertz",
                 "gauge",
                 "Data packets per second over the window by trigger type (external: the beam/light view).",
-            ).add(("io_group", "trigger_type"), type_rows, snap.trigger_type_rate_hz[groups].reshape(-1))
+            ).add(("io_group", "trigger_type"), type_rows, snapshot.trigger_type_rate_hz[groups].reshape(-1))
         )
         fams.append(
             histogram(
@@ -389,9 +394,9 @@ class FamilyBuilder:
                 "'S' sync timestamp minus 1e7 ticks, in seconds (one tick is 100 ns).",
                 ("io_group",),
                 group_rows,
-                [b / CLOCK_HZ for b in snap.config.sync_offset_buckets_ticks],
-                snap.sync_offset_bucket_counts[groups],
-                snap.sync_offset_sum_ticks[groups] / CLOCK_HZ,
+                [b / CLOCK_HZ for b in snapshot.config.sync_offset_buckets_ticks],
+                snapshot.sync_offset_bucket_counts[groups],
+                snapshot.sync_offset_sum_ticks[groups] / CLOCK_HZ,
             )
         )
         fams.append(
@@ -400,15 +405,15 @@ class FamilyBuilder:
                 "ADC value (dataword) of data packets.",
                 ("io_group",),
                 group_rows,
-                snap.config.adc_buckets,
-                snap.adc_bucket_counts[groups],
-                snap.adc_sum[groups],
+                snapshot.config.adc_buckets,
+                snapshot.adc_bucket_counts[groups],
+                snapshot.adc_sum[groups],
             )
         )
-        fams.extend(_trigger_view(snap))
+        fams.extend(_trigger_view(snapshot))
         fams.append(
             Family("larpix_window_seconds", "gauge", "Length of the sliding window in data time.").add(
-                (), [()], [snap.config.window_seconds]
+                (), [()], [snapshot.config.window_seconds]
             )
         )
         fams.append(
@@ -416,13 +421,13 @@ class FamilyBuilder:
                 "larpix_false_alarm_probability",
                 "gauge",
                 "Probability of at least one false channel or chip verdict per evaluation (the verdicts' budget).",
-            ).add((), [()], [snap.config.false_alarm_probability])
+            ).add((), [()], [snapshot.config.false_alarm_probability])
         )
         return fams
 
-    def _pixels(self, snap: Snapshot) -> list[Family]:
-        rows, labels = self._chips(snap)
-        chip, channel = np.nonzero(snap.channel_expected | (snap.channel_status > 0))
+    def _pixels(self, snapshot: Snapshot) -> list[Family]:
+        rows, labels = self._chips(snapshot)
+        chip, channel = np.nonzero(snapshot.channel_expected | (snapshot.channel_status > 0))
         pixel_rows = [(*rows[c], ch) for c, ch in zip(chip.tolist(), channel.tolist())]
         pixel_labels = [f'{labels[c]},channel_id="{ch}"' for c, ch in zip(chip.tolist(), channel.tolist())]
         names = (*CHIP_LABELS, "channel_id")
@@ -432,28 +437,28 @@ class FamilyBuilder:
                 (
                     "larpix_channel_hit_rate_hertz",
                     "Data packets per second over the window, per channel.",
-                    snap.channel_rate_hz,
+                    snapshot.channel_rate_hz,
                 ),
-                ("larpix_channel_adc_mean", "Mean ADC value over the window, per channel.", snap.channel_adc_mean),
+                ("larpix_channel_adc_mean", "Mean ADC value over the window, per channel.", snapshot.channel_adc_mean),
                 (
                     "larpix_channel_adc_stddev",
                     "ADC standard deviation over the window, per channel.",
-                    snap.channel_adc_std,
+                    snapshot.channel_adc_std,
                 ),
             )
         ]
 
-    def _shard(self, snap: Snapshot) -> Family:
+    def _shard(self, snapshot: Snapshot) -> Family:
         """``larpix_exporter_io_group_served``: the io_groups this exporter judges (``--io-groups``, else those with
         data), 1 each; a central rule sees two shards serving one io_group, or none serving one with data."""
-        served = list(snap.config.io_groups) or snap.io_groups.tolist()
+        served = list(snapshot.config.io_groups) or snapshot.io_groups.tolist()
         return Family(
             "larpix_exporter_io_group_served",
             "gauge",
             "1 for each io_group this exporter serves (--io-groups; without it, every io_group with data).",
         ).add(("io_group",), [(g,) for g in served], np.ones(len(served)))
 
-    def _exporter(self, snap: Snapshot, health: Health, now: float) -> list[Family]:
+    def _exporter(self, snapshot: Snapshot, health: Health, now: float) -> list[Family]:
         def gauge(name: str, help_text: str, value: float) -> Family:
             return Family(name, "gauge", help_text).add((), [()], [value])
 
@@ -474,11 +479,15 @@ class FamilyBuilder:
                 'Geometry file and the chips it expects (always 1); geometry="none": chips that never send data '
                 "cannot be seen.",
             ).add(("geometry", "chips"), [(self.geometry.name, self.geometry.chips)], [1]),
-            self._shard(snap),
+            self._shard(snapshot),
             gauge(
-                "larpix_exporter_last_data_timestamp_seconds", "Newest data time seen (unix seconds).", snap.data_time
+                "larpix_exporter_last_data_timestamp_seconds",
+                "Newest data time seen (unix seconds).",
+                snapshot.data_time,
             ),
-            gauge("larpix_exporter_ingest_lag_seconds", "Wall clock minus the newest data time.", now - snap.data_time),
+            gauge(
+                "larpix_exporter_ingest_lag_seconds", "Wall clock minus the newest data time.", now - snapshot.data_time
+            ),
             gauge(
                 "larpix_exporter_last_ingest_timestamp_seconds",
                 "Wall time when new packets were last ingested.",
@@ -530,18 +539,20 @@ class FamilyBuilder:
         ]
 
 
-def _trigger_view(snap: Snapshot) -> list[Family]:
+def _trigger_view(snapshot: Snapshot) -> list[Family]:
     """The trigger-correlated view (``quality/triggers.py``): trigger words by bit, hits per external trigger,
     trigger-to-hit delays, and per tile the hits inside the drift windows against those outside."""
-    words = np.argwhere(snap.trigger_words > 0)
+    words = np.argwhere(snapshot.trigger_words > 0)
     fams = [
         Family(
             "larpix_trigger_words",
             "counter",
             "Trigger words by io_group and bit of their trigger_type (bit 1: the external trigger input).",
-        ).add(("io_group", "bit"), [(int(g), int(b)) for g, b in words], snap.trigger_words[words[:, 0], words[:, 1]])
+        ).add(
+            ("io_group", "bit"), [(int(g), int(b)) for g, b in words], snapshot.trigger_words[words[:, 0], words[:, 1]]
+        )
     ]
-    closed = np.flatnonzero(snap.beam_trigger_hit_counts[:, -1] > 0).tolist()
+    closed = np.flatnonzero(snapshot.beam_trigger_hit_counts[:, -1] > 0).tolist()
     fams.append(
         histogram(
             "larpix_beam_trigger_hits",
@@ -550,13 +561,13 @@ def _trigger_view(snap: Snapshot) -> list[Family]:
             ("io_group",),
             [(g,) for g in closed],
             HITS_EDGES,
-            snap.beam_trigger_hit_counts[closed],
-            snap.beam_trigger_hit_sum[closed],
+            snapshot.beam_trigger_hit_counts[closed],
+            snapshot.beam_trigger_hit_sum[closed],
         )
     )
-    delayed = np.flatnonzero(snap.beam_delay_counts[:, -1] > 0).tolist()
-    bins = snap.beam_delay_counts.shape[1]
-    window = snap.config.drift_window_ticks / CLOCK_HZ
+    delayed = np.flatnonzero(snapshot.beam_delay_counts[:, -1] > 0).tolist()
+    bins = snapshot.beam_delay_counts.shape[1]
+    window = snapshot.config.drift_window_ticks / CLOCK_HZ
     fams.append(
         histogram(
             "larpix_beam_hit_delay_seconds",
@@ -564,11 +575,11 @@ def _trigger_view(snap: Snapshot) -> list[Family]:
             ("io_group",),
             [(g,) for g in delayed],
             [round(window * (i + 1) / bins, 9) for i in range(bins - 1)],
-            snap.beam_delay_counts[delayed],
-            snap.beam_delay_sum_ticks[delayed] / CLOCK_HZ,
+            snapshot.beam_delay_counts[delayed],
+            snapshot.beam_delay_sum_ticks[delayed] / CLOCK_HZ,
         )
     )
-    timed = np.flatnonzero(snap.beam_seconds[:, 1] > 0).tolist()
+    timed = np.flatnonzero(snapshot.beam_seconds[:, 1] > 0).tolist()
     fams.append(
         Family(
             "larpix_beam_seconds",
@@ -578,15 +589,15 @@ def _trigger_view(snap: Snapshot) -> list[Family]:
         ).add(
             ("io_group", "window"),
             [(g, w) for g in timed for w in ("in", "all")],
-            snap.beam_seconds[timed].reshape(-1),
+            snapshot.beam_seconds[timed].reshape(-1),
         )
     )
-    mapped = snap.chip_tiles >= 0
-    hit = snap.chip_beam_hits.sum(axis=1) > 0
-    keys = np.stack([snap.chip_keys[:, 0].astype(np.int64), np.where(mapped, snap.chip_tiles, -1)], axis=1)[hit]
+    mapped = snapshot.chip_tiles >= 0
+    hit = snapshot.chip_beam_hits.sum(axis=1) > 0
+    keys = np.stack([snapshot.chip_keys[:, 0].astype(np.int64), np.where(mapped, snapshot.chip_tiles, -1)], axis=1)[hit]
     tiles, where = np.unique(keys, axis=0, return_inverse=True)
     sums = np.zeros((len(tiles), 2), np.int64)
-    np.add.at(sums, where.reshape(-1), snap.chip_beam_hits[hit])
+    np.add.at(sums, where.reshape(-1), snapshot.chip_beam_hits[hit])
     fams.append(
         Family(
             "larpix_beam_tile_hits",

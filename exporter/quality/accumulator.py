@@ -114,9 +114,13 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
         raw, records = (source.buffer, source.starts, source.words, source.io_groups), _NO_RECORDS
     else:
         raw, records = _NO_MESSAGES, compiled_records(source)
-    reading = placed.reading
+    accepted = placed.accepted
     cur, cur_end = placed.before.astype(np.int64), placed.before_ends.astype(np.float64)
-    rows, slots, groups = reading.rows.astype(np.int64), placed.slots.astype(np.int64), reading.groups.astype(np.uint8)
+    rows, slots, groups = (
+        accepted.rows.astype(np.int64),
+        placed.slots.astype(np.int64),
+        accepted.groups.astype(np.uint8),
+    )
     ends = placed.ends.astype(np.float64)
     registered_at = -1
     counted = kernel_fields(COUNT)
@@ -298,10 +302,10 @@ class Accumulator:
         if compiled:
             count_compiled(self.state, packets, placed)
         else:
-            groups, reading = packets["io_group"], placed.reading
-            slots = reading.fill(groups, placed.slots, placed.before)
-            engine.count(self.state, packets, slots, reading.fill(groups, placed.ends, placed.before_ends))
-        self.state.triggers.add(self.state, packets, placed.reading.rows)
+            groups, accepted = packets["io_group"], placed.accepted
+            slots = accepted.fill(groups, placed.slots, placed.before)
+            engine.count(self.state, packets, slots, accepted.fill(groups, placed.ends, placed.before_ends))
+        self.state.triggers.add(self.state, packets, placed.accepted.rows)
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
@@ -320,7 +324,7 @@ class Accumulator:
         placed = window.move(self.state, messages.timestamp_packets(), clock, wall_now)
         count_compiled(self.state, messages, placed)
         triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
-        self.state.triggers.add_messages(self.state, messages, placed.reading.rows, triggered)
+        self.state.triggers.add_messages(self.state, messages, placed.accepted.rows, triggered)
 
     def finish(self) -> None:
         """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""

@@ -37,10 +37,10 @@ def _unix_text(seconds: float) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds)) if math.isfinite(seconds) else None
 
 
-def disabled_list_meta(snap: Snapshot, statuses: list[str] | tuple[str, ...], sources: list[str]) -> dict:
+def disabled_list_meta(snapshot: Snapshot, statuses: list[str] | tuple[str, ...], sources: list[str]) -> dict:
     """The ``meta`` block of a JSON channel list: what was judged, over which data time, with which thresholds."""
-    end = snap.data_time + 1.0 if math.isfinite(snap.data_time) else math.nan  # timestamps have 1 s resolution
-    start = end - snap.covered_seconds
+    end = snapshot.data_time + 1.0 if math.isfinite(snapshot.data_time) else math.nan  # timestamps have 1 s resolution
+    start = end - snapshot.covered_seconds
     return {
         "tool": f"larpix-dqm {__version__}",
         "created": _unix_text(time.time()),
@@ -48,8 +48,8 @@ def disabled_list_meta(snap: Snapshot, statuses: list[str] | tuple[str, ...], so
         "statuses": list(statuses),
         "data_time_start": _unix_text(start),
         "data_time_end": _unix_text(end),
-        "window_seconds": snap.covered_seconds,
-        "noisy_rate_hz": snap.config.noisy_rate_hz,
+        "window_seconds": snapshot.covered_seconds,
+        "noisy_rate_hz": snapshot.config.noisy_rate_hz,
     }
 
 
@@ -73,8 +73,8 @@ def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> byt
     raise ValueError(f"unknown format {fmt!r}: use json, csv or daq")
 
 
-def channel_list(snap: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
+def channel_list(snapshot: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
     """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id."""
     codes = [ChannelStatus.from_label(s) for s in statuses]
-    chips, channels = np.nonzero(np.isin(snap.channel_status, codes))
-    return np.column_stack([snap.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)
+    chips, channels = np.nonzero(np.isin(snapshot.channel_status, codes))
+    return np.column_stack([snapshot.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)

@@ -1,4 +1,4 @@
-"""Data-quality verdicts: checks with warning and error ranges, rolled up the detector tree.
+"""Data-quality checks: warning and error ranges on per-chip and per-io_group quantities, rolled up the detector tree.
 
 Each check turns one quantity per chip (or per io_group) into a status: 0 ok (inside the
 warning range), 1 warning (outside it), 2 error (outside the error range), -1 unknown (nothing
@@ -180,37 +180,40 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
 
-def chip_counts(snap: Snapshot, reference: Reference | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def chip_counts(snapshot: Snapshot, reference: Reference | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Observed and expected counts in the window, per chip, of each chip counting check (the parity and
     FIFO-full ratios: flagged packets and the packets the ratio is of)."""
     # a chip whose packets fail parity still sends them: its rate is not what its link corrupts
-    packets = snap.chip_window_packets.astype(float)
-    sent = packets + snap.chip_window_parity_errors
+    packets = snapshot.chip_window_packets.astype(float)
+    sent = packets + snapshot.chip_window_parity_errors
     counts = {
         # judged on independent arrivals (a steep track's ~100 re-triggers of a pixel are one), shown in hits
-        "hit_rate_ratio": (snap.chip_window_arrivals + snap.chip_window_parity_errors, snap.chip_expected_arrivals),
-        "parity_error_ratio": (snap.chip_window_parity_errors.astype(float), sent),
-        "fifo_full_ratio": (snap.chip_window_fifo_full.astype(float), packets),
+        "hit_rate_ratio": (
+            snapshot.chip_window_arrivals + snapshot.chip_window_parity_errors,
+            snapshot.chip_expected_arrivals,
+        ),
+        "parity_error_ratio": (snapshot.chip_window_parity_errors.astype(float), sent),
+        "fifo_full_ratio": (snapshot.chip_window_fifo_full.astype(float), packets),
     }
     if reference is not None:
-        rates = reference.aligned_rates(snap.chip_keys)
+        rates = reference.aligned_rates(snapshot.chip_keys)
         known = np.isfinite(rates).any(axis=1)
         counts["reference_rate_ratio"] = (
             sent,
-            np.where(known, np.nansum(rates, axis=1) * snap.chip_span_seconds, np.nan),
+            np.where(known, np.nansum(rates, axis=1) * snapshot.chip_span_seconds, np.nan),
         )
     return counts
 
 
-def chip_regions(snap: Snapshot, region: str) -> np.ndarray:
+def chip_regions(snapshot: Snapshot, region: str) -> np.ndarray:
     """Per chip, the index of its region (``tile``: its tile, else its io_group; ``io_channel``)."""
-    groups = snap.chip_keys[:, 0].astype(np.int64)
-    keys = np.where(snap.chip_tiles >= 0, snap.chip_tiles, -1 - groups) if region == "tile" else groups * 256
-    keys = keys + (snap.chip_keys[:, 1] if region == "io_channel" else 0)
+    groups = snapshot.chip_keys[:, 0].astype(np.int64)
+    keys = np.where(snapshot.chip_tiles >= 0, snapshot.chip_tiles, -1 - groups) if region == "tile" else groups * 256
+    keys = keys + (snapshot.chip_keys[:, 1] if region == "io_channel" else 0)
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
-def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def region_counts(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per region check: each chip's region index, and per region the observed and the expected count.
 
     The rates: hits in the window of the channels under the noisy cut (one loud channel does not make
@@ -218,14 +221,14 @@ def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.
     the median of the ratios of the tiles with hits (a faulty tile does not move it, a dead one is left out). The never-seen check: packets since
     the run started against those rates over the io_group's run time, at an occupancy capped at 1.
     """
-    judged = snap.chip_expected & snap.chip_judged
-    span = snap.chip_span_seconds
-    counted = snap.channel_expected & (snap.channel_status != ChannelStatus.MASKED)
-    cut = snap.config.noisy_rate_hz * span[:, None]
-    quiet = counted & (snap.channel_window_hits <= cut)
-    observed = np.where(judged, np.where(quiet, snap.channel_window_hits, 0).sum(axis=1), 0.0)
-    base = np.where(judged, snap.chip_base_hz, 0.0)
-    tiles = chip_regions(snap, "tile")
+    judged = snapshot.chip_expected & snapshot.chip_judged
+    span = snapshot.chip_span_seconds
+    counted = snapshot.channel_expected & (snapshot.channel_status != ChannelStatus.MASKED)
+    cut = snapshot.config.noisy_rate_hz * span[:, None]
+    quiet = counted & (snapshot.channel_window_hits <= cut)
+    observed = np.where(judged, np.where(quiet, snapshot.channel_window_hits, 0).sum(axis=1), 0.0)
+    base = np.where(judged, snapshot.chip_base_hz, 0.0)
+    tiles = chip_regions(snapshot, "tile")
     size = int(tiles.max()) + 1 if len(tiles) else 0
     # a tile without a hit in the window (dead, or not heard yet) is no sample of the module's occupancy:
     # its ratio would read 1 (robust_ratio keeps a silent group's expectation) and pull the median there
@@ -234,51 +237,55 @@ def region_counts(snap: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.
     module = float(np.median(ratios)) if len(ratios) else 1.0
     # heard since the run started (a link dead from a new run's start was heard in the last one); a chip
     # whose every packet fails parity is heard through its window's parity errors
-    heard = np.where(judged, snap.chip_run_hits + snap.chip_window_parity_errors, 0).astype(float)
+    heard = np.where(judged, snapshot.chip_run_hits + snapshot.chip_window_parity_errors, 0).astype(float)
     out = {}
     for name, region, obs, predicted in (
         ("tile_rate", "tile", observed, module * base * span),
         ("io_channel_rate", "io_channel", observed, module * base * span),
-        ("io_channel_never_seen", "io_channel", heard, min(module, 1.0) * base * snap.chip_run_seconds),
+        ("io_channel_never_seen", "io_channel", heard, min(module, 1.0) * base * snapshot.chip_run_seconds),
     ):
-        inverse = chip_regions(snap, region)
+        inverse = chip_regions(snapshot, region)
         size = int(inverse.max()) + 1 if len(inverse) else 0
         out[name] = (inverse, np.bincount(inverse, obs, size), np.bincount(inverse, predicted, size))
     return out
 
 
-def chip_quantities(snap: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
+def chip_quantities(snapshot: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
     """The quantity each chip-scope check judges, one value per chip row of the snapshot.
 
     Masked channels are not expected (they count in no fraction); chips outside the run's networks get NaN.
     """
     counted = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
-    expected = snap.chip_status_counts[:, counted].sum(axis=1).astype(float)
+    expected = snapshot.chip_status_counts[:, counted].sum(axis=1).astype(float)
     # every expected unmasked channel answers a periodic trigger, judged yet or not
-    configured = (snap.channel_expected & (snap.channel_status != ChannelStatus.MASKED)).sum(axis=1).astype(float)
+    configured = (
+        (snapshot.channel_expected & (snapshot.channel_status != ChannelStatus.MASKED)).sum(axis=1).astype(float)
+    )
     column = {status: i for i, status in enumerate(ChannelStatus.judged())}
 
     def fraction(status: ChannelStatus) -> np.ndarray:
         """Channels of a verdict / expected channels; NaN for a chip whose data cannot decide yet."""
-        return np.where(snap.chip_unknown, np.nan, _ratio(snap.chip_status_counts[:, column[status]], expected))
+        return np.where(snapshot.chip_unknown, np.nan, _ratio(snapshot.chip_status_counts[:, column[status]], expected))
 
     values = {
         "silent_fraction": fraction(ChannelStatus.SILENT),
         "noisy_fraction": fraction(ChannelStatus.NOISY),
         "inefficient_fraction": fraction(ChannelStatus.INEFFICIENT),
         # periodic-trigger packets measure the pedestal where the run has them; else all self-triggered data
-        "pedestal": prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean),
-        "adc_spread": prefer_finite(snap.chip_pedestal_std, snap.chip_adc_std),
-        "periodic_rate": _ratio(prefer_finite(snap.chip_periodic_rate_hz, np.zeros(len(snap.chip_keys))), configured),
+        "pedestal": prefer_finite(snapshot.chip_pedestal_mean, snapshot.chip_adc_mean),
+        "adc_spread": prefer_finite(snapshot.chip_pedestal_std, snapshot.chip_adc_std),
+        "periodic_rate": _ratio(
+            prefer_finite(snapshot.chip_periodic_rate_hz, np.zeros(len(snapshot.chip_keys))), configured
+        ),
     }
     if reference is not None:
-        values["reference_pedestal_shift"] = reference.compare(snap).pedestal_shift
-    for name, (observed, predicted) in chip_counts(snap, reference).items():
+        values["reference_pedestal_shift"] = reference.compare(snapshot).pedestal_shift
+    for name, (observed, predicted) in chip_counts(snapshot, reference).items():
         values[name] = _ratio(observed, predicted)
-    for name, (inverse, observed, predicted) in region_counts(snap).items():
+    for name, (inverse, observed, predicted) in region_counts(snapshot).items():
         values[name] = (observed if name == "io_channel_never_seen" else _ratio(observed, predicted))[inverse]
-    if len(snap.chip_judged) == len(snap.chip_keys) and not snap.chip_judged.all():
-        values = {name: np.where(snap.chip_judged, v, np.nan) for name, v in values.items()}
+    if len(snapshot.chip_judged) == len(snapshot.chip_keys) and not snapshot.chip_judged.all():
+        values = {name: np.where(snapshot.chip_judged, v, np.nan) for name, v in values.items()}
     return values
 
 
@@ -364,16 +371,16 @@ class CheckResults:
     detector_status: int
 
 
-def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | None = None) -> CheckResults:
+def evaluate(snapshot: Snapshot, checks: tuple[Check, ...], reference: Reference | None = None) -> CheckResults:
     """Run the enabled checks on a snapshot and roll the statuses up."""
     active = [c for c in checks if c.enabled and (reference is not None or not c.needs_reference)]
     chip_checks = tuple(c for c in active if c.scope == "chip")
     group_checks = tuple(c for c in active if c.scope == "io_group")
-    quantities = chip_quantities(snap, reference)
-    counts = chip_counts(snap, reference)
-    regions = region_counts(snap)
-    alpha = snap.config.false_alarm_probability
-    n = len(snap.chip_keys)
+    quantities = chip_quantities(snapshot, reference)
+    counts = chip_counts(snapshot, reference)
+    regions = region_counts(snapshot)
+    alpha = snapshot.config.false_alarm_probability
+    n = len(snapshot.chip_keys)
 
     def judged(check: Check, values: np.ndarray) -> np.ndarray:
         """The statuses of one chip-scope check: by region, by counting or by range."""
@@ -389,22 +396,22 @@ def evaluate(snap: Snapshot, checks: tuple[Check, ...], reference: Reference | N
     chip_status = np.array([judged(c, v) for v, c in zip(chip_values, chip_checks)], np.int8).reshape(
         len(chip_checks), n
     )
-    group_quantities = {"sync": np.where(snap.packet_type_counts.sum(axis=1) > 0, snap.sync_rate_hz, np.nan)}
+    group_quantities = {"sync": np.where(snapshot.packet_type_counts.sum(axis=1) > 0, snapshot.sync_rate_hz, np.nan)}
     group_values = np.array([group_quantities[c.name] for c in group_checks]).reshape(len(group_checks), IO_GROUPS)
     group_status = np.array([status_of(v, c) for v, c in zip(group_values, group_checks)], np.int8).reshape(
         len(group_checks), IO_GROUPS
     )
     # chips outside the geometry (listed as unexpected) and outside the run's networks get no verdict
-    chip_status[:, ~(snap.chip_expected & snap.chip_judged)] = CheckStatus.OK
+    chip_status[:, ~(snapshot.chip_expected & snapshot.chip_judged)] = CheckStatus.OK
     chip_worst = roll_up(chip_status) if len(chip_checks) else np.zeros(n, np.int8)
     own_status = roll_up(group_status) if len(group_checks) else np.zeros(IO_GROUPS, np.int8)
-    io_group_status = _group_roll_up(own_status, snap.chip_keys[:, 0].astype(np.int64), chip_worst)
-    mapped = snap.chip_tiles >= 0
-    tiles = np.unique(snap.chip_tiles[mapped])
+    io_group_status = _group_roll_up(own_status, snapshot.chip_keys[:, 0].astype(np.int64), chip_worst)
+    mapped = snapshot.chip_tiles >= 0
+    tiles = np.unique(snapshot.chip_tiles[mapped])
     tile_status = _group_roll_up(
-        np.zeros(len(tiles), np.int8), np.searchsorted(tiles, snap.chip_tiles[mapped]), chip_worst[mapped]
+        np.zeros(len(tiles), np.int8), np.searchsorted(tiles, snapshot.chip_tiles[mapped]), chip_worst[mapped]
     )
-    groups = snap.io_groups
+    groups = snapshot.io_groups
     detector = int(roll_up(io_group_status[groups])) if len(groups) else CheckStatus.UNKNOWN
     return CheckResults(
         chip_checks, chip_values, chip_status, group_checks, group_values, group_status,
@@ -533,10 +540,10 @@ def mode_checks(base: tuple[Check, ...] = DEFAULT_CHECKS, path: str | None = Non
     return out
 
 
-def detect_run_mode(snap: Snapshot) -> str:
+def detect_run_mode(snapshot: Snapshot) -> str:
     """The run mode the window's data show: pedestal when periodic triggers make at least half the data
     packets, beam when external triggers make at least a tenth, else self-trigger."""
-    by_type = snap.trigger_type_rate_hz.sum(axis=0)
+    by_type = snapshot.trigger_type_rate_hz.sum(axis=0)
     total = by_type.sum()
     if total > 0 and by_type[PERIODIC_TRIGGER] >= PEDESTAL_MODE_FRACTION * total:
         return "pedestal"

@@ -65,7 +65,7 @@ def _near(t: float, reference: float) -> bool:
 
 
 @dataclass
-class Reading:
+class AcceptedStamps:
     """The accepted timestamps of one chunk and what they did to the io_group clocks."""
 
     rows: np.ndarray  # accepted timestamp rows, ascending
@@ -141,7 +141,7 @@ class DetectorClock:
         offsets[~np.isnan(self.head) & np.isnan(offsets)] = 0.0
         return offsets
 
-    def read(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> Reading:
+    def read(self, packets: np.ndarray, clock: DataClock, wall_now: float) -> AcceptedStamps:
         """Judge the chunk's timestamp packets, advance the file and io_group clocks, return the accepted ones."""
         ts_rows, stamps, implausible = plausible_timestamps(packets, wall_now)
         self.implausible += implausible
@@ -184,7 +184,7 @@ class DetectorClock:
         if len(present) and len(present) < IO_GROUPS:
             offsets = self.head[present] - self.others_median()[present]
             self.in_step[present] = ~(np.abs(offsets) > TOLERANCE_SECONDS)
-        return Reading(ts_rows, stamps, groups, before, rebased)
+        return AcceptedStamps(ts_rows, stamps, groups, before, rebased)
 
     def _judge(self, g: int, times: np.ndarray, clock: DataClock, wall_now: float) -> tuple[np.ndarray, int | None]:
         """The general rule, run by run of equal times: which are accepted, and where the clock steps."""
@@ -264,8 +264,8 @@ class DetectorClock:
         """Float unix seconds per packet (NaN before its io_group's first accepted timestamp); advances the clocks."""
         if len(packets) == 0:
             return np.zeros(0)
-        reading = self.read(packets, clock, wall_now)
-        return reading.fill(packets["io_group"], reading.times, reading.before)
+        accepted = self.read(packets, clock, wall_now)
+        return accepted.fill(packets["io_group"], accepted.times, accepted.before)
 
     def export_state(self) -> dict[str, np.ndarray]:
         """Arrays for the checkpoint (accepted times only)."""

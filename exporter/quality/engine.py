@@ -29,7 +29,7 @@ NOT_SELF_TRIGGERED = -2
 
 
 def count(state: State, packets: np.ndarray, slots: np.ndarray, ends: np.ndarray) -> None:
-    """Count a chunk of packet records whose window ``slots`` and live bin ``ends`` (``Reading.fill``)
+    """Count a chunk of packet records whose window ``slots`` and live bin ``ends`` (``AcceptedStamps.fill``)
     are known: the reference implementation of the compiled kernels, which do the same packet for packet."""
     ptype = packets["packet_type"]
     is_data = ptype == DATA

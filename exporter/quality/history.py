@@ -33,12 +33,16 @@ class History:
         self.interval = interval
         self.entries: collections.deque[HistoryEntry] = collections.deque(maxlen=length)
 
-    def record(self, snap: Snapshot, status: np.ndarray) -> bool:
+    def record(self, snapshot: Snapshot, status: np.ndarray) -> bool:
         """Add an entry if ``interval`` seconds of data time passed since the last one."""
-        if math.isnan(snap.data_time) or (self.entries and snap.data_time - self.entries[-1].data_time < self.interval):
+        if math.isnan(snapshot.data_time) or (
+            self.entries and snapshot.data_time - self.entries[-1].data_time < self.interval
+        ):
             return False
-        values = np.stack([snap.chip_rate_hz, snap.chip_adc_mean, snap.chip_adc_std], axis=1).astype(np.float32)
-        self.entries.append(HistoryEntry(snap.data_time, snap.chip_keys.copy(), values, status.astype(np.int8)))
+        values = np.stack([snapshot.chip_rate_hz, snapshot.chip_adc_mean, snapshot.chip_adc_std], axis=1).astype(
+            np.float32
+        )
+        self.entries.append(HistoryEntry(snapshot.data_time, snapshot.chip_keys.copy(), values, status.astype(np.int8)))
         return True
 
     def newest(self, max_rows: int | None = None) -> list[HistoryEntry]:

@@ -51,21 +51,21 @@ class Reference:
         self._compared: tuple[Snapshot, Comparison] | None = None
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot, sources: list[str]) -> Reference:
+    def from_snapshot(cls, snapshot: Snapshot, sources: list[str]) -> Reference:
         """Reference values from a snapshot whose window covers the whole reference run.
 
         ADC mean and spread come from periodic-trigger packets where the run has them (a pedestal run),
         else from the self-triggered ones; ``hits`` counts the packets behind them.
         """
-        self_hits = snap.channel_window_hits
-        periodic_hits = prefer_finite(snap.channel_periodic_hits, np.zeros_like(self_hits))  # zeros without any
+        self_hits = snapshot.channel_window_hits
+        periodic_hits = prefer_finite(snapshot.channel_periodic_hits, np.zeros_like(self_hits))  # zeros without any
         arrays = {
-            "chip_keys": snap.chip_keys.copy(),
-            "rate_hz": snap.channel_rate_hz.copy(),
-            "adc_mean": prefer_finite(snap.channel_pedestal_mean, snap.channel_adc_mean),
-            "adc_std": prefer_finite(snap.channel_pedestal_std, snap.channel_adc_std),
+            "chip_keys": snapshot.chip_keys.copy(),
+            "rate_hz": snapshot.channel_rate_hz.copy(),
+            "adc_mean": prefer_finite(snapshot.channel_pedestal_mean, snapshot.channel_adc_mean),
+            "adc_std": prefer_finite(snapshot.channel_pedestal_std, snapshot.channel_adc_std),
             "hits": np.where(periodic_hits > 0, periodic_hits, self_hits),
-            "duration_s": np.array(snap.covered_seconds),
+            "duration_s": np.array(snapshot.covered_seconds),
         }
         return cls(arrays, sources)
 
@@ -128,14 +128,14 @@ class Reference:
         """(chips, 64) reference rate of each channel of ``chip_keys`` (NaN for chips it does not know)."""
         return self._lookup(chip_keys)[1]
 
-    def compare(self, snap: Snapshot) -> Comparison:
+    def compare(self, snapshot: Snapshot) -> Comparison:
         """Rate and pedestal of every chip and channel against the reference (computed once per snapshot)."""
-        if self._compared is None or self._compared[0] is not snap:
-            self._compared = (snap, self._compare(snap))
+        if self._compared is None or self._compared[0] is not snapshot:
+            self._compared = (snapshot, self._compare(snapshot))
         return self._compared[1]
 
-    def _compare(self, snap: Snapshot) -> Comparison:
-        rows = self.rows_for(snap.chip_keys)
+    def _compare(self, snapshot: Snapshot) -> Comparison:
+        rows = self.rows_for(snapshot.chip_keys)
         ref_rate, ref_mean, ref_hits = (
             self.aligned("rate_hz", rows),
             self.aligned("adc_mean", rows),
@@ -143,18 +143,18 @@ class Reference:
         )
         with np.errstate(invalid="ignore", divide="ignore"):
             chip_ref_rate = np.nansum(ref_rate, axis=1)
-            rate_ratio = np.where(chip_ref_rate > 0, snap.chip_rate_hz / chip_ref_rate, np.nan)
+            rate_ratio = np.where(chip_ref_rate > 0, snapshot.chip_rate_hz / chip_ref_rate, np.nan)
             weights = np.where(np.isnan(ref_mean), 0.0, np.nan_to_num(ref_hits))
             chip_ref_mean = (np.nan_to_num(ref_mean) * weights).sum(axis=1) / weights.sum(axis=1)
-            pedestal_shift = prefer_finite(snap.chip_pedestal_mean, snap.chip_adc_mean) - chip_ref_mean
-            span = snap.chip_span_seconds[:, None]  # each chip's io_group window
+            pedestal_shift = prefer_finite(snapshot.chip_pedestal_mean, snapshot.chip_adc_mean) - chip_ref_mean
+            span = snapshot.chip_span_seconds[:, None]  # each chip's io_group window
             expected = ref_rate * span
-            observed = snap.channel_window_hits
+            observed = snapshot.channel_window_hits
             # the reference is a measurement too: its counts add variance expected * (now / reference duration)
             variance = expected * (1.0 + span / float(self.arrays["duration_s"]))
             terms = np.where(expected > 0, (observed - expected) ** 2 / variance, np.nan)
             counted = np.sum(~np.isnan(terms), axis=1)
             rate_chi2 = np.where(counted > 0, np.nansum(terms, axis=1) / np.maximum(counted, 1), np.nan)
-            channel_ratio = np.where(ref_rate > 0, snap.channel_rate_hz / ref_rate, np.nan)
-        channel_mean = prefer_finite(snap.channel_pedestal_mean, snap.channel_adc_mean)
+            channel_ratio = np.where(ref_rate > 0, snapshot.channel_rate_hz / ref_rate, np.nan)
+        channel_mean = prefer_finite(snapshot.channel_pedestal_mean, snapshot.channel_adc_mean)
         return Comparison(rate_ratio, pedestal_shift, rate_chi2, channel_ratio, channel_mean - ref_mean)

@@ -1,6 +1,6 @@
 """The Snapshot: one consistent, immutable view of the data quality, what /metrics and the plots read.
 
-It is the plot plugins' API (``ctx.stats``), so every field says its shape, dtype and unit. Row
+It is the plot plugins' API (``ctx.snapshot``), so every field says its shape, dtype and unit. Row
 ``i`` of every per-chip array is the chip ``chip_keys[i]`` (rows never move: a chip keeps its row
 for the life of the process); per-channel arrays add a channel axis of 64 (``channel_id``);
 per-io_group arrays have 256 rows indexed by io_group. "The window" is the last ``--window``

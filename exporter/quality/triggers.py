@@ -98,7 +98,7 @@ class TriggerWindows:
     def add(self, state: State, packets: np.ndarray, accepted: np.ndarray) -> None:
         """Place a chunk's packet records and count what became final into ``state`` (its ``trigger_words``
         and ``beam_*`` fields); chips must be registered (the engines have counted the chunk). Packets are
-        placed by the timestamp packets the data clock accepted (rows ``accepted``, ``clock.Reading.rows``):
+        placed by the timestamp packets the data clock accepted (rows ``accepted``, ``clock.AcceptedStamps.rows``):
         a corrupt or jumping timestamp moves nothing."""
         ptype = packets["packet_type"]
         groups = packets["io_group"].astype(np.int64)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, Reading
+from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, AcceptedStamps
 from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.reading.cursor import DataClock
 from larpix_dqm.exporter.reading.packets import IO_GROUPS
@@ -29,7 +29,7 @@ DEAD_GAP_SECONDS = 10.0
 class Placed:
     """A chunk's accepted timestamps placed in the windows: what both engines count with."""
 
-    reading: Reading
+    accepted: AcceptedStamps
     slots: np.ndarray  # window slot of each accepted timestamp (-1: outside its io_group's window)
     before: np.ndarray  # (256,) slot of each io_group's packets before its first timestamp in the chunk
     ends: np.ndarray  # live time of the end of each accepted timestamp's bin (a hit's last-hit time)
@@ -38,7 +38,7 @@ class Placed:
 
 def move(state: State, packets: np.ndarray, clock: DataClock, wall_now: float) -> Placed:
     """Read the chunk's timestamp packets, place them in live time and move the windows; a packet's
-    slot and bin end are those of its io_group's latest accepted timestamp at or before it (``Reading.fill``).
+    slot and bin end are those of its io_group's latest accepted timestamp at or before it (``AcceptedStamps.fill``).
 
     The data-time rule is ``DetectorClock``'s (quality/clock.py). Each io_group's window ends at
     its own live clock and, while the io_group sends nothing, follows the other io_groups once their
@@ -49,8 +49,8 @@ def move(state: State, packets: np.ndarray, clock: DataClock, wall_now: float) -
     """
     head_before = state.clock.head.copy()
     dead_before = state.dead_seconds.copy()
-    reading = state.clock.read(packets, clock, wall_now)
-    live, gapped = _live_times(state, reading)
+    accepted = state.clock.read(packets, clock, wall_now)
+    live, gapped = _live_times(state, accepted)
     head = state.clock.head
     live_head = head - state.dead_seconds
     reference = state.clock.others_median(live_head)
@@ -62,43 +62,43 @@ def move(state: State, packets: np.ndarray, clock: DataClock, wall_now: float) -
     behind = np.minimum(reference - state.window_reference, state.clock.others_median() - head)
     push = np.maximum(behind - TOLERANCE_SECONDS, 0.0)
     state.window_end = np.fmax(state.window_end, np.where(stalled, live_head + np.nan_to_num(push), live_head))
-    for g in np.unique(reading.groups).tolist():
-        first = float(live[reading.groups == g].min())
+    for g in np.unique(accepted.groups).tolist():
+        first = float(live[accepted.groups == g].min())
         if np.isnan(state.live_start[g]):
             state.live_start[g] = first
         if g in gapped or np.isnan(state.run_start[g]):  # the run starts again with the chunk that holds the gap
             state.start_run(g, first)
     for g in np.flatnonzero(state.bin_of(state.window_end) > state.newest_bin).tolist():
         _advance(state, g)
-    before_live = reading.before - dead_before
+    before_live = accepted.before - dead_before
     return Placed(
-        reading,
-        _slot_of(state, live, reading.groups),
+        accepted,
+        _slot_of(state, live, accepted.groups),
         _slot_of(state, before_live, np.arange(IO_GROUPS)),
         _bin_end(state, live),
         _bin_end(state, before_live),
     )
 
 
-def _live_times(state: State, reading: Reading) -> tuple[np.ndarray, set[int]]:
+def _live_times(state: State, accepted: AcceptedStamps) -> tuple[np.ndarray, set[int]]:
     """Live time of each accepted timestamp, and the io_groups with a dead gap in the chunk.
 
     Per io_group, in the chunk's order, from where its window had reached: each forward move of its
     newest time by more than ``DEAD_GAP_SECONDS`` adds the move less one second to ``dead_seconds``; at a
-    clock step (``Reading.rebased``) live time goes on one second after the newest live time so far.
+    clock step (``AcceptedStamps.rebased``) live time goes on one second after the newest live time so far.
     """
-    live = reading.times.copy()
+    live = accepted.times.copy()
     gapped: set[int] = set()
-    for g in np.unique(reading.groups).tolist():
-        at = np.flatnonzero(reading.groups == g)
+    for g in np.unique(accepted.groups).tolist():
+        at = np.flatnonzero(accepted.groups == g)
         dead, live_end = float(state.dead_seconds[g]), float(state.window_end[g])
         reach = live_end + dead  # the data time its window had reached (NaN before any)
-        step = reading.rebased.get(g)
+        step = accepted.rebased.get(g)
         split = int(np.searchsorted(at, step)) if step is not None else len(at)
         for part in (at[:split], at[split:]):
             if not len(part):
                 continue
-            times = reading.times[part]
+            times = accepted.times[part]
             if part[0] == step:  # a clock step: the old clock's times are behind, live time goes on
                 dead = float(times[0]) - (live_end + 1.0)
                 reach = float(times[0])

@@ -200,9 +200,9 @@ class RegistryWriter:
         if math.isnan(since):
             since = start if start is not None else until
         seconds = 0.0 if math.isnan(until) or math.isnan(since) else max(0.0, until - since)
-        snap, results = evaluation.snapshot, evaluation.results
+        snapshot, results = evaluation.snapshot, evaluation.results
         statuses = [(DETECTOR, results.detector_status)]
-        statuses += [(g, int(results.io_group_status[g])) for g in snap.io_groups.tolist()]
+        statuses += [(g, int(results.io_group_status[g])) for g in snapshot.io_groups.tolist()]
         self.conn.executemany(
             "INSERT INTO status_time (run_id, io_group, status, seconds) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (run_id, io_group, status) DO UPDATE SET seconds = seconds + excluded.seconds",

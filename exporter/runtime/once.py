@@ -30,42 +30,46 @@ from larpix_dqm.exporter.runtime.ingest import count_chunk, note_reading
 EVALUATE_EVERY_SECONDS = 10.0
 
 
-def snapshot_summary(snap: Snapshot) -> dict:
+def snapshot_summary(snapshot: Snapshot) -> dict:
     """Per-chip statistics and channel status lists, as plain JSON-ready data."""
     chips = []
-    for i, key in enumerate(snap.chip_keys.tolist()):
+    for i, key in enumerate(snapshot.chip_keys.tolist()):
         chips.append(
             {
                 "io_group": key[0],
                 "io_channel": key[1],
                 "chip_id": key[2],
-                "packets": int(snap.chip_packets[i]),
-                "parity_errors": int(snap.chip_parity_errors[i]),
-                "fifo_flags": snap.chip_fifo_flags[i].tolist(),
-                "hit_rate_hz": float(snap.chip_rate_hz[i]),
-                "adc_mean": None if np.isnan(snap.chip_adc_mean[i]) else float(snap.chip_adc_mean[i]),
-                "adc_std": None if np.isnan(snap.chip_adc_std[i]) else float(snap.chip_adc_std[i]),
-                "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts[i])},
-                "masked_active_channels": int(snap.chip_masked_active[i]) if len(snap.chip_masked_active) else 0,
+                "packets": int(snapshot.chip_packets[i]),
+                "parity_errors": int(snapshot.chip_parity_errors[i]),
+                "fifo_flags": snapshot.chip_fifo_flags[i].tolist(),
+                "hit_rate_hz": float(snapshot.chip_rate_hz[i]),
+                "adc_mean": None if np.isnan(snapshot.chip_adc_mean[i]) else float(snapshot.chip_adc_mean[i]),
+                "adc_std": None if np.isnan(snapshot.chip_adc_std[i]) else float(snapshot.chip_adc_std[i]),
+                "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snapshot.chip_status_counts[i])},
+                "masked_active_channels": int(snapshot.chip_masked_active[i])
+                if len(snapshot.chip_masked_active)
+                else 0,
             }
         )
     return {
         "totals": {
-            "packets": int(snap.packet_type_counts.sum()),
-            "data_packets": int(snap.chip_packets.sum()),
-            "parity_errors": int(snap.chip_parity_errors.sum() + snap.link_parity_errors.sum()),
+            "packets": int(snapshot.packet_type_counts.sum()),
+            "data_packets": int(snapshot.chip_packets.sum()),
+            "parity_errors": int(snapshot.chip_parity_errors.sum() + snapshot.link_parity_errors.sum()),
             "chips": len(chips),
-            "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snap.chip_status_counts.sum(axis=0))}
+            "channels": {
+                s.label: int(n) for s, n in zip(ChannelStatus.judged(), snapshot.chip_status_counts.sum(axis=0))
+            }
             if len(chips)
             else {},
-            "window_seconds": snap.covered_seconds,
+            "window_seconds": snapshot.covered_seconds,
         },
         "chips": chips,
-        "channels": {s.label: channel_list(snap, (s.label,)).tolist() for s in ChannelStatus.judged()},
-        "unexpected_chips": unexpected_chips(snap),
+        "channels": {s.label: channel_list(snapshot, (s.label,)).tolist() for s in ChannelStatus.judged()},
+        "unexpected_chips": unexpected_chips(snapshot),
         "link_parity_errors": [
-            {"io_group": g, "io_channel": c, "parity_errors": int(snap.link_parity_errors[g, c])}
-            for g, c in np.argwhere(snap.link_parity_errors > 0).tolist()
+            {"io_group": g, "io_channel": c, "parity_errors": int(snapshot.link_parity_errors[g, c])}
+            for g, c in np.argwhere(snapshot.link_parity_errors > 0).tolist()
         ],
     }
 

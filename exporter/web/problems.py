@@ -62,11 +62,11 @@ def _runbook(runbook_url: str, status: int) -> str:
 
 def _pixel_maps(evaluation: Evaluation) -> dict[int, str]:
     """Geometry tile number -> its pixel-map image name (tiles numbered 1.. within their io_group)."""
-    snap = evaluation.snapshot
+    snapshot = evaluation.snapshot
     names: dict[int, str] = {}
-    mapped = snap.chip_tiles >= 0
-    for group in np.unique(snap.chip_keys[mapped, 0]).tolist():
-        tiles = np.unique(snap.chip_tiles[mapped & (snap.chip_keys[:, 0] == group)]).tolist()
+    mapped = snapshot.chip_tiles >= 0
+    for group in np.unique(snapshot.chip_keys[mapped, 0]).tolist():
+        tiles = np.unique(snapshot.chip_tiles[mapped & (snapshot.chip_keys[:, 0] == group)]).tolist()
         names.update({tile: f"PixelMap_{group}_{i + 1}" for i, tile in enumerate(tiles)})
     return names
 
@@ -79,8 +79,8 @@ def geometry_notice_html(geometry: Geometry | None) -> str:
 
 def problems_html(evaluation: Evaluation, runbook_url: str, plots: bool) -> str:
     """The 'what is wrong now' section; ``plots`` says whether pixel maps are served on /plots/."""
-    snap, r = evaluation.snapshot, evaluation.results
-    groups = [g for g in snap.io_groups.tolist() if r.io_group_status[g] != CheckStatus.OK]
+    snapshot, r = evaluation.snapshot, evaluation.results
+    groups = [g for g in snapshot.io_groups.tolist() if r.io_group_status[g] != CheckStatus.OK]
     tiles = [(int(t), int(s)) for t, s in zip(r.tiles.tolist(), r.tile_status.tolist()) if s != CheckStatus.OK]
     chips = np.flatnonzero(r.chip_worst != CheckStatus.OK)
     if not groups and not tiles and not len(chips):
@@ -94,7 +94,7 @@ def problems_html(evaluation: Evaluation, runbook_url: str, plots: bool) -> str:
                 for i, c in enumerate(r.group_checks)
                 if r.group_status[i, g] != CheckStatus.OK
             ]
-            bad = int(((snap.chip_keys[:, 0] == g) & (r.chip_worst != CheckStatus.OK)).sum())
+            bad = int(((snapshot.chip_keys[:, 0] == g) & (r.chip_worst != CheckStatus.OK)).sum())
             rows.append(
                 f"<tr><td>io_group {g}</td><td>{_status(r.io_group_status[g])}</td>"
                 f"<td>{'; '.join(own) or 'its own checks ok'}; {bad} chip(s) not ok</td>"
@@ -112,12 +112,12 @@ def problems_html(evaluation: Evaluation, runbook_url: str, plots: bool) -> str:
 
         def order(row: int) -> tuple:
             failing = int((r.chip_status[:, row] != CheckStatus.OK).sum())
-            return (_rank(r.chip_worst[row]), -failing, tuple(snap.chip_keys[row].tolist()))
+            return (_rank(r.chip_worst[row]), -failing, tuple(snapshot.chip_keys[row].tolist()))
 
         rows = []
         for row in sorted(chips.tolist(), key=order)[:MAX_CHIP_ROWS]:
-            key = "-".join(str(int(k)) for k in snap.chip_keys[row])
-            tile = int(snap.chip_tiles[row])
+            key = "-".join(str(int(k)) for k in snapshot.chip_keys[row])
+            tile = int(snapshot.chip_tiles[row])
             verdicts = [
                 _verdict(c, float(r.chip_values[i, row]), int(r.chip_status[i, row]))
                 for i, c in sorted(enumerate(r.chip_checks), key=lambda ic: _rank(r.chip_status[ic[0], row]))

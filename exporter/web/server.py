@@ -44,7 +44,7 @@ from larpix_dqm.exporter.detector.runconfig import RunConfig
 from larpix_dqm.exporter.metrics.exposition import CONTENT_TYPE, Family, render
 from larpix_dqm.exporter.metrics.families import FamilyBuilder
 from larpix_dqm.exporter.metrics.health import Health
-from larpix_dqm.exporter.monitoring import Monitoring
+from larpix_dqm.exporter.monitoring import MixinConfig
 from larpix_dqm.exporter.quality.channels import (
     CHANNEL_MEDIA_TYPES,
     DEFAULT_STATUSES,
@@ -162,7 +162,7 @@ class MetricsApp:
         run_config: RunConfig | None = None,
         telemetry_path: str = "/metrics",
         ready: Callable[[], bool] = lambda: True,
-        runbook_url: str = Monitoring.runbook_url,
+        runbook_url: str = MixinConfig.runbook_url,
         geometry: Geometry | None = None,
         registry: str | None = None,
     ) -> None:
@@ -178,11 +178,11 @@ class MetricsApp:
         self.ready = ready
         self.runbook_url = runbook_url
         self.geometry = geometry
-        self.collector = FamilyBuilder(self.run_config.run_mode, geometry)
+        self.families = FamilyBuilder(self.run_config.run_mode, geometry)
         self.process = CollectorRegistry(auto_describe=True)  # process_*, python_info, python_gc_*: client_python's
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.process)
-        self._lock = threading.Lock()  # the collector's label cache and the renderings are shared between scrapes
+        self._lock = threading.Lock()  # the family builder's label cache and the renderings are shared between scrapes
         self._renderings: dict[bool, Rendering] = {}
         self._last_scrape = -math.inf
         self.last_scrape_seconds = 0.0
@@ -209,7 +209,7 @@ class MetricsApp:
         with self.heavy_turn() if per_pixel else contextlib.nullcontext():
             rendered = self._detector_rendering(pub, per_pixel)
         source = rendered.source  # the exporter's figures of the same publication as the detector's
-        families = self.collector.exporter_families(source.snapshot, source.health)
+        families = self.families.exporter_families(source.snapshot, source.health)
         families.append(
             Family(
                 "larpix_exporter_scrape_duration_seconds", "gauge", "Time the previous /metrics rendering took."
@@ -253,7 +253,7 @@ class MetricsApp:
         try:
             cached = self._renderings.get(per_pixel)
             if cached is None or cached.source is not pub:
-                families = self.collector.detector_families(
+                families = self.families.detector_families(
                     pub.snapshot, per_pixel, evaluation=pub.evaluation, run=pub.run
                 )
                 text = render(families).encode()
@@ -269,9 +269,9 @@ class MetricsApp:
             raise ValueError(f"unknown format {fmt!r}: use {', '.join(CHANNEL_MEDIA_TYPES)}")
         statuses = statuses or list(DEFAULT_STATUSES[fmt])
         with self.heavy_turn():
-            snap = self.published().snapshot
-            meta = disabled_list_meta(snap, statuses, self.inputs) if fmt == "daq" else None
-            return format_channels(channel_list(snap, statuses), fmt, meta), CHANNEL_MEDIA_TYPES[fmt]
+            snapshot = self.published().snapshot
+            meta = disabled_list_meta(snapshot, statuses, self.inputs) if fmt == "daq" else None
+            return format_channels(channel_list(snapshot, statuses), fmt, meta), CHANNEL_MEDIA_TYPES[fmt]
 
     def history_export(self, fmt: str) -> tuple[bytes, bytes, str]:
         """The per-chip history as csv or json (the newest MAX_HISTORY_ROWS rows), plain and gzipped.

@@ -62,14 +62,14 @@ class AnodeOverview(PixelPlot):
         return [self.plot_name()] if ctx.geometry is not None else []
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
-        view, stats = self.pixels(ctx), ctx.stats
-        refs = view.tiles(stats)
-        images = {ref: tile_images(view, stats, ref) for ref in refs}
+        view, snapshot = self.pixels(ctx), ctx.snapshot
+        refs = view.tiles(snapshot)
+        images = {ref: tile_images(view, snapshot, ref) for ref in refs}
         everything = list(images.values())
         rates = np.concatenate([i.rate.ravel() for i in everything]) if everything else np.zeros(0)
         means = np.concatenate([i.mean.ravel() for i in everything]) if everything else np.zeros(0)
-        norms = {"rate": rate_norm(stats, rates), "mean": robust_norm(means)}
-        key = (tuple(refs), stats.config.noisy_rate_hz)
+        norms = {"rate": rate_norm(snapshot, rates), "mean": robust_norm(means)}
+        key = (tuple(refs), snapshot.config.noisy_rate_hz)
         kept = self._kept
         if kept is None or kept.fig is not fig or kept.key != key:
             kept = self._kept = self._build(fig, view, refs, norms, key)
@@ -80,7 +80,7 @@ class AnodeOverview(PixelPlot):
         noisy = sum(i.count(ChannelStatus.NOISY) for i in everything)
         pixels = sum(int((i.codes >= 0).sum()) for i in everything)
         kept.title.set_text(f"{name}: {len(refs)} tiles, {pixels} pixels (tile numbers as in the geometry)")
-        kept.subtitle.set_text(f"{window_text(stats)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels")
+        kept.subtitle.set_text(f"{window_text(snapshot)}  ·  {silent} silent, {noisy} noisy, {unknown} unknown pixels")
         assert isinstance(kept.fig, CachedFigure)
         statuses: dict[str, list] = {}
         for field, ref, panel in kept.panels:

@@ -74,20 +74,20 @@ class FIFOFlags(Plot):
     @staticmethod
     def _most_flagged(ctx: PlotContext) -> list[int]:
         """Snapshot rows of the chips with the most flagged packets, most first (none without flags)."""
-        flags = ctx.stats.chip_fifo_flags
+        flags = ctx.snapshot.chip_fifo_flags
         total = flags.sum(axis=1) if len(flags) else np.zeros(0)
         return [int(i) for i in np.argsort(-total, kind="stable")[:TOP_CHIPS] if total[i] > 0]
 
     @staticmethod
     def _chips(ax: Axes, ctx: PlotContext, order: list[int]) -> None:
         """Stacked horizontal bars of the chips with the most flagged packets (snapshot totals)."""
-        stats = ctx.stats
+        snapshot = ctx.snapshot
         if not order:
             no_data(ax, "no FIFO flags so far")
             ax.set_yticks([])
             return
-        flags = stats.chip_fifo_flags
-        labels = ["-".join(map(str, stats.chip_keys[i].tolist())) for i in order]
+        flags = snapshot.chip_fifo_flags
+        labels = ["-".join(map(str, snapshot.chip_keys[i].tolist())) for i in order]
         left = np.zeros(len(order))
         for k, label in enumerate(FLAG_LABELS):
             values = flags[order, k].astype(float)

@@ -25,19 +25,19 @@ class HotPixels(Plot):
         self._kept = KeptFigure()
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
-        stats = ctx.stats
-        rates = stats.channel_rate_hz.ravel()
-        status = stats.channel_status.ravel()
+        snapshot = ctx.snapshot
+        rates = snapshot.channel_rate_hz.ravel()
+        status = snapshot.channel_status.ravel()
         total = float(rates.sum())
         top_ax, dist_ax = self._kept.axes(fig, 6.0, total > 0, lambda new: self._build(new, total > 0))
-        threshold = stats.config.noisy_rate_hz
+        threshold = snapshot.config.noisy_rate_hz
         if total > 0:
             order = np.argsort(-rates, kind="stable")[:TOP]
             order = order[rates[order] > 0]
             share = rates[order] / total * 100
-            chips, channels = np.divmod(order, stats.channel_rate_hz.shape[1])
+            chips, channels = np.divmod(order, snapshot.channel_rate_hz.shape[1])
             labels = [
-                f"{'-'.join(map(str, stats.chip_keys[c].tolist()))} ch {ch}"
+                f"{'-'.join(map(str, snapshot.chip_keys[c].tolist()))} ch {ch}"
                 for c, ch in zip(chips.tolist(), channels.tolist())
             ]
             colours = [NOISY_COLOUR if status[i] == ChannelStatus.NOISY else "#4c72b0" for i in order]
@@ -48,7 +48,7 @@ class HotPixels(Plot):
                 top_ax.invert_yaxis()
             top_ax.set_xlim(0, share.max() * 1.25)
             positive = rates[rates > 0]
-            low = min(positive.min(), 1.0 / stats.covered_seconds)
+            low = min(positive.min(), 1.0 / snapshot.covered_seconds)
             edges = np.geomspace(low / 1.5, max(positive.max(), threshold) * 1.5, 60)
             dist_ax.hist(positive, edges, color="#4c72b0")
             dist_ax.axvline(threshold, color=NOISY_COLOUR, linestyle="--", label=f"noisy above {threshold:g} Hz")
@@ -59,7 +59,9 @@ class HotPixels(Plot):
         silent = int((status == ChannelStatus.SILENT).sum())
         dist_ax.set_title(f"channels with hits ({silent} silent not shown)", fontsize=11)
         noisy = int((status == ChannelStatus.NOISY).sum())
-        return self._kept.finish(f"{name}: {noisy} noisy channels", f"{window_text(stats)}  ·  {total:.4g} Hz in all")
+        return self._kept.finish(
+            f"{name}: {noisy} noisy channels", f"{window_text(snapshot)}  ·  {total:.4g} Hz in all"
+        )
 
     @staticmethod
     def _build(fig: Figure, data: bool) -> tuple[Axes, Axes]:

@@ -64,24 +64,24 @@ class PixelMap(PixelPlot):
     def tiles(self, ctx: PlotContext) -> dict[str, TileRef]:
         if ctx.geometry is None:
             return {}
-        return {f"{self.plot_name()}_{ref.suffix}": ref for ref in self.pixels(ctx).tiles(ctx.stats)}
+        return {f"{self.plot_name()}_{ref.suffix}": ref for ref in self.pixels(ctx).tiles(ctx.snapshot)}
 
     def outputs(self, ctx: PlotContext) -> list[str]:
         return list(self.tiles(ctx))
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
         ref = self.tiles(ctx)[name]
-        stats = ctx.stats
-        images = tile_images(self.pixels(ctx), stats, ref)
-        norms = (rate_norm(stats, images.rate), robust_norm(images.mean), robust_norm(images.std, floor=0.0))
+        snapshot = ctx.snapshot
+        images = tile_images(self.pixels(ctx), snapshot, ref)
+        norms = (rate_norm(snapshot, images.rate), robust_norm(images.mean), robust_norm(images.std, floor=0.0))
         kept = self._figures.get(name)
-        noisy_rate_hz = stats.config.noisy_rate_hz
+        noisy_rate_hz = snapshot.config.noisy_rate_hz
         if kept is None or kept.fig is not fig or kept.grid is not images.grid or kept.noisy_rate_hz != noisy_rate_hz:
             kept = self._figures[name] = self._build(fig, images.grid, norms, noisy_rate_hz)
         for panel, values, norm in zip(kept.panels, (images.rate, images.mean, images.std), norms):
             panel.update(values, images.codes, norm)
         kept.title.set_text(f"{name}: {self._where(ref, ctx)}")
-        kept.subtitle.set_text(f"{window_text(stats)}  ·  {self._counts(images)}")
+        kept.subtitle.set_text(f"{window_text(snapshot)}  ·  {self._counts(images)}")
         assert isinstance(kept.fig, CachedFigure)
         kept.fig.keys["title"] = kept.title.get_text()
         for i, panel in enumerate(kept.panels):

@@ -138,7 +138,7 @@ class TileRate(Plot):
         heat_ax.set_ylim(len(rows) - 0.5, -0.5)
         heat_ax.set_title(f"this file, bins of {series.width:g} s", fontsize=11)
         bar_ax.barh(range(len(rows)), [window.get(s, 0.0) for s in rows], color="#4c72b0")
-        return self._kept.finish(f"{name}: {file_label(ctx)}", f"right: {window_text(ctx.stats)}")
+        return self._kept.finish(f"{name}: {file_label(ctx)}", f"right: {window_text(ctx.snapshot)}")
 
     def _build(self, fig: Figure, height: float, data: bool) -> tuple[Axes, Axes]:
         """Heat map beside the window rates, sharing the tile axis; a colour bar axes (kept out of the
@@ -159,9 +159,9 @@ class TileRate(Plot):
     @staticmethod
     def _window_rates(ctx: PlotContext, tiles: ChipTiles) -> dict[int, float]:
         """Window hit rate per tile series, summed over the snapshot's chips."""
-        stats = ctx.stats
-        keys = stats.chip_keys.astype(np.int64)
+        snapshot = ctx.snapshot
+        keys = snapshot.chip_keys.astype(np.int64)
         which = tiles.series(keys[:, 0], keys[:, 1], keys[:, 2])
-        sums = np.bincount(which, stats.chip_rate_hz, tiles.n_series)
+        sums = np.bincount(which, snapshot.chip_rate_hz, tiles.n_series)
         seen = np.bincount(which, minlength=tiles.n_series) > 0
         return {int(s): float(sums[s]) for s in np.flatnonzero(seen)}
