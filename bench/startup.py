@@ -1,7 +1,8 @@
 """Start-up cost: whole fresh processes of ``larpix-dqm --help``, shell completion and ``once --no-plots`` on a
 small simulated file, against their goals (issue 21 item 1), and the geometry build of each packaged layout
 (and of any ``--geometry`` file, e.g. an ND-LAr module's multi_tile_layout-3.0.40.yaml) parsed and built, and
-loaded from the cache.
+loaded from the cache. For each ``--geometry`` file also ``once --no-plots -o OUT`` on 10 s of its data at
+0.2 Hz a channel (issue 21 item 3: under 2 s for an ND-LAr module), with and without ``--channels``.
 
 Each figure is the median of ``--repeat`` fresh processes, with the machine's load average beside it (the
 machine is shared: figures move with it). Prints figures only, asserts nothing.
@@ -25,6 +26,8 @@ from larpix_dqm.exporter.detector.geometry import packaged_layouts
 
 #: Goals of issue 21 item 1, seconds of wall time of the whole process.
 HELP_GOAL, ONCE_GOAL = 0.3, 0.6
+#: Goal of issue 21 item 3: ``once`` on 10 s of an ND-LAr module's data at 0.2 Hz a channel, seconds.
+MODULE_ONCE_GOAL = 2.0
 CLI = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
 #: The entry point as the installed script runs it: completion keys its variable on the program's name.
 ENTRY_POINT = [
@@ -81,6 +84,26 @@ def row(label: str, seconds: float, goal: float | None = None) -> None:
     print(f"  {label:<58}{seconds:7.3f} s{met}")
 
 
+def module_once(geometry: str, workdir: Path, repeat: int) -> None:
+    """``once --no-plots -o OUT`` on 10 s of ``geometry``'s data at 0.2 Hz a channel (a raw file), whole fresh
+    processes with the geometry cached, as a run coordinator's script would call it; and the summary's size."""
+    data = workdir / f"module-{Path(geometry).stem}"
+    if not list(data.glob("*.h5")):
+        simulate = ["simulate", str(data), "--seconds", "10", "--fast", "--start-time", str(START)]
+        subprocess.run([*CLI, *simulate, "--geometry", geometry, "--rate-hz", "0.2"], capture_output=True, check=True)
+    (path,) = data.glob("*.h5")
+    print(f"\nonce on 10 s of {Path(geometry).name} at 0.2 Hz a channel ({path.stat().st_size / 1e6:.0f} MB raw file)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        for extra in ([], ["--channels"]):
+            out = workdir / "module-out"
+            once = [*CLI, "once", str(path), "--no-plots", "-o", str(out), "--geometry", geometry, *extra]
+            subprocess.run(once, capture_output=True, check=True, env=env)  # fills the geometry cache
+            seconds = median_seconds(once, repeat, env)
+            size = (out / "summary.json").stat().st_size / 1e6
+            row(f"once --no-plots -o {' '.join(extra)} (summary.json {size:.1f} MB)", seconds, MODULE_ONCE_GOAL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=7, help="fresh processes per figure; the median counts")
@@ -129,6 +152,8 @@ def main() -> None:
         built, channels = geometry_seconds(path, repeat, cached=False)
         cached, _ = geometry_seconds(path, repeat, cached=True)
         print(f"  {Path(path).name:<34}{channels:>9,}{built:>11.3f} s{cached:>7.3f} s")
+    for path in args.geometry:
+        module_once(path, workdir, repeat)
     print(f"\n{load()} at the end")
 
 

@@ -423,6 +423,14 @@ def once(
         list[str], typer.Option("--plugin-dir", help="Folder with more plot plugins (*.py); repeatable.")
     ] = [],  # noqa: B006
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write the summary only.")] = False,
+    channels: Annotated[
+        bool,
+        typer.Option(
+            "--channels",
+            help="List the channels of every status in summary.json, active and unknown too (by default only the "
+            "other statuses' lists: active and unknown are most channels, and their counts are in the totals).",
+        ),
+    ] = False,
     network: Annotated[list[str], typer.Option("--network", help=NETWORK_HELP)] = [],  # noqa: B006
     disabled_list: Annotated[list[str], typer.Option("--disabled-list", help=DISABLED_LIST_HELP)] = [],  # noqa: B006
     run_mode: Annotated[str, typer.Option("--run-mode", help=RUN_MODE_HELP)] = "auto",
@@ -452,6 +460,7 @@ def once(
     from larpix_dqm.exporter.detector.geometry import GeometryError, resolve_geometry
     from larpix_dqm.exporter.detector.runconfig import RunConfig, RunConfigError
     from larpix_dqm.exporter.registry.schema import RegistryError
+    from larpix_dqm.exporter.runtime.once import summary_json
     from larpix_dqm.plots.errors import PlotConfigError
 
     setup_logging("info", "logfmt")
@@ -475,7 +484,7 @@ def once(
     runs = _once_registry(registry, run_pattern, file, configuration, run_mode)
     try:
         result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine, runs)
-        summary, metrics_text = result.summary()
+        summary, metrics_text = result.summary(every_list=channels)
         if summary["read_errors"]:
             _fail(f"{file}: {'; '.join(summary['read_errors'])}")
         if runs is not None:
@@ -490,7 +499,7 @@ def once(
             runs.close()
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "summary.json").write_text(json.dumps(summary, indent=1))
+        (output / "summary.json").write_text(summary_json(summary))
         (output / "metrics.prom").write_text(metrics_text)
     if written is not None and output is not None:
         images, failures = written

@@ -292,7 +292,9 @@ class Settings:
 
 
 #: Paths the web server answers itself, which the metrics path must not hide.
-RESERVED_PATHS = frozenset({"", "/-/healthy", "/-/ready", "/plots", "/api/channels", "/api/history", "/api/runs"})
+RESERVED_PATHS = frozenset(
+    {"", "/-/healthy", "/-/ready", "/-/draw", "/plots", "/api/channels", "/api/history", "/api/runs"}
+)
 
 
 def parse_address(address: str, default_port: int) -> tuple[str, int]:

@@ -202,6 +202,28 @@ def test_once_writes_summary(tmp_path, module_geometry):
     assert summary["totals"]["data_packets"] == sum(c.get("packets", 0) for c in truth.chips.values())
     assert [1, 1, 11, 0] in summary["channels"]["silent"]
     assert [2, 5, 20, 12] in summary["channels"]["noisy"]
+    counts = summary["totals"]["channels"]
+    assert sorted(summary["channels"]) == ["inefficient", "masked", "noisy", "silent"]  # active, unknown: counts
+    assert counts["active"] > 20_000 and sum(counts.values()) == sum(
+        sum(c["channels"].values()) for c in summary["chips"]
+    )
+    text = (tmp_path / "out" / "summary.json").read_text()
+    lines = text.splitlines()  # a line per chip and per status list: read and diffed by line, written fast
+    assert len([line for line in lines if line.startswith('  {"io_group": ')]) == len(summary["chips"])
+    assert len([line for line in lines if line.startswith(('  "silent": [', '  "noisy": [', '  "masked": ['))]) == 3
+    result = run_cli(
+        "once",
+        str(paths[0]),
+        "-o",
+        str(tmp_path / "all"),
+        "--no-plots",
+        "--channels",
+        "--geometry",
+        str(packaged_layout()),
+    )
+    every = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert {status: len(listed) for status, listed in every["channels"].items()} == counts
+    assert every["channels"]["noisy"] == summary["channels"]["noisy"]
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"x" * 100)
     result = run_cli("once", str(bad))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +29,14 @@ from larpix_dqm.exporter.runtime.ingest import count_chunk, note_reading
 
 #: ``process_file`` hands ``on_evaluation`` an evaluation every this many seconds of the file's data time.
 EVALUATE_EVERY_SECONDS = 10.0
+#: Statuses whose channel lists the summary carries only when asked (``once --channels``): they hold most of
+#: a detector's channels (409,600 at an ND-LAr module), and their counts are in the totals anyway.
+LISTED_WHEN_ASKED = (ChannelStatus.ACTIVE, ChannelStatus.UNKNOWN)
 
 
-def snapshot_summary(snapshot: Snapshot) -> dict:
-    """Per-chip statistics and channel status lists, as plain JSON-ready data."""
+def snapshot_summary(snapshot: Snapshot, every_list: bool = False) -> dict:
+    """Per-chip statistics and the channel lists of the problem statuses (of every status with ``every_list``),
+    as plain JSON-ready data."""
     chips = []
     for i, key in enumerate(snapshot.chip_keys.tolist()):
         chips.append(
@@ -65,7 +70,11 @@ def snapshot_summary(snapshot: Snapshot) -> dict:
             "window_seconds": snapshot.covered_seconds,
         },
         "chips": chips,
-        "channels": {s.label: channel_list(snapshot, (s.label,)).tolist() for s in ChannelStatus.judged()},
+        "channels": {
+            s.label: channel_list(snapshot, (s.label,)).tolist()
+            for s in ChannelStatus.judged()
+            if every_list or s not in LISTED_WHEN_ASKED
+        },
         "unexpected_chips": unexpected_chips(snapshot),
         "link_parity_errors": [
             {"io_group": g, "io_channel": c, "parity_errors": int(snapshot.link_parity_errors[g, c])}
@@ -89,10 +98,11 @@ class FileResult:
     def snapshot(self) -> Snapshot:
         return self.evaluation.snapshot
 
-    def summary(self) -> tuple[dict, str]:
-        """The JSON summary (with the file and its read errors) and the metrics text, the families a scrape
-        of ``serve`` would show for the same data (check statuses included)."""
-        summary = snapshot_summary(self.snapshot)
+    def summary(self, every_list: bool = False) -> tuple[dict, str]:
+        """The JSON summary (with the file and its read errors; every status's channel list with ``every_list``)
+        and the metrics text, the families a scrape of ``serve`` would show for the same data (check statuses
+        included)."""
+        summary = snapshot_summary(self.snapshot, every_list)
         summary["file"] = self.path
         summary["run_mode"] = self.evaluation.run_mode
         summary["read_errors"] = self.errors
@@ -100,6 +110,24 @@ class FileResult:
             self.snapshot, self.health, evaluation=self.evaluation
         )
         return summary, render(families)
+
+
+def summary_json(summary: dict) -> str:
+    """summary.json's text: one line per entry of the top level and of the sections under it (a chip, a
+    status's channel list), so it reads and diffs by line; each line by json's C encoder, which ``indent``
+    would replace with its pure-Python one (seconds for an ND-LAr module)."""
+    sections = []
+    for key, value in summary.items():
+        if not isinstance(value, (dict, list)) or not value:
+            sections.append(f"{json.dumps(key)}: {json.dumps(value)}")
+            continue
+        if isinstance(value, list):
+            lines = [json.dumps(v) for v in value]
+        else:
+            lines = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in value.items()]
+        brackets = "[]" if isinstance(value, list) else "{}"
+        sections.append(f"{json.dumps(key)}: {brackets[0]}\n  " + ",\n  ".join(lines) + f"\n {brackets[1]}")
+    return "{\n " + ",\n ".join(sections) + "\n}\n"
 
 
 def file_rows(path: str) -> int:
