@@ -774,6 +774,7 @@ def demo(
     stop = threading.Event()
     writer: threading.Thread | None = None
     service: Service | None = None
+    deadline: threading.Timer | None = None
     try:
         geo_path = str(packaged_layout())
         try:
@@ -811,9 +812,12 @@ def demo(
             f"status page: {service.urls[0].rsplit('/', 1)[0]}/\nCtrl-C to stop."
         )
         if seconds:
-            threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
+            deadline = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+            deadline.start()
         service.wait()
     finally:
+        if deadline is not None:  # stopped earlier (SIGTERM, Ctrl-C): the exit must not wait for the timer
+            deadline.cancel()
         stop.set()
         if writer is not None:
             writer.join()  # finishes the second it is writing

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -228,3 +229,25 @@ def test_once_writes_summary(tmp_path, module_geometry):
     bad.write_bytes(b"x" * 100)
     result = run_cli("once", str(bad))
     assert result.returncode == 2 and "not_hdf5" in result.stderr and str(bad) in result.stderr
+
+
+@pytest.mark.external
+def test_demo_stops_on_sigterm_at_once_and_removes_its_directory(tmp_path):
+    """``demo --seconds N`` stopped early (SIGTERM, as a terminal's close or docker stop) exits 0 within
+    seconds, not when its N seconds are up, and leaves no directory behind."""
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "larpix_dqm.exporter.cli", "demo", "--port", str(port), "--seconds", "600"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: "larpix_exporter_up 1" in scrape(port), timeout=60, what="the demo serving")
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=20) == 0, demo.stderr.read() if demo.stderr else ""
+    finally:
+        demo.kill()
+        demo.wait()
+    assert list(tmp_path.iterdir()) == []
