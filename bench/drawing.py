@@ -1,13 +1,23 @@
 """Cost of the plots: seconds per plot of a full module, the tile pixel map and the whole cycle
-against their goals, and /metrics latency while the drawing process draws beside live ingest.
+against their goals, and /metrics latency, the first cycle's delay and the cycles completed while the
+drawing process draws beside live ingest, and ``larpix-dqm demo``'s first cycle as a whole process. ``--load N`` runs N busy processes beside it all (issue 21 item
+4 measures at load 4 on the 2 cores); the load average is printed beside the figures.
 
-Prints figures only (no assertions). Usage: python bench/drawing.py [--repeat 3] [--seconds 60] [--live 30] [--no-serve]
+Prints figures only (no assertions).
+Usage: python bench/drawing.py [--repeat 3] [--seconds 60] [--live 30] [--no-serve] [--load N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
+import re
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,10 +49,28 @@ from larpix_dqm.plots.legacy import packets_file
 
 #: Goals of issue 15 and what the predecessor (drawing thread, figures rebuilt every cycle) measured.
 PIXEL_MAP_GOAL, CYCLE_GOAL, SCRAPE_GOAL_MS = 0.1, 3.0, 50.0
+#: Goal of issue 21 item 4: seconds from the start of a live run to the first completed drawing cycle.
+FIRST_CYCLE_GOAL = 10.0
 PIXEL_MAP_BEFORE, CYCLE_BEFORE, SCRAPE_P99_BEFORE = "0.33-0.42 s", "13-21 s", "150-400 ms"
 
 START = 1_700_000_000
 FAULTS = Faults(silent_chips=[(1, 1, 11)], noisy_channels=[(2, 5, 20, 12)], fifo_full_chips=[(1, 2, 40)])
+
+
+def load() -> str:
+    return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+@contextlib.contextmanager
+def busy(processes: int):
+    """``processes`` busy loops beside the bench (other work on a shared machine), stopped afterwards."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -119,6 +147,7 @@ def bench_drawing(repeat: int, seconds: int) -> None:
     print(
         f"  {'full cycle, every plot of a module':<34} {cycle:7.3f} s  ({against(cycle, CYCLE_GOAL)}; before: {CYCLE_BEFORE})"
     )
+    print(f"  ({load()}; drawn in this process, at its priority)")
     whole = np.concatenate(chunks)[:1_000_000]
     took = statistics.median(timed(lambda: packets_file(whole).close(), repeat))
     print(f"  {'predecessor form: 1M packets -> h5py':<34} {took:7.3f} s  (in-memory file per call)")
@@ -152,8 +181,20 @@ def bench_service(seconds: int) -> None:
 
             sim = Simulator(geometry, SimulationConfig(seed=4), FAULTS)
             writer = threading.Thread(target=write_run, args=(sim, data, "raw", seconds), daemon=True)
+            started = time.monotonic()
             service.start()
             writer.start()
+            first_cycle = [float("nan")]
+
+            def watch(plots=service.plots, first_cycle=first_cycle, stop=stop, started=started) -> None:
+                while plots is not None and not stop.is_set():
+                    if plots.status()["cycles"] >= 1:
+                        first_cycle[0] = time.monotonic() - started
+                        return
+                    stop.wait(0.1)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             time.sleep(3)  # the first seconds are written and read: scrape a running exporter
             scraper = threading.Thread(target=scrape, daemon=True)
             scraper.start()
@@ -163,7 +204,13 @@ def bench_service(seconds: int) -> None:
             status = service.plots.status() if service.plots else None
             ingested = sum(service.ingester.health.packets_ingested.values())
             service.stop()
-            drawing = f", {status['cycles']} draw cycles, last {status['last_cycle_seconds']:.1f} s" if status else ""
+            drawing = ""
+            if status:
+                first = f"{first_cycle[0]:.1f} s ({against(first_cycle[0], FIRST_CYCLE_GOAL)})"
+                drawing = (
+                    f"; {status['cycles']} draw cycles completed in {seconds} s, the first after {first}, the last "
+                    f"took {status['last_cycle_seconds']:.1f} s"
+                )
             ordered = sorted(latencies)
             p50 = ordered[len(ordered) // 2] * 1e3
             p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3
@@ -171,8 +218,44 @@ def bench_service(seconds: int) -> None:
             print(
                 f"  {label:<10} /metrics p50 {p50:6.1f} ms, p99 {p99:6.1f} ms, max {ordered[-1] * 1e3:6.1f} ms over "
                 f"{len(ordered)} scrapes (p99 goal {SCRAPE_GOAL_MS:g} ms: {verdict}; before, plots on: "
-                f"{SCRAPE_P99_BEFORE}); {ingested:,} packets ingested{drawing}"
+                f"{SCRAPE_P99_BEFORE}); {ingested:,} packets ingested{drawing}; {load()}"
             )
+
+
+def bench_demo() -> None:
+    """``larpix-dqm demo`` as a user starts it, a whole process: seconds to ready, to the first image and to the
+    first completed drawing cycle (``larpix_exporter_plot_cycles_total``), from its /metrics."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    cmd = [sys.executable, "-m", "larpix_dqm.exporter.cli", "demo", "--port", str(port), "--seconds", "300"]
+    demo = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ready = first_image = first_cycle = float("nan")
+    try:
+        while time.monotonic() - started < 120 and math.isnan(first_cycle):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            now = time.monotonic() - started
+            ready = now if math.isnan(ready) else ready
+            renders = re.findall(r'^larpix_exporter_plot_renders_total\{plot="[^"]+"\} (\S+)', text, re.M)
+            if math.isnan(first_image) and any(float(r) > 0 for r in renders):
+                first_image = now
+            cycles = re.search(r"^larpix_exporter_plot_cycles_total (\S+)", text, re.M)
+            if cycles and float(cycles.group(1)) >= 1:
+                first_cycle = now
+            time.sleep(0.1)
+    finally:
+        demo.terminate()
+        demo.wait(30)
+    print(
+        f"larpix-dqm demo (a whole process): ready after {ready:.1f} s, first image {first_image:.1f} s, first "
+        f"cycle {first_cycle:.1f} s ({against(first_cycle, FIRST_CYCLE_GOAL)}); {load()}"
+    )
 
 
 def main() -> None:
@@ -181,10 +264,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="seconds of simulated data")
     parser.add_argument("--live", type=int, default=30, help="seconds of live writing per /metrics run")
     parser.add_argument("--no-serve", action="store_true", help="skip the ingest and /metrics interference run")
+    parser.add_argument("--load", type=int, default=0, help="busy processes running beside the bench")
     args = parser.parse_args()
-    bench_drawing(args.repeat, args.seconds)
-    if not args.no_serve:
-        bench_service(args.live)
+    with busy(args.load):
+        if args.load:
+            time.sleep(30)  # the load average follows
+            print(f"{args.load} busy processes beside the bench; {load()}")
+        bench_drawing(args.repeat, args.seconds)
+        if not args.no_serve:
+            bench_service(args.live)
+            bench_demo()
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def packet_count(payload: Payload) -> int:
     return payload.size if isinstance(payload, Messages) else len(payload)
 
 
-#: Niceness added to the drawing process: when cores are short, ingest and scrapes go first.
-NICENESS = 10
+#: Niceness added to the drawing process: none, so that under load it gets the share any process gets (at
+#: nice +10 it got a few percent at load 4 and drew no cycle in 30 s); what keeps it from crowding out ingest
+#: and scrapes is its duty cycle: after a cycle of d seconds it waits at least d (``DrawingLoop.cycle``).
+NICENESS = 0
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,20 @@ class Crash(Plot):
         return fig or Figure(figsize=(2, 2))
 
 
+#: Seconds each image of ``Slow`` takes to draw.
+SLOW_DRAW_SECONDS = 0.2
+
+
+class Slow(Plot):
+    """A plot whose every image takes SLOW_DRAW_SECONDS to draw."""
+
+    def draw(self, name, ctx, fig=None):
+        from matplotlib.figure import Figure
+
+        time.sleep(SLOW_DRAW_SECONDS)  # the plot's cost, not a wait of the test
+        return fig or Figure(figsize=(2, 2))
+
+
 def chunk(n: int) -> Chunk:
     return Chunk(SimpleNamespace(path="/data/run-7.h5", inode=7), n, PACKETS, records=np.zeros(n, PACKET_DTYPE))  # type: ignore[arg-type]
 
@@ -99,6 +113,26 @@ def test_ingest_never_waits_for_a_stuck_drawing_and_skipped_packets_are_counted(
         (tmp_path / "release").write_text("")
         worker.stop()
     assert worker.process is not None and not worker.process.is_alive()
+
+
+@pytest.mark.slow
+def test_the_drawing_process_draws_at_most_half_the_time_at_the_exporters_priority(tmp_path, monkeypatch):
+    """The drawing process's share is its duty cycle (a cycle of d seconds, then at least d idle), not a lower
+    priority that starves it on a busy machine: fed new packets all the time, it completes cycles, no more
+    than half the time's worth."""
+    worker = worker_with(Slow, tmp_path, monkeypatch)
+    worker.start()
+    try:
+        pid = wait_for(lambda: worker.status()["pid"], timeout=60, what="the drawing process ready")
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        started = time.monotonic()
+        while time.monotonic() - started < 4.0:  # new packets for 4 s: a cycle is always due
+            worker.on_chunk(chunk(10))
+            time.sleep(0.05)
+        elapsed, cycles = time.monotonic() - started, worker.status()["cycles"]
+    finally:
+        worker.stop()
+    assert 2 <= cycles <= elapsed / (2 * SLOW_DRAW_SECONDS) + 2  # drawing all the time would be 20 cycles
 
 
 @pytest.mark.slow
