@@ -22,6 +22,7 @@ from larpix_dqm.exporter.reading.packets import (
     TICKS_PER_SYNC,
     TIMESTAMP,
     TRIGGER,
+    latest_seconds,
 )
 
 #: Window slot of data packets that are not self-triggered: counted, but they feed no rate or verdict.
@@ -57,7 +58,7 @@ def count(state: State, packets: np.ndarray, slots: np.ndarray, ends: np.ndarray
     else:
         _add_data(state, data, data_slots, rows, flags)
     _note_old_hits(state, data["channel_id"], data_slots, ends[data_rows], rows, valid)
-    seconds = _timestamp_seconds(state, packets)
+    seconds = latest_seconds(packets, packets["packet_type"] == TIMESTAMP, state.arrival_second)
     own = np.flatnonzero(valid & (data_slots != NOT_SELF_TRIGGERED))
     if len(own):
         times = seconds[data_rows[own]] * TICKS_PER_SYNC + data["timestamp"][own].astype(np.int64)
@@ -143,20 +144,6 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     if len(flagged):
         full = flagged[(flags[flagged] & 10) != 0]
         _add_window_flags(state, rows[full], slots[full], 1)
-
-
-def _timestamp_seconds(state: State, packets: np.ndarray) -> np.ndarray:
-    """Per packet, the data second of its io_group's latest timestamp packet (its own for one; before the
-    chunk's first, ``arrival_second``'s from earlier chunks, -1 before any), which moves to the newest."""
-    seconds = np.empty(len(packets), np.int64)
-    stamp = packets["packet_type"] == TIMESTAMP
-    groups = packets["io_group"]
-    for g in np.unique(groups).tolist():
-        mine = np.flatnonzero(groups == g)
-        values = np.r_[state.arrival_second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
-        seconds[mine] = values[np.cumsum(stamp[mine])]
-        state.arrival_second[g] = values[-1]
-    return seconds
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:

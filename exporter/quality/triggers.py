@@ -27,6 +27,7 @@ from larpix_dqm.exporter.reading.packets import (
     TICKS_PER_SYNC,
     TIMESTAMP,
     TRIGGER,
+    latest_seconds,
 )
 
 #: How far every io_group's data must be past a time before its triggers and hits are final (0.5 s):
@@ -160,15 +161,12 @@ class TriggerWindows:
     def _seconds(self, packets: np.ndarray, groups: np.ndarray, stamp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per packet, the data second of its io_group's latest accepted timestamp packet (``stamp``) at or before
         it (-1: none yet), and per io_group the new seconds with data (``beam_live_seconds`` once pairing)."""
-        seconds = np.empty(len(packets), np.int64)
-        fresh = np.zeros(IO_GROUPS, np.int64)
-        for g in np.unique(groups).tolist():
-            mine = np.flatnonzero(groups == g)
-            values = np.r_[self.second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
-            seconds[mine] = values[np.cumsum(stamp[mine])]
-            fresh[g] = len(np.unique(values[1:][values[1:] > self.second[g]]))
-            self.second[g] = values[-1]
-        return seconds, fresh
+        before = self.second.copy()
+        seconds = latest_seconds(packets, stamp, self.second)
+        stamped, group = packets["timestamp"][stamp].astype(np.int64), groups[stamp]
+        new = stamped > before[group]
+        distinct = np.unique(group[new] << 32 | stamped[new])
+        return seconds, np.bincount(distinct >> 32, minlength=IO_GROUPS)
 
     def _settled_now(self, state: State) -> int:
         """The time up to which every io_group still sending data has shown its data, less the margin. An

@@ -78,3 +78,16 @@ EXTERNAL_TRIGGER_BIT = 2
 SELF_TRIGGER, EXTERNAL_TRIGGER, CROSS_TRIGGER, PERIODIC_TRIGGER = range(4)
 #: Label value of ``trigger_type`` for each data trigger type code.
 DATA_TRIGGER_TYPES = ("self", "external", "cross", "periodic")
+
+
+def latest_seconds(packets: np.ndarray, stamp: np.ndarray, carried: np.ndarray) -> np.ndarray:
+    """Per packet, the data second of its io_group's latest timestamp packet (rows ``stamp`` marks) at or before
+    it; before the chunk's first, ``carried[io_group]`` (-1: none yet), which then moves to the newest."""
+    seconds = np.empty(len(packets), np.int64)
+    groups = packets["io_group"]
+    for g in np.unique(groups).tolist():
+        mine = np.flatnonzero(groups == g)
+        values = np.r_[carried[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
+        seconds[mine] = values[np.cumsum(stamp[mine])]
+        carried[g] = values[-1]
+    return seconds

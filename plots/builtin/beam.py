@@ -30,6 +30,7 @@ from larpix_dqm.exporter.reading.packets import (
     TICKS_PER_SYNC,
     TIMESTAMP,
     TRIGGER,
+    latest_seconds,
 )
 from larpix_dqm.plots.base import Plot, PlotContext
 from larpix_dqm.plots.draw import KeptFigure, file_label, no_data
@@ -109,7 +110,7 @@ class BeamTriggers(Plot):
                 self.second[g] = int(seconds[groups[stamp] == g][-1])
             self._advance(groups[stamp], seconds * TICKS_PER_SYNC)
             return
-        seconds = self._seconds(packets, groups, stamp)
+        seconds = latest_seconds(packets, stamp, self.second)
         ticks = packets["timestamp"].astype(np.int64)
         placed = seconds >= 0
         external = external[placed[external]]
@@ -134,16 +135,6 @@ class BeamTriggers(Plot):
         self.hit_times = np.r_[self.hit_times, hit_times]
         self.hit_bins = np.r_[self.hit_bins, hit_bins]
         self._settle(self._reached() - SETTLE_TICKS)
-
-    def _seconds(self, packets: np.ndarray, groups: np.ndarray, stamp: np.ndarray) -> np.ndarray:
-        """Per packet, the data second of its io_group's latest timestamp packet at or before it (-1: none yet)."""
-        seconds = np.empty(len(packets), np.int64)
-        for g in np.unique(groups).tolist():
-            mine = np.flatnonzero(groups == g)
-            values = np.r_[self.second[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
-            seconds[mine] = values[np.cumsum(stamp[mine])]
-            self.second[g] = values[-1]
-        return seconds
 
     def _advance(self, groups: np.ndarray, times: np.ndarray) -> None:
         """Move the io_groups' frontiers to the newest of ``times``; when data begin, the geometry's io_groups
