@@ -18,7 +18,9 @@ from larpix_dqm.exporter.quality.clock import DataClock
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 from larpix_dqm.exporter.quality.verdicts import (
     VerdictInputs,
+    count_channels,
     judge,
+    linear_quantile,
     log_factorial,
     log_lower_tail,
     log_upper_tail,
@@ -55,6 +57,23 @@ def test_tail_bounds_are_never_below_the_exact_tails_and_close_to_them(mu):
 def test_log_factorial_matches_lgamma():
     n = np.array([0, 1, 5, 15, 16, 17, 100, 12345, 10**7])
     np.testing.assert_allclose(log_factorial(n), [math.lgamma(k + 1) for k in n.tolist()], rtol=1e-13, atol=3e-12)
+
+
+def test_linear_quantile_is_numpys_quantile_to_the_bit():
+    rng = np.random.default_rng(1)
+    samples = [rng.random(n) for n in (1, 2, 3, 9, 10, 11, 12, 101, 10_240)]
+    samples += [rng.poisson(0.3, 500) / 7.0, np.zeros(40), rng.lognormal(0, 3, 999)]
+    for values in samples:
+        for q in (0.0, 0.1, 0.5, 0.55, 0.9, 1.0):
+            assert linear_quantile(values.copy(), q) == np.quantile(values, q), (len(values), q)
+
+
+def test_count_channels_is_the_sum_of_each_row():
+    rng = np.random.default_rng(2)
+    for p in (0.0, 0.03, 0.5, 1.0):
+        mask = rng.random((777, 64)) < p
+        np.testing.assert_array_equal(count_channels(mask), mask.sum(axis=1))
+    assert count_channels(np.ones((3, 64), bool)).dtype == np.int64
 
 
 def healthy(rates: np.ndarray, run_s: float, rng: np.random.Generator, scale_in_window: float = 1.0, window_s=None):

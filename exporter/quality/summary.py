@@ -17,7 +17,7 @@ from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.quality.status import ChannelStatus
-from larpix_dqm.exporter.quality.verdicts import Cusum, VerdictInputs, judge
+from larpix_dqm.exporter.quality.verdicts import Cusum, VerdictInputs, count_channels, judge
 from larpix_dqm.exporter.quality.window import chip_clock, covered_seconds, span_seconds
 from larpix_dqm.exporter.reading.packets import CLOCK_HZ, DATA, IO_GROUPS, SELF_TRIGGER
 
@@ -37,8 +37,23 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
     """Mean and standard deviation from count, sum and sum of squares (NaN where n == 0)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = s / n
-        var = np.maximum(ss / n - mean * mean, 0.0)
-    return mean, np.sqrt(var)
+        std = ss / n
+        std -= mean * mean
+        np.maximum(std, 0.0, out=std)
+        np.sqrt(std, out=std)
+    return mean, std
+
+
+def _pedestals(state: State, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel the periodic-trigger packets in the window, their ADC mean and standard deviation; per chip
+    their count, ADC sum and sum of squares. Without the pedestal window made (no periodic trigger yet) these
+    are zeros and NaN, made without summing a window of zeros."""
+    if not state.made("win_pedestal"):
+        none = np.full((n, CHANNELS_PER_CHIP), np.nan)
+        return np.zeros((n, CHANNELS_PER_CHIP), np.int64), none, none.copy(), np.zeros((n, 3), np.int64)
+    pedestal = state.win_pedestal[:, :n].sum(axis=0)
+    mean, std = _mean_std(pedestal[..., 0], pedestal[..., 1], pedestal[..., 2])
+    return pedestal[..., 0].copy(), mean, std, pedestal.sum(axis=1)
 
 
 def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) -> None:
@@ -50,12 +65,18 @@ def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) ->
     first = np.isnan(state.learnt_time[:n])  # the run's first evaluation learns from the run's start
     seconds = np.where(first, run, np.maximum(now - state.learnt_time[:n], 0.0))
     arrivals = state.arrivals_total[:n]
-    new = np.where(first[:, None], arrivals, np.maximum(arrivals - state.learnt_seen[:n], 0))
-    flagged = np.isin(status, (ChannelStatus.SILENT, ChannelStatus.INEFFICIENT, ChannelStatus.NOISY))
-    good = (live & (state.rates_good[:n] > 0))[:, None] & ~flagged
-    state.learnt[:n, :, 0] += np.where(good, new, 0)
-    state.learnt[:n, :, 1] += np.where(good, np.nan_to_num(seconds)[:, None], 0.0)
-    state.learnt_seen[:n] = np.where(live[:, None], arrivals, state.learnt_seen[:n])
+    new = arrivals - state.learnt_seen[:n]
+    np.maximum(new, 0, out=new)
+    new[first] = arrivals[first]
+    silent, inefficient, noisy = (
+        status == np.int8(s) for s in (ChannelStatus.SILENT, ChannelStatus.INEFFICIENT, ChannelStatus.NOISY)
+    )
+    good = ~(silent | inefficient | noisy)
+    good &= (live & (state.rates_good[:n] > 0))[:, None]
+    learnt_n, learnt_t = state.learnt[:n, :, 0], state.learnt[:n, :, 1]
+    np.add(learnt_n, new, out=learnt_n, where=good)
+    np.add(learnt_t, np.nan_to_num(seconds)[:, None], out=learnt_t, where=good)
+    np.copyto(state.learnt_seen[:n], arrivals, where=live[:, None])
     state.learnt_time[:n] = np.where(live, now, state.learnt_time[:n])
 
 
@@ -76,14 +97,16 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     now, run = chip_clock(state)
     last_hit = state.last_hit_end[:n]
     # a silence is judged since the channel's last hit, at most over the live time since the run started
-    since = np.fmax(last_hit, (now - run)[:, None])
+    silence = np.fmax(last_hit, (now - run)[:, None])
+    np.subtract(now[:, None], silence, out=silence)
+    np.maximum(silence, 0.0, out=silence)
     masked = layout.masked & expected
     window_flags = state.win_flags[:, :n].sum(axis=0)
     verdicts = judge(
         VerdictInputs(
             window_hits=hits,
             hits_total=state.self_hits[:n],
-            silence_seconds=np.nan_to_num(np.maximum(now[:, None] - since, 0.0)),
+            silence_seconds=np.nan_to_num(silence, copy=False),
             window_seconds=chip_span,
             run_seconds=run,
             expected=expected & ~masked,  # masked channels and chips in no network get no verdict
@@ -101,14 +124,11 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         state.config.false_alarm_probability,
         state.config.noisy_rate_hz,
     )
-    if verdicts.cusum is not None:
-        state.cusum[:n], state.cusum_seen[:n] = verdicts.cusum.statistic, verdicts.cusum.seen
-        state.cusum_good[:n], state.cusum_time[:n] = verdicts.cusum.good, verdicts.cusum.time
     learn(state, now, run, verdicts.channel_status)
     status = verdicts.channel_status
     status[masked] = ChannelStatus.MASKED
-    masked_active = (masked & (hits > 0)).sum(axis=1)
-    status_counts = np.stack([(status == s).sum(axis=1) for s in ChannelStatus.judged()], 1)
+    masked_active = count_channels(masked & (hits > 0))
+    status_counts = np.stack([count_channels(status == np.int8(s)) for s in ChannelStatus.judged()], 1)
     chip_hits = hits.sum(axis=1)
     chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
     window_groups = state.window_io_group.sum(axis=0) / group_span[:, None]
@@ -127,13 +147,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     trigger_counts[:, SELF_TRIGGER] = type_counts[:, DATA] - trigger_counts.sum(axis=1)
     trigger_rates = state.window_trigger_types.sum(axis=0) / group_span[:, None]
     trigger_rates[:, SELF_TRIGGER] = group_hits / group_span
-    pedestal = (
-        state.win_pedestal[:, :n].sum(axis=0)
-        if state.made("win_pedestal")
-        else np.zeros((n, CHANNELS_PER_CHIP, 3), np.int64)
-    )
-    channel_ped_mean, channel_ped_std = _mean_std(pedestal[..., 0], pedestal[..., 1], pedestal[..., 2])
-    chip_ped = pedestal.sum(axis=1)
+    periodic_hits, channel_ped_mean, channel_ped_std, chip_ped = _pedestals(state, n)
     chip_ped_mean, chip_ped_std = _mean_std(chip_ped[:, 0], chip_ped[:, 1], chip_ped[:, 2])
     return Snapshot(
         chip_keys=state.chips.keys.copy(),
@@ -203,5 +217,5 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         chip_pedestal_std=chip_ped_std,
         channel_pedestal_mean=channel_ped_mean,
         channel_pedestal_std=channel_ped_std,
-        channel_periodic_hits=pedestal[..., 0].copy(),
+        channel_periodic_hits=periodic_hits,
     )

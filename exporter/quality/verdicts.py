@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.quality.status import ChannelStatus
 
 #: The verdict families the budget is split over (equal shares).
@@ -149,7 +150,7 @@ def per_test_probability(alpha: float, items: int) -> float:
 @dataclass(frozen=True)
 class Cusum:
     """The sequential inefficiency test's state (``state.FIELDS``: ``cusum``, ``cusum_seen``, ``cusum_good``,
-    ``cusum_time``), before or after an evaluation."""
+    ``cusum_time``), views of the state's arrays that ``advance_cusum`` moves in place."""
 
     statistic: np.ndarray  # (chips, 64) the CUSUM S (log-likelihood ratio, 0 or more)
     seen: np.ndarray  # (chips, 64) arrivals_total at the last evaluation
@@ -161,8 +162,8 @@ class Cusum:
 
 def advance_cusum(
     cusum: Cusum, arrivals_total: np.ndarray, now: np.ndarray, scale: np.ndarray, judged: np.ndarray, threshold: float
-) -> Cusum:
-    """The CUSUM advanced over the arrivals and live time since the last evaluation.
+) -> None:
+    """Advance the CUSUM in place over the arrivals and live time since the last evaluation.
 
     For n arrivals where a good channel expects m = lambda0 x occupancy x live seconds, the log-likelihood
     ratio of rate INEFFICIENT_RATIO x lambda0 against lambda0 is n ln(rho) - m (rho - 1); S = max(0, S + LLR).
@@ -170,26 +171,45 @@ def advance_cusum(
     (Ville): h = ln(1 / the channel's share) keeps the budget. lambda0 is learnt from the data of each
     excursion of S once S is back at 0 (data that turned out good: a channel turning inefficient does not
     teach its new rate), and taken LOW_SIGMAS standard deviations low (n - 1.5 sqrt(n)) / t, so that an
-    estimate that came out high does not drift a good channel's S upwards.
+    estimate that came out high does not drift a good channel's S upwards. In place, one pass per quantity:
+    the state's (chips, 64, 4) array is read and written once per evaluation, never copied.
     """
     first = np.isnan(cusum.time) | np.isnan(now)
     dt = np.where(first, 0.0, np.maximum(now - cusum.time, 0.0))[:, None]
-    dn = np.where(first[:, None], 0.0, np.maximum(arrivals_total - cusum.seen, 0)).astype(np.float64)
-    good_n, good_t = cusum.good[..., 0], cusum.good[..., 1]
-    testing = judged & (good_n >= MIN_GOOD_ARRIVALS)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = np.where(testing, (good_n - LOW_SIGMAS * np.sqrt(good_n)) / good_t, 0.0)
     exposure = scale * dt
-    llr = dn * math.log(INEFFICIENT_RATIO) - rate * exposure * (INEFFICIENT_RATIO - 1)
-    statistic = np.where(testing, np.clip(cusum.statistic + llr, 0.0, CUSUM_CAP * threshold), 0.0)
+    dn = np.subtract(arrivals_total, cusum.seen, dtype=np.float64)  # counts: exact as floats
+    np.maximum(dn, 0.0, out=dn)
+    dn[first] = 0.0
+    good_n, good_t, pending_n, pending_t = np.moveaxis(cusum.good, -1, 0)
+    testing = judged & (good_n >= MIN_GOOD_ARRIVALS)
+    statistic = cusum.statistic
+    if testing.any():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.sqrt(good_n)
+            rate *= LOW_SIGMAS
+            np.subtract(good_n, rate, out=rate)
+            rate /= good_t
+            rate *= exposure
+            rate *= INEFFICIENT_RATIO - 1
+            step = dn * math.log(INEFFICIENT_RATIO)
+            step -= rate
+            step += statistic
+            np.clip(step, 0.0, CUSUM_CAP * threshold, out=step)
+        np.putmask(step, ~testing, 0.0)
+        statistic[...] = step
+    else:
+        statistic[...] = 0.0
     # the data of an excursion of S is learnt once S is back at 0 (the excursion was no inefficiency)
-    pending = cusum.good[..., 2:] + np.where(judged, 1.0, 0.0)[..., None] * np.stack(
-        [dn, np.broadcast_to(exposure, dn.shape)], -1
-    )
-    back = (statistic == 0)[..., None]
-    good = np.concatenate([cusum.good[..., :2] + np.where(back, pending, 0.0), np.where(back, 0.0, pending)], -1)
-    time = np.where(np.isnan(now), cusum.time, now)
-    return Cusum(statistic, np.where(np.isnan(now)[:, None], cusum.seen, arrivals_total), good, time)
+    np.add(pending_n, dn, out=pending_n, where=judged)
+    np.add(pending_t, exposure, out=pending_t, where=judged)
+    back = statistic == 0
+    np.add(good_n, pending_n, out=good_n, where=back)
+    np.add(good_t, pending_t, out=good_t, where=back)
+    np.copyto(pending_n, 0.0, where=back)
+    np.copyto(pending_t, 0.0, where=back)
+    live = ~np.isnan(now)
+    cusum.time[live] = now[live]
+    np.copyto(cusum.seen, arrivals_total, where=live[:, None])
 
 
 @dataclass(frozen=True)
@@ -233,10 +253,74 @@ class Verdicts:
     chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
     silent_channel_hits: float  # expected hits a channel must miss to be silent: ln(N_channels x families / alpha)
     dead_chip_hits: float  # expected hits a chip must miss to be dead: ln(N_chips x families / alpha)
-    cusum: Cusum | None = None  # the sequential inefficiency test advanced to now (None without one)
+    cusum: Cusum | None = None  # the sequential inefficiency test, advanced to now in place (None without one)
 
 
-def _group_rates(values: np.ndarray, inverse: np.ndarray, count: int, pool: np.ndarray) -> np.ndarray:
+def _counted(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Non-negative ``counts`` of the expected channels as floats, 0 elsewhere, in one pass."""
+    return np.multiply(counts, expected, dtype=np.float64)
+
+
+def _at(values: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """A (chips, 64) array, or a (chips, 1) one of the chips, at flat channel indices (row x 64 + channel)."""
+    return values[flat // CHANNELS_PER_CHIP, 0] if values.shape[1] == 1 else values.reshape(-1)[flat]
+
+
+def _set(status: np.ndarray, where: np.ndarray, code: ChannelStatus) -> None:
+    """``status[where] = code`` as int8 arithmetic (a bool mask's item assignment costs several times more)."""
+    status += (np.int8(code) - status) * where
+
+
+def count_channels(mask: np.ndarray) -> np.ndarray:
+    """(chips,) int64: the True channels of each chip of a (chips, 64) bool array, several times faster than
+    ``mask.sum(axis=1)``: eight channels a uint64 word (bytes of 0 or 1), a chip's eight words added (no byte
+    exceeds 8), then the bytes of that sum added by one multiplication (the top byte of x * 0x0101...01)."""
+    words = np.ascontiguousarray(mask).view(np.uint64)
+    total = words[:, 0].copy()
+    for k in range(1, words.shape[1]):
+        total += words[:, k]
+    return ((total * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
+
+
+def linear_quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` (its default, linear method) of 1-D finite ``values``, the same float, from one
+    partition where np.quantile makes four."""
+    last = len(values) - 1
+    virtual = last * q
+    low = math.floor(virtual)
+    if low >= last:
+        return float(values.max())
+    ordered = np.partition(values, low)
+    a, b = ordered[low], ordered[low + 1 :].min()
+    gamma = virtual - low
+    return float(b - (b - a) * (1 - gamma)) if gamma >= 0.5 else float(a + (b - a) * gamma)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Chip rows by group, sorted once: a group's rows are a slice of ``rows`` (ascending, as a mask over every
+    row would give them), so a loop over the groups does not scan every row for each."""
+
+    inverse: np.ndarray  # (chips,) each row's group, 0 .. count - 1
+    rows: np.ndarray  # the rows, stably sorted by group
+    bounds: np.ndarray  # (count + 1,): group g's rows are rows[bounds[g]:bounds[g + 1]]
+
+    @classmethod
+    def of(cls, inverse: np.ndarray, count: int) -> Groups:
+        rows = np.argsort(inverse, kind="stable")
+        return cls(inverse, rows, np.searchsorted(inverse[rows], np.arange(count + 1)))
+
+    @property
+    def count(self) -> int:
+        return len(self.bounds) - 1
+
+    def members(self, g: int, chosen: np.ndarray) -> np.ndarray:
+        """The rows of group ``g`` where ``chosen`` (per row), ascending."""
+        rows = self.rows[self.bounds[g] : self.bounds[g + 1]]
+        return rows[chosen[rows]]
+
+
+def _group_rates(values: np.ndarray, groups: Groups, pool: np.ndarray) -> np.ndarray:
     """(chips, 2): the SLOW_QUANTILE of finite ``values`` of the ``pool`` chips of each chip's group, and
     their mean (a typical rate: a median is 0 while most channels of a slow run have no hit yet); a
     group without any takes the whole pool's (NaN if the pool is empty).
@@ -246,14 +330,18 @@ def _group_rates(values: np.ndarray, inverse: np.ndarray, count: int, pool: np.n
 
     def rates(chosen: np.ndarray) -> list[float]:
         chosen = chosen[np.isfinite(chosen)]
-        return [np.quantile(chosen, SLOW_QUANTILE), chosen.mean()] if len(chosen) else [np.nan, np.nan]
+        return [linear_quantile(chosen, SLOW_QUANTILE), chosen.mean()] if len(chosen) else [np.nan, np.nan]
 
-    out = np.full((count, 2), rates(values[pool]))
-    for g in range(count):
-        members = (inverse == g) & pool
-        if members.any():
+    out = np.empty((groups.count, 2))
+    whole = None
+    for g in range(groups.count):
+        members = groups.members(g, pool)
+        if len(members):
             out[g] = rates(values[members])
-    return out[inverse]
+        else:
+            whole = rates(values[pool]) if whole is None else whole
+            out[g] = whole
+    return out[groups.inverse]
 
 
 def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarray, count: int) -> np.ndarray:
@@ -262,9 +350,11 @@ def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarra
     ratios, so a few loud or dead members do not move it while bursty ones still count (a median
     alone reads low when hits come in bursts); plainly pooled where fewer than half of the members
     predicted qualify; 1 where the group has no hit at all."""
+    groups = Groups.of(inverse, count)
+    predicting = predicted > 0
     out = np.ones(count)
     for g in range(count):
-        members = (inverse == g) & (predicted > 0)
+        members = groups.members(g, predicting)
         obs, pred = observed[members], predicted[members]
         if not len(obs) or obs.sum() == 0:
             continue
@@ -293,18 +383,23 @@ def log_silence_probability(
 
 
 def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts:
-    """Channel statuses and chip verdicts at detector-wide false-alarm probability ``alpha``."""
+    """Channel statuses and chip verdicts at detector-wide false-alarm probability ``alpha``.
+
+    Each step over the (chips, 64) arrays is one pass, in place where it can be; the tail probabilities
+    are computed only for the channels they can flag (no hit in the window, fewer than expected, over
+    the noisy cut), not for every channel.
+    """
     expected = inputs.expected
     chips_judged = expected.any(axis=1)
-    n_window = np.where(expected, inputs.window_hits, 0).astype(np.float64)
-    hits = np.where(expected, inputs.hits_total, 0).astype(np.float64)
+    n_window = _counted(inputs.window_hits, expected)
+    hits = _counted(inputs.hits_total, expected)
     # the statistics count independent arrivals: a steep track's ~100 re-triggers in 1 ms are one
-    arrivals = hits if inputs.arrivals_total is None else np.where(expected, inputs.arrivals_total, 0.0)
-    n_arrivals = n_window if inputs.window_arrivals is None else np.where(expected, inputs.window_arrivals, 0.0)
+    arrivals = hits if inputs.arrivals_total is None else _counted(inputs.arrivals_total, expected)
+    n_arrivals = n_window if inputs.window_arrivals is None else _counted(inputs.window_arrivals, expected)
     window = inputs.window_seconds[:, None]
     run = np.maximum(inputs.run_seconds, 1.0)[:, None]
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
-    count = int(inverse.max()) + 1 if len(inverse) else 0
+    groups = Groups.of(inverse, int(inverse.max()) + 1 if len(inverse) else 0)
     learnt_n, learnt_t = arrivals, np.broadcast_to(run, arrivals.shape)
     if inputs.learnt is not None:
         good = inputs.learnt[..., 1] >= window
@@ -312,40 +407,49 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
             np.where(good, inputs.learnt[..., 0], learnt_n),
             np.where(good, inputs.learnt[..., 1], learnt_t),
         )
-    learnt = learnt_n / np.maximum(learnt_t, 1.0)
+    learnt_span = np.maximum(learnt_t, 1.0)
+    learnt = learnt_n / learnt_span
     # the window's inefficiency tail takes a channel's own rate only once learnt over a window's span at least,
     # and LOW_SIGMAS low, as the CUSUM does: a rate learnt from a few arrivals (a new run's first seconds) can
     # come out several times high and call a good channel inefficient
-    learnt_low = np.maximum(learnt_n - LOW_SIGMAS * np.sqrt(learnt_n), 0.0) / np.maximum(learnt_t, 1.0)
+    learnt_low = np.sqrt(learnt_n)
+    learnt_low *= LOW_SIGMAS
+    np.subtract(learnt_n, learnt_low, out=learnt_low)
+    np.maximum(learnt_low, 0.0, out=learnt_low)
+    learnt_low /= learnt_span
     short = learnt_t < window
     # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
-    heard = hits.sum(axis=1) > 0
+    chip_hits_total = hits.sum(axis=1)
     if inputs.links is None:
         pool = np.asarray(chips_judged)
     else:
         links = np.unique(inputs.links, return_inverse=True)[1].reshape(-1)
-        pool = (
-            chips_judged
-            & (np.bincount(links, heard.astype(np.float64), int(links.max()) + 1 if len(links) else 0) > 0)[links]
-        )
-    rates = _group_rates(np.where(expected, learnt, np.nan), inverse, count, pool)
+        heard = (chip_hits_total > 0).astype(np.float64)
+        pool = chips_judged & (np.bincount(links, heard, int(links.max()) + 1 if len(links) else 0) > 0)[links]
+    rates = _group_rates(np.where(expected, learnt, np.nan), groups, pool)
     slow, typical = np.moveaxis(rates, 1, 0)[:, :, None]
-    if inputs.reference_rate_hz is None:
-        known = np.zeros(expected.shape, bool)
-        reference = np.zeros(expected.shape)
-    else:
-        known = np.isfinite(inputs.reference_rate_hz) & expected
-        reference = np.nan_to_num(inputs.reference_rate_hz)
+    known = None if inputs.reference_rate_hz is None else np.isfinite(inputs.reference_rate_hz) & expected
+    reference = np.zeros(0) if inputs.reference_rate_hz is None else np.nan_to_num(inputs.reference_rate_hz)
+
+    def referenced(values: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+        """The reference's rate where it knows the channel, else ``values`` (of the flat channel indices ``at``)."""
+        if known is None:
+            return values
+        if at is None:
+            return np.where(known, reference, values)
+        return np.where(known.reshape(-1)[at], reference.reshape(-1)[at], values)
+
     # occupancy of each tile: its arrivals in the window over what its learnt (or reference) rates predict,
     # pooled over its chips but outliers from the median chip's ratio and channels over the noisy cut
-    unbiased = np.where(known, reference, learnt)
     quiet = n_window <= noisy_rate_hz * window
     chip_observed = np.where(quiet, n_arrivals, 0.0).sum(axis=1)
-    chip_predicted = np.where(quiet, unbiased * window, 0.0).sum(axis=1)
-    scale = robust_ratio(chip_observed, chip_predicted, inverse, count)[inverse][:, None]
-    prior = np.where(known, reference, np.nan_to_num(slow))  # for channels without history of their own
-    use_prior = known | (arrivals == 0)
-    base = np.where(expected, np.where(use_prior, prior, learnt), 0.0)
+    predicted = referenced(learnt) * window
+    np.copyto(predicted, 0.0, where=~quiet)
+    scale = robust_ratio(chip_observed, predicted.sum(axis=1), inverse, groups.count)[inverse][:, None]
+    prior = referenced(np.nan_to_num(slow))  # for channels without history of their own
+    use_prior = arrivals == 0 if known is None else known | (arrivals == 0)
+    base = np.where(use_prior, prior, learnt)
+    np.copyto(base, 0.0, where=~expected)
     rate_now = base * scale
     silence_scale = np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
     channel_level = math.log(per_test_probability(alpha, int(expected.sum())))
@@ -354,53 +458,71 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts
     chip_level = math.log(per_test_probability(alpha, int(chips_judged.sum())))
 
     chip_hits = n_window.sum(axis=1)
-    chip_silence = np.where(expected, inputs.silence_seconds, np.inf).min(axis=1)
+    chip_silence = np.minimum.reduce(inputs.silence_seconds, axis=1, where=expected, initial=np.inf)
     chip_silence = np.where(np.isfinite(chip_silence), chip_silence, 0.0) * silence_scale[:, 0]
-    n_expected = expected.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_channel = np.where(chips_judged, arrivals.sum(axis=1) / run[:, 0] / n_expected, np.nan)
-    chip_slow = np.nan_to_num(_group_rates(per_channel, inverse, count, pool)[:, 0]) * n_expected
-    chip_known = known.any(axis=1)
-    chip_prior = np.where(chip_known, np.where(known, reference, prior).sum(axis=1), chip_slow)
+    n_expected = count_channels(expected)
     chip_arrivals = arrivals.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_channel = np.where(chips_judged, chip_arrivals / run[:, 0] / n_expected, np.nan)
+    chip_slow = np.nan_to_num(_group_rates(per_channel, groups, pool)[:, 0]) * n_expected
+    chip_known = np.zeros(len(expected), bool) if known is None else known.any(axis=1)
+    chip_prior = chip_slow if known is None else np.where(chip_known, referenced(prior).sum(axis=1), chip_slow)
     chip_uses_prior = chip_known | (chip_arrivals == 0)
     chip_log_p = log_silence_probability(chip_arrivals, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
     # packets failing parity and no valid one: the chip sends, its link corrupts them (the parity check)
     parity_errors = np.zeros(len(chip_hits)) if inputs.window_parity_errors is None else inputs.window_parity_errors
     link_broken = (chip_hits == 0) & (parity_errors > 0)
     chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level) & ~link_broken
-    channel_log_p = log_silence_probability(arrivals, inputs.silence_seconds * silence_scale, run, prior, use_prior)
-    silent = expected & (n_window == 0) & (channel_log_p < channel_level) & ~link_broken[:, None]
+    # a channel's silence is judged where it has no hit in the window
+    at = np.flatnonzero(expected & (n_window == 0) & ~link_broken[:, None])
+    silence = inputs.silence_seconds.reshape(-1)[at] * _at(silence_scale, at)
+    channel_log_p = log_silence_probability(
+        arrivals.reshape(-1)[at], silence, _at(run, at), _at(prior, at), use_prior.reshape(-1)[at]
+    )
+    silent = np.zeros(expected.shape, bool)
+    silent.reshape(-1)[at] = channel_log_p < channel_level
     silent |= expected & chip_dead[:, None]
-    mu_window = np.where(expected, np.where(use_prior | short, prior, learnt_low), 0.0) * scale * window
-    has_hits = n_window > 0
     # the tails only where they can be small: fewer hits than expected, or above the noisy cut
+    has_hits = n_window > 0  # expected channels only
+    mu_window = learnt_low
+    np.copyto(mu_window, prior, where=use_prior | short)
+    mu_window *= scale
+    mu_window *= window
     inefficient = has_hits & (n_arrivals < mu_window)
-    inefficient[inefficient] = log_lower_tail(n_arrivals[inefficient], mu_window[inefficient]) < inefficient_level
-    cusum = None
-    if inputs.cusum is not None and inputs.now is not None and inputs.arrivals_total is not None:
-        cusum = advance_cusum(inputs.cusum, inputs.arrivals_total, inputs.now, scale, expected, -inefficient_level)
+    at = np.flatnonzero(inefficient)
+    inefficient.reshape(-1)[at] = (
+        log_lower_tail(n_arrivals.reshape(-1)[at], mu_window.reshape(-1)[at]) < inefficient_level
+    )
+    cusum = inputs.cusum
+    if cusum is not None and inputs.now is not None and inputs.arrivals_total is not None:
+        advance_cusum(cusum, inputs.arrivals_total, inputs.now, scale, expected, -inefficient_level)
         inefficient |= (cusum.statistic >= -inefficient_level) & ~silent
-    typical_now = np.where(known, reference, np.nan_to_num(typical)) * scale * window
-    noisy = has_hits & (n_window / window > noisy_rate_hz)
-    noisy[noisy] = log_upper_tail(n_arrivals[noisy], typical_now[noisy]) < channel_level
-    status = np.full(expected.shape, ChannelStatus.NONE, np.int8)
-    status[expected] = ChannelStatus.UNKNOWN
-    status[has_hits] = ChannelStatus.ACTIVE
-    status[silent] = ChannelStatus.SILENT
-    status[inefficient] = ChannelStatus.INEFFICIENT
-    status[noisy] = ChannelStatus.NOISY
+    else:
+        cusum = None
+    noisy = n_window / window > noisy_rate_hz
+    noisy &= has_hits
+    at = np.flatnonzero(noisy)
+    typical_now = referenced(_at(np.nan_to_num(typical), at), at) * _at(scale, at) * _at(window, at)
+    noisy.reshape(-1)[at] = log_upper_tail(n_arrivals.reshape(-1)[at], typical_now) < channel_level
+    status = np.multiply(expected, np.int8(ChannelStatus.UNKNOWN), dtype=np.int8)
+    _set(status, has_hits, ChannelStatus.ACTIVE)
+    _set(status, silent, ChannelStatus.SILENT)
+    _set(status, inefficient, ChannelStatus.INEFFICIENT)
+    _set(status, noisy, ChannelStatus.NOISY)
     # what users see are hits: expected arrivals times the hits per arrival learnt (1 without any)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_arrival = np.where(arrivals > 0, hits / arrivals, 1.0)
-        chip_per_arrival = np.where(chip_arrivals > 0, hits.sum(axis=1) / chip_arrivals, 1.0)
+        per_arrival = hits / arrivals
+        chip_per_arrival = np.where(chip_arrivals > 0, chip_hits_total / chip_arrivals, 1.0)
+    np.copyto(per_arrival, 1.0, where=arrivals == 0)
+    per_arrival *= rate_now
     by_prior = chip_uses_prior & ~chip_known
     chip_base_arrivals = np.where(by_prior, chip_slow, base.sum(axis=1))
     # the region checks leave out the channels over the noisy cut, as the occupancy does
-    quiet_base = np.where(by_prior, chip_slow, np.where(quiet, base, 0.0).sum(axis=1)) * chip_per_arrival
+    np.copyto(base, 0.0, where=~quiet)
+    quiet_base = np.where(by_prior, chip_slow, base.sum(axis=1)) * chip_per_arrival
     return Verdicts(
         channel_status=status,
-        channel_expected_hz=rate_now * per_arrival,
+        channel_expected_hz=per_arrival,
         chip_window_hits=chip_hits,
         chip_expected_hits=chip_base_arrivals * chip_per_arrival * window[:, 0] * scale[:, 0],
         chip_window_arrivals=n_arrivals.sum(axis=1),
