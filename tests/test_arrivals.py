@@ -154,14 +154,14 @@ def counting_hits(acc: Accumulator) -> Iterator[None]:
     """Judge as before arrivals: every hit an independent arrival (the counterfactual the tests compare with);
     what judging learns (the inefficiency CUSUM, the learnt rates) is left as it was."""
     state = acc.state
-    saved = state.arrivals_total, state.win_arrivals
+    saved = state.arrivals_total, state.win_arrivals, state.window_arrivals
     learning = ("cusum", "cusum_seen", "cusum_good", "cusum_time", "learnt", "learnt_seen", "learnt_time")
     cusum = {name: getattr(state, name).copy() for name in learning}
-    state.arrivals_total, state.win_arrivals = state.self_hits, state.win_hits
+    state.arrivals_total, state.win_arrivals, state.window_arrivals = state.self_hits, state.win_hits, state.window_hits
     try:
         yield
     finally:
-        state.arrivals_total, state.win_arrivals = saved
+        state.arrivals_total, state.win_arrivals, state.window_arrivals = saved
         for name, value in cusum.items():
             setattr(state, name, value)
 

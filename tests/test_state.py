@@ -24,6 +24,7 @@ from larpix_dqm.exporter.quality.state import (
     FIELDS,
     FOLD,
     SLOT_CHIP,
+    SUMS,
     WINDOW,
     WINDOW_ARRAYS,
     kernel_fields,
@@ -153,6 +154,26 @@ def test_clearing_a_slot_empties_every_windowed_field_of_its_io_group(fed: dict[
     finally:
         for name, value in saved.items():
             setattr(state, name, value)
+
+
+def test_the_window_sums_are_the_sums_of_the_slots_as_they_are_counted_and_cleared(fed: dict[str, Accumulator]) -> None:
+    """14 s of data through a 10 s window (slots cleared as it moves), by both engines, then one io_group's slot
+    cleared: each sum stays its slots' sum."""
+    assert SUMS
+    for acc in fed.values():
+        state = acc.state
+        saved = {f.name: getattr(state, f.name).copy() for f in FIELDS if getattr(state, f.name) is not None}
+        try:
+            for cleared in (False, True):
+                if cleared:
+                    state.clear(int(state.chips.keys[0, 0]), [int(state.newest_bin[state.chips.keys[0, 0]]) % 5])
+                for f in SUMS:
+                    slots = getattr(state, str(f.sums)).sum(axis=0)
+                    assert slots.any(), f.name
+                    np.testing.assert_array_equal(getattr(state, f.name), slots, err_msg=f.name)
+        finally:
+            for name, value in saved.items():
+                setattr(state, name, value)
 
 
 def test_a_chip_first_seen_in_a_later_chunk_gets_its_tile(tile_geometry) -> None:

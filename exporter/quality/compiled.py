@@ -254,9 +254,11 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
 def fold_hits(state, hits, touched, row_groups, bin_end):
     """Add a chunk's ``hits`` (see ``count_chunk``) to ``state`` (the fields of ``state.kernel_fields(FOLD)``,
     in that order), as the numpy engine's ``_add_data`` does: all-time and self-triggered counts, window
-    sums, arrivals, and each channel's last-hit time (end of the newest window bin with a hit, ``bin_end[io_group, slot]``)."""
+    sums (per slot and over the slots), arrivals, and each channel's last-hit time (end of the newest window
+    bin with a hit, ``bin_end[io_group, slot]``)."""
     (
         chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq, arrivals_total, win_arrivals,
+        window_hits, window_adc, window_adc_sq, window_arrivals,
     ) = state  # fmt: skip
     for key in range(len(touched)):
         if not touched[key]:
@@ -278,6 +280,10 @@ def fold_hits(state, hits, touched, row_groups, bin_end):
                     win_adc[slot, row, ch] += hits[key, row, ch, 1]
                     win_adc_sq[slot, row, ch] += hits[key, row, ch, 2]
                     win_arrivals[slot, row, ch] += hits[key, row, ch, 3]
+                    window_hits[row, ch] += n
+                    window_adc[row, ch] += hits[key, row, ch, 1]
+                    window_adc_sq[row, ch] += hits[key, row, ch, 2]
+                    window_arrivals[row, ch] += hits[key, row, ch, 3]
                     end = bin_end[g, slot]
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end

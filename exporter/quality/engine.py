@@ -130,13 +130,15 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     state.self_hits[touched] += per_channel - hits[0]
     state.chip_packets[touched] += per_channel.sum(axis=1)
     window = hits[2:]
-    state.win_hits[:, touched] += window
+    _add_window(state.win_hits, state.window_hits, touched, window)
     _note_last_hits(state, window, touched)
     if window.any():
         adc = adc_code.astype(np.float64)
         shape = (nb, k, CHANNELS_PER_CHIP)
-        state.win_adc[:, touched] += np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        state.win_adc_sq[:, touched] += np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
+        adc_sum = np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
+        _add_window(state.win_adc, state.window_adc, touched, adc_sum)
+        adc_sq = np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
+        _add_window(state.win_adc_sq, state.window_adc_sq, touched, adc_sq)
     state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
         IO_GROUPS, 256
     )
@@ -144,6 +146,12 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     if len(flagged):
         full = flagged[(flags[flagged] & 10) != 0]
         _add_window_flags(state, rows[full], slots[full], 1)
+
+
+def _add_window(slotted: np.ndarray, total: np.ndarray, rows: np.ndarray | slice, counts: np.ndarray) -> None:
+    """Add per-slot ``counts`` (slots, rows, 64) to a window field and to its sum over the slots."""
+    slotted[:, rows] += counts
+    total[rows] += counts.sum(axis=0)
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -198,9 +206,8 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     flat = local * CHANNELS_PER_CHIP + channel[at] % CHANNELS_PER_CHIP
     state.arrivals_total[touched] += np.bincount(flat, minlength=n_flat).reshape(k, -1)
     inside = slots[at] >= 0
-    state.win_arrivals[:, touched] += np.bincount(
-        slots[at][inside] * n_flat + flat[inside], minlength=state.config.window_bins * n_flat
-    ).reshape(state.config.window_bins, k, -1)
+    window = np.bincount(slots[at][inside] * n_flat + flat[inside], minlength=state.config.window_bins * n_flat)
+    _add_window(state.win_arrivals, state.window_arrivals, touched, window.reshape(state.config.window_bins, k, -1))
 
 
 def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:

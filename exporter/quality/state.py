@@ -69,6 +69,9 @@ class Field:
     restore_from: str | None = None
     #: Counted since its io_group's run started: emptied for the io_group's chips at a run boundary.
     per_run: bool = False
+    #: The per-slot field this one is the sum of over the window's slots, kept as the slots are counted
+    #: into and cleared, so a summary reads one array, not every slot; rebuilt from the slots on restore.
+    sums: str | None = None
 
     @property
     def per_chip(self) -> bool:
@@ -81,7 +84,7 @@ class Field:
     @property
     def windowed(self) -> bool:
         """Part of the sliding window: restored only when the window continues."""
-        return self.per_slot or self.checkpoint == WINDOW
+        return self.per_slot or self.checkpoint == WINDOW or self.sums is not None
 
 
 FIELDS: tuple[Field, ...] = (
@@ -143,6 +146,11 @@ FIELDS: tuple[Field, ...] = (
         optional=True,  # a window file without it restores it from win_hits
         restore_from="win_hits",
     ),
+    # the window's sums over its slots per channel (derived, not checkpointed): what the summary reads
+    Field("window_hits", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_hits"),
+    Field("window_adc", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_adc"),
+    Field("window_adc_sq", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_adc_sq"),
+    Field("window_arrivals", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_arrivals"),
     # the sequential inefficiency test (``verdicts.advance_cusum``), advanced at each evaluation from the
     # arrivals and live time since the last: its CUSUM per channel, the arrivals_total it has seen, the
     # arrivals and occupancy-weighted live seconds learnt while the channel was good, and the live time
@@ -175,6 +183,8 @@ FIELDS: tuple[Field, ...] = (
     Field("beam_chip_hits", CHIP, (2,), optional=True),
 )
 BY_NAME = {f.name: f for f in FIELDS}
+#: The window's sums over its slots (``Field.sums``).
+SUMS = tuple(f for f in FIELDS if f.sums is not None)
 #: The window file's arrays (``runtime/checkpoint.py``).
 WINDOW_ARRAYS = tuple(f.name for f in FIELDS if f.checkpoint == WINDOW)
 
@@ -269,8 +279,12 @@ class State:
         return rows
 
     def clear(self, g: int, slots: range | list[int]) -> None:
-        """Empty the window slots of io_group ``g``: its chips' rows and its own."""
+        """Empty the window slots of io_group ``g``: its chips' rows and its own (taken out of the window's sums)."""
         rows = self.group_rows(g)
+        for f in SUMS:
+            total, slotted = getattr(self, f.name), getattr(self, str(f.sums))
+            for slot in slots:
+                total[rows] -= slotted[slot, rows]
         for f in FIELDS:
             array = getattr(self, f.name)
             if not f.per_slot or array is None:
@@ -332,6 +346,8 @@ class State:
             known = ~np.isnan(self.clock.head)
             self.window_end[known] = self.live_start[known] = self.clock.head[known] - self.dead_seconds[known]
             self.newest_bin[known] = self.bin_of(self.window_end[known]).astype(np.int64)
+        for f in SUMS:
+            getattr(self, f.name)[...] = getattr(self, str(f.sums)).sum(axis=0)
         return same
 
     def _put(self, f: Field, rows: np.ndarray, value: np.ndarray) -> None:

@@ -88,9 +88,8 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
     group_span = span_seconds(state)
     chip_groups = state.chips.keys[:, 0].astype(np.int64)
     chip_span = group_span[chip_groups]
-    hits = state.win_hits[:, :n].sum(axis=0)
-    adc = state.win_adc[:, :n].sum(axis=0)
-    adc_sq = state.win_adc_sq[:, :n].sum(axis=0)
+    hits = state.window_hits[:n].copy()
+    adc, adc_sq = state.window_adc[:n], state.window_adc_sq[:n]
     channel_rate = hits / chip_span[:, None]
     channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
     tiles, expected = layout.tiles, layout.expected
@@ -115,7 +114,7 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
             reference_rate_hz=reference_rate_hz,
             window_parity_errors=window_flags[:, 0],
             links=chip_groups * 256 + state.chips.keys[:, 1],
-            window_arrivals=state.win_arrivals[:, :n].sum(axis=0),
+            window_arrivals=state.window_arrivals[:n],
             arrivals_total=state.arrivals_total[:n],
             cusum=Cusum(state.cusum[:n], state.cusum_seen[:n], state.cusum_good[:n], state.cusum_time[:n]),
             now=now,
