@@ -33,7 +33,13 @@ from larpix_dqm.exporter.quality.accumulator import IO_GROUPS, prefer_finite
 from larpix_dqm.exporter.quality.reference import Reference
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
-from larpix_dqm.exporter.quality.verdicts import log_lower_tail, log_upper_tail, per_test_probability, robust_ratio
+from larpix_dqm.exporter.quality.verdicts import (
+    count_channels,
+    log_lower_tail,
+    log_upper_tail,
+    per_test_probability,
+    robust_ratio,
+)
 from larpix_dqm.exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
 
 INF = math.inf
@@ -213,8 +219,9 @@ def chip_regions(snapshot: Snapshot, region: str) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
-def region_counts(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per region check: each chip's region index, and per region the observed and the expected count.
+def region_counts(snapshot: Snapshot, counted: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per region check: each chip's region index, and per region the observed and the expected count
+    (``counted``: the expected channels not masked).
 
     The rates: hits in the window of the channels under the noisy cut (one loud channel does not make
     its region hot) against their unscaled expected rates times the module's occupancy,
@@ -223,12 +230,12 @@ def region_counts(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray,
     """
     judged = snapshot.chip_expected & snapshot.chip_judged
     span = snapshot.chip_span_seconds
-    counted = snapshot.channel_expected & (snapshot.channel_status != ChannelStatus.MASKED)
     cut = snapshot.config.noisy_rate_hz * span[:, None]
     quiet = counted & (snapshot.channel_window_hits <= cut)
     observed = np.where(judged, np.where(quiet, snapshot.channel_window_hits, 0).sum(axis=1), 0.0)
     base = np.where(judged, snapshot.chip_base_hz, 0.0)
-    tiles = chip_regions(snapshot, "tile")
+    regions = {region: chip_regions(snapshot, region) for region in ("tile", "io_channel")}
+    tiles = regions["tile"]
     size = int(tiles.max()) + 1 if len(tiles) else 0
     # a tile without a hit in the window (dead, or not heard yet) is no sample of the module's occupancy:
     # its ratio would read 1 (robust_ratio keeps a silent group's expectation) and pull the median there
@@ -244,23 +251,28 @@ def region_counts(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray,
         ("io_channel_rate", "io_channel", observed, module * base * span),
         ("io_channel_never_seen", "io_channel", heard, min(module, 1.0) * base * snapshot.chip_run_seconds),
     ):
-        inverse = chip_regions(snapshot, region)
+        inverse = regions[region]
         size = int(inverse.max()) + 1 if len(inverse) else 0
         out[name] = (inverse, np.bincount(inverse, obs, size), np.bincount(inverse, predicted, size))
     return out
 
 
-def chip_quantities(snapshot: Snapshot, reference: Reference | None) -> dict[str, np.ndarray]:
-    """The quantity each chip-scope check judges, one value per chip row of the snapshot.
+def chip_quantities(
+    snapshot: Snapshot,
+    reference: Reference | None,
+    counted: np.ndarray,
+    counts: dict[str, tuple[np.ndarray, np.ndarray]],
+    regions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """The quantity each chip-scope check judges, one value per chip row of the snapshot, from the expected
+    channels not masked (``counted``), the ``chip_counts`` and the ``region_counts``.
 
     Masked channels are not expected (they count in no fraction); chips outside the run's networks get NaN.
     """
-    counted = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
-    expected = snapshot.chip_status_counts[:, counted].sum(axis=1).astype(float)
+    unmasked = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
+    expected = snapshot.chip_status_counts[:, unmasked].sum(axis=1).astype(float)
     # every expected unmasked channel answers a periodic trigger, judged yet or not
-    configured = (
-        (snapshot.channel_expected & (snapshot.channel_status != ChannelStatus.MASKED)).sum(axis=1).astype(float)
-    )
+    configured = count_channels(counted).astype(float)
     column = {status: i for i, status in enumerate(ChannelStatus.judged())}
 
     def fraction(status: ChannelStatus) -> np.ndarray:
@@ -280,9 +292,9 @@ def chip_quantities(snapshot: Snapshot, reference: Reference | None) -> dict[str
     }
     if reference is not None:
         values["reference_pedestal_shift"] = reference.compare(snapshot).pedestal_shift
-    for name, (observed, predicted) in chip_counts(snapshot, reference).items():
+    for name, (observed, predicted) in counts.items():
         values[name] = _ratio(observed, predicted)
-    for name, (inverse, observed, predicted) in region_counts(snapshot).items():
+    for name, (inverse, observed, predicted) in regions.items():
         values[name] = (observed if name == "io_channel_never_seen" else _ratio(observed, predicted))[inverse]
     if len(snapshot.chip_judged) == len(snapshot.chip_keys) and not snapshot.chip_judged.all():
         values = {name: np.where(snapshot.chip_judged, v, np.nan) for name, v in values.items()}
@@ -376,9 +388,10 @@ def evaluate(snapshot: Snapshot, checks: tuple[Check, ...], reference: Reference
     active = [c for c in checks if c.enabled and (reference is not None or not c.needs_reference)]
     chip_checks = tuple(c for c in active if c.scope == "chip")
     group_checks = tuple(c for c in active if c.scope == "io_group")
-    quantities = chip_quantities(snapshot, reference)
+    counted = snapshot.channel_expected & (snapshot.channel_status != np.int8(ChannelStatus.MASKED))
     counts = chip_counts(snapshot, reference)
-    regions = region_counts(snapshot)
+    regions = region_counts(snapshot, counted)
+    quantities = chip_quantities(snapshot, reference, counted, counts, regions)
     alpha = snapshot.config.false_alarm_probability
     n = len(snapshot.chip_keys)
 

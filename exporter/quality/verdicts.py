@@ -350,21 +350,28 @@ def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarra
     ratios, so a few loud or dead members do not move it while bursty ones still count (a median
     alone reads low when hits come in bursts); plainly pooled where fewer than half of the members
     predicted qualify; 1 where the group has no hit at all."""
-    groups = Groups.of(inverse, count)
-    predicting = predicted > 0
+    members = np.flatnonzero((predicted > 0) & (inverse < count))
+    members = members[np.argsort(inverse[members], kind="stable")]  # by group, ascending rows within one
+    group, obs, pred = inverse[members], observed[members], predicted[members]
+    ratio = obs / pred
+    enough = pred >= MIN_RATIO_HITS
+    bounds = np.searchsorted(group, np.arange(count + 1))
+    n_enough = np.bincount(group[enough], minlength=count)
+    # the median of each group's ratios of members with enough (np.median's: the middle one, or the two's mean)
+    ordered = ratio[enough][np.lexsort((ratio[enough], group[enough]))]
+    first, last = np.cumsum(n_enough) - n_enough, max(len(ordered) - 1, 0)
+    low, high = np.minimum(first + (n_enough - 1) // 2, last), np.minimum(first + n_enough // 2, last)
+    center = (ordered[low] + ordered[high]) / 2 if len(ordered) else np.zeros(count)
+    # plainly pooled (no member an outlier) where fewer than half of the members qualify
+    center = np.where(2 * n_enough >= np.diff(bounds), center, np.nan)[group]
+    outlier = enough & ((ratio < center / OUTLIER_FACTOR) | (ratio > center * OUTLIER_FACTOR))
     out = np.ones(count)
-    for g in range(count):
-        members = groups.members(g, predicting)
-        obs, pred = observed[members], predicted[members]
-        if not len(obs) or obs.sum() == 0:
+    for g in np.flatnonzero(np.diff(bounds)).tolist():
+        part = slice(bounds[g], bounds[g + 1])
+        if obs[part].sum() == 0:
             continue
-        enough = pred >= MIN_RATIO_HITS
-        keep = np.ones(len(obs), bool)
-        if 2 * enough.sum() >= len(pred):
-            ratio = obs / pred
-            center = np.median(ratio[enough])
-            keep = ~enough | ((ratio >= center / OUTLIER_FACTOR) & (ratio <= center * OUTLIER_FACTOR))
-        out[g] = obs[keep].sum() / pred[keep].sum()
+        keep = ~outlier[part]
+        out[g] = obs[part][keep].sum() / pred[part][keep].sum()
     return out
 
 
