@@ -261,11 +261,6 @@ def _counted(counts: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.multiply(counts, expected, dtype=np.float64)
 
 
-def _at(values: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """A (chips, 64) array, or a (chips, 1) one of the chips, at flat channel indices (row x 64 + channel)."""
-    return values[flat // CHANNELS_PER_CHIP, 0] if values.shape[1] == 1 else values.reshape(-1)[flat]
-
-
 def _set(status: np.ndarray, where: np.ndarray, code: ChannelStatus) -> None:
     """``status[where] = code`` as int8 arithmetic (a bool mask's item assignment costs several times more)."""
     status += (np.int8(code) - status) * where
@@ -389,155 +384,259 @@ def log_silence_probability(
     return np.where(use_prior, -prior_rate * silence, np.where(hits > 0, own, 0.0))
 
 
-def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float) -> Verdicts:
+@dataclass(frozen=True)
+class ReferenceRates:
+    """The reference run's rates aligned to the chips: which expected channels it knows, and their rates."""
+
+    known: np.ndarray  # (chips, 64) bool
+    rate_hz: np.ndarray  # (chips, 64), 0 where unknown
+
+    @classmethod
+    def of(cls, inputs: VerdictInputs) -> ReferenceRates | None:
+        rates = inputs.reference_rate_hz
+        return None if rates is None else cls(np.isfinite(rates) & inputs.expected, np.nan_to_num(rates))
+
+    def where_known(self, values: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+        """Its rate where it knows the channel, else ``values`` (of the flat channel indices ``at`` when given)."""
+        if at is None:
+            return np.where(self.known, self.rate_hz, values)
+        return np.where(self.known.reshape(-1)[at], self.rate_hz.reshape(-1)[at], values)
+
+
+def referenced(reference: ReferenceRates | None, values: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
+    """The reference's rate where it knows the channel, else ``values`` (of the flat channel indices ``at``)."""
+    return values if reference is None else reference.where_known(values, at)
+
+
+@dataclass(frozen=True)
+class ChannelSums:
+    """The first pass over the channels: per chip, the sums over its channels the per-group statistics start
+    from; per channel, the learnt rates of the expected channels, for their groups' quantiles."""
+
+    rates: np.ndarray  # (chips, 64) learnt arrival rate of each expected channel, NaN for the others
+    expected: np.ndarray  # (chips,) int64: expected channels
+    hits: np.ndarray  # (chips,) their self-triggered hits since the run started
+    arrivals: np.ndarray  # (chips,) their arrivals since the run started
+    window_hits: np.ndarray  # (chips,) their hits in the window
+    window_arrivals: np.ndarray  # (chips,) their arrivals in the window
+    observed: np.ndarray  # (chips,) arrivals in the window of the channels under the noisy cut
+    predicted: np.ndarray  # (chips,) what those channels' learnt (or reference) rates predict of them
+    silence: np.ndarray  # (chips,) the shortest silence of an expected channel (inf without one)
+
+
+@dataclass(frozen=True)
+class ChipJudgement:
+    """What the per-group statistics say of each chip, for the second pass over its channels."""
+
+    scale: np.ndarray  # (chips,) occupancy of its group: observed over predicted arrivals
+    prior: np.ndarray  # (chips,) expected rate of a channel without history of its own (its group's slow one)
+    typical: np.ndarray  # (chips,) a typical channel's rate in its group
+    dead: np.ndarray  # (chips,) bool: proven dead
+    link_broken: np.ndarray  # (chips,) bool: packets failing parity and no valid one
+    channel_level: float  # ln of a channel verdict's share of the false-alarm budget
+    inefficient_level: float  # the same of each of the two inefficiency tests
+
+
+@dataclass(frozen=True)
+class ChannelVerdicts:
+    """The second pass over the channels: statuses but the tails' verdicts, expected rates, and the channels
+    whose tail probability can flag them (flat indices row x 64 + channel)."""
+
+    status: np.ndarray  # (chips, 64) int8: none, unknown, active; silent on dead chips; inefficient by the CUSUM
+    expected_hz: np.ndarray  # (chips, 64) expected hit rate now
+    base: np.ndarray  # (chips,) expected arrival rate of the expected channels, before the occupancy scale
+    quiet_base: np.ndarray  # (chips,) the same of those under the noisy cut
+    silences: np.ndarray  # no hit in the window (not on a broken link): judged by their silence
+    shortfalls: np.ndarray  # hits, but fewer arrivals than expected in the window: the lower tail
+    shortfall_mu: np.ndarray  # their expected arrivals in the window
+    excesses: np.ndarray  # over the noisy cut: the upper tail
+
+
+class ChannelPasses:
+    """The two passes over the (chips, 64) arrays of ``judge``, in numpy (the reference implementation): each
+    step one pass, in place where it can be. The first keeps what the second needs."""
+
+    def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums:
+        expected = inputs.expected
+        self.n_window = n_window = _counted(inputs.window_hits, expected)
+        self.hits = hits = _counted(inputs.hits_total, expected)
+        # the statistics count independent arrivals: a steep track's ~100 re-triggers in 1 ms are one
+        self.arrivals = arrivals = hits if inputs.arrivals_total is None else _counted(inputs.arrivals_total, expected)
+        n_arrivals = n_window if inputs.window_arrivals is None else _counted(inputs.window_arrivals, expected)
+        self.n_arrivals = n_arrivals
+        window = inputs.window_seconds[:, None]
+        run = np.maximum(inputs.run_seconds, 1.0)[:, None]
+        learnt_n, learnt_t = arrivals, np.broadcast_to(run, arrivals.shape)
+        if inputs.learnt is not None:
+            good = inputs.learnt[..., 1] >= window
+            learnt_n, learnt_t = (
+                np.where(good, inputs.learnt[..., 0], learnt_n),
+                np.where(good, inputs.learnt[..., 1], learnt_t),
+            )
+        learnt_span = np.maximum(learnt_t, 1.0)
+        self.learnt = learnt = learnt_n / learnt_span
+        # the window's inefficiency tail takes a channel's own rate only once learnt over a window's span at
+        # least, and LOW_SIGMAS low, as the CUSUM does: a rate learnt from a few arrivals (a new run's first
+        # seconds) can come out several times high and call a good channel inefficient
+        self.learnt_low = learnt_low = np.sqrt(learnt_n)
+        learnt_low *= LOW_SIGMAS
+        np.subtract(learnt_n, learnt_low, out=learnt_low)
+        np.maximum(learnt_low, 0.0, out=learnt_low)
+        learnt_low /= learnt_span
+        self.short = learnt_t < window
+        self.quiet = quiet = n_window <= noisy_rate_hz * window
+        predicted = referenced(reference, learnt) * window
+        np.copyto(predicted, 0.0, where=~quiet)
+        return ChannelSums(
+            rates=np.where(expected, learnt, np.nan),
+            expected=count_channels(expected),
+            hits=hits.sum(axis=1),
+            arrivals=arrivals.sum(axis=1),
+            window_hits=n_window.sum(axis=1),
+            window_arrivals=n_arrivals.sum(axis=1),
+            observed=np.where(quiet, n_arrivals, 0.0).sum(axis=1),
+            predicted=predicted.sum(axis=1),
+            silence=np.minimum.reduce(inputs.silence_seconds, axis=1, where=expected, initial=np.inf),
+        )
+
+    def second(
+        self, inputs: VerdictInputs, reference: ReferenceRates | None, chips: ChipJudgement, noisy_rate_hz: float
+    ) -> ChannelVerdicts:
+        expected, n_window, n_arrivals = inputs.expected, self.n_window, self.n_arrivals
+        scale, window = chips.scale[:, None], inputs.window_seconds[:, None]
+        prior = referenced(reference, chips.prior[:, None])  # for channels without history of their own
+        use_prior = self.arrivals == 0 if reference is None else reference.known | (self.arrivals == 0)
+        base = np.where(use_prior, prior, self.learnt)
+        np.copyto(base, 0.0, where=~expected)
+        rate_now = base * scale
+        has_hits = n_window > 0  # expected channels only
+        mu_window = self.learnt_low
+        np.copyto(mu_window, prior, where=use_prior | self.short)
+        mu_window *= scale
+        mu_window *= window
+        shortfalls = np.flatnonzero(has_hits & (n_arrivals < mu_window))
+        excesses = n_window / window > noisy_rate_hz
+        excesses &= has_hits
+        status = np.multiply(expected, np.int8(ChannelStatus.UNKNOWN), dtype=np.int8)
+        _set(status, has_hits, ChannelStatus.ACTIVE)
+        dead = expected & chips.dead[:, None]
+        _set(status, dead, ChannelStatus.SILENT)
+        cusum = inputs.cusum
+        if cusum is not None and inputs.now is not None and inputs.arrivals_total is not None:
+            advance_cusum(
+                cusum, inputs.arrivals_total, inputs.now, chips.scale[:, None], expected, -chips.inefficient_level
+            )
+            _set(status, (cusum.statistic >= -chips.inefficient_level) & ~dead, ChannelStatus.INEFFICIENT)
+        # what users see are hits: expected arrivals times the hits per arrival learnt (1 without any)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_arrival = self.hits / self.arrivals
+        np.copyto(per_arrival, 1.0, where=self.arrivals == 0)
+        per_arrival *= rate_now
+        base_sum = base.sum(axis=1)
+        np.copyto(base, 0.0, where=~self.quiet)
+        return ChannelVerdicts(
+            status=status,
+            expected_hz=per_arrival,
+            base=base_sum,
+            quiet_base=base.sum(axis=1),
+            silences=np.flatnonzero(expected & (n_window == 0) & ~chips.link_broken[:, None]),
+            shortfalls=shortfalls,
+            shortfall_mu=mu_window.reshape(-1)[shortfalls],
+            excesses=np.flatnonzero(excesses),
+        )
+
+
+def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: ChannelPasses | None = None) -> Verdicts:
     """Channel statuses and chip verdicts at detector-wide false-alarm probability ``alpha``.
 
-    Each step over the (chips, 64) arrays is one pass, in place where it can be; the tail probabilities
-    are computed only for the channels they can flag (no hit in the window, fewer than expected, over
-    the noisy cut), not for every channel.
+    Two passes over the channels (``passes``: numpy's ``ChannelPasses``, or the compiled kernels' twin) around
+    the per-group statistics; the tail probabilities only for the channels they can flag (no hit in the
+    window, fewer than expected, over the noisy cut), not for every channel.
     """
-    expected = inputs.expected
-    chips_judged = expected.any(axis=1)
-    n_window = _counted(inputs.window_hits, expected)
-    hits = _counted(inputs.hits_total, expected)
-    # the statistics count independent arrivals: a steep track's ~100 re-triggers in 1 ms are one
-    arrivals = hits if inputs.arrivals_total is None else _counted(inputs.arrivals_total, expected)
-    n_arrivals = n_window if inputs.window_arrivals is None else _counted(inputs.window_arrivals, expected)
-    window = inputs.window_seconds[:, None]
-    run = np.maximum(inputs.run_seconds, 1.0)[:, None]
+    passes = ChannelPasses() if passes is None else passes
+    reference = ReferenceRates.of(inputs)
+    sums = passes.first(inputs, reference, noisy_rate_hz)
+    chips_judged = sums.expected > 0
+    window = inputs.window_seconds
+    run = np.maximum(inputs.run_seconds, 1.0)
     inverse = np.unique(inputs.groups, return_inverse=True)[1].reshape(-1)
     groups = Groups.of(inverse, int(inverse.max()) + 1 if len(inverse) else 0)
-    learnt_n, learnt_t = arrivals, np.broadcast_to(run, arrivals.shape)
-    if inputs.learnt is not None:
-        good = inputs.learnt[..., 1] >= window
-        learnt_n, learnt_t = (
-            np.where(good, inputs.learnt[..., 0], learnt_n),
-            np.where(good, inputs.learnt[..., 1], learnt_t),
-        )
-    learnt_span = np.maximum(learnt_t, 1.0)
-    learnt = learnt_n / learnt_span
-    # the window's inefficiency tail takes a channel's own rate only once learnt over a window's span at least,
-    # and LOW_SIGMAS low, as the CUSUM does: a rate learnt from a few arrivals (a new run's first seconds) can
-    # come out several times high and call a good channel inefficient
-    learnt_low = np.sqrt(learnt_n)
-    learnt_low *= LOW_SIGMAS
-    np.subtract(learnt_n, learnt_low, out=learnt_low)
-    np.maximum(learnt_low, 0.0, out=learnt_low)
-    learnt_low /= learnt_span
-    short = learnt_t < window
     # the learnt rates of an io_channel that never spoke are no sample of a healthy channel's rate
-    chip_hits_total = hits.sum(axis=1)
     if inputs.links is None:
-        pool = np.asarray(chips_judged)
+        pool = chips_judged
     else:
         links = np.unique(inputs.links, return_inverse=True)[1].reshape(-1)
-        heard = (chip_hits_total > 0).astype(np.float64)
+        heard = (sums.hits > 0).astype(np.float64)
         pool = chips_judged & (np.bincount(links, heard, int(links.max()) + 1 if len(links) else 0) > 0)[links]
-    rates = _group_rates(np.where(expected, learnt, np.nan), groups, pool)
-    slow, typical = np.moveaxis(rates, 1, 0)[:, :, None]
-    known = None if inputs.reference_rate_hz is None else np.isfinite(inputs.reference_rate_hz) & expected
-    reference = np.zeros(0) if inputs.reference_rate_hz is None else np.nan_to_num(inputs.reference_rate_hz)
-
-    def referenced(values: np.ndarray, at: np.ndarray | None = None) -> np.ndarray:
-        """The reference's rate where it knows the channel, else ``values`` (of the flat channel indices ``at``)."""
-        if known is None:
-            return values
-        if at is None:
-            return np.where(known, reference, values)
-        return np.where(known.reshape(-1)[at], reference.reshape(-1)[at], values)
-
+    slow, typical = np.moveaxis(_group_rates(sums.rates, groups, pool), 1, 0)
     # occupancy of each tile: its arrivals in the window over what its learnt (or reference) rates predict,
     # pooled over its chips but outliers from the median chip's ratio and channels over the noisy cut
-    quiet = n_window <= noisy_rate_hz * window
-    chip_observed = np.where(quiet, n_arrivals, 0.0).sum(axis=1)
-    predicted = referenced(learnt) * window
-    np.copyto(predicted, 0.0, where=~quiet)
-    scale = robust_ratio(chip_observed, predicted.sum(axis=1), inverse, groups.count)[inverse][:, None]
-    prior = referenced(np.nan_to_num(slow))  # for channels without history of their own
-    use_prior = arrivals == 0 if known is None else known | (arrivals == 0)
-    base = np.where(use_prior, prior, learnt)
-    np.copyto(base, 0.0, where=~expected)
-    rate_now = base * scale
+    scale = robust_ratio(sums.observed, sums.predicted, inverse, groups.count)[inverse]
+    prior = np.nan_to_num(slow)
     silence_scale = np.minimum(scale, 1.0)  # never judge a silence at a higher occupancy than learnt
-    channel_level = math.log(per_test_probability(alpha, int(expected.sum())))
+    n_channels = int(sums.expected.sum())
+    channel_level = math.log(per_test_probability(alpha, n_channels))
     # the inefficient family's share is split equally over its two tests: the window's tail and the CUSUM
-    inefficient_level = math.log(per_test_probability(alpha, 2 * int(expected.sum())))
+    inefficient_level = math.log(per_test_probability(alpha, 2 * n_channels))
     chip_level = math.log(per_test_probability(alpha, int(chips_judged.sum())))
 
-    chip_hits = n_window.sum(axis=1)
-    chip_silence = np.minimum.reduce(inputs.silence_seconds, axis=1, where=expected, initial=np.inf)
-    chip_silence = np.where(np.isfinite(chip_silence), chip_silence, 0.0) * silence_scale[:, 0]
-    n_expected = count_channels(expected)
-    chip_arrivals = arrivals.sum(axis=1)
+    chip_hits = sums.window_hits
+    chip_silence = np.where(np.isfinite(sums.silence), sums.silence, 0.0) * silence_scale
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_channel = np.where(chips_judged, chip_arrivals / run[:, 0] / n_expected, np.nan)
-    chip_slow = np.nan_to_num(_group_rates(per_channel, groups, pool)[:, 0]) * n_expected
-    chip_known = np.zeros(len(expected), bool) if known is None else known.any(axis=1)
-    chip_prior = chip_slow if known is None else np.where(chip_known, referenced(prior).sum(axis=1), chip_slow)
-    chip_uses_prior = chip_known | (chip_arrivals == 0)
-    chip_log_p = log_silence_probability(chip_arrivals, chip_silence, run[:, 0], chip_prior, chip_uses_prior)
+        per_channel = np.where(chips_judged, sums.arrivals / run / sums.expected, np.nan)
+    chip_slow = np.nan_to_num(_group_rates(per_channel, groups, pool)[:, 0]) * sums.expected
+    chip_known = np.zeros(len(chips_judged), bool) if reference is None else reference.known.any(axis=1)
+    chip_prior = (
+        chip_slow
+        if reference is None
+        else np.where(chip_known, reference.where_known(prior[:, None]).sum(axis=1), chip_slow)
+    )
+    chip_uses_prior = chip_known | (sums.arrivals == 0)
+    chip_log_p = log_silence_probability(sums.arrivals, chip_silence, run, chip_prior, chip_uses_prior)
     # packets failing parity and no valid one: the chip sends, its link corrupts them (the parity check)
     parity_errors = np.zeros(len(chip_hits)) if inputs.window_parity_errors is None else inputs.window_parity_errors
     link_broken = (chip_hits == 0) & (parity_errors > 0)
     chip_dead = chips_judged & (chip_hits == 0) & (chip_log_p < chip_level) & ~link_broken
-    # a channel's silence is judged where it has no hit in the window
-    at = np.flatnonzero(expected & (n_window == 0) & ~link_broken[:, None])
-    silence = inputs.silence_seconds.reshape(-1)[at] * _at(silence_scale, at)
-    channel_log_p = log_silence_probability(
-        arrivals.reshape(-1)[at], silence, _at(run, at), _at(prior, at), use_prior.reshape(-1)[at]
+    chips = ChipJudgement(
+        scale, prior, np.nan_to_num(typical), chip_dead, link_broken, channel_level, inefficient_level
     )
-    silent = np.zeros(expected.shape, bool)
-    silent.reshape(-1)[at] = channel_log_p < channel_level
-    silent |= expected & chip_dead[:, None]
-    # the tails only where they can be small: fewer hits than expected, or above the noisy cut
-    has_hits = n_window > 0  # expected channels only
-    mu_window = learnt_low
-    np.copyto(mu_window, prior, where=use_prior | short)
-    mu_window *= scale
-    mu_window *= window
-    inefficient = has_hits & (n_arrivals < mu_window)
-    at = np.flatnonzero(inefficient)
-    inefficient.reshape(-1)[at] = (
-        log_lower_tail(n_arrivals.reshape(-1)[at], mu_window.reshape(-1)[at]) < inefficient_level
+    channels = passes.second(inputs, reference, chips, noisy_rate_hz)
+    status = channels.status.reshape(-1)
+    # the tails, of the channels they can flag: a silence, fewer arrivals than expected, more than a typical channel
+    at = channels.silences
+    rows = at // CHANNELS_PER_CHIP
+    arrivals = (inputs.hits_total if inputs.arrivals_total is None else inputs.arrivals_total).reshape(-1)[at]
+    arrivals = arrivals.astype(np.float64)
+    use_prior = arrivals == 0 if reference is None else reference.known.reshape(-1)[at] | (arrivals == 0)
+    silence = inputs.silence_seconds.reshape(-1)[at] * silence_scale[rows]
+    log_p = log_silence_probability(arrivals, silence, run[rows], referenced(reference, prior[rows], at), use_prior)
+    status[at[log_p < channel_level]] = ChannelStatus.SILENT
+    n_arrivals = (inputs.window_hits if inputs.window_arrivals is None else inputs.window_arrivals).reshape(-1)
+    at = channels.shortfalls
+    status[at[log_lower_tail(n_arrivals[at].astype(np.float64), channels.shortfall_mu) < inefficient_level]] = (
+        ChannelStatus.INEFFICIENT
     )
-    cusum = inputs.cusum
-    if cusum is not None and inputs.now is not None and inputs.arrivals_total is not None:
-        advance_cusum(cusum, inputs.arrivals_total, inputs.now, scale, expected, -inefficient_level)
-        inefficient |= (cusum.statistic >= -inefficient_level) & ~silent
-    else:
-        cusum = None
-    noisy = n_window / window > noisy_rate_hz
-    noisy &= has_hits
-    at = np.flatnonzero(noisy)
-    typical_now = referenced(_at(np.nan_to_num(typical), at), at) * _at(scale, at) * _at(window, at)
-    noisy.reshape(-1)[at] = log_upper_tail(n_arrivals.reshape(-1)[at], typical_now) < channel_level
-    status = np.multiply(expected, np.int8(ChannelStatus.UNKNOWN), dtype=np.int8)
-    _set(status, has_hits, ChannelStatus.ACTIVE)
-    _set(status, silent, ChannelStatus.SILENT)
-    _set(status, inefficient, ChannelStatus.INEFFICIENT)
-    _set(status, noisy, ChannelStatus.NOISY)
-    # what users see are hits: expected arrivals times the hits per arrival learnt (1 without any)
+    at = channels.excesses
+    rows = at // CHANNELS_PER_CHIP
+    typical_now = referenced(reference, chips.typical[rows], at) * scale[rows] * window[rows]
+    status[at[log_upper_tail(n_arrivals[at].astype(np.float64), typical_now) < channel_level]] = ChannelStatus.NOISY
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_arrival = hits / arrivals
-        chip_per_arrival = np.where(chip_arrivals > 0, chip_hits_total / chip_arrivals, 1.0)
-    np.copyto(per_arrival, 1.0, where=arrivals == 0)
-    per_arrival *= rate_now
+        chip_per_arrival = np.where(sums.arrivals > 0, sums.hits / sums.arrivals, 1.0)
     by_prior = chip_uses_prior & ~chip_known
-    chip_base_arrivals = np.where(by_prior, chip_slow, base.sum(axis=1))
+    chip_base_arrivals = np.where(by_prior, chip_slow, channels.base)
     # the region checks leave out the channels over the noisy cut, as the occupancy does
-    np.copyto(base, 0.0, where=~quiet)
-    quiet_base = np.where(by_prior, chip_slow, base.sum(axis=1)) * chip_per_arrival
+    quiet_base = np.where(by_prior, chip_slow, channels.quiet_base) * chip_per_arrival
     return Verdicts(
-        channel_status=status,
-        channel_expected_hz=per_arrival,
+        channel_status=channels.status,
+        channel_expected_hz=channels.expected_hz,
         chip_window_hits=chip_hits,
-        chip_expected_hits=chip_base_arrivals * chip_per_arrival * window[:, 0] * scale[:, 0],
-        chip_window_arrivals=n_arrivals.sum(axis=1),
-        chip_expected_arrivals=chip_base_arrivals * window[:, 0] * scale[:, 0],
+        chip_expected_hits=chip_base_arrivals * chip_per_arrival * window * scale,
+        chip_window_arrivals=sums.window_arrivals,
+        chip_expected_arrivals=chip_base_arrivals * window * scale,
         chip_base_hz=quiet_base,
         chip_dead=chip_dead,
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
         silent_channel_hits=-channel_level,
         dead_chip_hits=-chip_level,
-        cusum=cusum,
+        cusum=inputs.cusum if inputs.now is not None and inputs.arrivals_total is not None else None,
     )
