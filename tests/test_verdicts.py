@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,11 +13,20 @@ from larpix_dqm.exporter import Monitor
 from larpix_dqm.exporter.metrics.exposition import render
 from larpix_dqm.exporter.metrics.families import FamilyBuilder
 from larpix_dqm.exporter.metrics.health import Health
-from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+from larpix_dqm.exporter.quality.accumulator import (
+    EVALUATION_KERNELS,
+    NUMPY,
+    Accumulator,
+    QualityConfig,
+    load_evaluation_kernels,
+)
 from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, counting_status
 from larpix_dqm.exporter.quality.clock import DataClock
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
+from larpix_dqm.exporter.quality.summary import summarize
 from larpix_dqm.exporter.quality.verdicts import (
+    ChannelPasses,
+    Cusum,
     VerdictInputs,
     count_channels,
     judge,
@@ -337,3 +347,109 @@ def test_a_channel_dying_mid_run_is_proven_silent_over_its_own_span_and_across_a
     assert snap.channel_status[2, 9] == ChannelStatus.SILENT, "proven after ~25 s: longer than the window"
     assert (snap.channel_status == ChannelStatus.SILENT).sum() == 1
     assert (np.delete(snap.channel_status.ravel(), 2 * 64 + 9) == ChannelStatus.ACTIVE).all()
+
+
+# -- the compiled passes: the numpy reference's verdicts, bit for bit -----------------------------
+
+
+def judged_inputs(rng: np.random.Generator, reference: bool) -> VerdictInputs:
+    """A run of 300 chips with every kind of channel the passes tell apart: dead, inefficient and noisy ones,
+    a broken link, chips in no network, rates learnt or not, CUSUMs testing, part of a reference known."""
+    chips = 300
+    rates = rng.lognormal(np.log(0.4), 0.6, (chips, 64))
+    rates[5], rates[9] = 0.0, rates[9] * 0.2
+    rates[7, 3] = 40.0
+    run_s = rng.choice([30.0, 600.0, 3600.0], chips)
+    hits, window, silence = healthy(rates, 3600.0, rng, window_s=60.0)
+    expected = rng.random((chips, 64)) < 0.97
+    expected[11] = False
+    arrivals = np.maximum(hits - rng.poisson(0.2, hits.shape), 0)
+    learnt = np.stack(
+        [rates * 500 * rng.random(hits.shape), np.full(hits.shape, 500.0) * (rng.random(hits.shape) < 0.8)], -1
+    )
+    good = np.stack(
+        [
+            rng.poisson(150, hits.shape),
+            np.full(hits.shape, 400.0),
+            rng.poisson(3, hits.shape),
+            np.full(hits.shape, 5.0),
+        ],
+        -1,
+    )
+    time = np.where(rng.random(chips) < 0.1, np.nan, 3500.0)
+    parity = np.zeros(chips)
+    parity[13], window[13] = 3, 0  # a broken link: packets failing parity, no valid one
+    rates_ref = np.where(rng.random((chips, 64)) < 0.6, rates * 1.1, np.nan) if reference else None
+    if rates_ref is not None:
+        rates_ref[5], rates_ref[7, 3] = np.nan, np.nan  # the dead chip and the noisy channel: against their tile
+    return VerdictInputs(
+        window_hits=window, hits_total=hits, silence_seconds=silence, window_seconds=np.full(chips, 60.0),
+        run_seconds=run_s, expected=expected, groups=np.arange(chips) // 50, reference_rate_hz=rates_ref,
+        window_parity_errors=parity, links=np.arange(chips) // 10, window_arrivals=np.minimum(window, arrivals),
+        arrivals_total=arrivals, now=np.full(chips, 3600.0),
+        cusum=Cusum(rng.exponential(5.0, hits.shape) * (rng.random(hits.shape) < 0.3), arrivals - rng.poisson(5, hits.shape), good.astype(np.float64), time),
+        learnt=learnt,
+    )  # fmt: skip
+
+
+def copied(inputs: VerdictInputs) -> VerdictInputs:
+    cusum = inputs.cusum
+    assert cusum is not None
+    return dataclasses.replace(inputs, cusum=Cusum(*(np.copy(a) for a in dataclasses.astuple(cusum))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", [False, True])
+def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference):
+    """Statuses, expected rates, chip verdicts and the CUSUM advanced in place, over evaluations moving on."""
+    assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
+    rng = np.random.default_rng(11)
+    inputs = judged_inputs(rng, reference)
+    twin = copied(inputs)
+    for step in range(4):
+        a = judge(inputs, ALPHA, 10.0, ChannelPasses())
+        b = judge(twin, ALPHA, 10.0, compiled)
+        for name, value in vars(a).items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(b, name), value, err_msg=f"{name} at step {step}")
+                assert getattr(b, name).dtype == value.dtype, name
+        for name, value in vars(inputs.cusum).items():
+            np.testing.assert_array_equal(getattr(twin.cusum, name), value, err_msg=f"cusum.{name} at step {step}")
+        assert {ChannelStatus.SILENT, ChannelStatus.INEFFICIENT, ChannelStatus.NOISY} <= set(a.channel_status.ravel())
+        more = rng.poisson(0.5, inputs.hits_total.shape)
+        for case in (inputs, twin):  # two more seconds of data
+            case.arrivals_total[...] += more
+            case.now[...] += 2.0
+
+
+@pytest.mark.slow
+def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(module_geometry):
+    """Every array of the snapshot and what evaluations learn, evaluation after evaluation of a module with faults."""
+    assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    sim = Simulator(
+        module_geometry,
+        SimulationConfig(hit_rate_hz=0.3, seed=5),
+        Faults(silent_chips=[(2, 5, 20)], noisy_channels=[(1, 1, 12, 0)]),
+    )
+    accs = [
+        Accumulator(QualityConfig(engine=NUMPY, window_seconds=10, window_bins=5), module_geometry) for _ in range(2)
+    ]
+    clocks = [DataClock(), DataClock()]
+    learning = ("cusum", "cusum_seen", "cusum_good", "cusum_time", "learnt", "learnt_seen", "learnt_time")
+    for t in range(24):
+        packets = decode_messages(*sim.second(START + t)).packets
+        for acc, clock in zip(accs, clocks):
+            acc.add(packets, clock, START + 100)
+        if t % 3:
+            continue
+        snaps = [
+            summarize(acc.state, acc.layout(), None, kernels)
+            for acc, kernels in zip(accs, (None, EVALUATION_KERNELS.kernels))
+        ]
+        for name, value in vars(snaps[0]).items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(getattr(snaps[1], name), value, err_msg=f"{name} at {t} s")
+        for name in learning:
+            np.testing.assert_array_equal(getattr(accs[1].state, name), getattr(accs[0].state, name), err_msg=name)
+    assert snaps[0].chip_dead.sum() == 1 and (snaps[0].channel_status == ChannelStatus.NOISY).sum() == 1

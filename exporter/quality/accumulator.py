@@ -11,6 +11,7 @@ exposition and the plots read without touching the live arrays.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "Accumulator",
     "QualityConfig",
     "Snapshot",
+    "load_evaluation_kernels",
     "load_kernels",
     "prefer_finite",
 ]
@@ -49,8 +51,12 @@ __all__ = [
 FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared", "full"))
 #: What the kernels read a chunk from: packet records or raw messages.
 Source = np.ndarray | Messages
-#: The kernels of this process, loaded by the first accumulator that wants them.
-KERNELS = KernelLoader()
+#: The counting kernels of this process, loaded by the first accumulator that wants them.
+KERNELS = KernelLoader("larpix_dqm.exporter.quality.compiled", "compiled ingest")
+#: The evaluation's kernels (``compiled_verdicts.py``), loaded by the first snapshot of a large state.
+EVALUATION_KERNELS = KernelLoader("larpix_dqm.exporter.quality.compiled_verdicts", "compiled evaluation")
+#: Channels from which a snapshot is judged by the evaluation's kernels (below, numpy takes a few ms).
+COMPILE_EVALUATION_AFTER_CHANNELS = 100_000
 #: Packets a run counts on the numpy path before the kernels start loading (numba's import and the
 #: kernels' load take about a second of a core, more than a small file's whole ingest).
 COMPILE_AFTER_PACKETS = 1_000_000
@@ -100,6 +106,23 @@ def _warm_up() -> None:
         state = State(QualityConfig(engine=COMPILED))
         stamps = source.timestamp_packets() if isinstance(source, Messages) else source
         count_compiled(state, source, window.move(state, stamps, DataClock(), 1_700_000_000.0))
+
+
+def load_evaluation_kernels(wait: float) -> bool:
+    """Load (or compile) the evaluation's kernels now, waiting up to ``wait`` seconds; whether they are ready."""
+    EVALUATION_KERNELS.start(_warm_up_evaluation)
+    return EVALUATION_KERNELS.ready(wait)
+
+
+def _warm_up_evaluation() -> None:
+    """Summarise a one-chip state with the evaluation's kernels, with and without a reference, so that numba
+    loads or compiles them."""
+    state = State(QualityConfig(engine=COMPILED))
+    state.register(np.array([[1, 1, 11]], np.uint8))
+    every = np.ones((1, CHANNELS_PER_CHIP), bool)
+    layout = ChipLayout(np.zeros(1, np.int64), np.ones(1, bool), every, np.ones(1, bool), ~every)
+    for rates in (None, np.ones((1, CHANNELS_PER_CHIP))):
+        summarize(state, layout, rates, EVALUATION_KERNELS.kernels)
 
 
 def count_compiled(state: State, source: Source, placed: Placed) -> None:
@@ -401,4 +424,12 @@ class Accumulator:
     def snapshot(self, reference: Reference | None = None) -> Snapshot:
         """The state summarised (``summary.summarize``), its verdicts against ``reference`` when given."""
         rates = None if reference is None else reference.aligned_rates(self.chips.keys)
-        return summarize(self.state, self.layout(), rates)
+        return summarize(self.state, self.layout(), rates, self._evaluation_kernels())
+
+    def _evaluation_kernels(self) -> ModuleType | None:
+        """The evaluation's kernels for a large state (``COMPILE_EVALUATION_AFTER_CHANNELS``) on the compiled
+        engine, loading in the background from its first snapshot; None (numpy) until they are loaded."""
+        if self.config.engine != COMPILED or len(self.chips) * CHANNELS_PER_CHIP < COMPILE_EVALUATION_AFTER_CHANNELS:
+            return None
+        EVALUATION_KERNELS.start(_warm_up_evaluation)
+        return EVALUATION_KERNELS.kernels if EVALUATION_KERNELS.ready() else None

@@ -13,9 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class KernelLoader:
-    """Loads (from numba's cache) or compiles the kernels once per process, in a background thread."""
+    """Loads (from numba's cache) or compiles a module of kernels once per process, in a background thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str, what: str) -> None:
+        self.module = module  # its import name; it says why numba would not compile it (``not_compiled``)
+        self.what = what  # what it does, for the log: "compiled ingest"
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._started = False
@@ -36,16 +38,14 @@ class KernelLoader:
         started = time.perf_counter()
         self.error = self._try_load(warm_up)
         if self.error is not None:
-            log.warning("compiled ingest unavailable, using the numpy engine: %s", self.error)
+            log.warning("%s unavailable, using the numpy engine: %s", self.what, self.error)
         self.seconds = time.perf_counter() - started
         self._ready.set()
 
     def _try_load(self, warm_up: Callable[[], None]) -> str | None:
-        """Import the kernels and run ``warm_up``; why the numpy engine must count instead, or None."""
+        """Import the kernels and run ``warm_up``; why the numpy engine must do their work instead, or None."""
         try:
-            self._module = importlib.import_module(
-                "larpix_dqm.exporter.quality.compiled"
-            )  # numba: not on the caller's time
+            self._module = importlib.import_module(self.module)  # numba: not on the caller's time
             interpreted = self._module.not_compiled()
             if interpreted is not None:  # run as Python, the kernels would be far slower than the numpy engine
                 return f"{interpreted}, so numba would run the kernels as Python"
@@ -62,6 +62,6 @@ class KernelLoader:
 
     @property
     def kernels(self) -> ModuleType:
-        """``larpix_dqm.exporter.quality.compiled``, once ``ready()``."""
+        """The module, once ``ready()``."""
         assert self._module is not None
         return self._module

@@ -10,6 +10,7 @@ already aligned to the chips.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -80,9 +81,12 @@ def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) ->
     state.learnt_time[:n] = np.where(live, now, state.learnt_time[:n])
 
 
-def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | None = None) -> Snapshot:
+def summarize(
+    state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | None = None, kernels: ModuleType | None = None
+) -> Snapshot:
     """Copy out everything the exposition and the plots need, with the channel verdicts (judged once,
-    against ``reference_rate_hz``, (chips, 64) NaN where the reference does not know a channel)."""
+    against ``reference_rate_hz``, (chips, 64) NaN where the reference does not know a channel); with
+    ``kernels`` (``compiled_verdicts``) the passes over the channels are its compiled twins."""
     n = len(state.chips)
     covered = covered_seconds(state)
     group_span = span_seconds(state)
@@ -122,8 +126,9 @@ def summarize(state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | 
         ),
         state.config.false_alarm_probability,
         state.config.noisy_rate_hz,
+        None if kernels is None else kernels.CompiledPasses(),
     )
-    learn(state, now, run, verdicts.channel_status)
+    (learn if kernels is None else kernels.learn)(state, now, run, verdicts.channel_status)
     status = verdicts.channel_status
     status[masked] = ChannelStatus.MASKED
     masked_active = count_channels(masked & (hits > 0))

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -452,6 +453,16 @@ class ChannelVerdicts:
     excesses: np.ndarray  # over the noisy cut: the upper tail
 
 
+class Passes(Protocol):
+    """The two passes over the channels of ``judge``: ``ChannelPasses`` (numpy), or its compiled twin."""
+
+    def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums: ...
+
+    def second(
+        self, inputs: VerdictInputs, reference: ReferenceRates | None, chips: ChipJudgement, noisy_rate_hz: float
+    ) -> ChannelVerdicts: ...
+
+
 class ChannelPasses:
     """The two passes over the (chips, 64) arrays of ``judge``, in numpy (the reference implementation): each
     step one pass, in place where it can be. The first keeps what the second needs."""
@@ -546,14 +557,14 @@ class ChannelPasses:
         )
 
 
-def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: ChannelPasses | None = None) -> Verdicts:
+def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: Passes | None = None) -> Verdicts:
     """Channel statuses and chip verdicts at detector-wide false-alarm probability ``alpha``.
 
     Two passes over the channels (``passes``: numpy's ``ChannelPasses``, or the compiled kernels' twin) around
     the per-group statistics; the tail probabilities only for the channels they can flag (no hit in the
     window, fewer than expected, over the noisy cut), not for every channel.
     """
-    passes = ChannelPasses() if passes is None else passes
+    passes = passes or ChannelPasses()
     reference = ReferenceRates.of(inputs)
     sums = passes.first(inputs, reference, noisy_rate_hz)
     chips_judged = sums.expected > 0

@@ -1,0 +1,321 @@
+"""The evaluation's compiled twins: judge's two passes over the channels (``verdicts.ChannelPasses``) and
+``summary.learn``, each one numba loop over the chips instead of a numpy pass per step.
+
+They compute the floats the numpy reference computes, operation for operation: no fused multiply-add
+(numba contracts none), a chip's 64 channels summed in numpy's pairwise order, numpy's NaN rules for
+maximum and minimum, and no logarithm (the tails stay numpy's, on the few channels they can flag), so a
+verdict is the same bit for bit; ``tests/test_verdicts.py`` compares them on a module's data. A large
+run loads them in the background (``accumulator.EVALUATION_KERNELS``) and evaluates with numpy until then.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
+from larpix_dqm.exporter.quality.compiled import not_compiled
+from larpix_dqm.exporter.quality.state import State
+from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.quality.verdicts import (
+    CUSUM_CAP,
+    INEFFICIENT_RATIO,
+    LOW_SIGMAS,
+    MIN_GOOD_ARRIVALS,
+    ChannelSums,
+    ChannelVerdicts,
+    ChipJudgement,
+    ReferenceRates,
+    VerdictInputs,
+)
+
+__all__ = ["CompiledPasses", "learn", "not_compiled"]
+
+_NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT = (
+    int(s)
+    for s in (
+        ChannelStatus.NONE,
+        ChannelStatus.ACTIVE,
+        ChannelStatus.SILENT,
+        ChannelStatus.NOISY,
+        ChannelStatus.UNKNOWN,
+        ChannelStatus.INEFFICIENT,
+    )
+)
+_SUMS = 8  # rows of first_pass's per-chip sums, in ChannelSums' order
+
+
+@njit(inline="always")
+def _maximum(a: float, b: float) -> float:
+    """np.maximum: NaN if either is."""
+    return a if (a >= b or a != a) else b
+
+
+@njit(inline="always")
+def _minimum(a: float, b: float) -> float:
+    """np.minimum: NaN if either is."""
+    return a if (a <= b or a != a) else b
+
+
+@njit(inline="always")
+def _clip(x: float, low: float, high: float) -> float:
+    """np.clip: NaN stays NaN."""
+    if x != x:
+        return x
+    x = x if x > low else low
+    return x if x < high else high
+
+
+@njit(inline="always")
+def _pairwise(row: np.ndarray) -> float:
+    """A chip's 64 channels summed as numpy sums a row of 64: eight running sums, added pairwise."""
+    r0, r1, r2, r3, r4, r5, r6, r7 = row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7]
+    for i in range(8, 64, 8):
+        r0 += row[i]
+        r1 += row[i + 1]
+        r2 += row[i + 2]
+        r3 += row[i + 3]
+        r4 += row[i + 4]
+        r5 += row[i + 5]
+        r6 += row[i + 6]
+        r7 += row[i + 7]
+    return ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def first_pass(
+    expected, window_hits, hits_total, arrivals_total, window_arrivals, silence, learnt, has_learnt, window, run,
+    noisy_rate_hz, known, reference, has_reference, rates, sums,
+):  # fmt: skip
+    """``ChannelPasses.first``: each expected channel's learnt rate into ``rates`` (NaN for the others), and per
+    chip into ``sums`` the rows of ``ChannelSums`` from ``expected`` to ``silence``."""
+    scratch = np.empty((_SUMS, CHANNELS_PER_CHIP))
+    for i in range(expected.shape[0]):
+        cut = noisy_rate_hz * window[i]
+        count = 0.0
+        shortest = np.inf
+        for j in range(CHANNELS_PER_CHIP):
+            e = 1.0 if expected[i, j] else 0.0
+            n_window = float(window_hits[i, j]) * e
+            hits = float(hits_total[i, j]) * e
+            arrivals = float(arrivals_total[i, j]) * e
+            n_arrivals = float(window_arrivals[i, j]) * e
+            learnt_n, learnt_t = arrivals, run[i]
+            if has_learnt and learnt[i, j, 1] >= window[i]:
+                learnt_n, learnt_t = learnt[i, j, 0], learnt[i, j, 1]
+            rate = learnt_n / _maximum(learnt_t, 1.0)
+            quiet = n_window <= cut
+            unbiased = reference[i, j] if has_reference and known[i, j] else rate
+            rates[i, j] = rate if expected[i, j] else np.nan
+            scratch[0, j] = hits
+            scratch[1, j] = arrivals
+            scratch[2, j] = n_window
+            scratch[3, j] = n_arrivals
+            scratch[4, j] = n_arrivals if quiet else 0.0
+            scratch[5, j] = unbiased * window[i] if quiet else 0.0
+            if expected[i, j]:
+                count += 1.0
+                shortest = _minimum(shortest, silence[i, j])
+        sums[0, i] = count
+        for k in range(6):
+            sums[k + 1, i] = _pairwise(scratch[k])
+        sums[7, i] = shortest
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def second_pass(
+    expected, window_hits, hits_total, arrivals_total, window_arrivals, learnt, has_learnt, window, run,
+    known, reference, has_reference, scale, prior, dead, link_broken, noisy_rate_hz, inefficient_level,
+    cusum_on, statistic, seen, good, time, now, log_ratio, ratio_less_one, cap,
+    status, expected_hz, bases, silences, shortfalls, shortfall_mu, excesses, found,
+):  # fmt: skip
+    """``ChannelPasses.second`` with ``verdicts.advance_cusum`` (in place, when ``cusum_on``): statuses, expected
+    rates, per chip ``bases`` (all, under the noisy cut) and the flat indices of the channels a tail can flag,
+    ``found`` of each kind."""
+    base_row = np.empty((2, CHANNELS_PER_CHIP))
+    n_silences = n_shortfalls = n_excesses = 0
+    for i in range(expected.shape[0]):
+        cut = noisy_rate_hz * window[i]
+        s = scale[i]
+        first = time[i] != time[i] or now[i] != now[i]
+        dt = 0.0 if first else _maximum(now[i] - time[i], 0.0)
+        exposure = s * dt
+        live = now[i] == now[i]
+        for j in range(CHANNELS_PER_CHIP):
+            flat = i * CHANNELS_PER_CHIP + j
+            e = expected[i, j]
+            judged = 1.0 if e else 0.0
+            n_window = float(window_hits[i, j]) * judged
+            hits = float(hits_total[i, j]) * judged
+            arrivals = float(arrivals_total[i, j]) * judged
+            n_arrivals = float(window_arrivals[i, j]) * judged
+            learnt_n, learnt_t = arrivals, run[i]
+            if has_learnt and learnt[i, j, 1] >= window[i]:
+                learnt_n, learnt_t = learnt[i, j, 0], learnt[i, j, 1]
+            span = _maximum(learnt_t, 1.0)
+            rate = learnt_n / span
+            low = _maximum(learnt_n - math.sqrt(learnt_n) * LOW_SIGMAS, 0.0) / span
+            is_known = has_reference and known[i, j]
+            channel_prior = reference[i, j] if is_known else prior[i]
+            use_prior = is_known or arrivals == 0
+            base = (channel_prior if use_prior else rate) if e else 0.0
+            rate_now = base * s
+            has_hits = n_window > 0
+            if has_hits:
+                mu = (channel_prior if use_prior or learnt_t < window[i] else low) * s * window[i]
+                if n_arrivals < mu:
+                    shortfalls[n_shortfalls] = flat
+                    shortfall_mu[n_shortfalls] = mu
+                    n_shortfalls += 1
+                if n_window / window[i] > noisy_rate_hz:
+                    excesses[n_excesses] = flat
+                    n_excesses += 1
+            elif e and not link_broken[i]:
+                silences[n_silences] = flat
+                n_silences += 1
+            code = (_ACTIVE if has_hits else _UNKNOWN) if e else _NONE
+            silent = e and dead[i]
+            if silent:
+                code = _SILENT
+            if cusum_on:
+                dn = 0.0 if first else _maximum(float(arrivals_total[i, j]) - float(seen[i, j]), 0.0)
+                good_n, good_t = good[i, j, 0], good[i, j, 1]
+                if e and good_n >= MIN_GOOD_ARRIVALS:
+                    step = (good_n - math.sqrt(good_n) * LOW_SIGMAS) / good_t * exposure * ratio_less_one
+                    value = _clip(dn * log_ratio - step + statistic[i, j], 0.0, cap)
+                else:
+                    value = 0.0
+                statistic[i, j] = value
+                if e:
+                    good[i, j, 2] += dn
+                    good[i, j, 3] += exposure
+                if value == 0:
+                    good[i, j, 0] = good_n + good[i, j, 2]
+                    good[i, j, 1] = good_t + good[i, j, 3]
+                    good[i, j, 2] = 0.0
+                    good[i, j, 3] = 0.0
+                if live:
+                    seen[i, j] = arrivals_total[i, j]
+                if value >= -inefficient_level and not silent:
+                    code = _INEFFICIENT
+            status[i, j] = code
+            # what users see are hits: expected arrivals times the hits per arrival learnt (1 without any)
+            per_arrival = 1.0 if arrivals == 0 else hits / arrivals
+            expected_hz[i, j] = per_arrival * rate_now
+            base_row[0, j] = base
+            base_row[1, j] = base if n_window <= cut else 0.0
+        if cusum_on and live:
+            time[i] = now[i]
+        bases[0, i] = _pairwise(base_row[0])
+        bases[1, i] = _pairwise(base_row[1])
+    found[0], found[1], found[2] = n_silences, n_shortfalls, n_excesses
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def learn_pass(learnt, learnt_seen, learnt_time, rates_good, arrivals_total, status, now, run):
+    """``summary.learn``, in place."""
+    for i in range(status.shape[0]):
+        live = now[i] == now[i]
+        first = learnt_time[i] != learnt_time[i]
+        seconds = run[i] if first else _maximum(now[i] - learnt_time[i], 0.0)
+        if seconds != seconds:
+            seconds = 0.0
+        elif seconds == np.inf:
+            seconds = np.finfo(np.float64).max
+        chip_good = live and rates_good[i] > 0
+        for j in range(CHANNELS_PER_CHIP):
+            new = arrivals_total[i, j] if first else max(arrivals_total[i, j] - learnt_seen[i, j], 0)
+            code = status[i, j]
+            if chip_good and code != _SILENT and code != _INEFFICIENT and code != _NOISY:
+                learnt[i, j, 0] += new
+                learnt[i, j, 1] += seconds
+            if live:
+                learnt_seen[i, j] = arrivals_total[i, j]
+        if live:
+            learnt_time[i] = now[i]
+
+
+def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) -> None:
+    """``summary.learn``, compiled."""
+    n = len(status)
+    learn_pass(
+        state.learnt[:n], state.learnt_seen[:n], state.learnt_time[:n], state.rates_good[:n],
+        state.arrivals_total[:n], status, now, run,
+    )  # fmt: skip
+
+
+class CompiledPasses:
+    """``verdicts.ChannelPasses``, compiled: the same two passes, the same floats, one loop over the chips each."""
+
+    def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums:
+        expected = inputs.expected
+        assert expected.shape[1] == CHANNELS_PER_CHIP
+        n = len(expected)
+        rates = np.empty(expected.shape)
+        sums = np.empty((_SUMS, n))
+        first_pass(
+            expected, *self._counts(inputs), inputs.silence_seconds, *self._learnt(inputs),
+            inputs.window_seconds.astype(np.float64), np.maximum(inputs.run_seconds, 1.0),
+            float(noisy_rate_hz), *self._reference(reference, expected), rates, sums,
+        )  # fmt: skip
+        return ChannelSums(rates, sums[0].astype(np.int64), *sums[1:])
+
+    def second(
+        self, inputs: VerdictInputs, reference: ReferenceRates | None, chips: ChipJudgement, noisy_rate_hz: float
+    ) -> ChannelVerdicts:
+        expected = inputs.expected
+        n = len(expected)
+        window_hits, hits_total, arrivals_total, window_arrivals = self._counts(inputs)
+        cusum = inputs.cusum
+        cusum_on = cusum is not None and inputs.now is not None and inputs.arrivals_total is not None
+        if cusum is None or not cusum_on:
+            statistic, seen, good = np.zeros((0, 1)), np.zeros((0, 1), np.int64), np.zeros((0, 1, 4))
+            time = now = np.zeros(n)
+        else:
+            statistic, seen, good, time = cusum.statistic, cusum.seen, cusum.good, cusum.time
+            now = np.asarray(inputs.now, np.float64)
+        threshold = -chips.inefficient_level
+        status = np.empty(expected.shape, np.int8)
+        expected_hz = np.empty(expected.shape)
+        bases = np.empty((2, n))
+        silences, shortfalls, excesses = (np.empty(expected.size, np.int64) for _ in range(3))
+        shortfall_mu = np.empty(expected.size)
+        found = np.zeros(3, np.int64)
+        second_pass(
+            expected, window_hits, hits_total, arrivals_total, window_arrivals, *self._learnt(inputs),
+            inputs.window_seconds.astype(np.float64), np.maximum(inputs.run_seconds, 1.0),
+            *self._reference(reference, expected), chips.scale, chips.prior, chips.dead, chips.link_broken,
+            float(noisy_rate_hz), chips.inefficient_level, cusum_on, statistic, seen, good, time, now,
+            math.log(INEFFICIENT_RATIO), INEFFICIENT_RATIO - 1, CUSUM_CAP * threshold,
+            status, expected_hz, bases, silences, shortfalls, shortfall_mu, excesses, found,
+        )  # fmt: skip
+        n_silences, n_shortfalls, n_excesses = found.tolist()
+        return ChannelVerdicts(
+            status=status,
+            expected_hz=expected_hz,
+            base=bases[0],
+            quiet_base=bases[1],
+            silences=silences[:n_silences],
+            shortfalls=shortfalls[:n_shortfalls],
+            shortfall_mu=shortfall_mu[:n_shortfalls],
+            excesses=excesses[:n_excesses],
+        )
+
+    @staticmethod
+    def _counts(inputs: VerdictInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Window hits, hits since the run started, arrivals, window arrivals (hits where arrivals are not given)."""
+        arrivals = inputs.hits_total if inputs.arrivals_total is None else inputs.arrivals_total
+        window_arrivals = inputs.window_hits if inputs.window_arrivals is None else inputs.window_arrivals
+        return inputs.window_hits, inputs.hits_total, arrivals, window_arrivals
+
+    @staticmethod
+    def _learnt(inputs: VerdictInputs) -> tuple[np.ndarray, bool]:
+        return (np.zeros((0, 1, 2)), False) if inputs.learnt is None else (inputs.learnt, True)
+
+    @staticmethod
+    def _reference(reference: ReferenceRates | None, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        if reference is None:
+            return np.zeros((0, 1), bool), np.zeros((0, 1)), False
+        return reference.known, reference.rate_hz, True
