@@ -29,6 +29,7 @@ from larpix_dqm.exporter.quality.verdicts import (
     Cusum,
     VerdictInputs,
     count_channels,
+    far_below,
     judge,
     linear_quantile,
     log_factorial,
@@ -62,6 +63,22 @@ def test_tail_bounds_are_never_below_the_exact_tails_and_close_to_them(mu):
             if n + 1 > mu:
                 assert upper_bound <= upper * (n + 1) / (n + 1 - mu) * (1 + 1e-9), (n, mu)
     assert math.exp(log_lower_tail(0, mu)) == pytest.approx(math.exp(-mu), rel=1e-12), "exact at zero hits"
+
+
+@pytest.mark.parametrize("level", [-25.0, -20.6, -12.0, -3.0])
+def test_a_count_far_below_its_level_has_a_lower_tail_at_least_the_level(level):
+    """``far_below`` skips a tail only where computing it would not pass the level, and skips most of a healthy run's."""
+    rng = np.random.default_rng(int(-level))
+    for scale in (0.05, 1.0, 20.0, 400.0, 1e5):
+        mu = rng.uniform(0.01, 2.0, 100_000) * scale
+        n = np.floor(mu * rng.beta(0.5, 0.3, len(mu)))
+        n, mu = n[n < mu], mu[n < mu]
+        far = far_below(n, mu, level)
+        assert (log_lower_tail(n[far], mu[far]) >= level).all(), scale
+    healthy_mu = np.full(10_000, 24.0)
+    short = rng.poisson(healthy_mu)
+    short = short[short < 24]
+    assert far_below(short.astype(float), healthy_mu[: len(short)], -20.6).mean() > 0.99
 
 
 def test_log_factorial_matches_lgamma():

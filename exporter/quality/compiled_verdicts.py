@@ -1,5 +1,6 @@
-"""The evaluation's compiled twins: judge's two passes over the channels (``verdicts.ChannelPasses``) and
-``summary.learn``, each one numba loop over the chips instead of a numpy pass per step.
+"""The evaluation's compiled twins: judge's two passes over the channels (``verdicts.ChannelPasses``),
+``summary.channel_window`` and ``summary.learn``, each one numba loop over the chips instead of a numpy pass
+per step.
 
 They compute the floats the numpy reference computes, operation for operation: no fused multiply-add
 (numba contracts none), a chip's 64 channels summed in numpy's pairwise order, numpy's NaN rules for
@@ -19,6 +20,7 @@ from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.quality.compiled import not_compiled
 from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.quality.status import ChannelStatus
+from larpix_dqm.exporter.quality.summary import ChannelWindow
 from larpix_dqm.exporter.quality.verdicts import (
     CUSUM_CAP,
     INEFFICIENT_RATIO,
@@ -31,7 +33,7 @@ from larpix_dqm.exporter.quality.verdicts import (
     VerdictInputs,
 )
 
-__all__ = ["CompiledPasses", "learn", "not_compiled"]
+__all__ = ["CompiledPasses", "channel_window", "learn", "not_compiled"]
 
 _NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT = (
     int(s)
@@ -155,26 +157,25 @@ def second_pass(
             if has_learnt and learnt[i, j, 1] >= window[i]:
                 learnt_n, learnt_t = learnt[i, j, 0], learnt[i, j, 1]
             span = _maximum(learnt_t, 1.0)
-            rate = learnt_n / span
-            low = _maximum(learnt_n - math.sqrt(learnt_n) * LOW_SIGMAS, 0.0) / span
             is_known = has_reference and known[i, j]
             channel_prior = reference[i, j] if is_known else prior[i]
             use_prior = is_known or arrivals == 0
-            base = (channel_prior if use_prior else rate) if e else 0.0
+            base = (channel_prior if use_prior else learnt_n / span) if e else 0.0
             rate_now = base * s
-            has_hits = n_window > 0
+            has_hits = n_window > 0  # expected channels only
+            # candidates are written in any case and kept by moving on: no branch to mispredict
+            silences[n_silences] = flat
+            n_silences += e and not has_hits and not link_broken[i]
             if has_hits:
+                low = _maximum(learnt_n - math.sqrt(learnt_n) * LOW_SIGMAS, 0.0) / span
                 mu = (channel_prior if use_prior or learnt_t < window[i] else low) * s * window[i]
-                if n_arrivals < mu:
-                    shortfalls[n_shortfalls] = flat
-                    shortfall_mu[n_shortfalls] = mu
-                    n_shortfalls += 1
-                if n_window / window[i] > noisy_rate_hz:
+                shortfalls[n_shortfalls] = flat
+                shortfall_mu[n_shortfalls] = mu
+                n_shortfalls += n_arrivals < mu
+                # the rate over the noisy cut, divided only near it (0.1 % is far beyond a rounding)
+                if n_window > cut * 0.999 and n_window / window[i] > noisy_rate_hz:
                     excesses[n_excesses] = flat
                     n_excesses += 1
-            elif e and not link_broken[i]:
-                silences[n_silences] = flat
-                n_silences += 1
             code = (_ACTIVE if has_hits else _UNKNOWN) if e else _NONE
             silent = e and dead[i]
             if silent:
@@ -213,6 +214,52 @@ def second_pass(
     found[0], found[1], found[2] = n_silences, n_shortfalls, n_excesses
 
 
+@njit(inline="always")
+def _nan_to_num(x: float) -> float:
+    """np.nan_to_num: 0 for NaN, the largest finite floats for infinities."""
+    if x != x:
+        return 0.0
+    if x == np.inf:
+        return np.finfo(np.float64).max
+    return -np.finfo(np.float64).max if x == -np.inf else x
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def window_pass(
+    window_hits, window_adc, window_adc_sq, last_hit_end, span, now, since, hits, rate, mean, std, silence, chips
+):
+    """``summary.channel_window``: per channel into ``hits`` ... ``silence``, per chip into ``chips`` the sums of
+    hits, ADC and ADC squared."""
+    for i in range(window_hits.shape[0]):
+        chip_hits = chip_adc = chip_adc_sq = 0
+        for j in range(CHANNELS_PER_CHIP):
+            n, adc, adc_sq = window_hits[i, j], window_adc[i, j], window_adc_sq[i, j]
+            hits[i, j] = n
+            rate[i, j] = n / span[i]
+            m = adc / n
+            mean[i, j] = m
+            std[i, j] = math.sqrt(_maximum(adc_sq / n - m * m, 0.0))
+            last, start = last_hit_end[i, j], since[i]
+            latest = last if (last >= start or start != start) else start  # np.fmax
+            silence[i, j] = _nan_to_num(_maximum(now[i] - latest, 0.0))
+            chip_hits += n
+            chip_adc += adc
+            chip_adc_sq += adc_sq
+        chips[0, i], chips[1, i], chips[2, i] = chip_hits, chip_adc, chip_adc_sq
+
+
+def channel_window(state: State, n: int, span: np.ndarray, now: np.ndarray, run: np.ndarray) -> ChannelWindow:
+    """``summary.channel_window``, compiled."""
+    hits = np.empty((n, CHANNELS_PER_CHIP), np.int64)
+    rate, mean, std, silence = (np.empty((n, CHANNELS_PER_CHIP)) for _ in range(4))
+    chips = np.empty((3, n), np.int64)
+    window_pass(
+        state.window_hits[:n], state.window_adc[:n], state.window_adc_sq[:n], state.last_hit_end[:n], span, now,
+        now - run, hits, rate, mean, std, silence, chips,
+    )  # fmt: skip
+    return ChannelWindow(hits, rate, mean, std, silence, *chips)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def learn_pass(learnt, learnt_seen, learnt_time, rates_good, arrivals_total, status, now, run):
     """``summary.learn``, in place."""
@@ -220,10 +267,7 @@ def learn_pass(learnt, learnt_seen, learnt_time, rates_good, arrivals_total, sta
         live = now[i] == now[i]
         first = learnt_time[i] != learnt_time[i]
         seconds = run[i] if first else _maximum(now[i] - learnt_time[i], 0.0)
-        if seconds != seconds:
-            seconds = 0.0
-        elif seconds == np.inf:
-            seconds = np.finfo(np.float64).max
+        seconds = _nan_to_num(seconds)
         chip_good = live and rates_good[i] > 0
         for j in range(CHANNELS_PER_CHIP):
             new = arrivals_total[i, j] if first else max(arrivals_total[i, j] - learnt_seen[i, j], 0)

@@ -45,6 +45,35 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
     return mean, std
 
 
+@dataclass(frozen=True)
+class ChannelWindow:
+    """Each channel's window: its hits, their rate, ADC mean and spread, and its silence; per chip their sums."""
+
+    hits: np.ndarray  # (chips, 64) int64: self-triggered hits in the window (a copy)
+    rate_hz: np.ndarray  # (chips, 64) hits per second of the window's span
+    adc_mean: np.ndarray  # (chips, 64) NaN without hits
+    adc_std: np.ndarray  # (chips, 64)
+    silence: np.ndarray  # (chips, 64) live seconds since the last hit, at most since the run started (0 if unknown)
+    chip_hits: np.ndarray  # (chips,) int64
+    chip_adc: np.ndarray  # (chips,) int64: ADC sum
+    chip_adc_sq: np.ndarray  # (chips,) int64: ADC sum of squares
+
+
+def channel_window(state: State, n: int, span: np.ndarray, now: np.ndarray, run: np.ndarray) -> ChannelWindow:
+    """The window of the ``n`` chips' channels (``span``, ``now`` and ``run`` per chip, ``window.chip_clock``'s)."""
+    hits = state.window_hits[:n].copy()
+    adc, adc_sq = state.window_adc[:n], state.window_adc_sq[:n]
+    mean, std = _mean_std(hits, adc, adc_sq)
+    # a silence is judged since the channel's last hit, at most over the live time since the run started
+    silence = np.fmax(state.last_hit_end[:n], (now - run)[:, None])
+    np.subtract(now[:, None], silence, out=silence)
+    np.maximum(silence, 0.0, out=silence)
+    np.nan_to_num(silence, copy=False)
+    return ChannelWindow(
+        hits, hits / span[:, None], mean, std, silence, hits.sum(axis=1), adc.sum(axis=1), adc_sq.sum(axis=1)
+    )
+
+
 def _pedestals(state: State, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per channel the periodic-trigger packets in the window, their ADC mean and standard deviation; per chip
     their count, ADC sum and sum of squares. Without the pedestal window made (no periodic trigger yet) these
@@ -92,24 +121,17 @@ def summarize(
     group_span = span_seconds(state)
     chip_groups = state.chips.keys[:, 0].astype(np.int64)
     chip_span = group_span[chip_groups]
-    hits = state.window_hits[:n].copy()
-    adc, adc_sq = state.window_adc[:n], state.window_adc_sq[:n]
-    channel_rate = hits / chip_span[:, None]
-    channel_mean, channel_std = _mean_std(hits, adc, adc_sq)
     tiles, expected = layout.tiles, layout.expected
     now, run = chip_clock(state)
-    last_hit = state.last_hit_end[:n]
-    # a silence is judged since the channel's last hit, at most over the live time since the run started
-    silence = np.fmax(last_hit, (now - run)[:, None])
-    np.subtract(now[:, None], silence, out=silence)
-    np.maximum(silence, 0.0, out=silence)
+    channels = (channel_window if kernels is None else kernels.channel_window)(state, n, chip_span, now, run)
+    hits = channels.hits
     masked = layout.masked & expected
     window_flags = state.win_flags[:, :n].sum(axis=0)
     verdicts = judge(
         VerdictInputs(
             window_hits=hits,
             hits_total=state.self_hits[:n],
-            silence_seconds=np.nan_to_num(silence, copy=False),
+            silence_seconds=channels.silence,
             window_seconds=chip_span,
             run_seconds=run,
             expected=expected & ~masked,  # masked channels and chips in no network get no verdict
@@ -133,8 +155,8 @@ def summarize(
     status[masked] = ChannelStatus.MASKED
     masked_active = count_channels(masked & (hits > 0))
     status_counts = np.stack([count_channels(status == np.int8(s)) for s in ChannelStatus.judged()], 1)
-    chip_hits = hits.sum(axis=1)
-    chip_mean, chip_std = _mean_std(chip_hits, adc.sum(axis=1), adc_sq.sum(axis=1))
+    chip_hits = channels.chip_hits
+    chip_mean, chip_std = _mean_std(chip_hits, channels.chip_adc, channels.chip_adc_sq)
     window_groups = state.window_io_group.sum(axis=0) / group_span[:, None]
     type_counts = state.packet_type_counts.copy()
     np.add.at(type_counts[:, DATA], chip_groups, state.chip_packets[:n])
@@ -179,11 +201,11 @@ def summarize(
         chip_adc_std=chip_std,
         channel_status=status,
         channel_expected=expected,
-        channel_rate_hz=channel_rate,
+        channel_rate_hz=channels.rate_hz,
         channel_window_hits=hits,
         channel_expected_hz=verdicts.channel_expected_hz,
-        channel_adc_mean=channel_mean,
-        channel_adc_std=channel_std,
+        channel_adc_mean=channels.adc_mean,
+        channel_adc_std=channels.adc_std,
         channel_hits_total=state.hits_total[:n].copy(),
         io_groups=active_groups.astype(np.int64),
         packet_type_counts=type_counts,
