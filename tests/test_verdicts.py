@@ -29,12 +29,12 @@ from larpix_dqm.exporter.quality.verdicts import (
     Cusum,
     VerdictInputs,
     count_channels,
-    far_below,
     judge,
     linear_quantile,
     log_factorial,
     log_lower_tail,
     log_upper_tail,
+    tail_below,
 )
 from larpix_dqm.exporter.reading.decode import decode_messages
 from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TIMESTAMP
@@ -66,19 +66,19 @@ def test_tail_bounds_are_never_below_the_exact_tails_and_close_to_them(mu):
 
 
 @pytest.mark.parametrize("level", [-25.0, -20.6, -12.0, -3.0])
-def test_a_count_far_below_its_level_has_a_lower_tail_at_least_the_level(level):
-    """``far_below`` skips a tail only where computing it would not pass the level, and skips most of a healthy run's."""
+def test_a_tail_is_computed_only_where_it_can_be_below_its_level(level):
+    """``tail_below`` is each tail's own answer, over counts below and above their expectation from 0.05 to 10^5."""
     rng = np.random.default_rng(int(-level))
-    for scale in (0.05, 1.0, 20.0, 400.0, 1e5):
-        mu = rng.uniform(0.01, 2.0, 100_000) * scale
-        n = np.floor(mu * rng.beta(0.5, 0.3, len(mu)))
-        n, mu = n[n < mu], mu[n < mu]
-        far = far_below(n, mu, level)
-        assert (log_lower_tail(n[far], mu[far]) >= level).all(), scale
+    skipped = []
+    for upper, tail in ((False, log_lower_tail), (True, log_upper_tail)):
+        for scale in (0.0, 0.05, 1.0, 20.0, 400.0, 1e5):
+            mu = rng.uniform(0.01, 2.0, 20_000) * scale
+            n = np.floor(np.maximum(mu, 1.0) * rng.gamma(2.0, 0.5, len(mu)))
+            np.testing.assert_array_equal(tail_below(n, mu, level, upper), tail(n, mu) < level)
     healthy_mu = np.full(10_000, 24.0)
-    short = rng.poisson(healthy_mu)
-    short = short[short < 24]
-    assert far_below(short.astype(float), healthy_mu[: len(short)], -20.6).mean() > 0.99
+    n = rng.poisson(healthy_mu).astype(np.float64)
+    skipped = (healthy_mu - n) ** 2 / healthy_mu <= 20.6 - 0.5 * math.log(2 * math.pi * n.max()) - 1 / 12 - 2
+    assert skipped.mean() > 0.99, "a healthy run's tails are skipped"
 
 
 def test_log_factorial_matches_lgamma():

@@ -35,10 +35,9 @@ from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 from larpix_dqm.exporter.quality.verdicts import (
     count_channels,
-    log_lower_tail,
-    log_upper_tail,
     per_test_probability,
     robust_ratio,
+    tail_below,
 )
 from larpix_dqm.exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
 
@@ -232,7 +231,7 @@ def region_counts(snapshot: Snapshot, counted: np.ndarray) -> dict[str, tuple[np
     span = snapshot.chip_span_seconds
     cut = snapshot.config.noisy_rate_hz * span[:, None]
     quiet = counted & (snapshot.channel_window_hits <= cut)
-    observed = np.where(judged, np.where(quiet, snapshot.channel_window_hits, 0).sum(axis=1), 0.0)
+    observed = np.where(judged, np.add.reduce(snapshot.channel_window_hits, axis=1, where=quiet), 0.0)
     base = np.where(judged, snapshot.chip_base_hz, 0.0)
     regions = {region: chip_regions(snapshot, region) for region in ("tile", "io_channel")}
     tiles = regions["tile"]
@@ -325,9 +324,9 @@ def counting_status(observed: np.ndarray, predicted: np.ndarray, check: Check, a
     for level, (low, high) in ((CheckStatus.WARNING, check.warning), (CheckStatus.ERROR, check.error)):
         outside = np.zeros(observed.shape, bool)
         if low > 0:
-            outside |= log_lower_tail(observed, low * mu) < log_level
+            outside |= tail_below(observed, low * mu, log_level)
         if math.isfinite(high):
-            outside |= log_upper_tail(observed, high * mu) < log_level
+            outside |= tail_below(observed, high * mu, log_level, upper=True)
         status[outside] = level
     undecidable = ~judged | ((check.warning[0] > 0) & (mu * check.warning[0] < -log_level) & (status == 0))
     status[undecidable] = CheckStatus.UNKNOWN
@@ -343,7 +342,7 @@ def shortfall_status(observed: np.ndarray, predicted: np.ndarray, check: Check, 
     mu = np.where(judged, predicted, 1.0)
     status = np.zeros(observed.shape, np.int8)
     for level, (low, _) in ((CheckStatus.WARNING, check.warning), (CheckStatus.ERROR, check.error)):
-        status[judged & (observed < low) & (log_lower_tail(observed, mu) < log_level)] = level
+        status[judged & (observed < low) & tail_below(observed, mu, log_level)] = level
     status[(observed < check.warning[0]) & (status == CheckStatus.OK)] = CheckStatus.UNKNOWN
     return status
 

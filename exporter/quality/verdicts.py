@@ -128,16 +128,23 @@ def log_lower_tail(n: np.ndarray, mu: np.ndarray) -> np.ndarray:
     return np.where(below, np.minimum(bound, 0.0), 0.0)
 
 
-def far_below(n: np.ndarray, mu: np.ndarray, level: float) -> np.ndarray:
-    """Where ``log_lower_tail(n, mu)`` (0 <= n < mu, whole counts) cannot be below ``level``, told from three
-    operations a count instead of its ~30: the tail is at least P(X = n) >= exp(-(mu - n)^2 / mu) / sqrt(2 pi n)
-    / e^(1/12) (ln(mu/n) >= 1 - n/mu and Robbins' bound of n!; exp(-mu) at n = 0), here with sqrt(2 pi max(mu)),
-    and a nat spared for the roundings of both sides. Most channels short of their expectation are only a
-    little short: their tails need not be computed."""
-    if not len(mu):
-        return np.zeros(0, bool)
-    reach = -level - max(0.5 * math.log(2 * math.pi * float(mu.max())), 0.0) - 1 / 12 - 1
-    return (mu - n) ** 2 / mu <= reach
+def tail_below(n: np.ndarray, mu: np.ndarray, level: float, upper: bool = False) -> np.ndarray:
+    """``log_upper_tail(n, mu) < level`` (``upper``), else ``log_lower_tail(n, mu) < level``, for counts ``n``
+    (1-D) and ``level`` < 0, the tail computed only where it can be below: on its side of the expectation
+    (elsewhere the bound is 0), and not near it: either bound is at least ln P(X = n) >= -(mu - n)^2 / mu -
+    ln(2 pi n) / 2 - 1/12 (ln(mu/n) >= 1 - n/mu and Robbins' bound of n!; -mu at n = 0), here with
+    ln(2 pi max(n, mu)) / 2 and two nats spared for the roundings of both sides. Most counts are near their
+    expectation: a few operations each instead of the ~30 of a tail."""
+    below = np.zeros(len(n), bool)
+    if not len(n):
+        return below
+    spread = max(0.5 * math.log(2 * math.pi * max(float(n.max()), float(mu.max()))), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        near = ~((mu - n) ** 2 / mu <= -level - spread - 1 / 12 - 2)
+    near &= ((n + 1 > mu) & (n >= 1)) if upper else (n < mu)
+    at = np.flatnonzero(near)
+    below[at] = (log_upper_tail if upper else log_lower_tail)(n[at], mu[at]) < level
+    return below
 
 
 def log_upper_tail(n: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -635,11 +642,9 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: Pas
     log_p = log_silence_probability(arrivals, silence, run[rows], referenced(reference, prior[rows], at), use_prior)
     status[at[log_p < channel_level]] = ChannelStatus.SILENT
     n_arrivals = (inputs.window_hits if inputs.window_arrivals is None else inputs.window_arrivals).reshape(-1)
-    at, mu = channels.shortfalls, channels.shortfall_mu
-    n = n_arrivals[at].astype(np.float64)
-    near = ~far_below(n, mu, inefficient_level)
-    at, n, mu = at[near], n[near], mu[near]
-    status[at[log_lower_tail(n, mu) < inefficient_level]] = ChannelStatus.INEFFICIENT
+    at = channels.shortfalls
+    short = tail_below(n_arrivals[at].astype(np.float64), channels.shortfall_mu, inefficient_level)
+    status[at[short]] = ChannelStatus.INEFFICIENT
     at = channels.excesses
     rows = at // CHANNELS_PER_CHIP
     typical_now = referenced(reference, chips.typical[rows], at) * scale[rows] * window[rows]
