@@ -31,6 +31,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("series.py", ["--seconds", "2", "--repeat", "1"], "total /metrics"),
         ("startup.py", ["--repeat", "1"], "multi_tile_layout-2.4.16.yaml"),
         ("capacity.py", ["--minutes", "0.3", "--scrape-interval", "2s"], "extrapolation at 15 s scrapes"),
+        (
+            "evaluation.py",
+            ["--geometry", "multi_tile_layout-2.4.16", "--seconds", "2", "--steady-seconds", "4", "--repeat", "1"],
+            "steady (4 s of data",
+        ),
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):
