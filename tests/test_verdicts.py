@@ -23,7 +23,7 @@ from larpix_dqm.exporter.quality.accumulator import (
 from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, counting_status
 from larpix_dqm.exporter.quality.clock import DataClock
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
-from larpix_dqm.exporter.quality.summary import summarize
+from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
 from larpix_dqm.exporter.quality.verdicts import (
     ChannelPasses,
     Cusum,
@@ -440,6 +440,13 @@ def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference):
             case.now[...] += 2.0
 
 
+def masking(layout: ChipLayout) -> ChipLayout:
+    """The layout with every 97th channel masked (some of them sending hits)."""
+    masked = layout.masked.copy()
+    masked.reshape(-1)[::97] = True
+    return dataclasses.replace(layout, masked=masked)
+
+
 @pytest.mark.slow
 def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(module_geometry):
     """Every array of the snapshot and what evaluations learn, evaluation after evaluation of a module with faults."""
@@ -461,7 +468,7 @@ def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(modul
         if t % 3:
             continue
         snaps = [
-            summarize(acc.state, acc.layout(), None, kernels)
+            summarize(acc.state, masking(acc.layout()), None, kernels)
             for acc, kernels in zip(accs, (None, EVALUATION_KERNELS.kernels))
         ]
         for name, value in vars(snaps[0]).items():
@@ -470,3 +477,4 @@ def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(modul
         for name in learning:
             np.testing.assert_array_equal(getattr(accs[1].state, name), getattr(accs[0].state, name), err_msg=name)
     assert snaps[0].chip_dead.sum() == 1 and (snaps[0].channel_status == ChannelStatus.NOISY).sum() == 1
+    assert snaps[0].chip_masked_active.sum() > 0

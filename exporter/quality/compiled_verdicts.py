@@ -1,6 +1,6 @@
 """The evaluation's compiled twins: judge's two passes over the channels (``verdicts.ChannelPasses``),
-``summary.channel_window`` and ``summary.learn``, each one numba loop over the chips instead of a numpy pass
-per step.
+``summary.channel_window`` and ``summary.settle`` (``summary.learn`` with it), each one numba loop over the
+chips instead of a numpy pass per step.
 
 They compute the floats the numpy reference computes, operation for operation: no fused multiply-add
 (numba contracts none), a chip's 64 channels summed in numpy's pairwise order, numpy's NaN rules for
@@ -33,9 +33,9 @@ from larpix_dqm.exporter.quality.verdicts import (
     VerdictInputs,
 )
 
-__all__ = ["CompiledPasses", "channel_window", "learn", "not_compiled"]
+__all__ = ["CompiledPasses", "channel_window", "not_compiled", "settle"]
 
-_NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT = (
+_NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT, _MASKED = (
     int(s)
     for s in (
         ChannelStatus.NONE,
@@ -44,6 +44,7 @@ _NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT = (
         ChannelStatus.NOISY,
         ChannelStatus.UNKNOWN,
         ChannelStatus.INEFFICIENT,
+        ChannelStatus.MASKED,
     )
 )
 _SUMS = 8  # rows of first_pass's per-chip sums, in ChannelSums' order
@@ -261,14 +262,17 @@ def channel_window(state: State, n: int, span: np.ndarray, now: np.ndarray, run:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def learn_pass(learnt, learnt_seen, learnt_time, rates_good, arrivals_total, status, now, run):
-    """``summary.learn``, in place."""
+def settle_pass(
+    learnt, learnt_seen, learnt_time, rates_good, arrivals_total, status, now, run, masked, hits, columns, counts, active
+):  # fmt: skip
+    """``summary.settle``, in place: ``summary.learn``, then the masked channels' status, each chip's channels
+    per status into ``counts`` (the column of each code: ``columns``) and its masked channels with hits."""
     for i in range(status.shape[0]):
         live = now[i] == now[i]
         first = learnt_time[i] != learnt_time[i]
-        seconds = run[i] if first else _maximum(now[i] - learnt_time[i], 0.0)
-        seconds = _nan_to_num(seconds)
+        seconds = _nan_to_num(run[i] if first else _maximum(now[i] - learnt_time[i], 0.0))
         chip_good = live and rates_good[i] > 0
+        masked_hits = 0
         for j in range(CHANNELS_PER_CHIP):
             new = arrivals_total[i, j] if first else max(arrivals_total[i, j] - learnt_seen[i, j], 0)
             code = status[i, j]
@@ -277,17 +281,30 @@ def learn_pass(learnt, learnt_seen, learnt_time, rates_good, arrivals_total, sta
                 learnt[i, j, 1] += seconds
             if live:
                 learnt_seen[i, j] = arrivals_total[i, j]
+            if masked[i, j]:
+                code = _MASKED
+                status[i, j] = code
+                masked_hits += hits[i, j] > 0
+            if columns[code] >= 0:
+                counts[i, columns[code]] += 1
+        active[i] = masked_hits
         if live:
             learnt_time[i] = now[i]
 
 
-def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) -> None:
-    """``summary.learn``, compiled."""
+def settle(
+    state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray, masked: np.ndarray, hits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``summary.settle``, compiled."""
     n = len(status)
-    learn_pass(
+    judged = ChannelStatus.judged()
+    columns = np.array([judged.index(s) if s in judged else -1 for s in sorted(ChannelStatus)], np.int64)
+    counts, active = np.zeros((n, len(judged)), np.int64), np.empty(n, np.int64)
+    settle_pass(
         state.learnt[:n], state.learnt_seen[:n], state.learnt_time[:n], state.rates_good[:n],
-        state.arrivals_total[:n], status, now, run,
+        state.arrivals_total[:n], status, now, run, masked, hits, columns, counts, active,
     )  # fmt: skip
+    return counts, active
 
 
 class CompiledPasses:

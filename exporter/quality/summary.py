@@ -110,6 +110,17 @@ def learn(state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray) ->
     state.learnt_time[:n] = np.where(live, now, state.learnt_time[:n])
 
 
+def settle(
+    state: State, now: np.ndarray, run: np.ndarray, status: np.ndarray, masked: np.ndarray, hits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the verdicts leave: the learnt rates (``learn``), the ``masked`` channels' status, and per chip its
+    channels of each status (``ChannelStatus.judged()``'s order) and its masked channels with hits."""
+    learn(state, now, run, status)
+    status[masked] = ChannelStatus.MASKED
+    counts = np.stack([count_channels(status == np.int8(s)) for s in ChannelStatus.judged()], 1)
+    return counts, count_channels(masked & (hits > 0))
+
+
 def summarize(
     state: State, layout: ChipLayout, reference_rate_hz: np.ndarray | None = None, kernels: ModuleType | None = None
 ) -> Snapshot:
@@ -150,19 +161,17 @@ def summarize(
         state.config.noisy_rate_hz,
         None if kernels is None else kernels.CompiledPasses(),
     )
-    (learn if kernels is None else kernels.learn)(state, now, run, verdicts.channel_status)
     status = verdicts.channel_status
-    status[masked] = ChannelStatus.MASKED
-    masked_active = count_channels(masked & (hits > 0))
-    status_counts = np.stack([count_channels(status == np.int8(s)) for s in ChannelStatus.judged()], 1)
+    status_counts, masked_active = (settle if kernels is None else kernels.settle)(
+        state, now, run, status, masked, hits
+    )
     chip_hits = channels.chip_hits
     chip_mean, chip_std = _mean_std(chip_hits, channels.chip_adc, channels.chip_adc_sq)
     window_groups = state.window_io_group.sum(axis=0) / group_span[:, None]
     type_counts = state.packet_type_counts.copy()
-    np.add.at(type_counts[:, DATA], chip_groups, state.chip_packets[:n])
+    type_counts[:, DATA] += np.bincount(chip_groups, state.chip_packets[:n], IO_GROUPS).astype(np.int64)
     type_counts[:, DATA] += state.link_parity.sum(axis=1)
-    group_hits = np.zeros(IO_GROUPS)
-    np.add.at(group_hits, chip_groups, chip_hits)
+    group_hits = np.bincount(chip_groups, chip_hits, IO_GROUPS)  # whole counts: exact in any order
     active_groups = np.union1d(np.flatnonzero(type_counts.sum(axis=1)), chip_groups)
     edges = np.concatenate([state.config.adc_buckets, [np.inf]])
     below = np.clip(np.floor(edges), -1, 255).astype(np.int64) + 1  # values <= edge

@@ -372,11 +372,14 @@ def robust_ratio(observed: np.ndarray, predicted: np.ndarray, inverse: np.ndarra
     enough = pred >= MIN_RATIO_HITS
     bounds = np.searchsorted(group, np.arange(count + 1))
     n_enough = np.bincount(group[enough], minlength=count)
-    # the median of each group's ratios of members with enough (np.median's: the middle one, or the two's mean)
-    ordered = ratio[enough][np.lexsort((ratio[enough], group[enough]))]
-    first, last = np.cumsum(n_enough) - n_enough, max(len(ordered) - 1, 0)
-    low, high = np.minimum(first + (n_enough - 1) // 2, last), np.minimum(first + n_enough // 2, last)
-    center = (ordered[low] + ordered[high]) / 2 if len(ordered) else np.zeros(count)
+    # the median of each group's ratios of members with enough (np.median's: the middle one, or the two's mean),
+    # from one sort of a row a group (padded with inf)
+    table = np.full((count, int(n_enough.max(initial=0)) + 1), np.inf)
+    rank = np.arange(int(n_enough.sum())) - (np.cumsum(n_enough) - n_enough)[group[enough]]
+    table[group[enough], rank] = ratio[enough]
+    table.sort(axis=1)
+    rows = np.arange(count)
+    center = (table[rows, np.maximum(n_enough - 1, 0) // 2] + table[rows, n_enough // 2]) / 2
     # plainly pooled (no member an outlier) where fewer than half of the members qualify
     center = np.where(2 * n_enough >= np.diff(bounds), center, np.nan)[group]
     outlier = enough & ((ratio < center / OUTLIER_FACTOR) | (ratio > center * OUTLIER_FACTOR))
