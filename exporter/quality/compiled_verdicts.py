@@ -130,13 +130,13 @@ def first_pass(
 @njit(cache=True, nogil=True, error_model="numpy")
 def second_pass(
     expected, window_hits, hits_total, arrivals_total, window_arrivals, learnt, has_learnt, window, run,
-    known, reference, has_reference, scale, prior, dead, link_broken, noisy_rate_hz, inefficient_level,
+    known, reference, has_reference, rates, scale, prior, dead, link_broken, noisy_rate_hz, inefficient_level,
     cusum_on, statistic, seen, good, time, now, log_ratio, ratio_less_one, cap,
     status, expected_hz, bases, silences, shortfalls, shortfall_mu, excesses, found,
 ):  # fmt: skip
     """``ChannelPasses.second`` with ``verdicts.advance_cusum`` (in place, when ``cusum_on``): statuses, expected
     rates, per chip ``bases`` (all, under the noisy cut) and the flat indices of the channels a tail can flag,
-    ``found`` of each kind."""
+    ``found`` of each kind; ``rates`` are the first pass's learnt ones."""
     base_row = np.empty((2, CHANNELS_PER_CHIP))
     n_silences = n_shortfalls = n_excesses = 0
     for i in range(expected.shape[0]):
@@ -161,7 +161,7 @@ def second_pass(
             is_known = has_reference and known[i, j]
             channel_prior = reference[i, j] if is_known else prior[i]
             use_prior = is_known or arrivals == 0
-            base = (channel_prior if use_prior else learnt_n / span) if e else 0.0
+            base = (channel_prior if use_prior else rates[i, j]) if e else 0.0
             rate_now = base * s
             has_hits = n_window > 0  # expected channels only
             # candidates are written in any case and kept by moving on: no branch to mispredict
@@ -204,7 +204,7 @@ def second_pass(
                     code = _INEFFICIENT
             status[i, j] = code
             # what users see are hits: expected arrivals times the hits per arrival learnt (1 without any)
-            per_arrival = 1.0 if arrivals == 0 else hits / arrivals
+            per_arrival = 1.0 if arrivals == 0 or hits == arrivals else hits / arrivals  # x / x is 1
             expected_hz[i, j] = per_arrival * rate_now
             base_row[0, j] = base
             base_row[1, j] = base if n_window <= cut else 0.0
@@ -321,6 +321,7 @@ class CompiledPasses:
             inputs.window_seconds.astype(np.float64), np.maximum(inputs.run_seconds, 1.0),
             float(noisy_rate_hz), *self._reference(reference, expected), rates, sums,
         )  # fmt: skip
+        self.rates = rates  # the second pass's learnt rates, divided once
         return ChannelSums(rates, sums[0].astype(np.int64), *sums[1:])
 
     def second(
@@ -347,7 +348,7 @@ class CompiledPasses:
         second_pass(
             expected, window_hits, hits_total, arrivals_total, window_arrivals, *self._learnt(inputs),
             inputs.window_seconds.astype(np.float64), np.maximum(inputs.run_seconds, 1.0),
-            *self._reference(reference, expected), chips.scale, chips.prior, chips.dead, chips.link_broken,
+            *self._reference(reference, expected), self.rates, chips.scale, chips.prior, chips.dead, chips.link_broken,
             float(noisy_rate_hz), chips.inefficient_level, cusum_on, statistic, seen, good, time, now,
             math.log(INEFFICIENT_RATIO), INEFFICIENT_RATIO - 1, CUSUM_CAP * threshold,
             status, expected_hz, bases, silences, shortfalls, shortfall_mu, excesses, found,
