@@ -53,7 +53,7 @@ FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared
 Source = np.ndarray | Messages
 #: The counting kernels of this process, loaded by the first accumulator that wants them.
 KERNELS = KernelLoader("larpix_dqm.exporter.quality.compiled", "compiled ingest")
-#: The evaluation's kernels (``compiled_verdicts.py``), loaded by the first snapshot of a large state.
+#: The evaluation's kernels (``compiled_verdicts.py``), loaded by the second snapshot of a large state.
 EVALUATION_KERNELS = KernelLoader("larpix_dqm.exporter.quality.compiled_verdicts", "compiled evaluation")
 #: Channels from which a snapshot is judged by the evaluation's kernels (below, numpy takes a few ms).
 COMPILE_EVALUATION_AFTER_CHANNELS = 100_000
@@ -210,6 +210,7 @@ class Accumulator:
         self.state = State(self.config)
         self._counted = 0  # packets counted, until the kernels are wanted
         self._kernels_wanted = False
+        self._snapshot_large = False  # whether a snapshot had COMPILE_EVALUATION_AFTER_CHANNELS or more
         self.geometry = geometry
         self.run_config = run_config or RunConfig()
         self._geo_row = np.zeros(0, np.int64)  # geometry row of each chip row (-1: not in it), cached as rows appear
@@ -428,8 +429,13 @@ class Accumulator:
 
     def _evaluation_kernels(self) -> ModuleType | None:
         """The evaluation's kernels for a large state (``COMPILE_EVALUATION_AFTER_CHANNELS``) on the compiled
-        engine, loading in the background from its first snapshot; None (numpy) until they are loaded."""
+        engine, loading in the background from its second snapshot (a one-shot run such as ``once``
+        evaluates once, and numba's import would cost it more than numpy's evaluation); None (numpy) until
+        they are loaded."""
         if self.config.engine != COMPILED or len(self.chips) * CHANNELS_PER_CHIP < COMPILE_EVALUATION_AFTER_CHANNELS:
+            return None
+        if not self._snapshot_large:
+            self._snapshot_large = True
             return None
         EVALUATION_KERNELS.start(_warm_up_evaluation)
         return EVALUATION_KERNELS.kernels if EVALUATION_KERNELS.ready() else None
