@@ -293,7 +293,7 @@ def main() -> None:
                         "127.0.0.1",
                         "--port",
                         exporter_addr.rsplit(":", 1)[1],
-                        "--state-file",
+                        "--checkpoint",
                         "-",
                         "--per-pixel",
                     ],  # fmt: skip

@@ -165,7 +165,7 @@ def bench_service(seconds: int) -> None:
             plots = PlotSettings(str(Path(tmp) / "plots"), interval=0.0) if plotting else None
             settings = Settings(
                 inputs=[str(data)], port=0, listen_address="127.0.0.1", interval=1.0,
-                geometry=str(packaged_layout()), state_file="-",
+                geometry=str(packaged_layout()), checkpoint="-",
             )  # fmt: skip
             service = Service(settings, plots)
             latencies: list[float] = []

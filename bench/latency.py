@@ -45,7 +45,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "larpix_dqm.exporter.cli", "serve", "-i", str(work), "--port", str(port),
-           "--listen-address", "127.0.0.1", "--interval", str(args.interval), "--state-file", "-",
+           "--listen-address", "127.0.0.1", "--interval", str(args.interval), "--checkpoint", "-",
            "--geometry", str(packaged_layout())]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -52,7 +52,7 @@ def serving(data: Path, work: Path, *extra: str) -> Iterator[tuple[int, subproce
         port = s.getsockname()[1]
     log = open(work / f"serve-{port}.log", "w")
     cmd = [sys.executable, "-m", "larpix_dqm.exporter.cli", "serve", "-i", str(data), "--port", str(port),
-           "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", "-",
+           "--listen-address", "127.0.0.1", "--interval", "1", "--checkpoint", "-",
            "--geometry", str(packaged_layout()), *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:

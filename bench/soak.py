@@ -63,7 +63,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     serve_log = open(work / "serve.log", "w")
     server = subprocess.Popen([*python, "serve", "-i", str(work / "data"), "--port", str(port),
-                               "--listen-address", "127.0.0.1", "--interval", "1", "--state-file", str(work / "state.npz"),
+                               "--listen-address", "127.0.0.1", "--interval", "1", "--checkpoint", str(work / "state.npz"),
                                "--geometry", str(packaged_layout()), "-o", str(work / "plots"),
                                "--plot-interval", str(args.plot_interval), *(f"--plots={p}" for p in args.plots if p != "all")],
                               stdout=serve_log, stderr=subprocess.STDOUT)  # fmt: skip

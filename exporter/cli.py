@@ -36,6 +36,7 @@ from larpix_dqm.exporter.settings import (
     shown_default,
 )
 from larpix_dqm.exporter.settings import envvar as setting_envvar
+from larpix_dqm.exporter.settings import envvars as setting_envvars
 from larpix_dqm.exporter.settings import flag as setting_flag
 from larpix_dqm.exporter.settings import flags as setting_flags
 from larpix_dqm.exporter.settings import options as settings_options
@@ -231,7 +232,7 @@ def _setting_parameter(name: str) -> inspect.Parameter:
         *decls,
         help=f"{opt.help[0].upper()}{opt.help[1:]}. [default: {shown_default(name)}]",
         metavar=opt.metavar or None,
-        envvar=setting_envvar(name),
+        envvar=list(setting_envvars(name)),
         show_default=False,
         show_envvar=True,
     )
@@ -246,7 +247,8 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
         if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT") or value is None:
             continue
         value = value.value if isinstance(value, enum.Enum) else value
-        where = setting_envvar(name) if source.name == "ENVIRONMENT" else setting_flag(name)
+        given_in = next((v for v in setting_envvars(name) if v in os.environ), setting_envvar(name))
+        where = given_in if source.name == "ENVIRONMENT" else setting_flag(name)
         try:
             given[name] = check_value(name, list(value) if isinstance(value, tuple) else value)
         except ValueError as err:
@@ -281,15 +283,15 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
             load_web_config(settings.web_config_file)
     except WebConfigError as err:
         _fail(str(err))
-    state_file = resolve_checkpoint_path(settings)
-    if state_file is not None:
-        _writable_dir("--state-file", Path(state_file).parent)  # the checkpoint makes its directory too
-        if os.path.isdir(state_file):
-            _fail(f"--state-file {state_file}: is a directory")
+    checkpoint = resolve_checkpoint_path(settings)
+    if checkpoint is not None:
+        _writable_dir("--checkpoint", Path(checkpoint).parent)  # the checkpoint makes its directory too
+        if os.path.isdir(checkpoint):
+            _fail(f"--checkpoint {checkpoint}: is a directory")
     registry = resolve_registry_path(settings)
     if registry is not None:
-        if state_file is None:
-            _fail(f"--registry {registry}: needs a state file (with --state-file '-' a restart reads every file again)")
+        if checkpoint is None:
+            _fail(f"--registry {registry}: needs a checkpoint (with --checkpoint '-' a restart reads every file again)")
         _writable_file("--registry", Path(registry))
     if settings.output:
         _writable_dir("-o", Path(settings.output))
@@ -784,7 +786,7 @@ def demo(
                 listen_address=[listen_address],
                 interval=1.0,
                 geometry=geo_path,
-                state_file=str(workdir / "state.npz"),
+                checkpoint=str(workdir / "state.npz"),
             )
         except ConfigError as err:
             _fail(str(err))
@@ -996,8 +998,8 @@ def mixin(
 runs_app = typer.Typer(rich_markup_mode=None)
 app.add_typer(runs_app, name="runs")
 REGISTRY_HELP = (
-    "Run registry (SQLite) as 'serve --registry' writes it (default there: <state file stem>.runs.sqlite beside "
-    "the state file). Repeat to merge the registries of several exporters into one view (read-only)."
+    "Run registry (SQLite) as 'serve --registry' writes it (default there: <checkpoint stem>.runs.sqlite beside "
+    "the checkpoint). Repeat to merge the registries of several exporters into one view (read-only)."
 )
 RegistryOption = Annotated[
     list[Path], typer.Option("--registry", metavar="PATH", envvar=ENV_PREFIX + "REGISTRY", help=REGISTRY_HELP)

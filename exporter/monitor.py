@@ -346,7 +346,7 @@ def unexpected_chips(snapshot: Snapshot) -> list[dict[str, int]]:
     return [
         {"io_group": g, "io_channel": c, "chip_id": chip, "packets": int(snapshot.chip_packets[row])}
         for row, (g, c, chip) in zip(
-            np.flatnonzero(~snapshot.chip_expected).tolist(), snapshot.chip_keys[~snapshot.chip_expected].tolist()
+            np.flatnonzero(~snapshot.chip_in_geometry).tolist(), snapshot.chip_keys[~snapshot.chip_in_geometry].tolist()
         )
     ]
 

@@ -50,6 +50,7 @@ class Option:
     choices: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)  # other accepted names of choices, e.g. warning: warn
     negation: str = ""  # for flags: the --no-... form
+    former: str = ""  # the setting's name before a rename: its flag, config key and variable still work
 
 
 def option(default: Any, help: str, **details: Any) -> Any:
@@ -100,11 +101,12 @@ class Settings:
         metavar="PATH_OR_NAME",
         shown_default="$PIXEL_GEOMETRY_PATH, else ./layout-2.4.0.yaml if present, else none",
     )
-    state_file: str | None = option(
+    checkpoint: str | None = option(
         None,
         "checkpoint file, rewritten atomically after every poll that counted something (the window every --window-checkpoint-interval); '-' disables",
         metavar="PATH",
         shown_default="$LARPIX_DQM_STATE_DIR (else ~/.local/state/larpix-dqm)/state-<hash of the inputs>.npz",
+        former="state_file",
     )
     window_checkpoint_interval: float = option(
         60.0,
@@ -118,7 +120,7 @@ class Settings:
         "run registry (SQLite): per run its files, data-time span, packets, time in each status, failing chips, "
         "bad channels, configuration and certification ('larpix-dqm runs' reads it); '' or 'none' disables",
         metavar="PATH",
-        shown_default="<state file without .npz>.runs.sqlite beside the state file; none when --state-file is '-'",
+        shown_default="<checkpoint without .npz>.runs.sqlite beside the checkpoint; none when --checkpoint is '-'",
     )
     run_pattern: str | None = option(
         None,
@@ -334,8 +336,10 @@ def defaults() -> dict[str, Any]:
 
 
 def flags(name: str) -> tuple[str, ...]:
-    """The command-line flags of a setting."""
-    return options()[name].flags or (f"--{name.replace('_', '-')}",)
+    """The command-line flags of a setting (its former name's last)."""
+    opt = options()[name]
+    former = (f"--{opt.former.replace('_', '-')}",) if opt.former else ()
+    return (opt.flags or (f"--{name.replace('_', '-')}",)) + former
 
 
 def flag(name: str) -> str:
@@ -346,6 +350,19 @@ def flag(name: str) -> str:
 def envvar(name: str) -> str:
     """The environment variable that sets a setting: LARPIX_DQM_<NAME>."""
     return ENV_PREFIX + name.upper()
+
+
+def envvars(name: str) -> tuple[str, ...]:
+    """The environment variables that set a setting: ``envvar``, then its former name's."""
+    former = options()[name].former
+    return (envvar(name),) + ((envvar(former),) if former else ())
+
+
+def config_keys() -> dict[str, str]:
+    """The setting each config-file key sets: every setting's name, and its former name."""
+    keys = {name: name for name in options()}
+    keys.update({opt.former: name for name, opt in options().items() if opt.former})
+    return keys
 
 
 def shown_default(name: str) -> str:
@@ -428,15 +445,17 @@ def load_config_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"config file {path}: expected a mapping of option: value")
-    known = options()
+    known = config_keys()
     values: dict[str, Any] = {}
     for key_node, value_node in node.value:
-        key = str(key_node.value).replace("-", "_").replace(".", "_")
         line = key_node.start_mark.line + 1
-        if key not in known:
+        key = known.get(str(key_node.value).replace("-", "_").replace(".", "_"), "")
+        if not key:
             raise ConfigError(
-                f"config file {path} line {line}: unknown key '{key_node.value}' (known: {', '.join(sorted(known))})"
+                f"config file {path} line {line}: unknown key '{key_node.value}' (known: {', '.join(sorted(options()))})"
             )
+        if key in values:
+            raise ConfigError(f"config file {path} line {line}: key '{key_node.value}': {key} is given twice")
         try:
             values[key] = check_value(key, yaml.safe_load(yaml.serialize(value_node)))
         except ValueError as err:
@@ -463,5 +482,11 @@ def option_table() -> str:
         names = ", ".join(flags(name) + ((opt.negation,) if opt.negation else ()))
         value = " " + "|".join(opt.choices) if opt.choices else f" {opt.metavar}" if opt.metavar else ""
         default = _cell(opt.shown_default) if opt.shown_default else f"`{_cell(shown_default(name))}`"
-        rows.append(f"| `{_cell(names + value)}` | `{name}` | `{envvar(name)}` | {default} | {_cell(opt.help)} |")
+        keys, variables = (f"`{key}`" for key in (name, opt.former) if key), (f"`{v}`" for v in envvars(name))
+        meaning = _cell(opt.help) + (
+            f" (formerly {opt.former}: its flag, key and variable still work)" if opt.former else ""
+        )
+        rows.append(
+            f"| `{_cell(names + value)}` | {', '.join(keys)} | {', '.join(variables)} | {default} | {meaning} |"
+        )
     return "\n".join(rows)

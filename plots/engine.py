@@ -128,7 +128,7 @@ class Freshness:
 
 
 @dataclass
-class _FileState:
+class _FilePlots:
     """Per input file: its plugin instances, their figures, and what they have not drawn yet."""
 
     path: str
@@ -226,7 +226,7 @@ class PlotEngine:
         self.write_error: str | None = None  # its message
         self.failed_writes = 0  # images the current (or last) draw could not write
         self._deferred = False  # whether the current draw left images for the next (``first_look``)
-        self.files: dict[tuple[str, int], _FileState] = {}
+        self.files: dict[tuple[str, int], _FilePlots] = {}
         # the accumulator's data-time rule applied to the packets the plots see (the accumulator logs the events)
         self.clock = DetectorClock(log_events=False)
         self.undrawn_files = 0  # per-file states dropped with packets not drawn (see MAX_FILE_STATES)
@@ -287,12 +287,12 @@ class PlotEngine:
             return _FAILED
 
     # -- feeding ------------------------------------------------------------------------
-    def _file(self, key: tuple[str, int]) -> _FileState:
+    def _file(self, key: tuple[str, int]) -> _FilePlots:
         state = self.files.get(key)
         if state is None:
             while len(self.files) >= MAX_FILE_STATES:
                 self._retire(min(self.files, key=lambda k: self.files[k].last_update))
-            state = _FileState(key[0], Path(key[0]).stem)
+            state = _FilePlots(key[0], Path(key[0]).stem)
             for spec in self.per_file_specs:
                 plot = self._guard(spec.name, "__init__", spec.cls)
                 if plot is not _FAILED:
@@ -338,7 +338,7 @@ class PlotEngine:
             if state.pending_rows >= LEGACY_BATCH_PACKETS:
                 self._call_legacy(state)
 
-    def _call_legacy(self, state: _FileState) -> None:
+    def _call_legacy(self, state: _FilePlots) -> None:
         """Hand the waiting packets to every predecessor-style plugin of the file."""
         if not state.pending:
             return
@@ -422,7 +422,7 @@ class PlotEngine:
         return written
 
     def _draw_file(
-        self, state: _FileState, fp: tuple, snapshot: Snapshot, between: Callable[[], None], first_look: bool
+        self, state: _FilePlots, fp: tuple, snapshot: Snapshot, between: Callable[[], None], first_look: bool
     ) -> int:
         """Draw one file's plots; return the number of images written."""
         written = 0

@@ -17,7 +17,7 @@ from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.monitor import Monitor
 from larpix_dqm.exporter.reading.tail import InputSpec
 from larpix_dqm.exporter.runtime import checkpoint
-from larpix_dqm.exporter.runtime.checkpoint import CheckpointError, default_state_file, window_file
+from larpix_dqm.exporter.runtime.checkpoint import CheckpointError, default_checkpoint, window_file
 from larpix_dqm.exporter.runtime.ingest import Ingester
 
 
@@ -42,7 +42,7 @@ def test_relative_then_absolute_inputs_read_nothing_twice(tmp_path, tile_geometr
     data = tmp_path / "data"
     _, truth = simulate_files(tile_geometry, data, 3, file_seconds=1)
     monkeypatch.chdir(tmp_path)
-    assert default_state_file(["data"]) == default_state_file([str(data)]) == default_state_file([f"{data}/."])
+    assert default_checkpoint(["data"]) == default_checkpoint([str(data)]) == default_checkpoint([f"{data}/."])
     state = tmp_path / "state.npz"
     first = ingester(["data"], state, tile_geometry)
     first.poll()
@@ -55,7 +55,7 @@ def test_relative_then_absolute_inputs_read_nothing_twice(tmp_path, tile_geometr
     assert total(second) == total(first), "the same files by another name are the same files"
 
 
-def test_moved_directory_with_explicit_state_file(tmp_path, tile_geometry, caplog):
+def test_moved_directory_with_explicit_checkpoint(tmp_path, tile_geometry, caplog):
     data = tmp_path / "data"
     _, truth = simulate_files(tile_geometry, data, 3, file_seconds=1)
     state = tmp_path / "state.npz"
@@ -91,16 +91,16 @@ def test_unrelated_inputs_and_other_geometry_are_refused(tmp_path, tile_geometry
     first = ingester([str(tmp_path / "a")], state, tile_geometry)
     first.poll()
     first.checkpoint()
-    with pytest.raises(CheckpointError, match=r"state file .*state.npz: written for .*/a, not .*/b \(none of its"):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*state.npz: written for .*/a, not .*/b \(none of its"):
         ingester([str(tmp_path / "b")], state, tile_geometry)
     with pytest.raises(CheckpointError, match=r"written for geometry .*layout-2.4.0.yaml \(digest \w+\), this run"):
         ingester([str(tmp_path / "a")], state, module_geometry)
     # the command line: exit 2 and one line naming the file
     other = tmp_path / "other.yaml"
     other.write_text(open(packaged_layout()).read())
-    result = run_cli("serve", "-i", str(tmp_path / "a"), "--geometry", str(other), "--state-file", str(state))
+    result = run_cli("serve", "-i", str(tmp_path / "a"), "--geometry", str(other), "--checkpoint", str(state))
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
-    assert f"state file {state}: written for geometry" in result.stderr
+    assert f"checkpoint {state}: written for geometry" in result.stderr
 
 
 def damage(kind: str, state, window) -> None:
@@ -149,7 +149,7 @@ def test_damaged_states_are_one_line(tmp_path, tile_geometry, kind, message):
     damage(kind, state, window_file(state))
     with pytest.raises(CheckpointError) as err:
         ingester([str(tmp_path / "data")], state, tile_geometry)
-    assert str(err.value).startswith(f"state file {state}: ") and message in str(err.value)
+    assert str(err.value).startswith(f"checkpoint {state}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -157,9 +157,9 @@ def test_damaged_states_are_one_line(tmp_path, tile_geometry, kind, message):
 def test_damaged_state_on_the_command_line(tmp_path):
     state = tmp_path / "state.npz"
     state.write_bytes(b"")
-    result = run_cli("serve", "-i", str(tmp_path), "--state-file", str(state), "--port", str(free_port()))
+    result = run_cli("serve", "-i", str(tmp_path), "--checkpoint", str(state), "--port", str(free_port()))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().count("\n") == 0 and f"state file {state}: unreadable" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and f"checkpoint {state}: unreadable" in result.stderr
     assert "Traceback" not in result.stderr and "Aborted" not in result.stderr
 
 
@@ -223,8 +223,8 @@ def test_checkpoint_is_refused_on_the_command_line_for_another_input(tmp_path, t
     simulate_files(tile_geometry, tmp_path / "b", 1)
     state = tmp_path / "state.npz"
     port = free_port()
-    with running_exporter(["-i", str(tmp_path / "a"), "--state-file", str(state), "--interval", "0.2"], port):
+    with running_exporter(["-i", str(tmp_path / "a"), "--checkpoint", str(state), "--interval", "0.2"], port):
         wait_for(lambda: ingested(port) > 0)
-    result = run_cli("serve", "-i", str(tmp_path / "b"), "--state-file", str(state), "--port", str(free_port()))
+    result = run_cli("serve", "-i", str(tmp_path / "b"), "--checkpoint", str(state), "--port", str(free_port()))
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
-    assert f"state file {state}: written for {tmp_path / 'a'}, not {tmp_path / 'b'}" in result.stderr
+    assert f"checkpoint {state}: written for {tmp_path / 'a'}, not {tmp_path / 'b'}" in result.stderr

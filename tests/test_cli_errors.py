@@ -64,7 +64,7 @@ def assert_one_line_exit_2(code: int, err: str, *names: str) -> None:
         assert name in err, (name, err)
 
 
-SERVE = ["serve", "--state-file", "-", "--port", "0"]
+SERVE = ["serve", "--checkpoint", "-", "--port", "0"]
 FILE_OPTIONS = [  # (command line before the option, the option): every file option of every command
     *((SERVE, option) for option in ("--geometry", "--checks", "--web.config.file", "--reference")),
     *((SERVE, option) for option in ("--network", "--disabled-list", "--config")),
@@ -120,7 +120,7 @@ def test_an_empty_file_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, fil
         (["simulate", "{tmp}/sim", "--truth", "/nonexistent/t.json"], ["--truth /nonexistent/t.json"]),
         (["mixin", "-o", "/proc/x"], ["-o /proc/x"]),
         ([*SERVE, "-i", "{tmp}", "-o", "/proc/x"], ["-o /proc/x"]),
-        (["serve", "--port", "0", "-i", "{tmp}", "--state-file", "/proc/x/state.npz"], ["--state-file /proc/x"]),
+        (["serve", "--port", "0", "-i", "{tmp}", "--checkpoint", "/proc/x/state.npz"], ["--checkpoint /proc/x"]),
         ([*SERVE, "-i", "{tmp}", "-o", "{tmp}/plots", "--plugin-dir", "{data}"], ["--plugin-dir", "not a directory"]),
         (["once", "{data}", "-o", "{tmp}/out", "--plugin-dir", "{tmp}/none"], ["--plugin-dir", "no such directory"]),
         (["channels", "{data}", "--status", "noisy,bogus"], ["--status noisy,bogus", "'bogus'"]),

@@ -82,7 +82,7 @@ def test_parity_error_with_a_chip_id_outside_the_geometry_creates_no_chip(module
     chunks = list(run)
     chunks[40] = corrupted(chunks[40], chip_id=250, n=3)
     snap = feed(module_geometry, chunks).snapshot()
-    assert len(snap.chip_keys) == 1600 and snap.chip_expected.all()
+    assert len(snap.chip_keys) == 1600 and snap.chip_in_geometry.all()
     assert snap.link_parity_errors[1, 3] == 3 and snap.link_parity_errors.sum() == 3
     assert snap.chip_parity_errors.sum() == 0
     assert snap.packet_type_counts[1, DATA] == clean.packet_type_counts[1, DATA] + 3  # still counted exactly
@@ -135,7 +135,7 @@ def test_a_chip_outside_the_geometry_with_valid_data_is_unexpected_not_an_error(
     snap = feed(module_geometry, chunks).snapshot()
     assert len(snap.chip_keys) == 1601
     row = 1600
-    assert snap.chip_keys[row].tolist() == [1, 3, 250] and not snap.chip_expected[row]
+    assert snap.chip_keys[row].tolist() == [1, 3, 250] and not snap.chip_in_geometry[row]
     assert snap.chip_packets[row] == 50
     results = evaluate(snap, DEFAULT_CHECKS)
     assert results.chip_worst[row] == 0

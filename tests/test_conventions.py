@@ -63,7 +63,7 @@ def test_missing_input_listen_addresses_telemetry_path_and_json_logs(tmp_path):
 def test_ready_only_after_the_first_poll(tmp_path, tile_geometry):
     simulate_files(tile_geometry, tmp_path / "data", 1)
     port = free_port()
-    settings = Settings(inputs=[str(tmp_path / "data")], port=port, listen_address="127.0.0.1", state_file="-")
+    settings = Settings(inputs=[str(tmp_path / "data")], port=port, listen_address="127.0.0.1", checkpoint="-")
     service = Service(settings)
     try:
         for server in service.servers:  # the HTTP side only: no ingest thread yet

@@ -197,7 +197,7 @@ def test_a_checkpoint_from_before_live_time_continues_on_data_time(module_geomet
 
 
 def test_checkpoint_files_from_before_live_time_restore_the_window_whole(tmp_path, tile_geometry, caplog):
-    """A state file and window file written before live time (no dead_seconds, run_start, live_start) are
+    """A checkpoint and window file written before live time (no dead_seconds, run_start, live_start) are
     restored, window included: the upgrade does not empty the window."""
     data, state = tmp_path / "data", tmp_path / "state.npz"
     simulate_files(tile_geometry, data, 20, file_seconds=5)

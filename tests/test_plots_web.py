@@ -209,7 +209,7 @@ def test_plotted_chip_rate_agrees_with_the_metric(tmp_path, module_geometry):
         listen_address="127.0.0.1",
         interval=0.2,
         geometry=str(packaged_layout()),
-        state_file="-",
+        checkpoint="-",
     )
     plots = PlotSettings(
         str(tmp_path / "plots"), plots=("PixelMapProbe_2_2",), interval=3600, plugin_dirs=(str(probe),)

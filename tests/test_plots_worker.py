@@ -275,7 +275,7 @@ def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never
         listen_address="127.0.0.1",
         interval=0.2,
         geometry=str(packaged_layout("layout-2.4.0.yaml")),
-        state_file="-",
+        checkpoint="-",
     )
     plots = PlotSettings(str(tmp_path / "plots"), plots=("Killer",), interval=0.0, plugin_dirs=(str(plugins),))
     service = Service(settings, plots)

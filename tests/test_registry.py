@@ -283,7 +283,7 @@ def test_once_adds_its_run_and_closes_it(monkeypatch, capsys, tmp_path, two_file
         (["--registry", "{text}"], ["registry {text}", "not a database"]),
         (["--run-pattern", "run(\\d+)"], ["--run-pattern", "(?P<run>"]),
         (["--run-pattern", "run(?P<run"], ["--run-pattern", "not a regular expression"]),
-        (["--registry", "{tmp}/r.sqlite", "--state-file", "-"], ["--registry", "needs a state file"]),
+        (["--registry", "{tmp}/r.sqlite", "--checkpoint", "-"], ["--registry", "needs a checkpoint"]),
     ],
 )
 def test_a_bad_registry_or_run_pattern_stops_start_up_with_one_line(monkeypatch, capsys, tmp_path, args, names):
@@ -292,7 +292,7 @@ def test_a_bad_registry_or_run_pattern_stops_start_up_with_one_line(monkeypatch,
     started: list[str] = []
     monkeypatch.setattr("larpix_dqm.exporter.runtime.service.Service.start", lambda self: started.append("serve"))
     expanded = [a.format(text=text, tmp=tmp_path) for a in args]
-    serve = ["serve", "-i", str(tmp_path), "--port", "0", "--state-file", str(tmp_path / "state.npz")]
+    serve = ["serve", "-i", str(tmp_path), "--port", "0", "--checkpoint", str(tmp_path / "state.npz")]
     code, _, err = run_cli(monkeypatch, capsys, *serve, *expanded)
     assert code == 2 and err.count("\n") == 1 and err.startswith("larpix-dqm: "), err
     assert all(name.format(text=text) in err for name in names), err
@@ -314,7 +314,7 @@ def test_kill_9_mid_run_keeps_the_run_up_to_the_last_interval_and_certification_
         name="daq",
         daemon=True,
     )
-    args = ["-i", str(data), "--state-file", str(tmp_path / "state" / "s.npz"), "--registry", str(registry)]
+    args = ["-i", str(data), "--checkpoint", str(tmp_path / "state" / "s.npz"), "--registry", str(registry)]
     args += ["--interval", "0.5", "--geometry", "layout-2.4.0"]
     port = free_port()
     daq.start()
@@ -405,7 +405,7 @@ def registry_packets(registry: Path) -> int:
 
 
 def service_over(tmp_path: Path, paths: list[Path], **settings) -> Service:
-    """A service (not started) over copies of ``paths``, with a state file and a registry in ``tmp_path``."""
+    """A service (not started) over copies of ``paths``, with a checkpoint and a registry in ``tmp_path``."""
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     for path in paths:
@@ -414,7 +414,7 @@ def service_over(tmp_path: Path, paths: list[Path], **settings) -> Service:
         "inputs": [str(data)],
         "port": 0,
         "listen_address": ["127.0.0.1"],
-        "state_file": str(tmp_path / "state.npz"),
+        "checkpoint": str(tmp_path / "state.npz"),
         "registry": str(tmp_path / "runs.sqlite"),
         "geometry": "layout-2.4.0",
     }

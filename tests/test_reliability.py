@@ -100,7 +100,7 @@ def test_restart_without_state_is_a_counter_reset_and_with_state_continues(tmp_p
         polls = polls_done(port)
         wait_for(lambda: polls_done(port) >= polls + 3)
         assert data_packets() == full, "nothing re-read after the restart"
-    with running_exporter([*args, "--state-file", "-"], port):
+    with running_exporter([*args, "--checkpoint", "-"], port):
         first = data_packets()
         assert first <= full, "a restart without state starts again from zero (a counter reset)"
         wait_for(lambda: data_packets() == full)
@@ -363,12 +363,12 @@ def test_counters_never_go_back_across_a_kill_during_the_first_poll_of_a_backlog
 
 
 @pytest.mark.external
-def test_a_second_exporter_on_the_same_state_file_exits_2(tmp_path, tile_geometry):
+def test_a_second_exporter_on_the_same_checkpoint_exits_2(tmp_path, tile_geometry):
     from helpers import larpix_dqm, simulate_files
 
     simulate_files(tile_geometry, tmp_path / "data", 2)
     state = tmp_path / "state.npz"
-    args = ["-i", str(tmp_path / "data"), "--state-file", str(state)]
+    args = ["-i", str(tmp_path / "data"), "--checkpoint", str(state)]
     with running_exporter(args, free_port()) as first:
         second = subprocess.run(
             larpix_dqm("serve", "--listen-address", "127.0.0.1", "--port", str(free_port()), *args),

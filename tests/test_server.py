@@ -217,7 +217,7 @@ def test_out_of_file_descriptors_the_stalest_incomplete_request_makes_room(tmp_p
     stalest idle one, and answered."""
     simulate_files(tile_geometry, tmp_path / "data", 2)
     limit = [require_binary("prlimit"), "--nofile=120:120"]
-    with running_exporter(["-i", str(tmp_path / "data"), "--state-file", "-"], wrapper=limit) as proc:
+    with running_exporter(["-i", str(tmp_path / "data"), "--checkpoint", "-"], wrapper=limit) as proc:
         port = int(proc.address.rsplit(":", 1)[1])
         idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(300)]
         try:

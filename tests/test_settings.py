@@ -169,3 +169,26 @@ def test_log_lines_are_logfmt_or_json():
     assert line.startswith("ts=") and ' level=warn logger=larpix_dqm.exporter.x msg="file \\"a b\\" gone"' in line
     fields = json.loads(JsonFormatter().format(record))
     assert fields["level"] == "warn" and fields["msg"] == 'file "a b" gone' and fields["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize("given", ["flag", "variable", "key"])
+def test_a_renamed_settings_former_flag_variable_and_key_still_set_it(monkeypatch, capsys, tmp_path, given):
+    args = ["serve", "-i", str(tmp_path)]
+    if given == "flag":
+        args += ["--state-file", "/proc/x/state.npz"]
+    elif given == "variable":
+        monkeypatch.setenv("LARPIX_DQM_STATE_FILE", "/proc/x/state.npz")
+    else:
+        (tmp_path / "dqm.yaml").write_text("state_file: /proc/x/state.npz\n")
+        args += ["--config", str(tmp_path / "dqm.yaml")]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and err.startswith("larpix-dqm: --checkpoint /proc/x") and err.count("\n") == 1, err
+
+
+def test_a_config_file_giving_a_setting_twice_is_an_error(tmp_path):
+    config = tmp_path / "dqm.yaml"
+    config.write_text("checkpoint: a.npz\nstate_file: b.npz\n")
+    with pytest.raises(ConfigError, match=r"line 2: key 'state_file': checkpoint is given twice"):
+        load_config_file(str(config))
+    config.write_text("state_file: b.npz\n")
+    assert load_config_file(str(config)) == {"checkpoint": "b.npz"}

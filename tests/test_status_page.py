@@ -32,7 +32,7 @@ def test_status_page_says_what_is_wrong_worst_first(tmp_path, module_geometry):
         listen_address="127.0.0.1",
         interval=0.2,
         geometry=str(packaged_layout()),
-        state_file="-",
+        checkpoint="-",
     )
     service = Service(settings, PlotSettings(str(tmp_path / "plots"), plots=("PixelMap_1_*",), interval=3600))
     service.start()

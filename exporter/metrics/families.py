@@ -162,7 +162,7 @@ class FamilyBuilder:
         4 x checks x io_groups series), so that ok and unknown chips are counted without a series each."""
         snapshot = evaluation.snapshot
         r = evaluation.results
-        judged = snapshot.chip_expected & snapshot.chip_judged
+        judged = snapshot.chip_in_geometry & snapshot.chip_judged
         chip_groups = snapshot.chip_keys[judged, 0].astype(np.int64)
         groups = snapshot.io_groups.tolist()
         statuses = list(CheckStatus)
@@ -232,7 +232,7 @@ class FamilyBuilder:
                 snapshot.link_parity_errors[tuple(links.T)],
             )
         )
-        unexpected = np.flatnonzero(~snapshot.chip_expected)
+        unexpected = np.flatnonzero(~snapshot.chip_in_geometry)
         fams.append(
             Family(
                 "larpix_unexpected_chip_packets",

@@ -227,7 +227,7 @@ def region_counts(snapshot: Snapshot, counted: np.ndarray) -> dict[str, tuple[np
     the median of the ratios of the tiles with hits (a faulty tile does not move it, a dead one is left out). The never-seen check: packets since
     the run started against those rates over the io_group's run time, at an occupancy capped at 1.
     """
-    judged = snapshot.chip_expected & snapshot.chip_judged
+    judged = snapshot.chip_in_geometry & snapshot.chip_judged
     span = snapshot.chip_span_seconds
     cut = snapshot.config.noisy_rate_hz * span[:, None]
     quiet = counted & (snapshot.channel_window_hits <= cut)
@@ -414,7 +414,7 @@ def evaluate(snapshot: Snapshot, checks: tuple[Check, ...], reference: Reference
         len(group_checks), IO_GROUPS
     )
     # chips outside the geometry (listed as unexpected) and outside the run's networks get no verdict
-    chip_status[:, ~(snapshot.chip_expected & snapshot.chip_judged)] = CheckStatus.OK
+    chip_status[:, ~(snapshot.chip_in_geometry & snapshot.chip_judged)] = CheckStatus.OK
     chip_worst = roll_up(chip_status) if len(chip_checks) else np.zeros(n, np.int8)
     own_status = roll_up(group_status) if len(group_checks) else np.zeros(IO_GROUPS, np.int8)
     io_group_status = _group_roll_up(own_status, snapshot.chip_keys[:, 0].astype(np.int64), chip_worst)

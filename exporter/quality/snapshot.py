@@ -23,7 +23,7 @@ class Snapshot:
     # -- chips: (n,) unless said otherwise -------------------------------------------------------
     chip_keys: np.ndarray  # (n, 3) uint8: io_group, io_channel, chip_id
     chip_tiles: np.ndarray  # int64: pixel tile of the geometry, -1 when unknown
-    chip_expected: np.ndarray  # bool: in the geometry (every chip when the geometry maps no io_group/io_channel)
+    chip_in_geometry: np.ndarray  # bool: in the geometry (every chip when the geometry maps no io_group/io_channel)
     chip_judged: np.ndarray  # bool: in a hydra network of the run (every chip without networks)
     chip_span_seconds: np.ndarray  # float64 s: data time the window covers for the chip (its io_group's span)
     chip_packets: np.ndarray  # int64: valid data packets, all time

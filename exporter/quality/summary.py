@@ -187,7 +187,7 @@ def summarize(
     return Snapshot(
         chip_keys=state.chips.keys.copy(),
         chip_tiles=tiles,
-        chip_expected=layout.in_geometry,
+        chip_in_geometry=layout.in_geometry,
         chip_span_seconds=chip_span,
         chip_packets=state.chip_packets[:n].copy(),
         chip_parity_errors=state.chip_parity[:n].copy(),

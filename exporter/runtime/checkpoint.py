@@ -41,14 +41,14 @@ CHECKPOINT_VERSION = 2
 STATE_DIR_ENV = "LARPIX_DQM_STATE_DIR"
 #: Default seconds between two writes of the window arrays (the counters are written every poll).
 WINDOW_CHECKPOINT_SECONDS = 60.0
-MOVE_AWAY = "move it away (or give another --state-file) to start afresh"
+MOVE_AWAY = "move it away (or give another --checkpoint) to start afresh"
 
 
 class CheckpointError(ValueError):
     """A checkpoint exists but cannot be used; the message names the file and the problem."""
 
 
-def default_state_file(inputs: list[str]) -> Path:
+def default_checkpoint(inputs: list[str]) -> Path:
     """``$LARPIX_DQM_STATE_DIR`` (else ``~/.local/state/larpix-dqm``) / state-<hash of the resolved inputs>.npz."""
     base = os.environ.get(STATE_DIR_ENV) or os.path.join(
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "larpix-dqm"
@@ -167,7 +167,7 @@ class Checkpoint:
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
-        """Hold an exclusive lock on ``<state file>.lock`` for the life of the process: two exporters writing
+        """Hold an exclusive lock on ``<checkpoint>.lock`` for the life of the process: two exporters writing
         one checkpoint would each undo the other's counts. CheckpointError when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -178,8 +178,8 @@ class Checkpoint:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise CheckpointError(
-                f"state file {self.path} is in use by another larpix-dqm (pid {holder}); "
-                "give each exporter its own --state-file"
+                f"checkpoint {self.path} is in use by another larpix-dqm (pid {holder}); "
+                "give each exporter its own --checkpoint"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -222,14 +222,14 @@ class Checkpoint:
         remove_stale_temporaries(self.path)
         if not self.path.exists():
             return False
-        arrays, meta = _read_npz(self.path, "state file")
+        arrays, meta = _read_npz(self.path, "checkpoint")
         try:
             self._check_identity(meta, accumulator, tail)
             window = self._window(meta, arrays["chip_keys"])
             arrays.update(window)
             if not accumulator.import_state(arrays) and window:
                 log.warning(
-                    "state file %s: window settings changed since the checkpoint; counters restored, window restarts",
+                    "checkpoint %s: window settings changed since the checkpoint; counters restored, window restarts",
                     self.path,
                 )
             cursors = [FileCursor.from_dict(entry) for entry in meta["cursors"]]
@@ -240,12 +240,12 @@ class Checkpoint:
             health.messages_ingested = saved["messages_ingested"]
             health.polls = saved["polls"]
         except KeyError as err:
-            raise CheckpointError(f"state file {self.path}: {err.args[0]!r} is missing; {MOVE_AWAY}") from None
+            raise CheckpointError(f"checkpoint {self.path}: {err.args[0]!r} is missing; {MOVE_AWAY}") from None
         except (ValueError, IndexError, TypeError, AttributeError) as err:
             if isinstance(err, CheckpointError):
                 raise
             one_line = " ".join(str(err).split())
-            raise CheckpointError(f"state file {self.path}: arrays do not fit ({one_line}); {MOVE_AWAY}") from None
+            raise CheckpointError(f"checkpoint {self.path}: arrays do not fit ({one_line}); {MOVE_AWAY}") from None
         for cursor in cursors:  # a file read to its end whose size and mtime are unchanged is not opened again
             tail.cursors[cursor.path] = cursor
         self.lineage = meta["lineage"]
@@ -258,7 +258,7 @@ class Checkpoint:
         if meta["geometry"] != digest:
             now = accumulator.geometry.path if accumulator.geometry is not None else "no geometry"
             raise CheckpointError(
-                f"state file {self.path}: written for geometry {meta['geometry_path'] or 'none'} "
+                f"checkpoint {self.path}: written for geometry {meta['geometry_path'] or 'none'} "
                 f"(digest {meta['geometry']}), this run uses {now} (digest {digest}); {MOVE_AWAY}"
             )
         inputs = input_identity(tail.inputs)
@@ -276,11 +276,11 @@ class Checkpoint:
         shown = ", ".join(path for path, _ in inputs)
         if meta["cursors"] and not found:
             raise CheckpointError(
-                f"state file {self.path}: written for {saved}, not {shown} "
+                f"checkpoint {self.path}: written for {saved}, not {shown} "
                 f"(none of its {len(meta['cursors'])} files is there); {MOVE_AWAY}"
             )
         log.warning(
-            "state file %s: written for %s, now %s; %d of its %d files found again by device and inode "
+            "checkpoint %s: written for %s, now %s; %d of its %d files found again by device and inode "
             "(moved or renamed): their counts continue",
             self.path,
             saved,
@@ -320,5 +320,5 @@ class Checkpoint:
                 problem = f"{self.window_path}: {err.args[0]!r} is missing"
             except (CheckpointError, ValueError, IndexError) as err:
                 problem = " ".join(str(err).split())
-        log.warning("state file %s: %s; counters restored, the window starts empty", self.path, problem)
+        log.warning("checkpoint %s: %s; counters restored, the window starts empty", self.path, problem)
         return {}

@@ -131,7 +131,7 @@ class Ingester:
 
     def checkpoint(self, final: bool = False) -> bool:
         """Write the checkpoint if anything was counted since the last one; never raises. True when the checkpoint
-        on disk then holds everything counted (always without a state file: nothing is restored), False when it
+        on disk then holds everything counted (always without a checkpoint: nothing is restored), False when it
         could not be written.
 
         The window arrays go with it at most every ``window_checkpoint_interval`` seconds, and when ``final``.

@@ -16,7 +16,7 @@ from larpix_dqm.exporter.reading.tail import InputSpec
 from larpix_dqm.exporter.registry.runs import CurrentRun, RunNamer
 from larpix_dqm.exporter.registry.schema import RegistryError
 from larpix_dqm.exporter.registry.writer import RegistryWriter, RunContext
-from larpix_dqm.exporter.runtime.checkpoint import default_state_file
+from larpix_dqm.exporter.runtime.checkpoint import default_checkpoint
 from larpix_dqm.exporter.runtime.ingest import Ingester, Published
 from larpix_dqm.exporter.settings import Settings
 from larpix_dqm.exporter.web.auth import load_web_config
@@ -39,14 +39,14 @@ PLOTS_SHUTDOWN_SECONDS = 5.0
 
 def resolve_checkpoint_path(settings: Settings) -> str | None:
     """The checkpoint file: the setting, else the default per set of inputs; '-' disables."""
-    if settings.state_file == "-":
+    if settings.checkpoint == "-":
         return None
-    return settings.state_file or str(default_state_file(settings.inputs))
+    return settings.checkpoint or str(default_checkpoint(settings.inputs))
 
 
 def resolve_registry_path(settings: Settings) -> str | None:
-    """The run registry: the setting ('' or 'none' disables), else ``<state file stem>.runs.sqlite`` beside the
-    state file (none without one)."""
+    """The run registry: the setting ('' or 'none' disables), else ``<checkpoint stem>.runs.sqlite`` beside the
+    checkpoint (none without one)."""
     if settings.registry is not None:
         return None if settings.registry.strip().lower() in ("", "none") else settings.registry
     checkpoint = resolve_checkpoint_path(settings)
@@ -109,10 +109,10 @@ class Service:
             settings.window_checkpoint_interval,
         )
         if self.ingester.checkpoints is not None:
-            self.ingester.checkpoints.lock()  # one exporter per state file, else each would undo the other's counts
+            self.ingester.checkpoints.lock()  # one exporter per checkpoint, else each would undo the other's counts
         namer = self.monitor.runs
-        #: Records the runs (None without a registry); opened after the state file's lock (a second exporter is
-        #: told about the state file it shares) and before any data is read, so a bad registry stops start-up.
+        #: Records the runs (None without a registry); opened after the checkpoint's lock (a second exporter is
+        #: told about the checkpoint it shares) and before any data is read, so a bad registry stops start-up.
         self.registry = RegistryWriter(self.registry_path, namer, run_context(settings)) if self.registry_path else None
         try:
             self._start_up(settings, namer, plots)

@@ -525,7 +525,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         """``/api/runs``: the run registry's runs, or one run's record."""
         text = "text/plain; charset=utf-8"
         if self.app.registry is None:
-            self._send(404, b"no run registry: this exporter keeps none (--registry none, or --state-file -)\n", text)
+            self._send(404, b"no run registry: this exporter keeps none (--registry none, or --checkpoint -)\n", text)
             return
         try:
             found = self.app.runs(fmt, run)
