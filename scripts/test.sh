@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs (Debian and Python packages), then runs it.
-# Usage: bash scripts/test.sh [pytest arguments]
+# Usage: bash scripts/test.sh [pytest arguments]  (one process: bash scripts/test.sh -n 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,4 +25,5 @@ python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy
 bash scripts/check_wheel.sh
-exec python3 -m pytest "$@"
+# one worker per core, at most 4: the tests mostly wait on other programs (-n 0 given after runs them in one)
+exec python3 -m pytest --numprocesses auto --maxprocesses 4 "$@"

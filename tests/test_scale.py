@@ -351,9 +351,13 @@ def test_three_shards_two_agents_central_prometheus_and_victoria_metrics(tmp_pat
         killed = time.monotonic()
 
         def exporter_down_paged() -> bool:
-            return firing(receiver, "LarpixExporterDown") == {c: {instances[3]} for c in CENTRALS}
+            return all(instances[3] in firing(receiver, "LarpixExporterDown").get(c, ()) for c in CENTRALS)
 
         wait_for(exporter_down_paged, 45, "LarpixExporterDown for exporter 3 from both stores", diagnostics)
+        # no other exporter paged down; the rule's absent(up) clause (no instance) may have paged while a
+        # store had no sample yet, at the stack's start on a busy machine (the tests' `for:` is shortened)
+        paged = set().union(*firing(receiver, "LarpixExporterDown").values())
+        assert paged - {""} == {instances[3]}, f"{paged}\n{diagnostics()}"
         print(f"exporter down paged {time.monotonic() - killed:.1f} s after the kill")
         for name, store in stores.items():
 
