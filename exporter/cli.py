@@ -247,8 +247,9 @@ def _given_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any
         if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT") or value is None:
             continue
         value = value.value if isinstance(value, enum.Enum) else value
-        given_in = next((v for v in setting_envvars(name) if v in os.environ), setting_envvar(name))
-        where = given_in if source.name == "ENVIRONMENT" else setting_flag(name)
+        where = setting_flag(name)
+        if source.name == "ENVIRONMENT":  # the variable it came from: the setting's own or its former name's
+            where = next((v for v in setting_envvars(name) if v in os.environ), setting_envvar(name))
         try:
             given[name] = check_value(name, list(value) if isinstance(value, tuple) else value)
         except ValueError as err:
@@ -283,15 +284,17 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
             load_web_config(settings.web_config_file)
     except WebConfigError as err:
         _fail(str(err))
-    checkpoint = resolve_checkpoint_path(settings)
+    checkpoint, checkpoint_flag = resolve_checkpoint_path(settings), setting_flag("checkpoint")
     if checkpoint is not None:
-        _writable_dir("--checkpoint", Path(checkpoint).parent)  # the checkpoint makes its directory too
+        _writable_dir(checkpoint_flag, Path(checkpoint).parent)  # the checkpoint makes its directory too
         if os.path.isdir(checkpoint):
-            _fail(f"--checkpoint {checkpoint}: is a directory")
+            _fail(f"{checkpoint_flag} {checkpoint}: is a directory")
     registry = resolve_registry_path(settings)
     if registry is not None:
         if checkpoint is None:
-            _fail(f"--registry {registry}: needs a checkpoint (with --checkpoint '-' a restart reads every file again)")
+            _fail(
+                f"--registry {registry}: needs a checkpoint (with {checkpoint_flag} '-' a restart reads every file again)"
+            )
         _writable_file("--registry", Path(registry))
     if settings.output:
         _writable_dir("-o", Path(settings.output))

@@ -338,8 +338,12 @@ def defaults() -> dict[str, Any]:
 def flags(name: str) -> tuple[str, ...]:
     """The command-line flags of a setting (its former name's last)."""
     opt = options()[name]
-    former = (f"--{opt.former.replace('_', '-')}",) if opt.former else ()
-    return (opt.flags or (f"--{name.replace('_', '-')}",)) + former
+    return (opt.flags or (_dashed(name),)) + ((_dashed(opt.former),) if opt.former else ())
+
+
+def _dashed(name: str) -> str:
+    """A setting's name as a flag: ``--name-with-dashes``."""
+    return f"--{name.replace('_', '-')}"
 
 
 def flag(name: str) -> str:
