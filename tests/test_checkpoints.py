@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -215,6 +217,42 @@ def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path
     window_file(state).unlink()
     empty = ingester([str(data)], state, geometry)
     assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
+
+
+def damage_window(kind: str, path) -> str:
+    """Break a window file; the problem the restore names."""
+    if kind == "not a zip":
+        path.write_bytes(b"PK\x03\x04 not really")
+        return "BadZipFile"
+    if kind == "a flipped byte":  # in win_hits' data, past its .npy header: only its checksum tells
+        with zipfile.ZipFile(path) as z:
+            offset = z.getinfo("win_hits.npy").header_offset
+        raw = bytearray(path.read_bytes())
+        name_length, extra_length = struct.unpack("<HH", raw[offset + 26 : offset + 30])
+        raw[offset + 30 + name_length + extra_length + 200] ^= 0x01
+        path.write_bytes(bytes(raw))
+        return "win_hits.npy does not match its checksum"
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["meta_json"] = np.frombuffer(json.dumps({"version": 2, "lineage": "another"}).encode(), np.uint8)
+    np.savez(path, **arrays)
+    return "belongs to another checkpoint"
+
+
+@pytest.mark.parametrize("kind", ["not a zip", "a flipped byte", "another lineage"])
+def test_a_damaged_window_file_restores_the_counters_and_starts_the_window_empty(tmp_path, tile_geometry, kind, caplog):
+    data = tmp_path / "data"
+    simulate_files(tile_geometry, data, 2)
+    state = tmp_path / "state.npz"
+    ing = ingester([str(data)], state, tile_geometry)
+    ing.poll()
+    ing.checkpoint(final=True)
+    assert window(ingester([str(data)], state, tile_geometry)) == window(ing), "whole, the window is restored"
+    problem = damage_window(kind, window_file(state))
+    restored = ingester([str(data)], state, tile_geometry)
+    assert total(restored) == total(ing) > 0
+    assert sum(window(restored)[0]) == 0 < sum(window(ing)[0])
+    assert any(problem in r.getMessage() and "the window starts empty" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.external

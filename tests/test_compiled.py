@@ -134,12 +134,18 @@ def test_raw_messages_match_the_numpy_path_packet_for_packet() -> None:
 
 
 def test_chunks_touching_most_of_fewer_chips_than_the_capacity_match(tile_geometry) -> None:
-    """100 chips in buffers of 128 rows: a chunk touching most chips is counted over all of them at once by the
+    """100 chips in buffers of 101 rows: a chunk touching most chips is counted over all of them at once by the
     numpy engine (the slice of registered rows, not the buffers' capacity), a small one over those it touches."""
     reference, compiled = pair(tile_geometry, window_seconds=10.0, window_bins=5)
     sim = Simulator(tile_geometry, SimulationConfig(seed=4, hit_rate_hz=5.0))
     clocks = [DataClock(), DataClock()]
-    for t, (msgs, groups) in enumerate(seconds_of_messages(sim, range(12))):
+    seconds = seconds_of_messages(sim, range(12))
+    packets = split_messages(*seconds[0]).decode()
+    packets = packets[packets["packet_type"] == 0]  # data packets: their chips
+    keys = np.unique(np.stack([packets[k] for k in ("io_group", "io_channel", "chip_id")], 1), axis=0)
+    for accumulator in (reference, compiled):  # 81 chips, then 19 more: the buffers grow by a quarter, to 101
+        accumulator.state.register(keys[:81])
+    for t, (msgs, groups) in enumerate(seconds):
         cut = slice(None) if t % 2 else slice(0, 1)  # a whole second, then a single message
         feed_both(reference, compiled, split_messages(msgs[cut], groups[cut]), clocks)
     assert reference.hits_total.sum() > 0 and reference.state.capacity > len(reference.chips)

@@ -11,6 +11,7 @@ exposition and the plots read without touching the live arrays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -277,7 +278,7 @@ class Accumulator:
         """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
         return self.state.export()
 
-    def import_state(self, arrays: dict[str, np.ndarray]) -> bool:
+    def import_state(self, arrays: Mapping[str, np.ndarray]) -> bool:
         """Continue from ``export_state`` output; returns False when the window cannot continue
         (other window shape, no window arrays, or a checkpoint from before the per-io_group clocks):
         counters are restored, the window starts empty."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -275,7 +276,7 @@ class DetectorClock:
             "clock_counts": np.array([self.rejected, self.implausible]),
         }
 
-    def import_state(self, state: dict[str, np.ndarray]) -> None:
+    def import_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Continue from ``export_state`` output."""
         self.head[...] = state["clock_head"]
         self.span_start[...] = state["clock_span_start"]

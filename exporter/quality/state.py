@@ -8,6 +8,7 @@ and its summary in ``summary.py``; ``tests/test_state.py`` fails until they agre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -189,7 +190,7 @@ SUMS = tuple(f for f in FIELDS if f.sums is not None)
 WINDOW_ARRAYS = tuple(f.name for f in FIELDS if f.checkpoint == WINDOW)
 
 
-def _source(f: Field, arrays: dict[str, np.ndarray]) -> str:
+def _source(f: Field, arrays: Mapping[str, np.ndarray]) -> str:
     """The checkpoint array field ``f`` is restored from: its own, else (an older checkpoint) its ``restore_from``."""
     return f.name if f.name in arrays or f.restore_from is None else f.restore_from
 
@@ -254,11 +255,12 @@ class State:
         return rows
 
     def fit(self) -> None:
-        """Grow the per-chip arrays to every registered chip (doubling, 64 rows at least)."""
+        """Grow the per-chip arrays to every registered chip (by a quarter at least, 64 rows at least: a large
+        detector's state is not doubled by its last chips)."""
         n = len(self.chips)
         if n <= self.capacity:
             return
-        old, capacity = self.capacity, max(n, 2 * self.capacity, 64)
+        old, capacity = self.capacity, max(n, self.capacity + self.capacity // 4, 64)
         for f in FIELDS:
             current = getattr(self, f.name)
             if not f.per_chip or current is None:
@@ -319,7 +321,7 @@ class State:
             arrays[f.name] = array[:n] if f.scope == CHIP else array[:, :n] if f.scope == SLOT_CHIP else array
         return arrays
 
-    def restore(self, arrays: dict[str, np.ndarray]) -> bool:
+    def restore(self, arrays: Mapping[str, np.ndarray]) -> bool:
         """Continue from ``export`` output; False when the window cannot continue (other window shape,
         no window arrays, or a checkpoint from before the per-io_group clocks): the counters are
         restored, the window starts at each io_group's clock, empty. KeyError names a missing array."""

@@ -14,6 +14,7 @@ through here (one implementation).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -262,7 +263,7 @@ class TriggerWindows:
         arrays["triggers_hit_chips"] = chip_keys[self.hit_rows].reshape(-1, 3)
         return arrays
 
-    def import_state(self, state: State, arrays: dict[str, np.ndarray]) -> None:
+    def import_state(self, state: State, arrays: Mapping[str, np.ndarray]) -> None:
         """Continue from ``export_state`` output (a checkpoint without it: idle until the next trigger)."""
         if "triggers_scalars" not in arrays:
             return

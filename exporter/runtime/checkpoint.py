@@ -17,6 +17,8 @@ another version or damaged is refused with one line naming the file and the prob
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import fcntl
 import hashlib
 import json
@@ -25,9 +27,11 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.npyio import NpzFile
 
 from larpix_dqm.exporter.detector.geometry import Geometry
 from larpix_dqm.exporter.metrics.health import Health
@@ -132,16 +136,65 @@ def _json_array(value: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(value).encode(), np.uint8)
 
 
-def _read_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
-    """All arrays and the JSON metadata of one file; CheckpointError naming the file if it is damaged."""
+class _Arrays(Mapping[str, np.ndarray]):
+    """The arrays of an open checkpoint file, each read when asked for: a restore holds one array at a time
+    beside the state it fills, not the whole file."""
+
+    def __init__(self, data: NpzFile, path: Path, what: str) -> None:
+        self._data, self._path, self._what = data, path, what
+        self._names = [name for name in data.files if name != "meta_json"]
+        self._chips: int | None = None
+        self._under: Mapping[str, np.ndarray] = {}
+
+    def window(self, names: tuple[str, ...], chips: int) -> _Arrays:
+        """Only the arrays ``names``, those per window slot and chip given empty rows up to ``chips`` (chips
+        registered since the window file was written)."""
+        window = _Arrays(self._data, self._path, self._what)
+        window._names = [name for name in self._names if name in names]
+        window._chips = chips
+        return window
+
+    def over(self, under: Mapping[str, np.ndarray]) -> _Arrays:
+        """These arrays, and those of ``under`` that they do not have."""
+        layered = copy.copy(self)
+        layered._under = under
+        return layered
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            return self._under[name]
+        try:
+            value = self._data[name]
+        except Exception as err:  # damaged since it was opened: still one line
+            raise CheckpointError(
+                f"{self._what} {self._path}: unreadable ({type(err).__name__}: {err}); {MOVE_AWAY}"
+            ) from None
+        if self._chips is not None and name.startswith("win_") and value.shape[1] < self._chips:
+            padded = np.zeros((value.shape[0], self._chips, *value.shape[2:]), value.dtype)
+            padded[:, : value.shape[1]] = value
+            return padded
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._names, *(name for name in self._under if name not in self._names)])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+def _open_npz(path: Path, what: str, stack: contextlib.ExitStack, verify: bool = False) -> tuple[_Arrays, dict]:
+    """The arrays (read when asked for) and the JSON metadata of one file, open until ``stack`` closes;
+    ``verify``: every array's checksum is checked first, so a damaged one is found before any is used.
+    CheckpointError naming the file if it is damaged."""
     try:
         if path.stat().st_size == 0:
             raise ValueError("empty file (0 bytes)")
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        if "meta_json" not in arrays:
+        data = stack.enter_context(np.load(path, allow_pickle=False))
+        if verify and (damaged := data.zip.testzip()) is not None:
+            raise ValueError(f"{damaged} does not match its checksum")
+        if "meta_json" not in data.files:
             raise ValueError("no metadata (meta_json); not a larpix-dqm checkpoint")
-        meta = json.loads(arrays.pop("meta_json").tobytes())
+        meta = json.loads(data["meta_json"].tobytes())
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a JSON object")
     except Exception as err:  # any damage (truncated zip, wrong format, bad JSON) is one line, never a traceback
@@ -151,7 +204,7 @@ def _read_npz(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict]:
             f"{what} {path}: checkpoint version {meta.get('version')}, this exporter writes {CHECKPOINT_VERSION}; "
             f"{MOVE_AWAY}"
         )
-    return arrays, meta
+    return _Arrays(data, path, what), meta
 
 
 class Checkpoint:
@@ -222,34 +275,39 @@ class Checkpoint:
         remove_stale_temporaries(self.path)
         if not self.path.exists():
             return False
-        arrays, meta = _read_npz(self.path, "checkpoint")
-        try:
-            self._check_identity(meta, accumulator, tail)
-            window = self._window(meta, arrays["chip_keys"])
-            arrays.update(window)
-            if not accumulator.import_state(arrays) and window:
-                log.warning(
-                    "checkpoint %s: window settings changed since the checkpoint; counters restored, window restarts",
-                    self.path,
-                )
-            cursors = [FileCursor.from_dict(entry) for entry in meta["cursors"]]
-            saved = meta["health"]
-            health.read_errors.update(saved["read_errors"])
-            health.decode_errors.update(saved["decode_errors"])
-            health.packets_ingested.update(saved["packets_ingested"])
-            health.messages_ingested = saved["messages_ingested"]
-            health.polls = saved["polls"]
-        except KeyError as err:
-            raise CheckpointError(f"checkpoint {self.path}: {err.args[0]!r} is missing; {MOVE_AWAY}") from None
-        except (ValueError, IndexError, TypeError, AttributeError) as err:
-            if isinstance(err, CheckpointError):
-                raise
-            one_line = " ".join(str(err).split())
-            raise CheckpointError(f"checkpoint {self.path}: arrays do not fit ({one_line}); {MOVE_AWAY}") from None
+        with contextlib.ExitStack() as files:
+            arrays, meta = _open_npz(self.path, "checkpoint", files)
+            try:
+                self._check_identity(meta, accumulator, tail)
+                keys = arrays["chip_keys"]
+                window = self._window(meta, keys, files)
+                if (
+                    not accumulator.import_state(arrays if window is None else window.over(arrays))
+                    and window is not None
+                ):
+                    log.warning(
+                        "checkpoint %s: window settings changed since the checkpoint; counters restored, "
+                        "window restarts",
+                        self.path,
+                    )
+                cursors = [FileCursor.from_dict(entry) for entry in meta["cursors"]]
+                saved = meta["health"]
+                health.read_errors.update(saved["read_errors"])
+                health.decode_errors.update(saved["decode_errors"])
+                health.packets_ingested.update(saved["packets_ingested"])
+                health.messages_ingested = saved["messages_ingested"]
+                health.polls = saved["polls"]
+            except KeyError as err:
+                raise CheckpointError(f"checkpoint {self.path}: {err.args[0]!r} is missing; {MOVE_AWAY}") from None
+            except (ValueError, IndexError, TypeError, AttributeError) as err:
+                if isinstance(err, CheckpointError):
+                    raise
+                one_line = " ".join(str(err).split())
+                raise CheckpointError(f"checkpoint {self.path}: arrays do not fit ({one_line}); {MOVE_AWAY}") from None
         for cursor in cursors:  # a file read to its end whose size and mtime are unchanged is not opened again
             tail.cursors[cursor.path] = cursor
         self.lineage = meta["lineage"]
-        log.info("restored %s: %d files, %d chips", self.path, len(cursors), len(arrays["chip_keys"]))
+        log.info("restored %s: %d files, %d chips", self.path, len(cursors), len(keys))
         return True
 
     def _check_identity(self, meta: dict, accumulator: Accumulator, tail: DirectoryTail) -> None:
@@ -289,9 +347,10 @@ class Checkpoint:
             len(meta["cursors"]),
         )
 
-    def _window(self, meta: dict, keys: np.ndarray) -> dict[str, np.ndarray]:
-        """The window arrays from the window file, for the checkpoint's chips ``keys``; {} when the window
-        file is missing, damaged or from another run (the window then restarts empty).
+    def _window(self, meta: dict, keys: np.ndarray, files: contextlib.ExitStack) -> _Arrays | None:
+        """The window arrays from the window file (checked whole, read as they are restored), for the
+        checkpoint's chips ``keys``; {} when the window file is missing, damaged or from another run (the
+        window then restarts empty).
 
         The window file may be older than the counters: each io_group's window then ends where it
         ended then, and moves on (clearing what falls out of it) with the next packets.
@@ -299,26 +358,21 @@ class Checkpoint:
         problem = "no window file"
         if self.window_path.exists():
             try:
-                saved, wmeta = _read_npz(self.window_path, "window file")
+                saved, wmeta = _open_npz(self.window_path, "window file", files, verify=True)
                 n = len(saved["chip_keys"])
                 if wmeta.get("lineage") != meta["lineage"]:
                     raise CheckpointError(f"{self.window_path} belongs to another checkpoint")
                 if not np.array_equal(saved["chip_keys"], keys[:n]):
                     raise CheckpointError(f"{self.window_path} has other chips than the counters")
-                window = {}
-                for name in Accumulator.WINDOW_ARRAYS:
-                    if name not in saved and BY_NAME[name].optional:  # added since the file was written
-                        continue
-                    value = saved[name]
-                    if name.startswith("win_"):  # chips registered since the window was written: empty rows
-                        padded = np.zeros((value.shape[0], len(keys), *value.shape[2:]), value.dtype)
-                        padded[:, :n] = value
-                        value = padded
-                    window[name] = value
-                return window
+                missing = [
+                    name for name in Accumulator.WINDOW_ARRAYS if name not in saved and not BY_NAME[name].optional
+                ]
+                if missing:
+                    raise KeyError(missing[0])
+                return saved.window(Accumulator.WINDOW_ARRAYS, len(keys))
             except KeyError as err:
                 problem = f"{self.window_path}: {err.args[0]!r} is missing"
             except (CheckpointError, ValueError, IndexError) as err:
                 problem = " ".join(str(err).split())
         log.warning("checkpoint %s: %s; counters restored, the window starts empty", self.path, problem)
-        return {}
+        return None

@@ -1,0 +1,238 @@
+"""`serve` of a large detector, a whole process as users run it: time to ready, memory, a restart.
+
+Writes ``--seconds`` of data of ``--io-groups`` io_groups x ``--chips`` chips (49 channels each,
+``--rate`` hits a second per channel, in hdf5format 2.4 packet files of one second each), then
+runs ``larpix-dqm serve`` on the directory with a checkpoint and prints: seconds from the
+process's start to ``/-/ready`` (the first poll of the backlog done and published), its CPU
+seconds, its peak and current resident memory, the size of ``/metrics``; then SIGTERM (the
+final checkpoint with the window) and the same for a restart from that checkpoint with
+nothing new to read; then one new file appended and the CPU it cost the running exporter.
+Best of ``--repeat`` restarts. Prints figures only, asserts nothing.
+
+Usage: python bench/serve_large.py [--io-groups 50] [--chips 800] [--seconds 2] [--rate 1] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+
+START = 1_700_000_000
+CHANNELS = 49
+TICK = os.sysconf("SC_CLK_TCK")
+TICKS_PER_SECOND = 10_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_second(io_groups: int, chips: int, rate: float, second: int, rng: np.random.Generator) -> np.ndarray:
+    """Packets of one data second: per io_group a timestamp packet, then Poisson hits on every channel."""
+    keys = np.array([(g, 1 + c // 100, 11 + c % 100) for g in range(1, io_groups + 1) for c in range(chips)], np.uint8)
+    hits = rng.poisson(rate, len(keys) * CHANNELS)
+    channel = np.repeat(np.arange(len(keys) * CHANNELS), hits)
+    body = np.zeros(len(channel), PACKET_DTYPE)
+    body["packet_type"] = DATA
+    body["io_group"], body["io_channel"], body["chip_id"] = keys[channel // CHANNELS].T
+    body["channel_id"] = channel % CHANNELS
+    body["timestamp"] = rng.integers(0, TICKS_PER_SECOND, len(channel))
+    body["dataword"] = rng.integers(60, 100, len(channel))
+    body["valid_parity"] = 1
+    order = np.argsort(body["io_group"], kind="stable")
+    body = body[order]
+    stamps = np.zeros(io_groups, PACKET_DTYPE)
+    stamps["packet_type"], stamps["io_group"], stamps["timestamp"] = (
+        TIMESTAMP,
+        np.arange(1, io_groups + 1),
+        START + second,
+    )
+    starts = np.searchsorted(body["io_group"], np.arange(1, io_groups + 1))
+    return np.insert(body, starts, stamps)
+
+
+def many_small(folder: Path, files: int, rng: np.random.Generator) -> int:
+    """``files`` small files of a module (2 io_groups x 800 chips), one data second each at 0.001 Hz a
+    channel (~80 packets), and the same packets in one file beside them; the number of packets."""
+    folder.mkdir()
+    seconds = [one_second(2, 800, 0.001, s, rng) for s in range(files)]
+    for s, packets in enumerate(seconds):
+        write_file(folder / f"small-{s:05d}.h5", packets)
+    whole = folder.with_name(folder.name + "-whole")
+    whole.mkdir()
+    write_file(whole / "all.h5", np.concatenate(seconds))
+    return sum(len(p) for p in seconds)
+
+
+def write_file(path: Path, packets: np.ndarray) -> None:
+    with h5py.File(path, "w") as fh:
+        fh.create_group("_header").attrs["version"] = "2.4"
+        fh.create_dataset("packets", data=packets)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """Peak and current resident memory (VmHWM, VmRSS) of ``pid`` in MB."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024
+
+
+def fetch(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+    except OSError:
+        return 0, b""
+
+
+def serve(data: Path, checkpoint: Path, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "larpix_dqm.exporter.cli", "serve", "--input", str(data)]  # no -o: no plots
+    command += ["--checkpoint", str(checkpoint), "--listen-address", f"127.0.0.1:{port}", "--interval", "1"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def until_ready(process: subprocess.Popen, port: int, deadline: float = 600.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < deadline:
+        if process.poll() is not None:
+            raise SystemExit(
+                f"serve exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}"
+            )
+        if fetch(f"http://127.0.0.1:{port}/-/ready", 2.0)[0] == 200:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise SystemExit(f"serve not ready within {deadline:.0f} s")
+
+
+def run_once(data: Path, checkpoint: Path, label: str, append: Path | None = None) -> dict:
+    """One serve process from start to ready (and, with ``append``, one more file), then SIGTERM."""
+    port = free_port()
+    process = serve(data, checkpoint, port)
+    try:
+        ready = until_ready(process, port)
+        cpu = cpu_seconds(process.pid)
+        peak, rss = memory_mb(process.pid)
+        size = len(fetch(f"http://127.0.0.1:{port}/metrics")[1])
+        result = {"label": label, "ready": ready, "cpu": cpu, "peak": peak, "rss": rss, "metrics_mb": size / 1e6}
+        if append is not None:
+            result["per_file_cpu"] = file_cost(process, port, data, append)
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        process.wait(60)
+        result["stop"] = time.monotonic() - stopped
+        return result
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def polls(port: int) -> float:
+    text = fetch(f"http://127.0.0.1:{port}/metrics")[1].decode()
+    for line in text.splitlines():
+        if line.startswith("larpix_exporter_polls_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def file_cost(process: subprocess.Popen, port: int, data: Path, small: Path) -> float:
+    """CPU seconds the exporter spends on one small new file: its poll minus an idle poll's CPU."""
+
+    def poll_cpu(new_file: bool) -> float:
+        before_polls = polls(port)
+        while polls(port) < before_polls + 1:  # a poll boundary
+            time.sleep(0.02)
+        before = cpu_seconds(process.pid)
+        counted = polls(port)
+        if new_file:
+            target = data / f"new-{time.monotonic_ns()}.h5"
+            os.link(small, target)
+        while polls(port) < counted + 2:
+            time.sleep(0.02)
+        return cpu_seconds(process.pid) - before
+
+    idle = min(poll_cpu(False) for _ in range(3))
+    busy = min(poll_cpu(True) for _ in range(3))
+    return busy - idle
+
+
+def show(r: dict) -> None:
+    line = (
+        f"{r['label']:<34} ready {r['ready']:6.2f} s  CPU {r['cpu']:6.2f} s  peak RSS {r['peak']:7.0f} MB  "
+        f"RSS {r['rss']:7.0f} MB  /metrics {r['metrics_mb']:5.1f} MB  SIGTERM {r['stop']:5.2f} s"
+    )
+    if "per_file_cpu" in r:
+        line += f"  a poll with one new small file: {1000 * r['per_file_cpu']:.0f} ms CPU more than an idle one"
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--io-groups", type=int, default=50)
+    parser.add_argument("--chips", type=int, default=800, help="chips per io_group")
+    parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=1.0, help="hits a second per channel")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--small-files", type=int, default=1000, help="files of the per-file cost's backlog")
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        data, state = work / "data", work / "state"
+        data.mkdir()
+        rng = np.random.default_rng(1)
+        total = 0
+        for s in range(args.seconds):
+            packets = one_second(args.io_groups, args.chips, args.rate, s, rng)
+            write_file(data / f"run-{s:04d}.h5", packets)
+            total += len(packets)
+        small = work / "small.h5"
+        write_file(small, one_second(1, 8, args.rate, args.seconds, rng))
+        print(
+            f"{args.io_groups} io_groups x {args.chips} chips x {CHANNELS} channels "
+            f"({args.io_groups * args.chips * CHANNELS:,} channels), {args.seconds} s at {args.rate:g} Hz: "
+            f"{total:,} packets in {args.seconds} files; load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        show(run_once(data, state / "first.npz", "first start (the backlog)"))
+        for k in range(args.repeat):  # each restart from a link to the first run's final checkpoint
+            checkpoint = state / f"restart-{k}.npz"
+            for suffix in (".npz", ".window.npz"):
+                os.link(state / f"first{suffix}", state / f"restart-{k}{suffix}")
+            last = k == args.repeat - 1
+            show(run_once(data, checkpoint, f"restart {k + 1} (nothing new)", append=small if last else None))
+        sizes = {p.name: p.stat().st_size / 1e6 for p in state.glob("first*.npz")}
+        print("checkpoint files: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(sizes.items())))
+        packets = many_small(work / "small", args.small_files, rng)
+        many = run_once(work / "small", state / "small.npz", f"module, {args.small_files} small files")
+        whole = run_once(work / "small-whole", state / "whole.npz", "module, the same packets in 1 file")
+        show(many)
+        show(whole)
+        per_file = (many["cpu"] - whole["cpu"]) / (args.small_files - 1)
+        print(f"{packets:,} packets: each file beyond the first costs {1000 * per_file:.2f} ms of CPU")
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
