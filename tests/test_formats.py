@@ -11,7 +11,7 @@ import pytest
 
 from larpix_dqm.exporter.reading import formats
 from larpix_dqm.exporter.reading.formats import FORMATS, detect
-from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, digest, trailing
+from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, Stored, digest_of, trailing
 from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
 from larpix_dqm.exporter.reading.formats.raw import RawFormat
 from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
@@ -110,14 +110,17 @@ class WordFormat(InputFormat):
         fh["hits"].id.refresh()
         return len(fh["hits"])
 
-    def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
-        return fh["hits"][start:end]
+    def read(self, fh: h5py.File, start: int, end: int) -> Stored:
+        return (fh["hits"][start:end],)
 
-    def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
+    def rows(self, stored: Stored) -> Rows:
+        return stored[0]
+
+    def unwritten_in(self, stored: Stored) -> int:
         return 0
 
-    def head_digest(self, fh: h5py.File, rows: int) -> str:
-        return digest([fh["hits"][:rows].tobytes()])
+    def digest(self, stored: Stored) -> str:
+        return digest_of([stored[0].tobytes()])
 
 
 def test_a_new_format_is_one_class_in_formats(files, tmp_path, monkeypatch):

@@ -149,9 +149,13 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
 
 
 def _add_window(slotted: np.ndarray, total: np.ndarray, rows: np.ndarray | slice, counts: np.ndarray) -> None:
-    """Add per-slot ``counts`` (slots, rows, 64) to a window field and to its sum over the slots."""
-    slotted[:, rows] += counts
-    total[rows] += counts.sum(axis=0)
+    """Add per-slot ``counts`` (slots, rows, 64) to a window field and to its sum over the slots; only the
+    slots with counts are touched (a chunk of a second of data fills one or two of them)."""
+    used = np.flatnonzero(counts.reshape(len(counts), -1).any(axis=1)).tolist()
+    for slot in used:
+        slotted[slot, rows] += counts[slot]
+    if used:
+        total[rows] += counts[used[0]] if len(used) == 1 else counts[used].sum(axis=0)
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from larpix_dqm.exporter.reading.cursor import FileCursor
 from larpix_dqm.exporter.reading.decode import Messages
 from larpix_dqm.exporter.reading.formats import detect
-from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError
+from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, Stored, head
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ HOLD_SECONDS = 10.0
 #: The first rows of a file are its identity by content: a file rewritten in place (same inode and
 #: ``created``) and regrown past the cursor between two polls is told apart by them.
 HEAD_ROWS = 8
+#: New rows up to this many (and one chunk) are read once, whole: a small file costs one read of each dataset.
+WHOLE_ROWS = 100_000
 
 
 @dataclass
@@ -126,12 +128,17 @@ class FileReader:
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise SourceError(classify_os_error(err), f"{cursor.path}: {err}") from err
 
-    def _written_length(self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, length: int, now: float) -> int:
+    def _written_length(
+        self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, length: int, now: float, new: Stored | None
+    ) -> int:
         """``length`` without the trailing rows that look unwritten, while they are held back (up to
-        ``HOLD_SECONDS``): the writer may have grown the dataset before filling it. Read backwards from
-        the end, the last row first, so a file whose end is written costs one row."""
+        ``HOLD_SECONDS``): the writer may have grown the dataset before filling it. From the ``new`` rows when
+        they were read whole, else read backwards from the end, the last row first, so a file whose end is
+        written costs one row."""
         held, block = 0, 1
-        while held < length - cursor.rows_done:
+        if new is not None:
+            held = fmt.unwritten_in(new)
+        while new is None and held < length - cursor.rows_done:
             start, end = max(cursor.rows_done, length - held - block), length - held
             unwritten = fmt.unwritten(fh, start, end)
             held += unwritten
@@ -144,24 +151,40 @@ class FileReader:
         cursor.held_since = None
         return length
 
-    def _check_head(self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, length: int) -> None:
-        """FileReplaced if the file's first rows are not those the cursor saw; else note them (up to HEAD_ROWS)."""
-        if cursor.head_rows and fmt.head_digest(fh, cursor.head_rows) != cursor.head_digest:
+    def _check_head(
+        self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, length: int, first: Stored | None
+    ) -> None:
+        """FileReplaced if the file's first rows are not those the cursor saw; else note them (up to HEAD_ROWS).
+        ``first``: the file's rows from its first, when they were read whole."""
+
+        def digest(rows: int) -> str:
+            if first is not None and len(first[0]) >= rows:
+                return fmt.digest(head(first, rows))
+            return fmt.head_digest(fh, rows)
+
+        if cursor.head_rows and digest(cursor.head_rows) != cursor.head_digest:
             raise FileReplaced(f"{cursor.path}: its first {cursor.head_rows} rows changed (rewritten in place)")
         if cursor.head_rows < HEAD_ROWS and length > cursor.head_rows:
             cursor.head_rows = min(HEAD_ROWS, length)
-            cursor.head_digest = fmt.head_digest(fh, cursor.head_rows)
+            cursor.head_digest = digest(cursor.head_rows)
 
     def _read_rows(self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, now: float) -> Iterator[Chunk]:
         """Chunks from the cursor to the end; the next chunk is read in a thread while the caller counts
-        this one (reading and the compiled counting, which releases the GIL, overlap on two cores)."""
+        this one (reading and the compiled counting, which releases the GIL, overlap on two cores). New rows
+        that fit one chunk and ``WHOLE_ROWS`` (a small file, a live file's last second) are read once for
+        the unwritten rows, the head's digest and the chunk."""
         length = fmt.length(fh)
         if length < max(cursor.rows_done, cursor.head_rows):
             raise FileReplaced(f"{cursor.path}: now {length} rows, {cursor.rows_done} already read")
-        length = self._written_length(fh, cursor, fmt, length, now)
-        self._check_head(fh, cursor, fmt, length)
         step = fmt.rows_per_chunk(self.chunk_rows, self.raw_chunk_messages)
         start = cursor.rows_done
+        new = fmt.read(fh, start, length) if 0 < length - start <= min(step, WHOLE_ROWS) else None
+        length = self._written_length(fh, cursor, fmt, length, now, new)
+        self._check_head(fh, cursor, fmt, length, new if start == 0 else None)
+        if new is not None:
+            if start < length:
+                yield Chunk.of(cursor, length, fmt.name, fmt.rows(head(new, length - start)))
+            return
         end = min(start + step, length)
         pending: Future[Rows] | None = None
         try:

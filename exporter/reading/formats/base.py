@@ -16,6 +16,13 @@ from larpix_dqm.exporter.reading.decode import Messages
 #: Rows as a format reads them: packet records, or raw messages joined into ``Messages`` (decoded by the
 #: compiled counting in one pass, or to packet records by ``Messages.decode``).
 Rows = np.ndarray | Messages
+#: Rows as a format's datasets store them: one array per dataset, the same rows of each.
+Stored = tuple[np.ndarray, ...]
+
+
+def head(stored: Stored, rows: int) -> Stored:
+    """The first ``rows`` rows of each dataset's."""
+    return tuple(a[:rows] for a in stored)
 
 
 class SourceError(Exception):
@@ -53,16 +60,34 @@ class InputFormat(ABC):
         """Rows written so far, its datasets refreshed first (the writer appends to them in SWMR mode)."""
 
     @abstractmethod
+    def read(self, fh: h5py.File, start: int, end: int) -> Stored:
+        """Rows ``start:end`` of each of the format's datasets, as stored."""
+
+    @abstractmethod
+    def rows(self, stored: Stored) -> Rows:
+        """The rows of ``read`` output, as they are counted."""
+
+    @abstractmethod
+    def unwritten_in(self, stored: Stored) -> int:
+        """How many of the rows of ``read`` output, counted back from its last, look not yet written (grown but
+        not filled)."""
+
+    @abstractmethod
+    def digest(self, stored: Stored) -> str:
+        """Digest of the rows of ``read`` output from the file's first: its identity by content (saved in
+        checkpoints)."""
+
     def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
         """Rows ``start:end``."""
+        return self.rows(self.read(fh, start, end))
 
-    @abstractmethod
     def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
-        """How many of rows ``start:end``, counted back from ``end``, look not yet written (grown but not filled)."""
+        """How many of rows ``start:end``, counted back from ``end``, look not yet written."""
+        return self.unwritten_in(self.read(fh, start, end))
 
-    @abstractmethod
     def head_digest(self, fh: h5py.File, rows: int) -> str:
-        """Digest of the first ``rows`` rows: the file's identity by content (saved in checkpoints)."""
+        """Digest of the first ``rows`` rows."""
+        return self.digest(self.read(fh, 0, rows))
 
     def rows_per_chunk(self, packets: int, messages: int, last: Rows | None = None, last_rows: int = 0) -> int:
         """Rows of the next chunk, for chunks of at most ``packets`` packets (and ``messages`` raw
@@ -70,7 +95,7 @@ class InputFormat(ABC):
         return packets
 
 
-def digest(parts: Iterable[bytes]) -> str:
+def digest_of(parts: Iterable[bytes]) -> str:
     """The identity digest of a file's first rows, given as byte strings."""
     sha = hashlib.blake2b(digest_size=16)
     for part in parts:

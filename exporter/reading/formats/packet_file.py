@@ -8,7 +8,15 @@ from typing import ClassVar
 import h5py
 import numpy as np
 
-from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
+from larpix_dqm.exporter.reading.formats.base import (
+    InputFormat,
+    Rows,
+    SourceError,
+    Stored,
+    attr_float,
+    digest_of,
+    trailing,
+)
 from larpix_dqm.exporter.reading.packets import REQUIRED_FIELDS
 
 
@@ -40,13 +48,16 @@ class PacketFileFormat(InputFormat):
         dset.id.refresh()
         return len(dset)
 
-    def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
-        return fh["packets"][start:end]
+    def read(self, fh: h5py.File, start: int, end: int) -> Stored:
+        return (fh["packets"][start:end],)
 
-    def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
-        rows = fh["packets"][start:end]
+    def rows(self, stored: Stored) -> Rows:
+        return stored[0]
+
+    def unwritten_in(self, stored: Stored) -> int:
+        rows = stored[0]
         as_bytes = np.ascontiguousarray(rows).view(np.uint8).reshape(len(rows), -1)
         return trailing(np.asarray(as_bytes.any(axis=1)))
 
-    def head_digest(self, fh: h5py.File, rows: int) -> str:
-        return digest([fh["packets"][:rows].tobytes()])
+    def digest(self, stored: Stored) -> str:
+        return digest_of([stored[0].tobytes()])

@@ -4,13 +4,22 @@ io_group. Read as ``Messages``, decoded to packets when counted."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, cast
 
 import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.decode import Messages, split_messages
-from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, attr_float, digest, trailing
+from larpix_dqm.exporter.reading.formats.base import (
+    InputFormat,
+    Rows,
+    SourceError,
+    Stored,
+    attr_float,
+    digest_of,
+    trailing,
+)
 
 
 class RawFormat(InputFormat):
@@ -39,23 +48,29 @@ class RawFormat(InputFormat):
         headers.id.refresh()
         return min(len(msgs), len(headers))
 
-    def fetch(self, fh: h5py.File, start: int, end: int) -> Rows:
-        return split_messages(fh["msgs"][start:end], _io_groups(fh, start, end))
+    def read(self, fh: h5py.File, start: int, end: int) -> Stored:
+        return fh["msgs"][start:end], fh["msg_headers"].fields("io_groups")[start:end]
 
-    def unwritten(self, fh: h5py.File, start: int, end: int) -> int:
-        lengths = np.fromiter(map(len, fh["msgs"][start:end]), np.int64, count=end - start)
-        return trailing((lengths > 0) & (_io_groups(fh, start, end) != 0))
+    def rows(self, stored: Stored) -> Rows:
+        msgs, io_groups = stored  # msgs: an object array of uint8 arrays
+        return split_messages(cast(Sequence[np.ndarray], msgs), io_groups)
 
-    def head_digest(self, fh: h5py.File, rows: int) -> str:
-        """Digest of the first messages' lengths and bytes, then their io_groups."""
+    def unwritten_in(self, stored: Stored) -> int:
+        msgs, io_groups = stored
+        lengths = np.fromiter(map(len, msgs), np.int64, count=len(msgs))
+        return trailing((lengths > 0) & (io_groups != 0))
+
+    def digest(self, stored: Stored) -> str:
+        """Digest of the messages' lengths and bytes, then their io_groups."""
+        msgs, io_groups = stored
 
         def parts():
-            for msg in fh["msgs"][:rows]:
+            for msg in msgs:
                 yield len(msg).to_bytes(8, "little")
                 yield msg.tobytes()
-            yield _io_groups(fh, 0, rows).tobytes()
+            yield io_groups.tobytes()
 
-        return digest(parts())
+        return digest_of(parts())
 
     def rows_per_chunk(self, packets: int, messages: int, last: Rows | None = None, last_rows: int = 0) -> int:
         """Messages of the next chunk: at most ``messages``, and once the packets per message are known
@@ -64,7 +79,3 @@ class RawFormat(InputFormat):
             return min(messages, max(1, packets // 1000))
         per_message = max(1.0, last.size_bound / max(1, last_rows))
         return max(1, min(messages, int(packets / per_message)))
-
-
-def _io_groups(fh: h5py.File, start: int, end: int) -> np.ndarray:
-    return fh["msg_headers"].fields("io_groups")[start:end]
