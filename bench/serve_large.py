@@ -1,15 +1,18 @@
-"""`serve` of a large detector, a whole process as users run it: time to ready, memory, a restart.
+"""`serve` of a large detector, a whole process as users run it: time to ready, memory, a restart; and
+the CPU each extra small file costs.
 
 Writes ``--seconds`` of data of ``--io-groups`` io_groups x ``--chips`` chips (49 channels each,
 ``--rate`` hits a second per channel, in hdf5format 2.4 packet files of one second each), then
 runs ``larpix-dqm serve`` on the directory with a checkpoint and prints: seconds from the
 process's start to ``/-/ready`` (the first poll of the backlog done and published), its CPU
-seconds, its peak and current resident memory, the size of ``/metrics``; then SIGTERM (the
-final checkpoint with the window) and the same for a restart from that checkpoint with
-nothing new to read; then one new file appended and the CPU it cost the running exporter.
-Best of ``--repeat`` restarts. Prints figures only, asserts nothing.
+seconds, its peak and current resident memory, the size of ``/metrics``; then SIGTERM (the final checkpoint with the window) and the same for
+``--repeat`` restarts from that checkpoint with nothing new to read, the last of them also the
+CPU of a poll with one new small file against an idle poll. Then a module (2 io_groups x 800
+chips) as ``--small-files`` files of ~80 packets and as the same packets in one file: the CPU to
+ready of each, and what each file beyond the first costs. Prints figures only, asserts nothing.
 
-Usage: python bench/serve_large.py [--io-groups 50] [--chips 800] [--seconds 2] [--rate 1] [--repeat 2]
+Usage: python bench/serve_large.py [--io-groups 50] [--chips 800] [--seconds 65] [--rate 0.05] [--repeat 2]
+[--small-files 1000]
 """
 
 from __future__ import annotations
@@ -148,12 +151,17 @@ def run_once(data: Path, checkpoint: Path, label: str, append: Path | None = Non
             process.wait()
 
 
-def polls(port: int) -> float:
+def gauge(port: int, name: str) -> float:
+    """A sample without labels of the exporter's /metrics (0 when absent)."""
     text = fetch(f"http://127.0.0.1:{port}/metrics")[1].decode()
     for line in text.splitlines():
-        if line.startswith("larpix_exporter_polls_total "):
+        if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def polls(port: int) -> float:
+    return gauge(port, "larpix_exporter_polls_total")
 
 
 def file_cost(process: subprocess.Popen, port: int, data: Path, small: Path) -> float:
@@ -191,8 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--io-groups", type=int, default=50)
     parser.add_argument("--chips", type=int, default=800, help="chips per io_group")
-    parser.add_argument("--seconds", type=int, default=2)
-    parser.add_argument("--rate", type=float, default=1.0, help="hits a second per channel")
+    parser.add_argument("--seconds", type=int, default=65, help="of data: 65 fills the default 60 s window")
+    parser.add_argument("--rate", type=float, default=0.05, help="hits a second per channel")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--small-files", type=int, default=1000, help="files of the per-file cost's backlog")
     parser.add_argument("--workdir", type=Path)

@@ -32,6 +32,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("startup.py", ["--repeat", "1"], "multi_tile_layout-2.4.16.yaml"),
         ("capacity.py", ["--minutes", "0.3", "--scrape-interval", "2s"], "extrapolation at 15 s scrapes"),
         (
+            "serve_large.py",
+            ["--io-groups", "2", "--chips", "50", "--seconds", "1", "--repeat", "1", "--small-files", "5"],
+            "each file beyond the first costs",
+        ),
+        (
             "evaluation.py",
             ["--geometry", "multi_tile_layout-2.4.16", "--seconds", "2", "--steady-seconds", "4", "--repeat", "1"],
             "steady (4 s of data",
