@@ -8,7 +8,7 @@ import pytest
 
 from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
 from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, evaluate
-from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.clock import DataClock, DetectorClock
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus
 from larpix_dqm.exporter.reading.decode import decode_messages
@@ -382,3 +382,21 @@ def test_a_run_resumed_live_after_a_pause_is_accepted_at_once(module_geometry, r
     feed(module_geometry, run[:40], late)
     late.add(one_bad_header(run[40], 3600), DataClock(), START + 41)
     assert late.clock.rejected >= 1
+
+
+def test_the_others_median_is_numpys_median_of_the_other_clocks_bit_for_bit():
+    """Each io_group's reference clock, computed from one sort, equals np.median of the others' clocks (ties,
+    even and odd counts, one io_group alone, none)."""
+    rng = np.random.default_rng(0)
+    clock = DetectorClock()
+    for trial in range(2000):
+        clock.head[:] = np.nan
+        groups = rng.choice(256, rng.integers(0, 12), replace=False)
+        choices = [1.0, 1.5, 2.0, 7.25, 1e9 + 0.1, 1e9 + 0.3]
+        clock.head[groups] = rng.choice(choices, len(groups)) if trial % 2 else rng.normal(1.7e9, 5, len(groups))
+        known = np.flatnonzero(~np.isnan(clock.head))
+        expected = np.full(256, np.nan)
+        if len(known) > 1:
+            for i, g in enumerate(known):
+                expected[g] = float(np.median(np.delete(clock.head[known], i)))
+        assert np.array_equal(clock.others_median(), expected, equal_nan=True), trial

@@ -129,10 +129,19 @@ class DetectorClock:
         values = self.head if clocks is None else clocks
         out = np.full(IO_GROUPS, np.nan)
         known = np.flatnonzero(~np.isnan(values))
-        heads = values[known]
-        if len(known) > 1:
-            for i, g in enumerate(known.tolist()):
-                out[g] = float(np.median(np.delete(heads, i)))
+        n = len(known)
+        if n > 1:  # the others of each are the sorted clocks without its own: their middle one or two, as np.median
+            order = np.argsort(values[known], kind="stable")
+            ranked = values[known][order]
+            rank = np.empty(n, np.int64)
+            rank[order] = np.arange(n)
+
+            def other(k: int) -> np.ndarray:
+                """The k-th smallest of the others' clocks, for each known io_group."""
+                return np.where(k < rank, ranked[k], ranked[k + 1])
+
+            half = (n - 1) // 2
+            out[known] = other(half) if (n - 1) % 2 else (other(half - 1) + other(half)) / 2
         return out
 
     def offsets(self) -> np.ndarray:
