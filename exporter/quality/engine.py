@@ -109,20 +109,30 @@ def _touched(rows: np.ndarray, chips: int) -> tuple[np.ndarray | slice, int, np.
     return touched, len(touched), (np.cumsum(present) - 1)[rows]
 
 
+def _window_slots(slots: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The window slots a chunk's packets fall in (a chunk of a second of data: one or two of the window's) and
+    each packet's row among them plus 2: row 0 for the packets that are not self-triggered (slot -2), row 1 for
+    those outside the window (slot -1); per-chunk arrays sized by the slots the chunk fills, not the window."""
+    used = np.unique(slots[slots >= 0])
+    rows = np.where(slots >= 0, np.searchsorted(used, slots) + 2, slots + 2)
+    return used.tolist(), rows
+
+
 def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarray, flags: np.ndarray) -> None:
     """Per-channel and per-chip sums of valid data packets (window ``slots``, chip ``rows``, FIFO ``flags``)."""
     if len(data) == 0:
         return
     io_group = data["io_group"]
-    nb = state.config.window_bins
+    used, slot_rows = _window_slots(slots)
+    nb = len(used)
     touched, k, local = _touched(rows, len(state.chips))
     n_flat = k * CHANNELS_PER_CHIP
     channel = local * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
     adc_code = data["dataword"]
-    # Flat keys (slot + 2) * n_flat + channel over the touched chips: key row 0 holds packets that are not
-    # self-triggered, row 1 self-triggered ones outside the window, so one bincount gives the all-time
-    # hits, the self-triggered ones and every window slot's hits, without gathers.
-    key = (slots + 2) * n_flat + channel
+    # Flat keys slot_row * n_flat + channel over the touched chips and filled slots: key row 0 holds packets
+    # that are not self-triggered, row 1 self-triggered ones outside the window, so one bincount gives the
+    # all-time hits, the self-triggered ones and every filled slot's hits, without gathers.
+    key = slot_rows * n_flat + channel
     size = (nb + 2) * n_flat
     hits = np.bincount(key, minlength=size).reshape(nb + 2, k, -1)
     per_channel = hits.sum(axis=0)
@@ -130,15 +140,15 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     state.self_hits[touched] += per_channel - hits[0]
     state.chip_packets[touched] += per_channel.sum(axis=1)
     window = hits[2:]
-    _add_window(state.win_hits, state.window_hits, touched, window)
-    _note_last_hits(state, window, touched)
-    if window.any():
+    _add_window(state.win_hits, state.window_hits, touched, window, used)
+    _note_last_hits(state, window, used, touched)
+    if used:
         adc = adc_code.astype(np.float64)
         shape = (nb, k, CHANNELS_PER_CHIP)
         adc_sum = np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        _add_window(state.win_adc, state.window_adc, touched, adc_sum)
+        _add_window(state.win_adc, state.window_adc, touched, adc_sum, used)
         adc_sq = np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        _add_window(state.win_adc_sq, state.window_adc_sq, touched, adc_sq)
+        _add_window(state.win_adc_sq, state.window_adc_sq, touched, adc_sq, used)
     state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
         IO_GROUPS, 256
     )
@@ -148,14 +158,15 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
         _add_window_flags(state, rows[full], slots[full], 1)
 
 
-def _add_window(slotted: np.ndarray, total: np.ndarray, rows: np.ndarray | slice, counts: np.ndarray) -> None:
-    """Add per-slot ``counts`` (slots, rows, 64) to a window field and to its sum over the slots; only the
-    slots with counts are touched (a chunk of a second of data fills one or two of them)."""
-    used = np.flatnonzero(counts.reshape(len(counts), -1).any(axis=1)).tolist()
-    for slot in used:
-        slotted[slot, rows] += counts[slot]
-    if used:
-        total[rows] += counts[used[0]] if len(used) == 1 else counts[used].sum(axis=0)
+def _add_window(
+    slotted: np.ndarray, total: np.ndarray, rows: np.ndarray | slice, counts: np.ndarray, slots: list[int]
+) -> None:
+    """Add per-slot ``counts`` (len(slots), rows, 64), those of window slot ``slots[i]`` at ``i``, to a window
+    field and to its sum over the slots."""
+    for i, slot in enumerate(slots):
+        slotted[slot, rows] += counts[i]
+    if slots:
+        total[rows] += counts[0] if len(slots) == 1 else counts.sum(axis=0)
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -210,8 +221,11 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     flat = local * CHANNELS_PER_CHIP + channel[at] % CHANNELS_PER_CHIP
     state.arrivals_total[touched] += np.bincount(flat, minlength=n_flat).reshape(k, -1)
     inside = slots[at] >= 0
-    window = np.bincount(slots[at][inside] * n_flat + flat[inside], minlength=state.config.window_bins * n_flat)
-    _add_window(state.win_arrivals, state.window_arrivals, touched, window.reshape(state.config.window_bins, k, -1))
+    used, slot_rows = _window_slots(slots[at][inside])
+    window = np.bincount((slot_rows - 2) * n_flat + flat[inside], minlength=len(used) * n_flat)
+    _add_window(
+        state.win_arrivals, state.window_arrivals, touched, window.reshape(len(used), k, CHANNELS_PER_CHIP), used
+    )
 
 
 def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
@@ -223,17 +237,19 @@ def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.n
     return flagged
 
 
-def _note_last_hits(state: State, hits: np.ndarray, rows: np.ndarray | slice) -> None:
+def _note_last_hits(state: State, hits: np.ndarray, slots: list[int], rows: np.ndarray | slice) -> None:
     """Move each channel's last-hit time to the end of the newest window bin it has hits in.
 
-    ``hits`` is (slots, len(rows), 64) for the chip ``rows``; each chip's ring slots belong to its io_group's window.
+    ``hits`` is (len(slots), len(rows), 64) for window ``slots`` and the chip ``rows``; each chip's ring slots
+    belong to its io_group's window.
     """
-    nb = state.config.window_bins
+    if not slots:
+        return
     ends = slot_ends(state)[state.chips.keys[rows, 0].astype(np.int64)]
     last = state.last_hit_end[rows]
-    for slot in np.flatnonzero(hits.reshape(nb, -1).any(axis=1)).tolist():
+    for i, slot in enumerate(slots):
         end = ends[:, slot]
-        hit = hits[slot] > 0
+        hit = hits[i] > 0
         last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
     state.last_hit_end[rows] = last
 
