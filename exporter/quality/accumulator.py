@@ -11,6 +11,7 @@ exposition and the plots read without touching the live arrays.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,9 @@ COMPILE_EVALUATION_AFTER_CHANNELS = 100_000
 #: Packets a run counts on the numpy path before the kernels start loading (numba's import and the
 #: kernels' load take about a second of a core, more than a small file's whole ingest).
 COMPILE_AFTER_PACKETS = 1_000_000
+#: CPU seconds a run spends counting on the numpy path before the kernels start loading, whatever its packets:
+#: about what loading them from numba's cache takes (a large detector's chunk costs numpy ~0.3 s at 40,000 chips).
+COMPILE_AFTER_NUMPY_SECONDS = 0.5
 LOAD_WAIT_SECONDS = 1.0
 #: Stand-ins for what a chunk does not have (the kernel's arguments are arrays of fixed types):
 #: the pedestal window before a run has periodic triggers, raw messages, packet records.
@@ -210,6 +214,7 @@ class Accumulator:
         self.config = config or QualityConfig()
         self.state = State(self.config)
         self._counted = 0  # packets counted, until the kernels are wanted
+        self._numpy_seconds = 0.0  # CPU seconds of counting on the numpy path, until the kernels are wanted
         self._kernels_wanted = False
         self._snapshot_large = False  # whether a snapshot had COMPILE_EVALUATION_AFTER_CHANNELS or more
         self.geometry = geometry
@@ -292,15 +297,19 @@ class Accumulator:
 
     def _use_kernels(self, packets: int) -> bool:
         """Whether a chunk of ``packets`` goes through the compiled kernels. They start loading in the
-        background once the run has ``COMPILE_AFTER_PACKETS`` (a small file is done on the numpy path
-        before numba would have been imported), and that chunk waits ``LOAD_WAIT_SECONDS`` at most
-        for them (from numba's cache they load in well under a second; compiling takes longer)."""
+        background once the run has ``COMPILE_AFTER_PACKETS``, or has spent ``COMPILE_AFTER_NUMPY_SECONDS``
+        counting on numpy (a small file is done on the numpy path before numba would have been imported; a
+        large detector's chunks are not), and that chunk waits ``LOAD_WAIT_SECONDS`` at most for them (from
+        numba's cache they load in well under a second; compiling takes longer)."""
         if self.config.engine != COMPILED:
             return False
         self._counted += packets
-        if self._counted >= COMPILE_AFTER_PACKETS and not self._kernels_wanted:
+        due = self._counted >= COMPILE_AFTER_PACKETS or self._numpy_seconds >= COMPILE_AFTER_NUMPY_SECONDS
+        if due and not self._kernels_wanted:
             self._kernels_wanted = True
             KERNELS.start(_warm_up)
+            if len(self.chips) * CHANNELS_PER_CHIP >= COMPILE_EVALUATION_AFTER_CHANNELS:
+                self._evaluation_kernels()  # ready by the first publication
             return KERNELS.ready(LOAD_WAIT_SECONDS)
         return KERNELS.ready()
 
@@ -327,9 +336,11 @@ class Accumulator:
         if compiled:
             count_compiled(self.state, packets, placed)
         else:
+            started = time.thread_time()
             groups, accepted = packets["io_group"], placed.accepted
             slots = accepted.fill(groups, placed.slots, placed.before)
             engine.count(self.state, packets, slots, accepted.fill(groups, placed.ends, placed.before_ends))
+            self._numpy_seconds += time.thread_time() - started
         self.state.triggers.add(self.state, packets, placed.accepted.rows)
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
@@ -431,11 +442,11 @@ class Accumulator:
     def _evaluation_kernels(self) -> ModuleType | None:
         """The evaluation's kernels for a large state (``COMPILE_EVALUATION_AFTER_CHANNELS``) on the compiled
         engine, loading in the background from its second snapshot (a one-shot run such as ``once``
-        evaluates once, and numba's import would cost it more than numpy's evaluation); None (numpy) until
-        they are loaded."""
+        evaluates once, and numba's import would cost it more than numpy's evaluation), or from its first once
+        the counting kernels are wanted (numba is imported anyway); None (numpy) until they are loaded."""
         if self.config.engine != COMPILED or len(self.chips) * CHANNELS_PER_CHIP < COMPILE_EVALUATION_AFTER_CHANNELS:
             return None
-        if not self._snapshot_large:
+        if not (self._snapshot_large or self._kernels_wanted):
             self._snapshot_large = True
             return None
         EVALUATION_KERNELS.start(_warm_up_evaluation)
