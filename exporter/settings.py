@@ -228,7 +228,7 @@ class Settings:
         flags=("--ingest-engine",),
         choices=ENGINES,
     )
-    chunk_rows: int = option(1_000_000, "rows read from a file at a time (bounds memory)", metavar="N", minimum=1)
+    chunk_rows: int = option(500_000, "rows read from a file at a time (bounds memory)", metavar="N", minimum=1)
     log_level: str = option(
         "info",
         "only log messages at or above this level (warning is accepted for warn)",

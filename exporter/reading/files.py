@@ -33,6 +33,11 @@ HOLD_SECONDS = 10.0
 #: The first rows of a file are its identity by content: a file rewritten in place (same inode and
 #: ``created``) and regrown past the cursor between two polls is told apart by them.
 HEAD_ROWS = 8
+#: Packets of a chunk (and raw messages): half a million count as fast as a million or faster, and halve the
+#: temporaries of counting a chunk (a 700 k-packet raw chunk took ~150 MB of them on numpy, and the process
+#: 400 MB at its peak; with these, 330 MB).
+CHUNK_ROWS = 500_000
+RAW_CHUNK_MESSAGES = 50_000
 #: New rows up to this many (and one chunk) are read once, whole: a small file costs one read of each dataset.
 WHOLE_ROWS = 100_000
 
@@ -109,7 +114,7 @@ def classify_os_error(err: BaseException) -> str:
 class FileReader:
     """Reads the rows a cursor has not consumed yet, in chunks of at most ``chunk_rows``."""
 
-    def __init__(self, chunk_rows: int = 1_000_000, raw_chunk_messages: int = 100_000) -> None:
+    def __init__(self, chunk_rows: int = CHUNK_ROWS, raw_chunk_messages: int = RAW_CHUNK_MESSAGES) -> None:
         self.chunk_rows = chunk_rows
         self.raw_chunk_messages = raw_chunk_messages
 
