@@ -31,6 +31,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("series.py", ["--seconds", "2", "--repeat", "1"], "total /metrics"),
         ("startup.py", ["--repeat", "1"], "multi_tile_layout-2.4.16.yaml"),
         ("capacity.py", ["--minutes", "0.3", "--scrape-interval", "2s"], "extrapolation at 15 s scrapes"),
+        ("predecessor.py", ["--packets", "100000", "--repeat", "1"], "once -o OUT, 8 plots"),
         (
             "serve_large.py",
             ["--io-groups", "2", "--chips", "50", "--seconds", "1", "--repeat", "1", "--small-files", "5"],

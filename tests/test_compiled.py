@@ -65,7 +65,7 @@ def backlog(tmp_path_factory) -> Callable[[str], Path]:
             sim = Simulator(geometry, SimulationConfig(seed=10, hit_rate_hz=8.0, words_per_message=40), FAULTS)
             path = tmp_path_factory.mktemp("backlog") / f"run.{fmt}.h5"
             writer = open_writer(path, fmt)
-            for t in range(4):
+            for t in range(7):  # 4.4 M packets: past twice the compile threshold
                 writer.append(*sim.second(START + t))
             writer.close()
             written[fmt] = path
@@ -277,7 +277,7 @@ print(before, monitor.accumulator.compiled)
 @pytest.mark.parametrize("fmt", ["raw", "packets"])
 def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_path, backlog, fmt) -> None:
     """Whole files through the read loop (chunks, read-ahead, held rows) in a fresh process: it starts on
-    numpy, switches to the kernels once it has 1M packets, and ends with the numpy run's counters."""
+    numpy, switches to the kernels once it has COMPILE_AFTER_PACKETS, and ends with the numpy run's counters."""
     path = backlog(fmt)
     reference = Monitor(load_geometry(packaged_layout()), ingest_engine=NUMPY)
     assert reference.add_file(path) > 2 * COMPILE_AFTER_PACKETS

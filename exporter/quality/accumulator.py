@@ -55,16 +55,20 @@ FIFO_FLAGS = (("local", "half"), ("local", "full"), ("shared", "half"), ("shared
 Source = np.ndarray | Messages
 #: The counting kernels of this process, loaded by the first accumulator that wants them.
 KERNELS = KernelLoader("larpix_dqm.exporter.quality.compiled", "compiled ingest")
-#: The evaluation's kernels (``compiled_verdicts.py``), loaded by the second snapshot of a large state.
+#: The evaluation's kernels (``compiled_verdicts.py``), loaded by the second snapshot of a large state (by the first
+#: once the counting kernels are wanted).
 EVALUATION_KERNELS = KernelLoader("larpix_dqm.exporter.quality.compiled_verdicts", "compiled evaluation")
 #: Channels from which a snapshot is judged by the evaluation's kernels (below, numpy takes a few ms).
 COMPILE_EVALUATION_AFTER_CHANNELS = 100_000
-#: Packets a run counts on the numpy path before the kernels start loading (numba's import and the
-#: kernels' load take about a second of a core, more than a small file's whole ingest).
-COMPILE_AFTER_PACKETS = 1_000_000
+#: Packets a run counts on the numpy path before the kernels start loading: numba's import and the kernels'
+#: load cost ~0.3-0.8 s and ~110 MB, which a file of fewer packets does not win back (`once --no-plots` on raw
+#: 6-word files, whole processes: 1.37 M packets 0.93 s on numpy, 1.29 s loading at 1 M; 8 M packets 3.1 s on
+#: numpy, 2.5 s loading at 2 M, 2.2 s at 1 M).
+COMPILE_AFTER_PACKETS = 2_000_000
 #: CPU seconds a run spends counting on the numpy path before the kernels start loading, whatever its packets:
-#: about what loading them from numba's cache takes (a large detector's chunk costs numpy ~0.3 s at 40,000 chips).
-COMPILE_AFTER_NUMPY_SECONDS = 0.5
+#: what 2 M packets take on numpy, and what a large detector's chunks take sooner (~0.25 s a chunk at 40,000
+#: chips): rent until the rent paid matches the price of buying.
+COMPILE_AFTER_NUMPY_SECONDS = 1.0
 LOAD_WAIT_SECONDS = 1.0
 #: Stand-ins for what a chunk does not have (the kernel's arguments are arrays of fixed types):
 #: the pedestal window before a run has periodic triggers, raw messages, packet records.
