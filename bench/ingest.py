@@ -8,7 +8,8 @@ from numba's cache and their compile time without one, larpix-control's parser p
 and the predecessor's figures. Each measurement runs in fresh processes (best of ``--repeat``;
 peak RSS is the process's own). Prints figures only, asserts nothing.
 
-Usage: python bench/ingest.py [--packets 5000000] [--large-packets 20000000] [--repeat 3] [--workdir DIR]
+Usage: python bench/ingest.py [--packets 5000000] [--large-packets 20000000] [--repeat 3] [--trigger-rate-hz HZ]
+[--workdir DIR]
 """
 
 from __future__ import annotations
@@ -40,12 +41,17 @@ GOAL = 0.5
 PREDECESSOR = "predecessor: 13,000-18,000 packets/s end to end; larpix-control's parser 300,000-400,000 packets/s"
 
 
-def make_files(workdir: Path, packets: int, words_per_message: int, formats: tuple[str, ...]) -> dict[str, Path]:
-    """Write the same simulated run of >= ``packets`` packets in each format (reused if present)."""
-    paths = {fmt: workdir / f"{fmt}-{words_per_message}w-{packets}.h5" for fmt in formats}
+def make_files(
+    workdir: Path, packets: int, words_per_message: int, formats: tuple[str, ...], trigger_rate_hz: float | None = None
+) -> dict[str, Path]:
+    """Write the same simulated run of >= ``packets`` packets in each format (reused if present); random
+    external triggers at ``trigger_rate_hz`` per io_group (None: the simulator's default)."""
+    triggers = "" if trigger_rate_hz is None else f"-{trigger_rate_hz:g}hz"
+    paths = {fmt: workdir / f"{fmt}-{words_per_message}w-{packets}{triggers}.h5" for fmt in formats}
     if all(p.exists() for p in paths.values()):
         return paths
-    sim = Simulator(load_geometry(packaged_layout()), SimulationConfig(seed=1, words_per_message=words_per_message))
+    config = SimulationConfig(seed=1, words_per_message=words_per_message, trigger_rate_hz=trigger_rate_hz)
+    sim = Simulator(load_geometry(packaged_layout()), config)
     writers = {fmt: open_writer(paths[fmt], fmt) for fmt in formats}
     written, t = 0, 0
     while written < packets:
@@ -173,6 +179,12 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=5_000_000)
     parser.add_argument("--large-packets", type=int, default=20_000_000, help="packet file size of the second run")
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement; the best time counts")
+    parser.add_argument(
+        "--trigger-rate-hz",
+        type=float,
+        help="random external triggers per io_group (default: the simulator's, 0.2; 0 for none, as before the "
+        "beam view: its pairing is half of a compiled ingest)",
+    )
     parser.add_argument("--workdir")
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -182,9 +194,9 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="larpix-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    small = make_files(workdir, args.packets, 6, ("packets", "raw"))
-    wide = make_files(workdir, args.packets, 200, ("raw",))
-    large = make_files(workdir, args.large_packets, 6, ("packets",))
+    small = make_files(workdir, args.packets, 6, ("packets", "raw"), args.trigger_rate_hz)
+    wide = make_files(workdir, args.packets, 200, ("raw",), args.trigger_rate_hz)
+    large = make_files(workdir, args.large_packets, 6, ("packets",), args.trigger_rate_hz)
     print(f"generated the files in {time.perf_counter() - started:.0f} s into {workdir}\n")
     compare(f"packet file, {args.packets:,}+ packets", small["packets"], "h5py-packets", args.repeat)
     compare(f"packet file, {args.large_packets:,}+ packets", large["packets"], "h5py-packets", args.repeat)
