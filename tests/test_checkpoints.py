@@ -17,6 +17,7 @@ from helpers import free_port, ingested, running_exporter, simulate_files, wait_
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.state import FIELDS, LEARNING
 from larpix_dqm.exporter.reading.tail import InputSpec
 from larpix_dqm.exporter.runtime import checkpoint
 from larpix_dqm.exporter.runtime.checkpoint import CheckpointError, default_checkpoint, window_file
@@ -253,6 +254,56 @@ def test_a_damaged_window_file_restores_the_counters_and_starts_the_window_empty
     assert total(restored) == total(ing) > 0
     assert sum(window(restored)[0]) == 0 < sum(window(ing)[0])
     assert any(problem in r.getMessage() and "the window starts empty" in r.getMessage() for r in caplog.records)
+
+
+LEARNT = [f.name for f in FIELDS if f.checkpoint == LEARNING]
+
+
+def learnt(ing: Ingester) -> dict[str, np.ndarray]:
+    n = len(ing.accumulator.chips)
+    return {name: getattr(ing.accumulator.state, name)[:n].copy() for name in LEARNT}
+
+
+def test_what_evaluations_learnt_goes_with_the_window_and_catches_up_after_a_crash(tmp_path, tile_geometry):
+    """Every poll's checkpoint leaves out the sequential tests and learnt rates (most of its bytes); the window file
+    has them. After a clean stop they are restored as they were; after a crash, from the window file's older write,
+    caught up by the next evaluation (the restore's), which takes the arrivals counted since in one step."""
+    data = tmp_path / "data"
+    simulate_files(tile_geometry, data, 20, file_seconds=5)
+    state = tmp_path / "state.npz"
+    ing = Ingester([InputSpec(str(data))], Monitor(tile_geometry), 0.1, str(state), window_checkpoint_interval=3600)
+    ing.poll()
+    with np.load(state) as counters, np.load(window_file(state)) as window:
+        assert not set(LEARNT) & set(counters.files) and set(LEARNT) <= set(window.files)
+        at_window = {name: window[name] for name in LEARNT}
+    simulate_files(tile_geometry, data, 20, start=1_700_000_020, seed=2, file_seconds=5)
+    ing.poll()  # counted and evaluated; the window file waits for its interval
+    crashed = ingester([str(data)], state, tile_geometry)  # its restore evaluates once
+    arrivals = crashed.accumulator.state.arrivals_total[: len(crashed.accumulator.chips)]
+    np.testing.assert_array_equal(arrivals, ing.accumulator.state.arrivals_total[: len(ing.accumulator.chips)])
+    np.testing.assert_array_equal(learnt(crashed)["cusum_seen"], arrivals)
+    assert arrivals.sum() > at_window["cusum_seen"].sum()
+    ing.checkpoint(final=True)
+    restored = ingester([str(data)], state, tile_geometry)
+    for name, value in learnt(restored).items():
+        np.testing.assert_array_equal(value, learnt(ing)[name], err_msg=name)
+
+
+def test_an_older_checkpoint_with_what_evaluations_learnt_among_its_counters_restores_it(tmp_path, tile_geometry):
+    data = tmp_path / "data"
+    simulate_files(tile_geometry, data, 5)
+    state = tmp_path / "state.npz"
+    ing = ingester([str(data)], state, tile_geometry)
+    ing.poll()
+    ing.checkpoint(final=True)
+    with np.load(state) as c, np.load(window_file(state)) as w:  # rewritten as checkpoints were written before
+        counters, window = {k: c[k] for k in c.files}, {k: w[k] for k in w.files}
+    counters.update({name: window.pop(name) for name in LEARNT})
+    np.savez(state, **counters)
+    np.savez(window_file(state), **window)
+    restored = ingester([str(data)], state, tile_geometry)
+    for name, value in learnt(restored).items():
+        np.testing.assert_array_equal(value, learnt(ing)[name], err_msg=name)
 
 
 @pytest.mark.external

@@ -23,10 +23,12 @@ from larpix_dqm.exporter.quality.state import (
     COUNTERS,
     FIELDS,
     FOLD,
+    LEARNING,
     SLOT_CHIP,
     SUMS,
     WINDOW,
     WINDOW_ARRAYS,
+    WINDOW_FILE,
     kernel_fields,
 )
 from larpix_dqm.exporter.reading.decode import split_messages
@@ -58,12 +60,11 @@ def test_each_kernel_unpacks_its_fields_in_the_tables_order(kernel: str, functio
 def test_the_table_is_consistent() -> None:
     assert len(BY_NAME) == len(FIELDS)
     for f in FIELDS:
-        assert f.checkpoint in (COUNTERS, WINDOW, None), f.name
+        assert f.checkpoint in (COUNTERS, WINDOW, LEARNING, None), f.name
         assert set(f.kernels) <= {COUNT, FOLD}, f.name
-    # what runtime/checkpoint.py pads as chips appear: the window file's per-chip arrays, named win_*
-    assert [n for n in WINDOW_ARRAYS if BY_NAME[n].scope == SLOT_CHIP] == [
-        n for n in WINDOW_ARRAYS if n.startswith("win_")
-    ]
+        # what evaluations learnt is in the window file only since it moved there: optional, and counted by no kernel
+        assert f.checkpoint != LEARNING or (f.optional and not f.kernels and f.per_chip), f.name
+    assert set(WINDOW_FILE) == set(WINDOW_ARRAYS) | {f.name for f in FIELDS if f.checkpoint == LEARNING}
 
 
 def simulated(seconds: int) -> list[np.ndarray]:

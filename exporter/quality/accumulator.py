@@ -25,7 +25,7 @@ from larpix_dqm.exporter.quality.clock import DetectorClock
 from larpix_dqm.exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
 from larpix_dqm.exporter.quality.loader import KernelLoader
 from larpix_dqm.exporter.quality.snapshot import Snapshot, prefer_finite
-from larpix_dqm.exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_ARRAYS, State, kernel_fields
+from larpix_dqm.exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_FILE, State, kernel_fields
 from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
 from larpix_dqm.exporter.quality.window import Placed
 from larpix_dqm.exporter.reading.cursor import DataClock
@@ -210,7 +210,7 @@ class Accumulator:
     run configuration, which say of each chip what the data does not."""
 
     #: The window file's arrays (``runtime/checkpoint.py``), from ``state.FIELDS``.
-    WINDOW_ARRAYS = WINDOW_ARRAYS
+    WINDOW_FILE = WINDOW_FILE
 
     def __init__(
         self, config: QualityConfig | None = None, geometry: Geometry | None = None, run_config: RunConfig | None = None

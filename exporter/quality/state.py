@@ -41,6 +41,10 @@ SLOT_CHIP = "slot_chip"
 COUNTERS = "counters"
 #: Written to the window file, less often than the counters (``runtime/checkpoint.py``).
 WINDOW = "window"
+#: What evaluations learnt (the sequential tests, the learnt rates): written to the window file with the window
+#: (every poll's checkpoint is left with a third of its bytes), restored whenever found, whatever the window; after a crash it catches up
+#: with the counters at the next evaluation, the data counted since its write taken in one step.
+LEARNING = "learning"
 # -- the kernels counting into a field (``compiled.py``) -------------------------------------------
 #: ``count_chunk``: every packet.
 COUNT = "count"
@@ -156,19 +160,19 @@ FIELDS: tuple[Field, ...] = (
     # arrivals and live time since the last: its CUSUM per channel, the arrivals_total it has seen, the
     # arrivals and occupancy-weighted live seconds learnt while the channel was good, and the live time
     # of the chip's last evaluation (NaN: none yet this run; an older checkpoint starts it there)
-    Field("cusum", CHIP, (CHANNELS_PER_CHIP,), np.float64, optional=True, per_run=True),
-    Field("cusum_seen", CHIP, (CHANNELS_PER_CHIP,), optional=True, per_run=True),
-    Field("cusum_good", CHIP, (CHANNELS_PER_CHIP, 4), np.float64, optional=True, per_run=True),
-    Field("cusum_time", CHIP, (), np.float64, np.nan, optional=True, per_run=True),
+    Field("cusum", CHIP, (CHANNELS_PER_CHIP,), np.float64, checkpoint=LEARNING, optional=True, per_run=True),
+    Field("cusum_seen", CHIP, (CHANNELS_PER_CHIP,), checkpoint=LEARNING, optional=True, per_run=True),
+    Field("cusum_good", CHIP, (CHANNELS_PER_CHIP, 4), np.float64, checkpoint=LEARNING, optional=True, per_run=True),
+    Field("cusum_time", CHIP, (), np.float64, np.nan, checkpoint=LEARNING, optional=True, per_run=True),
     # the learnt rates, from data judged good only (``summary.learn``): per channel, the arrivals and live
     # seconds of the spans between evaluations in which its chip's rate checks were ok or unknown
     # (``rates_good``, kept by ``Accumulator.note_rates``) and it was neither silent, inefficient nor noisy;
     # the arrivals_total and live time of the chip's last evaluation (NaN: none yet this run, whose first
     # learns everything since the run started)
-    Field("learnt", CHIP, (CHANNELS_PER_CHIP, 2), np.float64, optional=True, per_run=True),
-    Field("learnt_seen", CHIP, (CHANNELS_PER_CHIP,), optional=True, per_run=True),
-    Field("learnt_time", CHIP, (), np.float64, np.nan, optional=True, per_run=True),
-    Field("rates_good", CHIP, (), np.int8, 1, optional=True, per_run=True),
+    Field("learnt", CHIP, (CHANNELS_PER_CHIP, 2), np.float64, checkpoint=LEARNING, optional=True, per_run=True),
+    Field("learnt_seen", CHIP, (CHANNELS_PER_CHIP,), checkpoint=LEARNING, optional=True, per_run=True),
+    Field("learnt_time", CHIP, (), np.float64, np.nan, checkpoint=LEARNING, optional=True, per_run=True),
+    Field("rates_good", CHIP, (), np.int8, 1, checkpoint=LEARNING, optional=True, per_run=True),
     # the trigger-correlated view (``triggers.py``, counted by both engines through ``TriggerWindows``):
     # trigger words per bit of their trigger_type; per io_group of the trigger, closed external triggers by
     # hits in their drift window (``HITS_EDGES`` buckets) and those hits' sum; per io_group of the hit,
@@ -186,8 +190,10 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME = {f.name: f for f in FIELDS}
 #: The window's sums over its slots (``Field.sums``).
 SUMS = tuple(f for f in FIELDS if f.sums is not None)
-#: The window file's arrays (``runtime/checkpoint.py``).
+#: The window's arrays.
 WINDOW_ARRAYS = tuple(f.name for f in FIELDS if f.checkpoint == WINDOW)
+#: The window file's arrays (``runtime/checkpoint.py``): the window's and what evaluations learnt.
+WINDOW_FILE = tuple(f.name for f in FIELDS if f.checkpoint in (WINDOW, LEARNING))
 
 
 def _source(f: Field, arrays: Mapping[str, np.ndarray]) -> str:

@@ -147,8 +147,8 @@ class _Arrays(Mapping[str, np.ndarray]):
         self._under: Mapping[str, np.ndarray] = {}
 
     def window(self, names: tuple[str, ...], chips: int) -> _Arrays:
-        """Only the arrays ``names``, those per window slot and chip given empty rows up to ``chips`` (chips
-        registered since the window file was written)."""
+        """Only the arrays ``names``, those per chip given empty rows up to ``chips`` (chips registered since
+        the window file was written)."""
         window = _Arrays(self._data, self._path, self._what)
         window._names = [name for name in self._names if name in names]
         window._chips = chips
@@ -169,11 +169,17 @@ class _Arrays(Mapping[str, np.ndarray]):
             raise CheckpointError(
                 f"{self._what} {self._path}: unreadable ({type(err).__name__}: {err}); {MOVE_AWAY}"
             ) from None
-        if self._chips is not None and name.startswith("win_") and value.shape[1] < self._chips:
-            padded = np.zeros((value.shape[0], self._chips, *value.shape[2:]), value.dtype)
-            padded[:, : value.shape[1]] = value
-            return padded
-        return value
+        field = BY_NAME.get(name)
+        if self._chips is None or field is None or not field.per_chip:
+            return value
+        axis = 1 if field.per_slot else 0
+        if value.shape[axis] >= self._chips:
+            return value
+        shape = list(value.shape)
+        shape[axis] = self._chips
+        padded = np.full(shape, field.fill, value.dtype)
+        padded[(slice(None),) * axis + (slice(0, value.shape[axis]),)] = value
+        return padded
 
     def __iter__(self) -> Iterator[str]:
         return iter([*self._names, *(name for name in self._under if name not in self._names)])
@@ -246,7 +252,7 @@ class Checkpoint:
         """Write the counters and cursors (and the window arrays when ``with_window``); OSError if impossible."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = accumulator.export_state()
-        window = {name: state.pop(name) for name in Accumulator.WINDOW_ARRAYS}
+        window = {name: state.pop(name) for name in Accumulator.WINDOW_FILE}
         meta = {
             "version": CHECKPOINT_VERSION,
             "lineage": self.lineage,
@@ -364,12 +370,10 @@ class Checkpoint:
                     raise CheckpointError(f"{self.window_path} belongs to another checkpoint")
                 if not np.array_equal(saved["chip_keys"], keys[:n]):
                     raise CheckpointError(f"{self.window_path} has other chips than the counters")
-                missing = [
-                    name for name in Accumulator.WINDOW_ARRAYS if name not in saved and not BY_NAME[name].optional
-                ]
+                missing = [name for name in Accumulator.WINDOW_FILE if name not in saved and not BY_NAME[name].optional]
                 if missing:
                     raise KeyError(missing[0])
-                return saved.window(Accumulator.WINDOW_ARRAYS, len(keys))
+                return saved.window(Accumulator.WINDOW_FILE, len(keys))
             except KeyError as err:
                 problem = f"{self.window_path}: {err.args[0]!r} is missing"
             except (CheckpointError, ValueError, IndexError) as err:
