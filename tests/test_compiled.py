@@ -32,6 +32,7 @@ from larpix_dqm.exporter.quality.accumulator import (
     NUMPY,
     Accumulator,
     QualityConfig,
+    decode_compiled,
     load_kernels,
 )
 from larpix_dqm.exporter.quality.clock import DataClock
@@ -119,6 +120,27 @@ def seconds_of_messages(sim: Simulator, seconds: range) -> list[tuple[list[np.nd
 def feed_both(reference: Accumulator, compiled: Accumulator, messages: Messages, clocks: list[DataClock]) -> None:
     reference.add(messages.decode(), clocks[0], START + 100.0)
     compiled.add_messages(messages, clocks[1], START + 100.0)
+
+
+def test_the_compiled_decoder_gives_the_numpy_decoders_records_field_for_field() -> None:
+    """Data, trigger and sync words, words of unknown type, and trigger and sync words whose LArPix half is not
+    empty (decoded as numpy decodes it): the same records, bytes for bytes, and the same unknown words."""
+    assert load_kernels(wait=600)
+    sim = Simulator(load_geometry(packaged_layout()), SimulationConfig(seed=3, trigger_rate_hz=5.0), FAULTS)
+    msgs, groups = sim.second(START)
+    rng = np.random.default_rng(0)
+    odd = []
+    for kind in (b"T", b"S", b"X", b"D"):  # a message of each kind of word: random bytes after the kind, then all ones
+        header = np.frombuffer(b"D" + (START + 1).to_bytes(4, "little") + bytes(3), np.uint8)
+        noise = np.frombuffer(kind + rng.integers(0, 256, 15, dtype=np.uint8).tobytes(), np.uint8)
+        ones = np.frombuffer(kind + b"\xff" * 15, np.uint8)
+        odd.append(np.concatenate([header, noise, ones]))
+    messages = split_messages([*msgs, *odd], np.r_[groups, np.full(len(odd), 2, np.uint8)])
+    twin = Messages(messages.buffer, messages.starts, messages.words, messages.io_groups, messages.bad_messages)
+    expected, got = messages.decode(), decode_compiled(twin)
+    assert got.dtype == expected.dtype and len(got) == len(expected) > 10_000
+    assert got.tobytes() == expected.tobytes()
+    assert twin.unknown_words == messages.unknown_words == 2  # the 'X' words
 
 
 @pytest.mark.slow

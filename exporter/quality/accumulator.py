@@ -117,6 +117,19 @@ def _warm_up() -> None:
         count_compiled(state, source, window.move(state, stamps, DataClock(), 1_700_000_000.0))
 
 
+def decode_compiled(messages: Messages) -> np.ndarray:
+    """The messages' packet records from the compiled decoder: ``Messages.decode``'s, field for field, in a
+    tenth of its time (the trigger pairing of a raw chunk on the kernels reads them)."""
+    kernels = KERNELS.kernels
+    records = np.zeros(messages.size_bound, PACKET_DTYPE)
+    fields = tuple(records[name] for name in kernels.DECODED_FIELDS)
+    rows, unknown = kernels.decode_records(
+        fields, messages.buffer.view(np.uint64), messages.starts, messages.words, messages.io_groups
+    )
+    messages.count_unknown_words(unknown)
+    return records[:rows]
+
+
 def load_evaluation_kernels(wait: float) -> bool:
     """Load (or compile) the evaluation's kernels now, waiting up to ``wait`` seconds; whether they are ready."""
     EVALUATION_KERNELS.start(_warm_up_evaluation)
@@ -364,7 +377,7 @@ class Accumulator:
         placed = window.move(self.state, messages.timestamp_packets(), clock, wall_now)
         count_compiled(self.state, messages, placed)
         triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
-        self.state.triggers.add_messages(self.state, messages, placed.accepted.rows, triggered)
+        self.state.triggers.add_messages(self.state, messages, placed.accepted.rows, triggered, decode_compiled)
 
     def finish(self) -> None:
         """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""

@@ -289,6 +289,75 @@ def fold_hits(state, hits, touched, row_groups, bin_end):
                         last_hit_end[row, ch] = end
 
 
+#: The packet record fields ``decode_records`` fills, in the order of its ``fields`` argument.
+DECODED_FIELDS = (
+    "io_group", "io_channel", "chip_id", "packet_type", "downstream_marker", "parity", "valid_parity", "channel_id",
+    "timestamp", "dataword", "trigger_type", "local_fifo", "shared_fifo", "register_address", "register_data",
+    "first_packet", "receipt_timestamp",
+)  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def decode_records(fields, words64, starts, words, msg_groups):
+    """Decode raw messages into packet records as ``Messages.decode`` does, field for field: each message's
+    timestamp packet, then its data, trigger and sync words (others skipped). ``fields`` are the record
+    array's ``DECODED_FIELDS`` (the others stay zero), ``words64`` the message buffer as 64-bit words
+    (messages and words start on 8-byte boundaries). Returns the records written and the words skipped."""
+    (
+        io_group, io_channel, chip_id, packet_type, downstream_marker, parity, valid_parity, channel_id, timestamp,
+        dataword, trigger_type, local_fifo, shared_fifo, register_address, register_data, first_packet, receipt,
+    ) = fields  # fmt: skip
+    row = 0
+    unknown = 0
+    for m in range(len(starts)):
+        g = msg_groups[m]
+        at = starts[m] // 8
+        io_group[row] = g
+        packet_type[row] = TIMESTAMP
+        timestamp[row] = (words64[at] >> np.uint64(8)) & np.uint64(0xFFFFFFFF)
+        row += 1
+        for k in range(words[m]):
+            head = words64[at + 1 + 2 * k]
+            kind = head & np.uint64(0xFF)
+            if kind != WORD_DATA and kind != WORD_TRIGGER and kind != WORD_SYNC:
+                unknown += 1
+                continue
+            w = words64[at + 2 + 2 * k]
+            io_group[row] = g
+            packet_type[row] = w & np.uint64(3)
+            chip_id[row] = (w >> np.uint64(2)) & np.uint64(0xFF)
+            channel_id[row] = (w >> np.uint64(10)) & np.uint64(0x3F)
+            timestamp[row] = (w >> np.uint64(16)) & np.uint64(0x7FFFFFFF)
+            first_packet[row] = (w >> np.uint64(47)) & np.uint64(1)
+            dataword[row] = (w >> np.uint64(48)) & np.uint64(0xFF)
+            trigger_type[row] = (w >> np.uint64(56)) & np.uint64(3)
+            local_fifo[row] = (w >> np.uint64(58)) & np.uint64(3)
+            shared_fifo[row] = (w >> np.uint64(60)) & np.uint64(3)
+            downstream_marker[row] = (w >> np.uint64(62)) & np.uint64(1)
+            parity[row] = (w >> np.uint64(63)) & np.uint64(1)
+            register_address[row] = (w >> np.uint64(10)) & np.uint64(0xFF)
+            register_data[row] = (w >> np.uint64(18)) & np.uint64(0xFF)
+            odd = w ^ (w >> np.uint64(32))
+            odd ^= odd >> np.uint64(16)
+            odd ^= odd >> np.uint64(8)
+            odd ^= odd >> np.uint64(4)
+            odd ^= odd >> np.uint64(2)
+            odd ^= odd >> np.uint64(1)
+            valid_parity[row] = odd & np.uint64(1)
+            if kind == WORD_DATA:
+                io_channel[row] = (head >> np.uint64(8)) & np.uint64(0xFF)
+                receipt[row] = (head >> np.uint64(16)) & np.uint64(0xFFFFFFFF)
+            else:
+                packet_type[row] = TRIGGER if kind == WORD_TRIGGER else SYNC
+                trigger_type[row] = (head >> np.uint64(8)) & np.uint64(0xFF)
+                timestamp[row] = (head >> np.uint64(32)) & np.uint64(0xFFFFFFFF)
+                valid_parity[row] = 0
+                if kind == WORD_SYNC:
+                    dataword[row] = (head >> np.uint64(16)) & np.uint64(1)
+            row += 1
+    return row, unknown
+
+
 def not_compiled() -> str | None:
     """Why numba would run these kernels as Python bytecode (far slower than the numpy engine), or None:
     ``NUMBA_DISABLE_JIT`` makes ``njit`` return the plain functions (compiling errors raise instead)."""

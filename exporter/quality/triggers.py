@@ -14,7 +14,7 @@ through here (one implementation).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -86,12 +86,19 @@ class TriggerWindows:
         self.hit_groups = np.zeros(0, np.int64)
 
     # -- counting -------------------------------------------------------------------------------
-    def add_messages(self, state: State, messages: Messages, accepted: np.ndarray, triggered: bool) -> None:
+    def add_messages(
+        self,
+        state: State,
+        messages: Messages,
+        accepted: np.ndarray,
+        triggered: bool,
+        decode: Callable[[Messages], np.ndarray] = Messages.decode,
+    ) -> None:
         """``add`` for raw messages (``accepted``: the messages whose timestamp the data clock accepted;
-        ``triggered``: they hold trigger words, as the kernels counted), decoded only when they hold trigger
-        words or triggers are being paired."""
+        ``triggered``: they hold trigger words, as the kernels counted), decoded (by ``decode``: the compiled
+        decoder on the kernels) only when they hold trigger words or triggers are being paired."""
         if self.active or triggered:
-            packets = messages.decode()
+            packets = decode(messages)
             stamps = np.flatnonzero(packets["packet_type"] == TIMESTAMP)  # one a message, in order
             self.add(state, packets, stamps[accepted])
         elif len(accepted):
