@@ -42,8 +42,9 @@ COUNTERS = "counters"
 #: Written to the window file, less often than the counters (``runtime/checkpoint.py``).
 WINDOW = "window"
 #: What evaluations learnt (the sequential tests, the learnt rates): written to the window file with the window
-#: (every poll's checkpoint is left with a third of its bytes), restored whenever found, whatever the window; after a crash it catches up
-#: with the counters at the next evaluation, the data counted since its write taken in one step.
+#: (every poll's checkpoint is left with a third of its bytes), restored whenever found, whatever the window;
+#: after a crash it catches up with the counters at the next evaluation, the data counted since its write taken
+#: in one step.
 LEARNING = "learning"
 # -- the kernels counting into a field (``compiled.py``) -------------------------------------------
 #: ``count_chunk``: every packet.
