@@ -220,6 +220,17 @@ def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path
     assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
 
 
+def stopped_cleanly(tmp_path, geometry, seconds: int) -> tuple:
+    """``seconds`` of simulated data read by an ingester that then stopped cleanly (its window written): the data
+    folder, the checkpoint and the ingester."""
+    data, state = tmp_path / "data", tmp_path / "state.npz"
+    simulate_files(geometry, data, seconds)
+    ing = ingester([str(data)], state, geometry)
+    ing.poll()
+    ing.checkpoint(final=True)
+    return data, state, ing
+
+
 def damage_window(kind: str, path) -> str:
     """Break a window file; the problem the restore names."""
     if kind == "not a zip":
@@ -242,12 +253,7 @@ def damage_window(kind: str, path) -> str:
 
 @pytest.mark.parametrize("kind", ["not a zip", "a flipped byte", "another lineage"])
 def test_a_damaged_window_file_restores_the_counters_and_starts_the_window_empty(tmp_path, tile_geometry, kind, caplog):
-    data = tmp_path / "data"
-    simulate_files(tile_geometry, data, 2)
-    state = tmp_path / "state.npz"
-    ing = ingester([str(data)], state, tile_geometry)
-    ing.poll()
-    ing.checkpoint(final=True)
+    data, state, ing = stopped_cleanly(tmp_path, tile_geometry, 2)
     assert window(ingester([str(data)], state, tile_geometry)) == window(ing), "whole, the window is restored"
     problem = damage_window(kind, window_file(state))
     restored = ingester([str(data)], state, tile_geometry)
@@ -290,12 +296,7 @@ def test_what_evaluations_learnt_goes_with_the_window_and_catches_up_after_a_cra
 
 
 def test_an_older_checkpoint_with_what_evaluations_learnt_among_its_counters_restores_it(tmp_path, tile_geometry):
-    data = tmp_path / "data"
-    simulate_files(tile_geometry, data, 5)
-    state = tmp_path / "state.npz"
-    ing = ingester([str(data)], state, tile_geometry)
-    ing.poll()
-    ing.checkpoint(final=True)
+    data, state, ing = stopped_cleanly(tmp_path, tile_geometry, 5)
     with np.load(state) as c, np.load(window_file(state)) as w:  # rewritten as checkpoints were written before
         counters, window = {k: c[k] for k in c.files}, {k: w[k] for k in w.files}
     counters.update({name: window.pop(name) for name in LEARNT})
