@@ -533,7 +533,7 @@ class FamilyBuilder:
             ),
             gauge(
                 "larpix_exporter_compiled_ingest",
-                "1 while the compiled kernels count packets; 0 on the numpy path (kernels loading or unavailable).",
+                "1 while the compiled kernels count packets; 0 on the numpy path (a small run, kernels loading or unavailable).",
                 float(health.compiled_ingest),
             ),
         ]
