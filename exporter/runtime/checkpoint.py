@@ -18,7 +18,6 @@ another version or damaged is refused with one line naming the file and the prob
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import hashlib
 import json
@@ -138,27 +137,30 @@ def _json_array(value: dict) -> np.ndarray:
 
 class _Arrays(Mapping[str, np.ndarray]):
     """The arrays of an open checkpoint file, each read when asked for: a restore holds one array at a time
-    beside the state it fills, not the whole file."""
+    beside the state it fills, not the whole file. ``names`` limits them; those per chip are given empty rows
+    up to ``chips`` when shorter; ``under`` answers for the names they do not have."""
 
-    def __init__(self, data: NpzFile, path: Path, what: str) -> None:
-        self._data, self._path, self._what = data, path, what
-        self._names = [name for name in data.files if name != "meta_json"]
-        self._chips: int | None = None
-        self._under: Mapping[str, np.ndarray] = {}
+    def __init__(
+        self,
+        data: NpzFile,
+        path: Path,
+        what: str,
+        names: tuple[str, ...] | None = None,
+        chips: int | None = None,
+        under: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        self._data, self._path, self._what, self._chips = data, path, what, chips
+        self._names = [name for name in data.files if name != "meta_json" and (names is None or name in names)]
+        self._under: Mapping[str, np.ndarray] = under or {}
 
     def window(self, names: tuple[str, ...], chips: int) -> _Arrays:
         """Only the arrays ``names``, those per chip given empty rows up to ``chips`` (chips registered since
         the window file was written)."""
-        window = _Arrays(self._data, self._path, self._what)
-        window._names = [name for name in self._names if name in names]
-        window._chips = chips
-        return window
+        return _Arrays(self._data, self._path, self._what, names, chips)
 
     def over(self, under: Mapping[str, np.ndarray]) -> _Arrays:
         """These arrays, and those of ``under`` that they do not have."""
-        layered = copy.copy(self)
-        layered._under = under
-        return layered
+        return _Arrays(self._data, self._path, self._what, tuple(self._names), self._chips, under)
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._names:
@@ -355,7 +357,7 @@ class Checkpoint:
 
     def _window(self, meta: dict, keys: np.ndarray, files: contextlib.ExitStack) -> _Arrays | None:
         """The window arrays from the window file (checked whole, read as they are restored), for the
-        checkpoint's chips ``keys``; {} when the window file is missing, damaged or from another run (the
+        checkpoint's chips ``keys``; None when the window file is missing, damaged or from another run (the
         window then restarts empty).
 
         The window file may be older than the counters: each io_group's window then ends where it
