@@ -14,6 +14,7 @@ Usage: python bench/predecessor.py [--packets 1190000] [--repeat 3]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -48,8 +49,7 @@ def simulate(folder: Path, packets: int) -> tuple[Path, int]:
         capture_output=True,
         text=True,
     ).stdout
-    total = next(int(line.split(":")[1].strip(" ,")) for line in summary.splitlines() if '"packets"' in line)
-    return path, total
+    return path, int(json.loads(summary)["packets"])
 
 
 def whole_process(args: list[str], repeat: int) -> tuple[float, float, float]:
