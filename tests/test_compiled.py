@@ -34,10 +34,13 @@ from larpix_dqm.exporter.quality.accumulator import (
     QualityConfig,
     decode_compiled,
     load_kernels,
+    place_compiled,
 )
 from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.state import State
+from larpix_dqm.exporter.quality.triggers import place_packets
 from larpix_dqm.exporter.reading.decode import Messages, split_messages
-from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, TIMESTAMP, TRIGGER
 from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
 
 START = 1_700_000_000
@@ -141,6 +144,51 @@ def test_the_compiled_decoder_gives_the_numpy_decoders_records_field_for_field()
     assert got.dtype == expected.dtype and len(got) == len(expected) > 10_000
     assert got.tobytes() == expected.tobytes()
     assert twin.unknown_words == messages.unknown_words == 2  # the 'X' words
+
+
+def test_the_compiled_placing_gives_numpy_placings_trigger_words_seconds_hits_and_triggers() -> None:
+    """What the trigger pairing reads of a chunk: every trigger word's bits, each io_group's data second moved at the
+    accepted timestamps only, placed self-triggered hits on registered chips (the receipt rule applied) and placed
+    external triggers; on packets of every trigger type, unknown chips, io_groups with no second yet, and a packet
+    dtype of 4-byte timestamps without receipts."""
+    sim = Simulator(load_geometry(packaged_layout()), SimulationConfig(seed=3, trigger_rate_hz=200.0), FAULTS)
+    msgs, groups = sim.second(START)
+    packets = split_messages(msgs, groups).decode()
+    rng = np.random.default_rng(1)
+    trigger = packets["packet_type"] == TRIGGER
+    packets["trigger_type"][trigger] = rng.integers(0, 256, int(trigger.sum()))  # every bit, external or not
+    data = np.flatnonzero(packets["packet_type"] == DATA)
+    packets["trigger_type"][data] = rng.choice(4, len(data), p=[0.7, 0.1, 0.1, 0.1])
+    late = data[rng.random(len(data)) < 0.2]  # chip clocks ahead of the PACMAN's receipt: the sync period before
+    packets["receipt_timestamp"][late] = packets["timestamp"][late] - rng.integers(0, 1000, len(late))
+    stamps = np.flatnonzero(packets["packet_type"] == TIMESTAMP)
+    stamp = np.zeros(len(packets), bool)
+    stamp[stamps[rng.random(len(stamps)) < 0.6]] = True  # the clock accepts some of them
+    stamp[: len(stamp) // 2] &= packets["io_group"][: len(stamp) // 2] != 1  # and none of io_group 1's first half
+    narrow = np.dtype([(n, "u4" if n == "timestamp" else "u1") for n in PACKET_DTYPE.names if n != "receipt_timestamp"])
+    foreign = np.zeros(len(packets), narrow)
+    for name in narrow.names:
+        foreign[name] = packets[name]
+    keys = np.unique(np.stack([packets["io_group"], packets["io_channel"], packets["chip_id"]], axis=1)[data], axis=0)
+    known = keys[rng.permutation(len(keys))[: len(keys) // 2]]  # half the chips are not registered
+    for records in (packets, foreign):
+        results = []
+        for place in (place_packets, place_compiled):
+            state = State(QualityConfig())
+            state.register(known)
+            second = np.full(IO_GROUPS, -1, np.int64)
+            second[2] = START - 1  # io_group 2 carries a second from an earlier chunk; io_group 1 has none yet
+            found = place(state, records, stamp, second)
+            results.append((found, state.trigger_words.copy(), second, state.chips.keys.copy()))
+        (expected, words, seconds, chips), (got, got_words, got_seconds, got_chips) = results
+        np.testing.assert_array_equal(words, got_words)
+        np.testing.assert_array_equal(seconds, got_seconds)
+        assert 10 < len(expected.trigger_times) < words[:, 1].sum() - 10  # external (bit 1): some not placed
+        assert 1_000 < len(expected.hit_times) < len(data) // 2
+        for name, a, b in zip(expected._fields, expected, got):
+            if name == "hit_rows":  # rows are registration order: compare the chips
+                a, b = chips[a], got_chips[b]
+            np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 @pytest.mark.slow

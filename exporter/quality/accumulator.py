@@ -27,10 +27,11 @@ from larpix_dqm.exporter.quality.loader import KernelLoader
 from larpix_dqm.exporter.quality.snapshot import Snapshot, prefer_finite
 from larpix_dqm.exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_FILE, State, kernel_fields
 from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
+from larpix_dqm.exporter.quality.triggers import Found, place_packets
 from larpix_dqm.exporter.quality.window import Placed
 from larpix_dqm.exporter.reading.cursor import DataClock
 from larpix_dqm.exporter.reading.decode import Messages, split_messages
-from larpix_dqm.exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS, TRIGGER
+from larpix_dqm.exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, REQUIRED_FIELDS, TIMESTAMP, TRIGGER
 
 if TYPE_CHECKING:
     from larpix_dqm.exporter.detector.chips import ChipIndex
@@ -74,6 +75,7 @@ LOAD_WAIT_SECONDS = 1.0
 #: the pedestal window before a run has periodic triggers, raw messages, packet records.
 _NO_PEDESTAL = np.zeros((1, 1, CHANNELS_PER_CHIP, 3), np.int64)
 _NO_MESSAGES = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+_NO_RECEIPTS = np.zeros(0, np.int64)
 _NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(len(REQUIRED_FIELDS) + 1, np.int64))
 
 
@@ -108,13 +110,16 @@ def load_kernels(wait: float) -> bool:
 
 
 def _warm_up() -> None:
-    """Run the kernels once on a raw message and on packet records, so that numba loads or compiles them."""
+    """Run the kernels once on a raw message and on packet records (counting, decoding, placing for the trigger
+    pairing), so that numba loads or compiles them."""
     message = np.frombuffer(b"D" + (1_700_000_000).to_bytes(4, "little") + bytes(3) + b"S" + bytes(15), np.uint8)
     messages = split_messages([message], np.array([1], np.uint8))
     for source in (messages, messages.decode()):
         state = State(QualityConfig(engine=COMPILED))
         stamps = source.timestamp_packets() if isinstance(source, Messages) else source
         count_compiled(state, source, window.move(state, stamps, DataClock(), 1_700_000_000.0))
+    records = decode_compiled(messages)
+    place_compiled(state, records, records["packet_type"] == TIMESTAMP, np.full(IO_GROUPS, -1, np.int64))
 
 
 def decode_compiled(messages: Messages) -> np.ndarray:
@@ -128,6 +133,20 @@ def decode_compiled(messages: Messages) -> np.ndarray:
     )
     messages.count_unknown_words(unknown)
     return records[:rows]
+
+
+def place_compiled(state: State, packets: np.ndarray, stamp: np.ndarray, second: np.ndarray) -> Found:
+    """``triggers.place_packets`` by the kernels: the same counts, seconds and placed hits and triggers, in one
+    pass instead of a dozen over the chunk (the trigger pairing's inputs on the kernels)."""
+    records, offsets = compiled_records(packets)
+    names = packets.dtype.names or ()
+    receipts = packets["receipt_timestamp"].astype(np.int64) if "receipt_timestamp" in names else _NO_RECEIPTS
+    times, rows, groups, trigger_times, trigger_groups = (np.empty(len(packets), np.int64) for _ in range(5))
+    hits, triggers = KERNELS.kernels.place_packets(
+        records, offsets, receipts, stamp, second, *state.chips.tables(), state.trigger_words, times, rows, groups,
+        trigger_times, trigger_groups,
+    )  # fmt: skip
+    return Found(times[:hits], rows[:hits], groups[:hits], trigger_times[:triggers], trigger_groups[:triggers])
 
 
 def load_evaluation_kernels(wait: float) -> bool:
@@ -358,7 +377,9 @@ class Accumulator:
             slots = accepted.fill(groups, placed.slots, placed.before)
             engine.count(self.state, packets, slots, accepted.fill(groups, placed.ends, placed.before_ends))
             self._numpy_seconds += time.thread_time() - started
-        self.state.triggers.add(self.state, packets, placed.accepted.rows)
+        self.state.triggers.add(
+            self.state, packets, placed.accepted.rows, place_compiled if compiled else place_packets
+        )
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
         """Fold a chunk of raw PACMAN data messages: decoded and counted in one compiled pass (decoded
@@ -377,7 +398,9 @@ class Accumulator:
         placed = window.move(self.state, messages.timestamp_packets(), clock, wall_now)
         count_compiled(self.state, messages, placed)
         triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
-        self.state.triggers.add_messages(self.state, messages, placed.accepted.rows, triggered, decode_compiled)
+        self.state.triggers.add_messages(
+            self.state, messages, placed.accepted.rows, triggered, decode_compiled, place_compiled
+        )
 
     def finish(self) -> None:
         """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""

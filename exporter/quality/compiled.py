@@ -358,6 +358,53 @@ def decode_records(fields, words64, starts, words, msg_groups):
     return row, unknown
 
 
+@njit(cache=True, nogil=True)
+def place_packets(
+    records, offsets, receipts, stamp, second, blocks, table, trigger_words, hit_times, hit_rows, hit_groups,
+    trigger_times, trigger_groups,
+):  # fmt: skip
+    """``triggers.place_packets`` in one pass over packet ``records`` (``count_chunk``'s rows of bytes and
+    ``offsets``; ``receipts``: their receipt timestamps, or empty): count the trigger words, move ``second``
+    at the ``stamp`` rows, write the placed hits and external triggers. Returns how many of each."""
+    at_group, at_channel, at_chip, at_type, at_parity, _, at_time, _, at_trig, _, _, time_bytes = offsets
+    found_hits = 0
+    found_triggers = 0
+    for i in range(len(records)):
+        row_bytes = records[i]
+        g = np.int64(row_bytes[at_group])
+        ticks = np.int64(0)
+        for b in range(time_bytes):
+            ticks |= np.int64(row_bytes[at_time + b]) << (8 * b)
+        if stamp[i]:
+            second[g] = ticks
+        s = second[g]
+        ptype = row_bytes[at_type]
+        kinds = np.int64(row_bytes[at_trig])
+        if ptype == TRIGGER:
+            for bit in range(trigger_words.shape[1]):
+                if (kinds >> bit) & 1:
+                    trigger_words[g, bit] += 1
+            if kinds & EXTERNAL_TRIGGER_BIT and s >= 0:
+                trigger_times[found_triggers] = s * TICKS_PER_SYNC + ticks
+                trigger_groups[found_triggers] = g
+                found_triggers += 1
+        elif ptype == DATA and row_bytes[at_parity] != 0 and kinds & 3 == 0 and s >= 0:
+            block = blocks[g]
+            if block < 0:
+                continue
+            row = table[(np.int64(block) << 16) | (np.int64(row_bytes[at_channel]) << 8) | row_bytes[at_chip]]
+            if row < 0:
+                continue
+            time = s * TICKS_PER_SYNC + ticks
+            if len(receipts) and receipts[i] > 0 and ticks > receipts[i]:
+                time -= TICKS_PER_SYNC
+            hit_times[found_hits] = time
+            hit_rows[found_hits] = row
+            hit_groups[found_hits] = g
+            found_hits += 1
+    return found_hits, found_triggers
+
+
 def not_compiled() -> str | None:
     """Why numba would run these kernels as Python bytecode (far slower than the numpy engine), or None:
     ``NUMBA_DISABLE_JIT`` makes ``njit`` return the plain functions (compiling errors raise instead)."""

@@ -15,7 +15,7 @@ through here (one implementation).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -65,6 +65,47 @@ class State(Protocol):
     def register(self, keys: np.ndarray) -> np.ndarray: ...
 
 
+class Found(NamedTuple):
+    """A chunk's self-triggered hits on registered chips and its external triggers, on the time line (ticks)."""
+
+    hit_times: np.ndarray
+    hit_rows: np.ndarray
+    hit_groups: np.ndarray
+    trigger_times: np.ndarray
+    trigger_groups: np.ndarray
+
+
+#: Places a chunk (``place_packets``'s arguments and result): numpy's, or the kernels' (``accumulator.place_compiled``).
+Placer = Callable[[State, np.ndarray, np.ndarray, np.ndarray], Found]
+
+
+def place_packets(state: State, packets: np.ndarray, stamp: np.ndarray, second: np.ndarray) -> Found:
+    """Count a chunk's trigger words into ``state.trigger_words``, move ``second`` (each io_group's data second)
+    over its accepted timestamp packets (``stamp``), and return its placed hits and external triggers: the
+    numpy reference of the kernels' ``place_packets``."""
+    ptype = packets["packet_type"]
+    groups = packets["io_group"].astype(np.int64)
+    trigger = np.flatnonzero(ptype == TRIGGER)
+    kinds = packets["trigger_type"][trigger].astype(np.int64)
+    for bit in range(TRIGGER_BITS):
+        state.trigger_words[:, bit] += np.bincount(groups[trigger[(kinds >> bit) & 1 == 1]], minlength=IO_GROUPS)
+    seconds = latest_seconds(packets, stamp, second)
+    ticks = packets["timestamp"].astype(np.int64)
+    placed = seconds >= 0
+    external = trigger[((kinds & EXTERNAL_TRIGGER_BIT) != 0) & placed[trigger]]
+    hits = np.flatnonzero(
+        (ptype == DATA) & (packets["valid_parity"] != 0) & ((packets["trigger_type"] & 3) == 0) & placed
+    )
+    rows = state.chips.lookup(packets["io_group"][hits], packets["io_channel"][hits], packets["chip_id"][hits])
+    hits, rows = hits[rows >= 0], rows[rows >= 0].astype(np.int64)
+    hit_times = seconds[hits] * TICKS_PER_SYNC + ticks[hits]
+    if "receipt_timestamp" in (packets.dtype.names or ()):
+        receipt = packets["receipt_timestamp"][hits].astype(np.int64)
+        hit_times -= np.where((receipt > 0) & (ticks[hits] > receipt), TICKS_PER_SYNC, 0)
+    trigger_times = seconds[external] * TICKS_PER_SYNC + ticks[external]
+    return Found(hit_times, rows, groups[hits], trigger_times, groups[external])
+
+
 class TriggerWindows:
     """The triggers and hits of the last ``SETTLE_TICKS`` and the drift window, paired as they become final.
 
@@ -93,6 +134,7 @@ class TriggerWindows:
         accepted: np.ndarray,
         triggered: bool,
         decode: Callable[[Messages], np.ndarray] = Messages.decode,
+        place: Placer = place_packets,
     ) -> None:
         """``add`` for raw messages (``accepted``: the messages whose timestamp the data clock accepted;
         ``triggered``: they hold trigger words, as the kernels counted), decoded (by ``decode``: the compiled
@@ -100,57 +142,45 @@ class TriggerWindows:
         if self.active or triggered:
             packets = decode(messages)
             stamps = np.flatnonzero(packets["packet_type"] == TIMESTAMP)  # one a message, in order
-            self.add(state, packets, stamps[accepted])
+            self.add(state, packets, stamps[accepted], place)
         elif len(accepted):
             self._idle(messages.io_groups[accepted].astype(np.int64), messages.timestamps()[accepted].astype(np.int64))
 
-    def add(self, state: State, packets: np.ndarray, accepted: np.ndarray) -> None:
+    def add(self, state: State, packets: np.ndarray, accepted: np.ndarray, place: Placer = place_packets) -> None:
         """Place a chunk's packet records and count what became final into ``state`` (its ``trigger_words``
         and ``beam_*`` fields); chips must be registered (the engines have counted the chunk). Packets are
         placed by the timestamp packets the data clock accepted (rows ``accepted``, ``clock.AcceptedStamps.rows``):
-        a corrupt or jumping timestamp moves nothing."""
-        ptype = packets["packet_type"]
-        groups = packets["io_group"].astype(np.int64)
+        a corrupt or jumping timestamp moves nothing. ``place``: numpy's ``place_packets`` (the reference) or
+        the kernels'."""
+        stamped = packets["timestamp"][accepted].astype(np.int64)
+        stamp_groups = packets["io_group"][accepted].astype(np.int64)
+        if not self.active and not (packets["packet_type"] == TRIGGER).any():
+            self._idle(stamp_groups, stamped)
+            return
+        fresh = self._fresh(stamp_groups, stamped)
         stamp = np.zeros(len(packets), bool)
         stamp[accepted] = True
-        trigger = np.flatnonzero(ptype == TRIGGER)
-        if not len(trigger) and not self.active:
-            self._idle(groups[accepted], packets["timestamp"][accepted].astype(np.int64))
-            return
-        seconds, fresh = self._seconds(packets, groups, stamp)
-        ticks = packets["timestamp"].astype(np.int64)
-        placed = seconds >= 0
-        kinds = packets["trigger_type"][trigger].astype(np.int64)
-        for bit in range(TRIGGER_BITS):
-            state.trigger_words[:, bit] += np.bincount(groups[trigger[(kinds >> bit) & 1 == 1]], minlength=IO_GROUPS)
-        external = trigger[((kinds & EXTERNAL_TRIGGER_BIT) != 0) & placed[trigger]]
-        self.active |= len(external) > 0
+        found = place(state, packets, stamp, self.second)
+        self.active |= len(found.trigger_times) > 0
         if not self.active:
-            self._idle(groups[accepted], packets["timestamp"][accepted].astype(np.int64))
+            self._idle(stamp_groups, stamped)
             return
         state.beam_live_seconds += fresh
-        hits = np.flatnonzero(
-            (ptype == DATA) & (packets["valid_parity"] != 0) & ((packets["trigger_type"] & 3) == 0) & placed
-        )
-        rows = state.chips.lookup(packets["io_group"][hits], packets["io_channel"][hits], packets["chip_id"][hits])
-        hits, rows = hits[rows >= 0], rows[rows >= 0].astype(np.int64)
-        hit_times = seconds[hits] * TICKS_PER_SYNC + ticks[hits]
-        if "receipt_timestamp" in (packets.dtype.names or ()):
-            receipt = packets["receipt_timestamp"][hits].astype(np.int64)
-            hit_times -= np.where((receipt > 0) & (ticks[hits] > receipt), TICKS_PER_SYNC, 0)
-        trigger_times = seconds[external] * TICKS_PER_SYNC + ticks[external]
-        stamps = accepted[placed[accepted]]
-        for times, at in ((hit_times, hits), (trigger_times, external), (seconds[stamps] * TICKS_PER_SYNC, stamps)):
-            if len(at):
-                np.maximum.at(self.frontier, groups[at], times)
-        late = hit_times < self.settled
+        for times, groups in (
+            (found.hit_times, found.hit_groups),
+            (found.trigger_times, found.trigger_groups),
+            (stamped * TICKS_PER_SYNC, stamp_groups),
+        ):
+            if len(times):
+                np.maximum.at(self.frontier, groups, times)
+        late = found.hit_times < self.settled
         if late.any():  # older than what is final already: classified now, against the triggers known
-            self._classify(state, hit_times[late], rows[late])
-        self.open = np.r_[self.open, trigger_times]
-        self.open_groups = np.r_[self.open_groups, groups[external]]
-        self.hit_times = np.r_[self.hit_times, hit_times]
-        self.hit_rows = np.r_[self.hit_rows, rows]
-        self.hit_groups = np.r_[self.hit_groups, groups[hits]]
+            self._classify(state, found.hit_times[late], found.hit_rows[late])
+        self.open = np.r_[self.open, found.trigger_times]
+        self.open_groups = np.r_[self.open_groups, found.trigger_groups]
+        self.hit_times = np.r_[self.hit_times, found.hit_times]
+        self.hit_rows = np.r_[self.hit_rows, found.hit_rows]
+        self.hit_groups = np.r_[self.hit_groups, found.hit_groups]
         self._settle(state, self._settled_now(state))
 
     def _idle(self, groups: np.ndarray, seconds: np.ndarray) -> None:
@@ -166,15 +196,12 @@ class TriggerWindows:
         if len(self.open) or len(self.hit_times):
             self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1)
 
-    def _seconds(self, packets: np.ndarray, groups: np.ndarray, stamp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per packet, the data second of its io_group's latest accepted timestamp packet (``stamp``) at or before
-        it (-1: none yet), and per io_group the new seconds with data (``beam_live_seconds`` once pairing)."""
-        before = self.second.copy()
-        seconds = latest_seconds(packets, stamp, self.second)
-        stamped, group = packets["timestamp"][stamp].astype(np.int64), groups[stamp]
-        new = stamped > before[group]
-        distinct = np.unique(group[new] << 32 | stamped[new])
-        return seconds, np.bincount(distinct >> 32, minlength=IO_GROUPS)
+    def _fresh(self, groups: np.ndarray, stamped: np.ndarray) -> np.ndarray:
+        """Per io_group, the new data seconds among a chunk's accepted timestamps (``stamped`` of io_groups
+        ``groups``): the seconds with data, ``beam_live_seconds`` once pairing."""
+        new = stamped > self.second[groups]
+        distinct = np.unique(groups[new] << 32 | stamped[new])
+        return np.bincount(distinct >> 32, minlength=IO_GROUPS)
 
     def _settled_now(self, state: State) -> int:
         """The time up to which every io_group still sending data has shown its data, less the margin. An
@@ -197,14 +224,13 @@ class TriggerWindows:
         """Close the triggers whose windows end before ``settled`` and classify the hits before it."""
         if settled <= self.settled:
             return
-        order = np.argsort(self.hit_times, kind="stable")
-        times, rows, groups = self.hit_times[order], self.hit_rows[order], self.hit_groups[order]
+        times, rows, groups = self.hit_times, self.hit_rows, self.hit_groups  # in no order: sorted where needed
         triggers, trigger_groups = self._distinct_triggers()
         closing = triggers + self.window <= settled
-        self._close(state, triggers[closing], trigger_groups[closing], times, rows, groups)
+        self._close(state, triggers[closing], trigger_groups[closing], times, groups)
         # classify the hits that became final (a late one was when it came), against every trigger that may cover them
         known = np.r_[self.recent, triggers]
-        final = np.flatnonzero((times >= self.settled) & (times < settled))
+        final = (times >= self.settled) & (times < settled)
         self._classify(state, times[final], rows[final], known)
         self.settled = settled
         self.open, self.open_groups = triggers[~closing], trigger_groups[~closing]
@@ -229,12 +255,15 @@ class TriggerWindows:
         triggers: np.ndarray,
         groups: np.ndarray,
         times: np.ndarray,
-        rows: np.ndarray,
         hit_groups: np.ndarray,
     ) -> None:
-        """Count closed triggers (ascending ``triggers``, their io_groups): hits per trigger, delays, exposure."""
+        """Count closed triggers (ascending ``triggers``, their io_groups) against the held hits (``times``, in any
+        order, and their io_groups): hits per trigger, delays, exposure."""
         if not len(triggers):
             return
+        near = np.flatnonzero((times >= triggers[0]) & (times < triggers[-1] + self.window))
+        near = near[np.argsort(times[near], kind="stable")]
+        times, hit_groups = times[near], hit_groups[near]
         first = np.searchsorted(times, triggers, side="left")
         last = np.searchsorted(times, triggers + self.window, side="left")
         counts = last - first
@@ -260,7 +289,8 @@ class TriggerWindows:
         triggers = np.sort(np.r_[self.recent, self.open] if known is None else known)
         before = np.searchsorted(triggers, times, side="right") - 1
         inside = (before >= 0) & (times < triggers[np.maximum(before, 0)] + self.window) if len(triggers) else times < 0
-        np.add.at(state.beam_chip_hits, (rows, np.where(inside, 0, 1)), 1)
+        counts = np.bincount(rows * 2 + ~inside, minlength=state.beam_chip_hits.size)
+        state.beam_chip_hits += counts.reshape(state.beam_chip_hits.shape)
 
     # -- checkpoint -----------------------------------------------------------------------------
     def export_state(self, chip_keys: np.ndarray) -> dict[str, np.ndarray]:
