@@ -128,20 +128,19 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                     w += 1
                     continue
         else:
-            row_bytes = records[i]
-            g = np.int64(row_bytes[at_group])
+            g = np.int64(records[i, at_group])
             c, chip, channel = (
-                np.int64(row_bytes[at_channel]),
-                np.int64(row_bytes[at_chip]),
-                np.int64(row_bytes[at_channel_id]),
+                np.int64(records[i, at_channel]),
+                np.int64(records[i, at_chip]),
+                np.int64(records[i, at_channel_id]),
             )
-            ptype, valid = np.int64(row_bytes[at_type]), row_bytes[at_parity] != 0
-            adc, trig = np.int64(row_bytes[at_adc]), np.int64(row_bytes[at_trig])
-            fifo = (np.int64(row_bytes[at_local]) | (np.int64(row_bytes[at_shared]) << 2)) & 255
+            ptype, valid = np.int64(records[i, at_type]), records[i, at_parity] != 0
+            adc, trig = np.int64(records[i, at_adc]), np.int64(records[i, at_trig])
+            fifo = (np.int64(records[i, at_local]) | (np.int64(records[i, at_shared]) << 2)) & 255
             ticks = np.int64(0)
             if ptype == SYNC or ptype == DATA or ptype == TIMESTAMP:  # the packets whose timestamp is counted
                 for b in range(time_bytes):
-                    ticks |= np.int64(row_bytes[at_time + b]) << (8 * b)
+                    ticks |= np.int64(records[i, at_time + b]) << (8 * b)
         if w < 0 or not raw:  # a packet row, or a message's timestamp: the accepted ones move the windows
             while j < len(rows) and rows[j] <= i:
                 cur[groups[j]] = slots[j]
@@ -370,16 +369,15 @@ def place_packets(
     found_hits = 0
     found_triggers = 0
     for i in range(len(records)):
-        row_bytes = records[i]
-        g = np.int64(row_bytes[at_group])
+        g = np.int64(records[i, at_group])
         ticks = np.int64(0)
         for b in range(time_bytes):
-            ticks |= np.int64(row_bytes[at_time + b]) << (8 * b)
+            ticks |= np.int64(records[i, at_time + b]) << (8 * b)
         if stamp[i]:
             second[g] = ticks
         s = second[g]
-        ptype = row_bytes[at_type]
-        kinds = np.int64(row_bytes[at_trig])
+        ptype = records[i, at_type]
+        kinds = np.int64(records[i, at_trig])
         if ptype == TRIGGER:
             for bit in range(trigger_words.shape[1]):
                 if (kinds >> bit) & 1:
@@ -388,11 +386,11 @@ def place_packets(
                 trigger_times[found_triggers] = s * TICKS_PER_SYNC + ticks
                 trigger_groups[found_triggers] = g
                 found_triggers += 1
-        elif ptype == DATA and row_bytes[at_parity] != 0 and kinds & 3 == 0 and s >= 0:
+        elif ptype == DATA and records[i, at_parity] != 0 and kinds & 3 == 0 and s >= 0:
             block = blocks[g]
             if block < 0:
                 continue
-            row = table[(np.int64(block) << 16) | (np.int64(row_bytes[at_channel]) << 8) | row_bytes[at_chip]]
+            row = table[(np.int64(block) << 16) | (np.int64(records[i, at_channel]) << 8) | records[i, at_chip]]
             if row < 0:
                 continue
             time = s * TICKS_PER_SYNC + ticks
