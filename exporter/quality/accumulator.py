@@ -11,6 +11,7 @@ exposition and the plots read without touching the live arrays.
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections.abc import Mapping
 from types import ModuleType
@@ -166,6 +167,17 @@ def _warm_up_evaluation() -> None:
         summarize(state, layout, rates, EVALUATION_KERNELS.kernels)
 
 
+def sparse_zeros(shape: tuple[int, ...], dtype: type, writes: int) -> np.ndarray:
+    """Zeros for about ``writes`` scattered writes: ``np.zeros`` of a block under glibc's dynamic mmap threshold
+    (up to 32 MB) reuses heap memory and clears all of it (1.2 ms for a module's ``hits``, however small the
+    chunk); an anonymous mapping costs a page fault for each page written instead. Whichever is fewer pages."""
+    count = int(np.prod(shape))
+    size = count * np.dtype(dtype).itemsize
+    if writes >= size // mmap.PAGESIZE:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, count).reshape(shape)
+
+
 def count_compiled(state: State, source: Source, placed: Placed) -> None:
     """Count a chunk whose windows have moved (``window.move``) with the compiled kernels, registering
     chips and growing buffers where they stop; the numpy engine's ``engine.count`` does the same."""
@@ -188,10 +200,11 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
     ends = placed.ends.astype(np.float64)
     registered_at = -1
     counted = kernel_fields(COUNT)
+    packets = source.size_bound if isinstance(source, Messages) else len(source)
     while True:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
-        hits = np.zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 4), np.int32)
+        hits = sparse_zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 4), np.int32, packets)
         touched = np.zeros(len(hits), bool)
         status = kernels.count_chunk(
             arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
