@@ -190,7 +190,7 @@ class Monitor:
     def feed_chunk(self, chunk: Chunk, wall_now: float | None = None) -> None:
         """Add a chunk read from a file (raw messages are decoded and counted in one pass); a chunk of a new run
         (a name the run pattern or the file's metadata gives, not a file alone) starts it first."""
-        run = self.runs.name(chunk.cursor.path)
+        run = self.runs.name(chunk.cursor.path, chunk.file)
         if run.source != FILE:
             if self.run is not None and run.run != self.run:
                 self.accumulator.start_run()
@@ -221,7 +221,7 @@ class Monitor:
         if (identity in self._configured and cursor.rows_done) or not BY_NAME[chunk.kind].stores_run_configuration:
             return
         self._configured.add(identity)
-        run_config = self.accumulator.run_config.with_file(cursor.path)
+        run_config = self.accumulator.run_config.with_file(cursor.path, chunk.file)
         if run_config is not self.accumulator.run_config:
             self.accumulator.set_run_config(run_config)
 

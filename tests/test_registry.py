@@ -119,6 +119,9 @@ def test_a_file_with_a_run_number_in_its_metadata_is_named_by_it_unless_the_patt
     with h5py.File(numbered, "a") as fh:
         fh["meta"].attrs["run_number"] = 50017
     assert RunNamer().name(str(numbered)) == RunName("50017", "metadata")
+    with h5py.File(numbered, "r") as fh:  # from the file the reader has open, as the monitor names a chunk's run
+        assert RunNamer().name(str(numbered), fh) == RunName("50017", "metadata")
+    assert RunNamer().name(str(numbered), fh) == RunName("50017", "metadata")  # closed since: opened again
     assert RunNamer(r"^(?P<run>num)").name(str(numbered)) == RunName("num", "pattern")
     assert RunNamer(r"^(?P<run>other)").name(str(numbered)) == RunName("50017", "metadata")
     assert RunNamer().name(str(paths[1])) == RunName(paths[1].stem, "file")

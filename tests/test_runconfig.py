@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import larpix
 import numpy as np
 import pytest
@@ -210,6 +211,10 @@ def test_a_packet_files_configs_are_read_as_larpix_control_wrote_them(tmp_path):
     again = read_file_configuration(str(path))
     row = [tuple(k) for k in again.chips.tolist()].index((1, 1, 11))
     assert np.flatnonzero(again.channel_mask[row]).tolist() == [5]
+    with h5py.File(path, "r") as fh:  # from the file the reader has open: the same, and it stays open
+        opened = read_file_configuration(str(path), fh)
+        assert bool(fh) and np.array_equal(opened.channel_mask, again.channel_mask)
+        assert np.array_equal(opened.chips, again.chips)
 
 
 def run_packets(geometry, seconds: int, **config) -> list[np.ndarray]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -178,15 +179,16 @@ class FileConfiguration:
     periodic_trigger: np.ndarray  # (n, 64) bool, True = periodic trigger enabled on the channel
 
 
-def read_file_configuration(path: str) -> FileConfiguration | None:
+def read_file_configuration(path: str, opened: h5py.File | None = None) -> FileConfiguration | None:
     """The chip configurations stored in a packet file (hdf5format 2.4 ``configs``), None if it has none
-    (or cannot be opened); RunConfigError when its configs dataset is malformed."""
+    (or cannot be opened); RunConfigError when its configs dataset is malformed. From ``opened``, the file
+    open already, when given and still open."""
     try:
-        fh = h5py.File(path, "r", swmr=True, locking=False)
+        fh = opened if opened else h5py.File(path, "r", swmr=True, locking=False)
     except OSError:
         return None  # not (yet) an HDF5 file: the packet reader reports that
     try:
-        with fh:
+        with nullcontext() if fh is opened else fh:
             if "configs" not in fh:
                 return None
             rows = fh["configs"][...]
@@ -243,11 +245,12 @@ class RunConfig:
             sources.append(str(path))
         return cls(None if chips is None else frozenset(chips), masked, {}, run_mode, tuple(sources))
 
-    def with_file(self, path: str) -> RunConfig:
+    def with_file(self, path: str, opened: h5py.File | None = None) -> RunConfig:
         """This configuration plus the channel masks and periodic triggers the packet file at ``path`` stores
         (``configs``), itself if it stores none; RunConfigError if its configs dataset is malformed. The one
-        read of a file's configuration (serve, once and the Python API apply it through ``Monitor``)."""
-        found = read_file_configuration(path)
+        read of a file's configuration (serve, once and the Python API apply it through ``Monitor``); from
+        ``opened``, the file open already, when given."""
+        found = read_file_configuration(path, opened)
         if found is None:
             return self
         masked = dict(self.masked)

@@ -11,7 +11,7 @@ import errno
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import h5py
@@ -46,20 +46,22 @@ WHOLE_ROWS = 100_000
 class Chunk:
     """New packets from one file, as packet records or as raw PACMAN messages (decoded only when
     ``packets`` is asked for); ``rows_end`` is the cursor position once they are counted; ``kind`` is
-    the name of the file's format."""
+    the name of the file's format; ``file`` the file, open while the reader hands the chunk on (its other
+    facts, read at its first chunk, without opening it again: a small file's open costs 0.2-0.4 ms)."""
 
     cursor: FileCursor
     rows_end: int
     kind: str
     records: np.ndarray | None = None
     raw: Messages | None = None
+    file: h5py.File | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, cursor: FileCursor, rows_end: int, kind: str, rows: Rows) -> Chunk:
+    def of(cls, cursor: FileCursor, rows_end: int, kind: str, rows: Rows, file: h5py.File | None = None) -> Chunk:
         """The chunk of rows as a format read them: raw messages, or packet records."""
         if isinstance(rows, Messages):
-            return cls(cursor, rows_end, kind, raw=rows)
-        return cls(cursor, rows_end, kind, records=rows)
+            return cls(cursor, rows_end, kind, raw=rows, file=file)
+        return cls(cursor, rows_end, kind, records=rows, file=file)
 
     @property
     def messages(self) -> int:
@@ -188,14 +190,14 @@ class FileReader:
         self._check_head(fh, cursor, fmt, length, new if start == 0 else None)
         if new is not None:
             if start < length:
-                yield Chunk.of(cursor, length, fmt.name, fmt.rows(head(new, length - start)))
+                yield Chunk.of(cursor, length, fmt.name, fmt.rows(head(new, length - start)), fh)
             return
         end = min(start + step, length)
         pending: Future[Rows] | None = None
         try:
             while start < length:
                 rows = fmt.fetch(fh, start, end) if pending is None else pending.result()
-                chunk = Chunk.of(cursor, end, fmt.name, rows)
+                chunk = Chunk.of(cursor, end, fmt.name, rows, fh)
                 step = fmt.rows_per_chunk(self.chunk_rows, self.raw_chunk_messages, rows, end - start)
                 start, end = end, min(end + step, length)
                 pending = _READ_AHEAD.submit(fmt.fetch, fh, start, end) if start < length else None

@@ -44,21 +44,28 @@ class RunName:
     source: str
 
 
-def metadata_run(path: str) -> str | None:
-    """The run number the file's own metadata carries, or None (also when it cannot be read)."""
+def metadata_run(path: str, opened: h5py.File | None = None) -> str | None:
+    """The run number the file's own metadata carries, or None (also when it cannot be read); from ``opened``,
+    the file open already, when given and still open."""
     try:
+        if opened:
+            return _run_attribute(opened)
         with h5py.File(path, "r", swmr=True, locking=False) as fh:
-            for group in ("meta", "_header"):
-                attrs = fh[group].attrs if group in fh else {}
-                for name in RUN_ATTRIBUTES:
-                    if name in attrs:
-                        value = attrs[name]
-                        value = value.decode() if isinstance(value, bytes) else value
-                        text = str(value.item() if isinstance(value, np.generic) else value).strip()
-                        if text:
-                            return text
+            return _run_attribute(fh)
     except (OSError, RuntimeError, ValueError, KeyError):
         return None
+
+
+def _run_attribute(fh: h5py.File) -> str | None:
+    for group in ("meta", "_header"):
+        attrs = fh[group].attrs if group in fh else {}
+        for name in RUN_ATTRIBUTES:
+            if name in attrs:
+                value = attrs[name]
+                value = value.decode() if isinstance(value, bytes) else value
+                text = str(value.item() if isinstance(value, np.generic) else value).strip()
+                if text:
+                    return text
     return None
 
 
@@ -69,23 +76,23 @@ class RunNamer:
         self.pattern = compile_pattern(pattern) if pattern else None
         self._names: dict[str, RunName] = {}
 
-    def name(self, path: str) -> RunName:
-        """The run ``path`` belongs to."""
+    def name(self, path: str, opened: h5py.File | None = None) -> RunName:
+        """The run ``path`` belongs to (``opened``: the file, if it is open already)."""
         found = self._names.get(path)
         if found is None:
-            found = self._names[path] = self._name(path)
+            found = self._names[path] = self._name(path, opened)
         return found
 
     def keep(self, paths: set[str]) -> None:
         """Forget the names of files not in ``paths`` (no longer tracked): a long run does not keep one per file."""
         self._names = {path: name for path, name in self._names.items() if path in paths}
 
-    def _name(self, path: str) -> RunName:
+    def _name(self, path: str, opened: h5py.File | None) -> RunName:
         if self.pattern is not None:
             match = self.pattern.search(os.path.basename(path))
             if match is not None and match.group("run"):
                 return RunName(match.group("run"), PATTERN)
-        number = metadata_run(path)
+        number = metadata_run(path, opened)
         if number is not None:
             return RunName(number, METADATA)
         return RunName(os.path.splitext(os.path.basename(path))[0], FILE)

@@ -15,6 +15,8 @@ from larpix_dqm.exporter.reading.formats.base import (
     Stored,
     attr_float,
     digest_of,
+    read_rows,
+    stored_dtype,
     trailing,
 )
 from larpix_dqm.exporter.reading.packets import REQUIRED_FIELDS
@@ -30,7 +32,7 @@ class PacketFileFormat(InputFormat):
     def recognise(self, fh: h5py.File, path: str) -> bool:
         if "packets" not in fh:
             return False
-        dtype = fh["packets"].dtype
+        dtype = stored_dtype(fh["packets"])
         names = dtype.names or ()
         missing = [f for f in REQUIRED_FIELDS if f not in names]
         if missing:
@@ -49,7 +51,7 @@ class PacketFileFormat(InputFormat):
         return len(dset)
 
     def read(self, fh: h5py.File, start: int, end: int) -> Stored:
-        return (fh["packets"][start:end],)
+        return (read_rows(fh["packets"], start, end),)
 
     def rows(self, stored: Stored) -> Rows:
         return stored[0]

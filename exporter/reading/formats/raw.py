@@ -18,6 +18,7 @@ from larpix_dqm.exporter.reading.formats.base import (
     Stored,
     attr_float,
     digest_of,
+    stored_dtype,
     trailing,
 )
 
@@ -32,8 +33,8 @@ class RawFormat(InputFormat):
     def recognise(self, fh: h5py.File, path: str) -> bool:
         if "msgs" not in fh or "msg_headers" not in fh:
             return False
-        headers = fh["msg_headers"]
-        if headers.dtype.names is None or "io_groups" not in headers.dtype.names:
+        names = stored_dtype(fh["msg_headers"]).names
+        if names is None or "io_groups" not in names:
             raise SourceError("bad_dtype", f"{path}: msg_headers has no 'io_groups' field")
         if fh["msgs"].dtype.kind != "O" or h5py.check_vlen_dtype(fh["msgs"].dtype) is None:
             raise SourceError("bad_dtype", f"{path}: msgs is not a variable-length byte dataset")
