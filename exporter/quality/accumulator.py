@@ -205,7 +205,7 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
         hits = sparse_zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 4), np.int32, packets)
-        touched = np.zeros(len(hits), bool)
+        touched = np.zeros(hits.shape[:2], bool)  # (key, chip row): what fold_hits reads
         status = kernels.count_chunk(
             arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
             rows, slots, ends, groups, *records, *raw,

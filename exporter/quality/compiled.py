@@ -58,7 +58,8 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
     Clean data packets are counted into ``hits`` (int32; window slot + 2, chip row, channel: count,
     ADC sum, ADC sum of squares, new arrivals) and folded into the accumulator's arrays after the kernel returns
     (``fold_hits``): one cache line a packet, in an array that fits the core's cache for a slot,
-    where the accumulator's own arrays would cost six cache misses a packet.
+    where the accumulator's own arrays would cost six cache misses a packet. ``touched`` marks the
+    (slot + 2, chip row) pairs with counts: the fold reads only those.
 
     A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
     channel's current one (``arrival_start``), timed on the data second of its io_group's latest
@@ -217,7 +218,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                             chip_fifo[row, bit] += 1
             else:
                 hits[key, row, ch, 0] += 1
-                touched[key] = True
+                touched[key, row] = True
                 if key == 1 and not last_hit_end[row, ch] >= cur_end[g]:  # outside the window (NaN: no time)
                     end = cur_end[g]
                     if end == end:
@@ -259,11 +260,11 @@ def fold_hits(state, hits, touched, row_groups, bin_end):
         chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq, arrivals_total, win_arrivals,
         window_hits, window_adc, window_adc_sq, window_arrivals,
     ) = state  # fmt: skip
-    for key in range(len(touched)):
-        if not touched[key]:
-            continue
+    for key in range(touched.shape[0]):
         slot = key - 2
-        for row in range(hits.shape[1]):
+        for row in range(touched.shape[1]):
+            if not touched[key, row]:
+                continue
             g = row_groups[row]
             for ch in range(hits.shape[2]):
                 n = hits[key, row, ch, 0]
