@@ -11,7 +11,15 @@ import pytest
 
 from larpix_dqm.exporter.reading import formats
 from larpix_dqm.exporter.reading.formats import FORMATS, detect
-from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, Stored, digest_of, trailing
+from larpix_dqm.exporter.reading.formats.base import (
+    InputFormat,
+    Rows,
+    SourceError,
+    Stored,
+    digest_of,
+    read_rows,
+    trailing,
+)
 from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
 from larpix_dqm.exporter.reading.formats.raw import RawFormat
 from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
@@ -136,3 +144,26 @@ def test_a_new_format_is_one_class_in_formats(files, tmp_path, monkeypatch):
     assert tail.pump(chunks.append) == len(packets)
     assert {c.kind for c in chunks} == {"hits"} and tail.cursors[str(tmp_path / "new" / "run.h5")].kind == "hits"
     assert np.array_equal(np.concatenate([c.packets for c in chunks]), packets.astype(PACKET_DTYPE))
+
+
+def test_rows_are_read_as_h5py_slices_them_whatever_the_stored_type(tmp_path):
+    """``read_rows`` (into the stored type's dtype, converted once per distinct type) gives what slicing gives:
+    for packet records, a narrower type of the same field names, records with a variable-length field, and
+    ranges past the end; files of different types read one after the other keep their own types."""
+    narrow = np.dtype([(n, "u4" if n == "timestamp" else "u1") for n in PACKET_DTYPE.names if n != "receipt_timestamp"])
+    texts = np.dtype([("io_group", "u1"), ("note", h5py.string_dtype())])
+    rng = np.random.default_rng(0)
+    for k, dtype in enumerate((PACKET_DTYPE, narrow, texts, PACKET_DTYPE, narrow)):
+        rows = np.zeros(50, dtype)
+        for name in dtype.names:
+            rows[name] = [str(v) for v in range(50)] if dtype[name].hasobject else rng.integers(0, 200, 50)
+        path = tmp_path / f"{k}.h5"
+        with h5py.File(path, "w") as fh:
+            fh.create_dataset("packets", data=rows)
+        with h5py.File(path, "r") as fh:
+            dataset = fh["packets"]
+            for start, end in ((0, 50), (10, 20), (40, 70), (60, 80), (5, 5)):
+                got, expected = read_rows(dataset, start, end), dataset[start:end]
+                assert got.dtype == expected.dtype == dataset.dtype and got.tolist() == expected.tolist()
+                if not dtype.hasobject:
+                    assert got.tobytes() == rows[start:end].tobytes()

@@ -8,8 +8,9 @@ period before). A trigger is *closed* once every io_group that sends data is ``S
 drift window, so chunks and io_groups read out of step pair the same hits; triggers within
 ``COINCIDENT_TICKS`` of each other (one trigger fanned out to several PACMANs) are one. Closed triggers
 count into the state's ``trigger_*`` and ``beam_*`` fields (``state.FIELDS``); a hit is in the window
-when a trigger is at most the drift window before it, else in the background. Both engines count
-through here (one implementation).
+when a trigger is at most the drift window before it, else in the background. Both engines pair
+through here (one implementation); placing a chunk's hits and triggers on the time line is numpy's
+``place_packets`` or, on the kernels, ``compiled.place_packets`` (``tests/test_compiled.py`` compares them).
 """
 
 from __future__ import annotations

@@ -120,9 +120,13 @@ def stored_dtype(dataset: h5py.Dataset) -> np.dtype:
 
 def read_rows(dataset: h5py.Dataset, start: int, end: int) -> np.ndarray:
     """Rows ``start:end`` of a dataset of fixed-size records, read into an array of its ``stored_dtype``
-    (``dataset[start:end]`` converts the type again); clipped to its length as a slice is."""
+    (``dataset[start:end]`` converts the type again); clipped to its length as a slice is. Records with
+    variable-length fields are read by h5py's slicing, which makes their objects."""
+    dtype = stored_dtype(dataset)
+    if dtype.hasobject:
+        return dataset[start:end]
     start, end = min(start, len(dataset)), min(end, len(dataset))
-    rows = np.empty(max(end - start, 0), stored_dtype(dataset))
+    rows = np.empty(max(end - start, 0), dtype)
     if len(rows):
         dataset.read_direct(rows, np.s_[start:end])
     return rows
