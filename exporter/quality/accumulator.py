@@ -21,14 +21,13 @@ import numpy as np
 
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP, Geometry
 from larpix_dqm.exporter.detector.runconfig import RunConfig
-from larpix_dqm.exporter.quality import engine, window
+from larpix_dqm.exporter.quality import engine, triggers, window
 from larpix_dqm.exporter.quality.clock import DetectorClock
 from larpix_dqm.exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
 from larpix_dqm.exporter.quality.loader import KernelLoader
 from larpix_dqm.exporter.quality.snapshot import Snapshot, prefer_finite
 from larpix_dqm.exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_FILE, State, kernel_fields
 from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
-from larpix_dqm.exporter.quality.triggers import Found, place_packets
 from larpix_dqm.exporter.quality.window import Placed
 from larpix_dqm.exporter.reading.cursor import DataClock
 from larpix_dqm.exporter.reading.decode import Messages, split_messages
@@ -136,7 +135,7 @@ def decode_compiled(messages: Messages) -> np.ndarray:
     return records[:rows]
 
 
-def place_compiled(state: State, packets: np.ndarray, stamp: np.ndarray, second: np.ndarray) -> Found:
+def place_compiled(state: triggers.State, packets: np.ndarray, stamp: np.ndarray, second: np.ndarray) -> triggers.Found:
     """``triggers.place_packets`` by the kernels: the same counts, seconds and placed hits and triggers, in one
     pass instead of a dozen over the chunk (the trigger pairing's inputs on the kernels)."""
     records, offsets = compiled_records(packets)
@@ -147,7 +146,7 @@ def place_compiled(state: State, packets: np.ndarray, stamp: np.ndarray, second:
         records, offsets, receipts, stamp, second, *state.chips.tables(), state.trigger_words, times, rows, groups,
         trigger_times, trigger_groups,
     )  # fmt: skip
-    return Found(times[:hits], rows[:hits], groups[:hits], trigger_times[:triggers], trigger_groups[:triggers])
+    return triggers.Found(times[:hits], rows[:hits], groups[:hits], trigger_times[:triggers], trigger_groups[:triggers])
 
 
 def load_evaluation_kernels(wait: float) -> bool:
@@ -391,7 +390,7 @@ class Accumulator:
             engine.count(self.state, packets, slots, accepted.fill(groups, placed.ends, placed.before_ends))
             self._numpy_seconds += time.thread_time() - started
         self.state.triggers.add(
-            self.state, packets, placed.accepted.rows, place_compiled if compiled else place_packets
+            self.state, packets, placed.accepted.rows, place_compiled if compiled else triggers.place_packets
         )
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
