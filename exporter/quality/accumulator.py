@@ -142,11 +142,17 @@ def place_compiled(state: triggers.State, packets: np.ndarray, stamp: np.ndarray
     names = packets.dtype.names or ()
     receipts = packets["receipt_timestamp"].astype(np.int64) if "receipt_timestamp" in names else _NO_RECEIPTS
     times, rows, groups, trigger_times, trigger_groups = (np.empty(len(packets), np.int64) for _ in range(5))
-    hits, triggers = KERNELS.kernels.place_packets(
+    placed_hits, placed_triggers = KERNELS.kernels.place_packets(
         records, offsets, receipts, stamp, second, *state.chips.tables(), state.trigger_words, times, rows, groups,
         trigger_times, trigger_groups,
     )  # fmt: skip
-    return triggers.Found(times[:hits], rows[:hits], groups[:hits], trigger_times[:triggers], trigger_groups[:triggers])
+    return triggers.Found(
+        times[:placed_hits],
+        rows[:placed_hits],
+        groups[:placed_hits],
+        trigger_times[:placed_triggers],
+        trigger_groups[:placed_triggers],
+    )
 
 
 def load_evaluation_kernels(wait: float) -> bool:
