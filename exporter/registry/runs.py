@@ -57,6 +57,7 @@ def metadata_run(path: str, opened: h5py.File | None = None) -> str | None:
 
 
 def _run_attribute(fh: h5py.File) -> str | None:
+    """The first non-empty run attribute (``RUN_ATTRIBUTES``) of the open file's ``meta`` or ``_header``."""
     for group in ("meta", "_header"):
         attrs = fh[group].attrs if group in fh else {}
         for name in RUN_ATTRIBUTES:
