@@ -34,11 +34,12 @@ from larpix_dqm.exporter.quality.accumulator import (
     QualityConfig,
     decode_compiled,
     load_kernels,
+    pair_compiled,
     place_compiled,
 )
 from larpix_dqm.exporter.quality.clock import DataClock
 from larpix_dqm.exporter.quality.state import State
-from larpix_dqm.exporter.quality.triggers import place_packets
+from larpix_dqm.exporter.quality.triggers import pair_hits, place_packets
 from larpix_dqm.exporter.reading.decode import Messages, split_messages
 from larpix_dqm.exporter.reading.packets import DATA, IO_GROUPS, PACKET_DTYPE, TIMESTAMP, TRIGGER
 from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, open_writer
@@ -189,6 +190,35 @@ def test_the_compiled_placing_gives_numpy_placings_trigger_words_seconds_hits_an
             if name == "hit_rows":  # rows are registration order: compare the chips
                 a, b = chips[a], got_chips[b]
             np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_compiled_pairing_counts_held_hits_as_numpy_does() -> None:
+    """Held hits in no order against triggers: the final ones classified inside or outside the known triggers'
+    windows, and each closing trigger's hits, delays and their sums, where windows overlap (a hit in two), at the
+    edges (a hit at a trigger, at its window's end, at the final range's ends), and with no trigger known."""
+    rng = np.random.default_rng(5)
+    window, start, end = 2_000, 100_000, 900_000
+    known = np.sort(rng.choice(np.arange(0, 1_000_000, 50), 300, replace=False))
+    known[:5] = [200_000, 200_500, 201_000, 201_900, 203_000]  # windows that overlap
+    known = np.sort(known)
+    closing = known[(known > 150_000) & (known < 800_000)]
+    edges = np.r_[closing[:20], closing[:20] + window, closing[:20] + window - 1, start, start - 1, end, end - 1]
+    times = rng.permutation(np.r_[rng.integers(0, 1_000_000, 50_000), edges])
+    rows, groups = rng.integers(0, 40, len(times)), rng.integers(0, IO_GROUPS, len(times))
+    keys = np.stack([np.ones(40, np.int64), np.arange(40) // 10 + 11, np.arange(40) % 10 + 11], axis=1)
+    for triggers, closed in ((known, closing), (known[:0], closing[:0]), (known, closing[:0])):
+        results = []
+        for pair in (pair_hits, pair_compiled):
+            state = State(QualityConfig())
+            state.register(keys)
+            counts = pair(state, times, rows, groups, start, end, triggers, closed, window)
+            results.append((counts, state.beam_chip_hits, state.beam_delays, state.beam_delay_sum))
+        for expected, got in zip(*results):
+            np.testing.assert_array_equal(expected, got)
+        counts, chip_hits, delays, delay_sum = results[0]
+        final = int(((times >= start) & (times < end)).sum())
+        assert chip_hits.sum() == final and (chip_hits[:, 0].sum() > 1_000) == bool(len(triggers))
+        assert counts.sum() == delays.sum() and (delays.sum() > len(closed)) == bool(len(closed))
 
 
 @pytest.mark.slow

@@ -110,8 +110,8 @@ def load_kernels(wait: float) -> bool:
 
 
 def _warm_up() -> None:
-    """Run the kernels once on a raw message and on packet records (counting, decoding, placing for the trigger
-    pairing), so that numba loads or compiles them."""
+    """Run the kernels once on a raw message and on packet records (counting, decoding, the trigger pairing's two
+    steps), so that numba loads or compiles them."""
     message = np.frombuffer(b"D" + (1_700_000_000).to_bytes(4, "little") + bytes(3) + b"S" + bytes(15), np.uint8)
     messages = split_messages([message], np.array([1], np.uint8))
     for source in (messages, messages.decode()):
@@ -119,7 +119,8 @@ def _warm_up() -> None:
         stamps = source.timestamp_packets() if isinstance(source, Messages) else source
         count_compiled(state, source, window.move(state, stamps, DataClock(), 1_700_000_000.0))
     records = decode_compiled(messages)
-    place_compiled(state, records, records["packet_type"] == TIMESTAMP, np.full(IO_GROUPS, -1, np.int64))
+    found = place_compiled(state, records, records["packet_type"] == TIMESTAMP, np.full(IO_GROUPS, -1, np.int64))
+    pair_compiled(state, *found[:3], 0, 1, found.hit_times[:1], found.hit_times[:1], 1)
 
 
 def decode_compiled(messages: Messages) -> np.ndarray:
@@ -153,6 +154,29 @@ def place_compiled(state: triggers.State, packets: np.ndarray, stamp: np.ndarray
         trigger_times[:placed_triggers],
         trigger_groups[:placed_triggers],
     )
+
+
+def pair_compiled(
+    state: triggers.State,
+    times: np.ndarray,
+    rows: np.ndarray,
+    groups: np.ndarray,
+    start: int,
+    end: int,
+    known: np.ndarray,
+    closing: np.ndarray,
+    window: int,
+) -> np.ndarray:
+    """``triggers.pair_hits`` by the kernels: the same counts in one pass over the held hits, without sorting them."""
+    counts = np.zeros(len(closing), np.int64)
+    KERNELS.kernels.pair_hits(
+        times, rows, groups, start, end, known, closing, window, triggers.DELAY_BINS, state.beam_chip_hits,
+        state.beam_delays, state.beam_delay_sum, counts,
+    )  # fmt: skip
+    return counts
+
+
+COMPILED_STEPS = triggers.Steps(place_compiled, pair_compiled)
 
 
 def load_evaluation_kernels(wait: float) -> bool:
@@ -396,7 +420,7 @@ class Accumulator:
             engine.count(self.state, packets, slots, accepted.fill(groups, placed.ends, placed.before_ends))
             self._numpy_seconds += time.thread_time() - started
         self.state.triggers.add(
-            self.state, packets, placed.accepted.rows, place_compiled if compiled else triggers.place_packets
+            self.state, packets, placed.accepted.rows, COMPILED_STEPS if compiled else triggers.NUMPY_STEPS
         )
 
     def add_messages(self, messages: Messages, clock: DataClock, wall_now: float) -> None:
@@ -417,12 +441,12 @@ class Accumulator:
         count_compiled(self.state, messages, placed)
         triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
         self.state.triggers.add_messages(
-            self.state, messages, placed.accepted.rows, triggered, decode_compiled, place_compiled
+            self.state, messages, placed.accepted.rows, triggered, decode_compiled, COMPILED_STEPS
         )
 
     def finish(self) -> None:
         """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""
-        self.state.triggers.flush(self.state)
+        self.state.triggers.flush(self.state, COMPILED_STEPS if self._use_kernels(0) else triggers.NUMPY_STEPS)
 
     # -- what is known of each chip besides its counts ---------------------------------
     def start_run(self, io_groups: list[int] | None = None) -> None:

@@ -6,7 +6,8 @@ The arrays it counts into are the fields of ``state.FIELDS`` marked for it, unpa
 table's order (``tests/test_state.py`` checks the names). Raw PACMAN messages are decoded and
 counted in the same pass, never materialised as packet records, unless the trigger pairing
 (``triggers.py``) needs them: ``decode_records`` decodes such a chunk and ``place_packets`` places its
-hits and triggers on the time line, each tested against its numpy reference.
+hits and triggers on the time line, and ``pair_hits`` counts the held hits against the triggers; each is
+tested against its numpy reference.
 
 It is one function with one copy of the counting code for both sources: a helper taking the
 arrays would cost their reference counting on every packet (about 130 ns a packet), and numba
@@ -404,6 +405,29 @@ def place_packets(
             hit_groups[found_hits] = g
             found_hits += 1
     return found_hits, found_triggers
+
+
+@njit(cache=True, nogil=True)
+def pair_hits(
+    times, rows, groups, start, end, known, closing, window, delay_bins, beam_chip_hits, beam_delays, beam_delay_sum,
+    counts,
+):  # fmt: skip
+    """``triggers.pair_hits`` in one pass over the held hits, in any order, instead of sorting them: classify those
+    in [``start``, ``end``) against the ascending ``known`` triggers, and count into ``counts`` each ascending
+    ``closing`` trigger's hits, their delays and their sum per hit io_group."""
+    for i in range(len(times)):
+        t = times[i]
+        if start <= t < end:
+            before = np.searchsorted(known, t, side="right") - 1
+            outside = 0 if before >= 0 and t < known[before] + window else 1
+            beam_chip_hits[rows[i], outside] += 1
+        if len(closing) == 0 or t < closing[0] or t >= closing[-1] + window:
+            continue
+        for c in range(np.searchsorted(closing, t - window, side="right"), np.searchsorted(closing, t, side="right")):
+            counts[c] += 1
+            delay = t - closing[c]
+            beam_delays[groups[i], min(delay * delay_bins // window, delay_bins - 1)] += 1
+            beam_delay_sum[groups[i]] += delay
 
 
 def not_compiled() -> str | None:

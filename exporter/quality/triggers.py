@@ -9,8 +9,10 @@ drift window, so chunks and io_groups read out of step pair the same hits; trigg
 ``COINCIDENT_TICKS`` of each other (one trigger fanned out to several PACMANs) are one. Closed triggers
 count into the state's ``trigger_*`` and ``beam_*`` fields (``state.FIELDS``); a hit is in the window
 when a trigger is at most the drift window before it, else in the background. Both engines pair
-through here (one implementation); placing a chunk's hits and triggers on the time line is numpy's
-``place_packets`` or, on the kernels, ``compiled.place_packets`` (``tests/test_compiled.py`` compares them).
+through here (one implementation); its two passes over a chunk's packets and the held hits, placing them
+on the time line (``place_packets``) and counting the hits against the triggers (``pair_hits``), are numpy's
+or, on the kernels, ``compiled.place_packets`` and ``compiled.pair_hits`` (``tests/test_compiled.py``
+compares them).
 """
 
 from __future__ import annotations
@@ -76,8 +78,18 @@ class Found(NamedTuple):
     trigger_groups: np.ndarray
 
 
-#: Places a chunk (``place_packets``'s arguments and result): numpy's, or the kernels' (``accumulator.place_compiled``).
+#: Places a chunk (``place_packets``'s arguments and result).
 Placer = Callable[[State, np.ndarray, np.ndarray, np.ndarray], Found]
+#: Counts held hits against triggers (``pair_hits``'s arguments and result).
+Pairer = Callable[[State, np.ndarray, np.ndarray, np.ndarray, int, int, np.ndarray, np.ndarray, int], np.ndarray]
+
+
+class Steps(NamedTuple):
+    """An engine's two steps of the pairing: numpy's (``NUMPY_STEPS``, the reference) or the kernels'
+    (``accumulator.COMPILED_STEPS``)."""
+
+    place: Placer
+    pair: Pairer
 
 
 def place_packets(state: State, packets: np.ndarray, stamp: np.ndarray, second: np.ndarray) -> Found:
@@ -105,6 +117,48 @@ def place_packets(state: State, packets: np.ndarray, stamp: np.ndarray, second: 
         hit_times -= np.where((receipt > 0) & (ticks[hits] > receipt), TICKS_PER_SYNC, 0)
     trigger_times = seconds[external] * TICKS_PER_SYNC + ticks[external]
     return Found(hit_times, rows, groups[hits], trigger_times, groups[external])
+
+
+def pair_hits(
+    state: State,
+    times: np.ndarray,
+    rows: np.ndarray,
+    groups: np.ndarray,
+    start: int,
+    end: int,
+    known: np.ndarray,
+    closing: np.ndarray,
+    window: int,
+) -> np.ndarray:
+    """Count held hits (``times`` in any order, their chip ``rows`` and ``groups``) against triggers: those in
+    [``start``, ``end``) into ``state.beam_chip_hits``, inside a window of the ascending ``known`` triggers or
+    not; every hit in an ascending ``closing`` trigger's window into ``beam_delays`` and ``beam_delay_sum``.
+    Returns the hits of each closing trigger: the numpy reference of the kernels' ``pair_hits``."""
+    final = (times >= start) & (times < end)
+    if final.any():
+        before = np.searchsorted(known, times[final], side="right") - 1
+        inside = (
+            (before >= 0) & (times[final] < known[np.maximum(before, 0)] + window)
+            if len(known)
+            else np.zeros(len(before), bool)
+        )
+        counts = np.bincount(rows[final] * 2 + ~inside, minlength=state.beam_chip_hits.size)
+        state.beam_chip_hits += counts.reshape(state.beam_chip_hits.shape)
+    if not len(closing):
+        return np.zeros(0, np.int64)
+    near = np.flatnonzero((times >= closing[0]) & (times < closing[-1] + window))
+    near = near[np.argsort(times[near], kind="stable")]
+    times, groups = times[near], groups[near]
+    first = np.searchsorted(times, closing, side="left")
+    counts = np.searchsorted(times, closing + window, side="left") - first
+    paired = np.repeat(first - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(int(counts.sum()))
+    delay = times[paired] - np.repeat(closing, counts)
+    np.add.at(state.beam_delays, (groups[paired], np.minimum(delay * DELAY_BINS // window, DELAY_BINS - 1)), 1)
+    np.add.at(state.beam_delay_sum, groups[paired], delay)
+    return counts
+
+
+NUMPY_STEPS = Steps(place_packets, pair_hits)
 
 
 class TriggerWindows:
@@ -135,7 +189,7 @@ class TriggerWindows:
         accepted: np.ndarray,
         triggered: bool,
         decode: Callable[[Messages], np.ndarray] = Messages.decode,
-        place: Placer = place_packets,
+        steps: Steps = NUMPY_STEPS,
     ) -> None:
         """``add`` for raw messages (``accepted``: the messages whose timestamp the data clock accepted;
         ``triggered``: they hold trigger words, as the kernels counted), decoded (by ``decode``: the compiled
@@ -143,16 +197,15 @@ class TriggerWindows:
         if self.active or triggered:
             packets = decode(messages)
             stamps = np.flatnonzero(packets["packet_type"] == TIMESTAMP)  # one a message, in order
-            self.add(state, packets, stamps[accepted], place)
+            self.add(state, packets, stamps[accepted], steps)
         elif len(accepted):
             self._idle(messages.io_groups[accepted].astype(np.int64), messages.timestamps()[accepted].astype(np.int64))
 
-    def add(self, state: State, packets: np.ndarray, accepted: np.ndarray, place: Placer = place_packets) -> None:
+    def add(self, state: State, packets: np.ndarray, accepted: np.ndarray, steps: Steps = NUMPY_STEPS) -> None:
         """Place a chunk's packet records and count what became final into ``state`` (its ``trigger_words``
         and ``beam_*`` fields); chips must be registered (the engines have counted the chunk). Packets are
         placed by the timestamp packets the data clock accepted (rows ``accepted``, ``clock.AcceptedStamps.rows``):
-        a corrupt or jumping timestamp moves nothing. ``place``: numpy's ``place_packets`` (the reference) or
-        the kernels'."""
+        a corrupt or jumping timestamp moves nothing. ``steps``: numpy's (the reference) or the kernels'."""
         stamped = packets["timestamp"][accepted].astype(np.int64)
         stamp_groups = packets["io_group"][accepted].astype(np.int64)
         if not self.active and not (packets["packet_type"] == TRIGGER).any():
@@ -161,7 +214,7 @@ class TriggerWindows:
         fresh = self._fresh(stamp_groups, stamped)
         stamp = np.zeros(len(packets), bool)
         stamp[accepted] = True
-        found = place(state, packets, stamp, self.second)
+        found = steps.place(state, packets, stamp, self.second)
         self.active |= len(found.trigger_times) > 0
         if not self.active:
             self._idle(stamp_groups, stamped)
@@ -174,15 +227,15 @@ class TriggerWindows:
         ):
             if len(times):
                 np.maximum.at(self.frontier, groups, times)
-        late = found.hit_times < self.settled
-        if late.any():  # older than what is final already: classified now, against the triggers known
-            self._classify(state, found.hit_times[late], found.hit_rows[late])
+        if len(found.hit_times) and found.hit_times.min() < self.settled:  # older than what is final already:
+            known = np.sort(np.r_[self.recent, self.open])  # classified now, against the triggers known
+            steps.pair(state, *found[:3], NO_TIME, self.settled, known, np.zeros(0, np.int64), self.window)
         self.open = np.r_[self.open, found.trigger_times]
         self.open_groups = np.r_[self.open_groups, found.trigger_groups]
         self.hit_times = np.r_[self.hit_times, found.hit_times]
         self.hit_rows = np.r_[self.hit_rows, found.hit_rows]
         self.hit_groups = np.r_[self.hit_groups, found.hit_groups]
-        self._settle(state, self._settled_now(state))
+        self._settle(state, self._settled_now(state), steps)
 
     def _idle(self, groups: np.ndarray, seconds: np.ndarray) -> None:
         """Follow the io_groups' seconds (timestamps ``seconds`` of io_groups ``groups``) until the first trigger:
@@ -192,10 +245,10 @@ class TriggerWindows:
         if len(groups):  # the io_groups seen before the first trigger are waited for from its start
             np.maximum.at(self.frontier, groups, seconds * TICKS_PER_SYNC)
 
-    def flush(self, state: State) -> None:
+    def flush(self, state: State, steps: Steps = NUMPY_STEPS) -> None:
         """Make everything final (the end of a file read whole: no later data can come)."""
         if len(self.open) or len(self.hit_times):
-            self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1)
+            self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1, steps)
 
     def _fresh(self, groups: np.ndarray, stamped: np.ndarray) -> np.ndarray:
         """Per io_group, the new data seconds among a chunk's accepted timestamps (``stamped`` of io_groups
@@ -221,18 +274,17 @@ class TriggerWindows:
         going = known[known >= known.max() - STOPPED_TICKS]
         return int(going.min()) - SETTLE_TICKS
 
-    def _settle(self, state: State, settled: int) -> None:
-        """Close the triggers whose windows end before ``settled`` and classify the hits before it."""
+    def _settle(self, state: State, settled: int, steps: Steps) -> None:
+        """Close the triggers whose windows end before ``settled`` and classify the hits before it (a late one
+        was when it came), against every trigger that may cover them."""
         if settled <= self.settled:
             return
-        times, rows, groups = self.hit_times, self.hit_rows, self.hit_groups  # in no order: sorted where needed
+        times, rows, groups = self.hit_times, self.hit_rows, self.hit_groups  # in no order
         triggers, trigger_groups = self._distinct_triggers()
         closing = triggers + self.window <= settled
-        self._close(state, triggers[closing], trigger_groups[closing], times, groups)
-        # classify the hits that became final (a late one was when it came), against every trigger that may cover them
-        known = np.r_[self.recent, triggers]
-        final = (times >= self.settled) & (times < settled)
-        self._classify(state, times[final], rows[final], known)
+        known = np.sort(np.r_[self.recent, triggers])
+        counts = steps.pair(state, times, rows, groups, self.settled, settled, known, triggers[closing], self.window)
+        self._close(state, triggers[closing], trigger_groups[closing], counts)
         self.settled = settled
         self.open, self.open_groups = triggers[~closing], trigger_groups[~closing]
         closed = np.sort(np.r_[self.recent, triggers[closing]])
@@ -250,48 +302,18 @@ class TriggerWindows:
             distinct &= ~((before >= 0) & (opened - self.recent[np.maximum(before, 0)] <= COINCIDENT_TICKS))
         return opened[distinct], groups[distinct]
 
-    def _close(
-        self,
-        state: State,
-        triggers: np.ndarray,
-        groups: np.ndarray,
-        times: np.ndarray,
-        hit_groups: np.ndarray,
-    ) -> None:
-        """Count closed triggers (ascending ``triggers``, their io_groups) against the held hits (``times``, in any
-        order, and their io_groups): hits per trigger, delays, exposure."""
+    def _close(self, state: State, triggers: np.ndarray, groups: np.ndarray, counts: np.ndarray) -> None:
+        """Count closed triggers (ascending ``triggers``, their io_groups, their hits ``counts``): hits per trigger,
+        exposure (the union of their windows, from the end of the last closed one)."""
         if not len(triggers):
             return
-        near = np.flatnonzero((times >= triggers[0]) & (times < triggers[-1] + self.window))
-        near = near[np.argsort(times[near], kind="stable")]
-        times, hit_groups = times[near], hit_groups[near]
-        first = np.searchsorted(times, triggers, side="left")
-        last = np.searchsorted(times, triggers + self.window, side="left")
-        counts = last - first
-        bucket = np.searchsorted(np.asarray(HITS_EDGES), counts, side="left")
-        np.add.at(state.beam_trigger_hits, (groups, bucket), 1)
+        np.add.at(state.beam_trigger_hits, (groups, np.searchsorted(np.asarray(HITS_EDGES), counts, side="left")), 1)
         np.add.at(state.beam_trigger_hit_sum, groups, counts)
-        paired = np.repeat(first - np.r_[0, np.cumsum(counts)[:-1]], counts) + np.arange(int(counts.sum()))
-        delay = times[paired] - np.repeat(triggers, counts)
-        delay_bin = np.minimum(delay * DELAY_BINS // self.window, DELAY_BINS - 1)
-        np.add.at(state.beam_delays, (hit_groups[paired], delay_bin), 1)
-        np.add.at(state.beam_delay_sum, hit_groups[paired], delay)
-        # the union of the windows, from the end of the last closed one
         ends = np.maximum.accumulate(np.r_[self.window_end, triggers + self.window])
         union = int(np.sum(ends[1:] - np.maximum(triggers, ends[:-1])))
         self.window_end = int(ends[-1])
         going = self.frontier > max(int(triggers[-1]) - STOPPED_TICKS, NO_TIME)
         state.beam_window_ticks[going] += union
-
-    def _classify(self, state: State, times: np.ndarray, rows: np.ndarray, known: np.ndarray | None = None) -> None:
-        """Count hits in a trigger's window or in the background, per chip row (``beam_chip_hits``)."""
-        if not len(times):
-            return
-        triggers = np.sort(np.r_[self.recent, self.open] if known is None else known)
-        before = np.searchsorted(triggers, times, side="right") - 1
-        inside = (before >= 0) & (times < triggers[np.maximum(before, 0)] + self.window) if len(triggers) else times < 0
-        counts = np.bincount(rows * 2 + ~inside, minlength=state.beam_chip_hits.size)
-        state.beam_chip_hits += counts.reshape(state.beam_chip_hits.shape)
 
     # -- checkpoint -----------------------------------------------------------------------------
     def export_state(self, chip_keys: np.ndarray) -> dict[str, np.ndarray]:
