@@ -25,6 +25,7 @@ from helpers import ingested, parse_metrics, running_exporter, scrape, wait_for
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality import window
 from larpix_dqm.exporter.quality.accumulator import (
     COMPILE_AFTER_PACKETS,
     COMPILED,
@@ -32,6 +33,7 @@ from larpix_dqm.exporter.quality.accumulator import (
     NUMPY,
     Accumulator,
     QualityConfig,
+    count_compiled,
     decode_compiled,
     load_kernels,
     pair_compiled,
@@ -189,6 +191,60 @@ def test_the_compiled_placing_gives_numpy_placings_trigger_words_seconds_hits_an
         for name, a, b in zip(expected._fields, expected, got):
             if name == "hit_rows":  # rows are registration order: compare the chips
                 a, b = chips[a], got_chips[b]
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_the_counting_kernel_places_a_chunk_for_the_pairing_as_the_placing_does() -> None:
+    """While the pairing is active the counting pass places the chunk too: the trigger words, each io_group's data
+    second and the placed hits and triggers that numpy's placing of the decoded records gives; raw messages (with
+    receipts behind the chip clock in their words' headers) and packet records (with receipts, and of 4-byte
+    timestamps without them), 60 % of the accepted timestamps kept and none of io_group 1's first half."""
+    sim = Simulator(load_geometry(packaged_layout()), SimulationConfig(seed=3, trigger_rate_hz=200.0), FAULTS)
+    messages = split_messages(*sim.second(START))
+    rng = np.random.default_rng(2)
+    words = np.concatenate([s + 8 + 16 * np.arange(n) for s, n in zip(messages.starts, messages.words)])
+    data = words[messages.buffer[words] == ord("D")]
+    late = data[rng.random(len(data)) < 0.2]  # receipts (header bytes 2-5) behind the chip's timestamp
+    ticks = (messages.buffer[late[:, None] + 8 + np.arange(8)].copy().view("<u8").ravel() >> 16) & 0x7FFFFFFF
+    receipts = np.maximum(ticks.astype(np.int64) - rng.integers(0, 1000, len(late)), 1).astype("<u4")
+    messages.buffer[late[:, None] + 2 + np.arange(4)] = receipts.view(np.uint8).reshape(-1, 4)
+    packets = messages.decode()
+    assert (packets["receipt_timestamp"] > 0).sum() > 1_000
+    narrow = np.dtype([(n, "u4" if n == "timestamp" else "u1") for n in PACKET_DTYPE.names if n != "receipt_timestamp"])
+    foreign = np.zeros(len(packets), narrow)
+    for name in narrow.names:
+        foreign[name] = packets[name]
+    for source in (messages, packets, foreign):
+        records = source.decode() if isinstance(source, Messages) else source
+        state = State(QualityConfig(engine=COMPILED))
+        state.triggers.second[2] = START - 1  # a second from an earlier chunk
+        stamps = source.timestamp_packets() if isinstance(source, Messages) else source
+        placed = window.move(state, stamps, DataClock(), START + 100.0)
+        accepted = placed.accepted
+        keep = (rng.random(len(accepted.rows)) < 0.6) & ~((accepted.groups == 1) & (accepted.rows < len(stamps) // 2))
+        accepted = dataclasses.replace(
+            accepted, rows=accepted.rows[keep], times=accepted.times[keep], groups=accepted.groups[keep]
+        )
+        placed = dataclasses.replace(placed, accepted=accepted, slots=placed.slots[keep], ends=placed.ends[keep])
+        got = count_compiled(state, source, placed, pairing=True)
+        reference = State(QualityConfig())
+        reference.register(state.chips.keys)
+        second = np.full(IO_GROUPS, -1, np.int64)
+        second[2] = START - 1
+        stamp = np.zeros(len(records), bool)
+        at = (
+            np.flatnonzero(records["packet_type"] == TIMESTAMP)
+            if isinstance(source, Messages)
+            else np.arange(len(records))
+        )
+        stamp[at[accepted.rows]] = True
+        expected = place_packets(reference, records, stamp, second)
+        np.testing.assert_array_equal(state.trigger_words, reference.trigger_words)
+        np.testing.assert_array_equal(state.triggers.second, second)
+        assert 10 < len(expected.trigger_times) and 1_000 < len(expected.hit_times) < int(
+            (records["packet_type"] == DATA).sum()
+        )
+        for name, a, b in zip(expected._fields, expected, got):
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 

@@ -207,13 +207,15 @@ def sparse_zeros(shape: tuple[int, ...], dtype: type, writes: int) -> np.ndarray
     return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, count).reshape(shape)
 
 
-def count_compiled(state: State, source: Source, placed: Placed) -> None:
+def count_compiled(state: State, source: Source, placed: Placed, pairing: bool = False) -> triggers.Found:
     """Count a chunk whose windows have moved (``window.move``) with the compiled kernels, registering
-    chips and growing buffers where they stop; the numpy engine's ``engine.count`` does the same."""
+    chips and growing buffers where they stop; the numpy engine's ``engine.count`` does the same. ``pairing``
+    (the trigger pairing is active): also place the chunk for it, as ``place_compiled`` would; returns the placed hits
+    and triggers (none without ``pairing``)."""
     kernels = KERNELS.kernels
     buckets = np.asarray(state.config.sync_offset_buckets_ticks, np.float64)
     deferred = np.zeros((64, kernels.DEFERRED_COLUMNS), np.int64)
-    pos = np.zeros(5, np.int64)
+    pos = np.zeros(7, np.int64)
     if isinstance(source, Messages):
         pos[1] = -1  # the first message's timestamp packet comes first
         raw, records = (source.buffer, source.starts, source.words, source.io_groups), _NO_RECORDS
@@ -230,6 +232,11 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
     registered_at = -1
     counted = kernel_fields(COUNT)
     packets = source.size_bound if isinstance(source, Messages) else len(source)
+    found = tuple(np.empty(packets if pairing else 0, np.int64) for _ in triggers.Found._fields)
+    receipts = _NO_RECEIPTS
+    if pairing and not isinstance(source, Messages) and "receipt_timestamp" in (source.dtype.names or ()):
+        receipts = source["receipt_timestamp"].astype(np.int64)
+    pairing_arrays = (pairing, state.triggers.second, receipts, state.trigger_words, found)
     while True:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
@@ -237,7 +244,7 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
         touched = np.zeros(hits.shape[:2], bool)  # (key, chip row): what fold_hits reads
         status = kernels.count_chunk(
             arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
-            rows, slots, ends, groups, *records, *raw,
+            rows, slots, ends, groups, *records, *raw, *pairing_arrays,
         )  # fmt: skip
         _fold_hits(state, hits, touched)
         if status == kernels.OK:
@@ -258,6 +265,8 @@ def count_compiled(state: State, source: Source, placed: Placed) -> None:
         engine.count_parity_errors(state, *deferred[: pos[3]].T)
     if isinstance(source, Messages):
         source.count_unknown_words(int(pos[4]))
+    placed_hits, placed_triggers = int(pos[5]), int(pos[6])
+    return triggers.Found(*(a[:placed_hits] for a in found[:3]), *(a[:placed_triggers] for a in found[3:]))
 
 
 def _fold_hits(state: State, hits: np.ndarray, touched: np.ndarray) -> None:
@@ -412,7 +421,8 @@ class Accumulator:
             return
         placed = window.move(self.state, packets, clock, wall_now)
         if compiled:
-            count_compiled(self.state, packets, placed)
+            if self._count_compiled(packets, placed, packets["timestamp"], packets["io_group"]):
+                return
         else:
             started = time.thread_time()
             groups, accepted = packets["io_group"], placed.accepted
@@ -438,11 +448,27 @@ class Accumulator:
             return
         triggers_before = int(self.state.packet_type_counts[:, TRIGGER].sum())
         placed = window.move(self.state, messages.timestamp_packets(), clock, wall_now)
-        count_compiled(self.state, messages, placed)
+        if self._count_compiled(messages, placed, messages.timestamps(), messages.io_groups):
+            return
         triggered = int(self.state.packet_type_counts[:, TRIGGER].sum()) > triggers_before
         self.state.triggers.add_messages(
             self.state, messages, placed.accepted.rows, triggered, decode_compiled, COMPILED_STEPS
         )
+
+    def _count_compiled(self, source: Source, placed: Placed, stamps: np.ndarray, stamp_groups: np.ndarray) -> bool:
+        """Count a chunk on the kernels; while the trigger pairing is active, place the chunk for it in the same
+        pass and pair it (True: paired; ``stamps`` and ``stamp_groups``: each packet's or message's timestamp and
+        io_group). Until then the pairing looks at the chunk after counting (``TriggerWindows.add``)."""
+        pairing = self.state.triggers
+        if not pairing.active:
+            count_compiled(self.state, source, placed)
+            return False
+        rows = placed.accepted.rows
+        stamped, groups = stamps[rows].astype(np.int64), stamp_groups[rows].astype(np.int64)
+        fresh = pairing.fresh(groups, stamped)
+        found = count_compiled(self.state, source, placed, pairing=True)
+        pairing.add_found(self.state, found, groups, stamped, fresh, COMPILED_STEPS)
+        return True
 
     def finish(self) -> None:
         """The input has ended (``once`` read its file whole): pair the triggers still waiting for later data."""

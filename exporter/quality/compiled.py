@@ -51,7 +51,7 @@ DEFERRED_COLUMNS = 5
 @njit(cache=True, nogil=True)
 def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet kind, inline for speed
     state, hits, touched, blocks, table, buckets, has_pedestal, deferred, pos, cur, cur_end, rows, slots, ends, groups,
-    records, offsets, buffer, starts, words, msg_groups,
+    records, offsets, buffer, starts, words, msg_groups, pairing, second, receipts, trigger_words, found,
 ):  # fmt: skip
     """Count a chunk into ``state`` (the fields of ``state.kernel_fields(COUNT)``, in that order): packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
     all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
@@ -72,6 +72,12 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
     accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each
     io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``;
     ``cur_end`` its live bin end, moved to ``ends``: the last-hit time of a hit outside the window.
+
+    ``pairing`` (the trigger pairing is active): the chunk is placed for it as ``place_packets`` places it, in
+    the same pass: its trigger words counted into ``trigger_words``, each io_group's data ``second`` moved at the
+    accepted timestamps, the placed self-triggered hits (time, chip row, io_group) and external triggers (time,
+    io_group) written to the five arrays ``found``, ``pos[5]`` and ``pos[6]`` of them so far (``receipts``:
+    the packet records' receipt timestamps, or empty).
     """
     (
         packet_type_counts, sync_counts, trigger_counts, sync_offset_counts, sync_offset_sum, adc_counts, link_parity,
@@ -82,6 +88,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
         at_group, at_channel, at_chip, at_type, at_parity, at_channel_id, at_time, at_adc, at_trig, at_local,
         at_shared, time_bytes,
     ) = offsets  # fmt: skip
+    hit_times, hit_rows, hit_groups, trigger_times, trigger_groups = found
     raw = len(starts) > 0
     # messages start on 8-byte boundaries and the buffer ends on one (``split_messages``): whole-word loads
     words64, words32 = buffer.view(np.uint64), buffer.view(np.uint32)
@@ -91,7 +98,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
         # -- the packet at (i, w): its fields ------------------------------------------------
         if raw:
             g = np.int64(msg_groups[i])
-            c = chip = channel = adc = trig = fifo = 0
+            c = chip = channel = adc = trig = fifo = receipt = 0
             ticks = np.int64(0)
             valid = False
             if w < 0:
@@ -123,6 +130,8 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                     ticks = np.int64((word >> np.uint64(16)) & np.uint64(0x7FFFFFFF))
                     trig = np.int64((word >> np.uint64(56)) & np.uint64(3))
                     fifo = np.int64((word >> np.uint64(58)) & np.uint64(15))
+                    if pairing:  # the PACMAN's receipt time, header bytes 2-5
+                        receipt = np.int64((words64[o >> 3] >> np.uint64(16)) & np.uint64(0xFFFFFFFF))
                 elif kind == WORD_TRIGGER or kind == WORD_SYNC:
                     ptype = TRIGGER if kind == WORD_TRIGGER else SYNC
                     trig = np.int64(buffer[o + 1])
@@ -142,13 +151,16 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
             adc, trig = np.int64(records[i, at_adc]), np.int64(records[i, at_trig])
             fifo = (np.int64(records[i, at_local]) | (np.int64(records[i, at_shared]) << 2)) & 255
             ticks = np.int64(0)
-            if ptype == SYNC or ptype == DATA or ptype == TIMESTAMP:  # the packets whose timestamp is counted
+            if ptype == SYNC or ptype == DATA or ptype == TIMESTAMP or ptype == TRIGGER:  # timestamps read
                 for b in range(time_bytes):
                     ticks |= np.int64(records[i, at_time + b]) << (8 * b)
+            receipt = receipts[i] if len(receipts) else 0
         if w < 0 or not raw:  # a packet row, or a message's timestamp: the accepted ones move the windows
             while j < len(rows) and rows[j] <= i:
                 cur[groups[j]] = slots[j]
                 cur_end[groups[j]] = ends[j]
+                if pairing:
+                    second[groups[j]] = ticks
                 j += 1
         s = cur[g]
 
@@ -173,10 +185,20 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                     sync_counts[g, 1] += 1
                 elif trig == _SYNC_C:
                     sync_counts[g, 2] += 1
-            elif ptype == TRIGGER and trig & EXTERNAL_TRIGGER_BIT:
-                trigger_counts[g] += 1
-                if s >= 0:
-                    window_io_group[s, g, 1] += 1
+            elif ptype == TRIGGER:
+                if pairing:
+                    for bit in range(trigger_words.shape[1]):
+                        if (trig >> bit) & 1:
+                            trigger_words[g, bit] += 1
+                    if trig & EXTERNAL_TRIGGER_BIT and second[g] >= 0:
+                        k = pos[6]
+                        trigger_times[k] = second[g] * TICKS_PER_SYNC + ticks
+                        trigger_groups[k] = g
+                        pos[6] = k + 1
+                if trig & EXTERNAL_TRIGGER_BIT:
+                    trigger_counts[g] += 1
+                    if s >= 0:
+                        window_io_group[s, g, 1] += 1
         else:
             kind = trig & 3
             row = -1
@@ -241,6 +263,14 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                     if not 0 <= time - arrival_start[row, ch] <= MERGE_TICKS:
                         arrival_start[row, ch] = time
                         hits[key, row, ch, 3] += 1
+                    if pairing and second[g] >= 0:
+                        k = pos[5]
+                        hit_times[k] = second[g] * TICKS_PER_SYNC + ticks
+                        if receipt > 0 and ticks > receipt:  # the chip's clock ahead of the PACMAN's: the period before
+                            hit_times[k] -= TICKS_PER_SYNC
+                        hit_rows[k] = row
+                        hit_groups[k] = g
+                        pos[5] = k + 1
                 if kind == PERIODIC_TRIGGER and s >= 0:
                     win_pedestal[s, row, ch, 0] += 1
                     win_pedestal[s, row, ch, 1] += adc

@@ -211,10 +211,23 @@ class TriggerWindows:
         if not self.active and not (packets["packet_type"] == TRIGGER).any():
             self._idle(stamp_groups, stamped)
             return
-        fresh = self._fresh(stamp_groups, stamped)
+        fresh = self.fresh(stamp_groups, stamped)
         stamp = np.zeros(len(packets), bool)
         stamp[accepted] = True
         found = steps.place(state, packets, stamp, self.second)
+        self.add_found(state, found, stamp_groups, stamped, fresh, steps)
+
+    def add_found(
+        self,
+        state: State,
+        found: Found,
+        stamp_groups: np.ndarray,
+        stamped: np.ndarray,
+        fresh: np.ndarray,
+        steps: Steps = NUMPY_STEPS,
+    ) -> None:
+        """Count a placed chunk (``found``; its accepted timestamps ``stamped`` of io_groups ``stamp_groups`` and its
+        ``fresh`` seconds, taken before it moved ``self.second``): hold its hits and triggers, pair what became final."""
         self.active |= len(found.trigger_times) > 0
         if not self.active:
             self._idle(stamp_groups, stamped)
@@ -250,7 +263,7 @@ class TriggerWindows:
         if len(self.open) or len(self.hit_times):
             self._settle(state, int(self.frontier.max()) + self.window + SETTLE_TICKS + 1, steps)
 
-    def _fresh(self, groups: np.ndarray, stamped: np.ndarray) -> np.ndarray:
+    def fresh(self, groups: np.ndarray, stamped: np.ndarray) -> np.ndarray:
         """Per io_group, the new data seconds among a chunk's accepted timestamps (``stamped`` of io_groups
         ``groups``): the seconds with data, ``beam_live_seconds`` once pairing."""
         new = stamped > self.second[groups]
