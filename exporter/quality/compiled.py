@@ -4,10 +4,11 @@
 (``engine.count``, the reference implementation) does; ``tests/test_compiled.py`` compares them.
 The arrays it counts into are the fields of ``state.FIELDS`` marked for it, unpacked in the
 table's order (``tests/test_state.py`` checks the names). Raw PACMAN messages are decoded and
-counted in the same pass, never materialised as packet records, unless the trigger pairing
-(``triggers.py``) needs them: ``decode_records`` decodes such a chunk and ``place_packets`` places its
-hits and triggers on the time line, and ``pair_hits`` counts the held hits against the triggers; each is
-tested against its numpy reference.
+counted in the same pass, never materialised as packet records. While the trigger pairing
+(``triggers.py``) is active, ``count_chunk`` also places each chunk's hits and triggers on the time line;
+until then the chunk that brings the first trigger is decoded (``decode_records``) and placed
+(``place_packets``); ``pair_hits`` counts the held hits against the triggers. Each is tested against
+its numpy reference.
 
 It is one function with one copy of the counting code for both sources: a helper taking the
 arrays would cost their reference counting on every packet (about 130 ns a packet), and numba
