@@ -146,12 +146,48 @@ def test_clearing_a_slot_empties_every_windowed_field_of_its_io_group(fed: dict[
     try:
         g = int(state.chips.keys[0, 0])
         rows = state.chips.keys[:, 0] == g
-        state.clear(g, range(state.config.window_bins))
+        state.clear([g], tuple(range(state.config.window_bins)))
         for f in FIELDS:
             if f.per_slot:
                 array = getattr(state, f.name)
                 cleared = array[:, : len(rows)][:, rows] if f.per_chip else array[:, g]
                 assert (cleared == f.fill).all(), f.name
+    finally:
+        for name, value in saved.items():
+            setattr(state, name, value)
+
+
+def test_io_groups_cleared_together_are_cleared_as_one_after_another(fed: dict[str, Accumulator]) -> None:
+    """Clearing io_groups at once (as windows that move together are) empties what clearing each does; clearing
+    one leaves the other's rows alone."""
+    state = fed[NUMPY].state
+    groups = np.unique(state.chips.keys[:, 0]).tolist()
+    assert len(groups) >= 2
+    slots = (int(state.newest_bin[groups[0]]) % 5,)
+    saved = {f.name: getattr(state, f.name).copy() for f in FIELDS if getattr(state, f.name) is not None}
+    sums = {f.name for f in SUMS}
+
+    def restore() -> None:
+        for name, value in saved.items():
+            setattr(state, name, value.copy())
+
+    try:
+        state.clear(groups, slots)
+        at_once = {name: getattr(state, name).copy() for name in saved}
+        restore()
+        for g in groups:
+            state.clear([g], slots)
+        for name, value in saved.items():
+            np.testing.assert_array_equal(at_once[name], getattr(state, name), err_msg=name)
+            if name in sums:
+                assert (at_once[name] != value).any(), name  # the clearing took something out
+        restore()
+        state.clear(groups[:1], slots)
+        n = len(state.chips.keys)
+        other = state.chips.keys[:, 0] == groups[1]
+        for f in FIELDS:
+            if f.per_slot and f.per_chip and f.name in saved:
+                np.testing.assert_array_equal(getattr(state, f.name)[:, :n][:, other], saved[f.name][:, :n][:, other])
     finally:
         for name, value in saved.items():
             setattr(state, name, value)
@@ -167,7 +203,7 @@ def test_the_window_sums_are_the_sums_of_the_slots_as_they_are_counted_and_clear
         try:
             for cleared in (False, True):
                 if cleared:
-                    state.clear(int(state.chips.keys[0, 0]), [int(state.newest_bin[state.chips.keys[0, 0]]) % 5])
+                    state.clear([int(state.chips.keys[0, 0])], (int(state.newest_bin[state.chips.keys[0, 0]]) % 5,))
                 for f in SUMS:
                     slots = getattr(state, str(f.sums)).sum(axis=0)
                     assert slots.any(), f.name

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 UNKNOWN = -1
+#: Keys below which new chips are found by sorting them rather than by flagging every possible chip.
+DISTINCT_BY_SORT = 20_000
 
 
 class ChipIndex:
@@ -44,9 +46,7 @@ class ChipIndex:
         rows = self.lookup(keys[:, 0], keys[:, 1], keys[:, 2])
         missing = keys[rows == UNKNOWN].astype(np.int32)
         if len(missing):
-            seen = np.zeros(1 << 24, bool)  # one flag per possible chip: new chips in key order, in one pass
-            seen[(missing[:, 0] << 16) | (missing[:, 1] << 8) | missing[:, 2]] = True
-            new = np.flatnonzero(seen)
+            new = _distinct((missing[:, 0] << 16) | (missing[:, 1] << 8) | missing[:, 2])
             first = len(self._keys)
             for g in np.unique(new >> 16).tolist():
                 self._block(g)
@@ -76,3 +76,14 @@ class ChipIndex:
             self.add(np.stack([io_group[missing], io_channel[missing], chip_id[missing]], axis=1))
             rows[missing] = self.lookup(io_group[missing], io_channel[missing], chip_id[missing])
         return rows
+
+
+def _distinct(packed: np.ndarray) -> np.ndarray:
+    """The distinct packed chip keys (io_group << 16 | io_channel << 8 | chip_id), ascending: sorted when few,
+    else one flag per possible chip in one pass (a 16 MB array, 3 ms to clear and scan: a small file's few new chips
+    would pay it at every registration)."""
+    if len(packed) < DISTINCT_BY_SORT:
+        return np.unique(packed)
+    seen = np.zeros(1 << 24, bool)
+    seen[packed] = True
+    return np.flatnonzero(seen)

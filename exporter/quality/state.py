@@ -284,16 +284,19 @@ class State:
             setattr(self, f.name, grown)
         self.capacity = capacity
 
-    def group_rows(self, g: int) -> np.ndarray | slice:
-        """Chip rows of io_group ``g`` (a slice when they are contiguous, as a geometry registers them)."""
-        rows = np.flatnonzero(self.chips.keys[:, 0] == g)
+    def group_rows(self, groups: int | list[int]) -> np.ndarray | slice:
+        """Chip rows of io_group(s) ``groups`` (a slice when they are contiguous: as a geometry registers them, or
+        every chip's)."""
+        rows = np.flatnonzero(np.isin(self.chips.keys[:, 0], groups))
         if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
             return slice(int(rows[0]), int(rows[-1]) + 1)
         return rows
 
-    def clear(self, g: int, slots: range | list[int]) -> None:
-        """Empty the window slots of io_group ``g``: its chips' rows and its own (taken out of the window's sums)."""
-        rows = self.group_rows(g)
+    def clear(self, groups: list[int], slots: tuple[int, ...]) -> None:
+        """Empty the window slots of io_groups ``groups``: their chips' rows and their own (taken out of the window's
+        sums). Io_groups whose windows move together are cleared at once: without a geometry their chips' rows
+        interleave, and all of them are one slice where each alone is an index array (1.4 ms a module's io_group)."""
+        rows = self.group_rows(groups)
         for f in SUMS:
             total, slotted = getattr(self, f.name), getattr(self, str(f.sums))
             for slot in slots:
@@ -303,7 +306,7 @@ class State:
             if not f.per_slot or array is None:
                 continue
             for slot in slots:
-                array[slot, rows if f.per_chip else g] = f.fill
+                array[slot, rows if f.per_chip else groups] = f.fill
 
     def start_run(self, g: int, at: float) -> None:
         """Start io_group ``g``'s run at live time ``at``: its chips' ``per_run`` counts start again."""

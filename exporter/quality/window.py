@@ -68,8 +68,7 @@ def move(state: State, packets: np.ndarray, clock: DataClock, wall_now: float) -
             state.live_start[g] = first
         if g in gapped or np.isnan(state.run_start[g]):  # the run starts again with the chunk that holds the gap
             state.start_run(g, first)
-    for g in np.flatnonzero(state.bin_of(state.window_end) > state.newest_bin).tolist():
-        _advance(state, g)
+    _advance(state, np.flatnonzero(state.bin_of(state.window_end) > state.newest_bin).tolist())
     before_live = accepted.before - dead_before
     return Placed(
         accepted,
@@ -129,14 +128,18 @@ def _slot_of(state: State, times: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % state.config.window_bins, -1)
 
 
-def _advance(state: State, g: int) -> None:
-    """Move io_group ``g``'s window forward to its end, clearing bins that fall out of it."""
-    newest = int(state.bin_of(state.window_end[g]))
+def _advance(state: State, groups: list[int]) -> None:
+    """Move the windows of io_groups ``groups`` forward to their ends, clearing the bins that fall out of them
+    (at once for the io_groups that clear the same slots)."""
     nb = state.config.window_bins
-    if newest <= state.newest_bin[g]:
-        return
-    state.clear(g, [b % nb for b in range(max(int(state.newest_bin[g]) + 1, newest - nb + 1), newest + 1)])
-    state.newest_bin[g] = newest
+    clearing: dict[tuple[int, ...], list[int]] = {}
+    for g in groups:
+        newest = int(state.bin_of(state.window_end[g]))
+        slots = tuple(b % nb for b in range(max(int(state.newest_bin[g]) + 1, newest - nb + 1), newest + 1))
+        clearing.setdefault(slots, []).append(g)
+        state.newest_bin[g] = newest
+    for slots, together in clearing.items():
+        state.clear(together, slots)
 
 
 def slot_ends(state: State) -> np.ndarray:
