@@ -11,7 +11,6 @@ exposition and the plots read without touching the live arrays.
 
 from __future__ import annotations
 
-import mmap
 import time
 from collections.abc import Mapping
 from types import ModuleType
@@ -196,20 +195,44 @@ def _warm_up_evaluation() -> None:
         summarize(state, layout, rates, EVALUATION_KERNELS.kernels)
 
 
-def sparse_zeros(shape: tuple[int, ...], dtype: type, writes: int) -> np.ndarray:
-    """Zeros for about ``writes`` scattered writes: ``np.zeros`` of a block under glibc's dynamic mmap threshold
-    (up to 32 MB) reuses heap memory and clears all of it (1.2 ms for a module's ``hits``, however small the
-    chunk); an anonymous mapping costs a page fault for each page written instead. Whichever is fewer pages."""
-    count = int(np.prod(shape))
-    size = count * np.dtype(dtype).itemsize
-    if writes >= size // mmap.PAGESIZE:
-        return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, count).reshape(shape)
+class HitsBuffer:
+    """The compiled counting's per-chunk ``hits`` (key, chip row, channel, 4) and ``touched`` (key, chip row),
+    kept by the accumulator from chunk to chunk and left all zero by the fold (``compiled.fold_hits``): a fresh
+    buffer a chunk costs a page fault for each page written (2.6 us a 4 kB page: 26 ms of a 100 k-packet chunk
+    over 40,000 chips). Its keys are the slots a chunk uses (``chunk_keys``), not the window's: what stays
+    resident is what one chunk touches."""
+
+    def __init__(self) -> None:
+        self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
+        self.touched = np.zeros((0, 0), bool)
+
+    def take(self, keys: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed ``hits`` and ``touched`` of ``keys`` keys and ``capacity`` chip rows (new ones when these grew)."""
+        if self.hits.shape[0] < keys or self.hits.shape[1] != capacity:
+            self.hits = np.zeros((max(keys, self.hits.shape[0]), capacity, CHANNELS_PER_CHIP, 4), np.int32)
+            self.touched = np.zeros(self.hits.shape[:2], bool)
+        return self.hits[:keys], self.touched[:keys]
 
 
-def count_compiled(state: State, source: Source, placed: Placed, pairing: bool = False) -> triggers.Found:
+def chunk_keys(state: State, cur: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``hits`` a chunk counts into: for each rate slot + 2 (-2 not self-triggered, -1 outside the
+    window, then the window's slots) its key (-1: a slot no io_group is in during the chunk), and each key's rate
+    slot; the slots are the io_groups' at the chunk's start (``cur``) and those it moves to (``slots``)."""
+    used = np.zeros(state.config.window_bins, bool)
+    used[cur[cur >= 0]] = True
+    used[slots[slots >= 0]] = True
+    key_slots = np.r_[-2, -1, np.flatnonzero(used)]
+    keys = np.full(state.config.window_bins + 2, -1, np.int64)
+    keys[key_slots + 2] = np.arange(len(key_slots))
+    return keys, key_slots
+
+
+def count_compiled(
+    state: State, source: Source, placed: Placed, buffer: HitsBuffer | None = None, pairing: bool = False
+) -> triggers.Found:
     """Count a chunk whose windows have moved (``window.move``) with the compiled kernels, registering
-    chips and growing buffers where they stop; the numpy engine's ``engine.count`` does the same. ``pairing``
+    chips and growing buffers where they stop; the numpy engine's ``engine.count`` does the same. ``buffer``: the
+    accumulator's, reused from chunk to chunk (a new one without it). ``pairing``
     (the trigger pairing is active): also place the chunk for it, as ``place_compiled`` would; returns the placed hits
     and triggers (none without ``pairing``)."""
     kernels = KERNELS.kernels
@@ -229,6 +252,8 @@ def count_compiled(state: State, source: Source, placed: Placed, pairing: bool =
         accepted.groups.astype(np.uint8),
     )
     ends = placed.ends.astype(np.float64)
+    keys, key_slots = chunk_keys(state, cur, slots)
+    buffer = HitsBuffer() if buffer is None else buffer
     registered_at = -1
     counted = kernel_fields(COUNT)
     packets = source.size_bound if isinstance(source, Messages) else len(source)
@@ -240,13 +265,12 @@ def count_compiled(state: State, source: Source, placed: Placed, pairing: bool =
     while True:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
-        hits = sparse_zeros((state.config.window_bins + 2, state.capacity, CHANNELS_PER_CHIP, 4), np.int32, packets)
-        touched = np.zeros(hits.shape[:2], bool)  # (key, chip row): what fold_hits reads
+        hits, touched = buffer.take(len(key_slots), state.capacity)
         status = kernels.count_chunk(
-            arrays, hits, touched, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
+            arrays, hits, touched, keys, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
             rows, slots, ends, groups, *records, *raw, *pairing_arrays,
         )  # fmt: skip
-        _fold_hits(state, hits, touched)
+        _fold_hits(state, hits, touched, key_slots)
         if status == kernels.OK:
             break
         if status == kernels.NEED_PEDESTAL:
@@ -269,14 +293,14 @@ def count_compiled(state: State, source: Source, placed: Placed, pairing: bool =
     return triggers.Found(*(a[:placed_hits] for a in found[:3]), *(a[:placed_triggers] for a in found[3:]))
 
 
-def _fold_hits(state: State, hits: np.ndarray, touched: np.ndarray) -> None:
-    """Add the kernel's counts of clean data packets to the state (``compiled.fold_hits``)."""
+def _fold_hits(state: State, hits: np.ndarray, touched: np.ndarray, key_slots: np.ndarray) -> None:
+    """Add the kernel's counts of clean data packets to the state and zero them (``compiled.fold_hits``)."""
     if not touched.any():
         return
     row_groups = np.zeros(hits.shape[1], np.int64)
     row_groups[: len(state.chips)] = state.chips.keys[:, 0]
     arrays = tuple(getattr(state, f.name) for f in kernel_fields(FOLD))
-    KERNELS.kernels.fold_hits(arrays, hits, touched, row_groups, window.slot_ends(state))
+    KERNELS.kernels.fold_hits(arrays, hits, touched, key_slots, row_groups, window.slot_ends(state))
 
 
 def _same_expectations(a: RunConfig, b: RunConfig) -> bool:
@@ -303,6 +327,7 @@ class Accumulator:
         self._counted = 0  # packets counted, until the kernels are wanted
         self._numpy_seconds = 0.0  # CPU seconds of counting on the numpy path, until the kernels are wanted
         self._kernels_wanted = False
+        self._hits = HitsBuffer()  # the compiled counting's, reused from chunk to chunk
         self._snapshot_large = False  # whether a snapshot had COMPILE_EVALUATION_AFTER_CHANNELS or more
         self.geometry = geometry
         self.run_config = run_config or RunConfig()
@@ -461,12 +486,12 @@ class Accumulator:
         io_group). Until then the pairing looks at the chunk after counting (``TriggerWindows.add``)."""
         pairing = self.state.triggers
         if not pairing.active:
-            count_compiled(self.state, source, placed)
+            count_compiled(self.state, source, placed, self._hits)
             return False
         rows = placed.accepted.rows
         stamped, groups = stamps[rows].astype(np.int64), stamp_groups[rows].astype(np.int64)
         fresh = pairing.fresh(groups, stamped)
-        found = count_compiled(self.state, source, placed, pairing=True)
+        found = count_compiled(self.state, source, placed, self._hits, pairing=True)
         pairing.add_found(self.state, found, groups, stamped, fresh, COMPILED_STEPS)
         return True
 

@@ -51,19 +51,19 @@ DEFERRED_COLUMNS = 5
 
 @njit(cache=True, nogil=True)
 def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet kind, inline for speed
-    state, hits, touched, blocks, table, buckets, has_pedestal, deferred, pos, cur, cur_end, rows, slots, ends, groups,
-    records, offsets, buffer, starts, words, msg_groups, pairing, second, receipts, trigger_words, found,
+    state, hits, touched, keys, blocks, table, buckets, has_pedestal, deferred, pos, cur, cur_end, rows, slots, ends,
+    groups, records, offsets, buffer, starts, words, msg_groups, pairing, second, receipts, trigger_words, found,
 ):  # fmt: skip
     """Count a chunk into ``state`` (the fields of ``state.kernel_fields(COUNT)``, in that order): packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
     all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
     raw messages (``starts`` into ``buffer``, ``words`` 16-byte words each after the 8-byte header,
     ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
 
-    Clean data packets are counted into ``hits`` (int32; window slot + 2, chip row, channel: count,
-    ADC sum, ADC sum of squares, new arrivals) and folded into the accumulator's arrays after the kernel returns
-    (``fold_hits``): one cache line a packet, in an array that fits the core's cache for a slot,
-    where the accumulator's own arrays would cost six cache misses a packet. ``touched`` marks the
-    (slot + 2, chip row) pairs with counts: the fold reads only those.
+    Clean data packets are counted into ``hits`` (int32; key, chip row, channel: count, ADC sum, ADC sum of
+    squares, new arrivals; the key of rate slot s is ``keys[s + 2]``) and folded into the accumulator's arrays
+    after the kernel returns (``fold_hits``): one cache line a packet, in an array that fits the core's cache for
+    a slot, where the accumulator's own arrays would cost six cache misses a packet. ``touched`` marks the
+    (key, chip row) pairs with counts: the fold reads only those, and leaves both zero.
 
     A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
     channel's current one (``arrival_start``), timed on the data second of its io_group's latest
@@ -216,7 +216,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                 pos[0], pos[1], pos[2] = i, w, j
                 return NEED_SPACE
             rate_slot = s if kind == 0 else -2  # -2: not self-triggered, counted but no rate and no verdict
-            key = rate_slot + 2  # row of ``hits``: 0 not self-triggered, 1 outside the window, 2... window slot
+            key = keys[rate_slot + 2]  # row of ``hits``: 0 not self-triggered, 1 outside the window, 2... a slot
             ch = channel & 63
             if valid and hits[key, row, ch, 0] >= FOLD_AT:
                 pos[0], pos[1], pos[2] = i, w, j
@@ -285,39 +285,43 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
 
 
 @njit(cache=True, nogil=True)
-def fold_hits(state, hits, touched, row_groups, bin_end):
+def fold_hits(state, hits, touched, key_slots, row_groups, bin_end):
     """Add a chunk's ``hits`` (see ``count_chunk``) to ``state`` (the fields of ``state.kernel_fields(FOLD)``,
     in that order), as the numpy engine's ``_add_data`` does: all-time and self-triggered counts, window
     sums (per slot and over the slots), arrivals, and each channel's last-hit time (end of the newest window
-    bin with a hit, ``bin_end[io_group, slot]``)."""
+    bin with a hit, ``bin_end[io_group, slot]``); ``key_slots``: the rate slot of each key. Leaves ``hits`` and
+    ``touched`` zero, for the next chunk."""
     (
         chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq, arrivals_total, win_arrivals,
         window_hits, window_adc, window_adc_sq, window_arrivals,
     ) = state  # fmt: skip
     for key in range(touched.shape[0]):
-        slot = key - 2
+        slot = key_slots[key]
         for row in range(touched.shape[1]):
             if not touched[key, row]:
                 continue
+            touched[key, row] = False
             g = row_groups[row]
             for ch in range(hits.shape[2]):
                 n = hits[key, row, ch, 0]
                 if n == 0:
                     continue
+                adc, adc_sq, arrivals = hits[key, row, ch, 1], hits[key, row, ch, 2], hits[key, row, ch, 3]
+                hits[key, row, ch, :] = 0  # the buffer goes on to the next chunk
                 hits_total[row, ch] += n
                 chip_packets[row] += n
                 if key != 0:
                     self_hits[row, ch] += n
-                    arrivals_total[row, ch] += hits[key, row, ch, 3]
+                    arrivals_total[row, ch] += arrivals
                 if slot >= 0:
                     win_hits[slot, row, ch] += n
-                    win_adc[slot, row, ch] += hits[key, row, ch, 1]
-                    win_adc_sq[slot, row, ch] += hits[key, row, ch, 2]
-                    win_arrivals[slot, row, ch] += hits[key, row, ch, 3]
+                    win_adc[slot, row, ch] += adc
+                    win_adc_sq[slot, row, ch] += adc_sq
+                    win_arrivals[slot, row, ch] += arrivals
                     window_hits[row, ch] += n
-                    window_adc[row, ch] += hits[key, row, ch, 1]
-                    window_adc_sq[row, ch] += hits[key, row, ch, 2]
-                    window_arrivals[row, ch] += hits[key, row, ch, 3]
+                    window_adc[row, ch] += adc
+                    window_adc_sq[row, ch] += adc_sq
+                    window_arrivals[row, ch] += arrivals
                     end = bin_end[g, slot]
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end
