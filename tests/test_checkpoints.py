@@ -231,6 +231,27 @@ def stopped_cleanly(tmp_path, geometry, seconds: int) -> tuple:
     return data, state, ing
 
 
+def test_a_restore_reads_each_array_once(tmp_path, tile_geometry, monkeypatch):
+    """Asking whether a checkpoint holds an array does not read it: a restore reads each array of both files
+    once (the window file of 50 io_groups is 803 MB), but the chip keys (3 bytes a chip), checked against the
+    geometry first."""
+    data, state, ing = stopped_cleanly(tmp_path, tile_geometry, 4)
+    reads: dict[tuple[int, str], int] = {}
+    read = np.lib.npyio.NpzFile.__getitem__
+
+    def counted(self, name):
+        reads[id(self), name] = reads.get((id(self), name), 0) + 1
+        return read(self, name)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counted)
+    restored = ingester([str(data)], state, tile_geometry)
+    assert window(restored) == window(ing)
+    names = {name for _, name in reads}
+    assert {"chip_keys", "win_hits", "cusum"} <= names, names
+    again = {name: n for (_, name), n in reads.items() if n > 1 and name != "chip_keys"}
+    assert not again, again
+
+
 def damage_window(kind: str, path) -> str:
     """Break a window file; the problem the restore names."""
     if kind == "not a zip":

@@ -183,6 +183,10 @@ class _Arrays(Mapping[str, np.ndarray]):
         padded[(slice(None),) * axis + (slice(0, value.shape[axis]),)] = value
         return padded
 
+    def __contains__(self, name: object) -> bool:
+        """Whether there is an array ``name``, without reading it (``Mapping``'s own would read it whole)."""
+        return name in self._names or name in self._under
+
     def __iter__(self) -> Iterator[str]:
         return iter([*self._names, *(name for name in self._under if name not in self._names)])
 
