@@ -220,6 +220,19 @@ def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path
     assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
 
 
+def test_a_poll_publishes_before_it_writes_the_window(tmp_path, tile_geometry):
+    """The window file (803 MB at 50 io_groups) is written after the poll's publications, so that being ready and
+    what scrapes see wait for the counters only; both files are there when the poll returns."""
+    simulate_files(tile_geometry, tmp_path / "data", 2)
+    state = tmp_path / "state.npz"
+    ing = ingester([str(tmp_path / "data")], state, tile_geometry)
+    seen: list[tuple[bool, bool, bool]] = []
+    ing.publish_listeners.append(lambda p: seen.append((p.checkpointed, state.exists(), window_file(state).exists())))
+    ing.poll()
+    assert seen and set(seen) == {(True, True, False)}, seen
+    assert window_file(state).exists() and ing.health.checkpoint_errors == 0
+
+
 def stopped_cleanly(tmp_path, geometry, seconds: int) -> tuple:
     """``seconds`` of simulated data read by an ingester that then stopped cleanly (its window written): the data
     folder, the checkpoint and the ingester."""

@@ -129,17 +129,18 @@ class Ingester:
             len(self.tail.cursors),
         )
 
-    def checkpoint(self, final: bool = False) -> bool:
+    def checkpoint(self, final: bool = False, window: bool = True) -> bool:
         """Write the checkpoint if anything was counted since the last one; never raises. True when the checkpoint
         on disk then holds everything counted (always without a checkpoint: nothing is restored), False when it
         could not be written.
 
-        The window arrays go with it at most every ``window_checkpoint_interval`` seconds, and when ``final``.
+        The window arrays go with it at most every ``window_checkpoint_interval`` seconds, and when ``final``;
+        never without ``window``.
         """
         if self.checkpoints is None:
             return True
         progress = self._progress()
-        with_window = progress != self._window_checkpointed and (final or self.checkpoints.window_due())
+        with_window = window and progress != self._window_checkpointed and (final or self.checkpoints.window_due())
         if progress == self._checkpointed and not with_window:
             return True
         started = time.monotonic()
@@ -175,12 +176,13 @@ class Ingester:
 
         A publication inside a poll comes before the chunk is counted, when every chunk counted so far
         has its cursor advanced, and after a checkpoint of exactly that: no scrape ever shows a count that
-        a restart could not restore, so a counter never goes back across a kill.
+        a restart could not restore, so a counter never goes back across a kill. The window arrays wait for the end
+        of the poll (``poll``): a publication does not wait for them.
         """
         every = max(PUBLISH_EVERY_SECONDS, self._publish_cost / PUBLISH_COST_SHARE)
         if self._unpublished and time.monotonic() - self._last_publish > every:
             started = time.monotonic()
-            self.publish(self.checkpoint())
+            self.publish(self.checkpoint(window=False))
             self._publish_cost = time.monotonic() - started
         self._unpublished = True
         now = time.time()
@@ -207,8 +209,11 @@ class Ingester:
         h.poll_duration = time.monotonic() - started
         h.last_poll_wall = time.time()
         h.up = True
-        self.publish(self.checkpoint(), evaluate=self._unpublished)
+        checkpointed = self.checkpoint(window=False)
+        self.publish(checkpointed, evaluate=self._unpublished)
         self.polled.set()
+        if checkpointed:  # the window when due, after the publication: ready and scrapes wait for the counters only
+            self.checkpoint()
         return total
 
     def run(self, stop: threading.Event) -> None:
