@@ -220,6 +220,27 @@ def test_window_is_written_rarely_and_restored_whole_after_a_clean_stop(tmp_path
     assert sum(window(empty)[0]) == 0 and total(empty) == total(ing)
 
 
+def test_a_restored_window_waits_for_its_interval(tmp_path, tile_geometry):
+    """A restart does not write back the window it has just read (803 MB at 50 io_groups): the first poll after it
+    writes the counters only, until the interval has passed or the exporter stops; a damaged window file, whose
+    window starts empty, is written at the first poll."""
+    data, state, _ = stopped_cleanly(tmp_path, tile_geometry, 5)
+    written = os.stat(window_file(state)).st_mtime_ns
+    restarted = ingester([str(data)], state, tile_geometry)
+    simulate_files(tile_geometry, data, 2, start=1_700_000_005, seed=3)
+    counters = os.stat(state).st_mtime_ns
+    restarted.poll()
+    assert os.stat(state).st_mtime_ns != counters and os.stat(window_file(state)).st_mtime_ns == written
+    restarted.checkpoint(final=True)
+    assert os.stat(window_file(state)).st_mtime_ns != written
+    window_file(state).write_bytes(b"damaged")
+    damaged = ingester([str(data)], state, tile_geometry)
+    simulate_files(tile_geometry, data, 2, start=1_700_000_007, seed=4)
+    damaged.poll()
+    with np.load(window_file(state)) as arrays:
+        assert "chip_keys" in arrays.files
+
+
 def test_a_poll_publishes_before_it_writes_the_window(tmp_path, tile_geometry):
     """The window file (803 MB at 50 io_groups) is written after the poll's publications, so that being ready and
     what scrapes see wait for the counters only; both files are there when the poll returns."""

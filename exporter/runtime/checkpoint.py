@@ -293,10 +293,10 @@ class Checkpoint:
                 self._check_identity(meta, accumulator, tail)
                 keys = arrays["chip_keys"]
                 window = self._window(meta, keys, files)
-                if (
-                    not accumulator.import_state(arrays if window is None else window.over(arrays))
-                    and window is not None
-                ):
+                restored = accumulator.import_state(arrays if window is None else window.over(arrays))
+                if restored and window is not None:  # the window on disk is the one in memory: not due again yet
+                    self.window_written = time.monotonic()
+                elif window is not None:
                     log.warning(
                         "checkpoint %s: window settings changed since the checkpoint; counters restored, "
                         "window restarts",
