@@ -128,6 +128,20 @@ def feed_both(reference: Accumulator, compiled: Accumulator, messages: Messages,
     compiled.add_messages(messages, clocks[1], START + 100.0)
 
 
+def test_loading_the_kernels_loads_every_kernel_a_chunk_runs() -> None:
+    """The kernels' warm-up runs each of them once, in a fresh process: none waits for numba's cache or compiler in
+    the first chunk's time (the fold and the pairing's two steps included)."""
+    check = (
+        "from larpix_dqm.exporter.quality.accumulator import KERNELS, load_kernels\n"
+        "assert load_kernels(wait=600), KERNELS.error\n"
+        "kernels = KERNELS.kernels\n"
+        "names = [n for n in dir(kernels) if hasattr(getattr(kernels, n), 'signatures')]\n"
+        "print(sorted(n for n in names if not getattr(kernels, n).signatures), len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.split("]")
+    assert out[0] == "[" and int(out[1]) >= 5, out
+
+
 def test_the_compiled_decoder_gives_the_numpy_decoders_records_field_for_field() -> None:
     """Data, trigger and sync words, words of unknown type, and trigger and sync words whose LArPix half is not
     empty (decoded as numpy decodes it): the same records, bytes for bytes, and the same unknown words."""

@@ -109,9 +109,13 @@ def load_kernels(wait: float) -> bool:
 
 
 def _warm_up() -> None:
-    """Run the kernels once on a raw message and on packet records (counting, decoding, the trigger pairing's two
-    steps), so that numba loads or compiles them."""
-    message = np.frombuffer(b"D" + (1_700_000_000).to_bytes(4, "little") + bytes(3) + b"S" + bytes(15), np.uint8)
+    """Run the kernels once on a raw message and on packet records (counting and its fold, decoding, the trigger
+    pairing's two steps), so that numba loads or compiles them all before the first chunk."""
+    word = (11 << 2) | (5 << 10) | (100 << 16) | (1 << 62)  # chip 11, channel 5: a data packet, for the fold
+    word |= (1 - word.bit_count() % 2) << 63  # odd parity
+    data = b"D" + bytes([1]) + bytes(6) + word.to_bytes(8, "little")
+    header = b"D" + (1_700_000_000).to_bytes(4, "little") + bytes(3)
+    message = np.frombuffer(header + b"S" + bytes(15) + data, np.uint8)
     messages = split_messages([message], np.array([1], np.uint8))
     for source in (messages, messages.decode()):
         state = State(QualityConfig(engine=COMPILED))
