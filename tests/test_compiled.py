@@ -463,6 +463,42 @@ def test_files_past_the_compile_threshold_count_the_same_on_both_engines(tmp_pat
         assert_same_state(dict(saved), reference.accumulator.export_state())
 
 
+#: Run in a fresh process: pump each input (argv) until its first chunk, as ``serve``'s poll does; print what the
+#: pump told of the new files' bytes and whether the kernels were loading at the first chunk.
+FIRST_CHUNK = """
+import sys
+from larpix_dqm.exporter.quality.accumulator import KERNELS, Accumulator, QualityConfig
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+accumulator = Accumulator(QualityConfig())
+for path in sys.argv[1:]:
+    told, loading = [], []
+    def expect(size):
+        told.append(size)
+        accumulator.expect(size)
+    def consume(chunk):
+        loading.append(KERNELS.ready(wait=600))  # False at once when they were not started
+    DirectoryTail([InputSpec(path)]).pump(consume, stop=lambda: True, expect=expect)
+    print(told[0], loading[0])
+"""
+
+
+@pytest.mark.external
+def test_a_large_backlog_starts_loading_the_kernels_before_its_first_chunk(tmp_path, backlog) -> None:
+    """The pump tells the bytes of files never read before; a backlog of COMPILE_AFTER_PACKETS packets or more at 36
+    bytes a packet has the kernels loading from its first chunk (not after 2 M packets on numpy); a small file
+    does not (it would not win the load back)."""
+    large = backlog("packets")
+    small = tmp_path / "small.h5"
+    writer = open_writer(small, "packets")
+    writer.append(*Simulator(load_geometry(packaged_layout()), SimulationConfig(seed=1)).second(START))
+    writer.close()
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_CHUNK, str(small), str(large)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(small.stat().st_size), "False", str(large.stat().st_size), "True"], out
+    assert large.stat().st_size >= COMPILE_AFTER_PACKETS * PACKET_DTYPE.itemsize > small.stat().st_size
+
+
 #: Run in a fresh process where numba cannot compile: poll a file as ``serve`` does, save the state, print the
 #: exporter's metrics. Placeholder ``{prelude}``: what takes the compiler away (nothing: NUMBA_DISABLE_JIT).
 NO_COMPILER_RUN = """

@@ -331,6 +331,7 @@ class Accumulator:
         self._counted = 0  # packets counted, until the kernels are wanted
         self._numpy_seconds = 0.0  # CPU seconds of counting on the numpy path, until the kernels are wanted
         self._kernels_wanted = False
+        self._load_waited = False  # whether a chunk has waited for the kernels (once, when they are due)
         self._hits = HitsBuffer()  # the compiled counting's, reused from chunk to chunk
         self._snapshot_large = False  # whether a snapshot had COMPILE_EVALUATION_AFTER_CHANNELS or more
         self.geometry = geometry
@@ -411,23 +412,32 @@ class Accumulator:
         """Whether chunks go through the compiled kernels now (numpy until they are loaded)."""
         return self.config.engine == COMPILED and KERNELS.ready()
 
+    def expect(self, new_bytes: int) -> None:
+        """Files of ``new_bytes`` bytes never read before are about to be read (a backlog): when they hold
+        ``COMPILE_AFTER_PACKETS`` or more even at ``PACKET_DTYPE``'s 36 bytes a packet (packet files; raw files take
+        16-18), the kernels start loading now, while the first chunks are read and counted on numpy."""
+        if self.config.engine == COMPILED and new_bytes >= COMPILE_AFTER_PACKETS * PACKET_DTYPE.itemsize:
+            self._kernels_wanted = True
+            KERNELS.start(_warm_up)
+
     def _use_kernels(self, packets: int) -> bool:
         """Whether a chunk of ``packets`` goes through the compiled kernels. They start loading in the
         background once the run has ``COMPILE_AFTER_PACKETS``, or has spent ``COMPILE_AFTER_NUMPY_SECONDS``
         counting on numpy (a small file is done on the numpy path before numba would have been imported; a
-        large detector's chunks are not), and that chunk waits ``LOAD_WAIT_SECONDS`` at most for them (from
-        numba's cache they load in well under a second; compiling takes longer)."""
+        large detector's chunks are not), or sooner for a large backlog (``expect``); the chunk that first reaches
+        one of these thresholds waits ``LOAD_WAIT_SECONDS`` at most for them (from numba's cache they load in well
+        under a second; compiling takes longer). The evaluation's start loading too once the chips are many."""
         if self.config.engine != COMPILED:
             return False
         self._counted += packets
         due = self._counted >= COMPILE_AFTER_PACKETS or self._numpy_seconds >= COMPILE_AFTER_NUMPY_SECONDS
-        if due and not self._kernels_wanted:
-            self._kernels_wanted = True
+        wait = due and not self._load_waited
+        if wait:
+            self._load_waited = self._kernels_wanted = True
             KERNELS.start(_warm_up)
-            if len(self.chips) * CHANNELS_PER_CHIP >= COMPILE_EVALUATION_AFTER_CHANNELS:
-                self._evaluation_kernels()  # ready by the first publication
-            return KERNELS.ready(LOAD_WAIT_SECONDS)
-        return KERNELS.ready()
+        if self._kernels_wanted and len(self.chips) * CHANNELS_PER_CHIP >= COMPILE_EVALUATION_AFTER_CHANNELS:
+            self._evaluation_kernels()  # ready by the first publication
+        return KERNELS.ready(LOAD_WAIT_SECONDS if wait else 0.0)
 
     def add_chunk(self, chunk: Chunk, wall_now: float) -> None:
         """Fold a chunk read from a file; raw messages are decoded and counted in one compiled pass."""

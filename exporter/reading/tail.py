@@ -168,15 +168,24 @@ class DirectoryTail:
                 cursor.path = path
                 self.cursors[path] = cursor
 
-    def pump(self, consume: Callable[[Chunk], None], stop: Callable[[], bool] | None = None) -> int:
+    def pump(
+        self,
+        consume: Callable[[Chunk], None],
+        stop: Callable[[], bool] | None = None,
+        expect: Callable[[int], None] | None = None,
+    ) -> int:
         """Scan once and hand every new chunk to ``consume``, oldest file first; return the packet count.
 
         A file's cursor advances past a chunk only after ``consume`` returned, so a crash or an
         exception inside it leaves those rows to be read again: counted once, never skipped.
-        ``stop`` is asked after every chunk; when it says True the pump returns at once.
+        ``stop`` is asked after every chunk; when it says True the pump returns at once. ``expect`` is told the
+        bytes of the files never read before, before any is read (what a backlog is about to cost).
         """
         total = 0
-        for cursor in self.scan(time.time()):
+        due = self.scan(time.time())
+        if expect is not None:
+            expect(sum(c.size for c in due if c.rows_done == 0))
+        for cursor in due:
             for chunk in self._read(cursor, time.time()):
                 consume(chunk)
                 chunk.cursor.rows_done = chunk.rows_end

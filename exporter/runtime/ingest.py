@@ -202,7 +202,7 @@ class Ingester:
     def poll(self, stop: threading.Event | None = None) -> int:
         """Read everything new once; return the number of packets ingested."""
         started = time.monotonic()
-        total = self.tail.pump(self.ingest, stop.is_set if stop is not None else None)
+        total = self.tail.pump(self.ingest, stop.is_set if stop is not None else None, self.accumulator.expect)
         self.monitor.forget_files(self.tail.cursors.values())
         h = self.health
         h.polls += 1

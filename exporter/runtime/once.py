@@ -184,7 +184,7 @@ def process_file(
     tail = DirectoryTail(
         [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     )
-    tail.pump(consume)
+    tail.pump(consume, expect=monitor.accumulator.expect)
     monitor.accumulator.finish()
     note_reading(health, monitor.accumulator, tail)
     return FileResult(path, geometry, monitor.update(), health, errors, run_config.run_mode)
