@@ -128,6 +128,7 @@ def feed_both(reference: Accumulator, compiled: Accumulator, messages: Messages,
     compiled.add_messages(messages, clocks[1], START + 100.0)
 
 
+@pytest.mark.external
 def test_loading_the_kernels_loads_every_kernel_a_chunk_runs() -> None:
     """The kernels' warm-up runs each of them once, in a fresh process: none waits for numba's cache or compiler in
     the first chunk's time (the fold and the pairing's two steps included)."""
