@@ -204,7 +204,7 @@ class HitsBuffer:
     kept by the accumulator from chunk to chunk and left all zero by the fold (``compiled.fold_hits``): a fresh
     buffer a chunk costs a page fault for each page written (2.6 us a 4 kB page: 26 ms of a 100 k-packet chunk
     over 40,000 chips). Its keys are the slots a chunk uses (``chunk_keys``), not the window's: what stays
-    resident is what one chunk touches."""
+    resident is the most keys one chunk has used (3-4 in a backlog: ~150-200 MB at 40,000 chips)."""
 
     def __init__(self) -> None:
         self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
@@ -288,7 +288,7 @@ def count_compiled(
             rest = source.since(int(pos[0])).decode() if isinstance(source, Messages) else source[int(pos[0]) :]
             data = rest[(rest["packet_type"] == DATA) & (rest["valid_parity"] != 0)]
             state.register(np.stack([data["io_group"], data["io_channel"], data["chip_id"]], axis=1))
-        # NEED_FOLD: ``hits`` was folded above; the next round counts into a fresh one
+        # NEED_FOLD: ``hits`` was folded (and zeroed) above; the next round counts into it again
     if pos[3]:  # parity errors whose chip was unknown when the kernel met them
         engine.count_parity_errors(state, *deferred[: pos[3]].T)
     if isinstance(source, Messages):

@@ -179,7 +179,7 @@ class DirectoryTail:
         A file's cursor advances past a chunk only after ``consume`` returned, so a crash or an
         exception inside it leaves those rows to be read again: counted once, never skipped.
         ``stop`` is asked after every chunk; when it says True the pump returns at once. ``expect`` is told the
-        bytes of the files never read before, before any is read (what a backlog is about to cost).
+        bytes of the due files with no row read yet, before any is read (what a backlog is about to cost).
         """
         total = 0
         due = self.scan(time.time())

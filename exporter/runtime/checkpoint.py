@@ -254,8 +254,16 @@ class Checkpoint:
         """Whether the window arrays are old enough to be written with the next checkpoint."""
         return time.monotonic() - self.window_written >= self.window_interval
 
-    def save(self, accumulator: Accumulator, tail: DirectoryTail, health: Health, with_window: bool) -> None:
-        """Write the counters and cursors (and the window arrays when ``with_window``); OSError if impossible."""
+    def save(
+        self,
+        accumulator: Accumulator,
+        tail: DirectoryTail,
+        health: Health,
+        with_window: bool,
+        with_counters: bool = True,
+    ) -> None:
+        """Write the counters and cursors (unless ``with_counters`` is False: those on disk are current) and the window
+        arrays when ``with_window``; OSError if impossible."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         state = accumulator.export_state()
         window = {name: state.pop(name) for name in Accumulator.WINDOW_FILE}
@@ -275,7 +283,7 @@ class Checkpoint:
             },
         }
         state["meta_json"] = _json_array(meta)
-        self.last_bytes = _write_npz(self.path, state)
+        self.last_bytes = _write_npz(self.path, state) if with_counters else 0
         if with_window:  # after the counters: a window file is never ahead of the checkpoint on disk
             window["chip_keys"] = state["chip_keys"]
             window["meta_json"] = _json_array({"version": CHECKPOINT_VERSION, "lineage": self.lineage})
@@ -294,8 +302,8 @@ class Checkpoint:
                 keys = arrays["chip_keys"]
                 window = self._window(meta, keys, files)
                 restored = accumulator.import_state(arrays if window is None else window.over(arrays))
-                if restored and window is not None:  # the window on disk is the one in memory: not due again yet
-                    self.window_written = time.monotonic()
+                if restored and window is not None:  # the window on disk is the one in memory: due again an
+                    self.window_written = time.monotonic()  # interval after the restart (not after its write)
                 elif window is not None:
                     log.warning(
                         "checkpoint %s: window settings changed since the checkpoint; counters restored, "

@@ -7,6 +7,7 @@ publishes an immutable (Evaluation, Health) pair; scrapes read only the publishe
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -115,7 +116,9 @@ class Ingester:
         """Load the checkpoint at ``checkpoint_path`` if there is one (raises CheckpointError if unusable)."""
         if self.checkpoints is None or not self.checkpoints.load(self.accumulator, self.tail, self.health):
             return False
-        self._checkpointed = self._window_checkpointed = self._progress()
+        self._checkpointed = self._progress()
+        # a window that could not be restored (damaged, other settings) is written at the next checkpoint
+        self._window_checkpointed = self._checkpointed if self.checkpoints.window_written > -math.inf else None
         self.publish(checkpointed=True)
         return True
 
@@ -145,7 +148,7 @@ class Ingester:
             return True
         started = time.monotonic()
         try:
-            self.checkpoints.save(self.accumulator, self.tail, self.health, with_window)
+            self.checkpoints.save(self.accumulator, self.tail, self.health, with_window, progress != self._checkpointed)
         except OSError as err:
             self.health.checkpoint_errors += 1
             log.error("cannot write checkpoint %s: %s", self.checkpoint_path, err)
