@@ -485,7 +485,7 @@ for path in sys.argv[1:]:
 
 @pytest.mark.external
 def test_a_large_backlog_starts_loading_the_kernels_before_its_first_chunk(tmp_path, backlog) -> None:
-    """The pump tells the bytes of files never read before; a backlog of COMPILE_AFTER_PACKETS packets or more at 36
+    """The pump tells the bytes of the files with no row read yet; a backlog of COMPILE_AFTER_PACKETS packets or more at 36
     bytes a packet has the kernels loading from its first chunk (not after 2 M packets on numpy); a small file
     does not (it would not win the load back)."""
     large = backlog("packets")

@@ -452,9 +452,11 @@ def test_the_registry_waits_for_a_checkpoint_that_holds_the_packets(monkeypatch,
             stop = threading.Event()
             pump = ingester.tail.pump
 
-            def poll_cut_short(consume, stop_asked=None):
-                pump(consume, stop_asked)
-                stop.set()
+            def poll_cut_short(*args, **kwargs):
+                try:
+                    pump(*args, **kwargs)
+                finally:
+                    stop.set()  # whatever the pump did: ``run`` stops after this poll, never loops on
                 raise RuntimeError("a poll cut short")
 
             monkeypatch.setattr(ingester.tail, "pump", poll_cut_short)
