@@ -68,3 +68,28 @@ def test_publications_inside_a_backlog_poll_take_a_bounded_share(tmp_path, tile_
     inside = len(published) - 1  # the poll's last publication comes after it
     assert elapsed > 4.0
     assert 1 <= inside <= 1 + elapsed / (0.2 / PUBLISH_COST_SHARE), (inside, elapsed)
+
+
+def test_a_poll_waits_for_the_cost_of_the_publication_before_it(tmp_path, tile_geometry):
+    """The last publication's cost spaces a poll's first publication too: after a poll whose publication took 0.3 s,
+    a backlog's poll publishes inside no sooner than 0.3 / PUBLISH_COST_SHARE = 3 s after it, not after a second."""
+    data = tmp_path / "data"
+    simulate_files(tile_geometry, data, 1, fmt="packets", file_seconds=1)  # one chunk: published at the end only
+    ingester = Ingester([InputSpec(str(data))], Monitor(tile_geometry), 0.1)
+    update = ingester.monitor.update
+
+    def slow_update():
+        time.sleep(0.3)
+        return update()
+
+    ingester.monitor.update = slow_update  # type: ignore[method-assign]
+    published: list[float] = []
+    ingester.publish_listeners.append(lambda p: published.append(time.monotonic()))
+    ingester.poll()
+    first = len(published)
+    assert first == 1
+    simulate_files(tile_geometry, data, 40, fmt="packets", file_seconds=1, start=1_700_000_100, seed=2)
+    ingester.listeners.append(lambda chunk: time.sleep(0.1))
+    ingester.poll()
+    before, inside = published[first - 1], published[first:-1]  # the first poll's last publication, the second's
+    assert inside and inside[0] - before >= 0.3 / PUBLISH_COST_SHARE, [t - before for t in published]

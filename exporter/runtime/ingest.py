@@ -96,7 +96,7 @@ class Ingester:
         #: The run being read (the service's run namer or registry tells it), captured in each publication.
         self.current_run: Callable[[], str | None] = lambda: None
         self._last_publish = 0.0
-        self._publish_cost = 0.0  # seconds the last publication inside a poll took, its checkpoint included
+        self._publish_cost = 0.0  # seconds the last evaluated publication took, its checkpoint included
         self._unpublished = False  # chunks counted since the last publication
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
         self.polled = threading.Event()
@@ -119,7 +119,9 @@ class Ingester:
         self._checkpointed = self._progress()
         # a window that could not be restored (damaged, other settings) is written at the next checkpoint
         self._window_checkpointed = self._checkpointed if self.checkpoints.window_written > -math.inf else None
+        started = time.monotonic()
         self.publish(checkpointed=True)
+        self._publish_cost = time.monotonic() - started
         return True
 
     def _progress(self) -> tuple:
@@ -174,6 +176,17 @@ class Ingester:
             except Exception:  # a listener must never stop ingest
                 log.exception("publish listener %r failed", listener)
 
+    def _checkpoint_and_publish(self, evaluate: bool) -> bool:
+        """Checkpoint the counters, then publish (``publish``); an evaluated publication's cost, checkpoint included,
+        spaces the next ones inside a poll (``PUBLISH_COST_SHARE``), that poll's first included. Whether the
+        checkpoint on disk holds everything counted."""
+        started = time.monotonic()
+        checkpointed = self.checkpoint(window=False)
+        self.publish(checkpointed, evaluate=evaluate)
+        if evaluate:  # an idle poll's publication judges nothing: it says nothing of the next one's cost
+            self._publish_cost = time.monotonic() - started
+        return checkpointed
+
     def ingest(self, chunk: Chunk) -> None:
         """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then.
 
@@ -184,9 +197,7 @@ class Ingester:
         """
         every = max(PUBLISH_EVERY_SECONDS, self._publish_cost / PUBLISH_COST_SHARE)
         if self._unpublished and time.monotonic() - self._last_publish > every:
-            started = time.monotonic()
-            self.publish(self.checkpoint(window=False))
-            self._publish_cost = time.monotonic() - started
+            self._checkpoint_and_publish(evaluate=True)
         self._unpublished = True
         now = time.time()
         try:
@@ -212,8 +223,7 @@ class Ingester:
         h.poll_duration = time.monotonic() - started
         h.last_poll_wall = time.time()
         h.up = True
-        checkpointed = self.checkpoint(window=False)
-        self.publish(checkpointed, evaluate=self._unpublished)
+        checkpointed = self._checkpoint_and_publish(evaluate=self._unpublished)
         self.polled.set()
         if checkpointed:  # the window when due, after the publication: ready and scrapes wait for the counters only
             self.checkpoint()
