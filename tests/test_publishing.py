@@ -46,19 +46,25 @@ def test_an_idle_poll_publishes_the_same_evaluation_with_fresh_health(tmp_path, 
     assert ingester.poll() > 0 and updates == 2 and ingester.published.evaluation is not first.evaluation
 
 
+def slow_ingester(folder, geometry, seconds: float) -> Ingester:
+    """An ingester of ``folder`` whose every evaluated publication takes ``seconds`` more."""
+    ingester = Ingester([InputSpec(str(folder))], Monitor(geometry), 0.1)
+    update = ingester.monitor.update
+
+    def slow_update():
+        time.sleep(seconds)
+        return update()
+
+    ingester.monitor.update = slow_update  # type: ignore[method-assign]
+    return ingester
+
+
 @pytest.mark.slow
 def test_publications_inside_a_backlog_poll_take_a_bounded_share(tmp_path, tile_geometry):
     """Each publication made slow (0.2 s): inside a poll of a backlog read in ~40 chunks of 0.1 s each,
     publications come at least 0.2 / PUBLISH_COST_SHARE = 2 s apart, not every second."""
     simulate_files(tile_geometry, tmp_path, 40, fmt="packets", file_seconds=1)
-    ingester = Ingester([InputSpec(str(tmp_path))], Monitor(tile_geometry), 0.1)
-    update = ingester.monitor.update
-
-    def slow_update():
-        time.sleep(0.2)
-        return update()
-
-    ingester.monitor.update = slow_update  # type: ignore[method-assign]
+    ingester = slow_ingester(tmp_path, tile_geometry, 0.2)
     ingester.listeners.append(lambda chunk: time.sleep(0.1))
     published: list[Published] = []
     ingester.publish_listeners.append(published.append)
@@ -75,14 +81,7 @@ def test_a_poll_waits_for_the_cost_of_the_publication_before_it(tmp_path, tile_g
     a backlog's poll publishes inside no sooner than 0.3 / PUBLISH_COST_SHARE = 3 s after it, not after a second."""
     data = tmp_path / "data"
     simulate_files(tile_geometry, data, 1, fmt="packets", file_seconds=1)  # one chunk: published at the end only
-    ingester = Ingester([InputSpec(str(data))], Monitor(tile_geometry), 0.1)
-    update = ingester.monitor.update
-
-    def slow_update():
-        time.sleep(0.3)
-        return update()
-
-    ingester.monitor.update = slow_update  # type: ignore[method-assign]
+    ingester = slow_ingester(data, tile_geometry, 0.3)
     published: list[float] = []
     ingester.publish_listeners.append(lambda p: published.append(time.monotonic()))
     ingester.poll()

@@ -413,7 +413,7 @@ class Accumulator:
         return self.config.engine == COMPILED and KERNELS.ready()
 
     def expect(self, new_bytes: int) -> None:
-        """Files of ``new_bytes`` bytes never read before are about to be read (a backlog): when they hold
+        """Files of ``new_bytes`` bytes with no row read yet are about to be read (a backlog): when they hold
         ``COMPILE_AFTER_PACKETS`` or more even at ``PACKET_DTYPE``'s 36 bytes a packet (packet files; raw files take
         16-18), the kernels start loading now, while the first chunks are read and counted on numpy."""
         if self.config.engine == COMPILED and new_bytes >= COMPILE_AFTER_PACKETS * PACKET_DTYPE.itemsize:

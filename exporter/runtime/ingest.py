@@ -119,9 +119,7 @@ class Ingester:
         self._checkpointed = self._progress()
         # a window that could not be restored (damaged, other settings) is written at the next checkpoint
         self._window_checkpointed = self._checkpointed if self.checkpoints.window_written > -math.inf else None
-        started = time.monotonic()
-        self.publish(checkpointed=True)
-        self._publish_cost = time.monotonic() - started
+        self._checkpoint_and_publish(evaluate=True)  # nothing to write: the checkpoint is what was restored
         return True
 
     def _progress(self) -> tuple:
