@@ -8,9 +8,11 @@ import time
 import pytest
 from helpers import parse_metrics, sample, simulate_files
 
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.monitor import Monitor
 from larpix_dqm.exporter.reading.files import FileReader
 from larpix_dqm.exporter.reading.tail import InputSpec
+from larpix_dqm.exporter.runtime import ingest
 from larpix_dqm.exporter.runtime.ingest import PUBLISH_COST_SHARE, Ingester, Published
 from larpix_dqm.exporter.web.server import MetricsApp
 
@@ -92,3 +94,20 @@ def test_a_poll_waits_for_the_cost_of_the_publication_before_it(tmp_path, tile_g
     ingester.poll()
     before, inside = published[first - 1], published[first:-1]  # the first poll's last publication, the second's
     assert inside and inside[0] - before >= 0.3 / PUBLISH_COST_SHARE, [t - before for t in published]
+
+
+def test_a_first_poll_reckons_its_first_publication_from_the_chips(tmp_path, tile_geometry, monkeypatch):
+    """Before any publication was timed (a first start), a backlog poll's first publication waits for the cost reckoned
+    from the chips seen (``PUBLISH_SECONDS_PER_CHANNEL``), counted from the ingester's start: reckoned at 0.5 s for the
+    tile's chips (5 s apart), a backlog poll of ~2 s publishes only at its end, not at its second chunk."""
+    simulate_files(tile_geometry, tmp_path, 20, fmt="packets", file_seconds=1)
+    channels = len(tile_geometry.by_chip_id) * CHANNELS_PER_CHIP
+    monkeypatch.setattr(ingest, "PUBLISH_SECONDS_PER_CHANNEL", 0.5 / channels)
+    ingester = Ingester([InputSpec(str(tmp_path))], Monitor(tile_geometry), 0.1)
+    ingester.listeners.append(lambda chunk: time.sleep(0.1))
+    published: list[Published] = []
+    ingester.publish_listeners.append(published.append)
+    started = time.monotonic()
+    ingester.poll()
+    assert time.monotonic() - started > 2.0
+    assert len(published) == 1, "published inside the poll"

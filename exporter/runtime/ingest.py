@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.detector.runconfig import RunConfigError
 from larpix_dqm.exporter.metrics.health import Health
 from larpix_dqm.exporter.monitor import Monitor
@@ -31,6 +32,11 @@ PUBLISH_EVERY_SECONDS = 1.0
 #: listeners): they come at least ``PUBLISH_EVERY_SECONDS`` and at least their last cost / this share apart,
 #: which bounds how stale a scrape is while catching up (10 x 0.2 s = 2 s for an ND-LAr module).
 PUBLISH_COST_SHARE = 0.1
+#: What an evaluated publication is reckoned to cost a channel until one has been timed (a first start's backlog):
+#: judged on numpy, its checkpoint included, a first publication took 1.0-2.1 us a channel of 179 k (2 io_groups) and
+#: 0.27-0.5 us of 2.4 M (50 io_groups; `bench/serve_large.py`'s data). Without it a first start published at its
+#: second chunk whatever that cost (0.7-1.2 s at 50 io_groups: a sixth of its first poll).
+PUBLISH_SECONDS_PER_CHANNEL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,8 @@ class Ingester:
         self.publish_listeners: list[Callable[[Published], None]] = []
         #: The run being read (the service's run namer or registry tells it), captured in each publication.
         self.current_run: Callable[[], str | None] = lambda: None
-        self._last_publish = 0.0
-        self._publish_cost = 0.0  # seconds the last evaluated publication took, its checkpoint included
+        self._last_publish = time.monotonic()  # the empty state's publication, below
+        self._publish_cost: float | None = None  # seconds the last evaluated publication took, its checkpoint included
         self._unpublished = False  # chunks counted since the last publication
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
         self.polled = threading.Event()
@@ -185,6 +191,13 @@ class Ingester:
             self._publish_cost = time.monotonic() - started
         return checkpointed
 
+    def _next_publish_cost(self) -> float:
+        """The last evaluated publication's cost; before one was timed, ``PUBLISH_SECONDS_PER_CHANNEL`` for each
+        channel of the chips seen so far."""
+        if self._publish_cost is not None:
+            return self._publish_cost
+        return len(self.accumulator.chips) * CHANNELS_PER_CHIP * PUBLISH_SECONDS_PER_CHANNEL
+
     def ingest(self, chunk: Chunk) -> None:
         """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then.
 
@@ -193,7 +206,7 @@ class Ingester:
         a restart could not restore, so a counter never goes back across a kill. The window arrays wait for the end
         of the poll (``poll``): a publication does not wait for them.
         """
-        every = max(PUBLISH_EVERY_SECONDS, self._publish_cost / PUBLISH_COST_SHARE)
+        every = max(PUBLISH_EVERY_SECONDS, self._next_publish_cost() / PUBLISH_COST_SHARE)
         if self._unpublished and time.monotonic() - self._last_publish > every:
             self._checkpoint_and_publish(evaluate=True)
         self._unpublished = True
