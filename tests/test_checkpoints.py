@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -398,3 +399,25 @@ def test_checkpoint_is_refused_on_the_command_line_for_another_input(tmp_path, t
     result = run_cli("serve", "-i", str(tmp_path / "b"), "--checkpoint", str(state), "--port", str(free_port()))
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert f"checkpoint {state}: written for {tmp_path / 'a'}, not {tmp_path / 'b'}" in result.stderr
+
+
+def test_a_poll_longer_than_the_window_interval_writes_the_window_inside(tmp_path, tile_geometry):
+    """A backlog poll (hours, at a first start) writes the window when due after its publications once it has lasted
+    the window's interval (here 1.5 s), so a crash in it restores the window; before that only the counters (its first
+    publication, at ~1 s, writes no window)."""
+    simulate_files(tile_geometry, tmp_path / "data", 30, fmt="packets", file_seconds=1)
+    state = tmp_path / "state.npz"
+    ing = Ingester(
+        [InputSpec(str(tmp_path / "data"))], Monitor(tile_geometry), 0.1, str(state), window_checkpoint_interval=1.5
+    )
+    seen: list[tuple[float, bool]] = []
+    started = time.monotonic()
+
+    def chunk_counted(chunk) -> None:
+        seen.append((time.monotonic() - started, window_file(state).exists()))
+        time.sleep(0.1)
+
+    ing.listeners.append(chunk_counted)
+    ing.poll()
+    assert state.exists() and all(not written for at, written in seen if at < 1.5), seen
+    assert any(written for at, written in seen), seen

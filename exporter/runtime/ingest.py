@@ -104,6 +104,7 @@ class Ingester:
         self._last_publish = time.monotonic()  # the empty state's publication, below
         self._publish_cost: float | None = None  # seconds the last evaluated publication took, its checkpoint included
         self._unpublished = False  # chunks counted since the last publication
+        self._poll_started = time.monotonic()  # of the poll under way, or the last
         #: Set once the first poll after the checkpoint restore completed: the exporter is ready (/-/ready).
         self.polled = threading.Event()
         self.published = Published(monitor.update(), self.health.copy())
@@ -198,17 +199,25 @@ class Ingester:
             return self._publish_cost
         return len(self.accumulator.chips) * CHANNELS_PER_CHIP * PUBLISH_SECONDS_PER_CHANNEL
 
+    def _long_poll(self) -> bool:
+        """Whether the poll under way has lasted the window's checkpoint interval (a first start's backlog of a minute
+        is ready without writing the window inside its poll: 2 s at 50 io_groups)."""
+        interval = self.checkpoints.window_interval if self.checkpoints is not None else math.inf
+        return time.monotonic() - self._poll_started >= interval
+
     def ingest(self, chunk: Chunk) -> None:
         """Count one chunk (the pump advances its file's cursor afterwards) and publish now and then.
 
         A publication inside a poll comes before the chunk is counted, when every chunk counted so far
         has its cursor advanced, and after a checkpoint of exactly that: no scrape ever shows a count that
         a restart could not restore, so a counter never goes back across a kill. The window arrays wait for the end
-        of the poll (``poll``): a publication does not wait for them.
+        of the poll (``poll``): a publication does not wait for them, except in a poll longer than the window's interval
+        (a backlog of hours), which writes them when due after a publication, as polls do.
         """
         every = max(PUBLISH_EVERY_SECONDS, self._next_publish_cost() / PUBLISH_COST_SHARE)
         if self._unpublished and time.monotonic() - self._last_publish > every:
-            self._checkpoint_and_publish(evaluate=True)
+            if self._checkpoint_and_publish(evaluate=True) and self._long_poll():
+                self.checkpoint()  # the window when due, as between polls: a crash in a backlog of hours restores it
         self._unpublished = True
         now = time.time()
         try:
@@ -226,7 +235,7 @@ class Ingester:
 
     def poll(self, stop: threading.Event | None = None) -> int:
         """Read everything new once; return the number of packets ingested."""
-        started = time.monotonic()
+        started = self._poll_started = time.monotonic()
         total = self.tail.pump(self.ingest, stop.is_set if stop is not None else None, self.accumulator.expect)
         self.monitor.forget_files(self.tail.cursors.values())
         h = self.health
