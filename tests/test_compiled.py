@@ -32,6 +32,7 @@ from larpix_dqm.exporter.quality.accumulator import (
     KERNELS,
     NUMPY,
     Accumulator,
+    HitsBuffer,
     QualityConfig,
     count_compiled,
     decode_compiled,
@@ -213,7 +214,8 @@ def test_the_counting_kernel_places_a_chunk_for_the_pairing_as_the_placing_does(
     """While the pairing is active the counting pass places the chunk too: the trigger words, each io_group's data
     second and the placed hits and triggers that numpy's placing of the decoded records gives; raw messages (with
     receipts behind the chip clock in their words' headers) and packet records (with receipts, and of 4-byte
-    timestamps without them), 60 % of the accepted timestamps kept and none of io_group 1's first half."""
+    timestamps without them), 60 % of the accepted timestamps kept and none of io_group 1's first half; placed in the
+    arrays one buffer keeps from chunk to chunk, as the accumulator's does."""
     sim = Simulator(load_geometry(packaged_layout()), SimulationConfig(seed=3, trigger_rate_hz=200.0), FAULTS)
     messages = split_messages(*sim.second(START))
     rng = np.random.default_rng(2)
@@ -229,6 +231,7 @@ def test_the_counting_kernel_places_a_chunk_for_the_pairing_as_the_placing_does(
     foreign = np.zeros(len(packets), narrow)
     for name in narrow.names:
         foreign[name] = packets[name]
+    buffer = HitsBuffer()
     for source in (messages, packets, foreign):
         records = source.decode() if isinstance(source, Messages) else source
         state = State(QualityConfig(engine=COMPILED))
@@ -241,7 +244,7 @@ def test_the_counting_kernel_places_a_chunk_for_the_pairing_as_the_placing_does(
             accepted, rows=accepted.rows[keep], times=accepted.times[keep], groups=accepted.groups[keep]
         )
         placed = dataclasses.replace(placed, accepted=accepted, slots=placed.slots[keep], ends=placed.ends[keep])
-        got = count_compiled(state, source, placed, pairing=True)
+        got = count_compiled(state, source, placed, buffer, pairing=True)
         reference = State(QualityConfig())
         reference.register(state.chips.keys)
         second = np.full(IO_GROUPS, -1, np.int64)

@@ -250,6 +250,12 @@ class Checkpoint:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd  # closed (and the lock released) when the process exits
 
+    @property
+    def window_current(self) -> bool:
+        """Whether this process wrote the window file or restored the window from it (not on a first start, nor when the
+        file could not be restored: then it is written at the next checkpoint)."""
+        return self.window_written > -math.inf
+
     def window_due(self) -> bool:
         """Whether the window arrays are old enough to be written with the next checkpoint."""
         return time.monotonic() - self.window_written >= self.window_interval

@@ -125,7 +125,7 @@ class Ingester:
             return False
         self._checkpointed = self._progress()
         # a window that could not be restored (damaged, other settings) is written at the next checkpoint
-        self._window_checkpointed = self._checkpointed if self.checkpoints.window_written > -math.inf else None
+        self._window_checkpointed = self._checkpointed if self.checkpoints.window_current else None
         self._checkpoint_and_publish(evaluate=True)  # nothing to write: the checkpoint is what was restored
         return True
 
