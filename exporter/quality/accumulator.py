@@ -222,7 +222,8 @@ class HitsBuffer:
 
     def placed(self, packets: int) -> tuple[np.ndarray, ...]:
         """``triggers.Found``'s arrays for a chunk of ``packets`` packets to be placed in (longer ones kept from an
-        earlier chunk): new ones a chunk faulted 12 MB of pages a 500 k-packet chunk (5 M packets: 65 k faults, not 30 k)."""
+        earlier chunk): new ones each chunk faulted in up to 12 MB of pages a 500 k-packet chunk (a 5 M-packet file with
+        triggers: 64 k page faults in all, against 41 k with these kept and 30 k without triggers)."""
         if len(self._placed[0]) < packets:
             self._placed = tuple(np.empty(packets, np.int64) for _ in triggers.Found._fields)
         return self._placed
