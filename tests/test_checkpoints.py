@@ -404,13 +404,14 @@ def test_checkpoint_is_refused_on_the_command_line_for_another_input(tmp_path, t
 def test_a_poll_longer_than_the_window_interval_writes_the_window_inside(tmp_path, tile_geometry):
     """A backlog poll (hours, at a first start) writes the window when due after its publications once it has lasted
     the window's interval (here 1.5 s), so a crash in it restores the window; before that only the counters (its first
-    publication, at ~1 s, writes no window)."""
-    simulate_files(tile_geometry, tmp_path / "data", 30, fmt="packets", file_seconds=1)
+    publication, at ~1 s, writes no window). The poll's last publication comes before its own window write."""
+    simulate_files(tile_geometry, tmp_path / "data", 50, fmt="packets", file_seconds=1)
     state = tmp_path / "state.npz"
     ing = Ingester(
         [InputSpec(str(tmp_path / "data"))], Monitor(tile_geometry), 0.1, str(state), window_checkpoint_interval=1.5
     )
-    seen: list[tuple[float, bool]] = []
+    seen: list[tuple[float, bool]] = []  # at each chunk: seconds since the start, whether the window file is there
+    published: list[bool] = []  # at each publication: whether the window file is there
     started = time.monotonic()
 
     def chunk_counted(chunk) -> None:
@@ -418,6 +419,7 @@ def test_a_poll_longer_than_the_window_interval_writes_the_window_inside(tmp_pat
         time.sleep(0.1)
 
     ing.listeners.append(chunk_counted)
+    ing.publish_listeners.append(lambda p: published.append(window_file(state).exists()))
     ing.poll()
     assert state.exists() and all(not written for at, written in seen if at < 1.5), seen
-    assert any(written for at, written in seen), seen
+    assert published[-1], (published, seen)
