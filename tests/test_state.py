@@ -29,6 +29,7 @@ from larpix_dqm.exporter.quality.state import (
     WINDOW,
     WINDOW_ARRAYS,
     WINDOW_FILE,
+    State,
     kernel_fields,
 )
 from larpix_dqm.exporter.reading.decode import split_messages
@@ -227,3 +228,24 @@ def test_a_chip_first_seen_in_a_later_chunk_gets_its_tile(tile_geometry) -> None
     rows = [tile_geometry.row_of(1, 1, chip) for chip in chips]
     assert acc.geo_row.tolist() == rows
     assert acc.snapshot().chip_tiles.tolist() == tile_geometry.tiles[rows].tolist()
+
+
+def test_a_window_that_never_moved_is_not_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh state's first seconds move each io_group's window from nowhere: nothing was counted into its slots, so
+    nothing is cleared (a module's 12 slots cost 45 ms, their pages faulted in); later moves clear the slots they move
+    into, each io_group's once its window has moved."""
+    cleared: list[tuple[list[int], tuple[int, ...]]] = []
+    clear = State.clear
+    monkeypatch.setattr(
+        State, "clear", lambda self, groups, slots: cleared.append((groups, slots)) or clear(self, groups, slots)
+    )
+    acc = Accumulator(QualityConfig(engine=NUMPY, window_seconds=10.0, window_bins=5), load_geometry(packaged_layout()))
+    clock = DataClock()
+    seconds = simulated(6)
+    acc.add(seconds[0], clock, START + 100.0)
+    moved = np.flatnonzero(acc.state.newest_bin >= 0).tolist()
+    assert moved and cleared == []
+    for packets in seconds[1:]:
+        acc.add(packets, clock, START + 100.0)
+    assert cleared and {g for groups, _ in cleared for g in groups} == set(moved)
+    assert all(len(slots) < 5 for _, slots in cleared)
