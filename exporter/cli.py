@@ -557,8 +557,10 @@ def _once_with_progress(
     """Read the file (progress bar on a terminal; ``runs`` notes each chunk and records the state as the file is
     read), then draw its plots; returns (result, (images, failures)).
 
-    The plots are drawn here, in this process, not in a drawing process as ``serve`` does: nothing is
-    served meanwhile, so there is no lock to keep free, and a process would only add start-up time.
+    The plots are drawn here, not in a drawing process as ``serve`` does: nothing is served meanwhile,
+    so there is no lock to keep free, and a process would only add start-up time. Once the file is read,
+    a forked helper draws half the images on a second core (``plots.sharing``); the progress display is
+    refreshed by this thread only (no refresh thread), so no lock of it is held when the helper forks.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -573,7 +575,7 @@ def _once_with_progress(
         engine = PlotEngine(settings, geo)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+    with Progress(*columns, console=console, disable=not console.is_terminal, auto_refresh=False) as progress:
         reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
         noted = runs.on_chunk if runs is not None else None
         on_chunk = noted
@@ -593,15 +595,18 @@ def _once_with_progress(
             geo,
             window,
             on_chunk,
-            lambda rows: progress.update(reading, completed=rows),
+            lambda rows: progress.update(reading, completed=rows, refresh=True),
             run_config,
             ingest_engine,
             runs.record if runs is not None else None,
         )
         if engine is None or result.errors:  # nothing to draw, or a file that could not be read
             return result, None
+        from larpix_dqm.plots.sharing import draw_shared
+
         drawing = progress.add_task("drawing plots (images)", total=None)
-        images = engine.draw(result.snapshot, between=lambda: progress.advance(drawing))
+        progress.refresh()
+        images = draw_shared(engine, result.snapshot, lambda: progress.update(drawing, advance=1, refresh=True))
     failures = [f"{name} failed: {h.last_error}" for name, h in engine.health.items() if h.failures]
     failures += [f"{name} skipped: {reason}" for name, reason in engine.skipped.items()]
     failures += [f"plugin {where} skipped: {error}" for where, error in engine.catalog.errors.items()]

@@ -260,6 +260,12 @@ class PlotEngine:
         """Whether any selected plot reads packets (else only which files changed matters)."""
         return bool(self.per_file_specs)
 
+    def redraw(self) -> None:
+        """Make every image due again, drawn or not (a process sharing the draw died before reporting)."""
+        self.shared_fresh.dirty = True
+        for state in self.files.values():
+            state.fresh.dirty = True
+
     def has_work(self, snapshot: Snapshot) -> bool:
         """Whether ``draw(snapshot)`` would draw anything."""
         fp = fingerprint(snapshot)
@@ -396,12 +402,20 @@ class PlotEngine:
             )
             self.write_problem = reason
 
-    def draw(self, snapshot: Snapshot, between: Callable[[], None] = lambda: None, first_look: bool = False) -> int:
+    def draw(
+        self,
+        snapshot: Snapshot,
+        between: Callable[[], None] = lambda: None,
+        first_look: bool = False,
+        share: Callable[[], bool] = lambda: True,
+    ) -> int:
         """Draw every selected image whose data changed; return the number of images written.
 
         ``between`` runs after each image (the drawing process takes queued packets there, so
         a long cycle does not back up ingest, and stops there when told to). ``first_look``: only
         the first image of each plot (one pixel map of 16); the others stay due for the next cycle.
+        ``share`` is asked before each image (a file's predecessor-style plugins count as one) whether
+        this process draws it: processes forked with the same engine split its images (``plots.sharing``).
         """
         written = 0
         self.failed_writes = 0
@@ -413,16 +427,22 @@ class PlotEngine:
             stems = self._stems = self._new_stems or self._stems  # a redraw for a newer snapshot: same folders
             self._new_stems = []
             for name, plot in self.shared.items():
-                written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between, first_look)
+                written += self._draw_fast(name, plot, ctx, self.shared_figures, stems, between, first_look, share)
             # not written, or left for later: drawn again next cycle
             self.shared_fresh.dirty |= self.failed_writes > 0 or self._deferred
         for key in [key for key, state in self.files.items() if state.fresh.due(fp)]:
             if key in self.files:  # files fed in between() may have retired others
-                written += self._draw_file(self.files[key], fp, snapshot, between, first_look)
+                written += self._draw_file(self.files[key], fp, snapshot, between, first_look, share)
         return written
 
     def _draw_file(
-        self, state: _FilePlots, fp: tuple, snapshot: Snapshot, between: Callable[[], None], first_look: bool
+        self,
+        state: _FilePlots,
+        fp: tuple,
+        snapshot: Snapshot,
+        between: Callable[[], None],
+        first_look: bool,
+        share: Callable[[], bool],
     ) -> int:
         """Draw one file's plots; return the number of images written."""
         written = 0
@@ -432,9 +452,11 @@ class PlotEngine:
         ctx = PlotContext(state.path, snapshot, self.geometry, dropped_packets=state.dropped)
         for name, plot in list(state.plots.items()):
             if isinstance(plot, Plot):
-                written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between, first_look)
-        self._call_legacy(state)
-        for name in sorted(state.unsaved):
+                written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between, first_look, share)
+        legacy = (state.pending or state.unsaved) and share()
+        if legacy:
+            self._call_legacy(state)
+        for name in sorted(state.unsaved) if legacy else ():
             started, before = time.perf_counter(), self.failed_writes
             if self._save(name, name, state.figures[name], [state.stem]):
                 written += 1
@@ -454,7 +476,8 @@ class PlotEngine:
         figures: dict,
         stems: list[str],
         between: Callable[[], None],
-        first_look: bool = False,
+        first_look: bool,
+        share: Callable[[], bool],
     ) -> int:
         images = self._guard(name, "outputs", plot.outputs, ctx)
         if images is _FAILED:
@@ -466,6 +489,8 @@ class PlotEngine:
             if first_look and tried:
                 self._deferred = True
                 break
+            if not share():
+                continue
             tried += 1
             started = time.perf_counter()
             fig = self._guard(name, "draw", plot.draw, image, ctx, figures.get(image))

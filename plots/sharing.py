@@ -1,0 +1,127 @@
+"""One engine's images drawn by two processes: ``once`` forks a helper once its file is read.
+
+Drawing is most of a ``once`` with plots and runs on one core. After the fork both processes hold
+the same engine, fed with the same packets, and walk its images in the same order; each image goes
+to the first of the two that asks for it (``Shares``), so a slow image does not leave the other core
+idle. The helper reports what it wrote and how the plots fared through a pipe; if it dies before
+reporting, this process draws everything it did not draw itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+from collections.abc import Callable
+
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.plots.engine import PlotEngine, PluginHealth
+
+log = logging.getLogger(__name__)
+
+
+class Shares:
+    """Hands out the images of one ``PlotEngine.draw``, in its drawing order, each to the first of the
+    forked processes that asks; ``take`` (the draw's ``share``) says whether the next one is this process's."""
+
+    def __init__(self) -> None:
+        self._next = multiprocessing.get_context("fork").Value("q", 0)  # the next image nobody has taken
+        self._seen = 0  # images this process has asked about
+        self._mine = -1  # the image this process took last
+        self.taken: set[int] = set()
+
+    def take(self) -> bool:
+        if self._mine < self._seen:
+            with self._next.get_lock():
+                self._mine = self._next.value
+                self._next.value += 1
+        mine = self._mine == self._seen
+        if mine:
+            self.taken.add(self._seen)
+        self._seen += 1
+        return mine
+
+    def rest(self) -> Callable[[], bool]:
+        """A ``share`` for drawing again every image this process did not take."""
+        seen = itertools.count()
+        return lambda: next(seen) not in self.taken
+
+
+def can_share() -> bool:
+    """Whether a second process would draw on a second core: the platform forks and two cores are ours."""
+    return hasattr(os, "fork") and len(os.sched_getaffinity(0)) >= 2
+
+
+def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], None]) -> int:
+    """Draw ``engine``'s due images with a forked helper; the number written by both processes.
+
+    ``between`` runs after each image this process draws. Without a second core, one process draws all.
+    """
+    if not can_share():
+        return engine.draw(snapshot, between)
+    shares = Shares()
+    before = {name: (h.failures, h.renders) for name, h in engine.health.items()}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper
+        os.close(read)
+        _help(engine, snapshot, shares, write, before)
+    os.close(write)
+    report = None
+    try:
+        written = engine.draw(snapshot, between, share=shares.take)
+        with os.fdopen(read, "rb") as pipe:
+            data = pipe.read()
+        report = pickle.loads(data) if data else None
+    finally:
+        if report is None:
+            _stop(pid)
+        os.waitpid(pid, 0)
+    if report is None:
+        log.warning("plots: the drawing helper (pid %d) ended without reporting; its images are drawn here", pid)
+        engine.redraw()
+        return written + engine.draw(snapshot, between, share=shares.rest())
+    helper_written, health = report
+    for name, (failures, renders, last_error) in health.items():
+        _merge(engine.health[name], failures, renders, last_error)
+    return written + helper_written
+
+
+def _help(
+    engine: PlotEngine, snapshot: Snapshot, shares: Shares, pipe: int, before: dict[str, tuple[int, int]]
+) -> None:
+    """The helper's whole life: draw the images it takes, report, exit without running the parent's
+    exit handlers (its files, registry and progress display are the parent's)."""
+    code = 1
+    try:
+        written = engine.draw(snapshot, share=shares.take)
+        health = {
+            name: (h.failures - before[name][0], h.renders - before[name][1], h.last_error)
+            for name, h in engine.health.items()
+        }
+        with os.fdopen(pipe, "wb") as out:
+            out.write(pickle.dumps((written, health)))
+        code = 0
+    except Exception:
+        log.exception("plots: the drawing helper failed")
+    finally:
+        os._exit(code)
+
+
+def _merge(health: PluginHealth, failures: int, renders: int, last_error: str | None) -> None:
+    """Add what the helper's draw did to one plot's health here."""
+    health.renders += renders
+    if failures:
+        health.failures += failures
+        health.last_error = last_error
+
+
+def _stop(pid: int) -> None:
+    """Stop the helper (this process is leaving the draw early, or it ended without a report)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
