@@ -51,8 +51,9 @@ class Shares:
 
 
 def can_share() -> bool:
-    """Whether a second process would draw on a second core: the platform forks and two cores are ours."""
-    return hasattr(os, "fork") and len(os.sched_getaffinity(0)) >= 2
+    """Whether a second process would draw on a second core: Linux (it forks safely with numpy and matplotlib
+    loaded, and says which cores are ours), and two cores are ours."""
+    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
 def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], None]) -> int:
@@ -72,10 +73,9 @@ def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], No
     os.close(write)
     report = None
     try:
-        written = engine.draw(snapshot, between, share=shares.take)
         with os.fdopen(read, "rb") as pipe:
-            data = pipe.read()
-        report = pickle.loads(data) if data else None
+            written = engine.draw(snapshot, between, share=shares.take)
+            report = _report(pipe.read())
     finally:
         if report is None:
             _stop(pid)
@@ -109,6 +109,15 @@ def _help(
         log.exception("plots: the drawing helper failed")
     finally:
         os._exit(code)
+
+
+def _report(data: bytes) -> tuple[int, dict[str, tuple[int, int, str | None]]] | None:
+    """The helper's report (images written; per plot its failures, renders and last error), or None when it
+    ended before writing all of it."""
+    try:
+        return pickle.loads(data)
+    except (EOFError, pickle.UnpicklingError):
+        return None
 
 
 def _merge(health: PluginHealth, failures: int, renders: int, last_error: str | None) -> None:
