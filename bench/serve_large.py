@@ -8,12 +8,12 @@ process's start to ``/-/ready`` (the first poll of the backlog done and publishe
 seconds, its peak and current resident memory, the size of ``/metrics``; then SIGTERM (the final
 checkpoint with the window) and the same for ``--repeat`` restarts from that checkpoint with nothing
 new to read, the last of them also the CPU a small new file costs it, the first and a later one (over
-10 s, against as long idle). Then a module (2 io_groups x 800 chips) as ``--small-files`` files of
+``--cost-seconds``, against as long idle). Then a module (2 io_groups x 800 chips) as ``--small-files`` files of
 ~80 packets and as the same packets in one file: the CPU to ready of each, and what each file beyond
 the first costs. Prints figures only, asserts nothing.
 
 Usage: python bench/serve_large.py [--io-groups 50] [--chips 800] [--seconds 65] [--rate 0.05] [--repeat 2]
-[--small-files 1000]
+[--small-files 1000] [--cost-seconds 10]
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ def until_ready(process: subprocess.Popen, port: int, deadline: float = 600.0) -
     raise SystemExit(f"serve not ready within {deadline:.0f} s")
 
 
-def run_once(data: Path, checkpoint: Path, label: str, append: Path | None = None) -> dict:
-    """One serve process from start to ready (and, with ``append``, one more file), then SIGTERM."""
+def run_once(data: Path, checkpoint: Path, label: str, append: Path | None = None, cost_seconds: float = 10.0) -> dict:
+    """One serve process from start to ready (and, with ``append``, one more file, its CPU summed over
+    ``cost_seconds``), then SIGTERM."""
     port = free_port()
     process = serve(data, checkpoint, port)
     try:
@@ -154,7 +155,7 @@ def run_once(data: Path, checkpoint: Path, label: str, append: Path | None = Non
             "metrics_mb": size / 1e6,
         }
         if append is not None:
-            result["per_file_cpu"] = file_cost(process, data, append)
+            result["per_file_cpu"] = file_cost(process, data, append, cost_seconds)
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         process.wait(60)
@@ -205,6 +206,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--small-files", type=int, default=1000, help="files of the per-file cost's backlog")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--cost-seconds", type=float, default=10.0, help="a small new file's CPU is summed over this long, and idle's"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
@@ -231,7 +235,8 @@ def main() -> None:
             for suffix in (".npz", ".window.npz"):
                 os.link(state / f"first{suffix}", state / f"restart-{k}{suffix}")
             last = k == args.repeat - 1
-            show(run_once(data, checkpoint, f"restart {k + 1} (nothing new)", append=small if last else None))
+            label, append = f"restart {k + 1} (nothing new)", small if last else None
+            show(run_once(data, checkpoint, label, append, args.cost_seconds))
         sizes = {p.name: p.stat().st_size / 1e6 for p in state.glob("first*.npz")}
         print("checkpoint files: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(sizes.items())))
         packets = many_small(work / "small", args.small_files, rng)

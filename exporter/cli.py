@@ -557,10 +557,11 @@ def _once_with_progress(
     """Read the file (progress bar on a terminal; ``runs`` notes each chunk and records the state as the file is
     read), then draw its plots; returns (result, (images, failures)).
 
-    The plots are drawn here, not in a drawing process as ``serve`` does: nothing is served meanwhile,
-    so there is no lock to keep free, and a process would only add start-up time. Once the file is read,
-    a forked helper draws half the images on a second core (``plots.sharing``); the progress display is
-    refreshed by this thread only (no refresh thread), so no lock of it is held when the helper forks.
+    The plots are drawn here, not in a spawned drawing process as ``serve`` does: nothing is served meanwhile,
+    so there is no lock to keep free, and such a process would only add start-up time. Once the file is read,
+    a forked helper, which inherits the fed plots, takes its share of the images on a second core
+    (``plots.sharing``); the progress display is refreshed by this thread only (no refresh thread), so no lock
+    of it is held when the helper forks.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

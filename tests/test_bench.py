@@ -26,7 +26,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("verdicts.py", ["--evaluations", "2", "--occupancies", "0.5", "--seconds", "3"], "false verdicts or check"),
         ("verdicts.py", ["--scenarios", "all", "--tiles", "1", "--scenario-seconds", "40"], "| bad-parity-chip |"),
         ("checkpoint.py", ["--repeat", "1", "--files", "10", "--io-groups", "2"], "module (1,600 chips)"),
-        ("soak.py", ["--minutes", "0.5", "--sample", "10"], "RSS after warm-up"),
+        ("soak.py", ["--minutes", "0.25", "--sample", "5"], "RSS after warm-up"),
         ("server.py", ["--seconds", "2", "--backlog", "20"], "history fetches by 2 clients"),
         ("series.py", ["--seconds", "2", "--repeat", "1"], "total /metrics"),
         ("startup.py", ["--repeat", "1"], "multi_tile_layout-2.4.16.yaml"),
@@ -34,7 +34,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
         ("predecessor.py", ["--packets", "100000", "--repeat", "1"], "once -o OUT, 8 plots"),
         (
             "serve_large.py",
-            ["--io-groups", "2", "--chips", "50", "--seconds", "1", "--repeat", "1", "--small-files", "5"],
+            ["--io-groups", "2", "--chips", "50", "--seconds", "1", "--repeat", "1", "--small-files", "5"]
+            + ["--cost-seconds", "1"],
             "each file beyond the first costs",
         ),
         (

@@ -340,7 +340,7 @@ def test_counters_never_go_back_across_a_kill_during_the_first_poll_of_a_backlog
     counters are at least what any scrape had shown, and the run ends exact."""
     from helpers import simulate_files
 
-    _, truth = simulate_files(tile_geometry, tmp_path / "data", 40, hit_rate_hz=20.0, file_seconds=10)
+    _, truth = simulate_files(tile_geometry, tmp_path / "data", 20, hit_rate_hz=20.0, file_seconds=10)
     total = sum(truth.packet_types.values())
     state = tmp_path / "state"
     args = ["-i", str(tmp_path / "data"), "--interval", "0.2", "--ingest-engine", "numpy", "--chunk-rows", "2000"]
