@@ -608,6 +608,7 @@ def _once_with_progress(
         drawing = progress.add_task("drawing plots (images)", total=None)
         progress.refresh()
         images = draw_shared(engine, result.snapshot, lambda: progress.update(drawing, advance=1, refresh=True))
+        progress.update(drawing, completed=images, refresh=True)  # the helper's too
     failures = [f"{name} failed: {h.last_error}" for name, h in engine.health.items() if h.failures]
     failures += [f"{name} skipped: {reason}" for name, reason in engine.skipped.items()]
     failures += [f"plugin {where} skipped: {error}" for where, error in engine.catalog.errors.items()]
