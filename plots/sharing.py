@@ -4,7 +4,8 @@ Drawing is most of a ``once`` with plots and runs on one core. After the fork bo
 the same engine, fed with the same packets, and walk its images in the same order; each image goes
 to the first of the two that asks for it (``Shares``), so a slow image does not leave the other core
 idle. The helper reports what it wrote and how the plots fared through a pipe; if it dies before
-reporting, this process draws everything it did not draw itself.
+reporting, or has not reported long after this process is done (``HELPER_WAIT``), this process stops it
+and draws everything it did not draw itself: a helper that hangs costs time, never an image.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import signal
+import time
 from collections.abc import Callable
 
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.engine import PlotEngine, PluginHealth
 
 log = logging.getLogger(__name__)
+
+#: How long the helper may take to report after this process has drawn its share: seconds, and times that share's
+#: time. Images are handed out one by one, so the helper is at most one image behind; past this, it is stopped
+#: and its share drawn here.
+HELPER_WAIT = (10.0, 10.0)
 
 
 class Shares:
@@ -73,15 +81,17 @@ def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], No
     os.close(write)
     report = None
     try:
-        with os.fdopen(read, "rb") as pipe:
-            written = engine.draw(snapshot, between, share=shares.take)
-            report = _report(pipe.read())
+        started = time.monotonic()
+        written = engine.draw(snapshot, between, share=shares.take)
+        seconds, times = HELPER_WAIT
+        report = _report(_receive(read, time.monotonic() + seconds + times * (time.monotonic() - started)))
     finally:
+        os.close(read)
         if report is None:
             _stop(pid)
         os.waitpid(pid, 0)
     if report is None:
-        log.warning("plots: the drawing helper (pid %d) ended without reporting; its images are drawn here", pid)
+        log.warning("plots: the drawing helper (pid %d) did not report; its images are drawn here", pid)
         engine.redraw()
         return written + engine.draw(snapshot, between, share=shares.rest())
     helper_written, health = report
@@ -111,9 +121,24 @@ def _help(
         os._exit(code)
 
 
-def _report(data: bytes) -> tuple[int, dict[str, tuple[int, int, str | None]]] | None:
+def _receive(fd: int, deadline: float) -> bytes | None:
+    """What the helper wrote to the pipe until it closed it, or None if it is still open at ``deadline``."""
+    data = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+def _report(data: bytes | None) -> tuple[int, dict[str, tuple[int, int, str | None]]] | None:
     """The helper's report (images written; per plot its failures, renders and last error), or None when it
-    ended before writing all of it."""
+    ended before writing all of it, or did not end in time."""
+    if data is None:
+        return None
     try:
         return pickle.loads(data)
     except (EOFError, pickle.UnpicklingError):

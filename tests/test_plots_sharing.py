@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(not can_share(), reason="sharing the draw needs 
 
 # Images that note which process drew them (a line "<pid> <image>" in $SHARING_LOG) and, with $SHARING_WAIT,
 # wait up to a deadline until both processes have drawn one: so each surely takes a share, whatever the load.
-# $SHARING_DIES makes the helper (any process but $SHARING_PARENT) end in its first image; $SHARING_RAISES
-# makes every image fail.
+# $SHARING_DIES makes the helper (any process but $SHARING_PARENT) end in its first image, $SHARING_HANGS hang
+# in it; $SHARING_RAISES makes every image fail.
 PLUGIN = textwrap.dedent(
     """
     import os
@@ -40,8 +40,11 @@ PLUGIN = textwrap.dedent(
             log = os.environ["SHARING_LOG"]
             with open(log, "a") as fh:
                 fh.write(f"{os.getpid()} {name}\\n")
-            if os.environ.get("SHARING_DIES") and os.getpid() != int(os.environ["SHARING_PARENT"]):
+            helper = os.getpid() != int(os.environ["SHARING_PARENT"])
+            if os.environ.get("SHARING_DIES") and helper:
                 os._exit(3)
+            if os.environ.get("SHARING_HANGS") and helper:
+                time.sleep(120)  # a helper that reports this late has hung
             deadline = time.monotonic() + (60 if os.environ["SHARING_WAIT"] else 0)
             while time.monotonic() < deadline:
                 with open(log) as fh:
@@ -117,7 +120,18 @@ def test_a_helper_that_dies_leaves_no_image_undrawn(run, tmp_path, monkeypatch, 
     shared, engine, noted = run("shared", shared=True)
     died = {pid for pid, _ in noted} - {os.getpid()}
     assert len(died) == 1, noted  # the helper took an image, and ended in it
-    assert "ended without reporting" in caplog.text
+    assert "did not report" in caplog.text
     assert shared == alone
     assert images(tmp_path / "shared") == images(tmp_path / "alone")
     assert engine.health["Noted"].failures == 0
+
+
+def test_a_helper_that_hangs_is_stopped_and_its_images_drawn_here(run, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("SHARING_HANGS", "1")
+    shared, _, noted = run("shared", shared=True, plots=("Noted",))
+    (hung,) = {pid for pid, _ in noted} - {os.getpid()}
+    assert "did not report" in caplog.text
+    assert shared == 6 and len(images(tmp_path / "shared")) == 12
+    with pytest.raises(ProcessLookupError):  # stopped and reaped: nothing left behind
+        os.kill(hung, 0)
