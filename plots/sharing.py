@@ -25,9 +25,9 @@ from larpix_dqm.plots.engine import PlotEngine, PluginHealth
 
 log = logging.getLogger(__name__)
 
-#: How long the helper may take to report after this process has drawn its share: seconds, and times that share's
-#: time. Images are handed out one by one, so the helper is at most one image behind; past this, it is stopped
-#: and its share drawn here.
+#: How long the helper may take to report after this process has drawn its share: these seconds plus this many
+#: times the time that share took. Images are handed out one by one, so the helper is at most one image behind;
+#: past this, it is stopped and its share drawn here.
 HELPER_WAIT = (10.0, 10.0)
 
 

@@ -1,5 +1,5 @@
 """``once``'s draw shared with a forked helper: every image drawn once, by either process, the same bytes as
-one process draws, the helper's failures reported here, and nothing left undrawn if the helper dies."""
+one process draws, the helper's failures reported here, and nothing left undrawn if the helper dies or hangs."""
 
 from __future__ import annotations
 
