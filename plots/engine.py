@@ -453,17 +453,16 @@ class PlotEngine:
         for name, plot in list(state.plots.items()):
             if isinstance(plot, Plot):
                 written += self._draw_fast(name, plot, ctx, state.figures, [state.stem], between, first_look, share)
-        legacy = (state.pending or state.unsaved) and share()
-        if legacy:
+        if (state.pending or state.unsaved) and share():  # the predecessor-style plugins: one image to share
             self._call_legacy(state)
-        for name in sorted(state.unsaved) if legacy else ():
-            started, before = time.perf_counter(), self.failed_writes
-            if self._save(name, name, state.figures[name], [state.stem]):
-                written += 1
-                self.health[name].last_seconds = time.perf_counter() - started
-            if self.failed_writes == before:  # written, or the plugin failed: not saved again
-                state.unsaved.discard(name)
-            between()
+            for name in sorted(state.unsaved):
+                started, before = time.perf_counter(), self.failed_writes
+                if self._save(name, name, state.figures[name], [state.stem]):
+                    written += 1
+                    self.health[name].last_seconds = time.perf_counter() - started
+                if self.failed_writes == before:  # written, or the plugin failed: not saved again
+                    state.unsaved.discard(name)
+                between()
         state.fresh.dirty |= self.failed_writes > failed or self._deferred  # drawn again next cycle
         self._deferred |= deferred
         return written

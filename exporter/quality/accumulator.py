@@ -211,7 +211,7 @@ class HitsBuffer:
     def __init__(self) -> None:
         self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
         self.touched = np.zeros((0, 0), bool)
-        self._placed = tuple(np.zeros(0, np.int64) for _ in triggers.Found._fields)
+        self._placed = _NOT_PLACING  # empty: replaced by the first chunk placed
 
     def take(self, keys: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
         """Zeroed ``hits`` and ``touched`` of ``keys`` keys and ``capacity`` chip rows (new ones when these grew)."""
