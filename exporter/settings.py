@@ -16,8 +16,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from larpix_dqm.exporter.detector.modes import RUN_MODES
 from larpix_dqm.exporter.quality.config import COMPILED, ENGINES
 
@@ -434,6 +432,8 @@ def check_value(name: str, value: Any) -> Any:
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML config file into Settings keys; unknown keys and bad values are errors naming file, line, key."""
+    import yaml  # only with a config file: 20 ms of every start-up otherwise
+
     try:
         with open(path, encoding="utf-8") as fh:
             node = yaml.compose(fh, Loader=yaml.SafeLoader)

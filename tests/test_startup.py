@@ -1,17 +1,23 @@
 """Start-up loads only what the run uses (issue 21 item 1): ``--help`` and completion no numpy, h5py,
-matplotlib, numba or prometheus_client; ``once --no-plots`` on a small file neither matplotlib nor numba;
+matplotlib, numba, prometheus_client or yaml; ``once --no-plots`` on a small file neither matplotlib nor numba,
+and off a terminal neither rich (its progress display) nor yaml (no layout, checks or config file to parse);
 ``serve``'s modules no matplotlib (the drawing process imports it)."""
 
 from __future__ import annotations
 
+import os
+import pty
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("numpy", "h5py", "matplotlib", "numba", "prometheus_client")
+CLI = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
+HEAVY = ("numpy", "h5py", "matplotlib", "numba", "prometheus_client", "yaml")
 
 
 def loaded_after(code: str, *argv: str) -> set[str]:
@@ -24,6 +30,20 @@ def loaded_after(code: str, *argv: str) -> set[str]:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "Traceback" not in done.stderr, done.stderr
     return {name for name in done.stdout.split() if "." not in name}
+
+
+def simulated_second(folder: Path) -> Path:
+    """A raw file of one simulated second of the packaged module, written in ``folder``."""
+    made = subprocess.run(
+        [*CLI, "simulate", str(folder), "--seconds", "1", "--fast", "--start-time", "1700000000"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    (path,) = folder.glob("*.h5")
+    return path
 
 
 def test_the_probe_sees_a_heavy_import():
@@ -52,19 +72,50 @@ def test_serve_modules_do_not_load_matplotlib():
 
 @pytest.mark.external
 def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(tmp_path):
-    cli = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
-    made = subprocess.run(
-        [*cli, "simulate", str(tmp_path), "--seconds", "1", "--fast", "--start-time", "1700000000"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stderr
-    (path,) = tmp_path.glob("*.h5")
+    path = simulated_second(tmp_path)
     for options in (["--no-plots"], []):  # without -o nothing is drawn either
         loaded = loaded_after(
             "from larpix_dqm.exporter.cli import run; run()", "larpix-dqm", "once", str(path), *options
         )
         assert "h5py" in loaded  # the file was read
         assert "matplotlib" not in loaded and "numba" not in loaded
+        assert "rich" not in loaded and "yaml" not in loaded  # stderr is a pipe here
+
+
+@pytest.mark.external
+def test_once_shows_its_progress_on_a_terminal(tmp_path):
+    """The progress display that is not loaded off a terminal is there on one: the file's rows, then the images
+    (both processes' when the draw is shared)."""
+    path = simulated_second(tmp_path)
+    terminal, child = pty.openpty()
+    shown = bytearray()
+
+    def read() -> None:  # until the child's side closes (EIO): a full pty would block the child
+        while True:
+            try:
+                data = os.read(terminal, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            shown.extend(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [*CLI, "once", str(path), "-o", str(tmp_path / "out"), "--plots", "PacketRate,FIFOFlags"],
+            stdout=subprocess.PIPE,
+            stderr=child,
+            cwd=ROOT,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+        )
+    finally:
+        os.close(child)
+        reader.join(30)
+        os.close(terminal)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))  # without the colours
+    assert done.returncode == 0, text
+    assert re.search(rf"reading {re.escape(path.name)} \(rows\) .* (\d+)/\1 ", text)  # every row read
+    assert re.search(r"drawing plots \(images\) .* 2/\? ", text)

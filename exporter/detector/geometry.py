@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 CHANNELS_PER_CHIP = 64
 DEFAULT_MODULE_LAYOUT = "multi_tile_layout-2.4.16.yaml"
@@ -105,6 +104,8 @@ def _read(path: str) -> bytes:
 
 def _load_yaml(path: str, data: bytes) -> dict:
     """The layout document, parsed by libyaml's loader where PyYAML has it (ten times the pure-Python one's speed)."""
+    import yaml  # only to parse a layout: a cached one is read without it
+
     try:
         doc = yaml.load(data.decode("utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except UnicodeDecodeError:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 from larpix_dqm.exporter.detector.modes import RUN_MODES
 from larpix_dqm.exporter.quality.accumulator import IO_GROUPS, prefer_finite
@@ -40,6 +40,9 @@ from larpix_dqm.exporter.quality.verdicts import (
     tail_below,
 )
 from larpix_dqm.exporter.reading.packets import EXTERNAL_TRIGGER, PERIODIC_TRIGGER
+
+if TYPE_CHECKING:  # imported where a checks file is read, not at every start-up (20 ms)
+    import yaml
 
 INF = math.inf
 #: Share of the window's data packets from periodic triggers that makes ``auto`` a pedestal run.
@@ -438,6 +441,8 @@ def rates_good(results: CheckResults) -> np.ndarray:
 
 
 def _range(path: str, node: yaml.Node, where: str) -> tuple[float, float]:
+    import yaml
+
     line = node.start_mark.line + 1
     value = yaml.safe_load(yaml.serialize(node))
     if not (isinstance(value, list) and len(value) == 2):
@@ -454,6 +459,8 @@ def _range(path: str, node: yaml.Node, where: str) -> tuple[float, float]:
 
 def _apply_overrides(path: str, node: yaml.Node, by_name: dict[str, Check], where: str) -> None:
     """Apply a mapping of check name -> warning/error/enabled overrides (``where`` prefixes the messages)."""
+    import yaml
+
     if not isinstance(node, yaml.MappingNode):
         raise ChecksConfigError(
             f"checks file {path} line {node.start_mark.line + 1}: {where}: expected a mapping of check names"
@@ -493,6 +500,8 @@ def _validated(check: Check, where: str) -> Check:
 
 def _sections(path: str) -> tuple[yaml.Node | None, dict[str, yaml.Node]]:
     """The file's ``checks`` mapping and its ``modes`` (run mode -> mapping of checks)."""
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as fh:
             root = yaml.compose(fh, Loader=yaml.SafeLoader)
