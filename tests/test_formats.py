@@ -147,13 +147,17 @@ def test_a_new_format_is_one_class_in_formats(files, tmp_path, monkeypatch):
 
 
 def test_rows_are_read_as_h5py_slices_them_whatever_the_stored_type(tmp_path):
-    """``read_rows`` (into the stored type's dtype, converted once per distinct type) gives what slicing gives:
-    for packet records, a narrower type of the same field names, records with a variable-length field, and
-    ranges past the end; files of different types read one after the other keep their own types."""
+    """``read_rows`` (into the stored type's dtype, converted once per distinct type, read as the stored type) gives
+    what slicing gives: for packet records, a narrower type of the same field names, big-endian ones, records with
+    gaps between their fields and after them, a boolean (an HDF5 enum), a variable-length field, and ranges past
+    the end; files of different types read one after the other keep their own types."""
     narrow = np.dtype([(n, "u4" if n == "timestamp" else "u1") for n in PACKET_DTYPE.names if n != "receipt_timestamp"])
     texts = np.dtype([("io_group", "u1"), ("note", h5py.string_dtype())])
+    fields = {"names": ["io_group", "timestamp", "valid"], "formats": ["u1", "<u8", "?"], "offsets": [0, 8, 17]}
+    gaps = np.dtype({**fields, "itemsize": 24})
     rng = np.random.default_rng(0)
-    for k, dtype in enumerate((PACKET_DTYPE, narrow, texts, PACKET_DTYPE, narrow)):
+    types = (PACKET_DTYPE, narrow, texts, PACKET_DTYPE.newbyteorder(">"), gaps, PACKET_DTYPE, narrow)
+    for k, dtype in enumerate(types):
         rows = np.zeros(50, dtype)
         for name in dtype.names:
             rows[name] = [str(v) for v in range(50)] if dtype[name].hasobject else rng.integers(0, 200, 50)

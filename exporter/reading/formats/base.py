@@ -109,26 +109,36 @@ def digest_of(parts: Iterable[bytes]) -> str:
 def stored_dtype(dataset: h5py.Dataset) -> np.dtype:
     """The numpy dtype of a dataset's stored type, converted once per distinct type: h5py converts it again for
     every dataset opened (0.2 ms a packet record type, a tenth of what a small file costs)."""
+    return _stored_type(dataset)[1]
+
+
+def _stored_type(dataset: h5py.Dataset) -> tuple[h5py.h5t.TypeID, np.dtype]:
+    """The dataset's stored type and its numpy dtype (``stored_dtype``)."""
     stored = dataset.id.get_type()
     for known, dtype in _DTYPES:
         if known == stored:  # H5Tequal
-            return dtype
+            return stored, dtype
     dtype = stored.dtype
     _DTYPES[:] = [*_DTYPES[-_KEPT_DTYPES + 1 :], (stored, dtype)]
-    return dtype
+    return stored, dtype
 
 
 def read_rows(dataset: h5py.Dataset, start: int, end: int) -> np.ndarray:
     """Rows ``start:end`` of a dataset of fixed-size records, read into an array of its ``stored_dtype``
     (``dataset[start:end]`` converts the type again); clipped to its length as a slice is. Records with
-    variable-length fields are read by h5py's slicing, which makes their objects."""
-    dtype = stored_dtype(dataset)
+    variable-length fields are read by h5py's slicing, which makes their objects.
+
+    The rows are read as the stored type, which the dtype mirrors byte for byte: h5py's ``read_direct`` would
+    build an HDF5 type from the dtype at every read (0.3 ms of a small file's 0.4 ms read)."""
+    stored, dtype = _stored_type(dataset)
     if dtype.hasobject:
         return dataset[start:end]
     start, end = min(start, len(dataset)), min(end, len(dataset))
     rows = np.empty(max(end - start, 0), dtype)
     if len(rows):
-        dataset.read_direct(rows, np.s_[start:end])
+        selected = dataset.id.get_space()
+        selected.select_hyperslab((start,), (len(rows),))
+        dataset.id.read(h5py.h5s.create_simple((len(rows),)), selected, rows, mtype=stored)
     return rows
 
 
