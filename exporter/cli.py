@@ -465,7 +465,7 @@ def once(
     from larpix_dqm.exporter.detector.geometry import GeometryError, resolve_geometry
     from larpix_dqm.exporter.detector.runconfig import RunConfig, RunConfigError
     from larpix_dqm.exporter.registry.schema import RegistryError
-    from larpix_dqm.exporter.runtime.once import summary_json
+    from larpix_dqm.exporter.runtime.once import snapshot_totals, summary_json
     from larpix_dqm.plots.errors import PlotConfigError
 
     setup_logging("info", "logfmt")
@@ -489,9 +489,8 @@ def once(
     runs = _once_registry(registry, run_pattern, file, configuration, run_mode)
     try:
         result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine, runs)
-        summary, metrics_text = result.summary(every_list=channels)
-        if summary["read_errors"]:
-            _fail(f"{file}: {'; '.join(summary['read_errors'])}")
+        if result.errors:
+            _fail(f"{file}: {'; '.join(result.errors)}")
         if runs is not None:
             added = runs.current
             runs.record(result.evaluation)
@@ -502,7 +501,8 @@ def once(
     finally:
         if runs is not None:
             runs.close()
-    if output is not None:
+    if output is not None:  # the summary and the metrics only where they are written (1,600 chips: ~0.1 s)
+        summary, metrics_text = result.summary(every_list=channels)
         output.mkdir(parents=True, exist_ok=True)
         (output / "summary.json").write_text(summary_json(summary))
         (output / "metrics.prom").write_text(metrics_text)
@@ -511,7 +511,7 @@ def once(
         typer.echo(f"wrote {images} plot image(s) to {output / (file.stem + '_dqm')}", err=True)
         for failure in failures:
             typer.echo(f"larpix-dqm: plot {failure}", err=True)
-    typer.echo(json.dumps(summary["totals"], indent=1))
+    typer.echo(json.dumps(snapshot_totals(result.snapshot), indent=1))
 
 
 def _once_registry(

@@ -201,6 +201,9 @@ def test_once_writes_summary(tmp_path, module_geometry):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["totals"]["data_packets"] == sum(c.get("packets", 0) for c in truth.chips.values())
+    assert json.loads(result.stdout) == summary["totals"]
+    plain = run_cli("once", str(paths[0]), "--geometry", str(packaged_layout()))  # no -o: the totals, nothing written
+    assert plain.returncode == 0 and json.loads(plain.stdout) == summary["totals"], plain.stderr
     assert [1, 1, 11, 0] in summary["channels"]["silent"]
     assert [2, 5, 20, 12] in summary["channels"]["noisy"]
     counts = summary["totals"]["channels"]

@@ -34,9 +34,24 @@ EVALUATE_EVERY_SECONDS = 10.0
 LISTED_WHEN_ASKED = (ChannelStatus.ACTIVE, ChannelStatus.UNKNOWN)
 
 
+def snapshot_totals(snapshot: Snapshot) -> dict:
+    """The file's totals: packets, data packets, parity errors, chips, channels by status, the window's span
+    (what ``once`` prints; the summary's ``totals``)."""
+    return {
+        "packets": int(snapshot.packet_type_counts.sum()),
+        "data_packets": int(snapshot.chip_packets.sum()),
+        "parity_errors": int(snapshot.chip_parity_errors.sum() + snapshot.link_parity_errors.sum()),
+        "chips": len(snapshot.chip_keys),
+        "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snapshot.chip_status_counts.sum(axis=0))}
+        if len(snapshot.chip_keys)
+        else {},
+        "window_seconds": snapshot.covered_seconds,
+    }
+
+
 def snapshot_summary(snapshot: Snapshot, every_list: bool = False) -> dict:
-    """Per-chip statistics and the channel lists of the problem statuses (of every status with ``every_list``),
-    as plain JSON-ready data."""
+    """The totals, per-chip statistics and the channel lists of the problem statuses (of every status with
+    ``every_list``), as plain JSON-ready data."""
     chips = []
     for i, key in enumerate(snapshot.chip_keys.tolist()):
         chips.append(
@@ -57,18 +72,7 @@ def snapshot_summary(snapshot: Snapshot, every_list: bool = False) -> dict:
             }
         )
     return {
-        "totals": {
-            "packets": int(snapshot.packet_type_counts.sum()),
-            "data_packets": int(snapshot.chip_packets.sum()),
-            "parity_errors": int(snapshot.chip_parity_errors.sum() + snapshot.link_parity_errors.sum()),
-            "chips": len(chips),
-            "channels": {
-                s.label: int(n) for s, n in zip(ChannelStatus.judged(), snapshot.chip_status_counts.sum(axis=0))
-            }
-            if len(chips)
-            else {},
-            "window_seconds": snapshot.covered_seconds,
-        },
+        "totals": snapshot_totals(snapshot),
         "chips": chips,
         "channels": {
             s.label: channel_list(snapshot, (s.label,)).tolist()
