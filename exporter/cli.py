@@ -565,7 +565,7 @@ class _NoProgress:
 
 
 def _progress() -> Any:
-    """A rich progress display on stderr, refreshed only when told (no refresh thread), if stderr is a terminal."""
+    """On a terminal, a rich progress display on stderr, refreshed only when told (no refresh thread); else none."""
     if not sys.stderr.isatty():
         return _NoProgress()
     from rich.console import Console
