@@ -15,7 +15,6 @@ Usage: python bench/predecessor.py [--packets 1190000] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import compileall
 import contextlib
 import json
 import os
@@ -27,8 +26,8 @@ import time
 from pathlib import Path
 
 import h5py
+from bytecode_compile import compile_package
 
-import larpix_dqm
 from larpix_dqm.exporter.detector.geometry import packaged_layout
 
 #: The 8 plots: every per-file plot and the anode overview (the predecessor's rates, hot pixels, FIFO
@@ -39,17 +38,6 @@ PREDECESSOR_RATE = (13_000, 18_000)
 #: Packets of one simulated second of the packaged module at 1 Hz a channel (78,400 channels' hits, the
 #: timestamps, syncs and random trigger words), measured.
 PACKETS_PER_SECOND = 91_400
-
-
-def compile_package() -> str:
-    """Byte-compile the package as ``pip install`` does, so whole processes load its modules as users' do; an
-    editable install under ``PYTHONDONTWRITEBYTECODE`` (set on this machine) compiles every module it imports from
-    source in every process instead (0.1-0.25 s of a start-up). Returns what was done, to print."""
-    root = Path(larpix_dqm.__file__).parent
-    for folder in (root, *(p.resolve() for p in root.iterdir() if p.is_dir())):  # the sub-packages are links
-        compileall.compile_dir(folder, quiet=1)
-    unset = "PYTHONDONTWRITEBYTECODE" not in os.environ
-    return f"package byte-compiled as pip install does (PYTHONDONTWRITEBYTECODE {'unset' if unset else 'set'} here)"
 
 
 def simulate(folder: Path, packets: int) -> tuple[Path, int]:

@@ -13,7 +13,6 @@ Usage: python bench/startup.py [--repeat 7] [--geometry PATH ...] [--workdir DIR
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import statistics
@@ -23,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import larpix_dqm
+from bytecode_compile import compile_package
+
 from larpix_dqm.exporter.detector.geometry import packaged_layouts
 
 #: Goals of issue 21 item 1, seconds of wall time of the whole process.
@@ -38,17 +38,6 @@ ENTRY_POINT = [
     "import sys; sys.argv[0] = 'larpix-dqm'; from larpix_dqm.exporter.cli import run; run()",
 ]
 START = 1_700_000_000
-
-
-def compile_package() -> str:
-    """Byte-compile the package as ``pip install`` does, so whole processes load its modules as users' do; an
-    editable install under ``PYTHONDONTWRITEBYTECODE`` (set on this machine) compiles every module it imports from
-    source in every process instead (0.1-0.25 s of a start-up). Returns what was done, to print."""
-    root = Path(larpix_dqm.__file__).parent
-    for folder in (root, *(p.resolve() for p in root.iterdir() if p.is_dir())):  # the sub-packages are links
-        compileall.compile_dir(folder, quiet=1)
-    unset = "PYTHONDONTWRITEBYTECODE" not in os.environ
-    return f"package byte-compiled as pip install does (PYTHONDONTWRITEBYTECODE {'unset' if unset else 'set'} here)"
 
 
 def median_seconds(cmd: list[str], repeat: int, env: dict | None = None) -> float:
