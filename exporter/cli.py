@@ -457,7 +457,7 @@ def once(
         ),
     ] = None,
 ) -> None:
-    """Process one whole file: print its summary; with -o also write it, its metrics and its plots; with
+    """Process one whole file: print its totals; with -o also write its summary, its metrics and its plots; with
     --registry add its run to a run registry.
 
     A packet file's own chip configurations (``configs``) mask channels without further options.
