@@ -8,6 +8,7 @@ quoted, not re-run). This script simulates a raw file of the packaged 16-tile mo
 (``PLOTS``) and with ``--no-plots``, whole fresh processes, best of ``--repeat``: wall and CPU seconds,
 the peak RSS of its largest process and the peak proportional memory (PSS) of the process tree (``once``
 forks a drawing helper that shares its pages), and the ratio to the predecessor's time for the same packets.
+The package is byte-compiled first, as ``pip install`` does (``bytecode_compile.py``).
 
 Usage: python bench/predecessor.py [--packets 1190000] [--repeat 3]
 """

@@ -5,7 +5,8 @@ loaded from the cache. For each ``--geometry`` file also ``once --no-plots -o OU
 0.2 Hz a channel (issue 21 item 3: under 2 s for an ND-LAr module), with and without ``--channels``.
 
 Each figure is the median of ``--repeat`` fresh processes, with the machine's load average beside it (the
-machine is shared: figures move with it). Prints figures only, asserts nothing.
+machine is shared: figures move with it), the package byte-compiled first as ``pip install`` does
+(``bytecode_compile.py``). Prints figures only, asserts nothing.
 
 Usage: python bench/startup.py [--repeat 7] [--geometry PATH ...] [--workdir DIR]
 """
