@@ -45,6 +45,8 @@ from larpix_dqm.exporter.settings import types as setting_types
 # Each command imports what it runs (numpy, h5py, the monitor, matplotlib) itself: --help, completion and a
 # command that fails on its options load none of it (bench/startup.py).
 if typing.TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from larpix_dqm.exporter.detector.geometry import Geometry
     from larpix_dqm.exporter.detector.runconfig import RunConfig
     from larpix_dqm.exporter.monitor import Monitor
@@ -554,19 +556,22 @@ class _NoProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def add_task(self, description: str, total: float | None = None) -> int:
-        return 0
+    def add_task(self, description: str, total: float | None = None) -> TaskID:
+        return typing.cast("TaskID", 0)
 
-    def update(self, task: int, **changes: Any) -> None:
+    def update(self, task_id: TaskID, **changes: Any) -> None:
         return None
 
     def refresh(self) -> None:
         return None
 
 
-def _progress() -> Any:
-    """On a terminal, a rich progress display on stderr, refreshed only when told (no refresh thread); else none."""
-    if not sys.stderr.isatty():
+def _progress() -> Progress | _NoProgress:
+    """A rich progress display on stderr, refreshed only when told (no refresh thread), where rich would show one:
+    stderr a terminal, or rich's ``TTY_COMPATIBLE=1`` or ``FORCE_COLOR`` set (a CI log that shows colours); else
+    none."""
+    forced = os.environ.get("TTY_COMPATIBLE") == "1" or bool(os.environ.get("FORCE_COLOR"))
+    if not (sys.stderr.isatty() or forced):
         return _NoProgress()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -147,10 +147,11 @@ def test_a_new_format_is_one_class_in_formats(files, tmp_path, monkeypatch):
 
 
 def test_rows_are_read_as_h5py_slices_them_whatever_the_stored_type(tmp_path):
-    """``read_rows`` (into the stored type's dtype, converted once per distinct type, read as the stored type) gives
-    what slicing gives: for packet records, a narrower type of the same field names, big-endian ones, records with
-    gaps between their fields and after them, a boolean (an HDF5 enum), a variable-length field, and ranges past
-    the end; files of different types read one after the other keep their own types."""
+    """``read_rows`` (into the stored type's dtype, both converted once per distinct type) gives what slicing
+    gives: for packet records, a narrower type of the same field names, big-endian ones, records with gaps between
+    their fields and after them, a boolean (an HDF5 enum), a variable-length field, a 12-bit field that its 16-bit
+    dtype does not mirror, and ranges past the end; files of different types read one after the other keep their
+    own types."""
     narrow = np.dtype([(n, "u4" if n == "timestamp" else "u1") for n in PACKET_DTYPE.names if n != "receipt_timestamp"])
     texts = np.dtype([("io_group", "u1"), ("note", h5py.string_dtype())])
     fields = {"names": ["io_group", "timestamp", "valid"], "formats": ["u1", "<u8", "?"], "offsets": [0, 8, 17]}
@@ -171,3 +172,14 @@ def test_rows_are_read_as_h5py_slices_them_whatever_the_stored_type(tmp_path):
                 assert got.dtype == expected.dtype == dataset.dtype and got.tolist() == expected.tolist()
                 if not dtype.hasobject:
                     assert got.tobytes() == rows[start:end].tobytes()
+    twelve_bits = h5py.h5t.STD_U16LE.copy()  # 12 bits at bit 4 of 16: converted, not copied, into a uint16
+    twelve_bits.set_precision(12)
+    twelve_bits.set_offset(4)
+    stored = h5py.h5t.create(h5py.h5t.COMPOUND, 2)
+    stored.insert(b"dataword", 0, twelve_bits)
+    values = np.array([(1,), (2,), (100,), (4095,)], [("dataword", "<u2")])
+    with h5py.File(tmp_path / "bits.h5", "w") as fh:
+        written = h5py.h5d.create(fh.id, b"packets", stored, h5py.h5s.create_simple((len(values),)))
+        written.write(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=h5py.h5t.py_create(values.dtype))
+    with h5py.File(tmp_path / "bits.h5", "r") as fh:
+        assert read_rows(fh["packets"], 0, 4).tolist() == fh["packets"][:].tolist() == values.tolist()

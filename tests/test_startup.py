@@ -18,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
 HEAVY = ("numpy", "h5py", "matplotlib", "numba", "prometheus_client", "yaml")
+#: What makes rich show (TTY_COMPATIBLE=1, FORCE_COLOR) or hide (TTY_COMPATIBLE=0) its display whatever stderr is.
+TERMINAL_VARIABLES = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR")
 
 
 def loaded_after(code: str, *argv: str) -> set[str]:
@@ -71,15 +73,18 @@ def test_serve_modules_do_not_load_matplotlib():
 
 
 @pytest.mark.external
-def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(tmp_path):
+def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(tmp_path, monkeypatch):
     path = simulated_second(tmp_path)
+    for name in TERMINAL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    once = ("from larpix_dqm.exporter.cli import run; run()", "larpix-dqm", "once", str(path))
     for options in (["--no-plots"], []):  # without -o nothing is drawn either
-        loaded = loaded_after(
-            "from larpix_dqm.exporter.cli import run; run()", "larpix-dqm", "once", str(path), *options
-        )
+        loaded = loaded_after(*once, *options)
         assert "h5py" in loaded  # the file was read
         assert "matplotlib" not in loaded and "numba" not in loaded
         assert "rich" not in loaded and "yaml" not in loaded  # stderr is a pipe here
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's own say that the pipe shows a progress display
+    assert "rich" in loaded_after(*once, "--no-plots")
 
 
 @pytest.mark.external
@@ -102,6 +107,7 @@ def test_once_shows_its_progress_on_a_terminal(tmp_path):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    env = {name: value for name, value in os.environ.items() if name not in TERMINAL_VARIABLES}
     try:
         done = subprocess.run(
             [*CLI, "once", str(path), "-o", str(tmp_path / "out"), "--plots", "PacketRate,FIFOFlags"],
@@ -109,12 +115,13 @@ def test_once_shows_its_progress_on_a_terminal(tmp_path):
             stderr=child,
             cwd=ROOT,
             timeout=300,
-            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+            env={**env, "COLUMNS": "120", "TERM": "xterm"},
         )
     finally:
         os.close(child)
         reader.join(30)
-        os.close(terminal)
+    assert not reader.is_alive(), "the terminal stayed open after once exited"
+    os.close(terminal)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode(errors="replace"))  # without the colours
     assert done.returncode == 0, text
     assert re.search(rf"reading {re.escape(path.name)} \(rows\) .* (\d+)/\1 ", text)  # every row read

@@ -18,8 +18,9 @@ from larpix_dqm.exporter.reading.decode import Messages
 Rows = np.ndarray | Messages
 #: Rows as a format's datasets store them: one array per dataset, the same rows of each.
 Stored = tuple[np.ndarray, ...]
-#: Stored types already converted to numpy dtypes, with their dtype (``stored_dtype``); the last few kept.
-_DTYPES: list[tuple[h5py.h5t.TypeID, np.dtype]] = []
+#: Stored types already converted to numpy dtypes: each with its dtype (``stored_dtype``) and the HDF5 memory type
+#: of that dtype (what ``read_rows`` reads into); the last few kept.
+_DTYPES: list[tuple[h5py.h5t.TypeID, np.dtype, h5py.h5t.TypeID]] = []
 _KEPT_DTYPES = 8
 
 
@@ -109,18 +110,19 @@ def digest_of(parts: Iterable[bytes]) -> str:
 def stored_dtype(dataset: h5py.Dataset) -> np.dtype:
     """The numpy dtype of a dataset's stored type, converted once per distinct type: h5py converts it again for
     every dataset opened (0.2 ms a packet record type, a tenth of what a small file costs)."""
-    return _stored_type(dataset)[1]
+    return _converted(dataset)[0]
 
 
-def _stored_type(dataset: h5py.Dataset) -> tuple[h5py.h5t.TypeID, np.dtype]:
-    """The dataset's stored type and its numpy dtype (``stored_dtype``)."""
+def _converted(dataset: h5py.Dataset) -> tuple[np.dtype, h5py.h5t.TypeID]:
+    """The dataset's ``stored_dtype`` and the HDF5 memory type of that dtype, each made once per distinct type."""
     stored = dataset.id.get_type()
-    for known, dtype in _DTYPES:
+    for known, dtype, memory in _DTYPES:
         if known == stored:  # H5Tequal
-            return stored, dtype
+            return dtype, memory
     dtype = stored.dtype
-    _DTYPES[:] = [*_DTYPES[-_KEPT_DTYPES + 1 :], (stored, dtype)]
-    return stored, dtype
+    memory = h5py.h5t.py_create(dtype)
+    _DTYPES[:] = [*_DTYPES[-_KEPT_DTYPES + 1 :], (stored, dtype, memory)]
+    return dtype, memory
 
 
 def read_rows(dataset: h5py.Dataset, start: int, end: int) -> np.ndarray:
@@ -128,9 +130,10 @@ def read_rows(dataset: h5py.Dataset, start: int, end: int) -> np.ndarray:
     (``dataset[start:end]`` converts the type again); clipped to its length as a slice is. Records with
     variable-length fields are read by h5py's slicing, which makes their objects.
 
-    The rows are read as the stored type, which the dtype mirrors byte for byte: h5py's ``read_direct`` would
-    build an HDF5 type from the dtype at every read (0.3 ms of a small file's 0.4 ms read)."""
-    stored, dtype = _stored_type(dataset)
+    HDF5 converts the stored type to the dtype's memory type, made once per type: h5py's ``read_direct`` makes
+    it at every read (0.3 ms of a small file's 0.4 ms read). For a stored type that the dtype mirrors (packet
+    records) the conversion copies bytes; a type it does not (fewer bits, another float format) is converted."""
+    dtype, memory = _converted(dataset)
     if dtype.hasobject:
         return dataset[start:end]
     start, end = min(start, len(dataset)), min(end, len(dataset))
@@ -138,7 +141,7 @@ def read_rows(dataset: h5py.Dataset, start: int, end: int) -> np.ndarray:
     if len(rows):
         selected = dataset.id.get_space()
         selected.select_hyperslab((start,), (len(rows),))
-        dataset.id.read(h5py.h5s.create_simple((len(rows),)), selected, rows, mtype=stored)
+        dataset.id.read(h5py.h5s.create_simple((len(rows),)), selected, rows, mtype=memory)
     return rows
 
 
