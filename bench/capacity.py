@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from process_tree import tree
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
@@ -82,19 +83,6 @@ def query(address: str, promql: str) -> float:
     url = f"http://{address}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     result = json.loads(get(url))["data"]["result"]
     return sum(float(r["value"][1]) for r in result) if result else float("nan")
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants."""
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-    return pids
 
 
 def cpu_seconds(pid: int) -> float:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import h5py
 from bytecode_compile import compile_package
+from process_tree import tree
 
 from larpix_dqm.exporter.detector.geometry import packaged_layout
 
@@ -60,15 +61,11 @@ def simulate(folder: Path, packets: int) -> tuple[Path, int]:
 def tree_pss_mb(pid: int) -> float:
     """Proportional memory of a process and its children in MB: pages a forked helper shares with its
     parent copy-on-write count once, which a sum of resident sizes would count twice."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
+    total = 0
+    for p in tree(pid):
         with contextlib.suppress(OSError):
             match = re.search(r"^Pss:\s+(\d+) kB", Path(f"/proc/{p}/smaps_rollup").read_text(), re.M)
             total += int(match.group(1)) if match else 0
-            for task in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
     return total / 1024
 
 
