@@ -1,6 +1,7 @@
 """Start-up loads only what the run uses (issue 21 item 1): ``--help`` and completion no numpy, h5py,
-matplotlib, numba, prometheus_client or yaml; ``once --no-plots`` on a small file neither matplotlib nor numba,
-and off a terminal neither rich (its progress display) nor yaml (no layout, checks or config file to parse);
+matplotlib, numba, prometheus_client, yaml or pydantic; ``once --no-plots`` on a small file neither matplotlib,
+numba nor pydantic (typer 0.29's coercion of the options), and off a terminal neither rich (its progress display)
+nor yaml (no layout, checks or config file to parse);
 ``serve``'s modules no matplotlib (the drawing process imports it)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "larpix_dqm.exporter.cli"]
-HEAVY = ("numpy", "h5py", "matplotlib", "numba", "prometheus_client", "yaml")
+HEAVY = ("numpy", "h5py", "matplotlib", "numba", "prometheus_client", "yaml", "pydantic")
 #: What makes rich show (TTY_COMPATIBLE=1, FORCE_COLOR) or hide (TTY_COMPATIBLE=0) its display whatever stderr is.
 TERMINAL_VARIABLES = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR")
 
@@ -81,7 +82,7 @@ def test_once_without_plots_on_a_small_file_loads_neither_matplotlib_nor_numba(t
     for options in (["--no-plots"], []):  # without -o nothing is drawn either
         loaded = loaded_after(*once, *options)
         assert "h5py" in loaded  # the file was read
-        assert "matplotlib" not in loaded and "numba" not in loaded
+        assert "matplotlib" not in loaded and "numba" not in loaded and "pydantic" not in loaded
         assert "rich" not in loaded and "yaml" not in loaded  # stderr is a pipe here
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's own say that the pipe shows a progress display
     assert "rich" in loaded_after(*once, "--no-plots")
