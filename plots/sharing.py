@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.engine import PlotEngine, PluginHealth
+from larpix_dqm.plots.store import remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], No
         if report is None:
             _stop(pid)
         os.waitpid(pid, 0)
+        if report is None:  # killed, or died, perhaps while writing an image
+            remove_temporaries(engine.store.root, pid)
     if report is None:
         log.warning("plots: the drawing helper (pid %d) did not report; its images are drawn here", pid)
         engine.redraw()

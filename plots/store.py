@@ -23,6 +23,8 @@ RUN_SUFFIX = "_dqm"
 #: Names served under /plots/: no leading dot (hidden and temporary files), no separators.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
+#: A temporary file's name (``temporary``): the image's name, the writing process and thread.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<thread>\d+)\.tmp")
 MEDIA_TYPES = {
     ".png": "image/png",
     ".svg": "image/svg+xml",
@@ -66,10 +68,28 @@ class PlotFile:
         return Path(self.name).stem
 
 
+def temporary(path: Path) -> Path:
+    """The hidden file an image for ``path`` is written to before its rename: named by process and thread, so
+    no two writers share one, and a dead process's can be told apart (``remove_temporaries``)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+
+
+def remove_temporaries(root: str | os.PathLike, pid: int) -> int:
+    """Remove the temporary files process ``pid`` left in the folders of the store at ``root`` (it was killed
+    while writing an image; a live writer removes its own on any error); how many."""
+    removed = 0
+    for tmp in Path(root).glob("*/.*.tmp"):
+        match = _TEMPORARY.fullmatch(tmp.name)
+        if match and int(match["pid"]) == pid:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = temporary(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

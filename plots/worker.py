@@ -27,7 +27,7 @@ from larpix_dqm.exporter.reading.files import Chunk
 from larpix_dqm.plots import process
 from larpix_dqm.plots.engine import PlotEngine
 from larpix_dqm.plots.process import Payload, Setup, packet_count
-from larpix_dqm.plots.store import ERROR_REASONS, PlotStore
+from larpix_dqm.plots.store import ERROR_REASONS, PlotStore, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,8 @@ class PlotWorker:
                 if ready:
                     wait = self._serve(proc, conn, wait)
                 conn.close()
+                if proc.pid is not None:  # it ran: it may have been killed while writing an image
+                    remove_temporaries(self.engine.store.root, proc.pid)
                 with self._cond:
                     self._conn = None  # chunks wait in the queue (up to its bound) for the next child
                     self.dropped_total += self._in_flight  # sent to the dead child, never drawn

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from helpers import simulate_files
 
 from larpix_dqm.exporter.quality.accumulator import Accumulator
 from larpix_dqm.exporter.runtime.once import process_file
+from larpix_dqm.plots import sharing
 from larpix_dqm.plots.engine import PlotEngine, PlotSettings
 from larpix_dqm.plots.sharing import can_share, draw_shared
 
@@ -135,3 +137,23 @@ def test_a_helper_that_hangs_is_stopped_and_its_images_drawn_here(run, tmp_path,
     assert shared == 6 and len(images(tmp_path / "shared")) == 12
     with pytest.raises(ProcessLookupError):  # stopped and reaped: nothing left behind
         os.kill(hung, 0)
+
+
+def test_a_helper_stopped_while_writing_an_image_leaves_no_temporary_file(run, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    rename = os.replace
+    parent = os.getpid()
+
+    def stuck_in_the_helper(source, target):  # the helper hangs with its image written, not yet renamed
+        if os.getpid() != parent:
+            (tmp_path / "stuck").write_text(str(source))
+            time.sleep(120)
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", stuck_in_the_helper)
+    monkeypatch.setattr(sharing, "HELPER_WAIT", (2.0, 2.0))
+    shared, _, _ = run("shared", shared=True, plots=("Noted",))
+    assert "did not report" in caplog.text
+    assert (tmp_path / "stuck").exists() and not Path((tmp_path / "stuck").read_text()).exists()
+    assert shared == 6 and len(images(tmp_path / "shared")) == 12
+    assert not list((tmp_path / "shared").rglob("*.tmp"))

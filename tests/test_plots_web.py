@@ -18,7 +18,7 @@ from larpix_dqm.exporter.detector.geometry import packaged_layout
 from larpix_dqm.exporter.runtime.service import Service
 from larpix_dqm.exporter.settings import Settings
 from larpix_dqm.plots.engine import PlotSettings
-from larpix_dqm.plots.store import ERROR_REASONS, PlotStore
+from larpix_dqm.plots.store import ERROR_REASONS, PlotStore, remove_temporaries
 
 ESCAPES = [
     "../../../../etc/passwd",
@@ -57,6 +57,26 @@ def test_store_resolves_only_files_inside_the_plot_folder(tmp_path):
     for path in ESCAPES + ["", "latest", "run-1_dqm", "a/b/c.png"]:
         assert store.resolve(path) is None, path
     assert not list(store.root.rglob("*.tmp.*"))
+
+
+def test_a_dead_writers_temporaries_are_removed_and_no_one_elses(tmp_path):
+    store = PlotStore(tmp_path / "plots")
+    store.write("HotPixels", b"png", ["run-1"])
+    dead, alive = 4242, 42
+    left = [
+        store.root / "latest" / f".HotPixels.png.{dead}.139.tmp",
+        store.root / "run-1_dqm" / f".run-1_HotPixels.png.{dead}.140.tmp",
+    ]
+    kept = [
+        store.root / "latest" / f".HotPixels.png.{alive}.139.tmp",  # another writer's, still writing
+        store.root / "latest" / f".run.{dead}.png.{alive}.7.tmp",  # the dead pid in the image's name only
+        store.root / "latest" / "HotPixels.png",
+        store.root / "run-1_dqm" / "run-1_HotPixels.png",
+    ]
+    for path in left + kept[:2]:
+        path.write_bytes(b"half an image")
+    assert remove_temporaries(store.root, dead) == 2
+    assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
 
 
 def raw_get(port: int, path: str, method: str = "GET") -> tuple[int, dict, bytes]:

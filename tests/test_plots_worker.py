@@ -31,6 +31,7 @@ from larpix_dqm.exporter.web import pages
 from larpix_dqm.plots import Plot
 from larpix_dqm.plots.discovery import FAST, Catalog, PluginSpec
 from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+from larpix_dqm.plots.store import temporary
 from larpix_dqm.plots.worker import PlotWorker
 
 PACKETS = PacketFileFormat.name  # a chunk's kind: the packet files' format
@@ -54,14 +55,20 @@ class Stuck(Plot):
 
 
 class Crash(Plot):
-    """Takes the whole drawing process down the first time it draws (a segfault in a C extension, say)."""
+    """Takes the whole drawing process down the first time it draws (a segfault in a C extension, say), with an
+    image half written."""
 
     def draw(self, name, ctx, fig=None):
         from matplotlib.figure import Figure
 
-        marker = Path(os.environ[SIGNALS]) / "crashed"
+        folder = Path(os.environ[SIGNALS])
+        marker = folder / "crashed"
         if not marker.exists():
             marker.write_text(str(os.getpid()))
+            half = temporary(folder / "out" / "latest" / "Crash.png")  # as if killed while writing it
+            half.parent.mkdir(parents=True, exist_ok=True)
+            half.write_bytes(b"half an image")
+            (folder / "half").write_text(str(half))
             os.kill(os.getpid(), signal.SIGKILL)
         return fig or Figure(figsize=(2, 2))
 
@@ -145,6 +152,7 @@ def test_a_crashed_drawing_process_is_restarted_counted_and_reported(tmp_path, m
         status = worker.status()
         assert status["restarts"] == 1 and "exited with code -9" in status["last_exit"]
         assert status["pid"] != int((tmp_path / "crashed").read_text())
+        assert not Path((tmp_path / "half").read_text()).exists()  # the dead process's temporary file is removed
         worker.on_chunk(chunk(10))  # ingest's side goes on as before, and the new process draws
         assert worker.draw_now(timeout=30)
         assert worker.status()["plugins"]["Crash"]["renders"] == 1
