@@ -506,7 +506,7 @@ def once(
     if output is not None:  # the summary and the metrics only where they are written (1,600 chips: ~0.1 s)
         summary, metrics_text = result.summary(every_list=channels)
         output.mkdir(parents=True, exist_ok=True)
-        (output / "summary.json").write_text(summary_json(summary))
+        (output / "summary.json").write_bytes(summary_json(summary))
         (output / "metrics.prom").write_text(metrics_text)
     if written is not None and output is not None:
         images, failures = written

@@ -216,7 +216,7 @@ def test_once_writes_summary(tmp_path, module_geometry):
     )
     text = (tmp_path / "out" / "summary.json").read_text()
     lines = text.splitlines()  # a line per chip and per status list: read and diffed by line, written fast
-    assert len([line for line in lines if line.startswith('  {"io_group": ')]) == len(summary["chips"])
+    assert len([line for line in lines if line.startswith('  {"io_group":')]) == len(summary["chips"])
     assert len([line for line in lines if line.startswith(('  "silent": [', '  "noisy": [', '  "masked": ['))]) == 3
     result = run_cli(
         "once",
