@@ -8,6 +8,7 @@ path into a file inside PLOTDIR or refuses it.
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import re
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+log = logging.getLogger(__name__)
+
 LATEST = "latest"
 RUN_SUFFIX = "_dqm"
 #: Names served under /plots/: no leading dot (hidden and temporary files), no separators.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
-#: A temporary file's name (``temporary``): the image's name, the writing process and thread.
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<thread>\d+)\.tmp")
+#: A temporary file's name (``temporary``): the image's name, the writing process (the group) and thread.
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.\d+\.tmp")
 MEDIA_TYPES = {
     ".png": "image/png",
     ".svg": "image/svg+xml",
@@ -74,16 +77,33 @@ def temporary(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
 
 
-def remove_temporaries(root: str | os.PathLike, pid: int) -> int:
+def remove_temporaries(root: str | os.PathLike[str], pid: int) -> int:
     """Remove the temporary files process ``pid`` left in the folders of the store at ``root`` (it was killed
-    while writing an image; a live writer removes its own on any error); how many."""
+    while writing an image; a live writer removes its own on any error); how many. Called once ``pid`` is
+    reaped, so no live writer of this machine has that number (writers in other process namespaces sharing
+    the folder could: theirs would fail to rename, counted as a write error). A folder or file that cannot
+    be listed or removed is logged and left: this is tidying, never a reason to stop drawing."""
     removed = 0
-    for tmp in Path(root).glob("*/.*.tmp"):
-        match = _TEMPORARY.fullmatch(tmp.name)
-        if match and int(match["pid"]) == pid:
-            tmp.unlink(missing_ok=True)
+    try:
+        found = [tmp for tmp in Path(root).glob("*/.*.tmp") if _pid_of(tmp.name) == pid]
+    except OSError as err:
+        log.warning("plots: cannot look for temporary files of process %d in %s: %s", pid, root, err)
+        return 0
+    for tmp in found:
+        try:
+            tmp.unlink()
             removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            log.warning("plots: cannot remove %s: %s", tmp, err)
     return removed
+
+
+def _pid_of(name: str) -> int | None:
+    """The writing process of a temporary file's name (``temporary``), None for any other name."""
+    match = _TEMPORARY.fullmatch(name)
+    return int(match[1]) if match else None
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -273,14 +273,14 @@ class PlotWorker:
                 if ready:
                     wait = self._serve(proc, conn, wait)
                 conn.close()
-                if proc.pid is not None:  # it ran: it may have been killed while writing an image
-                    remove_temporaries(self.engine.store.root, proc.pid)
                 with self._cond:
                     self._conn = None  # chunks wait in the queue (up to its bound) for the next child
                     self.dropped_total += self._in_flight  # sent to the dead child, never drawn
                     self._in_flight = 0
                     self._carry()
                     self._cond.notify_all()
+                if proc.pid is not None:  # reaped: any temporary file of its number is one it was killed writing
+                    remove_temporaries(self.engine.store.root, proc.pid)
                 during = "" if ready else " during its start-up"
                 exit = f"drawing process {proc.pid} exited with code {proc.exitcode}{during}"
             with self._cond:

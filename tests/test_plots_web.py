@@ -3,10 +3,12 @@ plot metrics, and a plotted chip rate that agrees with ``larpix_chip_hit_rate_he
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +79,24 @@ def test_a_dead_writers_temporaries_are_removed_and_no_one_elses(tmp_path):
         path.write_bytes(b"half an image")
     assert remove_temporaries(store.root, dead) == 2
     assert not any(path.exists() for path in left) and all(path.exists() for path in kept)
+
+
+def test_removing_temporaries_never_raises(tmp_path, monkeypatch, caplog):
+    """A folder that cannot be listed or a file that cannot be removed (a network file system's EIO, a read-only
+    disk) is logged and left: the drawing goes on."""
+    store = PlotStore(tmp_path / "plots")
+    half = store.root / "latest" / ".HotPixels.png.4242.1.tmp"
+    half.parent.mkdir()
+    half.write_bytes(b"half an image")
+
+    def fails(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "unlink", fails)
+    assert remove_temporaries(store.root, 4242) == 0 and half.exists()
+    monkeypatch.setattr(Path, "glob", fails)
+    assert remove_temporaries(store.root, 4242) == 0
+    assert caplog.text.count("Input/output error") == 2
 
 
 def raw_get(port: int, path: str, method: str = "GET") -> tuple[int, dict, bytes]:

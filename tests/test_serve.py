@@ -237,6 +237,18 @@ def test_once_writes_summary(tmp_path, module_geometry):
     assert result.returncode == 2 and "not_hdf5" in result.stderr and str(bad) in result.stderr
 
 
+def test_once_summary_names_a_file_whose_name_is_not_utf8(tmp_path, tile_geometry):
+    """A file name of bytes that are not UTF-8 (Python keeps them as lone surrogates, which JSON cannot carry)
+    is written escaped, and the summary is written."""
+    (path,), _ = simulate_files(tile_geometry, tmp_path / "data", 2, seed=3)
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/run_\xe9.h5")
+    os.link(path, odd)
+    result = run_cli("once", odd, "-o", str(tmp_path / "out"), "--no-plots")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_bytes())
+    assert summary["file"].endswith("/run_\\xe9.h5") and summary["totals"] == json.loads(result.stdout)
+
+
 @pytest.mark.external
 def test_demo_stops_on_sigterm_at_once_and_removes_its_directory(tmp_path):
     """``demo --seconds N`` stopped early (SIGTERM, as a terminal's close or docker stop) exits 0 within

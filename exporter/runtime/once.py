@@ -120,9 +120,9 @@ class FileResult:
         and the metrics text, the families a scrape of ``serve`` would show for the same data (check statuses
         included)."""
         summary = snapshot_summary(self.snapshot, every_list)
-        summary["file"] = self.path
+        summary["file"] = _utf8(self.path)
         summary["run_mode"] = self.evaluation.run_mode
-        summary["read_errors"] = self.errors
+        summary["read_errors"] = [_utf8(error) for error in self.errors]  # they name the file
         families = FamilyBuilder(self.mode_setting, self.geometry).families(
             self.snapshot, self.health, evaluation=self.evaluation
         )
@@ -137,15 +137,21 @@ def summary_json(summary: dict) -> bytes:
     sections = []
     for key, value in summary.items():
         if not isinstance(value, (dict, list)) or not len(value):
-            sections.append(_json(key) + b": " + _json(value))
+            sections.append(_json(str(key)) + b": " + _json(value))
             continue
         if isinstance(value, list):
             lines = [_json(v) for v in value]
         else:
-            lines = [_json(k) + b": " + _json(v) for k, v in value.items()]
+            lines = [_json(str(k)) + b": " + _json(v) for k, v in value.items()]
         opening, closing = (b"[", b"]") if isinstance(value, list) else (b"{", b"}")
-        sections.append(_json(key) + b": " + opening + b"\n  " + b",\n  ".join(lines) + b"\n " + closing)
+        sections.append(_json(str(key)) + b": " + opening + b"\n  " + b",\n  ".join(lines) + b"\n " + closing)
     return b"{\n " + b",\n ".join(sections) + b"\n}\n"
+
+
+def _utf8(text: str) -> str:
+    """``text`` with the bytes of a file name that are not UTF-8 (which Python keeps as lone surrogates, and
+    JSON cannot carry) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _json(value: object) -> bytes:
