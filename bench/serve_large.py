@@ -10,7 +10,8 @@ checkpoint with the window) and the same for ``--repeat`` restarts from that che
 new to read, the last of them also the CPU a small new file costs it, the first and a later one (over
 ``--cost-seconds``, against as long idle). Then a module (2 io_groups x 800 chips) as ``--small-files`` files of
 ~80 packets and as the same packets in one file: the CPU to ready of each, and what each file beyond
-the first costs. Prints figures only, asserts nothing.
+the first costs; and what every poll's scan of that directory costs (each file stat'ed, none new). Prints
+figures only, asserts nothing.
 
 Usage: python bench/serve_large.py [--io-groups 50] [--chips 800] [--seconds 65] [--rate 0.05] [--repeat 2]
 [--small-files 1000] [--cost-seconds 10]
@@ -22,6 +23,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
+from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 
 START = 1_700_000_000
 CHANNELS = 49
@@ -184,6 +187,19 @@ def file_cost(process: subprocess.Popen, data: Path, small: Path, seconds: float
     return cpu_over(True) - idle, cpu_over(True) - idle
 
 
+def scan_seconds(folder: Path, repeat: int = 15) -> float:
+    """Median seconds of one poll's scan of ``folder`` (every file stat'ed), its files read already."""
+    tail = DirectoryTail([InputSpec(str(folder))])
+    for cursor in tail.scan(time.time()):
+        cursor.pending = False  # as if read to its end
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        tail.scan(time.time())
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def show(r: dict) -> None:
     line = (
         f"{r['label']:<34} ready {r['ready']:6.2f} s  CPU {r['cpu']:6.2f} s ({r['system']:.2f} system)  peak RSS {r['peak']:7.0f} MB  "
@@ -246,6 +262,11 @@ def main() -> None:
         show(whole)
         per_file = (many["cpu"] - whole["cpu"]) / (args.small_files - 1)
         print(f"{packets:,} packets: each file beyond the first costs {1000 * per_file:.2f} ms of CPU")
+        seconds = scan_seconds(work / "small")
+        print(
+            f"every poll's scan of the {args.small_files} files, read already (median of 15 in this process):"
+            f" {1000 * seconds:.1f} ms, {1e6 * seconds / args.small_files:.1f} us a file"
+        )
         print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

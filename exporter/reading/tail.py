@@ -45,10 +45,31 @@ class InputSpec:
     def files(self) -> list[str]:
         """Resolved paths of the files to read (symbolic links followed), by name; a broken link (dangling or
         looping) as itself, so that it can be reported."""
+        return list(self.statuses())
+
+    def statuses(self) -> dict[str, os.stat_result | OSError]:
+        """``files`` with the status of each (its link's target's), or for a broken link the error following it
+        raised. One system call a file that is not a link: a poll stats every file of a directory that may
+        hold thousands."""
         if os.path.isfile(self.path):
-            return [os.path.realpath(self.path)]
-        names = glob.glob(os.path.join(glob.escape(os.path.realpath(self.path)), self.pattern))
-        return sorted(os.path.realpath(p) if os.path.islink(p) and os.path.exists(p) else p for p in names)
+            names = [os.path.realpath(self.path)]
+        else:
+            names = glob.glob(os.path.join(glob.escape(os.path.realpath(self.path)), self.pattern))
+        found: dict[str, os.stat_result | OSError] = {}
+        for name in names:
+            try:
+                status = os.lstat(name)
+            except OSError:  # gone since the listing
+                continue
+            if stat.S_ISLNK(status.st_mode):
+                try:
+                    status = os.stat(name)
+                except OSError as err:
+                    found[name] = err
+                    continue
+                name = os.path.realpath(name)
+            found.setdefault(name, status)
+        return dict(sorted(found.items()))
 
     def problem(self) -> str | None:
         """None if the input can be read, else the read-error reason: missing_input or unreadable_input."""
@@ -94,12 +115,11 @@ class DirectoryTail:
         for spec in self.inputs:
             if not self._input_readable(spec):
                 continue
-            for path in spec.files():
-                try:
-                    found.setdefault(path, os.stat(path))
-                except OSError as err:  # gone since the glob, or a broken link
-                    if os.path.islink(path):
-                        broken[path] = "symlink_loop" if err.errno == errno.ELOOP else "dangling_symlink"
+            for path, status in spec.statuses().items():
+                if isinstance(status, OSError):
+                    broken[path] = "symlink_loop" if status.errno == errno.ELOOP else "dangling_symlink"
+                else:
+                    found.setdefault(path, status)
         self._report_broken_links(broken)
         self._follow_moves(found)
         due: list[tuple[float, str, FileCursor]] = []
