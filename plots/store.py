@@ -26,7 +26,7 @@ RUN_SUFFIX = "_dqm"
 #: Names served under /plots/: no leading dot (hidden and temporary files), no separators.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c|00)", re.IGNORECASE)
-#: A temporary file's name (``temporary``): the image's name, the writing process (the group) and thread.
+#: A temporary file's name (``temporary``): the image's name, the writing process (group 1) and thread.
 _TEMPORARY = re.compile(r"\..+\.(\d+)\.\d+\.tmp")
 MEDIA_TYPES = {
     ".png": "image/png",
