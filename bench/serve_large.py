@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -178,8 +179,10 @@ def file_cost(process: subprocess.Popen, data: Path, small: Path, seconds: float
 
     def cpu_over(new_file: bool) -> float:
         before = cpu_seconds(process.pid)
-        if new_file:
-            os.link(small, data / f"new-{time.monotonic_ns()}.h5")
+        if new_file:  # a copy, whole before it is named *.h5: a hard link would be the same file, read once
+            name = f"new-{time.monotonic_ns()}"
+            shutil.copyfile(small, data / f"{name}.tmp")
+            os.replace(data / f"{name}.tmp", data / f"{name}.h5")
         time.sleep(seconds)
         return cpu_seconds(process.pid) - before
 

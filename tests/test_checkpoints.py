@@ -59,6 +59,24 @@ def test_relative_then_absolute_inputs_read_nothing_twice(tmp_path, tile_geometr
     assert total(second) == total(first), "the same files by another name are the same files"
 
 
+def test_a_file_found_by_several_names_is_read_once(tmp_path, tile_geometry):
+    """Hard links, and a name through a linked folder (``run*/*.h5`` with one run folder a link to another's
+    data) are the same file: counted once, also when a name that sorts first appears later."""
+    data = tmp_path / "data"
+    paths, truth = simulate_files(tile_geometry, data / "run1", 3, file_seconds=1)
+    for path in paths:
+        os.link(path, path.with_name(f"z-{path.name}"))  # sorts after its first name
+    (data / "run2").symlink_to(data / "run1")
+    state = tmp_path / "state.npz"
+    ing = Ingester([InputSpec(str(data), "run*/*.h5")], Monitor(tile_geometry), 0.1, str(state))
+    ing.poll()
+    assert total(ing) == sum(truth.packet_types.values())
+    os.link(paths[0], data / "run1" / f"a-{paths[0].name}")  # sorts first: the cursor follows it
+    ing.poll()
+    ing.poll()
+    assert total(ing) == sum(truth.packet_types.values()), "the same files by another name are the same files"
+
+
 def test_moved_directory_with_explicit_checkpoint(tmp_path, tile_geometry, caplog):
     data = tmp_path / "data"
     _, truth = simulate_files(tile_geometry, data, 3, file_seconds=1)

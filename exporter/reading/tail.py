@@ -106,20 +106,24 @@ class DirectoryTail:
         return sum(1 for c in self.cursors.values() if c.size >= 0)
 
     def scan(self, now: float) -> list[FileCursor]:
-        """Stat every file; return the cursors whose files need reading, oldest first.
+        """Stat every file; return the cursors whose files need reading, oldest first. A file found by several
+        names (hard links, a path through a linked folder) is tracked by the first in order of the inputs and
+        names: its cursor follows that name (``_follow_moves``).
 
         Cursors of files that disappeared more than ``flush_interval`` seconds ago are dropped.
         """
         found: dict[str, os.stat_result] = {}
         broken: dict[str, str] = {}
+        identities: set[tuple[int, int]] = set()
         for spec in self.inputs:
             if not self._input_readable(spec):
                 continue
             for path, status in spec.statuses().items():
                 if isinstance(status, OSError):
                     broken[path] = "symlink_loop" if status.errno == errno.ELOOP else "dangling_symlink"
-                else:
-                    found.setdefault(path, status)
+                elif (status.st_dev, status.st_ino) not in identities:  # a hard link, a linked folder: read once
+                    identities.add((status.st_dev, status.st_ino))
+                    found[path] = status
         self._report_broken_links(broken)
         self._follow_moves(found)
         due: list[tuple[float, str, FileCursor]] = []
