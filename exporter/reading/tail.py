@@ -42,15 +42,11 @@ class InputSpec:
     path: str
     pattern: str = "*.h5"
 
-    def files(self) -> list[str]:
-        """Resolved paths of the files to read (symbolic links followed), by name; a broken link (dangling or
-        looping) as itself, so that it can be reported."""
-        return list(self.statuses())
-
     def statuses(self) -> dict[str, os.stat_result | OSError]:
-        """``files`` with the status of each (its link's target's), or for a broken link the error following it
-        raised. One system call a file that is not a link: a poll stats every file of a directory that may
-        hold thousands."""
+        """The files to read by resolved path (symbolic links followed), in order, each with its status (a link's
+        target's); a broken link (dangling or looping) as itself, with the error following it raised, so that it
+        can be reported. One system call a file that is not a link: a poll stats every file of a directory that
+        may hold thousands."""
         if os.path.isfile(self.path):
             names = [os.path.realpath(self.path)]
         else:

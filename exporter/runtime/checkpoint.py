@@ -348,13 +348,12 @@ class Checkpoint:
         inputs = input_identity(tail.inputs)
         if meta["inputs"] == inputs:
             return
-        present = set()
-        for path in (p for spec in tail.inputs for p in spec.files()):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            present.add((st.st_dev, st.st_ino))
+        present = {
+            (status.st_dev, status.st_ino)
+            for spec in tail.inputs
+            for status in spec.statuses().values()
+            if not isinstance(status, OSError)  # a broken link
+        }
         found = sum((entry["dev"], entry["inode"]) in present for entry in meta["cursors"])
         saved = ", ".join(path for path, _ in meta["inputs"]) or "no inputs"
         shown = ", ".join(path for path, _ in inputs)
