@@ -45,7 +45,7 @@ from larpix_dqm.exporter.registry.writer import RegistryWriter, RunContext
 from larpix_dqm.exporter.runtime import once as once_module
 from larpix_dqm.exporter.runtime.service import ListenError, Service
 from larpix_dqm.exporter.settings import Settings
-from larpix_dqm.exporter.simulate import SimulationConfig, Simulator, Truth, write_run
+from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
 START = 1_700_000_000
 
@@ -554,6 +554,39 @@ def test_runs_read_in_turn_stay_open_and_each_is_credited_its_own_time(tile_geom
     assert (first["open"], second["open"]) == (False, True) and first["packets"] + second["packets"] == total
     for run in (first, second):
         assert sum(run["status_seconds"]["detector"].values()) == pytest.approx(run["duration_s"])
+
+
+def test_every_run_a_write_credits_gets_the_checks_that_failed_over_its_own_span(tile_geometry, tmp_path):
+    """Two runs read before one write: each is credited the chip checks not ok in that write's evaluation, worst
+    status and seconds over its own span, first and last seen at its own end."""
+    faults = Faults(pedestal_shift_chips=[(1, 1, 30)])
+    paths, _ = simulate_files(tile_geometry, tmp_path / "data", 10, file_seconds=5, faults=faults)
+    monitor = Monitor(tile_geometry, window=10)
+    writer = RegistryWriter(tmp_path / "runs.sqlite", RunNamer(), RunContext())
+    try:
+        for path in paths:
+
+            def consume(chunk) -> None:
+                monitor.feed_chunk(chunk, time.time())
+                writer.on_chunk(chunk)
+
+            DirectoryTail([InputSpec(str(path))]).pump(consume)
+        writer.record(monitor.update())
+    finally:
+        writer.close()
+    runs = read_runs([tmp_path / "runs.sqlite"])
+    assert len(runs) == 2
+    for run in runs:
+        (failure,) = run["check_failures"]
+        assert (failure["check"], failure["io_group"], failure["io_channel"], failure["chip_id"]) == (
+            "pedestal",
+            1,
+            1,
+            30,
+        )
+        assert failure["worst"] in ("warning", "error")
+        assert failure["seconds"] == pytest.approx(run["duration_s"]) and failure["seconds"] > 0
+        assert failure["first_time"] == failure["last_time"] == pytest.approx(run["end_time"])
 
 
 def test_a_migration_runs_once_when_two_processes_open_an_older_registry(monkeypatch, tmp_path):

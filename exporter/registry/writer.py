@@ -121,8 +121,9 @@ class RegistryWriter:
                 self.conn.execute("UPDATE runs SET closed_at = ? WHERE run = ? AND closed_at IS NULL", (now, run))
                 credited.pop(run, None)
                 bad_channels.pop(run, None)
+            failing = _failing(evaluation)
             for run, until in credit.items():
-                credited[run] = self._credit(run, evaluation, credited.get(run, math.nan), until)
+                credited[run] = self._credit(run, evaluation, failing, credited.get(run, math.nan), until)
             written = self._write_state(evaluation, now, bad_channels.get(self.current or ""))
             if written is not None:
                 bad_channels[written[0]] = written[1]
@@ -190,9 +191,16 @@ class RegistryWriter:
     def _run_id(self, run: str) -> int:
         return int(self.conn.execute("SELECT id FROM runs WHERE run = ?", (run,)).fetchone()[0])
 
-    def _credit(self, run: str, evaluation: Evaluation, since: float, until: float) -> float:
+    def _credit(
+        self,
+        run: str,
+        evaluation: Evaluation,
+        failing: list[tuple[str, int, int, int, int]],
+        since: float,
+        until: float,
+    ) -> float:
         """Credit ``run`` with the data time from ``since`` (its start when NaN) to ``until`` in the statuses and
-        failing checks of ``evaluation``; return the data time credited up to now."""
+        ``failing`` checks (``_failing``) of ``evaluation``; return the data time credited up to now."""
         row = self.conn.execute("SELECT id, start_time FROM runs WHERE run = ?", (run,)).fetchone()
         if row is None:  # no chunk of it written yet
             return since
@@ -216,7 +224,7 @@ class RegistryWriter:
             " ON CONFLICT (run_id, check_name, io_group, io_channel, chip_id) DO UPDATE SET"
             " worst = max(worst, excluded.worst), seconds = seconds + excluded.seconds,"
             " last_time = excluded.last_time",
-            _failures(run_id, evaluation, seconds, until),
+            [(run_id, *check, seconds, until, until) for check in failing],
         )
         return until if math.isnan(since) else max(since, until)
 
@@ -234,18 +242,19 @@ class RegistryWriter:
         return run, bad
 
 
-def _failures(run_id: int, evaluation: Evaluation, seconds: float, t: float) -> list[tuple]:
-    """Rows of check_failures for every chip and io_group check not ok in ``evaluation``."""
+def _failing(evaluation: Evaluation) -> list[tuple[str, int, int, int, int]]:
+    """(check, io_group, io_channel, chip_id, worst) of every chip and io_group check not ok in ``evaluation``
+    (-1, -1 for an io_group's); found once per write, whatever the runs it credits (a backlog of one-file runs)."""
     results, keys = evaluation.results, evaluation.snapshot.chip_keys
-    rows: list[tuple] = []
+    failing: list[tuple[str, int, int, int, int]] = []
     for check, status in zip(results.chip_checks, results.chip_status):
-        for row in np.flatnonzero(status > CheckStatus.OK).tolist():
-            g, c, chip = keys[row].tolist()
-            rows.append((run_id, check.name, g, c, chip, int(status[row]), seconds, t, t))
+        rows = np.flatnonzero(status > CheckStatus.OK)
+        for (g, c, chip), worst in zip(keys[rows].tolist(), status[rows].tolist()):
+            failing.append((check.name, g, c, chip, worst))
     for check, status in zip(results.group_checks, results.group_status):
         for g in np.flatnonzero(status > CheckStatus.OK).tolist():
-            rows.append((run_id, check.name, g, -1, -1, int(status[g]), seconds, t, t))
-    return rows
+            failing.append((check.name, g, -1, -1, int(status[g])))
+    return failing
 
 
 def _lock(path: str) -> int:
