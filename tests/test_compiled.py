@@ -326,6 +326,28 @@ def test_chunks_touching_most_of_fewer_chips_than_the_capacity_match(tile_geomet
     assert_same(reference, compiled)
 
 
+def test_chunks_touching_more_chips_than_the_hits_buffer_has_places_are_folded_as_they_fill_it() -> None:
+    """A buffer of 7 places (a chip row each) for chunks touching hundreds of chips: the kernel returns for a fold each
+    time its places are all given, and goes on where it stopped; every count as on numpy, raw messages and packets."""
+    geometry = load_geometry(packaged_layout())
+    sim = Simulator(geometry, SimulationConfig(seed=6, trigger_rate_hz=2.0), FAULTS)
+    for raw in (True, False):
+        reference, compiled = pair(geometry, window_seconds=6.0, window_bins=3)
+        compiled._hits = HitsBuffer(places=7)
+        clocks = [DataClock(), DataClock()]
+        for msgs, groups in seconds_of_messages(sim, range(4)):
+            messages = split_messages(msgs, groups)
+            if raw:
+                feed_both(reference, compiled, messages, clocks)
+            else:
+                packets = messages.decode()
+                reference.add(packets, clocks[0], START + 100.0)
+                compiled.add(packets, clocks[1], START + 100.0)
+        assert len(compiled.chips) > 10 * 7 and compiled._hits.hits.shape[1] == 7
+        assert reference.window_hits.sum() > 10_000
+        assert_same(reference, compiled)
+
+
 @pytest.mark.slow
 def test_packet_records_match_including_chunks_split_anywhere_and_periodic_triggers() -> None:
     geometry = load_geometry(packaged_layout())

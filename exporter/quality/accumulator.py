@@ -77,6 +77,10 @@ _NO_MESSAGES = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int
 _NO_RECEIPTS = np.zeros(0, np.int64)
 _NOT_PLACING = tuple(np.zeros(0, np.int64) for _ in triggers.Found._fields)
 _NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(len(REQUIRED_FIELDS) + 1, np.int64))
+#: Chip rows one fold of the compiled counting takes (``HitsBuffer``): 4 MB of ``hits`` a window slot.
+HIT_PLACES = 4096
+#: The places of a ``HitsBuffer`` with one for every chip row: the rows themselves.
+_NO_PLACES = np.zeros(0, np.int64)
 
 
 def compiled_records(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -201,24 +205,38 @@ def _warm_up_evaluation() -> None:
 
 
 class HitsBuffer:
-    """The compiled counting's per-chunk ``hits`` (key, chip row, channel, 4) and ``touched`` (key, chip row),
-    kept by the accumulator from chunk to chunk and left all zero by the fold (``compiled.fold_hits``): a fresh
-    buffer a chunk costs a page fault for each page written (2.6 us a 4 kB page: 26 ms of a 100 k-packet chunk
-    over 40,000 chips). Its keys are the slots a chunk uses (``chunk_keys``), not the window's: what stays
-    resident is the most keys one chunk has used (3-4 in a backlog: ~150-200 MB at 40,000 chips). It keeps the
-    arrays the counting pass places a chunk's hits and triggers in for the trigger pairing as well (``placed``)."""
+    """The compiled counting's per-chunk ``hits`` (key, place, channel, 4) and ``touched`` (key, place), kept by
+    the accumulator from chunk to chunk and left all zero by the fold (``compiled.fold_hits``): a fresh buffer a
+    chunk costs a page fault for each page written (2.6 us a 4 kB page). Its keys are the slots a chunk uses
+    (``chunk_keys``), not the window's. Its places are the chip rows themselves while the state has at most
+    ``places`` rows; beyond, the rows a chunk touches get places as they come, and a chunk that touches more is folded
+    each time they are all given (``compiled.count_chunk``): what stays resident is the most keys one chunk has used
+    (3-4 in a backlog) x ``places`` x 1 kB, whatever the detector. It keeps the arrays the counting pass places a
+    chunk's hits and triggers in for the trigger pairing as well (``placed``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, places: int = HIT_PLACES) -> None:
+        self.places = places
         self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
         self.touched = np.zeros((0, 0), bool)
+        self.local_of = np.zeros(0, np.int64)  # place of each chip row in ``hits``, -1 when none
+        self.local_rows = np.zeros(0, np.int64)  # chip row of each place
         self._placed = _NOT_PLACING  # empty: replaced by the first chunk placed
 
-    def take(self, keys: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
-        """Zeroed ``hits`` and ``touched`` of ``keys`` keys and ``capacity`` chip rows (new ones when these grew)."""
-        if self.hits.shape[0] < keys or self.hits.shape[1] != capacity:
-            self.hits = np.zeros((max(keys, self.hits.shape[0]), capacity, CHANNELS_PER_CHIP, 4), np.int32)
+    def take(self, keys: int, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Zeroed ``hits`` and ``touched`` of ``keys`` keys (new ones when these grew) for a state of ``capacity``
+        chip rows, and their places: the place of each row (all -1) and the row of each place; none (the rows are
+        the places) when ``hits`` has a place for every row."""
+        places = min(self.places, capacity)
+        if self.hits.shape[0] < keys or self.hits.shape[1] < places:
+            shape = (max(keys, self.hits.shape[0]), max(places, self.hits.shape[1]), CHANNELS_PER_CHIP, 4)
+            self.hits = np.zeros(shape, np.int32)
             self.touched = np.zeros(self.hits.shape[:2], bool)
-        return self.hits[:keys], self.touched[:keys]
+            self.local_rows = np.zeros(self.hits.shape[1], np.int64)
+        if capacity <= self.places:
+            return self.hits[:keys], self.touched[:keys], _NO_PLACES, _NO_PLACES
+        if len(self.local_of) < capacity:
+            self.local_of = np.full(capacity, -1, np.int64)
+        return self.hits[:keys], self.touched[:keys], self.local_of, self.local_rows
 
     def placed(self, packets: int) -> tuple[np.ndarray, ...]:
         """``triggers.Found``'s arrays for a chunk of ``packets`` packets to be placed in (longer ones kept from an
@@ -253,7 +271,7 @@ def count_compiled(
     kernels = KERNELS.kernels
     buckets = np.asarray(state.config.sync_offset_buckets_ticks, np.float64)
     deferred = np.zeros((64, kernels.DEFERRED_COLUMNS), np.int64)
-    pos = np.zeros(7, np.int64)
+    pos = np.zeros(8, np.int64)
     if isinstance(source, Messages):
         pos[1] = -1  # the first message's timestamp packet comes first
         raw, records = (source.buffer, source.starts, source.words, source.io_groups), _NO_RECORDS
@@ -280,12 +298,14 @@ def count_compiled(
     while True:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
-        hits, touched = buffer.take(len(key_slots), state.capacity)
+        hits, touched, local_of, local_rows = buffer.take(len(key_slots), state.capacity)
         status = kernels.count_chunk(
-            arrays, hits, touched, keys, blocks, table, buckets, state.made("win_pedestal"), deferred, pos, cur, cur_end,
-            rows, slots, ends, groups, *records, *raw, *pairing_arrays,
+            arrays, hits, touched, local_of, local_rows, keys, blocks, table, buckets, state.made("win_pedestal"),
+            deferred, pos, cur, cur_end, rows, slots, ends, groups, *records, *raw, *pairing_arrays,
         )  # fmt: skip
-        _fold_hits(state, hits, touched, key_slots)
+        given = local_rows[: pos[7]] if len(local_of) else np.arange(len(state.chips))
+        _fold_hits(state, hits, touched, local_of, given, key_slots)
+        pos[7] = 0
         if status == kernels.OK:
             break
         if status == kernels.NEED_PEDESTAL:
@@ -308,14 +328,16 @@ def count_compiled(
     return triggers.Found(*(a[:placed_hits] for a in found[:3]), *(a[:placed_triggers] for a in found[3:]))
 
 
-def _fold_hits(state: State, hits: np.ndarray, touched: np.ndarray, key_slots: np.ndarray) -> None:
-    """Add the kernel's counts of clean data packets to the state and zero them (``compiled.fold_hits``)."""
-    if not touched.any():
+def _fold_hits(
+    state: State, hits: np.ndarray, touched: np.ndarray, local_of: np.ndarray, rows: np.ndarray, key_slots: np.ndarray
+) -> None:
+    """Add the kernel's counts of clean data packets, of chip ``rows`` (one a place, or the rows are the places when
+    ``local_of`` is empty), to the state and empty ``hits`` and the places (``compiled.fold_hits``)."""
+    if not len(rows) or not touched[:, : len(rows)].any():
         return
-    row_groups = np.zeros(hits.shape[1], np.int64)
-    row_groups[: len(state.chips)] = state.chips.keys[:, 0]
+    row_groups = state.chips.keys[:, 0].astype(np.int64)
     arrays = tuple(getattr(state, f.name) for f in kernel_fields(FOLD))
-    KERNELS.kernels.fold_hits(arrays, hits, touched, key_slots, row_groups, window.slot_ends(state))
+    KERNELS.kernels.fold_hits(arrays, hits, touched, local_of, rows, key_slots, row_groups, window.slot_ends(state))
 
 
 def _same_expectations(a: RunConfig, b: RunConfig) -> bool:

@@ -51,28 +51,34 @@ DEFERRED_COLUMNS = 5
 
 @njit(cache=True, nogil=True)
 def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet kind, inline for speed
-    state, hits, touched, keys, blocks, table, buckets, has_pedestal, deferred, pos, cur, cur_end, rows, slots, ends,
-    groups, records, offsets, buffer, starts, words, msg_groups, pairing, second, receipts, trigger_words, found,
+    state, hits, touched, local_of, local_rows, keys, blocks, table, buckets, has_pedestal, deferred, pos, cur, cur_end,
+    rows, slots, ends, groups, records, offsets, buffer, starts, words, msg_groups, pairing, second, receipts,
+    trigger_words, found,
 ):  # fmt: skip
     """Count a chunk into ``state`` (the fields of ``state.kernel_fields(COUNT)``, in that order): packet ``records`` (rows of bytes; ``offsets`` of the ``REQUIRED_FIELDS`` in a row,
     all one byte but the timestamp of ``offsets[-1]`` bytes), or, when ``starts`` is not empty,
     raw messages (``starts`` into ``buffer``, ``words`` 16-byte words each after the 8-byte header,
     ``msg_groups``), in ``decode_messages``'s order: each message's timestamp packet, then its words.
 
-    Clean data packets are counted into ``hits`` (int32; key, chip row, channel: count, ADC sum, ADC sum of
+    Clean data packets are counted into ``hits`` (int32; key, place, channel: count, ADC sum, ADC sum of
     squares, new arrivals; the key of rate slot s is ``keys[s + 2]``) and folded into the accumulator's arrays
     after the kernel returns (``fold_hits``): one cache line a packet, in an array that fits the core's cache for
-    a slot, where the accumulator's own arrays would cost six cache misses a packet. ``touched`` marks the
-    (key, chip row) pairs with counts: the fold reads only those, and leaves both zero.
+    a slot, where the accumulator's own arrays would cost six cache misses a packet. A place is a chip row when
+    ``local_of`` is empty (``hits`` has a place for every row); else a row gets the next place the first time it
+    has a clean data packet (``local_of[row]``, -1 before; ``local_rows[place]``, ``pos[7]`` places given), so
+    ``hits`` is as long as the chips a chunk touches, not the detector; when its places are all given, the kernel
+    returns for a fold. ``touched`` marks the (key, place) pairs with counts: the fold reads only
+    those, and leaves ``hits``, ``touched`` and the places empty.
 
     A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
     channel's current one (``arrival_start``), timed on the data second of its io_group's latest
     timestamp packet and its own tick.
 
     ``pos``: packet or message to go on from, word in that message (-1: its timestamp packet), next
-    accepted timestamp in ``rows``, deferred parity errors, words of unknown type. ``cur`` is each
-    io_group's window slot, moved at the accepted timestamp rows (packets, or messages) to ``slots``;
-    ``cur_end`` its live bin end, moved to ``ends``: the last-hit time of a hit outside the window.
+    accepted timestamp in ``rows``, deferred parity errors, words of unknown type, placed hits and triggers
+    (below), places given in ``hits``. ``cur`` is each io_group's window slot, moved at the accepted timestamp rows
+    (packets, or messages) to ``slots``; ``cur_end`` its live bin end, moved to ``ends``: the last-hit time of a
+    hit outside the window.
 
     ``pairing`` (the trigger pairing is active): the chunk is placed for it as ``place_packets`` places it, in
     the same pass: its trigger words counted into ``trigger_words``, each io_group's data ``second`` moved at the
@@ -91,6 +97,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
     ) = offsets  # fmt: skip
     hit_times, hit_rows, hit_groups, trigger_times, trigger_groups = found
     raw = len(starts) > 0
+    direct = len(local_of) == 0  # the chip rows are the places of ``hits``
     # messages start on 8-byte boundaries and the buffer ends on one (``split_messages``): whole-word loads
     words64, words32 = buffer.view(np.uint64), buffer.view(np.uint32)
     n = len(starts) if raw else len(records)
@@ -218,9 +225,15 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
             rate_slot = s if kind == 0 else -2  # -2: not self-triggered, counted but no rate and no verdict
             key = keys[rate_slot + 2]  # row of ``hits``: 0 not self-triggered, 1 outside the window, 2... a slot
             ch = channel & 63
-            if valid and hits[key, row, ch, 0] >= FOLD_AT:
+            place = row if direct or not valid else local_of[row]
+            if valid and (place < 0 and pos[7] == len(local_rows) or place >= 0 and hits[key, place, ch, 0] >= FOLD_AT):
                 pos[0], pos[1], pos[2] = i, w, j
                 return NEED_FOLD
+            if valid and place < 0:  # the chip's first clean data packet since the last fold
+                place = pos[7]
+                local_of[row] = place
+                local_rows[place] = row
+                pos[7] = place + 1
             if kind != 0:
                 trigger_type_counts[g, kind] += 1
                 if s >= 0:
@@ -243,16 +256,16 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                         if fifo & (1 << bit):
                             chip_fifo[row, bit] += 1
             else:
-                hits[key, row, ch, 0] += 1
-                touched[key, row] = True
+                hits[key, place, ch, 0] += 1
+                touched[key, place] = True
                 if key == 1 and not last_hit_end[row, ch] >= cur_end[g]:  # outside the window (NaN: no time)
                     end = cur_end[g]
                     if end == end:
                         last_hit_end[row, ch] = end
                 adc_counts[g, adc] += 1
                 if rate_slot >= 0:
-                    hits[key, row, ch, 1] += adc
-                    hits[key, row, ch, 2] += adc * adc
+                    hits[key, place, ch, 1] += adc
+                    hits[key, place, ch, 2] += adc * adc
                 if fifo:
                     if rate_slot >= 0 and fifo & 10:
                         win_flags[rate_slot, row, 1] += 1
@@ -263,7 +276,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                     time = arrival_second[g] * TICKS_PER_SYNC + ticks
                     if not 0 <= time - arrival_start[row, ch] <= MERGE_TICKS:
                         arrival_start[row, ch] = time
-                        hits[key, row, ch, 3] += 1
+                        hits[key, place, ch, 3] += 1
                     if pairing and second[g] >= 0:
                         k = pos[5]
                         hit_times[k] = second[g] * TICKS_PER_SYNC + ticks
@@ -285,29 +298,30 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
 
 
 @njit(cache=True, nogil=True)
-def fold_hits(state, hits, touched, key_slots, row_groups, bin_end):
-    """Add a chunk's ``hits`` (see ``count_chunk``) to ``state`` (the fields of ``state.kernel_fields(FOLD)``,
-    in that order), as the numpy engine's ``_add_data`` does: all-time and self-triggered counts, window
-    sums (per slot and over the slots), arrivals, and each channel's last-hit time (end of the newest window
-    bin with a hit, ``bin_end[io_group, slot]``); ``key_slots``: the rate slot of each key. Leaves ``hits`` and
-    ``touched`` zero, for the next chunk."""
+def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups, bin_end):
+    """Add a chunk's ``hits`` (see ``count_chunk``; the places of chip rows ``local_rows``) to ``state`` (the fields of
+    ``state.kernel_fields(FOLD)``, in that order), as the numpy engine's ``_add_data`` does: all-time and
+    self-triggered counts, window sums (per slot and over the slots), arrivals, and each channel's last-hit time
+    (end of the newest window bin with a hit, ``bin_end[io_group, slot]``); ``key_slots``: the rate slot of each
+    key. Leaves ``hits``, ``touched`` and ``local_of`` empty, for the next chunk."""
     (
         chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq, arrivals_total, win_arrivals,
         window_hits, window_adc, window_adc_sq, window_arrivals,
     ) = state  # fmt: skip
     for key in range(touched.shape[0]):
         slot = key_slots[key]
-        for row in range(touched.shape[1]):
-            if not touched[key, row]:
+        for place in range(len(local_rows)):
+            if not touched[key, place]:
                 continue
-            touched[key, row] = False
+            touched[key, place] = False
+            row = local_rows[place]
             g = row_groups[row]
             for ch in range(hits.shape[2]):
-                n = hits[key, row, ch, 0]
+                n = hits[key, place, ch, 0]
                 if n == 0:
                     continue
-                adc, adc_sq, arrivals = hits[key, row, ch, 1], hits[key, row, ch, 2], hits[key, row, ch, 3]
-                hits[key, row, ch, :] = 0  # the buffer goes on to the next chunk
+                adc, adc_sq, arrivals = hits[key, place, ch, 1], hits[key, place, ch, 2], hits[key, place, ch, 3]
+                hits[key, place, ch, :] = 0  # the buffer goes on to the next chunk
                 hits_total[row, ch] += n
                 chip_packets[row] += n
                 if key != 0:
@@ -325,6 +339,9 @@ def fold_hits(state, hits, touched, key_slots, row_groups, bin_end):
                     end = bin_end[g, slot]
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end
+    if len(local_of):
+        for row in local_rows:
+            local_of[row] = -1
 
 
 #: The packet record fields ``decode_records`` fills, in the order of its ``fields`` argument.
