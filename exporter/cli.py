@@ -1123,8 +1123,17 @@ def runs_certify(
     typer.echo(f"run {run}: {verdict} on io_group {', '.join(map(str, certified))} ({author}: {reason})", err=True)
 
 
+#: numpy's advice of transparent huge pages on its large arrays, off unless the environment asks for it (numpy reads
+#: the variable when imported, after this): where the kernel compacts memory to serve that advice (THP ``defrag``
+#: set to ``madvise``, the Debian and Ubuntu default) a first start of 50 io_groups spent 3.4-5.4 s of system time
+#: in page faults against 2.1-2.5 s, was ready in 15.6-17.3 s against 12.1-13.2 s and peaked 70-80 MB higher
+#: (``bench/serve_large.py``); a 5 M-packet ``once`` was no slower without.
+HUGE_PAGES_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
+
+
 def run() -> None:
     """Entry point: usage errors are one line naming the option, exit 2."""
+    os.environ.setdefault(HUGE_PAGES_VARIABLE, "0")
     try:
         code = app(standalone_mode=False)
     except typer.TyperException as err:

@@ -127,3 +127,23 @@ def test_once_shows_its_progress_on_a_terminal(tmp_path):
     assert done.returncode == 0, text
     assert re.search(rf"reading {re.escape(path.name)} \(rows\) .* (\d+)/\1 ", text)  # every row read
     assert re.search(r"drawing plots \(images\) .* 2/\? ", text)
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True")])
+def test_the_cli_advises_no_huge_pages_unless_the_environment_asks(tmp_path, setting, expected):
+    """numpy's transparent huge page advice is off in a CLI process (``cli.HUGE_PAGES_VARIABLE``), on when the
+    environment sets numpy's own variable to 1."""
+    path = simulated_second(tmp_path)
+    probe = (
+        "import atexit, sys\n"
+        f"sys.argv = ['larpix-dqm', 'once', {str(path)!r}, '--no-plots']\n"
+        "atexit.register(lambda: print('advised', sys.modules['numpy']._core.multiarray._get_madvise_hugepage()))\n"
+        "from larpix_dqm.exporter.cli import run\n"
+        "run()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if setting is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = setting
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"advised {expected}" in done.stdout.splitlines(), done.stdout[-500:]
