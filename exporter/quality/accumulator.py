@@ -217,7 +217,7 @@ class HitsBuffer:
     def __init__(self, places: int = HIT_PLACES) -> None:
         self.places = places
         self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
-        self.touched = np.zeros((0, 0), bool)
+        self.touched = np.zeros((0, 0), np.uint64)  # the channels with counts of each (key, place), as bits
         self.local_of = np.zeros(0, np.int64)  # place of each chip row in ``hits``, -1 when none
         self.local_rows = np.zeros(0, np.int64)  # chip row of each place
         self._placed = _NOT_PLACING  # empty: replaced by the first chunk placed
@@ -230,7 +230,7 @@ class HitsBuffer:
         if self.hits.shape[0] < keys or self.hits.shape[1] < places:
             shape = (max(keys, self.hits.shape[0]), max(places, self.hits.shape[1]), CHANNELS_PER_CHIP, 4)
             self.hits = np.zeros(shape, np.int32)
-            self.touched = np.zeros(self.hits.shape[:2], bool)
+            self.touched = np.zeros(self.hits.shape[:2], np.uint64)
             self.local_rows = np.zeros(self.hits.shape[1], np.int64)
         if capacity <= self.places:
             return self.hits[:keys], self.touched[:keys], _NO_PLACES, _NO_PLACES
@@ -295,6 +295,7 @@ def count_compiled(
     if pairing and not isinstance(source, Messages) and "receipt_timestamp" in (source.dtype.names or ()):
         receipts = source["receipt_timestamp"].astype(np.int64)
     pairing_arrays = (pairing, state.triggers.second, receipts, state.trigger_words, found)
+    row_groups = np.zeros(0, np.int64)  # the io_group of each chip row
     while True:
         blocks, table = state.chips.tables()
         arrays = tuple(_NO_PEDESTAL if f.lazy and not state.made(f.name) else getattr(state, f.name) for f in counted)
@@ -304,7 +305,9 @@ def count_compiled(
             deferred, pos, cur, cur_end, rows, slots, ends, groups, *records, *raw, *pairing_arrays,
         )  # fmt: skip
         given = local_rows[: pos[7]] if len(local_of) else np.arange(len(state.chips))
-        _fold_hits(state, hits, touched, local_of, given, key_slots)
+        if len(row_groups) != len(state.chips):  # once, and after chips were registered
+            row_groups = state.chips.keys[:, 0].astype(np.int64)
+        _fold_hits(state, hits, touched, local_of, given, key_slots, row_groups)
         pos[7] = 0
         if status == kernels.OK:
             break
@@ -329,13 +332,19 @@ def count_compiled(
 
 
 def _fold_hits(
-    state: State, hits: np.ndarray, touched: np.ndarray, local_of: np.ndarray, rows: np.ndarray, key_slots: np.ndarray
+    state: State,
+    hits: np.ndarray,
+    touched: np.ndarray,
+    local_of: np.ndarray,
+    rows: np.ndarray,
+    key_slots: np.ndarray,
+    row_groups: np.ndarray,
 ) -> None:
     """Add the kernel's counts of clean data packets, of chip ``rows`` (one a place, or the rows are the places when
-    ``local_of`` is empty), to the state and empty ``hits`` and the places (``compiled.fold_hits``)."""
+    ``local_of`` is empty; ``row_groups`` the io_group of each row), to the state and empty ``hits`` and the places
+    (``compiled.fold_hits``)."""
     if not len(rows) or not touched[:, : len(rows)].any():
         return
-    row_groups = state.chips.keys[:, 0].astype(np.int64)
     arrays = tuple(getattr(state, f.name) for f in kernel_fields(FOLD))
     KERNELS.kernels.fold_hits(arrays, hits, touched, local_of, rows, key_slots, row_groups, window.slot_ends(state))
 
