@@ -217,7 +217,7 @@ class HitsBuffer:
     def __init__(self, places: int = HIT_PLACES) -> None:
         self.places = places
         self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
-        self.touched = np.zeros((0, 0), np.uint64)  # the channels with counts of each (key, place), as bits
+        self.touched = np.zeros((0, 0), bool)
         self.local_of = np.zeros(0, np.int64)  # place of each chip row in ``hits``, -1 when none
         self.local_rows = np.zeros(0, np.int64)  # chip row of each place
         self._placed = _NOT_PLACING  # empty: replaced by the first chunk placed
@@ -230,7 +230,7 @@ class HitsBuffer:
         if self.hits.shape[0] < keys or self.hits.shape[1] < places:
             shape = (max(keys, self.hits.shape[0]), max(places, self.hits.shape[1]), CHANNELS_PER_CHIP, 4)
             self.hits = np.zeros(shape, np.int32)
-            self.touched = np.zeros(self.hits.shape[:2], np.uint64)
+            self.touched = np.zeros(self.hits.shape[:2], bool)
             self.local_rows = np.zeros(self.hits.shape[1], np.int64)
         if capacity <= self.places:
             return self.hits[:keys], self.touched[:keys], _NO_PLACES, _NO_PLACES

@@ -67,9 +67,8 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
     ``local_of`` is empty (``hits`` has a place for every row); else a row gets the next place the first time it
     has a clean data packet (``local_of[row]``, -1 before; ``local_rows[place]``, ``pos[7]`` places given), so
     ``hits`` is as long as the chips a chunk touches, not the detector; when its places are all given, the kernel
-    returns for a fold. ``touched`` holds the channels with counts of each (key, place) as bits: the fold reads
-    only those (a chip with a hit or two in a chunk costs one or two channels, not 64), and leaves ``hits``,
-    ``touched`` and the places empty.
+    returns for a fold. ``touched`` marks the (key, place) pairs with counts: the fold reads only
+    those, and leaves ``hits``, ``touched`` and the places empty.
 
     A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
     channel's current one (``arrival_start``), timed on the data second of its io_group's latest
@@ -258,7 +257,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                             chip_fifo[row, bit] += 1
             else:
                 hits[key, place, ch, 0] += 1
-                touched[key, place] |= np.uint64(1) << np.uint64(ch)
+                touched[key, place] = True
                 if key == 1 and not last_hit_end[row, ch] >= cur_end[g]:  # outside the window (NaN: no time)
                     end = cur_end[g]
                     if end == end:
@@ -312,20 +311,15 @@ def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups,
     for key in range(touched.shape[0]):
         slot = key_slots[key]
         for place in range(len(local_rows)):
-            channels = touched[key, place]
-            if channels == 0:
+            if not touched[key, place]:
                 continue
-            touched[key, place] = 0
+            touched[key, place] = False
             row = local_rows[place]
             g = row_groups[row]
-            ch = -1
-            while channels:
-                ch += 1
-                bit = channels & np.uint64(1)
-                channels >>= np.uint64(1)
-                if bit == 0:
-                    continue
+            for ch in range(hits.shape[2]):
                 n = hits[key, place, ch, 0]
+                if n == 0:
+                    continue
                 adc, adc_sq, arrivals = hits[key, place, ch, 1], hits[key, place, ch, 2], hits[key, place, ch, 3]
                 hits[key, place, ch, :] = 0  # the buffer goes on to the next chunk
                 hits_total[row, ch] += n
