@@ -77,8 +77,9 @@ _NO_MESSAGES = (np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int
 _NO_RECEIPTS = np.zeros(0, np.int64)
 _NOT_PLACING = tuple(np.zeros(0, np.int64) for _ in triggers.Found._fields)
 _NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(len(REQUIRED_FIELDS) + 1, np.int64))
-#: Chip rows one fold of the compiled counting takes (``HitsBuffer``): 4 MB of ``hits`` a window slot.
-HIT_PLACES = 4096
+#: Chip rows one fold of the compiled counting takes (``HitsBuffer``): 8 MB of ``hits`` a window slot at most. A module
+#: (6,400 chips) and a 2x2 detector count with a place for each of their chips; a state of 40,000 folds ~5 times a chunk.
+HIT_PLACES = 8192
 #: The places of a ``HitsBuffer`` with one for every chip row: the rows themselves.
 _NO_PLACES = np.zeros(0, np.int64)
 
