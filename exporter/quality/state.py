@@ -339,7 +339,11 @@ class State:
         """Continue from ``export`` output; False when the window cannot continue (other window shape,
         no window arrays, or a checkpoint from before the per-io_group clocks): the counters are
         restored, the window starts at each io_group's clock, empty. KeyError names a missing array."""
-        rows = self.register(arrays["chip_keys"])
+        registered = self.register(arrays["chip_keys"])
+        # a fresh state registers the chips in the checkpoint's order: a slice, copied at memory speed (an index
+        # array took 0.08 s for each 245 MB array of 40,000 chips' window, a slice 0.02 s)
+        in_order = len(registered) > 0 and bool(np.all(np.diff(registered) == 1))
+        rows = slice(int(registered[0]), int(registered[-1]) + 1) if in_order else registered
         for f in FIELDS:
             if not f.windowed and (f.name in arrays or not f.optional):
                 self._put(f, rows, arrays[_source(f, arrays)])
@@ -366,7 +370,7 @@ class State:
             getattr(self, f.name)[...] = getattr(self, str(f.sums)).sum(axis=0)
         return same
 
-    def _put(self, f: Field, rows: np.ndarray, value: np.ndarray) -> None:
+    def _put(self, f: Field, rows: np.ndarray | slice, value: np.ndarray) -> None:
         target = self.make(f.name)
         if f.scope == CHIP:
             target[rows] = value
