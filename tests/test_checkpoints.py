@@ -312,22 +312,32 @@ def stopped_cleanly(tmp_path, geometry, seconds: int) -> tuple:
 def test_a_restore_reads_each_array_once(tmp_path, tile_geometry, monkeypatch):
     """Asking whether a checkpoint holds an array does not read it: a restore reads each array of both files
     once (the window file of 50 io_groups is 803 MB), but the chip keys (3 bytes a chip), checked against the
-    geometry first."""
+    geometry first; the state's arrays straight from the file, none read as a new array and copied."""
     data, state, ing = stopped_cleanly(tmp_path, tile_geometry, 4)
     reads: dict[tuple[int, str], int] = {}
-    read = np.lib.npyio.NpzFile.__getitem__
+    straight: set[str] = set()
+    read, read_into = np.lib.npyio.NpzFile.__getitem__, checkpoint._Arrays.read_into
 
     def counted(self, name):
         reads[id(self), name] = reads.get((id(self), name), 0) + 1
         return read(self, name)
 
+    def counted_into(self, name, out):  # an array the window file's arrays leave to the counters' is asked twice
+        done = read_into(self, name, out)
+        if done and name in self._names:
+            straight.add(name)
+            reads[id(self._data), name] = reads.get((id(self._data), name), 0) + 1
+        return done
+
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counted)
+    monkeypatch.setattr(checkpoint._Arrays, "read_into", counted_into)
     restored = ingester([str(data)], state, tile_geometry)
     assert window(restored) == window(ing)
     names = {name for _, name in reads}
     assert {"chip_keys", "win_hits", "cusum"} <= names, names
     again = {name: n for (_, name), n in reads.items() if n > 1 and name != "chip_keys"}
     assert not again, again
+    assert {"win_hits", "win_adc_sq", "cusum", "hits_total", "newest_bin"} <= straight, straight
 
 
 def damage_window(kind: str, path) -> str:

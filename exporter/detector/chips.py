@@ -40,13 +40,16 @@ class ChipIndex:
             self._table = np.concatenate([self._table, np.full(1 << 16, UNKNOWN, np.int32)])
         return int(self._group_slot[io_group])
 
-    def add(self, keys: np.ndarray) -> np.ndarray:
-        """Register chips (rows of io_group, io_channel, chip_id) not yet known; return their rows."""
+    def add(self, keys: np.ndarray, in_order: bool = False) -> np.ndarray:
+        """Register chips (rows of io_group, io_channel, chip_id) not yet known, in ascending key order, or with
+        ``in_order`` in the order of their first row in ``keys`` (a checkpoint's chips get back the rows they had);
+        return their rows."""
         keys = np.asarray(keys, np.uint8).reshape(-1, 3)
         rows = self.lookup(keys[:, 0], keys[:, 1], keys[:, 2])
         missing = keys[rows == UNKNOWN].astype(np.int32)
         if len(missing):
-            new = _distinct((missing[:, 0] << 16) | (missing[:, 1] << 8) | missing[:, 2])
+            packed = (missing[:, 0] << 16) | (missing[:, 1] << 8) | missing[:, 2]
+            new = packed[np.sort(np.unique(packed, return_index=True)[1])] if in_order else _distinct(packed)
             first = len(self._keys)
             for g in np.unique(new >> 16).tolist():
                 self._block(g)
