@@ -50,8 +50,11 @@ from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, Tr
 START = 1_700_000_000
 
 
-def record_files(geometry, registry: Path, paths: list[Path], pattern: str | None = None) -> None:
-    """Read ``paths`` one after the other as serve does, recording each file's evaluation in ``registry``."""
+def record_files(
+    geometry, registry: Path, paths: list[Path], pattern: str | None = None, write_each: bool = True
+) -> None:
+    """Read ``paths`` one after the other as serve does, recording each file's evaluation in ``registry`` (without
+    ``write_each``, one evaluation after the last file)."""
     monitor = Monitor(geometry, window=10)
     writer = RegistryWriter(registry, RunNamer(pattern), RunContext({"geometry": geometry.path}, None, "auto"))
     try:
@@ -62,7 +65,8 @@ def record_files(geometry, registry: Path, paths: list[Path], pattern: str | Non
                 writer.on_chunk(chunk)
 
             DirectoryTail([InputSpec(str(path))]).pump(consume)
-            writer.record(monitor.update())
+            if write_each or path == paths[-1]:
+                writer.record(monitor.update())
     finally:
         writer.close()
 
@@ -561,19 +565,7 @@ def test_every_run_a_write_credits_gets_the_checks_that_failed_over_its_own_span
     status and seconds over its own span, first and last seen at its own end."""
     faults = Faults(pedestal_shift_chips=[(1, 1, 30)])
     paths, _ = simulate_files(tile_geometry, tmp_path / "data", 10, file_seconds=5, faults=faults)
-    monitor = Monitor(tile_geometry, window=10)
-    writer = RegistryWriter(tmp_path / "runs.sqlite", RunNamer(), RunContext())
-    try:
-        for path in paths:
-
-            def consume(chunk) -> None:
-                monitor.feed_chunk(chunk, time.time())
-                writer.on_chunk(chunk)
-
-            DirectoryTail([InputSpec(str(path))]).pump(consume)
-        writer.record(monitor.update())
-    finally:
-        writer.close()
+    record_files(tile_geometry, tmp_path / "runs.sqlite", paths, write_each=False)
     runs = read_runs([tmp_path / "runs.sqlite"])
     assert len(runs) == 2
     for run in runs:
