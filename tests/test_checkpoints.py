@@ -340,6 +340,39 @@ def test_a_restore_reads_each_array_once(tmp_path, tile_geometry, monkeypatch):
     assert {"win_hits", "win_adc_sq", "cusum", "hits_total", "newest_bin"} <= straight, straight
 
 
+def test_a_state_with_rows_to_spare_reads_the_window_slot_by_slot_and_restores_it_whole(tmp_path, monkeypatch):
+    """Chips outside the geometry grow the state's rows by a quarter (1,600 + 80 chips: 2,000 rows), so a window
+    array's block of chip rows is not one contiguous piece: it is read from the file one slot at a time, straight
+    into the state, and every array comes back as it was."""
+    geometry = load_geometry(packaged_layout())
+    data, state = tmp_path / "data", tmp_path / "state.npz"
+    simulate_files(geometry, data, 4)
+    ing = ingester([str(data)], state, geometry)
+    extra = np.array([(5, c, i) for c in (1, 2) for i in range(11, 51)], np.uint8)
+    ing.monitor.accumulator.state.register(extra)
+    ing.poll()
+    ing.checkpoint(final=True)
+    straight: set[str] = set()
+    read_into = checkpoint._Arrays.read_into
+
+    def counted_into(self, name, out):
+        done = read_into(self, name, out)
+        if done and name in self._names:
+            straight.add(name)
+        return done
+
+    monkeypatch.setattr(checkpoint._Arrays, "read_into", counted_into)
+    restored = ingester([str(data)], state, geometry)
+    after = restored.monitor.accumulator
+    assert len(after.chips) == 1_680 and after.state.capacity > len(after.chips)
+    assert {"win_hits", "win_adc_sq", "win_arrivals", "hits_total"} <= straight, straight
+    before, now = ing.monitor.accumulator.export_state(), after.export_state()
+    assert before.keys() == now.keys()
+    for name, value in before.items():
+        np.testing.assert_array_equal(now[name], value, err_msg=name)
+    assert before["win_hits"].sum() > 1_000
+
+
 def damage_window(kind: str, path) -> str:
     """Break a window file; the problem the restore names."""
     if kind == "not a zip":

@@ -371,12 +371,13 @@ class State:
 
     def _put(self, f: Field, rows: np.ndarray | slice, arrays: Mapping[str, np.ndarray], name: str) -> None:
         """Restore field ``f`` of chip ``rows`` from array ``name`` of ``arrays``; straight into the state's own array
-        when ``arrays`` can (a checkpoint file's ``read_into``) and the rows are one contiguous block of it."""
+        when ``arrays`` can (a checkpoint file's ``read_into``) and the rows are one block of it."""
         target = self.make(f.name)
-        block = target[rows] if f.scope == CHIP else target[:, rows] if f.scope == SLOT_CHIP else target
         read_into = getattr(arrays, "read_into", None)
-        if isinstance(rows, slice) and read_into is not None and block.flags.c_contiguous and read_into(name, block):
-            return
+        if isinstance(rows, slice) and read_into is not None:  # (a block of an index array would be a copy)
+            block = target[rows] if f.scope == CHIP else target[:, rows] if f.scope == SLOT_CHIP else target
+            if read_into(name, block):
+                return
         value = arrays[name]
         if f.scope == CHIP:
             target[rows] = value

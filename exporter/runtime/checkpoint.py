@@ -191,10 +191,14 @@ class _Arrays(Mapping[str, np.ndarray]):
         return padded
 
     def read_into(self, name: str, out: np.ndarray) -> bool:
-        """Read array ``name`` straight into ``out`` when it is stored as ``out`` is laid out (C order, its shape and
-        dtype, a plain ``.npy`` member): a restore's state array is then written once, with no array of the same size
-        made and dropped beside it (for 40,000 chips, 245 MB of pages faulted in twice). False when it cannot; the
-        caller then reads it as usual."""
+        """Read array ``name`` straight into ``out`` when it is stored as ``out`` holds it (its shape and dtype, C
+        order, a plain ``.npy`` member) and ``out`` is contiguous, or each of its first axis's entries is (a window's
+        slots of a block of chip rows, in a state with more rows): a restore's state array is then written once, with
+        no array of the same size made and dropped beside it (for 40,000 chips, 245 MB of pages faulted in twice).
+        False when it cannot; the caller then reads it as usual."""
+        pieces = [out] if out.flags.c_contiguous else list(out) if out.ndim > 1 else []
+        if not all(piece.flags.c_contiguous for piece in pieces):
+            return False
         if name not in self._names:
             return isinstance(self._under, _Arrays) and self._under.read_into(name, out)
         archive = self._data.zip
@@ -209,15 +213,16 @@ class _Arrays(Mapping[str, np.ndarray]):
                     np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 )
                 shape, fortran, dtype = read_header(member)
-                if fortran or dtype != out.dtype or shape != out.shape or dtype.hasobject or not out.flags.c_contiguous:
+                if fortran or dtype != out.dtype or shape != out.shape or dtype.hasobject or not pieces:
                     return False
-                view = out.reshape(-1).view(np.uint8).data  # the bytes of ``out`` itself (contiguous)
-                done = 0
-                while done < len(view):
-                    got = member.readinto(view[done : done + _READ_BYTES])
-                    if not got:
-                        raise EOFError(f"{name}: {done} of {len(view)} bytes")
-                    done += got
+                for piece in pieces:
+                    view = piece.reshape(-1).view(np.uint8).data  # the bytes of ``piece`` itself (contiguous)
+                    done = 0
+                    while done < len(view):
+                        got = member.readinto(view[done : done + _READ_BYTES])
+                        if not got:
+                            raise EOFError(f"{name}: {done} of {len(view)} bytes")
+                        done += got
                 member.read(1)  # at the member's end: its checksum is checked
         except Exception as err:  # damaged since it was opened: still one line
             raise CheckpointError(
