@@ -309,28 +309,38 @@ def stopped_cleanly(tmp_path, geometry, seconds: int) -> tuple:
     return data, state, ing
 
 
+def read_straight(monkeypatch, reads: dict[tuple[int, str], int] | None = None) -> set[str]:
+    """The names of the arrays a restore then reads straight into the state (``_Arrays.read_into``), each counted in
+    ``reads`` by file; one the window file's arrays leave to the counters' is asked twice, and counted once."""
+    straight: set[str] = set()
+    read_into = checkpoint._Arrays.read_into
+
+    def counted_into(self, name, out):
+        done = read_into(self, name, out)
+        if done and name in self._names:
+            straight.add(name)
+            if reads is not None:
+                reads[id(self._data), name] = reads.get((id(self._data), name), 0) + 1
+        return done
+
+    monkeypatch.setattr(checkpoint._Arrays, "read_into", counted_into)
+    return straight
+
+
 def test_a_restore_reads_each_array_once(tmp_path, tile_geometry, monkeypatch):
     """Asking whether a checkpoint holds an array does not read it: a restore reads each array of both files
     once (the window file of 50 io_groups is 803 MB), but the chip keys (3 bytes a chip), checked against the
     geometry first; the state's arrays straight from the file, none read as a new array and copied."""
     data, state, ing = stopped_cleanly(tmp_path, tile_geometry, 4)
     reads: dict[tuple[int, str], int] = {}
-    straight: set[str] = set()
-    read, read_into = np.lib.npyio.NpzFile.__getitem__, checkpoint._Arrays.read_into
+    read = np.lib.npyio.NpzFile.__getitem__
 
     def counted(self, name):
         reads[id(self), name] = reads.get((id(self), name), 0) + 1
         return read(self, name)
 
-    def counted_into(self, name, out):  # an array the window file's arrays leave to the counters' is asked twice
-        done = read_into(self, name, out)
-        if done and name in self._names:
-            straight.add(name)
-            reads[id(self._data), name] = reads.get((id(self._data), name), 0) + 1
-        return done
-
     monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", counted)
-    monkeypatch.setattr(checkpoint._Arrays, "read_into", counted_into)
+    straight = read_straight(monkeypatch, reads)
     restored = ingester([str(data)], state, tile_geometry)
     assert window(restored) == window(ing)
     names = {name for _, name in reads}
@@ -352,16 +362,7 @@ def test_a_state_with_rows_to_spare_reads_the_window_slot_by_slot_and_restores_i
     ing.monitor.accumulator.state.register(extra)
     ing.poll()
     ing.checkpoint(final=True)
-    straight: set[str] = set()
-    read_into = checkpoint._Arrays.read_into
-
-    def counted_into(self, name, out):
-        done = read_into(self, name, out)
-        if done and name in self._names:
-            straight.add(name)
-        return done
-
-    monkeypatch.setattr(checkpoint._Arrays, "read_into", counted_into)
+    straight = read_straight(monkeypatch)
     restored = ingester([str(data)], state, geometry)
     after = restored.monitor.accumulator
     assert len(after.chips) == 1_680 and after.state.capacity > len(after.chips)

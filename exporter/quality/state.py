@@ -202,6 +202,14 @@ def _source(f: Field, arrays: Mapping[str, np.ndarray]) -> str:
     return f.name if f.name in arrays or f.restore_from is None else f.restore_from
 
 
+def _as_block(rows: np.ndarray) -> np.ndarray | slice:
+    """Chip ``rows`` as a slice when they are one ascending run (a slice reads and writes at memory speed; an index
+    array copies), else as they are."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
 def kernel_fields(kernel: str) -> tuple[Field, ...]:
     """The fields ``kernel`` counts into, in the order of its ``state`` argument."""
     return tuple(f for f in FIELDS if kernel in f.kernels)
@@ -287,10 +295,7 @@ class State:
     def group_rows(self, groups: int | list[int]) -> np.ndarray | slice:
         """Chip rows of io_group(s) ``groups`` (a slice when they are contiguous: as a geometry registers them, or
         every chip's)."""
-        rows = np.flatnonzero(np.isin(self.chips.keys[:, 0], groups))
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-            return slice(int(rows[0]), int(rows[-1]) + 1)
-        return rows
+        return _as_block(np.flatnonzero(np.isin(self.chips.keys[:, 0], groups)))
 
     def clear(self, groups: list[int], slots: tuple[int, ...]) -> None:
         """Empty the window slots of io_groups ``groups``: their chips' rows and their own (taken out of the window's
@@ -339,10 +344,8 @@ class State:
         """Continue from ``export`` output; False when the window cannot continue (other window shape,
         no window arrays, or a checkpoint from before the per-io_group clocks): the counters are
         restored, the window starts at each io_group's clock, empty. KeyError names a missing array."""
-        registered = self.register(arrays["chip_keys"], in_order=True)
         # a fresh state gives the chips the rows they had: one block, read straight into the state's arrays (``_put``)
-        in_order = len(registered) > 0 and bool(np.all(np.diff(registered) == 1))
-        rows = slice(int(registered[0]), int(registered[-1]) + 1) if in_order else registered
+        rows = _as_block(self.register(arrays["chip_keys"], in_order=True))
         for f in FIELDS:
             if not f.windowed and (f.name in arrays or not f.optional):
                 self._put(f, rows, arrays, _source(f, arrays))
