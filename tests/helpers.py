@@ -19,8 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
 
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
+from larpix_dqm.exporter.quality.slots import COLUMNS
+from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.reading.packets import PACKET_TYPE_NAMES
 from larpix_dqm.exporter.simulate import Faults, SimulationConfig, Simulator, Truth, write_run
 
@@ -308,3 +312,13 @@ def check_counters(samples: dict, truths) -> None:
         assert (
             sample(samples, "larpix_packets_total", io_group=group, packet_type=PACKET_TYPE_NAMES[int(ptype)]) == value
         )
+
+
+def dense_slots(state: State, column: str) -> np.ndarray:
+    """The window slots' sum ``column`` (one of ``slots.COLUMNS``) as one (slot, chip row, channel) array, from the
+    entries the state keeps (``State.slot_sums``)."""
+    out = np.zeros((len(state.slot_sums), state.capacity * CHANNELS_PER_CHIP), np.int64)
+    for slot in range(len(state.slot_sums)):
+        channel, *values = state.slot_sums.piece(slot)
+        np.add.at(out[slot], channel.astype(np.int64), values[COLUMNS.index(column)].astype(np.int64))
+    return out.reshape(len(state.slot_sums), state.capacity, CHANNELS_PER_CHIP)

@@ -9,15 +9,16 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from helpers import simulate_files
+from helpers import dense_slots, simulate_files
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.monitor import Monitor
 from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
 from larpix_dqm.exporter.quality.checks import DEFAULT_CHECKS, evaluate
 from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.slots import is_slot_name
 from larpix_dqm.exporter.quality.snapshot import Snapshot
-from larpix_dqm.exporter.quality.state import MERGE_TICKS, NO_ARRIVAL
+from larpix_dqm.exporter.quality.state import MERGE_TICKS, NO_ARRIVAL, State
 from larpix_dqm.exporter.quality.status import ChannelStatus
 from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, TICKS_PER_SYNC, TIMESTAMP
 from larpix_dqm.exporter.reading.tail import InputSpec
@@ -87,7 +88,7 @@ def test_hits_within_a_millisecond_of_an_arrivals_first_hit_are_that_arrival(eng
     arrivals, hits = acc.state.arrivals_total[0], acc.state.self_hits[0]
     assert hits[1:6].tolist() == [101, 9, 3, 50, 2]
     assert arrivals[1:6].tolist() == [2, 1, 3, 5, 2]
-    assert acc.state.win_arrivals[:, 0].sum(axis=0)[1:6].tolist() == [2, 1, 3, 5, 2]
+    assert dense_slots(acc.state, "arrivals")[:, 0].sum(axis=0)[1:6].tolist() == [2, 1, 3, 5, 2]
 
 
 def test_both_engines_count_arrivals_alike_across_chunks() -> None:
@@ -102,8 +103,11 @@ def test_both_engines_count_arrivals_alike_across_chunks() -> None:
             for e, acc in accs.items():
                 acc.add(half.copy(), clocks[e], START + 100.0)
     assert accs[COMPILED].compiled
-    for name in ("arrival_second", "arrival_start", "arrivals_total", "win_arrivals"):
+    for name in ("arrival_second", "arrival_start", "arrivals_total"):
         np.testing.assert_array_equal(getattr(accs[COMPILED].state, name), getattr(accs[NUMPY].state, name), name)
+    arrivals = [dense_slots(acc.state, "arrivals") for acc in (accs[COMPILED], accs[NUMPY])]
+    np.testing.assert_array_equal(*arrivals)
+    assert arrivals[0].any()
     state = accs[NUMPY].state
     assert state.arrivals_total[3, 7] == 10 + state.self_hits[3, 7] - 1200  # ten bursts, one arrival each
     assert 30 * 4 <= state.arrivals_total[5, 9] <= 200  # 9,000 hits ringing: one arrival per MERGE_TICKS
@@ -115,13 +119,19 @@ def test_an_older_checkpoint_without_arrivals_restores_them_from_hits() -> None:
     rng = np.random.default_rng(2)
     for t in range(12):
         acc.add(poisson(t, rng, 1.0), clock, START + 100.0)
-    arrays = ("arrival_second", "arrival_start", "arrivals_total", "win_arrivals")
-    saved = {k: v for k, v in acc.export_state().items() if k not in arrays}
+    arrays = ("arrival_second", "arrival_start", "arrivals_total")
+    n = len(acc.chips)
+    saved = {k: v for k, v in acc.export_state().items() if k not in arrays and not is_slot_name(k)}
+    saved.update(older_window(acc.state, n))
     restored = accumulator(NUMPY)
     assert restored.import_state(saved), "the window continues"
-    n = len(acc.chips)
     np.testing.assert_array_equal(restored.state.arrivals_total[:n], acc.state.self_hits[:n])
-    np.testing.assert_array_equal(restored.state.win_arrivals[:, :n], acc.state.win_hits[:, :n])
+    hits = dense_slots(acc.state, "hits")[:, :n]
+    assert hits.any()
+    for column in ("hits", "adc", "adc_sq"):
+        np.testing.assert_array_equal(dense_slots(restored.state, column)[:, :n], dense_slots(acc.state, column)[:, :n])
+    np.testing.assert_array_equal(dense_slots(restored.state, "arrivals")[:, :n], hits)
+    np.testing.assert_array_equal(restored.state.window_arrivals[:n], acc.state.window_hits[:n])
     assert (restored.state.arrival_start == NO_ARRIVAL).all() and (restored.state.arrival_second == -1).all()
 
 
@@ -132,18 +142,30 @@ def test_a_state_and_window_file_from_before_arrivals_continue_with_arrivals_fro
     ing = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(geometry), 0.1, str(state))
     ing.tail.pump(ing.ingest)
     ing.checkpoint(final=True)
-    arrays = ("arrival_second", "arrival_start", "arrivals_total", "win_arrivals")
-    for path in (state, window_file(state)):  # as an exporter without arrivals wrote them
+    arrays = ("arrival_second", "arrival_start", "arrivals_total")
+    old = ing.monitor.accumulator.state
+    n = len(old.chips)
+    for path in (state, window_file(state)):  # as an exporter without arrivals (and with a dense window) wrote them
         with np.load(path) as saved:
-            kept = {k: saved[k] for k in saved.files if k not in arrays}
+            kept = {k: saved[k] for k in saved.files if k not in arrays and not is_slot_name(k)}
+        if path != state:
+            kept.update(older_window(old, n))
         np.savez(path, **kept)  # type: ignore[arg-type]
     restored = Ingester([InputSpec(str(tmp_path / "data"))], Monitor(geometry), 0.1, str(state))
     restored.restore()
-    old, new = ing.monitor.accumulator.state, restored.monitor.accumulator.state
-    n = len(old.chips)
-    assert new.win_hits[:, :n].sum() == old.win_hits[:, :n].sum() > 0, "the window continues"
-    np.testing.assert_array_equal(new.win_arrivals[:, :n], old.win_hits[:, :n])
+    new = restored.monitor.accumulator.state
+    hits = dense_slots(old, "hits")[:, :n]
+    np.testing.assert_array_equal(dense_slots(new, "hits")[:, :n], hits)
+    assert hits.sum() > 0, "the window continues"
+    np.testing.assert_array_equal(dense_slots(new, "arrivals")[:, :n], hits)
     np.testing.assert_array_equal(new.arrivals_total[:n], old.self_hits[:n])
+
+
+def older_window(state: State, chips: int) -> dict[str, np.ndarray]:
+    """The window's slots of ``state``'s first ``chips`` chip rows as a window file from before arrivals held them:
+    dense (slot, chip, channel) sums of hits, ADC and squared ADC (int32, int32, int64), without arrivals."""
+    dtypes = {"hits": np.int32, "adc": np.int32, "adc_sq": np.int64}
+    return {f"win_{c}": dense_slots(state, c)[:, :chips].astype(t) for c, t in dtypes.items()}
 
 
 # -- the verdicts on arrivals -------------------------------------------------------------------
@@ -154,14 +176,14 @@ def counting_hits(acc: Accumulator) -> Iterator[None]:
     """Judge as before arrivals: every hit an independent arrival (the counterfactual the tests compare with);
     what judging learns (the inefficiency CUSUM, the learnt rates) is left as it was."""
     state = acc.state
-    saved = state.arrivals_total, state.win_arrivals, state.window_arrivals
+    saved = state.arrivals_total, state.window_arrivals
     learning = ("cusum", "cusum_seen", "cusum_good", "cusum_time", "learnt", "learnt_seen", "learnt_time")
     cusum = {name: getattr(state, name).copy() for name in learning}
-    state.arrivals_total, state.win_arrivals, state.window_arrivals = state.self_hits, state.win_hits, state.window_hits
+    state.arrivals_total, state.window_arrivals = state.self_hits, state.window_hits
     try:
         yield
     finally:
-        state.arrivals_total, state.win_arrivals, state.window_arrivals = saved
+        state.arrivals_total, state.window_arrivals = saved
         for name, value in cusum.items():
             setattr(state, name, value)
 

@@ -18,6 +18,7 @@ from helpers import free_port, ingested, running_exporter, simulate_files, wait_
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.slots import slot_names
 from larpix_dqm.exporter.quality.state import FIELDS, LEARNING
 from larpix_dqm.exporter.reading.tail import InputSpec
 from larpix_dqm.exporter.runtime import checkpoint
@@ -344,16 +345,16 @@ def test_a_restore_reads_each_array_once(tmp_path, tile_geometry, monkeypatch):
     restored = ingester([str(data)], state, tile_geometry)
     assert window(restored) == window(ing)
     names = {name for _, name in reads}
-    assert {"chip_keys", "win_hits", "cusum"} <= names, names
+    assert {"chip_keys", "slot0_channel", "slot0_adc_sq", "cusum"} <= names | straight, names | straight
     again = {name: n for (_, name), n in reads.items() if n > 1 and name != "chip_keys"}
     assert not again, again
-    assert {"win_hits", "win_adc_sq", "cusum", "hits_total", "newest_bin"} <= straight, straight
+    assert {"win_flags", "cusum", "hits_total", "newest_bin"} <= straight, straight
 
 
 def test_a_state_with_rows_to_spare_reads_the_window_slot_by_slot_and_restores_it_whole(tmp_path, monkeypatch):
     """Chips outside the geometry grow the state's rows by a quarter (1,600 + 80 chips: 2,000 rows), so a window
     array's block of chip rows is not one contiguous piece: it is read from the file one slot at a time, straight
-    into the state, and every array comes back as it was."""
+    into the state, and every array (the slots' entries too) comes back as it was."""
     geometry = load_geometry(packaged_layout())
     data, state = tmp_path / "data", tmp_path / "state.npz"
     simulate_files(geometry, data, 4)
@@ -366,12 +367,12 @@ def test_a_state_with_rows_to_spare_reads_the_window_slot_by_slot_and_restores_i
     restored = ingester([str(data)], state, geometry)
     after = restored.monitor.accumulator
     assert len(after.chips) == 1_680 and after.state.capacity > len(after.chips)
-    assert {"win_hits", "win_adc_sq", "win_arrivals", "hits_total"} <= straight, straight
+    assert {"win_flags", "window_io_group", "hits_total"} <= straight, straight
     before, now = ing.monitor.accumulator.export_state(), after.export_state()
     assert before.keys() == now.keys()
     for name, value in before.items():
         np.testing.assert_array_equal(now[name], value, err_msg=name)
-    assert before["win_hits"].sum() > 1_000
+    assert sum(before[slot_names(slot)[1]].sum() for slot in range(after.config.window_bins)) > 1_000
 
 
 def damage_window(kind: str, path) -> str:
@@ -379,14 +380,14 @@ def damage_window(kind: str, path) -> str:
     if kind == "not a zip":
         path.write_bytes(b"PK\x03\x04 not really")
         return "BadZipFile"
-    if kind == "a flipped byte":  # in win_hits' data, past its .npy header: only its checksum tells
+    if kind == "a flipped byte":  # in win_flags' data, past its .npy header: only its checksum tells
         with zipfile.ZipFile(path) as z:
-            offset = z.getinfo("win_hits.npy").header_offset
+            offset = z.getinfo("win_flags.npy").header_offset
         raw = bytearray(path.read_bytes())
         name_length, extra_length = struct.unpack("<HH", raw[offset + 26 : offset + 30])
         raw[offset + 30 + name_length + extra_length + 200] ^= 0x01
         path.write_bytes(bytes(raw))
-        return "win_hits.npy does not match its checksum"
+        return "win_flags.npy does not match its checksum"
     with np.load(path) as data:
         arrays = {name: data[name] for name in data.files}
     arrays["meta_json"] = np.frombuffer(json.dumps({"version": 2, "lineage": "another"}).encode(), np.uint8)

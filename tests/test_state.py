@@ -7,15 +7,18 @@ A per-packet quantity added to the table but not to an engine, the kernel or the
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import dense_slots
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
 from larpix_dqm.exporter.quality.clock import DataClock
+from larpix_dqm.exporter.quality.slots import COLUMNS, slot_names
 from larpix_dqm.exporter.quality.state import (
     BY_NAME,
     CHIP,
@@ -108,6 +111,13 @@ def test_both_engines_count_every_field_of_the_table_alike(fed: dict[str, Accumu
         np.testing.assert_array_equal(b, a, err_msg=f.name)
         if f.kernels:  # the packets exercise every counted field: one left out of an engine shows
             assert (np.nan_to_num(a, nan=f.fill) != f.fill).any(), f.name
+    for slot in range(len(numpy_state.slot_sums)):  # the window slots' entries, merged (one a channel)
+        for name, a, b in zip(
+            slot_names(slot), numpy_state.slot_sums.merged(slot), compiled_state.slot_sums.merged(slot)
+        ):
+            np.testing.assert_array_equal(b, a, err_msg=name)
+    for column in COLUMNS:
+        assert dense_slots(numpy_state, column).any(), column
 
 
 def test_every_field_is_checkpointed_and_restored(fed: dict[str, Accumulator]) -> None:
@@ -124,6 +134,9 @@ def test_every_field_is_checkpointed_and_restored(fed: dict[str, Accumulator]) -
         elif f.scope == SLOT_CHIP:
             a, b = a[:, :n], b[:, :n]
         np.testing.assert_array_equal(b, a, err_msg=f.name)
+    for column in COLUMNS:
+        got, want = dense_slots(restored.state, column), dense_slots(acc.state, column)
+        np.testing.assert_array_equal(got[:, :n], want[:, :n], err_msg=column)
 
 
 def test_another_window_restores_the_counters_and_starts_the_window_empty(fed: dict[str, Accumulator]) -> None:
@@ -135,27 +148,36 @@ def test_another_window_restores_the_counters_and_starts_the_window_empty(fed: d
         got = getattr(restored.state, f.name)
         if f.windowed and f.per_slot:
             assert got is None or not got.any(), f.name
+        elif f.sums is not None:
+            assert not got.any(), f.name
         elif not f.windowed:
             want = getattr(acc.state, f.name)
             np.testing.assert_array_equal(got[:n] if f.per_chip else got, want[:n] if f.per_chip else want, f.name)
     np.testing.assert_array_equal(restored.state.window_end, acc.state.clock.head)
+    assert restored.state.slot_sums.entries() == 0 < acc.state.slot_sums.entries()
 
 
 def test_clearing_a_slot_empties_every_windowed_field_of_its_io_group(fed: dict[str, Accumulator]) -> None:
     state = fed[NUMPY].state
     saved = {f.name: getattr(state, f.name).copy() for f in FIELDS}
+    entries = copy.deepcopy(state.slot_sums)
     try:
         g = int(state.chips.keys[0, 0])
         rows = state.chips.keys[:, 0] == g
+        assert dense_slots(state, "hits")[:, : len(rows)][:, rows].any()
         state.clear([g], tuple(range(state.config.window_bins)))
         for f in FIELDS:
             if f.per_slot:
                 array = getattr(state, f.name)
                 cleared = array[:, : len(rows)][:, rows] if f.per_chip else array[:, g]
                 assert (cleared == f.fill).all(), f.name
+        for column in COLUMNS:
+            assert not dense_slots(state, column)[:, : len(rows)][:, rows].any(), column
+            assert dense_slots(state, column)[:, : len(rows)][:, ~rows].any(), column
     finally:
         for name, value in saved.items():
             setattr(state, name, value)
+        state.slot_sums = entries
 
 
 def test_io_groups_cleared_together_are_cleared_as_one_after_another(fed: dict[str, Accumulator]) -> None:
@@ -166,32 +188,40 @@ def test_io_groups_cleared_together_are_cleared_as_one_after_another(fed: dict[s
     assert len(groups) >= 2
     slots = (int(state.newest_bin[groups[0]]) % 5,)
     saved = {f.name: getattr(state, f.name).copy() for f in FIELDS if getattr(state, f.name) is not None}
+    entries = copy.deepcopy(state.slot_sums)
     sums = {f.name for f in SUMS}
 
     def restore() -> None:
         for name, value in saved.items():
             setattr(state, name, value.copy())
+        state.slot_sums = copy.deepcopy(entries)
+
+    def with_slots() -> dict[str, np.ndarray]:
+        return {**{name: getattr(state, name).copy() for name in saved}, **{c: dense_slots(state, c) for c in COLUMNS}}
 
     try:
+        before = with_slots()
         state.clear(groups, slots)
-        at_once = {name: getattr(state, name).copy() for name in saved}
+        at_once = with_slots()
         restore()
         for g in groups:
             state.clear([g], slots)
-        for name, value in saved.items():
-            np.testing.assert_array_equal(at_once[name], getattr(state, name), err_msg=name)
-            if name in sums:
+        one_by_one = with_slots()
+        for name, value in before.items():
+            np.testing.assert_array_equal(at_once[name], one_by_one[name], err_msg=name)
+            if name in sums or name in COLUMNS:
                 assert (at_once[name] != value).any(), name  # the clearing took something out
         restore()
         state.clear(groups[:1], slots)
         n = len(state.chips.keys)
         other = state.chips.keys[:, 0] == groups[1]
-        for f in FIELDS:
-            if f.per_slot and f.per_chip and f.name in saved:
-                np.testing.assert_array_equal(getattr(state, f.name)[:, :n][:, other], saved[f.name][:, :n][:, other])
+        for name, value in with_slots().items():
+            if name in COLUMNS or (BY_NAME[name].per_slot and BY_NAME[name].per_chip):
+                np.testing.assert_array_equal(value[:, :n][:, other], before[name][:, :n][:, other], err_msg=name)
     finally:
         for name, value in saved.items():
             setattr(state, name, value)
+        state.slot_sums = entries
 
 
 def test_the_window_sums_are_the_sums_of_the_slots_as_they_are_counted_and_cleared(fed: dict[str, Accumulator]) -> None:
@@ -201,17 +231,19 @@ def test_the_window_sums_are_the_sums_of_the_slots_as_they_are_counted_and_clear
     for acc in fed.values():
         state = acc.state
         saved = {f.name: getattr(state, f.name).copy() for f in FIELDS if getattr(state, f.name) is not None}
+        entries = copy.deepcopy(state.slot_sums)
         try:
             for cleared in (False, True):
                 if cleared:
                     state.clear([int(state.chips.keys[0, 0])], (int(state.newest_bin[state.chips.keys[0, 0]]) % 5,))
                 for f in SUMS:
-                    slots = getattr(state, str(f.sums)).sum(axis=0)
+                    slots = dense_slots(state, str(f.sums)).sum(axis=0)
                     assert slots.any(), f.name
                     np.testing.assert_array_equal(getattr(state, f.name), slots, err_msg=f.name)
         finally:
             for name, value in saved.items():
                 setattr(state, name, value)
+            state.slot_sums = entries
 
 
 def test_a_chip_first_seen_in_a_later_chunk_gets_its_tile(tile_geometry) -> None:

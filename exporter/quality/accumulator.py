@@ -24,6 +24,7 @@ from larpix_dqm.exporter.quality import engine, triggers, window
 from larpix_dqm.exporter.quality.clock import DetectorClock
 from larpix_dqm.exporter.quality.config import COMPILED, ENGINES, NUMPY, QualityConfig
 from larpix_dqm.exporter.quality.loader import KernelLoader
+from larpix_dqm.exporter.quality.slots import Piece, empty_piece
 from larpix_dqm.exporter.quality.snapshot import Snapshot, prefer_finite
 from larpix_dqm.exporter.quality.state import BY_NAME, COUNT, FOLD, WINDOW_FILE, State, kernel_fields
 from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
@@ -222,6 +223,7 @@ class HitsBuffer:
         self.local_of = np.zeros(0, np.int64)  # place of each chip row in ``hits``, -1 when none
         self.local_rows = np.zeros(0, np.int64)  # chip row of each place
         self._placed = _NOT_PLACING  # empty: replaced by the first chunk placed
+        self._entries = empty_piece()
 
     def take(self, keys: int, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Zeroed ``hits`` and ``touched`` of ``keys`` keys (new ones when these grew) for a state of ``capacity``
@@ -238,6 +240,13 @@ class HitsBuffer:
         if len(self.local_of) < capacity:
             self.local_of = np.full(capacity, -1, np.int64)
         return self.hits[:keys], self.touched[:keys], self.local_of, self.local_rows
+
+    def entries(self, packets: int) -> Piece:
+        """The arrays the fold puts the window slots' entries of a chunk of ``packets`` packets in (at most one a
+        packet; longer ones kept from an earlier chunk)."""
+        if len(self._entries[0]) < packets:
+            self._entries = tuple(np.empty(packets, a.dtype) for a in empty_piece())
+        return self._entries
 
     def placed(self, packets: int) -> tuple[np.ndarray, ...]:
         """``triggers.Found``'s arrays for a chunk of ``packets`` packets to be placed in (longer ones kept from an
@@ -308,7 +317,7 @@ def count_compiled(
         given = local_rows[: pos[7]] if len(local_of) else np.arange(len(state.chips))
         if len(row_groups) != len(state.chips):  # once, and after chips were registered
             row_groups = state.chips.keys[:, 0].astype(np.int64)
-        _fold_hits(state, hits, touched, local_of, given, key_slots, row_groups)
+        _fold_hits(state, hits, touched, local_of, given, key_slots, row_groups, buffer.entries(packets))
         pos[7] = 0
         if status == kernels.OK:
             break
@@ -340,14 +349,23 @@ def _fold_hits(
     rows: np.ndarray,
     key_slots: np.ndarray,
     row_groups: np.ndarray,
+    entries: Piece,
 ) -> None:
     """Add the kernel's counts of clean data packets, of chip ``rows`` (one a place, or the rows are the places when
     ``local_of`` is empty; ``row_groups`` the io_group of each row), to the state and empty ``hits`` and the places
-    (``compiled.fold_hits``)."""
+    (``compiled.fold_hits``); the window slots' entries pass through ``entries`` (copied out: it is reused)."""
     if not len(rows) or not touched[:, : len(rows)].any():
         return
     arrays = tuple(getattr(state, f.name) for f in kernel_fields(FOLD))
-    KERNELS.kernels.fold_hits(arrays, hits, touched, local_of, rows, key_slots, row_groups, window.slot_ends(state))
+    key_ends = np.zeros(len(key_slots), np.int64)
+    KERNELS.kernels.fold_hits(
+        arrays, hits, touched, local_of, rows, key_slots, row_groups, window.slot_ends(state), entries, key_ends
+    )
+    start = 0
+    for slot, end in zip(key_slots.tolist(), key_ends.tolist(), strict=True):
+        if slot >= 0:
+            state.slot_sums.add(slot, *(a[start:end].copy() for a in entries))
+        start = end
 
 
 def _same_expectations(a: RunConfig, b: RunConfig) -> bool:
@@ -439,9 +457,10 @@ class Accumulator:
         return self.state.clock.data_time
 
     # -- checkpoint ---------------------------------------------------------------------
-    def export_state(self) -> dict[str, np.ndarray]:
-        """Everything needed to continue exactly where this accumulator is (arrays, trimmed)."""
-        return self.state.export()
+    def export_state(self, slots: bool = True) -> dict[str, np.ndarray]:
+        """Everything needed to continue exactly where this accumulator is (arrays, trimmed); without the window
+        slots' entries unless ``slots`` (``State.export``)."""
+        return self.state.export(slots)
 
     def import_state(self, arrays: Mapping[str, np.ndarray]) -> bool:
         """Continue from ``export_state`` output; returns False when the window cannot continue

@@ -298,16 +298,19 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
 
 
 @njit(cache=True, nogil=True)
-def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups, bin_end):
+def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups, bin_end, entries, key_ends):
     """Add a chunk's ``hits`` (see ``count_chunk``; the places of chip rows ``local_rows``) to ``state`` (the fields of
     ``state.kernel_fields(FOLD)``, in that order), as the numpy engine's ``_add_data`` does: all-time and
-    self-triggered counts, window sums (per slot and over the slots), arrivals, and each channel's last-hit time
-    (end of the newest window bin with a hit, ``bin_end[io_group, slot]``); ``key_slots``: the rate slot of each
-    key. Leaves ``hits``, ``touched`` and ``local_of`` empty, for the next chunk."""
+    self-triggered counts, window sums over the slots, arrivals, and each channel's last-hit time (end of the newest
+    window bin with a hit, ``bin_end[io_group, slot]``); ``key_slots``: the rate slot of each key. The window slots'
+    entries (``slots.SlotSums``: channel, then a sum per ``slots.COLUMNS``) go to ``entries``, a key's before
+    ``key_ends[key]``, for the caller to add. Leaves ``hits``, ``touched`` and ``local_of`` empty, for the next chunk."""
     (
-        chip_packets, hits_total, self_hits, last_hit_end, win_hits, win_adc, win_adc_sq, arrivals_total, win_arrivals,
+        chip_packets, hits_total, self_hits, last_hit_end, arrivals_total,
         window_hits, window_adc, window_adc_sq, window_arrivals,
     ) = state  # fmt: skip
+    entry_channel, entry_hits, entry_adc, entry_adc_sq, entry_arrivals = entries
+    e = 0
     for key in range(touched.shape[0]):
         slot = key_slots[key]
         for place in range(len(local_rows)):
@@ -328,10 +331,12 @@ def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups,
                     self_hits[row, ch] += n
                     arrivals_total[row, ch] += arrivals
                 if slot >= 0:
-                    win_hits[slot, row, ch] += n
-                    win_adc[slot, row, ch] += adc
-                    win_adc_sq[slot, row, ch] += adc_sq
-                    win_arrivals[slot, row, ch] += arrivals
+                    entry_channel[e] = row * hits.shape[2] + ch
+                    entry_hits[e] = n
+                    entry_adc[e] = adc
+                    entry_adc_sq[e] = adc_sq
+                    entry_arrivals[e] = arrivals
+                    e += 1
                     window_hits[row, ch] += n
                     window_adc[row, ch] += adc
                     window_adc_sq[row, ch] += adc_sq
@@ -339,6 +344,7 @@ def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups,
                     end = bin_end[g, slot]
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end
+        key_ends[key] = e
     if len(local_of):
         for row in local_rows:
             local_of[row] = -1

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
-from larpix_dqm.exporter.quality.state import MERGE_TICKS, PACKET_TYPES, State
+from larpix_dqm.exporter.quality.slots import COLUMNS
+from larpix_dqm.exporter.quality.state import MERGE_TICKS, PACKET_TYPES, SUMS, State
 from larpix_dqm.exporter.quality.window import slot_ends
 from larpix_dqm.exporter.reading.packets import (
     DATA,
@@ -140,15 +141,13 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     state.self_hits[touched] += per_channel - hits[0]
     state.chip_packets[touched] += per_channel.sum(axis=1)
     window = hits[2:]
-    _add_window(state.win_hits, state.window_hits, touched, window, used)
     _note_last_hits(state, window, used, touched)
     if used:
         adc = adc_code.astype(np.float64)
         shape = (nb, k, CHANNELS_PER_CHIP)
         adc_sum = np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        _add_window(state.win_adc, state.window_adc, touched, adc_sum, used)
         adc_sq = np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        _add_window(state.win_adc_sq, state.window_adc_sq, touched, adc_sq, used)
+        _add_window(state, touched, used, {"hits": window, "adc": adc_sum, "adc_sq": adc_sq})
     state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
         IO_GROUPS, 256
     )
@@ -158,15 +157,21 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
         _add_window_flags(state, rows[full], slots[full], 1)
 
 
-def _add_window(
-    slotted: np.ndarray, total: np.ndarray, rows: np.ndarray | slice, counts: np.ndarray, slots: list[int]
-) -> None:
-    """Add per-slot ``counts`` (len(slots), rows, 64), those of window slot ``slots[i]`` at ``i``, to a window
-    field and to its sum over the slots."""
+def _add_window(state: State, rows: np.ndarray | slice, slots: list[int], sums: dict[str, np.ndarray]) -> None:
+    """Add per-slot ``sums`` (of some of ``slots.COLUMNS``, the others zero; each (len(slots), rows, 64): those of
+    window slot ``slots[i]`` at ``i``) of chip ``rows`` to the window: as entries of the channels with any, and to the
+    window's sums."""
+    if not slots:
+        return
+    chip_rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
     for i, slot in enumerate(slots):
-        slotted[slot, rows] += counts[i]
-    if slots:
-        total[rows] += counts[0] if len(slots) == 1 else counts.sum(axis=0)
+        chip, channel = np.nonzero(np.logical_or.reduce([s[i] for s in sums.values()]))
+        entry = chip_rows[chip] * CHANNELS_PER_CHIP + channel
+        zero = np.zeros(len(chip), np.int64)
+        state.slot_sums.add(slot, entry, *(sums[c][i][chip, channel] if c in sums else zero for c in COLUMNS))
+    for f in SUMS:
+        if (counts := sums.get(str(f.sums))) is not None:
+            getattr(state, f.name)[rows] += counts[0] if len(slots) == 1 else counts.sum(axis=0)
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -223,9 +228,7 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     inside = slots[at] >= 0
     used, slot_rows = _window_slots(slots[at][inside])
     window = np.bincount((slot_rows - 2) * n_flat + flat[inside], minlength=len(used) * n_flat)
-    _add_window(
-        state.win_arrivals, state.window_arrivals, touched, window.reshape(len(used), k, CHANNELS_PER_CHIP), used
-    )
+    _add_window(state, touched, used, {"arrivals": window.reshape(len(used), k, CHANNELS_PER_CHIP)})
 
 
 def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:

@@ -18,6 +18,17 @@ from larpix_dqm.exporter.detector.chips import ChipIndex
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.quality.clock import DetectorClock
 from larpix_dqm.exporter.quality.config import QualityConfig
+from larpix_dqm.exporter.quality.slots import (
+    CHANNEL_DTYPE,
+    COLUMNS,
+    DENSE_NAMES,
+    DTYPES,
+    Piece,
+    SlotSums,
+    empty_piece,
+    is_slot_name,
+    slot_names,
+)
 from larpix_dqm.exporter.quality.triggers import DELAY_BINS, HITS_EDGES, TRIGGER_BITS, TriggerWindows
 from larpix_dqm.exporter.reading.packets import DATA_TRIGGER_TYPES, IO_GROUPS, SYNC_KIND_CODES
 
@@ -75,8 +86,8 @@ class Field:
     restore_from: str | None = None
     #: Counted since its io_group's run started: emptied for the io_group's chips at a run boundary.
     per_run: bool = False
-    #: The per-slot field this one is the sum of over the window's slots, kept as the slots are counted
-    #: into and cleared, so a summary reads one array, not every slot; rebuilt from the slots on restore.
+    #: The slots' sum (``slots.COLUMNS``) this one is the sum of over the window's slots, kept as the slots are
+    #: counted into and cleared, so a summary reads one array, not every slot; rebuilt from the slots on restore.
     sums: str | None = None
 
     @property
@@ -120,13 +131,9 @@ FIELDS: tuple[Field, ...] = (
     Field("dead_seconds", IO_GROUP, (), np.float64, optional=True),
     Field("live_start", IO_GROUP, (), np.float64, np.nan, checkpoint=WINDOW, optional=True),
     Field("run_start", IO_GROUP, (), np.float64, np.nan, optional=True),
-    # the sliding window, one slot per bin; per-bin sums fit int32 (255 * hits < 2**31 up to ~1.7 MHz
-    # per channel), squared ADC sums need int64: less memory, cheaper checkpoints
+    # the sliding window, one slot per bin (its per-channel sums: ``State.slot_sums``, ``slots.py``)
     Field("window_io_group", SLOT_IO_GROUP, (2,), checkpoint=WINDOW, kernels=(COUNT,)),  # 'S' syncs, ext. triggers
     Field("window_trigger_types", SLOT_IO_GROUP, (len(DATA_TRIGGER_TYPES),), kernels=(COUNT,), optional=True),
-    Field("win_hits", SLOT_CHIP, (CHANNELS_PER_CHIP,), np.int32, checkpoint=WINDOW, kernels=(FOLD,)),
-    Field("win_adc", SLOT_CHIP, (CHANNELS_PER_CHIP,), np.int32, checkpoint=WINDOW, kernels=(FOLD,)),
-    Field("win_adc_sq", SLOT_CHIP, (CHANNELS_PER_CHIP,), checkpoint=WINDOW, kernels=(FOLD,)),
     Field("win_flags", SLOT_CHIP, (2,), np.int32, checkpoint=WINDOW, kernels=(COUNT,)),  # parity, FIFO full
     # periodic-trigger packets: count, ADC sum, ADC sum of squares
     Field("win_pedestal", SLOT_CHIP, (CHANNELS_PER_CHIP, 3), kernels=(COUNT,), optional=True, lazy=True),
@@ -142,21 +149,11 @@ FIELDS: tuple[Field, ...] = (
     Field("arrival_second", IO_GROUP, (), fill=-1, kernels=(COUNT,), optional=True),
     Field("arrival_start", CHIP, (CHANNELS_PER_CHIP,), fill=NO_ARRIVAL, kernels=(COUNT,), optional=True),
     Field("arrivals_total", CHIP, (CHANNELS_PER_CHIP,), kernels=(FOLD,), per_run=True, restore_from="self_hits"),
-    Field(
-        "win_arrivals",
-        SLOT_CHIP,
-        (CHANNELS_PER_CHIP,),
-        np.int32,
-        checkpoint=WINDOW,
-        kernels=(FOLD,),
-        optional=True,  # a window file without it restores it from win_hits
-        restore_from="win_hits",
-    ),
     # the window's sums over its slots per channel (derived, not checkpointed): what the summary reads
-    Field("window_hits", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_hits"),
-    Field("window_adc", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_adc"),
-    Field("window_adc_sq", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_adc_sq"),
-    Field("window_arrivals", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="win_arrivals"),
+    Field("window_hits", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="hits"),
+    Field("window_adc", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="adc"),
+    Field("window_adc_sq", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="adc_sq"),
+    Field("window_arrivals", CHIP, (CHANNELS_PER_CHIP,), checkpoint=None, kernels=(FOLD,), sums="arrivals"),
     # the sequential inefficiency test (``verdicts.advance_cusum``), advanced at each evaluation from the
     # arrivals and live time since the last: its CUSUM per channel, the arrivals_total it has seen, the
     # arrivals and occupancy-weighted live seconds learnt while the channel was good, and the live time
@@ -193,8 +190,15 @@ BY_NAME = {f.name: f for f in FIELDS}
 SUMS = tuple(f for f in FIELDS if f.sums is not None)
 #: The window's arrays.
 WINDOW_ARRAYS = tuple(f.name for f in FIELDS if f.checkpoint == WINDOW)
-#: The window file's arrays (``runtime/checkpoint.py``): the window's and what evaluations learnt.
+#: The window file's arrays (``runtime/checkpoint.py``) of ``FIELDS``: the window's and what evaluations learnt; with
+#: them, each slot's entries (``in_window_file``).
 WINDOW_FILE = tuple(f.name for f in FIELDS if f.checkpoint in (WINDOW, LEARNING))
+
+
+def in_window_file(name: str) -> bool:
+    """Whether the checkpoint array ``name`` belongs in the window file: one of ``WINDOW_FILE``, a slot's entries, or
+    (read from an older window file) a dense array of the slots' sums."""
+    return name in WINDOW_FILE or is_slot_name(name) or name in DENSE_NAMES
 
 
 def _source(f: Field, arrays: Mapping[str, np.ndarray]) -> str:
@@ -208,6 +212,27 @@ def _as_block(rows: np.ndarray) -> np.ndarray | slice:
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and bool(np.all(np.diff(rows) == 1)):
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
+
+
+def _slot_piece(arrays: Mapping[str, np.ndarray], slot: int, slotted: bool) -> Piece:
+    """The entries of ``slot`` in checkpoint ``arrays`` (chip rows as there): its arrays, or (an older window file)
+    the channels with hits in the slot's rows of the dense arrays (the arrivals those of the hits when it has none)."""
+    if slotted:
+        return tuple(arrays[name] for name in slot_names(slot))
+    hits = arrays[DENSE_NAMES[0]][slot]
+    chip, channel = np.nonzero(hits)
+    sums = [hits[chip, channel]] + [arrays[name][slot][chip, channel] for name in DENSE_NAMES[1:3]]
+    arrivals = arrays[DENSE_NAMES[3]][slot][chip, channel] if DENSE_NAMES[3] in arrays else sums[0]
+    return (chip * CHANNELS_PER_CHIP + channel, *sums, arrivals)
+
+
+def _renumbered(piece: Piece, rows: np.ndarray | slice) -> Piece:
+    """``piece``'s entries with the checkpoint's chip rows turned into the state's ``rows`` (one per checkpoint row)."""
+    channel, *values = piece
+    chip, within = np.divmod(channel.astype(np.int64), CHANNELS_PER_CHIP)
+    state_rows = np.arange(rows.start, rows.stop)[chip] if isinstance(rows, slice) else rows[chip]
+    typed = (v.astype(t, copy=False) for v, t in zip(values, DTYPES, strict=True))
+    return ((state_rows * CHANNELS_PER_CHIP + within).astype(CHANNEL_DTYPE), *typed)
 
 
 def kernel_fields(kernel: str) -> tuple[Field, ...]:
@@ -225,6 +250,7 @@ class State:
         self.clock = DetectorClock()
         self.triggers = TriggerWindows(config.drift_window_ticks)
         self.capacity = 0
+        self.slot_sums = SlotSums(config.window_bins)
         for f in FIELDS:
             setattr(self, f.name, None if f.lazy else self._empty(f, 0))
 
@@ -298,14 +324,27 @@ class State:
         return _as_block(np.flatnonzero(np.isin(self.chips.keys[:, 0], groups)))
 
     def clear(self, groups: list[int], slots: tuple[int, ...]) -> None:
-        """Empty the window slots of io_groups ``groups``: their chips' rows and their own (taken out of the window's
-        sums). Io_groups whose windows move together are cleared at once: without a geometry their chips' rows
-        interleave, and all of them are one slice where each alone is an index array (1.4 ms a module's io_group)."""
+        """Empty the window slots of io_groups ``groups``: their chips' entries and rows and their own (taken out of
+        the window's sums). Io_groups whose windows move together are cleared at once: without a geometry their
+        chips' rows interleave, and all of them are one slice where each alone is an index array (1.4 ms a module's
+        io_group)."""
+        chosen = np.zeros(IO_GROUPS, bool)
+        chosen[groups] = True
+        for slot in slots:
+            channel, *values = self.slot_sums.piece(slot)
+            if not len(channel):
+                continue
+            gone = chosen[self.chips.keys[channel // CHANNELS_PER_CHIP, 0]]
+            every = bool(gone.all())
+            index = (channel if every else channel[gone]).astype(np.int64)
+            for f in SUMS:
+                taken = values[COLUMNS.index(str(f.sums))]
+                np.subtract.at(
+                    getattr(self, f.name).reshape(-1), index, (taken if every else taken[gone]).astype(np.int64)
+                )
+            kept = ~gone
+            self.slot_sums.put(slot, empty_piece() if every else (channel[kept], *(v[kept] for v in values)))
         rows = self.group_rows(groups)
-        for f in SUMS:
-            total, slotted = getattr(self, f.name), getattr(self, str(f.sums))
-            for slot in slots:
-                total[rows] -= slotted[slot, rows]
         for f in FIELDS:
             array = getattr(self, f.name)
             if not f.per_slot or array is None:
@@ -323,9 +362,10 @@ class State:
                 array[rows] = f.fill
 
     # -- checkpoint -----------------------------------------------------------------------------
-    def export(self) -> dict[str, np.ndarray]:
+    def export(self, slots: bool = True) -> dict[str, np.ndarray]:
         """The checkpointed fields, trimmed to the registered chips, with the chip keys, the window's
-        shape and the clock: everything needed to continue exactly here."""
+        shape and the clock: everything needed to continue exactly here; with the window slots' entries
+        when ``slots`` (merged first, ``SlotSums.merged``: the same whichever engine counted them)."""
         n = len(self.chips)
         arrays = {
             "chip_keys": self.chips.keys.copy(),
@@ -338,6 +378,8 @@ class State:
             if f.checkpoint is None or array is None:
                 continue
             arrays[f.name] = array[:n] if f.scope == CHIP else array[:, :n] if f.scope == SLOT_CHIP else array
+        for slot in range(len(self.slot_sums) if slots else 0):
+            arrays.update(zip(slot_names(slot), self.slot_sums.merged(slot), strict=True))
         return arrays
 
     def restore(self, arrays: Mapping[str, np.ndarray]) -> bool:
@@ -357,19 +399,29 @@ class State:
             if name not in arrays:
                 getattr(self, name)[...] = self.clock.span_start
         shape = (self.config.window_seconds, self.config.window_bins)
-        same = tuple(arrays["window_shape"]) == shape and all(
-            _source(BY_NAME[name], arrays) in arrays or BY_NAME[name].optional for name in WINDOW_ARRAYS
+        slotted = all(name in arrays for slot in range(shape[1]) for name in slot_names(slot))
+        dense = all(name in arrays for name in DENSE_NAMES[:3])  # an older window file (arrivals: from the hits)
+        same = (
+            tuple(arrays["window_shape"]) == shape
+            and (slotted or dense)
+            and all(_source(BY_NAME[name], arrays) in arrays or BY_NAME[name].optional for name in WINDOW_ARRAYS)
         )
         if same:
             for f in FIELDS:
                 if f.windowed and _source(f, arrays) in arrays:
                     self._put(f, rows, arrays, _source(f, arrays))
+            source = arrays if slotted else {name: arrays[name] for name in DENSE_NAMES if name in arrays}  # read once
+            for slot in range(shape[1]):
+                self.slot_sums.put(slot, _renumbered(_slot_piece(source, slot, slotted), rows))
         else:
             known = ~np.isnan(self.clock.head)
             self.window_end[known] = self.live_start[known] = self.clock.head[known] - self.dead_seconds[known]
             self.newest_bin[known] = self.bin_of(self.window_end[known]).astype(np.int64)
         for f in SUMS:
-            getattr(self, f.name)[...] = getattr(self, str(f.sums)).sum(axis=0)
+            total = getattr(self, f.name).reshape(-1)
+            for slot in range(shape[1]):
+                channel, *values = self.slot_sums.piece(slot)
+                np.add.at(total, channel.astype(np.int64), values[COLUMNS.index(str(f.sums))].astype(np.int64))
         return same
 
     def _put(self, f: Field, rows: np.ndarray | slice, arrays: Mapping[str, np.ndarray], name: str) -> None:

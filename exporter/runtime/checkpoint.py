@@ -37,7 +37,8 @@ from numpy.lib.npyio import NpzFile
 from larpix_dqm.exporter.detector.geometry import Geometry
 from larpix_dqm.exporter.metrics.health import Health
 from larpix_dqm.exporter.quality.accumulator import Accumulator
-from larpix_dqm.exporter.quality.state import BY_NAME
+from larpix_dqm.exporter.quality.slots import DENSE_NAMES, slot_names
+from larpix_dqm.exporter.quality.state import BY_NAME, in_window_file
 from larpix_dqm.exporter.reading.cursor import FileCursor
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 
@@ -318,8 +319,8 @@ class Checkpoint:
         """Write the counters and cursors (unless ``with_counters`` is False: those on disk are current) and the window
         arrays when ``with_window``; OSError if impossible."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = accumulator.export_state()
-        window = {name: state.pop(name) for name in Accumulator.WINDOW_FILE}
+        state = accumulator.export_state(slots=with_window)
+        window = {name: state.pop(name) for name in list(state) if in_window_file(name)}
         meta = {
             "version": CHECKPOINT_VERSION,
             "lineage": self.lineage,
@@ -437,9 +438,11 @@ class Checkpoint:
                 if not np.array_equal(saved["chip_keys"], keys[:n]):
                     raise CheckpointError(f"{self.window_path} has other chips than the counters")
                 missing = [name for name in Accumulator.WINDOW_FILE if name not in saved and not BY_NAME[name].optional]
+                if not any(name in saved for name in (slot_names(0)[0], DENSE_NAMES[0])):
+                    missing.append(slot_names(0)[0])  # the slots' entries (or an older file's dense sums)
                 if missing:
                     raise KeyError(missing[0])
-                return saved.window(Accumulator.WINDOW_FILE, len(keys))
+                return saved.window(tuple(name for name in saved if in_window_file(name)), len(keys))
             except KeyError as err:
                 problem = f"{self.window_path}: {err.args[0]!r} is missing"
             except (CheckpointError, ValueError, IndexError) as err:
