@@ -436,7 +436,7 @@ class Accumulator:
         return messages.select(mine)
 
     def __getattr__(self, name: str) -> np.ndarray:
-        """The state's arrays, read as the accumulator's own (``acc.win_hits``: ``acc.state.win_hits``)."""
+        """The state's arrays, read as the accumulator's own (``acc.hits_total``: ``acc.state.hits_total``)."""
         if name in BY_NAME:
             return getattr(self.state, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

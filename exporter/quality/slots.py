@@ -44,7 +44,7 @@ def _joined(pieces: list[Piece]) -> Piece:
 def merged(pieces: list[Piece]) -> Piece:
     """The entries of ``pieces`` with one entry a channel (their sums added), in ascending channel order."""
     channel, *values = _joined(pieces)
-    order = np.argsort(channel, kind="stable")
+    order = np.argsort(channel)  # any order among a channel's entries: their sums are added
     channel = channel[order]
     if not len(channel):
         return (channel, *(v[order] for v in values))
