@@ -121,9 +121,9 @@ class RegistryWriter:
                 self.conn.execute("UPDATE runs SET closed_at = ? WHERE run = ? AND closed_at IS NULL", (now, run))
                 credited.pop(run, None)
                 bad_channels.pop(run, None)
-            failing = _failing(evaluation)
+            self._note_failing(evaluation)
             for run, until in credit.items():
-                credited[run] = self._credit(run, evaluation, failing, credited.get(run, math.nan), until)
+                credited[run] = self._credit(run, evaluation, credited.get(run, math.nan), until)
             written = self._write_state(evaluation, now, bad_channels.get(self.current or ""))
             if written is not None:
                 bad_channels[written[0]] = written[1]
@@ -191,16 +191,19 @@ class RegistryWriter:
     def _run_id(self, run: str) -> int:
         return int(self.conn.execute("SELECT id FROM runs WHERE run = ?", (run,)).fetchone()[0])
 
-    def _credit(
-        self,
-        run: str,
-        evaluation: Evaluation,
-        failing: list[tuple[str, int, int, int, int]],
-        since: float,
-        until: float,
-    ) -> float:
+    def _note_failing(self, evaluation: Evaluation) -> None:
+        """Put the failing checks of ``evaluation`` (``_failing``) in the connection's temporary table ``failing``, once
+        for the runs the write credits (a backlog of one-file runs credits each: SQLite copies them to each run)."""
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS failing (check_name TEXT, io_group INTEGER, io_channel INTEGER,"
+            " chip_id INTEGER, worst INTEGER)"
+        )
+        self.conn.execute("DELETE FROM temp.failing")
+        self.conn.executemany("INSERT INTO temp.failing VALUES (?, ?, ?, ?, ?)", _failing(evaluation))
+
+    def _credit(self, run: str, evaluation: Evaluation, since: float, until: float) -> float:
         """Credit ``run`` with the data time from ``since`` (its start when NaN) to ``until`` in the statuses and
-        ``failing`` checks (``_failing``) of ``evaluation``; return the data time credited up to now."""
+        failing checks (``_note_failing``) of ``evaluation``; return the data time credited up to now."""
         row = self.conn.execute("SELECT id, start_time FROM runs WHERE run = ?", (run,)).fetchone()
         if row is None:  # no chunk of it written yet
             return since
@@ -218,13 +221,14 @@ class RegistryWriter:
         )
         if math.isnan(until):
             return since
-        self.conn.executemany(
+        self.conn.execute(  # (``WHERE true``: an upsert's SELECT needs a WHERE clause to be parsed)
             "INSERT INTO check_failures (run_id, check_name, io_group, io_channel, chip_id, worst, seconds,"
-            " first_time, last_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " first_time, last_time) SELECT ?, check_name, io_group, io_channel, chip_id, worst, ?, ?, ?"
+            " FROM temp.failing WHERE true"
             " ON CONFLICT (run_id, check_name, io_group, io_channel, chip_id) DO UPDATE SET"
             " worst = max(worst, excluded.worst), seconds = seconds + excluded.seconds,"
             " last_time = excluded.last_time",
-            [(run_id, *check, seconds, until, until) for check in failing],
+            (run_id, seconds, until, until),
         )
         return until if math.isnan(since) else max(since, until)
 
