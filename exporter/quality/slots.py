@@ -63,10 +63,6 @@ class SlotSums:
         """The window's slots."""
         return len(self._pieces)
 
-    def entries(self) -> int:
-        """Entries held, over all slots."""
-        return sum(len(p[0]) for pieces in self._pieces for p in pieces)
-
     def add(self, slot: int, channel: np.ndarray, *values: np.ndarray) -> None:
         """Add entries to ``slot``: ``channel`` (chip row x 64 + channel id) and a sum per ``COLUMNS`` each (the
         arrays are kept: the caller gives up the ones it passes)."""
