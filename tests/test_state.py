@@ -16,6 +16,7 @@ import pytest
 from helpers import dense_slots
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
+from larpix_dqm.exporter.quality import engine
 from larpix_dqm.exporter.quality.accumulator import COMPILED, KERNELS, NUMPY, Accumulator, QualityConfig, load_kernels
 from larpix_dqm.exporter.quality.clock import DataClock
 from larpix_dqm.exporter.quality.slots import COLUMNS, slot_names
@@ -118,6 +119,23 @@ def test_both_engines_count_every_field_of_the_table_alike(fed: dict[str, Accumu
             np.testing.assert_array_equal(b, a, err_msg=name)
     for column in COLUMNS:
         assert dense_slots(numpy_state, column).any(), column
+
+
+@pytest.mark.parametrize("dense", [0, 10**9], ids=["over the distinct cells", "over every cell"])
+def test_the_numpy_engine_sums_a_chunk_over_every_cell_or_the_distinct_ones_alike(
+    dense: int, fed: dict[str, Accumulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's per-channel sums are taken over all its cells when they are a few a packet (a module), over its
+    distinct cells when many more (50 io_groups): either way the state the kernels count."""
+    monkeypatch.setattr(engine, "DENSE_CELLS_PER_PACKET", dense)
+    acc = Accumulator(fed[NUMPY].config, fed[NUMPY].geometry)
+    clock = DataClock()
+    for packets in simulated(14):
+        acc.add(packets, clock, START + 100.0)
+    got, want = acc.export_state(), fed[COMPILED].export_state()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_every_field_is_checkpointed_and_restored(fed: dict[str, Accumulator]) -> None:

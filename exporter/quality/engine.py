@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
@@ -26,6 +28,9 @@ from larpix_dqm.exporter.reading.packets import (
     latest_seconds,
 )
 
+#: Cells of a chunk's per-channel sums (slots x channels) up to which they are summed over all of them rather than
+#: over the distinct ones, per data packet of the chunk (a module's 500 k-packet chunk: 0.8; 50 io_groups': 100).
+DENSE_CELLS_PER_PACKET = 4
 #: Window slot of data packets that are not self-triggered: counted, but they feed no rate or verdict.
 NOT_SELF_TRIGGERED = -2
 
@@ -97,19 +102,6 @@ def count_parity_errors(
         state.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
 
 
-def _touched(rows: np.ndarray, chips: int) -> tuple[np.ndarray | slice, int, np.ndarray]:
-    """The chip rows (of the ``chips`` registered) a chunk touches, how many, and each packet's index among
-    them: per-chunk arrays sized by what the chunk holds, not by the detector (a one-message chunk of a
-    6,400-chip module stays cheap). A chunk touching most rows takes them all, as a slice: adding in place
-    beats gathering and scattering."""
-    present = np.zeros(chips, bool)
-    present[rows] = True
-    touched = np.flatnonzero(present)
-    if 2 * len(touched) > chips:
-        return slice(0, chips), chips, rows
-    return touched, len(touched), (np.cumsum(present) - 1)[rows]
-
-
 def _window_slots(slots: np.ndarray) -> tuple[list[int], np.ndarray]:
     """The window slots a chunk's packets fall in (a chunk of a second of data: one or two of the window's) and
     each packet's row among them plus 2: row 0 for the packets that are not self-triggered (slot -2), row 1 for
@@ -124,30 +116,30 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
     if len(data) == 0:
         return
     io_group = data["io_group"]
-    used, slot_rows = _window_slots(slots)
-    nb = len(used)
-    touched, k, local = _touched(rows, len(state.chips))
-    n_flat = k * CHANNELS_PER_CHIP
-    channel = local * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
     adc_code = data["dataword"]
-    # Flat keys slot_row * n_flat + channel over the touched chips and filled slots: key row 0 holds packets
-    # that are not self-triggered, row 1 self-triggered ones outside the window, so one bincount gives the
-    # all-time hits, the self-triggered ones and every filled slot's hits, without gathers.
-    key = slot_rows * n_flat + channel
-    size = (nb + 2) * n_flat
-    hits = np.bincount(key, minlength=size).reshape(nb + 2, k, -1)
-    per_channel = hits.sum(axis=0)
-    state.hits_total[touched] += per_channel
-    state.self_hits[touched] += per_channel - hits[0]
-    state.chip_packets[touched] += per_channel.sum(axis=1)
-    window = hits[2:]
-    _note_last_hits(state, window, used, touched)
-    if used:
+    used, slot_rows = _window_slots(slots)
+    # Cells slot_row x every channel + channel of the packets: slot_row 0 holds packets that are not self-triggered,
+    # 1 self-triggered ones outside the window, then the filled slots; per-chunk arrays as long as the cells with
+    # packets, not as the detector's channels (50 io_groups: 10 M cells a chunk, 100 k with packets).
+    channels = state.capacity * CHANNELS_PER_CHIP
+    key = slot_rows * channels + rows * CHANNELS_PER_CHIP + (data["channel_id"] & 63)
+    cells, sum_of = _cells(key, (len(used) + 2) * channels)
+    hits = sum_of(None)
+    cell_row, channel = np.divmod(cells, channels)
+    np.add.at(state.hits_total.reshape(-1), channel, hits)
+    own = cell_row != 0
+    np.add.at(state.self_hits.reshape(-1), channel[own], hits[own])
+    np.add.at(state.chip_packets, channel // CHANNELS_PER_CHIP, hits)
+    window = np.flatnonzero(cell_row >= 2)
+    if len(window):
         adc = adc_code.astype(np.float64)
-        shape = (nb, k, CHANNELS_PER_CHIP)
-        adc_sum = np.bincount(key, adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        adc_sq = np.bincount(key, adc * adc, size)[2 * n_flat :].astype(np.int64).reshape(shape)
-        _add_window(state, touched, used, {"hits": window, "adc": adc_sum, "adc_sq": adc_sq})
+        sums = {
+            "hits": hits[window],
+            "adc": sum_of(adc)[window].astype(np.int64),
+            "adc_sq": sum_of(adc * adc)[window].astype(np.int64),
+        }
+        _add_window(state, used, cell_row[window] - 2, channel[window], sums)
+        _note_last_hits(state, used, cell_row[window] - 2, channel[window])
     state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
         IO_GROUPS, 256
     )
@@ -157,21 +149,41 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
         _add_window_flags(state, rows[full], slots[full], 1)
 
 
-def _add_window(state: State, rows: np.ndarray | slice, slots: list[int], sums: dict[str, np.ndarray]) -> None:
-    """Add per-slot ``sums`` (of some of ``slots.COLUMNS``, the others zero; each (len(slots), rows, 64): those of
-    window slot ``slots[i]`` at ``i``) of chip ``rows`` to the window: as entries of the channels with any, and to the
-    window's sums."""
-    if not slots:
-        return
-    chip_rows = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+def _cells(key: np.ndarray, size: int) -> tuple[np.ndarray, Callable[[np.ndarray | None], np.ndarray]]:
+    """The distinct cells of ``key`` (non-negative, below ``size``), ascending, and a function summing weights (None:
+    one a packet) per cell: by a bincount over every cell while they are at most a few a packet (a chunk of a module),
+    by sorting the keys when they are many more (a chunk of 50 io_groups: a bincount's 10 M cells cost 350 ms of
+    page faults and zeros where 100 k have packets)."""
+    if size <= DENSE_CELLS_PER_PACKET * len(key):
+        counts = np.bincount(key, minlength=size)
+        cells = np.flatnonzero(counts)
+
+        def over_all(weights: np.ndarray | None) -> np.ndarray:
+            return counts[cells] if weights is None else np.bincount(key, weights, size)[cells]
+
+        return cells, over_all
+    distinct, inverse = np.unique(key, return_inverse=True)
+
+    def over_distinct(weights: np.ndarray | None) -> np.ndarray:
+        return np.bincount(inverse, weights, len(distinct))
+
+    return distinct, over_distinct
+
+
+def _add_window(
+    state: State, slots: list[int], slot_index: np.ndarray, channel: np.ndarray, sums: dict[str, np.ndarray]
+) -> None:
+    """Add the window cells (``slots[slot_index]``, flat ``channel`` row * 64 + id, in ascending slot index) with their
+    ``sums`` (of some of ``slots.COLUMNS``, the others zero) to the window: as the slots' entries and to the window's
+    sums."""
+    bounds = np.searchsorted(slot_index, np.arange(len(slots) + 1))
+    zero = np.zeros(len(channel), np.int64)
     for i, slot in enumerate(slots):
-        chip, channel = np.nonzero(np.logical_or.reduce([s[i] for s in sums.values()]))
-        entry = chip_rows[chip] * CHANNELS_PER_CHIP + channel
-        zero = np.zeros(len(chip), np.int64)
-        state.slot_sums.add(slot, entry, *(sums[c][i][chip, channel] if c in sums else zero for c in COLUMNS))
+        part = slice(bounds[i], bounds[i + 1])
+        state.slot_sums.add(slot, channel[part], *(sums[c][part] if c in sums else zero[part] for c in COLUMNS))
     for f in SUMS:
         if (counts := sums.get(str(f.sums))) is not None:
-            getattr(state, f.name)[rows] += counts[0] if len(slots) == 1 else counts.sum(axis=0)
+            np.add.at(getattr(state, f.name).reshape(-1), channel, counts.astype(np.int64, copy=False))
 
 
 def _stable_order(keys: np.ndarray) -> np.ndarray:
@@ -221,14 +233,13 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
         return
     last = np.r_[channel[at][1:] != channel[at][:-1], True]
     anchors[channel[at][last]] = times[at][last]
-    touched, k, local = _touched(channel[at] // CHANNELS_PER_CHIP, len(state.chips))
-    n_flat = k * CHANNELS_PER_CHIP
-    flat = local * CHANNELS_PER_CHIP + channel[at] % CHANNELS_PER_CHIP
-    state.arrivals_total[touched] += np.bincount(flat, minlength=n_flat).reshape(k, -1)
-    inside = slots[at] >= 0
-    used, slot_rows = _window_slots(slots[at][inside])
-    window = np.bincount((slot_rows - 2) * n_flat + flat[inside], minlength=len(used) * n_flat)
-    _add_window(state, touched, used, {"arrivals": window.reshape(len(used), k, CHANNELS_PER_CHIP)})
+    np.add.at(state.arrivals_total.reshape(-1), channel[at], 1)
+    inside = at[slots[at] >= 0]
+    used, slot_rows = _window_slots(slots[inside])
+    channels = state.capacity * CHANNELS_PER_CHIP
+    cells, counts = np.unique((slot_rows - 2) * channels + channel[inside], return_counts=True)
+    slot_index, cell_channel = np.divmod(cells, channels)
+    _add_window(state, used, slot_index, cell_channel, {"arrivals": counts})
 
 
 def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.ndarray:
@@ -240,21 +251,12 @@ def _count_fifo_flags(state: State, rows: np.ndarray, flags: np.ndarray) -> np.n
     return flagged
 
 
-def _note_last_hits(state: State, hits: np.ndarray, slots: list[int], rows: np.ndarray | slice) -> None:
-    """Move each channel's last-hit time to the end of the newest window bin it has hits in.
-
-    ``hits`` is (len(slots), len(rows), 64) for window ``slots`` and the chip ``rows``; each chip's ring slots
-    belong to its io_group's window.
-    """
-    if not slots:
-        return
-    ends = slot_ends(state)[state.chips.keys[rows, 0].astype(np.int64)]
-    last = state.last_hit_end[rows]
-    for i, slot in enumerate(slots):
-        end = ends[:, slot]
-        hit = hits[i] > 0
-        last[hit] = np.fmax(last[hit], np.broadcast_to(end[:, None], hit.shape)[hit])
-    state.last_hit_end[rows] = last
+def _note_last_hits(state: State, slots: list[int], slot_index: np.ndarray, channel: np.ndarray) -> None:
+    """Move each channel's last-hit time to the end of the newest window bin it has hits in: the window cells
+    ``slots[slot_index]`` x flat ``channel`` (row * 64 + id; each chip's ring slots belong to its io_group's window)."""
+    groups = state.chips.keys[channel // CHANNELS_PER_CHIP, 0].astype(np.int64)
+    ends = slot_ends(state)[groups, np.asarray(slots, np.int64)[slot_index]]
+    np.fmax.at(state.last_hit_end.reshape(-1), channel, ends)
 
 
 def _note_old_hits(
