@@ -3,6 +3,7 @@ the end-to-end tests run (the exporter, Alertmanager, any command), always stopp
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -213,18 +214,18 @@ def running_exporter(
 ) -> Iterator[Process]:
     """``larpix-dqm serve ARGS`` on 127.0.0.1:``port`` (default: a free one) until the block ends.
 
-    Its output goes to ``log`` (default: a temporary file); checkpoints to a fresh temporary
-    state directory unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix
+    Its output goes to ``log`` (default: a file in a temporary folder removed when the tests end); checkpoints
+    to a fresh state directory in that folder unless ``env`` sets LARPIX_DQM_STATE_DIR; ``wrapper`` is a command prefix
     (e.g. setpriv); ``ready_path=None`` waits for the port instead of an HTTP answer (TLS, auth).
     """
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     cmd = [*wrapper, *larpix_dqm("serve", "--listen-address", "127.0.0.1", "--port", str(port), *args)]
-    env = {"LARPIX_DQM_STATE_DIR": tempfile.mkdtemp(prefix="larpix-dqm-state-"), **(env or {})}
-    if log is None:
-        fd, name = tempfile.mkstemp(prefix="larpix-dqm-serve-", suffix=".log")
-        os.close(fd)
-        log = Path(name)
+    scratch = Path(tempfile.mkdtemp(prefix="larpix-dqm-serve-"))
+    atexit.register(shutil.rmtree, scratch, True)  # the log stays readable after the block, for the test's asserts
+    (scratch / "state").mkdir()
+    env = {"LARPIX_DQM_STATE_DIR": str(scratch / "state"), **(env or {})}
+    log = log or scratch / "serve.log"
 
     def ready() -> bool:
         if ready_path is None:  # TLS or auth in front: wait until the port accepts connections

@@ -6,6 +6,7 @@ the README's performance table comes from full-size runs.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,8 +47,9 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
     ],
 )
 def test_benchmark_runs(script, args, expected, tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the work folders a bench keeps for a look go with the test's
     result = subprocess.run(
-        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600, cwd=tmp_path
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout, result.stdout[-3000:]
