@@ -138,12 +138,35 @@ def test_the_numpy_engine_sums_a_chunk_over_every_cell_or_the_distinct_ones_alik
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
+@pytest.mark.slow
+def test_chips_found_in_the_data_get_rows_to_spare_alike_on_both_engines() -> None:
+    """Without a geometry, chips come with the data and each registration leaves a quarter more rows than the chips
+    need (the next chips come soon: growing copies the state), the same rows on both engines with the same entries;
+    a geometry's chips get their rows exactly."""
+    assert load_kernels(wait=300), KERNELS.error
+    accs = {e: Accumulator(QualityConfig(engine=e, window_seconds=10.0, window_bins=5)) for e in ENGINES}
+    clock = {e: DataClock() for e in ENGINES}
+    for packets in simulated(4):
+        for e, acc in accs.items():
+            acc.add(packets, clock[e], START + 100.0)
+    chips = len(accs[NUMPY].chips)
+    assert accs[COMPILED].compiled and chips > 64 and accs[NUMPY].state.capacity >= chips + chips // 4
+    assert accs[COMPILED].state.capacity == accs[NUMPY].state.capacity
+    got, want = accs[COMPILED].export_state(), accs[NUMPY].export_state()
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    geometry = load_geometry(packaged_layout())
+    assert Accumulator(QualityConfig(engine=NUMPY), geometry).state.capacity == len(geometry.chips)
+
+
 def test_every_field_is_checkpointed_and_restored(fed: dict[str, Accumulator]) -> None:
+    """Restored twice into one state, a checkpoint gives what it holds: a restore replaces, never adds to, the
+    window's sums over its slots."""
     acc = fed[NUMPY]
     saved = acc.export_state()
     assert {f.name for f in FIELDS if f.checkpoint is not None} <= saved.keys()
     restored = Accumulator(acc.config, acc.geometry)
-    assert restored.import_state(saved)
+    assert restored.import_state(saved) and restored.import_state(saved)
     n = len(acc.chips)
     for f in FIELDS:
         a, b = getattr(acc.state, f.name), getattr(restored.state, f.name)

@@ -331,7 +331,7 @@ def count_compiled(
             registered_at = int(pos[0])
             rest = source.since(int(pos[0])).decode() if isinstance(source, Messages) else source[int(pos[0]) :]
             data = rest[(rest["packet_type"] == DATA) & (rest["valid_parity"] != 0)]
-            state.register(np.stack([data["io_group"], data["io_channel"], data["chip_id"]], axis=1))
+            state.register(np.stack([data["io_group"], data["io_channel"], data["chip_id"]], axis=1), spare=True)
         # NEED_FOLD: ``hits`` was folded (and zeroed) above; the next round counts into it again
     if pos[3]:  # parity errors whose chip was unknown when the kernel met them
         engine.count_parity_errors(state, *deferred[: pos[3]].T)
@@ -381,7 +381,7 @@ class Accumulator:
     """Counts chunks into its ``State`` on either engine and summarises it; knows the geometry and the
     run configuration, which say of each chip what the data does not."""
 
-    #: The window file's arrays (``runtime/checkpoint.py``), from ``state.FIELDS``.
+    #: The window file's arrays of ``state.FIELDS`` (``runtime/checkpoint.py``); the slots' entries go with them.
     WINDOW_FILE = WINDOW_FILE
 
     def __init__(

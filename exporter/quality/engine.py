@@ -52,7 +52,7 @@ def count(state: State, packets: np.ndarray, slots: np.ndarray, ends: np.ndarray
     # never creates a chip, but it counts on one that this chunk's clean packets show to exist
     rows = np.full(len(data), -1, np.int64)
     rows[valid] = state.chips.rows_for(data["io_group"][valid], data["io_channel"][valid], data["chip_id"][valid])
-    state.fit()
+    state.fit(spare=True)
     data_slots = _rate_slots(state, data, slots[data_rows], rows, valid)
     flags = data["local_fifo"] | (data["shared_fifo"] << 2)
     if not valid.all():
