@@ -323,3 +323,13 @@ def dense_slots(state: State, column: str) -> np.ndarray:
         channel, *values = state.slot_sums.piece(slot)
         np.add.at(out[slot], channel.astype(np.int64), values[COLUMNS.index(column)].astype(np.int64))
     return out.reshape(len(state.slot_sums), state.capacity, CHANNELS_PER_CHIP)
+
+
+def assert_same_state(
+    state: dict[str, np.ndarray], expected: dict[str, np.ndarray], skip: tuple[str, ...] = ()
+) -> None:
+    """Every checkpointed array equal, but those of ``skip``."""
+    assert state.keys() == expected.keys()
+    for name, value in expected.items():
+        if name not in skip:
+            np.testing.assert_array_equal(state[name], value, err_msg=name)

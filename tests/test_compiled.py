@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import dense_slots, ingested, parse_metrics, running_exporter, scrape, wait_for
+from helpers import assert_same_state, dense_slots, ingested, parse_metrics, running_exporter, scrape, wait_for
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.monitor import Monitor
@@ -87,16 +87,6 @@ def backlog(tmp_path_factory) -> Callable[[str], Path]:
 EVALUATED = ("cusum", "cusum_seen", "cusum_good", "cusum_time", "learnt", "learnt_seen", "learnt_time", "rates_good")
 
 
-def assert_same_state(
-    state: dict[str, np.ndarray], expected: dict[str, np.ndarray], skip: tuple[str, ...] = ()
-) -> None:
-    """Every checkpointed array equal, but those of ``skip``."""
-    assert state.keys() == expected.keys()
-    for name, value in expected.items():
-        if name not in skip:
-            np.testing.assert_array_equal(state[name], value, err_msg=name)
-
-
 def pair(geometry=None, **config) -> tuple[Accumulator, Accumulator]:
     return tuple(Accumulator(QualityConfig(engine=e, **config), geometry) for e in (NUMPY, COMPILED))  # type: ignore[return-value]
 
@@ -105,10 +95,7 @@ def assert_same(reference: Accumulator, compiled: Accumulator) -> None:
     """Every checkpointed array and every snapshot field equal (NaN where NaN)."""
     assert compiled.compiled and not reference.compiled
     assert compiled.chips.keys.tolist() == reference.chips.keys.tolist()
-    ref_state, got_state = reference.export_state(), compiled.export_state()
-    assert ref_state.keys() == got_state.keys()
-    for name in ref_state:
-        np.testing.assert_array_equal(got_state[name], ref_state[name], err_msg=name)
+    assert_same_state(compiled.export_state(), reference.export_state())
     ref, got = reference.snapshot(), compiled.snapshot()
     for f in dataclasses.fields(ref):
         if f.name == "config":  # the engine differs, by design

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import dense_slots
+from helpers import assert_same_state, dense_slots
 
 from larpix_dqm.exporter.detector.geometry import load_geometry, packaged_layout
 from larpix_dqm.exporter.quality import engine
@@ -132,10 +132,7 @@ def test_the_numpy_engine_sums_a_chunk_over_every_cell_or_the_distinct_ones_alik
     clock = DataClock()
     for packets in simulated(14):
         acc.add(packets, clock, START + 100.0)
-    got, want = acc.export_state(), fed[COMPILED].export_state()
-    assert got.keys() == want.keys()
-    for name, value in want.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert_same_state(acc.export_state(), fed[COMPILED].export_state())
 
 
 @pytest.mark.slow
@@ -152,9 +149,7 @@ def test_chips_found_in_the_data_get_rows_to_spare_alike_on_both_engines() -> No
     chips = len(accs[NUMPY].chips)
     assert accs[COMPILED].compiled and chips > 64 and accs[NUMPY].state.capacity >= chips + chips // 4
     assert accs[COMPILED].state.capacity == accs[NUMPY].state.capacity
-    got, want = accs[COMPILED].export_state(), accs[NUMPY].export_state()
-    for name, value in want.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert_same_state(accs[COMPILED].export_state(), accs[NUMPY].export_state())
     geometry = load_geometry(packaged_layout())
     assert Accumulator(QualityConfig(engine=NUMPY), geometry).state.capacity == len(geometry.chips)
 
