@@ -107,6 +107,7 @@ class Messages:
         self.bad_messages = bad_messages
         self.headerless = headerless  # messages left out because their header names io_group 0 (never written)
         self._unknown_words: int | None = None
+        self._timestamps: np.ndarray | None = None
 
     @property
     def unknown_words(self) -> int:
@@ -132,9 +133,13 @@ class Messages:
         return self.size_bound - self.unknown_words
 
     def timestamps(self) -> np.ndarray:
-        """(messages,) uint32: each message's timestamp (header bytes 1-4)."""
-        at = self.starts[:, None] + np.arange(1, 5)
-        return np.ascontiguousarray(self.buffer[at]).view("<u4").reshape(-1)
+        """(messages,) uint32, read-only: each message's timestamp (header bytes 1-4), read once (the clock, the
+        counting, the run names and the trigger pairing each want them)."""
+        if self._timestamps is None:
+            headers = self.buffer.view("<u8")[self.starts >> 3]  # messages start on 8-byte boundaries
+            self._timestamps = ((headers >> np.uint64(8)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+            self._timestamps.setflags(write=False)
+        return self._timestamps
 
     def timestamp_packets(self) -> np.ndarray:
         """The messages' timestamp packets alone, one per message, in order (what the data clock reads)."""
