@@ -221,7 +221,7 @@ class Monitor:
         if (identity in self._configured and cursor.rows_done) or not BY_NAME[chunk.kind].stores_run_configuration:
             return
         self._configured.add(identity)
-        run_config = self.accumulator.run_config.with_file(cursor.path, chunk.file)
+        run_config = self.accumulator.run_config.with_file(cursor.path, chunk.file.fh if chunk.file else None)
         if run_config is not self.accumulator.run_config:
             self.accumulator.set_run_config(run_config)
 

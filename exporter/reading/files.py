@@ -20,7 +20,7 @@ import numpy as np
 from larpix_dqm.exporter.reading.cursor import FileCursor
 from larpix_dqm.exporter.reading.decode import Messages
 from larpix_dqm.exporter.reading.formats import detect
-from larpix_dqm.exporter.reading.formats.base import InputFormat, Rows, SourceError, Stored, head
+from larpix_dqm.exporter.reading.formats.base import InputFormat, OpenFile, Rows, SourceError, Stored, head
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ class Chunk:
     kind: str
     records: np.ndarray | None = None
     raw: Messages | None = None
-    file: h5py.File | None = field(default=None, repr=False, compare=False)
+    file: OpenFile | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, cursor: FileCursor, rows_end: int, kind: str, rows: Rows, file: h5py.File | None = None) -> Chunk:
+    def of(cls, cursor: FileCursor, rows_end: int, kind: str, rows: Rows, file: OpenFile | None = None) -> Chunk:
         """The chunk of rows as a format read them: raw messages, or packet records."""
         if isinstance(rows, Messages):
             return cls(cursor, rows_end, kind, raw=rows, file=file)
@@ -123,7 +123,8 @@ class FileReader:
     def read_new(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
         """Yield chunks of new packets; raise SourceError when the file cannot be read."""
         try:
-            with h5py.File(cursor.path, "r", swmr=True, locking=False) as fh:
+            with h5py.File(cursor.path, "r", swmr=True, locking=False) as opened:
+                fh = OpenFile(opened)
                 fmt = detect(fh, cursor.path)
                 created = fmt.created(fh)
                 if cursor.kind is not None and (cursor.kind != fmt.name or cursor.created != created):
@@ -136,7 +137,7 @@ class FileReader:
             raise SourceError(classify_os_error(err), f"{cursor.path}: {err}") from err
 
     def _written_length(
-        self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, length: int, now: float, new: Stored | None
+        self, fh: OpenFile, cursor: FileCursor, fmt: InputFormat, length: int, now: float, new: Stored | None
     ) -> int:
         """``length`` without the trailing rows that look unwritten, while they are held back (up to
         ``HOLD_SECONDS``): the writer may have grown the dataset before filling it. From the ``new`` rows when
@@ -159,7 +160,7 @@ class FileReader:
         return length
 
     def _check_head(
-        self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, length: int, first: Stored | None
+        self, fh: OpenFile, cursor: FileCursor, fmt: InputFormat, length: int, first: Stored | None
     ) -> None:
         """FileReplaced if the file's first rows are not those the cursor saw; else note them (up to HEAD_ROWS).
         ``first``: the file's rows from its first, when they were read whole."""
@@ -175,7 +176,7 @@ class FileReader:
             cursor.head_rows = min(HEAD_ROWS, length)
             cursor.head_digest = digest(cursor.head_rows)
 
-    def _read_rows(self, fh: h5py.File, cursor: FileCursor, fmt: InputFormat, now: float) -> Iterator[Chunk]:
+    def _read_rows(self, fh: OpenFile, cursor: FileCursor, fmt: InputFormat, now: float) -> Iterator[Chunk]:
         """Chunks from the cursor to the end; the next chunk is read in a thread while the caller counts
         this one (reading and the compiled counting, which releases the GIL, overlap on two cores). New rows
         that fit one chunk and ``WHOLE_ROWS`` (a small file, a live file's last second) are read once for

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.exporter.reading.formats.base import OpenFile
 from larpix_dqm.exporter.reading.packets import TIMESTAMP
 
 PATTERN, METADATA, FILE = "pattern", "metadata", "file"
@@ -44,19 +45,19 @@ class RunName:
     source: str
 
 
-def metadata_run(path: str, opened: h5py.File | None = None) -> str | None:
+def metadata_run(path: str, opened: OpenFile | None = None) -> str | None:
     """The run number the file's own metadata carries, or None (also when it cannot be read); from ``opened``,
     the file open already, when given and still open."""
     try:
         if opened:
             return _run_attribute(opened)
         with h5py.File(path, "r", swmr=True, locking=False) as fh:
-            return _run_attribute(fh)
+            return _run_attribute(OpenFile(fh))
     except (OSError, RuntimeError, ValueError, KeyError):
         return None
 
 
-def _run_attribute(fh: h5py.File) -> str | None:
+def _run_attribute(fh: OpenFile) -> str | None:
     """The first non-empty run attribute (``RUN_ATTRIBUTES``) of the open file's ``meta`` or ``_header``."""
     for group in ("meta", "_header"):
         attrs = fh[group].attrs if group in fh else {}
@@ -77,7 +78,7 @@ class RunNamer:
         self.pattern = compile_pattern(pattern) if pattern else None
         self._names: dict[str, RunName] = {}
 
-    def name(self, path: str, opened: h5py.File | None = None) -> RunName:
+    def name(self, path: str, opened: OpenFile | None = None) -> RunName:
         """The run ``path`` belongs to (``opened``: the file, if it is open already)."""
         found = self._names.get(path)
         if found is None:
@@ -88,7 +89,7 @@ class RunNamer:
         """Forget the names of files not in ``paths`` (no longer tracked): a long run does not keep one per file."""
         self._names = {path: name for path, name in self._names.items() if path in paths}
 
-    def _name(self, path: str, opened: h5py.File | None) -> RunName:
+    def _name(self, path: str, opened: OpenFile | None) -> RunName:
         if self.pattern is not None:
             match = self.pattern.search(os.path.basename(path))
             if match is not None and match.group("run"):

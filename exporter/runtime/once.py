@@ -24,7 +24,7 @@ from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus
 from larpix_dqm.exporter.reading.files import Chunk
 from larpix_dqm.exporter.reading.formats import detect
-from larpix_dqm.exporter.reading.formats.base import SourceError
+from larpix_dqm.exporter.reading.formats.base import OpenFile, SourceError
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 from larpix_dqm.exporter.runtime.ingest import count_chunk, note_reading
 
@@ -163,7 +163,8 @@ def _json(value: object) -> bytes:
 def file_rows(path: str) -> int:
     """Rows of the file's main dataset (messages of a raw file, packets of a packet file), 0 if unreadable."""
     try:
-        with h5py.File(path, "r", swmr=True, locking=False) as fh:
+        with h5py.File(path, "r", swmr=True, locking=False) as opened:
+            fh = OpenFile(opened)
             return detect(fh, path).length(fh)
     except (OSError, SourceError, KeyError, ValueError, RuntimeError):
         return 0

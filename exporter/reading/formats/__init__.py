@@ -5,9 +5,7 @@ Adding a format is one module here with its ``InputFormat`` subclass, and its li
 
 from __future__ import annotations
 
-import h5py
-
-from larpix_dqm.exporter.reading.formats.base import InputFormat, SourceError
+from larpix_dqm.exporter.reading.formats.base import InputFormat, OpenFile, SourceError
 from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
 from larpix_dqm.exporter.reading.formats.raw import RawFormat
 
@@ -17,7 +15,7 @@ FORMATS: tuple[InputFormat, ...] = (RawFormat(), PacketFileFormat())
 BY_NAME: dict[str, InputFormat] = {f.name: f for f in FORMATS}
 
 
-def detect(fh: h5py.File, path: str) -> InputFormat:
+def detect(fh: OpenFile, path: str) -> InputFormat:
     """The format of an open file; SourceError (no_dataset) if it is in none, (bad_dtype) if malformed."""
     for fmt in FORMATS:
         if fmt.recognise(fh, path):

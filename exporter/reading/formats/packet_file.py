@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.formats.base import (
     InputFormat,
+    OpenFile,
     Rows,
     SourceError,
     Stored,
@@ -29,7 +29,7 @@ class PacketFileFormat(InputFormat):
     stores_run_configuration: ClassVar[bool] = True
     holds: ClassVar[str] = "a 'packets' dataset"
 
-    def recognise(self, fh: h5py.File, path: str) -> bool:
+    def recognise(self, fh: OpenFile, path: str) -> bool:
         if "packets" not in fh:
             return False
         dtype = stored_dtype(fh["packets"])
@@ -42,15 +42,15 @@ class PacketFileFormat(InputFormat):
             raise SourceError("bad_dtype", f"{path}: packets fields {', '.join(not_int)} are not integers")
         return True
 
-    def created(self, fh: h5py.File) -> float | None:
+    def created(self, fh: OpenFile) -> float | None:
         return attr_float(fh.get("_header"), "created")
 
-    def length(self, fh: h5py.File) -> int:
+    def length(self, fh: OpenFile) -> int:
         dset = fh["packets"]
         dset.id.refresh()
         return len(dset)
 
-    def read(self, fh: h5py.File, start: int, end: int) -> Stored:
+    def read(self, fh: OpenFile, start: int, end: int) -> Stored:
         return (read_rows(fh["packets"], start, end),)
 
     def rows(self, stored: Stored) -> Rows:

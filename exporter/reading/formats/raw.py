@@ -13,6 +13,7 @@ import numpy as np
 from larpix_dqm.exporter.reading.decode import Messages, split_messages
 from larpix_dqm.exporter.reading.formats.base import (
     InputFormat,
+    OpenFile,
     Rows,
     SourceError,
     Stored,
@@ -31,7 +32,7 @@ class RawFormat(InputFormat):
     name: ClassVar[str] = "raw"
     holds: ClassVar[str] = "'msgs'+'msg_headers'"
 
-    def recognise(self, fh: h5py.File, path: str) -> bool:
+    def recognise(self, fh: OpenFile, path: str) -> bool:
         if "msgs" not in fh or "msg_headers" not in fh:
             return False
         names = stored_dtype(fh["msg_headers"]).names
@@ -41,16 +42,16 @@ class RawFormat(InputFormat):
             raise SourceError("bad_dtype", f"{path}: msgs is not a variable-length byte dataset")
         return True
 
-    def created(self, fh: h5py.File) -> float | None:
+    def created(self, fh: OpenFile) -> float | None:
         return attr_float(fh.get("meta"), "created")
 
-    def length(self, fh: h5py.File) -> int:
+    def length(self, fh: OpenFile) -> int:
         msgs, headers = fh["msgs"], fh["msg_headers"]
         msgs.id.refresh()
         headers.id.refresh()
         return min(len(msgs), len(headers))
 
-    def read(self, fh: h5py.File, start: int, end: int) -> Stored:
+    def read(self, fh: OpenFile, start: int, end: int) -> Stored:
         headers = read_rows(fh["msg_headers"], start, end)  # whole rows: cheaper than h5py's one-field type
         return fh["msgs"][start:end], np.ascontiguousarray(headers["io_groups"])
 
