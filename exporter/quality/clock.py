@@ -169,12 +169,11 @@ class DetectorClock:
             times = stamps[sel]
             last = clock.last[g]
             steps = np.abs(np.diff(times))
-            if (
-                not math.isnan(last)
-                and abs(times[0] - last) <= TOLERANCE_SECONDS
+            if (  # the usual case: the file's own sequence, in step (a new file's: in step with the io_group's clock)
+                abs(times[0] - (self.head[g] if math.isnan(last) else last)) <= TOLERANCE_SECONDS
                 and steps.max(initial=0) <= TOLERANCE_SECONDS
             ):
-                newest = float(times.max())  # the usual case: the file's own sequence, in step
+                newest = float(times.max())  # (the general rule, ``_judge``, accepts them all and moves no more)
                 clock.last[g] = times[-1]
                 clock.jump_start[g] = clock.jump_last[g] = math.nan
                 if not newest <= self.head[g]:
