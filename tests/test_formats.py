@@ -13,6 +13,7 @@ from larpix_dqm.exporter.reading import formats
 from larpix_dqm.exporter.reading.formats import FORMATS, detect
 from larpix_dqm.exporter.reading.formats.base import (
     InputFormat,
+    OpenFile,
     Rows,
     SourceError,
     Stored,
@@ -47,15 +48,18 @@ def test_the_format_names_are_those_users_see():
 
 
 def test_each_file_is_recognised_by_its_format_and_no_other(files, tmp_path):
+    """As the reader opens them (``OpenFile``); a file whose 'packets' is a link to nothing is in no format."""
     for name, path in files.items():
-        with h5py.File(path, "r") as fh:
+        with h5py.File(path, "r") as opened:
+            fh = OpenFile(opened)
             assert detect(fh, str(path)).name == name
             assert [f.name for f in FORMATS if f.recognise(fh, str(path))] == [name]
             assert detect(fh, str(path)).created(fh) is not None
     with h5py.File(tmp_path / "other.h5", "w") as fh:
         fh.create_dataset("hits", data=np.arange(3))
-    with h5py.File(tmp_path / "other.h5", "r") as fh, pytest.raises(SourceError) as err:
-        detect(fh, "other.h5")
+        fh["packets"] = h5py.SoftLink("/nowhere")
+    with h5py.File(tmp_path / "other.h5", "r") as opened, pytest.raises(SourceError) as err:
+        detect(OpenFile(opened), "other.h5")
     assert (
         err.value.reason == "no_dataset" and "'msgs'+'msg_headers'" in str(err.value) and "'packets'" in str(err.value)
     )
