@@ -50,7 +50,8 @@ FOLD_AT = (2**31 - 1) // 255**2
 _SYNC_S, _SYNC_H, _SYNC_C = SYNC_KIND_CODES
 #: Columns of a deferred parity-error packet: io_group, io_channel, chip_id, FIFO flags, window slot.
 DEFERRED_COLUMNS = 5
-#: Packets ahead whose counters ``count_chunk`` fetches into the cache while counting the current one.
+#: Words (of raw messages; packets of packet records) ahead whose counters ``count_chunk`` fetches into the cache
+#: while counting the current one.
 PREFETCH_AHEAD = 16
 
 
@@ -59,6 +60,10 @@ def prefetch(typingctx, array, index):
     """Fetch the cache line of ``array[index]`` (a tuple of indices) for a read soon: a data packet's counters
     are at a random channel of arrays larger than the core's cache, and a miss costs more than the packet's
     counting; fetched ahead, the misses of several packets overlap. Never faults, changes nothing."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.BaseTuple) or len(index) != array.ndim:
+        return None  # no such signature: numba reports the call as mistyped
+    if not all(isinstance(kind, types.Integer) for kind in index):
+        return None
     signature = types.void(array, index)
 
     def codegen(context, builder, sig, args):
@@ -241,7 +246,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                     if s >= 0:
                         window_io_group[s, g, 1] += 1
         else:
-            # the counters of the data packet PREFETCH_AHEAD on: fetched now, in the cache when it is counted
+            # the counters of the data word (packet row) PREFETCH_AHEAD on: fetched now, in the cache when it is counted
             i2, w2, ahead = i + PREFETCH_AHEAD, w + PREFETCH_AHEAD, False
             g2 = c2 = chip2 = ch2 = kind2 = 0
             if raw:

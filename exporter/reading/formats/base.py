@@ -30,9 +30,9 @@ def head(stored: Stored, rows: int) -> Stored:
 
 
 class OpenFile:
-    """An open HDF5 file as the reader and what reads a chunk's file (run names, configurations) look into it, each
-    group or dataset looked up once: h5py's lookup costs ~60 us, and a small packet file's reading made ten of them
-    (recognised, its length, its rows, its header, its run attribute)."""
+    """An open HDF5 file as the reader and the run names look into it, each group or dataset looked up once: h5py's
+    lookup costs 30-130 us, and a small packet file's reading made ten of them (recognised, its length, its rows, its
+    header, its run attribute). A name whose link leads nowhere is not in it (no dataset, as the formats report)."""
 
     def __init__(self, fh: h5py.File) -> None:
         self.fh = fh
