@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,11 +159,17 @@ def test_a_failing_handler_does_not_stop_the_monitor(tile_geometry):
 
 
 @pytest.mark.external
-def test_documented_api_example_runs():
+def test_documented_api_example_runs(tmp_path):
+    """It prints what the README says, and leaves no folder behind."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "docs" / "monitor_example.py")], capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "docs" / "monitor_example.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
     assert "detector status 2.0" in result.stdout
     assert "silent channels: 49" in result.stdout
     assert "chip 1-1-11: ok -> error (hit_rate_ratio, silent_fraction)" in result.stdout
