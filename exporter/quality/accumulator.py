@@ -11,6 +11,7 @@ exposition and the plots read without touching the live arrays.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from types import ModuleType
@@ -83,30 +84,33 @@ _NO_RECORDS = (np.zeros((0, PACKET_DTYPE.itemsize), np.uint8), np.zeros(len(REQU
 HIT_PLACES = 8192
 #: The places of a ``HitsBuffer`` with one for every chip row: the rows themselves.
 _NO_PLACES = np.zeros(0, np.int64)
+#: The rate slots of ``hits`` before the window's (``chunk_keys``): not self-triggered, outside the window.
+_OUTSIDE_SLOTS = np.array([-2, -1], np.int64)
 
 
 def compiled_records(packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Packet records as the kernel reads them: rows of bytes, and the byte offset of each of
     ``REQUIRED_FIELDS`` plus the timestamp's width; other layouts (wider or signed fields) are
     copied to ``PACKET_DTYPE`` first. One compiled signature serves every packet file format."""
-    fields: dict[str, Any] = dict(packets.dtype.fields or {})
-
-    def byte(name: str) -> bool:
-        return fields[name][0].kind == "u" and fields[name][0].itemsize == 1
-
-    usable = all(byte(n) for n in REQUIRED_FIELDS if n != "timestamp") and fields["timestamp"][0] in (
-        np.dtype("<u4"),
-        np.dtype("<u8"),
-    )
-    if not usable or not packets.flags.writeable:  # (numba compiles read-only arrays as another type)
+    offsets = _record_offsets(packets.dtype)
+    if offsets is None or not packets.flags.writeable:  # (numba compiles read-only arrays as another type)
         copy = np.zeros(len(packets), PACKET_DTYPE)
         for name in REQUIRED_FIELDS:
             copy[name] = packets[name]
-        packets = copy
-    fields = dict(packets.dtype.fields or {})
-    offsets = [fields[name][1] for name in REQUIRED_FIELDS] + [fields["timestamp"][0].itemsize]
+        packets, offsets = copy, _record_offsets(PACKET_DTYPE)
     rows = np.ascontiguousarray(packets).view(np.uint8).reshape(len(packets), packets.dtype.itemsize)
     return rows, np.array(offsets, np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _record_offsets(dtype: np.dtype) -> tuple[int, ...] | None:
+    """``compiled_records``' offsets for records of ``dtype``, None when the kernel cannot read them as they are (found
+    once a dtype: 30 us, a tenth of a small file's counting)."""
+    fields: dict[str, Any] = dict(dtype.fields or {})
+    usable = all(fields[n][0].kind == "u" and fields[n][0].itemsize == 1 for n in REQUIRED_FIELDS if n != "timestamp")
+    if not usable or fields["timestamp"][0] not in (np.dtype("<u4"), np.dtype("<u8")):
+        return None
+    return (*(fields[name][1] for name in REQUIRED_FIELDS), fields["timestamp"][0].itemsize)
 
 
 def load_kernels(wait: float) -> bool:
@@ -207,9 +211,9 @@ def _warm_up_evaluation() -> None:
 
 
 class HitsBuffer:
-    """The compiled counting's per-chunk ``hits`` (key, place, channel, 4) and ``touched`` (key, place), kept by
-    the accumulator from chunk to chunk and left all zero by the fold (``compiled.fold_hits``): a fresh buffer a
-    chunk costs a page fault for each page written (2.6 us a 4 kB page). Its keys are the slots a chunk uses
+    """The compiled counting's per-chunk ``hits`` (key, place, channel, 4) and ``touched`` (key, place: a bit a channel
+    with counts), kept by the accumulator from chunk to chunk and left all zero by the fold (``compiled.fold_hits``): a
+    fresh buffer a chunk costs a page fault for each page written (2.6 us a 4 kB page). Its keys are the slots a chunk uses
     (``chunk_keys``), not the window's. Its places are the chip rows themselves while the state has at most
     ``places`` rows; beyond, the rows a chunk touches get places as they come, and a chunk that touches more is folded
     each time they are all given (``compiled.count_chunk``): what stays resident is the most keys one chunk has used
@@ -219,7 +223,7 @@ class HitsBuffer:
     def __init__(self, places: int = HIT_PLACES) -> None:
         self.places = places
         self.hits = np.zeros((0, 0, CHANNELS_PER_CHIP, 4), np.int32)
-        self.touched = np.zeros((0, 0), bool)
+        self.touched = np.zeros((0, 0), np.uint64)
         self.local_of = np.zeros(0, np.int64)  # place of each chip row in ``hits``, -1 when none
         self.local_rows = np.zeros(0, np.int64)  # chip row of each place
         self._placed = _NOT_PLACING  # empty: replaced by the first chunk placed
@@ -233,7 +237,7 @@ class HitsBuffer:
         if self.hits.shape[0] < keys or self.hits.shape[1] < places:
             shape = (max(keys, self.hits.shape[0]), max(places, self.hits.shape[1]), CHANNELS_PER_CHIP, 4)
             self.hits = np.zeros(shape, np.int32)
-            self.touched = np.zeros(self.hits.shape[:2], bool)
+            self.touched = np.zeros(self.hits.shape[:2], np.uint64)
             self.local_rows = np.zeros(self.hits.shape[1], np.int64)
         if capacity <= self.places:
             return self.hits[:keys], self.touched[:keys], _NO_PLACES, _NO_PLACES
@@ -264,7 +268,7 @@ def chunk_keys(state: State, cur: np.ndarray, slots: np.ndarray) -> tuple[np.nda
     used = np.zeros(state.config.window_bins, bool)
     used[cur[cur >= 0]] = True
     used[slots[slots >= 0]] = True
-    key_slots = np.r_[-2, -1, np.flatnonzero(used)]
+    key_slots = np.concatenate((_OUTSIDE_SLOTS, np.flatnonzero(used)))
     keys = np.full(state.config.window_bins + 2, -1, np.int64)
     keys[key_slots + 2] = np.arange(len(key_slots))
     return keys, key_slots
@@ -359,8 +363,9 @@ def _fold_hits(
     arrays = tuple(getattr(state, f.name) for f in kernel_fields(FOLD))
     key_ends = np.zeros(len(key_slots), np.int64)
     KERNELS.kernels.fold_hits(
-        arrays, hits, touched, local_of, rows, key_slots, row_groups, window.slot_ends(state), entries, key_ends
-    )
+        arrays, hits, touched, local_of, rows, key_slots, row_groups, state.newest_bin, state.config.window_bins,
+        float(state.config.bin_seconds), entries, key_ends,
+    )  # fmt: skip
     start = 0
     for slot, end in zip(key_slots.tolist(), key_ends.tolist(), strict=True):
         if slot >= 0:

@@ -105,8 +105,9 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
     ``local_of`` is empty (``hits`` has a place for every row); else a row gets the next place the first time it
     has a clean data packet (``local_of[row]``, -1 before; ``local_rows[place]``, ``pos[7]`` places given), so
     ``hits`` is as long as the chips a chunk touches, not the detector; when its places are all given, the kernel
-    returns for a fold. ``touched`` marks the (key, place) pairs with counts: the fold reads only
-    those, and leaves ``hits``, ``touched`` and the places empty.
+    returns for a fold. ``touched`` (uint64, key, place) has a bit set for each channel with counts: the fold reads
+    only those, one cache line each where all 64 channels' counts are 16 (a small file's fold read a kB a hit), and
+    leaves ``hits``, ``touched`` and the places empty.
 
     A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
     channel's current one (``arrival_start``), timed on the data second of its io_group's latest
@@ -323,7 +324,7 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
                             chip_fifo[row, bit] += 1
             else:
                 hits[key, place, ch, 0] += 1
-                touched[key, place] = True
+                touched[key, place] |= np.uint64(1) << np.uint64(ch)
                 if key == 1 and not last_hit_end[row, ch] >= cur_end[g]:  # outside the window (NaN: no time)
                     end = cur_end[g]
                     if end == end:
@@ -364,11 +365,14 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
 
 
 @njit(cache=True, nogil=True)
-def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups, bin_end, entries, key_ends):
+def fold_hits(
+    state, hits, touched, local_of, local_rows, key_slots, row_groups, newest_bin, bins, bin_seconds, entries, key_ends
+):
     """Add a chunk's ``hits`` (see ``count_chunk``; the places of chip rows ``local_rows``) to ``state`` (the fields of
     ``state.kernel_fields(FOLD)``, in that order), as the numpy engine's ``_add_data`` does: all-time and
     self-triggered counts, window sums over the slots, arrivals, and each channel's last-hit time (end of the newest
-    window bin with a hit, ``bin_end[io_group, slot]``); ``key_slots``: the rate slot of each key. The window slots'
+    window bin with a hit: ``window.slot_ends``, from each io_group's ``newest_bin``, a window of ``bins`` bins
+    of ``bin_seconds``); ``key_slots``: the rate slot of each key. The window slots'
     entries (``slots.SlotSums``: channel, then a sum per ``slots.COLUMNS``) go to ``entries``, a key's before
     ``key_ends[key]``, for the caller to add. Leaves ``hits``, ``touched`` and ``local_of`` empty, for the next chunk."""
     (
@@ -380,15 +384,16 @@ def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups,
     for key in range(touched.shape[0]):
         slot = key_slots[key]
         for place in range(len(local_rows)):
-            if not touched[key, place]:
+            channels = touched[key, place]
+            if channels == 0:
                 continue
-            touched[key, place] = False
+            touched[key, place] = 0
             row = local_rows[place]
             g = row_groups[row]
             for ch in range(hits.shape[2]):
-                n = hits[key, place, ch, 0]
-                if n == 0:
+                if (channels >> np.uint64(ch)) & np.uint64(1) == 0:
                     continue
+                n = hits[key, place, ch, 0]
                 adc, adc_sq, arrivals = hits[key, place, ch, 1], hits[key, place, ch, 2], hits[key, place, ch, 3]
                 hits[key, place, ch, :] = 0  # the buffer goes on to the next chunk
                 hits_total[row, ch] += n
@@ -407,7 +412,8 @@ def fold_hits(state, hits, touched, local_of, local_rows, key_slots, row_groups,
                     window_adc[row, ch] += adc
                     window_adc_sq[row, ch] += adc_sq
                     window_arrivals[row, ch] += arrivals
-                    end = bin_end[g, slot]
+                    newest = newest_bin[g]
+                    end = (newest - (newest - slot) % bins + 1) * bin_seconds
                     if not last_hit_end[row, ch] >= end:
                         last_hit_end[row, ch] = end
         key_ends[key] = e

@@ -140,13 +140,20 @@ def _add_data(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndarra
         }
         _add_window(state, used, cell_row[window] - 2, channel[window], sums)
         _note_last_hits(state, used, cell_row[window] - 2, channel[window])
-    state.adc_counts += np.bincount(io_group.astype(np.int64) * 256 + adc_code, minlength=IO_GROUPS * 256).reshape(
-        IO_GROUPS, 256
-    )
+    _count_each(state.adc_counts, io_group.astype(np.int64) * 256 + adc_code)
     flagged = _count_fifo_flags(state, rows, flags)
     if len(flagged):
         full = flagged[(flags[flagged] & 10) != 0]
         _add_window_flags(state, rows[full], slots[full], 1)
+
+
+def _count_each(counts: np.ndarray, flat: np.ndarray) -> None:
+    """Add one to ``counts`` (any shape) at each of the ``flat`` indices: by ``np.add.at`` while they are fewer than
+    its cells, else by a bincount over every cell (a small file's 100 packets: 1 us against 20 us)."""
+    if len(flat) < counts.size:
+        np.add.at(counts.reshape(-1), flat, 1)
+    else:
+        counts += np.bincount(flat, minlength=counts.size).reshape(counts.shape)
 
 
 def _cells(key: np.ndarray, size: int) -> tuple[np.ndarray, Callable[[np.ndarray | None], np.ndarray]]:
@@ -207,8 +214,8 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     order = _stable_order(channel)
     channel, times, slots = channel[order], times[order], slots[order]
     anchors = state.arrival_start.reshape(-1)
-    first = np.r_[True, channel[1:] != channel[:-1]]
-    before = np.r_[0, times[:-1]]
+    first = np.concatenate(([True], channel[1:] != channel[:-1]))
+    before = np.concatenate(([0], times[:-1]))
     before[first] = anchors[channel[first]]  # a channel's first hit follows its current arrival's first hit
     steps = times - before
     back = steps < 0
@@ -217,7 +224,7 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     cumulative = np.cumsum(gaps)
     arrival = gaps > MERGE_TICKS
     heads = np.flatnonzero(arrival | first)
-    ends = np.r_[heads[1:], len(channel)] - 1
+    ends = np.concatenate((heads[1:], [len(channel)])) - 1
     starts = np.where(arrival[heads], cumulative[heads], cumulative[heads] - gaps[heads])  # a cluster's arrival
     long = cumulative[ends] - starts > MERGE_TICKS
     for start, end in zip(starts[long].tolist(), ends[long].tolist(), strict=True):
@@ -231,7 +238,7 @@ def _count_arrivals(state: State, channel: np.ndarray, times: np.ndarray, slots:
     at = np.flatnonzero(arrival)
     if not len(at):  # every hit within its channel's current arrival
         return
-    last = np.r_[channel[at][1:] != channel[at][:-1], True]
+    last = np.concatenate((channel[at][1:] != channel[at][:-1], [True]))
     anchors[channel[at][last]] = times[at][last]
     np.add.at(state.arrivals_total.reshape(-1), channel[at], 1)
     inside = at[slots[at] >= 0]
@@ -255,7 +262,7 @@ def _note_last_hits(state: State, slots: list[int], slot_index: np.ndarray, chan
     """Move each channel's last-hit time to the end of the newest window bin it has hits in: the window cells
     ``slots[slot_index]`` x flat ``channel`` (row * 64 + id; each chip's ring slots belong to its io_group's window)."""
     groups = state.chips.keys[channel // CHANNELS_PER_CHIP, 0].astype(np.int64)
-    ends = slot_ends(state)[groups, np.asarray(slots, np.int64)[slot_index]]
+    ends = slot_ends(state, groups, np.asarray(slots, np.int64)[slot_index])
     np.fmax.at(state.last_hit_end.reshape(-1), channel, ends)
 
 

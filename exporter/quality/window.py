@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, AcceptedStamps
+from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, AcceptedStamps, io_groups_in
 from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.reading.cursor import DataClock
 from larpix_dqm.exporter.reading.packets import IO_GROUPS
@@ -60,9 +60,9 @@ def move(state: State, packets: np.ndarray, clock: DataClock, wall_now: float) -
     fresh = stalled & np.isnan(state.window_reference)
     state.window_reference[fresh] = reference[fresh]
     behind = np.minimum(reference - state.window_reference, state.clock.others_median() - head)
-    push = np.maximum(behind - TOLERANCE_SECONDS, 0.0)
-    state.window_end = np.fmax(state.window_end, np.where(stalled, live_head + np.nan_to_num(push), live_head))
-    for g in np.unique(accepted.groups).tolist():
+    push = np.fmax(behind - TOLERANCE_SECONDS, 0.0)  # 0 where not known
+    state.window_end = np.fmax(state.window_end, np.where(stalled, live_head + push, live_head))
+    for g in io_groups_in(accepted.groups):
         first = float(live[accepted.groups == g].min())
         if np.isnan(state.live_start[g]):
             state.live_start[g] = first
@@ -88,7 +88,7 @@ def _live_times(state: State, accepted: AcceptedStamps) -> tuple[np.ndarray, set
     """
     live = accepted.times.copy()
     gapped: set[int] = set()
-    for g in np.unique(accepted.groups).tolist():
+    for g in io_groups_in(accepted.groups):
         at = np.flatnonzero(accepted.groups == g)
         dead, live_end = float(state.dead_seconds[g]), float(state.window_end[g])
         reach = live_end + dead  # the data time its window had reached (NaN before any)
@@ -123,9 +123,10 @@ def _slot_of(state: State, times: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Ring slot of each data time in its io_group's window, -1 outside it (unknown, late, ahead)."""
     bins = state.bin_of(times)
     newest = state.newest_bin[groups]
-    with np.errstate(invalid="ignore"):
-        inside = (bins > newest - state.config.window_bins) & (bins <= newest)
-    return np.where(inside, np.nan_to_num(bins, nan=0).astype(np.int64) % state.config.window_bins, -1)
+    inside = (bins > newest - state.config.window_bins) & (bins <= newest)  # (never for NaN)
+    slots = np.full(len(bins), -1, np.int64)
+    slots[inside] = bins[inside].astype(np.int64) % state.config.window_bins
+    return slots
 
 
 def _advance(state: State, groups: list[int]) -> None:
@@ -145,10 +146,11 @@ def _advance(state: State, groups: list[int]) -> None:
         state.clear(together, slots)
 
 
-def slot_ends(state: State) -> np.ndarray:
-    """(256, window bins) float: the data time each io_group's window slot ends at (a hit's last-hit time)."""
-    nb, newest = state.config.window_bins, state.newest_bin[:, None]
-    return ((newest - (newest - np.arange(nb)) % nb + 1) * state.config.bin_seconds).astype(np.float64)
+def slot_ends(state: State, groups: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """The data time io_group ``groups``' window slot ``slots`` ends at, pair by pair (a hit's last-hit time); the
+    compiled fold (``compiled.fold_hits``) computes the same."""
+    nb, newest = state.config.window_bins, state.newest_bin[groups]
+    return ((newest - (newest - slots) % nb + 1) * state.config.bin_seconds).astype(np.float64)
 
 
 def span_seconds(state: State) -> np.ndarray:

@@ -87,7 +87,7 @@ def latest_seconds(packets: np.ndarray, stamp: np.ndarray, carried: np.ndarray) 
     groups = packets["io_group"]
     for g in np.unique(groups).tolist():
         mine = np.flatnonzero(groups == g)
-        values = np.r_[carried[g], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)]
+        values = np.concatenate(([carried[g]], packets["timestamp"][mine[stamp[mine]]].astype(np.int64)))
         seconds[mine] = values[np.cumsum(stamp[mine])]
         carried[g] = values[-1]
     return seconds
