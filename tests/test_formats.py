@@ -18,6 +18,7 @@ from larpix_dqm.exporter.reading.formats.base import (
     SourceError,
     Stored,
     digest_of,
+    open_for_reading,
     read_rows,
     trailing,
 )
@@ -48,9 +49,10 @@ def test_the_format_names_are_those_users_see():
 
 
 def test_each_file_is_recognised_by_its_format_and_no_other(files, tmp_path):
-    """As the reader opens them (``OpenFile``); a file whose 'packets' is a link to nothing is in no format."""
+    """As the reader opens them (``open_for_reading``, ``OpenFile``); a file whose 'packets' is a link to nothing and
+    whose 'msgs' and 'msg_headers' are named types, not datasets, is in no format."""
     for name, path in files.items():
-        with h5py.File(path, "r") as opened:
+        with open_for_reading(path) as opened:
             fh = OpenFile(opened)
             assert detect(fh, str(path)).name == name
             assert [f.name for f in FORMATS if f.recognise(fh, str(path))] == [name]
@@ -58,7 +60,8 @@ def test_each_file_is_recognised_by_its_format_and_no_other(files, tmp_path):
     with h5py.File(tmp_path / "other.h5", "w") as fh:
         fh.create_dataset("hits", data=np.arange(3))
         fh["packets"] = h5py.SoftLink("/nowhere")
-    with h5py.File(tmp_path / "other.h5", "r") as opened, pytest.raises(SourceError) as err:
+        fh["msgs"], fh["msg_headers"] = np.dtype("u1"), np.dtype("u1")
+    with open_for_reading(tmp_path / "other.h5") as opened, pytest.raises(SourceError) as err:
         detect(OpenFile(opened), "other.h5")
     assert (
         err.value.reason == "no_dataset" and "'msgs'+'msg_headers'" in str(err.value) and "'packets'" in str(err.value)

@@ -14,13 +14,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.cursor import FileCursor
 from larpix_dqm.exporter.reading.decode import Messages
 from larpix_dqm.exporter.reading.formats import detect
-from larpix_dqm.exporter.reading.formats.base import InputFormat, OpenFile, Rows, SourceError, Stored, head
+from larpix_dqm.exporter.reading.formats.base import (
+    InputFormat,
+    OpenFile,
+    Rows,
+    SourceError,
+    Stored,
+    head,
+    open_for_reading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +130,7 @@ class FileReader:
     def read_new(self, cursor: FileCursor, now: float) -> Iterator[Chunk]:
         """Yield chunks of new packets; raise SourceError when the file cannot be read."""
         try:
-            with h5py.File(cursor.path, "r", swmr=True, locking=False) as opened:
+            with open_for_reading(cursor.path) as opened:
                 fh = OpenFile(opened)
                 fmt = detect(fh, cursor.path)
                 created = fmt.created(fh)

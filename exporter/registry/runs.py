@@ -12,11 +12,10 @@ import os
 import re
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.files import Chunk
-from larpix_dqm.exporter.reading.formats.base import OpenFile
+from larpix_dqm.exporter.reading.formats.base import OpenFile, open_for_reading
 from larpix_dqm.exporter.reading.packets import TIMESTAMP
 
 PATTERN, METADATA, FILE = "pattern", "metadata", "file"
@@ -51,7 +50,7 @@ def metadata_run(path: str, opened: OpenFile | None = None) -> str | None:
     try:
         if opened:
             return _run_attribute(opened)
-        with h5py.File(path, "r", swmr=True, locking=False) as fh:
+        with open_for_reading(path) as fh:
             return _run_attribute(OpenFile(fh))
     except (OSError, RuntimeError, ValueError, KeyError):
         return None

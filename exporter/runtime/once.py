@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import h5py
 import numpy as np
 import orjson
 
@@ -24,7 +23,7 @@ from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus
 from larpix_dqm.exporter.reading.files import Chunk
 from larpix_dqm.exporter.reading.formats import detect
-from larpix_dqm.exporter.reading.formats.base import OpenFile, SourceError
+from larpix_dqm.exporter.reading.formats.base import OpenFile, SourceError, open_for_reading
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 from larpix_dqm.exporter.runtime.ingest import count_chunk, note_reading
 
@@ -163,7 +162,7 @@ def _json(value: object) -> bytes:
 def file_rows(path: str) -> int:
     """Rows of the file's main dataset (messages of a raw file, packets of a packet file), 0 if unreadable."""
     try:
-        with h5py.File(path, "r", swmr=True, locking=False) as opened:
+        with open_for_reading(path) as opened:
             fh = OpenFile(opened)
             return detect(fh, path).length(fh)
     except (OSError, SourceError, KeyError, ValueError, RuntimeError):
