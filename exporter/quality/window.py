@@ -101,7 +101,13 @@ def _live_times(state: State, accepted: AcceptedStamps) -> tuple[np.ndarray, set
             if part[0] == step:  # a clock step: the old clock's times are behind, live time goes on
                 dead = float(times[0]) - (live_end + 1.0)
                 reach = float(times[0])
-            newest = np.maximum.accumulate(np.concatenate([[times[0] if np.isnan(reach) else reach], times]))
+            base, highest = float(times[0]) if np.isnan(reach) else reach, float(times.max())
+            if highest - base <= DEAD_GAP_SECONDS:  # no move longer than the whole advance: no gap (a second's file)
+                live[part] = times - dead
+                reach = max(base, highest)
+                live_end = float(np.fmax(live_end, highest - dead))
+                continue
+            newest = np.maximum.accumulate(np.concatenate([[base], times]))
             moves = np.diff(newest)
             gaps = moves > DEAD_GAP_SECONDS
             dead_at = dead + np.cumsum(np.where(gaps, moves - 1.0, 0.0))
