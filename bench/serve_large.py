@@ -10,8 +10,9 @@ checkpoint with the window) and the same for ``--repeat`` restarts from that che
 new to read, the last of them also the CPU a small new file costs it, the first and a later one (over
 ``--cost-seconds``, against as long idle). Then a module (2 io_groups x 800 chips) as ``--small-files`` files of
 ~80 packets and as the same packets in one file: the CPU to ready of each, and what each file beyond
-the first costs; and what every poll's scan of that directory costs (each file stat'ed, none new). Prints
-figures only, asserts nothing.
+the first costs; what every poll's scan of that directory costs (each file stat'ed, none new); and what reading
+and counting one of those files costs in this process on each engine (``counting_cost``). Prints figures only,
+asserts nothing.
 
 Usage: python bench/serve_large.py [--io-groups 50] [--chips 800] [--seconds 65] [--rate 0.05] [--repeat 2]
 [--small-files 1000] [--cost-seconds 10]
@@ -35,6 +36,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from larpix_dqm.exporter.monitor import Monitor
+from larpix_dqm.exporter.quality.accumulator import load_kernels
+from larpix_dqm.exporter.quality.config import COMPILED, NUMPY
 from larpix_dqm.exporter.reading.packets import DATA, PACKET_DTYPE, TIMESTAMP
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 
@@ -203,6 +207,28 @@ def scan_seconds(folder: Path, repeat: int = 15) -> float:
     return statistics.median(times)
 
 
+def counting_cost(folder: Path, engine: str, batch: int = 100) -> tuple[float, float]:
+    """CPU seconds a small file of ``folder`` costs ``Monitor.add_file`` in this process once warm (up to 50 of its
+    files, half at most, read first; the compiled engine's kernels loaded before): the best and the median over
+    batches of ``batch`` files (fewer when the folder has fewer). What reading and counting a file cost, without ``serve``'s polls, publications and run registry, and on
+    the compiled engine without the kernels' load, which a backlog of small files pays once."""
+    if engine == COMPILED:
+        load_kernels(600)
+    monitor = Monitor(ingest_engine=engine)
+    files = [str(path) for path in sorted(folder.glob("*.h5"))]
+    warm = min(50, len(files) // 2)
+    batch = min(batch, len(files) - warm)
+    for path in files[:warm]:
+        monitor.add_file(path)
+    batches = []
+    for start in range(warm, len(files) - batch + 1, batch):
+        started = time.process_time()
+        for path in files[start : start + batch]:
+            monitor.add_file(path)
+        batches.append((time.process_time() - started) / batch)
+    return min(batches), statistics.median(batches)
+
+
 def show(r: dict) -> None:
     line = (
         f"{r['label']:<34} ready {r['ready']:6.2f} s  CPU {r['cpu']:6.2f} s ({r['system']:.2f} system)  peak RSS {r['peak']:7.0f} MB  "
@@ -270,6 +296,12 @@ def main() -> None:
             f"every poll's scan of the {args.small_files} files, read already (median of 15 in this process):"
             f" {1000 * seconds:.1f} ms, {1e6 * seconds / args.small_files:.1f} us a file"
         )
+        for engine in (NUMPY, COMPILED):  # numpy first: this process has not loaded numba yet
+            best, median = counting_cost(work / "small", engine)
+            print(
+                f"reading and counting a small file in this process, {engine} engine: {1000 * best:.2f} ms"
+                f" (the best batch of up to 100; median {1000 * median:.2f} ms)"
+            )
         print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
