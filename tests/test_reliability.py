@@ -307,7 +307,6 @@ def test_unreadable_file_is_reported_and_recovers(tmp_path, tile_geometry):
 def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch):
     import errno
 
-    import h5py
     from helpers import simulate_files
 
     from larpix_dqm.exporter.reading import files
@@ -316,7 +315,7 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
     simulate_files(tile_geometry, tmp_path, 1, "packets")
     reasons: list[str] = []
     tail = DirectoryTail([InputSpec(str(tmp_path))], on_error=lambda cursor, reason, message: reasons.append(reason))
-    real_file = h5py.File
+    real_open = files.open_for_reading
     attempts = {"n": 0}
 
     def locked_twice(*args, **kwargs):
@@ -325,9 +324,9 @@ def test_locked_file_is_retried_and_counted(tmp_path, tile_geometry, monkeypatch
             raise OSError(
                 errno.EAGAIN, "unable to lock file, errno = 11, error message = 'Resource temporarily unavailable'"
             )
-        return real_file(*args, **kwargs)
+        return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(files.h5py, "File", locked_twice)
+    monkeypatch.setattr(files, "open_for_reading", locked_twice)
     counts = [tail.pump(lambda chunk: None) for _ in range(3)]
     assert reasons == ["locked"], "one error until the file changes or recovers, not one per poll"
     assert counts[:2] == [0, 0] and counts[2] > 0
