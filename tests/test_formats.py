@@ -190,3 +190,58 @@ def test_rows_are_read_as_h5py_slices_them_whatever_the_stored_type(tmp_path):
         written.write(h5py.h5s.ALL, h5py.h5s.ALL, values, mtype=h5py.h5t.py_create(values.dtype))
     with h5py.File(tmp_path / "bits.h5", "r") as fh:
         assert read_rows(fh["packets"], 0, 4).tolist() == fh["packets"][:].tolist() == values.tolist()
+
+
+def test_malformed_structures_are_one_error_each_and_the_other_files_are_read(files, tmp_path):
+    """Datasets of the formats' names that are groups, scalars, tables or records with variable-length fields are
+    each one read error by reason, never an exception that ends the poll before the files after them are read."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    vlen = h5py.vlen_dtype(np.uint8)
+    malformed = {
+        "a_packets_group.h5": lambda fh: fh.create_group("packets"),
+        "b_packets_scalar.h5": lambda fh: fh.create_dataset("packets", data=np.zeros((), PACKET_DTYPE)),
+        "c_packets_table.h5": lambda fh: fh.create_dataset("packets", data=np.zeros((3, 2), PACKET_DTYPE)),
+        "d_packets_null.h5": lambda fh: fh.create_dataset("packets", data=h5py.Empty(PACKET_DTYPE)),
+        "e_packets_vlen.h5": lambda fh: fh.create_dataset(
+            "packets", (2,), dtype=np.dtype([*((n, PACKET_DTYPE[n]) for n in PACKET_DTYPE.names), ("x", vlen)])
+        ),
+        "f_msgs_groups.h5": lambda fh: (fh.create_group("msgs"), fh.create_group("msg_headers")),
+        "g_msgs_table.h5": lambda fh: (
+            fh.create_dataset("msgs", data=np.zeros((3, 8), np.uint8)),
+            fh.create_dataset("msg_headers", data=np.zeros(3, [("io_groups", "u1")])),
+        ),
+    }
+    for name, make in malformed.items():
+        with h5py.File(folder / name, "w") as fh:
+            make(fh)
+    (folder / "z_good.h5").write_bytes(files["packets"].read_bytes())
+    errors: list[tuple[str, str]] = []
+    tail = DirectoryTail(
+        [InputSpec(str(folder))], on_error=lambda cursor, reason, _: errors.append((cursor.path, reason))
+    )
+    read = tail.pump(lambda chunk: None)
+    with h5py.File(files["packets"]) as fh:
+        assert read == len(fh["packets"]), "the file after the malformed ones is read whole"
+    assert sorted(errors) == [(str(folder / name), "bad_dtype") for name in malformed]
+    assert tail.pump(lambda chunk: None) == 0 and len(errors) == len(malformed), "one error each, not one a poll"
+
+
+def test_an_error_no_format_foresaw_is_one_read_error_and_the_next_file_is_read(files, tmp_path, monkeypatch):
+    """A TypeError, AttributeError or IndexError from a format reading a file (a structure nobody checked for) is
+    that file's read error, as an OSError is; it does not end the poll."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "a.h5").write_bytes(files["packets"].read_bytes())
+    (folder / "b.h5").write_bytes(files["raw"].read_bytes())
+
+    def unforeseen(self, fh, start, end):
+        raise TypeError("a structure nobody checked for")
+
+    monkeypatch.setattr(PacketFileFormat, "read", unforeseen)
+    errors: list[tuple[str, str, str]] = []
+    tail = DirectoryTail([InputSpec(str(folder))], on_error=lambda cursor, *error: errors.append((cursor.path, *error)))
+    read = tail.pump(lambda chunk: None)
+    assert read > 0, "the raw file after it is read"
+    assert [(path, reason) for path, reason, _ in errors] == [(str(folder / "a.h5"), "read_error")]
+    assert "TypeError: a structure nobody checked for" in errors[0][2]

@@ -142,6 +142,8 @@ class FileReader:
             raise
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise SourceError(classify_os_error(err), f"{cursor.path}: {err}") from err
+        except (TypeError, AttributeError, IndexError) as err:  # a structure no format checks for: one error
+            raise SourceError("read_error", f"{cursor.path}: {type(err).__name__}: {err}") from err
 
     def _written_length(
         self, fh: OpenFile, cursor: FileCursor, fmt: InputFormat, length: int, now: float, new: Stored | None

@@ -16,6 +16,7 @@ from larpix_dqm.exporter.reading.formats.base import (
     attr_float,
     digest_of,
     read_rows,
+    rows_dataset,
     stored_dtype,
     trailing,
 )
@@ -30,9 +31,12 @@ class PacketFileFormat(InputFormat):
     holds: ClassVar[str] = "a 'packets' dataset"
 
     def recognise(self, fh: OpenFile, path: str) -> bool:
-        if "packets" not in fh:
+        packets = rows_dataset(fh, "packets", path)
+        if packets is None:
             return False
-        dtype = stored_dtype(fh["packets"])
+        dtype = stored_dtype(packets)
+        if dtype.hasobject:
+            raise SourceError("bad_dtype", f"{path}: packets dataset has variable-length fields")
         names = dtype.names or ()
         missing = [f for f in REQUIRED_FIELDS if f not in names]
         if missing:

@@ -20,6 +20,7 @@ from larpix_dqm.exporter.reading.formats.base import (
     attr_float,
     digest_of,
     read_rows,
+    rows_dataset,
     stored_dtype,
     trailing,
 )
@@ -35,10 +36,13 @@ class RawFormat(InputFormat):
     def recognise(self, fh: OpenFile, path: str) -> bool:
         if "msgs" not in fh or "msg_headers" not in fh:
             return False
-        names = stored_dtype(fh["msg_headers"]).names
+        msgs, headers = rows_dataset(fh, "msgs", path), rows_dataset(fh, "msg_headers", path)
+        if msgs is None or headers is None:  # (never: both names are in the file)
+            return False
+        names = stored_dtype(headers).names
         if names is None or "io_groups" not in names:
             raise SourceError("bad_dtype", f"{path}: msg_headers has no 'io_groups' field")
-        if fh["msgs"].dtype.kind != "O" or h5py.check_vlen_dtype(fh["msgs"].dtype) is None:
+        if msgs.dtype.kind != "O" or h5py.check_vlen_dtype(msgs.dtype) is None:
             raise SourceError("bad_dtype", f"{path}: msgs is not a variable-length byte dataset")
         return True
 
