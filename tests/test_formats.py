@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import ClassVar
 
 import h5py
 import numpy as np
 import pytest
 
+from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality.accumulator import Accumulator, load_kernels
+from larpix_dqm.exporter.quality.config import COMPILED, NUMPY, QualityConfig
 from larpix_dqm.exporter.reading import formats
 from larpix_dqm.exporter.reading.formats import FORMATS, detect
 from larpix_dqm.exporter.reading.formats.base import (
@@ -24,8 +28,9 @@ from larpix_dqm.exporter.reading.formats.base import (
 )
 from larpix_dqm.exporter.reading.formats.packet_file import PacketFileFormat
 from larpix_dqm.exporter.reading.formats.raw import RawFormat
-from larpix_dqm.exporter.reading.packets import PACKET_DTYPE
+from larpix_dqm.exporter.reading.packets import PACKET_DTYPE, REQUIRED_FIELDS
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
+from larpix_dqm.exporter.runtime.ingest import count_chunk
 from larpix_dqm.exporter.simulate import PacketFileWriter, RawFileWriter, SimulationConfig, Simulator
 
 START = 1_700_000_000
@@ -245,3 +250,43 @@ def test_an_error_no_format_foresaw_is_one_read_error_and_the_next_file_is_read(
     assert read > 0, "the raw file after it is read"
     assert [(path, reason) for path, reason, _ in errors] == [(str(folder / "a.h5"), "read_error")]
     assert "TypeError: a structure nobody checked for" in errors[0][2]
+
+
+@pytest.mark.parametrize("engine", [NUMPY, COMPILED])
+def test_packet_records_beyond_their_larpix_ranges_are_left_out_and_counted(files, tmp_path, engine):
+    """A packet file may store its fields wider or signed: records whose io_group, chip or timestamp do not fit the
+    LArPix fields (an io_group of 300, a chip of -1, a negative timestamp) are left out of every count and counted as
+    decode errors (``out_of_range``); the others count exactly as the same records stored in the standard types."""
+    if engine == COMPILED:
+        assert load_kernels(600)
+    with h5py.File(files["packets"]) as fh:
+        good = fh["packets"][:]
+    wide = np.dtype(
+        [
+            (n, ("<i8" if n == "timestamp" else "<i2") if n in REQUIRED_FIELDS else good.dtype[n])
+            for n in good.dtype.names
+        ]
+    )
+    rows = np.zeros(len(good) + 3, wide)
+    for name in good.dtype.names:
+        rows[name][: len(good)] = good[name]
+    rows[len(good) :] = rows[:3]
+    rows["io_group"][-3], rows["chip_id"][-2], rows["timestamp"][-1] = 300, -1, -5
+    (tmp_path / "wide").mkdir()
+    with h5py.File(tmp_path / "wide" / "wide.h5", "w") as fh:
+        fh.create_dataset("packets", data=rows)
+    states, health = [], Health()
+    for path in (tmp_path / "wide" / "wide.h5", files["packets"]):
+        accumulator = Accumulator(QualityConfig(engine=engine))
+
+        def consume(chunk, accumulator=accumulator):
+            accumulator.add_chunk(chunk, time.time())
+            count_chunk(health, chunk, time.time())
+
+        assert DirectoryTail([InputSpec(str(path))]).pump(consume) == len(good)
+        assert accumulator.compiled == (engine == COMPILED)
+        states.append(accumulator.export_state())
+    assert health.decode_errors["out_of_range"] == 3
+    assert states[0].keys() == states[1].keys()
+    for name, array in states[0].items():
+        np.testing.assert_array_equal(array, states[1][name], err_msg=name)

@@ -26,6 +26,7 @@ class Health:
             "bad_message": 0,
             "unknown_word": 0,
             "headerless": 0,
+            "out_of_range": 0,
             "implausible_timestamp": 0,
             "time_jump": 0,
         }

@@ -28,6 +28,7 @@ from larpix_dqm.exporter.reading.formats.base import (
     head,
     open_for_reading,
 )
+from larpix_dqm.exporter.reading.packets import in_range
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,15 @@ class Chunk:
     records: np.ndarray | None = None
     raw: Messages | None = None
     file: OpenFile | None = field(default=None, repr=False, compare=False)
+    out_of_range: int = 0  # packet records left out: a field beyond its LArPix range (``packets.in_range``)
 
     @classmethod
     def of(cls, cursor: FileCursor, rows_end: int, kind: str, rows: Rows, file: OpenFile | None = None) -> Chunk:
-        """The chunk of rows as a format read them: raw messages, or packet records."""
+        """The chunk of rows as a format read them: raw messages, or packet records (those in range)."""
         if isinstance(rows, Messages):
             return cls(cursor, rows_end, kind, raw=rows, file=file)
-        return cls(cursor, rows_end, kind, records=rows, file=file)
+        records, out_of_range = in_range(rows)
+        return cls(cursor, rows_end, kind, records=records, file=file, out_of_range=out_of_range)
 
     @property
     def messages(self) -> int:

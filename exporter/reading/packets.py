@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 #: io_group is one byte: per-io_group arrays have this many rows.
@@ -51,6 +53,28 @@ REQUIRED_FIELDS = (
 )
 
 DATA, TEST, CONFIG_WRITE, CONFIG_READ, TIMESTAMP, MESSAGE, SYNC, TRIGGER = range(8)
+
+
+def in_range(records: np.ndarray) -> tuple[np.ndarray, int]:
+    """The packet records whose ``REQUIRED_FIELDS`` fit ``PACKET_DTYPE``'s types, and how many did not: a file may
+    store them wider or signed, and an io_group, chip or channel below 0 or over 255 is a corrupt record, which no
+    counter has a place for. The records themselves, not copied, when their stored types hold nothing else."""
+    wider = _wider_fields(records.dtype)
+    if not wider:
+        return records, 0
+    fits = np.ones(len(records), bool)
+    for name in wider:
+        values = records[name]
+        fits &= (values >= 0) & (values <= np.iinfo(PACKET_DTYPE[name]).max)
+    dropped = len(fits) - int(np.count_nonzero(fits))
+    return (records[fits] if dropped else records), dropped
+
+
+@functools.lru_cache(maxsize=16)
+def _wider_fields(dtype: np.dtype) -> tuple[str, ...]:
+    """The ``REQUIRED_FIELDS`` whose stored type in ``dtype`` holds values ``PACKET_DTYPE``'s does not."""
+    return tuple(name for name in REQUIRED_FIELDS if not np.can_cast(dtype[name], PACKET_DTYPE[name], "safe"))
+
 
 #: Label value of ``packet_type`` for each LArPix packet type code.
 PACKET_TYPE_NAMES = (

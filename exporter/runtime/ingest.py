@@ -61,6 +61,7 @@ def count_chunk(health: Health, chunk: Chunk, now: float) -> None:
     health.decode_errors["bad_message"] += chunk.bad_messages
     health.decode_errors["unknown_word"] += chunk.unknown_words
     health.decode_errors["headerless"] += chunk.headerless
+    health.decode_errors["out_of_range"] += chunk.out_of_range
     if chunk.size:
         health.last_ingest_wall = now
 
