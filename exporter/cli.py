@@ -515,7 +515,7 @@ def once(
         typer.echo(f"wrote {images} plot image(s) to {output / (file.stem + '_dqm')}", err=True)
         for failure in failures:
             typer.echo(f"larpix-dqm: plot {failure}", err=True)
-    typer.echo(json.dumps(snapshot_totals(result.snapshot) if totals is None else totals, indent=1))
+    typer.echo(json.dumps(snapshot_totals(result.snapshot, result.health) if totals is None else totals, indent=1))
 
 
 def _once_registry(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import ClassVar
 
 import h5py
@@ -252,6 +256,25 @@ def test_an_error_no_format_foresaw_is_one_read_error_and_the_next_file_is_read(
     assert "TypeError: a structure nobody checked for" in errors[0][2]
 
 
+def _wide_copy(source: Path, path: Path) -> np.ndarray:
+    """Write ``source``'s packets to ``path`` with their required fields stored as signed 16 and 64-bit integers, and
+    three records more whose io_group (300), chip (-1) and timestamp (-5) fit no LArPix packet; return the packets."""
+    with h5py.File(source) as fh:
+        good = fh["packets"][:]
+    wide = [
+        (n, ("<i8" if n == "timestamp" else "<i2") if n in REQUIRED_FIELDS else good.dtype[n]) for n in good.dtype.names
+    ]
+    rows = np.zeros(len(good) + 3, np.dtype(wide))
+    for name in good.dtype.names:
+        rows[name][: len(good)] = good[name]
+    rows[len(good) :] = rows[:3]
+    rows["io_group"][-3], rows["chip_id"][-2], rows["timestamp"][-1] = 300, -1, -5
+    path.parent.mkdir(exist_ok=True)
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("packets", data=rows)
+    return good
+
+
 @pytest.mark.parametrize("engine", [NUMPY, COMPILED])
 def test_packet_records_beyond_their_larpix_ranges_are_left_out_and_counted(files, tmp_path, engine):
     """A packet file may store its fields wider or signed: records whose io_group, chip or timestamp do not fit the
@@ -259,22 +282,7 @@ def test_packet_records_beyond_their_larpix_ranges_are_left_out_and_counted(file
     decode errors (``out_of_range``); the others count exactly as the same records stored in the standard types."""
     if engine == COMPILED:
         assert load_kernels(600)
-    with h5py.File(files["packets"]) as fh:
-        good = fh["packets"][:]
-    wide = np.dtype(
-        [
-            (n, ("<i8" if n == "timestamp" else "<i2") if n in REQUIRED_FIELDS else good.dtype[n])
-            for n in good.dtype.names
-        ]
-    )
-    rows = np.zeros(len(good) + 3, wide)
-    for name in good.dtype.names:
-        rows[name][: len(good)] = good[name]
-    rows[len(good) :] = rows[:3]
-    rows["io_group"][-3], rows["chip_id"][-2], rows["timestamp"][-1] = 300, -1, -5
-    (tmp_path / "wide").mkdir()
-    with h5py.File(tmp_path / "wide" / "wide.h5", "w") as fh:
-        fh.create_dataset("packets", data=rows)
+    good = _wide_copy(files["packets"], tmp_path / "wide" / "wide.h5")
     states, health = [], Health()
     for path in (tmp_path / "wide" / "wide.h5", files["packets"]):
         accumulator = Accumulator(QualityConfig(engine=engine))
@@ -290,3 +298,14 @@ def test_packet_records_beyond_their_larpix_ranges_are_left_out_and_counted(file
     assert states[0].keys() == states[1].keys()
     for name, array in states[0].items():
         np.testing.assert_array_equal(array, states[1][name], err_msg=name)
+
+
+def test_once_prints_the_decode_errors_of_its_file(files, tmp_path):
+    """``once`` prints the file's decode errors by kind among its totals, as ``summary.json`` has them."""
+    _wide_copy(files["packets"], tmp_path / "wide.h5")
+    command = [sys.executable, "-m", "larpix_dqm.exporter.cli", "once", str(tmp_path / "wide.h5"), "--no-plots"]
+    printed = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert printed["decode_errors"]["out_of_range"] == 3
+    assert printed["decode_errors"].keys() == Health().decode_errors.keys()
+    subprocess.run([*command, "-o", str(tmp_path / "out")], capture_output=True, check=True)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["totals"] == printed

@@ -34,13 +34,15 @@ EVALUATE_EVERY_SECONDS = 10.0
 LISTED_WHEN_ASKED = (ChannelStatus.ACTIVE, ChannelStatus.UNKNOWN)
 
 
-def snapshot_totals(snapshot: Snapshot) -> dict:
-    """The file's totals: packets, data packets, parity errors, chips, channels by status, the window's span
-    (what ``once`` prints; the summary's ``totals``)."""
+def snapshot_totals(snapshot: Snapshot, health: Health) -> dict:
+    """The file's totals: packets, data packets, parity errors, decode errors by kind (``health``: what serve's
+    ``larpix_exporter_decode_errors_total`` would count), chips, channels by status, the window's span (what
+    ``once`` prints; the summary's ``totals``)."""
     return {
         "packets": int(snapshot.packet_type_counts.sum()),
         "data_packets": int(snapshot.chip_packets.sum()),
         "parity_errors": int(snapshot.chip_parity_errors.sum() + snapshot.link_parity_errors.sum()),
+        "decode_errors": dict(health.decode_errors),
         "chips": len(snapshot.chip_keys),
         "channels": {s.label: int(n) for s, n in zip(ChannelStatus.judged(), snapshot.chip_status_counts.sum(axis=0))}
         if len(snapshot.chip_keys)
@@ -49,7 +51,7 @@ def snapshot_totals(snapshot: Snapshot) -> dict:
     }
 
 
-def snapshot_summary(snapshot: Snapshot, every_list: bool = False) -> dict:
+def snapshot_summary(snapshot: Snapshot, health: Health, every_list: bool = False) -> dict:
     """The totals, per-chip statistics and the channel lists of the problem statuses (of every status with
     ``every_list``) as (n, 4) arrays of io_group, io_channel, chip_id, channel_id: what ``summary_json`` writes."""
     labels = [s.label for s in ChannelStatus.judged()]
@@ -84,7 +86,7 @@ def snapshot_summary(snapshot: Snapshot, every_list: bool = False) -> dict:
         for key, packets, parity, fifo, rate, mean, std, counts, masked in columns
     ]
     return {
-        "totals": snapshot_totals(snapshot),
+        "totals": snapshot_totals(snapshot, health),
         "chips": chips,
         "channels": {
             s.label: channel_list(snapshot, (s.label,))  # no Python object per channel (409,600 at ND-LAr)
@@ -118,7 +120,7 @@ class FileResult:
         """The JSON summary (with the file and its read errors; every status's channel list with ``every_list``)
         and the metrics text, the families a scrape of ``serve`` would show for the same data (check statuses
         included)."""
-        summary = snapshot_summary(self.snapshot, every_list)
+        summary = snapshot_summary(self.snapshot, self.health, every_list)
         summary["file"] = _utf8(self.path)
         summary["run_mode"] = self.evaluation.run_mode
         summary["read_errors"] = [_utf8(error) for error in self.errors]  # they name the file
