@@ -43,6 +43,7 @@ from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 from larpix_dqm.exporter.reading.cursor import DataClock, FileCursor
 from larpix_dqm.exporter.reading.formats import BY_NAME
+from larpix_dqm.exporter.reading.packets import in_range
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
 from larpix_dqm.exporter.registry.runs import FILE, RunNamer
 
@@ -179,10 +180,18 @@ class Monitor:
 
     # -- input ----------------------------------------------------------------------------
     def feed(self, packets: np.ndarray, clock: DataClock | None = None, wall_now: float | None = None) -> None:
-        """Add packet records (any structured array with the packet fields).
+        """Add packet records (any structured array with the packet fields); records whose fields do not fit a
+        LArPix packet's are left out, and logged, as a file's are (``packets.in_range``).
 
         ``clock`` holds the data clock of the stream the packets come from (one per file).
         """
+        packets, out_of_range = in_range(packets)
+        if out_of_range:
+            self.log_event(
+                "error",
+                f"{out_of_range} packet records left out: fields beyond a LArPix packet's",
+                reason="out_of_range",
+            )
         self.accumulator.add(
             packets, clock if clock is not None else DataClock(), time.time() if wall_now is None else wall_now
         )

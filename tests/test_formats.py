@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.monitor import Monitor
 from larpix_dqm.exporter.quality.accumulator import Accumulator, load_kernels
 from larpix_dqm.exporter.quality.config import COMPILED, NUMPY, QualityConfig
 from larpix_dqm.exporter.reading import formats
@@ -309,3 +310,21 @@ def test_once_prints_the_decode_errors_of_its_file(files, tmp_path):
     assert printed["decode_errors"].keys() == Health().decode_errors.keys()
     subprocess.run([*command, "-o", str(tmp_path / "out")], capture_output=True, check=True)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["totals"] == printed
+
+
+def test_records_fed_beyond_their_larpix_ranges_are_left_out_and_logged(files, tmp_path):
+    """``Monitor.feed`` (the Python API) leaves such records out as a file's reading does, and says so once."""
+    good = _wide_copy(files["packets"], tmp_path / "wide.h5")
+    with h5py.File(tmp_path / "wide.h5") as fh:
+        wide = fh["packets"][:]
+    monitors = [Monitor(ingest_engine=NUMPY), Monitor(ingest_engine=NUMPY)]
+    records: list[dict] = []
+    monitors[0].add_log_handler(records.append)
+    monitors[0].feed(wide, wall_now=time.time())
+    monitors[1].feed(good, wall_now=time.time())
+    assert [(r["reason"], r["message"]) for r in records] == [
+        ("out_of_range", "3 packet records left out: fields beyond a LArPix packet's")
+    ]
+    first, second = (m.accumulator.export_state() for m in monitors)
+    for name, array in first.items():
+        np.testing.assert_array_equal(array, second[name], err_msg=name)
