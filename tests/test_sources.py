@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import h5py
@@ -191,6 +193,36 @@ def test_bad_files_are_reported_and_others_still_read(tmp_path, sim):
     assert rec.rows["random.h5"] == packets_in(tmp_path / "random.h5")
     assert "random.h5" not in dict(rec.errors)
     assert rec.tail.errors_by_reason().get("not_hdf5") is None
+
+
+def test_a_live_file_copied_in_part_is_a_truncated_error_at_once_and_read_whole_once_complete(tmp_path, sim):
+    """A raw file as a live writer leaves it (SWMR, HDF5's newest format) copied into the input in part: the poll
+    reports it truncated in well under a second, where HDF5 read its damaged metadata again for hours (holding the
+    interpreter: the exporter stopped answering), and the completed file is read whole. The poll runs in a process
+    of its own, so that a hang fails the test at its deadline instead of holding the suite."""
+    source, (msgs, groups) = tmp_path / "source.h5", sim.second(START)
+    writer = RawFileWriter(source)
+    writer.append(msgs, groups)
+    writer.close()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    poll = (
+        "import sys, time; from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec; errors = []; "
+        "tail = DirectoryTail([InputSpec(sys.argv[1])], on_error=lambda cursor, reason, message: errors.append(reason)); "
+        "started = time.monotonic(); packets = tail.pump(lambda chunk: None); "
+        "print(packets, ','.join(errors) or '-', time.monotonic() - started)"
+    )
+    data = source.read_bytes()
+    for cut in (800, 4000, len(data) // 2, len(data)):
+        (folder / "copy.h5").write_bytes(data[:cut])
+        out = subprocess.run([sys.executable, "-c", poll, str(folder)], capture_output=True, text=True, timeout=120)
+        packets, errors, seconds = out.stdout.split()
+        if cut < len(data):  # cut in its metadata (a checksum that never matches) or in its headers' prefixes
+            assert int(packets) == 0 and errors in ("truncated", "read_error"), (cut, out.stdout, out.stderr)
+            assert float(seconds) < 1.0 and (cut != 800 or errors == "truncated"), (cut, out.stdout)
+        else:
+            assert (int(packets), errors) == (len(decode_messages(msgs, groups).packets), "-")
+            assert out.stderr == "", out.stderr
 
 
 def test_missing_directory_is_not_an_error(tmp_path, sim):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from larpix_dqm.exporter.reading.cursor import DataClock
-from larpix_dqm.exporter.reading.packets import IO_GROUPS, TIMESTAMP
+from larpix_dqm.exporter.reading.packets import IO_GROUPS, TIMESTAMP, io_groups_in
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,6 @@ def plausible_timestamps(packets: np.ndarray, wall_now: float) -> tuple[np.ndarr
     stamps = packets["timestamp"][ts_rows]
     plausible = (stamps >= EARLIEST_PLAUSIBLE_TIME) & (stamps <= wall_now + MAX_FUTURE_SECONDS)
     return ts_rows[plausible], stamps[plausible].astype(np.float64), int(len(ts_rows) - np.count_nonzero(plausible))
-
-
-def io_groups_in(groups: np.ndarray) -> list[int]:
-    """The distinct io_groups of ``groups``, ascending; counted when they are uint8 (as stored by the DAQ), which
-    costs a few microseconds where ``np.unique`` sorts them."""
-    if groups.dtype == np.uint8:
-        return np.flatnonzero(np.bincount(groups)).tolist()
-    return np.unique(groups).tolist()
 
 
 def _near(t: float, reference: float) -> bool:

@@ -106,7 +106,7 @@ def _window_slots(slots: np.ndarray) -> tuple[list[int], np.ndarray]:
     """The window slots a chunk's packets fall in (a chunk of a second of data: one or two of the window's) and
     each packet's row among them plus 2: row 0 for the packets that are not self-triggered (slot -2), row 1 for
     those outside the window (slot -1); per-chunk arrays sized by the slots the chunk fills, not the window."""
-    used = np.unique(slots[slots >= 0])
+    used = np.flatnonzero(np.bincount(slots[slots >= 0]))  # (the window's slots: a few small integers)
     rows = np.where(slots >= 0, np.searchsorted(used, slots) + 2, slots + 2)
     return used.tolist(), rows
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, AcceptedStamps, io_groups_in
+from larpix_dqm.exporter.quality.clock import TOLERANCE_SECONDS, AcceptedStamps
 from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.reading.cursor import DataClock
-from larpix_dqm.exporter.reading.packets import IO_GROUPS
+from larpix_dqm.exporter.reading.packets import IO_GROUPS, io_groups_in
 
 #: Data seconds without any timestamp of an io_group (it sends one with every message, and an 'S'
 #: sync every second) after which the gap is dead time and the io_group's run starts again.

@@ -116,7 +116,7 @@ def classify_os_error(err: BaseException) -> str:
         return "locked"
     if "file signature not found" in text:
         return "not_hdf5"
-    if "truncated file" in text:
+    if "truncated" in text or "checksum" in text:  # (a metadata checksum that never matches: cut short or damaged)
         return "truncated"
     if "swmr" in text or "refresh" in text:
         return "swmr"

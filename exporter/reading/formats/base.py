@@ -3,8 +3,10 @@ while unwritten, and what identifies it; ``formats/__init__.py`` lists the forma
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -14,6 +16,8 @@ import h5py
 import numpy as np
 
 from larpix_dqm.exporter.reading.decode import Messages
+
+log = logging.getLogger(__name__)
 
 #: Rows as a format reads them: packet records, or raw messages joined into ``Messages`` (decoded by the
 #: compiled counting in one pass, or to packet records by ``Messages.decode``).
@@ -31,6 +35,13 @@ def head(stored: Stored, rows: int) -> Stored:
     return tuple(a[:rows] for a in stored)
 
 
+#: Reads of an object's metadata under SWMR before it is an error. HDF5 reads again when a checksum does not match (a
+#: reader meeting metadata the writer is rewriting), sleeping twice as long each time, 100 times by default: the
+#: last sleeps are the hour it caps them at, so a truncated or corrupt file (a copy in progress) held the reader for
+#: hours. 26 reads sleep 70 ms in all.
+SWMR_READ_ATTEMPTS = 26
+
+
 def open_for_reading(path: str | os.PathLike[str]) -> h5py.File:
     """An HDF5 file opened read-only as a live writer allows (SWMR, no lock), with one file-access property list for
     every file: ``h5py.File`` makes a new one at each open (30 us of a small file's 1 ms)."""
@@ -39,17 +50,26 @@ def open_for_reading(path: str | os.PathLike[str]) -> h5py.File:
 
 @functools.cache
 def _access() -> h5py.h5p.PropFAID:
-    """The file-access property list of ``open_for_reading``: h5py's defaults for ``locking=False``."""
+    """The file-access property list of ``open_for_reading``: h5py's for ``locking=False``, and at most
+    ``SWMR_READ_ATTEMPTS`` reads of an object's metadata."""
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)
-    fapl.set_file_locking(False, ignore_when_disabled=True)
+    fapl.set_file_locking(False, ignore_when_disabled=False)
+    try:  # HDF5's own function, which h5py does not wrap, found among the libraries h5py's h5p module links
+        set_attempts = ctypes.CDLL(h5py.h5p.__file__).H5Pset_metadata_read_attempts
+        set_attempts.argtypes = (ctypes.c_int64, ctypes.c_uint)
+        if set_attempts(fapl.id, SWMR_READ_ATTEMPTS) < 0:
+            raise OSError("H5Pset_metadata_read_attempts failed")
+    except (OSError, AttributeError) as err:
+        log.warning("HDF5's metadata read attempts left at its default (a truncated file may hold the reader): %s", err)
     return fapl
 
 
 class OpenFile:
     """An open HDF5 file as the reader and the run names look into it, each group or dataset looked up once: h5py's
     lookup costs 30-130 us, and a small packet file's reading made ten of them (recognised, its length, its rows, its
-    header, its run attribute). A name whose link leads nowhere is not in it (no dataset, as the formats report)."""
+    header, its run attribute). A name whose link leads nowhere, or to a named type, is not in it (no dataset, as the
+    formats report); an object whose metadata fails its checksum is an OSError (a truncated or corrupt file)."""
 
     def __init__(self, fh: h5py.File) -> None:
         self.fh = fh
@@ -67,7 +87,9 @@ class OpenFile:
             if self.fh.id.links.exists(name.encode()):
                 try:  # (``self.fh[name]`` also makes a File object a lookup, to ask whether it is read-only)
                     opened = h5py.h5o.open(self.fh.id, name.encode())
-                except KeyError:  # a link to nothing
+                except KeyError as err:  # a link to nothing, or an object whose metadata is cut short or damaged
+                    if "checksum" in str(err):
+                        raise OSError(f"{name!r} unreadable, a truncated or corrupt file: {err}") from err
                     opened = None
                 if isinstance(opened, h5py.h5d.DatasetID):
                     found = h5py.Dataset(opened, readonly=True)
