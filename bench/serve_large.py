@@ -210,8 +210,9 @@ def scan_seconds(folder: Path, repeat: int = 15) -> float:
 def counting_cost(folder: Path, engine: str, batch: int = 100) -> tuple[float, float]:
     """CPU seconds a small file of ``folder`` costs ``Monitor.add_file`` in this process once warm (up to 50 of its
     files, half at most, read first; the compiled engine's kernels loaded before): the best and the median over
-    batches of ``batch`` files (fewer when the folder has fewer). What reading and counting a file cost, without ``serve``'s polls, publications and run registry, and on
-    the compiled engine without the kernels' load, which a backlog of small files pays once."""
+    batches of ``batch`` files (fewer when the folder has fewer). What reading and counting a file cost, without
+    ``serve``'s polls, publications and run registry, and on the compiled engine without the kernels' load, which a
+    backlog of small files pays once."""
     if engine == COMPILED:
         load_kernels(600)
     monitor = Monitor(ingest_engine=engine)

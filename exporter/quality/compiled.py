@@ -106,8 +106,8 @@ def count_chunk(  # noqa: C901 - one pass over the packets: a branch per packet 
     has a clean data packet (``local_of[row]``, -1 before; ``local_rows[place]``, ``pos[7]`` places given), so
     ``hits`` is as long as the chips a chunk touches, not the detector; when its places are all given, the kernel
     returns for a fold. ``touched`` (uint64, key, place) has a bit set for each channel with counts: the fold reads
-    only those, one cache line each where all 64 channels' counts are 16 (a small file's fold read a kB a hit), and
-    leaves ``hits``, ``touched`` and the places empty.
+    only those channels' counts, a cache line each (a chip's 64 are 16 lines: a small file's fold read 1 kB a hit),
+    and leaves ``hits``, ``touched`` and the places empty.
 
     A self-triggered hit is a new independent arrival (``state.MERGE_TICKS``) unless it is within its
     channel's current one (``arrival_start``), timed on the data second of its io_group's latest
