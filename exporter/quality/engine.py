@@ -99,7 +99,7 @@ def count_parity_errors(
     unknown = ~known
     if unknown.any():
         key = io_group[unknown].astype(np.int64) * 256 + io_channel[unknown]
-        state.link_parity += np.bincount(key, minlength=IO_GROUPS * 256).reshape(IO_GROUPS, 256)
+        _count_each(state.link_parity, key)
 
 
 def _window_slots(slots: np.ndarray) -> tuple[list[int], np.ndarray]:
@@ -291,12 +291,10 @@ def _rate_slots(state: State, data: np.ndarray, slots: np.ndarray, rows: np.ndar
     trigger = (data["trigger_type"][other] & 3).astype(np.int64)
     groups = data["io_group"][other].astype(np.int64) * len(DATA_TRIGGER_TYPES) + trigger
     size = IO_GROUPS * len(DATA_TRIGGER_TYPES)
-    state.trigger_type_counts += np.bincount(groups, minlength=size).reshape(IO_GROUPS, -1)
+    _count_each(state.trigger_type_counts, groups)
     other_slots = slots[other]
     inside = other_slots >= 0
-    state.window_trigger_types += np.bincount(
-        other_slots[inside] * size + groups[inside], minlength=state.config.window_bins * size
-    ).reshape(state.window_trigger_types.shape)
+    _count_each(state.window_trigger_types, other_slots[inside] * size + groups[inside])
     periodic = other[(trigger == PERIODIC_TRIGGER) & valid[other]]
     if len(periodic):
         _add_pedestals(state, data[periodic], slots[periodic], rows[periodic])

@@ -108,13 +108,10 @@ class OpenFile:
         return found
 
 
-def rows_dataset(fh: OpenFile, name: str, path: str) -> h5py.Dataset | None:
-    """The one-dimensional dataset ``name`` a format reads rows of, None when the file has nothing of that name;
-    SourceError (bad_dtype) when it is something else (a group, a scalar, a table): a format asks this before it
-    looks at a dataset's type or length."""
+def rows_dataset(fh: OpenFile, name: str, path: str) -> h5py.Dataset:
+    """The one-dimensional dataset ``name`` (in the file) a format reads rows of; SourceError (bad_dtype) when it is
+    something else (a group, a scalar, a table): a format asks this before it looks at a dataset's type or length."""
     found = fh.get(name)
-    if found is None:
-        return None
     if not isinstance(found, h5py.Dataset) or found.shape is None or len(found.shape) != 1:
         what = "a group" if isinstance(found, h5py.Group) else f"of shape {getattr(found, 'shape', None)}"
         raise SourceError("bad_dtype", f"{path}: {name!r} is not a one-dimensional dataset ({what})")

@@ -31,10 +31,9 @@ class PacketFileFormat(InputFormat):
     holds: ClassVar[str] = "a 'packets' dataset"
 
     def recognise(self, fh: OpenFile, path: str) -> bool:
-        packets = rows_dataset(fh, "packets", path)
-        if packets is None:
+        if "packets" not in fh:
             return False
-        dtype = stored_dtype(packets)
+        dtype = stored_dtype(rows_dataset(fh, "packets", path))
         if dtype.hasobject:
             raise SourceError("bad_dtype", f"{path}: packets dataset has variable-length fields")
         names = dtype.names or ()

@@ -37,8 +37,6 @@ class RawFormat(InputFormat):
         if "msgs" not in fh or "msg_headers" not in fh:
             return False
         msgs, headers = rows_dataset(fh, "msgs", path), rows_dataset(fh, "msg_headers", path)
-        if msgs is None or headers is None:  # (never: both names are in the file)
-            return False
         names = stored_dtype(headers).names
         if names is None or "io_groups" not in names:
             raise SourceError("bad_dtype", f"{path}: msg_headers has no 'io_groups' field")
