@@ -182,12 +182,12 @@ class ChipTiles:
         self._tables: dict[int, np.ndarray] = {}
         if geometry is not None and geometry.has_io_mapping:
             chips = geometry.chips.astype(np.int64)
-            pairs = list(zip(chips[:, 0].tolist(), geometry.tiles.tolist()))
-            self.pairs = sorted(set(pairs))
-            index = {pair: i for i, pair in enumerate(self.pairs)}
-            for (group, tile), channel, chip in zip(pairs, chips[:, 1].tolist(), chips[:, 2].tolist()):
-                table = self._tables.setdefault(group, np.full(1 << 16, len(self.pairs), np.int64))
-                table[channel << 8 | chip] = index[(group, tile)]
+            pairs, index = np.unique(np.stack([chips[:, 0], geometry.tiles]), axis=1, return_inverse=True)
+            self.pairs = list(zip(*pairs.tolist()))
+            for group in np.unique(chips[:, 0]).tolist():
+                mine = chips[:, 0] == group
+                table = self._tables[group] = np.full(1 << 16, len(self.pairs), np.int64)
+                table[chips[mine, 1] << 8 | chips[mine, 2]] = index.reshape(-1)[mine]
         else:
             self.pairs = [(g, 1) for g in range(256)]
         self.unknown = len(self.pairs)

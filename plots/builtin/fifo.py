@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from larpix_dqm.exporter.quality.accumulator import FIFO_FLAGS
 from larpix_dqm.exporter.reading.packets import DATA
 from larpix_dqm.plots.base import Plot, PlotContext
-from larpix_dqm.plots.draw import KeptFigure, file_label, no_data, time_axis
+from larpix_dqm.plots.draw import KeptFigure, file_label, log_scale, no_data, time_axis
 from larpix_dqm.plots.series import TimeSeries, unix_to_mpl
 
 FLAG_LABELS = [f"{fifo} FIFO {level}" for fifo, level in FIFO_FLAGS]
@@ -62,7 +62,7 @@ class FIFOFlags(Plot):
         time_ax, chip_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
         fig.subplots_adjust(left=0.07, right=0.98, top=0.85, bottom=0.12, wspace=0.35)
         if flags:
-            time_ax.set_yscale("log")
+            log_scale(time_ax, "y")
             time_axis(time_ax)
         time_ax.set_ylabel("fraction of data packets flagged")
         time_ax.set_title("this file", fontsize=11)

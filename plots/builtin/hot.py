@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from larpix_dqm.exporter.quality.status import ChannelStatus
 from larpix_dqm.plots.base import Plot, PlotContext
-from larpix_dqm.plots.draw import NOISY_COLOUR, KeptFigure, no_data, window_text
+from larpix_dqm.plots.draw import NOISY_COLOUR, KeptFigure, log_scale, no_data, window_text
 
 TOP = 20
 
@@ -76,6 +76,6 @@ class HotPixels(Plot):
         dist_ax.set_ylabel("channels")
         dist_ax.grid(alpha=0.3)
         if data:
-            dist_ax.set_xscale("log")
-            dist_ax.set_yscale("log")
+            log_scale(dist_ax, "x")
+            log_scale(dist_ax, "y")
         return top_ax, dist_ax

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from larpix_dqm.exporter.reading.packets import DATA, PACKET_TYPE_NAMES
 from larpix_dqm.plots.base import Plot, PlotContext
-from larpix_dqm.plots.draw import KeptFigure, file_label, no_data, time_axis, utc, window_text
+from larpix_dqm.plots.draw import KeptFigure, file_label, log_scale, no_data, time_axis, utc, window_text
 from larpix_dqm.plots.pixels import ChipTiles
 from larpix_dqm.plots.series import TimeSeries, unix_to_mpl
 
@@ -78,7 +78,7 @@ class PacketRate(Plot):
         rate_ax, parity_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
         fig.subplots_adjust(left=0.08, right=0.8, top=0.88, bottom=0.1, hspace=0.08)
         if data:
-            rate_ax.set_yscale("log")
+            log_scale(rate_ax, "y")
             time_axis(parity_ax)
         rate_ax.set_ylabel("packets per second [Hz]")
         rate_ax.grid(alpha=0.3)

@@ -20,7 +20,7 @@ from larpix_dqm.exporter.reading.packets import (
     TRIGGER,
 )
 from larpix_dqm.plots.base import Plot, PlotContext
-from larpix_dqm.plots.draw import KeptFigure, file_label, no_data
+from larpix_dqm.plots.draw import KeptFigure, file_label, log_scale, no_data
 from larpix_dqm.plots.series import bin_counts
 
 US_PER_TICK = 0.1
@@ -115,8 +115,8 @@ class TimestampHistograms(Plot):
         sync_ax.set_xlabel("'S' sync timestamp − 10,000,000 [ticks of 0.1 µs]")
         sync_ax.set_ylabel("syncs")
         if delays:
-            delay_ax.set_xscale("log")
-            delay_ax.set_yscale("log")
+            log_scale(delay_ax, "x")
+            log_scale(delay_ax, "y")
         delay_ax.set_xlabel("receipt − chip timestamp [µs] (first bin: 0)")
         delay_ax.set_ylabel("data packets")
         stamp_ax.set_xlabel("chip timestamp of data packets [ms since sync]")
@@ -132,32 +132,37 @@ _TICK_MASK = (1 << _GROUP_SHIFT) - 1
 _REACH = int(TRIGGER_EDGES[-1] - TRIGGER_EDGES[0])  # ticks a trigger's pairing window spans
 
 
-def sync_periods(packets: np.ndarray, start: np.ndarray) -> np.ndarray:
+def sync_periods(
+    packet_type: np.ndarray, trigger_type: np.ndarray, io_group: np.ndarray, start: np.ndarray
+) -> np.ndarray:
     """Sync period of each packet: ``start[io_group]`` plus the 'S' syncs of its io_group before it
     (the sync itself opens the next period); advances ``start`` past this chunk's syncs."""
-    is_sync = (packets["packet_type"] == SYNC) & (packets["trigger_type"] == SYNC_KIND_CODES[0])
-    group = packets["io_group"]
-    period = start[group]  # a copy: fancy indexing
-    for g in np.unique(group[is_sync]).tolist():
-        mine = group == g
+    is_sync = (packet_type == SYNC) & (trigger_type == SYNC_KIND_CODES[0])
+    period = start[io_group]  # a copy: fancy indexing
+    for g in np.unique(io_group[is_sync]).tolist():
+        mine = io_group == g
         count = np.cumsum(is_sync[mine])
         period[mine] += count
         start[g] += int(count[-1])
     return period
 
 
-def chip_ticks(packets: np.ndarray, period: np.ndarray) -> np.ndarray:
+def chip_ticks(timestamp: np.ndarray, receipt_timestamp: np.ndarray, period: np.ndarray) -> np.ndarray:
     """Ticks since the file's start of data packets: a rollover adds 1e7 ticks per 'S' sync, and
     a chip timestamp ahead of the PACMAN receipt time belongs to the previous sync period."""
-    ticks = packets["timestamp"].astype(np.int64)
-    receipt = packets["receipt_timestamp"].astype(np.int64)
+    ticks = timestamp.astype(np.int64)
+    receipt = receipt_timestamp.astype(np.int64)
     earlier = (receipt > 0) & (ticks > receipt)
     return (period - earlier) * TICKS_PER_SYNC + ticks
 
 
 def _pair(trig_keys: np.ndarray, data_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Histograms of data − trigger times and of data packets per trigger (keys: io_group << 44 | ticks)."""
-    data_keys = np.sort(data_keys)
+    """Histograms of data − trigger times and of data packets per trigger (keys: io_group << 44 | ticks).
+
+    Only the data within some trigger's window are sorted: a few triggers meet a million held data."""
+    starts = np.sort(trig_keys) + int(TRIGGER_EDGES[0])
+    near = np.searchsorted(starts, data_keys, "right") > np.searchsorted(starts + _REACH, data_keys, "right")
+    data_keys = np.sort(data_keys[near])
     lo = trig_keys + int(TRIGGER_EDGES[0])
     hi = trig_keys + int(TRIGGER_EDGES[-1])
     left = np.searchsorted(data_keys, lo, side="left")
@@ -188,17 +193,14 @@ class TriggerHistograms(Plot):
         self._kept = KeptFigure()
 
     def update(self, packets: np.ndarray, ctx: PlotContext) -> None:
-        ptype = packets["packet_type"]
-        is_trigger = (ptype == TRIGGER) & ((packets["trigger_type"] & EXTERNAL_TRIGGER_BIT) != 0)
-        keep = (ptype == DATA) | is_trigger | (ptype == SYNC)
-        if not keep.any():
-            return
-        packets, is_trigger = packets[keep], is_trigger[keep]
-        period = sync_periods(packets, self.periods)
-        group = packets["io_group"].astype(np.int64) << _GROUP_SHIFT
-        is_data = packets["packet_type"] == DATA
-        data = group[is_data] | chip_ticks(packets[is_data], period[is_data])
-        trig = group[is_trigger] | (
+        ptype, kind, io_group = packets["packet_type"], packets["trigger_type"], packets["io_group"]
+        is_trigger = (ptype == TRIGGER) & ((kind & EXTERNAL_TRIGGER_BIT) != 0)
+        is_data = ptype == DATA
+        period = sync_periods(ptype, kind, io_group, self.periods)  # field by field: no copy of whole records
+        data = (io_group[is_data].astype(np.int64) << _GROUP_SHIFT) | chip_ticks(
+            packets["timestamp"][is_data], packets["receipt_timestamp"][is_data], period[is_data]
+        )
+        trig = (io_group[is_trigger].astype(np.int64) << _GROUP_SHIFT) | (
             period[is_trigger] * TICKS_PER_SYNC + packets["timestamp"][is_trigger].astype(np.int64)
         )
         self.held_data = np.concatenate([self.held_data, data])
