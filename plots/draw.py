@@ -11,6 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from matplotlib.artist import Artist
@@ -145,14 +146,17 @@ class PlainLogFormatter(LogFormatter):
     a fifth of the CPU of ``once``'s 8-plot draw."""
 
     def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
-        exponent = math.log10(x)
-        exponent = round(exponent) if abs(exponent - round(exponent)) < 1e-10 else math.floor(exponent)
-        coefficient = round(x / 10.0**exponent)
+        """The label of ``x`` as ``LogFormatterSciNotation`` gives it, 2.1×10³ on a view within a decade included."""
+        fx = math.log10(x)
+        exponent = round(fx) if math.isclose(fx, round(fx)) else math.floor(fx)
+        coefficient: float = 10.0 ** (fx - exponent)
+        if math.isclose(coefficient, round(coefficient)):
+            coefficient = round(coefficient)
         power = "10" + str(exponent).translate(_SUPERSCRIPTS)
         return power if coefficient == 1 else f"{coefficient:g}×{power}"
 
 
-def log_scale(ax: Axes, which: str) -> None:
+def log_scale(ax: Axes, which: Literal["x", "y"]) -> None:
     """Put ``ax``'s ``which`` axis ("x" or "y") on a log scale labelled by ``PlainLogFormatter``."""
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")

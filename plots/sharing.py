@@ -10,6 +10,7 @@ and draws everything it did not draw itself: a helper that hangs costs time, nev
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import itertools
@@ -20,7 +21,7 @@ import pickle
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.engine import PlotEngine, PluginHealth
@@ -78,26 +79,30 @@ def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], No
     before = {name: (h.failures, h.renders) for name, h in engine.health.items()}
     read, write = os.pipe()
     _release_free_heap()
-    gc.freeze()  # see _help
-    pid = os.fork()
-    if pid == 0:  # the helper
-        os.close(read)
-        _help(engine, snapshot, shares, write, before)
-    os.close(write)
-    report = None
-    try:
-        started = time.monotonic()
-        written = engine.draw(snapshot, between, share=shares.take)
-        seconds, times = HELPER_WAIT
-        report = _report(_receive(read, time.monotonic() + seconds + times * (time.monotonic() - started)))
-    finally:
-        os.close(read)
-        if report is None:
-            _stop(pid)
-        os.waitpid(pid, 0)
-        if report is None:  # killed, or died, perhaps while writing an image
-            remove_temporaries(engine.store.root, pid)
-        gc.unfreeze()
+    with _collector_frozen():  # see _help
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            raise
+        if pid == 0:  # the helper
+            os.close(read)
+            _help(engine, snapshot, shares, write, before)
+        os.close(write)
+        report = None
+        try:
+            started = time.monotonic()
+            written = engine.draw(snapshot, between, share=shares.take)
+            seconds, times = HELPER_WAIT
+            report = _report(_receive(read, time.monotonic() + seconds + times * (time.monotonic() - started)))
+        finally:
+            os.close(read)
+            if report is None:
+                _stop(pid)
+            os.waitpid(pid, 0)
+            if report is None:  # killed, or died, perhaps while writing an image
+                remove_temporaries(engine.store.root, pid)
     if report is None:
         log.warning("plots: the drawing helper (pid %d) did not report; its images are drawn here", pid)
         engine.redraw()
@@ -106,6 +111,20 @@ def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], No
     for name, (failures, renders, last_error) in health.items():
         _merge(engine.health[name], failures, renders, last_error)
     return written + helper_written
+
+
+@contextlib.contextmanager
+def _collector_frozen() -> Iterator[None]:
+    """The objects made so far left out of the garbage collector's walks (``gc.freeze``) until the block ends;
+    a caller's own freeze is left as it is."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _release_free_heap() -> None:

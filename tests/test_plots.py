@@ -3,12 +3,14 @@ and drawing poll by poll ends with the same figure data as one pass over the who
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
 import pytest
 from helpers import START, simulate_files
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation
 from plothelpers import PNG_SIGNATURE, assert_same_figure_data, figure_data, figures, one_pass, rate_image
 
 from larpix_dqm.exporter.detector.geometry import GeometryError, load_geometry, packaged_layout
@@ -141,6 +143,38 @@ def test_plain_log_labels(value, label):
     log_scale(ax, "y")
     ax.set_ylim(1e-9, 1e9)
     assert ax.yaxis.get_major_formatter()(value) == label
+
+
+_MATHTEXT_LABEL = re.compile(r"\$\\mathdefault\{(?:(.+?)\\times)?10\^\{(-?\d+)\}\}\$")
+
+
+@pytest.mark.parametrize(
+    "limits", [(1e-3, 1e5), (0.5, 20), (2, 8), (2100, 2900), (0.0985, 0.1012), (3e-12, 7e-12), (1, 1e12), (1e-13, 1e7)]
+)
+def test_plain_log_labels_say_what_matplotlibs_own_say(limits):
+    """At every major and minor tick matplotlib places, on views of many decades or within one, the label is
+    matplotlib's mathtext label written in plain text (or empty where that one is)."""
+    ax = Figure().add_subplot()
+    log_scale(ax, "y")
+    ax.set_ylim(*limits)
+    axis = ax.yaxis
+    shown = 0
+    for ours, locator in (
+        (axis.get_major_formatter(), axis.get_major_locator()),
+        (axis.get_minor_formatter(), axis.get_minor_locator()),
+    ):
+        theirs = LogFormatterSciNotation(labelOnlyBase=ours.labelOnlyBase)
+        theirs.set_axis(axis)
+        locations = locator()
+        ours.set_locs(locations)
+        theirs.set_locs(locations)
+        for value in locations:
+            match = _MATHTEXT_LABEL.fullmatch(theirs(value))
+            coefficient, exponent = match.groups() if match else (None, None)
+            power = "10" + str(exponent).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")) if match else ""
+            assert ours(value) == (f"{coefficient}×{power}" if coefficient else power), (limits, value, theirs(value))
+            shown += bool(power)
+    assert shown >= 2
 
 
 def test_pixel_map_refuses_a_layout_off_the_grid_clearly(tmp_path):

@@ -3,10 +3,12 @@ one process draws, the helper's failures reported here, and nothing left undrawn
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,7 +74,9 @@ def run(tmp_path, tile_geometry, monkeypatch):
     (path,), _ = simulate_files(tile_geometry, tmp_path / "data", 3, seed=4)
     monkeypatch.setenv("SHARING_PARENT", str(os.getpid()))
 
-    def draw(out: str, shared: bool, plots: tuple[str, ...] = PLOTS) -> tuple[int, PlotEngine, list[tuple[int, str]]]:
+    def draw(
+        out: str, shared: bool, plots: tuple[str, ...] = PLOTS, between: Callable[[], None] = lambda: None
+    ) -> tuple[int, PlotEngine, list[tuple[int, str]]]:
         log = tmp_path / f"{out}.log"
         log.touch()
         monkeypatch.setenv("SHARING_LOG", str(log))
@@ -81,7 +85,7 @@ def run(tmp_path, tile_geometry, monkeypatch):
         engine = PlotEngine(settings, tile_geometry)
         empty = Accumulator(geometry=tile_geometry).snapshot()
         result = process_file(str(path), tile_geometry, 60.0, lambda c: engine.update((str(path), 0), c.packets, empty))
-        written = draw_shared(engine, result.snapshot, lambda: None) if shared else engine.draw(result.snapshot)
+        written = draw_shared(engine, result.snapshot, between) if shared else engine.draw(result.snapshot)
         noted = [(int(pid), name) for pid, name in (line.split() for line in log.read_text().splitlines())]
         return written, engine, noted
 
@@ -155,3 +159,30 @@ def test_a_helper_stopped_while_writing_an_image_leaves_no_temporary_file(run, t
     assert (tmp_path / "stuck").exists() and not Path((tmp_path / "stuck").read_text()).exists()
     assert shared == 6 and len(images(tmp_path / "shared")) == 12
     assert not list((tmp_path / "shared").rglob("*.tmp"))
+
+
+def test_both_processes_draw_with_the_collector_frozen_and_leave_it_as_they_found_it(run, monkeypatch):
+    """The objects made before the fork are frozen (``gc.freeze``) while the two processes draw, so neither's full
+    collections walk them; afterwards the collector is as it was: nothing frozen, or a caller's own freeze kept,
+    also when the fork fails (its pipe closed)."""
+    frozen: list[int] = []
+    run("shared", shared=True, plots=("Noted",), between=lambda: frozen.append(gc.get_freeze_count()))
+    assert frozen and min(frozen) > 10_000, frozen  # the read's and the state's objects, and the imports'
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        mine = gc.get_freeze_count()
+        run("again", shared=True, plots=("Noted",))
+        assert 0.9 * mine < gc.get_freeze_count() <= mine  # kept frozen (less what the draw freed)
+    finally:
+        gc.unfreeze()
+    pipes: list[tuple[int, int]] = []
+    pipe = os.pipe
+    monkeypatch.setattr(os, "pipe", lambda: pipes.append(pipe()) or pipes[-1])
+    monkeypatch.setattr(os, "fork", lambda: (_ for _ in ()).throw(BlockingIOError(11, "fork failed")))
+    with pytest.raises(BlockingIOError):
+        run("failed", shared=True, plots=("Noted",))
+    assert gc.get_freeze_count() == 0
+    for fd in pipes[-1]:
+        with pytest.raises(OSError):
+            os.fstat(fd)

@@ -160,11 +160,10 @@ def _pair(trig_keys: np.ndarray, data_keys: np.ndarray) -> tuple[np.ndarray, np.
     """Histograms of data − trigger times and of data packets per trigger (keys: io_group << 44 | ticks).
 
     Only the data within some trigger's window are sorted: a few triggers meet a million held data."""
-    starts = np.sort(trig_keys) + int(TRIGGER_EDGES[0])
-    near = np.searchsorted(starts, data_keys, "right") > np.searchsorted(starts + _REACH, data_keys, "right")
-    data_keys = np.sort(data_keys[near])
     lo = trig_keys + int(TRIGGER_EDGES[0])
     hi = trig_keys + int(TRIGGER_EDGES[-1])
+    near = np.searchsorted(np.sort(lo), data_keys, "right") > np.searchsorted(np.sort(hi), data_keys, "right")
+    data_keys = np.sort(data_keys[near])
     left = np.searchsorted(data_keys, lo, side="left")
     n = np.searchsorted(data_keys, hi, side="left") - left
     index = np.repeat(left - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
