@@ -30,7 +30,6 @@ class _Group:
     prepare: Callable[[Any], None] | None
     keep: int
     patches: dict[Any, Any] = field(default_factory=dict)  # key: pixels, oldest first
-    extent: BboxBase | None = None
 
 
 class CachedFigure(Figure):
@@ -85,7 +84,7 @@ class CachedFigure(Figure):
             super().draw(renderer)
             self._background, self._background_key = renderer.copy_from_bbox(self.bbox), size
             for group in self._groups.values():
-                group.patches, group.extent = {}, None
+                group.patches = {}
             for artist, visible in zip(changing, shown):
                 artist.set_visible(visible)
         else:
@@ -106,9 +105,7 @@ class CachedFigure(Figure):
                 group.prepare(key)
             for artist in sorted(group.artists, key=lambda a: a.get_zorder()):
                 artist.draw(renderer)
-            if group.extent is None:
-                group.extent = self._extent(group.artists, renderer)
-            pixels = renderer.copy_from_bbox(group.extent)
+            pixels = renderer.copy_from_bbox(self._extent(group.artists, renderer))  # this key's: a title's length
         group.patches[key] = pixels  # newest last
         while len(group.patches) > group.keep:
             del group.patches[next(iter(group.patches))]

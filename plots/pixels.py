@@ -46,6 +46,11 @@ class TileGrid:
         return left + (ix + 0.5) * self.pitch, bottom + (iy + 0.5) * self.pitch
 
 
+def _clean(edge: float) -> float:
+    """``edge`` (mm) to the nanometre, zero as 0.0 (a view from -0.0 labels its first tick "−0")."""
+    return round(edge, 6) + 0.0
+
+
 def _tile_grid(geometry: Geometry, tile: int) -> TileGrid:
     sel = np.flatnonzero(geometry.tiles == tile)
     rows, channels = np.nonzero(geometry.connected[sel])
@@ -61,7 +66,9 @@ def _tile_grid(geometry: Geometry, tile: int) -> TileGrid:
         )
     ny, nx = int(iy.max()) + 1, int(ix.max()) + 1
     left, bottom = float(x.min()) - pitch / 2, float(y.min()) - pitch / 2
-    extent = (left, left + nx * pitch, bottom, bottom + ny * pitch)
+    right, top = left + nx * pitch, bottom + ny * pitch
+    # to the nanometre, without -0.0: tiles at one place would differ by rounding (a tick at 0 shown or not)
+    extent = (_clean(left), _clean(right), _clean(bottom), _clean(top))
     return TileGrid(tile, rows, channels, ix, iy, (ny, nx), extent, pitch)
 
 

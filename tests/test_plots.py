@@ -360,6 +360,29 @@ def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module
     assert len(limits) == 2  # the colour bars changed, and changed back
 
 
+def test_tiles_at_the_same_place_share_a_figure_and_each_renders_as_a_new_map(module_geometry):
+    """Module tiles 2 and 9 lie at the same place in the two io_groups, and so do 4 and 11 (whose extents in the
+    layout differ by rounding): each pair shares one figure (its axes and ticks are most of a first render); drawn in turn
+    across snapshots, each tile renders exactly as a new map of its own."""
+    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
+    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+    snapshots = []
+    for start, seconds in ((0, 2), (2, 6)):
+        for t in range(start, start + seconds):
+            accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
+        snapshots.append(accumulator.snapshot())
+    plot, kept = PixelMap(), {}
+    names = ["PixelMap_1_2", "PixelMap_2_1", "PixelMap_1_4", "PixelMap_2_3", "PixelMap_1_1"]
+    for stats in (snapshots[0], snapshots[1], snapshots[0]):
+        ctx = PlotContext(None, stats, module_geometry)
+        for name in names:
+            kept[name] = plot.draw(name, ctx, kept.get(name))
+            assert render(kept[name], ".png") == render(PixelMap().draw(name, ctx, None), ".png"), name
+    assert kept["PixelMap_1_2"] is kept["PixelMap_2_1"] and kept["PixelMap_1_4"] is kept["PixelMap_2_3"]
+    assert len({id(fig) for fig in kept.values()}) == 3
+    assert [plot.tiles(ctx)[name].tile for name in names] == [2, 9, 4, 11, 1]
+
+
 def test_pixel_map_says_what_it_covers_data_time_span_and_channels_seen_and_unknown(module_geometry):
     sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
     accumulator, clock = Accumulator(geometry=module_geometry), DataClock()

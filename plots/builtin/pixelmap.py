@@ -36,14 +36,19 @@ PANELS = (
 
 @dataclass
 class _TileFigure:
-    """A drawn pixel map kept for the next cycle: its figure, panels and title texts."""
+    """A drawn pixel map kept for the next cycle, and for the tiles at the same place in other io_groups: its
+    figure, panels and title texts."""
 
     fig: Figure
-    grid: TileGrid
     noisy_rate_hz: float
     panels: list[TilePanel]
     title: Text
     subtitle: Text
+
+
+def _place(grid: TileGrid) -> tuple:
+    """Where a tile's map lies: its shape and extent."""
+    return grid.shape, grid.extent
 
 
 class PixelMap(PixelPlot):
@@ -53,13 +58,14 @@ class PixelMap(PixelPlot):
     io_group (1..8 on a module: module tile 9 is ``PixelMap_2_1``). Values are the window
     statistics of ``/metrics``; silent pixels are grey, unknown ones (not enough data yet)
     blue-grey, noisy ones ringed in red, inefficient ones in orange. A figure is built once per
-    tile and later cycles only change its data; colour bars, status layers and the title are
-    rendered again only when they change.
+    place (the tiles at the same place in other io_groups share it: the same axes and ticks, the
+    costliest part of a first render) and later cycles only change its data; colour bars, status
+    layers and the title are rendered again only when they change, kept for each tile of the place.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._figures: dict[str, _TileFigure] = {}
+        self._figures: dict[tuple, _TileFigure] = {}  # by ``_place``
 
     def tiles(self, ctx: PlotContext) -> dict[str, TileRef]:
         if ctx.geometry is None:
@@ -70,14 +76,17 @@ class PixelMap(PixelPlot):
         return list(self.tiles(ctx))
 
     def draw(self, name: str, ctx: PlotContext, fig: Figure | None = None) -> Figure:
-        ref = self.tiles(ctx)[name]
+        refs, view = self.tiles(ctx), self.pixels(ctx)
+        ref = refs[name]
         snapshot = ctx.snapshot
-        images = tile_images(self.pixels(ctx), snapshot, ref)
+        images = tile_images(view, snapshot, ref)
         norms = (rate_norm(snapshot, images.rate), robust_norm(images.mean), robust_norm(images.std, floor=0.0))
-        kept = self._figures.get(name)
+        place = _place(images.grid)
+        kept = self._figures.get(place)
         noisy_rate_hz = snapshot.config.noisy_rate_hz
-        if kept is None or kept.fig is not fig or kept.grid is not images.grid or kept.noisy_rate_hz != noisy_rate_hz:
-            kept = self._figures[name] = self._build(fig, images.grid, norms, noisy_rate_hz)
+        if kept is None or kept.noisy_rate_hz != noisy_rate_hz:  # a figure of its own: ``fig`` may be shared
+            sharing = sum(_place(view.grids[r.tile]) == place for r in refs.values())
+            kept = self._figures[place] = self._build(images.grid, norms, noisy_rate_hz, sharing)
         for panel, values, norm in zip(kept.panels, (images.rate, images.mean, images.std), norms):
             panel.update(values, images.codes, norm)
         kept.title.set_text(f"{name}: {self._where(ref, ctx)}")
@@ -90,10 +99,11 @@ class PixelMap(PixelPlot):
         return kept.fig
 
     @staticmethod
-    def _build(fig: Figure | None, grid: TileGrid, norms: tuple, noisy_rate_hz: float) -> _TileFigure:
-        """The figure of one tile: three map panels with colour bars, titles and the legend."""
+    def _build(grid: TileGrid, norms: tuple, noisy_rate_hz: float, sharing: int) -> _TileFigure:
+        """The figure of the ``sharing`` tiles at ``grid``'s place: three map panels with colour bars, titles
+        and the legend."""
         ny, nx = grid.shape
-        fig = new_figure(fig, 6.0, cached=True)
+        fig = new_figure(None, 6.0, cached=True)
         assert isinstance(fig, CachedFigure)
         maps, bars = map_layout(fig, [1, 1, 1], ny / nx)
         panels = []
@@ -102,14 +112,14 @@ class PixelMap(PixelPlot):
             ax.set_title(panel_title, fontsize=11)
             colour_bar(fig, panel.scale, bar, label, extend)
             fig.dynamic(*panel.artists, *ax.spines.values())  # the frame stays over the images
-            fig.group(f"status {i}", panel.status)
-            fig.group(f"colour bar {i}", bar, prepare=panel.show_scale, keep=2)
+            fig.group(f"status {i}", panel.status, keep=sharing)
+            fig.group(f"colour bar {i}", bar, prepare=panel.show_scale, keep=2 * sharing)
             panels.append(panel)
         title, subtitle = titles(fig, "", "")
-        fig.group("title", title)
+        fig.group("title", title, keep=sharing)
         fig.dynamic(subtitle)
         status_legend(fig, noisy_rate_hz)
-        return _TileFigure(fig, grid, noisy_rate_hz, panels, title, subtitle)
+        return _TileFigure(fig, noisy_rate_hz, panels, title, subtitle)
 
     @staticmethod
     def _where(ref: TileRef, ctx: PlotContext) -> str:
