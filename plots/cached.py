@@ -111,8 +111,8 @@ class CachedFigure(Figure):
             del group.patches[next(iter(group.patches))]
 
     def _extent(self, artists: list[Artist], renderer: RendererAgg) -> BboxBase:
-        """Pixels the artists cover, two more around, within the figure; axes with their labels and a
-        quarter inch more at the sides, where a colour bar's end labels may grow with new limits."""
+        """Pixels the artists cover as drawn now, two more around, within the figure; axes with their labels and
+        a quarter inch more at the sides (a colour bar's end labels reach past its frame)."""
         boxes = []
         for artist in artists:
             if isinstance(artist, Axes):
