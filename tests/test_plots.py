@@ -335,17 +335,23 @@ def test_figures_kept_between_cycles_show_the_new_data_as_a_new_figure_would(mod
             np.testing.assert_allclose(old_ax.get_ylim(), new_ax.get_ylim())
 
 
-@pytest.mark.slow
-def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module_geometry):
-    """Colour bars, status layers and titles are rendered only when they change and their pixels
-    kept: a map kept across snapshots (and back to an earlier one) renders exactly as a new map."""
-    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
-    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
+def _two_snapshots(geometry) -> list:
+    """Snapshots of a simulated module after 2 and after 8 seconds (with the faults: colour bars change between)."""
+    sim = Simulator(geometry, SimulationConfig(seed=9), FAULTS)
+    accumulator, clock = Accumulator(geometry=geometry), DataClock()
     snapshots = []
     for start, seconds in ((0, 2), (2, 6)):
         for t in range(start, start + seconds):
             accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
         snapshots.append(accumulator.snapshot())
+    return snapshots
+
+
+@pytest.mark.slow
+def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module_geometry):
+    """Colour bars, status layers and titles are rendered only when they change and their pixels
+    kept: a map kept across snapshots (and back to an earlier one) renders exactly as a new map."""
+    snapshots = _two_snapshots(module_geometry)
     plots = [PixelMap(), AnodeOverview()]
     names = ["PixelMap_1_1", "AnodeOverview"]
     kept: dict = {}
@@ -360,17 +366,12 @@ def test_pixel_maps_kept_between_cycles_render_the_pixels_of_a_new_figure(module
     assert len(limits) == 2  # the colour bars changed, and changed back
 
 
+@pytest.mark.slow
 def test_tiles_at_the_same_place_share_a_figure_and_each_renders_as_a_new_map(module_geometry):
-    """Module tiles 2 and 9 lie at the same place in the two io_groups, and so do 4 and 11 (whose extents in the
-    layout differ by rounding): each pair shares one figure (its axes and ticks are most of a first render); drawn in turn
-    across snapshots, each tile renders exactly as a new map of its own."""
-    sim = Simulator(module_geometry, SimulationConfig(seed=9), FAULTS)
-    accumulator, clock = Accumulator(geometry=module_geometry), DataClock()
-    snapshots = []
-    for start, seconds in ((0, 2), (2, 6)):
-        for t in range(start, start + seconds):
-            accumulator.add(decode_messages(*sim.second(START + t)).packets, clock, START + 100)
-        snapshots.append(accumulator.snapshot())
+    """Module tiles 2 and 9 lie at the same place in the two io_groups, and so do 4 and 11 (whose extents in
+    the layout differ by rounding): each pair shares one figure (its axes and ticks are most of a first
+    render); drawn in turn across snapshots, each tile renders exactly as a new map of its own."""
+    snapshots = _two_snapshots(module_geometry)
     plot, kept = PixelMap(), {}
     names = ["PixelMap_1_2", "PixelMap_2_1", "PixelMap_1_4", "PixelMap_2_3", "PixelMap_1_1"]
     for stats in (snapshots[0], snapshots[1], snapshots[0]):
