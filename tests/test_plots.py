@@ -400,4 +400,8 @@ def test_pixel_map_says_what_it_covers_data_time_span_and_channels_seen_and_unkn
     rows = (module_geometry.chips[:, 0] == ref.io_group) & (module_geometry.tiles == ref.tile)
     seen = int(((stats.channel_rate_hz[rows] > 0) & module_geometry.connected[rows]).sum())
     unknown = int(((stats.channel_status[rows] == ChannelStatus.UNKNOWN) & module_geometry.connected[rows]).sum())
-    assert f"{seen:,} seen" in subtitle and f"{unknown:,} unknown" in subtitle, subtitle
+    assert unknown and f"{seen:,} seen" in subtitle and f"{unknown:,} unknown" in subtitle, subtitle
+    assert "0 noisy" not in subtitle  # statuses no pixel has are left out: the line fits the figure
+    fig.canvas.draw()
+    box = next(t for t in fig.texts if "of data time" in t.get_text()).get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1, (box, subtitle)

@@ -130,14 +130,10 @@ class PixelMap(PixelPlot):
 
     @staticmethod
     def _counts(images: TileImages) -> str:
-        """How many pixels the map covers, how many sent hits in the window, and how many have each status."""
+        """How many pixels the map covers, how many sent hits in the window, and how many have each status that
+        some have (all eight did not fit the figure's width)."""
         pixels = int((images.codes >= 0).sum())
         seen = int(((images.codes >= 0) & (images.rate > 0)).sum())
-        counts = ", ".join(
-            f"{images.count(code):,} {label}"
-            for code, label in (
-                *((s, s.label) for s in ChannelStatus.judged()),
-                (ChannelStatus.NONE, "not expected"),
-            )
-        )
-        return f"{pixels:,} pixels, {seen:,} seen: {counts}"
+        statuses = (*((s, s.label) for s in ChannelStatus.judged()), (ChannelStatus.NONE, "not expected"))
+        counts = ", ".join(f"{n:,} {label}" for n, label in ((images.count(s), label) for s, label in statuses) if n)
+        return f"{pixels:,} pixels, {seen:,} seen" + (f": {counts}" if counts else "")
