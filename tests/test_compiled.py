@@ -131,6 +131,21 @@ def test_loading_the_kernels_loads_every_kernel_a_chunk_runs() -> None:
     assert out[0] == "[" and int(out[1]) >= 5, out
 
 
+def test_loading_the_kernels_does_not_import_scipys_blas_and_leaves_it_importable() -> None:
+    """numba probes for scipy's BLAS (for ``np.dot``, which no kernel calls) when it first loads its numpy functions:
+    0.2-0.3 s of CPU that the load skips; once loaded, scipy.linalg imports as before, in a fresh process."""
+    check = (
+        "import sys\n"
+        "from larpix_dqm.exporter.quality.accumulator import load_evaluation_kernels, load_kernels\n"
+        "assert load_kernels(wait=600) and load_evaluation_kernels(wait=600)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('scipy.linalg')))\n"
+        "import scipy.linalg.cython_blas\n"
+        "print(scipy.linalg.cython_blas.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["[]", "scipy.linalg.cython_blas"]
+
+
 def test_the_compiled_decoder_gives_the_numpy_decoders_records_field_for_field() -> None:
     """Data, trigger and sync words, words of unknown type, and trigger and sync words whose LArPix half is not
     empty (decoded as numpy decodes it): the same records, bytes for bytes, and the same unknown words."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class KernelLoader:
             interpreted = self._module.not_compiled()
             if interpreted is not None:  # run as Python, the kernels would be far slower than the numpy engine
                 return f"{interpreted}, so numba would run the kernels as Python"
+            with _no_blas_probe():
+                importlib.import_module("numba.np.arraymath")
             warm_up()
         except Exception as err:  # numba missing, broken or unable to compile here
             return f"{type(err).__name__}: {err}"
@@ -65,3 +69,21 @@ class KernelLoader:
         """The module, once ``ready()``."""
         assert self._module is not None
         return self._module
+
+
+BLAS = "scipy.linalg.cython_blas"
+
+
+@contextmanager
+def _no_blas_probe() -> Iterator[None]:
+    """Keep numba from importing scipy's BLAS when it first loads its numpy functions: a probe for ``np.dot``'s and
+    ``np.cov``'s fast paths, which no kernel here calls, that costs 0.2-0.3 s of CPU where scipy is installed."""
+    if BLAS in sys.modules:  # imported already: the probe costs nothing
+        yield
+        return
+    sys.modules[BLAS] = None  # type: ignore[assignment]  # import raises ModuleNotFoundError: scipy found no BLAS
+    try:
+        yield
+    finally:
+        if sys.modules.get(BLAS, BLAS) is None:
+            del sys.modules[BLAS]
