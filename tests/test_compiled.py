@@ -133,7 +133,8 @@ def test_loading_the_kernels_loads_every_kernel_a_chunk_runs() -> None:
 
 def test_loading_the_kernels_does_not_import_scipys_blas_and_leaves_it_importable() -> None:
     """numba probes for scipy's BLAS (for ``np.dot``, which no kernel calls) when it first loads its numpy functions:
-    0.2-0.3 s of CPU that the load skips; once loaded, scipy.linalg imports as before, in a fresh process."""
+    0.2-0.3 s of CPU that the load skips; once loaded, scipy.linalg imports as before, in a fresh process, and in one
+    forked while the kernels load."""
     check = (
         "import sys\n"
         "from larpix_dqm.exporter.quality.accumulator import load_evaluation_kernels, load_kernels\n"
@@ -144,6 +145,17 @@ def test_loading_the_kernels_does_not_import_scipys_blas_and_leaves_it_importabl
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["[]", "scipy.linalg.cython_blas"]
+    forked = (  # a process forked while numba loads (once's drawing helper) can import it too
+        "import os\n"
+        "from larpix_dqm.exporter.quality.loader import _no_blas_probe\n"
+        "with _no_blas_probe():\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        import scipy.linalg.cython_blas\n"
+        "        os._exit(0)\n"
+        "    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    )
+    assert subprocess.run([sys.executable, "-c", forked], capture_output=True, text=True).stdout == "0\n"
 
 
 def test_the_compiled_decoder_gives_the_numpy_decoders_records_field_for_field() -> None:

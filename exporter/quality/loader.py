@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -85,5 +86,14 @@ def _no_blas_probe() -> Iterator[None]:
     try:
         yield
     finally:
-        if sys.modules.get(BLAS, BLAS) is None:
-            del sys.modules[BLAS]
+        _allow_blas()
+
+
+def _allow_blas() -> None:
+    """Let scipy's BLAS be imported again; also in a process forked while the kernels loaded (``once``'s drawing
+    helper, whose plugins may import scipy)."""
+    if sys.modules.get(BLAS, BLAS) is None:
+        del sys.modules[BLAS]
+
+
+os.register_at_fork(after_in_child=_allow_blas)
