@@ -10,7 +10,7 @@ checkpoint with the window) and the same for ``--repeat`` restarts from that che
 new to read, the last of them also the CPU a small new file costs it, the first and a later one (over
 ``--cost-seconds``, against as long idle). Then a module (2 io_groups x 800 chips) as ``--small-files`` files of
 ~80 packets and as the same packets in one file: the CPU to ready of each, and what each file beyond
-the first costs; what every poll's scan of that directory costs (each file stat'ed, none new); and what reading
+the first costs (each file is a run: the failing checks the run registry credits each); what every poll's scan of that directory costs (each file stat'ed, none new); and what reading
 and counting one of those files costs in this process on each engine (``counting_cost``). Prints figures only,
 asserts nothing.
 
@@ -293,9 +293,8 @@ def main() -> None:
         show(whole)
         per_file = (many["cpu"] - whole["cpu"]) / (args.small_files - 1)
         print(f"{packets:,} packets: each file beyond the first costs {1000 * per_file:.2f} ms of CPU")
-        with sqlite3.connect(
-            state / "small.runs.sqlite"
-        ) as registry:  # each file is a run, credited its failing checks
+        # each file is a run of its own, credited the failing checks of the publication after it
+        with sqlite3.connect(state / "small.runs.sqlite") as registry:
             runs, failing = registry.execute(
                 "SELECT count(*), (SELECT count(*) FROM check_failures) FROM runs"
             ).fetchone()
