@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -9,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from types import ModuleType
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ class KernelLoader:
             interpreted = self._module.not_compiled()
             if interpreted is not None:  # run as Python, the kernels would be far slower than the numpy engine
                 return f"{interpreted}, so numba would run the kernels as Python"
-            with _no_blas_probe():
-                importlib.import_module("numba.np.arraymath")
+            with _no_blas_probe(), contextlib.suppress(ImportError):  # (a numba that moved it loads it later)
+                importlib.import_module("numba.np.arraymath")  # numba's numpy functions, where it probes for BLAS
             warm_up()
         except Exception as err:  # numba missing, broken or unable to compile here
             return f"{type(err).__name__}: {err}"
@@ -75,7 +75,7 @@ class KernelLoader:
 BLAS = "scipy.linalg.cython_blas"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _no_blas_probe() -> Iterator[None]:
     """Keep numba from importing scipy's BLAS when it first loads its numpy functions: a probe for ``np.dot``'s and
     ``np.cov``'s fast paths, which no kernel here calls, that costs 0.2-0.3 s of CPU where scipy is installed."""
