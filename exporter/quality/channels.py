@@ -74,9 +74,9 @@ def format_channels(rows: np.ndarray, fmt: str, meta: dict | None = None) -> byt
 
 
 def channel_list(snapshot: Snapshot, statuses: tuple[str, ...] | list[str]) -> np.ndarray:
-    """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id. Found with plain int
-    codes and flat indices, each publication's bad channels: ``np.isin``, an IntEnum (numpy compares it in int64) and
-    a 2-D ``np.nonzero`` each cost 5-20 ms over 50 io_groups' channels."""
+    """Channels of the given statuses as (n, 4) rows: io_group, io_channel, chip_id, channel_id. Every publication asks
+    it (the registry's bad channels), so it compares plain int codes and takes flat indices: ``np.isin``, an IntEnum
+    (numpy compares it in int64) and a 2-D ``np.nonzero`` each cost 5-20 ms over 50 io_groups' channels."""
     status = snapshot.channel_status
     chosen = np.zeros(status.shape, bool)
     for label in statuses:

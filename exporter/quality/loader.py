@@ -78,7 +78,8 @@ BLAS = "scipy.linalg.cython_blas"
 @contextlib.contextmanager
 def _no_blas_probe() -> Iterator[None]:
     """Keep numba from importing scipy's BLAS when it first loads its numpy functions: a probe for ``np.dot``'s and
-    ``np.cov``'s fast paths, which no kernel here calls, that costs 0.2-0.3 s of CPU where scipy is installed."""
+    ``np.cov``'s fast paths, which no kernel here calls, that costs 0.2-0.3 s of CPU where scipy is installed. Meanwhile
+    (tens of ms, once a process) another thread's import of it fails too; the exporter's threads make none."""
     if BLAS in sys.modules:  # imported already: the probe costs nothing
         yield
         return
