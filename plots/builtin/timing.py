@@ -162,7 +162,8 @@ def _pair(trig_keys: np.ndarray, data_keys: np.ndarray) -> tuple[np.ndarray, np.
     Only the data within some trigger's window are sorted: a few triggers meet a million held data."""
     lo = trig_keys + int(TRIGGER_EDGES[0])
     hi = trig_keys + int(TRIGGER_EDGES[-1])
-    near = np.searchsorted(np.sort(lo), data_keys, "right") > np.searchsorted(np.sort(hi), data_keys, "right")
+    starts = np.sort(lo)  # (the windows' ends sorted: the starts + _REACH)
+    near = np.searchsorted(starts, data_keys, "right") > np.searchsorted(starts + _REACH, data_keys, "right")
     data_keys = np.sort(data_keys[near])
     left = np.searchsorted(data_keys, lo, side="left")
     n = np.searchsorted(data_keys, hi, side="left") - left
