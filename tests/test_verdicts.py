@@ -34,6 +34,7 @@ from larpix_dqm.exporter.quality.verdicts import (
     log_factorial,
     log_lower_tail,
     log_upper_tail,
+    order_neighbours,
     tail_below,
 )
 from larpix_dqm.exporter.reading.decode import decode_messages
@@ -93,6 +94,34 @@ def test_linear_quantile_is_numpys_quantile_to_the_bit():
     for values in samples:
         for q in (0.0, 0.1, 0.5, 0.55, 0.9, 1.0):
             assert linear_quantile(values.copy(), q) == np.quantile(values, q), (len(values), q)
+
+
+def order_cases(rng: np.random.Generator) -> list[np.ndarray]:
+    """Segments for the order statistics: spreads, ties at every rank, extremes a float's width apart, subnormals."""
+    cases = []
+    for n in (1, 2, 3, 63, 64, 65, 1000, 10_240):
+        mostly_zero = np.zeros(n)
+        mostly_zero[: n // 50] = 1.0
+        cases += [rng.random(n), rng.exponential(0.4, n), rng.lognormal(0, 30, n), np.full(n, 0.25), mostly_zero]
+        cases += [np.round(rng.exponential(1, n), 1), rng.choice([-1e308, 1e308, 0.0, 5e-324], n)]
+        cases += [rng.choice([0.0, 5e-324, 1e-323], n), np.sort(rng.random(n)), -rng.random(n)]
+    return cases
+
+
+@pytest.mark.slow
+def test_the_compiled_order_statistics_are_numpys_partition():
+    """The groups' rate quantiles: the compiled bucket selection finds numpy's two order statistics of each segment
+    (empty ones too), at any quantile, whatever the values' spread, ties or range."""
+    assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
+    cases = order_cases(np.random.default_rng(3))
+    for q in (0.0, 0.1, 0.5, 0.99, 1.0):
+        for at in range(0, len(cases), 3):
+            segments = [*cases[at : at + 3], np.zeros(0)]
+            values = np.concatenate(segments)
+            bounds = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
+            expected = order_neighbours(values, bounds, q)
+            np.testing.assert_array_equal(compiled.neighbours(values, bounds, q), expected, err_msg=f"{at} at {q}")
 
 
 def test_count_channels_is_the_sum_of_each_row():

@@ -1,6 +1,6 @@
-"""The evaluation's compiled twins: judge's two passes over the channels (``verdicts.ChannelPasses``),
-``summary.channel_window`` and ``summary.settle`` (``summary.learn`` with it), each one numba loop over the
-chips instead of a numpy pass per step.
+"""The evaluation's compiled twins: judge's two passes over the channels and its groups' order statistics
+(``verdicts.ChannelPasses``), ``summary.channel_window`` and ``summary.settle`` (``summary.learn`` with it),
+each one numba loop over the chips instead of a numpy pass per step.
 
 They compute the floats the numpy reference computes, operation for operation: no fused multiply-add
 (numba contracts none), a chip's 64 channels summed in numpy's pairwise order, numpy's NaN rules for
@@ -249,6 +249,70 @@ def window_pass(
         chips[0, i], chips[1, i], chips[2, i] = chip_hits, chip_adc, chip_adc_sq
 
 
+#: Buckets of ``_rank_pair``'s rounds, and the candidates from which on it sorts what is left.
+_BUCKETS, _SORT_FROM = 1024, 64
+
+
+@njit(cache=True, nogil=True)
+def _rank_pair(candidates: np.ndarray, n: int, k: int) -> tuple[float, float]:
+    """The k-th and (k + 1)-th smallest (from 0) of finite ``candidates[:n]`` (reordered), by bucket selection:
+    a round counts the candidates into ``_BUCKETS`` of equal width between their extremes and keeps the bucket
+    holding rank k; a bucket never decreases with the value, so the others' ranks are known, and the smallest
+    value above the kept bucket is the (k + 1)-th if that bucket ends at k. Two reads of the candidates a round
+    and no branch on their order: 3-4x faster than numpy's partition on a tile's 10,000 rates."""
+    above = np.inf
+    counts = np.empty(_BUCKETS + 1, np.int64)
+    while n >= _SORT_FROM:
+        low = high = candidates[0]
+        for i in range(1, n):
+            low = min(low, candidates[i])
+            high = max(high, candidates[i])
+        if low == high:
+            return low, low if k + 1 < n else above
+        scale = _BUCKETS / (high - low)
+        if not 0.0 < scale < np.inf:  # extremes too far apart (or too close) for a float's width: sorted
+            break
+        counts[:] = 0
+        for i in range(n):
+            counts[min(int((candidates[i] - low) * scale), _BUCKETS)] += 1
+        below, kept_bucket = 0, 0
+        while below + counts[kept_bucket] <= k:
+            below += counts[kept_bucket]
+            kept_bucket += 1
+        kept = 0
+        for i in range(n):
+            value = candidates[i]
+            bucket = min(int((value - low) * scale), _BUCKETS)
+            if bucket == kept_bucket:
+                candidates[kept] = value
+                kept += 1
+            elif bucket > kept_bucket and value < above:
+                above = value
+        n, k = kept, k - below
+    ordered = np.sort(candidates[:n])
+    return ordered[k], ordered[k + 1] if k + 1 < n else above
+
+
+@njit(cache=True, nogil=True)
+def order_pass(values, bounds, q, out):  # fmt: skip
+    """``verdicts.order_neighbours`` into ``out``: the same values, the segments' order statistics being exact."""
+    longest = 0
+    for s in range(len(bounds) - 1):
+        longest = max(longest, bounds[s + 1] - bounds[s])
+    scratch = np.empty(longest)
+    for s in range(len(bounds) - 1):
+        start, n = bounds[s], bounds[s + 1] - bounds[s]
+        if n == 0:
+            out[s, 0] = out[s, 1] = np.nan
+            continue
+        low = math.floor((n - 1) * q)
+        if low >= n - 1:
+            out[s, 0] = out[s, 1] = values[start : start + n].max()
+            continue
+        scratch[:n] = values[start : start + n]
+        out[s, 0], out[s, 1] = _rank_pair(scratch, n, low)
+
+
 def channel_window(state: State, n: int, span: np.ndarray, now: np.ndarray, run: np.ndarray) -> ChannelWindow:
     """``summary.channel_window``, compiled."""
     hits = np.empty((n, CHANNELS_PER_CHIP), np.int64)
@@ -364,6 +428,11 @@ class CompiledPasses:
             shortfall_mu=shortfall_mu[:n_shortfalls],
             excesses=excesses[:n_excesses],
         )
+
+    def neighbours(self, values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray:
+        out = np.empty((len(bounds) - 1, 2))
+        order_pass(np.ascontiguousarray(values, np.float64), bounds.astype(np.int64), float(q), out)
+        return out
 
     @staticmethod
     def _counts(inputs: VerdictInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

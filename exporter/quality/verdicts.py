@@ -297,18 +297,35 @@ def count_channels(mask: np.ndarray) -> np.ndarray:
     return ((total * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
 
 
+def order_neighbours(values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray:
+    """(segments, 2): of each segment ``values[bounds[s]:bounds[s + 1]]`` (finite), its order statistics at
+    ``floor(q (n - 1))`` and the next (the largest twice at the last; NaN for an empty one), between which
+    np.quantile's linear method interpolates: one partition where np.quantile makes four."""
+    out = np.full((len(bounds) - 1, 2), np.nan)
+    for s in np.flatnonzero(np.diff(bounds)).tolist():
+        segment = values[bounds[s] : bounds[s + 1]]
+        last = len(segment) - 1
+        low = math.floor(last * q)
+        if low >= last:
+            out[s] = segment.max()
+        else:
+            ordered = np.partition(segment, low)
+            out[s] = ordered[low], ordered[low + 1 :].min()
+    return out
+
+
+def interpolated(neighbours: np.ndarray, counts: np.ndarray, q: float) -> np.ndarray:
+    """np.quantile's linear method from ``order_neighbours`` of segments of ``counts`` values, the same floats."""
+    virtual = (counts - 1) * q
+    gamma = virtual - np.floor(virtual)
+    a, b = neighbours[:, 0], neighbours[:, 1]
+    return np.where(gamma >= 0.5, b - (b - a) * (1 - gamma), a + (b - a) * gamma)
+
+
 def linear_quantile(values: np.ndarray, q: float) -> float:
-    """``np.quantile(values, q)`` (its default, linear method) of 1-D finite ``values``, the same float, from one
-    partition where np.quantile makes four."""
-    last = len(values) - 1
-    virtual = last * q
-    low = math.floor(virtual)
-    if low >= last:
-        return float(values.max())
-    ordered = np.partition(values, low)
-    a, b = ordered[low], ordered[low + 1 :].min()
-    gamma = virtual - low
-    return float(b - (b - a) * (1 - gamma)) if gamma >= 0.5 else float(a + (b - a) * gamma)
+    """``np.quantile(values, q)`` (its default, linear method) of 1-D finite ``values``, the same float."""
+    counts = np.array([len(values)])
+    return float(interpolated(order_neighbours(values, np.concatenate([[0], counts]), q), counts, q)[0])
 
 
 @dataclass(frozen=True)
@@ -329,33 +346,34 @@ class Groups:
     def count(self) -> int:
         return len(self.bounds) - 1
 
-    def members(self, g: int, chosen: np.ndarray) -> np.ndarray:
-        """The rows of group ``g`` where ``chosen`` (per row), ascending."""
-        rows = self.rows[self.bounds[g] : self.bounds[g + 1]]
-        return rows[chosen[rows]]
 
-
-def _group_rates(values: np.ndarray, groups: Groups, pool: np.ndarray) -> np.ndarray:
+def _group_rates(values: np.ndarray, groups: Groups, pool: np.ndarray, passes: Passes) -> np.ndarray:
     """(chips, 2): the SLOW_QUANTILE of finite ``values`` of the ``pool`` chips of each chip's group, and
     their mean (a typical rate: a median is 0 while most channels of a slow run have no hit yet); a
     group without any takes the whole pool's (NaN if the pool is empty).
 
-    ``values`` is per chip or (chips, 64); channels not judged are NaN.
+    ``values`` is per chip or (chips, 64); channels not judged are NaN. The groups' values are gathered once,
+    group after group (each in its rows' order, as a group's own gathering would give them); ``passes`` finds
+    their order statistics.
     """
-
-    def rates(chosen: np.ndarray) -> list[float]:
-        chosen = chosen[np.isfinite(chosen)]
-        return [linear_quantile(chosen, SLOW_QUANTILE), chosen.mean()] if len(chosen) else [np.nan, np.nan]
-
+    rows = groups.rows[pool[groups.rows]]  # the pool's rows, by group
+    group = groups.inverse[rows]
+    gathered = values[rows]
+    finite = np.isfinite(gathered)
+    chosen = gathered[finite]
+    per_row = count_channels(finite) if finite.ndim == 2 else finite
+    counts = np.bincount(group, per_row, groups.count).astype(np.int64)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
     out = np.empty((groups.count, 2))
-    whole = None
-    for g in range(groups.count):
-        members = groups.members(g, pool)
-        if len(members):
-            out[g] = rates(values[members])
-        else:
-            whole = rates(values[pool]) if whole is None else whole
-            out[g] = whole
+    out[:, 0] = interpolated(passes.neighbours(chosen, bounds, SLOW_QUANTILE), counts, SLOW_QUANTILE)
+    out[:, 1] = np.nan
+    for g in np.flatnonzero(counts).tolist():
+        out[g, 1] = chosen[bounds[g] : bounds[g + 1]].mean()
+    empty = np.bincount(group, minlength=groups.count) == 0
+    if empty.any():
+        everything = values[pool]
+        everything = everything[np.isfinite(everything)]
+        out[empty] = [linear_quantile(everything, SLOW_QUANTILE), everything.mean()] if len(everything) else np.nan
     return out[groups.inverse]
 
 
@@ -476,7 +494,8 @@ class ChannelVerdicts:
 
 
 class Passes(Protocol):
-    """The two passes over the channels of ``judge``: ``ChannelPasses`` (numpy), or its compiled twin."""
+    """The two passes over the channels of ``judge`` and the groups' order statistics (``order_neighbours``):
+    ``ChannelPasses`` (numpy), or its compiled twin."""
 
     def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums: ...
 
@@ -484,10 +503,15 @@ class Passes(Protocol):
         self, inputs: VerdictInputs, reference: ReferenceRates | None, chips: ChipJudgement, noisy_rate_hz: float
     ) -> ChannelVerdicts: ...
 
+    def neighbours(self, values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray: ...
+
 
 class ChannelPasses:
     """The two passes over the (chips, 64) arrays of ``judge``, in numpy (the reference implementation): each
     step one pass, in place where it can be. The first keeps what the second needs."""
+
+    def neighbours(self, values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray:
+        return order_neighbours(values, bounds, q)
 
     def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums:
         expected = inputs.expected
@@ -601,7 +625,7 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: Pas
         links = np.unique(inputs.links, return_inverse=True)[1].reshape(-1)
         heard = (sums.hits > 0).astype(np.float64)
         pool = chips_judged & (np.bincount(links, heard, int(links.max()) + 1 if len(links) else 0) > 0)[links]
-    slow, typical = np.moveaxis(_group_rates(sums.rates, groups, pool), 1, 0)
+    slow, typical = np.moveaxis(_group_rates(sums.rates, groups, pool, passes), 1, 0)
     # occupancy of each tile: its arrivals in the window over what its learnt (or reference) rates predict,
     # pooled over its chips but outliers from the median chip's ratio and channels over the noisy cut
     scale = robust_ratio(sums.observed, sums.predicted, inverse, groups.count)[inverse]
@@ -617,7 +641,7 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: Pas
     chip_silence = np.where(np.isfinite(sums.silence), sums.silence, 0.0) * silence_scale
     with np.errstate(invalid="ignore", divide="ignore"):
         per_channel = np.where(chips_judged, sums.arrivals / run / sums.expected, np.nan)
-    chip_slow = np.nan_to_num(_group_rates(per_channel, groups, pool)[:, 0]) * sums.expected
+    chip_slow = np.nan_to_num(_group_rates(per_channel, groups, pool, passes)[:, 0]) * sums.expected
     chip_known = np.zeros(len(chips_judged), bool) if reference is None else reference.known.any(axis=1)
     chip_prior = (
         chip_slow
