@@ -7,6 +7,7 @@ does any work; a problem is one line naming the option or file, exit 2.
 from __future__ import annotations
 
 import enum
+import gc
 import inspect
 import json
 import logging
@@ -1145,6 +1146,10 @@ def run() -> None:
         sys.exit(1)
     except BrokenPipeError:
         sys.exit(1)
+    # the interpreter's exit collects garbage over every object still alive before freeing them: after a `once` with
+    # plots (the figures' artists) that took 0.13-0.19 s of the command's 2.5-2.9 s; frozen, the collector skips them
+    # (the atexit handlers still run and every object is still freed; a reference cycle is left to the system)
+    gc.freeze()
     sys.exit(code if isinstance(code, int) else 0)
 
 

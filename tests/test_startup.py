@@ -6,6 +6,7 @@ nor yaml (no layout, checks or config file to parse);
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -127,6 +128,24 @@ def test_once_shows_its_progress_on_a_terminal(tmp_path):
     assert done.returncode == 0, text
     assert re.search(rf"reading {re.escape(path.name)} \(rows\) .* (\d+)/\1 ", text)  # every row read
     assert re.search(r"drawing plots \(images\) .* 2/\? ", text)
+
+
+def test_a_finished_command_leaves_its_objects_out_of_the_exits_garbage_collection(tmp_path):
+    """Once the command is done, ``cli.run`` freezes the garbage collector's objects (the exit's collection then
+    skips them); the atexit handlers still run, and the command's output is whole."""
+    path = simulated_second(tmp_path)
+    probe = (
+        "import atexit, gc, sys\n"
+        f"sys.argv = ['larpix-dqm', 'once', {str(path)!r}, '--no-plots']\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+        "from larpix_dqm.exporter.cli import run\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary, _, frozen = done.stdout.rpartition("frozen ")
+    assert int(frozen) > 10_000, frozen  # the imported modules' objects at least
+    assert json.loads(summary)["window_seconds"] > 0
 
 
 @pytest.mark.parametrize("setting, expected", [(None, "False"), ("1", "True")])
