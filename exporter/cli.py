@@ -1147,7 +1147,7 @@ def run() -> None:
     except BrokenPipeError:
         sys.exit(1)
     # the interpreter's exit collects garbage over every object still alive before freeing them: after a `once` with
-    # plots (the figures' artists) that took 0.13-0.19 s of the command's 2.5-2.9 s; frozen, the collector skips them
+    # plots (the figures' artists) that took 0.16-0.21 s of the command's 2.5-2.9 s; frozen, the collector skips them
     # (the atexit handlers still run and every object is still freed; a reference cycle is left to the system)
     gc.freeze()
     sys.exit(code if isinstance(code, int) else 0)

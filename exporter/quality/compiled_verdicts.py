@@ -294,7 +294,7 @@ def _rank_pair(candidates: np.ndarray, n: int, k: int) -> tuple[float, float]:
 
 
 @njit(cache=True, nogil=True)
-def order_pass(values, bounds, q, out):  # fmt: skip
+def order_pass(values, bounds, q, out):
     """``verdicts.order_neighbours`` into ``out``: the same values, the segments' order statistics being exact."""
     longest = 0
     for s in range(len(bounds) - 1):

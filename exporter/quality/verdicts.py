@@ -331,7 +331,7 @@ def linear_quantile(values: np.ndarray, q: float) -> float:
 @dataclass(frozen=True)
 class Groups:
     """Chip rows by group, sorted once: a group's rows are a slice of ``rows`` (ascending, as a mask over every
-    row would give them), so a loop over the groups does not scan every row for each."""
+    row would give them), so the groups' values are gathered in one pass, group after group."""
 
     inverse: np.ndarray  # (chips,) each row's group, 0 .. count - 1
     rows: np.ndarray  # the rows, stably sorted by group
