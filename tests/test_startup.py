@@ -131,19 +131,26 @@ def test_once_shows_its_progress_on_a_terminal(tmp_path):
 
 
 def test_a_finished_command_leaves_its_objects_out_of_the_exits_garbage_collection(tmp_path):
-    """Once the command is done, ``cli.run`` freezes the garbage collector's objects (the exit's collection then
-    skips them); the atexit handlers still run, and the command's output is whole."""
+    """At the process's exit, after the command, ``cli.run`` has the garbage collector's objects frozen (the exit's
+    collection then skips them), and the command's output is whole; a caller going on in the same process finds its
+    collector as it was."""
     path = simulated_second(tmp_path)
     probe = (
         "import atexit, gc, sys\n"
         f"sys.argv = ['larpix-dqm', 'once', {str(path)!r}, '--no-plots']\n"
         "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
         "from larpix_dqm.exporter.cli import run\n"
-        "run()\n"
+        "try:\n"
+        "    run()\n"
+        "except SystemExit:\n"
+        "    print('after', gc.get_freeze_count())\n"
+        "    run()\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "\nafter 0\n" in done.stdout, done.stdout[-300:]
     summary, _, frozen = done.stdout.rpartition("frozen ")
+    summary = summary.split("after 0\n", 1)[1]  # the second run's
     assert int(frozen) > 10_000, frozen  # the imported modules' objects at least
     assert json.loads(summary)["window_seconds"] > 0
 
