@@ -97,7 +97,8 @@ def test_linear_quantile_is_numpys_quantile_to_the_bit():
 
 
 def order_cases(rng: np.random.Generator) -> list[np.ndarray]:
-    """Segments for the order statistics: spreads, ties at every rank, extremes a float's width apart, subnormals."""
+    """Segments for the order statistics: spreads, ties at every rank, extremes whose difference overflows or is
+    subnormal."""
     cases = []
     for n in (1, 2, 3, 63, 64, 65, 1000, 10_240):
         mostly_zero = np.zeros(n)
