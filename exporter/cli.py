@@ -52,6 +52,7 @@ if typing.TYPE_CHECKING:
     from larpix_dqm.exporter.detector.geometry import Geometry
     from larpix_dqm.exporter.detector.runconfig import RunConfig
     from larpix_dqm.exporter.monitor import Monitor
+    from larpix_dqm.exporter.quality.snapshot import Snapshot
     from larpix_dqm.exporter.reading.files import Chunk
     from larpix_dqm.exporter.registry.writer import RegistryWriter
     from larpix_dqm.exporter.runtime.once import FileResult
@@ -204,19 +205,37 @@ PLOTS_HELP = (
 )
 
 
-def _plot_settings(
+def _plot_options(
     output: Path | None, ext: str, plots: list[str], interval: float, plugin_dirs: list[str], latest: bool = True
-) -> PlotSettings | None:
-    """PlotSettings from the plot options, None without -o; exits on options that need -o."""
+) -> dict[str, Any] | None:
+    """The ``PlotSettings`` arguments of the plot options, None without -o; exits on options that need -o. Plain
+    values: ``once`` hands them to its drawing process, which checks them with matplotlib loaded."""
     if output is None:
         if plots or plugin_dirs:
             _fail("--plots and --plugin-dir need -o PLOTDIR (where the images go)")
         return None
     _plugin_dirs(plugin_dirs)
+    names = tuple(name for value in plots for name in value.replace(",", " ").split())
+    return {
+        "output": str(output),
+        "ext": ext,
+        "plots": names,
+        "interval": interval,
+        "plugin_dirs": tuple(plugin_dirs),
+        "latest": latest,
+    }
+
+
+def _plot_settings(
+    output: Path | None, ext: str, plots: list[str], interval: float, plugin_dirs: list[str], latest: bool = True
+) -> PlotSettings | None:
+    """PlotSettings from the plot options, None without -o; exits on options that need -o."""
+    options = _plot_options(output, ext, plots, interval, plugin_dirs, latest)
+    if options is None:
+        return None
     from larpix_dqm.plots.engine import PlotSettings
 
-    names = tuple(name for value in plots for name in value.replace(",", " ").split())
-    return PlotSettings(str(output), ext, names, interval, tuple(plugin_dirs), latest)
+    return PlotSettings(**options)
 
 
 def _setting_parameter(name: str) -> inspect.Parameter:
@@ -478,7 +497,7 @@ def once(
         run_config = RunConfig.load(network, disabled_list, run_mode)
         if ingest_engine not in ENGINES:
             raise RunConfigError(f"--ingest-engine {ingest_engine!r}: expected one of {', '.join(ENGINES)}")
-        settings = None if no_plots else _plot_settings(output, ext, plots, 0.0, plugin_dir, latest=False)
+        options = None if no_plots else _plot_options(output, ext, plots, 0.0, plugin_dir, latest=False)
     except (GeometryError, PlotConfigError, RunConfigError) as err:
         _fail(str(err))
     window = _checked("window", window)
@@ -492,7 +511,7 @@ def once(
     }
     runs = _once_registry(registry, run_pattern, file, configuration, run_mode)
     try:
-        result, written = _once_with_progress(file, geo, window, settings, run_config, ingest_engine, runs)
+        result, written = _once_with_progress(file, geo, window, options, run_config, ingest_engine, runs)
         if result.errors:
             _fail(f"{file}: {'; '.join(result.errors)}")
         if runs is not None:
@@ -589,65 +608,93 @@ def _once_with_progress(
     file: Path,
     geo: Geometry | None,
     window: float,
-    settings: PlotSettings | None,
+    options: dict[str, Any] | None,
     run_config: RunConfig,
     ingest_engine: str,
     runs: RegistryWriter | None = None,
 ) -> tuple[FileResult, tuple[int, list[str]] | None]:
     """Read the file (progress bar on a terminal; ``runs`` notes each chunk and records the state as the file is
-    read), then draw its plots; returns (result, (images, failures)).
+    read), and with plot ``options`` draw its plots; returns (result, (images, failures)).
 
-    The plots are drawn here, not in a spawned drawing process as ``serve`` does: nothing is served meanwhile,
-    so there is no lock to keep free, and such a process would only add start-up time. Once the file is read,
-    a forked helper, which inherits the fed plots, takes its share of the images on a second core
-    (``plots.sharing``); the progress display is refreshed by this thread only (no refresh thread), so no lock
-    of it is held when the helper forks.
+    The plots are set up, fed and drawn by a drawing process forked before the read (``plots.once``): it imports
+    matplotlib and takes the packets on a second core while this process reads, and draws with a helper of its
+    own. Not a spawned process as ``serve``'s: nothing is served meanwhile, and spawning would only add start-up
+    time. Plot options it rejects end the command with their message (exit 2) at the next chunk, or before the
+    read with ``runs``, which writes while the file is read. The progress display is refreshed by this thread
+    only (no refresh thread).
     """
-    from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
     from larpix_dqm.exporter.runtime.once import file_rows, process_file
 
-    engine = None
-    if settings is not None:
-        from larpix_dqm.plots.engine import PlotEngine  # matplotlib: only when plots are drawn
+    key = (str(file), 0)
+    drawing = None
+    if options is not None:
+        from larpix_dqm.plots.once import OnceDrawing
 
-        engine = PlotEngine(settings, geo)
-    with _progress() as progress:
-        reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
-        noted = runs.on_chunk if runs is not None else None
-        on_chunk = noted
-        if engine is not None:
-            empty = Accumulator(
-                QualityConfig(engine=ingest_engine), geo
-            ).snapshot()  # the plots' update() reads packets, not statistics
-            key = (str(file), 0)
+        drawing = OnceDrawing(options, geo, key)
+    try:
+        if drawing is not None and runs is not None:
+            drawing.settle()  # the registry is written while the file is read: not for options that fail
+        with _progress() as progress:
+            reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
+            noted = runs.on_chunk if runs is not None else None
+            on_chunk = noted
+            if drawing is not None:
+                feed = drawing.feed
 
-            def on_chunk(chunk: Chunk) -> None:
-                engine.update(key, chunk.packets, empty)
-                if noted is not None:
-                    noted(chunk)
+                def on_chunk(chunk: Chunk) -> None:
+                    feed(chunk.packets)
+                    if noted is not None:
+                        noted(chunk)
 
-        result = process_file(
-            str(file),
-            geo,
-            window,
-            on_chunk,
-            lambda rows: progress.update(reading, completed=rows, refresh=True),
-            run_config,
-            ingest_engine,
-            runs.record if runs is not None else None,
-        )
-        if engine is None or result.errors:  # nothing to draw, or a file that could not be read
-            return result, None
-        from larpix_dqm.plots.sharing import draw_shared
+            result = process_file(
+                str(file),
+                geo,
+                window,
+                on_chunk,
+                lambda rows: progress.update(reading, completed=rows, refresh=True),
+                run_config,
+                ingest_engine,
+                runs.record if runs is not None else None,
+            )
+            if drawing is None or options is None or result.errors:  # nothing to draw, or a file not read
+                return result, None
+            task = progress.add_task("drawing plots (images)", total=None)
+            progress.refresh()
+            advance = lambda: progress.update(task, advance=1, refresh=True)  # noqa: E731
+            written = drawing.finish(result.snapshot, advance)
+            if written is None:
+                log.warning("plots: the drawing process (pid %d) did not report; the plots are drawn here", drawing.pid)
+                written = _draw_here(file, geo, window, options, run_config, ingest_engine, result.snapshot, advance)
+            progress.update(task, completed=written[0], refresh=True)  # the helper's too
+        return result, written
+    finally:
+        if drawing is not None:
+            drawing.stop()
 
-        drawing = progress.add_task("drawing plots (images)", total=None)
-        progress.refresh()
-        images = draw_shared(engine, result.snapshot, lambda: progress.update(drawing, advance=1, refresh=True))
-        progress.update(drawing, completed=images, refresh=True)  # the helper's too
-    failures = [f"{name} failed: {h.last_error}" for name, h in engine.health.items() if h.failures]
-    failures += [f"{name} skipped: {reason}" for name, reason in engine.skipped.items()]
-    failures += [f"plugin {where} skipped: {error}" for where, error in engine.catalog.errors.items()]
-    return result, (images, failures)
+
+def _draw_here(
+    file: Path,
+    geo: Geometry | None,
+    window: float,
+    options: dict[str, Any],
+    run_config: RunConfig,
+    ingest_engine: str,
+    snapshot: Snapshot,
+    on_image: Callable[[], None],
+) -> tuple[int, list[str]]:
+    """Draw the file's plots in this process, reading the file again to feed them (its drawing process ended
+    without reporting: a dead process costs time, never an image); (images, failures)."""
+    from larpix_dqm.exporter.runtime.once import process_file
+    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+    from larpix_dqm.plots.once import empty_snapshot, failures
+
+    engine = PlotEngine(PlotSettings(**options), geo)
+    empty = empty_snapshot(geo)
+    key = (str(file), 0)
+    process_file(
+        str(file), geo, window, lambda chunk: engine.update(key, chunk.packets, empty), None, run_config, ingest_engine
+    )
+    return engine.draw(snapshot, on_image), failures(engine)
 
 
 @app.command()

@@ -68,10 +68,16 @@ def can_share() -> bool:
     return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
 
 
-def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], None]) -> int:
+def draw_shared(
+    engine: PlotEngine,
+    snapshot: Snapshot,
+    between: Callable[[], None],
+    on_fork: Callable[[int], None] = lambda pid: None,
+) -> int:
     """Draw ``engine``'s due images with a forked helper; the number written by both processes.
 
-    ``between`` runs after each image this process draws. Without a second core, one process draws all.
+    ``between`` runs after each image this process draws; ``on_fork`` is told the helper's process number (a
+    process that may have to stop it). Without a second core, one process draws all.
     """
     if not can_share():
         return engine.draw(snapshot, between)
@@ -92,6 +98,7 @@ def draw_shared(engine: PlotEngine, snapshot: Snapshot, between: Callable[[], No
         os.close(write)
         report = None
         try:
+            on_fork(pid)
             started = time.monotonic()
             written = engine.draw(snapshot, between, share=shares.take)
             seconds, times = HELPER_WAIT

@@ -1,0 +1,236 @@
+"""``once``'s drawing process: forked before the file is read, it sets the plots up and takes the file's packets
+while the reading process reads and counts them, then draws.
+
+Importing matplotlib, building the ``PlotEngine``, the plots' per-chunk updates and the first text layout cost a
+``once`` with plots ~1 s of CPU before its first image (a module's 1.2 M-packet raw file). Done here, they run
+on the second core during the read, and the reading process never imports matplotlib. The child drains its
+pipe with a thread of its own, so a send never waits on the child's import; once sent the snapshot it draws
+with a forked helper (``plots.sharing``), reporting each image, then the totals and failures. A plot option
+the engine rejects comes back as its message (``PlotConfigError`` here). If the child ends without reporting,
+``finish`` returns None and the caller draws in its own process: a dead child costs time, never an image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, Pipe
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from larpix_dqm.exporter.detector.geometry import Geometry
+from larpix_dqm.exporter.quality.snapshot import Snapshot
+from larpix_dqm.plots.errors import PlotConfigError
+from larpix_dqm.plots.store import remove_temporaries
+
+if TYPE_CHECKING:
+    from larpix_dqm.plots.engine import PlotEngine
+
+log = logging.getLogger(__name__)
+
+#: How often ``finish`` looks whether the child is still alive while it waits for its messages (seconds).
+ALIVE_CHECK = 0.2
+
+
+class OnceDrawing:
+    """The forked drawing process of one ``once`` file, as the reading process sees it."""
+
+    def __init__(self, options: dict[str, Any], geometry: Geometry | None, key: tuple[str, int]) -> None:
+        """Fork the child: it builds ``PlotSettings(**options)`` and its engine for ``geometry``, and takes the
+        packets of the file ``key``."""
+        self.options = options
+        self._conn, child = Pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._conn.close()
+            _child(child, options, geometry, key)
+        child.close()
+        self._helpers: list[int] = []  # the child's helpers, stopped with it
+        self._wants_packets = True  # until the child says its plots read none
+        self._ready = False  # whether the child has built its engine
+        self._reaped = False
+
+    def settle(self) -> None:
+        """Wait until the child has built its engine: raises ``PlotConfigError`` if it rejected the plot options
+        (a caller about to write what a rejected run must not leave, such as a run registry, asks first)."""
+        while not self._ready and not self._conn.closed:
+            try:
+                if self._message(ALIVE_CHECK) is None and os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                    self._reaped = True
+                    return
+            except EOFError:
+                return
+
+    def feed(self, packets: np.ndarray) -> None:
+        """Send one chunk's packets; raises ``PlotConfigError`` once the child has rejected the plot options."""
+        self._take_news()
+        with contextlib.suppress(OSError):  # the child is gone: ``finish`` says so
+            self._conn.send(("chunk", packets if self._wants_packets else None))
+
+    def finish(self, snapshot: Snapshot, on_image: Callable[[], None]) -> tuple[int, list[str]] | None:
+        """Send the file's snapshot and wait for the child's draw: (images written, the plots' failures), or None
+        when the child ended without reporting (then its helper is stopped too and what they left half-written
+        removed). Raises ``PlotConfigError`` when the child rejected the plot options."""
+        with contextlib.suppress(OSError):
+            self._conn.send(("draw", snapshot))
+        while not self._reaped:
+            try:
+                message = self._message(ALIVE_CHECK)
+            except EOFError:
+                break
+            if message is None:
+                self._reaped = os.waitpid(self.pid, os.WNOHANG)[0] == self.pid
+            elif message[0] == "image":
+                on_image()
+            elif message[0] == "done":
+                self._conn.close()
+                os.waitpid(self.pid, 0)
+                self._reaped = True
+                return message[1], message[2]
+        self.stop()
+        return None
+
+    def stop(self) -> None:
+        """End the child and its helper if they have not reported (this process is leaving early, or the child
+        ended without a report), reap the child, remove what they left half-written."""
+        if self._conn.closed:
+            return
+        self._conn.close()
+        running = self._helpers if self._reaped else [self.pid, *self._helpers]  # not reaped: numbers not reused
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not self._reaped:
+            os.waitpid(self.pid, 0)
+            self._reaped = True
+        for pid in (self.pid, *self._helpers):
+            remove_temporaries(self.options["output"], pid)
+
+    def _take_news(self) -> None:
+        """Read what the child has said so far without waiting."""
+        with contextlib.suppress(EOFError):
+            while self._message(0) is not None:
+                pass
+
+    def _message(self, timeout: float) -> tuple | None:
+        """The child's next message within ``timeout`` seconds, or None; the set-up messages are handled here.
+        Raises EOFError when the child has closed its end, ``PlotConfigError`` when it rejected the options."""
+        try:
+            if self._conn.closed or not self._conn.poll(timeout):
+                return None
+            message = self._conn.recv()
+        except OSError as err:  # the child died with our packets unread: its end of the socket was reset
+            raise EOFError from err
+        kind = message[0]
+        if kind == "error":
+            self.stop()
+            raise PlotConfigError(message[1])
+        if kind == "ready":
+            self._ready, self._wants_packets = True, message[1]
+        elif kind == "helper":
+            self._helpers.append(message[1])
+        return message
+
+
+def empty_snapshot(geometry: Geometry | None) -> Snapshot:
+    """The snapshot the plots are fed with: their ``update`` reads packets, not statistics."""
+    from larpix_dqm.exporter.quality.accumulator import Accumulator, QualityConfig
+    from larpix_dqm.exporter.quality.config import NUMPY
+
+    return Accumulator(QualityConfig(engine=NUMPY), geometry).snapshot()
+
+
+def failures(engine: PlotEngine) -> list[str]:
+    """What went wrong in a draw, one line each: plots that failed, plots skipped, plugins not loaded."""
+    lines = [f"{name} failed: {h.last_error}" for name, h in engine.health.items() if h.failures]
+    lines += [f"{name} skipped: {reason}" for name, reason in engine.skipped.items()]
+    lines += [f"plugin {where} skipped: {error}" for where, error in engine.catalog.errors.items()]
+    return lines
+
+
+def _child(conn: Connection, options: dict[str, Any], geometry: Geometry | None, key: tuple[str, int]) -> NoReturn:
+    """The child's whole life: set the plots up, take the packets, draw, report; exit without running the
+    reading process's exit handlers (its registry, files and progress display are that process's)."""
+    code = 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the reading process decides
+    try:
+        inbox = _Inbox(conn)
+        from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+        from larpix_dqm.plots.sharing import draw_shared
+
+        try:
+            engine = PlotEngine(PlotSettings(**options), geometry)
+        except PlotConfigError as err:
+            conn.send(("error", str(err)))
+            os._exit(0)
+        conn.send(("ready", engine.wants_packets))
+        empty = empty_snapshot(geometry)
+        _warm_up()
+        while True:
+            message = inbox.get()
+            if message is None:  # the reading process is gone, or stopped before the draw
+                os._exit(0)
+            if message[0] == "draw":
+                break
+            engine.update(key, message[1], empty)
+        written = draw_shared(
+            engine,
+            message[1],
+            lambda: conn.send(("image",)),
+            on_fork=lambda pid: conn.send(("helper", pid)),
+        )
+        conn.send(("done", written, failures(engine)))
+        code = 0
+    except OSError:  # the reading process went away
+        pass
+    except Exception:
+        log.exception("plots: the drawing process failed")
+    os._exit(code)
+
+
+class _Inbox:
+    """The messages the reading process sends, drained from the pipe by a thread as they come, so its sends
+    do not wait while this process imports and sets up; None once the pipe is closed."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._drain, name="plots-inbox", daemon=True)
+        self._thread.start()
+
+    def get(self) -> tuple | None:
+        message = self._queue.get()
+        if message is None or message[0] == "draw":
+            self._thread.join()  # it ends after the draw message: none is left running when the helper forks
+        return message
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                message = self._conn.recv()
+                self._queue.put(message)
+                if message[0] == "draw":
+                    return
+        except (EOFError, OSError):
+            self._queue.put(None)
+
+
+def _warm_up() -> None:
+    """Lay out and render a line of text once: loads the font and fills matplotlib's text caches before the
+    first image, while the file is still being read."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    started = time.perf_counter()
+    fig = Figure(figsize=(2, 1), dpi=100)
+    FigureCanvasAgg(fig)
+    fig.text(0.1, 0.5, "0123456789 Hz [%]")
+    fig.canvas.draw()
+    log.debug("plots: warmed up in %.3f s", time.perf_counter() - started)
