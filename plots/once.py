@@ -52,6 +52,7 @@ class OnceDrawing:
             self._conn.close()
             _child(child, options, geometry, key)
         child.close()
+        self._outbox = _Outbox(self._conn)
         self._helpers: list[int] = []  # the child's helpers, stopped with it
         self._wants_packets = True  # until the child says its plots read none
         self._ready = False  # whether the child has built its engine
@@ -71,15 +72,14 @@ class OnceDrawing:
     def feed(self, packets: np.ndarray) -> None:
         """Send one chunk's packets; raises ``PlotConfigError`` once the child has rejected the plot options."""
         self._take_news()
-        with contextlib.suppress(OSError):  # the child is gone: ``finish`` says so
-            self._conn.send(("chunk", packets if self._wants_packets else None))
+        self._outbox.put(("chunk", packets if self._wants_packets else None))
 
     def finish(self, snapshot: Snapshot, on_image: Callable[[], None]) -> tuple[int, list[str]] | None:
         """Send the file's snapshot and wait for the child's draw: (images written, the plots' failures), or None
         when the child ended without reporting (then its helper is stopped too and what they left half-written
         removed). Raises ``PlotConfigError`` when the child rejected the plot options."""
-        with contextlib.suppress(OSError):
-            self._conn.send(("draw", snapshot))
+        self._outbox.put(("draw", snapshot))
+        self._outbox.close()
         while not self._reaped:
             try:
                 message = self._message(ALIVE_CHECK)
@@ -90,6 +90,7 @@ class OnceDrawing:
             elif message[0] == "image":
                 on_image()
             elif message[0] == "done":
+                self._outbox.close()
                 self._conn.close()
                 os.waitpid(self.pid, 0)
                 self._reaped = True
@@ -102,11 +103,12 @@ class OnceDrawing:
         ended without a report), reap the child, remove what they left half-written."""
         if self._conn.closed:
             return
-        self._conn.close()
         running = self._helpers if self._reaped else [self.pid, *self._helpers]  # not reaped: numbers not reused
         for pid in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        self._outbox.close()  # a send under way fails now that the child is gone
+        self._conn.close()
         if not self._reaped:
             os.waitpid(self.pid, 0)
             self._reaped = True
@@ -195,6 +197,38 @@ def _child(conn: Connection, options: dict[str, Any], geometry: Geometry | None,
     os._exit(code)
 
 
+class _Outbox:
+    """What the reading process sends the child, sent by a thread of its own, in order: a full pipe never holds
+    up the read, and packets go as their bytes (no pickled copy)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._send, name="plots-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, message: tuple) -> None:
+        self._queue.put(message)
+
+    def close(self) -> None:
+        """Send what is queued, then end the thread (at once if the child is gone)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _send(self) -> None:
+        try:
+            while (message := self._queue.get()) is not None:
+                if message[0] == "chunk" and message[1] is not None:
+                    packets = np.ascontiguousarray(message[1])
+                    self._conn.send(("chunk", packets.dtype, len(packets)))
+                    self._conn.send_bytes(packets.view(np.uint8).reshape(-1).data)
+                else:
+                    self._conn.send(message)
+        except OSError:  # the child is gone: ``finish`` says so
+            pass
+
+
 class _Inbox:
     """The messages the reading process sends, drained from the pipe by a thread as they come, so its sends
     do not wait while this process imports and sets up; None once the pipe is closed."""
@@ -215,6 +249,11 @@ class _Inbox:
         try:
             while True:
                 message = self._conn.recv()
+                if message[0] == "chunk" and message[1] is not None:
+                    _, dtype, rows = message
+                    buffer = bytearray(rows * dtype.itemsize)
+                    self._conn.recv_bytes_into(buffer)
+                    message = ("chunk", np.frombuffer(buffer, dtype))
                 self._queue.put(message)
                 if message[0] == "draw":
                     return
