@@ -623,6 +623,7 @@ def _once_with_progress(
     read with ``runs``, which writes while the file is read. The progress display is refreshed by this thread
     only (no refresh thread).
     """
+    from larpix_dqm.exporter.reading.files import CHUNK_ROWS, RAW_CHUNK_MESSAGES, FileReader
     from larpix_dqm.exporter.runtime.once import file_rows, process_file
 
     key = (str(file), 0)
@@ -655,6 +656,7 @@ def _once_with_progress(
                 run_config,
                 ingest_engine,
                 runs.record if runs is not None else None,
+                None if drawing is None else FileReader(CHUNK_ROWS // 2, RAW_CHUNK_MESSAGES // 2),
             )
             if drawing is None or options is None or result.errors:  # nothing to draw, or a file not read
                 return result, None

@@ -28,6 +28,7 @@ import numpy as np
 from larpix_dqm.exporter.detector.geometry import Geometry
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.errors import PlotConfigError
+from larpix_dqm.plots.heap import release_free_heap
 from larpix_dqm.plots.store import remove_temporaries
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class OnceDrawing:
         removed). Raises ``PlotConfigError`` when the child rejected the plot options."""
         self._outbox.put(("draw", snapshot))
         self._outbox.close()
+        release_free_heap()  # the read's freed temporaries, while this process waits
         while not self._reaped:
             try:
                 message = self._message(ALIVE_CHECK)
@@ -182,6 +184,8 @@ def _child(conn: Connection, options: dict[str, Any], geometry: Geometry | None,
             if message[0] == "draw":
                 break
             engine.update(key, message[1], empty)
+            del message
+            release_free_heap()
         written = draw_shared(
             engine,
             message[1],

@@ -11,7 +11,6 @@ and draws everything it did not draw itself: a helper that hangs costs time, nev
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import itertools
 import logging
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator
 
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.engine import PlotEngine, PluginHealth
+from larpix_dqm.plots.heap import release_free_heap
 from larpix_dqm.plots.store import remove_temporaries
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def draw_shared(
     shares = Shares()
     before = {name: (h.failures, h.renders) for name, h in engine.health.items()}
     read, write = os.pipe()
-    _release_free_heap()
+    release_free_heap()
     with _collector_frozen():  # see _help
         try:
             pid = os.fork()
@@ -132,15 +132,6 @@ def _collector_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def _release_free_heap() -> None:
-    """Return the heap's free pages to the system before forking (glibc's ``malloc_trim``; elsewhere nothing):
-    the counting's freed temporaries, held between the window's entries, would stay resident in both processes,
-    and each would copy the pages it reuses while drawing (a module's 1.2 M-packet file: ~90 MB, twice)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
 
 
 def _help(

@@ -170,7 +170,9 @@ def test_rejected_plot_options_end_once_before_its_run_is_registered(tile_geomet
     (tmp_path / "slow" / "slow.py").write_text(SLOW)
     monkeypatch.setenv("ONCE_REGISTRY", str(registry))
     monkeypatch.setattr(  # read in small chunks, as a big file is: the registry is written while it is read
-        once_module, "DirectoryTail", lambda inputs, on_error: DirectoryTail(inputs, FileReader(raw_chunk_messages=50))
+        once_module,
+        "DirectoryTail",
+        lambda inputs, reader, on_error: DirectoryTail(inputs, FileReader(raw_chunk_messages=50)),
     )
     out = ["-o", str(tmp_path / "out"), "--plugin-dir", str(tmp_path / "slow")]
     code, _, err = run_cli(monkeypatch, capsys, "once", str(path), *out, "--registry", str(registry), "--plots", "Nope")

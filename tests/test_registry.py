@@ -671,7 +671,9 @@ def test_once_records_the_run_as_it_reads_the_file(monkeypatch, capsys, tile_geo
 
     monkeypatch.setattr(RegistryWriter, "record", spy)
     monkeypatch.setattr(  # read in small chunks, as a big file is
-        once_module, "DirectoryTail", lambda inputs, on_error: DirectoryTail(inputs, FileReader(raw_chunk_messages=300))
+        once_module,
+        "DirectoryTail",
+        lambda inputs, reader, on_error: DirectoryTail(inputs, FileReader(raw_chunk_messages=300)),
     )
     code, _, err = run_cli(
         monkeypatch, capsys, "once", str(path), "--no-plots", "--geometry", "layout-2.4.0", "--registry", str(registry)

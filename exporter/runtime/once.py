@@ -21,7 +21,7 @@ from larpix_dqm.exporter.quality.config import COMPILED
 from larpix_dqm.exporter.quality.evaluation import Evaluation
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus
-from larpix_dqm.exporter.reading.files import Chunk
+from larpix_dqm.exporter.reading.files import Chunk, FileReader
 from larpix_dqm.exporter.reading.formats import detect
 from larpix_dqm.exporter.reading.formats.base import OpenFile, SourceError, open_for_reading
 from larpix_dqm.exporter.reading.tail import DirectoryTail, InputSpec
@@ -180,11 +180,12 @@ def process_file(
     run_config: RunConfig | None = None,
     ingest_engine: str = COMPILED,
     on_evaluation: Callable[[Evaluation], None] | None = None,
+    reader: FileReader | None = None,
 ) -> FileResult:
     """Ingest a whole file through a ``Monitor``, as serve does; ``on_chunk`` sees each chunk, ``on_progress``
     the rows done so far, ``on_evaluation`` the state every ``EVALUATE_EVERY_SECONDS`` of data time read (the run
-    registry credits each stretch to the statuses of its time). The configuration the file stores (a packet
-    file's ``configs``) adds to ``run_config``."""
+    registry credits each stretch to the statuses of its time); ``reader`` sets the chunks' size. The
+    configuration the file stores (a packet file's ``configs``) adds to ``run_config``."""
     errors: list[str] = []
     run_config = run_config or RunConfig()
     monitor = Monitor(geometry, window=window, ingest_engine=ingest_engine)
@@ -214,7 +215,7 @@ def process_file(
                 on_evaluation(monitor.update())
 
     tail = DirectoryTail(
-        [InputSpec(path)], on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
+        [InputSpec(path)], reader, on_error=lambda cursor, reason, message: errors.append(f"{reason}: {message}")
     )
     tail.pump(consume, expect=monitor.accumulator.expect)
     monitor.accumulator.finish()
