@@ -27,7 +27,7 @@ from larpix_dqm.plots import PlotContext
 from larpix_dqm.plots.builtin.anode import AnodeOverview
 from larpix_dqm.plots.builtin.beam import BeamTriggers
 from larpix_dqm.plots.builtin.fifo import FIFOFlags
-from larpix_dqm.plots.builtin.hot import HotPixels
+from larpix_dqm.plots.builtin.hot import HotPixels, top_channels
 from larpix_dqm.plots.builtin.pixelmap import PixelMap
 from larpix_dqm.plots.builtin.rates import PacketRate, TileRate
 from larpix_dqm.plots.builtin.timing import TimestampHistograms, TriggerHistograms
@@ -222,6 +222,22 @@ def test_polls_end_with_the_same_figures_as_one_pass(tmp_path, module_geometry, 
         assert_same_figure_data(live_figures[name], once_figures[name], name)
     triggers = sum(p.get_height() for p in once_figures["TriggerHistograms"].axes[1].patches)
     assert triggers > 40  # 4 Hz for 11 s on 2 io_groups: the live run had to pair across polls and chunks
+
+
+def test_hot_pixels_lists_equal_rates_by_chip_key_whatever_order_the_chips_were_seen_in():
+    rng = np.random.default_rng(5)
+    keys = np.array([(g, c, i) for g in (1, 2) for c in (1, 2, 3) for i in range(11, 30)], np.int64)
+    rates = rng.choice([0.0, 1.0, 2.0, 3.0], size=(len(keys), 64), p=[0.5, 0.3, 0.19, 0.01])
+    listed = []
+    for _ in range(5):  # the same channels, their chips in another order each time
+        order = rng.permutation(len(keys))
+        top = top_channels(rates[order].ravel(), keys[order])
+        chips, channels = np.divmod(top, 64)
+        listed.append([(*keys[order][c].tolist(), ch) for c, ch in zip(chips.tolist(), channels.tolist())])
+    assert all(found == listed[0] for found in listed), listed
+    flat = rates.ravel()
+    expected = sorted((-flat[i], *keys[i // 64].tolist(), i % 64) for i in range(flat.size) if flat[i] > 0)[:20]
+    assert listed[0] == [tuple(e[1:]) for e in expected]
 
 
 def _expected_image(geometry, stats, values, io_group, tile, extent, shape) -> np.ndarray:

@@ -79,11 +79,17 @@ def images(folder: Path) -> dict[str, bytes]:
 
 
 def drawn_in_one_process(path: Path, plugins: Path, out: Path, tile_geometry) -> dict[str, bytes]:
-    """The images one process draws of ``path`` with the same plots, fed as ``once`` feeds them."""
+    """The images one process draws of ``path`` with the same plots, fed in small chunks."""
     settings = PlotSettings(str(out), plots=tuple(PLOTS.split(",")), plugin_dirs=(str(plugins),), latest=False)
     engine = PlotEngine(settings, tile_geometry)
     empty = Accumulator(geometry=tile_geometry).snapshot()
-    result = process_file(str(path), tile_geometry, 60.0, lambda c: engine.update((str(path), 0), c.packets, empty))
+    result = process_file(
+        str(path),
+        tile_geometry,
+        60.0,
+        lambda c: engine.update((str(path), 0), c.packets, empty),
+        reader=FileReader(raw_chunk_messages=37),  # chunks of other sizes than once's: the images do not depend on them
+    )
     assert engine.draw(result.snapshot) == 8
     return images(out)
 

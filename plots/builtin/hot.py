@@ -13,6 +13,20 @@ from larpix_dqm.plots.draw import NOISY_COLOUR, KeptFigure, log_scale, no_data, 
 TOP = 20
 
 
+def top_channels(rates: np.ndarray, chip_keys: np.ndarray) -> np.ndarray:
+    """The flat indices of the ``TOP`` channels with the highest positive rates, highest first; equal rates in
+    the order of their chips' keys and channels, so that the list does not depend on the order chips were first
+    seen in (which follows how the data were cut into chunks)."""
+    if rates.size > TOP:
+        candidates = np.flatnonzero(rates >= np.partition(rates, rates.size - TOP)[rates.size - TOP])
+    else:
+        candidates = np.arange(rates.size)
+    candidates = candidates[rates[candidates] > 0]
+    chips, channels = np.divmod(candidates, rates.size // max(1, len(chip_keys)))
+    key = chip_keys[chips]
+    return candidates[np.lexsort((channels, key[:, 2], key[:, 1], key[:, 0], -rates[candidates]))][:TOP]
+
+
 class HotPixels(Plot):
     """Left: the top channels by share of all data packets in the window. Right: how the
     channel hit rates are distributed, with the noisy threshold; the window is that of
@@ -32,8 +46,7 @@ class HotPixels(Plot):
         top_ax, dist_ax = self._kept.axes(fig, 6.0, total > 0, lambda new: self._build(new, total > 0))
         threshold = snapshot.config.noisy_rate_hz
         if total > 0:
-            order = np.argsort(-rates, kind="stable")[:TOP]
-            order = order[rates[order] > 0]
+            order = top_channels(rates, snapshot.chip_keys)
             share = rates[order] / total * 100
             chips, channels = np.divmod(order, snapshot.channel_rate_hz.shape[1])
             labels = [
