@@ -1,13 +1,14 @@
 """``once``'s drawing process: forked before the file is read, it sets the plots up and takes the file's packets
 while the reading process reads and counts them, then draws.
 
-Importing matplotlib, building the ``PlotEngine``, the plots' per-chunk updates and the first text layout cost a
-``once`` with plots ~1 s of CPU before its first image (a module's 1.2 M-packet raw file). Done here, they run
-on the second core during the read, and the reading process never imports matplotlib. The child drains its
-pipe with a thread of its own, so a send never waits on the child's import; once sent the snapshot it draws
-with a forked helper (``plots.sharing``), reporting each image, then the totals and failures. A plot option
-the engine rejects comes back as its message (``PlotConfigError`` here). If the child ends without reporting,
-``finish`` returns None and the caller draws in its own process: a dead child costs time, never an image.
+Importing matplotlib with the plots and their per-chunk updates cost a ``once`` with plots ~0.8 s of CPU before
+its first image (a module's 1.2 M-packet raw file). Done here, they run on the second core during the read, and
+the reading process never imports matplotlib. Packets go as their bytes, sent by a thread of the reading
+process and received by a thread of the child, so neither the read nor the child's import waits on the pipe.
+Once sent the snapshot the child draws with a forked helper (``plots.sharing``), reporting each image, then the
+totals and failures. A plot option the engine rejects comes back as its message (``PlotConfigError`` here). If
+the child ends without reporting, ``finish`` returns None and the caller draws in its own process: a dead child
+costs time, never an image.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -176,7 +176,6 @@ def _child(conn: Connection, options: dict[str, Any], geometry: Geometry | None,
             os._exit(0)
         conn.send(("ready", engine.wants_packets))
         empty = empty_snapshot(geometry)
-        _warm_up()
         while True:
             message = inbox.get()
             if message is None:  # the reading process is gone, or stopped before the draw
@@ -263,17 +262,3 @@ class _Inbox:
                     return
         except (EOFError, OSError):
             self._queue.put(None)
-
-
-def _warm_up() -> None:
-    """Lay out and render a line of text once: loads the font and fills matplotlib's text caches before the
-    first image, while the file is still being read."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    started = time.perf_counter()
-    fig = Figure(figsize=(2, 1), dpi=100)
-    FigureCanvasAgg(fig)
-    fig.text(0.1, 0.5, "0123456789 Hz [%]")
-    fig.canvas.draw()
-    log.debug("plots: warmed up in %.3f s", time.perf_counter() - started)
