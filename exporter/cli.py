@@ -56,7 +56,7 @@ if typing.TYPE_CHECKING:
     from larpix_dqm.exporter.reading.files import Chunk
     from larpix_dqm.exporter.registry.writer import RegistryWriter
     from larpix_dqm.exporter.runtime.once import FileResult
-    from larpix_dqm.plots.engine import PlotSettings
+    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -626,15 +626,17 @@ def _once_with_progress(
     from larpix_dqm.exporter.reading.files import CHUNK_ROWS, RAW_CHUNK_MESSAGES, FileReader
     from larpix_dqm.exporter.runtime.once import file_rows, process_file
 
-    key = (str(file), 0)
     drawing = None
     if options is not None:
         from larpix_dqm.plots.once import OnceDrawing
 
-        drawing = OnceDrawing(options, geo, key)
+        try:
+            drawing = OnceDrawing(options, geo, (str(file), 0))
+        except OSError as err:
+            log.warning("plots: cannot start the drawing process (%s); the plots are drawn here after the read", err)
     try:
-        if drawing is not None and runs is not None:
-            drawing.settle()  # the registry is written while the file is read: not for options that fail
+        if options is not None and runs is not None and (drawing is None or not drawing.settle()):
+            _plot_engine(options, geo)  # no verdict from a drawing process: the options are checked here
         with _progress() as progress:
             reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
             noted = runs.on_chunk if runs is not None else None
@@ -658,20 +660,33 @@ def _once_with_progress(
                 runs.record if runs is not None else None,
                 None if drawing is None else FileReader(CHUNK_ROWS // 2, RAW_CHUNK_MESSAGES // 2),
             )
-            if drawing is None or options is None or result.errors:  # nothing to draw, or a file not read
+            if options is None or result.errors:  # nothing to draw, or a file not read
                 return result, None
             task = progress.add_task("drawing plots (images)", total=None)
             progress.refresh()
-            advance = lambda: progress.update(task, advance=1, refresh=True)  # noqa: E731
-            written = drawing.finish(result.snapshot, advance)
+
+            def advance() -> None:
+                progress.update(task, advance=1, refresh=True)
+
+            written = None if drawing is None else drawing.finish(result.snapshot, advance)
             if written is None:
-                log.warning("plots: the drawing process (pid %d) did not report; the plots are drawn here", drawing.pid)
+                if drawing is not None:
+                    log.warning(
+                        "plots: the drawing process (pid %d) did not report; the plots are drawn here", drawing.pid
+                    )
                 written = _draw_here(file, geo, window, options, run_config, ingest_engine, result.snapshot, advance)
             progress.update(task, completed=written[0], refresh=True)  # the helper's too
         return result, written
     finally:
         if drawing is not None:
             drawing.stop()
+
+
+def _plot_engine(options: dict[str, Any], geo: Geometry | None) -> PlotEngine:
+    """A plot engine of this process for the plot options; raises ``PlotConfigError`` for options it rejects."""
+    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+
+    return PlotEngine(PlotSettings(**options), geo)
 
 
 def _draw_here(
@@ -685,18 +700,18 @@ def _draw_here(
     on_image: Callable[[], None],
 ) -> tuple[int, list[str]]:
     """Draw the file's plots in this process, reading the file again to feed them (its drawing process ended
-    without reporting: a dead process costs time, never an image); (images, failures)."""
+    without reporting, or could not be started: that costs time, never an image); (images, failures)."""
     from larpix_dqm.exporter.runtime.once import process_file
-    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
     from larpix_dqm.plots.once import empty_snapshot, failures
 
-    engine = PlotEngine(PlotSettings(**options), geo)
+    engine = _plot_engine(options, geo)
     empty = empty_snapshot(geo)
     key = (str(file), 0)
-    process_file(
+    again = process_file(
         str(file), geo, window, lambda chunk: engine.update(key, chunk.packets, empty), None, run_config, ingest_engine
     )
-    return engine.draw(snapshot, on_image), failures(engine)
+    lost = [f"images drawn from a second read of the file, which failed: {error}" for error in again.errors]
+    return engine.draw(snapshot, on_image), failures(engine) + lost
 
 
 @app.command()

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from larpix_dqm.exporter.detector.geometry import Geometry
-from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.errors import PlotConfigError
-from larpix_dqm.plots.heap import release_free_heap
+from larpix_dqm.plots.processes import die_with_parent, release_free_heap
 from larpix_dqm.plots.store import remove_temporaries
 
 if TYPE_CHECKING:
+    from larpix_dqm.exporter.detector.geometry import Geometry
+    from larpix_dqm.exporter.quality.snapshot import Snapshot
     from larpix_dqm.plots.engine import PlotEngine
 
 log = logging.getLogger(__name__)
@@ -45,30 +45,36 @@ class OnceDrawing:
 
     def __init__(self, options: dict[str, Any], geometry: Geometry | None, key: tuple[str, int]) -> None:
         """Fork the child: it builds ``PlotSettings(**options)`` and its engine for ``geometry``, and takes the
-        packets of the file ``key``."""
+        packets of the file ``key``. Raises OSError when the process cannot be forked."""
         self.options = options
         self._conn, child = Pipe()
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            self._conn.close()
+            child.close()
+            raise
         if self.pid == 0:
             self._conn.close()
             _child(child, options, geometry, key)
         child.close()
         self._outbox = _Outbox(self._conn)
-        self._helpers: list[int] = []  # the child's helpers, stopped with it
+        self._helpers: list[int] = []  # the child's helpers: killed with it (``die_with_parent``), tidied here
         self._wants_packets = True  # until the child says its plots read none
         self._ready = False  # whether the child has built its engine
         self._reaped = False
 
-    def settle(self) -> None:
-        """Wait until the child has built its engine: raises ``PlotConfigError`` if it rejected the plot options
-        (a caller about to write what a rejected run must not leave, such as a run registry, asks first)."""
-        while not self._ready and not self._conn.closed:
+    def settle(self) -> bool:
+        """Wait until the child has built its engine, for a caller about to write what a rejected run must not
+        leave (a run registry): raises ``PlotConfigError`` if it rejected the plot options; False if it ended
+        without a verdict."""
+        while not self._ready and not self._reaped:
             try:
-                if self._message(ALIVE_CHECK) is None and os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
-                    self._reaped = True
-                    return
+                if self._message(ALIVE_CHECK) is None:
+                    self._reaped = os.waitpid(self.pid, os.WNOHANG)[0] == self.pid
             except EOFError:
-                return
+                break
+        return self._ready
 
     def feed(self, packets: np.ndarray) -> None:
         """Send one chunk's packets; raises ``PlotConfigError`` once the child has rejected the plot options."""
@@ -77,8 +83,8 @@ class OnceDrawing:
 
     def finish(self, snapshot: Snapshot, on_image: Callable[[], None]) -> tuple[int, list[str]] | None:
         """Send the file's snapshot and wait for the child's draw: (images written, the plots' failures), or None
-        when the child ended without reporting (then its helper is stopped too and what they left half-written
-        removed). Raises ``PlotConfigError`` when the child rejected the plot options."""
+        when the child ended without reporting (then it is stopped and what it left half-written removed).
+        Raises ``PlotConfigError`` when the child rejected the plot options."""
         self._outbox.put(("draw", snapshot))
         self._outbox.close()
         release_free_heap()  # the read's freed temporaries, while this process waits
@@ -92,7 +98,6 @@ class OnceDrawing:
             elif message[0] == "image":
                 on_image()
             elif message[0] == "done":
-                self._outbox.close()
                 self._conn.close()
                 os.waitpid(self.pid, 0)
                 self._reaped = True
@@ -101,14 +106,13 @@ class OnceDrawing:
         return None
 
     def stop(self) -> None:
-        """End the child and its helper if they have not reported (this process is leaving early, or the child
-        ended without a report), reap the child, remove what they left half-written."""
+        """End the child if it has not reported (this process is leaving early, or the child ended without a
+        report; its helper dies with it), reap it, remove what they left half-written."""
         if self._conn.closed:
             return
-        running = self._helpers if self._reaped else [self.pid, *self._helpers]  # not reaped: numbers not reused
-        for pid in running:
+        if not self._reaped:  # not reaped: its number is not reused
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
         self._outbox.close()  # a send under way fails now that the child is gone
         self._conn.close()
         if not self._reaped:
@@ -160,66 +164,81 @@ def failures(engine: PlotEngine) -> list[str]:
 
 
 def _child(conn: Connection, options: dict[str, Any], geometry: Geometry | None, key: tuple[str, int]) -> NoReturn:
-    """The child's whole life: set the plots up, take the packets, draw, report; exit without running the
-    reading process's exit handlers (its registry, files and progress display are that process's)."""
+    """The child's whole life (``_draw``); killed if the reading process ends first, and ends without running
+    that process's exit handlers, whatever a plugin raises (its registry, files and progress display are that
+    process's)."""
     code = 1
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the reading process decides
     try:
-        inbox = _Inbox(conn)
-        from larpix_dqm.plots.engine import PlotEngine, PlotSettings
-        from larpix_dqm.plots.sharing import draw_shared
-
-        try:
-            engine = PlotEngine(PlotSettings(**options), geometry)
-        except PlotConfigError as err:
-            conn.send(("error", str(err)))
-            os._exit(0)
-        conn.send(("ready", engine.wants_packets))
-        empty = empty_snapshot(geometry)
-        while True:
-            message = inbox.get()
-            if message is None:  # the reading process is gone, or stopped before the draw
-                os._exit(0)
-            if message[0] == "draw":
-                break
-            engine.update(key, message[1], empty)
-            del message
-            release_free_heap()
-        written = draw_shared(
-            engine,
-            message[1],
-            lambda: conn.send(("image",)),
-            on_fork=lambda pid: conn.send(("helper", pid)),
-        )
-        conn.send(("done", written, failures(engine)))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the reading process decides
+        die_with_parent()
+        _draw(conn, options, geometry, key)
         code = 0
     except OSError:  # the reading process went away
         pass
     except Exception:
         log.exception("plots: the drawing process failed")
-    os._exit(code)
+    finally:
+        os._exit(code)
+
+
+def _draw(conn: Connection, options: dict[str, Any], geometry: Geometry | None, key: tuple[str, int]) -> None:
+    """Set the plots up (or report why not), take the packets, draw, report."""
+    inbox = _Inbox(conn)
+    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+    from larpix_dqm.plots.sharing import draw_shared
+
+    try:
+        engine = PlotEngine(PlotSettings(**options), geometry)
+    except PlotConfigError as err:
+        conn.send(("error", str(err)))
+        return
+    conn.send(("ready", engine.wants_packets))
+    empty = empty_snapshot(geometry)
+    while True:
+        message = inbox.get()
+        if message is None:  # the reading process is gone, or stopped before the draw
+            return
+        if message[0] == "draw":
+            break
+        engine.update(key, message[1], empty)
+        del message
+        release_free_heap()
+    written = draw_shared(
+        engine,
+        message[1],
+        lambda: conn.send(("image",)),
+        on_fork=lambda pid: conn.send(("helper", pid)),
+    )
+    conn.send(("done", written, failures(engine)))
 
 
 class _Outbox:
     """What the reading process sends the child, sent by a thread of its own, in order: a full pipe never holds
-    up the read, and packets go as their bytes (no pickled copy)."""
+    up the read, and packets go as their bytes (no pickled copy). Once the child is gone, nothing is kept."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._send, name="plots-outbox", daemon=True)
         self._thread.start()
 
     def put(self, message: tuple) -> None:
-        self._queue.put(message)
+        """Queue a message for the child; dropped if the child is gone (the thread ended on a failed send)."""
+        if self._thread.is_alive():
+            self._queue.put(message)
 
     def close(self) -> None:
-        """Send what is queued, then end the thread (at once if the child is gone)."""
+        """Send what is queued, end the thread (at once if the child is gone) and drop what it could not send."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
 
     def _send(self) -> None:
+        """The thread: send each message until the closing None or a failed send; a chunk's packets as a small
+        pickled header (dtype, rows) and their raw bytes."""
         try:
             while (message := self._queue.get()) is not None:
                 if message[0] == "chunk" and message[1] is not None:
@@ -238,17 +257,19 @@ class _Inbox:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._drain, name="plots-inbox", daemon=True)
         self._thread.start()
 
     def get(self) -> tuple | None:
+        """The next message, waiting for it; a chunk's packets as a writable array."""
         message = self._queue.get()
         if message is None or message[0] == "draw":
             self._thread.join()  # it ends after the draw message: none is left running when the helper forks
         return message
 
     def _drain(self) -> None:
+        """The thread: receive until the draw message or the pipe's end (then None)."""
         try:
             while True:
                 message = self._conn.recv()

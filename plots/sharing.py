@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.engine import PlotEngine, PluginHealth
-from larpix_dqm.plots.heap import release_free_heap
+from larpix_dqm.plots.processes import die_with_parent, release_free_heap
 from larpix_dqm.plots.store import remove_temporaries
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,14 @@ def _help(
     engine: PlotEngine, snapshot: Snapshot, shares: Shares, pipe: int, before: dict[str, tuple[int, int]]
 ) -> None:
     """The helper's whole life: draw the images it takes, report, exit without running the parent's
-    exit handlers (its files, registry and progress display are the parent's).
+    exit handlers (its files, registry and progress display are the parent's); killed if the parent ends first.
 
     Both processes draw with the objects made before the fork frozen (``gc.freeze``): the collector's full
     walks of the read's and the state's 80-180 k objects took a tenth of a draw's CPU in each process, and
     in the helper copied every page they touched."""
     code = 1
     try:
+        die_with_parent()
         written = engine.draw(snapshot, share=shares.take)
         health = {
             name: (h.failures - before[name][0], h.renders - before[name][1], h.last_error)

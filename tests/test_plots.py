@@ -231,13 +231,16 @@ def test_hot_pixels_lists_equal_rates_by_chip_key_whatever_order_the_chips_were_
     listed = []
     for _ in range(5):  # the same channels, their chips in another order each time
         order = rng.permutation(len(keys))
-        top = top_channels(rates[order].ravel(), keys[order])
+        top = top_channels(rates[order], keys[order])
         chips, channels = np.divmod(top, 64)
         listed.append([(*keys[order][c].tolist(), ch) for c, ch in zip(chips.tolist(), channels.tolist())])
     assert all(found == listed[0] for found in listed), listed
     flat = rates.ravel()
     expected = sorted((-flat[i], *keys[i // 64].tolist(), i % 64) for i in range(flat.size) if flat[i] > 0)[:20]
     assert listed[0] == [tuple(e[1:]) for e in expected]
+    rates[:3] = np.nan  # channels without a rate are not listed, and take no place of one
+    assert len(top_channels(rates, keys)) == 20
+    assert all(np.isfinite(rates.ravel()[top_channels(rates, keys)]))
 
 
 def _expected_image(geometry, stats, values, io_group, tile, extent, shape) -> np.ndarray:

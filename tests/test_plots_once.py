@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,13 @@ from larpix_dqm.exporter.runtime import once as once_module
 from larpix_dqm.exporter.runtime.once import process_file
 from larpix_dqm.plots.engine import PlotEngine, PlotSettings
 
-# A file plot that counts the packets its update() saw and shows the count; with $ONCE_DIES set to "update" or
-# "draw", any process but $ONCE_PARENT (the reading process) ends there.
+# A file plot that counts the packets its update() saw and shows the count. Each update and draw is noted in
+# $ONCE_NOTES ("<pid> <where>"); with $ONCE_DIES set to "update" or "draw", any process but $ONCE_PARENT (the
+# reading process) ends there; "update-exit" raises SystemExit in update; "draw-slow" takes a minute to draw.
 PLUGIN = textwrap.dedent(
     """
     import os
+    import time
 
     from matplotlib.figure import Figure
 
@@ -35,8 +38,20 @@ PLUGIN = textwrap.dedent(
 
 
     def _maybe_die(where):
-        if os.environ.get("ONCE_DIES") == where and os.getpid() != int(os.environ["ONCE_PARENT"]):
+        if os.environ.get("ONCE_NOTES"):
+            with open(os.environ["ONCE_NOTES"], "a") as fh:
+                fh.write(f"{os.getpid()} {where}\\n")
+        if os.getpid() == int(os.environ.get("ONCE_PARENT", "0")):
+            return
+        dies = os.environ.get("ONCE_DIES")
+        if dies == where:
             os._exit(3)
+        if dies == f"{where}-exit":
+            raise SystemExit(3)
+        if dies == f"{where}-slow":
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
     class Counted(Plot):
@@ -107,28 +122,91 @@ def children() -> list[int]:
     return found
 
 
-def test_the_reading_process_never_imports_matplotlib_and_the_images_are_one_processs(data, tmp_path, tile_geometry):
-    path, plugins = data
-    out = tmp_path / "once"
-    script = textwrap.dedent(
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def all_gone(pids: set[int], seconds: float = 10.0) -> bool:
+    """Whether every one of ``pids`` ends within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(gone(pid) for pid in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def noted(notes: Path, where: str) -> set[int]:
+    """The processes that noted ``where`` in the plugin's notes."""
+    lines = notes.read_text().splitlines() if notes.exists() else []
+    return {int(pid) for pid, place in (line.split() for line in lines) if place == where}
+
+
+def once_script(path: Path, out: Path, plugins: Path, atexit_file: Path) -> str:
+    """A Python program that runs ``once`` with the plots and, at its exit, appends its process number and
+    whether it imported matplotlib to ``atexit_file``; the reading process is $ONCE_PARENT."""
+    return textwrap.dedent(
         f"""
-        import atexit, sys
-        from pathlib import Path
+        import atexit, os, sys
         from larpix_dqm.exporter.cli import run
-        atexit.register(lambda: Path({str(tmp_path / "imported")!r}).write_text(str("matplotlib" in sys.modules)))
+        os.environ["ONCE_PARENT"] = str(os.getpid())
+        def note():
+            with open({str(atexit_file)!r}, "a") as fh:
+                fh.write(f"{{os.getpid()}} {{'matplotlib' in sys.modules}}\\n")
+        atexit.register(note)
         sys.argv = ["larpix-dqm", "once", {str(path)!r}, "-o", {str(out)!r}, "--geometry", {LAYOUT!r},
                     "--plots", {PLOTS!r}, "--plugin-dir", {str(plugins)!r}]
         run()
         """
     )
-    env = {**os.environ, "ONCE_PARENT": "0"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_the_reading_process_never_imports_matplotlib_and_the_images_are_one_processs(data, tmp_path, tile_geometry):
+    path, plugins = data
+    out, exits = tmp_path / "once", tmp_path / "exits"
+    script = once_script(path, out, plugins, exits)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "wrote 8 plot image(s)" in result.stderr, result.stderr
-    assert (tmp_path / "imported").read_text() == "False"  # the drawing process imported it, this one did not
+    # one process ran the exit handlers, and had not imported matplotlib: the drawing process did
+    assert [line.split()[1] for line in exits.read_text().splitlines()] == ["False"]
     drawn = images(out)
     assert drawn == drawn_in_one_process(path, plugins, tmp_path / "alone", tile_geometry)
     assert (out / "summary.json").exists()
+
+
+def test_a_plugin_that_exits_in_the_drawing_process_runs_none_of_the_reading_processs_code(data, tmp_path):
+    path, plugins = data
+    out, exits = tmp_path / "once", tmp_path / "exits"
+    env = {**os.environ, "ONCE_DIES": "update-exit"}
+    script = once_script(path, out, plugins, exits)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "did not report; the plots are drawn here" in result.stderr, result.stderr
+    assert len(exits.read_text().splitlines()) == 1  # the drawing process did not go on as the reading process
+    assert len(images(out)) == 8
+
+
+def test_killing_the_reading_process_ends_its_drawing_processes(data, tmp_path):
+    path, plugins = data
+    notes = tmp_path / "notes"
+    env = {**os.environ, "ONCE_DIES": "draw-slow", "ONCE_NOTES": str(notes)}
+    script = once_script(path, tmp_path / "once", plugins, tmp_path / "exits")
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not noted(notes, "draw") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        drawing = noted(notes, "draw")
+        assert drawing and process.pid not in drawing  # a drawing process is in its (minute-long) draw
+    finally:
+        process.kill()
+        process.wait()
+    assert all_gone(drawing | noted(notes, "update") - {process.pid}), drawing
 
 
 @pytest.mark.parametrize("where", ["update", "draw"])
@@ -138,6 +216,8 @@ def test_a_drawing_process_that_dies_costs_time_never_an_image(
     path, plugins = data
     monkeypatch.setenv("ONCE_PARENT", str(os.getpid()))
     monkeypatch.setenv("ONCE_DIES", where)  # in the drawing process and its helper, never in this one
+    notes = tmp_path / "notes"
+    monkeypatch.setenv("ONCE_NOTES", str(notes))
     out = tmp_path / "once"
     args = ("once", str(path), "-o", str(out), "--geometry", LAYOUT, "--plots", PLOTS, "--plugin-dir", str(plugins))
     code, _, err = run_cli(monkeypatch, capsys, *args)
@@ -145,7 +225,8 @@ def test_a_drawing_process_that_dies_costs_time_never_an_image(
     assert "did not report; the plots are drawn here" in err and "wrote 8 plot image(s)" in err, err
     assert images(out) == drawn_in_one_process(path, plugins, tmp_path / "alone", tile_geometry)
     assert not list(out.rglob(".*.tmp"))  # nothing half-written left
-    assert children() == []  # the drawing process and its helper are gone
+    assert children() == []  # the drawing process is reaped
+    assert all_gone(noted(notes, where) - {os.getpid()})  # and its helper has ended with it
 
 
 # A plugin folder slow to import: until the registry $ONCE_REGISTRY holds a run, for at most 3 s (a reading process

@@ -14,17 +14,17 @@ TOP = 20
 
 
 def top_channels(rates: np.ndarray, chip_keys: np.ndarray) -> np.ndarray:
-    """The flat indices of the ``TOP`` channels with the highest positive rates, highest first; equal rates in
-    the order of their chips' keys and channels, so that the list does not depend on the order chips were first
-    seen in (which follows how the data were cut into chunks)."""
-    if rates.size > TOP:
-        candidates = np.flatnonzero(rates >= np.partition(rates, rates.size - TOP)[rates.size - TOP])
-    else:
-        candidates = np.arange(rates.size)
-    candidates = candidates[rates[candidates] > 0]
-    chips, channels = np.divmod(candidates, rates.size // max(1, len(chip_keys)))
+    """The flat indices in ``rates`` (chips x channels) of the ``TOP`` channels with the highest finite positive
+    rates, highest first; equal rates in the order of their chips' keys and channels, so that the list does not
+    depend on the order chips were first seen in (which follows how the data were cut into chunks)."""
+    flat = rates.ravel()
+    shown = np.flatnonzero(np.isfinite(flat) & (flat > 0))
+    if shown.size > TOP:
+        values = flat[shown]
+        shown = shown[values >= np.partition(values, shown.size - TOP)[shown.size - TOP]]
+    chips, channels = np.divmod(shown, rates.shape[1])
     key = chip_keys[chips]
-    return candidates[np.lexsort((channels, key[:, 2], key[:, 1], key[:, 0], -rates[candidates]))][:TOP]
+    return shown[np.lexsort((channels, key[:, 2], key[:, 1], key[:, 0], -flat[shown]))][:TOP]
 
 
 class HotPixels(Plot):
@@ -46,7 +46,7 @@ class HotPixels(Plot):
         top_ax, dist_ax = self._kept.axes(fig, 6.0, total > 0, lambda new: self._build(new, total > 0))
         threshold = snapshot.config.noisy_rate_hz
         if total > 0:
-            order = top_channels(rates, snapshot.chip_keys)
+            order = top_channels(snapshot.channel_rate_hz, snapshot.chip_keys)
             share = rates[order] / total * 100
             chips, channels = np.divmod(order, snapshot.channel_rate_hz.shape[1])
             labels = [

@@ -1,8 +1,13 @@
-"""The heap's free pages returned to the system, where the drawing processes' memory needs it."""
+"""What the drawing processes ask of the operating system: their heap's free pages returned, and an end with the
+process they draw for."""
 
 from __future__ import annotations
 
 import ctypes
+import signal
+
+#: prctl's option that asks for a signal when the parent process ends (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 def release_free_heap() -> None:
@@ -14,3 +19,11 @@ def release_free_heap() -> None:
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+def die_with_parent() -> None:
+    """Be killed when the process that forked this one ends (Linux's ``prctl(PR_SET_PDEATHSIG)``; elsewhere
+    nothing): a drawing process whose reading process was killed stops writing images at once."""
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
