@@ -672,7 +672,9 @@ def _once_with_progress(
             if written is None:
                 if drawing is not None:
                     log.warning(
-                        "plots: the drawing process (pid %d) did not report; the plots are drawn here", drawing.pid
+                        "plots: the drawing process (pid %d) %s without reporting; the plots are drawn here",
+                        drawing.pid,
+                        drawing.ending,
                     )
                 written = _draw_here(file, geo, window, options, run_config, ingest_engine, result.snapshot, advance)
             progress.update(task, completed=written[0], refresh=True)  # the helper's too

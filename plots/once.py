@@ -63,6 +63,7 @@ class OnceDrawing:
         self._wants_packets = True  # until the child says its plots read none
         self._ready = False  # whether the child has built its engine
         self._reaped = False
+        self._status = 0  # the child's wait status, once reaped
 
     def settle(self) -> bool:
         """Wait until the child has built its engine, for a caller about to write what a rejected run must not
@@ -71,7 +72,7 @@ class OnceDrawing:
         while not self._ready and not self._reaped:
             try:
                 if self._message(ALIVE_CHECK) is None:
-                    self._reaped = os.waitpid(self.pid, os.WNOHANG)[0] == self.pid
+                    self._reap(os.WNOHANG)
             except EOFError:
                 break
         return self._ready
@@ -94,13 +95,12 @@ class OnceDrawing:
             except EOFError:
                 break
             if message is None:
-                self._reaped = os.waitpid(self.pid, os.WNOHANG)[0] == self.pid
+                self._reap(os.WNOHANG)
             elif message[0] == "image":
                 on_image()
             elif message[0] == "done":
                 self._conn.close()
-                os.waitpid(self.pid, 0)
-                self._reaped = True
+                self._reap(0)
                 return message[1], message[2]
         self.stop()
         return None
@@ -116,10 +116,22 @@ class OnceDrawing:
         self._outbox.close()  # a send under way fails now that the child is gone
         self._conn.close()
         if not self._reaped:
-            os.waitpid(self.pid, 0)
-            self._reaped = True
+            self._reap(0)
         for pid in (self.pid, *self._helpers):
             remove_temporaries(self.options["output"], pid)
+
+    @property
+    def ending(self) -> str:
+        """How the reaped child ended, for a log line: 'exited with status N' or 'was killed by signal NAME'."""
+        if os.WIFSIGNALED(self._status):
+            return f"was killed by signal {signal.Signals(os.WTERMSIG(self._status)).name}"
+        return f"exited with status {os.waitstatus_to_exitcode(self._status)}"
+
+    def _reap(self, options: int) -> None:
+        """Reap the child (``os.WNOHANG``: if it has ended) and keep how it ended."""
+        pid, status = os.waitpid(self.pid, options)
+        if pid == self.pid:
+            self._reaped, self._status = True, status
 
     def _take_news(self) -> None:
         """Read what the child has said so far without waiting."""
