@@ -3,12 +3,12 @@ while the reading process reads and counts them, then draws.
 
 Importing matplotlib with the plots and their per-chunk updates cost a ``once`` with plots ~0.8 s of CPU before
 its first image (a module's 1.2 M-packet raw file). Done here, they run on the second core during the read, and
-the reading process never imports matplotlib. Packets go as their bytes, sent by a thread of the reading
-process and received by a thread of the child, so neither the read nor the child's import waits on the pipe.
-Once sent the snapshot the child draws with a forked helper (``plots.sharing``), reporting each image, then the
-totals and failures. A plot option the engine rejects comes back as its message (``PlotConfigError`` here). If
-the child ends without reporting, ``finish`` returns None and the caller draws in its own process: a dead child
-costs time, never an image.
+the reading process does not import matplotlib (unless it has to draw itself). Packets go as their bytes, sent
+by a thread of the reading process and received by a thread of the child, so neither the read nor the child's
+import waits on the pipe. Once sent the snapshot the child draws with a forked helper (``plots.sharing``),
+reporting each image, then the totals and failures; both die with the process that forked them. A plot option
+the engine rejects comes back as its message (``PlotConfigError`` here). If the child ends without reporting,
+``finish`` returns None and the caller draws in its own process: a dead child costs time, never an image.
 """
 
 from __future__ import annotations
