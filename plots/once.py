@@ -213,8 +213,6 @@ def _draw(conn: Connection, options: dict[str, Any], geometry: Geometry | None, 
         if message[0] == "draw":
             break
         engine.update(key, message[1], empty)
-        del message
-        release_free_heap()
     written = draw_shared(
         engine,
         message[1],
