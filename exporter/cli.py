@@ -488,7 +488,6 @@ def once(
     from larpix_dqm.exporter.detector.geometry import GeometryError, resolve_geometry
     from larpix_dqm.exporter.detector.runconfig import RunConfig, RunConfigError
     from larpix_dqm.exporter.registry.schema import RegistryError
-    from larpix_dqm.exporter.runtime.once import snapshot_totals, summary_json
     from larpix_dqm.plots.errors import PlotConfigError
 
     setup_logging("info", "logfmt")
@@ -524,6 +523,8 @@ def once(
     finally:
         if runs is not None:
             runs.close()
+    from larpix_dqm.exporter.runtime.once import snapshot_totals, summary_json
+
     totals = None
     if output is not None:  # the summary and the metrics only where they are written (1,600 chips: ~0.1 s)
         summary, metrics_text = result.summary(every_list=channels)
@@ -623,17 +624,17 @@ def _once_with_progress(
     read with ``runs``, which writes while the file is read. The progress display is refreshed by this thread
     only (no refresh thread).
     """
-    from larpix_dqm.exporter.reading.files import CHUNK_ROWS, RAW_CHUNK_MESSAGES, FileReader
-    from larpix_dqm.exporter.runtime.once import file_rows, process_file
-
     drawing = None
-    if options is not None:
+    if options is not None:  # forked first: the imports below are the reading's, not the drawing's
         from larpix_dqm.plots.once import OnceDrawing
 
         try:
             drawing = OnceDrawing(options, geo, (str(file), 0))
         except OSError as err:
             log.warning("plots: cannot start the drawing process (%s); the plots are drawn here after the read", err)
+    from larpix_dqm.exporter.reading.files import CHUNK_ROWS, RAW_CHUNK_MESSAGES, FileReader
+    from larpix_dqm.exporter.runtime.once import file_rows, process_file
+
     try:
         if options is not None and runs is not None and (drawing is None or not drawing.settle()):
             _plot_engine(options, geo)  # no verdict from a drawing process: the options are checked here
