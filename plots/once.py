@@ -36,8 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How often ``finish`` looks whether the child is still alive while it waits for its messages (seconds).
+#: How often the reading process looks whether the child is still alive while it waits for it (seconds).
 ALIVE_CHECK = 0.2
+#: Chunks sent and not yet taken by the child's plots, at most: the read waits beyond (plots slower than the
+#: read hold at most this many chunks, ~70 MB of 250 k-packet chunks, not the file). Enough not to wait while
+#: the child imports matplotlib (0.4-0.55 s, 3-4 chunks of a module's raw file).
+MAX_IN_FLIGHT = 8
 
 
 class OnceDrawing:
@@ -62,6 +66,7 @@ class OnceDrawing:
         self._helpers: list[int] = []  # the child's helpers: killed with it (``die_with_parent``), tidied here
         self._wants_packets = True  # until the child says its plots read none
         self._ready = False  # whether the child has built its engine
+        self._in_flight = 0  # chunks sent and not yet taken
         self._reaped = False
         self._status = 0  # the child's wait status, once reaped
 
@@ -69,18 +74,16 @@ class OnceDrawing:
         """Wait until the child has built its engine, for a caller about to write what a rejected run must not
         leave (a run registry): raises ``PlotConfigError`` if it rejected the plot options; False if it ended
         without a verdict."""
-        while not self._ready and not self._reaped:
-            try:
-                if self._message(ALIVE_CHECK) is None:
-                    self._reap(os.WNOHANG)
-            except EOFError:
-                break
+        self._wait_for(lambda: self._ready)
         return self._ready
 
     def feed(self, packets: np.ndarray) -> None:
-        """Send one chunk's packets; raises ``PlotConfigError`` once the child has rejected the plot options."""
+        """Send one chunk's packets, first waiting while ``MAX_IN_FLIGHT`` are not taken yet; raises
+        ``PlotConfigError`` once the child has rejected the plot options."""
         self._take_news()
+        self._wait_for(lambda: self._in_flight < MAX_IN_FLIGHT)
         self._outbox.put(("chunk", packets if self._wants_packets else None))
+        self._in_flight += 1
 
     def finish(self, snapshot: Snapshot, on_image: Callable[[], None]) -> tuple[int, list[str]] | None:
         """Send the file's snapshot and wait for the child's draw: (images written, the plots' failures), or None
@@ -133,6 +136,15 @@ class OnceDrawing:
         if pid == self.pid:
             self._reaped, self._status = True, status
 
+    def _wait_for(self, done: Callable[[], bool]) -> None:
+        """Read the child's messages until ``done()``, or until the child has ended."""
+        while not done() and not self._reaped:
+            try:
+                if self._message(ALIVE_CHECK) is None:
+                    self._reap(os.WNOHANG)
+            except EOFError:
+                return
+
     def _take_news(self) -> None:
         """Read what the child has said so far without waiting."""
         with contextlib.suppress(EOFError):
@@ -154,6 +166,8 @@ class OnceDrawing:
             raise PlotConfigError(message[1])
         if kind == "ready":
             self._ready, self._wants_packets = True, message[1]
+        elif kind == "taken":
+            self._in_flight -= 1
         elif kind == "helper":
             self._helpers.append(message[1])
         return message
@@ -213,6 +227,7 @@ def _draw(conn: Connection, options: dict[str, Any], geometry: Geometry | None, 
         if message[0] == "draw":
             break
         engine.update(key, message[1], empty)
+        conn.send(("taken",))
     written = draw_shared(
         engine,
         message[1],

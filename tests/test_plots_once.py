@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import simulate_files
 from test_registry import run_cli
@@ -23,11 +24,13 @@ from larpix_dqm.exporter.registry.reader import read_runs
 from larpix_dqm.exporter.runtime import once as once_module
 from larpix_dqm.exporter.runtime.once import process_file
 from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+from larpix_dqm.plots.once import MAX_IN_FLIGHT, OnceDrawing
 from larpix_dqm.plots.sharing import can_share
 
 # A file plot that counts the packets its update() saw and shows the count. Each update and draw is noted in
 # $ONCE_NOTES ("<pid> <where>"); with $ONCE_DIES set to "update" or "draw", any process but $ONCE_PARENT (the
-# reading process) ends there; "update-exit" raises SystemExit in update; "draw-slow" takes a minute to draw.
+# reading process) ends there; "update-exit" raises SystemExit in update; "draw-slow" takes a minute to draw;
+# "update-lags" takes 20 ms an update.
 PLUGIN = textwrap.dedent(
     """
     import os
@@ -53,6 +56,8 @@ PLUGIN = textwrap.dedent(
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 time.sleep(0.05)
+        if dies == f"{where}-lags":
+            time.sleep(0.02)
 
 
     class Counted(Plot):
@@ -231,6 +236,33 @@ def test_a_drawing_process_that_dies_costs_time_never_an_image(
     assert not list(out.rglob(".*.tmp"))  # nothing half-written left
     assert children() == []  # the drawing process is reaped
     assert all_gone(noted(notes, where) - {os.getpid()})  # and its helper has ended with it
+
+
+def test_plots_slower_than_the_read_hold_it_back_rather_than_the_file(data, tmp_path, monkeypatch, capsys):
+    path, plugins = data
+    notes = tmp_path / "notes"
+    monkeypatch.setenv("ONCE_PARENT", str(os.getpid()))
+    monkeypatch.setenv("ONCE_DIES", "update-lags")
+    monkeypatch.setenv("ONCE_NOTES", str(notes))
+    monkeypatch.setattr(  # many small chunks
+        once_module,
+        "DirectoryTail",
+        lambda inputs, reader, on_error: DirectoryTail(inputs, FileReader(raw_chunk_messages=20)),
+    )
+    ahead: list[int] = []  # chunks sent and not yet begun by the plots, after each chunk sent
+    feed = OnceDrawing.feed
+
+    def counted(self: OnceDrawing, packets: np.ndarray) -> None:
+        feed(self, packets)
+        begun = notes.read_text().count(" update\n") if notes.exists() else 0
+        ahead.append(len(ahead) + 1 - begun)
+
+    monkeypatch.setattr(OnceDrawing, "feed", counted)
+    args = ("once", str(path), "-o", str(tmp_path / "once"), "--geometry", LAYOUT, "--plots", "Counted")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--plugin-dir", str(plugins))
+    assert code == 0, err
+    assert len(ahead) > 3 * MAX_IN_FLIGHT  # the plots lagged behind many chunks' reading
+    assert max(ahead) <= MAX_IN_FLIGHT, ahead
 
 
 # A plugin folder slow to import: until the registry $ONCE_REGISTRY holds a run, for at most 3 s (a reading process
