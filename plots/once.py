@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 #: How often the reading process looks whether the child is still alive while it waits for it (seconds).
 ALIVE_CHECK = 0.2
-#: Chunks sent and not yet taken by the child's plots, at most: the read waits beyond (plots slower than the
-#: read hold at most this many chunks, ~70 MB of 250 k-packet chunks, not the file). Enough not to wait while
-#: the child imports matplotlib (0.4-0.55 s, 3-4 chunks of a module's raw file).
-MAX_IN_FLIGHT = 8
+#: Chunks sent and not yet taken by the child's plots, at most: the read waits beyond (plots slower than the read
+#: hold at most this many chunks, ~35 MB of 250 k-packet chunks, not the file). The predecessor's file sends 3-4
+#: while the child imports matplotlib; a fast-read 5 M-packet file more: 8 took 0.3 s less and 50 MB more there.
+MAX_IN_FLIGHT = 4
 
 
 class OnceDrawing:
