@@ -11,11 +11,11 @@ PR_SET_PDEATHSIG = 1
 
 
 def release_free_heap() -> None:
-    """Return the heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing). Before forking:
-    the counting's freed temporaries, held between the window's entries, would stay resident in both processes,
-    and each would copy the pages it reuses while drawing (a module's 1.2 M-packet file: ~90 MB, twice). In
-    ``once``'s reading process while its drawing process draws: ~100 MB of that file's read, resident for
-    nothing."""
+    """Return the heap's free pages to the system (glibc's ``malloc_trim``; elsewhere nothing). Before forking a
+    drawing helper: freed temporaries would stay resident in both processes, and each would copy the pages it
+    reuses while drawing (when the counting ran in the forking process, a module's 1.2 M-packet file: ~90 MB,
+    twice). In ``once``'s reading process while its drawing process draws: ~70 MB of that file's read (167 to
+    100 MB), resident for nothing."""
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)

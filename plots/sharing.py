@@ -1,4 +1,5 @@
-"""One engine's images drawn by two processes: ``once`` forks a helper once its file is read.
+"""One engine's images drawn by two processes: ``once``'s drawing process (``plots.once``) forks a helper once it
+has the file's snapshot.
 
 Drawing is most of a ``once`` with plots and runs on one core. After the fork both processes hold
 the same engine, fed with the same packets, and walk its images in the same order; each image goes
@@ -76,8 +77,8 @@ def draw_shared(
 ) -> int:
     """Draw ``engine``'s due images with a forked helper; the number written by both processes.
 
-    ``between`` runs after each image this process draws; ``on_fork`` is told the helper's process number (a
-    process that may have to stop it). Without a second core, one process draws all.
+    ``between`` runs after each image this process draws; ``on_fork`` is told the helper's process number (for
+    the process that tidies up after it). Without a second core, one process draws all.
     """
     if not can_share():
         return engine.draw(snapshot, between)
