@@ -171,7 +171,7 @@ def once_script(path: Path, out: Path, plugins: Path, atexit_file: Path) -> str:
     )
 
 
-def test_the_reading_process_never_imports_matplotlib_and_the_images_are_one_processs(data, tmp_path, tile_geometry):
+def test_the_reading_process_does_not_import_matplotlib_and_the_images_are_one_processs(data, tmp_path, tile_geometry):
     path, plugins = data
     out, exits = tmp_path / "once", tmp_path / "exits"
     script = once_script(path, out, plugins, exits)
