@@ -348,8 +348,14 @@ def serve(ctx: typer.Context, config: Optional[str] = None, verbose: bool = Fals
     service.start()
     typer.echo(f"larpix-dqm {__version__}: serving {', '.join(service.urls)}", err=True)
     service.wait()
-    # Checkpoint written, server stopped: exit now. Tearing down the interpreter while an abandoned
-    # drawing still holds the GIL could take longer than the 10 s promised for SIGTERM.
+    _exit_without_teardown()  # checkpoint written, server stopped
+
+
+def _exit_without_teardown() -> NoReturn:
+    """End the process now, its logs and output flushed, without tearing the interpreter down: an abandoned
+    drawing that still holds the GIL could make that take longer than the 10 s promised for SIGTERM, and a
+    background thread still compiling kernels (numba, a first run) can abort inside LLVM while the interpreter
+    is torn down under it (exit 134, seen once in CI when a fresh install's demo was stopped)."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -938,6 +944,7 @@ def demo(
         if service is not None and service.plots is not None and service.plots.process is not None:
             service.plots.process.join(DEMO_PLOTS_EXIT_SECONDS)  # a drawing under way would write into workdir
         shutil.rmtree(workdir, ignore_errors=True)
+    _exit_without_teardown()
 
 
 @app.command()
