@@ -56,7 +56,7 @@ if typing.TYPE_CHECKING:
     from larpix_dqm.exporter.reading.files import Chunk
     from larpix_dqm.exporter.registry.writer import RegistryWriter
     from larpix_dqm.exporter.runtime.once import FileResult
-    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+    from larpix_dqm.plots.engine import PlotSettings
 
 app = typer.Typer(
     help="Live data-quality monitoring of LArPix pixel data, served to Prometheus.",
@@ -643,7 +643,9 @@ def _once_with_progress(
 
     try:
         if options is not None and runs is not None and (drawing is None or not drawing.settle()):
-            _plot_engine(options, geo)  # no verdict from a drawing process: the options are checked here
+            from larpix_dqm.plots.once import plot_engine
+
+            plot_engine(options, geo)  # no verdict from a drawing process: the options are checked here
         with _progress() as progress:
             reading = progress.add_task(f"reading {file.name} (rows)", total=file_rows(str(file)) or None)
             noted = runs.on_chunk if runs is not None else None
@@ -691,13 +693,6 @@ def _once_with_progress(
             drawing.stop()
 
 
-def _plot_engine(options: dict[str, Any], geo: Geometry | None) -> PlotEngine:
-    """A plot engine of this process for the plot options; raises ``PlotConfigError`` for options it rejects."""
-    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
-
-    return PlotEngine(PlotSettings(**options), geo)
-
-
 def _draw_here(
     file: Path,
     geo: Geometry | None,
@@ -711,9 +706,9 @@ def _draw_here(
     """Draw the file's plots in this process, reading the file again to feed them (its drawing process ended
     without reporting, or could not be started: that costs time, never an image); (images, failures)."""
     from larpix_dqm.exporter.runtime.once import process_file
-    from larpix_dqm.plots.once import empty_snapshot, failures
+    from larpix_dqm.plots.once import empty_snapshot, failures, plot_engine
 
-    engine = _plot_engine(options, geo)
+    engine = plot_engine(options, geo)
     empty = empty_snapshot(geo)
     key = (str(file), 0)
     again = process_file(

@@ -69,6 +69,8 @@ class OnceDrawing:
         self._in_flight = 0  # chunks sent and not yet taken
         self._reaped = False
         self._status = 0  # the child's wait status, once reaped
+        self._on_image: Callable[[], None] = lambda: None  # told of each image the child writes
+        self._report: tuple[int, list[str]] | None = None  # the child's: images written, the plots' failures
 
     def settle(self) -> bool:
         """Wait until the child has built its engine, for a caller about to write what a rejected run must not
@@ -89,24 +91,18 @@ class OnceDrawing:
         """Send the file's snapshot and wait for the child's draw: (images written, the plots' failures), or None
         when the child ended without reporting (then it is stopped and what it left half-written removed).
         Raises ``PlotConfigError`` when the child rejected the plot options."""
+        self._on_image = on_image
         self._outbox.put(("draw", snapshot))
         self._outbox.close()
         release_free_heap()  # the read's freed temporaries, while this process waits
-        while not self._reaped:
-            try:
-                message = self._message(ALIVE_CHECK)
-            except EOFError:
-                break
-            if message is None:
-                self._reap(os.WNOHANG)
-            elif message[0] == "image":
-                on_image()
-            elif message[0] == "done":
-                self._conn.close()
-                self._reap(0)
-                return message[1], message[2]
-        self.stop()
-        return None
+        self._wait_for(lambda: self._report is not None)
+        if self._report is None:
+            self.stop()
+            return None
+        self._conn.close()
+        if not self._reaped:
+            self._reap(0)
+        return self._report
 
     def stop(self) -> None:
         """End the child if it has not reported (this process is leaving early, or the child ended without a
@@ -152,8 +148,8 @@ class OnceDrawing:
                 pass
 
     def _message(self, timeout: float) -> tuple | None:
-        """The child's next message within ``timeout`` seconds, or None; the set-up messages are handled here.
-        Raises EOFError when the child has closed its end, ``PlotConfigError`` when it rejected the options."""
+        """The child's next message within ``timeout`` seconds, or None; each is handled here. Raises EOFError
+        when the child has closed its end, ``PlotConfigError`` when it rejected the options."""
         try:
             if self._conn.closed or not self._conn.poll(timeout):
                 return None
@@ -170,7 +166,19 @@ class OnceDrawing:
             self._in_flight -= 1
         elif kind == "helper":
             self._helpers.append(message[1])
+        elif kind == "image":
+            self._on_image()
+        elif kind == "done":
+            self._report = message[1], message[2]
         return message
+
+
+def plot_engine(options: dict[str, Any], geometry: Geometry | None) -> PlotEngine:
+    """The plot engine of the plot options (``PlotSettings``' arguments); raises ``PlotConfigError`` for options
+    it rejects."""
+    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
+
+    return PlotEngine(PlotSettings(**options), geometry)
 
 
 def empty_snapshot(geometry: Geometry | None) -> Snapshot:
@@ -210,11 +218,10 @@ def _child(conn: Connection, options: dict[str, Any], geometry: Geometry | None,
 def _draw(conn: Connection, options: dict[str, Any], geometry: Geometry | None, key: tuple[str, int]) -> None:
     """Set the plots up (or report why not), take the packets, draw, report."""
     inbox = _Inbox(conn)
-    from larpix_dqm.plots.engine import PlotEngine, PlotSettings
     from larpix_dqm.plots.sharing import draw_shared
 
     try:
-        engine = PlotEngine(PlotSettings(**options), geometry)
+        engine = plot_engine(options, geometry)
     except PlotConfigError as err:
         conn.send(("error", str(err)))
         return
