@@ -92,6 +92,16 @@ def http_get(url: str, params: Mapping[str, str | list[str]] | None = None, time
         return resp.read()
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is running: one that exited and is not yet reaped (a zombie) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(") ")[1][0] != "Z"
+
+
 def wait_for(
     predicate: Callable[[], T],
     timeout: float = 30.0,

@@ -9,12 +9,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import simulate_files
+from helpers import running, simulate_files, wait_for
 from test_registry import run_cli
 
 from larpix_dqm.exporter.quality.accumulator import Accumulator
@@ -128,24 +127,6 @@ def children() -> list[int]:
     return found
 
 
-def gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (a zombie has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def all_gone(pids: set[int], seconds: float = 10.0) -> bool:
-    """Whether every one of ``pids`` ends within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if all(gone(pid) for pid in pids):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def noted(notes: Path, where: str) -> set[int]:
     """The processes that noted ``where`` in the plugin's notes."""
     lines = notes.read_text().splitlines() if notes.exists() else []
@@ -206,15 +187,14 @@ def test_killing_the_reading_process_ends_its_drawing_processes(data, tmp_path):
     process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
     drawers = 2 if can_share() else 1  # the drawing process, and its helper on a second core
     try:
-        deadline = time.monotonic() + 120
-        while len(noted(notes, "draw")) < drawers and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: len(noted(notes, "draw")) >= drawers, timeout=120, what="both drawing processes to draw")
         drawing = noted(notes, "draw")
         assert len(drawing) == drawers and process.pid not in drawing  # each in its (minute-long) draw
     finally:
         process.kill()
         process.wait()
-    assert all_gone(drawing | noted(notes, "update") - {process.pid}), drawing
+    ended = drawing | noted(notes, "update") - {process.pid}
+    wait_for(lambda: not any(running(pid) for pid in ended), timeout=10, what=f"drawing processes {ended} to end")
 
 
 @pytest.mark.parametrize("where", ["update", "draw"])
@@ -235,7 +215,8 @@ def test_a_drawing_process_that_dies_costs_time_never_an_image(
     assert images(out) == drawn_in_one_process(path, plugins, tmp_path / "alone", tile_geometry)
     assert not list(out.rglob(".*.tmp"))  # nothing half-written left
     assert children() == []  # the drawing process is reaped
-    assert all_gone(noted(notes, where) - {os.getpid()})  # and its helper has ended with it
+    ended = noted(notes, where) - {os.getpid()}  # and its helper has ended with it
+    wait_for(lambda: not any(running(pid) for pid in ended), timeout=10, what=f"drawing processes {ended} to end")
 
 
 def test_plots_slower_than_the_read_hold_it_back_rather_than_the_file(data, tmp_path, monkeypatch, capsys):

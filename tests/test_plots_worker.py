@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import START, free_port, parse_metrics, sample, scrape, simulate_files, wait_for
+from helpers import START, free_port, parse_metrics, running, sample, scrape, simulate_files, wait_for
 
 from larpix_dqm.exporter.detector.geometry import packaged_layout
 from larpix_dqm.exporter.metrics.exposition import render
@@ -186,19 +186,10 @@ def test_the_drawing_process_exits_when_its_parent_is_killed(tmp_path):
         os.kill(child, 0)  # running
         parent.kill()  # no clean-up code runs in the parent
         parent.wait(10)
-        wait_for(lambda: not _running(child), timeout=10, what="the orphaned drawing process to exit")
+        wait_for(lambda: not running(child), timeout=10, what="the orphaned drawing process to exit")
     finally:
         parent.kill()
         parent.wait()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # an exited child not yet reaped by init counts as gone
-        return fh.read().split(") ")[1][0] != "Z"
 
 
 def test_whole_detector_plots_are_redrawn_once_the_snapshot_counts_the_packets(tmp_path, tile_geometry):
@@ -302,7 +293,7 @@ def test_service_draws_in_a_child_that_stops_with_it_and_a_crashing_plugin_never
     finally:
         service.stop()
     assert not child.is_alive() and child.pid == pid
-    wait_for(lambda: not _running(pid), timeout=10)
+    wait_for(lambda: not running(pid), timeout=10)
 
 
 #: Plugins for the start-up and write-failure tests. In the drawing process only (the parent imports them too):
@@ -453,7 +444,7 @@ def test_a_drawing_process_killed_at_any_moment_of_its_start_is_restarted_and_co
         watch.stop()
         worker.stop()
     assert watch.reads > 100 and watch.backwards == []
-    assert not any(_running(pid) for pid in killed)  # every killed process was reaped, none left a zombie
+    assert not any(running(pid) for pid in killed)  # every killed process was reaped, none left a zombie
 
 
 @pytest.mark.slow
