@@ -10,6 +10,7 @@ import pytest
 from helpers import START, parse_metrics
 
 from larpix_dqm.exporter import Monitor
+from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.metrics.exposition import render
 from larpix_dqm.exporter.metrics.families import FamilyBuilder
 from larpix_dqm.exporter.metrics.health import Health
@@ -27,14 +28,15 @@ from larpix_dqm.exporter.quality.summary import ChipLayout, summarize
 from larpix_dqm.exporter.quality.verdicts import (
     ChannelPasses,
     Cusum,
+    GroupValues,
     VerdictInputs,
     count_channels,
+    group_values,
     judge,
     linear_quantile,
     log_factorial,
     log_lower_tail,
     log_upper_tail,
-    order_neighbours,
     tail_below,
 )
 from larpix_dqm.exporter.reading.decode import decode_messages
@@ -109,20 +111,54 @@ def order_cases(rng: np.random.Generator) -> list[np.ndarray]:
     return cases
 
 
+def assert_same_group_values(got: GroupValues, expected: GroupValues, message: str) -> None:
+    for name in ("count", "neighbours", "mean"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=f"{name} of {message}")
+
+
 @pytest.mark.slow
-def test_the_compiled_order_statistics_are_numpys_partition():
-    """The groups' rate quantiles: the compiled bucket selection finds numpy's two order statistics of each segment
-    (empty ones too), at any quantile, whatever the values' spread, ties or range."""
+def test_the_compiled_group_values_are_numpys_partition_and_mean():
+    """The groups' rate quantiles and means: the compiled bucket selection finds numpy's two order statistics of each
+    group (empty ones too), at any quantile, whatever the values' spread, ties or range, and the compiled sum is
+    numpy's pairwise sum, to the bit."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
     compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
     cases = order_cases(np.random.default_rng(3))
     for q in (0.0, 0.1, 0.5, 0.99, 1.0):
         for at in range(0, len(cases), 3):
             segments = [*cases[at : at + 3], np.zeros(0)]
-            values = np.concatenate(segments)
+            values = np.concatenate(segments)[:, None]
+            rows = np.arange(len(values))
             bounds = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
-            expected = order_neighbours(values, bounds, q)
-            np.testing.assert_array_equal(compiled.neighbours(values, bounds, q), expected, err_msg=f"{at} at {q}")
+            expected = group_values(values, rows, bounds, q)
+            assert_same_group_values(compiled.group_values(values, rows, bounds, q), expected, f"{at} at {q}")
+
+
+@pytest.mark.slow
+def test_the_compiled_group_values_gather_the_finite_channels_of_each_groups_rows():
+    """Channels' rates of chips in groups: each group's rows in any order, NaN channels left out, groups of every size
+    (numpy's sum changes its blocks at 8 and 128 values and halves longer ones)."""
+    assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
+    rng = np.random.default_rng(4)
+    rates = rng.exponential(0.3, (3_000, CHANNELS_PER_CHIP)) * 10 ** rng.uniform(-3, 3, (3_000, 1))
+    rates[rng.random(rates.shape) < 0.2] = np.nan
+    rates[7] = np.nan  # a chip without a judged channel
+    sizes = [0, 1, 2, 3, 17, 200, 1, 2_000, 0, 770]
+    rows = rng.permutation(len(rates))[: sum(sizes)]
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    rows[bounds[1]] = 7  # the group of one chip
+    for q in (0.1, 0.5):
+        expected = group_values(rates, rows, bounds, q)
+        assert expected.count[1] == 0 and np.isnan(expected.mean[1])
+        assert_same_group_values(compiled.group_values(rates, rows, bounds, q), expected, f"the channels at {q}")
+    lengths = rng.integers(1, 3_000, 40)  # single values per row: every length's sum
+    values = rng.exponential(1.0, (int(lengths.sum()), 1))
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    rows = np.arange(len(values))
+    assert_same_group_values(
+        compiled.group_values(values, rows, bounds, 0.1), group_values(values, rows, bounds, 0.1), "lengths"
+    )
 
 
 def test_count_channels_is_the_sum_of_each_row():

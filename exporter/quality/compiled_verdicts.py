@@ -1,9 +1,9 @@
-"""The evaluation's compiled twins: judge's two passes over the channels and its groups' order statistics
-(``verdicts.ChannelPasses``), ``summary.channel_window`` and ``summary.settle`` (``summary.learn`` with it),
-each one numba loop over the chips instead of a numpy pass per step.
+"""The evaluation's compiled twins: judge's two passes over the channels and its groups' values (their order
+statistics and means: ``verdicts.ChannelPasses``), ``summary.channel_window`` and ``summary.settle`` (``summary.learn``
+with it), each one numba loop over the chips instead of a numpy pass per step.
 
 They compute the floats the numpy reference computes, operation for operation: no fused multiply-add
-(numba contracts none), a chip's 64 channels summed in numpy's pairwise order, numpy's NaN rules for
+(numba contracts none), sums in numpy's pairwise order, numpy's NaN rules for
 maximum and minimum, and no logarithm (the tails stay numpy's, on the few channels they can flag), so a
 verdict is the same bit for bit; ``tests/test_verdicts.py`` compares them on a module's data. A large
 run loads them in the background (``accumulator.EVALUATION_KERNELS``) and evaluates with numpy until then.
@@ -29,6 +29,7 @@ from larpix_dqm.exporter.quality.verdicts import (
     ChannelSums,
     ChannelVerdicts,
     ChipJudgement,
+    GroupValues,
     ReferenceRates,
     VerdictInputs,
 )
@@ -71,20 +72,29 @@ def _clip(x: float, low: float, high: float) -> float:
     return x if x < high else high
 
 
+#: Values numpy sums in one block of eight running sums; it halves a longer array (``_pairwise_sum``).
+_BLOCK = 128
+
+
 @njit(inline="always")
-def _pairwise(row: np.ndarray) -> float:
-    """A chip's 64 channels summed as numpy sums a row of 64: eight running sums, added pairwise."""
-    r0, r1, r2, r3, r4, r5, r6, r7 = row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7]
-    for i in range(8, 64, 8):
-        r0 += row[i]
-        r1 += row[i + 1]
-        r2 += row[i + 2]
-        r3 += row[i + 3]
-        r4 += row[i + 4]
-        r5 += row[i + 5]
-        r6 += row[i + 6]
-        r7 += row[i + 7]
-    return ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+def _block_sum(values: np.ndarray, start: int, n: int) -> float:
+    """numpy's sum of a block of at most ``_BLOCK`` values: one running sum under 8, else eight added pairwise."""
+    if n < 8:
+        total = 0.0
+        for i in range(start, start + n):
+            total += values[i]
+        return total
+    r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
+    r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
+    i, blocks_end = start + 8, start + n - n % 8
+    while i < blocks_end:
+        r0, r1, r2, r3 = r0 + values[i], r1 + values[i + 1], r2 + values[i + 2], r3 + values[i + 3]
+        r4, r5, r6, r7 = r4 + values[i + 4], r5 + values[i + 5], r6 + values[i + 6], r7 + values[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for j in range(i, start + n):
+        total += values[j]
+    return total
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -123,7 +133,7 @@ def first_pass(
                 shortest = _minimum(shortest, silence[i, j])
         sums[0, i] = count
         for k in range(6):
-            sums[k + 1, i] = _pairwise(scratch[k])
+            sums[k + 1, i] = _block_sum(scratch[k], 0, CHANNELS_PER_CHIP)
         sums[7, i] = shortest
 
 
@@ -164,12 +174,13 @@ def second_pass(
             base = (channel_prior if use_prior else rates[i, j]) if e else 0.0
             rate_now = base * s
             has_hits = n_window > 0  # expected channels only
-            # candidates are written in any case and kept by moving on: no branch to mispredict
-            silences[n_silences] = flat
-            n_silences += e and not has_hits and not link_broken[i]
+            if e and not has_hits and not link_broken[i]:  # rare: a branch seldom taken costs least
+                silences[n_silences] = flat
+                n_silences += 1
             if has_hits:
                 low = _maximum(learnt_n - math.sqrt(learnt_n) * LOW_SIGMAS, 0.0) / span
                 mu = (channel_prior if use_prior or learnt_t < window[i] else low) * s * window[i]
+                # common and in no order: written in any case and kept by moving on, no branch to mispredict
                 shortfalls[n_shortfalls] = flat
                 shortfall_mu[n_shortfalls] = mu
                 n_shortfalls += n_arrivals < mu
@@ -210,8 +221,8 @@ def second_pass(
             base_row[1, j] = base if n_window <= cut else 0.0
         if cusum_on and live:
             time[i] = now[i]
-        bases[0, i] = _pairwise(base_row[0])
-        bases[1, i] = _pairwise(base_row[1])
+        bases[0, i] = _block_sum(base_row[0], 0, CHANNELS_PER_CHIP)
+        bases[1, i] = _block_sum(base_row[1], 0, CHANNELS_PER_CHIP)
     found[0], found[1], found[2] = n_silences, n_shortfalls, n_excesses
 
 
@@ -294,23 +305,60 @@ def _rank_pair(candidates: np.ndarray, n: int, k: int) -> tuple[float, float]:
 
 
 @njit(cache=True, nogil=True)
-def order_pass(values, bounds, q, out):
-    """``verdicts.order_neighbours`` into ``out``: the same values, the segments' order statistics being exact."""
-    longest = 0
-    for s in range(len(bounds) - 1):
-        longest = max(longest, bounds[s + 1] - bounds[s])
-    scratch = np.empty(longest)
-    for s in range(len(bounds) - 1):
-        start, n = bounds[s], bounds[s + 1] - bounds[s]
-        if n == 0:
-            out[s, 0] = out[s, 1] = np.nan
+def _pairwise_sum(values: np.ndarray, n: int) -> float:
+    """``values[:n].sum()`` as numpy adds a contiguous float64 array: 0 plus its blocks (``_block_sum``), a longer
+    array's halves (split at a multiple of 8) added, depth first. numpy recurses; a stack does it here, since a
+    recursive kernel loaded from numba's cache crashes."""
+    starts, sizes = np.empty(64, np.int64), np.empty(64, np.int64)
+    left = np.empty(64)  # a split node's left half's sum, once it is done
+    split = np.zeros(64, np.bool_)  # a node whose left half is under way
+    starts[0], sizes[0], top = 0, n, 0
+    while True:
+        if sizes[top] > _BLOCK:  # split: its left half first
+            split[top], half = True, sizes[top] // 2
+            starts[top + 1], sizes[top + 1], split[top + 1] = starts[top], half - half % 8, False
+            top += 1
             continue
+        total = _block_sum(values, starts[top], sizes[top])
+        while top > 0:  # hand the sum up: a left half's goes on to its right half, a right half's completes
+            top -= 1
+            if split[top]:
+                split[top], left[top], half = False, total, sizes[top] // 2
+                half -= half % 8
+                starts[top + 1], sizes[top + 1], split[top + 1] = starts[top] + half, sizes[top] - half, False
+                top += 1
+                break
+            total = left[top] + total
+        else:
+            return 0.0 + total
+
+
+@njit(cache=True, nogil=True)
+def group_pass(values, rows, bounds, q, count, out):
+    """``verdicts.group_values`` into ``count`` and ``out`` (its neighbours, then its mean): each group's finite
+    values gathered once, summed, then selected in place."""
+    width = values.shape[1]
+    longest = 0
+    for g in range(len(bounds) - 1):
+        longest = max(longest, (bounds[g + 1] - bounds[g]) * width)
+    scratch = np.empty(longest)
+    for g in range(len(bounds) - 1):
+        n = 0
+        for r in rows[bounds[g] : bounds[g + 1]]:
+            for j in range(width):
+                value = values[r, j]
+                scratch[n] = value  # written in any case, kept by moving on
+                n += math.isfinite(value)
+        count[g] = n
+        if n == 0:
+            out[g, 0] = out[g, 1] = out[g, 2] = np.nan
+            continue
+        out[g, 2] = _pairwise_sum(scratch, n) / n
         low = math.floor((n - 1) * q)
         if low >= n - 1:
-            out[s, 0] = out[s, 1] = values[start : start + n].max()
-            continue
-        scratch[:n] = values[start : start + n]
-        out[s, 0], out[s, 1] = _rank_pair(scratch, n, low)
+            out[g, 0] = out[g, 1] = scratch[:n].max()
+        else:
+            out[g, 0], out[g, 1] = _rank_pair(scratch, n, low)
 
 
 def channel_window(state: State, n: int, span: np.ndarray, now: np.ndarray, run: np.ndarray) -> ChannelWindow:
@@ -429,10 +477,11 @@ class CompiledPasses:
             excesses=excesses[:n_excesses],
         )
 
-    def neighbours(self, values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray:
-        out = np.empty((len(bounds) - 1, 2))
-        order_pass(np.ascontiguousarray(values, np.float64), bounds.astype(np.int64), float(q), out)
-        return out
+    def group_values(self, values: np.ndarray, rows: np.ndarray, bounds: np.ndarray, q: float) -> GroupValues:
+        count, out = np.empty(len(bounds) - 1, np.int64), np.empty((len(bounds) - 1, 3))
+        values = np.ascontiguousarray(values, np.float64)
+        group_pass(values, rows.astype(np.int64), bounds.astype(np.int64), float(q), count, out)
+        return GroupValues(count, out[:, :2], out[:, 2])
 
     @staticmethod
     def _counts(inputs: VerdictInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

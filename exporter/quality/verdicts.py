@@ -347,29 +347,43 @@ class Groups:
         return len(self.bounds) - 1
 
 
-def _group_rates(values: np.ndarray, groups: Groups, pool: np.ndarray, passes: Passes) -> np.ndarray:
-    """(chips, 2): the SLOW_QUANTILE of finite ``values`` of the ``pool`` chips of each chip's group, and
-    their mean (a typical rate: a median is 0 while most channels of a slow run have no hit yet); a
-    group without any takes the whole pool's (NaN if the pool is empty).
+@dataclass(frozen=True)
+class GroupValues:
+    """Of each group, its finite values: their count, the two order statistics between which ``interpolated`` finds a
+    quantile (``order_neighbours``) and their mean (NaN without any)."""
 
-    ``values`` is per chip or (chips, 64); channels not judged are NaN. The groups' values are gathered once,
-    group after group (each in its rows' order, as a group's own gathering would give them); ``passes`` finds
-    their order statistics.
-    """
-    rows = groups.rows[pool[groups.rows]]  # the pool's rows, by group
-    group = groups.inverse[rows]
+    count: np.ndarray  # (groups,) int64
+    neighbours: np.ndarray  # (groups, 2)
+    mean: np.ndarray  # (groups,)
+
+
+def group_values(values: np.ndarray, rows: np.ndarray, bounds: np.ndarray, q: float) -> GroupValues:
+    """``GroupValues`` at quantile ``q`` of groups of (chips, k) ``values``, group g's values those of its chips
+    ``rows[bounds[g]:bounds[g + 1]]``, row after row (the order a mask over every row would give them)."""
     gathered = values[rows]
     finite = np.isfinite(gathered)
     chosen = gathered[finite]
-    per_row = count_channels(finite) if finite.ndim == 2 else finite
-    counts = np.bincount(group, per_row, groups.count).astype(np.int64)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    out = np.empty((groups.count, 2))
-    out[:, 0] = interpolated(passes.neighbours(chosen, bounds, SLOW_QUANTILE), counts, SLOW_QUANTILE)
-    out[:, 1] = np.nan
-    for g in np.flatnonzero(counts).tolist():
-        out[g, 1] = chosen[bounds[g] : bounds[g + 1]].mean()
-    empty = np.bincount(group, minlength=groups.count) == 0
+    per_row = count_channels(finite) if finite.shape[1] == CHANNELS_PER_CHIP else finite.sum(axis=1)
+    ends = np.concatenate([[0], np.cumsum(per_row)])[bounds]  # each group's values: chosen[ends[g]:ends[g + 1]]
+    mean = np.full(len(bounds) - 1, np.nan)
+    for g in np.flatnonzero(np.diff(ends)).tolist():
+        mean[g] = chosen[ends[g] : ends[g + 1]].mean()
+    return GroupValues(np.diff(ends), order_neighbours(chosen, ends, q), mean)
+
+
+def _group_rates(values: np.ndarray, groups: Groups, pool: np.ndarray, passes: Passes) -> np.ndarray:
+    """(chips, 2): the SLOW_QUANTILE of finite ``values`` of the ``pool`` chips of each chip's group, and
+    their mean (a typical rate: a median is 0 while most channels of a slow run have no hit yet); a
+    group without any pool chip takes the whole pool's (NaN if the pool is empty).
+
+    ``values`` is per chip or (chips, 64); channels not judged are NaN. ``passes`` gathers the groups' values and
+    finds their order statistics and means (``group_values``).
+    """
+    rows = groups.rows[pool[groups.rows]]  # the pool's rows, by group
+    bounds = np.searchsorted(groups.inverse[rows], np.arange(groups.count + 1))
+    found = passes.group_values(values.reshape(len(values), -1), rows, bounds, SLOW_QUANTILE)
+    out = np.stack([interpolated(found.neighbours, found.count, SLOW_QUANTILE), found.mean], axis=1)
+    empty = np.diff(bounds) == 0
     if empty.any():
         everything = values[pool]
         everything = everything[np.isfinite(everything)]
@@ -494,8 +508,8 @@ class ChannelVerdicts:
 
 
 class Passes(Protocol):
-    """The two passes over the channels of ``judge`` and the groups' order statistics (``order_neighbours``):
-    ``ChannelPasses`` (numpy), or its compiled twin."""
+    """The two passes over the channels of ``judge`` and the groups' values (``group_values``): ``ChannelPasses``
+    (numpy), or its compiled twin."""
 
     def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums: ...
 
@@ -503,15 +517,15 @@ class Passes(Protocol):
         self, inputs: VerdictInputs, reference: ReferenceRates | None, chips: ChipJudgement, noisy_rate_hz: float
     ) -> ChannelVerdicts: ...
 
-    def neighbours(self, values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray: ...
+    def group_values(self, values: np.ndarray, rows: np.ndarray, bounds: np.ndarray, q: float) -> GroupValues: ...
 
 
 class ChannelPasses:
     """The two passes over the (chips, 64) arrays of ``judge``, in numpy (the reference implementation): each
     step one pass, in place where it can be. The first keeps what the second needs."""
 
-    def neighbours(self, values: np.ndarray, bounds: np.ndarray, q: float) -> np.ndarray:
-        return order_neighbours(values, bounds, q)
+    def group_values(self, values: np.ndarray, rows: np.ndarray, bounds: np.ndarray, q: float) -> GroupValues:
+        return group_values(values, rows, bounds, q)
 
     def first(self, inputs: VerdictInputs, reference: ReferenceRates | None, noisy_rate_hz: float) -> ChannelSums:
         expected = inputs.expected
