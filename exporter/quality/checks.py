@@ -34,7 +34,6 @@ from larpix_dqm.exporter.quality.reference import Reference
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.exporter.quality.status import ChannelStatus, CheckStatus
 from larpix_dqm.exporter.quality.verdicts import (
-    count_channels,
     per_test_probability,
     robust_ratio,
     tail_below,
@@ -221,20 +220,17 @@ def chip_regions(snapshot: Snapshot, region: str) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
-def region_counts(snapshot: Snapshot, counted: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per region check: each chip's region index, and per region the observed and the expected count
-    (``counted``: the expected channels not masked).
+def region_counts(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per region check: each chip's region index, and per region the observed and the expected count.
 
-    The rates: hits in the window of the channels under the noisy cut (one loud channel does not make
-    its region hot) against their unscaled expected rates times the module's occupancy,
+    The rates: hits in the window of the expected channels not masked and under the noisy cut
+    (``chip_quiet_window_hits``: one loud channel does not make its region hot) against their unscaled expected rates times the module's occupancy,
     the median of the ratios of the tiles with hits (a faulty tile does not move it, a dead one is left out). The never-seen check: packets since
     the run started against those rates over the io_group's run time, at an occupancy capped at 1.
     """
     judged = snapshot.chip_in_geometry & snapshot.chip_judged
     span = snapshot.chip_span_seconds
-    cut = snapshot.config.noisy_rate_hz * span[:, None]
-    quiet = counted & (snapshot.channel_window_hits <= cut)
-    observed = np.where(judged, np.add.reduce(snapshot.channel_window_hits, axis=1, where=quiet), 0.0)
+    observed = np.where(judged, snapshot.chip_quiet_window_hits, 0.0)
     base = np.where(judged, snapshot.chip_base_hz, 0.0)
     regions = {region: chip_regions(snapshot, region) for region in ("tile", "io_channel")}
     tiles = regions["tile"]
@@ -262,19 +258,17 @@ def region_counts(snapshot: Snapshot, counted: np.ndarray) -> dict[str, tuple[np
 def chip_quantities(
     snapshot: Snapshot,
     reference: Reference | None,
-    counted: np.ndarray,
     counts: dict[str, tuple[np.ndarray, np.ndarray]],
     regions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
 ) -> dict[str, np.ndarray]:
-    """The quantity each chip-scope check judges, one value per chip row of the snapshot, from the expected
-    channels not masked (``counted``), the ``chip_counts`` and the ``region_counts``.
+    """The quantity each chip-scope check judges, one value per chip row of the snapshot, from the channels'
+    statuses, the ``chip_counts`` and the ``region_counts``.
 
     Masked channels are not expected (they count in no fraction); chips outside the run's networks get NaN.
     """
+    # the expected channels not masked: each has a status but masked (and answers a periodic trigger)
     unmasked = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
     expected = snapshot.chip_status_counts[:, unmasked].sum(axis=1).astype(float)
-    # every expected unmasked channel answers a periodic trigger, judged yet or not
-    configured = count_channels(counted).astype(float)
     column = {status: i for i, status in enumerate(ChannelStatus.judged())}
 
     def fraction(status: ChannelStatus) -> np.ndarray:
@@ -289,7 +283,7 @@ def chip_quantities(
         "pedestal": prefer_finite(snapshot.chip_pedestal_mean, snapshot.chip_adc_mean),
         "adc_spread": prefer_finite(snapshot.chip_pedestal_std, snapshot.chip_adc_std),
         "periodic_rate": _ratio(
-            prefer_finite(snapshot.chip_periodic_rate_hz, np.zeros(len(snapshot.chip_keys))), configured
+            prefer_finite(snapshot.chip_periodic_rate_hz, np.zeros(len(snapshot.chip_keys))), expected
         ),
     }
     if reference is not None:
@@ -390,10 +384,9 @@ def evaluate(snapshot: Snapshot, checks: tuple[Check, ...], reference: Reference
     active = [c for c in checks if c.enabled and (reference is not None or not c.needs_reference)]
     chip_checks = tuple(c for c in active if c.scope == "chip")
     group_checks = tuple(c for c in active if c.scope == "io_group")
-    counted = snapshot.channel_expected & (snapshot.channel_status != np.int8(ChannelStatus.MASKED))
     counts = chip_counts(snapshot, reference)
-    regions = region_counts(snapshot, counted)
-    quantities = chip_quantities(snapshot, reference, counted, counts, regions)
+    regions = region_counts(snapshot)
+    quantities = chip_quantities(snapshot, reference, counts, regions)
     alpha = snapshot.config.false_alarm_probability
     n = len(snapshot.chip_keys)
 

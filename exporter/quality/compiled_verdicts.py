@@ -48,7 +48,7 @@ _NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT, _MASKED = (
         ChannelStatus.MASKED,
     )
 )
-_SUMS = 8  # rows of first_pass's per-chip sums, in ChannelSums' order
+_SUMS = 9  # rows of first_pass's per-chip sums, in ChannelSums' order
 
 
 @njit(inline="always")
@@ -104,7 +104,7 @@ def first_pass(
 ):  # fmt: skip
     """``ChannelPasses.first``: each expected channel's learnt rate into ``rates`` (NaN for the others), and per
     chip into ``sums`` the rows of ``ChannelSums`` from ``expected`` to ``silence``."""
-    scratch = np.empty((_SUMS, CHANNELS_PER_CHIP))
+    scratch = np.empty((_SUMS - 2, CHANNELS_PER_CHIP))
     for i in range(expected.shape[0]):
         cut = noisy_rate_hz * window[i]
         count = 0.0
@@ -128,13 +128,14 @@ def first_pass(
             scratch[3, j] = n_arrivals
             scratch[4, j] = n_arrivals if quiet else 0.0
             scratch[5, j] = unbiased * window[i] if quiet else 0.0
+            scratch[6, j] = n_window if quiet else 0.0
             if expected[i, j]:
                 count += 1.0
                 shortest = _minimum(shortest, silence[i, j])
         sums[0, i] = count
-        for k in range(6):
+        for k in range(_SUMS - 2):
             sums[k + 1, i] = _block_sum(scratch[k], 0, CHANNELS_PER_CHIP)
-        sums[7, i] = shortest
+        sums[_SUMS - 1, i] = shortest
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -38,6 +38,7 @@ class Snapshot:
     chip_window_arrivals: np.ndarray  # float64: independent arrivals (hits merged within 1 ms) in the window
     chip_expected_arrivals: np.ndarray  # float64: the arrivals the verdicts expect of the chip over the window
     chip_base_hz: np.ndarray  # float64 Hz: expected rate before the tile's scale, channels under the noisy cut
+    chip_quiet_window_hits: np.ndarray  # float64: self-triggered hits in the window of those channels
     chip_run_seconds: np.ndarray  # float64 s: data time since the run started (its io_group's), 0 before any
     chip_run_hits: np.ndarray  # int64: self-triggered valid data packets since the run started (its io_group's)
     chip_dead: np.ndarray  # bool: proven dead (no hit for longer than the false-alarm budget allows)
