@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
+import threading
 
 import numpy as np
 import pytest
-from helpers import START, parse_metrics
+from helpers import START, parse_metrics, running, wait_for
 
 from larpix_dqm.exporter import Monitor
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
@@ -481,11 +484,21 @@ def copied(inputs: VerdictInputs) -> VerdictInputs:
     return dataclasses.replace(inputs, cusum=Cusum(*(np.copy(a) for a in dataclasses.astuple(cusum))))
 
 
+def split_from(monkeypatch: pytest.MonkeyPatch, rows: int | None) -> None:
+    """The compiled passes run in halves from ``rows`` chips on, whatever the cores (None: as they would)."""
+    if rows is not None:
+        monkeypatch.setattr(EVALUATION_KERNELS.kernels, "SPLIT_FROM_ROWS", rows)
+        monkeypatch.setattr(EVALUATION_KERNELS.kernels, "_two_cores", lambda: True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("reference", [False, True])
-def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference):
-    """Statuses, expected rates, chip verdicts and the CUSUM advanced in place, over evaluations moving on."""
+@pytest.mark.parametrize("split", [None, 64])
+def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference, split, monkeypatch):
+    """Statuses, expected rates, chip verdicts and the CUSUM advanced in place, over evaluations moving on, the
+    passes in one piece or in halves at once."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    split_from(monkeypatch, split)
     compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
     rng = np.random.default_rng(11)
     inputs = judged_inputs(rng, reference)
@@ -514,9 +527,36 @@ def masking(layout: ChipLayout) -> ChipLayout:
 
 
 @pytest.mark.slow
-def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(module_geometry):
-    """Every array of the snapshot and what evaluations learn, evaluation after evaluation of a module with faults."""
+def test_a_process_forked_after_a_pass_in_halves_runs_its_own_in_halves(monkeypatch):
+    """The helper thread of the halves is not in a forked child (the drawing processes are forked): the child makes
+    its own instead of waiting for ever on its parent's."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    split_from(monkeypatch, 64)
+    in_halves = EVALUATION_KERNELS.kernels.in_halves
+    assert in_halves(lambda rows: threading.current_thread().name, 128)[1].startswith("evaluation")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if in_halves(lambda rows: rows.stop - rows.start, 128) == [64, 64] else 1
+        finally:
+            os._exit(code)
+    try:
+        wait_for(lambda: not running(pid), 30, "the forked child to finish its pass")
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", [None, 64])
+def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(module_geometry, split, monkeypatch):
+    """Every array of the snapshot and what evaluations learn, evaluation after evaluation of a module with faults,
+    the passes in one piece or in halves at once."""
+    assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    split_from(monkeypatch, split)
     sim = Simulator(
         module_geometry,
         SimulationConfig(hit_rate_hz=0.3, seed=5),
