@@ -114,6 +114,16 @@ def order_cases(rng: np.random.Generator) -> list[np.ndarray]:
     return cases
 
 
+#: The compiled passes in one piece, or in halves at once from 64 chip rows on.
+SPLITS = pytest.mark.parametrize("split", [1 << 40, 64], ids=["whole", "halves"])
+
+
+def split_from(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """The compiled passes run in halves from ``rows`` chip rows on, whatever the cores."""
+    monkeypatch.setattr(EVALUATION_KERNELS.kernels, "SPLIT_FROM_ROWS", rows)
+    monkeypatch.setattr(EVALUATION_KERNELS.kernels, "_two_cores", lambda: True)
+
+
 def assert_same_group_values(got: GroupValues, expected: GroupValues, message: str) -> None:
     for name in ("count", "neighbours", "mean"):
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=f"{name} of {message}")
@@ -138,10 +148,13 @@ def test_the_compiled_group_values_are_numpys_partition_and_mean():
 
 
 @pytest.mark.slow
-def test_the_compiled_group_values_gather_the_finite_channels_of_each_groups_rows():
+@SPLITS
+def test_the_compiled_group_values_gather_the_finite_channels_of_each_groups_rows(split, monkeypatch):
     """Channels' rates of chips in groups: each group's rows in any order, NaN channels left out, groups of every size
-    (numpy's sum changes its blocks at 8 and 128 values and halves longer ones)."""
+    (numpy's sum changes its blocks at 8 and 128 values and halves longer ones), the groups in one piece or in
+    halves at once."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
+    split_from(monkeypatch, split)
     compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
     rng = np.random.default_rng(4)
     rates = rng.exponential(0.3, (3_000, CHANNELS_PER_CHIP)) * 10 ** rng.uniform(-3, 3, (3_000, 1))
@@ -484,16 +497,9 @@ def copied(inputs: VerdictInputs) -> VerdictInputs:
     return dataclasses.replace(inputs, cusum=Cusum(*(np.copy(a) for a in dataclasses.astuple(cusum))))
 
 
-def split_from(monkeypatch: pytest.MonkeyPatch, rows: int | None) -> None:
-    """The compiled passes run in halves from ``rows`` chips on, whatever the cores (None: as they would)."""
-    if rows is not None:
-        monkeypatch.setattr(EVALUATION_KERNELS.kernels, "SPLIT_FROM_ROWS", rows)
-        monkeypatch.setattr(EVALUATION_KERNELS.kernels, "_two_cores", lambda: True)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("reference", [False, True])
-@pytest.mark.parametrize("split", [None, 64])
+@SPLITS
 def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference, split, monkeypatch):
     """Statuses, expected rates, chip verdicts and the CUSUM advanced in place, over evaluations moving on, the
     passes in one piece or in halves at once."""
@@ -551,7 +557,7 @@ def test_a_process_forked_after_a_pass_in_halves_runs_its_own_in_halves(monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("split", [None, 64])
+@SPLITS
 def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(module_geometry, split, monkeypatch):
     """Every array of the snapshot and what evaluations learn, evaluation after evaluation of a module with faults,
     the passes in one piece or in halves at once."""

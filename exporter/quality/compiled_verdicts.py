@@ -79,11 +79,11 @@ def _two_cores() -> bool:
     return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
 
 
-def in_halves(work: Callable[[slice], _T], n: int) -> list[_T]:
-    """``work`` over chip rows ``0 .. n``: in two halves at once where they are ``SPLIT_FROM_ROWS`` or more and two
-    cores are ours (the second half on the helper thread), else at once; its results in row order. Each chip's
-    channels are computed alike in either, so the results are the same."""
-    if n < SPLIT_FROM_ROWS or not _two_cores():
+def in_halves(work: Callable[[slice], _T], n: int, rows: int | None = None) -> list[_T]:
+    """``work`` over items ``0 .. n`` (chip rows, or groups of ``rows`` chip rows in all): in two halves at once where
+    the rows are ``SPLIT_FROM_ROWS`` or more and two cores are ours (the second half on the helper thread), else at
+    once; its results in order. Each item is computed alike in either, so the results are the same."""
+    if (n if rows is None else rows) < SPLIT_FROM_ROWS or not _two_cores():
         return [work(slice(0, n))]
     global _helper
     with _helper_lock:
@@ -552,8 +552,14 @@ class CompiledPasses:
 
     def group_values(self, values: np.ndarray, rows: np.ndarray, bounds: np.ndarray, q: float) -> GroupValues:
         count, out = np.empty(len(bounds) - 1, np.int64), np.empty((len(bounds) - 1, 3))
-        values = np.ascontiguousarray(values, np.float64)
-        group_pass(values, rows.astype(np.int64), bounds.astype(np.int64), float(q), count, out)
+        values, rows, bounds = np.ascontiguousarray(values, np.float64), rows.astype(np.int64), bounds.astype(np.int64)
+        in_halves(
+            lambda groups: group_pass(
+                values, rows, bounds[groups.start : groups.stop + 1], float(q), count[groups], out[groups]
+            ),
+            len(count),
+            len(rows) * values.shape[1] // CHANNELS_PER_CHIP,  # in chip rows of 64 values
+        )
         return GroupValues(count, out[:, :2], out[:, 2])
 
     @staticmethod
