@@ -63,7 +63,8 @@ class HotPixels(Plot):
             positive = rates[rates > 0]
             low = min(positive.min(), 1.0 / snapshot.covered_seconds)
             edges = np.geomspace(low / 1.5, max(positive.max(), threshold) * 1.5, 60)
-            dist_ax.hist(positive, edges, color="#4c72b0")
+            # one filled outline, not a bar patch a bin: the same area drawn, a fraction of the artists
+            dist_ax.stairs(np.histogram(positive, edges)[0], edges, fill=True, color="#4c72b0")
             dist_ax.axvline(threshold, color=NOISY_COLOUR, linestyle="--", label=f"noisy above {threshold:g} Hz")
             dist_ax.legend(fontsize=9, loc="upper right")  # "best" scans every bar: slow
         else:
