@@ -251,7 +251,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=65, help="of data: 65 fills the default 60 s window")
     parser.add_argument("--rate", type=float, default=0.05, help="hits a second per channel")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--small-files", type=int, default=1000, help="files of the per-file cost's backlog")
+    parser.add_argument(
+        "--small-files", type=int, default=1000, help="files of the per-file cost's backlog (under 2: not measured)"
+    )
     parser.add_argument("--workdir", type=Path)
     parser.add_argument(
         "--cost-seconds", type=float, default=10.0, help="a small new file's CPU is summed over this long, and idle's"
@@ -286,31 +288,36 @@ def main() -> None:
             show(run_once(data, checkpoint, label, append, args.cost_seconds))
         sizes = {p.name: p.stat().st_size / 1e6 for p in state.glob("first*.npz")}
         print("checkpoint files: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(sizes.items())))
-        packets = many_small(work / "small", args.small_files, rng)
-        many = run_once(work / "small", state / "small.npz", f"module, {args.small_files} small files")
-        whole = run_once(work / "small-whole", state / "whole.npz", "module, the same packets in 1 file")
-        show(many)
-        show(whole)
-        per_file = (many["cpu"] - whole["cpu"]) / (args.small_files - 1)
-        print(f"{packets:,} packets: each file beyond the first costs {1000 * per_file:.2f} ms of CPU")
-        # each file is a run of its own, credited the failing checks of the publication after it
-        with sqlite3.connect(state / "small.runs.sqlite") as registry:
-            runs, failing = registry.execute(
-                "SELECT count(*), (SELECT count(*) FROM check_failures) FROM runs"
-            ).fetchone()
-        print(f"the run registry: {runs:,} runs, {failing / max(runs, 1):.1f} failing checks credited to each")
-        seconds = scan_seconds(work / "small")
-        print(
-            f"every poll's scan of the {args.small_files} files, read already (median of 15 in this process):"
-            f" {1000 * seconds:.1f} ms, {1e6 * seconds / args.small_files:.1f} us a file"
-        )
-        for engine in (NUMPY, COMPILED):  # numpy first: this process has not loaded numba yet
-            best, median = counting_cost(work / "small", engine)
-            print(
-                f"reading and counting a small file in this process, {engine} engine: {1000 * best:.2f} ms"
-                f" (the best batch of up to 100; median {1000 * median:.2f} ms)"
-            )
+        if args.small_files > 1:
+            small_files(work, state, args.small_files, rng)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def small_files(work: Path, state: Path, files: int, rng: np.random.Generator) -> None:
+    """The per-file cost: a module as ``files`` small files and as the same packets in one file, in ``serve`` and in
+    this process, and what every poll's scan of those files costs."""
+    packets = many_small(work / "small", files, rng)
+    many = run_once(work / "small", state / "small.npz", f"module, {files} small files")
+    whole = run_once(work / "small-whole", state / "whole.npz", "module, the same packets in 1 file")
+    show(many)
+    show(whole)
+    per_file = (many["cpu"] - whole["cpu"]) / (files - 1)
+    print(f"{packets:,} packets: each file beyond the first costs {1000 * per_file:.2f} ms of CPU")
+    # each file is a run of its own, credited the failing checks of the publication after it
+    with sqlite3.connect(state / "small.runs.sqlite") as registry:
+        runs, failing = registry.execute("SELECT count(*), (SELECT count(*) FROM check_failures) FROM runs").fetchone()
+    print(f"the run registry: {runs:,} runs, {failing / max(runs, 1):.1f} failing checks credited to each")
+    seconds = scan_seconds(work / "small")
+    print(
+        f"every poll's scan of the {files} files, read already (median of 15 in this process):"
+        f" {1000 * seconds:.1f} ms, {1e6 * seconds / files:.1f} us a file"
+    )
+    for engine in (NUMPY, COMPILED):  # numpy first: this process has not loaded numba yet
+        best, median = counting_cost(work / "small", engine)
+        print(
+            f"reading and counting a small file in this process, {engine} engine: {1000 * best:.2f} ms"
+            f" (the best batch of up to 100; median {1000 * median:.2f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,12 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
             + ["--cost-seconds", "1"],
             "each file beyond the first costs",
         ),
+        (  # without the small files' part
+            "serve_large.py",
+            ["--io-groups", "2", "--chips", "50", "--seconds", "1", "--repeat", "1", "--small-files", "0"]
+            + ["--cost-seconds", "1"],
+            "load average after",
+        ),
         (
             "evaluation.py",
             ["--geometry", "multi_tile_layout-2.4.16", "--seconds", "2", "--steady-seconds", "4", "--repeat", "1"],
