@@ -135,7 +135,8 @@ def main() -> None:
     print(f"the evaluation's compiled kernels: {state}")
     # the counting's kernels too: loading in the background while updates are timed, they would take the second
     # core the evaluation's passes split their chips over
-    accumulator.load_kernels(wait=600)
+    if not accumulator.load_kernels(wait=600):
+        print(f"the counting's compiled kernels: {accumulator.KERNELS.error}")
     judged: list[float] = []
     timed_judge(judged)
     states = [("learning", args.seconds, args.rate_hz, [])]

@@ -135,6 +135,43 @@ def test_loading_the_kernels_loads_every_kernel_a_chunk_runs(loader: str, load: 
     assert out[0] == "[" and int(out[1]) >= 5, out
 
 
+@pytest.mark.external
+def test_an_evaluation_in_halves_runs_the_kernels_the_warm_up_loaded() -> None:
+    """The evaluation's warm-up (one chip, in one piece) loads the argument types the passes get in halves as well, in
+    a fresh process: a module's first evaluation in halves does not stop to compile (it did for 2.6 s when a half's
+    per-chip sums were a column slice, strided, of one array)."""
+    check = (
+        "import numpy as np\n"
+        "from larpix_dqm.exporter.quality import halves\n"
+        "from larpix_dqm.exporter.quality.accumulator import COMPILED, EVALUATION_KERNELS, load_evaluation_kernels\n"
+        "from larpix_dqm.exporter.quality.config import QualityConfig\n"
+        "from larpix_dqm.exporter.quality.state import State\n"
+        "from larpix_dqm.exporter.quality.summary import ChipLayout, summarize\n"
+        "assert load_evaluation_kernels(wait=600), EVALUATION_KERNELS.error\n"
+        "kernels = EVALUATION_KERNELS.kernels\n"
+        "names = [n for n in dir(kernels) if hasattr(getattr(kernels, n), 'signatures')]\n"
+        "def loaded(): return {n: len(getattr(kernels, n).signatures) for n in names}\n"
+        "before = loaded()\n"
+        "halves.SPLIT_FROM_ROWS, halves._two_cores = 2, lambda: True\n"
+        "split = halves.in_halves\n"
+        "parts = []\n"
+        "def counted(*args, **kwargs):\n"
+        "    results = split(*args, **kwargs)\n"
+        "    parts.append(len(results))\n"
+        "    return results\n"
+        "kernels.in_halves = counted\n"
+        "state = State(QualityConfig(engine=COMPILED))\n"
+        "state.register(np.array([[1, 1, 11], [1, 1, 12], [1, 2, 11], [1, 2, 12]], np.uint8))\n"
+        "every = np.ones((4, 64), bool)\n"
+        "layout = ChipLayout(np.array([0, 0, 1, 1]), np.ones(4, bool), every, np.ones(4, bool), ~every)\n"
+        "for rates in (None, np.ones((4, 64))):\n"
+        "    summarize(state, layout, rates, kernels)\n"
+        "print(max(parts), {n: (before[n], c) for n, c in loaded().items() if c != before[n]})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["2", "{}"], out
+
+
 def test_loading_the_kernels_does_not_import_scipys_blas_and_leaves_it_importable() -> None:
     """numba probes for scipy's BLAS (for ``np.dot``, which no kernel calls) when it first loads its numpy functions:
     0.2-0.3 s of CPU that the load skips; once loaded, scipy.linalg imports as before, in a fresh process, and in one

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import signal
 import threading
 
 import numpy as np
 import pytest
-from helpers import START, parse_metrics, running, wait_for
+from helpers import START, parse_metrics
 
 from larpix_dqm.exporter import Monitor
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.metrics.exposition import render
 from larpix_dqm.exporter.metrics.families import FamilyBuilder
 from larpix_dqm.exporter.metrics.health import Health
+from larpix_dqm.exporter.quality import halves
 from larpix_dqm.exporter.quality.accumulator import (
     EVALUATION_KERNELS,
     NUMPY,
@@ -118,15 +117,31 @@ def order_cases(rng: np.random.Generator) -> list[np.ndarray]:
 SPLITS = pytest.mark.parametrize("split", [1 << 40, 64], ids=["whole", "halves"])
 
 
-def split_from(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
-    """The compiled passes run in halves from ``rows`` chip rows on, whatever the cores."""
-    monkeypatch.setattr(EVALUATION_KERNELS.kernels, "SPLIT_FROM_ROWS", rows)
-    monkeypatch.setattr(EVALUATION_KERNELS.kernels, "_two_cores", lambda: True)
+def split_from(monkeypatch: pytest.MonkeyPatch, rows: int) -> list[str]:
+    """The compiled passes run in halves from ``rows`` chip rows on, whatever the cores; the names of the threads
+    their parts ran in, as they run."""
+    monkeypatch.setattr(halves, "SPLIT_FROM_ROWS", rows)
+    monkeypatch.setattr(halves, "_two_cores", lambda: True)
+    threads: list[str] = []
+    split = halves.in_halves
+
+    def recorded(work, *args, **kwargs):
+        return split(lambda part: (threads.append(threading.current_thread().name), work(part))[1], *args, **kwargs)
+
+    monkeypatch.setattr(EVALUATION_KERNELS.kernels, "in_halves", recorded)
+    return threads
+
+
+def assert_split_as_asked(threads: list[str], split: int) -> None:
+    """The helper thread ran parts exactly when the passes were to run in halves."""
+    assert threads and any(name.startswith("evaluation") for name in threads) == (split < 1 << 40), threads
 
 
 def assert_same_group_values(got: GroupValues, expected: GroupValues, message: str) -> None:
     for name in ("count", "neighbours", "mean"):
-        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=f"{name} of {message}")
+        a, b = getattr(got, name), getattr(expected, name)
+        np.testing.assert_array_equal(a, b, err_msg=f"{name} of {message}")
+        np.testing.assert_array_equal(np.signbit(a), np.signbit(b), err_msg=f"the signs of {name} of {message}")
 
 
 @pytest.mark.slow
@@ -154,7 +169,7 @@ def test_the_compiled_group_values_gather_the_finite_channels_of_each_groups_row
     (numpy's sum changes its blocks at 8 and 128 values and halves longer ones), the groups in one piece or in
     halves at once."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
-    split_from(monkeypatch, split)
+    threads = split_from(monkeypatch, split)
     compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
     rng = np.random.default_rng(4)
     rates = rng.exponential(0.3, (3_000, CHANNELS_PER_CHIP)) * 10 ** rng.uniform(-3, 3, (3_000, 1))
@@ -168,8 +183,11 @@ def test_the_compiled_group_values_gather_the_finite_channels_of_each_groups_row
         expected = group_values(rates, rows, bounds, q)
         assert expected.count[1] == 0 and np.isnan(expected.mean[1])
         assert_same_group_values(compiled.group_values(rates, rows, bounds, q), expected, f"the channels at {q}")
-    lengths = rng.integers(1, 3_000, 40)  # single values per row: every length's sum
+    assert_split_as_asked(threads, split)
+    # single values per row, every length around numpy's block edges (8, 128, their halvings) and a few longer
+    lengths = np.r_[1:20, 120:140, 250:270, 1020:1030, rng.integers(1, 3_000, 10)]
     values = rng.exponential(1.0, (int(lengths.sum()), 1))
+    values[:5] = -0.0  # a group of zeros of either sign: numpy's sum is +0.0
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     rows = np.arange(len(values))
     assert_same_group_values(
@@ -504,7 +522,7 @@ def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference, spli
     """Statuses, expected rates, chip verdicts and the CUSUM advanced in place, over evaluations moving on, the
     passes in one piece or in halves at once."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
-    split_from(monkeypatch, split)
+    threads = split_from(monkeypatch, split)
     compiled = EVALUATION_KERNELS.kernels.CompiledPasses()
     rng = np.random.default_rng(11)
     inputs = judged_inputs(rng, reference)
@@ -523,6 +541,7 @@ def test_the_compiled_passes_give_the_numpy_verdicts_bit_for_bit(reference, spli
         for case in (inputs, twin):  # two more seconds of data
             case.arrivals_total[...] += more
             case.now[...] += 2.0
+    assert_split_as_asked(threads, split)
 
 
 def masking(layout: ChipLayout) -> ChipLayout:
@@ -533,36 +552,12 @@ def masking(layout: ChipLayout) -> ChipLayout:
 
 
 @pytest.mark.slow
-def test_a_process_forked_after_a_pass_in_halves_runs_its_own_in_halves(monkeypatch):
-    """The helper thread of the halves is not in a forked child (the drawing processes are forked): the child makes
-    its own instead of waiting for ever on its parent's."""
-    assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
-    split_from(monkeypatch, 64)
-    in_halves = EVALUATION_KERNELS.kernels.in_halves
-    assert in_halves(lambda rows: threading.current_thread().name, 128)[1].startswith("evaluation")
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = 0 if in_halves(lambda rows: rows.stop - rows.start, 128) == [64, 64] else 1
-        finally:
-            os._exit(code)
-    try:
-        wait_for(lambda: not running(pid), 30, "the forked child to finish its pass")
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    finally:
-        if running(pid):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-
-
-@pytest.mark.slow
 @SPLITS
 def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(module_geometry, split, monkeypatch):
     """Every array of the snapshot and what evaluations learn, evaluation after evaluation of a module with faults,
     the passes in one piece or in halves at once."""
     assert load_evaluation_kernels(wait=300), EVALUATION_KERNELS.error
-    split_from(monkeypatch, split)
+    threads = split_from(monkeypatch, split)
     sim = Simulator(
         module_geometry,
         SimulationConfig(hit_rate_hz=0.3, seed=5),
@@ -590,3 +585,4 @@ def test_a_module_summarised_with_the_compiled_passes_is_the_numpy_summary(modul
             np.testing.assert_array_equal(getattr(accs[1].state, name), getattr(accs[0].state, name), err_msg=name)
     assert snaps[0].chip_dead.sum() == 1 and (snaps[0].channel_status == ChannelStatus.NOISY).sum() == 1
     assert snaps[0].chip_masked_active.sum() > 0
+    assert_split_as_asked(threads, split)

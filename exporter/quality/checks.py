@@ -224,9 +224,10 @@ def region_counts(snapshot: Snapshot) -> dict[str, tuple[np.ndarray, np.ndarray,
     """Per region check: each chip's region index, and per region the observed and the expected count.
 
     The rates: hits in the window of the expected channels not masked and under the noisy cut
-    (``chip_quiet_window_hits``: one loud channel does not make its region hot) against their unscaled expected rates times the module's occupancy,
-    the median of the ratios of the tiles with hits (a faulty tile does not move it, a dead one is left out). The never-seen check: packets since
-    the run started against those rates over the io_group's run time, at an occupancy capped at 1.
+    (``chip_quiet_window_hits``: one loud channel does not make its region hot) against their unscaled expected
+    rates times the module's occupancy, the median of the ratios of the tiles with hits (a faulty tile does not move
+    it, a dead one is left out). The never-seen check: packets since the run started against those rates over the
+    io_group's run time, at an occupancy capped at 1.
     """
     judged = snapshot.chip_in_geometry & snapshot.chip_judged
     span = snapshot.chip_span_seconds
@@ -266,7 +267,7 @@ def chip_quantities(
 
     Masked channels are not expected (they count in no fraction); chips outside the run's networks get NaN.
     """
-    # the expected channels not masked: each has a status but masked (and answers a periodic trigger)
+    # the expected channels not masked, each with a status other than masked (each answers a periodic trigger)
     unmasked = [i for i, s in enumerate(ChannelStatus.judged()) if s is not ChannelStatus.MASKED]
     expected = snapshot.chip_status_counts[:, unmasked].sum(axis=1).astype(float)
     column = {status: i for i, status in enumerate(ChannelStatus.judged())}

@@ -12,17 +12,13 @@ run loads them in the background (``accumulator.EVALUATION_KERNELS``) and evalua
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import numpy as np
 from numba import njit
 
 from larpix_dqm.exporter.detector.geometry import CHANNELS_PER_CHIP
 from larpix_dqm.exporter.quality.compiled import not_compiled
+from larpix_dqm.exporter.quality.halves import in_halves
 from larpix_dqm.exporter.quality.state import State
 from larpix_dqm.exporter.quality.status import ChannelStatus
 from larpix_dqm.exporter.quality.summary import ChannelWindow
@@ -54,47 +50,6 @@ _NONE, _ACTIVE, _SILENT, _NOISY, _UNKNOWN, _INEFFICIENT, _MASKED = (
     )
 )
 _SUMS = 9  # rows of first_pass's per-chip sums, in ChannelSums' order
-
-
-#: Chip rows from which a pass over the channels runs in two halves at once, the second on a helper thread (the
-#: kernels release the GIL): the passes move ~450 bytes a channel, and two cores read memory at about twice the rate
-#: of one (a module's window pass: 0.53 against 0.99 ms). Below, the helper's hand-over costs more than it saves.
-SPLIT_FROM_ROWS = 1_024
-
-_T = TypeVar("_T")
-_helper: ThreadPoolExecutor | None = None
-_helper_lock = threading.Lock()
-
-
-def _forget_helper() -> None:
-    """In a forked child: the parent's helper thread is not there, so a new one is made when needed."""
-    global _helper, _helper_lock
-    _helper, _helper_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_helper)
-
-
-def _two_cores() -> bool:
-    return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
-
-
-def in_halves(work: Callable[[slice], _T], n: int, rows: int | None = None) -> list[_T]:
-    """``work`` over items ``0 .. n`` (chip rows, or groups of ``rows`` chip rows in all): in two halves at once where
-    the rows are ``SPLIT_FROM_ROWS`` or more and two cores are ours (the second half on the helper thread), else at
-    once; its results in order. Each item is computed alike in either, so the results are the same."""
-    if (n if rows is None else rows) < SPLIT_FROM_ROWS or not _two_cores():
-        return [work(slice(0, n))]
-    global _helper
-    with _helper_lock:
-        if _helper is None:
-            _helper = ThreadPoolExecutor(1, thread_name_prefix="evaluation")
-        second = _helper.submit(work, slice(n // 2, n))
-    try:
-        first = work(slice(0, n // 2))
-    finally:
-        later = second.result()  # the halves write the same arrays: never leave the helper writing
-    return [first, later]
 
 
 @njit(inline="always")
@@ -412,16 +367,19 @@ def channel_window(state: State, n: int, span: np.ndarray, now: np.ndarray, run:
     """``summary.channel_window``, compiled."""
     hits = np.empty((n, CHANNELS_PER_CHIP), np.int64)
     rate, mean, std, silence = (np.empty((n, CHANNELS_PER_CHIP)) for _ in range(4))
-    chips = np.empty((3, n), np.int64)
     since = now - run
-    in_halves(
-        lambda rows: window_pass(
+
+    def window_rows(rows: slice) -> np.ndarray:
+        """The pass over ``rows``; their chips' sums (an array of its own: a column slice of one would be strided, a
+        type the kernel's warm-up did not compile)."""
+        chips = np.empty((3, rows.stop - rows.start), np.int64)
+        window_pass(
             state.window_hits[rows], state.window_adc[rows], state.window_adc_sq[rows], state.last_hit_end[rows],
-            span[rows], now[rows], since[rows], hits[rows], rate[rows], mean[rows], std[rows], silence[rows],
-            chips[:, rows],
-        ),
-        n,
-    )  # fmt: skip
+            span[rows], now[rows], since[rows], hits[rows], rate[rows], mean[rows], std[rows], silence[rows], chips,
+        )  # fmt: skip
+        return chips
+
+    chips = np.concatenate(in_halves(window_rows, n), axis=1)
     return ChannelWindow(hits, rate, mean, std, silence, *chips)
 
 
@@ -483,19 +441,22 @@ class CompiledPasses:
         assert expected.shape[1] == CHANNELS_PER_CHIP
         n = len(expected)
         rates = np.empty(expected.shape)
-        sums = np.empty((_SUMS, n))
         window_hits, hits_total, arrivals_total, window_arrivals = self._counts(inputs)
         silence, (learnt, has_learnt) = inputs.silence_seconds, self._learnt(inputs)
         window, run = inputs.window_seconds.astype(np.float64), np.maximum(inputs.run_seconds, 1.0)
         known, rate_hz, has_reference = self._reference(reference, expected)
-        in_halves(
-            lambda rows: first_pass(
+
+        def first_rows(rows: slice) -> np.ndarray:
+            """The pass over ``rows``; their chips' sums (an array of its own, as ``channel_window``'s)."""
+            sums = np.empty((_SUMS, rows.stop - rows.start))
+            first_pass(
                 expected[rows], window_hits[rows], hits_total[rows], arrivals_total[rows], window_arrivals[rows],
                 silence[rows], learnt[rows], has_learnt, window[rows], run[rows], float(noisy_rate_hz), known[rows],
-                rate_hz[rows], has_reference, rates[rows], sums[:, rows],
-            ),
-            n,
-        )  # fmt: skip
+                rate_hz[rows], has_reference, rates[rows], sums,
+            )  # fmt: skip
+            return sums
+
+        sums = np.concatenate(in_halves(first_rows, n), axis=1)
         self.rates = rates  # the second pass's learnt rates, divided once
         return ChannelSums(rates, sums[0].astype(np.int64), *sums[1:])
 
@@ -515,14 +476,15 @@ class CompiledPasses:
             now = np.asarray(inputs.now, np.float64)
         status = np.empty(expected.shape, np.int8)
         expected_hz = np.empty(expected.shape)
-        bases = np.empty((2, n))
         learnt, has_learnt = self._learnt(inputs)
         window, run = inputs.window_seconds.astype(np.float64), np.maximum(inputs.run_seconds, 1.0)
         known, rate_hz, has_reference = self._reference(reference, expected)
         cap = CUSUM_CAP * -chips.inefficient_level
 
         def second_rows(rows: slice) -> tuple[np.ndarray, ...]:
-            """The pass over ``rows``: how many candidates of each kind, and the candidates."""
+            """The pass over ``rows``: their chips' bases (as ``channel_window``'s sums) and the candidates of each
+            kind."""
+            bases = np.empty((2, rows.stop - rows.start))
             size = (rows.stop - rows.start) * CHANNELS_PER_CHIP
             silences, shortfalls, excesses = (np.empty(size, np.int64) for _ in range(3))
             shortfall_mu, found = np.empty(size), np.zeros(3, np.int64)
@@ -532,13 +494,21 @@ class CompiledPasses:
                 self.rates[rows], chips.scale[rows], chips.prior[rows], chips.dead[rows], chips.link_broken[rows],
                 float(noisy_rate_hz), chips.inefficient_level, cusum_on, statistic[rows], seen[rows], good[rows],
                 time[rows], now[rows], math.log(INEFFICIENT_RATIO), INEFFICIENT_RATIO - 1, cap,
-                status[rows], expected_hz[rows], bases[:, rows], silences, shortfalls, shortfall_mu, excesses, found,
+                status[rows], expected_hz[rows], bases, silences, shortfalls, shortfall_mu, excesses, found,
                 rows.start,
             )  # fmt: skip
             n_silences, n_shortfalls, n_excesses = found.tolist()
-            return silences[:n_silences], shortfalls[:n_shortfalls], shortfall_mu[:n_shortfalls], excesses[:n_excesses]
+            return (
+                bases,
+                silences[:n_silences],
+                shortfalls[:n_shortfalls],
+                shortfall_mu[:n_shortfalls],
+                excesses[:n_excesses],
+            )
 
-        silences, shortfalls, shortfall_mu, excesses = (np.concatenate(c) for c in zip(*in_halves(second_rows, n)))
+        halves = list(zip(*in_halves(second_rows, n)))
+        bases = np.concatenate(halves[0], axis=1)
+        silences, shortfalls, shortfall_mu, excesses = (np.concatenate(c) for c in halves[1:])
         return ChannelVerdicts(
             status=status,
             expected_hz=expected_hz,
@@ -559,6 +529,7 @@ class CompiledPasses:
             ),
             len(count),
             len(rows) * values.shape[1] // CHANNELS_PER_CHIP,  # in chip rows of 64 values
+            int(np.searchsorted(bounds, bounds[-1] // 2)),  # the group nearest half of the rows
         )
         return GroupValues(count, out[:, :2], out[:, 2])
 

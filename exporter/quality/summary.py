@@ -203,7 +203,7 @@ def summarize(
         chip_window_arrivals=verdicts.chip_window_arrivals,
         chip_expected_arrivals=verdicts.chip_expected_arrivals,
         chip_base_hz=verdicts.chip_base_hz,
-        chip_quiet_window_hits=verdicts.chip_quiet_hits,
+        chip_quiet_window_hits=verdicts.chip_quiet_window_hits,
         chip_run_seconds=run,
         chip_run_hits=state.self_hits[:n].sum(axis=1),
         chip_dead=verdicts.chip_dead,

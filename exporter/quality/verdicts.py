@@ -269,7 +269,7 @@ class Verdicts:
     chip_window_arrivals: np.ndarray  # (chips,) arrivals of the expected channels in the window
     chip_expected_arrivals: np.ndarray  # (chips,) what the expectation predicts of them in the window
     chip_base_hz: np.ndarray  # (chips,) expected rate before the tile's occupancy scale, channels under the noisy cut
-    chip_quiet_hits: np.ndarray  # (chips,) hits in the window of the expected channels under the noisy cut
+    chip_quiet_window_hits: np.ndarray  # (chips,) hits in the window of the expected channels under the noisy cut
     chip_dead: np.ndarray  # (chips,) proven dead: no hit for long enough
     chip_unknown: np.ndarray  # (chips,) expected channels, no hit in the window, not proven dead
     silent_channel_hits: float  # expected hits a channel must miss to be silent: ln(N_channels x families / alpha)
@@ -477,7 +477,7 @@ class ChannelSums:
     window_arrivals: np.ndarray  # (chips,) their arrivals in the window
     observed: np.ndarray  # (chips,) arrivals in the window of the channels under the noisy cut
     predicted: np.ndarray  # (chips,) what those channels' learnt (or reference) rates predict of them
-    quiet_hits: np.ndarray  # (chips,) hits in the window of those channels
+    quiet_window_hits: np.ndarray  # (chips,) hits in the window of those channels
     silence: np.ndarray  # (chips,) the shortest silence of an expected channel (inf without one)
 
 
@@ -569,7 +569,7 @@ class ChannelPasses:
             window_arrivals=n_arrivals.sum(axis=1),
             observed=np.where(quiet, n_arrivals, 0.0).sum(axis=1),
             predicted=predicted.sum(axis=1),
-            quiet_hits=np.where(quiet, n_window, 0.0).sum(axis=1),
+            quiet_window_hits=np.where(quiet, n_window, 0.0).sum(axis=1),
             silence=np.minimum.reduce(inputs.silence_seconds, axis=1, where=expected, initial=np.inf),
         )
 
@@ -707,7 +707,7 @@ def judge(inputs: VerdictInputs, alpha: float, noisy_rate_hz: float, passes: Pas
         chip_window_arrivals=sums.window_arrivals,
         chip_expected_arrivals=chip_base_arrivals * window * scale,
         chip_base_hz=quiet_base,
-        chip_quiet_hits=sums.quiet_hits,
+        chip_quiet_window_hits=sums.quiet_window_hits,
         chip_dead=chip_dead,
         chip_unknown=chips_judged & (chip_hits == 0) & ~chip_dead,
         silent_channel_hits=-channel_level,

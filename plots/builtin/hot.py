@@ -66,7 +66,7 @@ class HotPixels(Plot):
             # one filled outline, not a bar patch a bin: the same area drawn, a fraction of the artists
             dist_ax.stairs(np.histogram(positive, edges)[0], edges, fill=True, color="#4c72b0")
             dist_ax.axvline(threshold, color=NOISY_COLOUR, linestyle="--", label=f"noisy above {threshold:g} Hz")
-            dist_ax.legend(fontsize=9, loc="upper right")  # "best" scans every bar: slow
+            dist_ax.legend(fontsize=9, loc="upper right")  # "best" scans the data for a free place: slow
         else:
             no_data(top_ax)
             no_data(dist_ax)
