@@ -506,9 +506,9 @@ class CompiledPasses:
                 excesses[:n_excesses],
             )
 
-        halves = list(zip(*in_halves(second_rows, n)))
-        bases = np.concatenate(halves[0], axis=1)
-        silences, shortfalls, shortfall_mu, excesses = (np.concatenate(c) for c in halves[1:])
+        parts = list(zip(*in_halves(second_rows, n)))
+        bases = np.concatenate(parts[0], axis=1)
+        silences, shortfalls, shortfall_mu, excesses = (np.concatenate(c) for c in parts[1:])
         return ChannelVerdicts(
             status=status,
             expected_hz=expected_hz,
@@ -529,7 +529,7 @@ class CompiledPasses:
             ),
             len(count),
             len(rows) * values.shape[1] // CHANNELS_PER_CHIP,  # in chip rows of 64 values
-            int(np.searchsorted(bounds, bounds[-1] // 2)),  # the group nearest half of the rows
+            int(np.searchsorted(bounds, bounds[-1] // 2)),  # the first group from half of the rows on
         )
         return GroupValues(count, out[:, :2], out[:, 2])
 
