@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 
+from larpix_dqm.exporter.quality.halves import two_cores
 from larpix_dqm.exporter.quality.snapshot import Snapshot
 from larpix_dqm.plots.engine import PlotEngine, PluginHealth
 from larpix_dqm.plots.processes import die_with_parent, release_free_heap
@@ -66,7 +67,7 @@ class Shares:
 def can_share() -> bool:
     """Whether a second process would draw on a second core: Linux (it forks safely with numpy and matplotlib
     loaded, and says which cores are ours), and two cores are ours."""
-    return hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2
+    return hasattr(os, "sched_getaffinity") and two_cores()
 
 
 def draw_shared(

@@ -152,7 +152,7 @@ def test_an_evaluation_in_halves_runs_the_kernels_the_warm_up_loaded() -> None:
         "names = [n for n in dir(kernels) if hasattr(getattr(kernels, n), 'signatures')]\n"
         "def loaded(): return {n: len(getattr(kernels, n).signatures) for n in names}\n"
         "before = loaded()\n"
-        "halves.SPLIT_FROM_ROWS, halves._two_cores = 2, lambda: True\n"
+        "halves.SPLIT_FROM_ROWS, halves.two_cores = 2, lambda: True\n"
         "split = halves.in_halves\n"
         "parts = []\n"
         "def counted(*args, **kwargs):\n"

@@ -18,7 +18,7 @@ from larpix_dqm.exporter.quality import halves
 def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """Halves from 64 chip rows on, whatever the cores."""
     monkeypatch.setattr(halves, "SPLIT_FROM_ROWS", 64)
-    monkeypatch.setattr(halves, "_two_cores", lambda: True)
+    monkeypatch.setattr(halves, "two_cores", lambda: True)
 
 
 def thread_and_rows(rows: slice) -> tuple[str, int, int]:
@@ -41,7 +41,7 @@ def test_too_few_rows_or_an_empty_half_run_in_one_piece(two_cores, n, chip_rows,
 
 def test_on_one_core_the_work_runs_in_one_piece(monkeypatch):
     monkeypatch.setattr(halves, "SPLIT_FROM_ROWS", 64)
-    monkeypatch.setattr(halves, "_two_cores", lambda: False)
+    monkeypatch.setattr(halves, "two_cores", lambda: False)
     assert halves.in_halves(thread_and_rows, 128) == [(threading.current_thread().name, 0, 128)]
 
 

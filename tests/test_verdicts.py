@@ -121,7 +121,7 @@ def split_from(monkeypatch: pytest.MonkeyPatch, rows: int) -> list[str]:
     """The compiled passes run in halves from ``rows`` chip rows on, whatever the cores; the names of the threads
     their parts ran in, as they run."""
     monkeypatch.setattr(halves, "SPLIT_FROM_ROWS", rows)
-    monkeypatch.setattr(halves, "_two_cores", lambda: True)
+    monkeypatch.setattr(halves, "two_cores", lambda: True)
     threads: list[str] = []
     split = halves.in_halves
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 #: Chip rows from which the work is split: the passes over the channels move ~450 bytes a channel, and in two halves
 #: a module's window pass takes 0.53 against 0.99 ms; below, the hand-over to the helper costs more than it saves.
@@ -33,8 +35,9 @@ def _forget_helper() -> None:
 os.register_at_fork(after_in_child=_forget_helper)
 
 
-def _two_cores() -> bool:
-    """Whether this process may run on two cores or more (its CPU affinity; a cgroup's CPU quota is not looked at)."""
+def two_cores() -> bool:
+    """Whether this process may run on two cores or more (its CPU affinity; a cgroup's CPU quota is not looked at);
+    the drawing's helper asks it too (``plots.sharing``)."""
     return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
 
 
@@ -43,6 +46,8 @@ def _submit(work: Callable[[slice], _T], part: slice) -> Future[_T] | None:
     global _helper
     with _helper_lock:
         if _helper is None:
+            from concurrent.futures import ThreadPoolExecutor  # 5 ms: not for a process that never splits
+
             _helper = ThreadPoolExecutor(1, thread_name_prefix="evaluation")
         try:
             return _helper.submit(work, part)
@@ -56,7 +61,7 @@ def in_halves(work: Callable[[slice], _T], n: int, chip_rows: int | None = None,
     two cores are ours and neither half is empty; else in one piece. An error in either half is raised once both
     are done (the halves write disjoint rows of the same arrays: the helper is never left writing)."""
     middle = n // 2 if middle is None else middle
-    if (n if chip_rows is None else chip_rows) < SPLIT_FROM_ROWS or not 0 < middle < n or not _two_cores():
+    if (n if chip_rows is None else chip_rows) < SPLIT_FROM_ROWS or not 0 < middle < n or not two_cores():
         return [work(slice(0, n))]
     second = _submit(work, slice(middle, n))
     if second is None:
